@@ -1,0 +1,80 @@
+/*
+ * search.h — a loaded collection version and per-request search over it.
+ *
+ * DESIGN
+ * A cdx_collection is immutable once loaded and shared read-only by every
+ * request thread; reloads load a new one and swap a pointer (server/). It is
+ * reference-counted: the last cdx_collection_unref() frees it.
+ *
+ * Per-request nprobe without shared mutable state: Faiss 1.7.3's nprobe is a
+ * field of the index and its C API has no per-call parameters. At load time
+ * every IVF shard's nprobe is set once to nlist (never changed afterwards).
+ * A search runs the shared coarse quantizer itself (k = request nprobe), pads
+ * the assignment rows to nlist entries with -1, which
+ * IndexIVF::search_preassigned skips, and calls faiss_IndexIVF_search_preassigned
+ * on each shard. All shards share one quantizer, so coarse assignment happens
+ * once per query for all shards. Non-IVF indexes (flat fallback) need no
+ * nprobe and use faiss_Index_search, which is const.
+ *
+ * Scores: l2 = squared distance (lower is better); ip and cos = inner
+ * product of (normalised, for cos) vectors (higher is better). Merging across
+ * shards, exclusion and refine all compare through cdx_metric_higher_is_better.
+ */
+#ifndef CANDEX_SEARCH_H
+#define CANDEX_SEARCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shard/manifest.h"
+
+typedef struct cdx_collection cdx_collection;
+
+/* cdx_collection_load loads a version directory (any path accepted by
+ * cdx_version_path_resolve), verifying every shard's checksums against the
+ * manifest. On success *cp is set with one reference owned by the caller. */
+int cdx_collection_load(cdx_collection **cp, const char *path);
+void cdx_collection_ref(cdx_collection *c);
+void cdx_collection_unref(cdx_collection *c); /* NULL is a no-op */
+
+const struct cdx_manifest *cdx_collection_manifest(const cdx_collection *c);
+const char *cdx_collection_dir(const cdx_collection *c); /* the version directory */
+uint64_t cdx_collection_memory_bytes(const cdx_collection *c); /* approx. resident size */
+
+struct cdx_search_params {
+	uint32_t k;
+	uint32_t nprobe;       /* 0 = manifest default_nprobe */
+	float refine_factor;   /* 0 = manifest default; < 1 means none */
+	const int64_t *exclude_ids;
+	size_t n_exclude_ids;
+	const char *const *exclude_keys;
+	size_t n_exclude_keys;
+	int parallel;          /* allow OpenMP threads inside this call */
+};
+
+struct cdx_hit {
+	int64_t id;        /* external id; -1 = no hit (fewer than k found) */
+	float score;
+	uint32_t shard;
+	uint32_t row;      /* shard-local row */
+};
+
+/* cdx_collection_search searches nq queries (nq x dim floats; normalised
+ * internally for cos). hits must hold nq x k entries; query i's hits are at
+ * hits[i*k], best first, padded with id -1. Validates k, dims and finiteness. */
+int cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p, const float *queries,
+    size_t nq, struct cdx_hit *hits);
+
+/* cdx_collection_key returns the key of a (shard,row), or "" if the
+ * collection has no keys. Valid while the collection is referenced. */
+const char *cdx_collection_key(const cdx_collection *c, uint32_t shard, uint32_t row);
+/* cdx_collection_find_key finds an item by key. CDX_ENOTFOUND if absent. */
+int cdx_collection_find_key(const cdx_collection *c, const char *key, uint32_t *shard, uint32_t *row, int64_t *id);
+/* cdx_collection_find_id finds an item by external id. */
+int cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uint32_t *row);
+/* cdx_collection_vector writes an item's stored vector (as indexed: normalised
+ * for cos) to out[dim]: from the refine store if any, else reconstructed from
+ * the PQ code. */
+int cdx_collection_vector(const cdx_collection *c, uint32_t shard, uint32_t row, float *out);
+
+#endif

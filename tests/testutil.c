@@ -1,0 +1,158 @@
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "common/common.h"
+
+char *
+tu_tmpdir(const char *tag)
+{
+	const char *base = getenv("TMPDIR");
+	char *path = NULL;
+	if (asprintf(&path, "%s/candex-%s-XXXXXX", base && *base ? base : "/tmp", tag) < 0)
+		return NULL;
+	if (mkdtemp(path) == NULL) {
+		free(path);
+		return NULL;
+	}
+	return path;
+}
+
+void
+tu_rmdir(char *dir)
+{
+	if (dir != NULL && getenv("CANDEX_KEEP_TMP") == NULL)
+		cdx_rm_rf(dir);
+	free(dir);
+}
+
+void
+tu_clustered(float *x, size_t n, size_t dim, size_t nclusters, uint64_t seed)
+{
+	cdx_rng rng;
+	cdx_rng_seed(&rng, seed);
+	float *centers = malloc(nclusters * dim * sizeof(float));
+	for (size_t i = 0; i < nclusters * dim; i++)
+		centers[i] = (float) (cdx_rng_normal(&rng) * 4.0);
+	for (size_t i = 0; i < n; i++) {
+		size_t c = cdx_rng_next(&rng) % nclusters;
+		for (size_t j = 0; j < dim; j++)
+			x[i * dim + j] = centers[c * dim + j] + (float) cdx_rng_normal(&rng);
+	}
+	free(centers);
+}
+
+int
+tu_write_fvecs(const char *path, const float *x, size_t n, size_t dim)
+{
+	FILE *f = fopen(path, "wb");
+	if (f == NULL)
+		return -1;
+	int32_t d = (int32_t) dim;
+	for (size_t i = 0; i < n; i++) {
+		if (fwrite(&d, sizeof(d), 1, f) != 1 || fwrite(x + i * dim, sizeof(float), dim, f) != dim) {
+			fclose(f);
+			return -1;
+		}
+	}
+	return fclose(f) == 0 ? 0 : -1;
+}
+
+int
+tu_write_keys(const char *path, const char *prefix, size_t n)
+{
+	FILE *f = fopen(path, "w");
+	if (f == NULL)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%s%zu\n", prefix, i);
+	return fclose(f) == 0 ? 0 : -1;
+}
+
+char *
+tu_path(const char *a, const char *b)
+{
+	char *p = NULL;
+	if (asprintf(&p, "%s/%s", a, b) < 0)
+		return NULL;
+	return p;
+}
+
+int
+tu_run(char **output, const char *fmt, ...)
+{
+	char *cmd = NULL, *full = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = vasprintf(&cmd, fmt, ap);
+	va_end(ap);
+	if (rc < 0)
+		return -1;
+	if (asprintf(&full, "%s 2>&1", cmd) < 0) {
+		free(cmd);
+		return -1;
+	}
+	free(cmd);
+	FILE *p = popen(full, "r");
+	free(full);
+	if (p == NULL)
+		return -1;
+	cdx_buf out = {0};
+	char chunk[4096];
+	size_t got;
+	while ((got = fread(chunk, 1, sizeof(chunk), p)) > 0)
+		cdx_buf_append(&out, chunk, got);
+	cdx_buf_append(&out, "", 1);
+	int status = pclose(p);
+	if (output != NULL)
+		*output = out.data;
+	else
+		cdx_buf_fini(&out);
+	if (getenv("CANDEX_TEST_VERBOSE") && out.data)
+		fprintf(stderr, "%s", output ? *output : "");
+	if (status == -1 || !WIFEXITED(status))
+		return -1;
+	return WEXITSTATUS(status);
+}
+
+struct tu_pair {
+	float d;
+	int64_t i;
+};
+
+void
+tu_exact_knn(const float *x, size_t n, size_t dim, const float *q, size_t k, int metric_ip, int64_t *out)
+{
+	/* k small: keep a sorted array, best first */
+	struct tu_pair *best = malloc(k * sizeof(*best));
+	size_t have = 0;
+	for (size_t i = 0; i < n; i++) {
+		float s = 0;
+		for (size_t j = 0; j < dim; j++) {
+			if (metric_ip)
+				s += x[i * dim + j] * q[j];
+			else {
+				float t = x[i * dim + j] - q[j];
+				s += t * t;
+			}
+		}
+		float key = metric_ip ? -s : s; /* smaller key is better */
+		if (have == k && key >= best[k - 1].d)
+			continue;
+		size_t pos = have < k ? have++ : k - 1;
+		while (pos > 0 && best[pos - 1].d > key) {
+			best[pos] = best[pos - 1];
+			pos--;
+		}
+		best[pos].d = key;
+		best[pos].i = (int64_t) i;
+	}
+	for (size_t i = 0; i < k; i++)
+		out[i] = i < have ? best[i].i : -1;
+	free(best);
+}

@@ -1,0 +1,40 @@
+/*
+ * testutil.h — helpers shared by candex's cmocka tests: temporary
+ * directories, seeded clustered data, fvecs files, running the candex CLI.
+ * Tests generate their own small data; nothing here reads ../shared/data.
+ */
+#ifndef CANDEX_TESTUTIL_H
+#define CANDEX_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+/* tu_tmpdir creates a fresh directory under $TMPDIR and returns its path
+ * (static storage per call site is not assumed: caller frees). Removed by
+ * tu_rmdir. */
+char *tu_tmpdir(const char *tag);
+void tu_rmdir(char *dir); /* removes recursively and frees dir */
+
+/* tu_clustered fills x (n x dim) with nclusters Gaussian clusters, seeded. */
+void tu_clustered(float *x, size_t n, size_t dim, size_t nclusters, uint64_t seed);
+/* tu_write_fvecs writes n x dim floats as .fvecs. Returns 0 on success. */
+int tu_write_fvecs(const char *path, const float *x, size_t n, size_t dim);
+/* tu_write_keys writes one "prefix<i>" line per row. */
+int tu_write_keys(const char *path, const char *prefix, size_t n);
+/* tu_path joins two components into a malloc'd path. */
+char *tu_path(const char *a, const char *b);
+
+/* tu_run runs a shell command line (printf-formatted) and returns its exit
+ * status (0..255), or -1 if it was killed by a signal. Its stdout+stderr go
+ * to *output (malloc'd) when output is not NULL. */
+int tu_run(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* tu_exact_knn computes exact top-k rows (for l2: smallest squared
+ * distance; ip: largest inner product) of q among x, by brute force. */
+void tu_exact_knn(const float *x, size_t n, size_t dim, const float *q, size_t k, int metric_ip, int64_t *out);
+
+#endif

@@ -1,0 +1,24 @@
+/*
+ * cli.h — the candex command-line tool: one cmd_*() per subcommand, each in
+ * its own tools/cmd_*.c, each parsing its own long options and printing its
+ * own --help. Exit codes: 0 success, 1 runtime failure, 2 usage error.
+ */
+#ifndef CANDEX_CLI_H
+#define CANDEX_CLI_H
+
+int cmd_build(int argc, char **argv);   /* tools/cmd_build.c */
+int cmd_inspect(int argc, char **argv); /* tools/cmd_inspect.c */
+int cmd_serve(int argc, char **argv);   /* tools/cmd_serve.c */
+int cmd_query(int argc, char **argv);   /* tools/cmd_query.c */
+int cmd_recall(int argc, char **argv);  /* tools/cmd_recall.c */
+int cmd_sample(int argc, char **argv);  /* tools/cmd_sample.c: the embedded demo catalogue */
+int cmd_demo(int argc, char **argv);    /* tools/cmd_demo.c: the README's main job */
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* cli_wants_help is true when argv has -h or --help. */
+int cli_wants_help(int argc, char **argv);
+
+#endif
