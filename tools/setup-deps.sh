@@ -10,6 +10,7 @@
 # The apt configuration of the machine is never modified: the deb-src entries
 # live in a private directory passed to apt with -o options.
 set -euo pipefail
+work=
 
 CACHE=${CANDEX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/candex}
 FAISS_VERSION=1.7.3
@@ -76,9 +77,9 @@ derive_deb_src() {
 }
 
 build_faiss() {
-	local level=$1 prefix=$2 work
+	local level=$1 prefix=$2
 	work=$(mktemp -d "${TMPDIR:-/tmp}/candex-faiss.XXXXXX")
-	trap 'rm -rf "$work"' RETURN
+	trap 'rm -rf "$work"' EXIT
 	mkdir -p "$work/apt/sources.list.d" "$work/apt/lists/partial" "$work/src"
 	derive_deb_src "$work/apt/sources.list.d/candex-src.sources"
 	local aptopts=(-o Dir::Etc::SourceList=/dev/null
