@@ -65,6 +65,15 @@ struct cdx_hit {
 int cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p, const float *queries,
     size_t nq, struct cdx_hit *hits);
 
+/* cdx_collection_effective_nprobe returns the nprobe a search with requested
+ * (0 = default) uses: clamped to [1, min(nlist, cap)]; 0 for non-IVF indexes. */
+uint32_t cdx_collection_effective_nprobe(const cdx_collection *c, uint32_t requested);
+/* cdx_collection_effective_refine returns the refine factor a search with
+ * requested (0 = default) uses; 0 means no re-ranking. */
+float cdx_collection_effective_refine(const cdx_collection *c, float requested);
+/* cdx_collection_has_refine: every shard has a refine store. */
+int cdx_collection_has_refine(const cdx_collection *c);
+
 /* cdx_collection_key returns the key of a (shard,row), or "" if the
  * collection has no keys. Valid while the collection is referenced. */
 const char *cdx_collection_key(const cdx_collection *c, uint32_t shard, uint32_t row);

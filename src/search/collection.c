@@ -1,0 +1,379 @@
+/*
+ * collection.c — loading a published version into memory, read-only.
+ *
+ * Loading verifies every shard against the manifest (size, whole-file xxh64)
+ * and its own part checksums before anything is served, so a corrupt or
+ * half-copied version is refused and the server keeps the one it has.
+ */
+#define _GNU_SOURCE
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <faiss/c_api/index_io_c.h>
+
+#include "search/collection_int.h"
+
+static int
+key_slot_cmp(const void *a, const void *b)
+{
+	const struct cdx_key_slot *x = a, *y = b;
+	if (x->hash != y->hash)
+		return x->hash < y->hash ? -1 : 1;
+	if (x->shard != y->shard)
+		return x->shard < y->shard ? -1 : 1;
+	return x->row < y->row ? -1 : (x->row > y->row);
+}
+
+static uint64_t
+key_hash(const char *key)
+{
+	return cdx_xxh64(key, strlen(key), 0);
+}
+
+/* Probes whether search_preassigned works on this index type (fast-scan
+ * indexes throw): one query of zeros, k = 1. */
+static int
+probe_preassigned(struct cdx_loaded_shard *ls, const FaissIndex *quantizer, size_t d)
+{
+	float *q = calloc(d, sizeof(float));
+	if (q == NULL)
+		return 0;
+	idx_t assign = 0, label;
+	float cdis = 0, dist;
+	int ok = faiss_Index_search(quantizer, 1, q, 1, &cdis, &assign) == 0;
+	if (ok) {
+		size_t cap = faiss_IndexIVF_nprobe(ls->ivf);
+		idx_t *keys = malloc(cap * sizeof(idx_t));
+		float *dis = calloc(cap, sizeof(float));
+		if (keys != NULL && dis != NULL) {
+			for (size_t i = 0; i < cap; i++)
+				keys[i] = i == 0 ? assign : -1;
+			dis[0] = cdis;
+			ok = faiss_IndexIVF_search_preassigned(ls->ivf, 1, q, 1, keys, dis, &dist, &label, 0) == 0;
+		} else {
+			ok = 0;
+		}
+		free(keys);
+		free(dis);
+	}
+	free(q);
+	return ok;
+}
+
+static int
+load_keys(struct cdx_loaded_shard *ls, const cdx_shard *s)
+{
+	if (cdx_shard_find_part(s, CDX_PART_KEYS) == NULL)
+		return CDX_OK;
+	void *data;
+	size_t len;
+	int rc = cdx_shard_read_part(s, CDX_PART_KEYS, &data, &len);
+	if (rc != CDX_OK)
+		return rc;
+	rc = cdx_keys_decode(data, len, ls->rows, &ls->key_strings, &ls->key_offsets);
+	free(data);
+	return rc;
+}
+
+static int
+load_shard(cdx_collection *c, uint32_t i, const char *path)
+{
+	struct cdx_loaded_shard *ls = &c->shards[i];
+	const struct cdx_manifest *m = c->manifest;
+	const struct cdx_manifest_shard *ms = &m->shards[i];
+	cdx_shard *s = NULL;
+	FILE *f = NULL;
+	void *ids_data = NULL;
+	size_t ids_len = 0;
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return cdx_error_errno(CDX_ENOTFOUND, "shard %s", path);
+	if ((uint64_t) st.st_size != ms->bytes)
+		return cdx_error(CDX_ECORRUPT, "%s: %llu bytes, manifest says %llu", path,
+		    (unsigned long long) st.st_size, (unsigned long long) ms->bytes);
+	int rc = cdx_shard_open(&s, path);
+	if (rc != CDX_OK)
+		return rc;
+	const struct cdx_shard_info *info = cdx_shard_info(s);
+	if (info->dim != m->dim || (int) info->metric != m->metric || info->rows != ms->rows ||
+	    info->shard_index != i || info->shard_count != m->nshards) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: header (dim %u, metric %s, rows %llu, shard %u/%u) disagrees "
+					     "with the manifest",
+		    path, info->dim, cdx_metric_name((int) info->metric), (unsigned long long) info->rows,
+		    info->shard_index, info->shard_count);
+		goto fail;
+	}
+	if ((rc = cdx_shard_verify(s)) != CDX_OK)
+		goto fail;
+	ls->rows = info->rows;
+
+	if ((rc = cdx_shard_open_part_stream(s, CDX_PART_FAISS, &f)) != CDX_OK)
+		goto fail;
+	if (faiss_read_index(f, 0, &ls->index) != 0) {
+		rc = cdx_error_faiss(path);
+		goto fail;
+	}
+	fclose(f);
+	f = NULL;
+	if ((uint32_t) faiss_Index_d(ls->index) != m->dim || (uint64_t) faiss_Index_ntotal(ls->index) != ls->rows) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: faiss index has d=%d ntotal=%lld, expected %u and %llu", path,
+		    faiss_Index_d(ls->index), (long long) faiss_Index_ntotal(ls->index), m->dim,
+		    (unsigned long long) ls->rows);
+		goto fail;
+	}
+
+	if ((rc = cdx_shard_read_part(s, CDX_PART_IDS, &ids_data, &ids_len)) != CDX_OK)
+		goto fail;
+	ls->ids = malloc((ls->rows ? ls->rows : 1) * sizeof(int64_t));
+	if (ls->ids == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "%s: ids", path);
+		goto fail;
+	}
+	if ((rc = cdx_ids_decode(ids_data, ids_len, ls->ids, ls->rows)) != CDX_OK)
+		goto fail;
+	if ((rc = load_keys(ls, s)) != CDX_OK)
+		goto fail;
+	if (cdx_shard_find_part(s, CDX_PART_REFINE) != NULL) {
+		size_t len;
+		if ((rc = cdx_shard_read_part(s, CDX_PART_REFINE, &ls->refine_data, &len)) != CDX_OK)
+			goto fail;
+		if ((rc = cdx_refine_store_parse(&ls->refine, ls->refine_data, len, ls->rows, m->dim)) != CDX_OK)
+			goto fail;
+	}
+	for (uint32_t p = 0; p < info->nparts; p++)
+		c->memory_bytes += info->parts[p].raw_size;
+	free(ids_data);
+	cdx_shard_close(s);
+	return CDX_OK;
+fail:
+	if (f != NULL)
+		fclose(f);
+	free(ids_data);
+	cdx_shard_close(s);
+	return rc;
+}
+
+/* Makes every IVF shard ready for per-request nprobe; see search.h DESIGN. */
+static int
+prepare_ivf(cdx_collection *c)
+{
+	for (uint32_t i = 0; i < c->nshards; i++) {
+		struct cdx_loaded_shard *ls = &c->shards[i];
+		pthread_mutex_init(&ls->lock, NULL);
+		ls->ivf = faiss_IndexIVF_cast(ls->index);
+		if ((ls->ivf == NULL) != (c->shards[0].ivf == NULL))
+			return cdx_error(CDX_ECORRUPT, "%s: shards mix IVF and non-IVF indexes", c->dir);
+		if (ls->ivf == NULL)
+			continue;
+		size_t nlist = faiss_IndexIVF_nlist(ls->ivf);
+		if (i == 0) {
+			c->nlist = nlist;
+			c->nprobe_cap = CDX_MIN(nlist, (size_t) CDX_NPROBE_CAP_DEFAULT);
+			c->quantizer = faiss_IndexIVF_quantizer(ls->ivf);
+		} else if (nlist != c->nlist) {
+			return cdx_error(CDX_ECORRUPT, "%s: shard %u has nlist %zu, shard 0 has %zu", c->dir, i, nlist,
+			    c->nlist);
+		}
+		faiss_IndexIVF_set_nprobe(ls->ivf, c->nprobe_cap);
+		/* Vectors of stored items (query by key, online recall) come from
+		 * the refine store when there is one, else from the PQ codes, which
+		 * needs the row -> (list, offset) direct map: 8 bytes an item. */
+		if (ls->refine_data == NULL && faiss_IndexIVF_make_direct_map(ls->ivf, 1) != 0)
+			return cdx_error_faiss("make_direct_map");
+		ls->preassigned = probe_preassigned(ls, c->quantizer, c->manifest->dim);
+		if (!ls->preassigned)
+			cdx_warn("SRCH-NOPREASSIGN",
+			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
+			    "serialised by a lock on this shard",
+			    c->dir, i);
+	}
+	return CDX_OK;
+}
+
+/* Items are found by key through a sorted (hash, shard, row) array: 16 bytes
+ * an item, no pointers, built with one sort. */
+static int
+build_key_index(cdx_collection *c)
+{
+	if (c->shards[0].key_strings == NULL || c->items == 0)
+		return CDX_OK;
+	c->key_index = malloc(c->items * sizeof(struct cdx_key_slot));
+	if (c->key_index == NULL)
+		return cdx_error(CDX_ENOMEM, "%s: key index of %llu items", c->dir, (unsigned long long) c->items);
+	size_t n = 0;
+	for (uint32_t s = 0; s < c->nshards; s++) {
+		const struct cdx_loaded_shard *ls = &c->shards[s];
+		if (ls->key_strings == NULL)
+			return cdx_error(CDX_ECORRUPT, "%s: shard %u has no keys but shard 0 does", c->dir, s);
+		for (uint64_t r = 0; r < ls->rows; r++) {
+			c->key_index[n].hash = key_hash(ls->key_strings + ls->key_offsets[r]);
+			c->key_index[n].shard = s;
+			c->key_index[n].row = (uint32_t) r;
+			n++;
+		}
+	}
+	qsort(c->key_index, n, sizeof(*c->key_index), key_slot_cmp);
+	c->memory_bytes += n * sizeof(struct cdx_key_slot);
+	return CDX_OK;
+}
+
+int
+cdx_collection_load(cdx_collection **cp, const char *path)
+{
+	*cp = NULL;
+	cdx_collection *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return cdx_error(CDX_ENOMEM, "loading %s", path);
+	atomic_init(&c->refs, 1);
+	int rc = cdx_version_path_resolve(path, c->dir);
+	if (rc != CDX_OK)
+		goto fail;
+	if ((rc = cdx_manifest_load(&c->manifest, c->dir)) != CDX_OK)
+		goto fail;
+	const struct cdx_manifest *m = c->manifest;
+	if (m->nshards == 0) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: manifest lists no shards", c->dir);
+		goto fail;
+	}
+	c->nshards = m->nshards;
+	c->shards = calloc(m->nshards, sizeof(*c->shards));
+	if (c->shards == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "%s: shards", c->dir);
+		goto fail;
+	}
+	for (uint32_t i = 0; i < m->nshards; i++) {
+		char shard_path[PATH_MAX + CDX_NAME_MAX];
+		snprintf(shard_path, sizeof(shard_path), "%s/%s", c->dir, m->shards[i].file);
+		if ((rc = load_shard(c, i, shard_path)) != CDX_OK)
+			goto fail;
+		c->items += c->shards[i].rows;
+	}
+	if (c->items != m->items) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: shards hold %llu items, manifest says %llu", c->dir,
+		    (unsigned long long) c->items, (unsigned long long) m->items);
+		goto fail;
+	}
+	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
+		goto fail;
+	*cp = c;
+	return CDX_OK;
+fail:
+	cdx_collection_unref(c);
+	return rc;
+}
+
+void
+cdx_collection_ref(cdx_collection *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void
+cdx_collection_unref(cdx_collection *c)
+{
+	if (c == NULL || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	for (uint32_t i = 0; c->shards != NULL && i < c->nshards; i++) {
+		struct cdx_loaded_shard *ls = &c->shards[i];
+		if (ls->index != NULL)
+			faiss_Index_free(ls->index);
+		free(ls->ids);
+		free(ls->key_strings);
+		free(ls->key_offsets);
+		free(ls->refine_data);
+		pthread_mutex_destroy(&ls->lock);
+	}
+	free(c->shards);
+	free(c->key_index);
+	cdx_manifest_free(c->manifest);
+	free(c);
+}
+
+const struct cdx_manifest *
+cdx_collection_manifest(const cdx_collection *c)
+{
+	return c->manifest;
+}
+
+const char *
+cdx_collection_dir(const cdx_collection *c)
+{
+	return c->dir;
+}
+
+uint64_t
+cdx_collection_memory_bytes(const cdx_collection *c)
+{
+	return c->memory_bytes;
+}
+
+const char *
+cdx_collection_key(const cdx_collection *c, uint32_t shard, uint32_t row)
+{
+	if (shard >= c->nshards || row >= c->shards[shard].rows || c->shards[shard].key_strings == NULL)
+		return "";
+	const struct cdx_loaded_shard *ls = &c->shards[shard];
+	return ls->key_strings + ls->key_offsets[row];
+}
+
+int
+cdx_collection_find_key(const cdx_collection *c, const char *key, uint32_t *shard, uint32_t *row, int64_t *id)
+{
+	if (c->key_index == NULL)
+		return cdx_error(CDX_ENOTFOUND, "collection %s has no keys", c->manifest->collection);
+	uint64_t h = key_hash(key);
+	size_t lo = 0, hi = c->items;
+	while (lo < hi) { /* first slot with hash >= h */
+		size_t mid = lo + (hi - lo) / 2;
+		if (c->key_index[mid].hash < h)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (; lo < c->items && c->key_index[lo].hash == h; lo++) {
+		const struct cdx_key_slot *s = &c->key_index[lo];
+		if (strcmp(cdx_collection_key(c, s->shard, s->row), key) == 0) {
+			*shard = s->shard;
+			*row = s->row;
+			if (id != NULL)
+				*id = c->shards[s->shard].ids[s->row];
+			return CDX_OK;
+		}
+	}
+	return cdx_error(CDX_ENOTFOUND, "key '%s' not in collection %s", key, c->manifest->collection);
+}
+
+int
+cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uint32_t *row)
+{
+	/* Items go to shard mix64(id) % nshards (see build), so one shard is scanned. */
+	uint32_t s = (uint32_t) (cdx_mix64((uint64_t) id) % c->nshards);
+	const struct cdx_loaded_shard *ls = &c->shards[s];
+	for (uint64_t r = 0; r < ls->rows; r++) {
+		if (ls->ids[r] == id) {
+			*shard = s;
+			*row = (uint32_t) r;
+			return CDX_OK;
+		}
+	}
+	return cdx_error(CDX_ENOTFOUND, "id %lld not in collection %s", (long long) id, c->manifest->collection);
+}
+
+int
+cdx_collection_vector(const cdx_collection *c, uint32_t shard, uint32_t row, float *out)
+{
+	if (shard >= c->nshards || row >= c->shards[shard].rows)
+		return cdx_error(CDX_EINVAL, "no item at shard %u row %u", shard, row);
+	const struct cdx_loaded_shard *ls = &c->shards[shard];
+	if (ls->refine_data != NULL) {
+		cdx_refine_decode(&ls->refine, row, out);
+		return CDX_OK;
+	}
+	/* IVF: prepare_ivf() made a direct map (row -> list, offset) at load. */
+	if (faiss_Index_reconstruct(ls->index, row, out) != 0)
+		return cdx_error_faiss("reconstruct");
+	return CDX_OK;
+}

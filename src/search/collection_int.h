@@ -1,0 +1,55 @@
+/*
+ * collection_int.h — the insides of a loaded collection, shared by
+ * collection.c (loading) and search.c (searching). Not a public interface.
+ */
+#ifndef CANDEX_COLLECTION_INT_H
+#define CANDEX_COLLECTION_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <faiss/c_api/IndexIVF_c.h>
+#include <faiss/c_api/Index_c.h>
+
+#include "search/search.h"
+#include "shard/refine.h"
+
+struct cdx_loaded_shard {
+	FaissIndex *index;        /* owned; labels are shard-local rows */
+	FaissIndexIVF *ivf;       /* index downcast, or NULL (flat fallback) */
+	int preassigned;          /* 1: per-request nprobe via search_preassigned */
+	pthread_mutex_t lock;     /* only for !preassigned IVF indexes (nprobe is set per call) */
+	uint64_t rows;
+	int64_t *ids;             /* rows external ids */
+	char *key_strings;        /* NUL-terminated keys, or NULL */
+	uint64_t *key_offsets;    /* rows + 1 offsets into key_strings */
+	void *refine_data;        /* decompressed REFINE part, or NULL */
+	struct cdx_refine_store refine;
+};
+
+/* An entry of the key index: sorted by hash, then resolved by comparing strings. */
+struct cdx_key_slot {
+	uint64_t hash;
+	uint32_t shard;
+	uint32_t row;
+};
+
+struct cdx_collection {
+	atomic_long refs;
+	char dir[4096];
+	struct cdx_manifest *manifest;
+	uint32_t nshards;
+	struct cdx_loaded_shard *shards;
+	const FaissIndex *quantizer; /* shard 0's coarse quantizer, shared by all shards */
+	size_t nlist;
+	size_t nprobe_cap;           /* every IVF shard's nprobe field, fixed at load */
+	struct cdx_key_slot *key_index; /* items slots sorted by hash, or NULL */
+	uint64_t items;
+	uint64_t memory_bytes;
+};
+
+/* Upper bound on per-request nprobe: the assignment arrays passed to
+ * search_preassigned have this stride, padded with -1. */
+#define CDX_NPROBE_CAP_DEFAULT 2048
+
+#endif
