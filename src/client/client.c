@@ -1,0 +1,444 @@
+/*
+ * client.c — the candex client library (include/candex/client.h).
+ *
+ * One nng REQ socket per client, dialed in the background; every call opens
+ * its own nng context, so calls from several threads run concurrently over
+ * the same connections. A call is: pack the Request, then up to 1 + retries
+ * attempts of send + receive under the per-attempt timeout, sleeping
+ * backoff_ms, 2 x backoff_ms... between attempts that failed for a reason a
+ * retry can fix (no answer in time, server unavailable or overloaded).
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "candex/client.h"
+#include "client/wire.h"
+#include "common/common.h"
+
+struct cdx_client {
+	nng_socket sock;
+	nng_dialer dialer;
+	nng_tls_config *tls;
+	struct cdx_client_options opts;
+	char *url;
+	uint64_t id_prefix; /* request ids are <prefix>-<seq> */
+	atomic_uint_fast64_t seq;
+};
+
+static int CDX_PRINTF(3, 4) client_fail(struct cdx_client_error *err, int code, const char *fmt, ...)
+{
+	if (err != NULL) {
+		va_list ap;
+		err->code = code;
+		va_start(ap, fmt);
+		vsnprintf(err->message, sizeof(err->message), fmt, ap);
+		va_end(ap);
+	}
+	return code;
+}
+
+static void
+client_ok(struct cdx_client_error *err)
+{
+	if (err != NULL) {
+		err->code = CDX_OK;
+		err->message[0] = '\0';
+	}
+}
+
+int
+cdx_client_open(cdx_client **cp, const char *url, const struct cdx_client_options *opts,
+    struct cdx_client_error *err)
+{
+	cdx_client *c;
+	int rv, rc;
+
+	*cp = NULL;
+	if (url == NULL || *url == '\0')
+		return client_fail(err, CDX_EINVAL, "no server URL");
+	if ((c = calloc(1, sizeof(*c))) == NULL || (c->url = strdup(url)) == NULL) {
+		free(c);
+		return client_fail(err, CDX_ENOMEM, "out of memory");
+	}
+	if (opts != NULL)
+		c->opts = *opts;
+	if (c->opts.timeout_ms == 0)
+		c->opts.timeout_ms = 5000;
+	if (c->opts.backoff_ms == 0)
+		c->opts.backoff_ms = 20;
+	if (c->opts.max_message == 0)
+		c->opts.max_message = 64u << 20;
+	/* the TLS file names are only needed while dialing; do not keep them */
+	c->opts.tls_ca_file = c->opts.tls_cert_file = c->opts.tls_key_file = c->opts.tls_server_name = NULL;
+	c->id_prefix = cdx_mix64(cdx_now_us() ^ ((uint64_t) getpid() << 32) ^ (uint64_t) (uintptr_t) c);
+
+	if ((rv = nng_req0_open(&c->sock)) != 0) {
+		rc = client_fail(err, cdx__nng_code(rv), "cannot open REQ socket: %s", nng_strerror(rv));
+		goto fail_nosock;
+	}
+	nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, c->opts.max_message);
+	/* Our own retry policy decides what is resent; nng's REQ resend (1 min
+	 * by default) would only duplicate work behind the caller's back. */
+	nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 10);
+	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
+	if ((rv = nng_dialer_create(&c->dialer, c->sock, url)) != 0) {
+		rc = client_fail(err, cdx__nng_code(rv), "bad URL '%s': %s", url, nng_strerror(rv));
+		goto fail;
+	}
+	if (strncmp(url, "tls+tcp", 7) == 0) {
+		const char *ca = opts ? opts->tls_ca_file : NULL, *cert = opts ? opts->tls_cert_file : NULL;
+		const char *key = opts ? opts->tls_key_file : NULL, *name = opts ? opts->tls_server_name : NULL;
+		if ((rc = cdx__tls_config(&c->tls, NNG_TLS_MODE_CLIENT, cert, key, ca, name)) != CDX_OK) {
+			client_fail(err, rc, "%s", cdx_last_error());
+			goto fail;
+		}
+		if ((rv = nng_dialer_set_ptr(c->dialer, NNG_OPT_TLS_CONFIG, c->tls)) != 0) {
+			rc = client_fail(err, cdx__nng_code(rv), "TLS config: %s", nng_strerror(rv));
+			goto fail;
+		}
+	}
+	/* Non-blocking: a server that is not up yet is redialed in the
+	 * background, and calls time out until it is. */
+	if ((rv = nng_dialer_start(c->dialer, NNG_FLAG_NONBLOCK)) != 0) {
+		rc = client_fail(err, cdx__nng_code(rv), "cannot dial '%s': %s", url, nng_strerror(rv));
+		goto fail;
+	}
+	*cp = c;
+	client_ok(err);
+	return CDX_OK;
+fail:
+	nng_close(c->sock);
+fail_nosock:
+	if (c->tls != NULL)
+		nng_tls_config_free(c->tls);
+	free(c->url);
+	free(c);
+	return rc;
+}
+
+void
+cdx_client_close(cdx_client *c)
+{
+	if (c == NULL)
+		return;
+	nng_close(c->sock);
+	if (c->tls != NULL)
+		nng_tls_config_free(c->tls);
+	free(c->url);
+	free(c);
+}
+
+/* roundtrip sends msg (always consumed) and waits for the reply within
+ * timeout_ms. Returns an nng error code. */
+static int
+roundtrip(cdx_client *c, nng_msg *msg, uint32_t timeout_ms, nng_msg **reply)
+{
+	nng_ctx ctx;
+	nng_aio *aio;
+	int rv;
+	uint64_t start = cdx_now_us();
+
+	*reply = NULL;
+	if ((rv = nng_aio_alloc(&aio, NULL, NULL)) != 0) {
+		nng_msg_free(msg);
+		return rv;
+	}
+	if ((rv = nng_ctx_open(&ctx, c->sock)) != 0) {
+		nng_msg_free(msg);
+		nng_aio_free(aio);
+		return rv;
+	}
+	nng_aio_set_timeout(aio, (nng_duration) timeout_ms);
+	nng_aio_set_msg(aio, msg);
+	nng_ctx_send(ctx, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) != 0) {
+		nng_msg_free(nng_aio_get_msg(aio));
+		goto done;
+	}
+	uint64_t spent_ms = (cdx_now_us() - start) / 1000;
+	nng_aio_set_timeout(aio, spent_ms >= timeout_ms ? 1 : (nng_duration) (timeout_ms - spent_ms));
+	nng_ctx_recv(ctx, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) == 0)
+		*reply = nng_aio_get_msg(aio);
+done:
+	/* closing the context abandons the request: a late reply is dropped */
+	nng_ctx_close(ctx);
+	nng_aio_free(aio);
+	return rv;
+}
+
+static int
+retryable(int code)
+{
+	return code == CDX_ETIMEDOUT || code == CDX_EUNAVAIL || code == CDX_EOVERLOAD;
+}
+
+static void
+sleep_ms(uint32_t ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0)
+		;
+}
+
+/* call runs one request with retries. On success (transport OK and status
+ * OK) *respp is the unpacked response, freed with
+ * candex__v1__response__free_unpacked(). */
+static int
+call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__Response **respp,
+    struct cdx_client_error *err)
+{
+	char idbuf[48];
+	nng_msg *msg;
+	int rc = CDX_OK;
+
+	*respp = NULL;
+	req->protocol_version = CDX_PROTOCOL_VERSION;
+	if (req->request_id == NULL || req->request_id[0] == '\0') {
+		snprintf(idbuf, sizeof(idbuf), "%016llx-%llu", (unsigned long long) c->id_prefix,
+		    (unsigned long long) atomic_fetch_add(&c->seq, 1));
+		req->request_id = idbuf;
+	}
+	if (timeout_ms == 0)
+		timeout_ms = c->opts.timeout_ms;
+	if ((rc = cdx__wire_pack(&req->base, &msg)) != CDX_OK)
+		return client_fail(err, rc, "%s", cdx_last_error());
+
+	uint32_t backoff = c->opts.backoff_ms;
+	for (uint32_t attempt = 0;; attempt++) {
+		nng_msg *copy = NULL, *reply = NULL;
+		int last = attempt >= c->opts.retries;
+		if (!last && nng_msg_dup(&copy, msg) != 0)
+			last = 1; /* no memory for a copy: this attempt is the last */
+		int rv = roundtrip(c, last ? msg : copy, timeout_ms, &reply);
+		if (last)
+			msg = NULL;
+		if (rv != 0) {
+			rc = cdx__nng_code(rv);
+			if (rv == NNG_ETIMEDOUT)
+				client_fail(err, rc, "no reply from %s within %u ms", c->url, timeout_ms);
+			else
+				client_fail(err, rc, "%s: %s", c->url, nng_strerror(rv));
+		} else {
+			Candex__V1__Response *resp =
+			    candex__v1__response__unpack(NULL, nng_msg_len(reply), nng_msg_body(reply));
+			nng_msg_free(reply);
+			if (resp == NULL) {
+				rc = client_fail(err, CDX_EPROTO, "malformed response from %s", c->url);
+			} else if (resp->status != CANDEX__V1__STATUS__OK) {
+				rc = (int) resp->status;
+				if (rc <= 0)
+					rc = CDX_EINTERNAL;
+				client_fail(err, rc, "%s", resp->message && *resp->message ? resp->message
+											: cdx_strerror(rc));
+				candex__v1__response__free_unpacked(resp, NULL);
+			} else {
+				*respp = resp;
+				rc = CDX_OK;
+			}
+		}
+		if (rc == CDX_OK || last || !retryable(rc))
+			break;
+		sleep_ms(backoff);
+		backoff = backoff > UINT32_MAX / 2 ? UINT32_MAX : backoff * 2;
+	}
+	if (msg != NULL)
+		nng_msg_free(msg);
+	if (rc == CDX_OK)
+		client_ok(err);
+	return rc;
+}
+
+/* The result owns the unpacked response (priv); hit keys point into it. */
+int
+cdx_client_search(cdx_client *c, const struct cdx_query *q, struct cdx_result **rp, struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
+	Candex__V1__Response *resp = NULL;
+	struct cdx_result *r = NULL;
+	int rc;
+
+	*rp = NULL;
+	if (c == NULL || q == NULL || q->collection == NULL)
+		return client_fail(err, CDX_EINVAL, "missing client, query or collection");
+	if (q->nvectors > 0 && (q->vectors == NULL || q->dim == 0))
+		return client_fail(err, CDX_EINVAL, "vectors given without data or dimension");
+	if (q->nvectors > SIZE_MAX / (q->dim ? q->dim : 1))
+		return client_fail(err, CDX_ELIMIT, "too many vectors");
+	sr.collection = (char *) q->collection;
+	sr.dim = q->dim;
+	sr.n_vectors = q->nvectors * q->dim;
+	sr.vectors = (float *) q->vectors;
+	sr.n_query_keys = q->nkeys;
+	sr.query_keys = (char **) q->keys;
+	sr.k = q->k;
+	sr.nprobe = q->nprobe;
+	sr.refine_factor = q->refine_factor;
+	sr.recall_target = q->recall_target;
+	sr.n_exclude_ids = q->n_exclude_ids;
+	sr.exclude_ids = (int64_t *) q->exclude_ids;
+	sr.n_exclude_keys = q->n_exclude_keys;
+	sr.exclude_keys = (char **) q->exclude_keys;
+	sr.model_version = (char *) (q->model_version ? q->model_version : "");
+	req.request_id = (char *) (q->request_id ? q->request_id : "");
+	req.timeout_ms = q->timeout_ms;
+	req.body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
+	req.search = &sr;
+
+	uint32_t timeout = c->opts.timeout_ms;
+	/* leave the server's deadline a little room to answer before ours fires */
+	if (q->timeout_ms != 0 && q->timeout_ms + 100 > timeout)
+		timeout = q->timeout_ms + 100;
+	if ((rc = call(c, &req, timeout, &resp, err)) != CDX_OK)
+		return rc;
+	if (resp->body_case != CANDEX__V1__RESPONSE__BODY_SEARCH || resp->search == NULL) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		return client_fail(err, CDX_EPROTO, "server answered a search without search results");
+	}
+	Candex__V1__SearchResponse *s = resp->search;
+	if ((r = calloc(1, sizeof(*r))) == NULL ||
+	    (r->queries = calloc(s->n_results ? s->n_results : 1, sizeof(*r->queries))) == NULL)
+		goto nomem;
+	r->nqueries = s->n_results;
+	for (size_t i = 0; i < s->n_results; i++) {
+		Candex__V1__QueryResult *qr = s->results[i];
+		struct cdx_query_result *out = &r->queries[i];
+		if (qr->n_hits == 0)
+			continue;
+		if ((out->hits = calloc(qr->n_hits, sizeof(*out->hits))) == NULL)
+			goto nomem;
+		out->nhits = qr->n_hits;
+		for (size_t j = 0; j < qr->n_hits; j++) {
+			out->hits[j].id = qr->hits[j]->id;
+			out->hits[j].key = qr->hits[j]->key;
+			out->hits[j].score = qr->hits[j]->score;
+		}
+	}
+	r->index_version = s->index_version;
+	r->metric = s->metric;
+	r->nprobe = s->nprobe;
+	r->refine_factor = s->refine_factor;
+	r->recall_target = s->recall_target;
+	r->server_time_us = s->server_time_us;
+	r->priv = resp;
+	*rp = r;
+	return CDX_OK;
+nomem:
+	r->priv = resp;
+	cdx_result_free(r);
+	return client_fail(err, CDX_ENOMEM, "out of memory");
+}
+
+void
+cdx_result_free(struct cdx_result *r)
+{
+	if (r == NULL)
+		return;
+	if (r->queries != NULL)
+		for (size_t i = 0; i < r->nqueries; i++)
+			free(r->queries[i].hits);
+	free(r->queries);
+	if (r->priv != NULL)
+		candex__v1__response__free_unpacked(r->priv, NULL);
+	free(r);
+}
+
+int
+cdx_client_health(cdx_client *c, struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__HealthRequest hr = CANDEX__V1__HEALTH_REQUEST__INIT;
+	Candex__V1__Response *resp;
+	int rc;
+
+	if (c == NULL)
+		return client_fail(err, CDX_EINVAL, "no client");
+	req.body_case = CANDEX__V1__REQUEST__BODY_HEALTH;
+	req.health = &hr;
+	if ((rc = call(c, &req, 0, &resp, err)) != CDX_OK)
+		return rc;
+	int serving = resp->body_case == CANDEX__V1__RESPONSE__BODY_HEALTH && resp->health != NULL &&
+	    resp->health->serving && resp->health->collections > 0;
+	candex__v1__response__free_unpacked(resp, NULL);
+	if (!serving)
+		return client_fail(err, CDX_EUNAVAIL, "server at %s serves no collection", c->url);
+	return CDX_OK;
+}
+
+static json_t *
+collection_json(const Candex__V1__CollectionInfo *ci)
+{
+	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I}", "name", ci->name,
+	    "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items", (json_int_t) ci->items,
+	    "shards", (int) ci->shards, "nlist", (int) ci->nlist, "default_nprobe", (int) ci->default_nprobe,
+	    "factory", ci->factory, "model_version", ci->model_version, "refine", ci->refine, "loaded_unix_ms",
+	    (json_int_t) ci->loaded_unix_ms);
+}
+
+int
+cdx_client_info(cdx_client *c, const char *collection, char **json, struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__InfoRequest ir = CANDEX__V1__INFO_REQUEST__INIT;
+	Candex__V1__Response *resp;
+	int rc;
+
+	*json = NULL;
+	if (c == NULL)
+		return client_fail(err, CDX_EINVAL, "no client");
+	ir.collection = (char *) (collection ? collection : "");
+	req.body_case = CANDEX__V1__REQUEST__BODY_INFO;
+	req.info = &ir;
+	if ((rc = call(c, &req, 0, &resp, err)) != CDX_OK)
+		return rc;
+	if (resp->body_case != CANDEX__V1__RESPONSE__BODY_INFO || resp->info == NULL) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		return client_fail(err, CDX_EPROTO, "server answered info without an info body");
+	}
+	json_t *root = json_object(), *arr = json_array();
+	json_object_set_new(root, "server_version", json_string(resp->info->server_version));
+	for (size_t i = 0; i < resp->info->n_collections; i++)
+		json_array_append_new(arr, collection_json(resp->info->collections[i]));
+	json_object_set_new(root, "collections", arr);
+	*json = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(root);
+	candex__v1__response__free_unpacked(resp, NULL);
+	if (*json == NULL)
+		return client_fail(err, CDX_ENOMEM, "out of memory");
+	return CDX_OK;
+}
+
+int
+cdx_client_reload(cdx_client *c, const char *collection, struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__ReloadRequest rr = CANDEX__V1__RELOAD_REQUEST__INIT;
+	Candex__V1__Response *resp;
+	int rc;
+
+	if (c == NULL)
+		return client_fail(err, CDX_EINVAL, "no client");
+	rr.collection = (char *) (collection ? collection : "");
+	req.body_case = CANDEX__V1__REQUEST__BODY_RELOAD;
+	req.reload = &rr;
+	/* loading a big index takes a while: wait longer than for a search */
+	uint32_t timeout = c->opts.timeout_ms < 120000 ? 120000 : c->opts.timeout_ms;
+	if ((rc = call(c, &req, timeout, &resp, err)) != CDX_OK)
+		return rc;
+	candex__v1__response__free_unpacked(resp, NULL);
+	return CDX_OK;
+}
