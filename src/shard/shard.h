@@ -136,7 +136,63 @@ int cdx_ids_decode(const void *data, size_t len, int64_t *ids, size_t n);
 int cdx_keys_encode_one(const char *key, size_t keylen, cdx_buf *out);
 /* cdx_keys_decode fills offsets[n+1] so key i is data[offsets[i] .. offsets[i+1]),
  * with the length prefixes stripped into a packed string area strings (malloc'd,
- * each key NUL-terminated; offsets index into it). */
+ * each key NUL-terminated; offsets index into it, so key i is the C string
+ * strings + offsets[i] of length offsets[i+1] - offsets[i] - 1). Both are
+ * malloc'd and the caller frees them. Keys never contain NUL bytes. */
 int cdx_keys_decode(const void *data, size_t len, size_t n, char **strings, uint64_t **offsets);
+
+/* --- the header as stored ---------------------------------------------
+ * Byte offsets in the 4096-byte header (all integers little-endian):
+ *     0  char[8]  magic "CDXSHARD"
+ *     8  u32      format version
+ *    12  u32      header size (4096)
+ *    16  char[64] collection, NUL-padded
+ *    80  u32      metric        84  u32 dim
+ *    88  u32      shard index   92  u32 shard count
+ *    96  u64      rows
+ *   104  u32      nparts       108  u32 reserved (0)
+ *   112  part table: CDX_SHARD_MAX_PARTS x 48 bytes
+ *        {u32 kind, u32 flags, u64 offset, u64 stored, u64 raw, u64 xxh64, u64 reserved}
+ *   ...  zero
+ *  4088  u64      xxh64 (seed 0) of bytes [0, 4088)
+ * A reader refuses a newer format version (CDX_EVERSION) before checking
+ * the checksum, since a later format may place it elsewhere. */
+#define CDX_SHARD_HDR_VERSION_OFFSET 8
+#define CDX_SHARD_HDR_PARTS_OFFSET 112
+#define CDX_SHARD_HDR_PART_SIZE 48
+#define CDX_SHARD_HDR_CHECKSUM_OFFSET (CDX_SHARD_HEADER_SIZE - 8)
+#define CDX_SHARD_LZ4_BLOCK_BYTES (4u << 20)
+
+/* cdx_shard_header_encode serialises info (nparts and parts included) into
+ * out, checksum included. CDX_EINVAL if info does not fit the format. */
+int cdx_shard_header_encode(const struct cdx_shard_info *info, uint8_t out[CDX_SHARD_HEADER_SIZE]);
+/* cdx_shard_header_decode validates and parses a header (magic, version,
+ * checksum, field ranges; not part bounds). path only names the file in
+ * error messages. */
+int cdx_shard_header_decode(const uint8_t *buf, struct cdx_shard_info *info, const char *path);
+
+/* Little-endian helpers shared by the codecs. */
+static inline void
+cdx_put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t) (v >> (8 * i));
+}
+static inline void
+cdx_put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t) (v >> (8 * i));
+}
+static inline uint32_t
+cdx_get_le32(const uint8_t *p)
+{
+	return (uint32_t) p[0] | (uint32_t) p[1] << 8 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 24;
+}
+static inline uint64_t
+cdx_get_le64(const uint8_t *p)
+{
+	return (uint64_t) cdx_get_le32(p) | (uint64_t) cdx_get_le32(p + 4) << 32;
+}
 
 #endif
