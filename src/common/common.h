@@ -104,6 +104,8 @@ int cdx_read_all(int fd, void *buf, size_t len, uint64_t off, const char *path);
 int cdx_fsync_path(const char *path); /* file or directory */
 int cdx_mkdir_p(const char *path, int mode);
 int cdx_rm_rf(const char *path);
+/* cdx_pathf formats a path into out; CDX_EINVAL (with a message) if it does not fit. */
+int cdx_pathf(char *out, size_t size, const char *fmt, ...) CDX_PRINTF(3, 4);
 /* cdx_read_file reads a whole small file into a NUL-terminated malloc'd buffer. */
 int cdx_read_file(const char *path, char **data, size_t *len);
 /* cdx_write_file_atomic writes data to path.tmp, fsyncs, renames over path,

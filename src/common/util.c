@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -169,6 +170,18 @@ cdx_rm_rf(const char *path)
 	}
 	if (unlink(path) != 0)
 		return cdx_error_errno(CDX_EIO, "unlink %s", path);
+	return CDX_OK;
+}
+
+int
+cdx_pathf(char *out, size_t size, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(out, size, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t) n >= size)
+		return cdx_error(CDX_EINVAL, "path too long: %.64s...", out);
 	return CDX_OK;
 }
 
