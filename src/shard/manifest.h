@@ -10,6 +10,7 @@
 #ifndef CANDEX_MANIFEST_H
 #define CANDEX_MANIFEST_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "shard/shard.h"
@@ -90,5 +91,10 @@ int cdx_version_gc(const char *collection_dir, unsigned keep);
 /* cdx_version_path_resolve turns any of DIR/NAME, DIR/NAME/CURRENT or
  * DIR/NAME/<version> into the real version directory path (PATH_MAX bytes). */
 int cdx_version_path_resolve(const char *path, char *version_dir);
+/* cdx_version_staging_name writes ".staging-<pid>-<version>" into out: the
+ * directory name (inside the collection directory) a builder fills before
+ * renaming it to <version>. gc recognises the pid and removes the staging
+ * directories of dead builders (and any older than a day). */
+int cdx_version_staging_name(char *out, size_t cap, const char *version);
 
 #endif
