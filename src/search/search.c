@@ -192,6 +192,31 @@ done:
 	return rc;
 }
 
+/* Serial search of a whole batch in chunks, so that the assignment arrays
+ * (chunk x nprobe cap) stay small whatever the batch size. */
+static int
+search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, idx_t *I)
+{
+	enum { CHUNK = 256 };
+	if (nq <= CHUNK)
+		return search_slice(x, q, 0, nq, D, I);
+	size_t nshards = x->c->nshards, kf = x->kf;
+	float *Dc = malloc(nshards * CHUNK * kf * sizeof(float));
+	idx_t *Ic = malloc(nshards * CHUNK * kf * sizeof(idx_t));
+	int rc = Dc && Ic ? CDX_OK : cdx_error(CDX_ENOMEM, "search buffers");
+	for (size_t a = 0; rc == CDX_OK && a < nq; a += CHUNK) {
+		size_t b = CDX_MIN(nq, a + CHUNK), sn = b - a;
+		rc = search_slice(x, q, a, b, Dc, Ic);
+		for (size_t s = 0; rc == CDX_OK && s < nshards; s++) {
+			memcpy(D + (s * nq + a) * kf, Dc + s * sn * kf, sn * kf * sizeof(float));
+			memcpy(I + (s * nq + a) * kf, Ic + s * sn * kf, sn * kf * sizeof(idx_t));
+		}
+	}
+	free(Dc);
+	free(Ic);
+	return rc;
+}
+
 /* Merges query i's per-shard results into hits[0..k). */
 static int
 merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query, const float *D, const idx_t *I,
@@ -280,14 +305,15 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	int threads = p->parallel ? saved_threads : 1;
 	omp_set_num_threads(1);
 	if (threads > 1 && nq > 1) {
-		size_t nslices = CDX_MIN((size_t) threads, nq);
+		/* at least one slice per thread, and none over 256 queries */
+		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + 255) / 256));
 		int slice_rc = CDX_OK;
 		float *Dt = malloc(c->nshards * nq * x.kf * sizeof(float));
 		idx_t *It = malloc(c->nshards * nq * x.kf * sizeof(idx_t));
 		if (Dt == NULL || It == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "search buffers");
 		} else {
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
 			for (size_t t = 0; t < nslices; t++) {
 				size_t a = nq * t / nslices, b = nq * (t + 1) / nslices;
 				/* Each slice writes its own [shard][a..b) block of Dt/It. */
@@ -314,7 +340,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		free(Dt);
 		free(It);
 	} else {
-		rc = search_slice(&x, q, 0, nq, D, I);
+		rc = search_chunked(&x, q, nq, D, I);
 	}
 	omp_set_num_threads(saved_threads);
 
