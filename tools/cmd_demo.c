@@ -166,7 +166,7 @@ static void
 usage(FILE *out)
 {
 	fprintf(out,
-	    "usage: candex demo [--index-dir DIR] [--queries N] [--show N]\n\n"
+	    "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
 	    "Runs the main job end to end on the embedded sample catalogue:\n"
 	    "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
 	    "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos), published versions\n"
@@ -176,16 +176,20 @@ usage(FILE *out)
 	    "  5. SIGTERM: the server drains and exits 0\n\n"
 	    "  --index-dir DIR  where indexes go (default index-data)\n"
 	    "  --queries N      user queries per collection for recall (default 200)\n"
-	    "  --show N         users whose candidates are printed (default 2)\n");
+	    "  --show N         users whose candidates are printed (default 2)\n"
+	    "  --tracks N       sample catalogue size (default 100000)\n"
+	    "  --podcasts N     sample catalogue size (default 10000)\n");
 }
 
 int
 cmd_demo(int argc, char **argv)
 {
 	const char *index_dir = "index-data";
+	const char *ntracks = "100000", *npodcasts = "10000";
 	size_t nqueries = 200, nshow = 2;
 	static const struct option opts[] = {{"index-dir", required_argument, 0, 'd'},
 		{"queries", required_argument, 0, 'q'}, {"show", required_argument, 0, 's'},
+		{"tracks", required_argument, 0, 't'}, {"podcasts", required_argument, 0, 'p'},
 		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
 	int ch;
 	optind = 1;
@@ -199,6 +203,12 @@ cmd_demo(int argc, char **argv)
 			break;
 		case 's':
 			nshow = strtoull(optarg, NULL, 10);
+			break;
+		case 't':
+			ntracks = optarg;
+			break;
+		case 'p':
+			npodcasts = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -224,7 +234,8 @@ cmd_demo(int argc, char **argv)
 
 	printf("== 1/5 sample catalogue -> %s\n", sample_dir);
 	fflush(stdout);
-	char *sample_args[] = {"candex", "sample", "--out", sample_dir, NULL};
+	char *sample_args[] = {"candex", "sample", "--out", sample_dir, "--tracks", (char *) ntracks, "--podcasts",
+		(char *) npodcasts, NULL};
 	if (run_self(sample_args) != 0)
 		return CLI_EXIT_FAIL;
 
