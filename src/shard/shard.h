@@ -102,6 +102,12 @@ int cdx_shard_writer_open(cdx_shard_writer **wp, const char *path, const struct 
 int cdx_shard_writer_begin_part(cdx_shard_writer *w, uint32_t kind, uint32_t flags);
 int cdx_shard_writer_write(cdx_shard_writer *w, const void *data, size_t len);
 int cdx_shard_writer_end_part(cdx_shard_writer *w);
+/* cdx_shard_writer_part_stream begins a part and returns a write-only FILE*
+ * feeding it (fopencookie), for faiss_write_index(). fclose() ends the part;
+ * it returns EOF on failure, and the error code is then also returned by
+ * every later writer call, including _commit. Do not use the writer until
+ * the FILE* is closed. */
+int cdx_shard_writer_part_stream(cdx_shard_writer *w, uint32_t kind, uint32_t flags, FILE **fp);
 /* _commit writes the header, fsyncs and closes; *info_out (may be NULL) gets
  * the final header. The writer is freed whatever the result. */
 int cdx_shard_writer_commit(cdx_shard_writer *w, struct cdx_shard_info *info_out);

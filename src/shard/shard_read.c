@@ -238,6 +238,30 @@ ps_fail(struct part_stream *ps)
 	return -1;
 }
 
+/* ps_finish runs the frame to its end once all declared bytes are out, so
+ * the read that hands out the last byte also checks the content checksum:
+ * Faiss stops reading at its last field and would otherwise never reach
+ * the checksum at the end of the frame. */
+static int
+ps_finish(struct part_stream *ps)
+{
+	for (;;) {
+		uint8_t spare;
+		size_t one = 1, sn = ps->srcleft;
+		size_t r = LZ4F_decompress(ps->dctx, &spare, &one, ps->src, &sn, NULL);
+		if (LZ4F_isError(r) || one > 0)
+			return -1; /* corrupt, or more content than declared */
+		ps->src += sn;
+		ps->srcleft -= sn;
+		if (r == 0) {
+			ps->done = 1;
+			return ps->srcleft == 0 ? 0 : -1;
+		}
+		if (sn == 0)
+			return -1; /* truncated */
+	}
+}
+
 static ssize_t
 ps_read(void *cookie, char *buf, size_t size)
 {
@@ -263,6 +287,8 @@ ps_read(void *cookie, char *buf, size_t size)
 			ps->done = 1;
 		} else if (sn == 0 && dst == 0) {
 			return ps_fail(ps); /* truncated frame: no progress possible */
+		} else if (ps->pos == ps->raw && ps_finish(ps) != 0) {
+			return ps_fail(ps);
 		}
 	}
 	return (ssize_t) got;

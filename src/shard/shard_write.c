@@ -250,3 +250,46 @@ cdx_shard_writer_abort(cdx_shard_writer *w)
 	errno = saved;
 	w_free(w);
 }
+
+/* --- FILE* parts --------------------------------------------------------- */
+
+static ssize_t
+wps_write(void *cookie, const char *buf, size_t size)
+{
+	cdx_shard_writer *w = cookie;
+	if (cdx_shard_writer_write(w, buf, size) != CDX_OK) {
+		errno = w->err == CDX_ENOSPC ? ENOSPC : EIO;
+		return -1;
+	}
+	return (ssize_t) size;
+}
+
+static int
+wps_close(void *cookie)
+{
+	cdx_shard_writer *w = cookie;
+	if (w->err == CDX_OK && w->in_part && cdx_shard_writer_end_part(w) != CDX_OK)
+		w_fail(w, CDX_EIO);
+	if (w->err != CDX_OK) {
+		errno = w->err == CDX_ENOSPC ? ENOSPC : EIO;
+		return -1;
+	}
+	return 0;
+}
+
+int
+cdx_shard_writer_part_stream(cdx_shard_writer *w, uint32_t kind, uint32_t flags, FILE **fp)
+{
+	*fp = NULL;
+	int rc = cdx_shard_writer_begin_part(w, kind, flags);
+	if (rc != CDX_OK)
+		return rc;
+	cookie_io_functions_t io = { .read = NULL, .write = wps_write, .seek = NULL, .close = wps_close };
+	FILE *f = fopencookie(w, "w", io);
+	if (f == NULL)
+		return w_fail(w, cdx_error_errno(CDX_ENOMEM, "%s: fopencookie", w->path));
+	/* Faiss writes field by field; buffer so LZ4F sees large pieces. */
+	setvbuf(f, NULL, _IOFBF, 1u << 16);
+	*fp = f;
+	return CDX_OK;
+}
