@@ -1,0 +1,787 @@
+/*
+ * dispatch.c — sockets, per-context state machines, request validation, the
+ * job queue and the search workers (see server.h DESIGN).
+ *
+ * A context's life: RECV (aio callback on an nng thread) -> the request is
+ * decoded and checked; health/info/errors are answered right there; a
+ * search goes on the queue (or is answered OVERLOADED when it is full); a
+ * reload goes to the reload thread -> whoever answers packs the Response and
+ * calls nng_ctx_send with the context's aio -> SEND completes (callback) ->
+ * RECV again. Exactly one party owns a context between RECV and SEND, so a
+ * context needs no lock.
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+
+#include "client/wire.h"
+#include "server/server.h"
+
+#ifdef CDX_HAVE_ONLINE_RECALL
+#include "recall/online.h"
+#endif
+
+#define SRV_MAX_REFINE 64.0f
+
+enum { CTX_RECV, CTX_SEND };
+
+struct srv_ctx {
+	cdx_server *s;
+	nng_ctx ctx;
+	nng_aio *aio;
+	int admin;    /* on the admin socket: reloads allowed */
+	int state;
+	/* the request being served (owned between RECV and SEND) */
+	Candex__V1__Request *req;
+	cdx_collection *coll; /* a reference, for searches */
+	uint64_t t_recv_us;
+	uint64_t deadline_us;
+	struct srv_ctx *next; /* queue link */
+};
+
+static const char *
+str_or_empty(const char *s)
+{
+	return s != NULL ? s : "";
+}
+
+/* send_response packs resp, records metrics, releases the request and
+ * sends. Called by whoever owns the context. */
+static void
+send_response(struct srv_ctx *x, Candex__V1__Response *resp)
+{
+	cdx_server *s = x->s;
+	nng_msg *msg = NULL;
+
+	resp->request_id = (char *) (x->req != NULL ? str_or_empty(x->req->request_id) : "");
+	if (resp->status != CANDEX__V1__STATUS__OK)
+		cdx_debug("SRV-REQ-ERR", "request '%s': %s: %s", resp->request_id,
+		    cdx_errname((int) resp->status), str_or_empty(resp->message));
+	if (cdx__wire_pack(&resp->base, &msg) != CDX_OK) {
+		/* most likely out of memory: try the smallest possible answer */
+		Candex__V1__Response small = CANDEX__V1__RESPONSE__INIT;
+		small.status = CANDEX__V1__STATUS__NO_MEMORY;
+		small.message = (char *) "out of memory building the response";
+		small.request_id = resp->request_id;
+		resp = &small;
+		if (cdx__wire_pack(&small.base, &msg) != CDX_OK)
+			msg = NULL;
+	}
+	cdx__srv_observe(s, (int) resp->status, cdx_now_us() - x->t_recv_us);
+	if (x->req != NULL) {
+		candex__v1__request__free_unpacked(x->req, NULL);
+		x->req = NULL;
+	}
+	if (x->coll != NULL) {
+		cdx_collection_unref(x->coll);
+		x->coll = NULL;
+	}
+	x->state = CTX_SEND;
+	if (msg == NULL) {
+		/* nothing to send: go back to receiving; the client times out */
+		atomic_fetch_sub(&s->in_flight, 1);
+		x->state = CTX_RECV;
+		nng_ctx_recv(x->ctx, x->aio);
+		return;
+	}
+	nng_aio_set_msg(x->aio, msg);
+	nng_ctx_send(x->ctx, x->aio);
+}
+
+static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char *fmt, ...)
+{
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	char message[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	resp.status = (Candex__V1__Status) code;
+	resp.message = message;
+	send_response(x, &resp);
+}
+
+/* fill_info describes one served collection; strings point into e. */
+static void
+fill_info(Candex__V1__CollectionInfo *ci, const struct srv_entry *e)
+{
+	const struct cdx_manifest *m = cdx_collection_manifest(e->coll);
+	candex__v1__collection_info__init(ci);
+	ci->name = (char *) e->name;
+	ci->version = (char *) m->version;
+	ci->dim = m->dim;
+	ci->metric = (char *) cdx_metric_name(m->metric);
+	ci->items = m->items;
+	ci->shards = m->nshards;
+	ci->nlist = m->nlist;
+	ci->default_nprobe = m->default_nprobe;
+	ci->factory = (char *) m->factory;
+	ci->model_version = (char *) m->model_version;
+	ci->refine = (char *) cdx_refine_name(m->refine);
+	ci->loaded_unix_ms = e->loaded_ms;
+}
+
+/* infos builds CollectionInfo for the snapshot entries named only (NULL or
+ * "" = all). *arrp and *nodes are malloc'd; the caller frees them. */
+static size_t
+infos(const struct srv_set *set, const char *only, Candex__V1__CollectionInfo ***arrp,
+    Candex__V1__CollectionInfo **nodes)
+{
+	size_t n = 0;
+	*arrp = calloc(set->n ? set->n : 1, sizeof(**arrp));
+	*nodes = calloc(set->n ? set->n : 1, sizeof(**nodes));
+	if (*arrp == NULL || *nodes == NULL)
+		return 0;
+	for (size_t i = 0; i < set->n; i++) {
+		if (only != NULL && *only != '\0' && strcmp(only, set->e[i].name) != 0)
+			continue;
+		fill_info(&(*nodes)[n], &set->e[i]);
+		(*arrp)[n] = &(*nodes)[n];
+		n++;
+	}
+	return n;
+}
+
+static void
+reply_info(struct srv_ctx *x, const char *only)
+{
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__InfoResponse ir = CANDEX__V1__INFO_RESPONSE__INIT;
+	Candex__V1__CollectionInfo **arr = NULL, *nodes = NULL;
+	struct srv_set *set = cdx__srv_snapshot(x->s);
+
+	if (set == NULL) {
+		reply_error(x, CDX_ENOMEM, "out of memory");
+		return;
+	}
+	ir.n_collections = infos(set, only, &arr, &nodes);
+	ir.collections = arr;
+	ir.server_version = (char *) "candex " CANDEX_VERSION;
+	if (only != NULL && *only != '\0' && ir.n_collections == 0) {
+		char names[512];
+		cdx__srv_names(x->s, names, sizeof(names));
+		reply_error(x, CDX_ENOTFOUND, "unknown collection '%s' (serving: %s)", only, names);
+	} else {
+		resp.body_case = CANDEX__V1__RESPONSE__BODY_INFO;
+		resp.info = &ir;
+		send_response(x, &resp);
+	}
+	free(arr);
+	free(nodes);
+	cdx__srv_set_free(set);
+}
+
+void
+cdx__srv_reply_reload(struct srv_ctx *x, int status, const char *msg)
+{
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__ReloadResponse rr = CANDEX__V1__RELOAD_RESPONSE__INIT;
+	Candex__V1__CollectionInfo **arr = NULL, *nodes = NULL;
+	struct srv_set *set = cdx__srv_snapshot(x->s);
+
+	resp.status = (Candex__V1__Status) status;
+	resp.message = (char *) (msg != NULL ? msg : status ? cdx_strerror(status) : "");
+	if (set != NULL) {
+		/* the served set after the reload, whatever the outcome */
+		rr.n_loaded = infos(set, NULL, &arr, &nodes);
+		rr.loaded = arr;
+		resp.body_case = CANDEX__V1__RESPONSE__BODY_RELOAD;
+		resp.reload = &rr;
+	}
+	send_response(x, &resp);
+	free(arr);
+	free(nodes);
+	cdx__srv_set_free(set);
+}
+
+static void
+reply_health(struct srv_ctx *x)
+{
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__HealthResponse hr = CANDEX__V1__HEALTH_RESPONSE__INIT;
+	pthread_mutex_lock(&x->s->set_mu);
+	hr.collections = x->s->set != NULL ? (uint32_t) x->s->set->n : 0;
+	pthread_mutex_unlock(&x->s->set_mu);
+	hr.serving = hr.collections > 0 && !atomic_load(&x->s->stopping);
+	resp.body_case = CANDEX__V1__RESPONSE__BODY_HEALTH;
+	resp.health = &hr;
+	send_response(x, &resp);
+}
+
+/* ---- searches ------------------------------------------------------- */
+
+/* check_search validates what is cheap to validate, on the nng thread, and
+ * takes the collection reference. Returns 0 or answers the error itself. */
+static int
+check_search(struct srv_ctx *x)
+{
+	cdx_server *s = x->s;
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	const struct cdx_server_config *cfg = &s->cfg;
+
+	if (sr == NULL || sr->collection == NULL || sr->collection[0] == '\0') {
+		reply_error(x, CDX_EINVAL, "search request without a collection name");
+		return -1;
+	}
+	if ((x->coll = cdx__srv_lookup(s, sr->collection)) == NULL) {
+		char names[512];
+		cdx__srv_names(s, names, sizeof(names));
+		reply_error(x, CDX_ENOTFOUND, "unknown collection '%.100s' (serving: %s)", sr->collection, names);
+		return -1;
+	}
+	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
+	if (sr->k == 0) {
+		reply_error(x, CDX_EINVAL, "k must be at least 1");
+		return -1;
+	}
+	if (sr->k > cfg->max_k) {
+		reply_error(x, CDX_ELIMIT, "k = %u exceeds the server's max-k %u", sr->k, cfg->max_k);
+		return -1;
+	}
+	if (sr->n_vectors > 0 && sr->n_query_keys > 0) {
+		reply_error(x, CDX_EINVAL, "give query vectors or query_keys, not both");
+		return -1;
+	}
+	if (sr->n_vectors == 0 && sr->n_query_keys == 0) {
+		reply_error(x, CDX_EEMPTY, "empty batch: the request has no query vector and no query key");
+		return -1;
+	}
+	size_t nq = sr->n_query_keys;
+	if (sr->n_vectors > 0) {
+		if (sr->dim != m->dim) {
+			reply_error(x, CDX_EDIM, "query dimension %u, but collection '%s' has dimension %u%s", sr->dim,
+			    m->collection, m->dim, sr->dim == 0 ? " (set SearchRequest.dim)" : "");
+			return -1;
+		}
+		if (sr->n_vectors % sr->dim != 0) {
+			reply_error(x, CDX_EDIM, "%zu floats is not a whole number of %u-dimensional vectors",
+			    sr->n_vectors, sr->dim);
+			return -1;
+		}
+		nq = sr->n_vectors / sr->dim;
+	}
+	if (nq > cfg->max_batch) {
+		reply_error(x, CDX_ELIMIT, "batch of %zu queries exceeds the server's max-batch %u", nq,
+		    cfg->max_batch);
+		return -1;
+	}
+	if (sr->n_exclude_ids + sr->n_exclude_keys > cfg->max_excludes) {
+		reply_error(x, CDX_ELIMIT, "%zu excluded items exceed the server's max-excludes %u",
+		    sr->n_exclude_ids + sr->n_exclude_keys, cfg->max_excludes);
+		return -1;
+	}
+	long bad = cdx_find_nonfinite(sr->vectors, sr->n_vectors);
+	if (bad >= 0) {
+		reply_error(x, CDX_ENONFINITE, "query %ld, component %ld is %s", bad / (long) sr->dim,
+		    bad % (long) sr->dim, isnan(sr->vectors[bad]) ? "NaN" : "infinite");
+		return -1;
+	}
+	if (sr->model_version != NULL && sr->model_version[0] != '\0' &&
+	    strcmp(sr->model_version, m->model_version) != 0) {
+		reply_error(x, CDX_EMODEL,
+		    "query vectors come from model '%.128s' but collection '%s' version %s was built from model '%s'",
+		    sr->model_version, m->collection, m->version, m->model_version[0] ? m->model_version : "(unset)");
+		return -1;
+	}
+	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE) {
+		reply_error(x, CDX_EINVAL, "refine_factor must be in [0, %g], not %g", (double) SRV_MAX_REFINE,
+		    (double) sr->refine_factor);
+		return -1;
+	}
+	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1) {
+		reply_error(x, CDX_EINVAL, "recall_target must be in [0, 1], not %g", (double) sr->recall_target);
+		return -1;
+	}
+	for (size_t i = 0; i < sr->n_query_keys; i++) {
+		if (sr->query_keys[i] == NULL || sr->query_keys[i][0] == '\0') {
+			reply_error(x, CDX_EINVAL, "query key %zu is empty", i);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+enqueue(struct srv_ctx *x)
+{
+	cdx_server *s = x->s;
+	uint32_t waiting;
+	pthread_mutex_lock(&s->q_mu);
+	if (s->q_len >= s->cfg.queue_max) {
+		waiting = s->q_len;
+		pthread_mutex_unlock(&s->q_mu);
+		atomic_fetch_add(&s->m.overloaded, 1);
+		reply_error(x, CDX_EOVERLOAD, "server overloaded: %u searches already waiting; retry with backoff",
+		    waiting);
+		return;
+	}
+	x->next = NULL;
+	if (s->q_tail != NULL)
+		s->q_tail->next = x;
+	else
+		s->q_head = x;
+	s->q_tail = x;
+	s->q_len++;
+	pthread_cond_signal(&s->q_cv);
+	pthread_mutex_unlock(&s->q_mu);
+}
+
+uint32_t
+cdx__srv_queue_depth(cdx_server *s)
+{
+	pthread_mutex_lock(&s->q_mu);
+	uint32_t n = s->q_len;
+	pthread_mutex_unlock(&s->q_mu);
+	return n;
+}
+
+/* pick_point returns the cheapest measured operating point whose recall
+ * target reaches want (lowest p99, then lowest nprobe), or the most
+ * accurate one when none does; NULL when the manifest has none. */
+static const struct cdx_operating_point *
+pick_point(const struct cdx_manifest *m, double want)
+{
+	const struct cdx_operating_point *best = NULL, *top = NULL;
+	for (uint32_t i = 0; i < m->npoints; i++) {
+		const struct cdx_operating_point *p = &m->points[i];
+		if (top == NULL || p->recall_target > top->recall_target ||
+		    (p->recall_target == top->recall_target && p->recall > top->recall))
+			top = p;
+		if (p->recall_target + 1e-9 < want)
+			continue;
+		if (best == NULL || p->p99_ms < best->p99_ms ||
+		    (p->p99_ms == best->p99_ms && p->nprobe < best->nprobe))
+			best = p;
+	}
+	return best != NULL ? best : top;
+}
+
+static void
+run_search(struct srv_ctx *x, int idle)
+{
+	cdx_server *s = x->s;
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	cdx_collection *c = x->coll;
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	uint64_t now = cdx_now_us();
+
+	if (now > x->deadline_us) {
+		atomic_fetch_add(&s->m.deadline_dropped, 1);
+		reply_error(x, CDX_ETIMEDOUT, "deadline exceeded after %.1f ms waiting for a worker; not searched",
+		    (double) (now - x->t_recv_us) / 1000.0);
+		return;
+	}
+	size_t dim = m->dim, nq = sr->n_vectors > 0 ? sr->n_vectors / dim : sr->n_query_keys;
+	const float *queries = sr->vectors;
+	float *owned = NULL;
+	struct cdx_hit *hits = malloc(nq * sr->k * sizeof(*hits));
+	Candex__V1__QueryResult *qrs = calloc(nq, sizeof(*qrs));
+	Candex__V1__QueryResult **qrp = calloc(nq, sizeof(*qrp));
+	Candex__V1__Hit *hitv = calloc(nq * sr->k, sizeof(*hitv));
+	Candex__V1__Hit **hitp = calloc(nq * sr->k, sizeof(*hitp));
+
+	if (hits == NULL || qrs == NULL || qrp == NULL || hitv == NULL || hitp == NULL) {
+		reply_error(x, CDX_ENOMEM, "out of memory for %zu x %u results", nq, sr->k);
+		goto done;
+	}
+	if (sr->n_query_keys > 0) {
+		if ((owned = malloc(nq * dim * sizeof(float))) == NULL) {
+			reply_error(x, CDX_ENOMEM, "out of memory");
+			goto done;
+		}
+		for (size_t i = 0; i < nq; i++) {
+			uint32_t shard, row;
+			int64_t id;
+			int rc = cdx_collection_find_key(c, sr->query_keys[i], &shard, &row, &id);
+			if (rc == CDX_OK)
+				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
+			if (rc != CDX_OK) {
+				if (rc == CDX_ENOTFOUND)
+					reply_error(x, rc, "unknown key '%.200s' in collection '%s'", sr->query_keys[i],
+					    m->collection);
+				else
+					reply_error(x, rc, "key '%.200s': %s", sr->query_keys[i], cdx_last_error());
+				goto done;
+			}
+		}
+		queries = owned;
+	}
+
+	struct cdx_search_params p = {
+		.k = sr->k,
+		.nprobe = sr->nprobe,
+		.refine_factor = sr->refine_factor,
+		.exclude_ids = sr->exclude_ids,
+		.n_exclude_ids = sr->n_exclude_ids,
+		.exclude_keys = (const char *const *) sr->exclude_keys,
+		.n_exclude_keys = sr->n_exclude_keys,
+	};
+	float used_target = 0;
+	if (sr->nprobe == 0 && sr->recall_target > 0) {
+		const struct cdx_operating_point *op = pick_point(m, sr->recall_target);
+		if (op != NULL) {
+			p.nprobe = op->nprobe;
+			if (sr->refine_factor == 0)
+				p.refine_factor = op->refine_factor;
+			used_target = (float) op->recall_target;
+		}
+	}
+	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
+	if (parallel) {
+		/* an idle server lends every core to a big batch (search.c
+		 * splits it in slices); workers otherwise stay single-threaded */
+		p.parallel = 1;
+		omp_set_num_threads((int) s->nworkers);
+	}
+	int rc = cdx_collection_search(c, &p, queries, nq, hits);
+	if (parallel)
+		omp_set_num_threads(1);
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "search failed: %s", cdx_last_error());
+		goto done;
+	}
+
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__SearchResponse out = CANDEX__V1__SEARCH_RESPONSE__INIT;
+	for (size_t i = 0; i < nq; i++) {
+		candex__v1__query_result__init(&qrs[i]);
+		qrp[i] = &qrs[i];
+		qrs[i].hits = hitp + i * sr->k;
+		for (size_t j = 0; j < sr->k; j++) {
+			const struct cdx_hit *h = &hits[i * sr->k + j];
+			if (h->id < 0)
+				break; /* fewer than k found */
+			Candex__V1__Hit *o = &hitv[i * sr->k + j];
+			candex__v1__hit__init(o);
+			o->id = h->id;
+			o->key = (char *) cdx_collection_key(c, h->shard, h->row);
+			o->score = h->score;
+			qrs[i].hits[qrs[i].n_hits++] = o;
+		}
+#ifdef CDX_HAVE_ONLINE_RECALL
+		if (s->online != NULL)
+			cdx_online_recall_offer(s->online, c, queries + i * dim, sr->k, hits + i * sr->k,
+			    (uint32_t) qrs[i].n_hits);
+#endif
+	}
+	atomic_fetch_add(&s->m.queries, nq);
+	out.n_results = nq;
+	out.results = qrp;
+	out.index_version = (char *) m->version;
+	out.nprobe = cdx_collection_effective_nprobe(c, p.nprobe);
+	out.refine_factor = cdx_collection_effective_refine(c, p.refine_factor);
+	out.recall_target = used_target;
+	out.metric = (char *) cdx_metric_name(m->metric);
+	out.server_time_us = cdx_now_us() - x->t_recv_us;
+	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;
+	resp.search = &out;
+	send_response(x, &resp); /* packs before dropping the collection: keys stay valid */
+done:
+	free(owned);
+	free(hits);
+	free(qrs);
+	free(qrp);
+	free(hitv);
+	free(hitp);
+}
+
+static void *
+worker_main(void *arg)
+{
+	cdx_server *s = arg;
+	/* OpenMP's thread count is per thread: one Faiss thread per worker,
+	 * so N workers use N cores, not N x N. */
+	omp_set_num_threads(1);
+	for (;;) {
+		pthread_mutex_lock(&s->q_mu);
+		while (s->q_head == NULL && !s->q_stop)
+			pthread_cond_wait(&s->q_cv, &s->q_mu);
+		struct srv_ctx *x = s->q_head;
+		if (x == NULL) {
+			pthread_mutex_unlock(&s->q_mu);
+			break;
+		}
+		s->q_head = x->next;
+		if (s->q_head == NULL)
+			s->q_tail = NULL;
+		s->q_len--;
+		int idle = s->q_len == 0;
+		int stop = s->q_stop;
+		pthread_mutex_unlock(&s->q_mu);
+		if (stop)
+			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
+		else
+			run_search(x, idle);
+	}
+	return NULL;
+}
+
+int
+cdx__srv_workers_start(cdx_server *s)
+{
+	if ((s->workers = calloc(s->nworkers, sizeof(*s->workers))) == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < s->nworkers; i++) {
+		if (pthread_create(&s->workers[i], NULL, worker_main, s) != 0) {
+			s->nworkers = i;
+			return cdx_error(CDX_ENOMEM, "cannot start worker thread %u", i);
+		}
+	}
+	return CDX_OK;
+}
+
+void
+cdx__srv_workers_stop(cdx_server *s)
+{
+	if (s->workers == NULL)
+		return;
+	pthread_mutex_lock(&s->q_mu);
+	s->q_stop = 1;
+	pthread_cond_broadcast(&s->q_cv);
+	pthread_mutex_unlock(&s->q_mu);
+	for (uint32_t i = 0; i < s->nworkers; i++)
+		pthread_join(s->workers[i], NULL);
+	free(s->workers);
+	s->workers = NULL;
+}
+
+/* ---- the state machine ---------------------------------------------- */
+
+static void
+handle(struct srv_ctx *x, nng_msg *msg)
+{
+	cdx_server *s = x->s;
+	size_t len = nng_msg_len(msg);
+
+	if (len > s->cfg.max_message) {
+		nng_msg_free(msg);
+		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
+		    (unsigned long long) s->cfg.max_message);
+		return;
+	}
+	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
+	nng_msg_free(msg);
+	if (x->req == NULL) {
+		reply_error(x, CDX_EPROTO, "malformed request: %zu bytes that do not decode as a candex.v1.Request",
+		    len);
+		return;
+	}
+	if (atomic_load(&s->stopping)) {
+		reply_error(x, CDX_EUNAVAIL, "server is shutting down; retry on another replica");
+		return;
+	}
+	if (x->req->protocol_version != CDX_PROTOCOL_VERSION) {
+		reply_error(x, CDX_EVERSION, "protocol_version %u is not supported (this server speaks %d)",
+		    x->req->protocol_version, CDX_PROTOCOL_VERSION);
+		return;
+	}
+	switch (x->req->body_case) {
+	case CANDEX__V1__REQUEST__BODY_HEALTH:
+		reply_health(x);
+		return;
+	case CANDEX__V1__REQUEST__BODY_INFO:
+		reply_info(x, x->req->info ? x->req->info->collection : NULL);
+		return;
+	case CANDEX__V1__REQUEST__BODY_RELOAD:
+		if (!x->admin) {
+			reply_error(x, CDX_EPERM, "reload is only accepted on the admin listener");
+			return;
+		}
+		cdx__srv_reload_admin(s, x, x->req->reload ? x->req->reload->collection : NULL);
+		return;
+	case CANDEX__V1__REQUEST__BODY_SEARCH: {
+		if (check_search(x) != 0)
+			return;
+		uint32_t t = x->req->timeout_ms ? x->req->timeout_ms : s->cfg.timeout_ms;
+		if (s->cfg.max_timeout_ms > 0 && t > s->cfg.max_timeout_ms)
+			t = s->cfg.max_timeout_ms;
+		x->deadline_us = x->t_recv_us + (uint64_t) t * 1000u;
+		enqueue(x);
+		return;
+	}
+	default:
+		reply_error(x, CDX_EINVAL, "request has no body (search, info, health or reload)");
+		return;
+	}
+}
+
+static void
+ctx_cb(void *arg)
+{
+	struct srv_ctx *x = arg;
+	cdx_server *s = x->s;
+	int rv = nng_aio_result(x->aio);
+
+	switch (x->state) {
+	case CTX_RECV:
+		if (rv != 0) {
+			if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+				return; /* the socket is closing */
+			nng_ctx_recv(x->ctx, x->aio);
+			return;
+		}
+		x->t_recv_us = cdx_now_us();
+		atomic_fetch_add(&s->in_flight, 1);
+		nng_msg *msg = nng_aio_get_msg(x->aio);
+		nng_aio_set_msg(x->aio, NULL);
+		handle(x, msg);
+		return;
+	case CTX_SEND:
+		if (rv != 0)
+			nng_msg_free(nng_aio_get_msg(x->aio)); /* not sent: still ours */
+		nng_aio_set_msg(x->aio, NULL);
+		atomic_fetch_sub(&s->in_flight, 1);
+		x->state = CTX_RECV;
+		nng_ctx_recv(x->ctx, x->aio);
+		return;
+	}
+}
+
+static int
+add_contexts(cdx_server *s, nng_socket sock, size_t n, int admin)
+{
+	struct srv_ctx **grown = realloc(s->ctxs, (s->nctxs + n) * sizeof(*grown));
+	if (grown == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	s->ctxs = grown;
+	for (size_t i = 0; i < n; i++) {
+		struct srv_ctx *x = calloc(1, sizeof(*x));
+		int rv;
+		if (x == NULL)
+			return cdx_error(CDX_ENOMEM, "out of memory");
+		x->s = s;
+		x->admin = admin;
+		x->state = CTX_RECV;
+		if ((rv = nng_aio_alloc(&x->aio, ctx_cb, x)) != 0) {
+			free(x);
+			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
+		}
+		if ((rv = nng_ctx_open(&x->ctx, sock)) != 0) {
+			nng_aio_free(x->aio);
+			free(x);
+			return cdx_error(cdx__nng_code(rv), "nng_ctx_open: %s", nng_strerror(rv));
+		}
+		s->ctxs[s->nctxs++] = x;
+	}
+	return CDX_OK;
+}
+
+static int
+is_tls(const char *url)
+{
+	return strncmp(url, "tls+tcp", 7) == 0;
+}
+
+static int
+listen_on(cdx_server *s, nng_socket sock, const char *url, int admin)
+{
+	nng_listener l;
+	int rv;
+
+	if ((rv = nng_listener_create(&l, sock, url)) != 0)
+		return cdx_error(cdx__nng_code(rv), "cannot listen on '%s': %s", url, nng_strerror(rv));
+	if (is_tls(url)) {
+		if (s->tls == NULL) {
+			nng_listener_close(l);
+			return cdx_error(CDX_EINVAL, "%s needs --tls-cert and --tls-key", url);
+		}
+		if ((rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, s->tls)) != 0) {
+			nng_listener_close(l);
+			return cdx_error(cdx__nng_code(rv), "TLS on '%s': %s", url, nng_strerror(rv));
+		}
+	}
+	if (admin && strncmp(url, "ipc://", 6) == 0 && s->cfg.ipc_mode != NULL && *s->cfg.ipc_mode) {
+		int mode = (int) strtol(s->cfg.ipc_mode, NULL, 8);
+		if ((rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, mode)) != 0)
+			cdx_warn("SRV-LISTEN", "cannot set permissions %s on %s: %s", s->cfg.ipc_mode, url,
+			    nng_strerror(rv));
+	}
+	if ((rv = nng_listener_start(l, 0)) != 0) {
+		nng_listener_close(l);
+		return cdx_error(cdx__nng_code(rv), "cannot listen on '%s': %s", url, nng_strerror(rv));
+	}
+	int port = 0;
+	if (strstr(url, "tcp://") != NULL && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0)
+		cdx_info("SRV-LISTEN", "%s listening on %s (port %d)", admin ? "admin" : "queries", url, port);
+	else
+		cdx_info("SRV-LISTEN", "%s listening on %s", admin ? "admin" : "queries", url);
+	s->listeners[s->nlisteners++] = l;
+	return CDX_OK;
+}
+
+int
+cdx__srv_sockets_open(cdx_server *s)
+{
+	const struct cdx_server_config *cfg = &s->cfg;
+	int rv, rc;
+	int want_tls = cfg->tls_cert != NULL || (cfg->admin_listen && is_tls(cfg->admin_listen));
+	for (unsigned i = 0; i < cfg->nlisten; i++)
+		want_tls |= is_tls(cfg->listen[i]);
+	if (want_tls) {
+		if (cfg->tls_cert == NULL)
+			return cdx_error(CDX_EINVAL, "tls+tcp:// listeners need --tls-cert and --tls-key");
+		if ((rc = cdx__tls_config(&s->tls, NNG_TLS_MODE_SERVER, cfg->tls_cert, cfg->tls_key, cfg->tls_ca,
+			 NULL)) != CDX_OK)
+			return rc;
+	}
+	/* nng drops the connection of a message above RECVMAXSZ without a word;
+	 * allowing twice max-message lets the server answer LIMIT_EXCEEDED for
+	 * everything but absurd sizes. */
+	size_t hard = cfg->max_message > SIZE_MAX / 2 ? SIZE_MAX : (size_t) cfg->max_message * 2;
+	if ((rv = nng_rep0_open(&s->sock)) != 0)
+		return cdx_error(cdx__nng_code(rv), "cannot open the REP socket: %s", nng_strerror(rv));
+	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, hard);
+	for (unsigned i = 0; i < cfg->nlisten; i++)
+		if ((rc = listen_on(s, s->sock, cfg->listen[i], 0)) != CDX_OK)
+			return rc;
+	if (cfg->admin_listen != NULL) {
+		if ((rv = nng_rep0_open(&s->admin)) != 0)
+			return cdx_error(cdx__nng_code(rv), "cannot open the admin socket: %s", nng_strerror(rv));
+		s->admin_open = 1;
+		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, hard);
+		if ((rc = listen_on(s, s->admin, cfg->admin_listen, 1)) != CDX_OK)
+			return rc;
+	}
+	size_t nq = cfg->contexts ? cfg->contexts : cfg->queue_max + 2 * s->nworkers;
+	if ((rc = add_contexts(s, s->sock, nq, 0)) != CDX_OK)
+		return rc;
+	if (s->admin_open && (rc = add_contexts(s, s->admin, 4, 1)) != CDX_OK)
+		return rc;
+	for (size_t i = 0; i < s->nctxs; i++)
+		nng_ctx_recv(s->ctxs[i]->ctx, s->ctxs[i]->aio);
+	return CDX_OK;
+}
+
+/* cdx__srv_sockets_close closes the sockets (and with them every listener
+ * and connection); each context's aio is freed once its callback has
+ * returned. Listeners are not closed earlier, at the start of a drain:
+ * closing an nng listener also closes the connections it accepted, and the
+ * replies still owed on them would be lost. */
+void
+cdx__srv_sockets_close(cdx_server *s)
+{
+	nng_close(s->sock);
+	if (s->admin_open)
+		nng_close(s->admin);
+	for (size_t i = 0; i < s->nctxs; i++) {
+		struct srv_ctx *x = s->ctxs[i];
+		nng_aio_free(x->aio);
+		if (x->req != NULL)
+			candex__v1__request__free_unpacked(x->req, NULL);
+		cdx_collection_unref(x->coll);
+		free(x);
+	}
+	free(s->ctxs);
+	s->ctxs = NULL;
+	s->nctxs = 0;
+	if (s->tls != NULL)
+		nng_tls_config_free(s->tls);
+	s->tls = NULL;
+}

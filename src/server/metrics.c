@@ -1,0 +1,251 @@
+/*
+ * metrics.c — request counters and the latency histogram (lock-free atomics
+ * updated by whichever thread answers), their Prometheus text rendering,
+ * and the HTTP listener (nng's HTTP server) for /metrics and /healthz.
+ */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+
+#include "client/wire.h"
+#include "server/server.h"
+
+#ifdef CDX_HAVE_ONLINE_RECALL
+#include "recall/online.h"
+#endif
+
+const double cdx__srv_buckets[SRV_NBUCKETS - 1] = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
+	0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
+
+void
+cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us)
+{
+	if (status < 0 || status >= SRV_NSTATUS)
+		status = CDX_EINTERNAL;
+	atomic_fetch_add(&s->m.status[status], 1);
+	double sec = (double) latency_us / 1e6;
+	int b = 0;
+	while (b < SRV_NBUCKETS - 1 && sec > cdx__srv_buckets[b])
+		b++;
+	atomic_fetch_add(&s->m.bucket[b], 1);
+	atomic_fetch_add(&s->m.latency_sum_us, latency_us);
+}
+
+/* label escapes a Prometheus label value into out. */
+static const char *
+label(const char *v, char *out, size_t size)
+{
+	size_t j = 0;
+	for (size_t i = 0; v[i] != '\0' && j + 3 < size; i++) {
+		char c = v[i];
+		if (c == '\\' || c == '"') {
+			out[j++] = '\\';
+			out[j++] = c;
+		} else if (c == '\n') {
+			out[j++] = '\\';
+			out[j++] = 'n';
+		} else {
+			out[j++] = c;
+		}
+	}
+	out[j] = '\0';
+	return out;
+}
+
+static const char *
+status_name(int code)
+{
+	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
+	return v != NULL ? v->name : "UNKNOWN";
+}
+
+#define HEAD(b, name, type, help) cdx_buf_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+
+int
+cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
+{
+	struct srv_metrics *m = &s->m;
+
+	HEAD(b, "candex_requests_total", "counter", "Responses sent, by Response.status.");
+	for (int i = 0; i < SRV_NSTATUS; i++) {
+		uint64_t n = atomic_load(&m->status[i]);
+		if (n > 0 || i == 0)
+			cdx_buf_printf(b, "candex_requests_total{status=\"%s\"} %llu\n", status_name(i),
+			    (unsigned long long) n);
+	}
+	HEAD(b, "candex_request_duration_seconds", "histogram",
+	    "Time from receiving a request to handing its response to nng.");
+	uint64_t cum = 0;
+	for (int i = 0; i < SRV_NBUCKETS; i++) {
+		cum += atomic_load(&m->bucket[i]);
+		if (i < SRV_NBUCKETS - 1)
+			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"%g\"} %llu\n", cdx__srv_buckets[i],
+			    (unsigned long long) cum);
+		else
+			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+			    (unsigned long long) cum);
+	}
+	cdx_buf_printf(b, "candex_request_duration_seconds_sum %.6f\n", (double) atomic_load(&m->latency_sum_us) / 1e6);
+	cdx_buf_printf(b, "candex_request_duration_seconds_count %llu\n", (unsigned long long) cum);
+
+	HEAD(b, "candex_queries_total", "counter", "Query vectors searched.");
+	cdx_buf_printf(b, "candex_queries_total %llu\n", (unsigned long long) atomic_load(&m->queries));
+	HEAD(b, "candex_queue_depth", "gauge", "Searches waiting for a worker.");
+	cdx_buf_printf(b, "candex_queue_depth %u\n", cdx__srv_queue_depth(s));
+	HEAD(b, "candex_queue_capacity", "gauge", "Searches that may wait before requests get OVERLOADED.");
+	cdx_buf_printf(b, "candex_queue_capacity %u\n", s->cfg.queue_max);
+	HEAD(b, "candex_in_flight", "gauge", "Requests received and not yet answered.");
+	cdx_buf_printf(b, "candex_in_flight %d\n", atomic_load(&s->in_flight));
+	HEAD(b, "candex_workers", "gauge", "Search worker threads.");
+	cdx_buf_printf(b, "candex_workers %u\n", s->nworkers);
+	HEAD(b, "candex_overloaded_total", "counter", "Searches refused because the queue was full.");
+	cdx_buf_printf(b, "candex_overloaded_total %llu\n", (unsigned long long) atomic_load(&m->overloaded));
+	HEAD(b, "candex_deadline_dropped_total", "counter", "Searches past their deadline before a worker took them.");
+	cdx_buf_printf(b, "candex_deadline_dropped_total %llu\n",
+	    (unsigned long long) atomic_load(&m->deadline_dropped));
+	HEAD(b, "candex_reloads_total", "counter", "Reloads (SIGHUP, admin, watch), by result.");
+	cdx_buf_printf(b, "candex_reloads_total{result=\"ok\"} %llu\n", (unsigned long long) atomic_load(&m->reload_ok));
+	cdx_buf_printf(b, "candex_reloads_total{result=\"failed\"} %llu\n",
+	    (unsigned long long) atomic_load(&m->reload_failed));
+	HEAD(b, "candex_start_time_seconds", "gauge", "Unix time the server started.");
+	cdx_buf_printf(b, "candex_start_time_seconds %.3f\n", (double) s->start_ms / 1000.0);
+
+	struct srv_set *set = cdx__srv_snapshot(s);
+	if (set == NULL)
+		return CDX_ENOMEM;
+	HEAD(b, "candex_collections", "gauge", "Collections served.");
+	cdx_buf_printf(b, "candex_collections %zu\n", set->n);
+	HEAD(b, "candex_collection_items", "gauge", "Items in the served version.");
+	for (size_t i = 0; i < set->n; i++)
+		cdx_buf_printf(b, "candex_collection_items{collection=\"%s\"} %llu\n", set->e[i].name,
+		    (unsigned long long) cdx_collection_manifest(set->e[i].coll)->items);
+	HEAD(b, "candex_collection_version_info", "gauge", "The served version (value is always 1).");
+	for (size_t i = 0; i < set->n; i++) {
+		const struct cdx_manifest *mf = cdx_collection_manifest(set->e[i].coll);
+		char v[256], mv[256];
+		cdx_buf_printf(b,
+		    "candex_collection_version_info{collection=\"%s\",version=\"%s\",model_version=\"%s\",metric=\"%s\"} 1\n",
+		    set->e[i].name, label(mf->version, v, sizeof(v)), label(mf->model_version, mv, sizeof(mv)),
+		    cdx_metric_name(mf->metric));
+	}
+	HEAD(b, "candex_collection_load_timestamp_seconds", "gauge", "Unix time the served version was loaded.");
+	for (size_t i = 0; i < set->n; i++)
+		cdx_buf_printf(b, "candex_collection_load_timestamp_seconds{collection=\"%s\"} %.3f\n", set->e[i].name,
+		    (double) set->e[i].loaded_ms / 1000.0);
+	HEAD(b, "candex_collection_memory_bytes", "gauge", "Approximate resident size of the served version.");
+	for (size_t i = 0; i < set->n; i++)
+		cdx_buf_printf(b, "candex_collection_memory_bytes{collection=\"%s\"} %llu\n", set->e[i].name,
+		    (unsigned long long) cdx_collection_memory_bytes(set->e[i].coll));
+	cdx__srv_set_free(set);
+#ifdef CDX_HAVE_ONLINE_RECALL
+	if (s->online != NULL)
+		cdx_online_recall_render(s->online, b);
+#endif
+	return b->data != NULL ? CDX_OK : CDX_ENOMEM;
+}
+
+static void
+http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len)
+{
+	nng_http_res *res;
+	int rv;
+	if ((rv = nng_http_res_alloc(&res)) != 0) {
+		nng_aio_finish(aio, rv);
+		return;
+	}
+	nng_http_res_set_status(res, code);
+	nng_http_res_set_header(res, "Content-Type", ctype);
+	nng_http_res_set_header(res, "Cache-Control", "no-store");
+	if ((rv = nng_http_res_copy_data(res, body, len)) != 0) {
+		nng_http_res_free(res);
+		nng_aio_finish(aio, rv);
+		return;
+	}
+	nng_aio_set_output(aio, 0, res);
+	nng_aio_finish(aio, 0);
+}
+
+static void
+http_metrics(nng_aio *aio)
+{
+	nng_http_handler *h = nng_aio_get_input(aio, 1);
+	cdx_server *s = nng_http_handler_get_data(h);
+	cdx_buf b = { 0 };
+	if (cdx__srv_metrics_render(s, &b) != CDX_OK) {
+		cdx_buf_fini(&b);
+		http_send(aio, 500, "text/plain", "out of memory\n", 14);
+		return;
+	}
+	http_send(aio, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+	cdx_buf_fini(&b);
+}
+
+static void
+http_healthz(nng_aio *aio)
+{
+	nng_http_handler *h = nng_aio_get_input(aio, 1);
+	cdx_server *s = nng_http_handler_get_data(h);
+	char body[1200], names[1024];
+	pthread_mutex_lock(&s->set_mu);
+	size_t n = s->set != NULL ? s->set->n : 0;
+	pthread_mutex_unlock(&s->set_mu);
+	cdx__srv_names(s, names, sizeof(names));
+	int ok = n > 0 && !atomic_load(&s->stopping);
+	int len = snprintf(body, sizeof(body), "%s: %zu collection(s): %s\n",
+	    ok ? "ok" : atomic_load(&s->stopping) ? "stopping" : "unavailable", n, names);
+	http_send(aio, ok ? 200 : 503, "text/plain; charset=utf-8", body, (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
+}
+
+static int
+add_handler(cdx_server *s, const char *path, void (*cb)(nng_aio *))
+{
+	nng_http_handler *h;
+	int rv;
+	if ((rv = nng_http_handler_alloc(&h, path, cb)) != 0)
+		return rv;
+	nng_http_handler_set_data(h, s, NULL);
+	if ((rv = nng_http_server_add_handler(s->http, h)) != 0) {
+		nng_http_handler_free(h);
+		return rv;
+	}
+	return 0;
+}
+
+int
+cdx__srv_http_start(cdx_server *s)
+{
+	char urlbuf[600];
+	nng_url *url;
+	int rv;
+
+	if (s->cfg.http_listen == NULL)
+		return CDX_OK;
+	if (strncmp(s->cfg.http_listen, "http://", 7) == 0)
+		snprintf(urlbuf, sizeof(urlbuf), "%s", s->cfg.http_listen);
+	else
+		snprintf(urlbuf, sizeof(urlbuf), "http://%s", s->cfg.http_listen);
+	if ((rv = nng_url_parse(&url, urlbuf)) != 0)
+		return cdx_error(CDX_EINVAL, "--http-listen '%s': %s", s->cfg.http_listen, nng_strerror(rv));
+	rv = nng_http_server_hold(&s->http, url);
+	nng_url_free(url);
+	if (rv != 0)
+		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));
+	if ((rv = add_handler(s, "/metrics", http_metrics)) != 0 || (rv = add_handler(s, "/healthz", http_healthz)) != 0 ||
+	    (rv = nng_http_server_start(s->http)) != 0) {
+		nng_http_server_release(s->http);
+		s->http = NULL;
+		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));
+	}
+	cdx_info("SRV-HTTP", "metrics on %s/metrics, health on %s/healthz", urlbuf, urlbuf);
+	return CDX_OK;
+}
+
+void
+cdx__srv_http_stop(cdx_server *s)
+{
+	if (s->http == NULL)
+		return;
+	nng_http_server_stop(s->http);
+	nng_http_server_release(s->http);
+	s->http = NULL;
+}

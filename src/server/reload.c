@@ -1,0 +1,577 @@
+/*
+ * reload.c — the served collection set and the reload thread.
+ *
+ * DESIGN
+ * The set is a small array of (name, collection, version dir) that is never
+ * modified in place: a reload builds a new array (reusing, with a new
+ * reference, every collection whose CURRENT did not move, and loading the
+ * ones that did), swaps the pointer under set_mu and drops the old array's
+ * references. A request holds its own reference for as long as it runs, so
+ * an old version lives until its last request finishes and is then freed by
+ * that request's thread. Loading, checksum verification and a smoke search
+ * happen on the reload thread, never on a request's path; a load that fails
+ * leaves the old version in the new array, so it keeps serving.
+ *
+ * Triggers: SIGHUP and --watch-interval ask for a rescan (no answer owed);
+ * an admin ReloadRequest is queued with its nng context and answered by the
+ * reload thread when its rescan is done. Reloads run one at a time. A
+ * version that failed to load is not retried by the watcher until CURRENT
+ * moves again (explicit reloads always retry), so a broken build is logged
+ * once, not every poll.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "server/server.h"
+
+struct srv_reload_req {
+	struct srv_ctx *ctx;
+	char only[CDX_NAME_MAX]; /* "" = all */
+	struct srv_reload_req *next;
+};
+
+/* A version that failed to load, remembered so the watcher does not retry
+ * it. Only the reload thread (and start, before it) touches the list. */
+struct srv_failed {
+	char name[CDX_NAME_MAX];
+	char version_dir[PATH_MAX];
+};
+
+void
+cdx__srv_set_free(struct srv_set *set)
+{
+	if (set == NULL)
+		return;
+	for (size_t i = 0; i < set->n; i++)
+		cdx_collection_unref(set->e[i].coll);
+	free(set->e);
+	free(set);
+}
+
+cdx_collection *
+cdx__srv_lookup(cdx_server *s, const char *name)
+{
+	cdx_collection *c = NULL;
+	pthread_mutex_lock(&s->set_mu);
+	for (size_t i = 0; s->set != NULL && i < s->set->n; i++) {
+		if (strcmp(s->set->e[i].name, name) == 0) {
+			c = s->set->e[i].coll;
+			cdx_collection_ref(c);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->set_mu);
+	return c;
+}
+
+struct srv_set *
+cdx__srv_snapshot(cdx_server *s)
+{
+	struct srv_set *copy = calloc(1, sizeof(*copy));
+	if (copy == NULL)
+		return NULL;
+	pthread_mutex_lock(&s->set_mu);
+	if (s->set != NULL && s->set->n > 0) {
+		copy->e = malloc(s->set->n * sizeof(*copy->e));
+		if (copy->e != NULL) {
+			copy->n = s->set->n;
+			memcpy(copy->e, s->set->e, copy->n * sizeof(*copy->e));
+			for (size_t i = 0; i < copy->n; i++)
+				cdx_collection_ref(copy->e[i].coll);
+		}
+	}
+	pthread_mutex_unlock(&s->set_mu);
+	return copy;
+}
+
+void
+cdx__srv_names(cdx_server *s, char *out, size_t size)
+{
+	size_t used = 0;
+	out[0] = '\0';
+	pthread_mutex_lock(&s->set_mu);
+	for (size_t i = 0; s->set != NULL && i < s->set->n && used < size; i++) {
+		int n = snprintf(out + used, size - used, "%s%s", i ? ", " : "", s->set->e[i].name);
+		if (n < 0)
+			break;
+		used += (size_t) n;
+	}
+	pthread_mutex_unlock(&s->set_mu);
+	if (out[0] == '\0')
+		snprintf(out, size, "none");
+}
+
+static int
+cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/* list_collections returns the sorted names of DIR's subdirectories that
+ * look like collections (a valid name and a CURRENT entry). */
+static int
+list_collections(const char *dir, char ***namesp, size_t *np)
+{
+	DIR *d = opendir(dir);
+	char **names = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+
+	*namesp = NULL;
+	*np = 0;
+	if (d == NULL)
+		return cdx_error_errno(CDX_EIO, "index directory %s", dir);
+	while ((de = readdir(d)) != NULL) {
+		if (!cdx_name_valid(de->d_name))
+			continue;
+		char path[PATH_MAX];
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s/%s", dir, de->d_name, CDX_CURRENT_LINK);
+		if (lstat(path, &st) != 0)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 8;
+			char **grown = realloc(names, cap * sizeof(*names));
+			if (grown == NULL)
+				goto nomem;
+			names = grown;
+		}
+		if ((names[n] = strdup(de->d_name)) == NULL)
+			goto nomem;
+		n++;
+	}
+	closedir(d);
+	qsort(names, n, sizeof(*names), cmp_names);
+	*namesp = names;
+	*np = n;
+	return CDX_OK;
+nomem:
+	closedir(d);
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return cdx_error(CDX_ENOMEM, "out of memory listing %s", dir);
+}
+
+/* verify runs one search for a stored item, so that a version whose index
+ * loads but cannot search is refused before it serves anyone. */
+static int
+verify(cdx_collection *c)
+{
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	if (m->items == 0 || m->nshards == 0)
+		return CDX_OK;
+	uint32_t shard = 0;
+	while (shard < m->nshards && m->shards[shard].rows == 0)
+		shard++;
+	if (shard == m->nshards)
+		return CDX_OK;
+	float *v = malloc(m->dim * sizeof(float));
+	struct cdx_hit hit;
+	struct cdx_search_params p = { .k = 1 };
+	if (v == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	int rc = cdx_collection_vector(c, shard, 0, v);
+	if (rc == CDX_OK)
+		rc = cdx_collection_search(c, &p, v, 1, &hit);
+	if (rc == CDX_OK && hit.id < 0)
+		rc = cdx_error(CDX_ECORRUPT, "a search for a stored item found nothing");
+	free(v);
+	return rc;
+}
+
+static int
+was_failed(cdx_server *s, const char *name, const char *vdir)
+{
+	struct srv_failed *failed_list = s->failed;
+	size_t nfailed = s->nfailed;
+	for (size_t i = 0; i < nfailed; i++)
+		if (strcmp(failed_list[i].name, name) == 0 && strcmp(failed_list[i].version_dir, vdir) == 0)
+			return 1;
+	return 0;
+}
+
+static void
+set_failed(cdx_server *s, const char *name, const char *vdir)
+{
+	struct srv_failed *failed_list = s->failed;
+	size_t nfailed = s->nfailed;
+	for (size_t i = 0; i < nfailed; i++) {
+		if (strcmp(failed_list[i].name, name) == 0) {
+			if (vdir == NULL)
+				failed_list[i] = failed_list[--s->nfailed];
+			else
+				snprintf(failed_list[i].version_dir, PATH_MAX, "%s", vdir);
+			return;
+		}
+	}
+	if (vdir == NULL)
+		return;
+	struct srv_failed *grown = realloc(failed_list, (nfailed + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return;
+	s->failed = grown;
+	snprintf(grown[nfailed].name, CDX_NAME_MAX, "%s", name);
+	snprintf(grown[nfailed].version_dir, PATH_MAX, "%s", vdir);
+	s->nfailed = nfailed + 1;
+}
+
+static const struct srv_entry *
+find_entry(const struct srv_set *set, const char *name)
+{
+	for (size_t i = 0; set != NULL && i < set->n; i++)
+		if (strcmp(set->e[i].name, name) == 0)
+			return &set->e[i];
+	return NULL;
+}
+
+static int
+append_entry(struct srv_set *set, const struct srv_entry *e)
+{
+	struct srv_entry *grown = realloc(set->e, (set->n + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return CDX_ENOMEM;
+	set->e = grown;
+	set->e[set->n++] = *e;
+	return CDX_OK;
+}
+
+static void
+add_failure(cdx_buf *msg, int *rc, int code, const char *name, const char *why, const struct srv_entry *kept)
+{
+	if (*rc == CDX_OK)
+		*rc = code;
+	if (kept != NULL)
+		cdx_buf_printf(msg, "%s%s: %s (still serving %s)", msg->len ? "; " : "", name, why,
+		    cdx_collection_manifest(kept->coll)->version);
+	else
+		cdx_buf_printf(msg, "%s%s: %s (not served)", msg->len ? "; " : "", name, why);
+}
+
+/* do_reload is cdx__srv_reload with watch semantics (skip versions known to
+ * fail). *changed counts collections added, replaced or dropped. */
+static int
+do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *changed)
+{
+	char **names = NULL;
+	size_t nnames = 0;
+	cdx_buf msg = { 0 };
+	int rc = CDX_OK;
+	struct srv_set *old = cdx__srv_snapshot(s), *next = calloc(1, sizeof(*next));
+
+	*changed = 0;
+	if (msgp != NULL)
+		*msgp = NULL;
+	if (old == NULL || next == NULL) {
+		cdx__srv_set_free(old);
+		free(next);
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	}
+	int lrc = list_collections(s->cfg.index_dir, &names, &nnames);
+	if (lrc != CDX_OK) {
+		/* the directory itself is unreadable: keep everything */
+		rc = lrc;
+		cdx_buf_printf(&msg, "%s", cdx_last_error());
+		nnames = 0;
+		for (size_t i = 0; i < old->n; i++) {
+			append_entry(next, &old->e[i]);
+			cdx_collection_ref(old->e[i].coll);
+		}
+		goto swap;
+	}
+	if (only != NULL && *only != '\0') {
+		size_t i;
+		for (i = 0; i < nnames && strcmp(names[i], only) != 0; i++)
+			;
+		if (i == nnames && find_entry(old, only) == NULL) {
+			rc = CDX_ENOTFOUND;
+			cdx_buf_printf(&msg, "no collection '%s' in %s", only, s->cfg.index_dir);
+		}
+	}
+
+	for (size_t i = 0; i < nnames; i++) {
+		const char *name = names[i];
+		const struct srv_entry *cur = find_entry(old, name);
+		struct srv_entry e;
+		memset(&e, 0, sizeof(e));
+		snprintf(e.name, sizeof(e.name), "%s", name);
+
+		if (only != NULL && *only != '\0' && strcmp(name, only) != 0) {
+			if (cur != NULL) {
+				e = *cur;
+				cdx_collection_ref(e.coll);
+				append_entry(next, &e);
+			}
+			continue;
+		}
+		char cdir[PATH_MAX], vdir[PATH_MAX];
+		snprintf(cdir, sizeof(cdir), "%s/%s", s->cfg.index_dir, name);
+		int r = cdx_version_path_resolve(cdir, vdir);
+		if (r == CDX_OK && cur != NULL && strcmp(cur->version_dir, vdir) == 0) {
+			e = *cur; /* unchanged */
+			cdx_collection_ref(e.coll);
+			append_entry(next, &e);
+			continue;
+		}
+		if (r != CDX_OK) {
+			char why[512];
+			snprintf(why, sizeof(why), "cannot resolve CURRENT: %s", cdx_last_error());
+			cdx_err("SRV-LOAD-FAIL", "collection %s: %s", name, why);
+			add_failure(&msg, &rc, r, name, why, cur);
+			goto keep_old;
+		}
+		if (watch && was_failed(s, name, vdir)) {
+			if (rc == CDX_OK)
+				rc = CDX_ECORRUPT;
+			goto keep_old;
+		}
+		uint64_t t0 = cdx_now_us();
+		cdx_collection *c = NULL;
+		r = cdx_collection_load(&c, vdir);
+		if (r == CDX_OK && (r = verify(c)) != CDX_OK) {
+			cdx_collection_unref(c);
+			c = NULL;
+		}
+		if (r != CDX_OK) {
+			char why[1024];
+			snprintf(why, sizeof(why), "version %.600s failed to load: %.380s", vdir, cdx_last_error());
+			cdx_err("SRV-LOAD-FAIL", "collection %s: %s%s", name, why,
+			    cur ? "; the previous version keeps serving" : "");
+			add_failure(&msg, &rc, r, name, why, cur);
+			set_failed(s, name, vdir);
+			goto keep_old;
+		}
+		set_failed(s, name, NULL);
+		const struct cdx_manifest *m = cdx_collection_manifest(c);
+		cdx_info("SRV-LOAD", "collection %s: loaded version %s (%llu items, dim %u, %s, %u shards) in %.1f ms%s%s",
+		    name, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric), m->nshards,
+		    (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
+		    cur ? cdx_collection_manifest(cur->coll)->version : "");
+		e.coll = c;
+		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
+		e.loaded_ms = cdx_wall_ms();
+		if (append_entry(next, &e) != CDX_OK) {
+			cdx_collection_unref(c);
+			add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
+			goto keep_old;
+		}
+		(*changed)++;
+		continue;
+	keep_old:
+		if (cur != NULL) {
+			e = *cur;
+			cdx_collection_ref(e.coll);
+			append_entry(next, &e);
+		}
+	}
+	/* collections whose directory or CURRENT disappeared are dropped */
+	for (size_t i = 0; i < old->n; i++) {
+		if (find_entry(next, old->e[i].name) != NULL)
+			continue;
+		if (only != NULL && *only != '\0' && strcmp(old->e[i].name, only) != 0) {
+			struct srv_entry e = old->e[i];
+			cdx_collection_ref(e.coll);
+			append_entry(next, &e);
+			continue;
+		}
+		cdx_warn("SRV-DROP", "collection %s: no longer in %s; not served any more", old->e[i].name,
+		    s->cfg.index_dir);
+		(*changed)++;
+	}
+swap:
+	pthread_mutex_lock(&s->set_mu);
+	struct srv_set *prev = s->set;
+	s->set = next;
+	pthread_mutex_unlock(&s->set_mu);
+	cdx__srv_set_free(prev);
+	cdx__srv_set_free(old);
+	for (size_t i = 0; i < nnames; i++)
+		free(names[i]);
+	free(names);
+	if (msgp != NULL && msg.len > 0)
+		*msgp = strdup(msg.data);
+	cdx_buf_fini(&msg);
+	return rc;
+}
+
+int
+cdx__srv_reload(cdx_server *s, const char *only, char **msg)
+{
+	unsigned changed;
+	int rc = do_reload(s, only, 0, msg, &changed);
+	if (rc == CDX_OK)
+		atomic_fetch_add(&s->m.reload_ok, 1);
+	else
+		atomic_fetch_add(&s->m.reload_failed, 1);
+	return rc;
+}
+
+int
+cdx__srv_load_initial(cdx_server *s)
+{
+	struct stat st;
+	if (stat(s->cfg.index_dir, &st) != 0 || !S_ISDIR(st.st_mode))
+		return cdx_error(CDX_ENOTFOUND, "index directory %s does not exist", s->cfg.index_dir);
+	char *msg = NULL;
+	unsigned changed;
+	int rc = do_reload(s, NULL, 0, &msg, &changed);
+	if (rc != CDX_OK) {
+		atomic_fetch_add(&s->m.reload_failed, 1);
+		cdx_warn("SRV-START", "some collections did not load: %s", msg ? msg : cdx_strerror(rc));
+	}
+	free(msg);
+	char names[1024];
+	cdx__srv_names(s, names, sizeof(names));
+	pthread_mutex_lock(&s->set_mu);
+	size_t n = s->set ? s->set->n : 0;
+	pthread_mutex_unlock(&s->set_mu);
+	if (n == 0)
+		cdx_warn("SRV-EMPTY", "no collection to serve in %s yet; /healthz answers 503 until a reload loads one",
+		    s->cfg.index_dir);
+	else
+		cdx_info("SRV-START", "serving %zu collection(s): %s", n, names);
+	return CDX_OK;
+}
+
+static void
+answer_admin(cdx_server *s, struct srv_reload_req *r)
+{
+	char *msg = NULL;
+	int rc = cdx__srv_reload(s, r->only[0] ? r->only : NULL, &msg);
+	if (rc == CDX_OK)
+		cdx_info("SRV-RELOAD", "admin reload%s%s done", r->only[0] ? " of " : "", r->only);
+	else
+		cdx_warn("SRV-RELOAD-FAIL", "admin reload: %s", msg ? msg : cdx_strerror(rc));
+	cdx__srv_reply_reload(r->ctx, rc, msg);
+	free(msg);
+	free(r);
+}
+
+static void *
+reloader_main(void *arg)
+{
+	cdx_server *s = arg;
+	uint64_t next_watch = 0;
+
+	pthread_mutex_lock(&s->r_mu);
+	for (;;) {
+		if (s->r_head != NULL) {
+			struct srv_reload_req *r = s->r_head;
+			s->r_head = r->next;
+			pthread_mutex_unlock(&s->r_mu);
+			answer_admin(s, r);
+			pthread_mutex_lock(&s->r_mu);
+			continue;
+		}
+		if (s->r_stop)
+			break;
+		if (s->r_pending) {
+			s->r_pending = 0;
+			pthread_mutex_unlock(&s->r_mu);
+			char *msg = NULL;
+			int rc = cdx__srv_reload(s, NULL, &msg);
+			if (rc == CDX_OK)
+				cdx_info("SRV-RELOAD", "reload done");
+			else
+				cdx_warn("SRV-RELOAD-FAIL", "reload: %s", msg ? msg : cdx_strerror(rc));
+			free(msg);
+			pthread_mutex_lock(&s->r_mu);
+			continue;
+		}
+		if (s->cfg.watch_interval > 0) {
+			uint64_t now = cdx_now_us();
+			if (next_watch == 0)
+				next_watch = now + (uint64_t) (s->cfg.watch_interval * 1e6);
+			if (now >= next_watch) {
+				next_watch = now + (uint64_t) (s->cfg.watch_interval * 1e6);
+				pthread_mutex_unlock(&s->r_mu);
+				char *msg = NULL;
+				unsigned changed = 0;
+				int rc = do_reload(s, NULL, 1, &msg, &changed);
+				if (changed > 0 || (rc != CDX_OK && msg != NULL)) {
+					atomic_fetch_add(rc == CDX_OK ? &s->m.reload_ok : &s->m.reload_failed, 1);
+					if (rc == CDX_OK)
+						cdx_info("SRV-RELOAD", "CURRENT changed: reloaded");
+					else
+						cdx_warn("SRV-RELOAD-FAIL", "watch reload: %s", msg);
+				}
+				free(msg);
+				pthread_mutex_lock(&s->r_mu);
+				continue;
+			}
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			uint64_t wait_us = next_watch - now;
+			ts.tv_sec += (time_t) (wait_us / 1000000);
+			ts.tv_nsec += (long) (wait_us % 1000000) * 1000;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&s->r_cv, &s->r_mu, &ts);
+		} else {
+			pthread_cond_wait(&s->r_cv, &s->r_mu);
+		}
+	}
+	pthread_mutex_unlock(&s->r_mu);
+	return NULL;
+}
+
+int
+cdx__srv_reloader_start(cdx_server *s)
+{
+	/* r_mu and r_cv (on CLOCK_MONOTONIC) are set up by cdx_server_start */
+	if (pthread_create(&s->reloader, NULL, reloader_main, s) != 0)
+		return cdx_error(CDX_ENOMEM, "cannot start the reload thread");
+	s->reloader_started = 1;
+	return CDX_OK;
+}
+
+void
+cdx__srv_reloader_stop(cdx_server *s)
+{
+	if (!s->reloader_started)
+		return;
+	pthread_mutex_lock(&s->r_mu);
+	s->r_stop = 1;
+	pthread_cond_signal(&s->r_cv);
+	pthread_mutex_unlock(&s->r_mu);
+	pthread_join(s->reloader, NULL);
+	s->reloader_started = 0;
+	free(s->failed);
+	s->failed = NULL;
+	s->nfailed = 0;
+}
+
+void
+cdx_server_request_reload(cdx_server *s)
+{
+	pthread_mutex_lock(&s->r_mu);
+	s->r_pending = 1;
+	pthread_cond_signal(&s->r_cv);
+	pthread_mutex_unlock(&s->r_mu);
+}
+
+void
+cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
+{
+	struct srv_reload_req *r = calloc(1, sizeof(*r)), **tail;
+	if (r == NULL) {
+		cdx__srv_reply_reload(ctx, CDX_ENOMEM, "out of memory");
+		return;
+	}
+	r->ctx = ctx;
+	snprintf(r->only, sizeof(r->only), "%s", only ? only : "");
+	pthread_mutex_lock(&s->r_mu);
+	for (tail = &s->r_head; *tail != NULL; tail = &(*tail)->next)
+		;
+	*tail = r;
+	pthread_cond_signal(&s->r_cv);
+	pthread_mutex_unlock(&s->r_mu);
+}

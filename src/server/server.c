@@ -1,0 +1,211 @@
+/*
+ * server.c — start, graceful stop, and `candex serve`'s main loop (signals
+ * through signalfd: nothing runs in a signal handler).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/server.h"
+
+#ifdef CDX_HAVE_ONLINE_RECALL
+#include "recall/online.h"
+#endif
+
+static char *
+dup_or_null(const char *s)
+{
+	return s != NULL ? strdup(s) : NULL;
+}
+
+static void
+config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
+{
+	*dst = *src;
+	dst->index_dir = dup_or_null(src->index_dir);
+	for (unsigned i = 0; i < src->nlisten; i++)
+		dst->listen[i] = dup_or_null(src->listen[i]);
+	dst->admin_listen = dup_or_null(src->admin_listen);
+	dst->http_listen = dup_or_null(src->http_listen);
+	dst->tls_cert = dup_or_null(src->tls_cert);
+	dst->tls_key = dup_or_null(src->tls_key);
+	dst->tls_ca = dup_or_null(src->tls_ca);
+	dst->ipc_mode = dup_or_null(src->ipc_mode);
+	dst->config_file = dup_or_null(src->config_file);
+}
+
+static void
+sleep_ms(unsigned ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static void
+server_free(cdx_server *s)
+{
+	cdx__srv_set_free(s->set);
+	pthread_mutex_destroy(&s->set_mu);
+	pthread_mutex_destroy(&s->q_mu);
+	pthread_cond_destroy(&s->q_cv);
+	pthread_mutex_destroy(&s->r_mu);
+	pthread_cond_destroy(&s->r_cv);
+	cdx_server_config_fini(&s->cfg);
+	free(s);
+}
+
+/* teardown stops everything that start got going, in dependency order. */
+static void
+teardown(cdx_server *s)
+{
+	cdx__srv_http_stop(s);
+	cdx__srv_reloader_stop(s);
+	cdx__srv_workers_stop(s); /* before the contexts go: a worker may hold one */
+	cdx__srv_sockets_close(s);
+#ifdef CDX_HAVE_ONLINE_RECALL
+	cdx_online_recall_stop(s->online);
+	s->online = NULL;
+#endif
+	server_free(s);
+}
+
+int
+cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
+{
+	cdx_server *s;
+	int rc;
+
+	*sp = NULL;
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	config_copy(&s->cfg, cfg);
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	s->nworkers = cfg->threads ? cfg->threads : (uint32_t) (cores > 0 ? cores : 1);
+	if (s->cfg.queue_max == 0)
+		s->cfg.queue_max = 16 * s->nworkers;
+	s->start_ms = cdx_wall_ms();
+	pthread_mutex_init(&s->set_mu, NULL);
+	pthread_mutex_init(&s->q_mu, NULL);
+	pthread_cond_init(&s->q_cv, NULL);
+	pthread_mutex_init(&s->r_mu, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->r_cv, &ca);
+	pthread_condattr_destroy(&ca);
+
+	/* Workers use every core already; OpenBLAS's own pool would only
+	 * compete with them (refine and coarse assignment call BLAS). */
+	cdx_blas_set_threads(1);
+
+	if ((rc = cdx__srv_load_initial(s)) != CDX_OK) {
+		server_free(s);
+		return rc;
+	}
+#ifdef CDX_HAVE_ONLINE_RECALL
+	if (s->cfg.online_recall_fraction > 0) {
+		struct cdx_online_recall_config oc = {
+			.sample_fraction = s->cfg.online_recall_fraction,
+			.cpu_budget = s->cfg.online_recall_cpu,
+			.queue_max = 256,
+		};
+		cdx_online_recall *o = NULL;
+		if ((rc = cdx_online_recall_start(&o, &oc)) != CDX_OK) {
+			teardown(s);
+			return rc;
+		}
+		s->online = o;
+	}
+#else
+	if (s->cfg.online_recall_fraction > 0)
+		cdx_warn("SRV-CONFIG", "--online-recall-fraction ignored: this build has no online recall checker");
+#endif
+	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK ||
+	    (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
+		char msg[1024];
+		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
+		atomic_store(&s->stopping, 1);
+		teardown(s);
+		return cdx_error(rc, "%s", msg);
+	}
+	cdx_info("SRV-READY", "candex %s serving %s with %u workers, queue %u, %zu contexts", CANDEX_VERSION,
+	    s->cfg.index_dir, s->nworkers, s->cfg.queue_max, s->nctxs);
+	*sp = s;
+	return CDX_OK;
+}
+
+void
+cdx_server_stop(cdx_server *s)
+{
+	if (s == NULL)
+		return;
+	/* New requests are answered UNAVAILABLE from now on; the listeners stay
+	 * open until the end because closing one also closes its connections. */
+	atomic_store(&s->stopping, 1);
+	int pending = atomic_load(&s->in_flight);
+	cdx_info("SRV-STOP", "stopping: draining %d in-flight request(s)", pending);
+	uint64_t until = cdx_now_us() + (uint64_t) s->cfg.drain_ms * 1000u;
+	while (atomic_load(&s->in_flight) > 0 && cdx_now_us() < until)
+		sleep_ms(2);
+	if (atomic_load(&s->in_flight) > 0)
+		cdx_warn("SRV-DRAIN", "%d request(s) still in flight after %u ms; closing anyway",
+		    atomic_load(&s->in_flight), s->cfg.drain_ms);
+	/* A reply handed to nng is queued on its connection, not yet written:
+	 * give the transports a moment before the sockets close. */
+	sleep_ms(50);
+	teardown(s);
+	cdx_info("SRV-STOPPED", "stopped");
+}
+
+int
+cdx_server_run(const struct cdx_server_config *cfg)
+{
+	sigset_t set;
+	cdx_server *s;
+
+	cdx_log_set_level(cfg->log_level);
+	/* Block the signals before any thread exists, so every thread inherits
+	 * the mask and they are only ever read from the signalfd below. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sfd < 0) {
+		cdx_err("SRV-START-FAIL", "signalfd: %s", strerror(errno));
+		return 1;
+	}
+	if (cdx_server_start(&s, cfg) != CDX_OK) {
+		cdx_err("SRV-START-FAIL", "%s", cdx_last_error());
+		close(sfd);
+		return 1;
+	}
+	for (;;) {
+		struct signalfd_siginfo si;
+		ssize_t n = read(sfd, &si, sizeof(si));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n != (ssize_t) sizeof(si)) {
+			cdx_err("SRV-SIGNAL", "signalfd read: %s", n < 0 ? strerror(errno) : "short read");
+			break;
+		}
+		if (si.ssi_signo == SIGHUP) {
+			cdx_info("SRV-SIGHUP", "SIGHUP: reloading changed collections");
+			cdx_server_request_reload(s);
+			continue;
+		}
+		cdx_info("SRV-SIGNAL", "%s: shutting down", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+		break;
+	}
+	cdx_server_stop(s);
+	close(sfd);
+	return 0;
+}

@@ -1,0 +1,224 @@
+/*
+ * server.h — the candex server: configuration, start/stop, reload, and the
+ * internals its .c files share.
+ *
+ * DESIGN
+ * Threads. One nng REP socket (every --listen URL is a listener on it) with
+ * many contexts. Each context is a small state machine driven by its aio
+ * callback, as in nng's async demo: RECV -> (decode, validate, enqueue) ->
+ * a worker searches -> SEND -> RECV. The callback runs on nng's threads, so
+ * it never runs Faiss: it decodes the protobuf, checks everything that is
+ * cheap to check (version, collection, k, dim, NaN, limits), answers health
+ * and info requests itself, and pushes search jobs onto a bounded queue. A
+ * full queue is answered OVERLOADED at once. A pool of worker threads (one
+ * per core) pops jobs, drops those already past their deadline
+ * (DEADLINE_EXCEEDED, unsearched), searches and sends the reply through the
+ * job's context. Workers pin OpenMP to one thread each, so Faiss never
+ * oversubscribes the cores; a large batch arriving at an idle server may use
+ * every core (search.c splits it into slices).
+ *
+ * Collections. The served set is an array of (name, collection) swapped
+ * under a mutex. A request looks its collection up under the mutex and
+ * takes a reference; a reload builds a new array on the reload thread and
+ * swaps it in; each old collection is freed by whichever request drops the
+ * last reference. Requests never wait for a load.
+ *
+ * Admin. A second REP socket (--admin-listen, e.g. an ipc:// path that only
+ * the server's user can open) accepts ReloadRequest; on the query socket a
+ * reload is PERMISSION_DENIED.
+ *
+ * Shutdown. The server answers any request that arrives from then on with
+ * UNAVAILABLE (retryable), waits for the in-flight jobs to be answered,
+ * and only then closes the sockets. (Closing an nng listener would also
+ * close the connections it accepted, losing the replies still owed on them.)
+ */
+#ifndef CANDEX_SERVER_H
+#define CANDEX_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <nng/nng.h>
+#include <nng/supplemental/http/http.h>
+#include <nng/supplemental/tls/tls.h>
+
+#include "common/common.h"
+#include "search/search.h"
+
+#define CDX_SERVER_MAX_LISTEN 16
+
+struct cdx_server_config {
+	char *index_dir;
+	char *listen[CDX_SERVER_MAX_LISTEN];
+	unsigned nlisten;
+	char *admin_listen;    /* NULL = no admin socket */
+	char *http_listen;     /* host:port of /metrics and /healthz; NULL = none */
+	char *tls_cert;        /* PEM files for tls+tcp:// listeners */
+	char *tls_key;
+	char *tls_ca;          /* clients must present a certificate signed by it */
+	uint32_t threads;      /* search workers; 0 = number of cores */
+	uint32_t contexts;     /* nng contexts on the query socket; 0 = queue + 2 x threads */
+	uint32_t queue_max;    /* search jobs waiting for a worker; 0 = 16 x threads */
+	uint64_t max_message;  /* bytes; larger requests get LIMIT_EXCEEDED */
+	uint32_t max_k;
+	uint32_t max_batch;    /* query vectors (or keys) per request */
+	uint32_t max_excludes; /* exclude ids + keys per request */
+	uint32_t timeout_ms;   /* default deadline when a request has none */
+	uint32_t max_timeout_ms;
+	uint32_t parallel_batch; /* batches this large may use every core when idle */
+	uint32_t drain_ms;     /* longest wait for in-flight requests at shutdown */
+	double watch_interval; /* seconds between CURRENT polls; 0 = off */
+	double online_recall_fraction;
+	double online_recall_cpu;
+	char *ipc_mode;        /* octal permissions of ipc:// listener files (admin: 0600) */
+	int log_level;
+	int help;              /* --help was given */
+	char *config_file;
+};
+
+/* cdx_server_config_init fills defaults; _fini frees the strings. */
+void cdx_server_config_init(struct cdx_server_config *cfg);
+void cdx_server_config_fini(struct cdx_server_config *cfg);
+/* cdx_server_config_parse reads --config FILE first (if given), then the
+ * other options of argv (argv[0] is the subcommand), which override it.
+ * CDX_EINVAL with cdx_error() set on a bad option. */
+int cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv);
+/* cdx_server_config_file applies one config file ("option = value" lines). */
+int cdx_server_config_file(struct cdx_server_config *cfg, const char *path);
+/* cdx_server_config_usage prints every option with its default. */
+void cdx_server_config_usage(FILE *out);
+
+typedef struct cdx_server cdx_server;
+
+/* cdx_server_start loads every collection, opens the sockets and starts
+ * the threads. cfg is copied. On success *sp is set; stop and free the
+ * server with cdx_server_stop(). */
+int cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg);
+/* cdx_server_stop drains in-flight requests, closes everything, frees s. */
+void cdx_server_stop(cdx_server *s);
+/* cdx_server_request_reload asks the reload thread to rescan the index
+ * directory (returns at once; safe from any thread, not from a signal handler). */
+void cdx_server_request_reload(cdx_server *s);
+/* cdx_server_run is `candex serve`: start, serve until SIGTERM/SIGINT
+ * (SIGHUP reloads), stop. Returns a process exit code. */
+int cdx_server_run(const struct cdx_server_config *cfg);
+
+/* ---- internals shared by the server's .c files ---------------------- */
+
+struct srv_entry {
+	char name[64];
+	cdx_collection *coll;  /* one reference held by the set */
+	char version_dir[4096];
+	uint64_t loaded_ms;    /* wall clock */
+};
+
+struct srv_set {
+	size_t n;
+	struct srv_entry *e;
+};
+
+#define SRV_NSTATUS 32
+#define SRV_NBUCKETS 16
+
+struct srv_metrics {
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* responses by Response.status */
+	atomic_uint_fast64_t bucket[SRV_NBUCKETS]; /* latency histogram (non-cumulative) */
+	atomic_uint_fast64_t latency_sum_us;
+	atomic_uint_fast64_t queries;   /* query vectors searched */
+	atomic_uint_fast64_t reload_ok;
+	atomic_uint_fast64_t reload_failed;
+	atomic_uint_fast64_t deadline_dropped;
+	atomic_uint_fast64_t overloaded;
+};
+
+extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
+
+struct srv_ctx;
+struct srv_reload_req;
+struct srv_failed;
+
+struct cdx_server {
+	struct cdx_server_config cfg;
+	uint32_t nworkers;
+	uint64_t start_ms;
+
+	/* collections */
+	pthread_mutex_t set_mu;
+	struct srv_set *set;
+
+	/* sockets */
+	nng_socket sock;   /* queries: every --listen URL */
+	nng_socket admin;  /* --admin-listen: also reloads */
+	int admin_open;
+	nng_tls_config *tls;
+	nng_listener listeners[CDX_SERVER_MAX_LISTEN + 1];
+	unsigned nlisteners;
+	struct srv_ctx **ctxs;
+	size_t nctxs;
+	nng_http_server *http;
+
+	/* job queue */
+	pthread_mutex_t q_mu;
+	pthread_cond_t q_cv;
+	struct srv_ctx *q_head, *q_tail;
+	uint32_t q_len;
+	int q_stop;
+	pthread_t *workers;
+
+	atomic_int stopping;     /* answer new requests UNAVAILABLE */
+	atomic_int in_flight;    /* received, not yet answered */
+
+	/* reload thread */
+	pthread_t reloader;
+	int reloader_started;
+	pthread_mutex_t r_mu;
+	pthread_cond_t r_cv;
+	int r_stop;
+	int r_pending;                 /* a rescan was asked for (SIGHUP) */
+	struct srv_reload_req *r_head; /* admin requests waiting for an answer */
+	struct srv_failed *failed;     /* versions that failed to load */
+	size_t nfailed;
+
+	struct srv_metrics m;
+	void *online; /* cdx_online_recall*, when built with it */
+};
+
+/* reload.c */
+int cdx__srv_load_initial(cdx_server *s);
+int cdx__srv_reloader_start(cdx_server *s);
+void cdx__srv_reloader_stop(cdx_server *s);
+/* cdx__srv_reload rescans (only: one collection, NULL = all). Returns 0 if
+ * every load succeeded, else the first error with *msg (malloc'd) listing
+ * the failures; the old versions keep serving either way. */
+int cdx__srv_reload(cdx_server *s, const char *only, char **msg);
+/* cdx__srv_reload_admin queues an admin reload; the reload thread answers
+ * ctx (srv_ctx) when done. */
+void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only);
+/* cdx__srv_lookup returns a new reference to the named collection, or NULL. */
+cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name);
+/* cdx__srv_snapshot returns a copy of the set with a reference on every
+ * collection; release it with cdx__srv_set_free(). */
+struct srv_set *cdx__srv_snapshot(cdx_server *s);
+void cdx__srv_set_free(struct srv_set *set);
+/* cdx__srv_names writes the served names, comma-separated, into out. */
+void cdx__srv_names(cdx_server *s, char *out, size_t size);
+
+/* dispatch.c */
+int cdx__srv_sockets_open(cdx_server *s);
+void cdx__srv_sockets_close(cdx_server *s);
+int cdx__srv_workers_start(cdx_server *s);
+void cdx__srv_workers_stop(cdx_server *s);
+uint32_t cdx__srv_queue_depth(cdx_server *s);
+/* cdx__srv_reply_reload answers an admin reload on its context. */
+void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+
+/* metrics.c */
+void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);
+int cdx__srv_metrics_render(cdx_server *s, cdx_buf *out);
+int cdx__srv_http_start(cdx_server *s);
+void cdx__srv_http_stop(cdx_server *s);
+
+#endif
