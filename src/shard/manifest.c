@@ -7,6 +7,7 @@
  * version does not know are kept in m->extra and written back on save, so
  * an older tool rewriting a manifest does not drop a newer tool's sections.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -194,11 +195,12 @@ get_uint(struct ld *l, json_t *obj, const char *prefix, const char *key, uint64_
 	if (json_is_integer(v) && json_integer_value(v) >= 0) {
 		x = (uint64_t) json_integer_value(v);
 		ok = 1;
-	} else if (json_is_string(v)) { /* see u64_json */
+	} else if (json_is_string(v)) { /* only as u64_json writes it: above INT64_MAX */
 		const char *s = json_string_value(v);
 		char *end;
+		errno = 0;
 		x = strtoull(s, &end, 10);
-		ok = *s >= '0' && *s <= '9' && *end == 0;
+		ok = *s >= '1' && *s <= '9' && *end == 0 && errno == 0 && x > (uint64_t) INT64_MAX;
 	}
 	if (!ok) {
 		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s %s (expected a non-negative integer)", l->path,

@@ -124,6 +124,11 @@ int cdx_shard_open(cdx_shard **sp, const char *path);
 void cdx_shard_close(cdx_shard *s); /* NULL is a no-op */
 const struct cdx_shard_info *cdx_shard_info(const cdx_shard *s);
 const char *cdx_shard_path(const cdx_shard *s);
+/* cdx_shard_file_bytes and cdx_shard_file_xxh64 give the size and the xxh64
+ * (seed 0) of the whole file: the bytes and xxh64 a manifest records for a
+ * shard. A builder opens each shard after commit to fill them in. */
+uint64_t cdx_shard_file_bytes(const cdx_shard *s);
+uint64_t cdx_shard_file_xxh64(const cdx_shard *s);
 /* cdx_shard_find_part returns the part of that kind or NULL. */
 const struct cdx_part_desc *cdx_shard_find_part(const cdx_shard *s, uint32_t kind);
 /* cdx_shard_verify checks the xxh64 of every part (not decompressing). */

@@ -82,7 +82,9 @@ cdx_shard_open(cdx_shard **sp, const char *path)
 		} else if (!known_kind(pd->kind) && (pd->flags & CDX_PART_FLAG_REQUIRED)) {
 			rc = cdx_error(CDX_EVERSION, "%s: part kind %u is required but unknown to this candex",
 			    path, pd->kind);
-		} else if (pd->raw_size > SIZE_MAX / 2) {
+		} else if (pd->raw_size > SIZE_MAX / 2 || pd->raw_size / 256 > pd->stored_size) {
+			/* lz4 never expands more than 255x: a larger claim is a
+			 * lie that would only make read_part allocate huge. */
 			rc = cdx_error(CDX_ECORRUPT, "%s: part %u raw size %llu", path, i,
 			    (unsigned long long) pd->raw_size);
 		}
@@ -119,6 +121,18 @@ const char *
 cdx_shard_path(const cdx_shard *s)
 {
 	return s->path;
+}
+
+uint64_t
+cdx_shard_file_bytes(const cdx_shard *s)
+{
+	return s->size;
+}
+
+uint64_t
+cdx_shard_file_xxh64(const cdx_shard *s)
+{
+	return cdx_xxh64(s->map, s->size, 0);
 }
 
 const struct cdx_part_desc *

@@ -190,6 +190,12 @@ test_round_trip(void **state)
 	assert_int_equal(info->nparts, 5);
 	assert_string_equal(cdx_shard_path(s), f->path);
 	assert_int_equal(cdx_shard_verify(s), CDX_OK);
+	char *whole;
+	size_t wlen;
+	assert_int_equal(cdx_read_file(f->path, &whole, &wlen), CDX_OK);
+	assert_int_equal(cdx_shard_file_bytes(s), wlen);
+	assert_true(cdx_shard_file_xxh64(s) == cdx_xxh64(whole, wlen, 0));
+	free(whole);
 	assert_non_null(cdx_shard_find_part(s, UNKNOWN_KIND));
 	assert_null(cdx_shard_find_part(s, 77));
 
@@ -452,9 +458,19 @@ test_bad_header(void **state)
 	assert_int_equal(cdx_shard_open(&s, path), CDX_EVERSION);
 	free(path);
 
+	uint8_t sz[8];
+	/* a raw size lz4 could never reach (would make read_part allocate huge) */
+	path = copy_shard(f, "rawlie.cdx");
+	cdx_put_le64(sz, (uint64_t) 1 << 50);
+	fd = open(path, O_RDWR);
+	assert_int_equal(pwrite(fd, sz, 8, CDX_SHARD_HDR_PARTS_OFFSET + 24), 8); /* part 0 raw size */
+	close(fd);
+	rehash_header(path);
+	assert_int_equal(cdx_shard_open(&s, path), CDX_ECORRUPT);
+	free(path);
+
 	/* part bounds beyond the file, with a valid checksum */
 	path = copy_shard(f, "bounds.cdx");
-	uint8_t sz[8];
 	cdx_put_le64(sz, UINT64_MAX - 10);
 	fd = open(path, O_RDWR);
 	assert_int_equal(pwrite(fd, sz, 8, CDX_SHARD_HDR_PARTS_OFFSET + 16), 8); /* part 0 stored size */
@@ -478,6 +494,35 @@ test_required_unknown_part(void **state)
 	assert_int_equal(cdx_shard_writer_commit(w, NULL), CDX_OK);
 	cdx_shard *s;
 	assert_int_equal(cdx_shard_open(&s, path), CDX_EVERSION);
+	free(path);
+}
+
+/* The most compressible input (zeros) stays within the 256x bound open checks. */
+static void
+test_zeros_part(void **state)
+{
+	struct fixture *f = *state;
+	char *path = tu_path(f->dir, "zeros.cdx");
+	struct cdx_shard_info info = test_info();
+	uint8_t *z = calloc(1, 9 << 20);
+	cdx_shard_writer *w;
+	assert_int_equal(cdx_shard_writer_open(&w, path, &info), CDX_OK);
+	assert_int_equal(cdx_shard_writer_begin_part(w, CDX_PART_FAISS, 0), CDX_OK);
+	assert_int_equal(cdx_shard_writer_write(w, z, 9 << 20), CDX_OK);
+	assert_int_equal(cdx_shard_writer_end_part(w), CDX_OK);
+	assert_int_equal(cdx_shard_writer_commit(w, NULL), CDX_OK);
+	cdx_shard *s;
+	assert_int_equal(cdx_shard_open(&s, path), CDX_OK);
+	void *data;
+	size_t len;
+	assert_int_equal(cdx_shard_read_part(s, CDX_PART_FAISS, &data, &len), CDX_OK);
+	assert_int_equal(len, 9 << 20);
+	assert_memory_equal(data, z, len);
+	print_message("9 MB of zeros stored in %llu bytes\n",
+	    (unsigned long long) cdx_shard_find_part(s, CDX_PART_FAISS)->stored_size);
+	free(data);
+	cdx_shard_close(s);
+	free(z);
 	free(path);
 }
 
@@ -694,6 +739,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_required_unknown_part, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_zeros_part, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer_misuse_and_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
 		cmocka_unit_test(test_ids_codec),
