@@ -168,6 +168,23 @@ struct cdx_recall_backend {
 	uint32_t batch; /* queries per call in the QPS pass; 0 = 256 */
 };
 
+/* Value passed as refine_factor for "no re-ranking": search treats 0 as
+ * "the collection's default" and anything below 1 as none. */
+#define CDX_RECALL_REFINE_NONE 0.5f
+
+struct cdx_collection;
+struct cdx_client;
+
+/* cdx_recall_backend_collection searches a loaded collection in process
+ * (cdx_collection_search, one thread per call). c must outlive be. */
+void cdx_recall_backend_collection(struct cdx_recall_backend *be, const struct cdx_collection *c);
+
+/* cdx_recall_backend_client searches collection over RPC (cdx_client_search),
+ * batch queries per request. cl and collection must outlive be. */
+int cdx_recall_backend_client(struct cdx_recall_backend *be, struct cdx_client *cl, const char *collection,
+    uint32_t dim, uint32_t batch);
+void cdx_recall_backend_fini(struct cdx_recall_backend *be); /* frees what _client allocated */
+
 /* The queries, their truth and how to judge hits. */
 struct cdx_recall_set {
 	struct cdx_recall_space space;
