@@ -497,6 +497,100 @@ test_required_unknown_part(void **state)
 	free(path);
 }
 
+/* read_everything reads every part both ways; each must succeed or fail
+ * cleanly. Returns the number of parts that failed. */
+static int
+read_everything(const char *path)
+{
+	cdx_shard *s;
+	int rc = cdx_shard_open(&s, path);
+	if (rc != CDX_OK) {
+		assert_true(rc == CDX_ECORRUPT || rc == CDX_EVERSION);
+		return -1;
+	}
+	int failed = 0;
+	const struct cdx_shard_info *info = cdx_shard_info(s);
+	char buf[4096];
+	for (uint32_t i = 0; i < info->nparts; i++) {
+		void *data;
+		size_t len;
+		rc = cdx_shard_read_part(s, info->parts[i].kind, &data, &len);
+		assert_true(rc == CDX_OK || rc == CDX_ECORRUPT);
+		failed += rc != CDX_OK;
+		free(data);
+		FILE *fp;
+		assert_int_equal(cdx_shard_open_part_stream(s, info->parts[i].kind, &fp), CDX_OK);
+		size_t total = 0, n;
+		while ((n = fread(buf, 1, sizeof(buf), fp)) > 0)
+			total += n;
+		/* the stream agrees with read_part */
+		assert_int_equal(ferror(fp) != 0, rc != CDX_OK);
+		if (rc == CDX_OK)
+			assert_int_equal(total, len);
+		fclose(fp);
+	}
+	cdx_shard_close(s);
+	return failed;
+}
+
+/* Random single-byte damage anywhere in a small shard, with the header
+ * checksum repaired half of the time so the damage reaches the part
+ * table and the frames: never a crash, never a silent wrong read. */
+static void
+test_random_damage(void **state)
+{
+	struct fixture *f = *state;
+	char *path = tu_path(f->dir, "small.cdx"), *work = tu_path(f->dir, "damaged.cdx");
+	struct cdx_shard_info info = test_info();
+	cdx_shard_writer *w;
+	assert_int_equal(cdx_shard_writer_open(&w, path, &info), CDX_OK);
+	assert_int_equal(cdx_shard_writer_begin_part(w, CDX_PART_FAISS, 0), CDX_OK);
+	assert_int_equal(cdx_shard_writer_write(w, f->big, 20000), CDX_OK);
+	assert_int_equal(cdx_shard_writer_end_part(w), CDX_OK);
+	assert_int_equal(cdx_shard_writer_begin_part(w, CDX_PART_IDS, 0), CDX_OK);
+	assert_int_equal(cdx_shard_writer_write(w, f->ids_enc.data, f->ids_enc.len), CDX_OK);
+	assert_int_equal(cdx_shard_writer_end_part(w), CDX_OK);
+	assert_int_equal(cdx_shard_writer_commit(w, NULL), CDX_OK);
+	char *orig;
+	size_t len;
+	assert_int_equal(cdx_read_file(path, &orig, &len), CDX_OK);
+	cdx_rng r;
+	cdx_rng_seed(&r, 99);
+	int opened_bad = 0, parts_bad = 0;
+	for (int t = 0; t < 300; t++) {
+		uint8_t *d = malloc(len);
+		memcpy(d, orig, len);
+		int in_header = t % 3 == 0;
+		size_t at = in_header ? (size_t) (cdx_rng_next(&r) % CDX_SHARD_HDR_CHECKSUM_OFFSET)
+		                      : CDX_SHARD_HEADER_SIZE + (size_t) (cdx_rng_next(&r) % (len - CDX_SHARD_HEADER_SIZE));
+		d[at] ^= (uint8_t) (1u << (cdx_rng_next(&r) % 8));
+		if (in_header && t % 2 == 0)
+			cdx_put_le64(d + CDX_SHARD_HDR_CHECKSUM_OFFSET, cdx_xxh64(d, CDX_SHARD_HDR_CHECKSUM_OFFSET, 0));
+		unlink(work);
+		int fd = open(work, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		assert_int_equal(write(fd, d, len), (ssize_t) len);
+		close(fd);
+		int bad = read_everything(work);
+		if (bad < 0)
+			opened_bad++;
+		else
+			parts_bad += bad;
+		/* damage inside a frame is always caught by verify */
+		if (!in_header) {
+			cdx_shard *s;
+			assert_int_equal(cdx_shard_open(&s, work), CDX_OK);
+			assert_int_equal(cdx_shard_verify(s), CDX_ECORRUPT);
+			cdx_shard_close(s);
+		}
+		free(d);
+	}
+	print_message("random damage: %d refused at open, %d part reads failed\n", opened_bad, parts_bad);
+	assert_true(opened_bad > 0 && parts_bad > 0);
+	free(orig);
+	free(path);
+	free(work);
+}
+
 /* The most compressible input (zeros) stays within the 256x bound open checks. */
 static void
 test_zeros_part(void **state)
@@ -740,6 +834,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_bad_header, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_required_unknown_part, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_zeros_part, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer_misuse_and_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
 		cmocka_unit_test(test_ids_codec),
