@@ -59,7 +59,7 @@ cdx_ids_encode(const int64_t *ids, size_t n, cdx_buf *out)
 		if (out->cap - out->len < 10 && (rc = cdx_buf_reserve(out, (n - i) * 2 + 10)) != CDX_OK)
 			return rc;
 		uint64_t d = (uint64_t) ids[i] - prev;
-		uint64_t z = (d << 1) ^ (uint64_t) -(int64_t) (d >> 63);
+		uint64_t z = (d << 1) ^ (uint64_t) - (int64_t) (d >> 63);
 		out->len += put_varint((uint8_t *) out->data + out->len, z);
 		prev = (uint64_t) ids[i];
 	}
@@ -74,13 +74,15 @@ cdx_ids_decode(const void *data, size_t len, int64_t *ids, size_t n)
 	for (size_t i = 0; i < n; i++) {
 		uint64_t z;
 		if (get_varint(&p, end, &z) != 0)
-			return cdx_error(CDX_ECORRUPT, "ids: malformed or truncated varint at row %zu of %zu", i, n);
-		uint64_t d = (z >> 1) ^ (uint64_t) -(int64_t) (z & 1);
+			return cdx_error(
+			    CDX_ECORRUPT, "ids: malformed or truncated varint at row %zu of %zu", i, n);
+		uint64_t d = (z >> 1) ^ (uint64_t) - (int64_t) (z & 1);
 		prev += d;
 		ids[i] = (int64_t) prev;
 	}
 	if (p != end)
-		return cdx_error(CDX_ECORRUPT, "ids: %zu trailing bytes after %zu rows", (size_t) (end - p), n);
+		return cdx_error(
+		    CDX_ECORRUPT, "ids: %zu trailing bytes after %zu rows", (size_t) (end - p), n);
 	return CDX_OK;
 }
 
@@ -141,7 +143,8 @@ cdx_keys_decode(const void *data, size_t len, size_t n, char **strings, uint64_t
 	if (p != end) {
 		free(str);
 		free(off);
-		return cdx_error(CDX_ECORRUPT, "keys: %zu trailing bytes after %zu keys", (size_t) (end - p), n);
+		return cdx_error(
+		    CDX_ECORRUPT, "keys: %zu trailing bytes after %zu keys", (size_t) (end - p), n);
 	}
 	*strings = str;
 	*offsets = off;

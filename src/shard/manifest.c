@@ -18,9 +18,9 @@
 #include "shard/manifest.h"
 
 /* The top-level keys this version reads; everything else goes to extra. */
-static const char *const known_keys[] = { "format_version", "collection", "version", "model_version", "factory",
-	"metric", "dim", "items", "nlist", "pq_m", "pq_nbits", "default_nprobe", "refine", "default_refine_factor",
-	"shards", "operating_points", "build" };
+static const char *const known_keys[] = { "format_version", "collection", "version", "model_version",
+	"factory", "metric", "dim", "items", "nlist", "pq_m", "pq_nbits", "default_nprobe", "refine",
+	"default_refine_factor", "shards", "operating_points", "build" };
 
 static int
 is_known_key(const char *k)
@@ -160,8 +160,8 @@ get(struct ld *l, json_t *obj, const char *prefix, const char *key, json_type ty
 	if (l->rc != CDX_OK)
 		return NULL;
 	json_t *v = json_object_get(obj, key);
-	int ok = v != NULL &&
-	    (json_typeof(v) == type || (type == JSON_REAL && json_typeof(v) == JSON_INTEGER));
+	int ok
+	    = v != NULL && (json_typeof(v) == type || (type == JSON_REAL && json_typeof(v) == JSON_INTEGER));
 	if (!ok) {
 		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s %s (expected %s)", l->path, prefix, key,
 		    v == NULL ? "is missing" : "has the wrong type", tname);
@@ -177,8 +177,8 @@ get_str(struct ld *l, json_t *obj, const char *prefix, const char *key, char *ou
 	if (v == NULL)
 		return;
 	if (json_string_length(v) >= cap || strlen(json_string_value(v)) != json_string_length(v)) {
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s is too long or holds a NUL (max %zu bytes)", l->path,
-		    prefix, key, cap - 1);
+		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s is too long or holds a NUL (max %zu bytes)",
+		    l->path, prefix, key, cap - 1);
 		return;
 	}
 	memcpy(out, json_string_value(v), json_string_length(v) + 1);
@@ -203,13 +203,14 @@ get_uint(struct ld *l, json_t *obj, const char *prefix, const char *key, uint64_
 		ok = *s >= '1' && *s <= '9' && *end == 0 && errno == 0 && x > (uint64_t) INT64_MAX;
 	}
 	if (!ok) {
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s %s (expected a non-negative integer)", l->path,
-		    prefix, key, v == NULL ? "is missing" : "has the wrong type");
+		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s %s (expected a non-negative integer)",
+		    l->path, prefix, key, v == NULL ? "is missing" : "has the wrong type");
 		return 0;
 	}
 	if (x > max) {
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s = %" PRIu64 " is out of range (max %" PRIu64 ")",
-		    l->path, prefix, key, x, max);
+		l->rc = cdx_error(CDX_ECORRUPT,
+		    "%s: field %s%s = %" PRIu64 " is out of range (max %" PRIu64 ")", l->path, prefix, key, x,
+		    max);
 		return 0;
 	}
 	return x;
@@ -233,16 +234,17 @@ get_hex(struct ld *l, json_t *obj, const char *prefix, const char *key)
 	size_t i = 0;
 	for (; s[i] != 0 && i < 16; i++) {
 		char c = s[i];
-		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-		    : c >= 'A' && c <= 'F'                                    ? c - 'A' + 10
-		                                                              : -1;
+		int d = c >= '0' && c <= '9' ? c - '0'
+		    : c >= 'a' && c <= 'f'   ? c - 'a' + 10
+		    : c >= 'A' && c <= 'F'   ? c - 'A' + 10
+		                             : -1;
 		if (d < 0)
 			break;
 		x = x << 4 | (uint64_t) d;
 	}
 	if (i != 16 || s[i] != 0) {
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s = \"%s\" is not 16 hex digits", l->path, prefix, key,
-		    s);
+		l->rc = cdx_error(
+		    CDX_ECORRUPT, "%s: field %s%s = \"%s\" is not 16 hex digits", l->path, prefix, key, s);
 		return 0;
 	}
 	return x;
@@ -264,11 +266,12 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 	}
 	get_str(l, root, "", "collection", m->collection, sizeof(m->collection));
 	if (l->rc == CDX_OK && !cdx_name_valid(m->collection))
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field collection \"%s\" is not a valid name", l->path,
-		    m->collection);
+		l->rc = cdx_error(
+		    CDX_ECORRUPT, "%s: field collection \"%s\" is not a valid name", l->path, m->collection);
 	get_str(l, root, "", "version", m->version, sizeof(m->version));
 	if (l->rc == CDX_OK && !cdx_name_valid(m->version))
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field version \"%s\" is not a valid name", l->path, m->version);
+		l->rc = cdx_error(
+		    CDX_ECORRUPT, "%s: field version \"%s\" is not a valid name", l->path, m->version);
 	get_str(l, root, "", "model_version", m->model_version, sizeof(m->model_version));
 	get_str(l, root, "", "factory", m->factory, sizeof(m->factory));
 	get_str(l, root, "", "metric", tmp, sizeof(tmp));
@@ -284,7 +287,8 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 	m->default_nprobe = (uint32_t) get_uint(l, root, "", "default_nprobe", UINT32_MAX);
 	get_str(l, root, "", "refine", tmp, sizeof(tmp));
 	if (l->rc == CDX_OK && cdx_refine_parse(tmp, &m->refine) != CDX_OK)
-		l->rc = cdx_error(CDX_ECORRUPT, "%s: field refine \"%s\" is not none, fp32, fp16 or sq8", l->path, tmp);
+		l->rc = cdx_error(
+		    CDX_ECORRUPT, "%s: field refine \"%s\" is not none, fp32, fp16 or sq8", l->path, tmp);
 	m->default_refine_factor = (float) get_num(l, root, "", "default_refine_factor");
 
 	json_t *shards = get(l, root, "", "shards", JSON_ARRAY, "array");
@@ -306,22 +310,25 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 			snprintf(pre, sizeof(pre), "shards[%zu].", i);
 			json_t *s = json_array_get(shards, i);
 			if (!json_is_object(s)) {
-				l->rc = cdx_error(CDX_ECORRUPT, "%s: field shards[%zu] is not an object", l->path, i);
+				l->rc = cdx_error(
+				    CDX_ECORRUPT, "%s: field shards[%zu] is not an object", l->path, i);
 				break;
 			}
 			struct cdx_manifest_shard *sh = &m->shards[i];
 			get_str(l, s, pre, "file", sh->file, sizeof(sh->file));
 			if (l->rc == CDX_OK && !cdx_name_valid(sh->file))
-				l->rc = cdx_error(CDX_ECORRUPT, "%s: field %sfile \"%s\" is not a plain file name",
-				    l->path, pre, sh->file);
+				l->rc = cdx_error(CDX_ECORRUPT,
+				    "%s: field %sfile \"%s\" is not a plain file name", l->path, pre,
+				    sh->file);
 			sh->bytes = get_uint(l, s, pre, "bytes", INT64_MAX);
 			sh->rows = get_uint(l, s, pre, "rows", INT64_MAX);
 			sh->xxh64 = get_hex(l, s, pre, "xxh64");
 			rows += sh->rows;
 		}
 		if (l->rc == CDX_OK && rows != m->items)
-			l->rc = cdx_error(CDX_ECORRUPT, "%s: shards hold %" PRIu64 " rows but items is %" PRIu64,
-			    l->path, rows, m->items);
+			l->rc = cdx_error(CDX_ECORRUPT,
+			    "%s: shards hold %" PRIu64 " rows but items is %" PRIu64, l->path, rows,
+			    m->items);
 	}
 
 	/* operating_points and build are optional (a build may skip recall
@@ -330,8 +337,8 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 	json_t *pts = json_object_get(root, "operating_points");
 	if (l->rc == CDX_OK && pts != NULL) {
 		if (!json_is_array(pts)) {
-			l->rc = cdx_error(CDX_ECORRUPT, "%s: field operating_points has the wrong type (expected array)",
-			    l->path);
+			l->rc = cdx_error(CDX_ECORRUPT,
+			    "%s: field operating_points has the wrong type (expected array)", l->path);
 			return;
 		}
 		size_t n = json_array_size(pts);
@@ -345,8 +352,8 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 			snprintf(pre, sizeof(pre), "operating_points[%zu].", i);
 			json_t *j = json_array_get(pts, i);
 			if (!json_is_object(j)) {
-				l->rc = cdx_error(CDX_ECORRUPT, "%s: field operating_points[%zu] is not an object", l->path,
-				    i);
+				l->rc = cdx_error(CDX_ECORRUPT,
+				    "%s: field operating_points[%zu] is not an object", l->path, i);
 				break;
 			}
 			struct cdx_operating_point *p = &m->points[i];
@@ -361,7 +368,8 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 	json_t *b = json_object_get(root, "build");
 	if (l->rc == CDX_OK && b != NULL) {
 		if (!json_is_object(b)) {
-			l->rc = cdx_error(CDX_ECORRUPT, "%s: field build has the wrong type (expected object)", l->path);
+			l->rc = cdx_error(
+			    CDX_ECORRUPT, "%s: field build has the wrong type (expected object)", l->path);
 			return;
 		}
 		m->seed = get_uint(l, b, "build.", "seed", UINT64_MAX);
@@ -393,7 +401,8 @@ cdx_manifest_load(struct cdx_manifest **mp, const char *version_dir)
 	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
 	free(text);
 	if (root == NULL)
-		return cdx_error(CDX_ECORRUPT, "%s:%d:%d: invalid JSON: %s", path, jerr.line, jerr.column, jerr.text);
+		return cdx_error(
+		    CDX_ECORRUPT, "%s:%d:%d: invalid JSON: %s", path, jerr.line, jerr.column, jerr.text);
 	if (!json_is_object(root)) {
 		json_decref(root);
 		return cdx_error(CDX_ECORRUPT, "%s: top level is not an object", path);
@@ -409,9 +418,7 @@ cdx_manifest_load(struct cdx_manifest **mp, const char *version_dir)
 		json_t *extra = json_object();
 		const char *k;
 		json_t *v;
-		json_object_foreach (root, k, v)
-			if (!is_known_key(k))
-				json_object_set(extra, k, v);
+		json_object_foreach(root, k, v) if (!is_known_key(k)) json_object_set(extra, k, v);
 		m->extra = extra;
 	}
 	json_decref(root);

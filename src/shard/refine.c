@@ -42,8 +42,8 @@ cdx_sq8_train(const float *x, size_t rows, uint32_t dim, float *vmin, float *vdi
 }
 
 int
-cdx_refine_header_write(cdx_buf *out, int kind, uint32_t dim, uint64_t rows, const float *vmin,
-    const float *vdiff)
+cdx_refine_header_write(
+    cdx_buf *out, int kind, uint32_t dim, uint64_t rows, const float *vmin, const float *vdiff)
 {
 	if (kind < CDX_REFINE_FP32 || kind > CDX_REFINE_SQ8 || dim == 0)
 		return cdx_error(CDX_EINVAL, "refine header: kind %d, dim %u", kind, dim);
@@ -112,8 +112,8 @@ cdx_refine_encode(const struct cdx_refine_store *st, const float *x, size_t n, u
 }
 
 int
-cdx_refine_store_parse(struct cdx_refine_store *st, const void *data, size_t len, uint64_t expect_rows,
-    uint32_t expect_dim)
+cdx_refine_store_parse(
+    struct cdx_refine_store *st, const void *data, size_t len, uint64_t expect_rows, uint32_t expect_dim)
 {
 	memset(st, 0, sizeof(*st));
 	const uint8_t *p = data;
@@ -128,14 +128,14 @@ cdx_refine_store_parse(struct cdx_refine_store *st, const void *data, size_t len
 	if (dim != expect_dim || dim == 0)
 		return cdx_error(CDX_ECORRUPT, "refine part: dim %u, expected %u", dim, expect_dim);
 	if (rows != expect_rows)
-		return cdx_error(CDX_ECORRUPT, "refine part: %llu rows, expected %llu", (unsigned long long) rows,
-		    (unsigned long long) expect_rows);
+		return cdx_error(CDX_ECORRUPT, "refine part: %llu rows, expected %llu",
+		    (unsigned long long) rows, (unsigned long long) expect_rows);
 	size_t bpv = cdx_refine_bytes_per_vector((int) kind, dim);
 	size_t tables = kind == CDX_REFINE_SQ8 ? (size_t) dim * 8 : 0;
 	size_t avail = len - REFINE_HEADER_BYTES;
 	if (tables > avail || rows > (avail - tables) / bpv || rows * bpv != avail - tables)
-		return cdx_error(CDX_ECORRUPT, "refine part: %zu bytes do not hold %llu %s rows of dim %u", len,
-		    (unsigned long long) rows, cdx_refine_name((int) kind), dim);
+		return cdx_error(CDX_ECORRUPT, "refine part: %zu bytes do not hold %llu %s rows of dim %u",
+		    len, (unsigned long long) rows, cdx_refine_name((int) kind), dim);
 	st->kind = (int) kind;
 	st->dim = dim;
 	st->rows = rows;

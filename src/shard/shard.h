@@ -116,6 +116,8 @@ void cdx_shard_writer_abort(cdx_shard_writer *w);
 
 /* --- reading --------------------------------------------------------- */
 
+/* A cdx_shard is immutable once open: several threads may read parts and
+ * open part streams at once (each has its own decompression context). */
 typedef struct cdx_shard cdx_shard;
 
 /* cdx_shard_open maps path and validates the header (magic, version, header

@@ -8,17 +8,17 @@
 
 #include "shard/shard.h"
 
-#define OFF_MAGIC 0
-#define OFF_VERSION 8
-#define OFF_HDRSIZE 12
-#define OFF_COLLECTION 16
-#define OFF_METRIC 80
-#define OFF_DIM 84
+#define OFF_MAGIC       0
+#define OFF_VERSION     8
+#define OFF_HDRSIZE     12
+#define OFF_COLLECTION  16
+#define OFF_METRIC      80
+#define OFF_DIM         84
 #define OFF_SHARD_INDEX 88
 #define OFF_SHARD_COUNT 92
-#define OFF_ROWS 96
-#define OFF_NPARTS 104
-#define OFF_PARTS CDX_SHARD_HDR_PARTS_OFFSET
+#define OFF_ROWS        96
+#define OFF_NPARTS      104
+#define OFF_PARTS       CDX_SHARD_HDR_PARTS_OFFSET
 
 _Static_assert(OFF_PARTS + CDX_SHARD_MAX_PARTS * CDX_SHARD_HDR_PART_SIZE <= CDX_SHARD_HDR_CHECKSUM_OFFSET,
     "part table overlaps the checksum");
@@ -31,10 +31,12 @@ cdx_shard_header_encode(const struct cdx_shard_info *info, uint8_t out[CDX_SHARD
 	if (clen >= CDX_NAME_MAX)
 		return cdx_error(CDX_EINVAL, "shard header: collection name too long");
 	if (info->nparts > CDX_SHARD_MAX_PARTS)
-		return cdx_error(CDX_EINVAL, "shard header: %u parts (max %d)", info->nparts, CDX_SHARD_MAX_PARTS);
+		return cdx_error(
+		    CDX_EINVAL, "shard header: %u parts (max %d)", info->nparts, CDX_SHARD_MAX_PARTS);
 	memset(out, 0, CDX_SHARD_HEADER_SIZE);
 	memcpy(out + OFF_MAGIC, CDX_SHARD_MAGIC, 8);
-	cdx_put_le32(out + OFF_VERSION, info->format_version ? info->format_version : CDX_SHARD_FORMAT_VERSION);
+	cdx_put_le32(
+	    out + OFF_VERSION, info->format_version ? info->format_version : CDX_SHARD_FORMAT_VERSION);
 	cdx_put_le32(out + OFF_HDRSIZE, CDX_SHARD_HEADER_SIZE);
 	memcpy(out + OFF_COLLECTION, info->collection, clen);
 	cdx_put_le32(out + OFF_METRIC, info->metric);
@@ -65,15 +67,16 @@ cdx_shard_header_decode(const uint8_t *buf, struct cdx_shard_info *info, const c
 		return cdx_error(CDX_ECORRUPT, "%s: not a candex shard (bad magic)", path);
 	uint32_t version = cdx_get_le32(buf + OFF_VERSION);
 	if (version > CDX_SHARD_FORMAT_VERSION)
-		return cdx_error(CDX_EVERSION, "%s: shard format version %u is newer than supported (%d)", path,
-		    version, CDX_SHARD_FORMAT_VERSION);
+		return cdx_error(CDX_EVERSION, "%s: shard format version %u is newer than supported (%d)",
+		    path, version, CDX_SHARD_FORMAT_VERSION);
 	if (version == 0)
 		return cdx_error(CDX_ECORRUPT, "%s: shard format version 0", path);
 	uint64_t want = cdx_get_le64(buf + CDX_SHARD_HDR_CHECKSUM_OFFSET);
 	uint64_t got = cdx_xxh64(buf, CDX_SHARD_HDR_CHECKSUM_OFFSET, 0);
 	if (want != got)
-		return cdx_error(CDX_ECORRUPT, "%s: header checksum mismatch (stored %016llx, computed %016llx)",
-		    path, (unsigned long long) want, (unsigned long long) got);
+		return cdx_error(CDX_ECORRUPT,
+		    "%s: header checksum mismatch (stored %016llx, computed %016llx)", path,
+		    (unsigned long long) want, (unsigned long long) got);
 	if (cdx_get_le32(buf + OFF_HDRSIZE) != CDX_SHARD_HEADER_SIZE)
 		return cdx_error(CDX_ECORRUPT, "%s: header size %u", path, cdx_get_le32(buf + OFF_HDRSIZE));
 	if (memchr(buf + OFF_COLLECTION, 0, CDX_NAME_MAX) == NULL)
@@ -91,9 +94,11 @@ cdx_shard_header_decode(const uint8_t *buf, struct cdx_shard_info *info, const c
 	if (info->dim == 0)
 		return cdx_error(CDX_ECORRUPT, "%s: dim 0", path);
 	if (info->shard_count == 0 || info->shard_index >= info->shard_count)
-		return cdx_error(CDX_ECORRUPT, "%s: shard %u of %u", path, info->shard_index, info->shard_count);
+		return cdx_error(
+		    CDX_ECORRUPT, "%s: shard %u of %u", path, info->shard_index, info->shard_count);
 	if (info->nparts > CDX_SHARD_MAX_PARTS)
-		return cdx_error(CDX_ECORRUPT, "%s: %u parts (max %d)", path, info->nparts, CDX_SHARD_MAX_PARTS);
+		return cdx_error(
+		    CDX_ECORRUPT, "%s: %u parts (max %d)", path, info->nparts, CDX_SHARD_MAX_PARTS);
 	for (uint32_t i = 0; i < info->nparts; i++) {
 		const uint8_t *p = buf + OFF_PARTS + (size_t) i * CDX_SHARD_HDR_PART_SIZE;
 		struct cdx_part_desc *pd = &info->parts[i];

@@ -73,15 +73,16 @@ cdx_shard_open(cdx_shard **sp, const char *path)
 	int rc = cdx_shard_header_decode(s->map, &s->info, path);
 	for (uint32_t i = 0; rc == CDX_OK && i < s->info.nparts; i++) {
 		const struct cdx_part_desc *pd = &s->info.parts[i];
-		if (pd->offset < CDX_SHARD_HEADER_SIZE || pd->offset > s->size ||
-		    pd->stored_size > s->size - pd->offset) {
+		if (pd->offset < CDX_SHARD_HEADER_SIZE || pd->offset > s->size
+		    || pd->stored_size > s->size - pd->offset) {
 			rc = cdx_error(CDX_ECORRUPT,
-			    "%s: truncated or corrupt: part %u (%s) spans bytes %llu..+%llu but the file has %zu",
+			    "%s: truncated or corrupt: part %u (%s) spans bytes %llu..+%llu but the file has "
+			    "%zu",
 			    path, i, cdx_part_name((int) pd->kind), (unsigned long long) pd->offset,
 			    (unsigned long long) pd->stored_size, s->size);
 		} else if (!known_kind(pd->kind) && (pd->flags & CDX_PART_FLAG_REQUIRED)) {
-			rc = cdx_error(CDX_EVERSION, "%s: part kind %u is required but unknown to this candex",
-			    path, pd->kind);
+			rc = cdx_error(CDX_EVERSION,
+			    "%s: part kind %u is required but unknown to this candex", path, pd->kind);
 		} else if (pd->raw_size > SIZE_MAX / 2 || pd->raw_size / 256 > pd->stored_size) {
 			/* lz4 never expands more than 255x: a larger claim is a
 			 * lie that would only make read_part allocate huge. */
@@ -151,8 +152,9 @@ cdx_shard_verify(const cdx_shard *s)
 		const struct cdx_part_desc *pd = &s->info.parts[i];
 		uint64_t h = cdx_xxh64(s->map + pd->offset, (size_t) pd->stored_size, 0);
 		if (h != pd->xxh64)
-			return cdx_error(CDX_ECORRUPT, "%s: part %s checksum mismatch (stored %016llx, computed %016llx)",
-			    s->path, cdx_part_name((int) pd->kind), (unsigned long long) pd->xxh64,
+			return cdx_error(CDX_ECORRUPT,
+			    "%s: part %s checksum mismatch (stored %016llx, computed %016llx)", s->path,
+			    cdx_part_name((int) pd->kind), (unsigned long long) pd->xxh64,
 			    (unsigned long long) h);
 	}
 	return CDX_OK;
@@ -199,12 +201,13 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 			dst = 1;
 		r = LZ4F_decompress(dctx, dp, &dst, src, &sn, NULL);
 		if (LZ4F_isError(r)) {
-			rc = cdx_error(CDX_ECORRUPT, "%s: part %s: lz4: %s", s->path, pname, LZ4F_getErrorName(r));
+			rc = cdx_error(
+			    CDX_ECORRUPT, "%s: part %s: lz4: %s", s->path, pname, LZ4F_getErrorName(r));
 			break;
 		}
 		if (dp == &spare && dst > 0) {
-			rc = cdx_error(CDX_ECORRUPT, "%s: part %s decompresses to more than %zu bytes", s->path,
-			    pname, raw);
+			rc = cdx_error(CDX_ECORRUPT, "%s: part %s decompresses to more than %zu bytes",
+			    s->path, pname, raw);
 			break;
 		}
 		done += dp == &spare ? 0 : dst;
@@ -220,8 +223,9 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 	}
 	LZ4F_freeDecompressionContext(dctx);
 	if (rc == CDX_OK && (done != raw || srcleft != 0))
-		rc = cdx_error(CDX_ECORRUPT, "%s: part %s: %zu bytes decompressed, %zu expected, %zu trailing",
-		    s->path, pname, done, raw, srcleft);
+		rc = cdx_error(CDX_ECORRUPT,
+		    "%s: part %s: %zu bytes decompressed, %zu expected, %zu trailing", s->path, pname, done,
+		    raw, srcleft);
 	if (rc != CDX_OK) {
 		free(out);
 		return rc;
@@ -238,10 +242,10 @@ struct part_stream {
 	LZ4F_dctx *dctx;
 	const uint8_t *src;
 	size_t srcleft;
-	uint64_t pos;  /* bytes handed out */
-	uint64_t raw;  /* declared raw size */
-	int done;      /* frame finished and checked */
-	int failed;    /* sticky: every later read fails */
+	uint64_t pos; /* bytes handed out */
+	uint64_t raw; /* declared raw size */
+	int done;     /* frame finished and checked */
+	int failed;   /* sticky: every later read fails */
 };
 
 static ssize_t

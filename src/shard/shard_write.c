@@ -25,8 +25,8 @@
 struct cdx_shard_writer {
 	char *path;
 	int fd;
-	int err;     /* first error; sticky */
-	int in_part; /* between begin_part and end_part */
+	int err;      /* first error; sticky */
+	int in_part;  /* between begin_part and end_part */
 	uint64_t off; /* next write offset */
 	struct cdx_shard_info info;
 	LZ4F_cctx *cctx;
@@ -71,10 +71,10 @@ cdx_shard_writer_open(cdx_shard_writer **wp, const char *path, const struct cdx_
 	*wp = NULL;
 	if (strnlen(info->collection, CDX_NAME_MAX) >= CDX_NAME_MAX)
 		return cdx_error(CDX_EINVAL, "%s: collection name too long", path);
-	if (info->dim == 0 || info->shard_count == 0 || info->shard_index >= info->shard_count ||
-	    info->metric > CDX_METRIC_COS)
-		return cdx_error(CDX_EINVAL, "%s: invalid shard info (dim %u, shard %u of %u, metric %u)", path,
-		    info->dim, info->shard_index, info->shard_count, info->metric);
+	if (info->dim == 0 || info->shard_count == 0 || info->shard_index >= info->shard_count
+	    || info->metric > CDX_METRIC_COS)
+		return cdx_error(CDX_EINVAL, "%s: invalid shard info (dim %u, shard %u of %u, metric %u)",
+		    path, info->dim, info->shard_index, info->shard_count, info->metric);
 	cdx_shard_writer *w = calloc(1, sizeof(*w));
 	if (w == NULL)
 		return cdx_error(CDX_ENOMEM, "shard writer for %s", path);
@@ -141,7 +141,8 @@ cdx_shard_writer_begin_part(cdx_shard_writer *w, uint32_t kind, uint32_t flags)
 		return cdx_error(CDX_EINVAL, "%s: too many parts (max %d)", w->path, CDX_SHARD_MAX_PARTS);
 	for (uint32_t i = 0; i < w->info.nparts; i++)
 		if (w->info.parts[i].kind == kind)
-			return cdx_error(CDX_EINVAL, "%s: duplicate part %s", w->path, cdx_part_name((int) kind));
+			return cdx_error(
+			    CDX_EINVAL, "%s: duplicate part %s", w->path, cdx_part_name((int) kind));
 	memset(&w->cur, 0, sizeof(w->cur));
 	w->cur.kind = kind;
 	w->cur.flags = flags;
@@ -217,7 +218,8 @@ cdx_shard_writer_commit(cdx_shard_writer *w, struct cdx_shard_info *info_out)
 	uint8_t *hdr = NULL;
 	if (rc == CDX_OK) {
 		hdr = malloc(CDX_SHARD_HEADER_SIZE);
-		rc = hdr ? cdx_shard_header_encode(&w->info, hdr) : cdx_error(CDX_ENOMEM, "%s: header", w->path);
+		rc = hdr ? cdx_shard_header_encode(&w->info, hdr)
+		         : cdx_error(CDX_ENOMEM, "%s: header", w->path);
 	}
 	if (rc == CDX_OK)
 		rc = cdx_pwrite_all(w->fd, hdr, CDX_SHARD_HEADER_SIZE, 0, w->path);

@@ -26,9 +26,9 @@
 
 #include "shard/manifest.h"
 
-#define STAGING_PREFIX ".staging-"
+#define STAGING_PREFIX     ".staging-"
 #define CURRENT_TMP_PREFIX CDX_CURRENT_LINK ".tmp."
-#define STALE_SECONDS (24 * 3600)
+#define STALE_SECONDS      (24 * 3600)
 
 int
 cdx_name_valid(const char *name)
@@ -38,8 +38,8 @@ cdx_name_valid(const char *name)
 	size_t n = 0;
 	for (const char *p = name; *p; p++, n++) {
 		char c = *p;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-		        c == '.' || c == '-'))
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'
+		        || c == '.' || c == '-'))
 			return 0;
 		if (n + 1 >= CDX_NAME_MAX)
 			return 0;
@@ -91,16 +91,17 @@ cdx_version_publish(const char *collection_dir, const char *version)
 		return cdx_error(CDX_EINVAL, "invalid version name \"%s\"", version ? version : "(null)");
 	char dir[PATH_MAX], mf[PATH_MAX], tmp[PATH_MAX], cur[PATH_MAX];
 	int rc;
-	if ((rc = join(dir, sizeof(dir), collection_dir, version)) != CDX_OK ||
-	    (rc = join(mf, sizeof(mf), dir, CDX_MANIFEST_FILE)) != CDX_OK ||
-	    (rc = join(cur, sizeof(cur), collection_dir, CDX_CURRENT_LINK)) != CDX_OK)
+	if ((rc = join(dir, sizeof(dir), collection_dir, version)) != CDX_OK
+	    || (rc = join(mf, sizeof(mf), dir, CDX_MANIFEST_FILE)) != CDX_OK
+	    || (rc = join(cur, sizeof(cur), collection_dir, CDX_CURRENT_LINK)) != CDX_OK)
 		return rc;
 	struct stat st;
 	if (stat(mf, &st) != 0 || !S_ISREG(st.st_mode))
 		return cdx_error(CDX_ENOTFOUND, "cannot publish %s: %s is missing", dir, mf);
 	/* pid for gc's stale check, a counter for threads of one process */
 	if (snprintf(tmp, sizeof(tmp), "%s/%s%d.%u", collection_dir, CURRENT_TMP_PREFIX, (int) getpid(),
-	        atomic_fetch_add(&seq, 1)) >= (int) sizeof(tmp))
+	        atomic_fetch_add(&seq, 1))
+	    >= (int) sizeof(tmp))
 		return cdx_error(CDX_EINVAL, "path too long: %s", collection_dir);
 	unlink(tmp);
 	if (symlink(version, tmp) != 0)
@@ -168,7 +169,8 @@ cdx_version_gc(const char *collection_dir, unsigned keep)
 		return rc; /* never guess which version is live */
 	DIR *d = opendir(collection_dir);
 	if (d == NULL)
-		return cdx_error_errno(errno == ENOENT ? CDX_ENOTFOUND : CDX_EIO, "opendir %s", collection_dir);
+		return cdx_error_errno(
+		    errno == ENOENT ? CDX_ENOTFOUND : CDX_EIO, "opendir %s", collection_dir);
 	char **names = NULL;
 	size_t n = 0, cap = 0;
 	int first = CDX_OK;
@@ -260,8 +262,9 @@ cdx_version_path_resolve(const char *path, char *version_dir)
 	if ((rc = join(probe, sizeof(probe), rp, CDX_CURRENT_LINK)) != CDX_OK)
 		return rc;
 	if (lstat(probe, &st) != 0)
-		return cdx_error(CDX_ENOTFOUND, "%s is neither a version directory (no %s) nor a collection (no %s)",
-		    path, CDX_MANIFEST_FILE, CDX_CURRENT_LINK);
+		return cdx_error(CDX_ENOTFOUND,
+		    "%s is neither a version directory (no %s) nor a collection (no %s)", path,
+		    CDX_MANIFEST_FILE, CDX_CURRENT_LINK);
 	char version[CDX_NAME_MAX];
 	if ((rc = cdx_version_resolve(rp, version)) != CDX_OK)
 		return rc;

@@ -129,7 +129,8 @@ test_round_trip_and_extra(void **state)
 	/* a later tool added sections: they survive a load/save by this one */
 	json_t *root = json_load_file(path, 0, NULL);
 	assert_non_null(root);
-	json_object_set_new(root, "propensity", json_pack("{s:s, s:[i,i]}", "model", "ips-v2", "buckets", 3, 4));
+	json_object_set_new(
+	    root, "propensity", json_pack("{s:s, s:[i,i]}", "model", "ips-v2", "buckets", 3, 4));
 	json_object_set_new(root, "zz_note", json_string("hello"));
 	assert_int_equal(json_dump_file(root, path, JSON_INDENT(2)), 0);
 	json_decref(root);
@@ -143,8 +144,8 @@ test_round_trip_and_extra(void **state)
 	json_t *extra = back->extra;
 	assert_non_null(extra);
 	assert_int_equal(json_object_size(extra), 2);
-	assert_string_equal(json_string_value(json_object_get(json_object_get(extra, "propensity"), "model")),
-	    "ips-v2");
+	assert_string_equal(
+	    json_string_value(json_object_get(json_object_get(extra, "propensity"), "model")), "ips-v2");
 	assert_string_equal(json_string_value(json_object_get(extra, "zz_note")), "hello");
 	char *js = cdx_manifest_to_json(back);
 	assert_non_null(strstr(js, "\"propensity\""));
@@ -183,8 +184,8 @@ expect_bad(const char *dir, const char *jpath_desc, int want, const char *needle
 	struct cdx_manifest *back = (struct cdx_manifest *) 1;
 	int rc = cdx_manifest_load(&back, dir);
 	if (rc != want || strstr(cdx_last_error(), needle) == NULL)
-		fail_msg("%s: got %s (%s), want %s mentioning '%s'", jpath_desc, cdx_errname(rc), cdx_last_error(),
-		    cdx_errname(want), needle);
+		fail_msg("%s: got %s (%s), want %s mentioning '%s'", jpath_desc, cdx_errname(rc),
+		    cdx_last_error(), cdx_errname(want), needle);
 	assert_null(back);
 	free(path);
 }
@@ -222,7 +223,8 @@ bad_hex(json_t *r)
 static void
 bad_file(json_t *r)
 {
-	json_object_set_new(json_array_get(json_object_get(r, "shards"), 0), "file", json_string("../etc/passwd"));
+	json_object_set_new(
+	    json_array_get(json_object_get(r, "shards"), 0), "file", json_string("../etc/passwd"));
 }
 static void
 no_rows(json_t *r)
@@ -242,7 +244,8 @@ empty_shards(json_t *r)
 static void
 bad_point(json_t *r)
 {
-	json_object_set_new(json_array_get(json_object_get(r, "operating_points"), 1), "nprobe", json_real(1.5));
+	json_object_set_new(
+	    json_array_get(json_object_get(r, "operating_points"), 1), "nprobe", json_real(1.5));
 }
 static void
 bad_input(json_t *r)

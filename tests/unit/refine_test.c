@@ -22,7 +22,8 @@ build_part(cdx_buf *b, int kind, const float *x, size_t n, uint32_t dim)
 	assert_int_equal(cdx_refine_header_write(b, kind, dim, n, vmin, vdiff), CDX_OK);
 	size_t bpv = cdx_refine_bytes_per_vector(kind, dim);
 	/* the encoder reads the tables through a store pointing at the header */
-	struct cdx_refine_store st = { .kind = kind, .dim = dim, .bytes_per_vector = bpv, .vmin = vmin, .vdiff = vdiff };
+	struct cdx_refine_store st
+	    = { .kind = kind, .dim = dim, .bytes_per_vector = bpv, .vmin = vmin, .vdiff = vdiff };
 	assert_int_equal(cdx_buf_reserve(b, n * bpv), CDX_OK);
 	cdx_refine_encode(&st, x, n, (uint8_t *) b->data + b->len);
 	b->len += n * bpv;
@@ -109,7 +110,8 @@ test_sq8_edges(void **state)
 	cdx_sq8_train(x, 4, 2, vmin, vdiff);
 	assert_true(vmin[0] == 1 && vdiff[0] == 0);
 	assert_true(vmin[1] == 5 && vdiff[1] == 3);
-	struct cdx_refine_store st = { .kind = CDX_REFINE_SQ8, .dim = 2, .bytes_per_vector = 2, .vmin = vmin, .vdiff = vdiff };
+	struct cdx_refine_store st
+	    = { .kind = CDX_REFINE_SQ8, .dim = 2, .bytes_per_vector = 2, .vmin = vmin, .vdiff = vdiff };
 	float out_of_range[4] = { 3, -100, 1, 100 };
 	uint8_t codes[4];
 	cdx_refine_encode(&st, out_of_range, 2, codes);
@@ -148,7 +150,8 @@ test_parse_checks(void **state)
 		/* a rows field so large that rows x bytes wraps around */
 		uint8_t *h = (uint8_t *) b.data;
 		cdx_put_le64(h + 8, UINT64_MAX / 2 + 1);
-		assert_int_equal(cdx_refine_store_parse(&st, b.data, b.len, UINT64_MAX / 2 + 1, 4), CDX_ECORRUPT);
+		assert_int_equal(
+		    cdx_refine_store_parse(&st, b.data, b.len, UINT64_MAX / 2 + 1, 4), CDX_ECORRUPT);
 		cdx_put_le64(h + 8, 10);
 		cdx_put_le32(h, 9); /* unknown kind */
 		assert_int_equal(cdx_refine_store_parse(&st, b.data, b.len, 10, 4), CDX_ECORRUPT);
@@ -187,8 +190,8 @@ test_through_shard(void **state)
 	size_t len;
 	assert_int_equal(cdx_shard_read_part(s, CDX_PART_REFINE, &data, &len), CDX_OK);
 	struct cdx_refine_store st;
-	assert_int_equal(cdx_refine_store_parse(&st, data, len, cdx_shard_info(s)->rows, cdx_shard_info(s)->dim),
-	    CDX_OK);
+	assert_int_equal(
+	    cdx_refine_store_parse(&st, data, len, cdx_shard_info(s)->rows, cdx_shard_info(s)->dim), CDX_OK);
 	float v[D];
 	cdx_refine_decode(&st, N - 1, v);
 	for (int j = 0; j < D; j++)

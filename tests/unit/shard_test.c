@@ -18,7 +18,7 @@
 
 #include "shard/shard.h"
 
-#define BIG_BYTES ((size_t) 12 << 20) /* three 4 MB lz4 blocks */
+#define BIG_BYTES    ((size_t) 12 << 20) /* three 4 MB lz4 blocks */
 #define UNKNOWN_KIND 200u
 
 /* big_data: compressible but not trivial — 64-byte records drawn from 512
@@ -284,8 +284,7 @@ test_decompress_speed(void **state)
 	for (int i = 0; i < reps; i++) {
 		FILE *fp;
 		assert_int_equal(cdx_shard_open_part_stream(s, CDX_PART_FAISS, &fp), CDX_OK);
-		while (fread(buf, 1, 1 << 20, fp) > 0) {
-		}
+		while (fread(buf, 1, 1 << 20, fp) > 0) { }
 		fclose(fp);
 	}
 	uint64_t t2 = cdx_now_us();
@@ -299,7 +298,8 @@ test_decompress_speed(void **state)
 	print_message("decompress (lz4, content checksum): read_part %.2f GB/s, stream %.2f GB/s; "
 	              "verify (xxh64 of stored) %.2f GB/s; ratio %.2f\n",
 	    bytes / (double) (t1 - t0 + 1) / 1e3, bytes / (double) (t2 - t1 + 1) / 1e3,
-	    (double) pd->stored_size * reps / 1e3 / (double) (t4 - t3 + 1), (double) pd->stored_size / BIG_BYTES);
+	    (double) pd->stored_size * reps / 1e3 / (double) (t4 - t3 + 1),
+	    (double) pd->stored_size / BIG_BYTES);
 	cdx_shard_close(s);
 }
 
@@ -321,7 +321,8 @@ test_faiss_part(void **state)
 	cdx_shard_writer *w;
 	FILE *fp;
 	assert_int_equal(cdx_shard_writer_open(&w, path, &info), CDX_OK);
-	assert_int_equal(cdx_shard_writer_part_stream(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED, &fp), CDX_OK);
+	assert_int_equal(
+	    cdx_shard_writer_part_stream(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED, &fp), CDX_OK);
 	assert_int_equal(faiss_write_index(idx, fp), 0);
 	assert_int_equal(fclose(fp), 0);
 	assert_int_equal(cdx_shard_writer_commit(w, NULL), CDX_OK);
@@ -437,7 +438,8 @@ test_bad_header(void **state)
 	free(path);
 
 	/* any header byte, including the padding, is covered by the checksum */
-	uint64_t spots[] = { 20, 96, CDX_SHARD_HDR_PARTS_OFFSET + 8, 2000, CDX_SHARD_HDR_CHECKSUM_OFFSET + 3 };
+	uint64_t spots[]
+	    = { 20, 96, CDX_SHARD_HDR_PARTS_OFFSET + 8, 2000, CDX_SHARD_HDR_CHECKSUM_OFFSET + 3 };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(spots); i++) {
 		path = copy_shard(f, "sum.cdx");
 		patch_byte(path, spots[i], 0x04);
@@ -561,11 +563,13 @@ test_random_damage(void **state)
 		uint8_t *d = malloc(len);
 		memcpy(d, orig, len);
 		int in_header = t % 3 == 0;
-		size_t at = in_header ? (size_t) (cdx_rng_next(&r) % CDX_SHARD_HDR_CHECKSUM_OFFSET)
-		                      : CDX_SHARD_HEADER_SIZE + (size_t) (cdx_rng_next(&r) % (len - CDX_SHARD_HEADER_SIZE));
+		size_t at = in_header
+		    ? (size_t) (cdx_rng_next(&r) % CDX_SHARD_HDR_CHECKSUM_OFFSET)
+		    : CDX_SHARD_HEADER_SIZE + (size_t) (cdx_rng_next(&r) % (len - CDX_SHARD_HEADER_SIZE));
 		d[at] ^= (uint8_t) (1u << (cdx_rng_next(&r) % 8));
 		if (in_header && t % 2 == 0)
-			cdx_put_le64(d + CDX_SHARD_HDR_CHECKSUM_OFFSET, cdx_xxh64(d, CDX_SHARD_HDR_CHECKSUM_OFFSET, 0));
+			cdx_put_le64(d + CDX_SHARD_HDR_CHECKSUM_OFFSET,
+			    cdx_xxh64(d, CDX_SHARD_HDR_CHECKSUM_OFFSET, 0));
 		unlink(work);
 		int fd = open(work, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		assert_int_equal(write(fd, d, len), (ssize_t) len);
@@ -664,7 +668,8 @@ test_disk_full(void **state)
 	char *mnt = tu_path(f->dir, "tiny");
 	assert_int_equal(mkdir(mnt, 0755), 0);
 	if (mount("candex-test", mnt, "tmpfs", 0, "size=1m") != 0) {
-		print_message("cannot mount a tmpfs here (%s): skipping the disk-full test\n", strerror(errno));
+		print_message(
+		    "cannot mount a tmpfs here (%s): skipping the disk-full test\n", strerror(errno));
 		rmdir(mnt);
 		free(mnt);
 		skip();
