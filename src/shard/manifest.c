@@ -51,6 +51,20 @@ u64_json(uint64_t v)
 	return json_string(s);
 }
 
+/* float fields are written with the fewest digits that read back as the
+ * same float: 0.1f as 0.1, not 0.100000001. */
+static json_t *
+float_json(float f)
+{
+	char s[32];
+	for (int prec = 6; prec < 9; prec++) {
+		snprintf(s, sizeof(s), "%.*g", prec, (double) f);
+		if (strtof(s, NULL) == f)
+			return json_real(strtod(s, NULL));
+	}
+	return json_real((double) f);
+}
+
 static json_t *
 manifest_json(const struct cdx_manifest *m)
 {
@@ -73,7 +87,7 @@ manifest_json(const struct cdx_manifest *m)
 	json_object_set_new(o, "pq_nbits", json_integer(m->pq_nbits));
 	json_object_set_new(o, "default_nprobe", json_integer(m->default_nprobe));
 	json_object_set_new(o, "refine", json_string(cdx_refine_name(m->refine)));
-	json_object_set_new(o, "default_refine_factor", json_real(m->default_refine_factor));
+	json_object_set_new(o, "default_refine_factor", float_json(m->default_refine_factor));
 	json_t *shards = json_array();
 	for (uint32_t i = 0; i < m->nshards; i++) {
 		const struct cdx_manifest_shard *sh = &m->shards[i];
@@ -93,7 +107,7 @@ manifest_json(const struct cdx_manifest *m)
 		json_object_set_new(j, "recall", json_real(p->recall));
 		json_object_set_new(j, "k", json_integer(p->k));
 		json_object_set_new(j, "nprobe", json_integer(p->nprobe));
-		json_object_set_new(j, "refine_factor", json_real(p->refine_factor));
+		json_object_set_new(j, "refine_factor", float_json(p->refine_factor));
 		json_object_set_new(j, "p99_ms", json_real(p->p99_ms));
 		json_array_append_new(pts, j);
 	}

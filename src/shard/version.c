@@ -10,7 +10,7 @@
  * Builders stage a version in DIR/<collection>/.staging-<pid>-<version>
  * (see cdx_version_staging_name) and rename it into place once complete;
  * gc removes staging directories whose owner is dead or that are over a
- * day old.
+ * day old. Only directories holding a manifest count as versions.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -197,6 +197,11 @@ cdx_version_gc(const char *collection_dir, unsigned keep)
 			continue;
 		}
 		if (!S_ISDIR(st.st_mode) || !cdx_name_valid(e->d_name))
+			continue;
+		/* only complete versions: never some other directory an
+		 * operator keeps here (and which might sort as "newest") */
+		char mf[PATH_MAX];
+		if (join(mf, sizeof(mf), path, CDX_MANIFEST_FILE) != CDX_OK || lstat(mf, &st) != 0)
 			continue;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 16;

@@ -34,7 +34,7 @@ sample_manifest(const char *version)
 	m->pq_nbits = 8;
 	m->default_nprobe = 24;
 	m->refine = CDX_REFINE_SQ8;
-	m->default_refine_factor = 2.5f;
+	m->default_refine_factor = 1.1f; /* not exact in binary: written as 1.1 */
 	m->nshards = 2;
 	m->shards = calloc(2, sizeof(*m->shards));
 	snprintf(m->shards[0].file, sizeof(m->shards[0].file), "shard-000.cdx");
@@ -123,7 +123,7 @@ test_round_trip_and_extra(void **state)
 	assert_non_null(strstr(text, "\"metric\": \"cos\""));
 	assert_non_null(strstr(text, "\"refine\": \"sq8\""));
 	assert_non_null(strstr(text, "\"operating_points\": ["));
-	assert_non_null(strstr(text, "\"default_refine_factor\": 2.5"));
+	assert_non_null(strstr(text, "\"default_refine_factor\": 1.1,"));
 	free(text);
 
 	/* a later tool added sections: they survive a load/save by this one */
@@ -457,6 +457,10 @@ test_gc(void **state)
 		free(p);
 	}
 	set_old(coll, ".staging-old", 2);
+	/* not a version (no manifest): left alone although it sorts newest */
+	char *other = tu_path(coll, "zz-operator-notes");
+	assert_int_equal(mkdir(other, 0755), 0);
+	free(other);
 
 	assert_int_equal(cdx_version_gc(coll, 2), CDX_OK);
 	assert_false(exists(coll, vs[0]));
@@ -469,6 +473,7 @@ test_gc(void **state)
 	assert_false(exists(coll, ".staging-old"));
 	assert_true(exists(coll, ".staging-young"));
 	assert_true(exists(coll, CDX_CURRENT_LINK));
+	assert_true(exists(coll, "zz-operator-notes"));
 
 	/* keep 0 still keeps CURRENT's target */
 	assert_int_equal(cdx_version_gc(coll, 0), CDX_OK);
