@@ -1,0 +1,304 @@
+/*
+ * encode.c — the encode step: one pass over the input for one shard.
+ *
+ * The whole input is streamed (every row validated and fingerprinted, so
+ * every shard job checks the same input), and the rows whose id maps to
+ * this shard are compacted in place, written to the REFINE part as they
+ * come and added to the shard's copy of the trained index. Faiss labels
+ * are therefore shard-local row numbers in input order. After the pass the
+ * index is serialised straight into the FAISS part through a stdio cookie
+ * stream (no temporary file, no second in-memory copy), then the IDS and
+ * KEYS parts follow. Part order in the file does not matter to readers.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <faiss/c_api/clone_index_c.h>
+#include <faiss/c_api/index_io_c.h>
+
+#include "build/build.h"
+#include "shard/refine.h"
+
+#define KEYS_FLUSH_BYTES (1u << 20)
+
+struct part_cookie {
+	cdx_shard_writer *w;
+	int rc;
+};
+
+static ssize_t
+cookie_write(void *c, const char *buf, size_t size)
+{
+	struct part_cookie *pc = c;
+	if (pc->rc != CDX_OK)
+		return 0;
+	int rc = cdx_shard_writer_write(pc->w, buf, size);
+	if (rc != CDX_OK) {
+		pc->rc = rc;
+		errno = EIO;
+		return 0; /* fopencookie: 0 means error */
+	}
+	return (ssize_t) size;
+}
+
+/* write_faiss_part serialises the index into the FAISS part. */
+static int
+write_faiss_part(cdx_shard_writer *w, const FaissIndex *index, const char *path)
+{
+	int rc = cdx_shard_writer_begin_part(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED);
+	if (rc != CDX_OK)
+		return rc;
+	struct part_cookie pc = { w, CDX_OK };
+	cookie_io_functions_t io = { .write = cookie_write };
+	FILE *f = fopencookie(&pc, "w", io);
+	if (f == NULL)
+		return cdx_error_errno(CDX_ENOMEM, "%s: faiss part stream", path);
+	char *vbuf = malloc(1 << 20);
+	if (vbuf != NULL)
+		setvbuf(f, vbuf, _IOFBF, 1 << 20);
+	int frc = faiss_write_index(index, f);
+	int fail_faiss = frc != 0;
+	if (fail_faiss && pc.rc == CDX_OK)
+		rc = cdx_error_faiss(path);
+	if (fclose(f) != 0 && rc == CDX_OK && pc.rc == CDX_OK)
+		rc = cdx_error_errno(CDX_EIO, "%s: faiss part", path);
+	free(vbuf);
+	if (pc.rc != CDX_OK)
+		return pc.rc; /* the writer's error (e.g. ENOSPC) explains the Faiss one */
+	if (rc != CDX_OK)
+		return rc;
+	return cdx_shard_writer_end_part(w);
+}
+
+static int
+write_keys_part(cdx_shard_writer *w, const struct cdx_build_plan *p, const int64_t *ids, uint32_t shard)
+{
+	cdx_keys_reader *kr = NULL;
+	int rc = cdx_keys_reader_open(&kr, p->keys);
+	if (rc != CDX_OK)
+		return rc;
+	cdx_buf buf = { 0 };
+	if ((rc = cdx_shard_writer_begin_part(w, CDX_PART_KEYS, 0)) != CDX_OK)
+		goto done;
+	for (uint64_t r = 0; r < p->rows; r++) {
+		const char *key;
+		size_t len;
+		if ((rc = cdx_keys_reader_next(kr, &key, &len)) != CDX_OK)
+			goto done;
+		int64_t id = ids ? ids[r] : (int64_t) r;
+		if (cdx_build_shard_of(id, p->nshards) != shard)
+			continue;
+		if ((rc = cdx_keys_encode_one(key, len, &buf)) != CDX_OK)
+			goto done;
+		if (buf.len >= KEYS_FLUSH_BYTES) {
+			if ((rc = cdx_shard_writer_write(w, buf.data, buf.len)) != CDX_OK)
+				goto done;
+			buf.len = 0;
+		}
+	}
+	if (buf.len > 0 && (rc = cdx_shard_writer_write(w, buf.data, buf.len)) != CDX_OK)
+		goto done;
+	rc = cdx_shard_writer_end_part(w);
+done:
+	cdx_buf_fini(&buf);
+	cdx_keys_reader_close(kr);
+	return rc;
+}
+
+int
+cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir, const char *input_override,
+    int consume, int quiet, struct cdx_encode_result *res)
+{
+	memset(res, 0, sizeof(*res));
+	res->shard = shard;
+	if (shard >= p->nshards)
+		return cdx_error(CDX_EINVAL, "shard %u of %u does not exist", shard, p->nshards);
+	const char *input = input_override ? input_override : p->input;
+	uint64_t t0 = cdx_now_us();
+	cdx_input *in = NULL;
+	int64_t *ids = NULL, *shard_ids = NULL;
+	FaissIndex *index = NULL;
+	cdx_shard_writer *w = NULL;
+	float *chunk = NULL;
+	uint8_t *rbuf = NULL;
+	cdx_buf hdr = { 0 };
+	char name[CDX_NAME_MAX], path[PATH_MAX];
+	int rc;
+
+	cdx_build_shard_name(name, shard, p->nshards);
+	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int) sizeof(path))
+		return cdx_error(CDX_EINVAL, "path too long: %s", dir);
+	if ((rc = cdx_input_open(&in, input, p->dim)) != CDX_OK)
+		goto fail;
+	if (cdx_input_rows(in) != p->rows || cdx_input_file_bytes(in) != p->input_bytes ||
+	    cdx_input_format(in) != p->input_format) {
+		rc = cdx_error(CDX_EDIM, "%s: %llu rows (%llu bytes, %s), but the trained plan has %llu rows (%llu bytes, %s): "
+					 "the input changed since training",
+		    input, (unsigned long long) cdx_input_rows(in), (unsigned long long) cdx_input_file_bytes(in),
+		    cdx_input_format_name(cdx_input_format(in)), (unsigned long long) p->rows,
+		    (unsigned long long) p->input_bytes, cdx_input_format_name(p->input_format));
+		goto fail;
+	}
+	if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids)) != CDX_OK)
+		goto fail;
+	uint64_t nrows = 0;
+	for (uint64_t r = 0; r < p->rows; r++)
+		nrows += cdx_build_shard_of(ids ? ids[r] : (int64_t) r, p->nshards) == shard;
+	shard_ids = malloc((nrows ? nrows : 1) * sizeof(int64_t));
+	if (shard_ids == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "%s: ids of %llu rows", path, (unsigned long long) nrows);
+		goto fail;
+	}
+
+	if (p->index == NULL) {
+		rc = cdx_error(CDX_EINVAL, "plan has no trained index");
+		goto fail;
+	}
+	if (consume) {
+		index = p->index;
+		p->index = NULL;
+	} else if (faiss_clone_index(p->index, &index) != 0) {
+		rc = cdx_error_faiss("clone of the trained index");
+		goto fail;
+	}
+
+	struct cdx_shard_info info;
+	memset(&info, 0, sizeof(info));
+	snprintf(info.collection, sizeof(info.collection), "%s", p->collection);
+	info.metric = (uint32_t) p->metric;
+	info.dim = p->dim;
+	info.shard_index = shard;
+	info.shard_count = p->nshards;
+	info.rows = nrows;
+	if ((rc = cdx_shard_writer_open(&w, path, &info)) != CDX_OK)
+		goto fail;
+
+	size_t chunk_rows = CDX_MAX((size_t) 1, CDX_BUILD_CHUNK_BYTES / ((size_t) p->dim * sizeof(float)));
+	chunk = malloc(chunk_rows * p->dim * sizeof(float));
+	if (chunk == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "input chunk");
+		goto fail;
+	}
+	struct cdx_refine_store st = { 0 };
+	if (p->refine != CDX_REFINE_NONE) {
+		st.kind = p->refine;
+		st.dim = p->dim;
+		st.rows = nrows;
+		st.vmin = p->sq8_vmin;
+		st.vdiff = p->sq8_vdiff;
+		st.bytes_per_vector = cdx_refine_bytes_per_vector(p->refine, p->dim);
+		rbuf = malloc(chunk_rows * st.bytes_per_vector);
+		if (rbuf == NULL) {
+			rc = cdx_error(CDX_ENOMEM, "refine chunk");
+			goto fail;
+		}
+		if ((rc = cdx_refine_header_write(&hdr, p->refine, p->dim, nrows, p->sq8_vmin, p->sq8_vdiff)) != CDX_OK ||
+		    (rc = cdx_shard_writer_begin_part(w, CDX_PART_REFINE, 0)) != CDX_OK ||
+		    (rc = cdx_shard_writer_write(w, hdr.data, hdr.len)) != CDX_OK)
+			goto fail;
+	}
+
+	char what[48];
+	snprintf(what, sizeof(what), p->nshards > 1 ? "encode %u/%u" : "encode", shard + 1, p->nshards);
+	struct cdx_progress pr;
+	cdx_progress_begin(&pr, what, p->rows, quiet);
+	cdx_xxh64_state fp;
+	cdx_xxh64_init(&fp, 0);
+	uint64_t have = 0;
+	for (uint64_t r0 = 0; r0 < p->rows; r0 += chunk_rows) {
+		size_t n = (size_t) CDX_MIN((uint64_t) chunk_rows, p->rows - r0);
+		cdx_input_prefetch(in, r0 + n, chunk_rows);
+		if ((rc = cdx_input_read(in, r0, n, chunk)) != CDX_OK)
+			goto fail;
+		cdx_xxh64_update(&fp, chunk, n * p->dim * sizeof(float));
+		size_t m = 0;
+		if (p->nshards == 1) {
+			for (size_t i = 0; i < n; i++)
+				shard_ids[have + i] = ids ? ids[r0 + i] : (int64_t) (r0 + i);
+			m = n;
+		} else {
+			for (size_t i = 0; i < n; i++) {
+				int64_t id = ids ? ids[r0 + i] : (int64_t) (r0 + i);
+				if (cdx_build_shard_of(id, p->nshards) != shard)
+					continue;
+				if (m != i)
+					memcpy(chunk + m * p->dim, chunk + i * p->dim, p->dim * sizeof(float));
+				shard_ids[have + m] = id;
+				m++;
+			}
+		}
+		if (m > 0) {
+			if (p->metric == CDX_METRIC_COS)
+				cdx_normalize_rows(chunk, m, p->dim);
+			if (p->refine != CDX_REFINE_NONE) {
+				cdx_refine_encode(&st, chunk, m, rbuf);
+				if ((rc = cdx_shard_writer_write(w, rbuf, m * st.bytes_per_vector)) != CDX_OK)
+					goto fail;
+			}
+			if (faiss_Index_add(index, (idx_t) m, chunk) != 0) {
+				rc = cdx_error_faiss("adding vectors");
+				goto fail;
+			}
+		}
+		have += m;
+		cdx_input_release(in, r0 + n);
+		cdx_progress_update(&pr, r0 + n);
+	}
+	cdx_progress_end(&pr);
+	free(chunk);
+	chunk = NULL;
+	free(rbuf);
+	rbuf = NULL;
+	cdx_input_close(in);
+	in = NULL;
+	if (have != nrows) {
+		rc = cdx_error(CDX_EINTERNAL, "%s: encoded %llu rows, expected %llu", path, (unsigned long long) have,
+		    (unsigned long long) nrows);
+		goto fail;
+	}
+	if (p->refine != CDX_REFINE_NONE && (rc = cdx_shard_writer_end_part(w)) != CDX_OK)
+		goto fail;
+
+	if ((rc = write_faiss_part(w, index, path)) != CDX_OK)
+		goto fail;
+	faiss_Index_free(index);
+	index = NULL;
+
+	hdr.len = 0;
+	if ((rc = cdx_ids_encode(shard_ids, nrows, &hdr)) != CDX_OK ||
+	    (rc = cdx_shard_writer_begin_part(w, CDX_PART_IDS, CDX_PART_FLAG_REQUIRED)) != CDX_OK ||
+	    (rc = cdx_shard_writer_write(w, hdr.data, hdr.len)) != CDX_OK ||
+	    (rc = cdx_shard_writer_end_part(w)) != CDX_OK)
+		goto fail;
+	free(shard_ids);
+	shard_ids = NULL;
+	cdx_buf_fini(&hdr);
+
+	if (p->keys[0] && (rc = write_keys_part(w, p, ids, shard)) != CDX_OK)
+		goto fail;
+	rc = cdx_shard_writer_commit(w, NULL);
+	w = NULL;
+	if (rc != CDX_OK)
+		goto fail;
+	free(ids);
+	res->rows = nrows;
+	res->input_rows = p->rows;
+	res->fingerprint = cdx_xxh64_digest(&fp);
+	res->seconds = (double) (cdx_now_us() - t0) / 1e6;
+	cdx_info("BLD-ENCODE", "%s: %llu rows in %.1f s", path, (unsigned long long) nrows, res->seconds);
+	return CDX_OK;
+fail:
+	cdx_shard_writer_abort(w);
+	if (index != NULL)
+		faiss_Index_free(index);
+	free(chunk);
+	free(rbuf);
+	free(ids);
+	free(shard_ids);
+	cdx_buf_fini(&hdr);
+	cdx_input_close(in);
+	return rc;
+}
