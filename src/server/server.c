@@ -1,13 +1,13 @@
 /*
  * server.c — start, graceful stop, and `candex serve`'s main loop (signals
- * through signalfd: nothing runs in a signal handler).
+ * arrive through a self-pipe: the handler only writes a byte).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/signalfd.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -163,49 +163,70 @@ cdx_server_stop(cdx_server *s)
 	cdx_info("SRV-STOPPED", "stopped");
 }
 
+/* The self-pipe: a signal handler only writes the signal number into it.
+ * (signalfd would need the signals blocked in every thread, and OpenBLAS
+ * starts its pool threads before main() runs, with nothing blocked.) */
+static int sig_pipe[2] = { -1, -1 };
+
+static void
+on_signal(int signo)
+{
+	int saved = errno;
+	unsigned char b = (unsigned char) signo;
+	ssize_t ignored = write(sig_pipe[1], &b, 1);
+	(void) ignored;
+	errno = saved;
+}
+
 int
 cdx_server_run(const struct cdx_server_config *cfg)
 {
-	sigset_t set;
 	cdx_server *s;
+	struct sigaction sa;
 
 	cdx_log_set_level(cfg->log_level);
-	/* Block the signals before any thread exists, so every thread inherits
-	 * the mask and they are only ever read from the signalfd below. */
-	sigemptyset(&set);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-	if (sfd < 0) {
-		cdx_err("SRV-START-FAIL", "signalfd: %s", strerror(errno));
+	if (pipe2(sig_pipe, O_CLOEXEC) != 0) {
+		cdx_err("SRV-START-FAIL", "pipe: %s", strerror(errno));
 		return 1;
 	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	int rc = 0;
 	if (cdx_server_start(&s, cfg) != CDX_OK) {
 		cdx_err("SRV-START-FAIL", "%s", cdx_last_error());
-		close(sfd);
-		return 1;
+		rc = 1;
+		goto out;
 	}
 	for (;;) {
-		struct signalfd_siginfo si;
-		ssize_t n = read(sfd, &si, sizeof(si));
+		unsigned char signo;
+		ssize_t n = read(sig_pipe[0], &signo, 1);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n != (ssize_t) sizeof(si)) {
-			cdx_err("SRV-SIGNAL", "signalfd read: %s", n < 0 ? strerror(errno) : "short read");
+		if (n != 1) {
+			cdx_err("SRV-SIGNAL", "signal pipe: %s", n < 0 ? strerror(errno) : "closed");
 			break;
 		}
-		if (si.ssi_signo == SIGHUP) {
+		if (signo == SIGHUP) {
 			cdx_info("SRV-SIGHUP", "SIGHUP: reloading changed collections");
 			cdx_server_request_reload(s);
 			continue;
 		}
-		cdx_info("SRV-SIGNAL", "%s: shutting down", si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+		cdx_info("SRV-SIGNAL", "%s: shutting down", signo == SIGINT ? "SIGINT" : "SIGTERM");
 		break;
 	}
 	cdx_server_stop(s);
-	close(sfd);
-	return 0;
+out:
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	close(sig_pipe[0]);
+	close(sig_pipe[1]);
+	sig_pipe[0] = sig_pipe[1] = -1;
+	return rc;
 }
