@@ -108,6 +108,13 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 	}
 	if ((rc = cdx_shard_verify(s)) != CDX_OK)
 		goto fail;
+	/* The manifest's whole-file hash also covers the header and any bytes
+	 * between parts: a shard from another build cannot pass for this one. */
+	if (cdx_shard_file_xxh64(s) != ms->xxh64) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: xxh64 %016llx, manifest says %016llx", path,
+		    (unsigned long long) cdx_shard_file_xxh64(s), (unsigned long long) ms->xxh64);
+		goto fail;
+	}
 	ls->rows = info->rows;
 
 	if ((rc = cdx_shard_open_part_stream(s, CDX_PART_FAISS, &f)) != CDX_OK)
