@@ -177,6 +177,10 @@ cdx_build_shard_of(int64_t id, uint32_t nshards)
 	return nshards <= 1 ? 0 : (uint32_t) (cdx_mix64((uint64_t) id) % nshards);
 }
 
+/* cdx_file_xxh64 reads a whole file: its size and xxh64 (seed 0), as the
+ * manifest records them. */
+int cdx_file_xxh64(const char *path, uint64_t *bytes, uint64_t *hash);
+
 /* cdx_build_shard_name writes "shard-0000-of-0004.cdx". */
 void cdx_build_shard_name(char out[CDX_NAME_MAX], uint32_t index, uint32_t count);
 

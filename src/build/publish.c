@@ -94,9 +94,8 @@ cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char *ve
 	return cdx_error(CDX_EINTERNAL, "%s: cannot create a staging directory", coll_dir);
 }
 
-/* file_digest reads a whole file: its size and xxh64. */
-static int
-file_digest(const char *path, uint64_t *bytes, uint64_t *hash)
+int
+cdx_file_xxh64(const char *path, uint64_t *bytes, uint64_t *hash)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -194,7 +193,7 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 		}
 		if ((rc = verify_shard(p, path, i, &res[i])) != CDX_OK)
 			goto fail;
-		if ((rc = file_digest(path, &ms->bytes, &ms->xxh64)) != CDX_OK)
+		if ((rc = cdx_file_xxh64(path, &ms->bytes, &ms->xxh64)) != CDX_OK)
 			goto fail;
 		ms->rows = res[i].rows;
 		total += ms->rows;
