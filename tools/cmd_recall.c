@@ -63,6 +63,7 @@ usage(FILE *out)
 	    "  --latency-queries N   single-query calls per setting for latency (default: all queries)\n"
 	    "  --threads N           threads for the batched QPS pass (default: online CPUs)\n"
 	    "  --batch N             queries per call in the QPS pass (default 64)\n"
+	    "  --min-time S          repeat each QPS pass until it ran S seconds (default 0.3)\n"
 	    "\n"
 	    "output:\n"
 	    "  --csv FILE            results as CSV\n"
@@ -96,6 +97,7 @@ struct opts {
 	size_t max_queries, latency_queries;
 	unsigned threads;
 	uint32_t batch, timeout_ms;
+	double min_time;
 	double eps;
 };
 
@@ -144,7 +146,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	enum {
 		O_INDEX = 256, O_URL, O_COLLECTION, O_QUERIES, O_BASE, O_IDS, O_GT, O_CACHE, O_NOCACHE, O_EPS,
 		O_NPROBE, O_REFINE, O_MAXQ, O_LATQ, O_THREADS, O_BATCH, O_CSV, O_JSON, O_PLOT, O_TITLE, O_TARGET,
-		O_SAVE, O_QUIET, O_TIMEOUT,
+		O_SAVE, O_QUIET, O_TIMEOUT, O_MINTIME,
 	};
 	static const struct option longopts[] = {
 	    {"index", required_argument, NULL, O_INDEX},
@@ -172,6 +174,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	    {"save", no_argument, NULL, O_SAVE},
 	    {"quiet", no_argument, NULL, O_QUIET},
 	    {"timeout-ms", required_argument, NULL, O_TIMEOUT},
+	    {"min-time", required_argument, NULL, O_MINTIME},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -202,6 +205,15 @@ parse_opts(int argc, char **argv, struct opts *o)
 		case O_TITLE: o->title = optarg; break;
 		case O_SAVE: o->save = 1; break;
 		case O_QUIET: o->quiet = 1; break;
+		case O_MINTIME: {
+			char *end;
+			o->min_time = strtod(optarg, &end);
+			if (end == optarg || *end != '\0' || !(o->min_time >= 0 && o->min_time < 3600)) {
+				fprintf(stderr, "candex recall: --min-time: '%s' is not a number of seconds\n", optarg);
+				return -1;
+			}
+			break;
+		}
 		case O_EPS: {
 			char *end;
 			o->eps = strtod(optarg, &end);
@@ -477,10 +489,14 @@ save_points(const char *version_dir, const char *expect_version, const struct cd
 			continue;
 		const struct cdx_recall_row *r = &rows[pts[j].row];
 		np[n++] = (struct cdx_operating_point) {.recall_target = pts[j].target, .recall = r->recall, .k = r->k,
-		    .nprobe = r->nprobe, .refine_factor = r->refine_factor < 1 ? 0 : r->refine_factor,
+		    .nprobe = r->nprobe, .refine_factor = r->refine_factor,
 		    .p99_ms = r->p99_ms};
 	}
-	/* sorted by k, then target: the server scans for the first reaching point */
+	/* "no re-ranking" is stored as the value searched with,
+	 * CDX_RECALL_REFINE_NONE (0.5): a point's refine_factor goes straight
+	 * into cdx_search_params, where 0 would mean the collection's default
+	 * (x4 with a refine store) and anything below 1 means none.
+	 * Sorted by k, then target, for readers. */
 	for (size_t i = 1; i < n; i++)
 		for (size_t j = i; j > 0 && (np[j].k < np[j - 1].k ||
 		                                (np[j].k == np[j - 1].k && np[j].recall_target < np[j - 1].recall_target));
@@ -706,7 +722,7 @@ cmd_recall(int argc, char **argv)
 	struct cdx_recall_set set = {.space = space, .queries = qv.x, .queries_norm = qnorm, .nq = qv.n,
 	    .truth = &truth, .idmap = &idmap, .eps = o.eps};
 	struct cdx_sweep_config cfg = {.k = o.k, .nprobes = nprobes, .n_nprobes = n_nprobes, .refines = refines,
-	    .n_refines = n_refines, .threads = o.threads, .latency_queries = o.latency_queries,
+	    .n_refines = n_refines, .threads = o.threads, .min_seconds = o.min_time, .latency_queries = o.latency_queries,
 	    .bytes_per_vector = ti.bytes_per_vector, .progress = sweep_progress, .progress_arg = &ps};
 
 	printf("# candex recall: %s (version %s, %s, dim %u, %llu items, nlist %u) via %s\n", ti.collection,

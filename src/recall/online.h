@@ -18,8 +18,9 @@ typedef struct cdx_online_recall cdx_online_recall;
 
 struct cdx_online_recall_config {
 	double sample_fraction; /* 0..1 of answered queries; 0 disables */
-	double cpu_budget;      /* fraction of one core the checker may use, e.g. 0.05 */
-	uint32_t queue_max;     /* sampled queries waiting; more are dropped */
+	double cpu_budget;      /* fraction of one core the checker may use, e.g. 0.05; 0 = 0.05 */
+	uint32_t queue_max;     /* sampled queries waiting; more are dropped; 0 = 64 */
+	uint64_t max_flat_bytes; /* largest flat copy of a collection's vectors; 0 = 1 GiB */
 };
 
 /* cdx_online_recall_start starts the checker thread. On success *op is set;
@@ -28,10 +29,27 @@ int cdx_online_recall_start(cdx_online_recall **op, const struct cdx_online_reca
 void cdx_online_recall_stop(cdx_online_recall *o); /* NULL is a no-op */
 
 /* cdx_online_recall_offer considers one answered query (query: dim floats as
- * the client sent them; hits: the k results returned). Takes a reference on c
- * if sampled. Never blocks; safe from any thread. */
+ * the client sent them; hits: the k results returned, with shard and row).
+ * Takes a reference on c if sampled. Never waits for the checker; safe from
+ * any thread. Do not offer queries that had exclusions: the exact scan does
+ * not know them and would count every excluded neighbour as a miss. */
 void cdx_online_recall_offer(cdx_online_recall *o, cdx_collection *c, const float *query, uint32_t k,
     const struct cdx_hit *hits, uint32_t nhits);
+
+/* Figures for one (collection, k), or the totals (collection NULL). */
+struct cdx_online_recall_stats {
+	double recall;        /* mean of the last checks (the gauge); NAN if none */
+	uint64_t checked;     /* queries re-run for this series (or in total) */
+	int exact;            /* truth from a refine store (1) or PQ reconstructions (0) */
+	uint64_t offered, sampled, dropped, skipped, flat_builds;
+	double busy_seconds, wall_seconds; /* busy / wall <= cpu_budget */
+};
+/* cdx_online_recall_get fills st; CDX_ENOTFOUND if the series has no check yet. */
+int cdx_online_recall_get(cdx_online_recall *o, const char *collection, uint32_t k,
+    struct cdx_online_recall_stats *st);
+/* cdx_online_recall_flush waits until every queued sample is checked
+ * (tests, shutdown reports). CDX_ETIMEDOUT after timeout_ms. */
+int cdx_online_recall_flush(cdx_online_recall *o, uint32_t timeout_ms);
 
 /* cdx_online_recall_render appends Prometheus text lines
  * (candex_online_recall{collection=...,k=...}, candex_online_recall_queries_total...) to out. */

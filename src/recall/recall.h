@@ -220,6 +220,7 @@ struct cdx_sweep_config {
 	const float *refines; /* 0 = none */
 	size_t n_refines;
 	unsigned threads;       /* QPS pass; 0 = online CPUs */
+	double min_seconds;     /* the QPS pass repeats until it has run this long; 0 = 0.3 */
 	size_t latency_queries; /* single-query calls per setting; 0 = all */
 	double bytes_per_vector;
 	/* called after each setting (row) and, with row NULL, during long passes */
