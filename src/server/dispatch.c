@@ -40,6 +40,7 @@ struct srv_ctx {
 	int state;
 	/* the request being served (owned between RECV and SEND) */
 	Candex__V1__Request *req;
+	char peeked_id[128]; /* request_id of a request that was not decoded */
 	cdx_collection *coll; /* a reference, for searches */
 	uint64_t t_recv_us;
 	uint64_t deadline_us;
@@ -60,7 +61,7 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 	cdx_server *s = x->s;
 	nng_msg *msg = NULL;
 
-	resp->request_id = (char *) (x->req != NULL ? str_or_empty(x->req->request_id) : "");
+	resp->request_id = (char *) (x->req != NULL ? str_or_empty(x->req->request_id) : x->peeked_id);
 	if (resp->status != CANDEX__V1__STATUS__OK)
 		cdx_debug("SRV-REQ-ERR", "request '%s': %s: %s", resp->request_id,
 		    cdx_errname((int) resp->status), str_or_empty(resp->message));
@@ -83,6 +84,7 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 		cdx_collection_unref(x->coll);
 		x->coll = NULL;
 	}
+	x->peeked_id[0] = '\0';
 	x->state = CTX_SEND;
 	if (msg == NULL) {
 		/* nothing to send: go back to receiving; the client times out */
@@ -554,6 +556,59 @@ cdx__srv_workers_stop(cdx_server *s)
 
 /* ---- the state machine ---------------------------------------------- */
 
+static int
+get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	*v = 0;
+	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+		uint8_t b = *(*p)++;
+		*v |= (uint64_t) (b & 0x7f) << shift;
+		if ((b & 0x80) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+/* peek_request_id walks the top-level fields of a Request that will not be
+ * decoded (too large, or malformed further in) for its request_id (field
+ * 2), so that even those error responses echo it. */
+static void
+peek_request_id(const uint8_t *p, size_t len, char *out, size_t size)
+{
+	const uint8_t *end = p + len;
+	uint64_t tag, v;
+	out[0] = '\0';
+	while (p < end && get_varint(&p, end, &tag) == 0) {
+		switch (tag & 7) {
+		case 0:
+			if (get_varint(&p, end, &v) != 0)
+				return;
+			break;
+		case 1:
+			p += 8;
+			break;
+		case 5:
+			p += 4;
+			break;
+		case 2:
+			if (get_varint(&p, end, &v) != 0 || v > (uint64_t) (end - p))
+				return;
+			if ((tag >> 3) == 2) {
+				size_t n = CDX_MIN((size_t) v, size - 1);
+				memcpy(out, p, n);
+				out[n] = '\0';
+				if (memchr(out, '\0', n) != NULL || strlen(out) != n)
+					out[0] = '\0';
+				return;
+			}
+			p += v;
+			break;
+		default:
+			return;
+		}
+	}
+}
+
 static void
 handle(struct srv_ctx *x, nng_msg *msg)
 {
@@ -561,12 +616,15 @@ handle(struct srv_ctx *x, nng_msg *msg)
 	size_t len = nng_msg_len(msg);
 
 	if (len > s->cfg.max_message) {
+		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 		nng_msg_free(msg);
 		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
 		    (unsigned long long) s->cfg.max_message);
 		return;
 	}
 	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
+	if (x->req == NULL)
+		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 	nng_msg_free(msg);
 	if (x->req == NULL) {
 		reply_error(x, CDX_EPROTO, "malformed request: %zu bytes that do not decode as a candex.v1.Request",

@@ -1,0 +1,369 @@
+/*
+ * badinput_test.c — every bad request gets a clear error response and the
+ * server keeps serving: malformed protobuf, wrong protocol version, wrong
+ * dimension, NaN/Inf, k = 0 and huge k, unknown collection, empty and
+ * oversized batches, oversized messages, too many exclusions, model-version
+ * mismatch, reload on the query port, and clients that disconnect in the
+ * middle of a request (nng and raw TCP).
+ */
+#include "srvtest.h"
+
+#include <math.h>
+
+#define N 3000
+#define DIM 16
+
+static char *dir;
+static float *base;
+static struct st_server srv;
+static char tcp_url[64];
+static int tcp_port;
+
+static int
+setup(void **state)
+{
+	dir = tu_tmpdir("srvbad");
+	base = st_build(dir, "tracks", N, DIM, 21, "l2", "t:", "--model-version m1");
+	char extra[256];
+	tcp_port = st_free_port();
+	snprintf(tcp_url, sizeof(tcp_url), "tcp://127.0.0.1:%d", tcp_port);
+	snprintf(extra, sizeof(extra),
+	    "--threads 2 --max-k 100 --max-batch 8 --max-message 64K --max-excludes 10 --listen %s --log-level debug",
+	    tcp_url);
+	assert_int_equal(st_start(&srv, dir, "bad", extra), 0);
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+	free(base);
+	tu_rmdir(dir);
+	return 0;
+}
+
+/* still_serving asserts that a normal search works on both listeners. */
+static void
+still_serving(void)
+{
+	const char *urls[2] = { srv.url, tcp_url };
+	for (int i = 0; i < 2; i++) {
+		cdx_client *c = st_client(urls[i], 5000, 0);
+		struct cdx_query q = { .collection = "tracks", .vectors = base, .nvectors = 1, .dim = DIM, .k = 5 };
+		struct cdx_result *r = st_search(c, &q);
+		assert_int_equal(r->queries[0].nhits, 5);
+		cdx_result_free(r);
+		cdx_client_close(c);
+	}
+}
+
+/* expect sends req on the query socket and checks status and message. */
+static void
+expect(Candex__V1__Request *req, int status, const char *needle)
+{
+	if (req->request_id == NULL || req->request_id[0] == '\0')
+		req->request_id = (char *) "bad-1";
+	Candex__V1__Response *resp = st_raw_request(srv.url, req, 5000);
+	assert_non_null(resp);
+	if ((int) resp->status != status || (needle && strstr(resp->message, needle) == NULL))
+		fprintf(stderr, "got %d '%s', wanted %d '%s'\n", resp->status, resp->message, status,
+		    needle ? needle : "");
+	assert_int_equal(resp->status, status);
+	if (needle != NULL)
+		assert_non_null(strstr(resp->message, needle));
+	assert_string_equal(resp->request_id, req->request_id);
+	candex__v1__response__free_unpacked(resp, NULL);
+}
+
+static void
+search_req(Candex__V1__Request *req, Candex__V1__SearchRequest *sr, float *v, size_t nfloats)
+{
+	candex__v1__request__init(req);
+	candex__v1__search_request__init(sr);
+	req->protocol_version = 1;
+	req->body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
+	req->search = sr;
+	sr->collection = (char *) "tracks";
+	sr->dim = DIM;
+	sr->k = 10;
+	sr->vectors = v;
+	sr->n_vectors = nfloats;
+}
+
+static void
+test_malformed(void **state)
+{
+	uint8_t junk[64];
+	memset(junk, 0xff, sizeof(junk));
+	Candex__V1__Response *resp = st_raw_call(srv.url, junk, sizeof(junk), 5000);
+	assert_non_null(resp);
+	assert_int_equal(resp->status, CDX_EPROTO);
+	assert_non_null(strstr(resp->message, "malformed"));
+	candex__v1__response__free_unpacked(resp, NULL);
+
+	/* a valid SearchRequest sent bare, without the Request envelope:
+	 * field 1 is a string there, a varint in Request: wire-type clash */
+	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
+	sr.collection = (char *) "tracks";
+	uint8_t buf[64];
+	size_t len = candex__v1__search_request__pack(&sr, buf);
+	resp = st_raw_call(srv.url, buf, len, 5000);
+	assert_non_null(resp);
+	assert_int_equal(resp->status, CDX_EPROTO);
+	candex__v1__response__free_unpacked(resp, NULL);
+	still_serving();
+}
+
+static void
+test_envelope(void **state)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__HealthRequest hr = CANDEX__V1__HEALTH_REQUEST__INIT;
+	req.protocol_version = 2;
+	req.body_case = CANDEX__V1__REQUEST__BODY_HEALTH;
+	req.health = &hr;
+	expect(&req, CDX_EVERSION, "protocol_version 2");
+	req.protocol_version = 0; /* unset */
+	expect(&req, CDX_EVERSION, NULL);
+	req.protocol_version = 1;
+	req.body_case = CANDEX__V1__REQUEST__BODY__NOT_SET;
+	expect(&req, CDX_EINVAL, "no body");
+	still_serving();
+}
+
+static void
+test_vectors(void **state)
+{
+	Candex__V1__Request req;
+	Candex__V1__SearchRequest sr;
+	float v[2 * DIM + 1];
+	memcpy(v, base, sizeof(v));
+
+	search_req(&req, &sr, v, DIM);
+	sr.dim = 8;
+	expect(&req, CDX_EDIM, "dimension 16");
+	search_req(&req, &sr, v, DIM);
+	sr.dim = 0;
+	expect(&req, CDX_EDIM, NULL);
+	search_req(&req, &sr, v, DIM + 1);
+	expect(&req, CDX_EDIM, "not a whole number");
+
+	search_req(&req, &sr, v, 2 * DIM);
+	v[DIM + 3] = NAN;
+	expect(&req, CDX_ENONFINITE, "query 1, component 3 is NaN");
+	v[DIM + 3] = INFINITY;
+	expect(&req, CDX_ENONFINITE, "infinite");
+	v[DIM + 3] = 0;
+
+	search_req(&req, &sr, NULL, 0);
+	expect(&req, CDX_EEMPTY, "empty batch");
+
+	float big[9 * DIM];
+	for (size_t i = 0; i < 9 * DIM; i++)
+		big[i] = base[i];
+	search_req(&req, &sr, big, 9 * DIM);
+	expect(&req, CDX_ELIMIT, "max-batch 8");
+
+	/* vectors and keys at once */
+	char *keys[1] = { (char *) "t:1" };
+	search_req(&req, &sr, v, DIM);
+	sr.query_keys = keys;
+	sr.n_query_keys = 1;
+	expect(&req, CDX_EINVAL, "not both");
+	still_serving();
+}
+
+static void
+test_k_and_params(void **state)
+{
+	Candex__V1__Request req;
+	Candex__V1__SearchRequest sr;
+	float v[DIM];
+	memcpy(v, base, sizeof(v));
+
+	search_req(&req, &sr, v, DIM);
+	sr.k = 0;
+	expect(&req, CDX_EINVAL, "k must be at least 1");
+	sr.k = 101;
+	expect(&req, CDX_ELIMIT, "max-k 100");
+	sr.k = 4000000000u;
+	expect(&req, CDX_ELIMIT, "max-k");
+	sr.k = 10;
+	sr.refine_factor = NAN;
+	expect(&req, CDX_EINVAL, "refine_factor");
+	sr.refine_factor = 0;
+	sr.recall_target = 2;
+	expect(&req, CDX_EINVAL, "recall_target");
+	sr.recall_target = 0;
+	int64_t ex[11] = { 0 };
+	sr.exclude_ids = ex;
+	sr.n_exclude_ids = 11;
+	expect(&req, CDX_ELIMIT, "max-excludes 10");
+	sr.n_exclude_ids = 10;
+	expect(&req, CDX_OK, NULL);
+	still_serving();
+}
+
+static void
+test_collection_and_model(void **state)
+{
+	Candex__V1__Request req;
+	Candex__V1__SearchRequest sr;
+	float v[DIM];
+	memcpy(v, base, sizeof(v));
+
+	search_req(&req, &sr, v, DIM);
+	sr.collection = (char *) "podcasts";
+	expect(&req, CDX_ENOTFOUND, "unknown collection 'podcasts' (serving: tracks)");
+	sr.collection = (char *) "";
+	expect(&req, CDX_EINVAL, "without a collection");
+	sr.collection = (char *) "tracks";
+	sr.model_version = (char *) "m2";
+	expect(&req, CDX_EMODEL, "model 'm2'");
+	sr.model_version = (char *) "m1";
+	expect(&req, CDX_OK, NULL);
+
+	/* and through the client library: code + message */
+	cdx_client *c = st_client(srv.url, 5000, 3);
+	struct cdx_query q = { .collection = "tracks", .vectors = v, .nvectors = 1, .dim = DIM, .k = 5,
+		.model_version = "m2" };
+	struct cdx_result *r = NULL;
+	struct cdx_client_error err;
+	assert_int_equal(cdx_client_search(c, &q, &r, &err), CDX_EMODEL);
+	assert_int_equal(err.code, CDX_EMODEL);
+	assert_non_null(strstr(err.message, "m1"));
+	assert_null(r);
+	cdx_client_close(c);
+}
+
+static void
+test_oversized_message(void **state)
+{
+	/* 70 KB > --max-message 64K: answered LIMIT_EXCEEDED, not searched */
+	size_t nf = 70 * 1024 / 4;
+	nf -= nf % DIM;
+	float *v = calloc(nf, sizeof(float));
+	Candex__V1__Request req;
+	Candex__V1__SearchRequest sr;
+	search_req(&req, &sr, v, nf);
+	expect(&req, CDX_ELIMIT, "max-message");
+
+	/* beyond twice the limit nng drops the connection: no reply, but the
+	 * server carries on */
+	size_t nf2 = 200 * 1024 / 4;
+	float *v2 = calloc(nf2, sizeof(float));
+	search_req(&req, &sr, v2, nf2);
+	req.request_id = (char *) "huge";
+	size_t len = candex__v1__request__get_packed_size(&req);
+	uint8_t *buf = malloc(len);
+	candex__v1__request__pack(&req, buf);
+	Candex__V1__Response *resp = st_raw_call(srv.url, buf, len, 500);
+	if (resp != NULL) {
+		assert_int_equal(resp->status, CDX_ELIMIT);
+		candex__v1__response__free_unpacked(resp, NULL);
+	}
+	free(buf);
+	free(v);
+	free(v2);
+	still_serving();
+}
+
+static void
+test_reload_on_query_port(void **state)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__ReloadRequest rr = CANDEX__V1__RELOAD_REQUEST__INIT;
+	req.protocol_version = 1;
+	req.body_case = CANDEX__V1__REQUEST__BODY_RELOAD;
+	req.reload = &rr;
+	expect(&req, CDX_EPERM, "admin listener");
+
+	cdx_client *c = st_client(tcp_url, 5000, 0);
+	struct cdx_client_error err;
+	assert_int_equal(cdx_client_reload(c, NULL, &err), CDX_EPERM);
+	cdx_client_close(c);
+	/* the admin socket accepts it */
+	c = st_client(srv.admin, 5000, 0);
+	assert_int_equal(cdx_client_reload(c, NULL, &err), CDX_OK);
+	cdx_client_close(c);
+	still_serving();
+}
+
+static void
+test_disconnect_mid_request(void **state)
+{
+	/* nng clients that send a heavy batch and close before the answer */
+	float v[8 * DIM];
+	memcpy(v, base, sizeof(v));
+	Candex__V1__Request req;
+	Candex__V1__SearchRequest sr;
+	search_req(&req, &sr, v, 8 * DIM);
+	sr.k = 100;
+	sr.nprobe = 1000;
+	size_t len = candex__v1__request__get_packed_size(&req);
+	uint8_t buf[4096];
+	assert_true(len <= sizeof(buf));
+	candex__v1__request__pack(&req, buf);
+	const char *urls[2] = { srv.url, tcp_url };
+	for (int i = 0; i < 40; i++) {
+		nng_socket s;
+		nng_msg *m;
+		assert_int_equal(nng_req0_open(&s), 0);
+		assert_int_equal(nng_dial(s, urls[i % 2], NULL, 0), 0);
+		assert_int_equal(nng_msg_alloc(&m, len), 0);
+		memcpy(nng_msg_body(m), buf, len);
+		assert_int_equal(nng_sendmsg(s, m, 0), 0);
+		if (i % 3 == 0)
+			st_sleep_ms(1);
+		nng_close(s);
+	}
+
+	/* raw TCP peers: garbage instead of the SP handshake, a half
+	 * handshake, and a valid handshake followed by half a message */
+	static const uint8_t sp_req[8] = { 0, 'S', 'P', 0, 0x30, 0x30, 0, 0 }; /* REQ0 = 48 */
+	for (int variant = 0; variant < 3; variant++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t) tcp_port),
+			.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		assert_int_equal(connect(fd, (struct sockaddr *) &a, sizeof(a)), 0);
+		ssize_t w = 0;
+		if (variant == 0) {
+			w = write(fd, "GET / HTTP/1.0\r\n\r\n", 18);
+		} else if (variant == 1) {
+			w = write(fd, sp_req, 4);
+		} else {
+			uint8_t frame[8 + 8 + 10];
+			memcpy(frame, sp_req, 8);
+			uint64_t be = 0;
+			uint8_t *p = (uint8_t *) &be;
+			uint64_t msglen = 1000; /* announces 1000 bytes, sends 10 */
+			for (int b = 0; b < 8; b++)
+				p[b] = (uint8_t) (msglen >> (56 - 8 * b));
+			memcpy(frame + 8, &be, 8);
+			memset(frame + 16, 0x0a, 10);
+			w = write(fd, frame, sizeof(frame));
+		}
+		assert_true(w > 0);
+		st_sleep_ms(20);
+		close(fd);
+	}
+	still_serving();
+	assert_true(st_log_has(&srv, "SRV-READY"));
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_malformed),
+		cmocka_unit_test(test_envelope),
+		cmocka_unit_test(test_vectors),
+		cmocka_unit_test(test_k_and_params),
+		cmocka_unit_test(test_collection_and_model),
+		cmocka_unit_test(test_oversized_message),
+		cmocka_unit_test(test_reload_on_query_port),
+		cmocka_unit_test(test_disconnect_mid_request),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
