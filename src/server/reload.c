@@ -247,11 +247,12 @@ add_failure(cdx_buf *msg, int *rc, int code, const char *name, const char *why, 
 {
 	if (*rc == CDX_OK)
 		*rc = code;
+	/* what still serves comes first: clients may truncate long messages */
 	if (kept != NULL)
-		cdx_buf_printf(msg, "%s%s: %s (still serving %s)", msg->len ? "; " : "", name, why,
-		    cdx_collection_manifest(kept->coll)->version);
+		cdx_buf_printf(msg, "%s%s (still serving %s): %s", msg->len ? "; " : "", name,
+		    cdx_collection_manifest(kept->coll)->version, why);
 	else
-		cdx_buf_printf(msg, "%s%s: %s (not served)", msg->len ? "; " : "", name, why);
+		cdx_buf_printf(msg, "%s%s (not served): %s", msg->len ? "; " : "", name, why);
 }
 
 /* do_reload is cdx__srv_reload with watch semantics (skip versions known to
@@ -340,8 +341,10 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		}
 		if (r != CDX_OK) {
 			char why[1024];
-			snprintf(why, sizeof(why), "version %.600s failed to load: %.380s", vdir, cdx_last_error());
-			cdx_err("SRV-LOAD-FAIL", "collection %s: %s%s", name, why,
+			const char *vname = strrchr(vdir, '/');
+			snprintf(why, sizeof(why), "version %.100s failed to load: %.800s", vname ? vname + 1 : vdir,
+			    cdx_last_error());
+			cdx_err("SRV-LOAD-FAIL", "collection %s: %s (%s)%s", name, why, vdir,
 			    cur ? "; the previous version keeps serving" : "");
 			add_failure(&msg, &rc, r, name, why, cur);
 			set_failed(s, name, vdir);
