@@ -107,19 +107,16 @@ st_sleep_ms(unsigned ms)
 		;
 }
 
-/* st_start runs `candex serve --index-dir dir/index --listen ipc://dir/q.ipc
- * --admin-listen ipc://dir/admin.ipc <extra>` and waits for SRV-READY.
- * Returns 0, or -1 if the server exited (its log is printed). */
+/* st_start_args runs `candex serve <args>` (stdout+stderr to a log in dir)
+ * and waits for SRV-READY. Returns 0, or -1 if the server exited (its log
+ * is printed). s->url and s->admin are left for the caller to set. */
 static inline int
-st_start(struct st_server *s, const char *dir, const char *tag, const char *extra)
+st_start_args(struct st_server *s, const char *dir, const char *tag, const char *args)
 {
-	char cmd[16384];
-	memset(s, 0, sizeof(*s));
-	snprintf(s->log, sizeof(s->log), "%s/serve-%s.log", dir, tag);
-	snprintf(s->url, sizeof(s->url), "ipc://%s/q-%s.ipc", dir, tag);
-	snprintf(s->admin, sizeof(s->admin), "ipc://%s/admin-%s.ipc", dir, tag);
-	snprintf(cmd, sizeof(cmd), "exec %s serve --index-dir %s/index --listen %s --admin-listen %s %s >%s 2>&1",
-	    CANDEX_BIN, dir, s->url, s->admin, extra ? extra : "", s->log);
+	char *cmd = NULL;
+	snprintf(s->log, sizeof(s->log), "%.3800s/serve-%.100s.log", dir, tag);
+	assert_true(asprintf(&cmd, "exec %s serve %s >%s 2>&1", CANDEX_BIN, args, s->log) > 0);
+	unlink(s->log);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
@@ -127,6 +124,7 @@ st_start(struct st_server *s, const char *dir, const char *tag, const char *extr
 		execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
 		_exit(127);
 	}
+	free(cmd);
 	s->pid = pid;
 	for (int i = 0; i < 3000; i++) {
 		if (st_log_has(s, "SRV-READY"))
@@ -141,6 +139,22 @@ st_start(struct st_server *s, const char *dir, const char *tag, const char *extr
 	}
 	st_dump_log(s);
 	return -1;
+}
+
+/* st_start runs `candex serve --index-dir dir/index --listen ipc://dir/q.ipc
+ * --admin-listen ipc://dir/admin.ipc <extra>` and waits for SRV-READY. */
+static inline int
+st_start(struct st_server *s, const char *dir, const char *tag, const char *extra)
+{
+	char *args = NULL;
+	memset(s, 0, sizeof(*s));
+	snprintf(s->url, sizeof(s->url), "ipc://%.3800s/q-%.100s.ipc", dir, tag);
+	snprintf(s->admin, sizeof(s->admin), "ipc://%.3800s/admin-%.100s.ipc", dir, tag);
+	assert_true(asprintf(&args, "--index-dir %s/index --listen %s --admin-listen %s %s", dir, s->url, s->admin,
+			extra ? extra : "") > 0);
+	int rc = st_start_args(s, dir, tag, args);
+	free(args);
+	return rc;
 }
 
 /* st_stop sends sig and waits (up to 20 s). Returns the exit status, or
