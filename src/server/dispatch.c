@@ -24,9 +24,7 @@
 #include "client/wire.h"
 #include "server/server.h"
 
-#ifdef CDX_HAVE_ONLINE_RECALL
 #include "recall/online.h"
-#endif
 
 #define SRV_MAX_REFINE 64.0f
 
@@ -467,11 +465,10 @@ run_search(struct srv_ctx *x, int idle)
 			o->score = h->score;
 			qrs[i].hits[qrs[i].n_hits++] = o;
 		}
-#ifdef CDX_HAVE_ONLINE_RECALL
-		if (s->online != NULL)
+		/* the exact re-run knows nothing of exclusions: offer only plain queries */
+		if (s->online != NULL && sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
 			cdx_online_recall_offer(s->online, c, queries + i * dim, sr->k, hits + i * sr->k,
 			    (uint32_t) qrs[i].n_hits);
-#endif
 	}
 	atomic_fetch_add(&s->m.queries, nq);
 	out.n_results = nq;

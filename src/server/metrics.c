@@ -10,9 +10,7 @@
 #include "client/wire.h"
 #include "server/server.h"
 
-#ifdef CDX_HAVE_ONLINE_RECALL
 #include "recall/online.h"
-#endif
 
 const double cdx__srv_buckets[SRV_NBUCKETS - 1] = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
 	0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
@@ -137,10 +135,8 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 		cdx_buf_printf(b, "candex_collection_memory_bytes{collection=\"%s\"} %llu\n", set->e[i].name,
 		    (unsigned long long) cdx_collection_memory_bytes(set->e[i].coll));
 	cdx__srv_set_free(set);
-#ifdef CDX_HAVE_ONLINE_RECALL
 	if (s->online != NULL)
 		cdx_online_recall_render(s->online, b);
-#endif
 	return b->data != NULL ? CDX_OK : CDX_ENOMEM;
 }
 

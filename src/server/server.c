@@ -13,9 +13,7 @@
 
 #include "server/server.h"
 
-#ifdef CDX_HAVE_ONLINE_RECALL
 #include "recall/online.h"
-#endif
 
 static char *
 dup_or_null(const char *s)
@@ -68,10 +66,8 @@ teardown(cdx_server *s)
 	cdx__srv_reloader_stop(s);
 	cdx__srv_workers_stop(s); /* before the contexts go: a worker may hold one */
 	cdx__srv_sockets_close(s);
-#ifdef CDX_HAVE_ONLINE_RECALL
 	cdx_online_recall_stop(s->online);
 	s->online = NULL;
-#endif
 	server_free(s);
 }
 
@@ -108,7 +104,6 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		server_free(s);
 		return rc;
 	}
-#ifdef CDX_HAVE_ONLINE_RECALL
 	if (s->cfg.online_recall_fraction > 0) {
 		struct cdx_online_recall_config oc = {
 			.sample_fraction = s->cfg.online_recall_fraction,
@@ -121,11 +116,9 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 			return rc;
 		}
 		s->online = o;
+		cdx_info("SRV-RECALL", "online recall: re-running %.3g%% of queries exactly within %.3g of a core",
+		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
-#else
-	if (s->cfg.online_recall_fraction > 0)
-		cdx_warn("SRV-CONFIG", "--online-recall-fraction ignored: this build has no online recall checker");
-#endif
 	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK ||
 	    (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
 		char msg[1024];

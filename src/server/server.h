@@ -183,7 +183,7 @@ struct cdx_server {
 	size_t nfailed;
 
 	struct srv_metrics m;
-	void *online; /* cdx_online_recall*, when built with it */
+	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
 };
 
 /* reload.c */

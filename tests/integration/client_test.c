@@ -228,6 +228,39 @@ test_metrics_and_healthz(void **state)
 }
 
 static void
+test_online_recall(void **state)
+{
+	struct st_server srv;
+	int port = st_free_port();
+	char extra[200];
+	snprintf(extra, sizeof(extra), "--threads 1 --online-recall-fraction 1 --online-recall-cpu 1 --http-listen 127.0.0.1:%d",
+	    port);
+	assert_int_equal(st_start(&srv, dir, "online", extra), 0);
+	cdx_client *c = st_client(srv.url, 5000, 0);
+	for (int i = 0; i < 20; i++) {
+		struct cdx_query q = { .collection = "tracks", .vectors = base + (size_t) (i * 37) * DIM, .nvectors = 1,
+			.dim = DIM, .k = 10 };
+		cdx_result_free(st_search(c, &q));
+	}
+	cdx_client_close(c);
+	/* a Flat index is exact: the live recall must come out 1 */
+	char *body = NULL;
+	const char *line = NULL;
+	for (int i = 0; i < 500 && line == NULL; i++) {
+		free(body);
+		assert_int_equal(st_http_get(port, "/metrics", &body), 200);
+		line = strstr(body, "\ncandex_online_recall{collection=\"tracks\",k=\"10\"} ");
+		if (line == NULL)
+			st_sleep_ms(10);
+	}
+	assert_non_null(line);
+	double v = strtod(strchr(line, '}') + 1, NULL);
+	assert_true(v > 0.999 && v <= 1.0);
+	free(body);
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+}
+
+static void
 test_config_file(void **state)
 {
 	char conf[4200], url[4300];
@@ -366,6 +399,7 @@ main(void)
 		cmocka_unit_test(test_open_errors_and_unreachable),
 		cmocka_unit_test(test_overload_and_deadline),
 		cmocka_unit_test(test_metrics_and_healthz),
+		cmocka_unit_test(test_online_recall),
 		cmocka_unit_test(test_config_file),
 		cmocka_unit_test(test_mutual_tls),
 	};
