@@ -307,7 +307,6 @@ cmd_build(int argc, char **argv)
 		omp_set_num_threads(o.threads);
 		cdx_blas_set_threads(o.threads);
 	}
-	/* before Faiss starts its OpenMP threads, so they inherit the mask */
 	int rc = cdx_build_signals_start();
 	if (rc != CDX_OK)
 		return fail(rc);

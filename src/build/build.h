@@ -266,11 +266,10 @@ int cdx_build_run(const struct cdx_build_opts *o, char *version_out);
 
 /* --- interrupts and progress ------------------------------------------ */
 
-/* cdx_build_signals_start blocks SIGINT and SIGTERM in the calling thread
- * (call it before any other thread exists, so every thread inherits the
- * mask) and starts a thread that waits for them. On a signal it removes
- * every path registered with cdx_build_cleanup_add (unless the build has
- * already published) and exits the process with status 128+signal. */
+/* cdx_build_signals_start handles SIGINT and SIGTERM: on either, a
+ * dedicated thread removes every path registered with
+ * cdx_build_cleanup_add (unless the build has already published) and
+ * exits the process with status 128+signal. */
 int cdx_build_signals_start(void);
 void cdx_build_cleanup_add(const char *path);
 void cdx_build_cleanup_remove(const char *path);

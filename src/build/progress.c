@@ -1,17 +1,18 @@
 /*
  * progress.c — progress output and interrupt handling for builds.
  *
- * Interrupts: SIGINT and SIGTERM are blocked in every thread and taken by
- * one thread in sigwait(), so no code runs in signal context and Faiss's
- * OpenMP workers are never interrupted mid-call. That thread removes the
- * registered staging paths and exits; the main thread may be deep inside a
- * Faiss call that cannot be cancelled, and waiting for it could take
- * minutes. The publish critical section (rename + CURRENT swap) holds a
+ * Interrupts: the SIGINT/SIGTERM handler only writes the signal number to
+ * a pipe; a dedicated thread reads it, removes the registered staging
+ * paths and exits. Nothing but write(2) runs in signal context, and the
+ * main thread, which may be deep inside a Faiss call that cannot be
+ * cancelled (training can take minutes), is never waited for. The publish critical section (rename + CURRENT swap) holds a
  * mutex the handler also takes, so an interrupt either happens before the
  * new version is visible (staging removed, old CURRENT kept) or after it is
  * complete (nothing removed).
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -72,13 +73,32 @@ cdx_build_mark_published(void)
 	published = 1;
 }
 
+static int sig_pipe[2] = { -1, -1 };
+
+/* The handler only forwards the signal number to the cleanup thread:
+ * write(2) is async-signal-safe, removing directories is not. */
+static void
+on_signal(int sig)
+{
+	int saved = errno;
+	unsigned char b = (unsigned char) sig;
+	ssize_t ignored = write(sig_pipe[1], &b, 1);
+	(void) ignored;
+	errno = saved;
+}
+
 static void *
 signal_thread(void *arg)
 {
-	sigset_t *set = arg;
-	int sig = 0;
-	if (sigwait(set, &sig) != 0)
+	(void) arg;
+	unsigned char b;
+	ssize_t n;
+	do
+		n = read(sig_pipe[0], &b, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
 		return NULL;
+	int sig = b;
 	pthread_mutex_lock(&cleanup_mu);
 	if (!published) {
 		for (int i = 0; i < MAX_CLEANUP; i++)
@@ -94,16 +114,21 @@ signal_thread(void *arg)
 int
 cdx_build_signals_start(void)
 {
-	static sigset_t set;
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
-		return cdx_error(CDX_EINTERNAL, "pthread_sigmask failed");
+	if (pipe2(sig_pipe, O_CLOEXEC) != 0)
+		return cdx_error_errno(CDX_EINTERNAL, "pipe");
 	pthread_t t;
-	if (pthread_create(&t, NULL, signal_thread, &set) != 0)
+	if (pthread_create(&t, NULL, signal_thread, NULL) != 0)
 		return cdx_error(CDX_EINTERNAL, "cannot start the signal thread");
 	pthread_detach(t);
+	/* A handler rather than sigwait(): libraries (OpenBLAS) start threads
+	 * before main(), and a blocked mask cannot be imposed on them. */
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
+		return cdx_error_errno(CDX_EINTERNAL, "sigaction");
 	return CDX_OK;
 }
 

@@ -1,0 +1,818 @@
+/*
+ * build_test.c — `candex build` end to end through the real CLI: every
+ * metric and refine kind, keys and ids, shards, small-N fallbacks,
+ * determinism, each bad input (clear error, nothing published), disk
+ * full, interrupted and killed builds, gc, and the distributed steps.
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "build/build.h"
+#include "search/search.h"
+
+static char *root;
+
+static int
+setup(void **state)
+{
+	(void) state;
+	root = tu_tmpdir("build");
+	return root ? 0 : -1;
+}
+
+static int
+teardown(void **state)
+{
+	(void) state;
+	tu_rmdir(root);
+	return 0;
+}
+
+static char *
+pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static char *
+pathf(const char *fmt, ...)
+{
+	char *p = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	assert_true(vasprintf(&p, fmt, ap) >= 0);
+	va_end(ap);
+	return p;
+}
+
+/* gen writes n x dim clustered vectors to root/name and returns them. */
+static float *
+gen(const char *name, size_t n, size_t dim, uint64_t seed)
+{
+	float *x = malloc(n * dim * sizeof(float));
+	assert_non_null(x);
+	tu_clustered(x, n, dim, 20, seed);
+	char *p = pathf("%s/%s", root, name);
+	assert_int_equal(tu_write_fvecs(p, x, n, dim), 0);
+	free(p);
+	return x;
+}
+
+/* build runs `candex build <args>`, returns its exit status; output kept in *out. */
+static int
+build(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int
+build(char **out, const char *fmt, ...)
+{
+	char *args = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	assert_true(vasprintf(&args, fmt, ap) >= 0);
+	va_end(ap);
+	char *o = NULL;
+	int rc = tu_run(&o, "%s build %s", CANDEX_BIN, args);
+	if (getenv("CANDEX_TEST_VERBOSE"))
+		fprintf(stderr, "build %s -> %d\n%s\n", args, rc, o);
+	free(args);
+	if (out)
+		*out = o;
+	else
+		free(o);
+	return rc;
+}
+
+static void
+build_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+build_ok(const char *fmt, ...)
+{
+	char *args = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	assert_true(vasprintf(&args, fmt, ap) >= 0);
+	va_end(ap);
+	char *o = NULL;
+	int rc = build(&o, "%s", args);
+	if (rc != 0)
+		fprintf(stderr, "candex build %s failed (%d):\n%s\n", args, rc, o);
+	assert_int_equal(rc, 0);
+	free(o);
+	free(args);
+}
+
+/* current returns CURRENT's target in coll_dir (malloc'd) or NULL. */
+static char *
+current(const char *coll_dir)
+{
+	char link[4096], buf[256];
+	snprintf(link, sizeof(link), "%s/CURRENT", coll_dir);
+	ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return NULL;
+	buf[n] = 0;
+	return strdup(buf);
+}
+
+/* count entries in coll_dir: versions (no leading '.', not CURRENT) and staging dirs */
+static void
+count_dirs(const char *coll_dir, int *versions, int *staging)
+{
+	*versions = *staging = 0;
+	DIR *d = opendir(coll_dir);
+	if (d == NULL)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, ".staging-", 9) == 0)
+			(*staging)++;
+		else if (e->d_name[0] != '.' && strcmp(e->d_name, "CURRENT") != 0)
+			(*versions)++;
+	}
+	closedir(d);
+}
+
+static int
+files_equal(const char *a, const char *b)
+{
+	char *da = NULL, *db = NULL;
+	size_t la = 0, lb = 0;
+	if (cdx_read_file(a, &da, &la) != CDX_OK || cdx_read_file(b, &db, &lb) != CDX_OK) {
+		free(da);
+		return 0;
+	}
+	int eq = la == lb && memcmp(da, db, la) == 0;
+	free(da);
+	free(db);
+	return eq;
+}
+
+/* self_hits: how many of the first nq base rows find themselves at rank 0. */
+static int
+self_hits(cdx_collection *c, const float *x, size_t dim, size_t nq)
+{
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	struct cdx_search_params sp = { .k = 10, .nprobe = m->nlist ? m->nlist : 1, .refine_factor = m->refine ? 10 : 0 };
+	struct cdx_hit *hits = calloc(nq * 10, sizeof(*hits));
+	assert_int_equal(cdx_collection_search(c, &sp, x, nq, hits), CDX_OK);
+	int n = 0;
+	for (size_t i = 0; i < nq; i++)
+		n += hits[i * 10].id == (int64_t) i;
+	free(hits);
+	(void) dim;
+	return n;
+}
+
+static void
+test_metrics_and_refine(void **state)
+{
+	(void) state;
+	const size_t n = 4000, dim = 16;
+	float *x = gen("m.fvecs", n, dim, 1);
+	static const struct {
+		const char *metric, *refine;
+	} cases[] = { { "l2", "fp32" }, { "ip", "fp16" }, { "cos", "sq8" }, { "l2", "none" } };
+	for (size_t i = 0; i < CDX_ARRAY_LEN(cases); i++) {
+		char *out = NULL;
+		int rc = build(&out, "--input %s/m.fvecs --collection m%zu --metric %s --refine %s --out %s/idx", root, i,
+		    cases[i].metric, cases[i].refine, root);
+		assert_int_equal(rc, 0);
+		char *coll = pathf("%s/idx/m%zu", root, i);
+		char *cur = current(coll);
+		assert_non_null(cur);
+		assert_non_null(strstr(out, cur)); /* the version dir is printed */
+		cdx_collection *c = NULL;
+		assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+		const struct cdx_manifest *m = cdx_collection_manifest(c);
+		assert_string_equal(cdx_metric_name(m->metric), cases[i].metric);
+		assert_string_equal(cdx_refine_name(m->refine), cases[i].refine);
+		assert_int_equal(m->items, n);
+		assert_int_equal(m->dim, dim);
+		assert_string_equal(m->factory, "IVF64,PQ4x4np"); /* 4000 rows: nlist <= 4000/39, 4-bit */
+		assert_int_equal(m->default_nprobe, 2);
+		assert_true(m->default_refine_factor == (strcmp(cases[i].refine, "none") ? 4.0f : 0.0f));
+		assert_int_equal(m->seed, 1234);
+		assert_int_equal(m->train_sample, n);
+		if (strcmp(cases[i].metric, "ip") == 0) {
+			/* MIPS: compare with exact top-10 by inner product */
+			struct cdx_search_params sp = { .k = 10, .nprobe = 64, .refine_factor = 20 };
+			struct cdx_hit hits[10];
+			int64_t truth[10];
+			int found = 0;
+			for (int q = 0; q < 20; q++) {
+				assert_int_equal(cdx_collection_search(c, &sp, x + (size_t) q * 97 * dim, 1, hits), CDX_OK);
+				tu_exact_knn(x, n, dim, x + (size_t) q * 97 * dim, 10, 1, truth);
+				for (int a = 0; a < 10; a++)
+					for (int b = 0; b < 10; b++)
+						found += hits[a].id == truth[b];
+			}
+			assert_true(found >= 180); /* recall@10 >= 0.9 with exact re-ranking */
+		} else if (strcmp(cases[i].refine, "none") != 0) {
+			assert_true(self_hits(c, x, dim, 20) >= 19);
+		}
+		cdx_collection_unref(c);
+		char *insp = NULL;
+		assert_int_equal(tu_run(&insp, "%s inspect %s", CANDEX_BIN, coll), 0);
+		assert_non_null(strstr(insp, "verify: OK"));
+		free(insp);
+		free(cur);
+		free(coll);
+		free(out);
+	}
+	free(x);
+}
+
+static void
+test_keys_ids_shards(void **state)
+{
+	(void) state;
+	const size_t n = 3000, dim = 16;
+	float *x = gen("k.fvecs", n, dim, 2);
+	char *keys = pathf("%s/k.keys", root), *ids = pathf("%s/k.ids", root);
+	assert_int_equal(tu_write_keys(keys, "spotify:track:", n), 0);
+	FILE *f = fopen(ids, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%lld\n", 5000000LL + (long long) i * 13);
+	fclose(f);
+	build_ok("--input %s/k.fvecs --collection k --metric l2 --keys %s --ids %s --shards 3 --refine fp16 "
+		 "--model-version emb-v7 --out %s/idx --quiet",
+	    root, keys, ids, root);
+	char *coll = pathf("%s/idx/k", root);
+	cdx_collection *c = NULL;
+	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	assert_int_equal(m->nshards, 3);
+	assert_string_equal(m->model_version, "emb-v7");
+	uint64_t sum = 0;
+	for (uint32_t s = 0; s < 3; s++) {
+		char name[CDX_NAME_MAX];
+		cdx_build_shard_name(name, s, 3);
+		assert_string_equal(m->shards[s].file, name);
+		assert_true(m->shards[s].rows > 800); /* spread by hash */
+		sum += m->shards[s].rows;
+	}
+	assert_int_equal(sum, n);
+	for (int i = 0; i < (int) n; i += 97) {
+		char key[64];
+		snprintf(key, sizeof(key), "spotify:track:%d", i);
+		uint32_t shard, row, shard2, row2;
+		int64_t id;
+		assert_int_equal(cdx_collection_find_key(c, key, &shard, &row, &id), CDX_OK);
+		assert_int_equal(id, 5000000LL + i * 13);
+		assert_int_equal(shard, cdx_build_shard_of(id, 3));
+		assert_string_equal(cdx_collection_key(c, shard, row), key);
+		assert_int_equal(cdx_collection_find_id(c, id, &shard2, &row2), CDX_OK);
+		assert_int_equal(shard2, shard);
+		assert_int_equal(row2, row);
+	}
+	/* a base vector finds its own id, wherever its shard */
+	struct cdx_search_params sp = { .k = 5, .nprobe = 64, .refine_factor = 10 };
+	struct cdx_hit hits[5];
+	int good = 0;
+	for (int q = 0; q < 20; q++) {
+		assert_int_equal(cdx_collection_search(c, &sp, x + (size_t) q * 31 * dim, 1, hits), CDX_OK);
+		good += hits[0].id == 5000000LL + q * 31 * 13;
+	}
+	assert_true(good >= 19);
+	cdx_collection_unref(c);
+	free(coll);
+	free(keys);
+	free(ids);
+	free(x);
+}
+
+static void
+test_small_and_factories(void **state)
+{
+	(void) state;
+	float *x = gen("s500.fvecs", 500, 24, 3);
+	char *out = NULL;
+	assert_int_equal(build(&out, "--input %s/s500.fvecs --collection tiny --metric cos --out %s/idx", root, root), 0);
+	assert_non_null(strstr(out, "Flat")); /* it says what it did and why */
+	assert_non_null(strstr(out, "500 items < 1000"));
+	free(out);
+	char *coll = pathf("%s/idx/tiny", root);
+	cdx_collection *c = NULL;
+	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	assert_string_equal(cdx_collection_manifest(c)->factory, "Flat");
+	assert_int_equal(cdx_collection_manifest(c)->nlist, 0);
+	assert_int_equal(self_hits(c, x, 24, 30), 30); /* exact */
+	cdx_collection_unref(c);
+	free(coll);
+	free(x);
+
+	/* the Last.fm case: 6,453 x 64 builds with 4-bit codebooks */
+	x = gen("s6453.fvecs", 6453, 64, 4);
+	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection lfm --metric ip --out %s/idx", root, root), 0);
+	assert_non_null(strstr(out, "4-bit"));
+	free(out);
+	coll = pathf("%s/idx/lfm", root);
+	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	assert_string_equal(cdx_collection_manifest(c)->factory, "IVF128,PQ16x4np");
+	cdx_collection_unref(c);
+	free(coll);
+	free(x);
+
+	/* a user factory gets np; fast-scan, L2norm and wrapped IVF are refused */
+	build_ok("--input %s/s6453.fvecs --collection fac --metric l2 --factory IVF32,PQ8 --out %s/idx --quiet", root,
+	    root);
+	coll = pathf("%s/idx/fac", root);
+	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	assert_string_equal(cdx_collection_manifest(c)->factory, "IVF32,PQ8np");
+	assert_int_equal(cdx_collection_manifest(c)->nlist, 32);
+	assert_int_equal(cdx_collection_manifest(c)->pq_m, 8);
+	assert_int_equal(cdx_collection_manifest(c)->pq_nbits, 8);
+	cdx_collection_unref(c);
+	free(coll);
+	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory IVF32,PQ8x4fs "
+				    "--out %s/idx",
+			     root, root),
+	    1);
+	assert_non_null(strstr(out, "fast-scan"));
+	free(out);
+	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory OPQ8,IVF32,PQ8 "
+				    "--out %s/idx",
+			     root, root),
+	    1);
+	assert_non_null(strstr(out, "wrapped"));
+	free(out);
+	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory L2norm,Flat --out "
+				    "%s/idx",
+			     root, root),
+	    1);
+	free(out);
+	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory Bogus42 --out %s/idx",
+			     root, root),
+	    1);
+	assert_non_null(strstr(out, "Bogus42"));
+	free(out);
+	/* usage errors exit 2 */
+	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --out %s/idx", root, root), 2);
+	free(out);
+	assert_int_equal(build(&out, "--input x --collection .bad --metric l2 --out %s/idx", root), 2);
+	free(out);
+	assert_int_equal(build(&out, "--input x --collection c --metric hamming --out %s/idx", root), 2);
+	free(out);
+	assert_int_equal(build(&out, "--help"), 0);
+	assert_non_null(strstr(out, "4*sqrt(N)"));
+	free(out);
+}
+
+static void
+test_determinism(void **state)
+{
+	(void) state;
+	float *x = gen("d.fvecs", 12000, 32, 5); /* 8-bit codebooks */
+	char *keys = pathf("%s/d.keys", root);
+	assert_int_equal(tu_write_keys(keys, "k", 12000), 0);
+	for (int r = 0; r < 2; r++)
+		build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 77 "
+			 "--train-sample 4000 --out %s/det%d --quiet",
+		    root, keys, root, r);
+	char *c0 = pathf("%s/det0/d", root), *c1 = pathf("%s/det1/d", root);
+	char *v0 = current(c0), *v1 = current(c1);
+	for (uint32_t s = 0; s < 2; s++) {
+		char name[CDX_NAME_MAX];
+		cdx_build_shard_name(name, s, 2);
+		char *a = pathf("%s/%s/%s", c0, v0, name), *b = pathf("%s/%s/%s", c1, v1, name);
+		assert_true(files_equal(a, b));
+		free(a);
+		free(b);
+	}
+	struct cdx_manifest *m0 = NULL, *m1 = NULL;
+	char *d0 = pathf("%s/%s", c0, v0), *d1 = pathf("%s/%s", c1, v1);
+	assert_int_equal(cdx_manifest_load(&m0, d0), CDX_OK);
+	assert_int_equal(cdx_manifest_load(&m1, d1), CDX_OK);
+	assert_true(m0->input_fingerprint == m1->input_fingerprint);
+	assert_true(m0->input_fingerprint != 0);
+	assert_string_equal(m0->factory, "IVF256,PQ8x8np");
+	assert_int_equal(m0->train_sample, 4000);
+	assert_int_equal(m0->seed, 77);
+	cdx_manifest_free(m0);
+	cdx_manifest_free(m1);
+	/* another seed trains on another sample: different shards */
+	build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 78 "
+		 "--train-sample 4000 --out %s/det2 --quiet",
+	    root, keys, root);
+	char *c2 = pathf("%s/det2/d", root), *v2 = current(c2);
+	char *a = pathf("%s/%s/shard-0000-of-0002.cdx", c0, v0), *b = pathf("%s/%s/shard-0000-of-0002.cdx", c2, v2);
+	assert_false(files_equal(a, b));
+	free(a);
+	free(b);
+	free(c2);
+	free(v2);
+	free(d0);
+	free(d1);
+	free(v0);
+	free(v1);
+	free(c0);
+	free(c1);
+	free(keys);
+	free(x);
+}
+
+/* expect_rejected runs a bad build into the "good" collection and checks
+ * the error and that nothing changed. */
+static void
+expect_rejected(const char *coll_dir, const char *cur, const char *needle, const char *needle2, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void
+expect_rejected(const char *coll_dir, const char *cur, const char *needle, const char *needle2, const char *fmt, ...)
+{
+	char *args = NULL;
+	va_list ap;
+	va_start(ap, fmt);
+	assert_true(vasprintf(&args, fmt, ap) >= 0);
+	va_end(ap);
+	char *out = NULL;
+	int rc = build(&out, "%s --collection good --out %s/idx", args, root);
+	if (rc != 1 || strstr(out, needle) == NULL || (needle2 && strstr(out, needle2) == NULL))
+		fprintf(stderr, "build %s: rc %d, expected 1 and '%s' '%s' in:\n%s\n", args, rc, needle,
+		    needle2 ? needle2 : "", out);
+	assert_int_equal(rc, 1);
+	assert_non_null(strstr(out, needle));
+	if (needle2)
+		assert_non_null(strstr(out, needle2));
+	char *now = current(coll_dir);
+	assert_non_null(now);
+	assert_string_equal(now, cur);
+	int versions, staging;
+	count_dirs(coll_dir, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+	free(now);
+	free(out);
+	free(args);
+}
+
+static void
+test_bad_inputs(void **state)
+{
+	(void) state;
+	const size_t n = 3000, dim = 16;
+	float *x = gen("good.fvecs", n, dim, 6);
+	char *keys = pathf("%s/good.keys", root);
+	assert_int_equal(tu_write_keys(keys, "item", n), 0);
+	build_ok("--input %s/good.fvecs --collection good --metric l2 --out %s/idx --quiet", root, root);
+	char *coll = pathf("%s/idx/good", root);
+	char *cur = current(coll);
+	assert_non_null(cur);
+	char *p;
+
+	/* a row of another dimension (fvecs) */
+	p = pathf("%s/dimrow.fvecs", root);
+	FILE *f = fopen(p, "wb");
+	for (size_t i = 0; i < n; i++) {
+		int32_t d = i == 1500 ? 15 : 16;
+		fwrite(&d, 4, 1, f);
+		fwrite(x + i * dim, 4, (size_t) d, f);
+	}
+	fclose(f);
+	expect_rejected(coll, cur, "dimrow.fvecs: row 1500 has dimension 15, expected 16", NULL,
+	    "--input %s --metric l2", p);
+	free(p);
+	/* dimension mismatch between the flags/files */
+	expect_rejected(coll, cur, "good.fvecs: dimension 16, but --dim says 32", NULL,
+	    "--input %s/good.fvecs --dim 32 --metric l2", root);
+	/* rows mismatch between files */
+	p = pathf("%s/short.keys", root);
+	assert_int_equal(tu_write_keys(p, "item", n - 1), 0);
+	expect_rejected(coll, cur, "short.keys: 2999 keys, but the input has 3000 rows", NULL,
+	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	free(p);
+	/* NaN where only the encode pass sees it (not in the 500-row sample):
+	 * the staging directory exists by then and must go */
+	uint64_t sample[500];
+	cdx_build_sample(n, 500, CDX_BUILD_DEFAULT_SEED, sample);
+	size_t bad = n - 1;
+	for (int i = 499; i >= 0 && sample[i] >= bad; i--)
+		if (sample[i] == bad)
+			bad--;
+	float keep = x[bad * dim + 3];
+	x[bad * dim + 3] = NAN;
+	p = pathf("%s/nan.fvecs", root);
+	assert_int_equal(tu_write_fvecs(p, x, n, dim), 0);
+	char needle[128];
+	snprintf(needle, sizeof(needle), "nan.fvecs: row %zu, column 3: NaN", bad);
+	expect_rejected(coll, cur, needle, NULL, "--input %s --metric l2 --train-sample 500", p);
+	/* NaN in the sample: caught before training */
+	expect_rejected(coll, cur, needle, NULL, "--input %s --metric cos", p);
+	free(p);
+	x[bad * dim + 3] = keep;
+	/* Inf */
+	x[10 * dim] = INFINITY;
+	p = pathf("%s/inf.fvecs", root);
+	assert_int_equal(tu_write_fvecs(p, x, n, dim), 0);
+	expect_rejected(coll, cur, "inf.fvecs: row 10, column 0: Inf", NULL, "--input %s --metric ip", p);
+	free(p);
+	x[10 * dim] = 0;
+	/* empty */
+	p = pathf("%s/empty.fvecs", root);
+	fclose(fopen(p, "w"));
+	expect_rejected(coll, cur, "empty.fvecs: empty input", NULL, "--input %s --metric l2", p);
+	free(p);
+	/* duplicate ids */
+	p = pathf("%s/dup.ids", root);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "%zu\n", i == 2000 ? (size_t) 17 : i);
+	fclose(f);
+	expect_rejected(coll, cur, "dup.ids: duplicate id 17 at line 2001 (first at line 18)", NULL,
+	    "--input %s/good.fvecs --ids %s --metric l2", root, p);
+	free(p);
+	/* duplicate keys */
+	p = pathf("%s/dup.keys", root);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, "spotify:track:%zu\n", i == 2500 ? (size_t) 3 : i);
+	fclose(f);
+	expect_rejected(coll, cur, "dup.keys: duplicate key 'spotify:track:3' at line 2501 (first at line 4)", NULL,
+	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	free(p);
+	/* truncated */
+	p = pathf("%s/trunc.fvecs", root);
+	assert_int_equal(tu_write_fvecs(p, x, n, dim), 0);
+	assert_int_equal(truncate(p, (off_t) (n * 68 - 10)), 0);
+	expect_rejected(coll, cur, "trunc.fvecs: truncated", "row 2999", "--input %s --metric l2", p);
+	free(p);
+	/* unreadable paths */
+	expect_rejected(coll, cur, "cannot read input", "nonexistent.fvecs",
+	    "--input %s/nonexistent.fvecs --metric l2", root);
+	expect_rejected(coll, cur, "cannot read", "nokeys.txt", "--input %s/good.fvecs --keys %s/nokeys.txt --metric l2",
+	    root, root);
+	p = pathf("%s/adir.fvecs", root);
+	assert_int_equal(mkdir(p, 0755), 0);
+	expect_rejected(coll, cur, "adir.fvecs: not a regular file", NULL, "--input %s --metric l2", p);
+	free(p);
+	/* unknown format */
+	expect_rejected(coll, cur, "unknown input format", NULL, "--input %s --metric l2", keys);
+
+	/* and the old version still loads */
+	cdx_collection *c = NULL;
+	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	cdx_collection_unref(c);
+	free(cur);
+	free(coll);
+	free(keys);
+	free(x);
+}
+
+static void
+test_disk_full(void **state)
+{
+	(void) state;
+	char *mnt = pathf("%s/full", root);
+	assert_int_equal(mkdir(mnt, 0755), 0);
+	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
+		fprintf(stderr, "skipping the disk-full test: cannot mount a tmpfs (%s); needs root or CAP_SYS_ADMIN\n",
+		    strerror(errno));
+		rmdir(mnt);
+		free(mnt);
+		skip();
+	}
+	float *x = gen("big.fvecs", 6000, 64, 7);
+	gen("small.fvecs", 400, 64, 8);
+	/* a small version fits (400 x 64 Flat ~ 100 kB) ... */
+	build_ok("--input %s/small.fvecs --collection full --metric l2 --out %s --quiet", root, mnt);
+	char *coll = pathf("%s/full", mnt);
+	char *cur = current(coll);
+	assert_non_null(cur);
+	/* ... a 6000 x 64 fp32 refine store (1.5 MB) does not */
+	char *out = NULL;
+	int rc = build(&out, "--input %s/big.fvecs --collection full --metric l2 --refine fp32 --out %s", root, mnt);
+	if (rc != 1 || strstr(out, "No space left on device") == NULL)
+		fprintf(stderr, "%s\n", out);
+	assert_int_equal(rc, 1);
+	assert_non_null(strstr(out, "No space left on device"));
+	assert_non_null(strstr(out, "ENOSPC"));
+	assert_non_null(strstr(out, "shard-0000-of-0001.cdx"));
+	char *now = current(coll);
+	assert_string_equal(now, cur);
+	int versions, staging;
+	count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
+	free(out);
+	free(now);
+	free(cur);
+	free(coll);
+	free(x);
+	assert_int_equal(umount(mnt), 0);
+	rmdir(mnt);
+	free(mnt);
+}
+
+/* spawn_build starts a build in the background; stdout/stderr to /dev/null. */
+static pid_t
+spawn_build(const char *input, const char *coll, const char *out)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(CANDEX_BIN, "candex", "build", "--input", input, "--collection", coll, "--metric", "l2", "--factory",
+		    "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out, (char *) NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* wait_staging polls coll_dir until a staging directory appears. */
+static int
+wait_staging(const char *coll_dir, pid_t pid)
+{
+	for (int i = 0; i < 20000; i++) {
+		int versions, staging;
+		count_dirs(coll_dir, &versions, &staging);
+		if (staging > 0)
+			return 1;
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return 0;
+		usleep(1000);
+	}
+	return 0;
+}
+
+static void
+test_interrupted(void **state)
+{
+	(void) state;
+	float *x = gen("int-small.fvecs", 3000, 16, 9);
+	free(x);
+	x = gen("int-big.fvecs", 200000, 16, 10); /* 14 MB: encode takes a while */
+	free(x);
+	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
+	char *coll = pathf("%s/idx/intr", root);
+	char *cur = current(coll);
+	char *big = pathf("%s/int-big.fvecs", root), *out = pathf("%s/idx", root);
+	int versions, staging, status;
+
+	/* SIGTERM: staging removed, exit 128+15, old CURRENT kept */
+	pid_t pid = spawn_build(big, "intr", out);
+	assert_true(wait_staging(coll, pid));
+	kill(pid, SIGTERM);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 128 + SIGTERM);
+	count_dirs(coll, &versions, &staging);
+	assert_int_equal(staging, 0);
+	assert_int_equal(versions, 1);
+	char *now = current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+
+	/* SIGKILL: only a staging directory is left; readers ignore it */
+	pid = spawn_build(big, "intr", out);
+	assert_true(wait_staging(coll, pid));
+	kill(pid, SIGKILL);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status));
+	count_dirs(coll, &versions, &staging);
+	assert_int_equal(staging, 1);
+	assert_int_equal(versions, 1);
+	now = current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	char *insp = NULL;
+	assert_int_equal(tu_run(&insp, "%s inspect %s", CANDEX_BIN, coll), 0);
+	assert_non_null(strstr(insp, "verify: OK"));
+	free(insp);
+	cdx_collection *c = NULL;
+	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	cdx_collection_unref(c);
+	/* the next build's gc removes the dead builder's staging directory */
+	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
+	count_dirs(coll, &versions, &staging);
+	assert_int_equal(staging, 0);
+	assert_int_equal(versions, 2);
+	free(big);
+	free(out);
+	free(cur);
+	free(coll);
+}
+
+static void
+test_gc_keep(void **state)
+{
+	(void) state;
+	float *x = gen("gc.fvecs", 1200, 8, 11);
+	free(x);
+	char *coll = pathf("%s/idx/gc", root);
+	char *names[4];
+	for (int i = 0; i < 4; i++) {
+		build_ok("--input %s/gc.fvecs --collection gc --metric l2 --keep 2 --out %s/idx --quiet", root, root);
+		names[i] = current(coll);
+		if (i > 0)
+			assert_true(strcmp(names[i], names[i - 1]) > 0); /* names sort by time */
+	}
+	int versions, staging;
+	count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 2);
+	struct stat st;
+	for (int i = 0; i < 4; i++) {
+		char *d = pathf("%s/%s", coll, names[i]);
+		assert_int_equal(stat(d, &st) == 0, i >= 2);
+		free(d);
+		free(names[i]);
+	}
+	free(coll);
+}
+
+static void
+test_distributed(void **state)
+{
+	(void) state;
+	float *x = gen("dist.fvecs", 5000, 16, 12);
+	free(x);
+	char *keys = pathf("%s/dist.keys", root), *work = pathf("%s/work", root);
+	assert_int_equal(tu_write_keys(keys, "spotify:episode:", 5000), 0);
+	const char *common = "--collection dist --metric cos --shards 3 --refine sq8 --seed 5";
+	build_ok("--input %s/dist.fvecs --keys %s %s --out %s/one --quiet", root, keys, common, root);
+	build_ok("train --input %s/dist.fvecs --keys %s %s --out %s/two --work %s --quiet", root, keys, common, root, work);
+	char *out = NULL;
+	/* publish before every shard is encoded */
+	assert_int_equal(build(&out, "publish --work %s", work), 1);
+	assert_non_null(strstr(out, "has not been encoded"));
+	free(out);
+	assert_int_equal(build(&out, "encode --work %s --shard 0 --of 4", work), 1);
+	assert_non_null(strstr(out, "does not match"));
+	free(out);
+	/* any order, as parallel jobs would finish */
+	build_ok("encode --work %s --shard 2 --of 3 --quiet", work);
+	build_ok("encode --work %s --shard 0 --of 3 --quiet", work);
+	build_ok("encode --work %s --shard 1 --of 3 --quiet", work);
+	build_ok("encode --work %s --shard 1 --of 3 --quiet", work); /* a retried job is harmless */
+	assert_int_equal(build(&out, "publish --work %s", work), 0);
+	char *c1 = pathf("%s/one/dist", root), *c2 = pathf("%s/two/dist", root);
+	char *v1 = current(c1), *v2 = current(c2);
+	assert_non_null(strstr(out, v2));
+	free(out);
+	for (uint32_t s = 0; s < 3; s++) {
+		char name[CDX_NAME_MAX];
+		cdx_build_shard_name(name, s, 3);
+		char *a = pathf("%s/%s/%s", c1, v1, name), *b = pathf("%s/%s/%s", c2, v2, name);
+		assert_true(files_equal(a, b));
+		free(a);
+		free(b);
+	}
+	struct cdx_manifest *m1 = NULL, *m2 = NULL;
+	char *d1 = pathf("%s/%s", c1, v1), *d2 = pathf("%s/%s", c2, v2);
+	assert_int_equal(cdx_manifest_load(&m1, d1), CDX_OK);
+	assert_int_equal(cdx_manifest_load(&m2, d2), CDX_OK);
+	assert_true(m1->input_fingerprint == m2->input_fingerprint);
+	for (uint32_t s = 0; s < 3; s++)
+		assert_true(m1->shards[s].xxh64 == m2->shards[s].xxh64);
+	cdx_manifest_free(m1);
+	cdx_manifest_free(m2);
+	/* publishing again makes another version from the same work */
+	build_ok("publish --work %s --quiet", work);
+	int versions, staging;
+	count_dirs(c2, &versions, &staging);
+	assert_int_equal(versions, 2);
+	/* an input that changed since train is refused by encode */
+	x = gen("dist.fvecs", 5001, 16, 12);
+	free(x);
+	assert_int_equal(build(&out, "encode --work %s --shard 0 --of 3", work), 1);
+	assert_non_null(strstr(out, "changed since training"));
+	free(out);
+	free(d1);
+	free(d2);
+	free(v1);
+	free(v2);
+	free(c1);
+	free(c2);
+	free(keys);
+	free(work);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_metrics_and_refine),
+		cmocka_unit_test(test_keys_ids_shards),
+		cmocka_unit_test(test_small_and_factories),
+		cmocka_unit_test(test_determinism),
+		cmocka_unit_test(test_bad_inputs),
+		cmocka_unit_test(test_disk_full),
+		cmocka_unit_test(test_interrupted),
+		cmocka_unit_test(test_gc_keep),
+		cmocka_unit_test(test_distributed),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
