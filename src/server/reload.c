@@ -147,7 +147,8 @@ list_collections(const char *dir, char ***namesp, size_t *np)
 		n++;
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), cmp_names);
+	if (n > 1)
+		qsort(names, n, sizeof(*names), cmp_names);
 	*namesp = names;
 	*np = n;
 	return CDX_OK;

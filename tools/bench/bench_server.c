@@ -1,0 +1,386 @@
+/*
+ * bench_server.c — server throughput and latency against in-process search
+ * on the same index, parameters and cores, measured in one run.
+ *
+ *   1. baseline: --threads threads each calling cdx_collection_search on one
+ *      query at a time (OpenMP at 1 thread per caller, as the server's
+ *      workers do), closed loop for --seconds;
+ *   2. for each transport (ipc://, tcp://): a server started in this process
+ *      (cdx_server_start, --threads workers) and --clients client threads,
+ *      each with its own cdx_client, one query per request, closed loop:
+ *      saturation QPS, p50, p99;
+ *   3. open loop at --load (0.7) x the saturation QPS of that transport:
+ *      requests are sent on a fixed schedule and latency counts from the
+ *      scheduled time (no coordinated omission): p50, p99.
+ *
+ * Prints a Markdown table. Usage: bench_server --help.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <netinet/in.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include "candex/client.h"
+#include "common/common.h"
+#include "search/search.h"
+#include "server/server.h"
+
+struct bench {
+	const char *index_dir, *collection, *queries_path;
+	uint32_t k, nprobe, threads, clients;
+	double seconds, load;
+	float *queries;
+	size_t nq;
+	uint32_t dim;
+	cdx_collection *coll;
+	const char *url;
+	double rate; /* open loop: requests per second over all clients */
+};
+
+struct lat {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+static void
+lat_add(struct lat *l, uint64_t us)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 4096;
+		l->v = realloc(l->v, l->cap * sizeof(*l->v));
+		if (l->v == NULL)
+			abort();
+	}
+	l->v[l->n++] = us;
+}
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+	return x < y ? -1 : x > y;
+}
+
+static double
+pct(const struct lat *l, double p)
+{
+	if (l->n == 0)
+		return 0;
+	size_t i = (size_t) (p * (double) (l->n - 1) + 0.5);
+	return (double) l->v[i] / 1000.0;
+}
+
+struct result {
+	double qps, p50, p99;
+	uint64_t errors;
+};
+
+struct worker {
+	struct bench *b;
+	int id;
+	struct lat lat;
+	uint64_t errors;
+	atomic_int *stop;
+	uint64_t t0;
+	int open_loop;
+};
+
+static void
+sleep_until(uint64_t t_us)
+{
+	uint64_t now = cdx_now_us();
+	if (t_us <= now)
+		return;
+	struct timespec ts = { .tv_sec = (time_t) ((t_us - now) / 1000000), .tv_nsec = (long) ((t_us - now) % 1000000) * 1000 };
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+static void *
+inprocess_thread(void *arg)
+{
+	struct worker *w = arg;
+	struct bench *b = w->b;
+	omp_set_num_threads(1);
+	struct cdx_hit *hits = malloc(b->k * sizeof(*hits));
+	struct cdx_search_params p = { .k = b->k, .nprobe = b->nprobe };
+	for (size_t i = (size_t) w->id * 7919; !atomic_load(w->stop); i++) {
+		uint64_t t = cdx_now_us();
+		if (cdx_collection_search(b->coll, &p, b->queries + (i % b->nq) * b->dim, 1, hits) != CDX_OK)
+			w->errors++;
+		lat_add(&w->lat, cdx_now_us() - t);
+	}
+	free(hits);
+	return NULL;
+}
+
+static void *
+client_thread(void *arg)
+{
+	struct worker *w = arg;
+	struct bench *b = w->b;
+	struct cdx_client_options o = { .timeout_ms = 10000 };
+	struct cdx_client_error err;
+	cdx_client *c;
+	if (cdx_client_open(&c, b->url, &o, &err) != CDX_OK) {
+		fprintf(stderr, "client: %s\n", err.message);
+		w->errors++;
+		return NULL;
+	}
+	double interval_us = w->open_loop ? 1e6 * (double) b->clients / b->rate : 0;
+	uint64_t start = w->t0 + (uint64_t) (interval_us * w->id / b->clients);
+	for (size_t i = 0; !atomic_load(w->stop); i++) {
+		size_t qi = ((size_t) w->id * 7919 + i) % b->nq;
+		struct cdx_query q = { .collection = b->collection, .vectors = b->queries + qi * b->dim, .nvectors = 1,
+			.dim = b->dim, .k = b->k, .nprobe = b->nprobe };
+		uint64_t t = cdx_now_us();
+		if (w->open_loop) {
+			t = start + (uint64_t) (interval_us * (double) i);
+			sleep_until(t);
+			if (atomic_load(w->stop))
+				break;
+		}
+		struct cdx_result *r = NULL;
+		if (cdx_client_search(c, &q, &r, &err) != CDX_OK)
+			w->errors++;
+		else
+			lat_add(&w->lat, cdx_now_us() - t);
+		cdx_result_free(r);
+	}
+	cdx_client_close(c);
+	return NULL;
+}
+
+static struct result
+run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
+{
+	struct worker *w = calloc(nthreads, sizeof(*w));
+	pthread_t *th = calloc(nthreads, sizeof(*th));
+	atomic_int stop = 0;
+	uint64_t t0 = cdx_now_us() + 20000;
+	for (unsigned i = 0; i < nthreads; i++) {
+		w[i] = (struct worker) { .b = b, .id = (int) i, .stop = &stop, .t0 = t0, .open_loop = open_loop };
+		pthread_create(&th[i], NULL, fn, &w[i]);
+	}
+	/* warm up for 10% of the time, then measure from a clean slate */
+	sleep_until(t0 + (uint64_t) (b->seconds * 1e5));
+	uint64_t m0 = cdx_now_us();
+	size_t *skip = calloc(nthreads, sizeof(*skip));
+	for (unsigned i = 0; i < nthreads; i++)
+		skip[i] = w[i].lat.n; /* racy read of a counter: only used as a rough cut */
+	sleep_until(m0 + (uint64_t) (b->seconds * 1e6));
+	uint64_t m1 = cdx_now_us();
+	size_t *end = calloc(nthreads, sizeof(*end));
+	for (unsigned i = 0; i < nthreads; i++)
+		end[i] = w[i].lat.n;
+	atomic_store(&stop, 1);
+	for (unsigned i = 0; i < nthreads; i++)
+		pthread_join(th[i], NULL);
+	struct lat all = { 0 };
+	struct result r = { 0 };
+	for (unsigned i = 0; i < nthreads; i++) {
+		for (size_t j = skip[i]; j < end[i] && j < w[i].lat.n; j++)
+			lat_add(&all, w[i].lat.v[j]);
+		r.errors += w[i].errors;
+		free(w[i].lat.v);
+	}
+	qsort(all.v, all.n, sizeof(*all.v), cmp_u64);
+	r.qps = (double) all.n / ((double) (m1 - m0) / 1e6);
+	r.p50 = pct(&all, 0.50);
+	r.p99 = pct(&all, 0.99);
+	free(all.v);
+	free(skip);
+	free(end);
+	free(w);
+	free(th);
+	return r;
+}
+
+static int
+load_queries(struct bench *b)
+{
+	FILE *f = fopen(b->queries_path, "rb");
+	if (f == NULL)
+		return cdx_error_errno(CDX_EIO, "%s", b->queries_path);
+	int32_t d;
+	cdx_buf buf = { 0 };
+	size_t n = 0;
+	while (fread(&d, 4, 1, f) == 1) {
+		if (d <= 0 || (b->dim && (uint32_t) d != b->dim)) {
+			fclose(f);
+			return cdx_error(CDX_ECORRUPT, "%s: bad row dimension", b->queries_path);
+		}
+		b->dim = (uint32_t) d;
+		cdx_buf_reserve(&buf, (size_t) d * 4);
+		if (fread(buf.data + buf.len, 4, (size_t) d, f) != (size_t) d)
+			break;
+		buf.len += (size_t) d * 4;
+		n++;
+	}
+	fclose(f);
+	b->queries = (float *) buf.data;
+	b->nq = n;
+	return n > 0 ? CDX_OK : cdx_error(CDX_EEMPTY, "%s: no queries", b->queries_path);
+}
+
+static int
+free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	if (fd < 0 || bind(fd, (struct sockaddr *) &a, sizeof(a)) != 0 ||
+	    getsockname(fd, (struct sockaddr *) &a, &len) != 0)
+		return 0;
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+	    "usage: bench_server --index-dir DIR --collection NAME --queries Q.fvecs [options]\n"
+	    "  --k K              candidates per query [100]\n"
+	    "  --nprobe N         0 = the collection's default [0]\n"
+	    "  --threads N        server workers and in-process threads (0 = cores) [0]\n"
+	    "  --clients N        concurrent client threads [4 x threads]\n"
+	    "  --seconds S        measuring time per run [5]\n"
+	    "  --load F           open-loop rate as a fraction of saturation QPS [0.7]\n");
+}
+
+int
+main(int argc, char **argv)
+{
+	cdx_process_init(argc, argv);
+	struct bench b = { .k = 100, .seconds = 5, .load = 0.7 };
+	static const struct option lo[] = {
+		{ "index-dir", required_argument, NULL, 'd' },
+		{ "collection", required_argument, NULL, 'c' },
+		{ "queries", required_argument, NULL, 'q' },
+		{ "k", required_argument, NULL, 'k' },
+		{ "nprobe", required_argument, NULL, 'n' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "clients", required_argument, NULL, 'C' },
+		{ "seconds", required_argument, NULL, 's' },
+		{ "load", required_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int ch;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (ch) {
+		case 'd':
+			b.index_dir = optarg;
+			break;
+		case 'c':
+			b.collection = optarg;
+			break;
+		case 'q':
+			b.queries_path = optarg;
+			break;
+		case 'k':
+			b.k = (uint32_t) atoi(optarg);
+			break;
+		case 'n':
+			b.nprobe = (uint32_t) atoi(optarg);
+			break;
+		case 't':
+			b.threads = (uint32_t) atoi(optarg);
+			break;
+		case 'C':
+			b.clients = (uint32_t) atoi(optarg);
+			break;
+		case 's':
+			b.seconds = atof(optarg);
+			break;
+		case 'l':
+			b.load = atof(optarg);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (b.index_dir == NULL || b.collection == NULL || b.queries_path == NULL || b.k == 0 || b.seconds <= 0) {
+		usage(stderr);
+		return 2;
+	}
+	if (b.threads == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		b.threads = n > 0 ? (uint32_t) n : 1;
+	}
+	if (b.clients == 0)
+		b.clients = 4 * b.threads;
+	cdx_log_set_level(CDX_LOG_WARN);
+	cdx_blas_set_threads(1);
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/%s", b.index_dir, b.collection);
+	if (load_queries(&b) != CDX_OK || cdx_collection_load(&b.coll, path) != CDX_OK) {
+		fprintf(stderr, "bench_server: %s\n", cdx_last_error());
+		return 1;
+	}
+	const struct cdx_manifest *m = cdx_collection_manifest(b.coll);
+	uint32_t nprobe_used = cdx_collection_effective_nprobe(b.coll, b.nprobe);
+	printf("index %s/%s version %s: %llu x %u %s, %s, %u shard(s); %zu queries; k=%u nprobe=%u; "
+	       "%u workers/threads, %u clients, %.1f s per run\n\n",
+	    b.index_dir, b.collection, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric),
+	    m->factory, m->nshards, b.nq, b.k, nprobe_used, b.threads, b.clients, b.seconds);
+
+	struct result base = run(&b, inprocess_thread, b.threads, 0);
+	printf("| path | QPS | vs in-process | p50 ms | p99 ms | open loop at %.0f%%: QPS | p50 ms | p99 ms | errors |\n",
+	    100 * b.load);
+	printf("|---|---|---|---|---|---|---|---|---|\n");
+	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | | | | %llu |\n", b.threads,
+	    base.qps, base.p50, base.p99, (unsigned long long) base.errors);
+	fflush(stdout);
+
+	struct cdx_server_config cfg;
+	cdx_server_config_init(&cfg);
+	char ipc[256], tcp[64];
+	snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
+	snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
+	cfg.index_dir = strdup(b.index_dir);
+	cfg.listen[0] = strdup(ipc);
+	cfg.listen[1] = strdup(tcp);
+	cfg.nlisten = 2;
+	cfg.threads = b.threads;
+	cfg.queue_max = 4 * b.clients; /* measure throughput, not admission */
+	cfg.max_k = b.k > 1000 ? b.k : 1000;
+	cfg.log_level = CDX_LOG_WARN;
+	cdx_server *srv;
+	if (cdx_server_start(&srv, &cfg) != CDX_OK) {
+		fprintf(stderr, "bench_server: %s\n", cdx_last_error());
+		return 1;
+	}
+	const char *urls[2] = { ipc, tcp };
+	const char *names[2] = { "ipc://", "tcp:// (loopback)" };
+	for (int t = 0; t < 2; t++) {
+		b.url = urls[t];
+		struct result sat = run(&b, client_thread, b.clients, 0);
+		b.rate = b.load * sat.qps;
+		struct result ol = run(&b, client_thread, b.clients, 1);
+		printf("| server over %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.3f | %.3f | %llu |\n", names[t],
+		    b.clients, sat.qps, sat.qps / base.qps, sat.p50, sat.p99, ol.qps, ol.p50, ol.p99,
+		    (unsigned long long) (sat.errors + ol.errors));
+		fflush(stdout);
+	}
+	cdx_server_stop(srv);
+	cdx_server_config_fini(&cfg);
+	cdx_collection_unref(b.coll);
+	free(b.queries);
+	return 0;
+}
