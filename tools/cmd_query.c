@@ -43,6 +43,7 @@ usage(FILE *out)
 	    "  --timeout MS          per-attempt timeout and server deadline [5000]\n"
 	    "  --retries N           retries on timeout/unavailable/overload, with backoff [2]\n"
 	    "  --info                print the server's collections (JSON) instead of searching\n"
+	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
 	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp://\n"
 	    "  -h, --help            show this help\n");
 }
@@ -283,6 +284,7 @@ enum {
 	OPT_TIMEOUT,
 	OPT_RETRIES,
 	OPT_INFO,
+	OPT_RELOAD,
 	OPT_TLS_CA,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
@@ -341,6 +343,7 @@ cmd_query(int argc, char **argv)
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "retries", required_argument, NULL, OPT_RETRIES },
 		{ "info", no_argument, NULL, OPT_INFO },
+		{ "reload", no_argument, NULL, OPT_RELOAD },
 		{ "tls-ca", required_argument, NULL, OPT_TLS_CA },
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
@@ -353,7 +356,7 @@ cmd_query(int argc, char **argv)
 	int64_t *exids = NULL;
 	size_t nexids = 0;
 	double row = 0, count = 1, k = 10, nprobe = 0, refine = 0, recall = 0, timeout = 5000, retries = 2;
-	int use_stdin = 0, json = 0, info = 0, rc = CLI_EXIT_USAGE, c;
+	int use_stdin = 0, json = 0, info = 0, reload = 0, rc = CLI_EXIT_USAGE, c;
 	struct cdx_client_options co = { 0 };
 	float *vectors = NULL;
 	size_t nvec = 0;
@@ -441,6 +444,9 @@ cmd_query(int argc, char **argv)
 		case OPT_INFO:
 			info = 1;
 			break;
+		case OPT_RELOAD:
+			reload = 1;
+			break;
 		case OPT_TLS_CA:
 			co.tls_ca_file = optarg;
 			break;
@@ -466,6 +472,8 @@ cmd_query(int argc, char **argv)
 		fprintf(stderr, "candex query: unexpected argument '%s'\n", argv[optind]);
 		goto out;
 	}
+	if (reload)
+		info = 1; /* no query vectors either */
 	if (url == NULL || (!info && collection == NULL)) {
 		fprintf(stderr, "candex query: --url and --collection are required (see --help)\n");
 		goto out;
@@ -494,6 +502,13 @@ cmd_query(int argc, char **argv)
 	if (cdx_client_open(&client, url, &co, &err) != CDX_OK) {
 		fprintf(stderr, "candex query: %s\n", err.message);
 		goto out;
+	}
+	if (reload) {
+		if (cdx_client_reload(client, collection, &err) != CDX_OK) {
+			fprintf(stderr, "candex query: reload: %s: %s\n", cdx_errname(err.code), err.message);
+			goto out;
+		}
+		printf("reloaded\n");
 	}
 	if (info) {
 		char *text = NULL;

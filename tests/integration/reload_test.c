@@ -234,7 +234,16 @@ test_collections_come_and_go(void **state)
 	cdx_result_free(r);
 
 	assert_int_equal(tu_run(NULL, "rm -rf %s/index/podcasts", dir), 0);
-	assert_int_equal(cdx_client_reload(admin, NULL, &err), CDX_OK);
+	/* the CLI's admin reload, which then prints what is served */
+	char *out = NULL;
+	assert_int_equal(tu_run(&out, "%s query --url %s --reload", CANDEX_BIN, srv.admin), 0);
+	assert_non_null(strstr(out, "reloaded"));
+	assert_non_null(strstr(out, "\"tracks\""));
+	assert_null(strstr(out, "\"podcasts\""));
+	free(out);
+	assert_int_equal(tu_run(&out, "%s query --url %s --reload", CANDEX_BIN, srv.url), 1);
+	assert_non_null(strstr(out, "admin listener"));
+	free(out);
 	assert_int_equal(cdx_client_search(c, &q, &r, &err), CDX_ENOTFOUND);
 	assert_true(st_log_has(&srv, "SRV-DROP"));
 	cdx_client_close(admin);
