@@ -1,0 +1,385 @@
+/*
+ * bench_build.c — `candex build` against raw Faiss, same factory, same
+ * training sample, same machine, same run.
+ *
+ *   bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR]
+ *               [--train-sample N] [--seed N] [--refine KIND] [--shards N]
+ *               [--candex PATH] [--work DIR] [--skip-raw]
+ *   bench_build --generate N --dim D --out FILE.fvecs [--seed N]
+ *
+ * Raw Faiss runs in a forked child (so its peak RSS is its own): read the
+ * whole fvecs into memory, faiss_index_factory, train on the rows candex
+ * samples (cdx_build_sample, same seed), add all rows in one call.
+ * candex runs as a child process (`candex build --quiet ...`); its peak RSS
+ * comes from wait4(). Ratios are candex / raw.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/error_c.h>
+#include <faiss/c_api/index_factory_c.h>
+
+#include "build/build.h"
+#include "common/common.h"
+
+struct raw_times {
+	double load, train, add;
+	int rc;
+	char factory[256];
+	uint64_t train_sample;
+};
+
+static double
+secs_since(uint64_t t0)
+{
+	return (double) (cdx_now_us() - t0) / 1e6;
+}
+
+/* run_raw is the baseline, in the forked child. */
+static void
+run_raw(const char *input, int metric, const char *factory_opt, uint64_t sample_opt, uint64_t seed,
+    struct raw_times *t)
+{
+	memset(t, 0, sizeof(*t));
+	uint64_t t0 = cdx_now_us();
+	cdx_input *in = NULL;
+	if (cdx_input_open(&in, input, 0) != CDX_OK) {
+		fprintf(stderr, "raw: %s\n", cdx_last_error());
+		t->rc = 1;
+		return;
+	}
+	uint64_t n = cdx_input_rows(in);
+	uint32_t d = cdx_input_dim(in);
+	float *x = malloc(n * d * sizeof(float));
+	if (x == NULL || cdx_input_read(in, 0, n, x) != CDX_OK) {
+		fprintf(stderr, "raw: load: %s\n", cdx_last_error());
+		t->rc = 1;
+		return;
+	}
+	cdx_input_close(in); /* the copy in x is what Faiss users hold */
+	if (metric == CDX_METRIC_COS)
+		cdx_normalize_rows(x, n, d);
+	t->load = secs_since(t0);
+
+	struct cdx_build_params p;
+	if (cdx_build_params_choose(&p, n, d, factory_opt, 0, sample_opt) != CDX_OK) {
+		fprintf(stderr, "raw: %s\n", cdx_last_error());
+		t->rc = 1;
+		return;
+	}
+	snprintf(t->factory, sizeof(t->factory), "%s", p.factory);
+	t->train_sample = p.train_sample;
+	t0 = cdx_now_us();
+	FaissIndex *idx = NULL;
+	if (faiss_index_factory(&idx, (int) d, p.factory, metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT) !=
+	    0) {
+		fprintf(stderr, "raw: factory: %s\n", faiss_get_last_error());
+		t->rc = 1;
+		return;
+	}
+	if (!faiss_Index_is_trained(idx)) {
+		uint64_t *rows = malloc(p.train_sample * sizeof(uint64_t));
+		float *xs = malloc(p.train_sample * d * sizeof(float));
+		cdx_build_sample(n, p.train_sample, seed, rows);
+		for (uint64_t i = 0; i < p.train_sample; i++)
+			memcpy(xs + i * d, x + rows[i] * d, d * sizeof(float));
+		if (faiss_Index_train(idx, (idx_t) p.train_sample, xs) != 0) {
+			fprintf(stderr, "raw: train: %s\n", faiss_get_last_error());
+			t->rc = 1;
+			return;
+		}
+		free(xs);
+		free(rows);
+	}
+	t->train = secs_since(t0);
+	t0 = cdx_now_us();
+	if (faiss_Index_add(idx, (idx_t) n, x) != 0) {
+		fprintf(stderr, "raw: add: %s\n", faiss_get_last_error());
+		t->rc = 1;
+		return;
+	}
+	t->add = secs_since(t0);
+	faiss_Index_free(idx);
+	free(x);
+}
+
+static long
+kib_to_mib(long kib)
+{
+	return (kib + 512) / 1024;
+}
+
+static uint64_t
+dir_bytes(const char *dir)
+{
+	char cmd[PATH_MAX + 32];
+	snprintf(cmd, sizeof(cmd), "du -sb '%s'", dir);
+	FILE *p = popen(cmd, "r");
+	unsigned long long b = 0;
+	if (p != NULL) {
+		if (fscanf(p, "%llu", &b) != 1)
+			b = 0;
+		pclose(p);
+	}
+	return b;
+}
+
+static int
+generate(const char *out, uint64_t n, uint32_t dim, uint64_t seed)
+{
+	/* clustered Gaussians with skewed cluster sizes, like a catalogue */
+	const uint32_t nclusters = 1000;
+	cdx_rng rng;
+	cdx_rng_seed(&rng, seed);
+	float *centers = malloc((size_t) nclusters * dim * sizeof(float));
+	for (size_t i = 0; i < (size_t) nclusters * dim; i++)
+		centers[i] = (float) (cdx_rng_normal(&rng) * 3.0);
+	FILE *f = fopen(out, "wb");
+	if (f == NULL) {
+		perror(out);
+		return 1;
+	}
+	float *row = malloc(dim * sizeof(float));
+	int32_t d = (int32_t) dim;
+	for (uint64_t i = 0; i < n; i++) {
+		double u = cdx_rng_uniform(&rng);
+		uint32_t c = (uint32_t) (u * u * nclusters); /* skewed: low clusters are popular */
+		for (uint32_t j = 0; j < dim; j++)
+			row[j] = centers[(size_t) c * dim + j] + (float) cdx_rng_normal(&rng);
+		if (fwrite(&d, 4, 1, f) != 1 || fwrite(row, 4, dim, f) != dim) {
+			perror(out);
+			return 1;
+		}
+	}
+	free(row);
+	free(centers);
+	if (fclose(f) != 0) {
+		perror(out);
+		return 1;
+	}
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	cdx_process_init(argc, argv);
+	static const struct option opts[] = {
+		{ "input", required_argument, NULL, 'i' },
+		{ "metric", required_argument, NULL, 'm' },
+		{ "factory", required_argument, NULL, 'f' },
+		{ "train-sample", required_argument, NULL, 't' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "refine", required_argument, NULL, 'r' },
+		{ "shards", required_argument, NULL, 'S' },
+		{ "candex", required_argument, NULL, 'c' },
+		{ "work", required_argument, NULL, 'w' },
+		{ "skip-raw", no_argument, NULL, 'R' },
+		{ "generate", required_argument, NULL, 'g' },
+		{ "dim", required_argument, NULL, 'd' },
+		{ "out", required_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *input = NULL, *factory = NULL, *candex = NULL, *work = NULL, *out = NULL, *refine = "none";
+	int metric = CDX_METRIC_L2, skip_raw = 0, c;
+	uint64_t sample = 0, seed = CDX_BUILD_DEFAULT_SEED, gen = 0;
+	unsigned shards = 1, dim = 0;
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i':
+			input = optarg;
+			break;
+		case 'm':
+			if (cdx_metric_parse(optarg, &metric) != CDX_OK) {
+				fprintf(stderr, "%s\n", cdx_last_error());
+				return 2;
+			}
+			break;
+		case 'f':
+			factory = optarg;
+			break;
+		case 't':
+			sample = strtoull(optarg, NULL, 10);
+			break;
+		case 's':
+			seed = strtoull(optarg, NULL, 10);
+			break;
+		case 'r':
+			refine = optarg;
+			break;
+		case 'S':
+			shards = (unsigned) strtoul(optarg, NULL, 10);
+			break;
+		case 'c':
+			candex = optarg;
+			break;
+		case 'w':
+			work = optarg;
+			break;
+		case 'R':
+			skip_raw = 1;
+			break;
+		case 'g':
+			gen = strtoull(optarg, NULL, 10);
+			break;
+		case 'd':
+			dim = (unsigned) strtoul(optarg, NULL, 10);
+			break;
+		case 'o':
+			out = optarg;
+			break;
+		default:
+			fprintf(stderr, "usage: bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR] "
+					"[--train-sample N] [--seed N] [--refine KIND] [--shards N] [--candex PATH] "
+					"[--work DIR] [--skip-raw]\n"
+					"       bench_build --generate N --dim D --out FILE.fvecs [--seed N]\n");
+			return c == 'h' ? 0 : 2;
+		}
+	}
+	if (gen > 0) {
+		if (dim == 0 || out == NULL) {
+			fprintf(stderr, "bench_build: --generate needs --dim and --out\n");
+			return 2;
+		}
+		return generate(out, gen, dim, seed);
+	}
+	if (input == NULL) {
+		fprintf(stderr, "bench_build: --input is required\n");
+		return 2;
+	}
+	char self[PATH_MAX], candex_path[PATH_MAX + 16], workdir[PATH_MAX];
+	if (candex == NULL) {
+		ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+		self[n > 0 ? n : 0] = 0;
+		char *slash = strrchr(self, '/');
+		if (slash)
+			*slash = 0;
+		snprintf(candex_path, sizeof(candex_path), "%s/candex", self);
+		candex = candex_path;
+	}
+	if (work == NULL) {
+		snprintf(workdir, sizeof(workdir), "/tmp/bench-build-%d", (int) getpid());
+		work = workdir;
+	}
+	struct stat st;
+	if (stat(input, &st) != 0) {
+		perror(input);
+		return 1;
+	}
+	printf("input   %s (%.1f MB)\n", input, (double) st.st_size / 1e6);
+	fflush(stdout);
+
+	/* --- raw Faiss ---------------------------------------------------- */
+	struct raw_times rt = { 0 };
+	struct rusage ru_raw = { 0 };
+	double raw_wall = 0;
+	if (!skip_raw) {
+		int pfd[2];
+		if (pipe(pfd) != 0)
+			return 1;
+		uint64_t t0 = cdx_now_us();
+		pid_t pid = fork();
+		if (pid == 0) {
+			close(pfd[0]);
+			run_raw(input, metric, factory, sample, seed, &rt);
+			ssize_t w = write(pfd[1], &rt, sizeof(rt));
+			_exit(w == (ssize_t) sizeof(rt) ? rt.rc : 1);
+		}
+		close(pfd[1]);
+		ssize_t got = read(pfd[0], &rt, sizeof(rt));
+		close(pfd[0]);
+		int status;
+		wait4(pid, &status, 0, &ru_raw);
+		raw_wall = secs_since(t0);
+		if (got != (ssize_t) sizeof(rt) || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+			fprintf(stderr, "bench_build: raw Faiss run failed\n");
+			return 1;
+		}
+		printf("factory %s, train sample %llu, seed %llu\n", rt.factory, (unsigned long long) rt.train_sample,
+		    (unsigned long long) seed);
+		printf("raw     load %.2f s  train %.2f s  add %.2f s  total %.2f s  (process %.2f s)  peak RSS %ld MiB\n",
+		    rt.load, rt.train, rt.add, rt.load + rt.train + rt.add, raw_wall, kib_to_mib(ru_raw.ru_maxrss));
+		fflush(stdout);
+	}
+
+	/* --- candex build ------------------------------------------------- */
+	char cmd_seed[32], cmd_sample[32], cmd_shards[32];
+	snprintf(cmd_seed, sizeof(cmd_seed), "%llu", (unsigned long long) seed);
+	snprintf(cmd_sample, sizeof(cmd_sample), "%llu", (unsigned long long) sample);
+	snprintf(cmd_shards, sizeof(cmd_shards), "%u", shards);
+	char *args[32];
+	int a = 0;
+	args[a++] = "candex";
+	args[a++] = "build";
+	args[a++] = "--quiet";
+	args[a++] = "--input";
+	args[a++] = (char *) input;
+	args[a++] = "--collection";
+	args[a++] = "bench";
+	args[a++] = "--metric";
+	args[a++] = (char *) cdx_metric_name(metric);
+	args[a++] = "--out";
+	args[a++] = (char *) work;
+	args[a++] = "--seed";
+	args[a++] = cmd_seed;
+	args[a++] = "--refine";
+	args[a++] = (char *) refine;
+	args[a++] = "--shards";
+	args[a++] = cmd_shards;
+	args[a++] = "--keep";
+	args[a++] = "1";
+	if (factory) {
+		args[a++] = "--factory";
+		args[a++] = (char *) factory;
+	}
+	if (sample) {
+		args[a++] = "--train-sample";
+		args[a++] = cmd_sample;
+	}
+	args[a] = NULL;
+	uint64_t t0 = cdx_now_us();
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 1);
+		execv(candex, args);
+		perror(candex);
+		_exit(127);
+	}
+	int status;
+	struct rusage ru = { 0 };
+	wait4(pid, &status, 0, &ru);
+	double cdx_wall = secs_since(t0);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		fprintf(stderr, "bench_build: candex build failed (status %d)\n", status);
+		return 1;
+	}
+	char vdir[PATH_MAX + 32];
+	snprintf(vdir, sizeof(vdir), "%s/bench/CURRENT", work);
+	char real[PATH_MAX];
+	uint64_t idx_bytes = realpath(vdir, real) ? dir_bytes(real) : 0;
+	printf("candex  total %.2f s  peak RSS %ld MiB  (user %.1f s, sys %.1f s)  version on disk %.1f MiB\n", cdx_wall,
+	    kib_to_mib(ru.ru_maxrss), (double) ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
+	    (double) ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, (double) idx_bytes / 1048576.0);
+	if (!skip_raw) {
+		double raw_total = rt.load + rt.train + rt.add;
+		printf("ratio   time %.3f x (vs load+train+add), %.3f x (vs train+add)   peak RSS %.3f x\n",
+		    cdx_wall / raw_total, cdx_wall / (rt.train + rt.add), (double) ru.ru_maxrss / (double) ru_raw.ru_maxrss);
+	}
+	printf("rss-over-index  %ld MiB (candex peak RSS - version size on disk)\n",
+	    kib_to_mib(ru.ru_maxrss) - (long) (idx_bytes / 1048576));
+	cdx_rm_rf(work);
+	return 0;
+}
