@@ -453,6 +453,16 @@ default_cache_dir(char *buf, size_t len)
 	return buf;
 }
 
+static double
+best_recall(const struct cdx_recall_row *rows, size_t n)
+{
+	double best = 0;
+	for (size_t i = 0; i < n; i++)
+		if (rows[i].recall > best)
+			best = rows[i].recall;
+	return best;
+}
+
 /* save_points merges the picked points into version_dir/manifest.json. */
 static int
 save_points(const char *version_dir, const char *expect_version, const struct cdx_recall_row *rows,
@@ -762,7 +772,8 @@ cmd_recall(int argc, char **argv)
 		pts[i].row = cdx_recall_pick(rows, nrows, o.targets[i]);
 		if (pts[i].row < 0) {
 			printf("%8.4f %7s %6s %9s %8s %10s\n", o.targets[i], "-", "-", "-", "-", "-");
-			fprintf(stderr, "candex recall: target %.4f not reached by any setting swept\n", o.targets[i]);
+			fprintf(stderr, "candex recall: target %g not reached by any setting swept (best %u-recall@%u: %.4f)\n",
+			    o.targets[i], o.k, o.k, best_recall(rows, nrows));
 			unreached = 1;
 			continue;
 		}

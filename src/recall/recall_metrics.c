@@ -63,11 +63,14 @@ cdx_recall_query(const struct cdx_truth *t, const struct cdx_recall_space *s, co
 
 	uint32_t found = 0;
 	if (t->dist != NULL && s != NULL && s->base != NULL) {
+		/* truth distances are stored as floats: round the hit's distance
+		 * the same way, so that a hit at exactly the r-th distance counts
+		 * even with eps = 0 */
 		double thr = (double) t->dist[qi * t->k + reff - 1] + eps;
 		for (uint32_t j = 0; j < n; j++) {
 			if (j > 0 && rows[j] == rows[j - 1])
 				continue;
-			if (cdx_recall_distance(s, q, rows[j]) <= thr)
+			if ((double) (float) cdx_recall_distance(s, q, rows[j]) <= thr)
 				found++;
 		}
 	} else {
