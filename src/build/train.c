@@ -30,6 +30,8 @@
 #define PLAN_FILE "plan.json"
 #define TRAINED_FILE "trained.faissindex"
 #define PLAN_FORMAT 1
+/* faiss/index_io.h IO_FLAG_SKIP_PRECOMPUTE_TABLE (not in the C API header) */
+#define CDX_FAISS_IO_SKIP_PRECOMPUTE_TABLE 16
 
 static FaissMetricType
 faiss_metric(int metric)
@@ -87,7 +89,42 @@ check_structure(struct cdx_build_plan *p)
 	return CDX_OK;
 }
 
-/* train_sample reads the seeded sample (normalised for cos) into *xs. */
+/* drop_tables replaces the trained index by a copy read back with
+ * IO_FLAG_SKIP_PRECOMPUTE_TABLE. An L2 IVF-PQ precomputes a search table of
+ * nlist x M x 2^nbits floats at train time (512 MiB for IVF16384,PQ32):
+ * adding vectors never uses it, and every per-shard clone would copy it. */
+static int
+drop_tables(struct cdx_build_plan *p)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (f == NULL)
+		return cdx_error_errno(CDX_ENOMEM, "serialising the trained index");
+	int rc = CDX_OK;
+	if (faiss_write_index(p->index, f) != 0)
+		rc = cdx_error_faiss("serialising the trained index");
+	if (fclose(f) != 0 && rc == CDX_OK)
+		rc = cdx_error_errno(CDX_ENOMEM, "serialising the trained index");
+	FaissIndex *copy = NULL;
+	if (rc == CDX_OK) {
+		FILE *r = fmemopen(buf, len, "rb");
+		if (r == NULL)
+			rc = cdx_error_errno(CDX_ENOMEM, "re-reading the trained index");
+		else if (faiss_read_index(r, CDX_FAISS_IO_SKIP_PRECOMPUTE_TABLE, &copy) != 0)
+			rc = cdx_error_faiss("re-reading the trained index");
+		if (r != NULL)
+			fclose(r);
+	}
+	free(buf);
+	if (rc == CDX_OK) {
+		faiss_Index_free(p->index);
+		p->index = copy;
+	}
+	return rc;
+}
+
+/* read_sample reads the seeded sample (normalised for cos) into *xs. */
 static int
 read_sample(struct cdx_build_plan *p, cdx_input *in, const struct cdx_build_opts *o, float **xsp)
 {
@@ -219,6 +256,8 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 			goto fail;
 		}
 		cdx_info("BLD-TRAIN", "trained in %.1f s", (double) (cdx_now_us() - t1) / 1e6);
+		if ((rc = drop_tables(p)) != CDX_OK)
+			goto fail;
 	}
 	if (p->refine == CDX_REFINE_SQ8) {
 		p->sq8_vmin = malloc(p->dim * sizeof(float));
@@ -503,7 +542,7 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 	json_decref(o);
 	if (l.rc == CDX_OK && with_index) {
 		snprintf(path, sizeof(path), "%s/%s", workdir, TRAINED_FILE);
-		if (faiss_read_index_fname(path, 0, &p->index) != 0)
+		if (faiss_read_index_fname(path, CDX_FAISS_IO_SKIP_PRECOMPUTE_TABLE, &p->index) != 0)
 			l.rc = cdx_error_faiss(path);
 		else if ((uint32_t) faiss_Index_d(p->index) != p->dim)
 			l.rc = cdx_error(CDX_EDIM, "%s: trained index has d=%d, the plan says %u", path,
