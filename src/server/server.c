@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -190,14 +191,31 @@ cdx_server_run(const struct cdx_server_config *cfg)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* The threads the server starts inherit a mask that blocks these
+	 * signals, so they land on this thread (or on a thread that existed
+	 * before, such as OpenBLAS's pool: the handler works anywhere). */
+	sigset_t set, old;
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, &old);
 	int rc = 0;
-	if (cdx_server_start(&s, cfg) != CDX_OK) {
+	int started = cdx_server_start(&s, cfg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (started != CDX_OK) {
 		cdx_err("SRV-START-FAIL", "%s", cdx_last_error());
 		rc = 1;
 		goto out;
 	}
 	for (;;) {
 		unsigned char signo;
+		/* Wake up now and then: sanitizer runtimes hold a signal back until
+		 * the thread next enters the runtime, and a plain blocking read
+		 * would never return to let them deliver it. */
+		struct pollfd pfd = { .fd = sig_pipe[0], .events = POLLIN };
+		if (poll(&pfd, 1, 200) <= 0)
+			continue;
 		ssize_t n = read(sig_pipe[0], &signo, 1);
 		if (n < 0 && errno == EINTR)
 			continue;
