@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/index_io_c.h>
@@ -141,6 +142,22 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 		    cdx_input_format_name(cdx_input_format(in)), (unsigned long long) p->rows,
 		    (unsigned long long) p->input_bytes, cdx_input_format_name(p->input_format));
 		goto fail;
+	}
+	const char *side[2] = { p->keys, p->ids };
+	const uint64_t side_bytes[2] = { p->keys_bytes, p->ids_bytes };
+	for (int i = 0; i < 2; i++) {
+		struct stat st;
+		if (side[i][0] == 0)
+			continue;
+		if (stat(side[i], &st) != 0) {
+			rc = cdx_error_errno(CDX_ENOTFOUND, "cannot read %s", side[i]);
+			goto fail;
+		}
+		if ((uint64_t) st.st_size != side_bytes[i]) {
+			rc = cdx_error(CDX_EDIM, "%s: %llu bytes, the trained plan saw %llu: the file changed since training",
+			    side[i], (unsigned long long) st.st_size, (unsigned long long) side_bytes[i]);
+			goto fail;
+		}
 	}
 	if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids)) != CDX_OK)
 		goto fail;

@@ -210,6 +210,16 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	cdx_info("BLD-INPUT", "%s: %llu rows x %u (%s, %llu bytes)", o->input, (unsigned long long) p->rows, p->dim,
 	    cdx_input_format_name(p->input_format), (unsigned long long) p->input_bytes);
 
+	/* keys and ids are read again by every encode step: no pipes */
+	const char *side[2] = { o->keys, o->ids };
+	for (int i = 0; i < 2; i++) {
+		struct stat st;
+		if (side[i] != NULL && stat(side[i], &st) == 0 && !S_ISREG(st.st_mode)) {
+			rc = cdx_error(CDX_EINVAL, "%s: not a regular file (%s are read more than once)", side[i],
+			    i == 0 ? "keys" : "ids");
+			goto fail;
+		}
+	}
 	if (o->ids != NULL) {
 		struct stat st;
 		if ((rc = cdx_ids_load(o->ids, p->rows, &ids)) != CDX_OK)
