@@ -803,6 +803,10 @@ test_distributed(void **state)
 int
 main(void)
 {
+	/* The candex children share two cores with other test processes:
+	 * OpenMP's default spin-waiting then makes Faiss's many short parallel
+	 * regions 10x slower (measured 9 s vs 0.7 s for one build). */
+	setenv("OMP_WAIT_POLICY", "passive", 0);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_metrics_and_refine),
 		cmocka_unit_test(test_keys_ids_shards),

@@ -279,6 +279,10 @@ test_flat(void **state)
 int
 main(void)
 {
+	/* The candex children share two cores with other test processes:
+	 * OpenMP's default spin-waiting then makes Faiss's many short parallel
+	 * regions 10x slower (measured 9 s vs 0.7 s for one build). */
+	setenv("OMP_WAIT_POLICY", "passive", 0);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_good_text),
 		cmocka_unit_test(test_good_json),
