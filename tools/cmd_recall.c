@@ -64,6 +64,8 @@ usage(FILE *out)
 	    "  --threads N           threads for the batched QPS pass (default: online CPUs)\n"
 	    "  --batch N             queries per call in the QPS pass (default 64)\n"
 	    "  --min-time S          repeat each QPS pass until it ran S seconds (default 0.3)\n"
+	    "  --baseline            also time exact search (Faiss flat over --base, every core) and\n"
+	    "                        report each setting's QPS as a speed-up over it\n"
 	    "\n"
 	    "output:\n"
 	    "  --csv FILE            results as CSV\n"
@@ -86,7 +88,7 @@ usage(FILE *out)
 struct opts {
 	const char *index, *url, *collection, *queries, *base, *ids, *gt, *cache_dir;
 	const char *csv, *json, *plot, *title;
-	int no_cache, save, quiet;
+	int no_cache, save, quiet, baseline;
 	uint32_t k;
 	uint32_t nprobes[MAX_LIST];
 	size_t n_nprobes;
@@ -146,7 +148,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	enum {
 		O_INDEX = 256, O_URL, O_COLLECTION, O_QUERIES, O_BASE, O_IDS, O_GT, O_CACHE, O_NOCACHE, O_EPS,
 		O_NPROBE, O_REFINE, O_MAXQ, O_LATQ, O_THREADS, O_BATCH, O_CSV, O_JSON, O_PLOT, O_TITLE, O_TARGET,
-		O_SAVE, O_QUIET, O_TIMEOUT, O_MINTIME,
+		O_SAVE, O_QUIET, O_TIMEOUT, O_MINTIME, O_BASELINE,
 	};
 	static const struct option longopts[] = {
 	    {"index", required_argument, NULL, O_INDEX},
@@ -175,6 +177,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 	    {"quiet", no_argument, NULL, O_QUIET},
 	    {"timeout-ms", required_argument, NULL, O_TIMEOUT},
 	    {"min-time", required_argument, NULL, O_MINTIME},
+	    {"baseline", no_argument, NULL, O_BASELINE},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -205,6 +208,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 		case O_TITLE: o->title = optarg; break;
 		case O_SAVE: o->save = 1; break;
 		case O_QUIET: o->quiet = 1; break;
+		case O_BASELINE: o->baseline = 1; break;
 		case O_MINTIME: {
 			char *end;
 			o->min_time = strtod(optarg, &end);
@@ -322,6 +326,10 @@ parse_opts(int argc, char **argv, struct opts *o)
 	}
 	if (o->ids != NULL && o->base == NULL) {
 		fprintf(stderr, "candex recall: --ids maps ids to --base rows; give --base too\n");
+		return -1;
+	}
+	if (o->baseline && o->base == NULL) {
+		fprintf(stderr, "candex recall: --baseline searches the --base vectors; give --base\n");
 		return -1;
 	}
 	if (o->save && o->n_targets == 0) {
@@ -735,11 +743,20 @@ cmd_recall(int argc, char **argv)
 	    .n_refines = n_refines, .threads = o.threads, .min_seconds = o.min_time, .latency_queries = o.latency_queries,
 	    .bytes_per_vector = ti.bytes_per_vector, .progress = sweep_progress, .progress_arg = &ps};
 
+	double exact_qps = 0;
+	if (o.baseline) {
+		if ((rc = cdx_recall_exact_qps(&space, qnorm, qv.n, o.k, o.min_time > 0 ? o.min_time : 0.3,
+			 &exact_qps)) != CDX_OK)
+			goto fail;
+	}
+
 	printf("# candex recall: %s (version %s, %s, dim %u, %llu items, nlist %u) via %s\n", ti.collection,
 	    ti.version, cdx_metric_name(ti.metric), ti.dim, (unsigned long long) ti.items, ti.nlist,
 	    o.url ? o.url : version_dir);
 	printf("# %zu queries, truth %s (top %u), k %u, epsilon %g%s\n", qv.n, truth_source, truth.k, o.k, o.eps,
 	    space.base ? "" : ", ids only (no tie rule)");
+	if (exact_qps > 0)
+		printf("# exact search (Faiss flat, all cores, batches of 1024): %.0f QPS\n", exact_qps);
 	cdx_recall_table_header(stdout, o.k);
 	fflush(stdout);
 	if ((rc = cdx_recall_sweep(&be, &set, &cfg, &rows, &nrows)) != CDX_OK)
@@ -790,7 +807,8 @@ cmd_recall(int argc, char **argv)
 	if (o.json != NULL) {
 		struct cdx_recall_meta meta = {.collection = ti.collection, .version = ti.version,
 		    .source = o.url ? o.url : version_dir, .metric = ti.metric, .dim = ti.dim, .nb = bv.n, .nq = qv.n,
-		    .k = o.k, .eps = o.eps, .truth_source = truth_source, .ids_only = space.base == NULL};
+		    .k = o.k, .eps = o.eps, .truth_source = truth_source, .ids_only = space.base == NULL,
+		    .exact_qps = exact_qps};
 		if ((rc = cdx_recall_write_json(o.json, &meta, rows, nrows, pts, o.n_targets)) != CDX_OK)
 			goto fail;
 	}

@@ -113,6 +113,12 @@ struct cdx_truth {
 int cdx_truth_compute(struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries, size_t nq,
     uint32_t k, void (*progress)(void *arg, size_t done, size_t total), void *arg);
 
+/* cdx_recall_exact_qps times exact search, the baseline IVF-PQ is compared
+ * with: a Faiss flat index over s->base, all queries at k in batches of 1024
+ * (Faiss's OpenMP threads on every core), repeated until min_seconds. */
+int cdx_recall_exact_qps(const struct cdx_recall_space *s, const float *queries, size_t nq, uint32_t k,
+    double min_seconds, double *qps);
+
 /* cdx_truth_from_rows makes truth from given neighbour rows (e.g. an .ivecs
  * file: nq rows of gt_k ints, of which the first k are kept). With base
  * vectors (s->base != NULL) each row's true distance is computed. Errors:
@@ -260,6 +266,7 @@ struct cdx_recall_meta {
 	double eps;
 	const char *truth_source; /* "computed", "cache", "ivecs" */
 	int ids_only;             /* no base vectors: no tie rule */
+	double exact_qps;         /* exact-search baseline (--baseline), 0 = not measured */
 };
 
 void cdx_recall_table_header(FILE *out, uint32_t k);

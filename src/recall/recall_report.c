@@ -169,9 +169,15 @@ cdx_recall_write_json(const char *path, const struct cdx_recall_meta *m, const s
 		json_object_set_new(root, "truth", json_string(m->truth_source));
 	json_object_set_new(root, "tie_rule", json_string(m->ids_only ? "none (ids only, no base vectors)"
 	                                                               : "distance <= k-th true distance + epsilon"));
+	if (m->exact_qps > 0)
+		json_object_set_new(root, "exact_search_qps", json_real(m->exact_qps));
 	json_t *arr = json_array();
-	for (size_t i = 0; i < n; i++)
-		json_array_append_new(arr, row_json(&rows[i]));
+	for (size_t i = 0; i < n; i++) {
+		json_t *o = row_json(&rows[i]);
+		if (m->exact_qps > 0)
+			json_object_set_new(o, "speedup_vs_exact", jnum(rows[i].qps / m->exact_qps));
+		json_array_append_new(arr, o);
+	}
 	json_object_set_new(root, "results", arr);
 	json_t *pts = json_array();
 	for (size_t i = 0; i < npoints; i++) {

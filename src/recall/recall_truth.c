@@ -146,6 +146,45 @@ fail:
 }
 
 int
+cdx_recall_exact_qps(const struct cdx_recall_space *s, const float *queries, size_t nq, uint32_t k,
+    double min_seconds, double *qps)
+{
+	*qps = 0;
+	if (s->base == NULL || s->nb == 0 || nq == 0)
+		return cdx_error(CDX_EEMPTY, "exact search needs base vectors and queries");
+	FaissIndexFlat *flat = NULL;
+	int frc = s->metric == CDX_METRIC_L2 ? faiss_IndexFlatL2_new_with(&flat, (idx_t) s->dim)
+	                                     : faiss_IndexFlatIP_new_with(&flat, (idx_t) s->dim);
+	if (frc != 0 || faiss_Index_add(flat, (idx_t) s->nb, s->base) != 0) {
+		int rc = cdx_error_faiss("flat index for the exact-search baseline");
+		faiss_Index_free(flat);
+		return rc;
+	}
+	size_t kk = k < s->nb ? k : s->nb, bmax = nq < TRUTH_BATCH ? nq : TRUTH_BATCH;
+	float *d = malloc(bmax * kk * sizeof(float));
+	idx_t *lab = malloc(bmax * kk * sizeof(idx_t));
+	int rc = d && lab ? CDX_OK : cdx_error(CDX_ENOMEM, "exact-search baseline");
+	uint64_t t0 = cdx_now_us(), done = 0;
+	while (rc == CDX_OK) {
+		for (size_t b0 = 0; b0 < nq && rc == CDX_OK; b0 += TRUTH_BATCH) {
+			size_t bn = nq - b0 < TRUTH_BATCH ? nq - b0 : TRUTH_BATCH;
+			if (faiss_Index_search(flat, (idx_t) bn, queries + b0 * s->dim, (idx_t) kk, d, lab) != 0)
+				rc = cdx_error_faiss("exact-search baseline");
+		}
+		done += nq;
+		if ((double) (cdx_now_us() - t0) / 1e6 >= min_seconds)
+			break;
+	}
+	double secs = (double) (cdx_now_us() - t0) / 1e6;
+	if (rc == CDX_OK)
+		*qps = secs > 0 ? (double) done / secs : INFINITY;
+	free(d);
+	free(lab);
+	faiss_Index_free(flat);
+	return rc;
+}
+
+int
 cdx_truth_from_rows(struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries, size_t nq,
     const int32_t *gt, uint32_t gt_k, uint32_t k)
 {

@@ -363,12 +363,19 @@ test_ground_truth_file(void **state)
 	json_t *b = run_recall(NULL, NULL, "--index %s/index/l2r --queries %s --gt %s --base %s --nprobe 2,16 "
 	                                   "--refine 0",
 	    dir, qpath, gt, bpath_l2);
-	json_t *c = run_recall(NULL, NULL, "--index %s/index/l2r --queries %s --base %s --nprobe 2,16 --refine 0",
+	json_t *c = run_recall(NULL, NULL, "--index %s/index/l2r --queries %s --base %s --nprobe 2,16 --refine 0 "
+	                                   "--baseline",
 	    dir, qpath, bpath_l2);
 	assert_non_null(a);
 	assert_non_null(b);
 	assert_non_null(c);
 	assert_string_equal(json_string_value(json_object_get(a, "truth")), "ivecs");
+	/* --baseline: exact search timed, each setting as a speed-up over it */
+	double exact = json_number_value(json_object_get(c, "exact_search_qps"));
+	assert_true(exact > 0);
+	double ratio = num(row_at(c, 2, 0), "qps") / exact; /* JSON keeps 6 digits */
+	assert_true(fabs(num(row_at(c, 2, 0), "speedup_vs_exact") - ratio) < 1e-4 * ratio);
+	assert_null(json_object_get(a, "exact_search_qps"));
 	for (uint32_t np = 2; np <= 16; np *= 8) {
 		double ra = num(row_at(a, np, 0), "recall_at_k"), rb = num(row_at(b, np, 0), "recall_at_k"),
 		       rc = num(row_at(c, np, 0), "recall_at_k");
