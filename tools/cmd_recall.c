@@ -146,40 +146,63 @@ static int
 parse_opts(int argc, char **argv, struct opts *o)
 {
 	enum {
-		O_INDEX = 256, O_URL, O_COLLECTION, O_QUERIES, O_BASE, O_IDS, O_GT, O_CACHE, O_NOCACHE, O_EPS,
-		O_NPROBE, O_REFINE, O_MAXQ, O_LATQ, O_THREADS, O_BATCH, O_CSV, O_JSON, O_PLOT, O_TITLE, O_TARGET,
-		O_SAVE, O_QUIET, O_TIMEOUT, O_MINTIME, O_BASELINE,
+		O_INDEX = 256,
+		O_URL,
+		O_COLLECTION,
+		O_QUERIES,
+		O_BASE,
+		O_IDS,
+		O_GT,
+		O_CACHE,
+		O_NOCACHE,
+		O_EPS,
+		O_NPROBE,
+		O_REFINE,
+		O_MAXQ,
+		O_LATQ,
+		O_THREADS,
+		O_BATCH,
+		O_CSV,
+		O_JSON,
+		O_PLOT,
+		O_TITLE,
+		O_TARGET,
+		O_SAVE,
+		O_QUIET,
+		O_TIMEOUT,
+		O_MINTIME,
+		O_BASELINE,
 	};
 	static const struct option longopts[] = {
-	    {"index", required_argument, NULL, O_INDEX},
-	    {"url", required_argument, NULL, O_URL},
-	    {"collection", required_argument, NULL, O_COLLECTION},
-	    {"queries", required_argument, NULL, O_QUERIES},
-	    {"base", required_argument, NULL, O_BASE},
-	    {"ids", required_argument, NULL, O_IDS},
-	    {"gt", required_argument, NULL, O_GT},
-	    {"cache-dir", required_argument, NULL, O_CACHE},
-	    {"no-cache", no_argument, NULL, O_NOCACHE},
-	    {"epsilon", required_argument, NULL, O_EPS},
-	    {"k", required_argument, NULL, 'k'},
-	    {"nprobe", required_argument, NULL, O_NPROBE},
-	    {"refine", required_argument, NULL, O_REFINE},
-	    {"max-queries", required_argument, NULL, O_MAXQ},
-	    {"latency-queries", required_argument, NULL, O_LATQ},
-	    {"threads", required_argument, NULL, O_THREADS},
-	    {"batch", required_argument, NULL, O_BATCH},
-	    {"csv", required_argument, NULL, O_CSV},
-	    {"json", required_argument, NULL, O_JSON},
-	    {"plot", required_argument, NULL, O_PLOT},
-	    {"title", required_argument, NULL, O_TITLE},
-	    {"target", required_argument, NULL, O_TARGET},
-	    {"save", no_argument, NULL, O_SAVE},
-	    {"quiet", no_argument, NULL, O_QUIET},
-	    {"timeout-ms", required_argument, NULL, O_TIMEOUT},
-	    {"min-time", required_argument, NULL, O_MINTIME},
-	    {"baseline", no_argument, NULL, O_BASELINE},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
+		{ "index", required_argument, NULL, O_INDEX },
+		{ "url", required_argument, NULL, O_URL },
+		{ "collection", required_argument, NULL, O_COLLECTION },
+		{ "queries", required_argument, NULL, O_QUERIES },
+		{ "base", required_argument, NULL, O_BASE },
+		{ "ids", required_argument, NULL, O_IDS },
+		{ "gt", required_argument, NULL, O_GT },
+		{ "cache-dir", required_argument, NULL, O_CACHE },
+		{ "no-cache", no_argument, NULL, O_NOCACHE },
+		{ "epsilon", required_argument, NULL, O_EPS },
+		{ "k", required_argument, NULL, 'k' },
+		{ "nprobe", required_argument, NULL, O_NPROBE },
+		{ "refine", required_argument, NULL, O_REFINE },
+		{ "max-queries", required_argument, NULL, O_MAXQ },
+		{ "latency-queries", required_argument, NULL, O_LATQ },
+		{ "threads", required_argument, NULL, O_THREADS },
+		{ "batch", required_argument, NULL, O_BATCH },
+		{ "csv", required_argument, NULL, O_CSV },
+		{ "json", required_argument, NULL, O_JSON },
+		{ "plot", required_argument, NULL, O_PLOT },
+		{ "title", required_argument, NULL, O_TITLE },
+		{ "target", required_argument, NULL, O_TARGET },
+		{ "save", no_argument, NULL, O_SAVE },
+		{ "quiet", no_argument, NULL, O_QUIET },
+		{ "timeout-ms", required_argument, NULL, O_TIMEOUT },
+		{ "min-time", required_argument, NULL, O_MINTIME },
+		{ "baseline", no_argument, NULL, O_BASELINE },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	memset(o, 0, sizeof(*o));
 	o->k = 10;
@@ -193,27 +216,60 @@ parse_opts(int argc, char **argv, struct opts *o)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "hk:", longopts, NULL)) != -1) {
 		switch (c) {
-		case O_INDEX: o->index = optarg; break;
-		case O_URL: o->url = optarg; break;
-		case O_COLLECTION: o->collection = optarg; break;
-		case O_QUERIES: o->queries = optarg; break;
-		case O_BASE: o->base = optarg; break;
-		case O_IDS: o->ids = optarg; break;
-		case O_GT: o->gt = optarg; break;
-		case O_CACHE: o->cache_dir = optarg; break;
-		case O_NOCACHE: o->no_cache = 1; break;
-		case O_CSV: o->csv = optarg; break;
-		case O_JSON: o->json = optarg; break;
-		case O_PLOT: o->plot = optarg; break;
-		case O_TITLE: o->title = optarg; break;
-		case O_SAVE: o->save = 1; break;
-		case O_QUIET: o->quiet = 1; break;
-		case O_BASELINE: o->baseline = 1; break;
+		case O_INDEX:
+			o->index = optarg;
+			break;
+		case O_URL:
+			o->url = optarg;
+			break;
+		case O_COLLECTION:
+			o->collection = optarg;
+			break;
+		case O_QUERIES:
+			o->queries = optarg;
+			break;
+		case O_BASE:
+			o->base = optarg;
+			break;
+		case O_IDS:
+			o->ids = optarg;
+			break;
+		case O_GT:
+			o->gt = optarg;
+			break;
+		case O_CACHE:
+			o->cache_dir = optarg;
+			break;
+		case O_NOCACHE:
+			o->no_cache = 1;
+			break;
+		case O_CSV:
+			o->csv = optarg;
+			break;
+		case O_JSON:
+			o->json = optarg;
+			break;
+		case O_PLOT:
+			o->plot = optarg;
+			break;
+		case O_TITLE:
+			o->title = optarg;
+			break;
+		case O_SAVE:
+			o->save = 1;
+			break;
+		case O_QUIET:
+			o->quiet = 1;
+			break;
+		case O_BASELINE:
+			o->baseline = 1;
+			break;
 		case O_MINTIME: {
 			char *end;
 			o->min_time = strtod(optarg, &end);
 			if (end == optarg || *end != '\0' || !(o->min_time >= 0 && o->min_time < 3600)) {
-				fprintf(stderr, "candex recall: --min-time: '%s' is not a number of seconds\n", optarg);
+				fprintf(stderr,
+				    "candex recall: --min-time: '%s' is not a number of seconds\n", optarg);
 				return -1;
 			}
 			break;
@@ -222,7 +278,8 @@ parse_opts(int argc, char **argv, struct opts *o)
 			char *end;
 			o->eps = strtod(optarg, &end);
 			if (end == optarg || *end != '\0' || !(o->eps >= 0)) {
-				fprintf(stderr, "candex recall: --epsilon: '%s' is not a non-negative number\n", optarg);
+				fprintf(stderr,
+				    "candex recall: --epsilon: '%s' is not a non-negative number\n", optarg);
 				return -1;
 			}
 			break;
@@ -241,7 +298,9 @@ parse_opts(int argc, char **argv, struct opts *o)
 				return -1;
 			for (size_t i = 0; i < n; i++) {
 				if (list[i] < 1 || list[i] != floor(list[i]) || list[i] > 1e6) {
-					fprintf(stderr, "candex recall: --nprobe: %g is not a positive integer\n", list[i]);
+					fprintf(stderr,
+					    "candex recall: --nprobe: %g is not a positive integer\n",
+					    list[i]);
 					return -1;
 				}
 				if (o->n_nprobes < MAX_LIST)
@@ -254,12 +313,14 @@ parse_opts(int argc, char **argv, struct opts *o)
 				return -1;
 			for (size_t i = 0; i < n; i++) {
 				if (list[i] != 0 && list[i] < 1) {
-					fprintf(stderr, "candex recall: --refine: %g: use 0 (none) or a factor >= 1\n",
+					fprintf(stderr,
+					    "candex recall: --refine: %g: use 0 (none) or a factor >= 1\n",
 					    list[i]);
 					return -1;
 				}
 				if (o->n_refines < MAX_LIST)
-					o->refines[o->n_refines++] = list[i] == 0 ? CDX_RECALL_REFINE_NONE : (float) list[i];
+					o->refines[o->n_refines++]
+					    = list[i] == 0 ? CDX_RECALL_REFINE_NONE : (float) list[i];
 			}
 			break;
 		case O_TARGET:
@@ -268,7 +329,9 @@ parse_opts(int argc, char **argv, struct opts *o)
 				return -1;
 			for (size_t i = 0; i < n; i++) {
 				if (list[i] <= 0 || list[i] > 1) {
-					fprintf(stderr, "candex recall: --target: %g is not a recall in (0, 1]\n", list[i]);
+					fprintf(stderr,
+					    "candex recall: --target: %g is not a recall in (0, 1]\n",
+					    list[i]);
 					return -1;
 				}
 				if (o->n_targets < MAX_LIST)
@@ -300,8 +363,11 @@ parse_opts(int argc, char **argv, struct opts *o)
 				return -1;
 			o->timeout_ms = (uint32_t) v;
 			break;
-		case 'h': usage(stdout); return 1;
-		default: return -1;
+		case 'h':
+			usage(stdout);
+			return 1;
+		default:
+			return -1;
 		}
 	}
 	if (optind < argc) {
@@ -337,7 +403,8 @@ parse_opts(int argc, char **argv, struct opts *o)
 		return -1;
 	}
 	if (o->save && o->index == NULL) {
-		fprintf(stderr, "candex recall: --save with --url needs --index PATH of the served version\n");
+		fprintf(
+		    stderr, "candex recall: --save with --url needs --index PATH of the served version\n");
 		return -1;
 	}
 	return 0;
@@ -374,7 +441,7 @@ info_from_manifest(struct target_info *ti, const struct cdx_manifest *m)
 static int
 info_from_server(struct target_info *ti, cdx_client *cl, const char *url, const char *collection)
 {
-	struct cdx_client_error err = {0};
+	struct cdx_client_error err = { 0 };
 	char *text = NULL;
 	int rc = cdx_client_info(cl, collection, &text, &err);
 	if (rc != CDX_OK)
@@ -496,8 +563,8 @@ save_points(const char *version_dir, const char *expect_version, const struct cd
 	for (uint32_t i = 0; i < m->npoints; i++) {
 		int replaced = 0;
 		for (size_t j = 0; j < npts; j++)
-			if (pts[j].row >= 0 && m->points[i].k == rows[pts[j].row].k &&
-			    fabs(m->points[i].recall_target - pts[j].target) < 1e-9)
+			if (pts[j].row >= 0 && m->points[i].k == rows[pts[j].row].k
+			    && fabs(m->points[i].recall_target - pts[j].target) < 1e-9)
 				replaced = 1;
 		if (!replaced)
 			np[n++] = m->points[i];
@@ -506,9 +573,12 @@ save_points(const char *version_dir, const char *expect_version, const struct cd
 		if (pts[j].row < 0)
 			continue;
 		const struct cdx_recall_row *r = &rows[pts[j].row];
-		np[n++] = (struct cdx_operating_point) {.recall_target = pts[j].target, .recall = r->recall, .k = r->k,
-		    .nprobe = r->nprobe, .refine_factor = r->refine_factor,
-		    .p99_ms = r->p99_ms};
+		np[n++] = (struct cdx_operating_point) { .recall_target = pts[j].target,
+			.recall = r->recall,
+			.k = r->k,
+			.nprobe = r->nprobe,
+			.refine_factor = r->refine_factor,
+			.p99_ms = r->p99_ms };
 	}
 	/* "no re-ranking" is stored as the value searched with,
 	 * CDX_RECALL_REFINE_NONE (0.5): a point's refine_factor goes straight
@@ -516,8 +586,9 @@ save_points(const char *version_dir, const char *expect_version, const struct cd
 	 * (x4 with a refine store) and anything below 1 means none.
 	 * Sorted by k, then target, for readers. */
 	for (size_t i = 1; i < n; i++)
-		for (size_t j = i; j > 0 && (np[j].k < np[j - 1].k ||
-		                                (np[j].k == np[j - 1].k && np[j].recall_target < np[j - 1].recall_target));
+		for (size_t j = i; j > 0
+		     && (np[j].k < np[j - 1].k
+		         || (np[j].k == np[j - 1].k && np[j].recall_target < np[j - 1].recall_target));
 		     j--) {
 			struct cdx_operating_point t = np[j];
 			np[j] = np[j - 1];
@@ -547,18 +618,18 @@ cmd_recall(int argc, char **argv)
 	cdx_collection *coll = NULL;
 	cdx_client *cl = NULL;
 	struct cdx_manifest *man = NULL;
-	struct cdx_vecs qv = {0}, bv = {0};
+	struct cdx_vecs qv = { 0 }, bv = { 0 };
 	float *qnorm = NULL;
 	int32_t *gt = NULL;
-	struct cdx_truth truth = {0};
-	struct cdx_idmap idmap = {0};
-	struct cdx_recall_backend be = {0};
+	struct cdx_truth truth = { 0 };
+	struct cdx_idmap idmap = { 0 };
+	struct cdx_recall_backend be = { 0 };
 	struct cdx_recall_row *rows = NULL;
 	size_t nrows = 0;
-	struct target_info ti = {0};
+	struct target_info ti = { 0 };
 	char version_dir[PATH_MAX] = "";
 	const char *truth_source = "computed";
-	struct progress_state ps = {.quiet = o.quiet, .tty = isatty(2), .k = o.k};
+	struct progress_state ps = { .quiet = o.quiet, .tty = isatty(2), .k = o.k };
 
 	/* 1. the target */
 	if (o.index != NULL) {
@@ -566,8 +637,8 @@ cmd_recall(int argc, char **argv)
 			goto fail;
 	}
 	if (o.url != NULL) {
-		struct cdx_client_options copts = {.timeout_ms = o.timeout_ms};
-		struct cdx_client_error err = {0};
+		struct cdx_client_options copts = { .timeout_ms = o.timeout_ms };
+		struct cdx_client_error err = { 0 };
 		if ((rc = cdx_client_open(&cl, o.url, &copts, &err)) != CDX_OK) {
 			rc = cdx_error(rc, "cannot open a client for %s: %s", o.url, err.message);
 			goto fail;
@@ -582,7 +653,7 @@ cmd_recall(int argc, char **argv)
 		if (version_dir[0]) {
 			if ((rc = cdx_manifest_load(&man, version_dir)) != CDX_OK)
 				goto fail;
-			struct target_info mi = {0};
+			struct target_info mi = { 0 };
 			info_from_manifest(&mi, man);
 			ti.bytes_per_vector = mi.bytes_per_vector;
 		}
@@ -594,7 +665,8 @@ cmd_recall(int argc, char **argv)
 		if ((rc = cdx_collection_load(&coll, version_dir)) != CDX_OK)
 			goto fail;
 		info_from_manifest(&ti, cdx_collection_manifest(coll));
-		ti.bytes_per_vector = ti.items ? (double) cdx_collection_memory_bytes(coll) / (double) ti.items : NAN;
+		ti.bytes_per_vector
+		    = ti.items ? (double) cdx_collection_memory_bytes(coll) / (double) ti.items : NAN;
 		cdx_recall_backend_collection(&be, coll);
 		be.batch = o.batch;
 	}
@@ -603,8 +675,8 @@ cmd_recall(int argc, char **argv)
 	if ((rc = cdx_vecs_read(&qv, o.queries, 0)) != CDX_OK)
 		goto fail;
 	if (qv.dim != ti.dim) {
-		rc = cdx_error(CDX_EDIM, "queries %s have dimension %u, but collection %s has dimension %u", o.queries,
-		    qv.dim, ti.collection, ti.dim);
+		rc = cdx_error(CDX_EDIM, "queries %s have dimension %u, but collection %s has dimension %u",
+		    o.queries, qv.dim, ti.collection, ti.dim);
 		goto fail;
 	}
 	size_t nq_file = qv.n;
@@ -614,13 +686,15 @@ cmd_recall(int argc, char **argv)
 		if ((rc = cdx_vecs_read(&bv, o.base, 0)) != CDX_OK)
 			goto fail;
 		if (bv.dim != ti.dim) {
-			rc = cdx_error(CDX_EDIM, "base vectors %s have dimension %u, but collection %s has dimension %u",
-			    o.base, bv.dim, ti.collection, ti.dim);
+			rc = cdx_error(CDX_EDIM,
+			    "base vectors %s have dimension %u, but collection %s has dimension %u", o.base,
+			    bv.dim, ti.collection, ti.dim);
 			goto fail;
 		}
 		if (bv.n != ti.items)
-			fprintf(stderr, "candex recall: warning: %s has %zu rows but the index holds %llu items\n", o.base,
-			    bv.n, (unsigned long long) ti.items);
+			fprintf(stderr,
+			    "candex recall: warning: %s has %zu rows but the index holds %llu items\n",
+			    o.base, bv.n, (unsigned long long) ti.items);
 		if (ti.metric == CDX_METRIC_COS)
 			cdx_normalize_rows(bv.x, bv.n, bv.dim);
 	}
@@ -628,7 +702,8 @@ cmd_recall(int argc, char **argv)
 		if ((rc = cdx_idmap_read_ids(&idmap, o.ids)) != CDX_OK)
 			goto fail;
 		if (idmap.n != bv.n) {
-			rc = cdx_error(CDX_EINVAL, "%s holds %zu ids but %s has %zu rows", o.ids, idmap.n, o.base, bv.n);
+			rc = cdx_error(
+			    CDX_EINVAL, "%s holds %zu ids but %s has %zu rows", o.ids, idmap.n, o.base, bv.n);
 			goto fail;
 		}
 	} else {
@@ -642,7 +717,7 @@ cmd_recall(int argc, char **argv)
 	memcpy(qnorm, qv.x, qv.n * qv.dim * sizeof(float));
 	if (ti.metric == CDX_METRIC_COS)
 		cdx_normalize_rows(qnorm, qv.n, qv.dim);
-	struct cdx_recall_space space = {.metric = ti.metric, .dim = ti.dim, .nb = bv.n, .base = bv.x};
+	struct cdx_recall_space space = { .metric = ti.metric, .dim = ti.dim, .nb = bv.n, .base = bv.x };
 	uint32_t want_k = o.k > 100 ? o.k : 100;
 
 	if (o.gt != NULL) {
@@ -651,20 +726,23 @@ cmd_recall(int argc, char **argv)
 		if ((rc = cdx_ivecs_read(o.gt, &gt, &gn, &gk)) != CDX_OK)
 			goto fail;
 		if (gn != nq_file) {
-			rc = cdx_error(CDX_EINVAL, "ground truth %s has %zu rows but %s has %zu queries: they must match",
-			    o.gt, gn, o.queries, nq_file);
+			rc = cdx_error(CDX_EINVAL,
+			    "ground truth %s has %zu rows but %s has %zu queries: they must match", o.gt, gn,
+			    o.queries, nq_file);
 			goto fail;
 		}
 		if (gk < o.k) {
-			rc = cdx_error(CDX_EINVAL, "ground truth %s holds %u neighbours per query, fewer than k = %u", o.gt,
-			    gk, o.k);
+			rc = cdx_error(CDX_EINVAL,
+			    "ground truth %s holds %u neighbours per query, fewer than k = %u", o.gt, gk,
+			    o.k);
 			goto fail;
 		}
 		if (bv.x == NULL) {
 			space.nb = ti.items;
 			if (!o.quiet)
-				fprintf(stderr, "candex recall: no --base: hits are matched to the ground truth by row; "
-						"ties are not credited\n");
+				fprintf(stderr,
+				    "candex recall: no --base: hits are matched to the ground truth by row; "
+				    "ties are not credited\n");
 		}
 		uint32_t tk = gk < want_k ? gk : want_k;
 		if ((rc = cdx_truth_from_rows(&truth, &space, qnorm, qv.n, gt, gk, tk)) != CDX_OK) {
@@ -686,8 +764,8 @@ cmd_recall(int argc, char **argv)
 			key = cdx_truth_key(&space, qnorm, qv.n, tk, NULL, 0);
 			cdx_truth_cache_path(cpath, sizeof(cpath), dir, key);
 			int lrc = cdx_truth_load(&truth, cpath);
-			if (lrc == CDX_OK && truth.nq == qv.n && truth.k == tk && truth.metric == ti.metric &&
-			    truth.dist != NULL) {
+			if (lrc == CDX_OK && truth.nq == qv.n && truth.k == tk && truth.metric == ti.metric
+			    && truth.dist != NULL) {
 				truth_source = "cache";
 			} else {
 				if (lrc == CDX_OK || lrc != CDX_ENOTFOUND)
@@ -704,8 +782,9 @@ cmd_recall(int argc, char **argv)
 			if (rc != CDX_OK)
 				goto fail;
 			if (!o.quiet)
-				fprintf(stderr, "ground truth: %zu queries x top-%u over %zu vectors in %.1f s\n", qv.n, tk,
-				    bv.n, (double) (cdx_now_us() - t0) / 1e6);
+				fprintf(stderr,
+				    "ground truth: %zu queries x top-%u over %zu vectors in %.1f s\n", qv.n,
+				    tk, bv.n, (double) (cdx_now_us() - t0) / 1e6);
 			if (cpath[0] && (rc = cdx_truth_save(&truth, cpath)) != CDX_OK)
 				goto fail;
 		}
@@ -724,8 +803,9 @@ cmd_recall(int argc, char **argv)
 		memcpy(refines, o.refines, n_refines * sizeof(float));
 		for (size_t i = 0; i < n_refines; i++)
 			if (refines[i] >= 1 && !ti.has_refine) {
-				rc = cdx_error(CDX_EINVAL, "--refine %g: collection %s has no refine store "
-							   "(build it with candex build --refine sq8|fp16|fp32)",
+				rc = cdx_error(CDX_EINVAL,
+				    "--refine %g: collection %s has no refine store "
+				    "(build it with candex build --refine sq8|fp16|fp32)",
 				    (double) refines[i], ti.collection);
 				goto fail;
 			}
@@ -737,24 +817,38 @@ cmd_recall(int argc, char **argv)
 			refines[n_refines++] = 8;
 		}
 	}
-	struct cdx_recall_set set = {.space = space, .queries = qv.x, .queries_norm = qnorm, .nq = qv.n,
-	    .truth = &truth, .idmap = &idmap, .eps = o.eps};
-	struct cdx_sweep_config cfg = {.k = o.k, .nprobes = nprobes, .n_nprobes = n_nprobes, .refines = refines,
-	    .n_refines = n_refines, .threads = o.threads, .min_seconds = o.min_time, .latency_queries = o.latency_queries,
-	    .bytes_per_vector = ti.bytes_per_vector, .progress = sweep_progress, .progress_arg = &ps};
+	struct cdx_recall_set set = { .space = space,
+		.queries = qv.x,
+		.queries_norm = qnorm,
+		.nq = qv.n,
+		.truth = &truth,
+		.idmap = &idmap,
+		.eps = o.eps };
+	struct cdx_sweep_config cfg = { .k = o.k,
+		.nprobes = nprobes,
+		.n_nprobes = n_nprobes,
+		.refines = refines,
+		.n_refines = n_refines,
+		.threads = o.threads,
+		.min_seconds = o.min_time,
+		.latency_queries = o.latency_queries,
+		.bytes_per_vector = ti.bytes_per_vector,
+		.progress = sweep_progress,
+		.progress_arg = &ps };
 
 	double exact_qps = 0;
 	if (o.baseline) {
-		if ((rc = cdx_recall_exact_qps(&space, qnorm, qv.n, o.k, o.min_time > 0 ? o.min_time : 0.3,
-			 &exact_qps)) != CDX_OK)
+		if ((rc = cdx_recall_exact_qps(
+		         &space, qnorm, qv.n, o.k, o.min_time > 0 ? o.min_time : 0.3, &exact_qps))
+		    != CDX_OK)
 			goto fail;
 	}
 
 	printf("# candex recall: %s (version %s, %s, dim %u, %llu items, nlist %u) via %s\n", ti.collection,
 	    ti.version, cdx_metric_name(ti.metric), ti.dim, (unsigned long long) ti.items, ti.nlist,
 	    o.url ? o.url : version_dir);
-	printf("# %zu queries, truth %s (top %u), k %u, epsilon %g%s\n", qv.n, truth_source, truth.k, o.k, o.eps,
-	    space.base ? "" : ", ids only (no tie rule)");
+	printf("# %zu queries, truth %s (top %u), k %u, epsilon %g%s\n", qv.n, truth_source, truth.k, o.k,
+	    o.eps, space.base ? "" : ", ids only (no tie rule)");
 	if (exact_qps > 0)
 		printf("# exact search (Faiss flat, all cores, batches of 1024): %.0f QPS\n", exact_qps);
 	cdx_recall_table_header(stdout, o.k);
@@ -766,15 +860,18 @@ cmd_recall(int argc, char **argv)
 	double drop = cdx_recall_worst_drop(rows, nrows, &at);
 	if (drop > 0.01)
 		fprintf(stderr,
-		    "candex recall: WARNING: recall falls by %.4f as nprobe rises (to nprobe %u, refine %g): more "
+		    "candex recall: WARNING: recall falls by %.4f as nprobe rises (to nprobe %u, refine %g): "
+		    "more "
 		    "probes only add candidates, so this points at a bug in the metric path\n",
-		    drop, rows[at].nprobe, rows[at].refine_factor < 1 ? 0.0 : (double) rows[at].refine_factor);
+		    drop, rows[at].nprobe,
+		    rows[at].refine_factor < 1 ? 0.0 : (double) rows[at].refine_factor);
 	size_t mism = 0;
 	for (size_t i = 0; i < nrows; i++)
 		mism += rows[i].mismatched;
 	if (mism > 0 && !o.quiet)
-		fprintf(stderr, "candex recall: note: %zu single-query results differed from the batched ones "
-				"(float rounding in batched distance code can reorder near-ties)\n",
+		fprintf(stderr,
+		    "candex recall: note: %zu single-query results differed from the batched ones "
+		    "(float rounding in batched distance code can reorder near-ties)\n",
 		    mism);
 
 	/* 4. operating points and outputs */
@@ -789,7 +886,9 @@ cmd_recall(int argc, char **argv)
 		pts[i].row = cdx_recall_pick(rows, nrows, o.targets[i]);
 		if (pts[i].row < 0) {
 			printf("%8.4f %7s %6s %9s %8s %10s\n", o.targets[i], "-", "-", "-", "-", "-");
-			fprintf(stderr, "candex recall: target %g not reached by any setting swept (best %u-recall@%u: %.4f)\n",
+			fprintf(stderr,
+			    "candex recall: target %g not reached by any setting swept (best %u-recall@%u: "
+			    "%.4f)\n",
 			    o.targets[i], o.k, o.k, best_recall(rows, nrows));
 			unreached = 1;
 			continue;
@@ -800,28 +899,39 @@ cmd_recall(int argc, char **argv)
 			snprintf(rf, sizeof(rf), "none");
 		else
 			snprintf(rf, sizeof(rf), "x%g", (double) r->refine_factor);
-		printf("%8.4f %7u %6s %9.4f %8.3f %10.0f\n", o.targets[i], r->nprobe, rf, r->recall, r->p99_ms, r->qps);
+		printf("%8.4f %7u %6s %9.4f %8.3f %10.0f\n", o.targets[i], r->nprobe, rf, r->recall,
+		    r->p99_ms, r->qps);
 	}
 	if (o.csv != NULL && (rc = cdx_recall_write_csv(o.csv, rows, nrows)) != CDX_OK)
 		goto fail;
 	if (o.json != NULL) {
-		struct cdx_recall_meta meta = {.collection = ti.collection, .version = ti.version,
-		    .source = o.url ? o.url : version_dir, .metric = ti.metric, .dim = ti.dim, .nb = bv.n, .nq = qv.n,
-		    .k = o.k, .eps = o.eps, .truth_source = truth_source, .ids_only = space.base == NULL,
-		    .exact_qps = exact_qps};
+		struct cdx_recall_meta meta = { .collection = ti.collection,
+			.version = ti.version,
+			.source = o.url ? o.url : version_dir,
+			.metric = ti.metric,
+			.dim = ti.dim,
+			.nb = bv.n,
+			.nq = qv.n,
+			.k = o.k,
+			.eps = o.eps,
+			.truth_source = truth_source,
+			.ids_only = space.base == NULL,
+			.exact_qps = exact_qps };
 		if ((rc = cdx_recall_write_json(o.json, &meta, rows, nrows, pts, o.n_targets)) != CDX_OK)
 			goto fail;
 	}
 	if (o.plot != NULL) {
 		char title[256];
 		if (o.title == NULL)
-			snprintf(title, sizeof(title), "%s (%s, %llu items, nlist %u): %u-recall@%u vs QPS", ti.collection,
-			    cdx_metric_name(ti.metric), (unsigned long long) ti.items, ti.nlist, o.k, o.k);
+			snprintf(title, sizeof(title), "%s (%s, %llu items, nlist %u): %u-recall@%u vs QPS",
+			    ti.collection, cdx_metric_name(ti.metric), (unsigned long long) ti.items,
+			    ti.nlist, o.k, o.k);
 		if ((rc = cdx_recall_plot(o.plot, o.title ? o.title : title, rows, nrows)) != CDX_OK)
 			goto fail;
 	}
 	if (o.save) {
-		if ((rc = save_points(version_dir, o.url ? ti.version : NULL, rows, pts, o.n_targets)) != CDX_OK)
+		if ((rc = save_points(version_dir, o.url ? ti.version : NULL, rows, pts, o.n_targets))
+		    != CDX_OK)
 			goto fail;
 		if (!o.quiet)
 			fprintf(stderr, "operating points saved to %s/%s\n", version_dir, CDX_MANIFEST_FILE);

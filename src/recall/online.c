@@ -44,18 +44,18 @@
 #include "recall/online.h"
 #include "recall/recall.h"
 
-#define ONLINE_WINDOW 1024 /* checks averaged by the gauge */
-#define ONLINE_MAX_FLATS 8
-#define ONLINE_MAX_SERIES 64
-#define ONLINE_DEFAULT_BUDGET 0.05
-#define ONLINE_DEFAULT_QUEUE 64
+#define ONLINE_WINDOW             1024 /* checks averaged by the gauge */
+#define ONLINE_MAX_FLATS          8
+#define ONLINE_MAX_SERIES         64
+#define ONLINE_DEFAULT_BUDGET     0.05
+#define ONLINE_DEFAULT_QUEUE      64
 #define ONLINE_DEFAULT_FLAT_BYTES (1ull << 30)
 
 struct sample {
 	cdx_collection *c; /* one reference */
 	uint32_t k, nhits;
-	float *query;       /* dim floats */
-	uint64_t *locs;     /* nhits x (shard << 32 | row) */
+	float *query;   /* dim floats */
+	uint64_t *locs; /* nhits x (shard << 32 | row) */
 };
 
 /* A flat copy of one collection version's vectors. */
@@ -63,14 +63,14 @@ struct flat {
 	const cdx_collection *key; /* compared, never dereferenced after the sample's ref is gone */
 	char collection[CDX_NAME_MAX];
 	char version[CDX_NAME_MAX];
-	FaissIndex *index;   /* NULL when too large (skipped) */
-	const float *xb;     /* the index's own storage */
-	uint64_t *prefix;    /* nshards + 1: global row of (shard, 0) */
+	FaissIndex *index; /* NULL when too large (skipped) */
+	const float *xb;   /* the index's own storage */
+	uint64_t *prefix;  /* nshards + 1: global row of (shard, 0) */
 	uint32_t nshards;
 	uint64_t n;
 	uint32_t dim;
 	int metric;
-	int exact;           /* vectors from a refine store, not PQ reconstructions */
+	int exact; /* vectors from a refine store, not PQ reconstructions */
 	uint64_t last_used;
 };
 
@@ -78,7 +78,7 @@ struct series {
 	char collection[CDX_NAME_MAX];
 	uint32_t k;
 	uint64_t checked;
-	double sum;               /* of per-query recall, for rate()-based windows */
+	double sum; /* of per-query recall, for rate()-based windows */
 	double window[ONLINE_WINDOW];
 	uint32_t wn, wpos;
 	int exact;
@@ -88,11 +88,11 @@ struct cdx_online_recall {
 	struct cdx_online_recall_config cfg;
 	pthread_t thread;
 	pthread_mutex_t lock;
-	pthread_cond_t cond;      /* queue not empty, or stop */
-	pthread_cond_t idle;      /* queue drained and nothing in hand */
-	struct sample *queue;     /* ring of cfg.queue_max */
+	pthread_cond_t cond;  /* queue not empty, or stop */
+	pthread_cond_t idle;  /* queue drained and nothing in hand */
+	struct sample *queue; /* ring of cfg.queue_max */
 	uint32_t head, len;
-	int busy;                 /* the checker holds a sample */
+	int busy; /* the checker holds a sample */
 	int stop;
 	atomic_uint_fast64_t offered, sampled, dropped;
 	/* below: under lock */
@@ -145,7 +145,8 @@ flat_build(struct flat *f, const cdx_collection *c, uint64_t max_bytes)
 	f->n = f->prefix[m->nshards];
 	if (f->n * f->dim * sizeof(float) > max_bytes) {
 		cdx_warn("RCL-ONLINE-BIG",
-		    "online recall: collection %s version %s needs %llu MiB for its flat copy, over the %llu MiB "
+		    "online recall: collection %s version %s needs %llu MiB for its flat copy, over the %llu "
+		    "MiB "
 		    "limit; its queries are not checked",
 		    f->collection, f->version, (unsigned long long) (f->n * f->dim * 4 >> 20),
 		    (unsigned long long) (max_bytes >> 20));
@@ -153,7 +154,8 @@ flat_build(struct flat *f, const cdx_collection *c, uint64_t max_bytes)
 	}
 	float *x = malloc((f->n ? f->n : 1) * f->dim * sizeof(float));
 	if (x == NULL)
-		return cdx_error(CDX_ENOMEM, "online recall: flat copy of %llu vectors", (unsigned long long) f->n);
+		return cdx_error(
+		    CDX_ENOMEM, "online recall: flat copy of %llu vectors", (unsigned long long) f->n);
 	int rc = CDX_OK;
 	for (uint32_t s = 0; s < m->nshards && rc == CDX_OK; s++)
 		for (uint64_t r = 0; r < m->shards[s].rows && rc == CDX_OK; r++)
@@ -176,8 +178,9 @@ flat_build(struct flat *f, const cdx_collection *c, uint64_t max_bytes)
 	faiss_IndexFlat_xb(idx, &xb, &sz);
 	f->index = idx;
 	f->xb = xb;
-	cdx_info("RCL-ONLINE-FLAT", "online recall: flat copy of %s version %s: %llu vectors (%s)", f->collection,
-	    f->version, (unsigned long long) f->n, f->exact ? "refine store" : "PQ reconstructions, approximate");
+	cdx_info("RCL-ONLINE-FLAT", "online recall: flat copy of %s version %s: %llu vectors (%s)",
+	    f->collection, f->version, (unsigned long long) f->n,
+	    f->exact ? "refine store" : "PQ reconstructions, approximate");
 	return CDX_OK;
 }
 
@@ -237,7 +240,7 @@ check(cdx_online_recall *o, const struct sample *s, int *exact)
 	float *d = malloc(kt * sizeof(float));
 	idx_t *lab = malloc(kt * sizeof(idx_t));
 	int64_t *hits = malloc(k * sizeof(int64_t));
-	struct cdx_truth t = {.nq = 1, .k = kt, .metric = f->metric};
+	struct cdx_truth t = { .nq = 1, .k = kt, .metric = f->metric };
 	t.rows = malloc(kt * sizeof(int64_t));
 	t.dist = malloc(kt * sizeof(float));
 	double r = NAN;
@@ -251,7 +254,7 @@ check(cdx_online_recall *o, const struct sample *s, int *exact)
 		cdx_warn("RCL-ONLINE", "%s", cdx_last_error());
 		goto out;
 	}
-	struct cdx_recall_space sp = {.metric = f->metric, .dim = f->dim, .nb = f->n, .base = f->xb};
+	struct cdx_recall_space sp = { .metric = f->metric, .dim = f->dim, .nb = f->n, .base = f->xb };
 	/* judge truth and hits with one distance routine (see recall.h) */
 	for (uint32_t j = 0; j < kt; j++) {
 		t.rows[j] = lab[j];
@@ -465,7 +468,7 @@ cdx_online_recall_offer(cdx_online_recall *o, cdx_collection *c, const float *qu
 	uint32_t dim = cdx_collection_manifest(c)->dim;
 	if (nhits > k)
 		nhits = k;
-	struct sample s = {.c = c, .k = k, .nhits = 0};
+	struct sample s = { .c = c, .k = k, .nhits = 0 };
 	s.query = malloc(dim * sizeof(float));
 	s.locs = malloc((nhits ? nhits : 1) * sizeof(uint64_t));
 	if (s.query == NULL || s.locs == NULL) {
@@ -508,8 +511,8 @@ cdx_online_recall_flush(cdx_online_recall *o, uint32_t timeout_ms)
 	pthread_mutex_lock(&o->lock);
 	while (!o->stop && (o->len > 0 || o->busy)) {
 		if (pthread_cond_timedwait(&o->idle, &o->lock, &ts) == ETIMEDOUT) {
-			rc = cdx_error(CDX_ETIMEDOUT, "online recall: %u samples still queued after %u ms", o->len,
-			    timeout_ms);
+			rc = cdx_error(CDX_ETIMEDOUT, "online recall: %u samples still queued after %u ms",
+			    o->len, timeout_ms);
 			break;
 		}
 	}
@@ -518,7 +521,8 @@ cdx_online_recall_flush(cdx_online_recall *o, uint32_t timeout_ms)
 }
 
 int
-cdx_online_recall_get(cdx_online_recall *o, const char *collection, uint32_t k, struct cdx_online_recall_stats *st)
+cdx_online_recall_get(
+    cdx_online_recall *o, const char *collection, uint32_t k, struct cdx_online_recall_stats *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->recall = NAN;
@@ -559,7 +563,8 @@ cdx_online_recall_render(cdx_online_recall *o, cdx_buf *out)
 	int rc = CDX_OK;
 	pthread_mutex_lock(&o->lock);
 	rc = cdx_buf_printf(out,
-	    "# HELP candex_online_recall Recall@k of sampled live queries re-run exactly off the request path "
+	    "# HELP candex_online_recall Recall@k of sampled live queries re-run exactly off the request "
+	    "path "
 	    "(mean of the last %d checked). Without a refine store the exact scan runs over PQ-reconstructed "
 	    "vectors, so the figure only approximates true recall (see candex_online_recall_truth_exact).\n"
 	    "# TYPE candex_online_recall gauge\n",
@@ -569,14 +574,16 @@ cdx_online_recall_render(cdx_online_recall *o, cdx_buf *out)
 		double sum = 0;
 		for (uint32_t j = 0; j < s->wn; j++)
 			sum += s->window[j];
-		rc = cdx_buf_printf(out, "candex_online_recall{collection=\"%s\",k=\"%u\"} %.6f\n", s->collection, s->k,
-		    s->wn ? sum / s->wn : 0.0);
+		rc = cdx_buf_printf(out, "candex_online_recall{collection=\"%s\",k=\"%u\"} %.6f\n",
+		    s->collection, s->k, s->wn ? sum / s->wn : 0.0);
 	}
 	if (rc == CDX_OK)
-		rc = cdx_buf_printf(out, "# HELP candex_online_recall_queries_total Sampled queries re-run exactly.\n"
-					 "# TYPE candex_online_recall_queries_total counter\n");
+		rc = cdx_buf_printf(out,
+		    "# HELP candex_online_recall_queries_total Sampled queries re-run exactly.\n"
+		    "# TYPE candex_online_recall_queries_total counter\n");
 	for (uint32_t i = 0; rc == CDX_OK && i < o->nseries; i++)
-		rc = cdx_buf_printf(out, "candex_online_recall_queries_total{collection=\"%s\",k=\"%u\"} %llu\n",
+		rc = cdx_buf_printf(out,
+		    "candex_online_recall_queries_total{collection=\"%s\",k=\"%u\"} %llu\n",
 		    o->series[i].collection, o->series[i].k, (unsigned long long) o->series[i].checked);
 	if (rc == CDX_OK)
 		rc = cdx_buf_printf(out,
@@ -588,7 +595,8 @@ cdx_online_recall_render(cdx_online_recall *o, cdx_buf *out)
 		    o->series[i].collection, o->series[i].k, o->series[i].sum);
 	if (rc == CDX_OK)
 		rc = cdx_buf_printf(out,
-		    "# HELP candex_online_recall_truth_exact 1 if the exact scan uses the refine store's vectors, 0 if "
+		    "# HELP candex_online_recall_truth_exact 1 if the exact scan uses the refine store's "
+		    "vectors, 0 if "
 		    "PQ reconstructions (an approximation of the truth).\n"
 		    "# TYPE candex_online_recall_truth_exact gauge\n");
 	for (uint32_t i = 0; rc == CDX_OK && i < o->nseries; i++) {
@@ -604,24 +612,29 @@ cdx_online_recall_render(cdx_online_recall *o, cdx_buf *out)
 		    "# HELP candex_online_recall_offered_total Answered queries offered to the checker.\n"
 		    "# TYPE candex_online_recall_offered_total counter\n"
 		    "candex_online_recall_offered_total %llu\n"
-		    "# HELP candex_online_recall_sampled_total Offered queries chosen by the sample fraction.\n"
+		    "# HELP candex_online_recall_sampled_total Offered queries chosen by the sample "
+		    "fraction.\n"
 		    "# TYPE candex_online_recall_sampled_total counter\n"
 		    "candex_online_recall_sampled_total %llu\n"
-		    "# HELP candex_online_recall_dropped_total Sampled queries dropped because the queue was full.\n"
+		    "# HELP candex_online_recall_dropped_total Sampled queries dropped because the queue was "
+		    "full.\n"
 		    "# TYPE candex_online_recall_dropped_total counter\n"
 		    "candex_online_recall_dropped_total %llu\n"
-		    "# HELP candex_online_recall_skipped_total Samples not judged (collection too large for a flat "
+		    "# HELP candex_online_recall_skipped_total Samples not judged (collection too large for "
+		    "a flat "
 		    "copy, or an error).\n"
 		    "# TYPE candex_online_recall_skipped_total counter\n"
 		    "candex_online_recall_skipped_total %llu\n"
-		    "# HELP candex_online_recall_busy_seconds_total Time the checker spent working (kept under "
+		    "# HELP candex_online_recall_busy_seconds_total Time the checker spent working (kept "
+		    "under "
 		    "cpu_budget x wall time).\n"
 		    "# TYPE candex_online_recall_busy_seconds_total counter\n"
 		    "candex_online_recall_busy_seconds_total %.6f\n"
 		    "# HELP candex_online_recall_queue_depth Sampled queries waiting for the checker.\n"
 		    "# TYPE candex_online_recall_queue_depth gauge\n"
 		    "candex_online_recall_queue_depth %u\n",
-		    (unsigned long long) atomic_load(&o->offered), (unsigned long long) atomic_load(&o->sampled),
+		    (unsigned long long) atomic_load(&o->offered),
+		    (unsigned long long) atomic_load(&o->sampled),
 		    (unsigned long long) atomic_load(&o->dropped), (unsigned long long) o->skipped,
 		    (double) o->busy_us / 1e6, o->len);
 	pthread_mutex_unlock(&o->lock);

@@ -17,9 +17,9 @@
 typedef struct cdx_online_recall cdx_online_recall;
 
 struct cdx_online_recall_config {
-	double sample_fraction; /* 0..1 of answered queries; 0 disables */
-	double cpu_budget;      /* fraction of one core the checker may use, e.g. 0.05; 0 = 0.05 */
-	uint32_t queue_max;     /* sampled queries waiting; more are dropped; 0 = 64 */
+	double sample_fraction;  /* 0..1 of answered queries; 0 disables */
+	double cpu_budget;       /* fraction of one core the checker may use, e.g. 0.05; 0 = 0.05 */
+	uint32_t queue_max;      /* sampled queries waiting; more are dropped; 0 = 64 */
 	uint64_t max_flat_bytes; /* largest flat copy of a collection's vectors; 0 = 1 GiB */
 };
 
@@ -38,15 +38,15 @@ void cdx_online_recall_offer(cdx_online_recall *o, cdx_collection *c, const floa
 
 /* Figures for one (collection, k), or the totals (collection NULL). */
 struct cdx_online_recall_stats {
-	double recall;        /* mean of the last checks (the gauge); NAN if none */
-	uint64_t checked;     /* queries re-run for this series (or in total) */
-	int exact;            /* truth from a refine store (1) or PQ reconstructions (0) */
+	double recall;    /* mean of the last checks (the gauge); NAN if none */
+	uint64_t checked; /* queries re-run for this series (or in total) */
+	int exact;        /* truth from a refine store (1) or PQ reconstructions (0) */
 	uint64_t offered, sampled, dropped, skipped, flat_builds;
 	double busy_seconds, wall_seconds; /* busy / wall <= cpu_budget */
 };
 /* cdx_online_recall_get fills st; CDX_ENOTFOUND if the series has no check yet. */
-int cdx_online_recall_get(cdx_online_recall *o, const char *collection, uint32_t k,
-    struct cdx_online_recall_stats *st);
+int cdx_online_recall_get(
+    cdx_online_recall *o, const char *collection, uint32_t k, struct cdx_online_recall_stats *st);
 /* cdx_online_recall_flush waits until every queued sample is checked
  * (tests, shutdown reports). CDX_ETIMEDOUT after timeout_ms. */
 int cdx_online_recall_flush(cdx_online_recall *o, uint32_t timeout_ms);

@@ -124,8 +124,8 @@ int cdx_recall_exact_qps(const struct cdx_recall_space *s, const float *queries,
  * vectors (s->base != NULL) each row's true distance is computed. Errors:
  * CDX_EINVAL when gt_k < k (rows shorter than k), CDX_ECORRUPT for a row
  * number outside the base. */
-int cdx_truth_from_rows(struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries, size_t nq,
-    const int32_t *gt, uint32_t gt_k, uint32_t k);
+int cdx_truth_from_rows(struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries,
+    size_t nq, const int32_t *gt, uint32_t gt_k, uint32_t k);
 
 /* cdx_truth_key is the cache key: xxh64 of base, queries, metric, k and an
  * optional extra (e.g. the ivecs file's contents). */
@@ -148,8 +148,8 @@ void cdx_truth_fini(struct cdx_truth *t);
  * distance + eps; without them, when its row is one of the r truth rows.
  * The count is capped at r. Returns the count / r, in [0, 1].
  * r-recall@k with r = k is ann-benchmarks' k-recall@k; r = 1 is 1-recall@k. */
-double cdx_recall_query(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *q, size_t qi,
-    const int64_t *hits, uint32_t k, uint32_t r, double eps);
+double cdx_recall_query(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *q,
+    size_t qi, const int64_t *hits, uint32_t k, uint32_t r, double eps);
 
 /* cdx_recall_mean is the mean of cdx_recall_query over nq queries; hits are
  * nq x stride rows (stride >= k), queries nq x dim (normalised for cos). */
@@ -169,8 +169,8 @@ double cdx_percentile(double *v, size_t n, double p);
  * across calls). */
 struct cdx_recall_backend {
 	void *ctx;
-	int (*search)(void *ctx, const float *queries, size_t nq, uint32_t k, uint32_t nprobe, float refine_factor,
-	    int64_t *ids);
+	int (*search)(void *ctx, const float *queries, size_t nq, uint32_t k, uint32_t nprobe,
+	    float refine_factor, int64_t *ids);
 	uint32_t batch; /* queries per call in the QPS pass; 0 = 256 */
 };
 
@@ -208,15 +208,15 @@ struct cdx_recall_row {
 	uint32_t nprobe;
 	float refine_factor; /* 0 = none */
 	uint32_t k;
-	double recall;       /* k-recall@k at the primary k */
-	double recall_1;     /* 1-recall@k */
-	double recall_10;    /* 10-recall@10 */
-	double recall_100;   /* 100-recall@100 */
+	double recall;                          /* k-recall@k at the primary k */
+	double recall_1;                        /* 1-recall@k */
+	double recall_10;                       /* 10-recall@10 */
+	double recall_100;                      /* 100-recall@100 */
 	double p50_ms, p95_ms, p99_ms, mean_ms; /* single-query calls */
-	double qps;          /* batched, threads in parallel */
+	double qps;                             /* batched, threads in parallel */
 	double bytes_per_vector;
 	size_t nq;
-	size_t mismatched;   /* queries whose single-call and batched hits differ */
+	size_t mismatched; /* queries whose single-call and batched hits differ */
 };
 
 struct cdx_sweep_config {
@@ -230,7 +230,8 @@ struct cdx_sweep_config {
 	size_t latency_queries; /* single-query calls per setting; 0 = all */
 	double bytes_per_vector;
 	/* called after each setting (row) and, with row NULL, during long passes */
-	void (*progress)(void *arg, size_t done, size_t total, const char *what, const struct cdx_recall_row *row);
+	void (*progress)(
+	    void *arg, size_t done, size_t total, const char *what, const struct cdx_recall_row *row);
 	void *progress_arg;
 };
 
@@ -277,8 +278,8 @@ struct cdx_recall_point {
 	double target;
 	long row; /* index into rows, -1 = not reached */
 };
-int cdx_recall_write_json(const char *path, const struct cdx_recall_meta *meta, const struct cdx_recall_row *rows,
-    size_t n, const struct cdx_recall_point *points, size_t npoints);
+int cdx_recall_write_json(const char *path, const struct cdx_recall_meta *meta,
+    const struct cdx_recall_row *rows, size_t n, const struct cdx_recall_point *points, size_t npoints);
 
 /* cdx_recall_plot writes png_path's .gp script and .dat data next to it and
  * runs gnuplot (pngcairo, else png) as a child: recall (x) against QPS (y,

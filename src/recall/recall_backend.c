@@ -11,14 +11,15 @@
 #include "search/search.h"
 
 static int
-collection_search(void *ctx, const float *queries, size_t nq, uint32_t k, uint32_t nprobe, float refine_factor,
-    int64_t *ids)
+collection_search(void *ctx, const float *queries, size_t nq, uint32_t k, uint32_t nprobe,
+    float refine_factor, int64_t *ids)
 {
 	const cdx_collection *c = ctx;
 	struct cdx_hit *hits = malloc(nq * k * sizeof(*hits));
 	if (hits == NULL)
 		return cdx_error(CDX_ENOMEM, "hits for %zu queries", nq);
-	struct cdx_search_params p = {.k = k, .nprobe = nprobe, .refine_factor = refine_factor, .parallel = 0};
+	struct cdx_search_params p
+	    = { .k = k, .nprobe = nprobe, .refine_factor = refine_factor, .parallel = 0 };
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
 	if (rc == CDX_OK)
 		for (size_t i = 0; i < nq * k; i++)
@@ -47,14 +48,19 @@ client_search(void *ctx, const float *queries, size_t nq, uint32_t k, uint32_t n
     int64_t *ids)
 {
 	struct client_ctx *cc = ctx;
-	struct cdx_query q = {.collection = cc->collection, .vectors = queries, .nvectors = nq, .dim = cc->dim,
-	    .k = k, .nprobe = nprobe, .refine_factor = refine_factor};
+	struct cdx_query q = { .collection = cc->collection,
+		.vectors = queries,
+		.nvectors = nq,
+		.dim = cc->dim,
+		.k = k,
+		.nprobe = nprobe,
+		.refine_factor = refine_factor };
 	struct cdx_result *r = NULL;
-	struct cdx_client_error err = {0};
+	struct cdx_client_error err = { 0 };
 	int rc = cdx_client_search(cc->cl, &q, &r, &err);
 	if (rc != CDX_OK)
-		return cdx_error(rc, "server search (collection %s, nprobe %u, k %u): %s", cc->collection, nprobe, k,
-		    err.message[0] ? err.message : cdx_strerror(rc));
+		return cdx_error(rc, "server search (collection %s, nprobe %u, k %u): %s", cc->collection,
+		    nprobe, k, err.message[0] ? err.message : cdx_strerror(rc));
 	if (r->nqueries != nq) {
 		size_t got = r->nqueries;
 		cdx_result_free(r);

@@ -67,8 +67,8 @@ texmex_parse(const char *path, uint8_t *buf, size_t len, size_t max_rows, size_t
 		return cdx_error(CDX_ECORRUPT, "%s: row 0: bad dimension %d", path, d);
 	size_t rowbytes = 4 + 4 * (size_t) d;
 	if (len % rowbytes != 0)
-		return cdx_error(CDX_ECORRUPT, "%s: truncated: %zu bytes is not a whole number of %zu-byte rows",
-		    path, len, rowbytes);
+		return cdx_error(CDX_ECORRUPT,
+		    "%s: truncated: %zu bytes is not a whole number of %zu-byte rows", path, len, rowbytes);
 	size_t n = len / rowbytes;
 	if (max_rows > 0 && n > max_rows)
 		n = max_rows;
@@ -76,7 +76,8 @@ texmex_parse(const char *path, uint8_t *buf, size_t len, size_t max_rows, size_t
 		int32_t di;
 		memcpy(&di, buf + i * rowbytes, 4);
 		if (di != d)
-			return cdx_error(CDX_EDIM, "%s: row %zu has dimension %d, row 0 has %d", path, i, di, d);
+			return cdx_error(
+			    CDX_EDIM, "%s: row %zu has dimension %d, row 0 has %d", path, i, di, d);
 		memmove(buf + i * 4 * (size_t) d, buf + i * rowbytes + 4, 4 * (size_t) d);
 	}
 	*n_out = n;
@@ -98,7 +99,8 @@ npy_parse(const char *path, const uint8_t *buf, size_t len, char descr[8], size_
 	} else if (buf[6] == 2 || buf[6] == 3) {
 		if (len < 12)
 			return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header", path);
-		hlen = (size_t) buf[8] | (size_t) buf[9] << 8 | (size_t) buf[10] << 16 | (size_t) buf[11] << 24;
+		hlen = (size_t) buf[8] | (size_t) buf[9] << 8 | (size_t) buf[10] << 16
+		    | (size_t) buf[11] << 24;
 		off = 12;
 	} else
 		return cdx_error(CDX_EVERSION, "%s: .npy format version %u", path, buf[6]);
@@ -110,7 +112,8 @@ npy_parse(const char *path, const uint8_t *buf, size_t len, char descr[8], size_
 	int rc = CDX_OK;
 	const char *p = strstr(h, "'descr'");
 	const char *q;
-	if (p == NULL || (p = strchr(p + 7, '\'')) == NULL || (q = strchr(p + 1, '\'')) == NULL || q - p - 1 >= 8) {
+	if (p == NULL || (p = strchr(p + 7, '\'')) == NULL || (q = strchr(p + 1, '\'')) == NULL
+	    || q - p - 1 >= 8) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: .npy header has no descr", path);
 		goto out;
 	}
@@ -148,7 +151,8 @@ npy_parse(const char *path, const uint8_t *buf, size_t len, char descr[8], size_
 			p++;
 	}
 	if (*p != ')') {
-		rc = cdx_error(CDX_EINVAL, "%s: .npy arrays of more than 2 dimensions are not supported", path);
+		rc = cdx_error(
+		    CDX_EINVAL, "%s: .npy arrays of more than 2 dimensions are not supported", path);
 		goto out;
 	}
 	*data_off = off + hlen;
@@ -170,12 +174,13 @@ cdx_vecs_read(struct cdx_vecs *v, const char *path, size_t max_rows)
 	uint32_t dim;
 	if (ends_with(path, ".npy")) {
 		char descr[8];
-		size_t shape[2] = {0, 0}, off;
+		size_t shape[2] = { 0, 0 }, off;
 		int ndim;
 		if ((rc = npy_parse(path, buf, len, descr, shape, &ndim, &off)) != 0)
 			goto fail;
 		if (ndim != 2) {
-			rc = cdx_error(CDX_EINVAL, "%s: expected a 2-d array (rows x dim), got %d-d", path, ndim);
+			rc = cdx_error(
+			    CDX_EINVAL, "%s: expected a 2-d array (rows x dim), got %d-d", path, ndim);
 			goto fail;
 		}
 		size_t esz;
@@ -184,7 +189,8 @@ cdx_vecs_read(struct cdx_vecs *v, const char *path, size_t max_rows)
 		else if (strcmp(descr, "<f2") == 0)
 			esz = 2;
 		else {
-			rc = cdx_error(CDX_EINVAL, "%s: dtype %s not supported (float32 or float16)", path, descr);
+			rc = cdx_error(
+			    CDX_EINVAL, "%s: dtype %s not supported (float32 or float16)", path, descr);
 			goto fail;
 		}
 		n = shape[0];
@@ -194,8 +200,8 @@ cdx_vecs_read(struct cdx_vecs *v, const char *path, size_t max_rows)
 			goto fail;
 		}
 		if (len - off < n * dim * esz) {
-			rc = cdx_error(CDX_ECORRUPT, "%s: truncated: %zu data bytes, shape needs %zu", path, len - off,
-			    n * dim * esz);
+			rc = cdx_error(CDX_ECORRUPT, "%s: truncated: %zu data bytes, shape needs %zu", path,
+			    len - off, n * dim * esz);
 			goto fail;
 		}
 		if (max_rows > 0 && n > max_rows)
@@ -305,8 +311,8 @@ cdx_idmap_init_ids(struct cdx_idmap *m, const int64_t *ids, size_t n)
 			int64_t id = p[i].id;
 			free(p);
 			cdx_idmap_fini(m);
-			return cdx_error(CDX_EDUP, "id %" PRId64 " appears at rows %" PRId64 " and %" PRId64, id,
-			    a < b ? a : b, a < b ? b : a);
+			return cdx_error(CDX_EDUP, "id %" PRId64 " appears at rows %" PRId64 " and %" PRId64,
+			    id, a < b ? a : b, a < b ? b : a);
 		}
 		m->sorted_ids[i] = p[i].id;
 		m->rows[i] = p[i].row;
@@ -329,14 +335,14 @@ cdx_idmap_read_ids(struct cdx_idmap *m, const char *path)
 	size_t n = 0;
 	if (ends_with(path, ".npy")) {
 		char descr[8];
-		size_t shape[2] = {0, 0}, off;
+		size_t shape[2] = { 0, 0 }, off;
 		int ndim;
 		if ((rc = npy_parse(path, buf, len, descr, shape, &ndim, &off)) != 0)
 			goto out;
 		size_t esz = strcmp(descr, "<i8") == 0 ? 8 : strcmp(descr, "<i4") == 0 ? 4 : 0;
 		if (esz == 0 || !(ndim == 1 || (ndim == 2 && shape[1] == 1))) {
-			rc = cdx_error(CDX_EINVAL, "%s: ids must be a 1-d int64 or int32 array (got %s, %d-d)", path,
-			    descr, ndim);
+			rc = cdx_error(CDX_EINVAL,
+			    "%s: ids must be a 1-d int64 or int32 array (got %s, %d-d)", path, descr, ndim);
 			goto out;
 		}
 		n = shape[0];
@@ -385,7 +391,8 @@ cdx_idmap_read_ids(struct cdx_idmap *m, const char *path)
 			errno = 0;
 			long long v = strtoll(tmp, &stop, 10);
 			if (*stop != '\0' || errno != 0) {
-				rc = cdx_error(CDX_EINVAL, "%s: line %zu: not an integer id: '%s'", path, line, tmp);
+				rc = cdx_error(
+				    CDX_EINVAL, "%s: line %zu: not an integer id: '%s'", path, line, tmp);
 				goto out;
 			}
 			if (n == cap) {

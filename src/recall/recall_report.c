@@ -82,11 +82,13 @@ cdx_recall_write_csv(const char *path, const struct cdx_recall_row *rows, size_t
 	FILE *f = fopen(path, "w");
 	if (f == NULL)
 		return cdx_error_errno(CDX_EIO, "%s", path);
-	fprintf(f, "nprobe,refine_factor,k,recall_at_k,recall_1_at_k,recall_10_at_10,recall_100_at_100,"
-		   "p50_ms,p95_ms,p99_ms,mean_ms,qps,bytes_per_vector,queries\n");
+	fprintf(f,
+	    "nprobe,refine_factor,k,recall_at_k,recall_1_at_k,recall_10_at_10,recall_100_at_100,"
+	    "p50_ms,p95_ms,p99_ms,mean_ms,qps,bytes_per_vector,queries\n");
 	for (size_t i = 0; i < n; i++) {
 		const struct cdx_recall_row *r = &rows[i];
-		fprintf(f, "%u,%g,%u,", r->nprobe, r->refine_factor < 1 ? 0.0 : (double) r->refine_factor, r->k);
+		fprintf(
+		    f, "%u,%g,%u,", r->nprobe, r->refine_factor < 1 ? 0.0 : (double) r->refine_factor, r->k);
 		csv_num(f, r->recall, 6);
 		fputc(',', f);
 		csv_num(f, r->recall_1, 6);
@@ -167,8 +169,9 @@ cdx_recall_write_json(const char *path, const struct cdx_recall_meta *m, const s
 	json_object_set_new(root, "epsilon", json_real(m->eps));
 	if (m->truth_source)
 		json_object_set_new(root, "truth", json_string(m->truth_source));
-	json_object_set_new(root, "tie_rule", json_string(m->ids_only ? "none (ids only, no base vectors)"
-	                                                               : "distance <= k-th true distance + epsilon"));
+	json_object_set_new(root, "tie_rule",
+	    json_string(m->ids_only ? "none (ids only, no base vectors)"
+	                            : "distance <= k-th true distance + epsilon"));
 	if (m->exact_qps > 0)
 		json_object_set_new(root, "exact_search_qps", json_real(m->exact_qps));
 	json_t *arr = json_array();
@@ -189,7 +192,8 @@ cdx_recall_write_json(const char *path, const struct cdx_recall_meta *m, const s
 			const struct cdx_recall_row *r = &rows[points[i].row];
 			json_object_set_new(o, "reached", json_true());
 			json_object_set_new(o, "nprobe", json_integer(r->nprobe));
-			json_object_set_new(o, "refine_factor", json_real(r->refine_factor < 1 ? 0.0 : r->refine_factor));
+			json_object_set_new(
+			    o, "refine_factor", json_real(r->refine_factor < 1 ? 0.0 : r->refine_factor));
 			json_object_set_new(o, "recall", jnum(r->recall));
 			json_object_set_new(o, "k", json_integer(r->k));
 			json_object_set_new(o, "p99_ms", jnum(r->p99_ms));
@@ -202,7 +206,7 @@ cdx_recall_write_json(const char *path, const struct cdx_recall_meta *m, const s
 	json_decref(root);
 	if (text == NULL)
 		return cdx_error(CDX_ENOMEM, "%s: encoding JSON", path);
-	cdx_buf b = {0};
+	cdx_buf b = { 0 };
 	int rc = cdx_buf_append(&b, text, strlen(text));
 	rc = rc ? rc : cdx_buf_append(&b, "\n", 1);
 	free(text);
@@ -240,7 +244,8 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 	size_t plen = strlen(png_path);
 	size_t stem = plen >= 4 && strcasecmp(png_path + plen - 4, ".png") == 0 ? plen - 4 : plen;
 	char *gp = NULL, *dat = NULL;
-	if (asprintf(&gp, "%.*s.gp", (int) stem, png_path) < 0 || asprintf(&dat, "%.*s.dat", (int) stem, png_path) < 0) {
+	if (asprintf(&gp, "%.*s.gp", (int) stem, png_path) < 0
+	    || asprintf(&dat, "%.*s.dat", (int) stem, png_path) < 0) {
 		free(gp);
 		return cdx_error(CDX_ENOMEM, "plot paths");
 	}
@@ -282,8 +287,8 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 			}
 			if (pick < 0)
 				break;
-			fprintf(f, "%.6f %.3f %u %.4f\n", rows[pick].recall, rows[pick].qps, rows[pick].nprobe,
-			    rows[pick].p99_ms);
+			fprintf(f, "%.6f %.3f %u %.4f\n", rows[pick].recall, rows[pick].qps,
+			    rows[pick].nprobe, rows[pick].p99_ms);
 			lastp = rows[pick].nprobe;
 		}
 		fprintf(f, "\n\n");
@@ -300,18 +305,20 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 	}
 	fprintf(f, "# written by candex recall; run: gnuplot ");
 	gp_quote(f, gp);
-	fprintf(f, "\nif (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
-		   "  set terminal pngcairo size 960,640 noenhanced font 'sans,10'\n"
-		   "} else {\n"
-		   "  set terminal png size 960,640 noenhanced\n"
-		   "}\nset output ");
+	fprintf(f,
+	    "\nif (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+	    "  set terminal pngcairo size 960,640 noenhanced font 'sans,10'\n"
+	    "} else {\n"
+	    "  set terminal png size 960,640 noenhanced\n"
+	    "}\nset output ");
 	gp_quote(f, png_path);
 	fprintf(f, "\nset title ");
 	gp_quote(f, title ? title : "candex recall");
-	fprintf(f, "\nset xlabel '%u-recall@%u'\n"
-		   "set ylabel 'queries per second (log scale)'\n"
-		   "set logscale y\nset grid\nset key top right box opaque\n"
-		   "set xrange [*:1.0]\nset offsets 0.02, 0, 0, 0\n",
+	fprintf(f,
+	    "\nset xlabel '%u-recall@%u'\n"
+	    "set ylabel 'queries per second (log scale)'\n"
+	    "set logscale y\nset grid\nset key top right box opaque\n"
+	    "set xrange [*:1.0]\nset offsets 0.02, 0, 0, 0\n",
 	    k, k);
 	fprintf(f, "plot ");
 	for (size_t b = 0; b < nref; b++) {
@@ -322,10 +329,10 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 			snprintf(label, sizeof(label), "refine x%g", (double) refs[b]);
 		fprintf(f, "%s", b ? ", \\\n     " : "");
 		gp_quote(f, dat);
-		fprintf(f, " index %zu using 1:2 with linespoints lw 2 pt 7 ps 0.8 title '%s', \\\n     ", b, label);
+		fprintf(f, " index %zu using 1:2 with linespoints lw 2 pt 7 ps 0.8 title '%s', \\\n     ", b,
+		    label);
 		gp_quote(f, dat);
-		fprintf(f, " index %zu using 1:2:3 with labels offset char 0.8,0.6 font ',7' notitle",
-		    b);
+		fprintf(f, " index %zu using 1:2:3 with labels offset char 0.8,0.6 font ',7' notitle", b);
 	}
 	fprintf(f, "\n");
 	if (fclose(f) != 0) {
@@ -336,11 +343,12 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 	f = NULL;
 
 	pid_t pid;
-	char *argv[] = {"gnuplot", gp, NULL};
+	char *argv[] = { "gnuplot", gp, NULL };
 	int err = posix_spawnp(&pid, "gnuplot", NULL, NULL, argv, environ);
 	if (err != 0) {
 		errno = err;
-		rc = cdx_error_errno(CDX_EIO, "cannot run gnuplot (install gnuplot-nox: tools/setup-deps.sh)");
+		rc = cdx_error_errno(
+		    CDX_EIO, "cannot run gnuplot (install gnuplot-nox: tools/setup-deps.sh)");
 		goto out;
 	}
 	int status;

@@ -59,8 +59,8 @@ batch_worker(void *arg)
 		if (b >= nq)
 			break;
 		size_t n = nq - b < j->batch ? nq - b : j->batch;
-		int rc = j->be->search(j->be->ctx, j->set->queries + b * dim, n, j->k, j->nprobe, j->refine,
-		    j->ids + b * j->k);
+		int rc = j->be->search(
+		    j->be->ctx, j->set->queries + b * dim, n, j->k, j->nprobe, j->refine, j->ids + b * j->k);
 		if (rc != 0)
 			job_fail(j, rc);
 	}
@@ -70,10 +70,10 @@ batch_worker(void *arg)
 /* run_batched searches every query at k with `threads` threads; ids gets
  * nq x k external ids. *seconds (may be NULL) gets the wall time. */
 static int
-run_batched(const struct cdx_recall_backend *be, const struct cdx_recall_set *set, unsigned threads, uint32_t k,
-    uint32_t nprobe, float refine, int64_t *ids, double *seconds)
+run_batched(const struct cdx_recall_backend *be, const struct cdx_recall_set *set, unsigned threads,
+    uint32_t k, uint32_t nprobe, float refine, int64_t *ids, double *seconds)
 {
-	struct batch_job j = {.be = be, .set = set, .k = k, .nprobe = nprobe, .refine = refine, .ids = ids};
+	struct batch_job j = { .be = be, .set = set, .k = k, .nprobe = nprobe, .refine = refine, .ids = ids };
 	j.batch = be->batch ? be->batch : 256;
 	/* keep every thread busy: no batch larger than a fair share */
 	size_t share = (set->nq + threads - 1) / threads;
@@ -128,8 +128,9 @@ progress(const struct cdx_sweep_config *cfg, size_t done, size_t total, const ch
 }
 
 static int
-measure(const struct cdx_recall_backend *be, const struct cdx_recall_set *set, const struct cdx_sweep_config *cfg,
-    unsigned threads, uint32_t nprobe, float refine, size_t done, size_t total, struct cdx_recall_row *row)
+measure(const struct cdx_recall_backend *be, const struct cdx_recall_set *set,
+    const struct cdx_sweep_config *cfg, unsigned threads, uint32_t nprobe, float refine, size_t done,
+    size_t total, struct cdx_recall_row *row)
 {
 	uint32_t k = cfg->k;
 	size_t nq = set->nq, dim = set->space.dim;
@@ -198,7 +199,7 @@ measure(const struct cdx_recall_backend *be, const struct cdx_recall_set *set, c
 		row->recall_100 = row->recall;
 
 	/* 3. the standard figures at their own k */
-	uint32_t extra[2] = {10, 100};
+	uint32_t extra[2] = { 10, 100 };
 	for (int e = 0; e < 2; e++) {
 		uint32_t ke = extra[e];
 		if (ke == k || ke > set->truth->k)
@@ -228,10 +229,11 @@ cdx_recall_sweep(const struct cdx_recall_backend *be, const struct cdx_recall_se
 	*rowsp = NULL;
 	*nrows = 0;
 	if (cfg->k == 0 || cfg->n_nprobes == 0 || cfg->n_refines == 0 || set->nq == 0)
-		return cdx_error(CDX_EINVAL, "empty sweep (k, nprobe list, refine list and queries must be non-empty)");
+		return cdx_error(
+		    CDX_EINVAL, "empty sweep (k, nprobe list, refine list and queries must be non-empty)");
 	if (cfg->k > set->truth->k)
-		return cdx_error(CDX_EINVAL, "k = %u exceeds the %u neighbours the ground truth holds", cfg->k,
-		    set->truth->k);
+		return cdx_error(CDX_EINVAL, "k = %u exceeds the %u neighbours the ground truth holds",
+		    cfg->k, set->truth->k);
 	unsigned threads = cfg->threads;
 	if (threads == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -246,8 +248,9 @@ cdx_recall_sweep(const struct cdx_recall_backend *be, const struct cdx_recall_se
 	{
 		size_t nw = set->nq < 64 ? set->nq : 64;
 		int64_t *w = malloc(nw * cfg->k * sizeof(int64_t));
-		int rc = w ? be->search(be->ctx, set->queries, nw, cfg->k, cfg->nprobes[0], cfg->refines[0], w)
-		           : cdx_error(CDX_ENOMEM, "warm-up");
+		int rc = w
+		    ? be->search(be->ctx, set->queries, nw, cfg->k, cfg->nprobes[0], cfg->refines[0], w)
+		    : cdx_error(CDX_ENOMEM, "warm-up");
 		free(w);
 		if (rc != 0) {
 			free(rows);
@@ -259,7 +262,8 @@ cdx_recall_sweep(const struct cdx_recall_backend *be, const struct cdx_recall_se
 	for (size_t r = 0; r < cfg->n_refines; r++) {
 		for (size_t p = 0; p < cfg->n_nprobes; p++) {
 			struct cdx_recall_row *row = &rows[done];
-			int rc = measure(be, set, cfg, threads, cfg->nprobes[p], cfg->refines[r], done, total, row);
+			int rc = measure(
+			    be, set, cfg, threads, cfg->nprobes[p], cfg->refines[r], done, total, row);
 			if (rc != 0) {
 				free(rows);
 				return rc;
@@ -298,8 +302,8 @@ cdx_recall_pick(const struct cdx_recall_row *rows, size_t n, double target)
 	for (size_t i = 0; i < n; i++) {
 		if (isnan(rows[i].recall) || rows[i].recall < target)
 			continue;
-		if (best < 0 || rows[i].qps > rows[best].qps ||
-		    (rows[i].qps == rows[best].qps && rows[i].p99_ms < rows[best].p99_ms))
+		if (best < 0 || rows[i].qps > rows[best].qps
+		    || (rows[i].qps == rows[best].qps && rows[i].p99_ms < rows[best].p99_ms))
 			best = (long) i;
 	}
 	return best;
@@ -313,7 +317,8 @@ cdx_recall_worst_drop(const struct cdx_recall_row *rows, size_t n, size_t *at)
 		*at = 0;
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < n; j++) {
-			if (rows[i].refine_factor != rows[j].refine_factor || rows[j].nprobe <= rows[i].nprobe)
+			if (rows[i].refine_factor != rows[j].refine_factor
+			    || rows[j].nprobe <= rows[i].nprobe)
 				continue;
 			double drop = rows[i].recall - rows[j].recall;
 			if (drop > worst) {

@@ -18,9 +18,9 @@
 #include "recall/recall.h"
 #include "shard/shard.h"
 
-#define TRUTH_MAGIC "CDXTRUTH"
+#define TRUTH_MAGIC  "CDXTRUTH"
 #define TRUTH_FORMAT 1
-#define TRUTH_BATCH 1024
+#define TRUTH_BATCH  1024
 /* Faiss ranks by float distances computed as |x|^2 + |q|^2 - 2<x,q>, whose
  * rounding can swap near-equal neighbours across the k-th place; fetching a
  * few more and re-ranking them in double puts the boundary right. */
@@ -168,7 +168,8 @@ cdx_recall_exact_qps(const struct cdx_recall_space *s, const float *queries, siz
 	while (rc == CDX_OK) {
 		for (size_t b0 = 0; b0 < nq && rc == CDX_OK; b0 += TRUTH_BATCH) {
 			size_t bn = nq - b0 < TRUTH_BATCH ? nq - b0 : TRUTH_BATCH;
-			if (faiss_Index_search(flat, (idx_t) bn, queries + b0 * s->dim, (idx_t) kk, d, lab) != 0)
+			if (faiss_Index_search(flat, (idx_t) bn, queries + b0 * s->dim, (idx_t) kk, d, lab)
+			    != 0)
 				rc = cdx_error_faiss("exact-search baseline");
 		}
 		done += nq;
@@ -190,7 +191,8 @@ cdx_truth_from_rows(struct cdx_truth *t, const struct cdx_recall_space *s, const
 {
 	memset(t, 0, sizeof(*t));
 	if (gt_k < k)
-		return cdx_error(CDX_EINVAL, "ground-truth rows hold %u neighbours, fewer than k = %u", gt_k, k);
+		return cdx_error(
+		    CDX_EINVAL, "ground-truth rows hold %u neighbours, fewer than k = %u", gt_k, k);
 	int with_dist = s != NULL && s->base != NULL;
 	int rc = truth_alloc(t, nq, k, s ? s->metric : 0, with_dist);
 	if (rc != 0)
@@ -207,8 +209,9 @@ cdx_truth_from_rows(struct cdx_truth *t, const struct cdx_recall_space *s, const
 				free(c);
 				cdx_truth_fini(t);
 				return cdx_error(CDX_ECORRUPT,
-				    "ground truth row %zu, neighbour %u: base row %d is outside the %zu base vectors", i,
-				    j, row, s ? s->nb : 0);
+				    "ground truth row %zu, neighbour %u: base row %d is outside the %zu base "
+				    "vectors",
+				    i, j, row, s ? s->nb : 0);
 			}
 			t->rows[i * k + j] = row;
 		}
@@ -232,13 +235,13 @@ cdx_truth_from_rows(struct cdx_truth *t, const struct cdx_recall_space *s, const
 }
 
 uint64_t
-cdx_truth_key(const struct cdx_recall_space *s, const float *queries, size_t nq, uint32_t k, const void *extra,
-    size_t extra_len)
+cdx_truth_key(const struct cdx_recall_space *s, const float *queries, size_t nq, uint32_t k,
+    const void *extra, size_t extra_len)
 {
 	cdx_xxh64_state st;
 	cdx_xxh64_init(&st, 0);
 	static const char tag[] = "candex-truth-v1";
-	uint64_t hdr[5] = {(uint64_t) s->metric, s->dim, s->nb, nq, k};
+	uint64_t hdr[5] = { (uint64_t) s->metric, s->dim, s->nb, nq, k };
 	cdx_xxh64_update(&st, tag, sizeof(tag));
 	cdx_xxh64_update(&st, hdr, sizeof(hdr));
 	if (s->base != NULL)
@@ -258,7 +261,7 @@ cdx_truth_cache_path(char *out, size_t outlen, const char *dir, uint64_t key)
 int
 cdx_truth_save(const struct cdx_truth *t, const char *path)
 {
-	cdx_buf b = {0};
+	cdx_buf b = { 0 };
 	uint32_t fmt = TRUTH_FORMAT, metric = (uint32_t) t->metric, has = t->dist != NULL;
 	uint64_t nq = t->nq;
 	int rc = cdx_buf_append(&b, TRUTH_MAGIC, 8);

@@ -14,9 +14,9 @@
 #include "search/search.h"
 #include "shard/manifest.h"
 
-#define N 10000
+#define N   10000
 #define DIM 32
-#define NQ 200
+#define NQ  200
 
 static char *dir;
 static float *base_l2, *base_cos, *base_ip, *queries;
@@ -72,8 +72,8 @@ teardown(void **state)
 
 /* run_recall runs `candex recall <args> --json <tmp>` and returns the parsed
  * JSON (NULL if the run failed; *out gets the output if not NULL). */
-static json_t *
-run_recall(char **out, int *status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static json_t *run_recall(char **out, int *status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static json_t *
 run_recall(char **out, int *status, const char *fmt, ...)
@@ -86,8 +86,8 @@ run_recall(char **out, int *status, const char *fmt, ...)
 	va_end(ap);
 	snprintf(js, sizeof(js), "%s/run-%d.json", dir, ++seq);
 	char *o = NULL;
-	int rc = tu_run(&o, "%s recall --quiet --cache-dir %s/cache --min-time 0.02 --json %s %s", CANDEX_BIN, dir,
-	    js, args);
+	int rc = tu_run(&o, "%s recall --quiet --cache-dir %s/cache --min-time 0.02 --json %s %s", CANDEX_BIN,
+	    dir, js, args);
 	if (status != NULL)
 		*status = rc;
 	if (rc != 0 && status == NULL)
@@ -107,8 +107,8 @@ row_at(json_t *root, uint32_t nprobe, double refine)
 	json_t *rows = json_object_get(root, "results");
 	for (size_t i = 0; i < json_array_size(rows); i++) {
 		json_t *r = json_array_get(rows, i);
-		if (json_integer_value(json_object_get(r, "nprobe")) == nprobe &&
-		    fabs(json_real_value(json_object_get(r, "refine_factor")) - refine) < 1e-6)
+		if (json_integer_value(json_object_get(r, "nprobe")) == nprobe
+		    && fabs(json_real_value(json_object_get(r, "refine_factor")) - refine) < 1e-6)
 			return r;
 	}
 	return NULL;
@@ -130,11 +130,14 @@ assert_monotonic(json_t *root, const char *field)
 	for (size_t i = 0; i < json_array_size(rows); i++)
 		for (size_t j = 0; j < json_array_size(rows); j++) {
 			json_t *a = json_array_get(rows, i), *b = json_array_get(rows, j);
-			if (num(a, "refine_factor") != num(b, "refine_factor") || num(b, "nprobe") <= num(a, "nprobe"))
+			if (num(a, "refine_factor") != num(b, "refine_factor")
+			    || num(b, "nprobe") <= num(a, "nprobe"))
 				continue;
 			if (num(b, field) < num(a, field) - 0.005) {
-				fprintf(stderr, "%s falls from %.4f (nprobe %g) to %.4f (nprobe %g), refine %g\n", field,
-				    num(a, field), num(a, "nprobe"), num(b, field), num(b, "nprobe"), num(a, "refine_factor"));
+				fprintf(stderr,
+				    "%s falls from %.4f (nprobe %g) to %.4f (nprobe %g), refine %g\n", field,
+				    num(a, field), num(a, "nprobe"), num(b, field), num(b, "nprobe"),
+				    num(a, "refine_factor"));
 				fail();
 			}
 		}
@@ -149,7 +152,7 @@ bruteforce_recall(const char *coll, const float *base, int metric, uint32_t npro
 	cdx_collection *c = NULL;
 	assert_int_equal(cdx_collection_load(&c, path), CDX_OK);
 	struct cdx_hit *hits = malloc(NQ * k * sizeof(*hits));
-	struct cdx_search_params p = {.k = k, .nprobe = nprobe, .refine_factor = refine};
+	struct cdx_search_params p = { .k = k, .nprobe = nprobe, .refine_factor = refine };
 	assert_int_equal(cdx_collection_search(c, &p, queries, NQ, hits), CDX_OK);
 	float *x = malloc(N * DIM * sizeof(float)), *q = malloc(NQ * DIM * sizeof(float));
 	memcpy(x, base, N * DIM * sizeof(float));
@@ -183,11 +186,12 @@ static void
 test_flat_is_exact(void **state)
 {
 	(void) state;
-	const char *colls[] = {"flatl2", "flatcos", "flatip"};
-	const char *bases[] = {bpath_l2, bpath_cos, bpath_ip};
+	const char *colls[] = { "flatl2", "flatcos", "flatip" };
+	const char *bases[] = { bpath_l2, bpath_cos, bpath_ip };
 	for (int i = 0; i < 3; i++) {
-		json_t *root = run_recall(NULL, NULL, "--index %s/index/%s --queries %s --base %s --latency-queries 20",
-		    dir, colls[i], qpath, bases[i]);
+		json_t *root = run_recall(NULL, NULL,
+		    "--index %s/index/%s --queries %s --base %s --latency-queries 20", dir, colls[i], qpath,
+		    bases[i]);
 		assert_non_null(root);
 		json_t *rows = json_object_get(root, "results");
 		assert_int_equal(json_array_size(rows), 1); /* flat: one setting */
@@ -207,8 +211,7 @@ check_sweep(const char *coll, const char *bpath, const float *base, int metric, 
 	json_t *root = run_recall(NULL, NULL,
 	    "--index %s/index/%s --queries %s --base %s --nprobe 1,4,16,64,256 %s --latency-queries 30 "
 	    "--epsilon 1e-6",
-	    dir, coll,
-	    qpath, bpath, refine_store ? "--refine 0,32" : "");
+	    dir, coll, qpath, bpath, refine_store ? "--refine 0,32" : "");
 	assert_non_null(root);
 	assert_string_equal(json_string_value(json_object_get(root, "metric")), cdx_metric_name(metric));
 	assert_int_equal(json_array_size(json_object_get(root, "results")), refine_store ? 10 : 5);
@@ -218,7 +221,8 @@ check_sweep(const char *coll, const char *bpath, const float *base, int metric, 
 	/* more probes must help, and re-ranking every list reaches what exact
 	 * search allows */
 	double rf = refine_store ? 32 : 0;
-	assert_true(num(row_at(root, 256, rf), "recall_at_k") > num(row_at(root, 1, rf), "recall_at_k") + 0.1);
+	assert_true(
+	    num(row_at(root, 256, rf), "recall_at_k") > num(row_at(root, 1, rf), "recall_at_k") + 0.1);
 	if (refine_store) {
 		assert_true(num(row_at(root, 256, 32), "recall_at_k") >= 0.99);
 		assert_true(num(row_at(root, 256, 32), "recall_100_at_100") >= 0.99);
@@ -269,7 +273,8 @@ test_targets_and_save(void **state)
 	int status;
 	char *out = NULL;
 	json_t *root = run_recall(&out, &status,
-	    "--index %s/index/l2r --queries %s --base %s --nprobe 1,2,4,8,16,32 --refine 0,4 --latency-queries 20 "
+	    "--index %s/index/l2r --queries %s --base %s --nprobe 1,2,4,8,16,32 --refine 0,4 "
+	    "--latency-queries 20 "
 	    "--target 0.6,0.9 --target 0.99999 --save",
 	    dir, qpath, bpath_l2);
 	/* 0.99999 is out of reach of this sweep: exit 1, the others saved */
@@ -358,13 +363,15 @@ test_ground_truth_file(void **state)
 	snprintf(gt, sizeof(gt), "%s/gt100.ivecs", dir);
 	make_gt(gt, NQ, 100);
 	/* rows only (no --base): recall by id; with base: by distance */
-	json_t *a = run_recall(NULL, NULL, "--index %s/index/l2r --queries %s --gt %s --nprobe 2,16 --refine 0",
-	    dir, qpath, gt);
-	json_t *b = run_recall(NULL, NULL, "--index %s/index/l2r --queries %s --gt %s --base %s --nprobe 2,16 "
-	                                   "--refine 0",
+	json_t *a = run_recall(
+	    NULL, NULL, "--index %s/index/l2r --queries %s --gt %s --nprobe 2,16 --refine 0", dir, qpath, gt);
+	json_t *b = run_recall(NULL, NULL,
+	    "--index %s/index/l2r --queries %s --gt %s --base %s --nprobe 2,16 "
+	    "--refine 0",
 	    dir, qpath, gt, bpath_l2);
-	json_t *c = run_recall(NULL, NULL, "--index %s/index/l2r --queries %s --base %s --nprobe 2,16 --refine 0 "
-	                                   "--baseline",
+	json_t *c = run_recall(NULL, NULL,
+	    "--index %s/index/l2r --queries %s --base %s --nprobe 2,16 --refine 0 "
+	    "--baseline",
 	    dir, qpath, bpath_l2);
 	assert_non_null(a);
 	assert_non_null(b);
@@ -384,8 +391,9 @@ test_ground_truth_file(void **state)
 		 * credited: at most a hit or two in 2000 */
 		assert_true(fabs(rb - rc) < 1e-9);
 		assert_true(ra <= rb && rb - ra <= 0.002);
-		assert_true(fabs(num(row_at(b, np, 0), "recall_100_at_100") - num(row_at(c, np, 0), "recall_100_at_100")) <
-		    1e-9);
+		assert_true(fabs(num(row_at(b, np, 0), "recall_100_at_100")
+		                - num(row_at(c, np, 0), "recall_100_at_100"))
+		    < 1e-9);
 	}
 	json_decref(a);
 	json_decref(b);
@@ -401,8 +409,9 @@ test_truth_cache(void **state)
 	char cache[4200];
 	snprintf(cache, sizeof(cache), "%s/cache2", dir);
 	for (int i = 0; i < 2; i++) {
-		status = tu_run(&out, "%s recall --index %s/index/ip --queries %s --base %s --nprobe 4 --min-time 0.01 "
-		                      "--cache-dir %s",
+		status = tu_run(&out,
+		    "%s recall --index %s/index/ip --queries %s --base %s --nprobe 4 --min-time 0.01 "
+		    "--cache-dir %s",
 		    CANDEX_BIN, dir, qpath, bpath_ip, cache);
 		assert_int_equal(status, 0);
 		assert_non_null(strstr(out, i == 0 ? "truth computed" : "truth cache"));
@@ -418,8 +427,9 @@ test_outputs(void **state)
 	char csv[4200], png[4200];
 	snprintf(csv, sizeof(csv), "%s/r.csv", dir);
 	snprintf(png, sizeof(png), "%s/r.png", dir);
-	int status = tu_run(&out, "%s recall --index %s/index/cos --queries %s --base %s --nprobe 1,8,64 --refine 0,2 "
-	                          "--min-time 0.01 --csv %s --plot %s --cache-dir %s/cache -k 20",
+	int status = tu_run(&out,
+	    "%s recall --index %s/index/cos --queries %s --base %s --nprobe 1,8,64 --refine 0,2 "
+	    "--min-time 0.01 --csv %s --plot %s --cache-dir %s/cache -k 20",
 	    CANDEX_BIN, dir, qpath, bpath_cos, csv, png, dir);
 	assert_int_equal(status, 0);
 	/* the table: header with the primary k's columns and one row a setting */
@@ -448,11 +458,11 @@ test_bad_input(void **state)
 	char *out = NULL;
 	char path[4200];
 	/* queries of another dimension */
-	float q16[10 * 16] = {0};
+	float q16[10 * 16] = { 0 };
 	snprintf(path, sizeof(path), "%s/q16.fvecs", dir);
 	assert_int_equal(tu_write_fvecs(path, q16, 10, 16), 0);
-	int status = tu_run(&out, "%s recall --index %s/index/l2r --queries %s --base %s", CANDEX_BIN, dir, path,
-	    bpath_l2);
+	int status = tu_run(
+	    &out, "%s recall --index %s/index/l2r --queries %s --base %s", CANDEX_BIN, dir, path, bpath_l2);
 	assert_int_equal(status, 1);
 	assert_non_null(strstr(out, "dimension 16"));
 	assert_non_null(strstr(out, "dimension 32"));
@@ -461,8 +471,8 @@ test_bad_input(void **state)
 	/* ground-truth rows shorter than k */
 	snprintf(path, sizeof(path), "%s/gt5.ivecs", dir);
 	make_gt(path, NQ, 5);
-	status = tu_run(&out, "%s recall --index %s/index/l2r --queries %s --gt %s -k 10", CANDEX_BIN, dir, qpath,
-	    path);
+	status = tu_run(
+	    &out, "%s recall --index %s/index/l2r --queries %s --gt %s -k 10", CANDEX_BIN, dir, qpath, path);
 	assert_int_equal(status, 1);
 	assert_non_null(strstr(out, "fewer than k = 10"));
 	free(out);
@@ -470,7 +480,8 @@ test_bad_input(void **state)
 	/* ground truth for another number of queries */
 	snprintf(path, sizeof(path), "%s/gt-short.ivecs", dir);
 	make_gt(path, NQ - 1, 10);
-	status = tu_run(&out, "%s recall --index %s/index/l2r --queries %s --gt %s", CANDEX_BIN, dir, qpath, path);
+	status = tu_run(
+	    &out, "%s recall --index %s/index/l2r --queries %s --gt %s", CANDEX_BIN, dir, qpath, path);
 	assert_int_equal(status, 1);
 	assert_non_null(strstr(out, "199 rows"));
 	assert_non_null(strstr(out, "200 queries"));
@@ -478,8 +489,9 @@ test_bad_input(void **state)
 
 	/* a server that is not there */
 	uint64_t t0 = cdx_now_us();
-	status = tu_run(&out, "%s recall --url ipc://%s/nobody.ipc --collection l2r --queries %s --base %s "
-	                      "--timeout-ms 300",
+	status = tu_run(&out,
+	    "%s recall --url ipc://%s/nobody.ipc --collection l2r --queries %s --base %s "
+	    "--timeout-ms 300",
 	    CANDEX_BIN, dir, qpath, bpath_l2);
 	assert_int_equal(status, 1);
 	assert_non_null(strstr(out, "not reachable"));
@@ -490,8 +502,8 @@ test_bad_input(void **state)
 	status = tu_run(&out, "%s recall --index %s/index/l2r --base %s", CANDEX_BIN, dir, bpath_l2);
 	assert_int_equal(status, 2);
 	free(out);
-	status = tu_run(&out, "%s recall --index %s/index/ip --queries %s --base %s --refine 2", CANDEX_BIN, dir,
-	    qpath, bpath_ip);
+	status = tu_run(&out, "%s recall --index %s/index/ip --queries %s --base %s --refine 2", CANDEX_BIN,
+	    dir, qpath, bpath_ip);
 	assert_int_equal(status, 1);
 	assert_non_null(strstr(out, "no refine store"));
 	free(out);
@@ -504,17 +516,19 @@ test_server(void **state)
 	struct st_server s;
 	assert_int_equal(st_start(&s, dir, "recall", "--threads 2"), 0);
 	json_t *remote = run_recall(NULL, NULL,
-	    "--url %s --collection cos --queries %s --base %s --nprobe 2,16 --refine 0,4 --latency-queries 30", s.url,
-	    qpath, bpath_cos);
+	    "--url %s --collection cos --queries %s --base %s --nprobe 2,16 --refine 0,4 --latency-queries "
+	    "30",
+	    s.url, qpath, bpath_cos);
 	json_t *local = run_recall(NULL, NULL,
-	    "--index %s/index/cos --queries %s --base %s --nprobe 2,16 --refine 0,4 --latency-queries 30", dir, qpath,
-	    bpath_cos);
+	    "--index %s/index/cos --queries %s --base %s --nprobe 2,16 --refine 0,4 --latency-queries 30",
+	    dir, qpath, bpath_cos);
 	assert_non_null(remote);
 	assert_non_null(local);
 	assert_string_equal(json_string_value(json_object_get(remote, "source")), s.url);
 	for (uint32_t np = 2; np <= 16; np *= 8)
 		for (int rf = 0; rf <= 4; rf += 4) {
-			double a = num(row_at(remote, np, rf), "recall_at_k"), b = num(row_at(local, np, rf), "recall_at_k");
+			double a = num(row_at(remote, np, rf), "recall_at_k"),
+			       b = num(row_at(local, np, rf), "recall_at_k");
 			assert_true(fabs(a - b) < 1e-9);
 			assert_true(num(row_at(remote, np, rf), "qps") > 0);
 		}
@@ -526,7 +540,8 @@ test_server(void **state)
 	 * of an unchanged version keeps the loaded manifest) */
 	int status;
 	json_t *saved = run_recall(NULL, &status,
-	    "--url %s --collection cos --index %s/index/cos --queries %s --base %s --nprobe 1,4,16,64 --refine 0,8 "
+	    "--url %s --collection cos --index %s/index/cos --queries %s --base %s --nprobe 1,4,16,64 "
+	    "--refine 0,8 "
 	    "--latency-queries 20 --target 0.8 --save",
 	    s.url, dir, qpath, bpath_cos);
 	assert_int_equal(status, 0);
@@ -539,8 +554,12 @@ test_server(void **state)
 	assert_int_equal(st_start(&s, dir, "recall2", "--threads 2"), 0);
 	cdx_client *cl = st_client(s.url, 5000, 0);
 	struct cdx_client_error err;
-	struct cdx_query q = {.collection = "cos", .vectors = queries, .nvectors = 1, .dim = DIM, .k = 10,
-	    .recall_target = 0.8f};
+	struct cdx_query q = { .collection = "cos",
+		.vectors = queries,
+		.nvectors = 1,
+		.dim = DIM,
+		.k = 10,
+		.recall_target = 0.8f };
 	struct cdx_result *r = NULL;
 	assert_int_equal(cdx_client_search(cl, &q, &r, &err), CDX_OK);
 	assert_int_equal(r->nprobe, want);
@@ -569,7 +588,7 @@ search_and_offer(cdx_online_recall *o, cdx_collection *c, uint32_t nprobe, uint3
 {
 	struct cdx_hit *hits = malloc(NQ * k * sizeof(*hits));
 	int64_t *ids = malloc(NQ * k * sizeof(int64_t));
-	struct cdx_search_params p = {.k = k, .nprobe = nprobe, .refine_factor = CDX_RECALL_REFINE_NONE};
+	struct cdx_search_params p = { .k = k, .nprobe = nprobe, .refine_factor = CDX_RECALL_REFINE_NONE };
 	assert_int_equal(cdx_collection_search(c, &p, queries, NQ, hits), CDX_OK);
 	for (size_t i = 0; i < NQ; i++) {
 		cdx_online_recall_offer(o, c, queries + i * DIM, k, hits + i * k, k);
@@ -584,12 +603,12 @@ static void
 test_online_matches_offline(void **state)
 {
 	(void) state;
-	struct cdx_online_recall_config cfg = {.sample_fraction = 1, .cpu_budget = 1, .queue_max = 4096};
+	struct cdx_online_recall_config cfg = { .sample_fraction = 1, .cpu_budget = 1, .queue_max = 4096 };
 	cdx_online_recall *o = NULL;
 	assert_int_equal(cdx_online_recall_start(&o, &cfg), CDX_OK);
-	const char *colls[] = {"l2r", "cos"};
-	const float *bases[] = {base_l2, base_cos};
-	int metrics[] = {CDX_METRIC_L2, CDX_METRIC_COS};
+	const char *colls[] = { "l2r", "cos" };
+	const float *bases[] = { base_l2, base_cos };
+	int metrics[] = { CDX_METRIC_L2, CDX_METRIC_COS };
 	for (int m = 0; m < 2; m++) {
 		cdx_collection *c = load(colls[m]);
 		int64_t *ids = search_and_offer(o, c, 4, 10);
@@ -607,7 +626,7 @@ test_online_matches_offline(void **state)
 			cdx_normalize_rows(x, N, DIM);
 			cdx_normalize_rows(q, NQ, DIM);
 		}
-		struct cdx_recall_space sp = {.metric = metrics[m], .dim = DIM, .nb = N, .base = x};
+		struct cdx_recall_space sp = { .metric = metrics[m], .dim = DIM, .nb = N, .base = x };
 		struct cdx_truth t;
 		assert_int_equal(cdx_truth_compute(&t, &sp, q, NQ, 10, NULL, NULL), CDX_OK);
 		double offline = cdx_recall_mean(&t, &sp, q, ids, NQ, 10, 10, 10, CDX_RECALL_EPSILON_DEFAULT);
@@ -623,11 +642,12 @@ test_online_matches_offline(void **state)
 		free(ids);
 		cdx_collection_unref(c); /* the checker's references keep nothing alive past flush */
 	}
-	cdx_buf b = {0};
+	cdx_buf b = { 0 };
 	assert_int_equal(cdx_online_recall_render(o, &b), CDX_OK);
 	assert_int_equal(cdx_buf_append(&b, "", 1), CDX_OK);
 	assert_non_null(strstr(b.data, "candex_online_recall{collection=\"l2r\",k=\"10\"} 0."));
-	assert_non_null(strstr(b.data, "candex_online_recall_queries_total{collection=\"cos\",k=\"10\"} 200"));
+	assert_non_null(
+	    strstr(b.data, "candex_online_recall_queries_total{collection=\"cos\",k=\"10\"} 200"));
 	assert_non_null(strstr(b.data, "candex_online_recall_truth_exact{collection=\"l2r\"} 1"));
 	assert_non_null(strstr(b.data, "# TYPE candex_online_recall gauge"));
 	assert_non_null(strstr(b.data, "PQ-reconstructed"));
@@ -641,7 +661,7 @@ test_online_sampling_and_queue(void **state)
 	(void) state;
 	cdx_collection *c = load("l2r");
 	/* a quarter of the queries, exactly and evenly */
-	struct cdx_online_recall_config cfg = {.sample_fraction = 0.25, .cpu_budget = 1, .queue_max = 4096};
+	struct cdx_online_recall_config cfg = { .sample_fraction = 0.25, .cpu_budget = 1, .queue_max = 4096 };
 	cdx_online_recall *o = NULL;
 	assert_int_equal(cdx_online_recall_start(&o, &cfg), CDX_OK);
 	free(search_and_offer(o, c, 8, 10));
@@ -655,7 +675,7 @@ test_online_sampling_and_queue(void **state)
 	cdx_online_recall_stop(o);
 
 	/* a tiny queue behind a slow checker drops, never blocks */
-	struct cdx_online_recall_config small = {.sample_fraction = 1, .cpu_budget = 0.01, .queue_max = 4};
+	struct cdx_online_recall_config small = { .sample_fraction = 1, .cpu_budget = 0.01, .queue_max = 4 };
 	assert_int_equal(cdx_online_recall_start(&o, &small), CDX_OK);
 	uint64_t t0 = cdx_now_us();
 	free(search_and_offer(o, c, 8, 10));
@@ -672,7 +692,8 @@ test_online_cpu_budget(void **state)
 {
 	(void) state;
 	cdx_collection *c = load("l2r");
-	struct cdx_online_recall_config cfg = {.sample_fraction = 1, .cpu_budget = 0.1, .queue_max = 100000};
+	struct cdx_online_recall_config cfg
+	    = { .sample_fraction = 1, .cpu_budget = 0.1, .queue_max = 100000 };
 	cdx_online_recall *o = NULL;
 	assert_int_equal(cdx_online_recall_start(&o, &cfg), CDX_OK);
 	/* far more work than 10% of a core can do in the time we watch */
@@ -681,8 +702,9 @@ test_online_cpu_budget(void **state)
 	st_sleep_ms(1500);
 	struct cdx_online_recall_stats st;
 	assert_int_equal(cdx_online_recall_get(o, NULL, 0, &st), CDX_OK);
-	fprintf(stderr, "online budget 0.1: busy %.3f s of %.3f s wall, %llu of %llu checked\n", st.busy_seconds,
-	    st.wall_seconds, (unsigned long long) st.checked, (unsigned long long) st.sampled);
+	fprintf(stderr, "online budget 0.1: busy %.3f s of %.3f s wall, %llu of %llu checked\n",
+	    st.busy_seconds, st.wall_seconds, (unsigned long long) st.checked,
+	    (unsigned long long) st.sampled);
 	assert_true(st.checked > 0);
 	assert_true(st.checked < st.sampled); /* throttled */
 	assert_true(st.busy_seconds <= 0.1 * st.wall_seconds * 1.15 + 0.01);
@@ -694,7 +716,7 @@ static void
 test_online_without_refine_and_reload(void **state)
 {
 	(void) state;
-	struct cdx_online_recall_config cfg = {.sample_fraction = 1, .cpu_budget = 1, .queue_max = 4096};
+	struct cdx_online_recall_config cfg = { .sample_fraction = 1, .cpu_budget = 1, .queue_max = 4096 };
 	cdx_online_recall *o = NULL;
 	assert_int_equal(cdx_online_recall_start(&o, &cfg), CDX_OK);
 	/* no refine store: the "exact" scan is over PQ reconstructions, which is
@@ -720,7 +742,7 @@ test_online_without_refine_and_reload(void **state)
 	assert_int_equal(cdx_online_recall_flush(o, 20000), CDX_OK);
 	assert_int_equal(cdx_online_recall_get(o, "ip", 10, &st), CDX_OK);
 	assert_int_equal(st.flat_builds, 2);
-	cdx_buf b = {0};
+	cdx_buf b = { 0 };
 	assert_int_equal(cdx_online_recall_render(o, &b), CDX_OK);
 	assert_int_equal(cdx_buf_append(&b, "", 1), CDX_OK);
 	assert_non_null(strstr(b.data, "candex_online_recall_truth_exact{collection=\"ip\"} 0"));
@@ -734,20 +756,20 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_flat_is_exact),
-	    cmocka_unit_test(test_sweep_l2),
-	    cmocka_unit_test(test_sweep_cos),
-	    cmocka_unit_test(test_sweep_ip),
-	    cmocka_unit_test(test_targets_and_save),
-	    cmocka_unit_test(test_ground_truth_file),
-	    cmocka_unit_test(test_truth_cache),
-	    cmocka_unit_test(test_outputs),
-	    cmocka_unit_test(test_bad_input),
-	    cmocka_unit_test(test_server),
-	    cmocka_unit_test(test_online_matches_offline),
-	    cmocka_unit_test(test_online_sampling_and_queue),
-	    cmocka_unit_test(test_online_cpu_budget),
-	    cmocka_unit_test(test_online_without_refine_and_reload),
+		cmocka_unit_test(test_flat_is_exact),
+		cmocka_unit_test(test_sweep_l2),
+		cmocka_unit_test(test_sweep_cos),
+		cmocka_unit_test(test_sweep_ip),
+		cmocka_unit_test(test_targets_and_save),
+		cmocka_unit_test(test_ground_truth_file),
+		cmocka_unit_test(test_truth_cache),
+		cmocka_unit_test(test_outputs),
+		cmocka_unit_test(test_bad_input),
+		cmocka_unit_test(test_server),
+		cmocka_unit_test(test_online_matches_offline),
+		cmocka_unit_test(test_online_sampling_and_queue),
+		cmocka_unit_test(test_online_cpu_budget),
+		cmocka_unit_test(test_online_without_refine_and_reload),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

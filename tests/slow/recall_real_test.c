@@ -24,7 +24,7 @@
 static char *dir;
 
 struct set {
-	const char *name;   /* folder in ../shared/data */
+	const char *name; /* folder in ../shared/data */
 	const char *metric;
 	const char *gt;     /* ground-truth file in the folder */
 	const char *build;  /* extra build options */
@@ -32,17 +32,20 @@ struct set {
 	const char *refine;
 	uint32_t full_nprobe; /* every list */
 	float big_refine;
-	double min_best;    /* recall that nprobe = nlist with big_refine must reach */
+	double min_best; /* recall that nprobe = nlist with big_refine must reach */
 };
 
 static const struct set sets[] = {
-    {"lastfm-als64", "l2", "groundtruth_l2.ivecs", "--refine fp32", "1,4,16,64,128", "0,8,64", 128, 64, 0.99},
-    {"lastfm-als64", "cos", "groundtruth_cos.ivecs", "--refine fp32", "1,4,16,64,128", "0,8,64", 128, 64, 0.99},
-    {"lastfm-als64", "ip", "groundtruth_ip.ivecs", "--refine fp32", "1,4,16,64,128", "0,8,64", 128, 64, 0.99},
-    {"sift-wallpapers", "l2", "groundtruth_l2.ivecs", "--refine fp16", "1,4,16,64,256,1024", "0,4,32", 1024, 32,
-        0.99},
-    {"glove100", "cos", "groundtruth_cos.ivecs", "--refine fp16", "1,4,16,64,256,2048", "0,4,32", 2048, 32,
-        0.99},
+	{ "lastfm-als64", "l2", "groundtruth_l2.ivecs", "--refine fp32", "1,4,16,64,128", "0,8,64", 128, 64,
+	    0.99 },
+	{ "lastfm-als64", "cos", "groundtruth_cos.ivecs", "--refine fp32", "1,4,16,64,128", "0,8,64", 128, 64,
+	    0.99 },
+	{ "lastfm-als64", "ip", "groundtruth_ip.ivecs", "--refine fp32", "1,4,16,64,128", "0,8,64", 128, 64,
+	    0.99 },
+	{ "sift-wallpapers", "l2", "groundtruth_l2.ivecs", "--refine fp16", "1,4,16,64,256,1024", "0,4,32",
+	    1024, 32, 0.99 },
+	{ "glove100", "cos", "groundtruth_cos.ivecs", "--refine fp16", "1,4,16,64,256,2048", "0,4,32", 2048,
+	    32, 0.99 },
 };
 
 static int
@@ -213,8 +216,9 @@ run_set(const struct set *s)
 		fprintf(stderr, "%s\n", out);
 	assert_int_equal(rc, 0);
 	free(out);
-	rc = tu_run(&out, "%s recall --quiet --index %s/c --queries %s/query.fvecs --gt %s/%s --base %s/base.fvecs "
-	                  "--nprobe %s --refine %s --latency-queries 200 --min-time 0.2 --json %s --plot %s",
+	rc = tu_run(&out,
+	    "%s recall --quiet --index %s/c --queries %s/query.fvecs --gt %s/%s --base %s/base.fvecs "
+	    "--nprobe %s --refine %s --latency-queries 200 --min-time 0.2 --json %s --plot %s",
 	    CANDEX_BIN, idx, data, data, s->gt, data, s->nprobe, s->refine, js, png);
 	fprintf(stderr, "== %s %s\n%s", s->name, s->metric, out);
 	assert_int_equal(rc, 0);
@@ -225,17 +229,20 @@ run_set(const struct set *s)
 
 	/* recall rises with nprobe at every refine factor, for every figure */
 	json_t *rows = json_object_get(root, "results");
-	const char *fields[] = {"recall_at_k", "recall_1_at_k", "recall_100_at_100"};
+	const char *fields[] = { "recall_at_k", "recall_1_at_k", "recall_100_at_100" };
 	for (int f = 0; f < 3; f++)
 		for (size_t i = 0; i < json_array_size(rows); i++)
 			for (size_t j = 0; j < json_array_size(rows); j++) {
 				json_t *a = json_array_get(rows, i), *b = json_array_get(rows, j);
-				if (num(a, "refine_factor") != num(b, "refine_factor") || num(b, "nprobe") <= num(a, "nprobe"))
+				if (num(a, "refine_factor") != num(b, "refine_factor")
+				    || num(b, "nprobe") <= num(a, "nprobe"))
 					continue;
 				if (num(b, fields[f]) < num(a, fields[f]) - 0.005)
-					fail_msg("%s %s: %s falls from %.4f (nprobe %g) to %.4f (nprobe %g), refine %g", s->name,
-					    s->metric, fields[f], num(a, fields[f]), num(a, "nprobe"), num(b, fields[f]),
-					    num(b, "nprobe"), num(a, "refine_factor"));
+					fail_msg("%s %s: %s falls from %.4f (nprobe %g) to %.4f (nprobe %g), "
+					         "refine %g",
+					    s->name, s->metric, fields[f], num(a, fields[f]),
+					    num(a, "nprobe"), num(b, fields[f]), num(b, "nprobe"),
+					    num(a, "refine_factor"));
 			}
 	/* every list, big refine: what exact search allows */
 	double best = num(row_at(root, s->full_nprobe, s->big_refine), "recall_at_k");
@@ -252,26 +259,31 @@ run_set(const struct set *s)
 	assert_int_equal(cdx_collection_load(&c, path), CDX_OK);
 	struct cdx_hit *hits = malloc(p.nq * 10 * sizeof(*hits));
 	int64_t *ids = malloc(p.nq * 10 * sizeof(int64_t));
-	uint32_t probes[] = {1, 16, s->full_nprobe};
-	float refines[] = {0, s->big_refine};
+	uint32_t probes[] = { 1, 16, s->full_nprobe };
+	float refines[] = { 0, s->big_refine };
 	for (int a = 0; a < 3; a++)
 		for (int b = 0; b < 2; b++) {
-			struct cdx_search_params sp = {.k = 10, .nprobe = probes[a],
-			    .refine_factor = refines[b] > 0 ? refines[b] : CDX_RECALL_REFINE_NONE};
+			struct cdx_search_params sp = { .k = 10,
+				.nprobe = probes[a],
+				.refine_factor = refines[b] > 0 ? refines[b] : CDX_RECALL_REFINE_NONE };
 			/* batches of 64, as the tool's QPS pass sends them */
 			for (size_t q0 = 0; q0 < p.nq; q0 += 64) {
 				size_t n = p.nq - q0 < 64 ? p.nq - q0 : 64;
-				assert_int_equal(cdx_collection_search(c, &sp, p.q + q0 * p.dim, n, hits + q0 * 10), CDX_OK);
+				assert_int_equal(
+				    cdx_collection_search(c, &sp, p.q + q0 * p.dim, n, hits + q0 * 10),
+				    CDX_OK);
 			}
 			for (size_t i = 0; i < p.nq * 10; i++)
 				ids[i] = hits[i].id;
 			double by_id;
 			double plain = plain_recall(&p, ids, CDX_RECALL_EPSILON_DEFAULT, &by_id);
 			double tool = num(row_at(root, probes[a], refines[b]), "recall_at_k");
-			fprintf(stderr, "%s %s nprobe %u refine %g: tool %.4f, plain loop %.4f (by id only %.4f)\n", s->name,
-			    s->metric, probes[a], (double) refines[b], tool, plain, by_id);
+			fprintf(stderr,
+			    "%s %s nprobe %u refine %g: tool %.4f, plain loop %.4f (by id only %.4f)\n",
+			    s->name, s->metric, probes[a], (double) refines[b], tool, plain, by_id);
 			if (fabs(tool - plain) > 0.001)
-				fail_msg("%s %s: the tool says %.4f, the plain loop %.4f", s->name, s->metric, tool, plain);
+				fail_msg("%s %s: the tool says %.4f, the plain loop %.4f", s->name, s->metric,
+				    tool, plain);
 			/* ties only ever add: the id-only figure is a lower bound */
 			assert_true(by_id <= plain + 1e-9);
 		}
@@ -298,7 +310,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_real_sets),
+		cmocka_unit_test(test_real_sets),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

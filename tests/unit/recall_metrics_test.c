@@ -50,7 +50,7 @@ fixture_make(struct fixture *f, int metric, size_t nb, size_t nq, uint32_t dim, 
 		cdx_normalize_rows(f->base, nb, dim);
 		cdx_normalize_rows(f->q, nq, dim);
 	}
-	f->s = (struct cdx_recall_space) {.metric = metric, .dim = dim, .nb = nb, .base = f->base};
+	f->s = (struct cdx_recall_space) { .metric = metric, .dim = dim, .nb = nb, .base = f->base };
 	assert_int_equal(cdx_truth_compute(&f->t, &f->s, f->q, nq, k, NULL, NULL), 0);
 }
 
@@ -77,7 +77,9 @@ check_truth_vs_bruteforce(int metric)
 			double dt = f.t.dist[i * 20 + j], tol = 1e-6 * (1 + fabs(dt));
 			double dw = cdx_recall_distance(&f.s, f.q + i * f.dim, want[j]);
 			assert_true(fabs(dw - dt) < 100 * tol);
-			assert_true(fabs(cdx_recall_distance(&f.s, f.q + i * f.dim, f.t.rows[i * 20 + j]) - dt) < tol);
+			assert_true(
+			    fabs(cdx_recall_distance(&f.s, f.q + i * f.dim, f.t.rows[i * 20 + j]) - dt)
+			    < tol);
 		}
 		/* best first, non-decreasing distances */
 		for (int j = 1; j < 20; j++)
@@ -114,8 +116,8 @@ check_flat_is_perfect(int metric)
 	struct fixture f;
 	fixture_make(&f, metric, 4000, 200, 32, 100, 11 + (uint64_t) metric);
 	FaissIndex *idx = NULL;
-	assert_int_equal(faiss_index_factory(&idx, 32, "Flat",
-	                     metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT),
+	assert_int_equal(
+	    faiss_index_factory(&idx, 32, "Flat", metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT),
 	    0);
 	assert_int_equal(faiss_Index_add(idx, (idx_t) f.nb, f.base), 0);
 	float *d = malloc(f.nq * 100 * sizeof(float));
@@ -124,7 +126,8 @@ check_flat_is_perfect(int metric)
 	/* one query at a time: the float rounding differs from the truth's batched
 	 * BLAS path, which the tie rule must absorb */
 	for (size_t i = 0; i < f.nq; i++)
-		assert_int_equal(faiss_Index_search(idx, 1, f.q + i * 32, 100, d + i * 100, lab + i * 100), 0);
+		assert_int_equal(
+		    faiss_Index_search(idx, 1, f.q + i * 32, 100, d + i * 100, lab + i * 100), 0);
 	for (size_t i = 0; i < f.nq * 100; i++)
 		hits[i] = lab[i];
 	double eps = CDX_RECALL_EPSILON_DEFAULT;
@@ -209,9 +212,9 @@ static void
 test_ties(void **state)
 {
 	(void) state;
-	float base[] = {1, 0, 0, 1, 0, -1, 2, 0, 1.0005f, 0, 3, 0};
-	float q[] = {0, 0};
-	struct cdx_recall_space s = {.metric = CDX_METRIC_L2, .dim = 2, .nb = 6, .base = base};
+	float base[] = { 1, 0, 0, 1, 0, -1, 2, 0, 1.0005f, 0, 3, 0 };
+	float q[] = { 0, 0 };
+	struct cdx_recall_space s = { .metric = CDX_METRIC_L2, .dim = 2, .nb = 6, .base = base };
 	struct cdx_truth t;
 	assert_int_equal(cdx_truth_compute(&t, &s, q, 1, 4, NULL, NULL), 0);
 	/* ties ordered by row */
@@ -222,12 +225,12 @@ test_ties(void **state)
 	assert_true(fabs(t.dist[1] - 1.0) < 1e-6);
 
 	double eps = 1e-3;
-	int64_t h02[] = {0, 2};
-	int64_t h21[] = {2, 1};
-	int64_t h03[] = {0, 3};
-	int64_t h00[] = {0, 0};
-	int64_t h04[] = {0, 4};
-	int64_t hm[] = {-1, 1};
+	int64_t h02[] = { 0, 2 };
+	int64_t h21[] = { 2, 1 };
+	int64_t h03[] = { 0, 3 };
+	int64_t h00[] = { 0, 0 };
+	int64_t h04[] = { 0, 4 };
+	int64_t hm[] = { -1, 1 };
 	/* 2-recall@2: truth {0, 1}; row 2 ties with row 1 and counts */
 	assert_true(cdx_recall_query(&t, &s, q, 0, h02, 2, 2, eps) == 1.0);
 	assert_true(cdx_recall_query(&t, &s, q, 0, h21, 2, 2, eps) == 1.0);
@@ -239,24 +242,24 @@ test_ties(void **state)
 	assert_true(cdx_recall_query(&t, &s, q, 0, h04, 2, 2, 1e-3) == 1.0);
 	assert_true(cdx_recall_query(&t, &s, q, 0, h04, 2, 2, 1e-4) == 0.5);
 	/* 1-recall@2: any hit at the nearest distance */
-	int64_t h32[] = {3, 2};
+	int64_t h32[] = { 3, 2 };
 	assert_true(cdx_recall_query(&t, &s, q, 0, h32, 2, 1, eps) == 1.0);
 	assert_true(cdx_recall_query(&t, &s, q, 0, h03 + 1, 1, 1, eps) == 0.0);
 	/* without base vectors (ids only) ties do not count */
-	struct cdx_recall_space ids_only = {.metric = CDX_METRIC_L2, .dim = 2, .nb = 6, .base = NULL};
+	struct cdx_recall_space ids_only = { .metric = CDX_METRIC_L2, .dim = 2, .nb = 6, .base = NULL };
 	assert_true(cdx_recall_query(&t, &ids_only, q, 0, h02, 2, 2, eps) == 0.5);
 	assert_true(cdx_recall_query(&t, &ids_only, q, 0, h21, 2, 2, eps) == 0.5);
 	cdx_truth_fini(&t);
 
 	/* the same with inner product: rows 0 and 1 have equal <x,q> */
-	float bip[] = {1, 1, 1, 1, 0.5f, 0.5f, 2, 0};
-	float qip[] = {1, 0};
-	struct cdx_recall_space sip = {.metric = CDX_METRIC_IP, .dim = 2, .nb = 4, .base = bip};
+	float bip[] = { 1, 1, 1, 1, 0.5f, 0.5f, 2, 0 };
+	float qip[] = { 1, 0 };
+	struct cdx_recall_space sip = { .metric = CDX_METRIC_IP, .dim = 2, .nb = 4, .base = bip };
 	assert_int_equal(cdx_truth_compute(&t, &sip, qip, 1, 2, NULL, NULL), 0);
 	assert_int_equal(t.rows[0], 3);
 	assert_int_equal(t.rows[1], 0);
-	int64_t hip[] = {3, 1};
-	int64_t hip2[] = {3, 2};
+	int64_t hip[] = { 3, 1 };
+	int64_t hip2[] = { 3, 2 };
 	assert_true(cdx_recall_query(&t, &sip, qip, 0, hip, 2, 2, eps) == 1.0);
 	assert_true(cdx_recall_query(&t, &sip, qip, 0, hip2, 2, 2, eps) == 0.5);
 	cdx_truth_fini(&t);
@@ -406,7 +409,7 @@ test_files(void **state)
 	char *iv = tu_path(dir, "gt.ivecs");
 	f = fopen(iv, "wb");
 	for (int r = 0; r < 2; r++) {
-		int32_t k = 3, row[3] = {r, r + 1, r + 2};
+		int32_t k = 3, row[3] = { r, r + 1, r + 2 };
 		fwrite(&k, 4, 1, f);
 		fwrite(row, 4, 3, f);
 	}
@@ -453,7 +456,7 @@ test_nprobes_and_pick(void **state)
 	(void) state;
 	uint32_t p[32];
 	size_t n = cdx_recall_default_nprobes(100, p, 32);
-	uint32_t want[] = {1, 2, 4, 8, 16, 32, 64, 100};
+	uint32_t want[] = { 1, 2, 4, 8, 16, 32, 64, 100 };
 	assert_int_equal(n, 8);
 	assert_memory_equal(p, want, sizeof(want));
 	n = cdx_recall_default_nprobes(4096, p, 32);
@@ -463,10 +466,10 @@ test_nprobes_and_pick(void **state)
 	assert_int_equal(n, 1);
 
 	struct cdx_recall_row rows[4] = {
-	    {.nprobe = 1, .recall = 0.5, .qps = 1000, .p99_ms = 1},
-	    {.nprobe = 4, .recall = 0.9, .qps = 500, .p99_ms = 2},
-	    {.nprobe = 4, .refine_factor = 2, .recall = 0.96, .qps = 400, .p99_ms = 3},
-	    {.nprobe = 16, .recall = 0.95, .qps = 200, .p99_ms = 5},
+		{ .nprobe = 1, .recall = 0.5, .qps = 1000, .p99_ms = 1 },
+		{ .nprobe = 4, .recall = 0.9, .qps = 500, .p99_ms = 2 },
+		{ .nprobe = 4, .refine_factor = 2, .recall = 0.96, .qps = 400, .p99_ms = 3 },
+		{ .nprobe = 16, .recall = 0.95, .qps = 200, .p99_ms = 5 },
 	};
 	assert_int_equal(cdx_recall_pick(rows, 4, 0.9), 1);
 	assert_int_equal(cdx_recall_pick(rows, 4, 0.95), 2);
@@ -485,10 +488,20 @@ test_reports(void **state)
 	char *dir = tu_tmpdir("recall-report");
 	struct cdx_recall_row rows[4];
 	for (int i = 0; i < 4; i++) {
-		rows[i] = (struct cdx_recall_row) {.nprobe = 1u << i, .refine_factor = i < 2 ? 0.5f : 2, .k = 10,
-		    .recall = 0.5 + 0.1 * i, .recall_1 = 0.9, .recall_10 = 0.5 + 0.1 * i, .recall_100 = NAN,
-		    .p50_ms = 0.1, .p95_ms = 0.2, .p99_ms = 0.3, .mean_ms = 0.12, .qps = 1000.0 / (i + 1),
-		    .bytes_per_vector = 40, .nq = 100};
+		rows[i] = (struct cdx_recall_row) { .nprobe = 1u << i,
+			.refine_factor = i < 2 ? 0.5f : 2,
+			.k = 10,
+			.recall = 0.5 + 0.1 * i,
+			.recall_1 = 0.9,
+			.recall_10 = 0.5 + 0.1 * i,
+			.recall_100 = NAN,
+			.p50_ms = 0.1,
+			.p95_ms = 0.2,
+			.p99_ms = 0.3,
+			.mean_ms = 0.12,
+			.qps = 1000.0 / (i + 1),
+			.bytes_per_vector = 40,
+			.nq = 100 };
 	}
 	char *csv = tu_path(dir, "r.csv"), *js = tu_path(dir, "r.json"), *png = tu_path(dir, "r.png");
 	assert_int_equal(cdx_recall_write_csv(csv, rows, 4), 0);
@@ -499,9 +512,15 @@ test_reports(void **state)
 	assert_non_null(strstr(text, "\n4,2,10,0.700000,0.900000,0.700000,,"));
 	free(text);
 
-	struct cdx_recall_meta meta = {.collection = "c", .metric = CDX_METRIC_COS, .dim = 8, .nb = 10, .nq = 100,
-	    .k = 10, .eps = 1e-3, .truth_source = "computed"};
-	struct cdx_recall_point pts[2] = {{0.6, 2}, {0.99, -1}};
+	struct cdx_recall_meta meta = { .collection = "c",
+		.metric = CDX_METRIC_COS,
+		.dim = 8,
+		.nb = 10,
+		.nq = 100,
+		.k = 10,
+		.eps = 1e-3,
+		.truth_source = "computed" };
+	struct cdx_recall_point pts[2] = { { 0.6, 2 }, { 0.99, -1 } };
 	assert_int_equal(cdx_recall_write_json(js, &meta, rows, 4, pts, 2), 0);
 	json_error_t jerr;
 	json_t *root = json_load_file(js, 0, &jerr);
@@ -512,8 +531,8 @@ test_reports(void **state)
 	assert_true(json_is_null(json_object_get(json_array_get(res, 0), "recall_100_at_100")));
 	json_t *p0 = json_array_get(json_object_get(root, "operating_points"), 0);
 	assert_int_equal(json_integer_value(json_object_get(p0, "nprobe")), 4);
-	assert_true(json_is_false(json_object_get(json_array_get(json_object_get(root, "operating_points"), 1),
-	    "reached")));
+	assert_true(json_is_false(
+	    json_object_get(json_array_get(json_object_get(root, "operating_points"), 1), "reached")));
 	json_decref(root);
 
 	assert_int_equal(cdx_recall_plot(png, "it's a test", rows, 4), 0);
@@ -537,20 +556,20 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_truth_l2),
-	    cmocka_unit_test(test_truth_ip),
-	    cmocka_unit_test(test_truth_cos),
-	    cmocka_unit_test(test_flat_l2),
-	    cmocka_unit_test(test_flat_ip),
-	    cmocka_unit_test(test_flat_cos),
-	    cmocka_unit_test(test_random_ids),
-	    cmocka_unit_test(test_ties),
-	    cmocka_unit_test(test_percentile),
-	    cmocka_unit_test(test_truth_cache),
-	    cmocka_unit_test(test_truth_from_rows),
-	    cmocka_unit_test(test_files),
-	    cmocka_unit_test(test_nprobes_and_pick),
-	    cmocka_unit_test(test_reports),
+		cmocka_unit_test(test_truth_l2),
+		cmocka_unit_test(test_truth_ip),
+		cmocka_unit_test(test_truth_cos),
+		cmocka_unit_test(test_flat_l2),
+		cmocka_unit_test(test_flat_ip),
+		cmocka_unit_test(test_flat_cos),
+		cmocka_unit_test(test_random_ids),
+		cmocka_unit_test(test_ties),
+		cmocka_unit_test(test_percentile),
+		cmocka_unit_test(test_truth_cache),
+		cmocka_unit_test(test_truth_from_rows),
+		cmocka_unit_test(test_files),
+		cmocka_unit_test(test_nprobes_and_pick),
+		cmocka_unit_test(test_reports),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
