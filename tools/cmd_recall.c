@@ -927,7 +927,8 @@ cmd_recall(int argc, char **argv)
 			snprintf(title, sizeof(title), "%s (%s, %llu items, nlist %u): %u-recall@%u vs QPS",
 			    ti.collection, cdx_metric_name(ti.metric), (unsigned long long) ti.items,
 			    ti.nlist, o.k, o.k);
-		if ((rc = cdx_recall_plot(o.plot, o.title ? o.title : title, rows, nrows)) != CDX_OK)
+		if ((rc = cdx_recall_plot(o.plot, o.title ? o.title : title, rows, nrows, exact_qps))
+		    != CDX_OK)
 			goto fail;
 	}
 	if (o.save) {

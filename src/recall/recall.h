@@ -283,7 +283,9 @@ int cdx_recall_write_json(const char *path, const struct cdx_recall_meta *meta,
 
 /* cdx_recall_plot writes png_path's .gp script and .dat data next to it and
  * runs gnuplot (pngcairo, else png) as a child: recall (x) against QPS (y,
- * log scale), one line per refine factor. */
-int cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall_row *rows, size_t n);
+ * log scale), one line per refine factor, and exact_qps (if > 0) as a
+ * dashed line: the exact-search baseline. */
+int cdx_recall_plot(
+    const char *png_path, const char *title, const struct cdx_recall_row *rows, size_t n, double exact_qps);
 
 #endif

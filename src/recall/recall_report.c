@@ -237,7 +237,8 @@ cmp_float(const void *a, const void *b)
 }
 
 int
-cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall_row *rows, size_t n)
+cdx_recall_plot(
+    const char *png_path, const char *title, const struct cdx_recall_row *rows, size_t n, double exact_qps)
 {
 	if (n == 0)
 		return cdx_error(CDX_EEMPTY, "%s: nothing to plot", png_path);
@@ -320,6 +321,17 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 	    "set logscale y\nset grid\nset key top right box opaque\n"
 	    "set xrange [*:1.0]\nset offsets 0.02, 0, 0, 0\n",
 	    k, k);
+	/* distinct colours and point shapes: gnuplot's default cycle repeats
+	 * after a few lines */
+	static const char *const colours[]
+	    = { "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666" };
+	static const int shapes[] = { 7, 5, 9, 11, 13, 15, 4, 6 };
+	if (exact_qps > 0)
+		fprintf(f,
+		    "set arrow from graph 0, first %.3f to graph 1, first %.3f nohead dt 2 lw 1.5 lc "
+		    "rgb '#444444'\nset label 'exact search (Faiss flat): %.0f QPS' at graph 0.02, first "
+		    "%.3f offset 0,0.7 font ',9' tc rgb '#444444'\n",
+		    exact_qps, exact_qps, exact_qps, exact_qps);
 	fprintf(f, "plot ");
 	for (size_t b = 0; b < nref; b++) {
 		char label[32];
@@ -329,10 +341,14 @@ cdx_recall_plot(const char *png_path, const char *title, const struct cdx_recall
 			snprintf(label, sizeof(label), "refine x%g", (double) refs[b]);
 		fprintf(f, "%s", b ? ", \\\n     " : "");
 		gp_quote(f, dat);
-		fprintf(f, " index %zu using 1:2 with linespoints lw 2 pt 7 ps 0.8 title '%s', \\\n     ", b,
-		    label);
+		fprintf(f,
+		    " index %zu using 1:2 with linespoints lw 2 pt %d ps 0.9 lc rgb '%s' title '%s', \\\n    "
+		    " ",
+		    b, shapes[b % CDX_ARRAY_LEN(shapes)], colours[b % CDX_ARRAY_LEN(colours)], label);
 		gp_quote(f, dat);
-		fprintf(f, " index %zu using 1:2:3 with labels offset char 0.8,0.6 font ',7' notitle", b);
+		fprintf(f,
+		    " index %zu using 1:2:3 with labels offset char 0.8,0.6 font ',7' tc rgb '%s' notitle", b,
+		    colours[b % CDX_ARRAY_LEN(colours)]);
 	}
 	fprintf(f, "\n");
 	if (fclose(f) != 0) {

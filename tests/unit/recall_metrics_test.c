@@ -535,7 +535,7 @@ test_reports(void **state)
 	    json_object_get(json_array_get(json_object_get(root, "operating_points"), 1), "reached")));
 	json_decref(root);
 
-	assert_int_equal(cdx_recall_plot(png, "it's a test", rows, 4), 0);
+	assert_int_equal(cdx_recall_plot(png, "it's a test", rows, 4, 2000), 0);
 	assert_int_equal(cdx_read_file(png, &text, &len), 0);
 	assert_true(len > 1000);
 	assert_memory_equal(text, "\x89PNG", 4);
@@ -544,6 +544,7 @@ test_reports(void **state)
 	assert_int_equal(cdx_read_file(gp, &text, &len), 0);
 	assert_non_null(strstr(text, "set logscale y"));
 	assert_non_null(strstr(text, "refine x2"));
+	assert_non_null(strstr(text, "exact search (Faiss flat): 2000 QPS"));
 	free(text);
 	free(gp);
 	free(csv);
