@@ -21,7 +21,8 @@ static void
 usage(FILE *out)
 {
 	fprintf(out,
-	    "usage: candex query --url URL --collection NAME (--vector-file F [--row I] [--count N] | --key KEY... | --stdin)\n"
+	    "usage: candex query --url URL --collection NAME (--vector-file F [--row I] [--count N] | --key "
+	    "KEY... | --stdin)\n"
 	    "                    [-k K] [--nprobe N] [--refine F] [--recall-target R] [--exclude-key K...]\n"
 	    "                    [--exclude-id ID...] [--model-version V] [--json] [--timeout MS]\n\n"
 	    "Asks a candex server for the top-k candidates and prints rank, id, key and score.\n\n"
@@ -31,7 +32,8 @@ usage(FILE *out)
 	    "  --row I               first row of --vector-file to send [0]\n"
 	    "  --count N             rows to send as one batch [1]\n"
 	    "  --key KEY             search with a stored item's vector (repeatable: a batch)\n"
-	    "  --stdin               read vectors from stdin: whitespace-separated floats, one vector a line\n"
+	    "  --stdin               read vectors from stdin: whitespace-separated floats, one vector a "
+	    "line\n"
 	    "  -k, --k K             candidates per query [10]\n"
 	    "  --nprobe N            IVF lists to scan (0 = server default or --recall-target) [0]\n"
 	    "  --refine F            re-rank k x F candidates exactly (0 = collection default) [0]\n"
@@ -39,7 +41,8 @@ usage(FILE *out)
 	    "  --exclude-key K       never return this item (repeatable)\n"
 	    "  --exclude-id ID       never return this id (repeatable)\n"
 	    "  --model-version V     refuse if the index was built from another embedding model\n"
-	    "  --json                JSON output: {\"index_version\",\"nprobe\",\"results\":[{\"hits\":[{\"id\",\"key\",\"score\"}]}]}\n"
+	    "  --json                JSON output: "
+	    "{\"index_version\",\"nprobe\",\"results\":[{\"hits\":[{\"id\",\"key\",\"score\"}]}]}\n"
 	    "  --timeout MS          per-attempt timeout and server deadline [5000]\n"
 	    "  --retries N           retries on timeout/unavailable/overload, with backoff [2]\n"
 	    "  --info                print the server's collections (JSON) instead of searching\n"
@@ -72,8 +75,8 @@ read_fvecs_rows(FILE *f, const char *path, uint64_t row, size_t count, float **o
 		}
 		if (di != d || fread(v + i * (size_t) d, sizeof(float), (size_t) d, f) != (size_t) d) {
 			free(v);
-			return cdx_error(CDX_ECORRUPT, "%s: row %llu is truncated or has another dimension", path,
-			    (unsigned long long) (row + i));
+			return cdx_error(CDX_ECORRUPT, "%s: row %llu is truncated or has another dimension",
+			    path, (unsigned long long) (row + i));
 		}
 	}
 	*out = v;
@@ -109,14 +112,14 @@ read_npy_rows(FILE *f, const char *path, uint64_t row, size_t count, float **out
 	int f16 = strstr(h, "'<f2'") != NULL, f32 = strstr(h, "'<f4'") != NULL;
 	const char *shape = strstr(h, "'shape':");
 	unsigned long long n = 0, d = 0;
-	int ok = (f16 || f32) && strstr(h, "'fortran_order': False") != NULL && shape != NULL &&
-	    sscanf(shape, "'shape': (%llu, %llu)", &n, &d) == 2 && d > 0;
+	int ok = (f16 || f32) && strstr(h, "'fortran_order': False") != NULL && shape != NULL
+	    && sscanf(shape, "'shape': (%llu, %llu)", &n, &d) == 2 && d > 0;
 	free(h);
 	if (!ok)
 		return cdx_error(CDX_EINVAL, "%s: want a 2-D C-order float32 or float16 array", path);
 	if (row + count > n)
-		return cdx_error(CDX_EINVAL, "%s: rows %llu..%llu are past its %llu rows", path, (unsigned long long) row,
-		    (unsigned long long) (row + count - 1), n);
+		return cdx_error(CDX_EINVAL, "%s: rows %llu..%llu are past its %llu rows", path,
+		    (unsigned long long) row, (unsigned long long) (row + count - 1), n);
 	size_t esz = f16 ? 2 : 4;
 	if (fseeko(f, (off_t) (pre_len + hlen + row * d * esz), SEEK_SET) != 0)
 		return cdx_error_errno(CDX_EIO, "%s: seek", path);
@@ -182,7 +185,8 @@ read_stdin(float **out, size_t *nvec, uint32_t *dimp)
 			errno = 0;
 			float v = strtof(p, &end);
 			if (end == p || errno == ERANGE) {
-				rc = cdx_error(CDX_EINVAL, "stdin line %u: '%.20s' is not a number", lineno, p);
+				rc = cdx_error(
+				    CDX_EINVAL, "stdin line %u: '%.20s' is not a number", lineno, p);
 				goto done;
 			}
 			cdx_buf_append(&vals, &v, sizeof(v));
@@ -194,7 +198,8 @@ read_stdin(float **out, size_t *nvec, uint32_t *dimp)
 		if (dim == 0)
 			dim = cnt;
 		else if (cnt != dim) {
-			rc = cdx_error(CDX_EDIM, "stdin line %u has %zu values, the first vector had %zu", lineno, cnt, dim);
+			rc = cdx_error(CDX_EDIM, "stdin line %u has %zu values, the first vector had %zu",
+			    lineno, cnt, dim);
 			goto done;
 		}
 		n++;
@@ -229,8 +234,9 @@ print_json(const struct cdx_result *r)
 		json_t *hits = json_array();
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
 			const struct cdx_client_hit *h = &r->queries[i].hits[j];
-			json_array_append_new(hits, json_pack("{s:I, s:s, s:f}", "id", (json_int_t) h->id, "key",
-							h->key ? h->key : "", "score", (double) h->score));
+			json_array_append_new(hits,
+			    json_pack("{s:I, s:s, s:f}", "id", (json_int_t) h->id, "key",
+			        h->key ? h->key : "", "score", (double) h->score));
 		}
 		json_array_append_new(results, json_pack("{s:o}", "hits", hits));
 	}
@@ -245,8 +251,8 @@ print_json(const struct cdx_result *r)
 static void
 print_table(const struct cdx_result *r, const char *collection)
 {
-	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection, r->index_version, r->metric,
-	    r->nprobe, (double) r->refine_factor);
+	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection, r->index_version,
+	    r->metric, r->nprobe, (double) r->refine_factor);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
@@ -256,8 +262,8 @@ print_table(const struct cdx_result *r, const char *collection)
 		printf("%5s  %-12s  %-40s  %s\n", "rank", "id", "key", "score");
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
 			const struct cdx_client_hit *h = &r->queries[i].hits[j];
-			printf("%5zu  %-12lld  %-40s  %.6g\n", j + 1, (long long) h->id, h->key && *h->key ? h->key : "-",
-			    (double) h->score);
+			printf("%5zu  %-12lld  %-40s  %.6g\n", j + 1, (long long) h->id,
+			    h->key && *h->key ? h->key : "-", (double) h->score);
 		}
 		if (r->queries[i].nhits == 0)
 			printf("  (no candidates)\n");
@@ -418,7 +424,8 @@ cmd_query(int argc, char **argv)
 			long long id = strtoll(optarg, &end, 10);
 			int64_t *grown;
 			if (errno || end == optarg || *end) {
-				fprintf(stderr, "candex query: --exclude-id wants an integer, not '%s'\n", optarg);
+				fprintf(stderr, "candex query: --exclude-id wants an integer, not '%s'\n",
+				    optarg);
 				goto out;
 			}
 			if ((grown = realloc(exids, (nexids + 1) * sizeof(*grown))) == NULL)

@@ -57,8 +57,8 @@ client_ok(struct cdx_client_error *err)
 }
 
 int
-cdx_client_open(cdx_client **cp, const char *url, const struct cdx_client_options *opts,
-    struct cdx_client_error *err)
+cdx_client_open(
+    cdx_client **cp, const char *url, const struct cdx_client_options *opts, struct cdx_client_error *err)
 {
 	cdx_client *c;
 	int rv, rc;
@@ -98,7 +98,8 @@ cdx_client_open(cdx_client **cp, const char *url, const struct cdx_client_option
 	}
 	if (strncmp(url, "tls+tcp", 7) == 0) {
 		const char *ca = opts ? opts->tls_ca_file : NULL, *cert = opts ? opts->tls_cert_file : NULL;
-		const char *key = opts ? opts->tls_key_file : NULL, *name = opts ? opts->tls_server_name : NULL;
+		const char *key = opts ? opts->tls_key_file : NULL,
+		           *name = opts ? opts->tls_server_name : NULL;
 		if ((rc = cdx__tls_config(&c->tls, NNG_TLS_MODE_CLIENT, cert, key, ca, name)) != CDX_OK) {
 			client_fail(err, rc, "%s", cdx_last_error());
 			goto fail;
@@ -233,8 +234,8 @@ call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__R
 			else
 				client_fail(err, rc, "%s: %s", c->url, nng_strerror(rv));
 		} else {
-			Candex__V1__Response *resp =
-			    candex__v1__response__unpack(NULL, nng_msg_len(reply), nng_msg_body(reply));
+			Candex__V1__Response *resp
+			    = candex__v1__response__unpack(NULL, nng_msg_len(reply), nng_msg_body(reply));
 			nng_msg_free(reply);
 			if (resp == NULL) {
 				rc = client_fail(err, CDX_EPROTO, "malformed response from %s", c->url);
@@ -242,8 +243,8 @@ call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__R
 				rc = (int) resp->status;
 				if (rc <= 0)
 					rc = CDX_EINTERNAL;
-				client_fail(err, rc, "%s", resp->message && *resp->message ? resp->message
-											: cdx_strerror(rc));
+				client_fail(err, rc, "%s",
+				    resp->message && *resp->message ? resp->message : cdx_strerror(rc));
 				candex__v1__response__free_unpacked(resp, NULL);
 			} else {
 				*respp = resp;
@@ -264,7 +265,8 @@ call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__R
 
 /* The result owns the unpacked response (priv); hit keys point into it. */
 int
-cdx_client_search(cdx_client *c, const struct cdx_query *q, struct cdx_result **rp, struct cdx_client_error *err)
+cdx_client_search(
+    cdx_client *c, const struct cdx_query *q, struct cdx_result **rp, struct cdx_client_error *err)
 {
 	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
 	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
@@ -310,8 +312,8 @@ cdx_client_search(cdx_client *c, const struct cdx_query *q, struct cdx_result **
 		return client_fail(err, CDX_EPROTO, "server answered a search without search results");
 	}
 	Candex__V1__SearchResponse *s = resp->search;
-	if ((r = calloc(1, sizeof(*r))) == NULL ||
-	    (r->queries = calloc(s->n_results ? s->n_results : 1, sizeof(*r->queries))) == NULL)
+	if ((r = calloc(1, sizeof(*r))) == NULL
+	    || (r->queries = calloc(s->n_results ? s->n_results : 1, sizeof(*r->queries))) == NULL)
 		goto nomem;
 	r->nqueries = s->n_results;
 	for (size_t i = 0; i < s->n_results; i++) {
@@ -371,8 +373,8 @@ cdx_client_health(cdx_client *c, struct cdx_client_error *err)
 	req.health = &hr;
 	if ((rc = call(c, &req, 0, &resp, err)) != CDX_OK)
 		return rc;
-	int serving = resp->body_case == CANDEX__V1__RESPONSE__BODY_HEALTH && resp->health != NULL &&
-	    resp->health->serving && resp->health->collections > 0;
+	int serving = resp->body_case == CANDEX__V1__RESPONSE__BODY_HEALTH && resp->health != NULL
+	    && resp->health->serving && resp->health->collections > 0;
 	candex__v1__response__free_unpacked(resp, NULL);
 	if (!serving)
 		return client_fail(err, CDX_EUNAVAIL, "server at %s serves no collection", c->url);
@@ -383,10 +385,10 @@ static json_t *
 collection_json(const Candex__V1__CollectionInfo *ci)
 {
 	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I}", "name", ci->name,
-	    "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items", (json_int_t) ci->items,
-	    "shards", (int) ci->shards, "nlist", (int) ci->nlist, "default_nprobe", (int) ci->default_nprobe,
-	    "factory", ci->factory, "model_version", ci->model_version, "refine", ci->refine, "loaded_unix_ms",
-	    (json_int_t) ci->loaded_unix_ms);
+	    "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items",
+	    (json_int_t) ci->items, "shards", (int) ci->shards, "nlist", (int) ci->nlist, "default_nprobe",
+	    (int) ci->default_nprobe, "factory", ci->factory, "model_version", ci->model_version, "refine",
+	    ci->refine, "loaded_unix_ms", (json_int_t) ci->loaded_unix_ms);
 }
 
 int

@@ -85,8 +85,8 @@ cdx__tls_config(nng_tls_config **cfgp, nng_tls_mode mode, const char *cert_file,
 		size_t len;
 		/* The key in its own file: nng_tls_config_cert_key_file wants one
 		 * file with both, so read them and pass the PEM texts. */
-		if ((rc = cdx_read_file(cert_file, &cert, &len)) != CDX_OK ||
-		    (rc = cdx_read_file(key_file, &key, &len)) != CDX_OK)
+		if ((rc = cdx_read_file(cert_file, &cert, &len)) != CDX_OK
+		    || (rc = cdx_read_file(key_file, &key, &len)) != CDX_OK)
 			goto fail;
 		if ((rv = nng_tls_config_own_cert(cfg, cert, key, NULL)) != 0) {
 			rc = cdx_error(CDX_EINVAL, "TLS certificate %s / key %s: %s", cert_file, key_file,

@@ -29,11 +29,11 @@ static const struct opt opts[] = {
 	{ "index-dir", OPT_STR, O(index_dir), "DIR",
 	    "serve every collection DIR/<name>/ that has a CURRENT link (required)" },
 	{ "listen", OPT_LIST, O(listen), "URL",
-	    "query socket address: tcp://HOST:PORT, ipc:///PATH or tls+tcp://HOST:PORT; repeatable (required)" },
+	    "query socket address: tcp://HOST:PORT, ipc:///PATH or tls+tcp://HOST:PORT; repeatable "
+	    "(required)" },
 	{ "admin-listen", OPT_STR, O(admin_listen), "URL",
 	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin" },
-	{ "admin-ipc-mode", OPT_STR, O(ipc_mode), "OCTAL",
-	    "file permissions of an ipc:// admin socket" },
+	{ "admin-ipc-mode", OPT_STR, O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket" },
 	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP" },
 	{ "config", OPT_STR, O(config_file), "FILE",
 	    "read options from FILE (\"option = value\" lines, # comments); flags override it" },
@@ -43,7 +43,8 @@ static const struct opt opts[] = {
 	{ "queue-max", OPT_U32, O(queue_max), "N",
 	    "search jobs waiting for a worker; beyond it requests get OVERLOADED (0 = 16 x threads)" },
 	{ "max-message", OPT_SIZE, O(max_message), "BYTES",
-	    "largest request answered (LIMIT_EXCEEDED above; the connection is dropped above 2x); K/M/G suffixes" },
+	    "largest request answered (LIMIT_EXCEEDED above; the connection is dropped above 2x); K/M/G "
+	    "suffixes" },
 	{ "max-k", OPT_U32, O(max_k), "N", "largest k" },
 	{ "max-batch", OPT_U32, O(max_batch), "N", "most query vectors or keys per request" },
 	{ "max-excludes", OPT_U32, O(max_excludes), "N", "most exclude ids + keys per request" },
@@ -182,27 +183,29 @@ set_opt(struct cdx_server_config *cfg, const struct opt *o, const char *v, const
 		return CDX_OK;
 	case OPT_U32:
 		if (parse_u64(v, &u, 0) != CDX_OK || u > UINT32_MAX)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a number up to %u, not '%s'", where, o->name,
-			    UINT32_MAX, v);
+			return cdx_error(CDX_EINVAL, "%s: --%s wants a number up to %u, not '%s'", where,
+			    o->name, UINT32_MAX, v);
 		*(uint32_t *) base = (uint32_t) u;
 		return CDX_OK;
 	case OPT_SIZE:
 		if (parse_u64(v, &u, 1) != CDX_OK || u == 0)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a size like 16M, not '%s'", where, o->name, v);
+			return cdx_error(
+			    CDX_EINVAL, "%s: --%s wants a size like 16M, not '%s'", where, o->name, v);
 		*(uint64_t *) base = u;
 		return CDX_OK;
 	case OPT_DOUBLE: {
 		errno = 0;
 		double d = strtod(v, &end);
 		if (errno != 0 || end == v || *end != '\0' || !isfinite(d) || d < 0)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a number >= 0, not '%s'", where, o->name, v);
+			return cdx_error(
+			    CDX_EINVAL, "%s: --%s wants a number >= 0, not '%s'", where, o->name, v);
 		*(double *) base = d;
 		return CDX_OK;
 	}
 	case OPT_LOGLEVEL:
 		if (cdx_log_level_parse(v, (int *) base) != CDX_OK)
-			return cdx_error(CDX_EINVAL, "%s: --%s: unknown level '%s' (debug, info, warn, error)", where,
-			    o->name, v);
+			return cdx_error(CDX_EINVAL,
+			    "%s: --%s: unknown level '%s' (debug, info, warn, error)", where, o->name, v);
 		return CDX_OK;
 	}
 	return cdx_error(CDX_EINTERNAL, "option type");
@@ -324,10 +327,11 @@ cdx_server_config_usage(FILE *out)
 {
 	struct cdx_server_config d;
 	cdx_server_config_init(&d);
-	fprintf(out, "usage: candex serve --index-dir DIR --listen URL [--listen URL...] [options]\n\n"
-		     "Serves every collection of an index directory over nng REQ/REP (proto/candex.proto).\n"
-		     "SIGHUP reloads changed collections; SIGTERM/SIGINT drain in-flight requests and exit 0.\n\n"
-		     "options (a config file takes the same names: \"max-k = 500\"):\n");
+	fprintf(out,
+	    "usage: candex serve --index-dir DIR --listen URL [--listen URL...] [options]\n\n"
+	    "Serves every collection of an index directory over nng REQ/REP (proto/candex.proto).\n"
+	    "SIGHUP reloads changed collections; SIGTERM/SIGINT drain in-flight requests and exit 0.\n\n"
+	    "options (a config file takes the same names: \"max-k = 500\"):\n");
 	for (size_t i = 0; i < CDX_ARRAY_LEN(opts); i++) {
 		const struct opt *o = &opts[i];
 		char def[64] = "";

@@ -34,11 +34,11 @@ struct srv_ctx {
 	cdx_server *s;
 	nng_ctx ctx;
 	nng_aio *aio;
-	int admin;    /* on the admin socket: reloads allowed */
+	int admin; /* on the admin socket: reloads allowed */
 	int state;
 	/* the request being served (owned between RECV and SEND) */
 	Candex__V1__Request *req;
-	char peeked_id[128]; /* request_id of a request that was not decoded */
+	char peeked_id[128];  /* request_id of a request that was not decoded */
 	cdx_collection *coll; /* a reference, for searches */
 	uint64_t t_recv_us;
 	uint64_t deadline_us;
@@ -233,7 +233,8 @@ check_search(struct srv_ctx *x)
 	if ((x->coll = cdx__srv_lookup(s, sr->collection)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
-		reply_error(x, CDX_ENOTFOUND, "unknown collection '%.100s' (serving: %s)", sr->collection, names);
+		reply_error(
+		    x, CDX_ENOTFOUND, "unknown collection '%.100s' (serving: %s)", sr->collection, names);
 		return -1;
 	}
 	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
@@ -256,8 +257,8 @@ check_search(struct srv_ctx *x)
 	size_t nq = sr->n_query_keys;
 	if (sr->n_vectors > 0) {
 		if (sr->dim != m->dim) {
-			reply_error(x, CDX_EDIM, "query dimension %u, but collection '%s' has dimension %u%s", sr->dim,
-			    m->collection, m->dim, sr->dim == 0 ? " (set SearchRequest.dim)" : "");
+			reply_error(x, CDX_EDIM, "query dimension %u, but collection '%s' has dimension %u%s",
+			    sr->dim, m->collection, m->dim, sr->dim == 0 ? " (set SearchRequest.dim)" : "");
 			return -1;
 		}
 		if (sr->n_vectors % sr->dim != 0) {
@@ -283,20 +284,23 @@ check_search(struct srv_ctx *x)
 		    bad % (long) sr->dim, isnan(sr->vectors[bad]) ? "NaN" : "infinite");
 		return -1;
 	}
-	if (sr->model_version != NULL && sr->model_version[0] != '\0' &&
-	    strcmp(sr->model_version, m->model_version) != 0) {
+	if (sr->model_version != NULL && sr->model_version[0] != '\0'
+	    && strcmp(sr->model_version, m->model_version) != 0) {
 		reply_error(x, CDX_EMODEL,
-		    "query vectors come from model '%.128s' but collection '%s' version %s was built from model '%s'",
-		    sr->model_version, m->collection, m->version, m->model_version[0] ? m->model_version : "(unset)");
+		    "query vectors come from model '%.128s' but collection '%s' version %s was built from "
+		    "model '%s'",
+		    sr->model_version, m->collection, m->version,
+		    m->model_version[0] ? m->model_version : "(unset)");
 		return -1;
 	}
 	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE) {
-		reply_error(x, CDX_EINVAL, "refine_factor must be in [0, %g], not %g", (double) SRV_MAX_REFINE,
-		    (double) sr->refine_factor);
+		reply_error(x, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
+		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
 		return -1;
 	}
 	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1) {
-		reply_error(x, CDX_EINVAL, "recall_target must be in [0, 1], not %g", (double) sr->recall_target);
+		reply_error(
+		    x, CDX_EINVAL, "recall_target must be in [0, 1], not %g", (double) sr->recall_target);
 		return -1;
 	}
 	for (size_t i = 0; i < sr->n_query_keys; i++) {
@@ -318,8 +322,8 @@ enqueue(struct srv_ctx *x)
 		waiting = s->q_len;
 		pthread_mutex_unlock(&s->q_mu);
 		atomic_fetch_add(&s->m.overloaded, 1);
-		reply_error(x, CDX_EOVERLOAD, "server overloaded: %u searches already waiting; retry with backoff",
-		    waiting);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: %u searches already waiting; retry with backoff", waiting);
 		return;
 	}
 	x->next = NULL;
@@ -351,13 +355,13 @@ pick_point(const struct cdx_manifest *m, double want)
 	const struct cdx_operating_point *best = NULL, *top = NULL;
 	for (uint32_t i = 0; i < m->npoints; i++) {
 		const struct cdx_operating_point *p = &m->points[i];
-		if (top == NULL || p->recall_target > top->recall_target ||
-		    (p->recall_target == top->recall_target && p->recall > top->recall))
+		if (top == NULL || p->recall_target > top->recall_target
+		    || (p->recall_target == top->recall_target && p->recall > top->recall))
 			top = p;
 		if (p->recall_target + 1e-9 < want)
 			continue;
-		if (best == NULL || p->p99_ms < best->p99_ms ||
-		    (p->p99_ms == best->p99_ms && p->nprobe < best->nprobe))
+		if (best == NULL || p->p99_ms < best->p99_ms
+		    || (p->p99_ms == best->p99_ms && p->nprobe < best->nprobe))
 			best = p;
 	}
 	return best != NULL ? best : top;
@@ -374,7 +378,8 @@ run_search(struct srv_ctx *x, int idle)
 
 	if (now > x->deadline_us) {
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
-		reply_error(x, CDX_ETIMEDOUT, "deadline exceeded after %.1f ms waiting for a worker; not searched",
+		reply_error(x, CDX_ETIMEDOUT,
+		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
 		    (double) (now - x->t_recv_us) / 1000.0);
 		return;
 	}
@@ -404,10 +409,11 @@ run_search(struct srv_ctx *x, int idle)
 				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
 			if (rc != CDX_OK) {
 				if (rc == CDX_ENOTFOUND)
-					reply_error(x, rc, "unknown key '%.200s' in collection '%s'", sr->query_keys[i],
-					    m->collection);
+					reply_error(x, rc, "unknown key '%.200s' in collection '%s'",
+					    sr->query_keys[i], m->collection);
 				else
-					reply_error(x, rc, "key '%.200s': %s", sr->query_keys[i], cdx_last_error());
+					reply_error(
+					    x, rc, "key '%.200s': %s", sr->query_keys[i], cdx_last_error());
 				goto done;
 			}
 		}
@@ -624,8 +630,8 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 	nng_msg_free(msg);
 	if (x->req == NULL) {
-		reply_error(x, CDX_EPROTO, "malformed request: %zu bytes that do not decode as a candex.v1.Request",
-		    len);
+		reply_error(x, CDX_EPROTO,
+		    "malformed request: %zu bytes that do not decode as a candex.v1.Request", len);
 		return;
 	}
 	if (atomic_load(&s->stopping)) {
@@ -764,7 +770,8 @@ listen_on(cdx_server *s, nng_socket sock, const char *url, int admin)
 	}
 	int port = 0;
 	if (strstr(url, "tcp://") != NULL && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0)
-		cdx_info("SRV-LISTEN", "%s listening on %s (port %d)", admin ? "admin" : "queries", url, port);
+		cdx_info(
+		    "SRV-LISTEN", "%s listening on %s (port %d)", admin ? "admin" : "queries", url, port);
 	else
 		cdx_info("SRV-LISTEN", "%s listening on %s", admin ? "admin" : "queries", url);
 	s->listeners[s->nlisteners++] = l;
@@ -782,8 +789,9 @@ cdx__srv_sockets_open(cdx_server *s)
 	if (want_tls) {
 		if (cfg->tls_cert == NULL)
 			return cdx_error(CDX_EINVAL, "tls+tcp:// listeners need --tls-cert and --tls-key");
-		if ((rc = cdx__tls_config(&s->tls, NNG_TLS_MODE_SERVER, cfg->tls_cert, cfg->tls_key, cfg->tls_ca,
-			 NULL)) != CDX_OK)
+		if ((rc = cdx__tls_config(
+		         &s->tls, NNG_TLS_MODE_SERVER, cfg->tls_cert, cfg->tls_key, cfg->tls_ca, NULL))
+		    != CDX_OK)
 			return rc;
 	}
 	/* nng drops the connection of a message above RECVMAXSZ without a word;
@@ -798,7 +806,8 @@ cdx__srv_sockets_open(cdx_server *s)
 			return rc;
 	if (cfg->admin_listen != NULL) {
 		if ((rv = nng_rep0_open(&s->admin)) != 0)
-			return cdx_error(cdx__nng_code(rv), "cannot open the admin socket: %s", nng_strerror(rv));
+			return cdx_error(
+			    cdx__nng_code(rv), "cannot open the admin socket: %s", nng_strerror(rv));
 		s->admin_open = 1;
 		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, hard);
 		if ((rc = listen_on(s, s->admin, cfg->admin_listen, 1)) != CDX_OK)

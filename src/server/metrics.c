@@ -12,8 +12,8 @@
 
 #include "recall/online.h"
 
-const double cdx__srv_buckets[SRV_NBUCKETS - 1] = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025,
-	0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
+const double cdx__srv_buckets[SRV_NBUCKETS - 1]
+    = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
 
 void
 cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us)
@@ -53,7 +53,8 @@ label(const char *v, char *out, size_t size)
 static const char *
 status_name(int code)
 {
-	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
+	const ProtobufCEnumValue *v
+	    = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
 	return v != NULL ? v->name : "UNKNOWN";
 }
 
@@ -77,13 +78,14 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	for (int i = 0; i < SRV_NBUCKETS; i++) {
 		cum += atomic_load(&m->bucket[i]);
 		if (i < SRV_NBUCKETS - 1)
-			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"%g\"} %llu\n", cdx__srv_buckets[i],
-			    (unsigned long long) cum);
+			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
+			    cdx__srv_buckets[i], (unsigned long long) cum);
 		else
 			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
 			    (unsigned long long) cum);
 	}
-	cdx_buf_printf(b, "candex_request_duration_seconds_sum %.6f\n", (double) atomic_load(&m->latency_sum_us) / 1e6);
+	cdx_buf_printf(
+	    b, "candex_request_duration_seconds_sum %.6f\n", (double) atomic_load(&m->latency_sum_us) / 1e6);
 	cdx_buf_printf(b, "candex_request_duration_seconds_count %llu\n", (unsigned long long) cum);
 
 	HEAD(b, "candex_queries_total", "counter", "Query vectors searched.");
@@ -98,11 +100,13 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	cdx_buf_printf(b, "candex_workers %u\n", s->nworkers);
 	HEAD(b, "candex_overloaded_total", "counter", "Searches refused because the queue was full.");
 	cdx_buf_printf(b, "candex_overloaded_total %llu\n", (unsigned long long) atomic_load(&m->overloaded));
-	HEAD(b, "candex_deadline_dropped_total", "counter", "Searches past their deadline before a worker took them.");
+	HEAD(b, "candex_deadline_dropped_total", "counter",
+	    "Searches past their deadline before a worker took them.");
 	cdx_buf_printf(b, "candex_deadline_dropped_total %llu\n",
 	    (unsigned long long) atomic_load(&m->deadline_dropped));
 	HEAD(b, "candex_reloads_total", "counter", "Reloads (SIGHUP, admin, watch), by result.");
-	cdx_buf_printf(b, "candex_reloads_total{result=\"ok\"} %llu\n", (unsigned long long) atomic_load(&m->reload_ok));
+	cdx_buf_printf(
+	    b, "candex_reloads_total{result=\"ok\"} %llu\n", (unsigned long long) atomic_load(&m->reload_ok));
 	cdx_buf_printf(b, "candex_reloads_total{result=\"failed\"} %llu\n",
 	    (unsigned long long) atomic_load(&m->reload_failed));
 	HEAD(b, "candex_start_time_seconds", "gauge", "Unix time the server started.");
@@ -122,15 +126,18 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 		const struct cdx_manifest *mf = cdx_collection_manifest(set->e[i].coll);
 		char v[256], mv[256];
 		cdx_buf_printf(b,
-		    "candex_collection_version_info{collection=\"%s\",version=\"%s\",model_version=\"%s\",metric=\"%s\"} 1\n",
-		    set->e[i].name, label(mf->version, v, sizeof(v)), label(mf->model_version, mv, sizeof(mv)),
-		    cdx_metric_name(mf->metric));
+		    "candex_collection_version_info{collection=\"%s\",version=\"%s\",model_version=\"%s\","
+		    "metric=\"%s\"} 1\n",
+		    set->e[i].name, label(mf->version, v, sizeof(v)),
+		    label(mf->model_version, mv, sizeof(mv)), cdx_metric_name(mf->metric));
 	}
-	HEAD(b, "candex_collection_load_timestamp_seconds", "gauge", "Unix time the served version was loaded.");
+	HEAD(b, "candex_collection_load_timestamp_seconds", "gauge",
+	    "Unix time the served version was loaded.");
 	for (size_t i = 0; i < set->n; i++)
-		cdx_buf_printf(b, "candex_collection_load_timestamp_seconds{collection=\"%s\"} %.3f\n", set->e[i].name,
-		    (double) set->e[i].loaded_ms / 1000.0);
-	HEAD(b, "candex_collection_memory_bytes", "gauge", "Approximate resident size of the served version.");
+		cdx_buf_printf(b, "candex_collection_load_timestamp_seconds{collection=\"%s\"} %.3f\n",
+		    set->e[i].name, (double) set->e[i].loaded_ms / 1000.0);
+	HEAD(
+	    b, "candex_collection_memory_bytes", "gauge", "Approximate resident size of the served version.");
 	for (size_t i = 0; i < set->n; i++)
 		cdx_buf_printf(b, "candex_collection_memory_bytes{collection=\"%s\"} %llu\n", set->e[i].name,
 		    (unsigned long long) cdx_collection_memory_bytes(set->e[i].coll));
@@ -188,8 +195,12 @@ http_healthz(nng_aio *aio)
 	cdx__srv_names(s, names, sizeof(names));
 	int ok = n > 0 && !atomic_load(&s->stopping);
 	int len = snprintf(body, sizeof(body), "%s: %zu collection(s): %s\n",
-	    ok ? "ok" : atomic_load(&s->stopping) ? "stopping" : "unavailable", n, names);
-	http_send(aio, ok ? 200 : 503, "text/plain; charset=utf-8", body, (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
+	    ok                              ? "ok"
+	        : atomic_load(&s->stopping) ? "stopping"
+	                                    : "unavailable",
+	    n, names);
+	http_send(aio, ok ? 200 : 503, "text/plain; charset=utf-8", body,
+	    (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
 }
 
 static int
@@ -226,8 +237,9 @@ cdx__srv_http_start(cdx_server *s)
 	nng_url_free(url);
 	if (rv != 0)
 		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));
-	if ((rv = add_handler(s, "/metrics", http_metrics)) != 0 || (rv = add_handler(s, "/healthz", http_healthz)) != 0 ||
-	    (rv = nng_http_server_start(s->http)) != 0) {
+	if ((rv = add_handler(s, "/metrics", http_metrics)) != 0
+	    || (rv = add_handler(s, "/healthz", http_healthz)) != 0
+	    || (rv = nng_http_server_start(s->http)) != 0) {
 		nng_http_server_release(s->http);
 		s->http = NULL;
 		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));

@@ -343,8 +343,8 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (r != CDX_OK) {
 			char why[1024];
 			const char *vname = strrchr(vdir, '/');
-			snprintf(why, sizeof(why), "version %.100s failed to load: %.800s", vname ? vname + 1 : vdir,
-			    cdx_last_error());
+			snprintf(why, sizeof(why), "version %.100s failed to load: %.800s",
+			    vname ? vname + 1 : vdir, cdx_last_error());
 			cdx_err("SRV-LOAD-FAIL", "collection %s: %s (%s)%s", name, why, vdir,
 			    cur ? "; the previous version keeps serving" : "");
 			add_failure(&msg, &rc, r, name, why, cur);
@@ -353,9 +353,10 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		}
 		set_failed(s, name, NULL);
 		const struct cdx_manifest *m = cdx_collection_manifest(c);
-		cdx_info("SRV-LOAD", "collection %s: loaded version %s (%llu items, dim %u, %s, %u shards) in %.1f ms%s%s",
-		    name, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric), m->nshards,
-		    (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
+		cdx_info("SRV-LOAD",
+		    "collection %s: loaded version %s (%llu items, dim %u, %s, %u shards) in %.1f ms%s%s",
+		    name, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric),
+		    m->nshards, (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
 		    cur ? cdx_collection_manifest(cur->coll)->version : "");
 		e.coll = c;
 		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
@@ -436,7 +437,8 @@ cdx__srv_load_initial(cdx_server *s)
 	size_t n = s->set ? s->set->n : 0;
 	pthread_mutex_unlock(&s->set_mu);
 	if (n == 0)
-		cdx_warn("SRV-EMPTY", "no collection to serve in %s yet; /healthz answers 503 until a reload loads one",
+		cdx_warn("SRV-EMPTY",
+		    "no collection to serve in %s yet; /healthz answers 503 until a reload loads one",
 		    s->cfg.index_dir);
 	else
 		cdx_info("SRV-START", "serving %zu collection(s): %s", n, names);
@@ -499,7 +501,8 @@ reloader_main(void *arg)
 				unsigned changed = 0;
 				int rc = do_reload(s, NULL, 1, &msg, &changed);
 				if (changed > 0 || (rc != CDX_OK && msg != NULL)) {
-					atomic_fetch_add(rc == CDX_OK ? &s->m.reload_ok : &s->m.reload_failed, 1);
+					atomic_fetch_add(
+					    rc == CDX_OK ? &s->m.reload_ok : &s->m.reload_failed, 1);
 					if (rc == CDX_OK)
 						cdx_info("SRV-RELOAD", "CURRENT changed: reloaded");
 					else

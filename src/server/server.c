@@ -117,11 +117,12 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 			return rc;
 		}
 		s->online = o;
-		cdx_info("SRV-RECALL", "online recall: re-running %.3g%% of queries exactly within %.3g of a core",
+		cdx_info("SRV-RECALL",
+		    "online recall: re-running %.3g%% of queries exactly within %.3g of a core",
 		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
-	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK ||
-	    (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
+	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK
+	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
 		atomic_store(&s->stopping, 1);

@@ -54,28 +54,28 @@ struct cdx_server_config {
 	char *index_dir;
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
-	char *admin_listen;    /* NULL = no admin socket */
-	char *http_listen;     /* host:port of /metrics and /healthz; NULL = none */
-	char *tls_cert;        /* PEM files for tls+tcp:// listeners */
+	char *admin_listen; /* NULL = no admin socket */
+	char *http_listen;  /* host:port of /metrics and /healthz; NULL = none */
+	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
-	char *tls_ca;          /* clients must present a certificate signed by it */
-	uint32_t threads;      /* search workers; 0 = number of cores */
-	uint32_t contexts;     /* nng contexts on the query socket; 0 = queue + 2 x threads */
-	uint32_t queue_max;    /* search jobs waiting for a worker; 0 = 16 x threads */
-	uint64_t max_message;  /* bytes; larger requests get LIMIT_EXCEEDED */
+	char *tls_ca;         /* clients must present a certificate signed by it */
+	uint32_t threads;     /* search workers; 0 = number of cores */
+	uint32_t contexts;    /* nng contexts on the query socket; 0 = queue + 2 x threads */
+	uint32_t queue_max;   /* search jobs waiting for a worker; 0 = 16 x threads */
+	uint64_t max_message; /* bytes; larger requests get LIMIT_EXCEEDED */
 	uint32_t max_k;
 	uint32_t max_batch;    /* query vectors (or keys) per request */
 	uint32_t max_excludes; /* exclude ids + keys per request */
 	uint32_t timeout_ms;   /* default deadline when a request has none */
 	uint32_t max_timeout_ms;
 	uint32_t parallel_batch; /* batches this large may use every core when idle */
-	uint32_t drain_ms;     /* longest wait for in-flight requests at shutdown */
-	double watch_interval; /* seconds between CURRENT polls; 0 = off */
+	uint32_t drain_ms;       /* longest wait for in-flight requests at shutdown */
+	double watch_interval;   /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	char *ipc_mode;        /* octal permissions of ipc:// listener files (admin: 0600) */
+	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
 	int log_level;
-	int help;              /* --help was given */
+	int help; /* --help was given */
 	char *config_file;
 };
 
@@ -110,9 +110,9 @@ int cdx_server_run(const struct cdx_server_config *cfg);
 
 struct srv_entry {
 	char name[64];
-	cdx_collection *coll;  /* one reference held by the set */
+	cdx_collection *coll; /* one reference held by the set */
 	char version_dir[4096];
-	uint64_t loaded_ms;    /* wall clock */
+	uint64_t loaded_ms; /* wall clock */
 };
 
 struct srv_set {
@@ -120,14 +120,14 @@ struct srv_set {
 	struct srv_entry *e;
 };
 
-#define SRV_NSTATUS 32
+#define SRV_NSTATUS  32
 #define SRV_NBUCKETS 16
 
 struct srv_metrics {
-	atomic_uint_fast64_t status[SRV_NSTATUS]; /* responses by Response.status */
+	atomic_uint_fast64_t status[SRV_NSTATUS];  /* responses by Response.status */
 	atomic_uint_fast64_t bucket[SRV_NBUCKETS]; /* latency histogram (non-cumulative) */
 	atomic_uint_fast64_t latency_sum_us;
-	atomic_uint_fast64_t queries;   /* query vectors searched */
+	atomic_uint_fast64_t queries; /* query vectors searched */
 	atomic_uint_fast64_t reload_ok;
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
@@ -150,8 +150,8 @@ struct cdx_server {
 	struct srv_set *set;
 
 	/* sockets */
-	nng_socket sock;   /* queries: every --listen URL */
-	nng_socket admin;  /* --admin-listen: also reloads */
+	nng_socket sock;  /* queries: every --listen URL */
+	nng_socket admin; /* --admin-listen: also reloads */
 	int admin_open;
 	nng_tls_config *tls;
 	nng_listener listeners[CDX_SERVER_MAX_LISTEN + 1];
@@ -168,8 +168,8 @@ struct cdx_server {
 	int q_stop;
 	pthread_t *workers;
 
-	atomic_int stopping;     /* answer new requests UNAVAILABLE */
-	atomic_int in_flight;    /* received, not yet answered */
+	atomic_int stopping;  /* answer new requests UNAVAILABLE */
+	atomic_int in_flight; /* received, not yet answered */
 
 	/* reload thread */
 	pthread_t reloader;

@@ -11,7 +11,7 @@
 #include <math.h>
 #include <sys/un.h>
 
-#define N 3000
+#define N   3000
 #define DIM 16
 
 static char *dir;
@@ -30,7 +30,8 @@ setup(void **state)
 	http_port = st_free_port();
 	snprintf(tcp_url, sizeof(tcp_url), "tcp://127.0.0.1:%d", tcp_port);
 	snprintf(extra, sizeof(extra),
-	    "--threads 2 --max-k 100 --max-batch 8 --max-message 64K --max-excludes 10 --listen %s --log-level debug "
+	    "--threads 2 --max-k 100 --max-batch 8 --max-message 64K --max-excludes 10 --listen %s "
+	    "--log-level debug "
 	    "--http-listen 127.0.0.1:%d",
 	    tcp_url, http_port);
 	assert_int_equal(st_start(&srv, dir, "bad", extra), 0);
@@ -53,7 +54,8 @@ still_serving(void)
 	const char *urls[2] = { srv.url, tcp_url };
 	for (int i = 0; i < 2; i++) {
 		cdx_client *c = st_client(urls[i], 5000, 0);
-		struct cdx_query q = { .collection = "tracks", .vectors = base, .nvectors = 1, .dim = DIM, .k = 5 };
+		struct cdx_query q
+		    = { .collection = "tracks", .vectors = base, .nvectors = 1, .dim = DIM, .k = 5 };
 		struct cdx_result *r = st_search(c, &q);
 		assert_int_equal(r->queries[0].nhits, 5);
 		cdx_result_free(r);
@@ -229,8 +231,9 @@ test_collection_and_model(void **state)
 
 	/* and through the client library: code + message */
 	cdx_client *c = st_client(srv.url, 5000, 3);
-	struct cdx_query q = { .collection = "tracks", .vectors = v, .nvectors = 1, .dim = DIM, .k = 5,
-		.model_version = "m2" };
+	struct cdx_query q = {
+		.collection = "tracks", .vectors = v, .nvectors = 1, .dim = DIM, .k = 5, .model_version = "m2"
+	};
 	struct cdx_result *r = NULL;
 	struct cdx_client_error err;
 	assert_int_equal(cdx_client_search(c, &q, &r, &err), CDX_EMODEL);
@@ -341,7 +344,8 @@ test_disconnect_mid_request(void **state)
 			fd = socket(AF_UNIX, SOCK_STREAM, 0);
 			assert_int_equal(connect(fd, (struct sockaddr *) &u, sizeof(u)), 0);
 		} else {
-			struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t) tcp_port),
+			struct sockaddr_in a = { .sin_family = AF_INET,
+				.sin_port = htons((uint16_t) tcp_port),
 				.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 			fd = socket(AF_INET, SOCK_STREAM, 0);
 			assert_int_equal(connect(fd, (struct sockaddr *) &a, sizeof(a)), 0);

@@ -10,7 +10,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define N 20000
+#define N   20000
 #define DIM 32
 
 static char *dir;
@@ -81,8 +81,12 @@ hammer_thread(void *arg)
 	cdx_client *c;
 	assert_int_equal(cdx_client_open(&c, h->url, &o, &err), CDX_OK);
 	for (int i = 0; i < 6; i++) {
-		struct cdx_query q = { .collection = "tracks", .vectors = base + (size_t) i * DIM, .nvectors = h->nq,
-			.dim = DIM, .k = h->k, .timeout_ms = h->timeout_ms };
+		struct cdx_query q = { .collection = "tracks",
+			.vectors = base + (size_t) i * DIM,
+			.nvectors = h->nq,
+			.dim = DIM,
+			.k = h->k,
+			.timeout_ms = h->timeout_ms };
 		struct cdx_result *r = NULL;
 		int rc = cdx_client_search(c, &q, &r, &err);
 		cdx_result_free(r);
@@ -94,7 +98,8 @@ hammer_thread(void *arg)
 			atomic_fetch_add(&h->deadline, 1);
 		else {
 			atomic_fetch_add(&h->other, 1);
-			snprintf(h->other_msg, sizeof(h->other_msg), "%s: %.150s", cdx_errname(rc), err.message);
+			snprintf(
+			    h->other_msg, sizeof(h->other_msg), "%s: %.150s", cdx_errname(rc), err.message);
 		}
 	}
 	cdx_client_close(c);
@@ -120,7 +125,8 @@ test_overload_and_deadline(void **state)
 	int port = st_free_port();
 	char extra[256];
 	/* one worker, two queue slots, many contexts: a burst overflows */
-	snprintf(extra, sizeof(extra), "--threads 1 --queue-max 2 --contexts 32 --http-listen 127.0.0.1:%d", port);
+	snprintf(
+	    extra, sizeof(extra), "--threads 1 --queue-max 2 --contexts 32 --http-listen 127.0.0.1:%d", port);
 	assert_int_equal(st_start(&srv, dir, "ovl", extra), 0);
 
 	struct hammer h = { .url = srv.url, .retries = 0, .nq = 32, .k = 100 };
@@ -179,7 +185,8 @@ test_metrics_and_healthz(void **state)
 	assert_int_equal(st_start(&srv, dir, "metrics", extra), 0);
 	cdx_client *c = st_client(srv.url, 5000, 0);
 	for (int i = 0; i < 5; i++) {
-		struct cdx_query q = { .collection = "tracks", .vectors = base, .nvectors = 2, .dim = DIM, .k = 3 };
+		struct cdx_query q
+		    = { .collection = "tracks", .vectors = base, .nvectors = 2, .dim = DIM, .k = 3 };
 		cdx_result_free(st_search(c, &q));
 	}
 	struct cdx_query bad = { .collection = "nope", .vectors = base, .nvectors = 1, .dim = DIM, .k = 3 };
@@ -202,7 +209,8 @@ test_metrics_and_healthz(void **state)
 	snprintf(key, sizeof(key), "candex_collection_version_info{collection=\"tracks\",version=\"%.63s\"",
 	    st_current(dir, "tracks"));
 	assert_non_null(strstr(body, key));
-	assert_true(metric_value(body, "candex_collection_load_timestamp_seconds{collection=\"tracks\"} ") > 1.6e9);
+	assert_true(
+	    metric_value(body, "candex_collection_load_timestamp_seconds{collection=\"tracks\"} ") > 1.6e9);
 	assert_true(metric_value(body, "candex_queue_depth ") == 0);
 	assert_non_null(strstr(body, "candex_reloads_total{result=\"ok\"}"));
 	assert_non_null(strstr(body, "# TYPE candex_request_duration_seconds histogram"));
@@ -233,13 +241,16 @@ test_online_recall(void **state)
 	struct st_server srv;
 	int port = st_free_port();
 	char extra[200];
-	snprintf(extra, sizeof(extra), "--threads 1 --online-recall-fraction 1 --online-recall-cpu 1 --http-listen 127.0.0.1:%d",
-	    port);
+	snprintf(extra, sizeof(extra),
+	    "--threads 1 --online-recall-fraction 1 --online-recall-cpu 1 --http-listen 127.0.0.1:%d", port);
 	assert_int_equal(st_start(&srv, dir, "online", extra), 0);
 	cdx_client *c = st_client(srv.url, 5000, 0);
 	for (int i = 0; i < 20; i++) {
-		struct cdx_query q = { .collection = "tracks", .vectors = base + (size_t) (i * 37) * DIM, .nvectors = 1,
-			.dim = DIM, .k = 10 };
+		struct cdx_query q = { .collection = "tracks",
+			.vectors = base + (size_t) (i * 37) * DIM,
+			.nvectors = 1,
+			.dim = DIM,
+			.k = 10 };
 		cdx_result_free(st_search(c, &q));
 	}
 	cdx_client_close(c);
@@ -300,7 +311,8 @@ test_config_file(void **state)
 	assert_int_equal(tu_run(&out, "%s serve --config %s --index-dir %s/index", CANDEX_BIN, conf, dir), 2);
 	assert_non_null(strstr(out, "candex.conf:6: unknown option 'max-kk'"));
 	free(out);
-	assert_int_equal(tu_run(&out, "%s serve --index-dir %s/index --listen %s --max-k x", CANDEX_BIN, dir, url), 2);
+	assert_int_equal(
+	    tu_run(&out, "%s serve --index-dir %s/index --listen %s --max-k x", CANDEX_BIN, dir, url), 2);
 	free(out);
 	assert_int_equal(tu_run(&out, "%s serve --help", CANDEX_BIN), 0);
 	assert_non_null(strstr(out, "--watch-interval"));
@@ -320,14 +332,19 @@ test_mutual_tls(void **state)
 	 * certificate, and a second CA that nobody trusts */
 	snprintf(cmd, sizeof(cmd),
 	    "cd %s && set -e; "
-	    "for ca in ca rogue; do openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+	    "for ca in ca rogue; do openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+	    "-nodes "
 	    "  -keyout $ca.key -out $ca.pem -days 2 -subj /CN=candex-test-$ca; done; "
 	    "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext; "
-	    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr -subj /CN=localhost; "
-	    "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext; "
+	    "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out "
+	    "server.csr -subj /CN=localhost; "
+	    "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days "
+	    "2 -extfile san.ext; "
 	    "for who in client:ca intruder:rogue; do n=${who%%:*}; ca=${who#*:}; "
-	    "  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $n.key -out $n.csr -subj /CN=$n; "
-	    "  openssl x509 -req -in $n.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -out $n.pem -days 2; done",
+	    "  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout $n.key -out "
+	    "$n.csr -subj /CN=$n; "
+	    "  openssl x509 -req -in $n.csr -CA $ca.pem -CAkey $ca.key -CAcreateserial -out $n.pem -days 2; "
+	    "done",
 	    dir);
 	char *out = NULL;
 	int rc = tu_run(&out, "%s", cmd);
@@ -340,7 +357,8 @@ test_mutual_tls(void **state)
 	int port = st_free_port();
 	char url[64], extra[16384];
 	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", port);
-	snprintf(extra, sizeof(extra), "--threads 1 --listen %s --tls-cert %s/server.pem --tls-key %s/server.key --tls-ca %s/ca.pem",
+	snprintf(extra, sizeof(extra),
+	    "--threads 1 --listen %s --tls-cert %s/server.pem --tls-key %s/server.key --tls-ca %s/ca.pem",
 	    url, dir, dir, dir);
 	assert_int_equal(st_start(&srv, dir, "tls", extra), 0);
 
@@ -350,13 +368,17 @@ test_mutual_tls(void **state)
 	snprintf(key, sizeof(key), "%s/client.key", dir);
 	snprintf(icert, sizeof(icert), "%s/intruder.pem", dir);
 	snprintf(ikey, sizeof(ikey), "%s/intruder.key", dir);
-	struct cdx_query q = { .collection = "tracks", .vectors = base + 5 * DIM, .nvectors = 1, .dim = DIM, .k = 3 };
+	struct cdx_query q
+	    = { .collection = "tracks", .vectors = base + 5 * DIM, .nvectors = 1, .dim = DIM, .k = 3 };
 	struct cdx_client_error err;
 	cdx_client *c;
 
 	/* a client with a certificate from the CA: served */
-	struct cdx_client_options good = { .timeout_ms = 5000, .tls_ca_file = ca, .tls_cert_file = cert,
-		.tls_key_file = key, .tls_server_name = "localhost" };
+	struct cdx_client_options good = { .timeout_ms = 5000,
+		.tls_ca_file = ca,
+		.tls_cert_file = cert,
+		.tls_key_file = key,
+		.tls_server_name = "localhost" };
 	assert_int_equal(cdx_client_open(&c, url, &good, &err), CDX_OK);
 	struct cdx_result *r = st_search(c, &q);
 	assert_int_equal(r->queries[0].hits[0].id, 5);
@@ -364,14 +386,18 @@ test_mutual_tls(void **state)
 	cdx_client_close(c);
 
 	/* without a client certificate, or with one from another CA: refused */
-	struct cdx_client_options anon = { .timeout_ms = 700, .tls_ca_file = ca, .tls_server_name = "localhost" };
+	struct cdx_client_options anon
+	    = { .timeout_ms = 700, .tls_ca_file = ca, .tls_server_name = "localhost" };
 	assert_int_equal(cdx_client_open(&c, url, &anon, &err), CDX_OK);
 	r = NULL;
 	assert_int_not_equal(cdx_client_search(c, &q, &r, &err), CDX_OK);
 	assert_null(r);
 	cdx_client_close(c);
-	struct cdx_client_options rogue = { .timeout_ms = 700, .tls_ca_file = ca, .tls_cert_file = icert,
-		.tls_key_file = ikey, .tls_server_name = "localhost" };
+	struct cdx_client_options rogue = { .timeout_ms = 700,
+		.tls_ca_file = ca,
+		.tls_cert_file = icert,
+		.tls_key_file = ikey,
+		.tls_server_name = "localhost" };
 	assert_int_equal(cdx_client_open(&c, url, &rogue, &err), CDX_OK);
 	assert_int_not_equal(cdx_client_search(c, &q, &r, &err), CDX_OK);
 	cdx_client_close(c);
@@ -383,9 +409,10 @@ test_mutual_tls(void **state)
 	cdx_client_close(c);
 
 	/* `candex query` speaks TLS too */
-	assert_int_equal(tu_run(&out, "%s query --url %s --collection tracks --key t:9 -k 1 --json --tls-ca %s "
-				      "--tls-cert %s --tls-key %s --tls-server-name localhost",
-			     CANDEX_BIN, url, ca, cert, key),
+	assert_int_equal(tu_run(&out,
+	                     "%s query --url %s --collection tracks --key t:9 -k 1 --json --tls-ca %s "
+	                     "--tls-cert %s --tls-key %s --tls-server-name localhost",
+	                     CANDEX_BIN, url, ca, cert, key),
 	    0);
 	assert_non_null(strstr(out, "\"t:9\""));
 	free(out);

@@ -6,7 +6,7 @@
  */
 #include "srvtest.h"
 
-#define N 2000
+#define N   2000
 #define DIM 8
 
 static char *dir;
@@ -18,11 +18,13 @@ static int
 setup(void **state)
 {
 	if (tu_run(NULL, "command -v protoc && command -v nngcat") != 0) {
-		fprintf(stderr, "protoc or nngcat not found (Debian protobuf-compiler, nng-utils): skipping\n");
+		fprintf(
+		    stderr, "protoc or nngcat not found (Debian protobuf-compiler, nng-utils): skipping\n");
 		return 0;
 	}
 	dir = tu_tmpdir("srvinterop");
-	base = st_build(dir, "tracks", N, DIM, 41, "l2", "spotify:track:", "--factory Flat --model-version m7");
+	base = st_build(
+	    dir, "tracks", N, DIM, 41, "l2", "spotify:track:", "--factory Flat --model-version m7");
 	snprintf(tcp_url, sizeof(tcp_url), "tcp://127.0.0.1:%d", st_free_port());
 	char extra[128];
 	snprintf(extra, sizeof(extra), "--threads 1 --listen %s", tcp_url);
@@ -54,7 +56,8 @@ roundtrip(const char *url, const char *text)
 	fclose(f);
 	char *out = NULL;
 	int rc = tu_run(&out,
-	    "cd %s && protoc --encode=candex.v1.Request -I%s/proto %s/proto/candex.proto < req.txt > req.bin && "
+	    "cd %s && protoc --encode=candex.v1.Request -I%s/proto %s/proto/candex.proto < req.txt > req.bin "
+	    "&& "
 	    "nngcat --req0 --dial %s --file req.bin --raw --recv-timeout 5 > resp.bin && "
 	    "protoc --decode=candex.v1.Response -I%s/proto %s/proto/candex.proto < resp.bin",
 	    dir, CANDEX_SOURCE_DIR, CANDEX_SOURCE_DIR, url, CANDEX_SOURCE_DIR, CANDEX_SOURCE_DIR);
@@ -72,8 +75,8 @@ test_search(void **state)
 	char vec[DIM * 24] = "", req[1024];
 	size_t used = 0;
 	for (size_t j = 0; j < DIM; j++)
-		used += (size_t) snprintf(vec + used, sizeof(vec) - used, "%s%.9g", j ? ", " : "",
-		    (double) base[3 * DIM + j]);
+		used += (size_t) snprintf(
+		    vec + used, sizeof(vec) - used, "%s%.9g", j ? ", " : "", (double) base[3 * DIM + j]);
 	snprintf(req, sizeof(req),
 	    "protocol_version: 1\nrequest_id: \"from-protoc\"\n"
 	    "search { collection: \"tracks\" dim: %d k: 4 vectors: [%s] model_version: \"m7\" }\n",
@@ -111,8 +114,9 @@ test_health_info_and_errors(void **state)
 	assert_non_null(strstr(out, "model_version: \"m7\""));
 	free(out);
 
-	out = roundtrip(srv.url, "protocol_version: 1\nrequest_id: \"e1\"\n"
-				 "search { collection: \"tracks\" dim: 3 k: 4 vectors: [1, 2, 3] }\n");
+	out = roundtrip(srv.url,
+	    "protocol_version: 1\nrequest_id: \"e1\"\n"
+	    "search { collection: \"tracks\" dim: 3 k: 4 vectors: [1, 2, 3] }\n");
 	assert_non_null(strstr(out, "status: DIMENSION_MISMATCH"));
 	assert_non_null(strstr(out, "request_id: \"e1\""));
 	free(out);

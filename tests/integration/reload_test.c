@@ -13,8 +13,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define N 3000
-#define DIM 16
+#define N       3000
+#define DIM     16
 #define FACTORY "--factory IVF16,Flat"
 
 static char *dir;
@@ -89,13 +89,15 @@ load_thread(void *arg)
 	for (int i = 0; !atomic_load(&l->stop); i++) {
 		for (int j = 0; j < DIM; j++)
 			q[j] = (float) ((i * 31 + j * 7) % 13) - 6.0f;
-		struct cdx_query qq = { .collection = "tracks", .vectors = q, .nvectors = 1, .dim = DIM, .k = 10 };
+		struct cdx_query qq
+		    = { .collection = "tracks", .vectors = q, .nvectors = 1, .dim = DIM, .k = 10 };
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
 		if (cdx_client_search(c, &qq, &r, &err) != CDX_OK || r->queries[0].nhits != 10) {
 			atomic_fetch_add(&l->failed, 1);
 			pthread_mutex_lock(&l->mu);
-			snprintf(l->last_error, sizeof(l->last_error), "%s: %.200s", cdx_errname(err.code), err.message);
+			snprintf(l->last_error, sizeof(l->last_error), "%s: %.200s", cdx_errname(err.code),
+			    err.message);
 			pthread_mutex_unlock(&l->mu);
 			cdx_result_free(r);
 			continue;
@@ -267,7 +269,11 @@ drain_thread(void *arg)
 	for (int i = 0; i < 8 * DIM; i++)
 		q[i] = (float) (i % 11) - 5.0f;
 	for (;;) {
-		struct cdx_query qq = { .collection = "tracks", .vectors = q, .nvectors = 8, .dim = DIM, .k = 100,
+		struct cdx_query qq = { .collection = "tracks",
+			.vectors = q,
+			.nvectors = 8,
+			.dim = DIM,
+			.k = 100,
 			.nprobe = 16 };
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
@@ -280,7 +286,8 @@ drain_thread(void *arg)
 			continue;
 		}
 		if (sig != 0 && t0 + 20000 < sig)
-			atomic_fetch_add(&d->lost_before, 1); /* in flight well before SIGTERM, yet not answered */
+			atomic_fetch_add(
+			    &d->lost_before, 1); /* in flight well before SIGTERM, yet not answered */
 		else if (rc == CDX_EUNAVAIL)
 			atomic_fetch_add(&d->unavailable, 1);
 		else

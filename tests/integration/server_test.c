@@ -15,9 +15,9 @@
 
 #include "shard/manifest.h"
 
-#define TN 6000
+#define TN   6000
 #define TDIM 32
-#define PN 2000
+#define PN   2000
 #define PDIM 16
 
 static char *dir;
@@ -29,8 +29,10 @@ static int
 setup(void **state)
 {
 	dir = tu_tmpdir("srvtest");
-	tracks = st_build(dir, "tracks", TN, TDIM, 11, "l2", "spotify:track:", "--factory IVF32,Flat --shards 3");
-	podcasts = st_build(dir, "podcasts", PN, PDIM, 12, "ip", "spotify:episode:", "--model-version podmodel-1");
+	tracks = st_build(
+	    dir, "tracks", TN, TDIM, 11, "l2", "spotify:track:", "--factory IVF32,Flat --shards 3");
+	podcasts
+	    = st_build(dir, "podcasts", PN, PDIM, 12, "ip", "spotify:episode:", "--model-version podmodel-1");
 
 	/* measured operating points, as `candex recall --save` would write them */
 	char vdir[8300];
@@ -69,8 +71,8 @@ teardown(void **state)
 static struct cdx_query
 tq(const float *v, size_t n, uint32_t k, uint32_t nprobe)
 {
-	struct cdx_query q = { .collection = "tracks", .vectors = v, .nvectors = n, .dim = TDIM, .k = k,
-		.nprobe = nprobe };
+	struct cdx_query q
+	    = { .collection = "tracks", .vectors = v, .nvectors = n, .dim = TDIM, .k = k, .nprobe = nprobe };
 	return q;
 }
 
@@ -83,8 +85,9 @@ test_exact_multi_shard(void **state)
 	float q[NQ * TDIM];
 	for (size_t i = 0; i < NQ; i++)
 		for (size_t j = 0; j < TDIM; j++)
-			q[i * TDIM + j] = i < 20 ? tracks[(i * 131) * TDIM + j]
-						 : 0.3f * tracks[i * TDIM + j] + 0.7f * tracks[(i + 1000) * TDIM + j];
+			q[i * TDIM + j] = i < 20
+			    ? tracks[(i * 131) * TDIM + j]
+			    : 0.3f * tracks[i * TDIM + j] + 0.7f * tracks[(i + 1000) * TDIM + j];
 	struct cdx_query qq = tq(q, NQ, K, 32);
 	struct cdx_result *r = st_search(cli, &qq);
 	assert_int_equal(r->nqueries, NQ);
@@ -128,8 +131,9 @@ test_nprobe_default_and_clamp(void **state)
 static void
 test_two_collections_and_info(void **state)
 {
-	struct cdx_query q = { .collection = "podcasts", .vectors = podcasts + 5 * PDIM, .nvectors = 1, .dim = PDIM,
-		.k = 8 };
+	struct cdx_query q = {
+		.collection = "podcasts", .vectors = podcasts + 5 * PDIM, .nvectors = 1, .dim = PDIM, .k = 8
+	};
 	struct cdx_result *r = st_search(cli, &q);
 	assert_string_equal(r->metric, "ip");
 	assert_int_equal(r->queries[0].nhits, 8);
@@ -155,7 +159,8 @@ test_two_collections_and_info(void **state)
 			assert_int_equal(json_integer_value(json_object_get(c, "shards")), 3);
 			seen |= 1;
 		} else if (strcmp(name, "podcasts") == 0) {
-			assert_string_equal(json_string_value(json_object_get(c, "model_version")), "podmodel-1");
+			assert_string_equal(
+			    json_string_value(json_object_get(c, "model_version")), "podmodel-1");
 			seen |= 2;
 		}
 	}
@@ -263,8 +268,8 @@ nprobe_thread(void *arg)
 				continue;
 			}
 			for (size_t j = 0; j < 10; j++)
-				if (r->queries[0].hits[j].id != cref[t].id[i][j] ||
-				    r->queries[0].hits[j].score != cref[t].score[i][j])
+				if (r->queries[0].hits[j].id != cref[t].id[i][j]
+				    || r->queries[0].hits[j].score != cref[t].score[i][j])
 					atomic_fetch_add(&cmismatch, 1);
 			cdx_result_free(r);
 		}
@@ -336,7 +341,11 @@ test_recall_target(void **state)
 static void
 test_model_version(void **state)
 {
-	struct cdx_query q = { .collection = "podcasts", .vectors = podcasts, .nvectors = 1, .dim = PDIM, .k = 3,
+	struct cdx_query q = { .collection = "podcasts",
+		.vectors = podcasts,
+		.nvectors = 1,
+		.dim = PDIM,
+		.k = 3,
 		.model_version = "podmodel-2" };
 	struct cdx_result *r = NULL;
 	struct cdx_client_error err;
@@ -351,8 +360,8 @@ static void
 write_npy(const char *path, const float *x, size_t n, size_t d)
 {
 	char header[128];
-	int hl = snprintf(header, sizeof(header), "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }",
-	    n, d);
+	int hl = snprintf(
+	    header, sizeof(header), "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", n, d);
 	size_t total = 10 + (size_t) hl + 1;
 	size_t pad = (64 - total % 64) % 64;
 	FILE *f = fopen(path, "wb");
@@ -377,15 +386,18 @@ test_cli_query(void **state)
 	snprintf(npy, sizeof(npy), "%s/q.npy", dir);
 
 	/* JSON output, from an .fvecs row */
-	assert_int_equal(tu_run(&out, "%s query --url %s --collection tracks --vector-file %s --row 3 -k 5 --nprobe 32 --json",
-			     CANDEX_BIN, srv.url, fv),
+	assert_int_equal(
+	    tu_run(&out,
+	        "%s query --url %s --collection tracks --vector-file %s --row 3 -k 5 --nprobe 32 --json",
+	        CANDEX_BIN, srv.url, fv),
 	    0);
 	json_error_t je;
 	json_t *root = json_loads(out, 0, &je);
 	if (root == NULL)
 		fprintf(stderr, "not JSON: %s\n", out);
 	assert_non_null(root);
-	assert_string_equal(json_string_value(json_object_get(root, "index_version")), st_current(dir, "tracks"));
+	assert_string_equal(
+	    json_string_value(json_object_get(root, "index_version")), st_current(dir, "tracks"));
 	assert_int_equal(json_integer_value(json_object_get(root, "nprobe")), 32);
 	json_t *hits = json_object_get(json_array_get(json_object_get(root, "results"), 0), "hits");
 	assert_int_equal(json_array_size(hits), 5);
@@ -398,8 +410,9 @@ test_cli_query(void **state)
 
 	/* table output, from an .npy row */
 	write_npy(npy, tracks, 10, TDIM);
-	assert_int_equal(tu_run(&out, "%s query --url %s --collection tracks --vector-file %s --row 6 -k 3 --nprobe 32",
-			     CANDEX_BIN, srv.url, npy),
+	assert_int_equal(
+	    tu_run(&out, "%s query --url %s --collection tracks --vector-file %s --row 6 -k 3 --nprobe 32",
+	        CANDEX_BIN, srv.url, npy),
 	    0);
 	assert_non_null(strstr(out, "rank"));
 	assert_non_null(strstr(out, "spotify:track:6 "));
@@ -409,23 +422,28 @@ test_cli_query(void **state)
 	char line[TDIM * 20 + 1];
 	size_t used = 0;
 	for (size_t j = 0; j < TDIM; j++)
-		used += (size_t) snprintf(line + used, sizeof(line) - used, "%.9g ", (double) tracks[9 * TDIM + j]);
-	assert_int_equal(tu_run(&out, "echo '%s' | %s query --url %s --collection tracks --stdin -k 2 --nprobe 32 --json",
-			     line, CANDEX_BIN, srv.url),
+		used += (size_t) snprintf(
+		    line + used, sizeof(line) - used, "%.9g ", (double) tracks[9 * TDIM + j]);
+	assert_int_equal(
+	    tu_run(&out, "echo '%s' | %s query --url %s --collection tracks --stdin -k 2 --nprobe 32 --json",
+	        line, CANDEX_BIN, srv.url),
 	    0);
 	assert_non_null(strstr(out, "\"key\": \"spotify:track:9\""));
 	free(out);
 
 	/* --key with an exclusion */
-	assert_int_equal(tu_run(&out, "%s query --url %s --collection tracks --key spotify:track:12 --exclude-key spotify:track:12 -k 4 --json",
-			     CANDEX_BIN, srv.url),
+	assert_int_equal(tu_run(&out,
+	                     "%s query --url %s --collection tracks --key spotify:track:12 --exclude-key "
+	                     "spotify:track:12 -k 4 --json",
+	                     CANDEX_BIN, srv.url),
 	    0);
 	assert_null(strstr(out, "\"spotify:track:12\""));
 	assert_non_null(strstr(out, "\"hits\""));
 	free(out);
 
 	/* errors: exit 1 with the server's message; usage errors exit 2 */
-	assert_int_equal(tu_run(&out, "%s query --url %s --collection nope --key x -k 1", CANDEX_BIN, srv.url), 1);
+	assert_int_equal(
+	    tu_run(&out, "%s query --url %s --collection nope --key x -k 1", CANDEX_BIN, srv.url), 1);
 	assert_non_null(strstr(out, "unknown collection 'nope'"));
 	free(out);
 	assert_int_equal(tu_run(&out, "%s query --url %s --collection tracks -k 1", CANDEX_BIN, srv.url), 2);

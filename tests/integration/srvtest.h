@@ -47,8 +47,9 @@ st_build(const char *dir, const char *coll, size_t n, size_t dim, uint64_t seed,
 	assert_int_equal(tu_write_fvecs(fv, x, n, dim), 0);
 	assert_int_equal(tu_write_keys(keys, keyprefix, n), 0);
 	char *out = NULL;
-	int rc = tu_run(&out, "%s build --quiet --input %s --collection %s --metric %s --out %s/index --keys %s %s",
-	    CANDEX_BIN, fv, coll, metric, dir, keys, extra ? extra : "");
+	int rc = tu_run(&out,
+	    "%s build --quiet --input %s --collection %s --metric %s --out %s/index --keys %s %s", CANDEX_BIN,
+	    fv, coll, metric, dir, keys, extra ? extra : "");
 	if (rc != 0)
 		fprintf(stderr, "candex build failed (%d): %s\n", rc, out);
 	assert_int_equal(rc, 0);
@@ -150,8 +151,9 @@ st_start(struct st_server *s, const char *dir, const char *tag, const char *extr
 	memset(s, 0, sizeof(*s));
 	snprintf(s->url, sizeof(s->url), "ipc://%.3800s/q-%.100s.ipc", dir, tag);
 	snprintf(s->admin, sizeof(s->admin), "ipc://%.3800s/admin-%.100s.ipc", dir, tag);
-	assert_true(asprintf(&args, "--index-dir %s/index --listen %s --admin-listen %s %s", dir, s->url, s->admin,
-			extra ? extra : "") > 0);
+	assert_true(asprintf(&args, "--index-dir %s/index --listen %s --admin-listen %s %s", dir, s->url,
+	                s->admin, extra ? extra : "")
+	    > 0);
 	int rc = st_start_args(s, dir, tag, args);
 	free(args);
 	return rc;
@@ -215,7 +217,8 @@ static inline int
 st_http_get(int port, const char *path, char **body)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
+	struct sockaddr_in a = { .sin_family = AF_INET,
+		.sin_port = htons((uint16_t) port),
 		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	char req[512];
 	cdx_buf b = { 0 };

@@ -101,7 +101,8 @@ sleep_until(uint64_t t_us)
 	uint64_t now = cdx_now_us();
 	if (t_us <= now)
 		return;
-	struct timespec ts = { .tv_sec = (time_t) ((t_us - now) / 1000000), .tv_nsec = (long) ((t_us - now) % 1000000) * 1000 };
+	struct timespec ts = { .tv_sec = (time_t) ((t_us - now) / 1000000),
+		.tv_nsec = (long) ((t_us - now) % 1000000) * 1000 };
 	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 		;
 }
@@ -141,8 +142,12 @@ client_thread(void *arg)
 	uint64_t start = w->t0 + (uint64_t) (interval_us * w->id / b->clients);
 	for (size_t i = 0; !atomic_load(w->stop); i++) {
 		size_t qi = ((size_t) w->id * 7919 + i) % b->nq;
-		struct cdx_query q = { .collection = b->collection, .vectors = b->queries + qi * b->dim, .nvectors = 1,
-			.dim = b->dim, .k = b->k, .nprobe = b->nprobe };
+		struct cdx_query q = { .collection = b->collection,
+			.vectors = b->queries + qi * b->dim,
+			.nvectors = 1,
+			.dim = b->dim,
+			.k = b->k,
+			.nprobe = b->nprobe };
 		uint64_t t = cdx_now_us();
 		if (w->open_loop) {
 			t = start + (uint64_t) (interval_us * (double) i);
@@ -169,7 +174,9 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	atomic_int stop = 0;
 	uint64_t t0 = cdx_now_us() + 20000;
 	for (unsigned i = 0; i < nthreads; i++) {
-		w[i] = (struct worker) { .b = b, .id = (int) i, .stop = &stop, .t0 = t0, .open_loop = open_loop };
+		w[i] = (struct worker) {
+			.b = b, .id = (int) i, .stop = &stop, .t0 = t0, .open_loop = open_loop
+		};
 		pthread_create(&th[i], NULL, fn, &w[i]);
 	}
 	/* warm up for 10% of the time, then measure from a clean slate */
@@ -239,8 +246,8 @@ free_port(void)
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(a);
-	if (fd < 0 || bind(fd, (struct sockaddr *) &a, sizeof(a)) != 0 ||
-	    getsockname(fd, (struct sockaddr *) &a, &len) != 0)
+	if (fd < 0 || bind(fd, (struct sockaddr *) &a, sizeof(a)) != 0
+	    || getsockname(fd, (struct sockaddr *) &a, &len) != 0)
 		return 0;
 	close(fd);
 	return ntohs(a.sin_port);
@@ -315,7 +322,8 @@ main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (b.index_dir == NULL || b.collection == NULL || b.queries_path == NULL || b.k == 0 || b.seconds <= 0) {
+	if (b.index_dir == NULL || b.collection == NULL || b.queries_path == NULL || b.k == 0
+	    || b.seconds <= 0) {
 		usage(stderr);
 		return 2;
 	}
@@ -337,15 +345,17 @@ main(int argc, char **argv)
 	uint32_t nprobe_used = cdx_collection_effective_nprobe(b.coll, b.nprobe);
 	printf("index %s/%s version %s: %llu x %u %s, %s, %u shard(s); %zu queries; k=%u nprobe=%u; "
 	       "%u workers/threads, %u clients, %.1f s per run\n\n",
-	    b.index_dir, b.collection, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric),
-	    m->factory, m->nshards, b.nq, b.k, nprobe_used, b.threads, b.clients, b.seconds);
+	    b.index_dir, b.collection, m->version, (unsigned long long) m->items, m->dim,
+	    cdx_metric_name(m->metric), m->factory, m->nshards, b.nq, b.k, nprobe_used, b.threads, b.clients,
+	    b.seconds);
 
 	struct result base = run(&b, inprocess_thread, b.threads, 0);
-	printf("| path | QPS | vs in-process | p50 ms | p99 ms | open loop at %.0f%%: QPS | p50 ms | p99 ms | errors |\n",
+	printf("| path | QPS | vs in-process | p50 ms | p99 ms | open loop at %.0f%%: QPS | p50 ms | p99 ms "
+	       "| errors |\n",
 	    100 * b.load);
 	printf("|---|---|---|---|---|---|---|---|---|\n");
-	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | | | | %llu |\n", b.threads,
-	    base.qps, base.p50, base.p99, (unsigned long long) base.errors);
+	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | | | | %llu |\n",
+	    b.threads, base.qps, base.p50, base.p99, (unsigned long long) base.errors);
 	fflush(stdout);
 
 	struct cdx_server_config cfg;
@@ -373,9 +383,10 @@ main(int argc, char **argv)
 		struct result sat = run(&b, client_thread, b.clients, 0);
 		b.rate = b.load * sat.qps;
 		struct result ol = run(&b, client_thread, b.clients, 1);
-		printf("| server over %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.3f | %.3f | %llu |\n", names[t],
-		    b.clients, sat.qps, sat.qps / base.qps, sat.p50, sat.p99, ol.qps, ol.p50, ol.p99,
-		    (unsigned long long) (sat.errors + ol.errors));
+		printf("| server over %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.3f | %.3f | %llu "
+		       "|\n",
+		    names[t], b.clients, sat.qps, sat.qps / base.qps, sat.p50, sat.p99, ol.qps, ol.p50,
+		    ol.p99, (unsigned long long) (sat.errors + ol.errors));
 		fflush(stdout);
 	}
 	cdx_server_stop(srv);
