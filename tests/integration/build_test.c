@@ -233,6 +233,76 @@ test_metrics_and_refine(void **state)
 	free(x);
 }
 
+/* The same vectors as .fvecs, .npy (float32) and raw float32 build
+ * byte-identical shards: the fingerprint is over the float32 values as
+ * read, whatever the container. float16 .npy builds too. */
+static void
+test_input_formats(void **state)
+{
+	(void) state;
+	const size_t n = 2500, dim = 12;
+	float *x = gen("fmt.fvecs", n, dim, 13);
+	char *raw = pathf("%s/fmt.f32", root), *npy = pathf("%s/fmt.npy", root), *npy16 = pathf("%s/fmt16.npy", root);
+	FILE *f = fopen(raw, "wb");
+	fwrite(x, sizeof(float), n * dim, f);
+	fclose(f);
+	for (int half = 0; half < 2; half++) {
+		char hdr[128];
+		int len = snprintf(hdr, sizeof(hdr), "{'descr': '<f%d', 'fortran_order': False, 'shape': (%zu, %zu), }",
+		    half ? 2 : 4, n, dim);
+		while ((10 + len + 1) % 64 != 0)
+			hdr[len++] = ' ';
+		hdr[len++] = '\n';
+		uint16_t hl = (uint16_t) len;
+		f = fopen(half ? npy16 : npy, "wb");
+		fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+		fwrite(&hl, 2, 1, f);
+		fwrite(hdr, 1, (size_t) len, f);
+		for (size_t i = 0; i < n * dim; i++) {
+			if (half) {
+				uint16_t h = cdx_f32_to_f16(x[i]);
+				fwrite(&h, 2, 1, f);
+			} else {
+				fwrite(&x[i], 4, 1, f);
+			}
+		}
+		fclose(f);
+	}
+	build_ok("--input %s/fmt.fvecs --collection fmt --metric l2 --refine fp32 --out %s/fmt-fvecs --quiet", root, root);
+	build_ok("--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy --quiet", npy, root);
+	build_ok("--input %s --dim %zu --collection fmt --metric l2 --refine fp32 --out %s/fmt-raw --quiet", raw, dim,
+	    root);
+	build_ok("--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy16 --quiet", npy16, root);
+	const char *outs[4] = { "fmt-fvecs", "fmt-npy", "fmt-raw", "fmt-npy16" };
+	uint64_t fp[4];
+	char *shard0 = NULL;
+	for (int i = 0; i < 4; i++) {
+		char *coll = pathf("%s/%s/fmt", root, outs[i]), *cur = current(coll);
+		char *vd = pathf("%s/%s", coll, cur), *sh = pathf("%s/shard-0000-of-0001.cdx", vd);
+		struct cdx_manifest *m = NULL;
+		assert_int_equal(cdx_manifest_load(&m, vd), CDX_OK);
+		assert_int_equal(m->items, n);
+		assert_int_equal(m->dim, dim);
+		fp[i] = m->input_fingerprint;
+		cdx_manifest_free(m);
+		if (i == 0)
+			shard0 = strdup(sh);
+		else if (i < 3)
+			assert_true(files_equal(shard0, sh));
+		free(sh);
+		free(vd);
+		free(cur);
+		free(coll);
+	}
+	assert_true(fp[0] == fp[1] && fp[1] == fp[2]);
+	assert_true(fp[3] != fp[0]); /* float16 rounds the values */
+	free(shard0);
+	free(raw);
+	free(npy);
+	free(npy16);
+	free(x);
+}
+
 static void
 test_keys_ids_shards(void **state)
 {
@@ -809,6 +879,7 @@ main(void)
 	setenv("OMP_WAIT_POLICY", "passive", 0);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_metrics_and_refine),
+		cmocka_unit_test(test_input_formats),
 		cmocka_unit_test(test_keys_ids_shards),
 		cmocka_unit_test(test_small_and_factories),
 		cmocka_unit_test(test_determinism),
