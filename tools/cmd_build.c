@@ -15,54 +15,54 @@
 #include "build/build.h"
 #include "cli.h"
 
-static const char usage_text[] =
-    "usage: candex build --input FILE --collection NAME --metric l2|ip|cos --out DIR [options]\n"
-    "       candex build train   (same options) --work WORKDIR\n"
-    "       candex build encode  --work WORKDIR --shard I --of N [--input FILE]\n"
-    "       candex build publish --work WORKDIR [--out DIR] [--keep N]\n"
-    "\n"
-    "Quantizes embeddings into IVF-PQ shard files and publishes them as a new version\n"
-    "DIR/NAME/<version>/ (manifest.json + shard-I-of-N.cdx), then points DIR/NAME/CURRENT at it.\n"
-    "Nothing is published on any error or interrupt; old versions beyond --keep are removed.\n"
-    "Plain `candex build` runs train, encode (every shard) and publish in one process.\n"
-    "\n"
-    "inputs:\n"
-    "  --input FILE         .fvecs, .npy (float32 or float16, C order, rows x dim),\n"
-    "                       or raw little-endian float32 with --dim D\n"
-    "  --dim D              dimension of raw input (checked against .fvecs/.npy if given)\n"
-    "  --keys FILE          one string key per line, exactly one line per row, unique\n"
-    "  --ids FILE           one int64 id per line (or .npy int64), unique; default: row numbers\n"
-    "  --collection NAME    [A-Za-z0-9_.-]{1,63}\n"
-    "  --metric l2|ip|cos   cos: vectors are L2-normalised and indexed for inner product\n"
-    "  --out DIR            index directory (the collection lives in DIR/NAME)\n"
-    "  --model-version STR  label of the embedding model that produced the vectors\n"
-    "\n"
-    "index (defaults from N rows and dim):\n"
-    "  --factory STR        Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
-    "                         nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
-    "                                 N/39 (k-means wants >= 39 points per centroid)\n"
-    "                         M     = largest divisor of dim <= dim/4 (128->32, 100->25, 64->16)\n"
-    "                         nbits = 8 if N >= 10000, else 4\n"
-    "                       N < 1000 uses \"Flat\" (exact). PQ components get the `np` suffix\n"
-    "                       (no polysemous training) unless --polysemous. Fast-scan (x4fs),\n"
-    "                       L2norm and wrapped IVF (OPQ/PCA prefix, refine suffix) are refused.\n"
-    "  --polysemous         keep polysemous training for PQ components of --factory (slow)\n"
-    "  --train-sample N     rows to train on; default min(N, max(100000, 64*nlist))\n"
-    "  --seed N             sample seed (default 1234); same input + seed = identical shards\n"
-    "  --refine KIND        none|sq8|fp16|fp32: store vectors for exact re-ranking (default none)\n"
-    "  --shards N           number of shard files (default 1); item -> shard by hash of its id\n"
-    "  The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor\n"
-    "  4 with a refine store, else 0.\n"
-    "\n"
-    "run:\n"
-    "  --keep N             published versions to keep (default 3)\n"
-    "  --threads N          threads for Faiss/BLAS (default: all cores)\n"
-    "  --work WORKDIR       work directory of the distributed steps (plan.json,\n"
-    "                       trained.faissindex, shard outputs)\n"
-    "  --shard I --of N     encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)\n"
-    "  --quiet              no progress output and no info logs\n"
-    "\n"
-    "On success the version directory is printed on stdout. Exit status: 0 ok, 1 failure, 2 usage.\n";
+static const char usage_text[]
+    = "usage: candex build --input FILE --collection NAME --metric l2|ip|cos --out DIR [options]\n"
+      "       candex build train   (same options) --work WORKDIR\n"
+      "       candex build encode  --work WORKDIR --shard I --of N [--input FILE]\n"
+      "       candex build publish --work WORKDIR [--out DIR] [--keep N]\n"
+      "\n"
+      "Quantizes embeddings into IVF-PQ shard files and publishes them as a new version\n"
+      "DIR/NAME/<version>/ (manifest.json + shard-I-of-N.cdx), then points DIR/NAME/CURRENT at it.\n"
+      "Nothing is published on any error or interrupt; old versions beyond --keep are removed.\n"
+      "Plain `candex build` runs train, encode (every shard) and publish in one process.\n"
+      "\n"
+      "inputs:\n"
+      "  --input FILE         .fvecs, .npy (float32 or float16, C order, rows x dim),\n"
+      "                       or raw little-endian float32 with --dim D\n"
+      "  --dim D              dimension of raw input (checked against .fvecs/.npy if given)\n"
+      "  --keys FILE          one string key per line, exactly one line per row, unique\n"
+      "  --ids FILE           one int64 id per line (or .npy int64), unique; default: row numbers\n"
+      "  --collection NAME    [A-Za-z0-9_.-]{1,63}\n"
+      "  --metric l2|ip|cos   cos: vectors are L2-normalised and indexed for inner product\n"
+      "  --out DIR            index directory (the collection lives in DIR/NAME)\n"
+      "  --model-version STR  label of the embedding model that produced the vectors\n"
+      "\n"
+      "index (defaults from N rows and dim):\n"
+      "  --factory STR        Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
+      "                         nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
+      "                                 N/39 (k-means wants >= 39 points per centroid)\n"
+      "                         M     = largest divisor of dim <= dim/4 (128->32, 100->25, 64->16)\n"
+      "                         nbits = 8 if N >= 10000, else 4\n"
+      "                       N < 1000 uses \"Flat\" (exact). PQ components get the `np` suffix\n"
+      "                       (no polysemous training) unless --polysemous. Fast-scan (x4fs),\n"
+      "                       L2norm and wrapped IVF (OPQ/PCA prefix, refine suffix) are refused.\n"
+      "  --polysemous         keep polysemous training for PQ components of --factory (slow)\n"
+      "  --train-sample N     rows to train on; default min(N, max(100000, 64*nlist))\n"
+      "  --seed N             sample seed (default 1234); same input + seed = identical shards\n"
+      "  --refine KIND        none|sq8|fp16|fp32: store vectors for exact re-ranking (default none)\n"
+      "  --shards N           number of shard files (default 1); item -> shard by hash of its id\n"
+      "  The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor\n"
+      "  4 with a refine store, else 0.\n"
+      "\n"
+      "run:\n"
+      "  --keep N             published versions to keep (default 3)\n"
+      "  --threads N          threads for Faiss/BLAS (default: all cores)\n"
+      "  --work WORKDIR       work directory of the distributed steps (plan.json,\n"
+      "                       trained.faissindex, shard outputs)\n"
+      "  --shard I --of N     encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)\n"
+      "  --quiet              no progress output and no info logs\n"
+      "\n"
+      "On success the version directory is printed on stdout. Exit status: 0 ok, 1 failure, 2 usage.\n";
 
 enum {
 	OPT_INPUT = 1000,
@@ -161,7 +161,8 @@ cmd_build(int argc, char **argv)
 		else if (strcmp(argv[1], "publish") == 0)
 			mode = PUBLISH;
 		else {
-			fprintf(stderr, "candex build: unknown step '%s' (train, encode, publish)\n%s", argv[1], usage_text);
+			fprintf(stderr, "candex build: unknown step '%s' (train, encode, publish)\n%s",
+			    argv[1], usage_text);
 			return CLI_EXIT_USAGE;
 		}
 		modename = argv[1];
@@ -262,7 +263,8 @@ cmd_build(int argc, char **argv)
 			fputs(usage_text, stdout);
 			return CLI_EXIT_OK;
 		default:
-			fprintf(stderr, "candex build: unknown or incomplete option '%s'\n(see candex build --help)\n",
+			fprintf(stderr,
+			    "candex build: unknown or incomplete option '%s'\n(see candex build --help)\n",
 			    argv[optind - 1]);
 			return CLI_EXIT_USAGE;
 		}
@@ -281,14 +283,16 @@ cmd_build(int argc, char **argv)
 	}
 	if (mode == ONESHOT || mode == TRAIN) {
 		if (o.input == NULL || o.collection == NULL || metric == NULL || o.out == NULL) {
-			fprintf(stderr, "candex %s: --input, --collection, --metric and --out are required\n"
-					"(see candex build --help)\n",
+			fprintf(stderr,
+			    "candex %s: --input, --collection, --metric and --out are required\n"
+			    "(see candex build --help)\n",
 			    mode == TRAIN ? "build train" : "build");
 			return CLI_EXIT_USAGE;
 		}
 		if (!cdx_name_valid(o.collection)) {
-			fprintf(stderr, "candex build: --collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting "
-					"with '.'\n",
+			fprintf(stderr,
+			    "candex build: --collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting "
+			    "with '.'\n",
 			    o.collection);
 			return CLI_EXIT_USAGE;
 		}
@@ -326,12 +330,14 @@ cmd_build(int argc, char **argv)
 		cdx_build_plan_free(p);
 		if (rc != CDX_OK)
 			return fail(rc);
-		cdx_info("BLD-TRAIN", "plan saved in %s; next: candex build encode --work %s --shard I --of %u", o.work,
-		    o.work, o.nshards);
+		cdx_info("BLD-TRAIN",
+		    "plan saved in %s; next: candex build encode --work %s --shard I --of %u", o.work, o.work,
+		    o.nshards);
 		return CLI_EXIT_OK;
 	}
 	case ENCODE:
-		if ((rc = cdx_build_encode_work(o.work, (uint32_t) shard, (uint32_t) of, o.input, o.quiet)) != CDX_OK)
+		if ((rc = cdx_build_encode_work(o.work, (uint32_t) shard, (uint32_t) of, o.input, o.quiet))
+		    != CDX_OK)
 			return fail(rc);
 		return CLI_EXIT_OK;
 	case PUBLISH: {

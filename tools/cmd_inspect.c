@@ -24,25 +24,25 @@
 #include "cli.h"
 #include "shard/refine.h"
 
-static const char usage_text[] = "usage: candex inspect PATH [--json] [--no-lists]\n"
-				 "\n"
-				 "PATH is DIR/NAME (the collection: its CURRENT version), DIR/NAME/CURRENT or a\n"
-				 "version directory. Verifies every shard against the manifest (size, whole-file\n"
-				 "xxh64, header) and every part (checksums, decoding), then prints the manifest,\n"
-				 "per-shard stats with the lz4 ratio of each part, and a histogram of inverted-list\n"
-				 "sizes summed over shards (the imbalance of the coarse quantizer).\n"
-				 "\n"
-				 "  --json      one JSON document on stdout instead of text\n"
-				 "  --no-lists  skip loading the Faiss indexes (no list histogram; faster)\n"
-				 "\n"
-				 "Exit status: 0 all verified, 1 any mismatch or error, 2 usage.\n";
+static const char usage_text[]
+    = "usage: candex inspect PATH [--json] [--no-lists]\n"
+      "\n"
+      "PATH is DIR/NAME (the collection: its CURRENT version), DIR/NAME/CURRENT or a\n"
+      "version directory. Verifies every shard against the manifest (size, whole-file\n"
+      "xxh64, header) and every part (checksums, decoding), then prints the manifest,\n"
+      "per-shard stats with the lz4 ratio of each part, and a histogram of inverted-list\n"
+      "sizes summed over shards (the imbalance of the coarse quantizer).\n"
+      "\n"
+      "  --json      one JSON document on stdout instead of text\n"
+      "  --no-lists  skip loading the Faiss indexes (no list histogram; faster)\n"
+      "\n"
+      "Exit status: 0 all verified, 1 any mismatch or error, 2 usage.\n";
 
 struct report {
 	json_t *errors; /* array of strings */
 };
 
-static void
-add_error(struct report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_error(struct report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void
 add_error(struct report *r, const char *fmt, ...)
@@ -209,7 +209,8 @@ print_text(json_t *doc)
 	printf("\nshards:\n");
 	json_array_foreach(shards, i, sh)
 	{
-		printf("  %s  rows %lld  bytes %lld  file xxh64 %s", json_string_value(json_object_get(sh, "file")),
+		printf("  %s  rows %lld  bytes %lld  file xxh64 %s",
+		    json_string_value(json_object_get(sh, "file")),
 		    (long long) json_integer_value(json_object_get(sh, "rows")),
 		    (long long) json_integer_value(json_object_get(sh, "bytes")),
 		    json_is_true(json_object_get(sh, "xxh64_ok")) ? "ok" : "MISMATCH");
@@ -221,7 +222,8 @@ print_text(json_t *doc)
 		json_t *pt;
 		json_array_foreach(json_object_get(sh, "parts"), j, pt)
 		{
-			printf("    %-8s %14lld %14lld %8.2f\n", json_string_value(json_object_get(pt, "kind")),
+			printf("    %-8s %14lld %14lld %8.2f\n",
+			    json_string_value(json_object_get(pt, "kind")),
 			    (long long) json_integer_value(json_object_get(pt, "raw_bytes")),
 			    (long long) json_integer_value(json_object_get(pt, "stored_bytes")),
 			    json_real_value(json_object_get(pt, "ratio")));
@@ -229,19 +231,22 @@ print_text(json_t *doc)
 	}
 	json_t *tot = json_object_get(doc, "parts_total");
 	if (json_object_size(tot) > 0) {
-		printf("\nall shards:\n    %-8s %14s %14s %8s\n", "part", "raw bytes", "stored bytes", "ratio");
+		printf(
+		    "\nall shards:\n    %-8s %14s %14s %8s\n", "part", "raw bytes", "stored bytes", "ratio");
 		const char *k;
 		json_t *pt;
 		json_object_foreach(tot, k, pt)
 		{
-			printf("    %-8s %14lld %14lld %8.2f\n", k, (long long) json_integer_value(json_object_get(pt, "raw_bytes")),
+			printf("    %-8s %14lld %14lld %8.2f\n", k,
+			    (long long) json_integer_value(json_object_get(pt, "raw_bytes")),
 			    (long long) json_integer_value(json_object_get(pt, "stored_bytes")),
 			    json_real_value(json_object_get(pt, "ratio")));
 		}
 	}
 	json_t *lists = json_object_get(doc, "lists");
 	if (lists != NULL) {
-		printf("\ninverted lists (summed over shards): nlist %lld, sizes min %lld p50 %lld p90 %lld p99 %lld max "
+		printf("\ninverted lists (summed over shards): nlist %lld, sizes min %lld p50 %lld p90 %lld "
+		       "p99 %lld max "
 		       "%lld, mean %.1f, empty %lld, imbalance %.3f\n",
 		    (long long) json_integer_value(json_object_get(lists, "nlist")),
 		    (long long) json_integer_value(json_object_get(lists, "min")),
@@ -268,7 +273,8 @@ print_text(json_t *doc)
 			char bar[51];
 			memset(bar, '#', (size_t) w);
 			bar[w] = 0;
-			printf("  [%8lld, %8lld) %7lld %s\n", (long long) json_integer_value(json_object_get(e, "from")),
+			printf("  [%8lld, %8lld) %7lld %s\n",
+			    (long long) json_integer_value(json_object_get(e, "from")),
 			    (long long) json_integer_value(json_object_get(e, "to")), (long long) c, bar);
 		}
 	} else if (json_object_get(doc, "index") != NULL) {
@@ -280,8 +286,7 @@ print_text(json_t *doc)
 	} else {
 		printf("\nverify: FAILED, %zu problem(s):\n", json_array_size(errs));
 		json_t *e;
-		json_array_foreach(errs, i, e)
-		printf("  %s\n", json_string_value(e));
+		json_array_foreach(errs, i, e) printf("  %s\n", json_string_value(e));
 	}
 }
 
@@ -326,7 +331,8 @@ cmd_inspect(int argc, char **argv)
 			fputs(usage_text, stdout);
 			return CLI_EXIT_OK;
 		default:
-			fprintf(stderr, "candex inspect: unknown option '%s'\n%s", argv[optind - 1], usage_text);
+			fprintf(
+			    stderr, "candex inspect: unknown option '%s'\n%s", argv[optind - 1], usage_text);
 			return CLI_EXIT_USAGE;
 		}
 	}
@@ -371,11 +377,11 @@ cmd_inspect(int argc, char **argv)
 		if (cdx_file_xxh64(path, &bytes, &hash) != CDX_OK) {
 			add_error(&r, "%s", cdx_last_error());
 		} else if (bytes != ms->bytes) {
-			add_error(&r, "%s: %llu bytes, the manifest says %llu", path, (unsigned long long) bytes,
-			    (unsigned long long) ms->bytes);
+			add_error(&r, "%s: %llu bytes, the manifest says %llu", path,
+			    (unsigned long long) bytes, (unsigned long long) ms->bytes);
 		} else if (hash != ms->xxh64) {
-			add_error(&r, "%s: file xxh64 %016llx, the manifest says %016llx", path, (unsigned long long) hash,
-			    (unsigned long long) ms->xxh64);
+			add_error(&r, "%s: file xxh64 %016llx, the manifest says %016llx", path,
+			    (unsigned long long) hash, (unsigned long long) ms->xxh64);
 		} else {
 			ok = 1;
 		}
@@ -386,10 +392,13 @@ cmd_inspect(int argc, char **argv)
 			continue;
 		}
 		const struct cdx_shard_info *info = cdx_shard_info(s);
-		if (strcmp(info->collection, m->collection) != 0 || info->dim != m->dim || (int) info->metric != m->metric ||
-		    info->rows != ms->rows || info->shard_index != i || info->shard_count != m->nshards)
-			add_error(&r, "%s: header (collection %s, dim %u, metric %s, rows %llu, shard %u/%u) disagrees with the "
-				      "manifest",
+		if (strcmp(info->collection, m->collection) != 0 || info->dim != m->dim
+		    || (int) info->metric != m->metric || info->rows != ms->rows || info->shard_index != i
+		    || info->shard_count != m->nshards)
+			add_error(&r,
+			    "%s: header (collection %s, dim %u, metric %s, rows %llu, shard %u/%u) disagrees "
+			    "with the "
+			    "manifest",
 			    path, info->collection, info->dim, cdx_metric_name((int) info->metric),
 			    (unsigned long long) info->rows, info->shard_index, info->shard_count);
 		int parts_ok = cdx_shard_verify(s) == CDX_OK;
@@ -404,7 +413,8 @@ cmd_inspect(int argc, char **argv)
 			json_object_set_new(jp, "raw_bytes", json_integer((json_int_t) pd->raw_size));
 			json_object_set_new(jp, "stored_bytes", json_integer((json_int_t) pd->stored_size));
 			json_object_set_new(jp, "ratio",
-			    json_real(pd->stored_size ? (double) pd->raw_size / (double) pd->stored_size : 0));
+			    json_real(
+			        pd->stored_size ? (double) pd->raw_size / (double) pd->stored_size : 0));
 			json_array_append_new(parts, jp);
 			add_part_total(tot, kind, pd->raw_size, pd->stored_size);
 		}
@@ -436,7 +446,8 @@ cmd_inspect(int argc, char **argv)
 	}
 	int failed = json_array_size(r.errors) > 0;
 	if (failed)
-		fprintf(stderr, "candex inspect: %s: %zu problem(s) found\n", vdir, json_array_size(r.errors));
+		fprintf(
+		    stderr, "candex inspect: %s: %zu problem(s) found\n", vdir, json_array_size(r.errors));
 	json_decref(r.errors);
 	json_decref(doc);
 	cdx_manifest_free(m);

@@ -42,13 +42,13 @@
 #include "shard/manifest.h"
 #include "shard/shard.h"
 
-#define CDX_BUILD_CHUNK_BYTES (64u << 20) /* input processed per step */
-#define CDX_BUILD_DEFAULT_SEED 1234
-#define CDX_BUILD_DEFAULT_KEEP 3
-#define CDX_BUILD_FLAT_BELOW 1000      /* fewer items: exact "Flat" index */
-#define CDX_BUILD_8BIT_FROM 10000      /* fewer items: 4-bit PQ codebooks */
-#define CDX_BUILD_MIN_POINTS_PER_LIST 39 /* Faiss k-means wants >= 39 points per centroid */
-#define CDX_BUILD_MAX_KEY_BYTES 4096
+#define CDX_BUILD_CHUNK_BYTES         (64u << 20) /* input processed per step */
+#define CDX_BUILD_DEFAULT_SEED        1234
+#define CDX_BUILD_DEFAULT_KEEP        3
+#define CDX_BUILD_FLAT_BELOW          1000  /* fewer items: exact "Flat" index */
+#define CDX_BUILD_8BIT_FROM           10000 /* fewer items: 4-bit PQ codebooks */
+#define CDX_BUILD_MIN_POINTS_PER_LIST 39    /* Faiss k-means wants >= 39 points per centroid */
+#define CDX_BUILD_MAX_KEY_BYTES       4096
 
 /* --- input files ------------------------------------------------------ */
 
@@ -116,35 +116,35 @@ void cdx_keys_reader_close(cdx_keys_reader *r); /* NULL is a no-op */
 struct cdx_build_opts {
 	const char *input;
 	const char *collection;
-	const char *out;        /* index directory DIR (the collection goes to DIR/collection) */
-	const char *keys;       /* NULL: no keys */
-	const char *ids;        /* NULL: ids are row numbers */
-	const char *factory;    /* NULL: chosen from N and dim */
+	const char *out;     /* index directory DIR (the collection goes to DIR/collection) */
+	const char *keys;    /* NULL: no keys */
+	const char *ids;     /* NULL: ids are row numbers */
+	const char *factory; /* NULL: chosen from N and dim */
 	const char *model_version;
-	const char *work;       /* work directory of a distributed build */
-	int metric;             /* enum cdx_metric */
-	uint32_t nshards;       /* >= 1 */
-	int refine;             /* enum cdx_refine_kind */
+	const char *work; /* work directory of a distributed build */
+	int metric;       /* enum cdx_metric */
+	uint32_t nshards; /* >= 1 */
+	int refine;       /* enum cdx_refine_kind */
 	uint64_t seed;
-	uint32_t dim;           /* raw float32 input: required; else 0 or a check */
-	uint64_t train_sample;  /* 0: default */
-	unsigned keep;          /* versions to keep, >= 1 */
-	int threads;            /* 0: all cores */
-	int quiet;              /* no progress output */
-	int polysemous;         /* keep polysemous training in a user factory */
+	uint32_t dim;          /* raw float32 input: required; else 0 or a check */
+	uint64_t train_sample; /* 0: default */
+	unsigned keep;         /* versions to keep, >= 1 */
+	int threads;           /* 0: all cores */
+	int quiet;             /* no progress output */
+	int polysemous;        /* keep polysemous training in a user factory */
 };
 void cdx_build_opts_init(struct cdx_build_opts *o); /* defaults */
 
 /* The index parameters a build uses, chosen by cdx_build_params_choose. */
 struct cdx_build_params {
-	char factory[256];        /* as passed to faiss_index_factory */
-	uint32_t nlist;           /* 0 when not IVF */
-	uint32_t pq_m;            /* 0 when not PQ */
+	char factory[256]; /* as passed to faiss_index_factory */
+	uint32_t nlist;    /* 0 when not IVF */
+	uint32_t pq_m;     /* 0 when not PQ */
 	uint32_t pq_nbits;
-	int flat;                 /* exact Flat fallback */
-	uint64_t train_sample;    /* rows trained on */
-	uint32_t default_nprobe;  /* clamp(nlist/32, 1, 256) */
-	char note[256];           /* why a fallback was chosen ("" if none) */
+	int flat;                /* exact Flat fallback */
+	uint64_t train_sample;   /* rows trained on */
+	uint32_t default_nprobe; /* clamp(nlist/32, 1, 256) */
+	char note[256];          /* why a fallback was chosen ("" if none) */
 };
 
 /* cdx_build_default_nlist: the power of two nearest 4*sqrt(n), clamped to
@@ -187,19 +187,19 @@ void cdx_build_shard_name(char out[CDX_NAME_MAX], uint32_t index, uint32_t count
 /* --- the plan: output of train, input of encode and publish ------------ */
 
 struct cdx_build_plan {
-	char plan_id[24];         /* random per train run; ties encode outputs to it */
+	char plan_id[24]; /* random per train run; ties encode outputs to it */
 	char collection[CDX_NAME_MAX];
 	char model_version[128];
-	char out[PATH_MAX];       /* index directory */
+	char out[PATH_MAX]; /* index directory */
 	int metric;
 	uint32_t dim;
 	uint64_t rows;
 	char input[PATH_MAX];
 	int input_format;
 	uint64_t input_bytes;
-	char keys[PATH_MAX];      /* "" if none */
+	char keys[PATH_MAX]; /* "" if none */
 	uint64_t keys_bytes;
-	char ids[PATH_MAX];       /* "" if none */
+	char ids[PATH_MAX]; /* "" if none */
 	uint64_t ids_bytes;
 	struct cdx_build_params params;
 	uint32_t nshards;
@@ -208,7 +208,7 @@ struct cdx_build_plan {
 	uint64_t seed;
 	unsigned keep;
 	double train_seconds;
-	FaissIndex *index;        /* trained; owned */
+	FaissIndex *index; /* trained; owned */
 };
 
 /* cdx_build_train runs the train step. On success *pp is set and the caller
@@ -225,9 +225,9 @@ void cdx_build_plan_free(struct cdx_build_plan *p); /* NULL is a no-op */
 /* What encoding one shard produced. */
 struct cdx_encode_result {
 	uint32_t shard;
-	uint64_t rows;            /* items in this shard */
-	uint64_t input_rows;      /* rows of the input scanned */
-	uint64_t fingerprint;     /* xxh64 of every input vector as read (float32) */
+	uint64_t rows;        /* items in this shard */
+	uint64_t input_rows;  /* rows of the input scanned */
+	uint64_t fingerprint; /* xxh64 of every input vector as read (float32) */
 	double seconds;
 };
 
@@ -258,8 +258,8 @@ int cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char
 
 /* The distributed steps, as the CLI runs them. */
 int cdx_build_encode_work(const char *workdir, uint32_t shard, uint32_t of, const char *input, int quiet);
-int cdx_build_publish_work(const char *workdir, const char *out_override, unsigned keep_override,
-    char *version_out);
+int cdx_build_publish_work(
+    const char *workdir, const char *out_override, unsigned keep_override, char *version_out);
 
 /* cdx_build_run: train + encode every shard + publish, in one process. */
 int cdx_build_run(const struct cdx_build_opts *o, char *version_out);

@@ -134,11 +134,13 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 		return cdx_error(CDX_EINVAL, "path too long: %s", dir);
 	if ((rc = cdx_input_open(&in, input, p->dim)) != CDX_OK)
 		goto fail;
-	if (cdx_input_rows(in) != p->rows || cdx_input_file_bytes(in) != p->input_bytes ||
-	    cdx_input_format(in) != p->input_format) {
-		rc = cdx_error(CDX_EDIM, "%s: %llu rows (%llu bytes, %s), but the trained plan has %llu rows (%llu bytes, %s): "
-					 "the input changed since training",
-		    input, (unsigned long long) cdx_input_rows(in), (unsigned long long) cdx_input_file_bytes(in),
+	if (cdx_input_rows(in) != p->rows || cdx_input_file_bytes(in) != p->input_bytes
+	    || cdx_input_format(in) != p->input_format) {
+		rc = cdx_error(CDX_EDIM,
+		    "%s: %llu rows (%llu bytes, %s), but the trained plan has %llu rows (%llu bytes, %s): "
+		    "the input changed since training",
+		    input, (unsigned long long) cdx_input_rows(in),
+		    (unsigned long long) cdx_input_file_bytes(in),
 		    cdx_input_format_name(cdx_input_format(in)), (unsigned long long) p->rows,
 		    (unsigned long long) p->input_bytes, cdx_input_format_name(p->input_format));
 		goto fail;
@@ -154,7 +156,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 			goto fail;
 		}
 		if ((uint64_t) st.st_size != side_bytes[i]) {
-			rc = cdx_error(CDX_EDIM, "%s: %llu bytes, the trained plan saw %llu: the file changed since training",
+			rc = cdx_error(CDX_EDIM,
+			    "%s: %llu bytes, the trained plan saw %llu: the file changed since training",
 			    side[i], (unsigned long long) st.st_size, (unsigned long long) side_bytes[i]);
 			goto fail;
 		}
@@ -212,9 +215,10 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 			rc = cdx_error(CDX_ENOMEM, "refine chunk");
 			goto fail;
 		}
-		if ((rc = cdx_refine_header_write(&hdr, p->refine, p->dim, nrows, p->sq8_vmin, p->sq8_vdiff)) != CDX_OK ||
-		    (rc = cdx_shard_writer_begin_part(w, CDX_PART_REFINE, 0)) != CDX_OK ||
-		    (rc = cdx_shard_writer_write(w, hdr.data, hdr.len)) != CDX_OK)
+		if ((rc = cdx_refine_header_write(&hdr, p->refine, p->dim, nrows, p->sq8_vmin, p->sq8_vdiff))
+		        != CDX_OK
+		    || (rc = cdx_shard_writer_begin_part(w, CDX_PART_REFINE, 0)) != CDX_OK
+		    || (rc = cdx_shard_writer_write(w, hdr.data, hdr.len)) != CDX_OK)
 			goto fail;
 	}
 
@@ -242,7 +246,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 				if (cdx_build_shard_of(id, p->nshards) != shard)
 					continue;
 				if (m != i)
-					memcpy(chunk + m * p->dim, chunk + i * p->dim, p->dim * sizeof(float));
+					memcpy(
+					    chunk + m * p->dim, chunk + i * p->dim, p->dim * sizeof(float));
 				shard_ids[have + m] = id;
 				m++;
 			}
@@ -272,8 +277,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	cdx_input_close(in);
 	in = NULL;
 	if (have != nrows) {
-		rc = cdx_error(CDX_EINTERNAL, "%s: encoded %llu rows, expected %llu", path, (unsigned long long) have,
-		    (unsigned long long) nrows);
+		rc = cdx_error(CDX_EINTERNAL, "%s: encoded %llu rows, expected %llu", path,
+		    (unsigned long long) have, (unsigned long long) nrows);
 		goto fail;
 	}
 	if (p->refine != CDX_REFINE_NONE && (rc = cdx_shard_writer_end_part(w)) != CDX_OK)
@@ -285,10 +290,10 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	index = NULL;
 
 	hdr.len = 0;
-	if ((rc = cdx_ids_encode(shard_ids, nrows, &hdr)) != CDX_OK ||
-	    (rc = cdx_shard_writer_begin_part(w, CDX_PART_IDS, CDX_PART_FLAG_REQUIRED)) != CDX_OK ||
-	    (rc = cdx_shard_writer_write(w, hdr.data, hdr.len)) != CDX_OK ||
-	    (rc = cdx_shard_writer_end_part(w)) != CDX_OK)
+	if ((rc = cdx_ids_encode(shard_ids, nrows, &hdr)) != CDX_OK
+	    || (rc = cdx_shard_writer_begin_part(w, CDX_PART_IDS, CDX_PART_FLAG_REQUIRED)) != CDX_OK
+	    || (rc = cdx_shard_writer_write(w, hdr.data, hdr.len)) != CDX_OK
+	    || (rc = cdx_shard_writer_end_part(w)) != CDX_OK)
 		goto fail;
 	free(shard_ids);
 	shard_ids = NULL;

@@ -108,14 +108,15 @@ npy_parse(const uint8_t *map, size_t len, const char *path, struct npy_header *h
 	} else if (major == 2 || major == 3) {
 		if (len < 12)
 			return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header", path);
-		hlen = (uint64_t) map[8] | (uint64_t) map[9] << 8 | (uint64_t) map[10] << 16 | (uint64_t) map[11] << 24;
+		hlen = (uint64_t) map[8] | (uint64_t) map[9] << 8 | (uint64_t) map[10] << 16
+		    | (uint64_t) map[11] << 24;
 		off = 12;
 	} else {
 		return cdx_error(CDX_EVERSION, "%s: .npy format version %u is not supported", path, major);
 	}
 	if (off + hlen > len || hlen > 65536)
-		return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header (%llu header bytes, file has %zu)", path,
-		    (unsigned long long) hlen, len);
+		return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header (%llu header bytes, file has %zu)",
+		    path, (unsigned long long) hlen, len);
 	char *hdr = malloc(hlen + 1);
 	if (hdr == NULL)
 		return cdx_error(CDX_ENOMEM, "%s: npy header", path);
@@ -182,13 +183,15 @@ fvecs_check_dims(const cdx_input *in, uint64_t size)
 		int32_t d;
 		memcpy(&d, in->map + off, 4);
 		if (d != (int32_t) in->dim)
-			return cdx_error(CDX_EDIM, "%s: row %llu has dimension %d, expected %u (the dimension of row 0)",
-			    in->path, (unsigned long long) row, d, in->dim);
+			return cdx_error(CDX_EDIM,
+			    "%s: row %llu has dimension %d, expected %u (the dimension of row 0)", in->path,
+			    (unsigned long long) row, d, in->dim);
 		off += in->row_bytes;
 		row++;
 	}
 	return cdx_error(CDX_ECORRUPT,
-	    "%s: truncated: the file ends inside row %llu (%llu bytes is not a whole number of %llu-byte rows)",
+	    "%s: truncated: the file ends inside row %llu (%llu bytes is not a whole number of %llu-byte "
+	    "rows)",
 	    in->path, (unsigned long long) (size / in->row_bytes), (unsigned long long) size,
 	    (unsigned long long) in->row_bytes);
 }
@@ -205,12 +208,14 @@ input_layout(cdx_input *in, uint64_t size, uint32_t dim_opt)
 		int32_t d;
 		memcpy(&d, in->map, 4);
 		if (d <= 0 || d > 65536)
-			return cdx_error(CDX_ECORRUPT, "%s: row 0 has dimension %d: not an fvecs file?", in->path, d);
+			return cdx_error(
+			    CDX_ECORRUPT, "%s: row 0 has dimension %d: not an fvecs file?", in->path, d);
 		in->dim = (uint32_t) d;
 		in->row_bytes = 4 + 4 * (uint64_t) d;
 		in->data_off = 0;
 		if (dim_opt != 0 && dim_opt != in->dim)
-			return cdx_error(CDX_EDIM, "%s: dimension %u, but --dim says %u", in->path, in->dim, dim_opt);
+			return cdx_error(
+			    CDX_EDIM, "%s: dimension %u, but --dim says %u", in->path, in->dim, dim_opt);
 		if (size % in->row_bytes != 0)
 			return fvecs_check_dims(in, size);
 		in->rows = size / in->row_bytes;
@@ -229,13 +234,16 @@ input_layout(cdx_input *in, uint64_t size, uint32_t dim_opt)
 			in->format = CDX_INPUT_NPY_F16;
 			elem = 2;
 		} else {
-			return cdx_error(CDX_EINVAL, "%s: .npy dtype '%s' is not supported (float32 '<f4' or float16 '<f2')",
-			    in->path, h.descr);
+			return cdx_error(CDX_EINVAL,
+			    "%s: .npy dtype '%s' is not supported (float32 '<f4' or float16 '<f2')", in->path,
+			    h.descr);
 		}
 		if (h.fortran)
-			return cdx_error(CDX_EINVAL, "%s: Fortran-order .npy is not supported (save with C order)", in->path);
+			return cdx_error(CDX_EINVAL,
+			    "%s: Fortran-order .npy is not supported (save with C order)", in->path);
 		if (h.ndim != 2)
-			return cdx_error(CDX_EINVAL, "%s: .npy must be 2-D (rows x dim), has %d dimensions", in->path, h.ndim);
+			return cdx_error(CDX_EINVAL, "%s: .npy must be 2-D (rows x dim), has %d dimensions",
+			    in->path, h.ndim);
 		if (h.shape[1] == 0 || h.shape[1] > 65536)
 			return cdx_error(CDX_EINVAL, "%s: .npy dimension %llu is out of range", in->path,
 			    (unsigned long long) h.shape[1]);
@@ -244,24 +252,27 @@ input_layout(cdx_input *in, uint64_t size, uint32_t dim_opt)
 		in->row_bytes = elem * in->dim;
 		in->data_off = h.data_off;
 		if (dim_opt != 0 && dim_opt != in->dim)
-			return cdx_error(CDX_EDIM, "%s: dimension %u, but --dim says %u", in->path, in->dim, dim_opt);
+			return cdx_error(
+			    CDX_EDIM, "%s: dimension %u, but --dim says %u", in->path, in->dim, dim_opt);
 		if (in->rows == 0)
 			return cdx_error(CDX_EEMPTY, "%s: empty input (0 rows)", in->path);
 		uint64_t want = h.data_off + in->rows * in->row_bytes;
 		if (size < want)
 			return cdx_error(CDX_ECORRUPT,
-			    "%s: truncated: the header says %llu rows (%llu bytes) but the file ends inside row %llu",
+			    "%s: truncated: the header says %llu rows (%llu bytes) but the file ends inside "
+			    "row %llu",
 			    in->path, (unsigned long long) in->rows, (unsigned long long) want,
 			    (unsigned long long) ((size - h.data_off) / in->row_bytes));
 		if (size > want)
-			return cdx_error(CDX_ECORRUPT, "%s: %llu bytes after the %llu rows the header announces", in->path,
+			return cdx_error(CDX_ECORRUPT,
+			    "%s: %llu bytes after the %llu rows the header announces", in->path,
 			    (unsigned long long) (size - want), (unsigned long long) in->rows);
 		return CDX_OK;
 	}
 	in->format = CDX_INPUT_RAW_F32;
 	if (dim_opt == 0)
-		return cdx_error(CDX_EINVAL, "%s: unknown input format: use .fvecs, .npy, or raw float32 with --dim",
-		    in->path);
+		return cdx_error(CDX_EINVAL,
+		    "%s: unknown input format: use .fvecs, .npy, or raw float32 with --dim", in->path);
 	in->dim = dim_opt;
 	in->row_bytes = 4 * (uint64_t) dim_opt;
 	in->data_off = 0;
@@ -269,8 +280,10 @@ input_layout(cdx_input *in, uint64_t size, uint32_t dim_opt)
 		return cdx_error(CDX_EEMPTY, "%s: empty input (0 rows)", in->path);
 	if (size % in->row_bytes != 0)
 		return cdx_error(CDX_ECORRUPT,
-		    "%s: truncated: the file ends inside row %llu (%llu bytes is not a whole number of %u-float rows)",
-		    in->path, (unsigned long long) (size / in->row_bytes), (unsigned long long) size, dim_opt);
+		    "%s: truncated: the file ends inside row %llu (%llu bytes is not a whole number of "
+		    "%u-float rows)",
+		    in->path, (unsigned long long) (size / in->row_bytes), (unsigned long long) size,
+		    dim_opt);
 	in->rows = size / in->row_bytes;
 	return CDX_OK;
 }
@@ -290,7 +303,9 @@ cdx_input_open(cdx_input **ip, const char *path, uint32_t dim)
 	struct stat st;
 	in->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (in->fd < 0) {
-		rc = cdx_error_errno(errno == ENOENT ? CDX_ENOTFOUND : errno == EACCES ? CDX_EPERM : CDX_EIO,
+		rc = cdx_error_errno(errno == ENOENT ? CDX_ENOTFOUND
+		        : errno == EACCES            ? CDX_EPERM
+		                                     : CDX_EIO,
 		    "cannot read input %s", path);
 		goto fail;
 	}
@@ -368,8 +383,8 @@ static int
 nonfinite_error(const cdx_input *in, uint64_t row, const float *v)
 {
 	long c = cdx_find_nonfinite(v, in->dim);
-	return cdx_error(CDX_ENONFINITE, "%s: row %llu, column %ld: %s", in->path, (unsigned long long) row, c,
-	    isnan(v[c]) ? "NaN" : "Inf");
+	return cdx_error(CDX_ENONFINITE, "%s: row %llu, column %ld: %s", in->path, (unsigned long long) row,
+	    c, isnan(v[c]) ? "NaN" : "Inf");
 }
 
 /* read_one converts one row into out and validates it. */
@@ -382,8 +397,9 @@ read_one(cdx_input *in, uint64_t row, float *out)
 		int32_t d;
 		memcpy(&d, p, 4);
 		if (d != (int32_t) in->dim)
-			return cdx_error(CDX_EDIM, "%s: row %llu has dimension %d, expected %u (the dimension of row 0)",
-			    in->path, (unsigned long long) row, d, in->dim);
+			return cdx_error(CDX_EDIM,
+			    "%s: row %llu has dimension %d, expected %u (the dimension of row 0)", in->path,
+			    (unsigned long long) row, d, in->dim);
 		memcpy(out, p + 4, (size_t) in->dim * 4);
 		break;
 	}
@@ -443,7 +459,8 @@ cdx_input_read_rows(cdx_input *in, const uint64_t *rows, size_t n, float *out)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (rows[i] >= in->rows)
-			return cdx_error(CDX_EINVAL, "%s: row %llu out of range", in->path, (unsigned long long) rows[i]);
+			return cdx_error(
+			    CDX_EINVAL, "%s: row %llu out of range", in->path, (unsigned long long) rows[i]);
 		int rc = read_one(in, rows[i], out + i * in->dim);
 		if (rc != CDX_OK)
 			return rc;
@@ -494,7 +511,9 @@ lines_open(struct lines *l, const char *path)
 	l->path = path;
 	l->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (l->fd < 0)
-		return cdx_error_errno(errno == ENOENT ? CDX_ENOTFOUND : errno == EACCES ? CDX_EPERM : CDX_EIO,
+		return cdx_error_errno(errno == ENOENT ? CDX_ENOTFOUND
+		        : errno == EACCES              ? CDX_EPERM
+		                                       : CDX_EIO,
 		    "cannot read %s", path);
 	l->cap = 1 << 20;
 	l->buf = malloc(l->cap);
@@ -577,7 +596,8 @@ rowset_init(struct rowset *s, uint64_t rows)
 		cap *= 2;
 	s->slots = calloc(cap, sizeof(uint64_t));
 	s->mask = cap - 1;
-	return s->slots ? CDX_OK : cdx_error(CDX_ENOMEM, "duplicate check for %llu rows", (unsigned long long) rows);
+	return s->slots ? CDX_OK
+	                : cdx_error(CDX_ENOMEM, "duplicate check for %llu rows", (unsigned long long) rows);
 }
 
 static void
@@ -604,11 +624,15 @@ ids_dup_check(const char *path, const int64_t *ids, uint64_t n, int npy)
 			}
 			if (ids[e - 1] == ids[i]) {
 				if (npy)
-					rc = cdx_error(CDX_EDUP, "%s: duplicate id %lld at row %llu (first at row %llu)", path,
-					    (long long) ids[i], (unsigned long long) i, (unsigned long long) (e - 1));
+					rc = cdx_error(CDX_EDUP,
+					    "%s: duplicate id %lld at row %llu (first at row %llu)", path,
+					    (long long) ids[i], (unsigned long long) i,
+					    (unsigned long long) (e - 1));
 				else
-					rc = cdx_error(CDX_EDUP, "%s: duplicate id %lld at line %llu (first at line %llu)",
-					    path, (long long) ids[i], (unsigned long long) (i + 1), (unsigned long long) e);
+					rc = cdx_error(CDX_EDUP,
+					    "%s: duplicate id %lld at line %llu (first at line %llu)", path,
+					    (long long) ids[i], (unsigned long long) (i + 1),
+					    (unsigned long long) e);
 				break;
 			}
 			h = (h + 1) & s.mask;
@@ -630,11 +654,11 @@ ids_load_npy(const char *path, uint64_t rows, int64_t *ids)
 	if ((rc = npy_parse((const uint8_t *) data, len, path, &h)) != CDX_OK)
 		goto done;
 	size_t elem = strcmp(h.descr, "<i8") == 0 || strcmp(h.descr, "=i8") == 0 ? 8
-	    : strcmp(h.descr, "<i4") == 0 || strcmp(h.descr, "=i4") == 0          ? 4
-										   : 0;
+	    : strcmp(h.descr, "<i4") == 0 || strcmp(h.descr, "=i4") == 0         ? 4
+	                                                                         : 0;
 	if (elem == 0) {
-		rc = cdx_error(CDX_EINVAL, "%s: ids .npy dtype '%s' is not supported (int64 '<i8' or int32 '<i4')", path,
-		    h.descr);
+		rc = cdx_error(CDX_EINVAL,
+		    "%s: ids .npy dtype '%s' is not supported (int64 '<i8' or int32 '<i4')", path, h.descr);
 		goto done;
 	}
 	if (h.fortran && h.ndim == 2 && h.shape[1] != 1) {
@@ -646,8 +670,8 @@ ids_load_npy(const char *path, uint64_t rows, int64_t *ids)
 		goto done;
 	}
 	if (h.shape[0] != rows) {
-		rc = cdx_error(CDX_EDIM, "%s: %llu ids, but the input has %llu rows", path, (unsigned long long) h.shape[0],
-		    (unsigned long long) rows);
+		rc = cdx_error(CDX_EDIM, "%s: %llu ids, but the input has %llu rows", path,
+		    (unsigned long long) h.shape[0], (unsigned long long) rows);
 		goto done;
 	}
 	if (h.data_off + rows * elem != len) {
@@ -699,8 +723,8 @@ ids_load_text(const char *path, uint64_t rows, int64_t *ids)
 		errno = 0;
 		long long v = strtoll(tmp, &end, 10);
 		if (*end != 0 || errno != 0) {
-			rc = cdx_error(CDX_EINVAL, "%s: line %llu: '%s' is not an int64 id", path, (unsigned long long) l.line,
-			    tmp);
+			rc = cdx_error(CDX_EINVAL, "%s: line %llu: '%s' is not an int64 id", path,
+			    (unsigned long long) l.line, tmp);
 			goto done;
 		}
 		if (n < rows)
@@ -712,8 +736,8 @@ ids_load_text(const char *path, uint64_t rows, int64_t *ids)
 		goto done;
 	}
 	if (n != rows)
-		rc = cdx_error(CDX_EDIM, "%s: %llu ids, but the input has %llu rows", path, (unsigned long long) n,
-		    (unsigned long long) rows);
+		rc = cdx_error(CDX_EDIM, "%s: %llu ids, but the input has %llu rows", path,
+		    (unsigned long long) n, (unsigned long long) rows);
 done:
 	lines_close(&l);
 	return rc;
@@ -769,7 +793,8 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 	struct keyslot *t = calloc(cap, sizeof(*t));
 	if (t == NULL) {
 		lines_close(&l);
-		return cdx_error(CDX_ENOMEM, "%s: duplicate check for %llu keys", path, (unsigned long long) rows);
+		return cdx_error(
+		    CDX_ENOMEM, "%s: duplicate check for %llu keys", path, (unsigned long long) rows);
 	}
 	uint64_t n = 0;
 	const char *s;
@@ -778,7 +803,8 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 	while ((r = lines_next(&l, &s, &len)) == 1) {
 		n++;
 		if (len == 0) {
-			rc = cdx_error(CDX_EINVAL, "%s: line %llu: empty key", path, (unsigned long long) l.line);
+			rc = cdx_error(
+			    CDX_EINVAL, "%s: line %llu: empty key", path, (unsigned long long) l.line);
 			goto done;
 		}
 		if (len > CDX_BUILD_MAX_KEY_BYTES) {
@@ -787,7 +813,8 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 			goto done;
 		}
 		if (memchr(s, 0, len) != NULL) {
-			rc = cdx_error(CDX_EINVAL, "%s: line %llu: key contains a NUL byte", path, (unsigned long long) l.line);
+			rc = cdx_error(CDX_EINVAL, "%s: line %llu: key contains a NUL byte", path,
+			    (unsigned long long) l.line);
 			goto done;
 		}
 		if (n > rows)
@@ -797,8 +824,10 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 		uint64_t i = h1 & (cap - 1);
 		while (t[i].line != 0) {
 			if (t[i].h1 == h1 && t[i].h2 == h2) {
-				rc = cdx_error(CDX_EDUP, "%s: duplicate key '%.*s' at line %llu (first at line %u)", path,
-				    (int) CDX_MIN(len, (size_t) 200), s, (unsigned long long) l.line, t[i].line);
+				rc = cdx_error(CDX_EDUP,
+				    "%s: duplicate key '%.*s' at line %llu (first at line %u)", path,
+				    (int) CDX_MIN(len, (size_t) 200), s, (unsigned long long) l.line,
+				    t[i].line);
 				goto done;
 			}
 			i = (i + 1) & (cap - 1);
@@ -812,8 +841,8 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 		goto done;
 	}
 	if (n != rows)
-		rc = cdx_error(CDX_EDIM, "%s: %llu keys, but the input has %llu rows", path, (unsigned long long) n,
-		    (unsigned long long) rows);
+		rc = cdx_error(CDX_EDIM, "%s: %llu keys, but the input has %llu rows", path,
+		    (unsigned long long) n, (unsigned long long) rows);
 done:
 	free(t);
 	lines_close(&l);
@@ -847,7 +876,8 @@ cdx_keys_reader_next(cdx_keys_reader *r, const char **key, size_t *len)
 	if (got < 0)
 		return -got;
 	if (got == 0)
-		return cdx_error(CDX_ECORRUPT, "%s: fewer keys than rows (the file changed during the build?)", r->l.path);
+		return cdx_error(
+		    CDX_ECORRUPT, "%s: fewer keys than rows (the file changed during the build?)", r->l.path);
 	return CDX_OK;
 }
 

@@ -99,7 +99,7 @@ pq_component(const char *tok, size_t len, long *m, long *nbits, int *np)
 int
 cdx_build_factory_rewrite(const char *factory, int polysemous, char *out, size_t outlen)
 {
-	cdx_buf b = {0};
+	cdx_buf b = { 0 };
 	int rc = CDX_OK;
 	if (factory == NULL || *factory == 0)
 		return cdx_error(CDX_EINVAL, "--factory: empty factory string");
@@ -123,16 +123,18 @@ cdx_build_factory_rewrite(const char *factory, int polysemous, char *out, size_t
 			goto done;
 		}
 		if (memmem(p, len, "L2norm", 6) != NULL) {
-			rc = cdx_error(CDX_EINVAL, "--factory '%s': the L2norm component is refused (it gives wrong "
-						   "cosine scores with refinement); use --metric cos, which normalises the "
-						   "vectors before indexing",
+			rc = cdx_error(CDX_EINVAL,
+			    "--factory '%s': the L2norm component is refused (it gives wrong "
+			    "cosine scores with refinement); use --metric cos, which normalises the "
+			    "vectors before indexing",
 			    factory);
 			goto done;
 		}
 		if (memmem(p, len, "x4fs", 4) != NULL) {
-			rc = cdx_error(CDX_EINVAL, "--factory '%s': fast-scan (x4fs) indexes are not supported yet: the "
-						   "server's per-request nprobe uses IndexIVF::search_preassigned, which "
-						   "fast-scan indexes do not implement; use PQ<M>x4np instead",
+			rc = cdx_error(CDX_EINVAL,
+			    "--factory '%s': fast-scan (x4fs) indexes are not supported yet: the "
+			    "server's per-request nprobe uses IndexIVF::search_preassigned, which "
+			    "fast-scan indexes do not implement; use PQ<M>x4np instead",
 			    factory);
 			goto done;
 		}
@@ -199,13 +201,15 @@ cdx_build_params_choose(struct cdx_build_params *p, uint64_t n, uint32_t dim, co
 		factory_numbers(p);
 		if (p->nlist > 0 && n < (uint64_t) p->nlist * CDX_BUILD_MIN_POINTS_PER_LIST)
 			snprintf(p->note, sizeof(p->note),
-			    "%llu items are fewer than 39 per inverted list for nlist %u: k-means will be poor",
+			    "%llu items are fewer than 39 per inverted list for nlist %u: k-means will be "
+			    "poor",
 			    (unsigned long long) n, p->nlist);
 	} else if (n < CDX_BUILD_FLAT_BELOW) {
 		snprintf(p->factory, sizeof(p->factory), "Flat");
 		factory_numbers(p);
 		snprintf(p->note, sizeof(p->note),
-		    "%llu items < %d: exact Flat index (too few points to train IVF-PQ; a scan is cheap at this size)",
+		    "%llu items < %d: exact Flat index (too few points to train IVF-PQ; a scan is cheap at "
+		    "this size)",
 		    (unsigned long long) n, CDX_BUILD_FLAT_BELOW);
 	} else {
 		uint32_t nlist = cdx_build_default_nlist(n);

@@ -5,10 +5,9 @@
  * a pipe; a dedicated thread reads it, removes the registered staging
  * paths and exits. Nothing but write(2) runs in signal context, and the
  * main thread, which may be deep inside a Faiss call that cannot be
- * cancelled (training can take minutes), is never waited for. The publish critical section (rename + CURRENT swap) holds a
- * mutex the handler also takes, so an interrupt either happens before the
- * new version is visible (staging removed, old CURRENT kept) or after it is
- * complete (nothing removed).
+ * cancelled (training can take minutes), is never waited for. The publish critical section (rename + CURRENT
+ * swap) holds a mutex the handler also takes, so an interrupt either happens before the new version is
+ * visible (staging removed, old CURRENT kept) or after it is complete (nothing removed).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -104,7 +103,8 @@ signal_thread(void *arg)
 		for (int i = 0; i < MAX_CLEANUP; i++)
 			if (cleanup_paths[i] != NULL)
 				cdx_rm_rf(cleanup_paths[i]);
-		cdx_err("BLD-INTERRUPT", "%s: build interrupted; staging removed, nothing published", strsignal(sig));
+		cdx_err("BLD-INTERRUPT", "%s: build interrupted; staging removed, nothing published",
+		    strsignal(sig));
 	} else {
 		cdx_err("BLD-INTERRUPT", "%s after the new version was published", strsignal(sig));
 	}
@@ -135,7 +135,7 @@ cdx_build_signals_start(void)
 /* --- progress ------------------------------------------------------------ */
 
 #define TTY_REDRAW_US 200000
-#define LOG_EVERY_US 5000000
+#define LOG_EVERY_US  5000000
 
 static void
 fmt_count(char *out, size_t cap, double v)
@@ -190,15 +190,15 @@ progress_draw(struct cdx_progress *pr, uint64_t now, int final)
 		for (int i = 0; i < 30; i++)
 			bar[i] = i < fill ? '#' : '.';
 		bar[30] = 0;
-		fprintf(stderr, "\r%-14s [%s] %3.0f%% %s/%s rows  %s rows/s  %s %s   ", pr->what, bar, frac * 100, done,
-		    total, rs, final ? "took" : "ETA", es);
+		fprintf(stderr, "\r%-14s [%s] %3.0f%% %s/%s rows  %s rows/s  %s %s   ", pr->what, bar,
+		    frac * 100, done, total, rs, final ? "took" : "ETA", es);
 		if (final)
 			fputc('\n', stderr);
 		fflush(stderr);
 		pr->drawn = 1;
 	} else {
-		cdx_info("BLD-PROGRESS", "%s: %s/%s rows (%.0f%%), %s rows/s, %s %s", pr->what, done, total, frac * 100,
-		    rs, final ? "took" : "ETA", es);
+		cdx_info("BLD-PROGRESS", "%s: %s/%s rows (%.0f%%), %s rows/s, %s %s", pr->what, done, total,
+		    frac * 100, rs, final ? "took" : "ETA", es);
 	}
 }
 

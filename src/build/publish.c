@@ -74,12 +74,13 @@ cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char *ve
 {
 	char coll_dir[PATH_MAX], name[PATH_MAX];
 	int rc;
-	if ((rc = join(coll_dir, p->out, p->collection)) != CDX_OK || (rc = cdx_mkdir_p(coll_dir, 0755)) != CDX_OK)
+	if ((rc = join(coll_dir, p->out, p->collection)) != CDX_OK
+	    || (rc = cdx_mkdir_p(coll_dir, 0755)) != CDX_OK)
 		return rc;
 	for (int tries = 0; tries < 100; tries++) {
-		if ((rc = next_version(coll_dir, NULL, version)) != CDX_OK ||
-		    (rc = cdx_version_staging_name(name, sizeof(name), version)) != CDX_OK ||
-		    (rc = join(staging, coll_dir, name)) != CDX_OK)
+		if ((rc = next_version(coll_dir, NULL, version)) != CDX_OK
+		    || (rc = cdx_version_staging_name(name, sizeof(name), version)) != CDX_OK
+		    || (rc = join(staging, coll_dir, name)) != CDX_OK)
 			return rc;
 		cdx_build_cleanup_add(staging);
 		if (mkdir(staging, 0755) == 0)
@@ -135,23 +136,27 @@ cdx_file_xxh64(const char *path, uint64_t *bytes, uint64_t *hash)
 /* verify_shard re-opens a finished shard file and checks it against the
  * plan and what encode reported, before anything is published. */
 static int
-verify_shard(const struct cdx_build_plan *p, const char *path, uint32_t i, const struct cdx_encode_result *res)
+verify_shard(
+    const struct cdx_build_plan *p, const char *path, uint32_t i, const struct cdx_encode_result *res)
 {
 	cdx_shard *s = NULL;
 	int rc = cdx_shard_open(&s, path);
 	if (rc != CDX_OK)
 		return rc;
 	const struct cdx_shard_info *info = cdx_shard_info(s);
-	if (strcmp(info->collection, p->collection) != 0 || info->dim != p->dim || (int) info->metric != p->metric ||
-	    info->shard_index != i || info->shard_count != p->nshards || info->rows != res->rows) {
-		rc = cdx_error(CDX_ECORRUPT, "%s: header (collection %s, dim %u, metric %s, shard %u/%u, rows %llu) does "
-					     "not match the build (%s, %u, %s, %u/%u, %llu)",
+	if (strcmp(info->collection, p->collection) != 0 || info->dim != p->dim
+	    || (int) info->metric != p->metric || info->shard_index != i || info->shard_count != p->nshards
+	    || info->rows != res->rows) {
+		rc = cdx_error(CDX_ECORRUPT,
+		    "%s: header (collection %s, dim %u, metric %s, shard %u/%u, rows %llu) does "
+		    "not match the build (%s, %u, %s, %u/%u, %llu)",
 		    path, info->collection, info->dim, cdx_metric_name((int) info->metric), info->shard_index,
-		    info->shard_count, (unsigned long long) info->rows, p->collection, p->dim, cdx_metric_name(p->metric),
-		    i, p->nshards, (unsigned long long) res->rows);
-	} else if (cdx_shard_find_part(s, CDX_PART_FAISS) == NULL || cdx_shard_find_part(s, CDX_PART_IDS) == NULL ||
-	    (p->keys[0] && cdx_shard_find_part(s, CDX_PART_KEYS) == NULL) ||
-	    (p->refine != CDX_REFINE_NONE && cdx_shard_find_part(s, CDX_PART_REFINE) == NULL)) {
+		    info->shard_count, (unsigned long long) info->rows, p->collection, p->dim,
+		    cdx_metric_name(p->metric), i, p->nshards, (unsigned long long) res->rows);
+	} else if (cdx_shard_find_part(s, CDX_PART_FAISS) == NULL
+	    || cdx_shard_find_part(s, CDX_PART_IDS) == NULL
+	    || (p->keys[0] && cdx_shard_find_part(s, CDX_PART_KEYS) == NULL)
+	    || (p->refine != CDX_REFINE_NONE && cdx_shard_find_part(s, CDX_PART_REFINE) == NULL)) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: a part is missing", path);
 	} else {
 		rc = cdx_shard_verify(s);
@@ -182,13 +187,16 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 		if ((rc = join(path, staging, ms->file)) != CDX_OK)
 			goto fail;
 		if (res[i].shard != i || res[i].input_rows != p->rows) {
-			rc = cdx_error(CDX_EINTERNAL, "%s: encode result does not belong to this shard", path);
+			rc = cdx_error(
+			    CDX_EINTERNAL, "%s: encode result does not belong to this shard", path);
 			goto fail;
 		}
 		if (res[i].fingerprint != res[0].fingerprint) {
-			rc = cdx_error(CDX_ECORRUPT, "shard %u saw input fingerprint %016llx, shard 0 saw %016llx: the input "
-						     "changed between encode jobs",
-			    i, (unsigned long long) res[i].fingerprint, (unsigned long long) res[0].fingerprint);
+			rc = cdx_error(CDX_ECORRUPT,
+			    "shard %u saw input fingerprint %016llx, shard 0 saw %016llx: the input "
+			    "changed between encode jobs",
+			    i, (unsigned long long) res[i].fingerprint,
+			    (unsigned long long) res[0].fingerprint);
 			goto fail;
 		}
 		if ((rc = verify_shard(p, path, i, &res[i])) != CDX_OK)
@@ -199,8 +207,8 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 		total += ms->rows;
 	}
 	if (total != p->rows) {
-		rc = cdx_error(CDX_EINTERNAL, "shards hold %llu rows, the input has %llu", (unsigned long long) total,
-		    (unsigned long long) p->rows);
+		rc = cdx_error(CDX_EINTERNAL, "shards hold %llu rows, the input has %llu",
+		    (unsigned long long) total, (unsigned long long) p->rows);
 		goto fail;
 	}
 
@@ -229,8 +237,9 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 
 	for (int tries = 0;; tries++) {
 		snprintf(m.version, sizeof(m.version), "%s", version);
-		if ((rc = cdx_manifest_save(&m, staging)) != CDX_OK || (rc = cdx_fsync_path(staging)) != CDX_OK ||
-		    (rc = join(final, coll_dir, version)) != CDX_OK)
+		if ((rc = cdx_manifest_save(&m, staging)) != CDX_OK
+		    || (rc = cdx_fsync_path(staging)) != CDX_OK
+		    || (rc = join(final, coll_dir, version)) != CDX_OK)
 			goto fail;
 		cdx_build_publish_lock();
 		if (rename(staging, final) == 0) {
@@ -308,7 +317,8 @@ cdx_build_run(const struct cdx_build_opts *o, char *version_out)
 		goto fail;
 	}
 	for (uint32_t s = 0; s < p->nshards; s++)
-		if ((rc = cdx_build_encode_shard(p, s, staging, NULL, s + 1 == p->nshards, o->quiet, &res[s])) != CDX_OK)
+		if ((rc = cdx_build_encode_shard(p, s, staging, NULL, s + 1 == p->nshards, o->quiet, &res[s]))
+		    != CDX_OK)
 			goto fail;
 	if ((rc = cdx_build_publish_staged(p, staging, version, res, version_out)) != CDX_OK)
 		goto fail;
@@ -346,7 +356,8 @@ cdx_build_encode_work(const char *workdir, uint32_t shard, uint32_t of, const ch
 	if (rc != CDX_OK)
 		return rc;
 	if (of != p->nshards) {
-		rc = cdx_error(CDX_EINVAL, "--of %u does not match the plan's %u shards (%s)", of, p->nshards, workdir);
+		rc = cdx_error(
+		    CDX_EINVAL, "--of %u does not match the plan's %u shards (%s)", of, p->nshards, workdir);
 		goto fail;
 	}
 	if (shard >= of) {
@@ -362,8 +373,8 @@ cdx_build_encode_work(const char *workdir, uint32_t shard, uint32_t of, const ch
 	}
 	if ((rc = cdx_build_encode_shard(p, shard, tmpdir, input, 1, quiet, &res)) != CDX_OK)
 		goto fail;
-	if ((rc = join(from, tmpdir, name)) != CDX_OK || (rc = join(to, workdir, name)) != CDX_OK ||
-	    (rc = sidecar_path(side, workdir, shard, of)) != CDX_OK)
+	if ((rc = join(from, tmpdir, name)) != CDX_OK || (rc = join(to, workdir, name)) != CDX_OK
+	    || (rc = sidecar_path(side, workdir, shard, of)) != CDX_OK)
 		goto fail;
 	/* sidecar last: its presence means the shard file next to it is whole */
 	unlink(side);
@@ -407,13 +418,15 @@ read_sidecar(const struct cdx_build_plan *p, const char *workdir, uint32_t i, st
 	json_error_t jerr;
 	json_t *o = json_load_file(side, 0, &jerr);
 	if (o == NULL)
-		return cdx_error(CDX_ENOTFOUND, "%s: shard %u of %u has not been encoded (run `candex build encode --work "
-						"%s --shard %u --of %u`)",
+		return cdx_error(CDX_ENOTFOUND,
+		    "%s: shard %u of %u has not been encoded (run `candex build encode --work "
+		    "%s --shard %u --of %u`)",
 		    side, i, p->nshards, workdir, i, p->nshards);
 	const char *pid = json_string_value(json_object_get(o, "plan_id"));
 	const char *fp = json_string_value(json_object_get(o, "fingerprint"));
 	if (pid == NULL || fp == NULL || strcmp(pid, p->plan_id) != 0) {
-		rc = cdx_error(CDX_ECORRUPT, "%s: made for another plan (plan_id %s, current %s): re-run encode", side,
+		rc = cdx_error(CDX_ECORRUPT,
+		    "%s: made for another plan (plan_id %s, current %s): re-run encode", side,
 		    pid ? pid : "?", p->plan_id);
 	} else {
 		res->shard = (uint32_t) json_integer_value(json_object_get(o, "shard"));
@@ -467,7 +480,8 @@ place_file(const char *from, const char *to)
 }
 
 int
-cdx_build_publish_work(const char *workdir, const char *out_override, unsigned keep_override, char *version_out)
+cdx_build_publish_work(
+    const char *workdir, const char *out_override, unsigned keep_override, char *version_out)
 {
 	struct cdx_build_plan *p = NULL;
 	struct cdx_encode_result *res = NULL;
@@ -498,8 +512,8 @@ cdx_build_publish_work(const char *workdir, const char *out_override, unsigned k
 	}
 	for (uint32_t i = 0; i < p->nshards; i++) {
 		cdx_build_shard_name(name, i, p->nshards);
-		if ((rc = join(from, workdir, name)) != CDX_OK || (rc = join(to, staging, name)) != CDX_OK ||
-		    (rc = place_file(from, to)) != CDX_OK)
+		if ((rc = join(from, workdir, name)) != CDX_OK || (rc = join(to, staging, name)) != CDX_OK
+		    || (rc = place_file(from, to)) != CDX_OK)
 			goto fail;
 	}
 	if ((rc = cdx_build_publish_staged(p, staging, version, res, version_out)) != CDX_OK)

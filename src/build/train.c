@@ -27,9 +27,9 @@
 #include "build/build.h"
 #include "shard/refine.h"
 
-#define PLAN_FILE "plan.json"
+#define PLAN_FILE    "plan.json"
 #define TRAINED_FILE "trained.faissindex"
-#define PLAN_FORMAT 1
+#define PLAN_FORMAT  1
 /* faiss/index_io.h IO_FLAG_SKIP_PRECOMPUTE_TABLE (not in the C API header) */
 #define CDX_FAISS_IO_SKIP_PRECOMPUTE_TABLE 16
 
@@ -81,8 +81,10 @@ check_structure(struct cdx_build_plan *p)
 	}
 	if (strstr(p->params.factory, "IVF") != NULL)
 		return cdx_error(CDX_EINVAL,
-		    "--factory '%s': the IVF index is wrapped (a transform prefix such as OPQ/PCA, or a refine "
-		    "suffix); the server needs the IVF at the top level for per-request nprobe. Use --refine for "
+		    "--factory '%s': the IVF index is wrapped (a transform prefix such as OPQ/PCA, or a "
+		    "refine "
+		    "suffix); the server needs the IVF at the top level for per-request nprobe. Use --refine "
+		    "for "
 		    "exact re-ranking",
 		    p->params.factory);
 	p->params.nlist = 0;
@@ -174,7 +176,8 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	if (o->input == NULL || o->collection == NULL || o->out == NULL)
 		return cdx_error(CDX_EINVAL, "--input, --collection and --out are required");
 	if (!cdx_name_valid(o->collection))
-		return cdx_error(CDX_EINVAL, "--collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting with '.'",
+		return cdx_error(CDX_EINVAL,
+		    "--collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting with '.'",
 		    o->collection);
 	if (o->nshards < 1 || o->nshards > 9999)
 		return cdx_error(CDX_EINVAL, "--shards %u: must be 1..9999", o->nshards);
@@ -197,8 +200,10 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	p->keep = o->keep ? o->keep : CDX_BUILD_DEFAULT_KEEP;
 	if ((rc = cdx_mkdir_p(o->out, 0755)) != CDX_OK)
 		goto fail;
-	if ((rc = copy_path(p->out, o->out, "--out")) != CDX_OK || (rc = copy_path(p->input, o->input, "--input")) != CDX_OK ||
-	    (rc = copy_path(p->keys, o->keys, "--keys")) != CDX_OK || (rc = copy_path(p->ids, o->ids, "--ids")) != CDX_OK)
+	if ((rc = copy_path(p->out, o->out, "--out")) != CDX_OK
+	    || (rc = copy_path(p->input, o->input, "--input")) != CDX_OK
+	    || (rc = copy_path(p->keys, o->keys, "--keys")) != CDX_OK
+	    || (rc = copy_path(p->ids, o->ids, "--ids")) != CDX_OK)
 		goto fail;
 
 	if ((rc = cdx_input_open(&in, o->input, o->dim)) != CDX_OK)
@@ -207,16 +212,16 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	p->rows = cdx_input_rows(in);
 	p->input_format = cdx_input_format(in);
 	p->input_bytes = cdx_input_file_bytes(in);
-	cdx_info("BLD-INPUT", "%s: %llu rows x %u (%s, %llu bytes)", o->input, (unsigned long long) p->rows, p->dim,
-	    cdx_input_format_name(p->input_format), (unsigned long long) p->input_bytes);
+	cdx_info("BLD-INPUT", "%s: %llu rows x %u (%s, %llu bytes)", o->input, (unsigned long long) p->rows,
+	    p->dim, cdx_input_format_name(p->input_format), (unsigned long long) p->input_bytes);
 
 	/* keys and ids are read again by every encode step: no pipes */
 	const char *side[2] = { o->keys, o->ids };
 	for (int i = 0; i < 2; i++) {
 		struct stat st;
 		if (side[i] != NULL && stat(side[i], &st) == 0 && !S_ISREG(st.st_mode)) {
-			rc = cdx_error(CDX_EINVAL, "%s: not a regular file (%s are read more than once)", side[i],
-			    i == 0 ? "keys" : "ids");
+			rc = cdx_error(CDX_EINVAL, "%s: not a regular file (%s are read more than once)",
+			    side[i], i == 0 ? "keys" : "ids");
 			goto fail;
 		}
 	}
@@ -232,8 +237,9 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	if (o->keys != NULL && (rc = cdx_keys_check(o->keys, p->rows, &p->keys_bytes)) != CDX_OK)
 		goto fail;
 
-	if ((rc = cdx_build_params_choose(&p->params, p->rows, p->dim, o->factory, o->polysemous, o->train_sample)) !=
-	    CDX_OK)
+	if ((rc = cdx_build_params_choose(
+	         &p->params, p->rows, p->dim, o->factory, o->polysemous, o->train_sample))
+	    != CDX_OK)
 		goto fail;
 	if (p->params.note[0])
 		cdx_warn("BLD-PARAMS", "%s: %s", p->collection, p->params.note);
@@ -244,11 +250,13 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	if ((rc = check_structure(p)) != CDX_OK)
 		goto fail;
 	if (o->factory != NULL && o->train_sample == 0) /* nlist now known for sure */
-		p->params.train_sample = CDX_MIN(p->rows, CDX_MAX((uint64_t) 100000, (uint64_t) p->params.nlist * 64));
+		p->params.train_sample
+		    = CDX_MIN(p->rows, CDX_MAX((uint64_t) 100000, (uint64_t) p->params.nlist * 64));
 	uint32_t nprobe = p->params.nlist / 32;
 	p->params.default_nprobe = nprobe < 1 ? 1 : nprobe > 256 ? 256 : nprobe;
-	cdx_info("BLD-PARAMS", "%s: factory %s (nlist %u, PQ M %u x %u bits), metric %s, %u shard(s), refine %s",
-	    p->collection, p->params.factory, p->params.nlist, p->params.pq_m, p->params.pq_nbits,
+	cdx_info("BLD-PARAMS",
+	    "%s: factory %s (nlist %u, PQ M %u x %u bits), metric %s, %u shard(s), refine %s", p->collection,
+	    p->params.factory, p->params.nlist, p->params.pq_m, p->params.pq_nbits,
 	    cdx_metric_name(p->metric), p->nshards, cdx_refine_name(p->refine));
 
 	int need_sample = !faiss_Index_is_trained(p->index) || p->refine == CDX_REFINE_SQ8;
@@ -492,8 +500,8 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 	json_t *o = json_load_file(path, 0, &jerr);
 	if (o == NULL) {
 		if (access(path, F_OK) != 0)
-			return cdx_error(CDX_ENOTFOUND, "%s: no plan (run `candex build train --work %s` first)", path,
-			    workdir);
+			return cdx_error(CDX_ENOTFOUND,
+			    "%s: no plan (run `candex build train --work %s` first)", path, workdir);
 		return cdx_error(CDX_ECORRUPT, "%s: line %d: %s", path, jerr.line, jerr.text);
 	}
 	struct cdx_build_plan *p = calloc(1, sizeof(*p));

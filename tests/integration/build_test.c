@@ -41,8 +41,7 @@ teardown(void **state)
 	return 0;
 }
 
-static char *
-pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *pathf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static char *
 pathf(const char *fmt, ...)
@@ -69,8 +68,7 @@ gen(const char *name, size_t n, size_t dim, uint64_t seed)
 }
 
 /* build runs `candex build <args>`, returns its exit status; output kept in *out. */
-static int
-build(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int build(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static int
 build(char **out, const char *fmt, ...)
@@ -92,8 +90,7 @@ build(char **out, const char *fmt, ...)
 	return rc;
 }
 
-static void
-build_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void build_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void
 build_ok(const char *fmt, ...)
@@ -163,7 +160,8 @@ static int
 self_hits(cdx_collection *c, const float *x, size_t dim, size_t nq)
 {
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	struct cdx_search_params sp = { .k = 10, .nprobe = m->nlist ? m->nlist : 1, .refine_factor = m->refine ? 10 : 0 };
+	struct cdx_search_params sp
+	    = { .k = 10, .nprobe = m->nlist ? m->nlist : 1, .refine_factor = m->refine ? 10 : 0 };
 	struct cdx_hit *hits = calloc(nq * 10, sizeof(*hits));
 	assert_int_equal(cdx_collection_search(c, &sp, x, nq, hits), CDX_OK);
 	int n = 0;
@@ -185,8 +183,9 @@ test_metrics_and_refine(void **state)
 	} cases[] = { { "l2", "fp32" }, { "ip", "fp16" }, { "cos", "sq8" }, { "l2", "none" } };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(cases); i++) {
 		char *out = NULL;
-		int rc = build(&out, "--input %s/m.fvecs --collection m%zu --metric %s --refine %s --out %s/idx", root, i,
-		    cases[i].metric, cases[i].refine, root);
+		int rc
+		    = build(&out, "--input %s/m.fvecs --collection m%zu --metric %s --refine %s --out %s/idx",
+		        root, i, cases[i].metric, cases[i].refine, root);
 		assert_int_equal(rc, 0);
 		char *coll = pathf("%s/idx/m%zu", root, i);
 		char *cur = current(coll);
@@ -211,7 +210,9 @@ test_metrics_and_refine(void **state)
 			int64_t truth[10];
 			int found = 0;
 			for (int q = 0; q < 20; q++) {
-				assert_int_equal(cdx_collection_search(c, &sp, x + (size_t) q * 97 * dim, 1, hits), CDX_OK);
+				assert_int_equal(
+				    cdx_collection_search(c, &sp, x + (size_t) q * 97 * dim, 1, hits),
+				    CDX_OK);
 				tu_exact_knn(x, n, dim, x + (size_t) q * 97 * dim, 10, 1, truth);
 				for (int a = 0; a < 10; a++)
 					for (int b = 0; b < 10; b++)
@@ -242,14 +243,15 @@ test_input_formats(void **state)
 	(void) state;
 	const size_t n = 2500, dim = 12;
 	float *x = gen("fmt.fvecs", n, dim, 13);
-	char *raw = pathf("%s/fmt.f32", root), *npy = pathf("%s/fmt.npy", root), *npy16 = pathf("%s/fmt16.npy", root);
+	char *raw = pathf("%s/fmt.f32", root), *npy = pathf("%s/fmt.npy", root),
+	     *npy16 = pathf("%s/fmt16.npy", root);
 	FILE *f = fopen(raw, "wb");
 	fwrite(x, sizeof(float), n * dim, f);
 	fclose(f);
 	for (int half = 0; half < 2; half++) {
 		char hdr[128];
-		int len = snprintf(hdr, sizeof(hdr), "{'descr': '<f%d', 'fortran_order': False, 'shape': (%zu, %zu), }",
-		    half ? 2 : 4, n, dim);
+		int len = snprintf(hdr, sizeof(hdr),
+		    "{'descr': '<f%d', 'fortran_order': False, 'shape': (%zu, %zu), }", half ? 2 : 4, n, dim);
 		while ((10 + len + 1) % 64 != 0)
 			hdr[len++] = ' ';
 		hdr[len++] = '\n';
@@ -268,11 +270,13 @@ test_input_formats(void **state)
 		}
 		fclose(f);
 	}
-	build_ok("--input %s/fmt.fvecs --collection fmt --metric l2 --refine fp32 --out %s/fmt-fvecs --quiet", root, root);
+	build_ok("--input %s/fmt.fvecs --collection fmt --metric l2 --refine fp32 --out %s/fmt-fvecs --quiet",
+	    root, root);
 	build_ok("--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy --quiet", npy, root);
-	build_ok("--input %s --dim %zu --collection fmt --metric l2 --refine fp32 --out %s/fmt-raw --quiet", raw, dim,
-	    root);
-	build_ok("--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy16 --quiet", npy16, root);
+	build_ok("--input %s --dim %zu --collection fmt --metric l2 --refine fp32 --out %s/fmt-raw --quiet",
+	    raw, dim, root);
+	build_ok(
+	    "--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy16 --quiet", npy16, root);
 	const char *outs[4] = { "fmt-fvecs", "fmt-npy", "fmt-raw", "fmt-npy16" };
 	uint64_t fp[4];
 	char *shard0 = NULL;
@@ -316,7 +320,7 @@ test_keys_ids_shards(void **state)
 		fprintf(f, "%lld\n", 5000000LL + (long long) i * 13);
 	fclose(f);
 	build_ok("--input %s/k.fvecs --collection k --metric l2 --keys %s --ids %s --shards 3 --refine fp16 "
-		 "--model-version emb-v7 --out %s/idx --quiet",
+	         "--model-version emb-v7 --out %s/idx --quiet",
 	    root, keys, ids, root);
 	char *coll = pathf("%s/idx/k", root);
 	cdx_collection *c = NULL;
@@ -368,7 +372,8 @@ test_small_and_factories(void **state)
 	(void) state;
 	float *x = gen("s500.fvecs", 500, 24, 3);
 	char *out = NULL;
-	assert_int_equal(build(&out, "--input %s/s500.fvecs --collection tiny --metric cos --out %s/idx", root, root), 0);
+	assert_int_equal(
+	    build(&out, "--input %s/s500.fvecs --collection tiny --metric cos --out %s/idx", root, root), 0);
 	assert_non_null(strstr(out, "Flat")); /* it says what it did and why */
 	assert_non_null(strstr(out, "500 items < 1000"));
 	free(out);
@@ -384,7 +389,8 @@ test_small_and_factories(void **state)
 
 	/* the Last.fm case: 6,453 x 64 builds with 4-bit codebooks */
 	x = gen("s6453.fvecs", 6453, 64, 4);
-	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection lfm --metric ip --out %s/idx", root, root), 0);
+	assert_int_equal(
+	    build(&out, "--input %s/s6453.fvecs --collection lfm --metric ip --out %s/idx", root, root), 0);
 	assert_non_null(strstr(out, "4-bit"));
 	free(out);
 	coll = pathf("%s/idx/lfm", root);
@@ -395,8 +401,9 @@ test_small_and_factories(void **state)
 	free(x);
 
 	/* a user factory gets np; fast-scan, L2norm and wrapped IVF are refused */
-	build_ok("--input %s/s6453.fvecs --collection fac --metric l2 --factory IVF32,PQ8 --out %s/idx --quiet", root,
-	    root);
+	build_ok(
+	    "--input %s/s6453.fvecs --collection fac --metric l2 --factory IVF32,PQ8 --out %s/idx --quiet",
+	    root, root);
 	coll = pathf("%s/idx/fac", root);
 	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
 	assert_string_equal(cdx_collection_manifest(c)->factory, "IVF32,PQ8np");
@@ -405,25 +412,30 @@ test_small_and_factories(void **state)
 	assert_int_equal(cdx_collection_manifest(c)->pq_nbits, 8);
 	cdx_collection_unref(c);
 	free(coll);
-	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory IVF32,PQ8x4fs "
-				    "--out %s/idx",
-			     root, root),
+	assert_int_equal(build(&out,
+	                     "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory IVF32,PQ8x4fs "
+	                     "--out %s/idx",
+	                     root, root),
 	    1);
 	assert_non_null(strstr(out, "fast-scan"));
 	free(out);
-	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory OPQ8,IVF32,PQ8 "
-				    "--out %s/idx",
-			     root, root),
+	assert_int_equal(build(&out,
+	                     "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory OPQ8,IVF32,PQ8 "
+	                     "--out %s/idx",
+	                     root, root),
 	    1);
 	assert_non_null(strstr(out, "wrapped"));
 	free(out);
-	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory L2norm,Flat --out "
-				    "%s/idx",
-			     root, root),
+	assert_int_equal(
+	    build(&out,
+	        "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory L2norm,Flat --out "
+	        "%s/idx",
+	        root, root),
 	    1);
 	free(out);
-	assert_int_equal(build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory Bogus42 --out %s/idx",
-			     root, root),
+	assert_int_equal(
+	    build(&out, "--input %s/s6453.fvecs --collection fac2 --metric l2 --factory Bogus42 --out %s/idx",
+	        root, root),
 	    1);
 	assert_non_null(strstr(out, "Bogus42"));
 	free(out);
@@ -447,8 +459,9 @@ test_determinism(void **state)
 	char *keys = pathf("%s/d.keys", root);
 	assert_int_equal(tu_write_keys(keys, "k", 12000), 0);
 	for (int r = 0; r < 2; r++)
-		build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 77 "
-			 "--train-sample 4000 --out %s/det%d --quiet",
+		build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 "
+		         "--seed 77 "
+		         "--train-sample 4000 --out %s/det%d --quiet",
 		    root, keys, root, r);
 	char *c0 = pathf("%s/det0/d", root), *c1 = pathf("%s/det1/d", root);
 	char *v0 = current(c0), *v1 = current(c1);
@@ -473,10 +486,11 @@ test_determinism(void **state)
 	cdx_manifest_free(m1);
 	/* another seed trains on another sample: different shards */
 	build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 78 "
-		 "--train-sample 4000 --out %s/det2 --quiet",
+	         "--train-sample 4000 --out %s/det2 --quiet",
 	    root, keys, root);
 	char *c2 = pathf("%s/det2/d", root), *v2 = current(c2);
-	char *a = pathf("%s/%s/shard-0000-of-0002.cdx", c0, v0), *b = pathf("%s/%s/shard-0000-of-0002.cdx", c2, v2);
+	char *a = pathf("%s/%s/shard-0000-of-0002.cdx", c0, v0),
+	     *b = pathf("%s/%s/shard-0000-of-0002.cdx", c2, v2);
 	assert_false(files_equal(a, b));
 	free(a);
 	free(b);
@@ -494,12 +508,12 @@ test_determinism(void **state)
 
 /* expect_rejected runs a bad build into the "good" collection and checks
  * the error and that nothing changed. */
-static void
-expect_rejected(const char *coll_dir, const char *cur, const char *needle, const char *needle2, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+static void expect_rejected(const char *coll_dir, const char *cur, const char *needle, const char *needle2,
+    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 static void
-expect_rejected(const char *coll_dir, const char *cur, const char *needle, const char *needle2, const char *fmt, ...)
+expect_rejected(
+    const char *coll_dir, const char *cur, const char *needle, const char *needle2, const char *fmt, ...)
 {
 	char *args = NULL;
 	va_list ap;
@@ -608,8 +622,8 @@ test_bad_inputs(void **state)
 	for (size_t i = 0; i < n; i++)
 		fprintf(f, "spotify:track:%zu\n", i == 2500 ? (size_t) 3 : i);
 	fclose(f);
-	expect_rejected(coll, cur, "dup.keys: duplicate key 'spotify:track:3' at line 2501 (first at line 4)", NULL,
-	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	expect_rejected(coll, cur, "dup.keys: duplicate key 'spotify:track:3' at line 2501 (first at line 4)",
+	    NULL, "--input %s/good.fvecs --keys %s --metric l2", root, p);
 	free(p);
 	/* truncated */
 	p = pathf("%s/trunc.fvecs", root);
@@ -620,8 +634,8 @@ test_bad_inputs(void **state)
 	/* unreadable paths */
 	expect_rejected(coll, cur, "cannot read input", "nonexistent.fvecs",
 	    "--input %s/nonexistent.fvecs --metric l2", root);
-	expect_rejected(coll, cur, "cannot read", "nokeys.txt", "--input %s/good.fvecs --keys %s/nokeys.txt --metric l2",
-	    root, root);
+	expect_rejected(coll, cur, "cannot read", "nokeys.txt",
+	    "--input %s/good.fvecs --keys %s/nokeys.txt --metric l2", root, root);
 	p = pathf("%s/adir.fvecs", root);
 	assert_int_equal(mkdir(p, 0755), 0);
 	expect_rejected(coll, cur, "adir.fvecs: not a regular file", NULL, "--input %s --metric l2", p);
@@ -646,7 +660,8 @@ test_disk_full(void **state)
 	char *mnt = pathf("%s/full", root);
 	assert_int_equal(mkdir(mnt, 0755), 0);
 	if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0) {
-		fprintf(stderr, "skipping the disk-full test: cannot mount a tmpfs (%s); needs root or CAP_SYS_ADMIN\n",
+		fprintf(stderr,
+		    "skipping the disk-full test: cannot mount a tmpfs (%s); needs root or CAP_SYS_ADMIN\n",
 		    strerror(errno));
 		rmdir(mnt);
 		free(mnt);
@@ -661,7 +676,8 @@ test_disk_full(void **state)
 	assert_non_null(cur);
 	/* ... a 6000 x 64 fp32 refine store (1.5 MB) does not */
 	char *out = NULL;
-	int rc = build(&out, "--input %s/big.fvecs --collection full --metric l2 --refine fp32 --out %s", root, mnt);
+	int rc = build(
+	    &out, "--input %s/big.fvecs --collection full --metric l2 --refine fp32 --out %s", root, mnt);
 	if (rc != 1 || strstr(out, "No space left on device") == NULL)
 		fprintf(stderr, "%s\n", out);
 	assert_int_equal(rc, 1);
@@ -695,8 +711,9 @@ spawn_build(const char *input, const char *coll, const char *out)
 		int fd = open("/dev/null", O_WRONLY);
 		dup2(fd, 1);
 		dup2(fd, 2);
-		execl(CANDEX_BIN, "candex", "build", "--input", input, "--collection", coll, "--metric", "l2", "--factory",
-		    "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out, (char *) NULL);
+		execl(CANDEX_BIN, "candex", "build", "--input", input, "--collection", coll, "--metric", "l2",
+		    "--factory", "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out,
+		    (char *) NULL);
 		_exit(127);
 	}
 	return pid;
@@ -785,7 +802,8 @@ test_gc_keep(void **state)
 	char *coll = pathf("%s/idx/gc", root);
 	char *names[4];
 	for (int i = 0; i < 4; i++) {
-		build_ok("--input %s/gc.fvecs --collection gc --metric l2 --keep 2 --out %s/idx --quiet", root, root);
+		build_ok("--input %s/gc.fvecs --collection gc --metric l2 --keep 2 --out %s/idx --quiet",
+		    root, root);
 		names[i] = current(coll);
 		if (i > 0)
 			assert_true(strcmp(names[i], names[i - 1]) > 0); /* names sort by time */
@@ -813,7 +831,8 @@ test_distributed(void **state)
 	assert_int_equal(tu_write_keys(keys, "spotify:episode:", 5000), 0);
 	const char *common = "--collection dist --metric cos --shards 3 --refine sq8 --seed 5";
 	build_ok("--input %s/dist.fvecs --keys %s %s --out %s/one --quiet", root, keys, common, root);
-	build_ok("train --input %s/dist.fvecs --keys %s %s --out %s/two --work %s --quiet", root, keys, common, root, work);
+	build_ok("train --input %s/dist.fvecs --keys %s %s --out %s/two --work %s --quiet", root, keys,
+	    common, root, work);
 	char *out = NULL;
 	/* publish before every shard is encoded */
 	assert_int_equal(build(&out, "publish --work %s", work), 1);

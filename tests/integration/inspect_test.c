@@ -32,7 +32,8 @@ setup(void **state)
 	free(x);
 	if (rc == 0)
 		rc = tu_run(NULL,
-		    "%s build --quiet --input %s --keys %s --collection insp --metric ip --shards 2 --refine fp16 --out "
+		    "%s build --quiet --input %s --keys %s --collection insp --metric ip --shards 2 --refine "
+		    "fp16 --out "
 		    "%s/idx",
 		    CANDEX_BIN, fv, keys, root);
 	free(fv);
@@ -104,7 +105,8 @@ test_good_text(void **state)
 		assert_non_null(strstr(out, "\"collection\": \"insp\""));
 		assert_non_null(strstr(out, "shard-0000-of-0002.cdx"));
 		assert_non_null(strstr(out, "shard-0001-of-0002.cdx"));
-		for (const char *const *k = (const char *const[]) { "faiss", "ids", "keys", "refine", NULL }; *k; k++)
+		for (const char *const *k = (const char *const[]) { "faiss", "ids", "keys", "refine", NULL };
+		     *k; k++)
 			assert_non_null(strstr(out, *k));
 		assert_non_null(strstr(out, "inverted lists (summed over shards): nlist 128"));
 		assert_non_null(strstr(out, "imbalance"));
@@ -151,8 +153,8 @@ test_good_json(void **state)
 	json_int_t nl = 0;
 	size_t i;
 	json_t *b;
-	json_array_foreach(json_object_get(lists, "histogram"), i, b)
-	nl += json_integer_value(json_object_get(b, "lists"));
+	json_array_foreach(json_object_get(lists, "histogram"), i, b) nl
+	    += json_integer_value(json_object_get(b, "lists"));
 	assert_int_equal(nl, 128);
 	json_decref(doc);
 	free(out);
@@ -262,8 +264,9 @@ test_flat(void **state)
 	tu_clustered(x, 300, 8, 4, 3);
 	char *fv = tu_path(root, "flat.fvecs");
 	assert_int_equal(tu_write_fvecs(fv, x, 300, 8), 0);
-	assert_int_equal(tu_run(NULL, "%s build --quiet --input %s --collection flat --metric l2 --out %s/idx", CANDEX_BIN,
-			     fv, root),
+	assert_int_equal(
+	    tu_run(NULL, "%s build --quiet --input %s --collection flat --metric l2 --out %s/idx", CANDEX_BIN,
+	        fv, root),
 	    0);
 	char *out = NULL;
 	assert_int_equal(tu_run(&out, "%s inspect %s/idx/flat", CANDEX_BIN, root), 0);

@@ -46,10 +46,12 @@ write_text(const char *path, const char *text)
 
 /* write_npy writes a .npy with the given descr, shape and payload. */
 static void
-write_npy(const char *path, const char *descr, const char *fortran, const char *shape, const void *data, size_t len)
+write_npy(
+    const char *path, const char *descr, const char *fortran, const char *shape, const void *data, size_t len)
 {
 	char hdr[256];
-	int n = snprintf(hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }", descr, fortran, shape);
+	int n = snprintf(
+	    hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }", descr, fortran, shape);
 	/* pad so that magic(6)+ver(2)+len(2)+header is a multiple of 64, ending in \n */
 	size_t total = 10 + (size_t) n + 1;
 	size_t pad = (64 - total % 64) % 64;

@@ -11,9 +11,9 @@ test_default_nlist(void **state)
 {
 	(void) state;
 	/* power of two nearest 4*sqrt(N) */
-	assert_int_equal(cdx_build_default_nlist(140283), 1024);   /* 4*sqrt = 1498 */
-	assert_int_equal(cdx_build_default_nlist(340479), 2048);   /* 2334 */
-	assert_int_equal(cdx_build_default_nlist(1000000), 4096);  /* 4000 */
+	assert_int_equal(cdx_build_default_nlist(140283), 1024);    /* 4*sqrt = 1498 */
+	assert_int_equal(cdx_build_default_nlist(340479), 2048);    /* 2334 */
+	assert_int_equal(cdx_build_default_nlist(1000000), 4096);   /* 4000 */
 	assert_int_equal(cdx_build_default_nlist(10000000), 16384); /* 12649: nearer 16384 */
 	assert_int_equal(cdx_build_default_nlist(50000000), 32768); /* 28284 */
 	/* clamped to [16, 65536] */
@@ -150,7 +150,8 @@ test_sample(void **state)
 {
 	(void) state;
 	const uint64_t n = 100000, k = 5000;
-	uint64_t *a = malloc(k * sizeof(uint64_t)), *b = malloc(k * sizeof(uint64_t)), *c = malloc(k * sizeof(uint64_t));
+	uint64_t *a = malloc(k * sizeof(uint64_t)), *b = malloc(k * sizeof(uint64_t)),
+	         *c = malloc(k * sizeof(uint64_t));
 	cdx_build_sample(n, k, 1234, a);
 	cdx_build_sample(n, k, 1234, b);
 	cdx_build_sample(n, k, 99, c);

@@ -82,8 +82,9 @@ run_raw(const char *input, int metric, const char *factory_opt, uint64_t sample_
 	t->train_sample = p.train_sample;
 	t0 = cdx_now_us();
 	FaissIndex *idx = NULL;
-	if (faiss_index_factory(&idx, (int) d, p.factory, metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT) !=
-	    0) {
+	if (faiss_index_factory(
+	        &idx, (int) d, p.factory, metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT)
+	    != 0) {
 		fprintf(stderr, "raw: factory: %s\n", faiss_get_last_error());
 		t->rc = 1;
 		return;
@@ -192,7 +193,8 @@ main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *input = NULL, *factory = NULL, *candex = NULL, *work = NULL, *out = NULL, *refine = "none";
+	const char *input = NULL, *factory = NULL, *candex = NULL, *work = NULL, *out = NULL,
+	           *refine = "none";
 	int metric = CDX_METRIC_L2, skip_raw = 0, c;
 	uint64_t sample = 0, seed = CDX_BUILD_DEFAULT_SEED, gen = 0;
 	unsigned shards = 1, dim = 0;
@@ -241,10 +243,11 @@ main(int argc, char **argv)
 			out = optarg;
 			break;
 		default:
-			fprintf(stderr, "usage: bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR] "
-					"[--train-sample N] [--seed N] [--refine KIND] [--shards N] [--candex PATH] "
-					"[--work DIR] [--skip-raw]\n"
-					"       bench_build --generate N --dim D --out FILE.fvecs [--seed N]\n");
+			fprintf(stderr,
+			    "usage: bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR] "
+			    "[--train-sample N] [--seed N] [--refine KIND] [--shards N] [--candex PATH] "
+			    "[--work DIR] [--skip-raw]\n"
+			    "       bench_build --generate N --dim D --out FILE.fvecs [--seed N]\n");
 			return c == 'h' ? 0 : 2;
 		}
 	}
@@ -307,10 +310,12 @@ main(int argc, char **argv)
 			fprintf(stderr, "bench_build: raw Faiss run failed\n");
 			return 1;
 		}
-		printf("factory %s, train sample %llu, seed %llu\n", rt.factory, (unsigned long long) rt.train_sample,
-		    (unsigned long long) seed);
-		printf("raw     load %.2f s  train %.2f s  add %.2f s  total %.2f s  (process %.2f s)  peak RSS %ld MiB\n",
-		    rt.load, rt.train, rt.add, rt.load + rt.train + rt.add, raw_wall, kib_to_mib(ru_raw.ru_maxrss));
+		printf("factory %s, train sample %llu, seed %llu\n", rt.factory,
+		    (unsigned long long) rt.train_sample, (unsigned long long) seed);
+		printf("raw     load %.2f s  train %.2f s  add %.2f s  total %.2f s  (process %.2f s)  peak "
+		       "RSS %ld MiB\n",
+		    rt.load, rt.train, rt.add, rt.load + rt.train + rt.add, raw_wall,
+		    kib_to_mib(ru_raw.ru_maxrss));
 		fflush(stdout);
 	}
 
@@ -370,13 +375,15 @@ main(int argc, char **argv)
 	snprintf(vdir, sizeof(vdir), "%s/bench/CURRENT", work);
 	char real[PATH_MAX];
 	uint64_t idx_bytes = realpath(vdir, real) ? dir_bytes(real) : 0;
-	printf("candex  total %.2f s  peak RSS %ld MiB  (user %.1f s, sys %.1f s)  version on disk %.1f MiB\n", cdx_wall,
-	    kib_to_mib(ru.ru_maxrss), (double) ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
+	printf(
+	    "candex  total %.2f s  peak RSS %ld MiB  (user %.1f s, sys %.1f s)  version on disk %.1f MiB\n",
+	    cdx_wall, kib_to_mib(ru.ru_maxrss), (double) ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
 	    (double) ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, (double) idx_bytes / 1048576.0);
 	if (!skip_raw) {
 		double raw_total = rt.load + rt.train + rt.add;
 		printf("ratio   time %.3f x (vs load+train+add), %.3f x (vs train+add)   peak RSS %.3f x\n",
-		    cdx_wall / raw_total, cdx_wall / (rt.train + rt.add), (double) ru.ru_maxrss / (double) ru_raw.ru_maxrss);
+		    cdx_wall / raw_total, cdx_wall / (rt.train + rt.add),
+		    (double) ru.ru_maxrss / (double) ru_raw.ru_maxrss);
 	}
 	printf("rss-over-index  %ld MiB (candex peak RSS - version size on disk)\n",
 	    kib_to_mib(ru.ru_maxrss) - (long) (idx_bytes / 1048576));
