@@ -115,7 +115,8 @@ int cdx_truth_compute(struct cdx_truth *t, const struct cdx_recall_space *s, con
 
 /* cdx_recall_exact_qps times exact search, the baseline IVF-PQ is compared
  * with: a Faiss flat index over s->base, all queries at k in batches of 1024
- * (Faiss's OpenMP threads on every core), repeated until min_seconds. */
+ * (Faiss's OpenMP threads on every core), at least twice and until
+ * min_seconds; the fastest pass counts. */
 int cdx_recall_exact_qps(const struct cdx_recall_space *s, const float *queries, size_t nq, uint32_t k,
     double min_seconds, double *qps);
 

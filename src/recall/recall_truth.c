@@ -164,21 +164,27 @@ cdx_recall_exact_qps(const struct cdx_recall_space *s, const float *queries, siz
 	float *d = malloc(bmax * kk * sizeof(float));
 	idx_t *lab = malloc(bmax * kk * sizeof(idx_t));
 	int rc = d && lab ? CDX_OK : cdx_error(CDX_ENOMEM, "exact-search baseline");
-	uint64_t t0 = cdx_now_us(), done = 0;
-	while (rc == CDX_OK) {
+	/* as the sweep's QPS pass: at least two passes, until min_seconds, and
+	 * the fastest counts */
+	uint64_t t0 = cdx_now_us();
+	double best = 0;
+	for (int pass = 0; rc == CDX_OK; pass++) {
+		uint64_t p0 = cdx_now_us();
 		for (size_t b0 = 0; b0 < nq && rc == CDX_OK; b0 += TRUTH_BATCH) {
 			size_t bn = nq - b0 < TRUTH_BATCH ? nq - b0 : TRUTH_BATCH;
 			if (faiss_Index_search(flat, (idx_t) bn, queries + b0 * s->dim, (idx_t) kk, d, lab)
 			    != 0)
 				rc = cdx_error_faiss("exact-search baseline");
 		}
-		done += nq;
-		if ((double) (cdx_now_us() - t0) / 1e6 >= min_seconds)
+		double secs = (double) (cdx_now_us() - p0) / 1e6;
+		double q = secs > 0 ? (double) nq / secs : INFINITY;
+		if (q > best)
+			best = q;
+		if (pass >= 1 && (double) (cdx_now_us() - t0) / 1e6 >= min_seconds)
 			break;
 	}
-	double secs = (double) (cdx_now_us() - t0) / 1e6;
 	if (rc == CDX_OK)
-		*qps = secs > 0 ? (double) done / secs : INFINITY;
+		*qps = best;
 	free(d);
 	free(lab);
 	faiss_Index_free(flat);
