@@ -56,7 +56,8 @@ static const char usage_text[]
       "\n"
       "run:\n"
       "  --keep N             published versions to keep (default 3)\n"
-      "  --threads N          threads for Faiss/BLAS (default: all cores)\n"
+      "  --threads N          OpenMP threads for Faiss (default: all cores; BLAS runs single-threaded\n"
+    "                       inside them)\n"
       "  --work WORKDIR       work directory of the distributed steps (plan.json,\n"
       "                       trained.faissindex, shard outputs)\n"
       "  --shard I --of N     encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)\n"
@@ -307,10 +308,13 @@ cmd_build(int argc, char **argv)
 	}
 	if (o.quiet)
 		cdx_log_set_level(CDX_LOG_WARN);
-	if (o.threads > 0) {
+	/* Faiss parallelises around its sgemm calls with OpenMP; an OpenBLAS
+	 * thread pool of its own then fights the spinning OpenMP workers for
+	 * the same cores. Measured on 2 cores (sift 140k, IVF1024 training):
+	 * 24.6 s with both pools, 10.4 s with one BLAS thread. */
+	cdx_blas_set_threads(1);
+	if (o.threads > 0)
 		omp_set_num_threads(o.threads);
-		cdx_blas_set_threads(o.threads);
-	}
 	int rc = cdx_build_signals_start();
 	if (rc != CDX_OK)
 		return fail(rc);

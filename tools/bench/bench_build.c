@@ -4,14 +4,16 @@
  *
  *   bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR]
  *               [--train-sample N] [--seed N] [--refine KIND] [--shards N]
- *               [--candex PATH] [--work DIR] [--skip-raw]
+ *               [--candex PATH] [--work DIR] [--skip-raw] [--raw-blas-threads N]
  *   bench_build --generate N --dim D --out FILE.fvecs [--seed N]
  *
  * Raw Faiss runs in a forked child (so its peak RSS is its own): read the
  * whole fvecs into memory, faiss_index_factory, train on the rows candex
  * samples (cdx_build_sample, same seed), add all rows in one call.
  * candex runs as a child process (`candex build --quiet ...`); its peak RSS
- * comes from wait4(). Ratios are candex / raw.
+ * comes from wait4(). Ratios are candex / raw. candex build runs OpenBLAS
+ * single-threaded inside Faiss's OpenMP parallelism (see cmd_build.c); the
+ * raw baseline uses the library defaults unless --raw-blas-threads is given.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -187,6 +189,7 @@ main(int argc, char **argv)
 		{ "candex", required_argument, NULL, 'c' },
 		{ "work", required_argument, NULL, 'w' },
 		{ "skip-raw", no_argument, NULL, 'R' },
+		{ "raw-blas-threads", required_argument, NULL, 'B' },
 		{ "generate", required_argument, NULL, 'g' },
 		{ "dim", required_argument, NULL, 'd' },
 		{ "out", required_argument, NULL, 'o' },
@@ -195,7 +198,7 @@ main(int argc, char **argv)
 	};
 	const char *input = NULL, *factory = NULL, *candex = NULL, *work = NULL, *out = NULL,
 	           *refine = "none";
-	int metric = CDX_METRIC_L2, skip_raw = 0, c;
+	int metric = CDX_METRIC_L2, skip_raw = 0, raw_blas = 0, c;
 	uint64_t sample = 0, seed = CDX_BUILD_DEFAULT_SEED, gen = 0;
 	unsigned shards = 1, dim = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -232,6 +235,9 @@ main(int argc, char **argv)
 			break;
 		case 'R':
 			skip_raw = 1;
+			break;
+		case 'B':
+			raw_blas = atoi(optarg);
 			break;
 		case 'g':
 			gen = strtoull(optarg, NULL, 10);
@@ -296,6 +302,8 @@ main(int argc, char **argv)
 		pid_t pid = fork();
 		if (pid == 0) {
 			close(pfd[0]);
+			if (raw_blas > 0)
+				cdx_blas_set_threads(raw_blas);
 			run_raw(input, metric, factory, sample, seed, &rt);
 			ssize_t w = write(pfd[1], &rt, sizeof(rt));
 			_exit(w == (ssize_t) sizeof(rt) ? rt.rc : 1);
@@ -312,6 +320,7 @@ main(int argc, char **argv)
 		}
 		printf("factory %s, train sample %llu, seed %llu\n", rt.factory,
 		    (unsigned long long) rt.train_sample, (unsigned long long) seed);
+		printf("raw (BLAS threads: %s)\n", raw_blas > 0 ? (raw_blas == 1 ? "1" : "set") : "library default");
 		printf("raw     load %.2f s  train %.2f s  add %.2f s  total %.2f s  (process %.2f s)  peak "
 		       "RSS %ld MiB\n",
 		    rt.load, rt.train, rt.add, rt.load + rt.train + rt.add, raw_wall,
