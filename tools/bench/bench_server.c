@@ -38,6 +38,7 @@
 struct bench {
 	const char *index_dir, *collection, *queries_path;
 	uint32_t k, nprobe, threads, clients;
+	uint32_t batch; /* query vectors per request (and per in-process call) */
 	double seconds, load;
 	float *queries;
 	size_t nq;
@@ -82,8 +83,17 @@ pct(const struct lat *l, double p)
 
 struct result {
 	double qps, p50, p99;
+	double cpu_us; /* process CPU time per answered request, microseconds */
 	uint64_t errors;
 };
+
+static double
+process_cpu_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
+}
 
 struct worker {
 	struct bench *b;
@@ -113,11 +123,12 @@ inprocess_thread(void *arg)
 	struct worker *w = arg;
 	struct bench *b = w->b;
 	omp_set_num_threads(1);
-	struct cdx_hit *hits = malloc(b->k * sizeof(*hits));
+	struct cdx_hit *hits = malloc((size_t) b->batch * b->k * sizeof(*hits));
 	struct cdx_search_params p = { .k = b->k, .nprobe = b->nprobe };
 	for (size_t i = (size_t) w->id * 7919; !atomic_load(w->stop); i++) {
 		uint64_t t = cdx_now_us();
-		if (cdx_collection_search(b->coll, &p, b->queries + (i % b->nq) * b->dim, 1, hits) != CDX_OK)
+		size_t qi = (i * b->batch) % (b->nq - b->batch + 1);
+		if (cdx_collection_search(b->coll, &p, b->queries + qi * b->dim, b->batch, hits) != CDX_OK)
 			w->errors++;
 		lat_add(&w->lat, cdx_now_us() - t);
 	}
@@ -141,10 +152,10 @@ client_thread(void *arg)
 	double interval_us = w->open_loop ? 1e6 * (double) b->clients / b->rate : 0;
 	uint64_t start = w->t0 + (uint64_t) (interval_us * w->id / b->clients);
 	for (size_t i = 0; !atomic_load(w->stop); i++) {
-		size_t qi = ((size_t) w->id * 7919 + i) % b->nq;
+		size_t qi = (((size_t) w->id * 7919 + i) * b->batch) % (b->nq - b->batch + 1);
 		struct cdx_query q = { .collection = b->collection,
 			.vectors = b->queries + qi * b->dim,
-			.nvectors = 1,
+			.nvectors = b->batch,
 			.dim = b->dim,
 			.k = b->k,
 			.nprobe = b->nprobe };
@@ -182,11 +193,13 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	/* warm up for 10% of the time, then measure from a clean slate */
 	sleep_until(t0 + (uint64_t) (b->seconds * 1e5));
 	uint64_t m0 = cdx_now_us();
+	double c0 = process_cpu_us();
 	size_t *skip = calloc(nthreads, sizeof(*skip));
 	for (unsigned i = 0; i < nthreads; i++)
 		skip[i] = w[i].lat.n; /* racy read of a counter: only used as a rough cut */
 	sleep_until(m0 + (uint64_t) (b->seconds * 1e6));
 	uint64_t m1 = cdx_now_us();
+	double c1 = process_cpu_us();
 	size_t *end = calloc(nthreads, sizeof(*end));
 	for (unsigned i = 0; i < nthreads; i++)
 		end[i] = w[i].lat.n;
@@ -205,6 +218,7 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	r.qps = (double) all.n / ((double) (m1 - m0) / 1e6);
 	r.p50 = pct(&all, 0.50);
 	r.p99 = pct(&all, 0.99);
+	r.cpu_us = all.n ? (c1 - c0) / (double) all.n : 0;
 	free(all.v);
 	free(skip);
 	free(end);
@@ -263,14 +277,19 @@ usage(FILE *out)
 	    "  --threads N        server workers and in-process threads (0 = cores) [0]\n"
 	    "  --clients N        concurrent client threads [4 x threads]\n"
 	    "  --seconds S        measuring time per run [5]\n"
-	    "  --load F           open-loop rate as a fraction of saturation QPS [0.7]\n");
+	    "  --load F           open-loop rate as a fraction of saturation QPS [0.7]\n"
+	    "  --batch N          query vectors per request and per in-process call [1];\n"
+	    "                     QPS counts requests (x N for queries per second)\n"
+	    "  --url URL          measure an already running server at URL instead of starting one\n"
+	    "                     (its CPU time is not included in the client CPU column)\n");
 }
 
 int
 main(int argc, char **argv)
 {
 	cdx_process_init(argc, argv);
-	struct bench b = { .k = 100, .seconds = 5, .load = 0.7 };
+	struct bench b = { .k = 100, .seconds = 5, .load = 0.7, .batch = 1 };
+	const char *ext_url = NULL;
 	static const struct option lo[] = {
 		{ "index-dir", required_argument, NULL, 'd' },
 		{ "collection", required_argument, NULL, 'c' },
@@ -281,6 +300,8 @@ main(int argc, char **argv)
 		{ "clients", required_argument, NULL, 'C' },
 		{ "seconds", required_argument, NULL, 's' },
 		{ "load", required_argument, NULL, 'l' },
+		{ "url", required_argument, NULL, 'u' },
+		{ "batch", required_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -314,6 +335,12 @@ main(int argc, char **argv)
 		case 'l':
 			b.load = atof(optarg);
 			break;
+		case 'u':
+			ext_url = optarg;
+			break;
+		case 'b':
+			b.batch = (uint32_t) atoi(optarg);
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -343,50 +370,63 @@ main(int argc, char **argv)
 	}
 	const struct cdx_manifest *m = cdx_collection_manifest(b.coll);
 	uint32_t nprobe_used = cdx_collection_effective_nprobe(b.coll, b.nprobe);
-	printf("index %s/%s version %s: %llu x %u %s, %s, %u shard(s); %zu queries; k=%u nprobe=%u; "
+	if (b.batch > b.nq) {
+		fprintf(stderr, "bench_server: --batch %u > %zu queries\n", b.batch, b.nq);
+		return 2;
+	}
+	printf("index %s/%s version %s: %llu x %u %s, %s, %u shard(s); %zu queries; k=%u nprobe=%u batch=%u; "
 	       "%u workers/threads, %u clients, %.1f s per run\n\n",
 	    b.index_dir, b.collection, m->version, (unsigned long long) m->items, m->dim,
-	    cdx_metric_name(m->metric), m->factory, m->nshards, b.nq, b.k, nprobe_used, b.threads, b.clients,
-	    b.seconds);
+	    cdx_metric_name(m->metric), m->factory, m->nshards, b.nq, b.k, nprobe_used, b.batch, b.threads,
+	    b.clients, b.seconds);
 
 	struct result base = run(&b, inprocess_thread, b.threads, 0);
-	printf("| path | QPS | vs in-process | p50 ms | p99 ms | open loop at %.0f%%: QPS | p50 ms | p99 ms "
-	       "| errors |\n",
+	printf("| path | QPS | vs in-process | p50 ms | p99 ms | CPU µs/req (this process) "
+	       "| open loop at %.0f%%: QPS | p50 ms | p99 ms | errors |\n",
 	    100 * b.load);
-	printf("|---|---|---|---|---|---|---|---|---|\n");
-	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | | | | %llu |\n",
-	    b.threads, base.qps, base.p50, base.p99, (unsigned long long) base.errors);
+	printf("|---|---|---|---|---|---|---|---|---|---|\n");
+	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | %.0f | | | | "
+	       "%llu |\n",
+	    b.threads, base.qps, base.p50, base.p99, base.cpu_us, (unsigned long long) base.errors);
 	fflush(stdout);
 
 	struct cdx_server_config cfg;
 	cdx_server_config_init(&cfg);
 	char ipc[256], tcp[64];
-	snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
-	snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
-	cfg.index_dir = strdup(b.index_dir);
-	cfg.listen[0] = strdup(ipc);
-	cfg.listen[1] = strdup(tcp);
-	cfg.nlisten = 2;
-	cfg.threads = b.threads;
-	cfg.queue_max = 4 * b.clients; /* measure throughput, not admission */
-	cfg.max_k = b.k > 1000 ? b.k : 1000;
-	cfg.log_level = CDX_LOG_WARN;
-	cdx_server *srv;
-	if (cdx_server_start(&srv, &cfg) != CDX_OK) {
-		fprintf(stderr, "bench_server: %s\n", cdx_last_error());
-		return 1;
-	}
+	cdx_server *srv = NULL;
 	const char *urls[2] = { ipc, tcp };
 	const char *names[2] = { "ipc://", "tcp:// (loopback)" };
-	for (int t = 0; t < 2; t++) {
+	int nurls = 2;
+	if (ext_url != NULL) {
+		urls[0] = ext_url;
+		names[0] = ext_url;
+		nurls = 1;
+	} else {
+		snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
+		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
+		cfg.index_dir = strdup(b.index_dir);
+		cfg.listen[0] = strdup(ipc);
+		cfg.listen[1] = strdup(tcp);
+		cfg.nlisten = 2;
+		cfg.threads = b.threads;
+		cfg.queue_max = 4 * b.clients; /* measure throughput, not admission */
+		cfg.max_k = b.k > 1000 ? b.k : 1000;
+		cfg.log_level = CDX_LOG_WARN;
+		if (cdx_server_start(&srv, &cfg) != CDX_OK) {
+			fprintf(stderr, "bench_server: %s\n", cdx_last_error());
+			return 1;
+		}
+	}
+	for (int t = 0; t < nurls; t++) {
 		b.url = urls[t];
 		struct result sat = run(&b, client_thread, b.clients, 0);
 		b.rate = b.load * sat.qps;
 		struct result ol = run(&b, client_thread, b.clients, 1);
-		printf("| server over %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.3f | %.3f | %llu "
-		       "|\n",
-		    names[t], b.clients, sat.qps, sat.qps / base.qps, sat.p50, sat.p99, ol.qps, ol.p50,
-		    ol.p99, (unsigned long long) (sat.errors + ol.errors));
+		printf(
+		    "| %s %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.0f | %.3f | %.3f | %llu |\n",
+		    ext_url ? "external server at" : "server over", names[t], b.clients, sat.qps,
+		    sat.qps / base.qps, sat.p50, sat.p99, sat.cpu_us, ol.qps, ol.p50, ol.p99,
+		    (unsigned long long) (sat.errors + ol.errors));
 		fflush(stdout);
 	}
 	cdx_server_stop(srv);
