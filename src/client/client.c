@@ -1,9 +1,9 @@
 /*
  * client.c — the candex client library (include/candex/client.h).
  *
- * One nng REQ socket per client, dialed in the background; every call opens
- * its own nng context, so calls from several threads run concurrently over
- * the same connections. A call is: pack the Request, then up to 1 + retries
+ * One nng REQ socket per client, dialed in the background; every call uses
+ * its own nng context (taken from a pool of idle ones, or opened), so calls
+ * from several threads run concurrently over the same connections. A call is: pack the Request, then up to 1 + retries
  * attempts of send + receive under the per-attempt timeout, sleeping
  * backoff_ms, 2 x backoff_ms... between attempts that failed for a reason a
  * retry can fix (no answer in time, server unavailable or overloaded).
@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <pthread.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
@@ -33,6 +34,16 @@ struct cdx_client {
 	char *url;
 	uint64_t id_prefix; /* request ids are <prefix>-<seq> */
 	atomic_uint_fast64_t seq;
+	/* Idle (context, aio) pairs from finished calls: opening a context
+	 * and an aio per call costs more than the call's own messaging. */
+	pthread_mutex_t pool_mu;
+	struct client_slot *pool;
+};
+
+struct client_slot {
+	nng_ctx ctx;
+	nng_aio *aio;
+	struct client_slot *next;
 };
 
 static int CDX_PRINTF(3, 4) client_fail(struct cdx_client_error *err, int code, const char *fmt, ...)
@@ -81,6 +92,7 @@ cdx_client_open(
 	/* the TLS file names are only needed while dialing; do not keep them */
 	c->opts.tls_ca_file = c->opts.tls_cert_file = c->opts.tls_key_file = c->opts.tls_server_name = NULL;
 	c->id_prefix = cdx_mix64(cdx_now_us() ^ ((uint64_t) getpid() << 32) ^ (uint64_t) (uintptr_t) c);
+	pthread_mutex_init(&c->pool_mu, NULL);
 
 	if ((rv = nng_req0_open(&c->sock)) != 0) {
 		rc = client_fail(err, cdx__nng_code(rv), "cannot open REQ socket: %s", nng_strerror(rv));
@@ -123,6 +135,7 @@ fail:
 fail_nosock:
 	if (c->tls != NULL)
 		nng_tls_config_free(c->tls);
+	pthread_mutex_destroy(&c->pool_mu);
 	free(c->url);
 	free(c);
 	return rc;
@@ -133,11 +146,60 @@ cdx_client_close(cdx_client *c)
 {
 	if (c == NULL)
 		return;
-	nng_close(c->sock);
+	nng_close(c->sock); /* closes the pooled contexts too */
+	for (struct client_slot *sl = c->pool, *next; sl != NULL; sl = next) {
+		next = sl->next;
+		nng_aio_free(sl->aio);
+		free(sl);
+	}
 	if (c->tls != NULL)
 		nng_tls_config_free(c->tls);
+	pthread_mutex_destroy(&c->pool_mu);
 	free(c->url);
 	free(c);
+}
+
+static struct client_slot *
+slot_get(cdx_client *c, int *rv)
+{
+	pthread_mutex_lock(&c->pool_mu);
+	struct client_slot *sl = c->pool;
+	if (sl != NULL)
+		c->pool = sl->next;
+	pthread_mutex_unlock(&c->pool_mu);
+	if (sl != NULL)
+		return sl;
+	if ((sl = calloc(1, sizeof(*sl))) == NULL) {
+		*rv = NNG_ENOMEM;
+		return NULL;
+	}
+	if ((*rv = nng_aio_alloc(&sl->aio, NULL, NULL)) != 0) {
+		free(sl);
+		return NULL;
+	}
+	if ((*rv = nng_ctx_open(&sl->ctx, c->sock)) != 0) {
+		nng_aio_free(sl->aio);
+		free(sl);
+		return NULL;
+	}
+	return sl;
+}
+
+/* slot_put returns a context whose exchange completed to the pool; one
+ * that failed is closed, so that a late reply to it is dropped. */
+static void
+slot_put(cdx_client *c, struct client_slot *sl, int ok)
+{
+	if (!ok) {
+		nng_ctx_close(sl->ctx);
+		nng_aio_free(sl->aio);
+		free(sl);
+		return;
+	}
+	pthread_mutex_lock(&c->pool_mu);
+	sl->next = c->pool;
+	c->pool = sl;
+	pthread_mutex_unlock(&c->pool_mu);
 }
 
 /* roundtrip sends msg (always consumed) and waits for the reply within
@@ -145,39 +207,35 @@ cdx_client_close(cdx_client *c)
 static int
 roundtrip(cdx_client *c, nng_msg *msg, uint32_t timeout_ms, nng_msg **reply)
 {
-	nng_ctx ctx;
-	nng_aio *aio;
-	int rv;
+	int rv = 0;
 	uint64_t start = cdx_now_us();
 
 	*reply = NULL;
-	if ((rv = nng_aio_alloc(&aio, NULL, NULL)) != 0) {
+	struct client_slot *sl = slot_get(c, &rv);
+	if (sl == NULL) {
 		nng_msg_free(msg);
 		return rv;
 	}
-	if ((rv = nng_ctx_open(&ctx, c->sock)) != 0) {
-		nng_msg_free(msg);
-		nng_aio_free(aio);
-		return rv;
-	}
+	nng_aio *aio = sl->aio;
 	nng_aio_set_timeout(aio, (nng_duration) timeout_ms);
 	nng_aio_set_msg(aio, msg);
-	nng_ctx_send(ctx, aio);
+	nng_ctx_send(sl->ctx, aio);
 	nng_aio_wait(aio);
 	if ((rv = nng_aio_result(aio)) != 0) {
 		nng_msg_free(nng_aio_get_msg(aio));
+		nng_aio_set_msg(aio, NULL);
 		goto done;
 	}
 	uint64_t spent_ms = (cdx_now_us() - start) / 1000;
 	nng_aio_set_timeout(aio, spent_ms >= timeout_ms ? 1 : (nng_duration) (timeout_ms - spent_ms));
-	nng_ctx_recv(ctx, aio);
+	nng_ctx_recv(sl->ctx, aio);
 	nng_aio_wait(aio);
-	if ((rv = nng_aio_result(aio)) == 0)
+	if ((rv = nng_aio_result(aio)) == 0) {
 		*reply = nng_aio_get_msg(aio);
+		nng_aio_set_msg(aio, NULL);
+	}
 done:
-	/* closing the context abandons the request: a late reply is dropped */
-	nng_ctx_close(ctx);
-	nng_aio_free(aio);
+	slot_put(c, sl, rv == 0);
 	return rv;
 }
 
