@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +223,10 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 			goto fail;
 	}
 
+	/* Adding assigns vectors with one big sgemm per block, outside any
+	 * OpenMP region: give it every core (1M x 128 into IVF4096: 22.4 s
+	 * with one BLAS thread, 16.7 s with two and passive OpenMP waits). */
+	cdx_blas_set_threads(omp_get_max_threads());
 	char what[48];
 	snprintf(what, sizeof(what), p->nshards > 1 ? "encode %u/%u" : "encode", shard + 1, p->nshards);
 	struct cdx_progress pr;
