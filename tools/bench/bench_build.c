@@ -4,21 +4,27 @@
  *
  *   bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR]
  *               [--train-sample N] [--seed N] [--refine KIND] [--shards N]
- *               [--candex PATH] [--work DIR] [--skip-raw] [--raw-blas-threads N]
+ *               [--candex PATH] [--work DIR] [--skip-raw] [--raw-tuned]
  *   bench_build --generate N --dim D --out FILE.fvecs [--seed N]
  *
  * Raw Faiss runs in a forked child (so its peak RSS is its own): read the
  * whole fvecs into memory, faiss_index_factory, train on the rows candex
  * samples (cdx_build_sample, same seed), add all rows in one call.
  * candex runs as a child process (`candex build --quiet ...`); its peak RSS
- * comes from wait4(). Ratios are candex / raw. candex build runs OpenBLAS
- * single-threaded inside Faiss's OpenMP parallelism (see cmd_build.c); the
- * raw baseline uses the library defaults unless --raw-blas-threads is given.
+ * comes from wait4(). Ratios are candex / raw.
+ *
+ * Thread settings matter more than anything else here (see cmd_build.c,
+ * train.c, encode.c): candex build runs with OMP_WAIT_POLICY=passive, one
+ * BLAS thread while training and all while adding. The raw baseline gets the
+ * libraries' defaults, unless --raw-tuned (the same per-phase BLAS threads;
+ * start bench_build with OMP_WAIT_POLICY=passive to match the OpenMP side,
+ * which is fixed when the process starts): that compares the code alone.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <omp.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +56,7 @@ secs_since(uint64_t t0)
 
 /* run_raw is the baseline, in the forked child. */
 static void
-run_raw(const char *input, int metric, const char *factory_opt, uint64_t sample_opt, uint64_t seed,
+run_raw(const char *input, int metric, const char *factory_opt, uint64_t sample_opt, uint64_t seed, int tuned,
     struct raw_times *t)
 {
 	memset(t, 0, sizeof(*t));
@@ -91,6 +97,8 @@ run_raw(const char *input, int metric, const char *factory_opt, uint64_t sample_
 		t->rc = 1;
 		return;
 	}
+	if (tuned)
+		cdx_blas_set_threads(1);
 	if (!faiss_Index_is_trained(idx)) {
 		uint64_t *rows = malloc(p.train_sample * sizeof(uint64_t));
 		float *xs = malloc(p.train_sample * d * sizeof(float));
@@ -106,6 +114,8 @@ run_raw(const char *input, int metric, const char *factory_opt, uint64_t sample_
 		free(rows);
 	}
 	t->train = secs_since(t0);
+	if (tuned)
+		cdx_blas_set_threads(omp_get_max_threads());
 	t0 = cdx_now_us();
 	if (faiss_Index_add(idx, (idx_t) n, x) != 0) {
 		fprintf(stderr, "raw: add: %s\n", faiss_get_last_error());
@@ -189,7 +199,7 @@ main(int argc, char **argv)
 		{ "candex", required_argument, NULL, 'c' },
 		{ "work", required_argument, NULL, 'w' },
 		{ "skip-raw", no_argument, NULL, 'R' },
-		{ "raw-blas-threads", required_argument, NULL, 'B' },
+		{ "raw-tuned", no_argument, NULL, 'B' },
 		{ "generate", required_argument, NULL, 'g' },
 		{ "dim", required_argument, NULL, 'd' },
 		{ "out", required_argument, NULL, 'o' },
@@ -198,7 +208,7 @@ main(int argc, char **argv)
 	};
 	const char *input = NULL, *factory = NULL, *candex = NULL, *work = NULL, *out = NULL,
 	           *refine = "none";
-	int metric = CDX_METRIC_L2, skip_raw = 0, raw_blas = 0, c;
+	int metric = CDX_METRIC_L2, skip_raw = 0, raw_tuned = 0, c;
 	uint64_t sample = 0, seed = CDX_BUILD_DEFAULT_SEED, gen = 0;
 	unsigned shards = 1, dim = 0;
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -237,7 +247,7 @@ main(int argc, char **argv)
 			skip_raw = 1;
 			break;
 		case 'B':
-			raw_blas = atoi(optarg);
+			raw_tuned = 1;
 			break;
 		case 'g':
 			gen = strtoull(optarg, NULL, 10);
@@ -302,9 +312,7 @@ main(int argc, char **argv)
 		pid_t pid = fork();
 		if (pid == 0) {
 			close(pfd[0]);
-			if (raw_blas > 0)
-				cdx_blas_set_threads(raw_blas);
-			run_raw(input, metric, factory, sample, seed, &rt);
+			run_raw(input, metric, factory, sample, seed, raw_tuned, &rt);
 			ssize_t w = write(pfd[1], &rt, sizeof(rt));
 			_exit(w == (ssize_t) sizeof(rt) ? rt.rc : 1);
 		}
@@ -320,7 +328,10 @@ main(int argc, char **argv)
 		}
 		printf("factory %s, train sample %llu, seed %llu\n", rt.factory,
 		    (unsigned long long) rt.train_sample, (unsigned long long) seed);
-		printf("raw (BLAS threads: %s)\n", raw_blas > 0 ? (raw_blas == 1 ? "1" : "set") : "library default");
+		const char *pol = getenv("OMP_WAIT_POLICY");
+		printf("raw     threads: %s, OMP_WAIT_POLICY=%s\n",
+		    raw_tuned ? "BLAS 1 for train, all for add (as candex)" : "library defaults",
+		    pol ? pol : "(unset)");
 		printf("raw     load %.2f s  train %.2f s  add %.2f s  total %.2f s  (process %.2f s)  peak "
 		       "RSS %ld MiB\n",
 		    rt.load, rt.train, rt.add, rt.load + rt.train + rt.add, raw_wall,
