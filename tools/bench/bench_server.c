@@ -83,7 +83,8 @@ pct(const struct lat *l, double p)
 
 struct result {
 	double qps, p50, p99;
-	double cpu_us; /* process CPU time per answered request, microseconds */
+	double srv_p50, srv_p99; /* server-side (SearchResponse.server_time_us), ms */
+	double cpu_us;           /* process CPU time per answered request, microseconds */
 	uint64_t errors;
 };
 
@@ -99,6 +100,7 @@ struct worker {
 	struct bench *b;
 	int id;
 	struct lat lat;
+	struct lat srv; /* server_time_us of the same requests */
 	uint64_t errors;
 	atomic_int *stop;
 	uint64_t t0;
@@ -130,7 +132,9 @@ inprocess_thread(void *arg)
 		size_t qi = (i * b->batch) % (b->nq - b->batch + 1);
 		if (cdx_collection_search(b->coll, &p, b->queries + qi * b->dim, b->batch, hits) != CDX_OK)
 			w->errors++;
-		lat_add(&w->lat, cdx_now_us() - t);
+		uint64_t us = cdx_now_us() - t;
+		lat_add(&w->lat, us);
+		lat_add(&w->srv, us);
 	}
 	free(hits);
 	return NULL;
@@ -169,8 +173,10 @@ client_thread(void *arg)
 		struct cdx_result *r = NULL;
 		if (cdx_client_search(c, &q, &r, &err) != CDX_OK)
 			w->errors++;
-		else
+		else {
 			lat_add(&w->lat, cdx_now_us() - t);
+			lat_add(&w->srv, r->server_time_us);
+		}
 		cdx_result_free(r);
 	}
 	cdx_client_close(c);
@@ -206,15 +212,22 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	atomic_store(&stop, 1);
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_join(th[i], NULL);
-	struct lat all = { 0 };
+	struct lat all = { 0 }, srv = { 0 };
 	struct result r = { 0 };
 	for (unsigned i = 0; i < nthreads; i++) {
-		for (size_t j = skip[i]; j < end[i] && j < w[i].lat.n; j++)
+		for (size_t j = skip[i]; j < end[i] && j < w[i].lat.n; j++) {
 			lat_add(&all, w[i].lat.v[j]);
+			lat_add(&srv, w[i].srv.v[j]);
+		}
 		r.errors += w[i].errors;
 		free(w[i].lat.v);
+		free(w[i].srv.v);
 	}
 	qsort(all.v, all.n, sizeof(*all.v), cmp_u64);
+	qsort(srv.v, srv.n, sizeof(*srv.v), cmp_u64);
+	r.srv_p50 = pct(&srv, 0.50);
+	r.srv_p99 = pct(&srv, 0.99);
+	free(srv.v);
 	r.qps = (double) all.n / ((double) (m1 - m0) / 1e6);
 	r.p50 = pct(&all, 0.50);
 	r.p99 = pct(&all, 0.99);
@@ -280,6 +293,7 @@ usage(FILE *out)
 	    "  --load F           open-loop rate as a fraction of saturation QPS [0.7]\n"
 	    "  --batch N          query vectors per request and per in-process call [1];\n"
 	    "                     QPS counts requests (x N for queries per second)\n"
+	    "  --rate R           open loop at R requests/s instead of --load x saturation (skips it)\n"
 	    "  --url URL          measure an already running server at URL instead of starting one\n"
 	    "                     (its CPU time is not included in the client CPU column)\n");
 }
@@ -290,6 +304,7 @@ main(int argc, char **argv)
 	cdx_process_init(argc, argv);
 	struct bench b = { .k = 100, .seconds = 5, .load = 0.7, .batch = 1 };
 	const char *ext_url = NULL;
+	double fixed_rate = 0;
 	static const struct option lo[] = {
 		{ "index-dir", required_argument, NULL, 'd' },
 		{ "collection", required_argument, NULL, 'c' },
@@ -302,6 +317,7 @@ main(int argc, char **argv)
 		{ "load", required_argument, NULL, 'l' },
 		{ "url", required_argument, NULL, 'u' },
 		{ "batch", required_argument, NULL, 'b' },
+		{ "rate", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -340,6 +356,9 @@ main(int argc, char **argv)
 			break;
 		case 'b':
 			b.batch = (uint32_t) atoi(optarg);
+			break;
+		case 'r':
+			fixed_rate = atof(optarg);
 			break;
 		case 'h':
 			usage(stdout);
@@ -381,12 +400,13 @@ main(int argc, char **argv)
 	    b.clients, b.seconds);
 
 	struct result base = run(&b, inprocess_thread, b.threads, 0);
-	printf("| path | QPS | vs in-process | p50 ms | p99 ms | CPU µs/req (this process) "
-	       "| open loop at %.0f%%: QPS | p50 ms | p99 ms | errors |\n",
+	printf("| path | QPS | vs in-process | p50 ms | p99 ms | CPU µs/req (this process) | open loop at "
+	       "%.0f%%: "
+	       "QPS | p50 ms | p99 ms | server-side p50 ms | server-side p99 ms | errors |\n",
 	    100 * b.load);
-	printf("|---|---|---|---|---|---|---|---|---|---|\n");
-	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | %.0f | | | | "
-	       "%llu |\n",
+	printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | %.0f | | | | | "
+	       "| %llu |\n",
 	    b.threads, base.qps, base.p50, base.p99, base.cpu_us, (unsigned long long) base.errors);
 	fflush(stdout);
 
@@ -419,14 +439,19 @@ main(int argc, char **argv)
 	}
 	for (int t = 0; t < nurls; t++) {
 		b.url = urls[t];
-		struct result sat = run(&b, client_thread, b.clients, 0);
-		b.rate = b.load * sat.qps;
+		struct result sat = { 0 };
+		if (fixed_rate > 0) {
+			b.rate = fixed_rate;
+		} else {
+			sat = run(&b, client_thread, b.clients, 0);
+			b.rate = b.load * sat.qps;
+		}
 		struct result ol = run(&b, client_thread, b.clients, 1);
-		printf(
-		    "| %s %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.0f | %.3f | %.3f | %llu |\n",
+		printf("| %s %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.0f | %.3f | %.3f | %.3f | "
+		       "%.3f | %llu |\n",
 		    ext_url ? "external server at" : "server over", names[t], b.clients, sat.qps,
-		    sat.qps / base.qps, sat.p50, sat.p99, sat.cpu_us, ol.qps, ol.p50, ol.p99,
-		    (unsigned long long) (sat.errors + ol.errors));
+		    sat.qps / base.qps, sat.p50, sat.p99, sat.cpu_us, ol.qps, ol.p50, ol.p99, ol.srv_p50,
+		    ol.srv_p99, (unsigned long long) (sat.errors + ol.errors));
 		fflush(stdout);
 	}
 	cdx_server_stop(srv);
