@@ -97,6 +97,9 @@ exact_topk(const float *base, size_t n, size_t dim, const float *q, int cosine, 
 	}
 }
 
+/* The recall the demo's queries ask the server for (see operating points). */
+#define DEMO_RECALL_TARGET "0.9"
+
 struct demo_collection {
 	const char *name;
 	const char *metric;
@@ -127,7 +130,7 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	int rc = 0;
 	for (size_t u = 0; u < nqueries; u++) {
 		struct cdx_query q = {.collection = dc->name, .vectors = users + u * dim, .nvectors = 1,
-			.dim = (uint32_t) dim, .k = (uint32_t) k};
+			.dim = (uint32_t) dim, .k = (uint32_t) k, .recall_target = (float) atof(DEMO_RECALL_TARGET)};
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
 		uint64_t t0 = cdx_now_us();
@@ -146,7 +149,9 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 				if (qr->hits[i].id == truth[j])
 					found++;
 		if (u < nshow) {
-			printf("\n%s for user %zu (index %s, nprobe %u):\n", dc->name, u, r->index_version, r->nprobe);
+			printf("\n%s for user %zu (index %s; recall target %.2f -> nprobe %u, refine x%g):\n",
+			    dc->name, u, r->index_version, (double) r->recall_target, r->nprobe,
+			    (double) r->refine_factor);
 			printf("  %-4s %-8s %-40s %s\n", "rank", "id", "key", "score");
 			for (size_t i = 0; i < qr->nhits; i++)
 				printf("  %-4zu %-8lld %-40s %.4f\n", i + 1, (long long) qr->hits[i].id, qr->hits[i].key,
@@ -169,10 +174,11 @@ usage(FILE *out)
 	    "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
 	    "Runs the main job end to end on the embedded sample catalogue:\n"
 	    "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
-	    "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos), published versions\n"
+	    "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos), published versions;\n"
+	    "     candex recall --target " DEMO_RECALL_TARGET " --save picks each one's operating point\n"
 	    "  3. candex serve    on an ipc:// socket\n"
-	    "  4. queries through the client library: top-10 candidates with keys, and\n"
-	    "     recall@10 against exact search\n"
+	    "  4. queries through the client library, asking for recall " DEMO_RECALL_TARGET ": top-10\n"
+	    "     candidates with keys, and recall@10 measured against exact search\n"
 	    "  5. SIGTERM: the server drains and exits 0\n\n"
 	    "  --index-dir DIR  where indexes go (default index-data)\n"
 	    "  --queries N      user queries per collection for recall (default 200)\n"
@@ -255,6 +261,23 @@ cmd_demo(int argc, char **argv)
 			fprintf(stderr, "candex demo: build of %s failed\n", dc->name);
 			return CLI_EXIT_FAIL;
 		}
+		/* Operating points: measure recall against exact search on the
+		 * tuning users and save the cheapest setting reaching the target
+		 * into the manifest; queries then ask for a recall, not an nprobe. */
+		char coll_dir[PATH_MAX], tune[PATH_MAX];
+		if (cdx_pathf(coll_dir, sizeof(coll_dir), "%s/%s", index_dir, dc->name) != CDX_OK ||
+		    cdx_pathf(tune, sizeof(tune), "%s/users-%s-tune.fvecs", sample_dir, dc->name) != CDX_OK) {
+			fprintf(stderr, "candex demo: %s\n", cdx_last_error());
+			return CLI_EXIT_FAIL;
+		}
+		printf("== 2/5 operating point for %s: recall@10 >= %s (candex recall --target --save)\n",
+		    dc->name, DEMO_RECALL_TARGET);
+		fflush(stdout);
+		char *recall_args[] = {"candex", "recall", "--index", coll_dir, "--base", input, "--queries", tune,
+			"--max-queries", "300", "--k", "10", "--nprobe", "8,16,32,64,128,256,512", "--refine",
+			"0,4,8,16", "--target", DEMO_RECALL_TARGET, "--save", "--quiet", NULL};
+		if (run_self(recall_args) != 0)
+			printf("   (target not reached by any setting: queries fall back to the best point)\n");
 	}
 
 	snprintf(url, sizeof(url), "ipc:///tmp/candex-demo-%d.sock", (int) getpid());

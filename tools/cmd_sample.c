@@ -112,7 +112,16 @@ generate(const char *dir, const struct catalogue *cat, size_t nusers, uint64_t s
 			goto done;
 		}
 	}
-	for (size_t u = 0; u < nusers; u++) {
+	/* A second, disjoint set of users to tune operating points on, so that
+	 * recall measured on the first set is not measured on what was tuned. */
+	snprintf(path, sizeof(path), "%s/users-%s-tune.fvecs", dir, cat->name);
+	FILE *ft = fopen(path, "wb");
+	if (ft == NULL) {
+		rc = cdx_error_errno(CDX_EIO, "create %s", path);
+		goto done;
+	}
+	for (size_t u = 0; u < 2 * nusers; u++) {
+		FILE *out = u < nusers ? fu : ft;
 		/* a user likes one to three genres, weighted by genre size */
 		size_t likes = 1 + cdx_rng_next(&rng) % 3;
 		memset(v, 0, dim * sizeof(float));
@@ -123,10 +132,15 @@ generate(const char *dir, const struct catalogue *cat, size_t nusers, uint64_t s
 		}
 		for (size_t j = 0; j < dim; j++)
 			v[j] += 0.3f * (float) cdx_rng_normal(&rng);
-		if (write_fvecs_row(fu, v, dim) != 0) {
+		if (write_fvecs_row(out, v, dim) != 0) {
 			rc = cdx_error_errno(CDX_EIO, "write %s", dir);
+			fclose(ft);
 			goto done;
 		}
+	}
+	if (fclose(ft) != 0) {
+		rc = cdx_error_errno(CDX_EIO, "close %s", path);
+		goto done;
 	}
 done:
 	if (fv != NULL && fclose(fv) != 0 && rc == CDX_OK)
@@ -150,6 +164,7 @@ usage(FILE *out)
 	    "  DIR/tracks.fvecs   N x 64 track embeddings (inner-product space), DIR/tracks.keys\n"
 	    "  DIR/podcasts.fvecs N x 48 podcast embeddings (cosine space), DIR/podcasts.keys\n"
 	    "  DIR/users-tracks.fvecs, DIR/users-podcasts.fvecs   user (query) vectors\n"
+	    "  DIR/users-*-tune.fvecs   as many other users, to tune operating points on\n"
 	    "Keys look like spotify:track:<22 chars>. Clusters are Zipf-sized and norms\n"
 	    "grow with popularity, as in real catalogues.\n\n"
 	    "  --out DIR       output directory (default index-data/sample)\n"

@@ -24,16 +24,17 @@ test_demo_end_to_end(void **state)
 {
 	(void) state;
 	char *dir = tu_tmpdir("demo"), *out = NULL;
-	int rc = tu_run(&out, "%s demo --index-dir %s --tracks 20000 --podcasts 3000 --queries 100", CANDEX_BIN, dir);
+	int rc = tu_run(&out, "%s demo --index-dir %s --tracks 20000 --podcasts 12000 --queries 100", CANDEX_BIN, dir);
 	if (rc != 0)
 		fprintf(stderr, "%s\n", out);
 	assert_int_equal(rc, 0);
 	assert_non_null(strstr(out, "spotify:track:"));
 	assert_non_null(strstr(out, "spotify:show:"));
 	double rt = recall_after(out, "\ntracks: "), rp = recall_after(out, "\npodcasts: ");
-	/* fp16 refine with the default factor re-ranks exactly: recall is high */
-	assert_true(rt > 0.8);
-	assert_true(rp > 0.8);
+	/* queries ask for recall 0.9: the operating point the demo saved must deliver it
+	 * on other users, within sampling noise */
+	assert_true(rt > 0.85);
+	assert_true(rp > 0.85);
 	assert_non_null(strstr(out, "server exited cleanly (0)"));
 	free(out);
 	tu_rmdir(dir);
