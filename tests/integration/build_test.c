@@ -668,7 +668,7 @@ test_disk_full(void **state)
 		skip();
 	}
 	float *x = gen("big.fvecs", 6000, 64, 7);
-	gen("small.fvecs", 400, 64, 8);
+	free(gen("small.fvecs", 400, 64, 8));
 	/* a small version fits (400 x 64 Flat ~ 100 kB) ... */
 	build_ok("--input %s/small.fvecs --collection full --metric l2 --out %s --quiet", root, mnt);
 	char *coll = pathf("%s/full", mnt);
