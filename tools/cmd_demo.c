@@ -25,6 +25,7 @@
 
 #include "cli.h"
 #include "common/common.h"
+#include "recall/recall.h"
 
 /* run_self runs `candex <args...>` and waits; returns its exit status. */
 static int
@@ -42,29 +43,6 @@ run_self(char *const args[])
 		if (errno != EINTR)
 			return -1;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-static float *
-read_fvecs(const char *path, size_t *n, size_t *dim)
-{
-	char *data;
-	size_t len;
-	if (cdx_read_file(path, &data, &len) != CDX_OK || len < 4)
-		return NULL;
-	int32_t d;
-	memcpy(&d, data, 4);
-	size_t row = 4 + (size_t) d * 4;
-	if (d <= 0 || len % row != 0) {
-		free(data);
-		return NULL;
-	}
-	*n = len / row;
-	*dim = (size_t) d;
-	float *x = malloc(*n * *dim * sizeof(float));
-	for (size_t i = 0; x != NULL && i < *n; i++)
-		memcpy(x + i * *dim, data + i * row + 4, *dim * 4);
-	free(data);
-	return x;
 }
 
 /* Exact top-k row numbers by brute force, for the recall figure. */
@@ -111,18 +89,18 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
     size_t nshow)
 {
 	char path[PATH_MAX];
-	size_t n, dim, nu, udim;
-	float *base = NULL, *users = NULL;
-	if (cdx_pathf(path, sizeof(path), "%s/%s.fvecs", sample_dir, dc->name) == CDX_OK)
-		base = read_fvecs(path, &n, &dim);
-	if (cdx_pathf(path, sizeof(path), "%s/users-%s.fvecs", sample_dir, dc->name) == CDX_OK)
-		users = read_fvecs(path, &nu, &udim);
-	if (base == NULL || users == NULL || udim != dim) {
-		fprintf(stderr, "candex demo: cannot read %s sample files\n", dc->name);
-		free(base);
-		free(users);
+	struct cdx_vecs bv = {0}, uv = {0};
+	if (cdx_pathf(path, sizeof(path), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK ||
+	    cdx_vecs_read(&bv, path, 0) != CDX_OK ||
+	    cdx_pathf(path, sizeof(path), "%s/users-%s.fvecs", sample_dir, dc->name) != CDX_OK ||
+	    cdx_vecs_read(&uv, path, 0) != CDX_OK || uv.dim != bv.dim) {
+		fprintf(stderr, "candex demo: cannot read %s sample files: %s\n", dc->name, cdx_last_error());
+		cdx_vecs_fini(&bv);
+		cdx_vecs_fini(&uv);
 		return -1;
 	}
+	const float *base = bv.x, *users = uv.x;
+	size_t n = bv.n, dim = bv.dim, nu = uv.n;
 	nqueries = CDX_MIN(nqueries, nu);
 	const size_t k = 10;
 	size_t found = 0;
@@ -162,8 +140,8 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	if (rc == CDX_OK)
 		printf("\n%s: recall@10 = %.4f over %zu user queries (exact search as truth), mean latency %.2f ms\n",
 		    dc->name, (double) found / (double) (nqueries * k), nqueries, lat_total / (double) nqueries / 1000.0);
-	free(base);
-	free(users);
+	cdx_vecs_fini(&bv);
+	cdx_vecs_fini(&uv);
 	return rc == CDX_OK ? 0 : -1;
 }
 
