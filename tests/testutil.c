@@ -102,7 +102,7 @@ tu_run(char **output, const char *fmt, ...)
 	free(full);
 	if (p == NULL)
 		return -1;
-	cdx_buf out = {0};
+	cdx_buf out = { 0 };
 	char chunk[4096];
 	size_t got;
 	while ((got = fread(chunk, 1, sizeof(chunk), p)) > 0)

@@ -35,6 +35,7 @@ int tu_run(char **output, const char *fmt, ...) __attribute__((format(printf, 2,
 
 /* tu_exact_knn computes exact top-k rows (for l2: smallest squared
  * distance; ip: largest inner product) of q among x, by brute force. */
-void tu_exact_knn(const float *x, size_t n, size_t dim, const float *q, size_t k, int metric_ip, int64_t *out);
+void tu_exact_knn(
+    const float *x, size_t n, size_t dim, const float *q, size_t k, int metric_ip, int64_t *out);
 
 #endif

@@ -14,20 +14,21 @@ struct subcommand {
 };
 
 static const struct subcommand subcommands[] = {
-	{"build", cmd_build, "quantize embeddings into IVF-PQ shards and publish a version"},
-	{"inspect", cmd_inspect, "verify checksums and show a version's manifest and stats"},
-	{"serve", cmd_serve, "serve every collection of an index directory over nng"},
-	{"query", cmd_query, "ask a server for the top-k candidates of vectors or keys"},
-	{"recall", cmd_recall, "measure recall, latency and QPS; pick operating points"},
-	{"sample", cmd_sample, "generate the embedded sample catalogue (tracks, podcasts)"},
-	{"demo", cmd_demo, "sample -> build -> serve -> query -> recall, end to end"},
+	{ "build", cmd_build, "quantize embeddings into IVF-PQ shards and publish a version" },
+	{ "inspect", cmd_inspect, "verify checksums and show a version's manifest and stats" },
+	{ "serve", cmd_serve, "serve every collection of an index directory over nng" },
+	{ "query", cmd_query, "ask a server for the top-k candidates of vectors or keys" },
+	{ "recall", cmd_recall, "measure recall, latency and QPS; pick operating points" },
+	{ "sample", cmd_sample, "generate the embedded sample catalogue (tracks, podcasts)" },
+	{ "demo", cmd_demo, "sample -> build -> serve -> query -> recall, end to end" },
 };
 
 static void
 usage(FILE *out)
 {
-	fprintf(out, "usage: candex <command> [options]   (candex <command> --help for details)\n\n"
-		     "commands:\n");
+	fprintf(out,
+	    "usage: candex <command> [options]   (candex <command> --help for details)\n\n"
+	    "commands:\n");
 	for (size_t i = 0; i < CDX_ARRAY_LEN(subcommands); i++)
 		fprintf(out, "  %-8s %s\n", subcommands[i].name, subcommands[i].summary);
 	fprintf(out, "\ncandex %s\n", CANDEX_VERSION);

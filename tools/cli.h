@@ -14,8 +14,8 @@ int cmd_recall(int argc, char **argv);  /* tools/cmd_recall.c */
 int cmd_sample(int argc, char **argv);  /* tools/cmd_sample.c: the embedded demo catalogue */
 int cmd_demo(int argc, char **argv);    /* tools/cmd_demo.c: the README's main job */
 
-#define CLI_EXIT_OK 0
-#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_OK    0
+#define CLI_EXIT_FAIL  1
 #define CLI_EXIT_USAGE 2
 
 /* cli_wants_help is true when argv has -h or --help. */

@@ -85,15 +85,15 @@ struct demo_collection {
 };
 
 static int
-query_collection(cdx_client *client, const char *sample_dir, const struct demo_collection *dc, size_t nqueries,
-    size_t nshow)
+query_collection(cdx_client *client, const char *sample_dir, const struct demo_collection *dc,
+    size_t nqueries, size_t nshow)
 {
 	char path[PATH_MAX];
-	struct cdx_vecs bv = {0}, uv = {0};
-	if (cdx_pathf(path, sizeof(path), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK ||
-	    cdx_vecs_read(&bv, path, 0) != CDX_OK ||
-	    cdx_pathf(path, sizeof(path), "%s/users-%s.fvecs", sample_dir, dc->name) != CDX_OK ||
-	    cdx_vecs_read(&uv, path, 0) != CDX_OK || uv.dim != bv.dim) {
+	struct cdx_vecs bv = { 0 }, uv = { 0 };
+	if (cdx_pathf(path, sizeof(path), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK
+	    || cdx_vecs_read(&bv, path, 0) != CDX_OK
+	    || cdx_pathf(path, sizeof(path), "%s/users-%s.fvecs", sample_dir, dc->name) != CDX_OK
+	    || cdx_vecs_read(&uv, path, 0) != CDX_OK || uv.dim != bv.dim) {
 		fprintf(stderr, "candex demo: cannot read %s sample files: %s\n", dc->name, cdx_last_error());
 		cdx_vecs_fini(&bv);
 		cdx_vecs_fini(&uv);
@@ -107,8 +107,12 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	double lat_total = 0;
 	int rc = 0;
 	for (size_t u = 0; u < nqueries; u++) {
-		struct cdx_query q = {.collection = dc->name, .vectors = users + u * dim, .nvectors = 1,
-			.dim = (uint32_t) dim, .k = (uint32_t) k, .recall_target = (float) atof(DEMO_RECALL_TARGET)};
+		struct cdx_query q = { .collection = dc->name,
+			.vectors = users + u * dim,
+			.nvectors = 1,
+			.dim = (uint32_t) dim,
+			.k = (uint32_t) k,
+			.recall_target = (float) atof(DEMO_RECALL_TARGET) };
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
 		uint64_t t0 = cdx_now_us();
@@ -132,14 +136,16 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 			    (double) r->refine_factor);
 			printf("  %-4s %-8s %-40s %s\n", "rank", "id", "key", "score");
 			for (size_t i = 0; i < qr->nhits; i++)
-				printf("  %-4zu %-8lld %-40s %.4f\n", i + 1, (long long) qr->hits[i].id, qr->hits[i].key,
-				    (double) qr->hits[i].score);
+				printf("  %-4zu %-8lld %-40s %.4f\n", i + 1, (long long) qr->hits[i].id,
+				    qr->hits[i].key, (double) qr->hits[i].score);
 		}
 		cdx_result_free(r);
 	}
 	if (rc == CDX_OK)
-		printf("\n%s: recall@10 = %.4f over %zu user queries (exact search as truth), mean latency %.2f ms\n",
-		    dc->name, (double) found / (double) (nqueries * k), nqueries, lat_total / (double) nqueries / 1000.0);
+		printf("\n%s: recall@10 = %.4f over %zu user queries (exact search as truth), mean latency "
+		       "%.2f ms\n",
+		    dc->name, (double) found / (double) (nqueries * k), nqueries,
+		    lat_total / (double) nqueries / 1000.0);
 	cdx_vecs_fini(&bv);
 	cdx_vecs_fini(&uv);
 	return rc == CDX_OK ? 0 : -1;
@@ -171,10 +177,10 @@ cmd_demo(int argc, char **argv)
 	const char *index_dir = "index-data";
 	const char *ntracks = "100000", *npodcasts = "10000";
 	size_t nqueries = 200, nshow = 2;
-	static const struct option opts[] = {{"index-dir", required_argument, 0, 'd'},
-		{"queries", required_argument, 0, 'q'}, {"show", required_argument, 0, 's'},
-		{"tracks", required_argument, 0, 't'}, {"podcasts", required_argument, 0, 'p'},
-		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+	static const struct option opts[] = { { "index-dir", required_argument, 0, 'd' },
+		{ "queries", required_argument, 0, 'q' }, { "show", required_argument, 0, 's' },
+		{ "tracks", required_argument, 0, 't' }, { "podcasts", required_argument, 0, 'p' },
+		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
 	int ch;
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -207,8 +213,8 @@ cmd_demo(int argc, char **argv)
 		return CLI_EXIT_USAGE;
 	}
 	static const struct demo_collection collections[] = {
-		{"tracks", "ip", 0},
-		{"podcasts", "cos", 1},
+		{ "tracks", "ip", 0 },
+		{ "podcasts", "cos", 1 },
 	};
 	char sample_dir[PATH_MAX], input[PATH_MAX], keys[PATH_MAX], url[PATH_MAX];
 	if (cdx_pathf(sample_dir, sizeof(sample_dir), "%s/sample", index_dir) != CDX_OK) {
@@ -218,8 +224,8 @@ cmd_demo(int argc, char **argv)
 
 	printf("== 1/5 sample catalogue -> %s\n", sample_dir);
 	fflush(stdout);
-	char *sample_args[] = {"candex", "sample", "--out", sample_dir, "--tracks", (char *) ntracks, "--podcasts",
-		(char *) npodcasts, NULL};
+	char *sample_args[] = { "candex", "sample", "--out", sample_dir, "--tracks", (char *) ntracks,
+		"--podcasts", (char *) npodcasts, NULL };
 	if (run_self(sample_args) != 0)
 		return CLI_EXIT_FAIL;
 
@@ -227,14 +233,14 @@ cmd_demo(int argc, char **argv)
 		const struct demo_collection *dc = &collections[i];
 		printf("== 2/5 build %s (%s) -> %s/%s\n", dc->name, dc->metric, index_dir, dc->name);
 		fflush(stdout);
-		if (cdx_pathf(input, sizeof(input), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK ||
-		    cdx_pathf(keys, sizeof(keys), "%s/%s.keys", sample_dir, dc->name) != CDX_OK) {
+		if (cdx_pathf(input, sizeof(input), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK
+		    || cdx_pathf(keys, sizeof(keys), "%s/%s.keys", sample_dir, dc->name) != CDX_OK) {
 			fprintf(stderr, "candex demo: %s\n", cdx_last_error());
 			return CLI_EXIT_FAIL;
 		}
-		char *build_args[] = {"candex", "build", "--input", input, "--keys", keys, "--collection",
-			(char *) dc->name, "--metric", (char *) dc->metric, "--out", (char *) index_dir, "--refine",
-			"fp16", "--model-version", "sample-v1", NULL};
+		char *build_args[] = { "candex", "build", "--input", input, "--keys", keys, "--collection",
+			(char *) dc->name, "--metric", (char *) dc->metric, "--out", (char *) index_dir,
+			"--refine", "fp16", "--model-version", "sample-v1", NULL };
 		if (run_self(build_args) != 0) {
 			fprintf(stderr, "candex demo: build of %s failed\n", dc->name);
 			return CLI_EXIT_FAIL;
@@ -243,19 +249,21 @@ cmd_demo(int argc, char **argv)
 		 * tuning users and save the cheapest setting reaching the target
 		 * into the manifest; queries then ask for a recall, not an nprobe. */
 		char coll_dir[PATH_MAX], tune[PATH_MAX];
-		if (cdx_pathf(coll_dir, sizeof(coll_dir), "%s/%s", index_dir, dc->name) != CDX_OK ||
-		    cdx_pathf(tune, sizeof(tune), "%s/users-%s-tune.fvecs", sample_dir, dc->name) != CDX_OK) {
+		if (cdx_pathf(coll_dir, sizeof(coll_dir), "%s/%s", index_dir, dc->name) != CDX_OK
+		    || cdx_pathf(tune, sizeof(tune), "%s/users-%s-tune.fvecs", sample_dir, dc->name)
+		        != CDX_OK) {
 			fprintf(stderr, "candex demo: %s\n", cdx_last_error());
 			return CLI_EXIT_FAIL;
 		}
 		printf("== 2/5 operating point for %s: recall@10 >= %s (candex recall --target --save)\n",
 		    dc->name, DEMO_RECALL_TARGET);
 		fflush(stdout);
-		char *recall_args[] = {"candex", "recall", "--index", coll_dir, "--base", input, "--queries", tune,
-			"--max-queries", "300", "--k", "10", "--nprobe", "8,16,32,64,128,256,512", "--refine",
-			"0,4,8,16", "--target", DEMO_RECALL_TARGET, "--save", "--quiet", NULL};
+		char *recall_args[] = { "candex", "recall", "--index", coll_dir, "--base", input, "--queries",
+			tune, "--max-queries", "300", "--k", "10", "--nprobe", "8,16,32,64,128,256,512",
+			"--refine", "0,4,8,16", "--target", DEMO_RECALL_TARGET, "--save", "--quiet", NULL };
 		if (run_self(recall_args) != 0)
-			printf("   (target not reached by any setting: queries fall back to the best point)\n");
+			printf(
+			    "   (target not reached by any setting: queries fall back to the best point)\n");
 	}
 
 	snprintf(url, sizeof(url), "ipc:///tmp/candex-demo-%d.sock", (int) getpid());
@@ -265,12 +273,13 @@ cmd_demo(int argc, char **argv)
 	if (server < 0)
 		return CLI_EXIT_FAIL;
 	if (server == 0) {
-		execl("/proc/self/exe", "candex", "serve", "--index-dir", index_dir, "--listen", url, (char *) NULL);
+		execl("/proc/self/exe", "candex", "serve", "--index-dir", index_dir, "--listen", url,
+		    (char *) NULL);
 		_exit(127);
 	}
 	cdx_client *client = NULL;
 	struct cdx_client_error err;
-	int rc = cdx_client_open(&client, url, &(struct cdx_client_options) {.timeout_ms = 2000}, &err);
+	int rc = cdx_client_open(&client, url, &(struct cdx_client_options) { .timeout_ms = 2000 }, &err);
 	/* The server loads both collections before it listens: wait for health. */
 	for (int tries = 0; rc == CDX_OK && tries < 300; tries++) {
 		if (cdx_client_health(client, &err) == CDX_OK)
@@ -280,7 +289,7 @@ cmd_demo(int argc, char **argv)
 			cdx_client_close(client);
 			return CLI_EXIT_FAIL;
 		}
-		nanosleep(&(struct timespec) {0, 100 * 1000 * 1000}, NULL);
+		nanosleep(&(struct timespec) { 0, 100 * 1000 * 1000 }, NULL);
 	}
 	int failed = rc != CDX_OK;
 	printf("== 4/5 query through the client library (top-10, %zu users per collection)\n", nqueries);

@@ -20,7 +20,7 @@
 #include "common/common.h"
 
 struct catalogue {
-	const char *name;    /* tracks, podcasts */
+	const char *name;     /* tracks, podcasts */
 	const char *key_kind; /* spotify:<kind>:... */
 	size_t n, dim, nclusters;
 };
@@ -180,10 +180,10 @@ cmd_sample(int argc, char **argv)
 	const char *out = "index-data/sample";
 	size_t ntracks = 100000, npodcasts = 10000, nusers = 1000;
 	uint64_t seed = 42;
-	static const struct option opts[] = {{"out", required_argument, 0, 'o'},
-		{"tracks", required_argument, 0, 't'}, {"podcasts", required_argument, 0, 'p'},
-		{"users", required_argument, 0, 'u'}, {"seed", required_argument, 0, 's'},
-		{"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+	static const struct option opts[] = { { "out", required_argument, 0, 'o' },
+		{ "tracks", required_argument, 0, 't' }, { "podcasts", required_argument, 0, 'p' },
+		{ "users", required_argument, 0, 'u' }, { "seed", required_argument, 0, 's' },
+		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
 	int ch;
 	optind = 1;
 	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -216,8 +216,8 @@ cmd_sample(int argc, char **argv)
 		return CLI_EXIT_USAGE;
 	}
 	const struct catalogue cats[] = {
-		{"tracks", "track", ntracks, 64, 200},
-		{"podcasts", "show", npodcasts, 48, 40},
+		{ "tracks", "track", ntracks, 64, 200 },
+		{ "podcasts", "show", npodcasts, 48, 40 },
 	};
 	int rc = cdx_mkdir_p(out, 0755);
 	for (size_t i = 0; rc == CDX_OK && i < CDX_ARRAY_LEN(cats); i++)
@@ -226,7 +226,7 @@ cmd_sample(int argc, char **argv)
 		fprintf(stderr, "candex sample: %s\n", cdx_last_error());
 		return CLI_EXIT_FAIL;
 	}
-	cdx_info("SAMPLE-DONE", "wrote %zu tracks, %zu podcasts, %zu users each to %s", ntracks, npodcasts, nusers,
-	    out);
+	cdx_info("SAMPLE-DONE", "wrote %zu tracks, %zu podcasts, %zu users each to %s", ntracks, npodcasts,
+	    nusers, out);
 	return CLI_EXIT_OK;
 }

@@ -23,10 +23,10 @@ extern "C" {
 typedef struct cdx_client cdx_client;
 
 struct cdx_client_options {
-	uint32_t timeout_ms;  /* per attempt; 0 = 5000 */
-	uint32_t retries;     /* extra attempts on timeout/unavailable/overload; 0 = none */
-	uint32_t backoff_ms;  /* first retry delay, doubled each retry; 0 = 20 */
-	size_t max_message;   /* largest response accepted; 0 = 64 MiB */
+	uint32_t timeout_ms; /* per attempt; 0 = 5000 */
+	uint32_t retries;    /* extra attempts on timeout/unavailable/overload; 0 = none */
+	uint32_t backoff_ms; /* first retry delay, doubled each retry; 0 = 20 */
+	size_t max_message;  /* largest response accepted; 0 = 64 MiB */
 	/* tls+tcp:// only: PEM files (mutual TLS); NULL for none */
 	const char *tls_ca_file;
 	const char *tls_cert_file;
@@ -35,28 +35,28 @@ struct cdx_client_options {
 };
 
 struct cdx_client_error {
-	int code;            /* same as the return value */
-	char message[256];   /* server's or library's detail, NUL-terminated */
+	int code;          /* same as the return value */
+	char message[256]; /* server's or library's detail, NUL-terminated */
 };
 
 /* cdx_client_open dials url (asynchronously: a server that is not up yet is
  * retried in the background). opts may be NULL. On success *cp is set and the
  * caller owns it; close it with cdx_client_close(). */
-int cdx_client_open(cdx_client **cp, const char *url, const struct cdx_client_options *opts,
-    struct cdx_client_error *err);
+int cdx_client_open(
+    cdx_client **cp, const char *url, const struct cdx_client_options *opts, struct cdx_client_error *err);
 void cdx_client_close(cdx_client *c); /* NULL is a no-op */
 
 struct cdx_query {
 	const char *collection;
-	const float *vectors;    /* nvectors x dim, row-major */
+	const float *vectors; /* nvectors x dim, row-major */
 	size_t nvectors;
 	uint32_t dim;
 	const char *const *keys; /* or search with stored items' vectors */
 	size_t nkeys;
 	uint32_t k;
-	uint32_t nprobe;         /* 0 = server picks */
-	float refine_factor;     /* 0 = collection default */
-	float recall_target;     /* 0 = unused */
+	uint32_t nprobe;     /* 0 = server picks */
+	float refine_factor; /* 0 = collection default */
+	float recall_target; /* 0 = unused */
 	const int64_t *exclude_ids;
 	size_t n_exclude_ids;
 	const char *const *exclude_keys;
@@ -92,8 +92,8 @@ struct cdx_result {
 /* cdx_client_search runs one request (one or many query vectors or keys).
  * On success *rp is set and the caller takes ownership; free it with
  * cdx_result_free(). On failure *rp is NULL and err (may be NULL) says why. */
-int cdx_client_search(cdx_client *c, const struct cdx_query *q, struct cdx_result **rp,
-    struct cdx_client_error *err);
+int cdx_client_search(
+    cdx_client *c, const struct cdx_query *q, struct cdx_result **rp, struct cdx_client_error *err);
 void cdx_result_free(struct cdx_result *r); /* NULL is a no-op */
 
 /* cdx_client_health returns 0 if the server answers and serves >= 1 collection. */

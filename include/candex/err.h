@@ -14,29 +14,29 @@ extern "C" {
 #endif
 
 /* X(name, number, description) */
-#define CDX_ERRORS(X)                                                        \
-	X(OK, 0, "success")                                                  \
-	X(ENOMEM, 1, "out of memory")                                        \
-	X(EINVAL, 2, "invalid argument")                                     \
-	X(EIO, 3, "I/O error")                                               \
-	X(ENOSPC, 4, "no space left on device")                              \
-	X(ECORRUPT, 5, "corrupt or truncated file")                          \
-	X(EFAISS, 6, "faiss error")                                          \
-	X(ENOTFOUND, 7, "not found")                                         \
-	X(EDIM, 8, "dimension mismatch")                                     \
-	X(ENONFINITE, 9, "non-finite value (NaN or Inf)")                    \
-	X(EDUP, 10, "duplicate id or key")                                   \
-	X(EEMPTY, 11, "empty input")                                         \
-	X(EVERSION, 12, "unsupported format or protocol version")            \
-	X(EPROTO, 13, "malformed message")                                   \
-	X(ETIMEDOUT, 14, "deadline exceeded")                                \
-	X(EOVERLOAD, 15, "server overloaded")                                \
-	X(EMODEL, 16, "embedding model version mismatch")                    \
-	X(EPERM, 17, "permission denied")                                    \
-	X(EUNAVAIL, 18, "unavailable")                                       \
-	X(ELIMIT, 19, "request exceeds a configured limit")                  \
-	X(ECLOSED, 20, "closed")                                             \
-	X(EINTERNAL, 21, "internal error")                                   \
+#define CDX_ERRORS(X)                                             \
+	X(OK, 0, "success")                                       \
+	X(ENOMEM, 1, "out of memory")                             \
+	X(EINVAL, 2, "invalid argument")                          \
+	X(EIO, 3, "I/O error")                                    \
+	X(ENOSPC, 4, "no space left on device")                   \
+	X(ECORRUPT, 5, "corrupt or truncated file")               \
+	X(EFAISS, 6, "faiss error")                               \
+	X(ENOTFOUND, 7, "not found")                              \
+	X(EDIM, 8, "dimension mismatch")                          \
+	X(ENONFINITE, 9, "non-finite value (NaN or Inf)")         \
+	X(EDUP, 10, "duplicate id or key")                        \
+	X(EEMPTY, 11, "empty input")                              \
+	X(EVERSION, 12, "unsupported format or protocol version") \
+	X(EPROTO, 13, "malformed message")                        \
+	X(ETIMEDOUT, 14, "deadline exceeded")                     \
+	X(EOVERLOAD, 15, "server overloaded")                     \
+	X(EMODEL, 16, "embedding model version mismatch")         \
+	X(EPERM, 17, "permission denied")                         \
+	X(EUNAVAIL, 18, "unavailable")                            \
+	X(ELIMIT, 19, "request exceeds a configured limit")       \
+	X(ECLOSED, 20, "closed")                                  \
+	X(EINTERNAL, 21, "internal error")                        \
 	X(EINTERRUPTED, 22, "interrupted")
 
 enum cdx_err {

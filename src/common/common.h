@@ -19,8 +19,8 @@
 
 #define CDX_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define CDX_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define CDX_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define CDX_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define CDX_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define CDX_MAX(a, b)    ((a) > (b) ? (a) : (b))
 
 /* cdx_error records a message for code and returns code. */
 int cdx_error(int code, const char *fmt, ...) CDX_PRINTF(2, 3);
@@ -41,13 +41,13 @@ void cdx_log(int level, const char *msgid, const char *fmt, ...) CDX_PRINTF(3, 4
 void cdx_log_set_level(int level);
 int cdx_log_level_parse(const char *s, int *level);
 #define cdx_debug(id, ...) cdx_log(CDX_LOG_DEBUG, id, __VA_ARGS__)
-#define cdx_info(id, ...) cdx_log(CDX_LOG_INFO, id, __VA_ARGS__)
-#define cdx_warn(id, ...) cdx_log(CDX_LOG_WARN, id, __VA_ARGS__)
-#define cdx_err(id, ...) cdx_log(CDX_LOG_ERROR, id, __VA_ARGS__)
+#define cdx_info(id, ...)  cdx_log(CDX_LOG_INFO, id, __VA_ARGS__)
+#define cdx_warn(id, ...)  cdx_log(CDX_LOG_WARN, id, __VA_ARGS__)
+#define cdx_err(id, ...)   cdx_log(CDX_LOG_ERROR, id, __VA_ARGS__)
 
 /* Clocks. */
-uint64_t cdx_now_us(void);     /* monotonic */
-uint64_t cdx_wall_ms(void);    /* Unix epoch */
+uint64_t cdx_now_us(void);  /* monotonic */
+uint64_t cdx_wall_ms(void); /* Unix epoch */
 void cdx_iso8601_utc(char out[32], uint64_t wall_ms);
 
 /* Hashing. XXH64 (the lz4 family's checksum), one-shot and streaming. */

@@ -14,7 +14,7 @@
 #include "common/common.h"
 
 static int log_level = -1;
-static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+static const char *const level_names[] = { "DEBUG", "INFO", "WARN", "ERROR" };
 
 int
 cdx_log_level_parse(const char *s, int *level)

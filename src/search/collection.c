@@ -51,7 +51,8 @@ probe_preassigned(struct cdx_loaded_shard *ls, const FaissIndex *quantizer, size
 			for (size_t i = 0; i < cap; i++)
 				keys[i] = i == 0 ? assign : -1;
 			dis[0] = cdis;
-			ok = faiss_IndexIVF_search_preassigned(ls->ivf, 1, q, 1, keys, dis, &dist, &label, 0) == 0;
+			ok = faiss_IndexIVF_search_preassigned(ls->ivf, 1, q, 1, keys, dis, &dist, &label, 0)
+			    == 0;
 		} else {
 			ok = 0;
 		}
@@ -98,10 +99,11 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 	if (rc != CDX_OK)
 		return rc;
 	const struct cdx_shard_info *info = cdx_shard_info(s);
-	if (info->dim != m->dim || (int) info->metric != m->metric || info->rows != ms->rows ||
-	    info->shard_index != i || info->shard_count != m->nshards) {
-		rc = cdx_error(CDX_ECORRUPT, "%s: header (dim %u, metric %s, rows %llu, shard %u/%u) disagrees "
-					     "with the manifest",
+	if (info->dim != m->dim || (int) info->metric != m->metric || info->rows != ms->rows
+	    || info->shard_index != i || info->shard_count != m->nshards) {
+		rc = cdx_error(CDX_ECORRUPT,
+		    "%s: header (dim %u, metric %s, rows %llu, shard %u/%u) disagrees "
+		    "with the manifest",
 		    path, info->dim, cdx_metric_name((int) info->metric), (unsigned long long) info->rows,
 		    info->shard_index, info->shard_count);
 		goto fail;
@@ -125,9 +127,10 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 	}
 	fclose(f);
 	f = NULL;
-	if ((uint32_t) faiss_Index_d(ls->index) != m->dim || (uint64_t) faiss_Index_ntotal(ls->index) != ls->rows) {
-		rc = cdx_error(CDX_ECORRUPT, "%s: faiss index has d=%d ntotal=%lld, expected %u and %llu", path,
-		    faiss_Index_d(ls->index), (long long) faiss_Index_ntotal(ls->index), m->dim,
+	if ((uint32_t) faiss_Index_d(ls->index) != m->dim
+	    || (uint64_t) faiss_Index_ntotal(ls->index) != ls->rows) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: faiss index has d=%d ntotal=%lld, expected %u and %llu",
+		    path, faiss_Index_d(ls->index), (long long) faiss_Index_ntotal(ls->index), m->dim,
 		    (unsigned long long) ls->rows);
 		goto fail;
 	}
@@ -147,7 +150,8 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 		size_t len;
 		if ((rc = cdx_shard_read_part(s, CDX_PART_REFINE, &ls->refine_data, &len)) != CDX_OK)
 			goto fail;
-		if ((rc = cdx_refine_store_parse(&ls->refine, ls->refine_data, len, ls->rows, m->dim)) != CDX_OK)
+		if ((rc = cdx_refine_store_parse(&ls->refine, ls->refine_data, len, ls->rows, m->dim))
+		    != CDX_OK)
 			goto fail;
 	}
 	for (uint32_t p = 0; p < info->nparts; p++)
@@ -181,8 +185,8 @@ prepare_ivf(cdx_collection *c)
 			c->nprobe_cap = CDX_MIN(nlist, (size_t) CDX_NPROBE_CAP_DEFAULT);
 			c->quantizer = faiss_IndexIVF_quantizer(ls->ivf);
 		} else if (nlist != c->nlist) {
-			return cdx_error(CDX_ECORRUPT, "%s: shard %u has nlist %zu, shard 0 has %zu", c->dir, i, nlist,
-			    c->nlist);
+			return cdx_error(CDX_ECORRUPT, "%s: shard %u has nlist %zu, shard 0 has %zu", c->dir,
+			    i, nlist, c->nlist);
 		}
 		faiss_IndexIVF_set_nprobe(ls->ivf, c->nprobe_cap);
 		/* Vectors of stored items (query by key, online recall) come from
@@ -209,12 +213,14 @@ build_key_index(cdx_collection *c)
 		return CDX_OK;
 	c->key_index = malloc(c->items * sizeof(struct cdx_key_slot));
 	if (c->key_index == NULL)
-		return cdx_error(CDX_ENOMEM, "%s: key index of %llu items", c->dir, (unsigned long long) c->items);
+		return cdx_error(
+		    CDX_ENOMEM, "%s: key index of %llu items", c->dir, (unsigned long long) c->items);
 	size_t n = 0;
 	for (uint32_t s = 0; s < c->nshards; s++) {
 		const struct cdx_loaded_shard *ls = &c->shards[s];
 		if (ls->key_strings == NULL)
-			return cdx_error(CDX_ECORRUPT, "%s: shard %u has no keys but shard 0 does", c->dir, s);
+			return cdx_error(
+			    CDX_ECORRUPT, "%s: shard %u has no keys but shard 0 does", c->dir, s);
 		for (uint64_t r = 0; r < ls->rows; r++) {
 			c->key_index[n].hash = key_hash(ls->key_strings + ls->key_offsets[r]);
 			c->key_index[n].shard = s;
@@ -366,7 +372,8 @@ cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uin
 			return CDX_OK;
 		}
 	}
-	return cdx_error(CDX_ENOTFOUND, "id %lld not in collection %s", (long long) id, c->manifest->collection);
+	return cdx_error(
+	    CDX_ENOTFOUND, "id %lld not in collection %s", (long long) id, c->manifest->collection);
 }
 
 int

@@ -15,15 +15,15 @@
 #include "shard/refine.h"
 
 struct cdx_loaded_shard {
-	FaissIndex *index;        /* owned; labels are shard-local rows */
-	FaissIndexIVF *ivf;       /* index downcast, or NULL (flat fallback) */
-	int preassigned;          /* 1: per-request nprobe via search_preassigned */
-	pthread_mutex_t lock;     /* only for !preassigned IVF indexes (nprobe is set per call) */
+	FaissIndex *index;    /* owned; labels are shard-local rows */
+	FaissIndexIVF *ivf;   /* index downcast, or NULL (flat fallback) */
+	int preassigned;      /* 1: per-request nprobe via search_preassigned */
+	pthread_mutex_t lock; /* only for !preassigned IVF indexes (nprobe is set per call) */
 	uint64_t rows;
-	int64_t *ids;             /* rows external ids */
-	char *key_strings;        /* NUL-terminated keys, or NULL */
-	uint64_t *key_offsets;    /* rows + 1 offsets into key_strings */
-	void *refine_data;        /* decompressed REFINE part, or NULL */
+	int64_t *ids;          /* rows external ids */
+	char *key_strings;     /* NUL-terminated keys, or NULL */
+	uint64_t *key_offsets; /* rows + 1 offsets into key_strings */
+	void *refine_data;     /* decompressed REFINE part, or NULL */
 	struct cdx_refine_store refine;
 };
 
@@ -42,7 +42,7 @@ struct cdx_collection {
 	struct cdx_loaded_shard *shards;
 	const FaissIndex *quantizer; /* shard 0's coarse quantizer, shared by all shards */
 	size_t nlist;
-	size_t nprobe_cap;           /* every IVF shard's nprobe field, fixed at load */
+	size_t nprobe_cap;              /* every IVF shard's nprobe field, fixed at load */
 	struct cdx_key_slot *key_index; /* items slots sorted by hash, or NULL */
 	uint64_t items;
 	uint64_t memory_bytes;

@@ -25,13 +25,13 @@ struct candidate {
 struct search_ctx {
 	const cdx_collection *c;
 	const struct cdx_search_params *p;
-	size_t kf;       /* results fetched per shard per query */
+	size_t kf; /* results fetched per shard per query */
 	size_t nprobe;
 	float refine;
 	int higher_better;
-	int64_t *excl_ids;     /* sorted */
+	int64_t *excl_ids; /* sorted */
 	size_t n_excl_ids;
-	uint64_t *excl_rows;   /* sorted (shard << 32 | row) of excluded keys */
+	uint64_t *excl_rows; /* sorted (shard << 32 | row) of excluded keys */
 	size_t n_excl_rows;
 };
 
@@ -128,7 +128,8 @@ excluded(const struct search_ctx *x, int64_t id, uint32_t shard, uint32_t row)
 	if (x->n_excl_ids > 0 && bsearch(&id, x->excl_ids, x->n_excl_ids, sizeof(int64_t), cmp_i64) != NULL)
 		return 1;
 	uint64_t loc = (uint64_t) shard << 32 | row;
-	return x->n_excl_rows > 0 && bsearch(&loc, x->excl_rows, x->n_excl_rows, sizeof(uint64_t), cmp_u64) != NULL;
+	return x->n_excl_rows > 0
+	    && bsearch(&loc, x->excl_rows, x->n_excl_rows, sizeof(uint64_t), cmp_u64) != NULL;
 }
 
 /* Searches queries [q0, q1) on every shard; D/I are [shard][q1 - q0][kf]. */
@@ -170,8 +171,8 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 		idx_t *dst_i = I + ((size_t) s * nq) * kf;
 		int frc;
 		if (ls->ivf != NULL && ls->preassigned) {
-			frc = faiss_IndexIVF_search_preassigned(ls->ivf, (idx_t) nq, qs, (idx_t) kf, keys, kdis, dst_d,
-			    dst_i, 0);
+			frc = faiss_IndexIVF_search_preassigned(
+			    ls->ivf, (idx_t) nq, qs, (idx_t) kf, keys, kdis, dst_d, dst_i, 0);
 		} else if (ls->ivf != NULL) {
 			pthread_mutex_lock(&ls->lock);
 			faiss_IndexIVF_set_nprobe(ls->ivf, x->nprobe);
@@ -219,8 +220,8 @@ search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, 
 
 /* Merges query i's per-shard results into hits[0..k). */
 static int
-merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query, const float *D, const idx_t *I,
-    struct candidate *cand, struct cdx_hit *hits)
+merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query, const float *D,
+    const idx_t *I, struct candidate *cand, struct cdx_hit *hits)
 {
 	const cdx_collection *c = x->c;
 	size_t kf = x->kf, n = 0, k = x->p->k;
@@ -232,8 +233,8 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 			if (l[j] < 0)
 				continue;
 			if ((uint64_t) l[j] >= ls->rows)
-				return cdx_error(CDX_EINTERNAL, "shard %u returned row %lld of %llu", s, (long long) l[j],
-				    (unsigned long long) ls->rows);
+				return cdx_error(CDX_EINTERNAL, "shard %u returned row %lld of %llu", s,
+				    (long long) l[j], (unsigned long long) ls->rows);
 			uint32_t row = (uint32_t) l[j];
 			int64_t id = ls->ids[row];
 			if (excluded(x, id, s, row))
@@ -241,15 +242,15 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 			float score = d[j];
 			if (x->refine > 0)
 				score = cdx_refine_distance(&ls->refine, row, query, c->manifest->metric);
-			cand[n++] = (struct candidate) {score, s, row, id};
+			cand[n++] = (struct candidate) { score, s, row, id };
 		}
 	}
 	qsort(cand, n, sizeof(*cand), x->higher_better ? cmp_cand_high : cmp_cand_low);
 	for (size_t j = 0; j < k; j++) {
 		if (j < n)
-			hits[j] = (struct cdx_hit) {cand[j].id, cand[j].score, cand[j].shard, cand[j].row};
+			hits[j] = (struct cdx_hit) { cand[j].id, cand[j].score, cand[j].shard, cand[j].row };
 		else
-			hits[j] = (struct cdx_hit) {-1, x->higher_better ? -INFINITY : INFINITY, 0, 0};
+			hits[j] = (struct cdx_hit) { -1, x->higher_better ? -INFINITY : INFINITY, 0, 0 };
 	}
 	return CDX_OK;
 }
@@ -269,11 +270,12 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		return cdx_error(CDX_ENONFINITE, "query %ld, dimension %ld is not finite", bad / (long) dim,
 		    bad % (long) dim);
 	if (p->refine_factor >= 1.0f && !cdx_collection_has_refine(c))
-		return cdx_error(CDX_EINVAL, "refine factor %.1f asked, but collection %s was built without a "
-					     "refine store (candex build --refine)",
+		return cdx_error(CDX_EINVAL,
+		    "refine factor %.1f asked, but collection %s was built without a "
+		    "refine store (candex build --refine)",
 		    (double) p->refine_factor, m->collection);
 
-	struct search_ctx x = {.c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric)};
+	struct search_ctx x = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric) };
 	x.nprobe = cdx_collection_effective_nprobe(c, p->nprobe);
 	x.refine = cdx_collection_effective_refine(c, p->refine_factor);
 	size_t want = (size_t) p->k + p->n_exclude_ids + p->n_exclude_keys;
@@ -330,9 +332,11 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			for (size_t t = 0; rc == CDX_OK && t < nslices; t++) {
 				size_t a = nq * t / nslices, b = nq * (t + 1) / nslices, sn = b - a;
 				for (uint32_t s = 0; s < c->nshards; s++) {
-					memcpy(D + (s * nq + a) * x.kf, Dt + c->nshards * a * x.kf + s * sn * x.kf,
+					memcpy(D + (s * nq + a) * x.kf,
+					    Dt + c->nshards * a * x.kf + s * sn * x.kf,
 					    sn * x.kf * sizeof(float));
-					memcpy(I + (s * nq + a) * x.kf, It + c->nshards * a * x.kf + s * sn * x.kf,
+					memcpy(I + (s * nq + a) * x.kf,
+					    It + c->nshards * a * x.kf + s * sn * x.kf,
 					    sn * x.kf * sizeof(idx_t));
 				}
 			}

@@ -38,25 +38,25 @@ void cdx_collection_ref(cdx_collection *c);
 void cdx_collection_unref(cdx_collection *c); /* NULL is a no-op */
 
 const struct cdx_manifest *cdx_collection_manifest(const cdx_collection *c);
-const char *cdx_collection_dir(const cdx_collection *c); /* the version directory */
+const char *cdx_collection_dir(const cdx_collection *c);       /* the version directory */
 uint64_t cdx_collection_memory_bytes(const cdx_collection *c); /* approx. resident size */
 
 struct cdx_search_params {
 	uint32_t k;
-	uint32_t nprobe;       /* 0 = manifest default_nprobe */
-	float refine_factor;   /* 0 = manifest default; < 1 means none */
+	uint32_t nprobe;     /* 0 = manifest default_nprobe */
+	float refine_factor; /* 0 = manifest default; < 1 means none */
 	const int64_t *exclude_ids;
 	size_t n_exclude_ids;
 	const char *const *exclude_keys;
 	size_t n_exclude_keys;
-	int parallel;          /* allow OpenMP threads inside this call */
+	int parallel; /* allow OpenMP threads inside this call */
 };
 
 struct cdx_hit {
-	int64_t id;        /* external id; -1 = no hit (fewer than k found) */
+	int64_t id; /* external id; -1 = no hit (fewer than k found) */
 	float score;
 	uint32_t shard;
-	uint32_t row;      /* shard-local row */
+	uint32_t row; /* shard-local row */
 };
 
 /* cdx_collection_search searches nq queries (nq x dim floats; normalised
@@ -78,7 +78,8 @@ int cdx_collection_has_refine(const cdx_collection *c);
  * collection has no keys. Valid while the collection is referenced. */
 const char *cdx_collection_key(const cdx_collection *c, uint32_t shard, uint32_t row);
 /* cdx_collection_find_key finds an item by key. CDX_ENOTFOUND if absent. */
-int cdx_collection_find_key(const cdx_collection *c, const char *key, uint32_t *shard, uint32_t *row, int64_t *id);
+int cdx_collection_find_key(
+    const cdx_collection *c, const char *key, uint32_t *shard, uint32_t *row, int64_t *id);
 /* cdx_collection_find_id finds an item by external id. */
 int cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uint32_t *row);
 /* cdx_collection_vector writes an item's stored vector (as indexed: normalised

@@ -16,8 +16,8 @@
 #include "shard/shard.h"
 
 #define CDX_MANIFEST_FORMAT_VERSION 1
-#define CDX_MANIFEST_FILE "manifest.json"
-#define CDX_CURRENT_LINK "CURRENT"
+#define CDX_MANIFEST_FILE           "manifest.json"
+#define CDX_CURRENT_LINK            "CURRENT"
 
 struct cdx_manifest_shard {
 	char file[CDX_NAME_MAX]; /* relative to the version directory */
@@ -29,7 +29,7 @@ struct cdx_manifest_shard {
 /* One measured operating point: the cheapest setting reaching recall_target. */
 struct cdx_operating_point {
 	double recall_target;
-	double recall;   /* measured */
+	double recall; /* measured */
 	uint32_t k;
 	uint32_t nprobe;
 	float refine_factor;
@@ -45,11 +45,11 @@ struct cdx_manifest {
 	int metric;
 	uint32_t dim;
 	uint64_t items;
-	uint32_t nlist;    /* 0 for non-IVF (flat fallback) */
-	uint32_t pq_m;     /* 0 when not PQ */
+	uint32_t nlist; /* 0 for non-IVF (flat fallback) */
+	uint32_t pq_m;  /* 0 when not PQ */
 	uint32_t pq_nbits;
 	uint32_t default_nprobe;
-	int refine;        /* enum cdx_refine_kind */
+	int refine;                  /* enum cdx_refine_kind */
 	float default_refine_factor; /* 0 = no re-ranking unless asked */
 	uint32_t nshards;
 	struct cdx_manifest_shard *shards;

@@ -19,8 +19,8 @@ struct cdx_refine_store {
 	int kind;
 	uint32_t dim;
 	uint64_t rows;
-	const float *vmin;  /* SQ8: per-dimension minimum */
-	const float *vdiff; /* SQ8: per-dimension max - min */
+	const float *vmin;   /* SQ8: per-dimension minimum */
+	const float *vdiff;  /* SQ8: per-dimension max - min */
 	const uint8_t *data; /* rows x bytes_per_vector */
 	size_t bytes_per_vector;
 };
@@ -29,14 +29,14 @@ struct cdx_refine_store {
 void cdx_sq8_train(const float *x, size_t rows, uint32_t dim, float *vmin, float *vdiff);
 
 /* cdx_refine_header_write appends the part header (and SQ8 tables) to out. */
-int cdx_refine_header_write(cdx_buf *out, int kind, uint32_t dim, uint64_t rows, const float *vmin,
-    const float *vdiff);
+int cdx_refine_header_write(
+    cdx_buf *out, int kind, uint32_t dim, uint64_t rows, const float *vmin, const float *vdiff);
 /* cdx_refine_encode encodes n rows of x into out (bytes_per_vector each). */
 void cdx_refine_encode(const struct cdx_refine_store *st, const float *x, size_t n, uint8_t *out);
 /* cdx_refine_store_parse points st into a decompressed REFINE part (no copy;
  * data must outlive st). Returns CDX_ECORRUPT on any size inconsistency. */
-int cdx_refine_store_parse(struct cdx_refine_store *st, const void *data, size_t len, uint64_t expect_rows,
-    uint32_t expect_dim);
+int cdx_refine_store_parse(
+    struct cdx_refine_store *st, const void *data, size_t len, uint64_t expect_rows, uint32_t expect_dim);
 /* cdx_refine_decode writes row's vector (dim floats) to out. */
 void cdx_refine_decode(const struct cdx_refine_store *st, uint64_t row, float *out);
 /* cdx_refine_distance: exact score of query q against row under metric

@@ -40,15 +40,15 @@
 
 #include "common/common.h"
 
-#define CDX_SHARD_MAGIC "CDXSHARD"
+#define CDX_SHARD_MAGIC          "CDXSHARD"
 #define CDX_SHARD_FORMAT_VERSION 1
-#define CDX_SHARD_HEADER_SIZE 4096
-#define CDX_SHARD_MAX_PARTS 16
-#define CDX_NAME_MAX 64 /* collection names, version names: [A-Za-z0-9_.-]{1,63} */
+#define CDX_SHARD_HEADER_SIZE    4096
+#define CDX_SHARD_MAX_PARTS      16
+#define CDX_NAME_MAX             64 /* collection names, version names: [A-Za-z0-9_.-]{1,63} */
 
 enum cdx_metric { CDX_METRIC_L2 = 0, CDX_METRIC_IP = 1, CDX_METRIC_COS = 2 };
-const char *cdx_metric_name(int metric);              /* "l2" "ip" "cos" */
-int cdx_metric_parse(const char *name, int *metric);  /* CDX_EINVAL if unknown */
+const char *cdx_metric_name(int metric);             /* "l2" "ip" "cos" */
+int cdx_metric_parse(const char *name, int *metric); /* CDX_EINVAL if unknown */
 /* cdx_metric_higher_is_better: 1 for ip/cos (scores are similarities), 0 for l2. */
 static inline int
 cdx_metric_higher_is_better(int metric)
@@ -62,7 +62,7 @@ enum cdx_part_kind {
 	CDX_PART_KEYS = 3,
 	CDX_PART_REFINE = 4,
 };
-#define CDX_PART_FLAG_REQUIRED 1u /* a reader that does not know the kind must refuse */
+#define CDX_PART_FLAG_REQUIRED 1u    /* a reader that does not know the kind must refuse */
 const char *cdx_part_name(int kind); /* "faiss" "ids" "keys" "refine" */
 
 enum cdx_refine_kind { CDX_REFINE_NONE = 0, CDX_REFINE_FP32 = 1, CDX_REFINE_FP16 = 2, CDX_REFINE_SQ8 = 3 };
@@ -170,11 +170,11 @@ int cdx_keys_decode(const void *data, size_t len, size_t n, char **strings, uint
  *  4088  u64      xxh64 (seed 0) of bytes [0, 4088)
  * A reader refuses a newer format version (CDX_EVERSION) before checking
  * the checksum, since a later format may place it elsewhere. */
-#define CDX_SHARD_HDR_VERSION_OFFSET 8
-#define CDX_SHARD_HDR_PARTS_OFFSET 112
-#define CDX_SHARD_HDR_PART_SIZE 48
+#define CDX_SHARD_HDR_VERSION_OFFSET  8
+#define CDX_SHARD_HDR_PARTS_OFFSET    112
+#define CDX_SHARD_HDR_PART_SIZE       48
 #define CDX_SHARD_HDR_CHECKSUM_OFFSET (CDX_SHARD_HEADER_SIZE - 8)
-#define CDX_SHARD_LZ4_BLOCK_BYTES (4u << 20)
+#define CDX_SHARD_LZ4_BLOCK_BYTES     (4u << 20)
 
 /* cdx_shard_header_encode serialises info (nparts and parts included) into
  * out, checksum included. CDX_EINVAL if info does not fit the format. */

@@ -24,7 +24,8 @@ test_demo_end_to_end(void **state)
 {
 	(void) state;
 	char *dir = tu_tmpdir("demo"), *out = NULL;
-	int rc = tu_run(&out, "%s demo --index-dir %s --tracks 20000 --podcasts 12000 --queries 100", CANDEX_BIN, dir);
+	int rc = tu_run(
+	    &out, "%s demo --index-dir %s --tracks 20000 --podcasts 12000 --queries 100", CANDEX_BIN, dir);
 	if (rc != 0)
 		fprintf(stderr, "%s\n", out);
 	assert_int_equal(rc, 0);

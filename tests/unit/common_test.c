@@ -48,7 +48,7 @@ static void
 test_f16(void **state)
 {
 	(void) state;
-	float vals[] = {0.f, 1.f, -2.5f, 65504.f, 6.1e-5f, 0.333333f, -1e-7f};
+	float vals[] = { 0.f, 1.f, -2.5f, 65504.f, 6.1e-5f, 0.333333f, -1e-7f };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(vals); i++) {
 		float back = cdx_f16_to_f32(cdx_f32_to_f16(vals[i]));
 		assert_true(fabsf(back - vals[i]) <= fabsf(vals[i]) * 1e-3f + 1e-7f);
@@ -78,7 +78,7 @@ static void
 test_normalize_and_nonfinite(void **state)
 {
 	(void) state;
-	float v[6] = {3, 4, 0, 0, 0, 0};
+	float v[6] = { 3, 4, 0, 0, 0, 0 };
 	cdx_normalize_rows(v, 2, 3);
 	assert_true(fabsf(v[0] - 0.6f) < 1e-6f && fabsf(v[1] - 0.8f) < 1e-6f);
 	assert_true(v[3] == 0 && v[4] == 0);

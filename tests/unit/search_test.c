@@ -25,8 +25,8 @@
 #include "shard/refine.h"
 
 #define DIM 16
-#define N 4000
-#define NQ 50
+#define N   4000
+#define NQ  50
 
 static float base[N * DIM], queries[NQ * DIM];
 
@@ -53,12 +53,16 @@ write_version(const char *root, const struct fixture *fx)
 		cdx_normalize_rows(x, N, DIM);
 	FaissIndex *trained;
 	assert_int_equal(faiss_index_factory(&trained, DIM, fx->factory,
-			     fx->metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT),
+	                     fx->metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT),
 	    0);
 	assert_int_equal(faiss_Index_train(trained, N, x), 0);
 
-	struct cdx_manifest m = {.format_version = CDX_MANIFEST_FORMAT_VERSION, .metric = fx->metric, .dim = DIM,
-		.items = N, .nshards = fx->nshards, .refine = fx->refine};
+	struct cdx_manifest m = { .format_version = CDX_MANIFEST_FORMAT_VERSION,
+		.metric = fx->metric,
+		.dim = DIM,
+		.items = N,
+		.nshards = fx->nshards,
+		.refine = fx->refine };
 	snprintf(m.collection, sizeof(m.collection), "c");
 	snprintf(m.version, sizeof(m.version), "v1");
 	snprintf(m.factory, sizeof(m.factory), "%s", fx->factory);
@@ -86,8 +90,11 @@ write_version(const char *root, const struct fixture *fx)
 		assert_int_equal(faiss_clone_index(trained, &idx), 0);
 		assert_int_equal(faiss_Index_add(idx, (idx_t) n, rows), 0);
 
-		struct cdx_shard_info info = {.metric = (uint32_t) fx->metric, .dim = DIM, .shard_index = s,
-			.shard_count = fx->nshards, .rows = n};
+		struct cdx_shard_info info = { .metric = (uint32_t) fx->metric,
+			.dim = DIM,
+			.shard_index = s,
+			.shard_count = fx->nshards,
+			.rows = n };
 		snprintf(info.collection, sizeof(info.collection), "c");
 		snprintf(m.shards[s].file, sizeof(m.shards[s].file), "shard-%u.cdx", s);
 		assert_int_equal(cdx_pathf(path, sizeof(path), "%s/%s", vdir, m.shards[s].file), CDX_OK);
@@ -99,14 +106,16 @@ write_version(const char *root, const struct fixture *fx)
 		FILE *mf = open_memstream(&blob, &bloblen);
 		assert_int_equal(faiss_write_index(idx, mf), 0);
 		fclose(mf);
-		assert_int_equal(cdx_shard_writer_begin_part(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED), CDX_OK);
+		assert_int_equal(
+		    cdx_shard_writer_begin_part(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED), CDX_OK);
 		assert_int_equal(cdx_shard_writer_write(w, blob, bloblen), CDX_OK);
 		assert_int_equal(cdx_shard_writer_end_part(w), CDX_OK);
 		free(blob);
 
-		cdx_buf b = {0};
+		cdx_buf b = { 0 };
 		assert_int_equal(cdx_ids_encode(ids, n, &b), CDX_OK);
-		assert_int_equal(cdx_shard_writer_begin_part(w, CDX_PART_IDS, CDX_PART_FLAG_REQUIRED), CDX_OK);
+		assert_int_equal(
+		    cdx_shard_writer_begin_part(w, CDX_PART_IDS, CDX_PART_FLAG_REQUIRED), CDX_OK);
 		assert_int_equal(cdx_shard_writer_write(w, b.data, b.len), CDX_OK);
 		assert_int_equal(cdx_shard_writer_end_part(w), CDX_OK);
 		b.len = 0;
@@ -122,9 +131,14 @@ write_version(const char *root, const struct fixture *fx)
 			b.len = 0;
 		}
 		if (fx->refine != CDX_REFINE_NONE) {
-			assert_int_equal(cdx_refine_header_write(&b, fx->refine, DIM, n, vmin, vdiff), CDX_OK);
-			struct cdx_refine_store st = {.kind = fx->refine, .dim = DIM, .rows = n, .vmin = vmin,
-				.vdiff = vdiff, .bytes_per_vector = cdx_refine_bytes_per_vector(fx->refine, DIM)};
+			assert_int_equal(
+			    cdx_refine_header_write(&b, fx->refine, DIM, n, vmin, vdiff), CDX_OK);
+			struct cdx_refine_store st = { .kind = fx->refine,
+				.dim = DIM,
+				.rows = n,
+				.vmin = vmin,
+				.vdiff = vdiff,
+				.bytes_per_vector = cdx_refine_bytes_per_vector(fx->refine, DIM) };
 			size_t off = b.len;
 			assert_int_equal(cdx_buf_reserve(&b, n * st.bytes_per_vector), CDX_OK);
 			cdx_refine_encode(&st, rows, n, (uint8_t *) b.data + off);
@@ -198,7 +212,7 @@ recall_vs_exact(const struct cdx_hit *hits, size_t k, int metric)
 static void
 run_search(cdx_collection *c, uint32_t k, uint32_t nprobe, float refine, struct cdx_hit *hits)
 {
-	struct cdx_search_params p = {.k = k, .nprobe = nprobe, .refine_factor = refine};
+	struct cdx_search_params p = { .k = k, .nprobe = nprobe, .refine_factor = refine };
 	int rc = cdx_collection_search(c, &p, queries, NQ, hits);
 	if (rc != CDX_OK)
 		fprintf(stderr, "search: %s\n", cdx_last_error());
@@ -212,10 +226,10 @@ test_exact_paths(void **state)
 	/* Flat, and IVF,Flat probing every list, are exact: recall 1.0 for each
 	 * metric, across 3 shards (so the merge is exercised too). */
 	const struct fixture fxs[] = {
-		{"Flat", CDX_METRIC_L2, 3, 0, 0},
-		{"IVF16,Flat", CDX_METRIC_L2, 3, 0, 0},
-		{"IVF16,Flat", CDX_METRIC_IP, 3, 0, 0},
-		{"IVF16,Flat", CDX_METRIC_COS, 1, 0, 0},
+		{ "Flat", CDX_METRIC_L2, 3, 0, 0 },
+		{ "IVF16,Flat", CDX_METRIC_L2, 3, 0, 0 },
+		{ "IVF16,Flat", CDX_METRIC_IP, 3, 0, 0 },
+		{ "IVF16,Flat", CDX_METRIC_COS, 1, 0, 0 },
 	};
 	struct cdx_hit hits[NQ * 10];
 	for (size_t i = 0; i < CDX_ARRAY_LEN(fxs); i++) {
@@ -224,7 +238,8 @@ test_exact_paths(void **state)
 		run_search(c, 10, 16, 0, hits);
 		double r = recall_vs_exact(hits, 10, fxs[i].metric);
 		if (r < 0.999)
-			fprintf(stderr, "%s %s: recall %.4f\n", fxs[i].factory, cdx_metric_name(fxs[i].metric), r);
+			fprintf(stderr, "%s %s: recall %.4f\n", fxs[i].factory,
+			    cdx_metric_name(fxs[i].metric), r);
 		assert_true(r >= 0.999);
 		/* scores ordered best first */
 		for (size_t q = 0; q < NQ; q++)
@@ -245,7 +260,7 @@ static void
 test_nprobe_matches_faiss(void **state)
 {
 	(void) state;
-	const struct fixture fx = {"IVF32,PQ4x6np", CDX_METRIC_L2, 1, 0, 0};
+	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_L2, 1, 0, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	char shard[4200];
@@ -259,7 +274,7 @@ test_nprobe_matches_faiss(void **state)
 	fclose(f);
 	cdx_shard_close(s);
 
-	uint32_t probes[] = {1, 3, 8, 32};
+	uint32_t probes[] = { 1, 3, 8, 32 };
 	struct cdx_hit hits[NQ * 10];
 	float D[NQ * 10];
 	idx_t I[NQ * 10];
@@ -304,9 +319,9 @@ worker(void *p)
 	struct worker_arg *a = p;
 	struct cdx_hit hits[NQ * 10];
 	for (int iter = 0; iter < 30; iter++) {
-		struct cdx_search_params sp = {.k = 10, .nprobe = a->nprobe};
-		if (cdx_collection_search(a->c, &sp, queries, NQ, hits) != CDX_OK ||
-		    !same_results(hits, a->expect, NQ * 10))
+		struct cdx_search_params sp = { .k = 10, .nprobe = a->nprobe };
+		if (cdx_collection_search(a->c, &sp, queries, NQ, hits) != CDX_OK
+		    || !same_results(hits, a->expect, NQ * 10))
 			a->mismatches++;
 	}
 	return NULL;
@@ -316,12 +331,12 @@ static void
 test_concurrent_nprobe(void **state)
 {
 	(void) state;
-	const struct fixture fx = {"IVF32,PQ4x6np", CDX_METRIC_IP, 2, 0, 0};
+	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_IP, 2, 0, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	enum { NT = 4 };
 	static struct cdx_hit expect[NT][NQ * 10];
-	uint32_t probes[NT] = {1, 2, 7, 32};
+	uint32_t probes[NT] = { 1, 2, 7, 32 };
 	for (int t = 0; t < NT; t++)
 		run_search(c, 10, probes[t], 0, expect[t]);
 	/* different nprobe give different answers, or the test proves nothing */
@@ -329,7 +344,7 @@ test_concurrent_nprobe(void **state)
 	pthread_t th[NT];
 	struct worker_arg args[NT];
 	for (int t = 0; t < NT; t++) {
-		args[t] = (struct worker_arg) {c, probes[t], expect[t], 0};
+		args[t] = (struct worker_arg) { c, probes[t], expect[t], 0 };
 		pthread_create(&th[t], NULL, worker, &args[t]);
 	}
 	/* join every thread before asserting: they read this frame's arrays */
@@ -345,11 +360,11 @@ static void
 test_parallel_batch_equals_serial(void **state)
 {
 	(void) state;
-	const struct fixture fx = {"IVF32,PQ4x6np", CDX_METRIC_L2, 3, 0, 0};
+	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_L2, 3, 0, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	static struct cdx_hit a[NQ * 10], b[NQ * 10];
-	struct cdx_search_params p = {.k = 10, .nprobe = 5};
+	struct cdx_search_params p = { .k = 10, .nprobe = 5 };
 	assert_int_equal(cdx_collection_search(c, &p, queries, NQ, a), CDX_OK);
 	p.parallel = 1;
 	assert_int_equal(cdx_collection_search(c, &p, queries, NQ, b), CDX_OK);
@@ -362,9 +377,9 @@ static void
 test_refine_raises_recall(void **state)
 {
 	(void) state;
-	const int kinds[] = {CDX_REFINE_FP32, CDX_REFINE_FP16, CDX_REFINE_SQ8};
+	const int kinds[] = { CDX_REFINE_FP32, CDX_REFINE_FP16, CDX_REFINE_SQ8 };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(kinds); i++) {
-		const struct fixture fx = {"IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[i], 0};
+		const struct fixture fx = { "IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[i], 0 };
 		char *dir;
 		cdx_collection *c = load_fixture(&dir, &fx);
 		static struct cdx_hit hits[NQ * 10];
@@ -383,7 +398,7 @@ static void
 test_keys_exclusions_and_errors(void **state)
 {
 	(void) state;
-	const struct fixture fx = {"IVF16,Flat", CDX_METRIC_COS, 3, CDX_REFINE_NONE, 1};
+	const struct fixture fx = { "IVF16,Flat", CDX_METRIC_COS, 3, CDX_REFINE_NONE, 1 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	uint32_t shard, row;
@@ -400,14 +415,14 @@ test_keys_exclusions_and_errors(void **state)
 	float v[DIM];
 	assert_int_equal(cdx_collection_vector(c, shard, row, v), CDX_OK);
 	struct cdx_hit hits[10];
-	struct cdx_search_params p = {.k = 10, .nprobe = 16};
+	struct cdx_search_params p = { .k = 10, .nprobe = 16 };
 	assert_int_equal(cdx_collection_search(c, &p, v, 1, hits), CDX_OK);
 	assert_int_equal(hits[0].id, 123);
 	assert_true(fabsf(hits[0].score - 1.0f) < 0.02f);
 
 	/* excluding it (by key and by id) still returns k results */
-	const char *ek[] = {"spotify:track:123"};
-	int64_t eid[] = {hits[1].id};
+	const char *ek[] = { "spotify:track:123" };
+	int64_t eid[] = { hits[1].id };
 	int64_t second = hits[1].id;
 	p.exclude_keys = ek;
 	p.n_exclude_keys = 1;
@@ -420,17 +435,17 @@ test_keys_exclusions_and_errors(void **state)
 	}
 
 	/* bad input */
-	struct cdx_search_params bad = {.k = 0};
+	struct cdx_search_params bad = { .k = 0 };
 	assert_int_equal(cdx_collection_search(c, &bad, v, 1, hits), CDX_EINVAL);
 	v[3] = NAN;
-	p = (struct cdx_search_params) {.k = 10};
+	p = (struct cdx_search_params) { .k = 10 };
 	assert_int_equal(cdx_collection_search(c, &p, v, 1, hits), CDX_ENONFINITE);
 	p.refine_factor = 4;
 	v[3] = 0;
 	assert_int_equal(cdx_collection_search(c, &p, v, 1, hits), CDX_EINVAL); /* no refine store */
 	/* k larger than the collection: padded with -1 */
 	static struct cdx_hit many[N + 10];
-	p = (struct cdx_search_params) {.k = N + 10, .nprobe = 16};
+	p = (struct cdx_search_params) { .k = N + 10, .nprobe = 16 };
 	assert_int_equal(cdx_collection_search(c, &p, v, 1, many), CDX_OK);
 	assert_true(many[N - 1].id >= 0);
 	assert_int_equal(many[N].id, -1);
@@ -442,7 +457,7 @@ static void
 test_corrupt_shard_refused(void **state)
 {
 	(void) state;
-	const struct fixture fx = {"IVF16,Flat", CDX_METRIC_L2, 2, 0, 0};
+	const struct fixture fx = { "IVF16,Flat", CDX_METRIC_L2, 2, 0, 0 };
 	char *dir = tu_tmpdir("search");
 	write_version(dir, &fx);
 	char shard[4200], cdir[4200];
