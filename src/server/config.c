@@ -53,6 +53,9 @@ static const struct opt opts[] = {
 	{ "parallel-batch", OPT_U32, O(parallel_batch), "N",
 	    "a batch of at least N queries arriving at an idle server searches on every core (0 = never)" },
 	{ "drain-ms", OPT_U32, O(drain_ms), "MS", "longest wait for in-flight requests at shutdown" },
+	{ "listener-check-ms", OPT_U32, O(listener_check_ms), "MS",
+	    "probe tcp:// and ipc:// listeners this often and recreate one that stopped accepting (0 = "
+	    "off)" },
 	{ "watch-interval", OPT_DOUBLE, O(watch_interval), "SECONDS",
 	    "poll every collection's CURRENT link and reload on change (0 = off; SIGHUP always reloads)" },
 	{ "online-recall-fraction", OPT_DOUBLE, O(online_recall_fraction), "F",
@@ -78,6 +81,7 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->max_timeout_ms = 60000;
 	cfg->parallel_batch = 64;
 	cfg->drain_ms = 10000;
+	cfg->listener_check_ms = 1000;
 	cfg->online_recall_cpu = 0.05;
 	cfg->ipc_mode = strdup("0600");
 	cfg->log_level = CDX_LOG_INFO;

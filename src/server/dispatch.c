@@ -73,7 +73,8 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 		if (cdx__wire_pack(&small.base, &msg) != CDX_OK)
 			msg = NULL;
 	}
-	cdx__srv_observe(s, (int) resp->status, cdx_now_us() - x->t_recv_us);
+	if (strcmp(resp->request_id, CDX_PROBE_REQUEST_ID) != 0)
+		cdx__srv_observe(s, (int) resp->status, cdx_now_us() - x->t_recv_us);
 	if (x->req != NULL) {
 		candex__v1__request__free_unpacked(x->req, NULL);
 		x->req = NULL;
@@ -740,8 +741,8 @@ is_tls(const char *url)
 	return strncmp(url, "tls+tcp", 7) == 0;
 }
 
-static int
-listen_on(cdx_server *s, nng_socket sock, const char *url, int admin)
+int
+cdx__srv_listen(cdx_server *s, nng_socket sock, const char *url, int admin, struct srv_listener *slot)
 {
 	nng_listener l;
 	int rv;
@@ -774,8 +775,17 @@ listen_on(cdx_server *s, nng_socket sock, const char *url, int admin)
 		    "SRV-LISTEN", "%s listening on %s (port %d)", admin ? "admin" : "queries", url, port);
 	else
 		cdx_info("SRV-LISTEN", "%s listening on %s", admin ? "admin" : "queries", url);
-	s->listeners[s->nlisteners++] = l;
+	*slot = (struct srv_listener) { .l = l, .sock = sock, .url = url, .admin = admin, .port = port };
 	return CDX_OK;
+}
+
+static int
+listen_on(cdx_server *s, nng_socket sock, const char *url, int admin)
+{
+	int rc = cdx__srv_listen(s, sock, url, admin, &s->listeners[s->nlisteners]);
+	if (rc == CDX_OK)
+		s->nlisteners++;
+	return rc;
 }
 
 int

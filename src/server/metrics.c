@@ -109,6 +109,10 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	    b, "candex_reloads_total{result=\"ok\"} %llu\n", (unsigned long long) atomic_load(&m->reload_ok));
 	cdx_buf_printf(b, "candex_reloads_total{result=\"failed\"} %llu\n",
 	    (unsigned long long) atomic_load(&m->reload_failed));
+	HEAD(b, "candex_listener_restarts_total", "counter",
+	    "Listeners recreated by the watchdog after they stopped accepting (nng 1.5 bug).");
+	cdx_buf_printf(b, "candex_listener_restarts_total %llu\n",
+	    (unsigned long long) atomic_load(&m->listener_restarts));
 	HEAD(b, "candex_start_time_seconds", "gauge", "Unix time the server started.");
 	cdx_buf_printf(b, "candex_start_time_seconds %.3f\n", (double) s->start_ms / 1000.0);
 

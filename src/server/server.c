@@ -55,6 +55,8 @@ server_free(cdx_server *s)
 	pthread_cond_destroy(&s->q_cv);
 	pthread_mutex_destroy(&s->r_mu);
 	pthread_cond_destroy(&s->r_cv);
+	pthread_mutex_destroy(&s->w_mu);
+	pthread_cond_destroy(&s->w_cv);
 	cdx_server_config_fini(&s->cfg);
 	free(s);
 }
@@ -64,6 +66,7 @@ static void
 teardown(cdx_server *s)
 {
 	cdx__srv_http_stop(s);
+	cdx__srv_watchdog_stop(s);
 	cdx__srv_reloader_stop(s);
 	cdx__srv_workers_stop(s); /* before the contexts go: a worker may hold one */
 	cdx__srv_sockets_close(s);
@@ -95,6 +98,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->r_cv, &ca);
+	pthread_mutex_init(&s->w_mu, NULL);
+	pthread_cond_init(&s->w_cv, &ca);
 	pthread_condattr_destroy(&ca);
 
 	/* Workers use every core already; OpenBLAS's own pool would only
@@ -122,7 +127,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
 	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK
-	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
+	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_watchdog_start(s)) != CDX_OK
+	    || (rc = cdx__srv_http_start(s)) != CDX_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
 		atomic_store(&s->stopping, 1);

@@ -49,6 +49,8 @@
 #include "search/search.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
+/* request_id of the listener watchdog's health probes (not in the metrics) */
+#define CDX_PROBE_REQUEST_ID "candex-listener-probe"
 
 struct cdx_server_config {
 	char *index_dir;
@@ -68,9 +70,10 @@ struct cdx_server_config {
 	uint32_t max_excludes; /* exclude ids + keys per request */
 	uint32_t timeout_ms;   /* default deadline when a request has none */
 	uint32_t max_timeout_ms;
-	uint32_t parallel_batch; /* batches this large may use every core when idle */
-	uint32_t drain_ms;       /* longest wait for in-flight requests at shutdown */
-	double watch_interval;   /* seconds between CURRENT polls; 0 = off */
+	uint32_t parallel_batch;    /* batches this large may use every core when idle */
+	uint32_t drain_ms;          /* longest wait for in-flight requests at shutdown */
+	uint32_t listener_check_ms; /* listener watchdog period; 0 = off */
+	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
 	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
@@ -132,6 +135,7 @@ struct srv_metrics {
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
 	atomic_uint_fast64_t overloaded;
+	atomic_uint_fast64_t listener_restarts;
 };
 
 extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
@@ -139,6 +143,16 @@ extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in secon
 struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
+
+/* One listener, kept so that the watchdog can recreate it. */
+struct srv_listener {
+	nng_listener l;
+	nng_socket sock;
+	const char *url; /* points into cfg */
+	int admin;
+	int port;        /* bound TCP port, for probes */
+	unsigned failed; /* consecutive failed probes */
+};
 
 struct cdx_server {
 	struct cdx_server_config cfg;
@@ -154,7 +168,7 @@ struct cdx_server {
 	nng_socket admin; /* --admin-listen: also reloads */
 	int admin_open;
 	nng_tls_config *tls;
-	nng_listener listeners[CDX_SERVER_MAX_LISTEN + 1];
+	struct srv_listener listeners[CDX_SERVER_MAX_LISTEN + 1];
 	unsigned nlisteners;
 	struct srv_ctx **ctxs;
 	size_t nctxs;
@@ -182,6 +196,13 @@ struct cdx_server {
 	struct srv_failed *failed;     /* versions that failed to load */
 	size_t nfailed;
 
+	/* listener watchdog */
+	pthread_t watchdog;
+	int watchdog_started;
+	pthread_mutex_t w_mu;
+	pthread_cond_t w_cv;
+	int w_stop;
+
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
 };
@@ -207,6 +228,8 @@ void cdx__srv_set_free(struct srv_set *set);
 void cdx__srv_names(cdx_server *s, char *out, size_t size);
 
 /* dispatch.c */
+/* cdx__srv_listen starts a listener for url on sock into slot. */
+int cdx__srv_listen(cdx_server *s, nng_socket sock, const char *url, int admin, struct srv_listener *slot);
 int cdx__srv_sockets_open(cdx_server *s);
 void cdx__srv_sockets_close(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
@@ -214,6 +237,10 @@ void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
 /* cdx__srv_reply_reload answers an admin reload on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+
+/* watchdog.c */
+int cdx__srv_watchdog_start(cdx_server *s);
+void cdx__srv_watchdog_stop(cdx_server *s);
 
 /* metrics.c */
 void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);
