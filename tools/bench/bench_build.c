@@ -244,7 +244,6 @@ candex_run(const char *candex, const char *input, int metric, const char *work, 
 	int a = 0;
 	args[a++] = "candex";
 	args[a++] = "build";
-	args[a++] = "--quiet";
 	args[a++] = "--input";
 	args[a++] = (char *) input;
 	args[a++] = "--collection";
@@ -272,18 +271,32 @@ candex_run(const char *candex, const char *input, int metric, const char *work, 
 	args[a] = NULL;
 	pid_t pid = fork();
 	if (pid == 0) {
+		/* logs (phase times) to a file next to the work directory */
+		char log[PATH_MAX + 16];
+		snprintf(log, sizeof(log), "%s.log", work);
 		int fd = open("/dev/null", O_WRONLY);
+		int lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		dup2(fd, 1);
+		if (lfd >= 0)
+			dup2(lfd, 2);
 		execv(candex, args);
 		perror(candex);
 		_exit(127);
 	}
 	int status;
 	wait4(pid, &status, 0, ru);
+	char log[PATH_MAX + 16], cmd[PATH_MAX + 128];
+	snprintf(log, sizeof(log), "%s.log", work);
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		fprintf(stderr, "bench_build: candex build failed (status %d)\n", status);
+		fprintf(stderr, "bench_build: candex build failed (status %d), log %s\n", status, log);
 		return 1;
 	}
+	/* the phase times */
+	snprintf(cmd, sizeof(cmd), "grep -E 'trained in|rows in' '%s' | sed -e 's/^[^ ]* /        /'", log);
+	fflush(stdout);
+	if (system(cmd) != 0)
+		fprintf(stderr, "bench_build: no phase times in %s\n", log);
+	unlink(log);
 	return 0;
 }
 
