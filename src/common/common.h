@@ -130,6 +130,10 @@ void cdx_process_init(int argc, char **argv);
  * request workers already use every core). No-op without OpenBLAS. */
 void cdx_blas_set_threads(int n);
 
+/* cdx_cpu_count is the number of CPUs this process may run on (its affinity
+ * mask, as set by taskset or a Kubernetes CPU-manager pinned pod), at least 1. */
+int cdx_cpu_count(void);
+
 /* Growable byte buffer. */
 typedef struct cdx_buf {
 	char *data;

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -368,6 +369,16 @@ cdx_blas_set_threads(int n)
 	void (*set)(int) = (void (*)(int)) dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
 	if (set != NULL)
 		set(n);
+}
+
+int
+cdx_cpu_count(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return CPU_COUNT(&set);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (int) n : 1;
 }
 
 int

@@ -85,8 +85,7 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return cdx_error(CDX_ENOMEM, "out of memory");
 	config_copy(&s->cfg, cfg);
-	long cores = sysconf(_SC_NPROCESSORS_ONLN);
-	s->nworkers = cfg->threads ? cfg->threads : (uint32_t) (cores > 0 ? cores : 1);
+	s->nworkers = cfg->threads ? cfg->threads : (uint32_t) cdx_cpu_count();
 	if (s->cfg.queue_max == 0)
 		s->cfg.queue_max = 16 * s->nworkers;
 	s->start_ms = cdx_wall_ms();

@@ -13,11 +13,20 @@
  *      requests are sent on a fixed schedule and latency counts from the
  *      scheduled time (no coordinated omission): p50, p99.
  *
+ * With --server-cpus/--client-cpus the server is a separate `candex serve`
+ * process pinned to the server CPUs, the in-process baseline runs pinned to
+ * the same CPUs, and the load generator is pinned to the client CPUs: the
+ * ratio then compares the server with Faiss on the same cores, without the
+ * clients competing for them, and the server's own CPU time per request
+ * (from /proc) is reported next to the baseline's.
+ *
  * Prints a Markdown table. Usage: bench_server --help.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <sched.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <omp.h>
 #include <pthread.h>
@@ -26,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -46,6 +56,9 @@ struct bench {
 	cdx_collection *coll;
 	const char *url;
 	double rate; /* open loop: requests per second over all clients */
+	cpu_set_t server_cpus, client_cpus;
+	int pinned;       /* --server-cpus given: the server is a child process */
+	pid_t server_pid; /* that child, whose CPU time is read from /proc */
 };
 
 struct lat {
@@ -85,6 +98,7 @@ struct result {
 	double qps, p50, p99;
 	double srv_p50, srv_p99; /* server-side (SearchResponse.server_time_us), ms */
 	double cpu_us;           /* process CPU time per answered request, microseconds */
+	double srv_cpu_us;       /* the server child's CPU time per answered request */
 	uint64_t errors;
 };
 
@@ -94,6 +108,26 @@ process_cpu_us(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
 	return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
+}
+
+/* child_cpu_us is the CPU time (user + system) of process pid so far. */
+static double
+child_cpu_us(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* fields 14 and 15 (utime, stime), counted after the ")" of the name */
+	const char *p = strrchr(buf, ')');
+	unsigned long ut = 0, st = 0;
+	if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return 0;
+	return (double) (ut + st) * 1e6 / (double) sysconf(_SC_CLK_TCK);
 }
 
 struct worker {
@@ -190,22 +224,30 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	pthread_t *th = calloc(nthreads, sizeof(*th));
 	atomic_int stop = 0;
 	uint64_t t0 = cdx_now_us() + 20000;
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	if (b->pinned)
+		pthread_attr_setaffinity_np(
+		    &attr, sizeof(cpu_set_t), fn == inprocess_thread ? &b->server_cpus : &b->client_cpus);
 	for (unsigned i = 0; i < nthreads; i++) {
 		w[i] = (struct worker) {
 			.b = b, .id = (int) i, .stop = &stop, .t0 = t0, .open_loop = open_loop
 		};
-		pthread_create(&th[i], NULL, fn, &w[i]);
+		pthread_create(&th[i], &attr, fn, &w[i]);
 	}
+	pthread_attr_destroy(&attr);
 	/* warm up for 10% of the time, then measure from a clean slate */
 	sleep_until(t0 + (uint64_t) (b->seconds * 1e5));
 	uint64_t m0 = cdx_now_us();
 	double c0 = process_cpu_us();
+	double s0 = b->server_pid > 0 && fn != inprocess_thread ? child_cpu_us(b->server_pid) : 0;
 	size_t *skip = calloc(nthreads, sizeof(*skip));
 	for (unsigned i = 0; i < nthreads; i++)
 		skip[i] = w[i].lat.n; /* racy read of a counter: only used as a rough cut */
 	sleep_until(m0 + (uint64_t) (b->seconds * 1e6));
 	uint64_t m1 = cdx_now_us();
 	double c1 = process_cpu_us();
+	double s1 = b->server_pid > 0 && fn != inprocess_thread ? child_cpu_us(b->server_pid) : 0;
 	size_t *end = calloc(nthreads, sizeof(*end));
 	for (unsigned i = 0; i < nthreads; i++)
 		end[i] = w[i].lat.n;
@@ -232,6 +274,7 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	r.p50 = pct(&all, 0.50);
 	r.p99 = pct(&all, 0.99);
 	r.cpu_us = all.n ? (c1 - c0) / (double) all.n : 0;
+	r.srv_cpu_us = all.n ? (s1 - s0) / (double) all.n : 0;
 	free(all.v);
 	free(skip);
 	free(end);
@@ -280,6 +323,71 @@ free_port(void)
 	return ntohs(a.sin_port);
 }
 
+/* parse_cpus reads a CPU list like "0", "1-3" or "0,2". */
+static int
+parse_cpus(const char *arg, cpu_set_t *set)
+{
+	CPU_ZERO(set);
+	const char *p = arg;
+	while (*p) {
+		char *e;
+		long a = strtol(p, &e, 10), z = a;
+		if (e == p || a < 0 || a >= CPU_SETSIZE)
+			return -1;
+		if (*e == '-') {
+			p = e + 1;
+			z = strtol(p, &e, 10);
+			if (e == p || z < a || z >= CPU_SETSIZE)
+				return -1;
+		}
+		for (long c = a; c <= z; c++)
+			CPU_SET((int) c, set);
+		p = *e == ',' ? e + 1 : e;
+		if (*e != ',' && *e != '\0')
+			return -1;
+	}
+	return CPU_COUNT(set) > 0 ? 0 : -1;
+}
+
+/* spawn_server starts `candex serve` pinned to the server CPUs and waits
+ * until it answers a health check. */
+static pid_t
+spawn_server(struct bench *b, const char *candex, const char *ipc, const char *tcp)
+{
+	char threads[16], queue[16], maxk[16];
+	snprintf(threads, sizeof(threads), "%u", b->threads);
+	snprintf(queue, sizeof(queue), "%u", 4 * b->clients); /* throughput, not admission */
+	snprintf(maxk, sizeof(maxk), "%u", b->k > 1000 ? b->k : 1000);
+	pid_t pid = fork();
+	if (pid == 0) {
+		sched_setaffinity(0, sizeof(cpu_set_t), &b->server_cpus);
+		execl(candex, candex, "serve", "--index-dir", b->index_dir, "--listen", ipc, "--listen", tcp,
+		    "--threads", threads, "--queue-max", queue, "--max-k", maxk, "--log-level", "warn",
+		    (char *) NULL);
+		fprintf(stderr, "bench_server: cannot run %s: %s\n", candex, strerror(errno));
+		_exit(127);
+	}
+	if (pid < 0)
+		return -1;
+	struct cdx_client_options o = { .timeout_ms = 1000 };
+	struct cdx_client_error err;
+	for (int i = 0; i < 300; i++) {
+		cdx_client *c;
+		if (cdx_client_open(&c, ipc, &o, &err) == CDX_OK) {
+			int rc = cdx_client_health(c, &err);
+			cdx_client_close(c);
+			if (rc == CDX_OK)
+				return pid;
+		}
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return -1;
+		usleep(100000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
 static void
 usage(FILE *out)
 {
@@ -295,7 +403,12 @@ usage(FILE *out)
 	    "                     QPS counts requests (x N for queries per second)\n"
 	    "  --rate R           open loop at R requests/s instead of --load x saturation (skips it)\n"
 	    "  --url URL          measure an already running server at URL instead of starting one\n"
-	    "                     (its CPU time is not included in the client CPU column)\n");
+	    "                     (its CPU time is not included in the client CPU column)\n"
+	    "  --server-cpus LIST run the server as a separate `candex serve` pinned to these CPUs\n"
+	    "                     (e.g. 0 or 0-3) and the in-process baseline on the same CPUs;\n"
+	    "                     needs --client-cpus\n"
+	    "  --client-cpus LIST pin the load generator to these CPUs (e.g. 1)\n"
+	    "  --candex PATH      the candex binary for --server-cpus [next to bench_server]\n");
 }
 
 int
@@ -303,7 +416,7 @@ main(int argc, char **argv)
 {
 	cdx_process_init(argc, argv);
 	struct bench b = { .k = 100, .seconds = 5, .load = 0.7, .batch = 1 };
-	const char *ext_url = NULL;
+	const char *ext_url = NULL, *candex = NULL, *server_cpus = NULL, *client_cpus = NULL;
 	double fixed_rate = 0;
 	static const struct option lo[] = {
 		{ "index-dir", required_argument, NULL, 'd' },
@@ -318,6 +431,9 @@ main(int argc, char **argv)
 		{ "url", required_argument, NULL, 'u' },
 		{ "batch", required_argument, NULL, 'b' },
 		{ "rate", required_argument, NULL, 'r' },
+		{ "server-cpus", required_argument, NULL, 'S' },
+		{ "client-cpus", required_argument, NULL, 'L' },
+		{ "candex", required_argument, NULL, 'x' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -360,6 +476,15 @@ main(int argc, char **argv)
 		case 'r':
 			fixed_rate = atof(optarg);
 			break;
+		case 'S':
+			server_cpus = optarg;
+			break;
+		case 'L':
+			client_cpus = optarg;
+			break;
+		case 'x':
+			candex = optarg;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -373,10 +498,37 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (b.threads == 0) {
-		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		b.threads = n > 0 ? (uint32_t) n : 1;
+	if ((server_cpus != NULL) != (client_cpus != NULL) || (server_cpus != NULL && ext_url != NULL)) {
+		fprintf(stderr, "bench_server: --server-cpus and --client-cpus go together, without --url\n");
+		return 2;
 	}
+	char candex_buf[4096];
+	if (server_cpus != NULL) {
+		if (parse_cpus(server_cpus, &b.server_cpus) != 0
+		    || parse_cpus(client_cpus, &b.client_cpus) != 0) {
+			fprintf(stderr, "bench_server: bad CPU list (want e.g. 0, 1-3 or 0,2)\n");
+			return 2;
+		}
+		b.pinned = 1;
+		if (candex == NULL) {
+			/* the candex binary sits next to bench_server in the build directory */
+			ssize_t n = readlink("/proc/self/exe", candex_buf, sizeof(candex_buf) - 1);
+			candex_buf[n > 0 ? n : 0] = '\0';
+			char *slash = strrchr(candex_buf, '/');
+			if (slash == NULL || (size_t) (slash - candex_buf) + 8 > sizeof(candex_buf)) {
+				fprintf(stderr, "bench_server: give --candex PATH\n");
+				return 2;
+			}
+			strcpy(slash + 1, "candex");
+			candex = candex_buf;
+		}
+		/* this thread, and the nng threads the clients start, run on the client CPUs */
+		sched_setaffinity(0, sizeof(cpu_set_t), &b.client_cpus);
+		if (b.threads == 0)
+			b.threads = (uint32_t) CPU_COUNT(&b.server_cpus);
+	}
+	if (b.threads == 0)
+		b.threads = (uint32_t) cdx_cpu_count();
 	if (b.clients == 0)
 		b.clients = 4 * b.threads;
 	cdx_log_set_level(CDX_LOG_WARN);
@@ -400,13 +552,17 @@ main(int argc, char **argv)
 	    b.clients, b.seconds);
 
 	struct result base = run(&b, inprocess_thread, b.threads, 0);
-	printf("| path | QPS | vs in-process | p50 ms | p99 ms | CPU µs/req (this process) | open loop at "
-	       "%.0f%%: "
-	       "QPS | p50 ms | p99 ms | server-side p50 ms | server-side p99 ms | errors |\n",
+	if (b.pinned)
+		printf("server and in-process baseline on CPUs %s, load generator on CPUs %s\n\n",
+		    server_cpus, client_cpus);
+	printf("| path | QPS | vs in-process | p50 ms | p99 ms | CPU µs/req (this process) | server CPU "
+	       "µs/req | open loop at %.0f%%: QPS | p50 ms | p99 ms | server-side p50 ms | server-side p99 "
+	       "ms | errors |\n",
 	    100 * b.load);
-	printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-	printf("| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | %.0f | | | | | "
-	       "| %llu |\n",
+	printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+	printf(
+	    "| in-process cdx_collection_search, %u threads | %.0f | 1.00 | %.3f | %.3f | %.0f | | | | | | "
+	    "| %llu |\n",
 	    b.threads, base.qps, base.p50, base.p99, base.cpu_us, (unsigned long long) base.errors);
 	fflush(stdout);
 
@@ -421,6 +577,13 @@ main(int argc, char **argv)
 		urls[0] = ext_url;
 		names[0] = ext_url;
 		nurls = 1;
+	} else if (b.pinned) {
+		snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
+		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
+		if ((b.server_pid = spawn_server(&b, candex, ipc, tcp)) <= 0) {
+			fprintf(stderr, "bench_server: %s serve did not come up\n", candex);
+			return 1;
+		}
 	} else {
 		snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
 		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
@@ -447,14 +610,22 @@ main(int argc, char **argv)
 			b.rate = b.load * sat.qps;
 		}
 		struct result ol = run(&b, client_thread, b.clients, 1);
-		printf("| %s %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %.0f | %.3f | %.3f | %.3f | "
+		char srv_cpu[32] = "";
+		if (b.server_pid > 0)
+			snprintf(srv_cpu, sizeof(srv_cpu), "%.0f", sat.srv_cpu_us);
+		printf("| %s %s, %u clients | %.0f | %.2f | %.3f | %.3f | %.0f | %s | %.0f | %.3f | %.3f | "
+		       "%.3f | "
 		       "%.3f | %llu |\n",
 		    ext_url ? "external server at" : "server over", names[t], b.clients, sat.qps,
-		    sat.qps / base.qps, sat.p50, sat.p99, sat.cpu_us, ol.qps, ol.p50, ol.p99, ol.srv_p50,
-		    ol.srv_p99, (unsigned long long) (sat.errors + ol.errors));
+		    sat.qps / base.qps, sat.p50, sat.p99, sat.cpu_us, srv_cpu, ol.qps, ol.p50, ol.p99,
+		    ol.srv_p50, ol.srv_p99, (unsigned long long) (sat.errors + ol.errors));
 		fflush(stdout);
 	}
 	cdx_server_stop(srv);
+	if (b.server_pid > 0) {
+		kill(b.server_pid, SIGTERM);
+		waitpid(b.server_pid, NULL, 0);
+	}
 	cdx_server_config_fini(&cfg);
 	cdx_collection_unref(b.coll);
 	free(b.queries);
