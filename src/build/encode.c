@@ -110,6 +110,22 @@ done:
 	return rc;
 }
 
+size_t
+cdx_build_chunk_bytes(void)
+{
+	const char *env = getenv("CANDEX_BUILD_CHUNK_BYTES");
+	if (env == NULL || *env == 0)
+		return CDX_BUILD_CHUNK_BYTES;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(env, &end, 10);
+	if (errno != 0 || *end != 0 || v < 4096 || v > ((unsigned long long) 1 << 40)) {
+		cdx_warn("BLD-CHUNK", "CANDEX_BUILD_CHUNK_BYTES='%s' ignored (4096 .. 2^40 bytes)", env);
+		return CDX_BUILD_CHUNK_BYTES;
+	}
+	return (size_t) v;
+}
+
 int
 cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir, const char *input_override,
     int consume, int quiet, struct cdx_encode_result *res)
@@ -197,7 +213,7 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	if ((rc = cdx_shard_writer_open(&w, path, &info)) != CDX_OK)
 		goto fail;
 
-	size_t chunk_rows = CDX_MAX((size_t) 1, CDX_BUILD_CHUNK_BYTES / ((size_t) p->dim * sizeof(float)));
+	size_t chunk_rows = CDX_MAX((size_t) 1, cdx_build_chunk_bytes() / ((size_t) p->dim * sizeof(float)));
 	chunk = malloc(chunk_rows * p->dim * sizeof(float));
 	if (chunk == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "input chunk");

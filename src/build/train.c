@@ -354,7 +354,14 @@ cdx_build_plan_save(const struct cdx_build_plan *p, const char *workdir)
 	if (f == NULL)
 		return cdx_error_errno(CDX_EIO, "create %s", tmp);
 	if (faiss_write_index(p->index, f) != 0) {
-		rc = cdx_error_faiss(tmp);
+		int e = errno;
+		if (ferror(f) && (e == ENOSPC || e == EFBIG || e == EDQUOT)) {
+			/* a full disk: say so (CDX_ENOSPC), not "faiss error" */
+			errno = e;
+			rc = cdx_error_errno(CDX_EIO, "write %s", tmp);
+		} else {
+			rc = cdx_error_faiss(tmp);
+		}
 		fclose(f);
 		unlink(tmp);
 		return rc;

@@ -109,52 +109,6 @@ build_ok(const char *fmt, ...)
 	free(args);
 }
 
-/* current returns CURRENT's target in coll_dir (malloc'd) or NULL. */
-static char *
-current(const char *coll_dir)
-{
-	char link[4096], buf[256];
-	snprintf(link, sizeof(link), "%s/CURRENT", coll_dir);
-	ssize_t n = readlink(link, buf, sizeof(buf) - 1);
-	if (n < 0)
-		return NULL;
-	buf[n] = 0;
-	return strdup(buf);
-}
-
-/* count entries in coll_dir: versions (no leading '.', not CURRENT) and staging dirs */
-static void
-count_dirs(const char *coll_dir, int *versions, int *staging)
-{
-	*versions = *staging = 0;
-	DIR *d = opendir(coll_dir);
-	if (d == NULL)
-		return;
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL) {
-		if (strncmp(e->d_name, ".staging-", 9) == 0)
-			(*staging)++;
-		else if (e->d_name[0] != '.' && strcmp(e->d_name, "CURRENT") != 0)
-			(*versions)++;
-	}
-	closedir(d);
-}
-
-static int
-files_equal(const char *a, const char *b)
-{
-	char *da = NULL, *db = NULL;
-	size_t la = 0, lb = 0;
-	if (cdx_read_file(a, &da, &la) != CDX_OK || cdx_read_file(b, &db, &lb) != CDX_OK) {
-		free(da);
-		return 0;
-	}
-	int eq = la == lb && memcmp(da, db, la) == 0;
-	free(da);
-	free(db);
-	return eq;
-}
-
 /* self_hits: how many of the first nq base rows find themselves at rank 0. */
 static int
 self_hits(cdx_collection *c, const float *x, size_t dim, size_t nq)
@@ -188,7 +142,7 @@ test_metrics_and_refine(void **state)
 		        root, i, cases[i].metric, cases[i].refine, root);
 		assert_int_equal(rc, 0);
 		char *coll = pathf("%s/idx/m%zu", root, i);
-		char *cur = current(coll);
+		char *cur = tu_current(coll);
 		assert_non_null(cur);
 		assert_non_null(strstr(out, cur)); /* the version dir is printed */
 		cdx_collection *c = NULL;
@@ -281,7 +235,7 @@ test_input_formats(void **state)
 	uint64_t fp[4];
 	char *shard0 = NULL;
 	for (int i = 0; i < 4; i++) {
-		char *coll = pathf("%s/%s/fmt", root, outs[i]), *cur = current(coll);
+		char *coll = pathf("%s/%s/fmt", root, outs[i]), *cur = tu_current(coll);
 		char *vd = pathf("%s/%s", coll, cur), *sh = pathf("%s/shard-0000-of-0001.cdx", vd);
 		struct cdx_manifest *m = NULL;
 		assert_int_equal(cdx_manifest_load(&m, vd), CDX_OK);
@@ -292,7 +246,7 @@ test_input_formats(void **state)
 		if (i == 0)
 			shard0 = strdup(sh);
 		else if (i < 3)
-			assert_true(files_equal(shard0, sh));
+			assert_true(tu_files_equal(shard0, sh));
 		free(sh);
 		free(vd);
 		free(cur);
@@ -464,12 +418,12 @@ test_determinism(void **state)
 		         "--train-sample 4000 --out %s/det%d --quiet",
 		    root, keys, root, r);
 	char *c0 = pathf("%s/det0/d", root), *c1 = pathf("%s/det1/d", root);
-	char *v0 = current(c0), *v1 = current(c1);
+	char *v0 = tu_current(c0), *v1 = tu_current(c1);
 	for (uint32_t s = 0; s < 2; s++) {
 		char name[CDX_NAME_MAX];
 		cdx_build_shard_name(name, s, 2);
 		char *a = pathf("%s/%s/%s", c0, v0, name), *b = pathf("%s/%s/%s", c1, v1, name);
-		assert_true(files_equal(a, b));
+		assert_true(tu_files_equal(a, b));
 		free(a);
 		free(b);
 	}
@@ -488,10 +442,10 @@ test_determinism(void **state)
 	build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 78 "
 	         "--train-sample 4000 --out %s/det2 --quiet",
 	    root, keys, root);
-	char *c2 = pathf("%s/det2/d", root), *v2 = current(c2);
+	char *c2 = pathf("%s/det2/d", root), *v2 = tu_current(c2);
 	char *a = pathf("%s/%s/shard-0000-of-0002.cdx", c0, v0),
 	     *b = pathf("%s/%s/shard-0000-of-0002.cdx", c2, v2);
-	assert_false(files_equal(a, b));
+	assert_false(tu_files_equal(a, b));
 	free(a);
 	free(b);
 	free(c2);
@@ -529,11 +483,11 @@ expect_rejected(
 	assert_non_null(strstr(out, needle));
 	if (needle2)
 		assert_non_null(strstr(out, needle2));
-	char *now = current(coll_dir);
+	char *now = tu_current(coll_dir);
 	assert_non_null(now);
 	assert_string_equal(now, cur);
 	int versions, staging;
-	count_dirs(coll_dir, &versions, &staging);
+	tu_count_dirs(coll_dir, &versions, &staging);
 	assert_int_equal(versions, 1);
 	assert_int_equal(staging, 0);
 	free(now);
@@ -551,7 +505,7 @@ test_bad_inputs(void **state)
 	assert_int_equal(tu_write_keys(keys, "item", n), 0);
 	build_ok("--input %s/good.fvecs --collection good --metric l2 --out %s/idx --quiet", root, root);
 	char *coll = pathf("%s/idx/good", root);
-	char *cur = current(coll);
+	char *cur = tu_current(coll);
 	assert_non_null(cur);
 	char *p;
 
@@ -653,8 +607,100 @@ test_bad_inputs(void **state)
 	free(x);
 }
 
+/* expect_full runs argv under a file size limit (RLIMIT_FSIZE: a write past
+ * it fails with EFBIG, as a write to a full disk fails with ENOSPC) and
+ * checks the error: exit 1, the file being written named, ENOSPC. */
 static void
-test_disk_full(void **state)
+expect_full(long long limit, const char *file, const char *const argv[])
+{
+	struct tu_exec_opts eo = { .fsize_limit = limit };
+	char *out = NULL;
+	int rc = tu_exec(&out, &eo, NULL, NULL, argv);
+	if (rc != 1 || strstr(out, file) == NULL || strstr(out, "File too large") == NULL)
+		fprintf(stderr, "%s %s: rc %d, expected 1, '%s' and 'File too large' in:\n%s\n", argv[1],
+		    argv[2], rc, file, out);
+	assert_int_equal(rc, 1);
+	assert_non_null(strstr(out, file));
+	assert_non_null(strstr(out, "File too large"));
+	assert_non_null(strstr(out, "(ENOSPC)"));
+	free(out);
+}
+
+/* The disk fills up while a version is written: unprivileged, through
+ * RLIMIT_FSIZE (test_disk_full_tmpfs does the same on a real full file
+ * system when it may mount one). */
+static void
+test_disk_full_rlimit(void **state)
+{
+	(void) state;
+	free(gen("rl-big.fvecs", 6000, 64, 7));
+	free(gen("rl-small.fvecs", 400, 64, 8));
+	char *out = pathf("%s/rl", root), *coll = pathf("%s/rl/full", root);
+	char *big = pathf("%s/rl-big.fvecs", root), *work = pathf("%s/rl-work", root);
+	build_ok("--input %s/rl-small.fvecs --collection full --metric l2 --out %s --quiet", root, out);
+	char *cur = tu_current(coll);
+	assert_non_null(cur);
+	/* one-shot: the 6000 x 64 fp32 refine store (1.5 MB) does not fit in 256 KiB */
+	const char *oneshot[] = { CANDEX_BIN, "build", "--input", big, "--collection", "full", "--metric",
+		"l2", "--refine", "fp32", "--out", out, NULL };
+	expect_full(256 << 10, "shard-0000-of-0001.cdx", oneshot);
+	char *now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	int versions, staging;
+	tu_count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+	/* the same command without the limit works: the limit was the only problem */
+	const char *ok[] = { CANDEX_BIN, "build", "--input", big, "--collection", "full2", "--metric", "l2",
+		"--refine", "fp32", "--quiet", "--out", out, NULL };
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, ok), 0);
+
+	/* distributed: train cannot save the trained index (IVF128 x 64 floats
+	 * of centroids alone are 32 KiB) */
+	const char *train[]
+	    = { CANDEX_BIN, "build", "train", "--input", big, "--collection", "full", "--metric", "l2",
+		      "--shards", "2", "--refine", "fp32", "--out", out, "--work", work, "--quiet", NULL };
+	expect_full(8 << 10, "trained.faissindex", train);
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, train), 0);
+	const char *enc0[]
+	    = { CANDEX_BIN, "build", "encode", "--work", work, "--shard", "0", "--of", "2", "--quiet", NULL };
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, enc0), 0);
+	/* an encode job runs out of space: no shard output, no sidecar, no temp dir */
+	const char *enc[]
+	    = { CANDEX_BIN, "build", "encode", "--work", work, "--shard", "1", "--of", "2", "--quiet", NULL };
+	expect_full(256 << 10, "shard-0001-of-0002.cdx", enc);
+	char *p = pathf("%s/shard-0001-of-0002.cdx", work);
+	assert_int_equal(access(p, F_OK), -1);
+	free(p);
+	p = pathf("%s/shard-0001-of-0002.cdx.json", work);
+	assert_int_equal(access(p, F_OK), -1);
+	free(p);
+	assert_int_equal(tu_run(NULL, "ls -a %s | grep -q '^.encode-'", work), 1);
+	const char *pub[] = { CANDEX_BIN, "build", "publish", "--work", work, NULL };
+	char *o = NULL;
+	assert_int_equal(tu_exec(&o, NULL, NULL, NULL, pub), 1);
+	assert_non_null(strstr(o, "shard 1 of 2 has not been encoded"));
+	free(o);
+	now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	/* retried without the limit, the job finishes and publish works */
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, enc), 0);
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, pub), 0);
+	now = tu_current(coll);
+	assert_string_not_equal(now, cur);
+	free(now);
+	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
+	free(cur);
+	free(big);
+	free(work);
+	free(coll);
+	free(out);
+}
+
+static void
+test_disk_full_tmpfs(void **state)
 {
 	(void) state;
 	char *mnt = pathf("%s/full", root);
@@ -672,7 +718,7 @@ test_disk_full(void **state)
 	/* a small version fits (400 x 64 Flat ~ 100 kB) ... */
 	build_ok("--input %s/small.fvecs --collection full --metric l2 --out %s --quiet", root, mnt);
 	char *coll = pathf("%s/full", mnt);
-	char *cur = current(coll);
+	char *cur = tu_current(coll);
 	assert_non_null(cur);
 	/* ... a 6000 x 64 fp32 refine store (1.5 MB) does not */
 	char *out = NULL;
@@ -684,10 +730,10 @@ test_disk_full(void **state)
 	assert_non_null(strstr(out, "No space left on device"));
 	assert_non_null(strstr(out, "ENOSPC"));
 	assert_non_null(strstr(out, "shard-0000-of-0001.cdx"));
-	char *now = current(coll);
+	char *now = tu_current(coll);
 	assert_string_equal(now, cur);
 	int versions, staging;
-	count_dirs(coll, &versions, &staging);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(versions, 1);
 	assert_int_equal(staging, 0);
 	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
@@ -701,38 +747,53 @@ test_disk_full(void **state)
 	free(mnt);
 }
 
-/* spawn_build starts a build in the background; stdout/stderr to /dev/null. */
-static pid_t
-spawn_build(const char *input, const char *coll, const char *out)
+/* A staging directory of coll whose shard file has grown past min_bytes:
+ * the build is inside its encode pass, with the file half-written. */
+struct midway {
+	const char *coll;
+	const char *shard; /* file name inside the staging directory */
+	long long min_bytes;
+	char found[4096]; /* path of that shard file, once seen */
+};
+
+static int
+encode_midway(void *arg)
 {
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int fd = open("/dev/null", O_WRONLY);
-		dup2(fd, 1);
-		dup2(fd, 2);
-		execl(CANDEX_BIN, "candex", "build", "--input", input, "--collection", coll, "--metric", "l2",
-		    "--factory", "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out,
-		    (char *) NULL);
-		_exit(127);
+	struct midway *mw = arg;
+	DIR *d = opendir(mw->coll);
+	if (d == NULL)
+		return 0;
+	struct dirent *e;
+	int ready = 0;
+	while (!ready && (e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, ".staging-", 9) != 0 && strncmp(e->d_name, ".encode-", 8) != 0)
+			continue;
+		struct stat st;
+		snprintf(mw->found, sizeof(mw->found), "%s/%s/%s", mw->coll, e->d_name, mw->shard);
+		ready = stat(mw->found, &st) == 0 && st.st_size >= mw->min_bytes;
 	}
-	return pid;
+	closedir(d);
+	return ready;
 }
 
-/* wait_staging polls coll_dir until a staging directory appears. */
+/* run_interrupted runs a one-shot build of input into out/intr that gets
+ * sig once encode has written part of its shard file. */
 static int
-wait_staging(const char *coll_dir, pid_t pid)
+run_interrupted(const char *input, const char *out, int sig, struct midway *mw)
 {
-	for (int i = 0; i < 20000; i++) {
-		int versions, staging;
-		count_dirs(coll_dir, &versions, &staging);
-		if (staging > 0)
-			return 1;
-		if (waitpid(pid, NULL, WNOHANG) == pid)
-			return 0;
-		usleep(1000);
-	}
-	return 0;
+	const char *argv[]
+	    = { CANDEX_BIN, "build", "--input", input, "--collection", "intr", "--metric", "l2", "--factory",
+		      "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out, NULL };
+	struct tu_exec_opts eo = { .ready = encode_midway, .arg = mw, .signal_when_ready = sig };
+	int was_ready = 0;
+	char *o = NULL;
+	int rc = tu_exec(&o, &eo, NULL, &was_ready, argv);
+	if (!was_ready)
+		fprintf(stderr, "the build ended (%d) before its shard file reached %lld bytes:\n%s\n", rc,
+		    mw->min_bytes, o);
+	assert_true(was_ready);
+	free(o);
+	return rc;
 }
 
 static void
@@ -741,52 +802,71 @@ test_interrupted(void **state)
 	(void) state;
 	float *x = gen("int-small.fvecs", 3000, 16, 9);
 	free(x);
-	x = gen("int-big.fvecs", 200000, 16, 10); /* 14 MB: encode takes a while */
+	x = gen("int-big.fvecs", 200000, 16, 10); /* 13 MB, 12.8 MB of fp32 refine store */
 	free(x);
-	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
+	build_ok(
+	    "--input %s/int-small.fvecs --collection intr --metric l2 --refine fp32 --out %s/idx --quiet",
+	    root, root);
 	char *coll = pathf("%s/idx/intr", root);
-	char *cur = current(coll);
+	char *cur = tu_current(coll);
 	char *big = pathf("%s/int-big.fvecs", root), *out = pathf("%s/idx", root);
-	int versions, staging, status;
+	int versions, staging;
+	/* 256 KiB input chunks: the refine part grows step by step */
+	setenv("CANDEX_BUILD_CHUNK_BYTES", "262144", 1);
+	struct midway mw = { .coll = coll, .shard = "shard-0000-of-0001.cdx", .min_bytes = 1 << 20 };
 
-	/* SIGTERM: staging removed, exit 128+15, old CURRENT kept */
-	pid_t pid = spawn_build(big, "intr", out);
-	assert_true(wait_staging(coll, pid));
-	kill(pid, SIGTERM);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFEXITED(status));
-	assert_int_equal(WEXITSTATUS(status), 128 + SIGTERM);
-	count_dirs(coll, &versions, &staging);
+	/* SIGTERM mid-encode: staging removed, exit 128+15, old CURRENT kept */
+	assert_int_equal(run_interrupted(big, out, SIGTERM, &mw), 128 + SIGTERM);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 0);
 	assert_int_equal(versions, 1);
-	char *now = current(coll);
+	char *now = tu_current(coll);
 	assert_string_equal(now, cur);
 	free(now);
 
-	/* SIGKILL: only a staging directory is left; readers ignore it */
-	pid = spawn_build(big, "intr", out);
-	assert_true(wait_staging(coll, pid));
-	kill(pid, SIGKILL);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFSIGNALED(status));
-	count_dirs(coll, &versions, &staging);
+	/* SIGKILL mid-encode: a half-written shard is left in a staging directory */
+	assert_int_equal(run_interrupted(big, out, SIGKILL, &mw), -SIGKILL);
+	unsetenv("CANDEX_BUILD_CHUNK_BYTES");
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 1);
 	assert_int_equal(versions, 1);
-	now = current(coll);
+	struct stat st;
+	assert_int_equal(stat(mw.found, &st), 0);
+	assert_true(st.st_size >= (1 << 20));
+	cdx_shard *half = NULL;
+	assert_int_not_equal(cdx_shard_open(&half, mw.found), CDX_OK); /* no header yet */
+	assert_null(half);
+	/* ... which no reader takes for a version: CURRENT, resolve, load,
+	 * search and inspect all see the previous version */
+	now = tu_current(coll);
 	assert_string_equal(now, cur);
 	free(now);
+	char resolved[CDX_NAME_MAX];
+	assert_int_equal(cdx_version_resolve(coll, resolved), CDX_OK);
+	assert_string_equal(resolved, cur);
 	char *insp = NULL;
 	assert_int_equal(tu_run(&insp, "%s inspect %s", CANDEX_BIN, coll), 0);
 	assert_non_null(strstr(insp, "verify: OK"));
+	assert_non_null(strstr(insp, cur));
 	free(insp);
 	cdx_collection *c = NULL;
 	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	assert_int_equal(cdx_collection_manifest(c)->items, 3000);
+	assert_string_equal(cdx_collection_manifest(c)->version, cur);
+	x = malloc(3000 * 16 * sizeof(float));
+	tu_clustered(x, 3000, 16, 20, 9);
+	assert_true(self_hits(c, x, 16, 20) >= 19);
+	free(x);
 	cdx_collection_unref(c);
-	/* the next build's gc removes the dead builder's staging directory */
+	/* the next build succeeds, and its gc removes the dead builder's staging directory */
 	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
-	count_dirs(coll, &versions, &staging);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 0);
 	assert_int_equal(versions, 2);
+	now = tu_current(coll);
+	assert_string_not_equal(now, cur);
+	free(now);
+	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
 	free(big);
 	free(out);
 	free(cur);
@@ -804,12 +884,12 @@ test_gc_keep(void **state)
 	for (int i = 0; i < 4; i++) {
 		build_ok("--input %s/gc.fvecs --collection gc --metric l2 --keep 2 --out %s/idx --quiet",
 		    root, root);
-		names[i] = current(coll);
+		names[i] = tu_current(coll);
 		if (i > 0)
 			assert_true(strcmp(names[i], names[i - 1]) > 0); /* names sort by time */
 	}
 	int versions, staging;
-	count_dirs(coll, &versions, &staging);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(versions, 2);
 	struct stat st;
 	for (int i = 0; i < 4; i++) {
@@ -848,14 +928,14 @@ test_distributed(void **state)
 	build_ok("encode --work %s --shard 1 --of 3 --quiet", work); /* a retried job is harmless */
 	assert_int_equal(build(&out, "publish --work %s", work), 0);
 	char *c1 = pathf("%s/one/dist", root), *c2 = pathf("%s/two/dist", root);
-	char *v1 = current(c1), *v2 = current(c2);
+	char *v1 = tu_current(c1), *v2 = tu_current(c2);
 	assert_non_null(strstr(out, v2));
 	free(out);
 	for (uint32_t s = 0; s < 3; s++) {
 		char name[CDX_NAME_MAX];
 		cdx_build_shard_name(name, s, 3);
 		char *a = pathf("%s/%s/%s", c1, v1, name), *b = pathf("%s/%s/%s", c2, v2, name);
-		assert_true(files_equal(a, b));
+		assert_true(tu_files_equal(a, b));
 		free(a);
 		free(b);
 	}
@@ -871,7 +951,7 @@ test_distributed(void **state)
 	/* publishing again makes another version from the same work */
 	build_ok("publish --work %s --quiet", work);
 	int versions, staging;
-	count_dirs(c2, &versions, &staging);
+	tu_count_dirs(c2, &versions, &staging);
 	assert_int_equal(versions, 2);
 	/* an input that changed since train is refused by encode */
 	x = gen("dist.fvecs", 5001, 16, 12);
@@ -903,7 +983,8 @@ main(void)
 		cmocka_unit_test(test_small_and_factories),
 		cmocka_unit_test(test_determinism),
 		cmocka_unit_test(test_bad_inputs),
-		cmocka_unit_test(test_disk_full),
+		cmocka_unit_test(test_disk_full_rlimit),
+		cmocka_unit_test(test_disk_full_tmpfs),
 		cmocka_unit_test(test_interrupted),
 		cmocka_unit_test(test_gc_keep),
 		cmocka_unit_test(test_distributed),
