@@ -901,6 +901,22 @@ test_gc_keep(void **state)
 	free(coll);
 }
 
+/* leave_killed_attempt runs in the encode job's process before exec: it
+ * leaves what a killed earlier attempt with the same pid would have left. */
+static void
+leave_killed_attempt(void *arg)
+{
+	char dir[4096], file[4200];
+	snprintf(dir, sizeof(dir), "%s/.encode-0-%d", (const char *) arg, (int) getpid());
+	snprintf(file, sizeof(file), "%s/shard-0000-of-0003.cdx", dir);
+	mkdir(dir, 0755);
+	FILE *f = fopen(file, "w");
+	if (f != NULL) {
+		fputs("half-written", f);
+		fclose(f);
+	}
+}
+
 static void
 test_distributed(void **state)
 {
@@ -921,13 +937,60 @@ test_distributed(void **state)
 	assert_int_equal(build(&out, "encode --work %s --shard 0 --of 4", work), 1);
 	assert_non_null(strstr(out, "does not match"));
 	free(out);
+	/* an input of another dimension (here mounted at another path) is refused */
+	free(gen("dist12.fvecs", 5000, 12, 12));
+	assert_int_equal(
+	    build(&out, "encode --work %s --shard 0 --of 3 --input %s/dist12.fvecs", work, root), 1);
+	if (strstr(out, "dist12.fvecs") == NULL || strstr(out, "changed since training") == NULL)
+		fprintf(stderr, "%s\n", out);
+	assert_non_null(strstr(out, "dist12.fvecs"));
+	assert_non_null(strstr(out, "changed since training"));
+	free(out);
 	/* any order, as parallel jobs would finish */
 	build_ok("encode --work %s --shard 2 --of 3 --quiet", work);
-	build_ok("encode --work %s --shard 0 --of 3 --quiet", work);
+	/* a retry of a killed job with the same pid (pods are all pid 1) does not
+	 * trip over the half-written output the killed attempt left */
+	const char *enc0[]
+	    = { CANDEX_BIN, "build", "encode", "--work", work, "--shard", "0", "--of", "3", "--quiet", NULL };
+	struct tu_exec_opts eo = { .child_setup = leave_killed_attempt, .arg = work };
+	char *o = NULL;
+	int rc = tu_exec(&o, &eo, NULL, NULL, enc0);
+	if (rc != 0)
+		fprintf(stderr, "%s\n", o);
+	assert_int_equal(rc, 0);
+	free(o);
 	build_ok("encode --work %s --shard 1 --of 3 --quiet", work);
 	build_ok("encode --work %s --shard 1 --of 3 --quiet", work); /* a retried job is harmless */
+	/* publish re-verifies every shard: a bit flipped in a work shard after its
+	 * job finished is caught, and nothing is published */
+	char *w1 = pathf("%s/shard-0001-of-0003.cdx", work), *w1copy = pathf("%s/w1.copy", root);
+	assert_int_equal(tu_run(NULL, "cp %s %s", w1, w1copy), 0);
+	struct stat st;
+	assert_int_equal(stat(w1, &st), 0);
+	FILE *f = fopen(w1, "r+b");
+	assert_non_null(f);
+	fseek(f, st.st_size - 100, SEEK_SET);
+	int ch = fgetc(f);
+	fseek(f, st.st_size - 100, SEEK_SET);
+	fputc(ch ^ 0x10, f);
+	fclose(f);
+	char *c2 = pathf("%s/two/dist", root);
+	assert_int_equal(build(&out, "publish --work %s", work), 1);
+	if (strstr(out, "shard-0001-of-0003.cdx") == NULL || strstr(out, "checksum") == NULL)
+		fprintf(stderr, "%s\n", out);
+	assert_non_null(strstr(out, "shard-0001-of-0003.cdx"));
+	assert_non_null(strstr(out, "checksum"));
+	free(out);
+	int versions, staging;
+	tu_count_dirs(c2, &versions, &staging);
+	assert_int_equal(versions, 0);
+	assert_int_equal(staging, 0);
+	assert_null(tu_current(c2));
+	assert_int_equal(rename(w1copy, w1), 0);
+	free(w1);
+	free(w1copy);
 	assert_int_equal(build(&out, "publish --work %s", work), 0);
-	char *c1 = pathf("%s/one/dist", root), *c2 = pathf("%s/two/dist", root);
+	char *c1 = pathf("%s/one/dist", root);
 	char *v1 = tu_current(c1), *v2 = tu_current(c2);
 	assert_non_null(strstr(out, v2));
 	free(out);
@@ -950,7 +1013,6 @@ test_distributed(void **state)
 	cdx_manifest_free(m2);
 	/* publishing again makes another version from the same work */
 	build_ok("publish --work %s --quiet", work);
-	int versions, staging;
 	tu_count_dirs(c2, &versions, &staging);
 	assert_int_equal(versions, 2);
 	/* an input that changed since train is refused by encode */
