@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -495,6 +497,40 @@ expect_rejected(
 	free(args);
 }
 
+/* write_npy writes a 2-D .npy (format 1.0) of rows x dim with bytes of data. */
+static void
+write_npy(const char *path, const char *descr, size_t rows, size_t dim, const void *data, size_t bytes)
+{
+	char hdr[128];
+	int len = snprintf(hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': False, 'shape': (%zu, %zu), }",
+	    descr, rows, dim);
+	while ((10 + len + 1) % 64 != 0)
+		hdr[len++] = ' ';
+	hdr[len++] = '\n';
+	uint16_t hl = (uint16_t) len;
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+	fwrite(&hl, 2, 1, f);
+	fwrite(hdr, 1, (size_t) len, f);
+	fwrite(data, 1, bytes, f);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* drop_dac_override runs in the child before exec: root reads any file
+ * whatever its mode, unless CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH are
+ * gone from the bounding set (then exec does not grant them). 125: cannot. */
+static void
+drop_dac_override(void *arg)
+{
+	(void) arg;
+	if (geteuid() != 0)
+		return;
+	if (prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) != 0
+	    || prctl(PR_CAPBSET_DROP, CAP_DAC_READ_SEARCH, 0, 0, 0) != 0)
+		_exit(125);
+}
+
 static void
 test_bad_inputs(void **state)
 {
@@ -596,6 +632,93 @@ test_bad_inputs(void **state)
 	free(p);
 	/* unknown format */
 	expect_rejected(coll, cur, "unknown input format", NULL, "--input %s --metric l2", keys);
+
+	/* .npy: truncated, float16 NaN, another dimension than --dim */
+	p = pathf("%s/trunc.npy", root);
+	write_npy(p, "<f4", n, dim, x, (n - 1) * dim * sizeof(float) + 7);
+	expect_rejected(coll, cur, "trunc.npy: truncated", "ends inside row 2999", "--input %s --metric l2", p);
+	free(p);
+	uint16_t *h = malloc(n * dim * sizeof(uint16_t));
+	for (size_t i = 0; i < n * dim; i++)
+		h[i] = cdx_f32_to_f16(x[i]);
+	h[2100 * dim + 5] = 0x7e00; /* a float16 NaN */
+	p = pathf("%s/nan16.npy", root);
+	write_npy(p, "<f2", n, dim, h, n * dim * sizeof(uint16_t));
+	free(h);
+	expect_rejected(coll, cur, "nan16.npy: row 2100, column 5: NaN", NULL, "--input %s --metric ip", p);
+	expect_rejected(coll, cur, "nan16.npy: dimension 16, but --dim says 8", NULL,
+	    "--input %s --dim 8 --metric ip", p);
+	free(p);
+	/* raw float32 whose size is not whole rows of --dim */
+	p = pathf("%s/raw.f32", root);
+	f = fopen(p, "wb");
+	fwrite(x, sizeof(float), n * dim + 3, f);
+	fclose(f);
+	expect_rejected(coll, cur, "raw.f32: truncated", "row 3000", "--input %s --dim 16 --metric l2", p);
+	free(p);
+	/* ids: a count that does not match the rows, a line that is not an id */
+	p = pathf("%s/short.ids", root);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n - 1; i++)
+		fprintf(f, "%zu\n", i);
+	fclose(f);
+	expect_rejected(coll, cur, "short.ids: 2999 ids, but the input has 3000 rows", NULL,
+	    "--input %s/good.fvecs --ids %s --metric l2", root, p);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, i == 41 ? "4x1\n" : "%zu\n", i);
+	fclose(f);
+	expect_rejected(coll, cur, "short.ids: line 42", "not an int64 id",
+	    "--input %s/good.fvecs --ids %s --metric l2", root, p);
+	free(p);
+	/* keys: empty file, an empty line */
+	p = pathf("%s/empty.keys", root);
+	fclose(fopen(p, "w"));
+	expect_rejected(coll, cur, "empty.keys: 0 keys, but the input has 3000 rows", NULL,
+	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, i == 7 ? "\n" : "k%zu\n", i);
+	fclose(f);
+	expect_rejected(coll, cur, "empty.keys: line 8: empty key", NULL,
+	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	free(p);
+	/* an output directory that cannot be made */
+	p = pathf("%s/good.fvecs/idx", root);
+	char *o = NULL;
+	assert_int_equal(
+	    build(&o, "--input %s/good.fvecs --collection good --metric l2 --out %s", root, p), 1);
+	assert_non_null(strstr(o, "good.fvecs/idx"));
+	free(o);
+	free(p);
+	/* a file we may not read (mode 000; as root, without CAP_DAC_OVERRIDE) */
+	p = pathf("%s/secret.fvecs", root);
+	assert_int_equal(tu_write_fvecs(p, x, n, dim), 0);
+	assert_int_equal(chmod(p, 0), 0);
+	char *out_dir = pathf("%s/idx", root);
+	const char *argv[] = { CANDEX_BIN, "build", "--input", p, "--collection", "good", "--metric", "l2",
+		"--out", out_dir, NULL };
+	struct tu_exec_opts eo = { .child_setup = drop_dac_override };
+	int rc = tu_exec(&o, &eo, NULL, NULL, argv);
+	if (rc == 125) {
+		print_message("cannot drop CAP_DAC_OVERRIDE here: skipping the permission check\n");
+	} else {
+		if (rc != 1 || strstr(o, "secret.fvecs") == NULL || strstr(o, "Permission denied") == NULL)
+			fprintf(stderr, "rc %d:\n%s\n", rc, o);
+		assert_int_equal(rc, 1);
+		assert_non_null(strstr(o, "secret.fvecs"));
+		assert_non_null(strstr(o, "Permission denied"));
+	}
+	free(o);
+	free(out_dir);
+	free(p);
+	char *now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	int versions, staging;
+	tu_count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
 
 	/* and the old version still loads */
 	cdx_collection *c = NULL;
