@@ -22,6 +22,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/index_io_c.h>
+
 #include "build/build.h"
 #include "search/search.h"
 
@@ -293,6 +296,34 @@ test_keys_ids_shards(void **state)
 		sum += m->shards[s].rows;
 	}
 	assert_int_equal(sum, n);
+	/* one trained quantizer and codebook shared by all shards: emptied of
+	 * their vectors, the three Faiss indexes serialise to the same bytes */
+	char *empty[3];
+	size_t empty_len[3];
+	for (uint32_t s = 0; s < 3; s++) {
+		char *sp = pathf("%s/%s/%s", coll, m->version, m->shards[s].file);
+		cdx_shard *sh = NULL;
+		assert_int_equal(cdx_shard_open(&sh, sp), CDX_OK);
+		FILE *pf = NULL;
+		assert_int_equal(cdx_shard_open_part_stream(sh, CDX_PART_FAISS, &pf), CDX_OK);
+		FaissIndex *fi = NULL;
+		assert_int_equal(faiss_read_index(pf, 0, &fi), 0);
+		fclose(pf);
+		cdx_shard_close(sh);
+		assert_int_equal(faiss_Index_ntotal(fi), m->shards[s].rows);
+		assert_int_equal(faiss_Index_reset(fi), 0);
+		FILE *mf = open_memstream(&empty[s], &empty_len[s]);
+		assert_int_equal(faiss_write_index(fi, mf), 0);
+		fclose(mf);
+		faiss_Index_free(fi);
+		free(sp);
+		if (s > 0) {
+			assert_int_equal(empty_len[s], empty_len[0]);
+			assert_memory_equal(empty[s], empty[0], empty_len[0]);
+		}
+	}
+	for (int s = 0; s < 3; s++)
+		free(empty[s]);
 	for (int i = 0; i < (int) n; i += 97) {
 		char key[64];
 		snprintf(key, sizeof(key), "spotify:track:%d", i);
@@ -636,7 +667,8 @@ test_bad_inputs(void **state)
 	/* .npy: truncated, float16 NaN, another dimension than --dim */
 	p = pathf("%s/trunc.npy", root);
 	write_npy(p, "<f4", n, dim, x, (n - 1) * dim * sizeof(float) + 7);
-	expect_rejected(coll, cur, "trunc.npy: truncated", "ends inside row 2999", "--input %s --metric l2", p);
+	expect_rejected(
+	    coll, cur, "trunc.npy: truncated", "ends inside row 2999", "--input %s --metric l2", p);
 	free(p);
 	uint16_t *h = malloc(n * dim * sizeof(uint16_t));
 	for (size_t i = 0; i < n * dim; i++)
