@@ -1028,6 +1028,144 @@ test_interrupted(void **state)
 	free(coll);
 }
 
+/* line_index returns the index of the first line of log (an array of
+ * n lines) equal to want, or -1. */
+static int
+line_index(char **log, int n, const char *want)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(log[i], want) == 0)
+			return i;
+	return -1;
+}
+
+/* Publishing is durable before it is visible: with every fsync, rename and
+ * symlink of a real build logged (LD_PRELOAD), each shard file, the
+ * manifest and the staging directory are fsynced before the rename that
+ * makes the version visible, the collection directory after it, and
+ * CURRENT is swapped last, by renaming a new symlink over it. */
+static void
+test_publish_durability(void **state)
+{
+	(void) state;
+	free(gen("dur.fvecs", 3000, 16, 14));
+	char *logp = pathf("%s/fsync.log", root), *out = pathf("%s/dur", root);
+	char *coll = pathf("%s/dur/dur", root), *in = pathf("%s/dur.fvecs", root);
+	setenv("CANDEX_FSYNC_LOG", logp, 1);
+	setenv("LD_PRELOAD", CANDEX_FSYNC_LOG_LIB, 1);
+	const char *asan = getenv("ASAN_OPTIONS");
+	char *asan_saved = asan ? strdup(asan) : NULL, *asan_new = NULL;
+	/* a sanitized candex wants its runtime first in the library list */
+	assert_true(
+	    asprintf(&asan_new, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "") >= 0);
+	setenv("ASAN_OPTIONS", asan_new, 1);
+	const char *argv[] = { CANDEX_BIN, "build", "--input", in, "--collection", "dur", "--metric", "l2",
+		"--shards", "2", "--refine", "sq8", "--quiet", "--out", out, NULL };
+	char *o = NULL;
+	int rc = tu_exec(&o, NULL, NULL, NULL, argv);
+	unsetenv("LD_PRELOAD");
+	unsetenv("CANDEX_FSYNC_LOG");
+	if (asan_saved)
+		setenv("ASAN_OPTIONS", asan_saved, 1);
+	else
+		unsetenv("ASAN_OPTIONS");
+	free(asan_saved);
+	free(asan_new);
+	if (rc != 0)
+		fprintf(stderr, "%s\n", o);
+	assert_int_equal(rc, 0);
+	free(o);
+
+	char *text = NULL;
+	size_t len = 0;
+	assert_int_equal(cdx_read_file(logp, &text, &len), CDX_OK);
+	char *lines[4096];
+	int n = 0;
+	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l && n < 4096;
+	     l = strtok_r(NULL, "\n", &save))
+		lines[n++] = l;
+	char *cur = tu_current(coll);
+	assert_non_null(cur);
+	char *final = NULL, *staging = NULL, *want = NULL;
+	char *rc_coll = realpath(coll, NULL);
+	assert_non_null(rc_coll);
+	assert_true(asprintf(&final, "%s/%s", rc_coll, cur) >= 0);
+	/* the staging directory is what was renamed to the version */
+	int publish = -1;
+	for (int i = 0; i < n; i++) {
+		char *sp = strchr(lines[i], ' ');
+		if (strncmp(lines[i], "rename ", 7) == 0 && sp && strstr(lines[i], "/.staging-")
+		    && strcmp(strrchr(lines[i], ' ') + 1, final) == 0) {
+			publish = i;
+			staging = strndup(lines[i] + 7, (size_t) (strrchr(lines[i], ' ') - (lines[i] + 7)));
+		}
+	}
+	if (publish < 0)
+		fprintf(stderr, "no rename of a staging directory to %s in:\n%s\n", final, text);
+	assert_true(publish >= 0);
+	for (int s = 0; s < 2; s++) {
+		assert_true(asprintf(&want, "fsync %s/shard-000%d-of-0002.cdx", staging, s) >= 0);
+		int i = line_index(lines, n, want);
+		assert_true(i >= 0 && i < publish);
+		free(want);
+	}
+	int mf = -1;
+	for (int i = 0; i < publish; i++)
+		if (strncmp(lines[i], "rename ", 7) == 0 && strstr(lines[i], "/manifest.json")
+		    && strstr(lines[i], staging))
+			mf = i;
+	assert_true(mf >= 0);
+	/* the manifest's temporary file was fsynced before it was renamed into place */
+	char *tmp = strndup(lines[mf] + 7, (size_t) (strchr(lines[mf] + 7, ' ') - (lines[mf] + 7)));
+	assert_true(asprintf(&want, "fsync %s", tmp) >= 0);
+	int mfs = line_index(lines, n, want);
+	assert_true(mfs >= 0 && mfs < mf);
+	free(want);
+	free(tmp);
+	assert_true(asprintf(&want, "fsync %s", staging) >= 0);
+	int sd = -1;
+	for (int i = mf; i < publish; i++)
+		if (strcmp(lines[i], want) == 0)
+			sd = i;
+	assert_true(sd > mf); /* the directory entries (shards, manifest) are durable */
+	free(want);
+	assert_true(asprintf(&want, "fsync %s", rc_coll) >= 0);
+	int cd = -1;
+	for (int i = publish; i < n && cd < 0; i++)
+		if (strcmp(lines[i], want) == 0)
+			cd = i;
+	assert_true(cd > publish);
+	free(want);
+	/* CURRENT: a new symlink to the version, renamed over CURRENT, then the directory fsynced */
+	int swap = -1, link = -1;
+	for (int i = 0; i < n; i++) {
+		char *last = strrchr(lines[i], ' ');
+		if (strncmp(lines[i], "symlink ", 8) == 0 && strncmp(lines[i] + 8, cur, strlen(cur)) == 0)
+			link = i;
+		if (strncmp(lines[i], "rename ", 7) == 0 && last && strlen(last + 1) >= 8
+		    && strcmp(last + 1 + strlen(last + 1) - 8, "/CURRENT") == 0)
+			swap = i;
+	}
+	assert_true(link > cd);
+	assert_true(swap > link);
+	assert_true(asprintf(&want, "fsync %s", rc_coll) >= 0);
+	int after = -1;
+	for (int i = swap; i < n && after < 0; i++)
+		if (strcmp(lines[i], want) == 0)
+			after = i;
+	assert_true(after > swap);
+	free(want);
+	free(rc_coll);
+	free(final);
+	free(staging);
+	free(cur);
+	free(text);
+	free(in);
+	free(coll);
+	free(out);
+	free(logp);
+}
+
 static void
 test_gc_keep(void **state)
 {
@@ -1203,6 +1341,7 @@ main(void)
 		cmocka_unit_test(test_disk_full_rlimit),
 		cmocka_unit_test(test_disk_full_tmpfs),
 		cmocka_unit_test(test_interrupted),
+		cmocka_unit_test(test_publish_durability),
 		cmocka_unit_test(test_gc_keep),
 		cmocka_unit_test(test_distributed),
 	};
