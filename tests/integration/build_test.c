@@ -287,6 +287,40 @@ test_keys_ids_shards(void **state)
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	assert_int_equal(m->nshards, 3);
 	assert_string_equal(m->model_version, "emb-v7");
+	/* the rest of the manifest: what was built, from what, when, by which candex */
+	assert_int_equal(m->format_version, CDX_MANIFEST_FORMAT_VERSION);
+	assert_string_equal(m->collection, "k");
+	assert_int_equal(m->metric, CDX_METRIC_L2);
+	assert_int_equal(m->dim, dim);
+	assert_int_equal(m->items, n);
+	assert_string_equal(m->factory, "IVF64,PQ4x4np");
+	assert_int_equal(m->nlist, 64);
+	assert_int_equal(m->pq_m, 4);
+	assert_int_equal(m->pq_nbits, 4);
+	assert_int_equal(m->refine, CDX_REFINE_FP16);
+	assert_int_equal(m->seed, CDX_BUILD_DEFAULT_SEED);
+	assert_int_equal(m->train_sample, n);
+	assert_non_null(strstr(m->input_path, "k.fvecs"));
+	assert_int_equal(m->input_bytes, n * (4 + dim * 4));
+	assert_true(m->input_fingerprint != 0);
+	assert_int_equal(strlen(m->created), 24); /* 2026-11-28T16:35:22.123Z */
+	assert_int_equal(m->created[10], 'T');
+	assert_string_equal(m->candex_version, CANDEX_VERSION);
+	for (uint32_t s = 0; s < 3; s++) {
+		char *sp = pathf("%s/%s/%s", coll, m->version, m->shards[s].file);
+		uint64_t bytes, h;
+		assert_int_equal(cdx_file_xxh64(sp, &bytes, &h), CDX_OK);
+		assert_int_equal(bytes, m->shards[s].bytes);
+		assert_true(h == m->shards[s].xxh64);
+		free(sp);
+	}
+	char *mtext = NULL;
+	size_t mlen = 0;
+	char *mpath = pathf("%s/%s/manifest.json", coll, m->version);
+	assert_int_equal(cdx_read_file(mpath, &mtext, &mlen), CDX_OK);
+	assert_non_null(strstr(mtext, "\n  \"model_version\": \"emb-v7\"")); /* human-readable JSON */
+	free(mtext);
+	free(mpath);
 	uint64_t sum = 0;
 	for (uint32_t s = 0; s < 3; s++) {
 		char name[CDX_NAME_MAX];
