@@ -108,8 +108,14 @@ test_rss_bounded(void **state)
 	print_message("peak RSS: %lld MB for %zu rows, %lld MB for %zu rows (1 MiB chunks), %lld MB in one "
 	              "chunk; input +%lld MB\n",
 	    rss_small >> 20, small, rss_big >> 20, big, rss_big_one_chunk >> 20, more_input >> 20);
+#if defined(__SANITIZE_ADDRESS__)
+	/* ASan's shadow memory and quarantine of freed blocks grow with the work
+	 * done: peak RSS says nothing about our buffers there */
+	print_message("AddressSanitizer build: not checking the RSS bound\n");
+#else
 	assert_true(rss_big - rss_small < more_input / 2);
 	assert_true(rss_big_one_chunk - rss_small > more_input * 8 / 10); /* the control */
+#endif
 
 	/* the chunk size changes nothing in the output */
 	char *a = shard_of("big"), *b = shard_of("big-one-chunk");
