@@ -985,6 +985,48 @@ run_interrupted(const char *input, const char *out, int sig, struct midway *mw)
 	return rc;
 }
 
+/* serve_and_query starts `candex serve` on index_dir, asks it for the
+ * nearest neighbour of row 5 of int-small.fvecs and checks that version
+ * answers with id 5; then stops the server. */
+static void
+serve_and_query(const char *index_dir, const char *version)
+{
+	char *url = pathf("ipc://%s/serve.ipc", root);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execl(CANDEX_BIN, "candex", "serve", "--index-dir", index_dir, "--listen", url, "--threads",
+		    "1", (char *) NULL);
+		_exit(127);
+	}
+	char *out = NULL;
+	int rc = -1;
+	for (int tries = 0; tries < 100 && rc != 0; tries++) {
+		free(out);
+		out = NULL;
+		rc = tu_run(&out,
+		    "%s query --url %s --collection intr --vector-file %s/int-small.fvecs --row 5 -k 1 "
+		    "--refine 4 --json --timeout 2000 --retries 0",
+		    CANDEX_BIN, url, root);
+		if (rc != 0)
+			usleep(100000);
+	}
+	if (rc != 0 || strstr(out, version) == NULL)
+		fprintf(stderr, "query: %d\n%s\n", rc, out);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(out, version));
+	assert_true(strstr(out, "\"id\":5,") != NULL || strstr(out, "\"id\": 5,") != NULL);
+	free(out);
+	kill(pid, SIGTERM);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	free(url);
+}
+
 static void
 test_interrupted(void **state)
 {
@@ -993,12 +1035,12 @@ test_interrupted(void **state)
 	free(x);
 	x = gen("int-big.fvecs", 200000, 16, 10); /* 13 MB, 12.8 MB of fp32 refine store */
 	free(x);
-	build_ok(
-	    "--input %s/int-small.fvecs --collection intr --metric l2 --refine fp32 --out %s/idx --quiet",
+	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --refine fp32 --out %s/intr-idx "
+	         "--quiet",
 	    root, root);
-	char *coll = pathf("%s/idx/intr", root);
+	char *coll = pathf("%s/intr-idx/intr", root);
 	char *cur = tu_current(coll);
-	char *big = pathf("%s/int-big.fvecs", root), *out = pathf("%s/idx", root);
+	char *big = pathf("%s/int-big.fvecs", root), *out = pathf("%s/intr-idx", root);
 	int versions, staging;
 	/* 256 KiB input chunks: the refine part grows step by step */
 	setenv("CANDEX_BUILD_CHUNK_BYTES", "262144", 1);
@@ -1047,8 +1089,11 @@ test_interrupted(void **state)
 	assert_true(self_hits(c, x, 16, 20) >= 19);
 	free(x);
 	cdx_collection_unref(c);
+	/* a server started now serves the previous version */
+	serve_and_query(out, cur);
 	/* the next build succeeds, and its gc removes the dead builder's staging directory */
-	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
+	build_ok(
+	    "--input %s/int-small.fvecs --collection intr --metric l2 --out %s/intr-idx --quiet", root, root);
 	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 0);
 	assert_int_equal(versions, 2);
