@@ -875,8 +875,17 @@ test_disk_full_rlimit(void **state)
 	now = tu_current(coll);
 	assert_string_equal(now, cur);
 	free(now);
-	/* retried without the limit, the job finishes and publish works */
+	/* retried without the limit, the job finishes */
 	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, enc), 0);
+	/* publish hard-links the shards (no bytes written) but cannot write the manifest */
+	expect_full(64, "manifest.json", pub);
+	now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	tu_count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+	/* the work directory is intact: publish again, without the limit */
 	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, pub), 0);
 	now = tu_current(coll);
 	assert_string_not_equal(now, cur);
