@@ -5,7 +5,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/common.h"
 
@@ -118,6 +126,118 @@ tu_run(char **output, const char *fmt, ...)
 	if (status == -1 || !WIFEXITED(status))
 		return -1;
 	return WEXITSTATUS(status);
+}
+
+int
+tu_exec(char **output, const struct tu_exec_opts *opts, struct rusage *ru, int *was_ready,
+    const char *const argv[])
+{
+	static const struct tu_exec_opts none;
+	if (opts == NULL)
+		opts = &none;
+	if (was_ready != NULL)
+		*was_ready = 0;
+	int fds[2];
+	if (pipe2(fds, O_CLOEXEC) != 0)
+		return -1000;
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1000;
+	if (pid == 0) {
+		dup2(fds[1], 1);
+		dup2(fds[1], 2);
+		if (opts->fsize_limit > 0) {
+			struct rlimit rl = { (rlim_t) opts->fsize_limit, (rlim_t) opts->fsize_limit };
+			if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+				_exit(126);
+		}
+		if (opts->child_setup != NULL)
+			opts->child_setup(opts->arg);
+		execv(argv[0], (char *const *) argv);
+		_exit(127);
+	}
+	close(fds[1]);
+	cdx_buf out = { 0 };
+	char chunk[4096];
+	int fired = 0;
+	for (;;) {
+		struct pollfd pfd = { fds[0], POLLIN, 0 };
+		if (poll(&pfd, 1, opts->ready ? 2 : 1000) > 0) {
+			ssize_t got = read(fds[0], chunk, sizeof(chunk));
+			if (got > 0)
+				cdx_buf_append(&out, chunk, (size_t) got);
+			else if (got == 0 || errno != EINTR)
+				break;
+		}
+		if (opts->ready != NULL && !fired && opts->ready(opts->arg)) {
+			fired = 1;
+			if (was_ready != NULL)
+				*was_ready = 1;
+			if (opts->signal_when_ready > 0)
+				kill(pid, opts->signal_when_ready);
+		}
+	}
+	close(fds[0]);
+	cdx_buf_append(&out, "", 1);
+	if (getenv("CANDEX_TEST_VERBOSE"))
+		fprintf(stderr, "%s %s -> \n%s\n", argv[0], argv[1] ? argv[1] : "", out.data);
+	if (output != NULL)
+		*output = out.data;
+	else
+		cdx_buf_fini(&out);
+	int status;
+	struct rusage usage;
+	if (wait4(pid, &status, 0, &usage) != pid)
+		return -1000;
+	if (ru != NULL)
+		*ru = usage;
+	if (WIFSIGNALED(status))
+		return -WTERMSIG(status);
+	return WEXITSTATUS(status);
+}
+
+char *
+tu_current(const char *coll_dir)
+{
+	char link[4096], buf[256];
+	snprintf(link, sizeof(link), "%s/CURRENT", coll_dir);
+	ssize_t n = readlink(link, buf, sizeof(buf) - 1);
+	if (n < 0)
+		return NULL;
+	buf[n] = 0;
+	return strdup(buf);
+}
+
+void
+tu_count_dirs(const char *coll_dir, int *versions, int *staging)
+{
+	*versions = *staging = 0;
+	DIR *d = opendir(coll_dir);
+	if (d == NULL)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, ".staging-", 9) == 0)
+			(*staging)++;
+		else if (e->d_name[0] != '.' && strcmp(e->d_name, "CURRENT") != 0)
+			(*versions)++;
+	}
+	closedir(d);
+}
+
+int
+tu_files_equal(const char *a, const char *b)
+{
+	char *da = NULL, *db = NULL;
+	size_t la = 0, lb = 0;
+	if (cdx_read_file(a, &da, &la) != CDX_OK || cdx_read_file(b, &db, &lb) != CDX_OK) {
+		free(da);
+		return 0;
+	}
+	int eq = la == lb && memcmp(da, db, la) == 0;
+	free(da);
+	free(db);
+	return eq;
 }
 
 struct tu_pair {

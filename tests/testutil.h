@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/resource.h>
 
 #include <cmocka.h>
 
@@ -32,6 +33,33 @@ char *tu_path(const char *a, const char *b);
  * status (0..255), or -1 if it was killed by a signal. Its stdout+stderr go
  * to *output (malloc'd) when output is not NULL. */
 int tu_run(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* How tu_exec runs a child. Zero-initialised means: no limits, no hooks. */
+struct tu_exec_opts {
+	long long fsize_limit;          /* > 0: RLIMIT_FSIZE in the child. SIGXFSZ keeps its default
+	                                   action (candex build ignores it itself, so that a write past
+	                                   the limit fails with EFBIG, as one to a full disk) */
+	void (*child_setup)(void *arg); /* run in the child before exec (same pid as the command) */
+	int (*ready)(void *arg);        /* polled every 2 ms while the child runs */
+	void *arg;                      /* for child_setup and ready */
+	int signal_when_ready;          /* a signal sent to the child the first time ready() returns 1 */
+};
+
+/* tu_exec runs argv[0] with argv (no shell), stdout+stderr to *output
+ * (malloc'd, may be NULL). Returns the exit status (0..255), or -(signal)
+ * if the child was killed by a signal. *ru (may be NULL) gets the child's
+ * resource usage (ru_maxrss: its peak RSS in KiB). *was_ready (may be
+ * NULL) is set to 1 if ready() returned 1 while the child ran. */
+int tu_exec(char **output, const struct tu_exec_opts *opts, struct rusage *ru, int *was_ready,
+    const char *const argv[]);
+
+/* tu_current returns the target of coll_dir/CURRENT (malloc'd) or NULL. */
+char *tu_current(const char *coll_dir);
+/* tu_count_dirs counts the entries of coll_dir: versions (no leading '.',
+ * not CURRENT) and staging directories (".staging-*"). */
+void tu_count_dirs(const char *coll_dir, int *versions, int *staging);
+/* tu_files_equal: 1 if both files can be read and hold the same bytes. */
+int tu_files_equal(const char *a, const char *b);
 
 /* tu_exact_knn computes exact top-k rows (for l2: smallest squared
  * distance; ip: largest inner product) of q among x, by brute force. */

@@ -50,6 +50,12 @@
 #define CDX_BUILD_MIN_POINTS_PER_LIST 39    /* Faiss k-means wants >= 39 points per centroid */
 #define CDX_BUILD_MAX_KEY_BYTES       4096
 
+/* cdx_build_chunk_bytes: the input bytes encode processes per step,
+ * CDX_BUILD_CHUNK_BYTES unless the environment sets CANDEX_BUILD_CHUNK_BYTES
+ * (4096 .. 2^40; the tests use small chunks to stream a small input in many
+ * steps). The chunk size does not change the output. */
+size_t cdx_build_chunk_bytes(void);
+
 /* --- input files ------------------------------------------------------ */
 
 enum cdx_input_format {

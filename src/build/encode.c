@@ -110,6 +110,22 @@ done:
 	return rc;
 }
 
+size_t
+cdx_build_chunk_bytes(void)
+{
+	const char *env = getenv("CANDEX_BUILD_CHUNK_BYTES");
+	if (env == NULL || *env == 0)
+		return CDX_BUILD_CHUNK_BYTES;
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(env, &end, 10);
+	if (errno != 0 || *end != 0 || v < 4096 || v > ((unsigned long long) 1 << 40)) {
+		cdx_warn("BLD-CHUNK", "CANDEX_BUILD_CHUNK_BYTES='%s' ignored (4096 .. 2^40 bytes)", env);
+		return CDX_BUILD_CHUNK_BYTES;
+	}
+	return (size_t) v;
+}
+
 int
 cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir, const char *input_override,
     int consume, int quiet, struct cdx_encode_result *res)
@@ -133,16 +149,18 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	cdx_build_shard_name(name, shard, p->nshards);
 	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int) sizeof(path))
 		return cdx_error(CDX_EINVAL, "path too long: %s", dir);
-	if ((rc = cdx_input_open(&in, input, p->dim)) != CDX_OK)
+	/* dim from the file itself (raw float32 has none), so that another
+	 * dimension reads as what it is: a different input */
+	if ((rc = cdx_input_open(&in, input, p->input_format == CDX_INPUT_RAW_F32 ? p->dim : 0)) != CDX_OK)
 		goto fail;
-	if (cdx_input_rows(in) != p->rows || cdx_input_file_bytes(in) != p->input_bytes
-	    || cdx_input_format(in) != p->input_format) {
+	if (cdx_input_rows(in) != p->rows || cdx_input_dim(in) != p->dim
+	    || cdx_input_file_bytes(in) != p->input_bytes || cdx_input_format(in) != p->input_format) {
 		rc = cdx_error(CDX_EDIM,
-		    "%s: %llu rows (%llu bytes, %s), but the trained plan has %llu rows (%llu bytes, %s): "
-		    "the input changed since training",
-		    input, (unsigned long long) cdx_input_rows(in),
+		    "%s: %llu rows of dimension %u (%llu bytes, %s), but the trained plan has %llu rows of "
+		    "dimension %u (%llu bytes, %s): the input changed since training",
+		    input, (unsigned long long) cdx_input_rows(in), cdx_input_dim(in),
 		    (unsigned long long) cdx_input_file_bytes(in),
-		    cdx_input_format_name(cdx_input_format(in)), (unsigned long long) p->rows,
+		    cdx_input_format_name(cdx_input_format(in)), (unsigned long long) p->rows, p->dim,
 		    (unsigned long long) p->input_bytes, cdx_input_format_name(p->input_format));
 		goto fail;
 	}
@@ -197,7 +215,7 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	if ((rc = cdx_shard_writer_open(&w, path, &info)) != CDX_OK)
 		goto fail;
 
-	size_t chunk_rows = CDX_MAX((size_t) 1, CDX_BUILD_CHUNK_BYTES / ((size_t) p->dim * sizeof(float)));
+	size_t chunk_rows = CDX_MAX((size_t) 1, cdx_build_chunk_bytes() / ((size_t) p->dim * sizeof(float)));
 	chunk = malloc(chunk_rows * p->dim * sizeof(float));
 	if (chunk == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "input chunk");

@@ -129,6 +129,10 @@ cdx_build_signals_start(void)
 	sigemptyset(&sa.sa_mask);
 	if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
 		return cdx_error_errno(CDX_EINTERNAL, "sigaction");
+	/* A file size limit (RLIMIT_FSIZE, e.g. a shell's ulimit -f) would
+	 * otherwise kill the build with SIGXFSZ and leave its staging behind:
+	 * ignored, the write fails with EFBIG and is handled like a full disk. */
+	signal(SIGXFSZ, SIG_IGN);
 	return CDX_OK;
 }
 

@@ -159,7 +159,7 @@ verify_shard(
 	    || (p->refine != CDX_REFINE_NONE && cdx_shard_find_part(s, CDX_PART_REFINE) == NULL)) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: a part is missing", path);
 	} else {
-		rc = cdx_shard_verify(s);
+		rc = cdx_shard_verify_release(s);
 	}
 	cdx_shard_close(s);
 	return rc;
@@ -365,12 +365,21 @@ cdx_build_encode_work(const char *workdir, uint32_t shard, uint32_t of, const ch
 		goto fail;
 	}
 	cdx_build_shard_name(name, shard, of);
-	snprintf(tmpdir, sizeof(tmpdir), "%s/.encode-%u-%d", workdir, shard, (int) getpid());
-	cdx_build_cleanup_add(tmpdir);
-	if (mkdir(tmpdir, 0755) != 0 && errno != EEXIST) {
-		rc = cdx_error_errno(CDX_EIO, "mkdir %s", tmpdir);
+	/* A unique name, not the pid: pods of a Kubernetes job all tend to be
+	 * pid 1, and a retried job must not trip over the half-written file of
+	 * the attempt that was killed (train removes such leftovers). */
+	if (snprintf(tmpdir, sizeof(tmpdir), "%s/.encode-%u-XXXXXX", workdir, shard)
+	    >= (int) sizeof(tmpdir)) {
+		rc = cdx_error(CDX_EINVAL, "path too long: %s", workdir);
+		tmpdir[0] = 0;
 		goto fail;
 	}
+	if (mkdtemp(tmpdir) == NULL) {
+		rc = cdx_error_errno(CDX_EIO, "mkdir %s", tmpdir);
+		tmpdir[0] = 0;
+		goto fail;
+	}
+	cdx_build_cleanup_add(tmpdir);
 	if ((rc = cdx_build_encode_shard(p, shard, tmpdir, input, 1, quiet, &res)) != CDX_OK)
 		goto fail;
 	if ((rc = join(from, tmpdir, name)) != CDX_OK || (rc = join(to, workdir, name)) != CDX_OK

@@ -141,7 +141,13 @@ read_sample(struct cdx_build_plan *p, cdx_input *in, const struct cdx_build_opts
 	cdx_build_sample(p->rows, k, p->seed, rows);
 	struct cdx_progress pr;
 	cdx_progress_begin(&pr, "sample", k, o->quiet);
-	const size_t step = 16384;
+	/* Each sampled row may sit on a page of its own, and the mapping keeps
+	 * every page touched until released: read at most a chunk's worth of
+	 * pages between releases (16384 rows with the default 64 MiB chunks),
+	 * so that the input's pages in our RSS stay within the chunk budget. */
+	size_t page = (size_t) sysconf(_SC_PAGESIZE);
+	size_t row_bytes = (size_t) p->dim * sizeof(float);
+	const size_t step = CDX_MAX((size_t) 1, cdx_build_chunk_bytes() / CDX_MAX(page, row_bytes));
 	int rc = CDX_OK;
 	for (uint64_t i = 0; i < k && rc == CDX_OK; i += step) {
 		size_t n = (size_t) CDX_MIN((uint64_t) step, k - i);
@@ -354,7 +360,14 @@ cdx_build_plan_save(const struct cdx_build_plan *p, const char *workdir)
 	if (f == NULL)
 		return cdx_error_errno(CDX_EIO, "create %s", tmp);
 	if (faiss_write_index(p->index, f) != 0) {
-		rc = cdx_error_faiss(tmp);
+		int e = errno;
+		if (ferror(f) && (e == ENOSPC || e == EFBIG || e == EDQUOT)) {
+			/* a full disk: say so (CDX_ENOSPC), not "faiss error" */
+			errno = e;
+			rc = cdx_error_errno(CDX_EIO, "write %s", tmp);
+		} else {
+			rc = cdx_error_faiss(tmp);
+		}
 		fclose(f);
 		unlink(tmp);
 		return rc;

@@ -135,6 +135,11 @@ uint64_t cdx_shard_file_xxh64(const cdx_shard *s);
 const struct cdx_part_desc *cdx_shard_find_part(const cdx_shard *s, uint32_t kind);
 /* cdx_shard_verify checks the xxh64 of every part (not decompressing). */
 int cdx_shard_verify(const cdx_shard *s);
+/* cdx_shard_verify_release is cdx_shard_verify for a caller that will not
+ * read the parts next (the builder's re-verification before publishing):
+ * each piece's pages are dropped from the mapping once hashed, so checking
+ * a shard of many GB does not hold it all in our RSS. */
+int cdx_shard_verify_release(const cdx_shard *s);
 /* cdx_shard_read_part decompresses a whole part into a malloc'd buffer the
  * caller frees; the lz4 content checksum is verified. */
 int cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len);

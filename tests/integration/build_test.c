@@ -15,10 +15,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/index_io_c.h>
 
 #include "build/build.h"
 #include "search/search.h"
@@ -109,52 +114,6 @@ build_ok(const char *fmt, ...)
 	free(args);
 }
 
-/* current returns CURRENT's target in coll_dir (malloc'd) or NULL. */
-static char *
-current(const char *coll_dir)
-{
-	char link[4096], buf[256];
-	snprintf(link, sizeof(link), "%s/CURRENT", coll_dir);
-	ssize_t n = readlink(link, buf, sizeof(buf) - 1);
-	if (n < 0)
-		return NULL;
-	buf[n] = 0;
-	return strdup(buf);
-}
-
-/* count entries in coll_dir: versions (no leading '.', not CURRENT) and staging dirs */
-static void
-count_dirs(const char *coll_dir, int *versions, int *staging)
-{
-	*versions = *staging = 0;
-	DIR *d = opendir(coll_dir);
-	if (d == NULL)
-		return;
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL) {
-		if (strncmp(e->d_name, ".staging-", 9) == 0)
-			(*staging)++;
-		else if (e->d_name[0] != '.' && strcmp(e->d_name, "CURRENT") != 0)
-			(*versions)++;
-	}
-	closedir(d);
-}
-
-static int
-files_equal(const char *a, const char *b)
-{
-	char *da = NULL, *db = NULL;
-	size_t la = 0, lb = 0;
-	if (cdx_read_file(a, &da, &la) != CDX_OK || cdx_read_file(b, &db, &lb) != CDX_OK) {
-		free(da);
-		return 0;
-	}
-	int eq = la == lb && memcmp(da, db, la) == 0;
-	free(da);
-	free(db);
-	return eq;
-}
-
 /* self_hits: how many of the first nq base rows find themselves at rank 0. */
 static int
 self_hits(cdx_collection *c, const float *x, size_t dim, size_t nq)
@@ -188,7 +147,7 @@ test_metrics_and_refine(void **state)
 		        root, i, cases[i].metric, cases[i].refine, root);
 		assert_int_equal(rc, 0);
 		char *coll = pathf("%s/idx/m%zu", root, i);
-		char *cur = current(coll);
+		char *cur = tu_current(coll);
 		assert_non_null(cur);
 		assert_non_null(strstr(out, cur)); /* the version dir is printed */
 		cdx_collection *c = NULL;
@@ -281,7 +240,7 @@ test_input_formats(void **state)
 	uint64_t fp[4];
 	char *shard0 = NULL;
 	for (int i = 0; i < 4; i++) {
-		char *coll = pathf("%s/%s/fmt", root, outs[i]), *cur = current(coll);
+		char *coll = pathf("%s/%s/fmt", root, outs[i]), *cur = tu_current(coll);
 		char *vd = pathf("%s/%s", coll, cur), *sh = pathf("%s/shard-0000-of-0001.cdx", vd);
 		struct cdx_manifest *m = NULL;
 		assert_int_equal(cdx_manifest_load(&m, vd), CDX_OK);
@@ -292,7 +251,7 @@ test_input_formats(void **state)
 		if (i == 0)
 			shard0 = strdup(sh);
 		else if (i < 3)
-			assert_true(files_equal(shard0, sh));
+			assert_true(tu_files_equal(shard0, sh));
 		free(sh);
 		free(vd);
 		free(cur);
@@ -328,6 +287,40 @@ test_keys_ids_shards(void **state)
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	assert_int_equal(m->nshards, 3);
 	assert_string_equal(m->model_version, "emb-v7");
+	/* the rest of the manifest: what was built, from what, when, by which candex */
+	assert_int_equal(m->format_version, CDX_MANIFEST_FORMAT_VERSION);
+	assert_string_equal(m->collection, "k");
+	assert_int_equal(m->metric, CDX_METRIC_L2);
+	assert_int_equal(m->dim, dim);
+	assert_int_equal(m->items, n);
+	assert_string_equal(m->factory, "IVF64,PQ4x4np");
+	assert_int_equal(m->nlist, 64);
+	assert_int_equal(m->pq_m, 4);
+	assert_int_equal(m->pq_nbits, 4);
+	assert_int_equal(m->refine, CDX_REFINE_FP16);
+	assert_int_equal(m->seed, CDX_BUILD_DEFAULT_SEED);
+	assert_int_equal(m->train_sample, n);
+	assert_non_null(strstr(m->input_path, "k.fvecs"));
+	assert_int_equal(m->input_bytes, n * (4 + dim * 4));
+	assert_true(m->input_fingerprint != 0);
+	assert_int_equal(strlen(m->created), 24); /* 2026-11-28T16:35:22.123Z */
+	assert_int_equal(m->created[10], 'T');
+	assert_string_equal(m->candex_version, CANDEX_VERSION);
+	for (uint32_t s = 0; s < 3; s++) {
+		char *sp = pathf("%s/%s/%s", coll, m->version, m->shards[s].file);
+		uint64_t bytes, h;
+		assert_int_equal(cdx_file_xxh64(sp, &bytes, &h), CDX_OK);
+		assert_int_equal(bytes, m->shards[s].bytes);
+		assert_true(h == m->shards[s].xxh64);
+		free(sp);
+	}
+	char *mtext = NULL;
+	size_t mlen = 0;
+	char *mpath = pathf("%s/%s/manifest.json", coll, m->version);
+	assert_int_equal(cdx_read_file(mpath, &mtext, &mlen), CDX_OK);
+	assert_non_null(strstr(mtext, "\n  \"model_version\": \"emb-v7\"")); /* human-readable JSON */
+	free(mtext);
+	free(mpath);
 	uint64_t sum = 0;
 	for (uint32_t s = 0; s < 3; s++) {
 		char name[CDX_NAME_MAX];
@@ -337,6 +330,34 @@ test_keys_ids_shards(void **state)
 		sum += m->shards[s].rows;
 	}
 	assert_int_equal(sum, n);
+	/* one trained quantizer and codebook shared by all shards: emptied of
+	 * their vectors, the three Faiss indexes serialise to the same bytes */
+	char *empty[3];
+	size_t empty_len[3];
+	for (uint32_t s = 0; s < 3; s++) {
+		char *sp = pathf("%s/%s/%s", coll, m->version, m->shards[s].file);
+		cdx_shard *sh = NULL;
+		assert_int_equal(cdx_shard_open(&sh, sp), CDX_OK);
+		FILE *pf = NULL;
+		assert_int_equal(cdx_shard_open_part_stream(sh, CDX_PART_FAISS, &pf), CDX_OK);
+		FaissIndex *fi = NULL;
+		assert_int_equal(faiss_read_index(pf, 0, &fi), 0);
+		fclose(pf);
+		cdx_shard_close(sh);
+		assert_int_equal(faiss_Index_ntotal(fi), m->shards[s].rows);
+		assert_int_equal(faiss_Index_reset(fi), 0);
+		FILE *mf = open_memstream(&empty[s], &empty_len[s]);
+		assert_int_equal(faiss_write_index(fi, mf), 0);
+		fclose(mf);
+		faiss_Index_free(fi);
+		free(sp);
+		if (s > 0) {
+			assert_int_equal(empty_len[s], empty_len[0]);
+			assert_memory_equal(empty[s], empty[0], empty_len[0]);
+		}
+	}
+	for (int s = 0; s < 3; s++)
+		free(empty[s]);
 	for (int i = 0; i < (int) n; i += 97) {
 		char key[64];
 		snprintf(key, sizeof(key), "spotify:track:%d", i);
@@ -464,12 +485,12 @@ test_determinism(void **state)
 		         "--train-sample 4000 --out %s/det%d --quiet",
 		    root, keys, root, r);
 	char *c0 = pathf("%s/det0/d", root), *c1 = pathf("%s/det1/d", root);
-	char *v0 = current(c0), *v1 = current(c1);
+	char *v0 = tu_current(c0), *v1 = tu_current(c1);
 	for (uint32_t s = 0; s < 2; s++) {
 		char name[CDX_NAME_MAX];
 		cdx_build_shard_name(name, s, 2);
 		char *a = pathf("%s/%s/%s", c0, v0, name), *b = pathf("%s/%s/%s", c1, v1, name);
-		assert_true(files_equal(a, b));
+		assert_true(tu_files_equal(a, b));
 		free(a);
 		free(b);
 	}
@@ -488,10 +509,10 @@ test_determinism(void **state)
 	build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 78 "
 	         "--train-sample 4000 --out %s/det2 --quiet",
 	    root, keys, root);
-	char *c2 = pathf("%s/det2/d", root), *v2 = current(c2);
+	char *c2 = pathf("%s/det2/d", root), *v2 = tu_current(c2);
 	char *a = pathf("%s/%s/shard-0000-of-0002.cdx", c0, v0),
 	     *b = pathf("%s/%s/shard-0000-of-0002.cdx", c2, v2);
-	assert_false(files_equal(a, b));
+	assert_false(tu_files_equal(a, b));
 	free(a);
 	free(b);
 	free(c2);
@@ -529,16 +550,50 @@ expect_rejected(
 	assert_non_null(strstr(out, needle));
 	if (needle2)
 		assert_non_null(strstr(out, needle2));
-	char *now = current(coll_dir);
+	char *now = tu_current(coll_dir);
 	assert_non_null(now);
 	assert_string_equal(now, cur);
 	int versions, staging;
-	count_dirs(coll_dir, &versions, &staging);
+	tu_count_dirs(coll_dir, &versions, &staging);
 	assert_int_equal(versions, 1);
 	assert_int_equal(staging, 0);
 	free(now);
 	free(out);
 	free(args);
+}
+
+/* write_npy writes a 2-D .npy (format 1.0) of rows x dim with bytes of data. */
+static void
+write_npy(const char *path, const char *descr, size_t rows, size_t dim, const void *data, size_t bytes)
+{
+	char hdr[128];
+	int len = snprintf(hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': False, 'shape': (%zu, %zu), }",
+	    descr, rows, dim);
+	while ((10 + len + 1) % 64 != 0)
+		hdr[len++] = ' ';
+	hdr[len++] = '\n';
+	uint16_t hl = (uint16_t) len;
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+	fwrite(&hl, 2, 1, f);
+	fwrite(hdr, 1, (size_t) len, f);
+	fwrite(data, 1, bytes, f);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* drop_dac_override runs in the child before exec: root reads any file
+ * whatever its mode, unless CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH are
+ * gone from the bounding set (then exec does not grant them). 125: cannot. */
+static void
+drop_dac_override(void *arg)
+{
+	(void) arg;
+	if (geteuid() != 0)
+		return;
+	if (prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) != 0
+	    || prctl(PR_CAPBSET_DROP, CAP_DAC_READ_SEARCH, 0, 0, 0) != 0)
+		_exit(125);
 }
 
 static void
@@ -551,7 +606,7 @@ test_bad_inputs(void **state)
 	assert_int_equal(tu_write_keys(keys, "item", n), 0);
 	build_ok("--input %s/good.fvecs --collection good --metric l2 --out %s/idx --quiet", root, root);
 	char *coll = pathf("%s/idx/good", root);
-	char *cur = current(coll);
+	char *cur = tu_current(coll);
 	assert_non_null(cur);
 	char *p;
 
@@ -643,6 +698,95 @@ test_bad_inputs(void **state)
 	/* unknown format */
 	expect_rejected(coll, cur, "unknown input format", NULL, "--input %s --metric l2", keys);
 
+	/* .npy: truncated, float16 NaN, another dimension than --dim */
+	p = pathf("%s/trunc.npy", root);
+	write_npy(p, "<f4", n, dim, x, (n - 1) * dim * sizeof(float) + 7);
+	expect_rejected(
+	    coll, cur, "trunc.npy: truncated", "ends inside row 2999", "--input %s --metric l2", p);
+	free(p);
+	uint16_t *h = malloc(n * dim * sizeof(uint16_t));
+	for (size_t i = 0; i < n * dim; i++)
+		h[i] = cdx_f32_to_f16(x[i]);
+	h[2100 * dim + 5] = 0x7e00; /* a float16 NaN */
+	p = pathf("%s/nan16.npy", root);
+	write_npy(p, "<f2", n, dim, h, n * dim * sizeof(uint16_t));
+	free(h);
+	expect_rejected(coll, cur, "nan16.npy: row 2100, column 5: NaN", NULL, "--input %s --metric ip", p);
+	expect_rejected(coll, cur, "nan16.npy: dimension 16, but --dim says 8", NULL,
+	    "--input %s --dim 8 --metric ip", p);
+	free(p);
+	/* raw float32 whose size is not whole rows of --dim */
+	p = pathf("%s/raw.f32", root);
+	f = fopen(p, "wb");
+	fwrite(x, sizeof(float), n * dim, f);
+	fwrite(x, sizeof(float), 3, f); /* 3 floats of a row 3000 that never ends */
+	fclose(f);
+	expect_rejected(coll, cur, "raw.f32: truncated", "row 3000", "--input %s --dim 16 --metric l2", p);
+	free(p);
+	/* ids: a count that does not match the rows, a line that is not an id */
+	p = pathf("%s/short.ids", root);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n - 1; i++)
+		fprintf(f, "%zu\n", i);
+	fclose(f);
+	expect_rejected(coll, cur, "short.ids: 2999 ids, but the input has 3000 rows", NULL,
+	    "--input %s/good.fvecs --ids %s --metric l2", root, p);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, i == 41 ? "4x1\n" : "%zu\n", i);
+	fclose(f);
+	expect_rejected(coll, cur, "short.ids: line 42", "not an int64 id",
+	    "--input %s/good.fvecs --ids %s --metric l2", root, p);
+	free(p);
+	/* keys: empty file, an empty line */
+	p = pathf("%s/empty.keys", root);
+	fclose(fopen(p, "w"));
+	expect_rejected(coll, cur, "empty.keys: 0 keys, but the input has 3000 rows", NULL,
+	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		fprintf(f, i == 7 ? "\n" : "k%zu\n", i);
+	fclose(f);
+	expect_rejected(coll, cur, "empty.keys: line 8: empty key", NULL,
+	    "--input %s/good.fvecs --keys %s --metric l2", root, p);
+	free(p);
+	/* an output directory that cannot be made */
+	p = pathf("%s/good.fvecs/idx", root);
+	char *o = NULL;
+	assert_int_equal(
+	    build(&o, "--input %s/good.fvecs --collection good --metric l2 --out %s", root, p), 1);
+	assert_non_null(strstr(o, "good.fvecs/idx"));
+	free(o);
+	free(p);
+	/* a file we may not read (mode 000; as root, without CAP_DAC_OVERRIDE) */
+	p = pathf("%s/secret.fvecs", root);
+	assert_int_equal(tu_write_fvecs(p, x, n, dim), 0);
+	assert_int_equal(chmod(p, 0), 0);
+	char *out_dir = pathf("%s/idx", root);
+	const char *argv[] = { CANDEX_BIN, "build", "--input", p, "--collection", "good", "--metric", "l2",
+		"--out", out_dir, NULL };
+	struct tu_exec_opts eo = { .child_setup = drop_dac_override };
+	int rc = tu_exec(&o, &eo, NULL, NULL, argv);
+	if (rc == 125) {
+		print_message("cannot drop CAP_DAC_OVERRIDE here: skipping the permission check\n");
+	} else {
+		if (rc != 1 || strstr(o, "secret.fvecs") == NULL || strstr(o, "Permission denied") == NULL)
+			fprintf(stderr, "rc %d:\n%s\n", rc, o);
+		assert_int_equal(rc, 1);
+		assert_non_null(strstr(o, "secret.fvecs"));
+		assert_non_null(strstr(o, "Permission denied"));
+	}
+	free(o);
+	free(out_dir);
+	free(p);
+	char *now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	int versions, staging;
+	tu_count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+
 	/* and the old version still loads */
 	cdx_collection *c = NULL;
 	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
@@ -653,8 +797,109 @@ test_bad_inputs(void **state)
 	free(x);
 }
 
+/* expect_full runs argv under a file size limit (RLIMIT_FSIZE: a write past
+ * it fails with EFBIG, as a write to a full disk fails with ENOSPC) and
+ * checks the error: exit 1, the file being written named, ENOSPC. */
 static void
-test_disk_full(void **state)
+expect_full(long long limit, const char *file, const char *const argv[])
+{
+	struct tu_exec_opts eo = { .fsize_limit = limit };
+	char *out = NULL;
+	int rc = tu_exec(&out, &eo, NULL, NULL, argv);
+	if (rc != 1 || strstr(out, file) == NULL || strstr(out, "File too large") == NULL)
+		fprintf(stderr, "%s %s: rc %d, expected 1, '%s' and 'File too large' in:\n%s\n", argv[1],
+		    argv[2], rc, file, out);
+	assert_int_equal(rc, 1);
+	assert_non_null(strstr(out, file));
+	assert_non_null(strstr(out, "File too large"));
+	assert_non_null(strstr(out, "(ENOSPC)"));
+	free(out);
+}
+
+/* The disk fills up while a version is written: unprivileged, through
+ * RLIMIT_FSIZE (test_disk_full_tmpfs does the same on a real full file
+ * system when it may mount one). */
+static void
+test_disk_full_rlimit(void **state)
+{
+	(void) state;
+	free(gen("rl-big.fvecs", 6000, 64, 7));
+	free(gen("rl-small.fvecs", 400, 64, 8));
+	char *out = pathf("%s/rl", root), *coll = pathf("%s/rl/full", root);
+	char *big = pathf("%s/rl-big.fvecs", root), *work = pathf("%s/rl-work", root);
+	build_ok("--input %s/rl-small.fvecs --collection full --metric l2 --out %s --quiet", root, out);
+	char *cur = tu_current(coll);
+	assert_non_null(cur);
+	/* one-shot: the 6000 x 64 fp32 refine store (1.5 MB) does not fit in 256 KiB */
+	const char *oneshot[] = { CANDEX_BIN, "build", "--input", big, "--collection", "full", "--metric",
+		"l2", "--refine", "fp32", "--out", out, NULL };
+	expect_full(256 << 10, "shard-0000-of-0001.cdx", oneshot);
+	char *now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	int versions, staging;
+	tu_count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+	/* the same command without the limit works: the limit was the only problem */
+	const char *ok[] = { CANDEX_BIN, "build", "--input", big, "--collection", "full2", "--metric", "l2",
+		"--refine", "fp32", "--quiet", "--out", out, NULL };
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, ok), 0);
+
+	/* distributed: train cannot save the trained index (IVF128 x 64 floats
+	 * of centroids alone are 32 KiB) */
+	const char *train[]
+	    = { CANDEX_BIN, "build", "train", "--input", big, "--collection", "full", "--metric", "l2",
+		      "--shards", "2", "--refine", "fp32", "--out", out, "--work", work, "--quiet", NULL };
+	expect_full(8 << 10, "trained.faissindex", train);
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, train), 0);
+	const char *enc0[]
+	    = { CANDEX_BIN, "build", "encode", "--work", work, "--shard", "0", "--of", "2", "--quiet", NULL };
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, enc0), 0);
+	/* an encode job runs out of space: no shard output, no sidecar, no temp dir */
+	const char *enc[]
+	    = { CANDEX_BIN, "build", "encode", "--work", work, "--shard", "1", "--of", "2", "--quiet", NULL };
+	expect_full(256 << 10, "shard-0001-of-0002.cdx", enc);
+	char *p = pathf("%s/shard-0001-of-0002.cdx", work);
+	assert_int_equal(access(p, F_OK), -1);
+	free(p);
+	p = pathf("%s/shard-0001-of-0002.cdx.json", work);
+	assert_int_equal(access(p, F_OK), -1);
+	free(p);
+	assert_int_equal(tu_run(NULL, "ls -a %s | grep -q '^.encode-'", work), 1);
+	const char *pub[] = { CANDEX_BIN, "build", "publish", "--work", work, NULL };
+	char *o = NULL;
+	assert_int_equal(tu_exec(&o, NULL, NULL, NULL, pub), 1);
+	assert_non_null(strstr(o, "shard 1 of 2 has not been encoded"));
+	free(o);
+	now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	/* retried without the limit, the job finishes */
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, enc), 0);
+	/* publish hard-links the shards (no bytes written) but cannot write the manifest */
+	expect_full(64, "manifest.json", pub);
+	now = tu_current(coll);
+	assert_string_equal(now, cur);
+	free(now);
+	tu_count_dirs(coll, &versions, &staging);
+	assert_int_equal(versions, 1);
+	assert_int_equal(staging, 0);
+	/* the work directory is intact: publish again, without the limit */
+	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, pub), 0);
+	now = tu_current(coll);
+	assert_string_not_equal(now, cur);
+	free(now);
+	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
+	free(cur);
+	free(big);
+	free(work);
+	free(coll);
+	free(out);
+}
+
+static void
+test_disk_full_tmpfs(void **state)
 {
 	(void) state;
 	char *mnt = pathf("%s/full", root);
@@ -672,7 +917,7 @@ test_disk_full(void **state)
 	/* a small version fits (400 x 64 Flat ~ 100 kB) ... */
 	build_ok("--input %s/small.fvecs --collection full --metric l2 --out %s --quiet", root, mnt);
 	char *coll = pathf("%s/full", mnt);
-	char *cur = current(coll);
+	char *cur = tu_current(coll);
 	assert_non_null(cur);
 	/* ... a 6000 x 64 fp32 refine store (1.5 MB) does not */
 	char *out = NULL;
@@ -684,10 +929,10 @@ test_disk_full(void **state)
 	assert_non_null(strstr(out, "No space left on device"));
 	assert_non_null(strstr(out, "ENOSPC"));
 	assert_non_null(strstr(out, "shard-0000-of-0001.cdx"));
-	char *now = current(coll);
+	char *now = tu_current(coll);
 	assert_string_equal(now, cur);
 	int versions, staging;
-	count_dirs(coll, &versions, &staging);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(versions, 1);
 	assert_int_equal(staging, 0);
 	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
@@ -701,38 +946,95 @@ test_disk_full(void **state)
 	free(mnt);
 }
 
-/* spawn_build starts a build in the background; stdout/stderr to /dev/null. */
-static pid_t
-spawn_build(const char *input, const char *coll, const char *out)
+/* A staging directory of coll whose shard file has grown past min_bytes:
+ * the build is inside its encode pass, with the file half-written. */
+struct midway {
+	const char *coll;
+	const char *shard; /* file name inside the staging directory */
+	long long min_bytes;
+	char found[4096]; /* path of that shard file, once seen */
+};
+
+static int
+encode_midway(void *arg)
 {
+	struct midway *mw = arg;
+	DIR *d = opendir(mw->coll);
+	if (d == NULL)
+		return 0;
+	struct dirent *e;
+	int ready = 0;
+	while (!ready && (e = readdir(d)) != NULL) {
+		if (strncmp(e->d_name, ".staging-", 9) != 0 && strncmp(e->d_name, ".encode-", 8) != 0)
+			continue;
+		struct stat st;
+		snprintf(mw->found, sizeof(mw->found), "%s/%s/%s", mw->coll, e->d_name, mw->shard);
+		ready = stat(mw->found, &st) == 0 && st.st_size >= mw->min_bytes;
+	}
+	closedir(d);
+	return ready;
+}
+
+/* run_interrupted runs a one-shot build of input into out/intr that gets
+ * sig once encode has written part of its shard file. */
+static int
+run_interrupted(const char *input, const char *out, int sig, struct midway *mw)
+{
+	const char *argv[]
+	    = { CANDEX_BIN, "build", "--input", input, "--collection", "intr", "--metric", "l2", "--factory",
+		      "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out, NULL };
+	struct tu_exec_opts eo = { .ready = encode_midway, .arg = mw, .signal_when_ready = sig };
+	int was_ready = 0;
+	char *o = NULL;
+	int rc = tu_exec(&o, &eo, NULL, &was_ready, argv);
+	if (!was_ready)
+		fprintf(stderr, "the build ended (%d) before its shard file reached %lld bytes:\n%s\n", rc,
+		    mw->min_bytes, o);
+	assert_true(was_ready);
+	free(o);
+	return rc;
+}
+
+/* serve_and_query starts `candex serve` on index_dir, asks it for the
+ * nearest neighbour of row 5 of int-small.fvecs and checks that version
+ * answers with id 5; then stops the server. */
+static void
+serve_and_query(const char *index_dir, const char *version)
+{
+	char *url = pathf("ipc://%s/serve.ipc", root);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		int fd = open("/dev/null", O_WRONLY);
 		dup2(fd, 1);
 		dup2(fd, 2);
-		execl(CANDEX_BIN, "candex", "build", "--input", input, "--collection", coll, "--metric", "l2",
-		    "--factory", "IVF64,PQ4", "--train-sample", "3000", "--refine", "fp32", "--out", out,
-		    (char *) NULL);
+		execl(CANDEX_BIN, "candex", "serve", "--index-dir", index_dir, "--listen", url, "--threads",
+		    "1", (char *) NULL);
 		_exit(127);
 	}
-	return pid;
-}
-
-/* wait_staging polls coll_dir until a staging directory appears. */
-static int
-wait_staging(const char *coll_dir, pid_t pid)
-{
-	for (int i = 0; i < 20000; i++) {
-		int versions, staging;
-		count_dirs(coll_dir, &versions, &staging);
-		if (staging > 0)
-			return 1;
-		if (waitpid(pid, NULL, WNOHANG) == pid)
-			return 0;
-		usleep(1000);
+	char *out = NULL;
+	int rc = -1;
+	for (int tries = 0; tries < 100 && rc != 0; tries++) {
+		free(out);
+		out = NULL;
+		rc = tu_run(&out,
+		    "%s query --url %s --collection intr --vector-file %s/int-small.fvecs --row 5 -k 1 "
+		    "--refine 4 --json --timeout 2000 --retries 0",
+		    CANDEX_BIN, url, root);
+		if (rc != 0)
+			usleep(100000);
 	}
-	return 0;
+	if (rc != 0 || strstr(out, version) == NULL)
+		fprintf(stderr, "query: %d\n%s\n", rc, out);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(out, version));
+	assert_true(strstr(out, "\"id\":5,") != NULL || strstr(out, "\"id\": 5,") != NULL);
+	free(out);
+	kill(pid, SIGTERM);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	free(url);
 }
 
 static void
@@ -741,56 +1043,216 @@ test_interrupted(void **state)
 	(void) state;
 	float *x = gen("int-small.fvecs", 3000, 16, 9);
 	free(x);
-	x = gen("int-big.fvecs", 200000, 16, 10); /* 14 MB: encode takes a while */
+	x = gen("int-big.fvecs", 200000, 16, 10); /* 13 MB, 12.8 MB of fp32 refine store */
 	free(x);
-	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
-	char *coll = pathf("%s/idx/intr", root);
-	char *cur = current(coll);
-	char *big = pathf("%s/int-big.fvecs", root), *out = pathf("%s/idx", root);
-	int versions, staging, status;
+	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --refine fp32 --out %s/intr-idx "
+	         "--quiet",
+	    root, root);
+	char *coll = pathf("%s/intr-idx/intr", root);
+	char *cur = tu_current(coll);
+	char *big = pathf("%s/int-big.fvecs", root), *out = pathf("%s/intr-idx", root);
+	int versions, staging;
+	/* 256 KiB input chunks: the refine part grows step by step */
+	setenv("CANDEX_BUILD_CHUNK_BYTES", "262144", 1);
+	struct midway mw = { .coll = coll, .shard = "shard-0000-of-0001.cdx", .min_bytes = 1 << 20 };
 
-	/* SIGTERM: staging removed, exit 128+15, old CURRENT kept */
-	pid_t pid = spawn_build(big, "intr", out);
-	assert_true(wait_staging(coll, pid));
-	kill(pid, SIGTERM);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFEXITED(status));
-	assert_int_equal(WEXITSTATUS(status), 128 + SIGTERM);
-	count_dirs(coll, &versions, &staging);
+	/* SIGTERM mid-encode: staging removed, exit 128+15, old CURRENT kept */
+	assert_int_equal(run_interrupted(big, out, SIGTERM, &mw), 128 + SIGTERM);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 0);
 	assert_int_equal(versions, 1);
-	char *now = current(coll);
+	char *now = tu_current(coll);
 	assert_string_equal(now, cur);
 	free(now);
 
-	/* SIGKILL: only a staging directory is left; readers ignore it */
-	pid = spawn_build(big, "intr", out);
-	assert_true(wait_staging(coll, pid));
-	kill(pid, SIGKILL);
-	assert_int_equal(waitpid(pid, &status, 0), pid);
-	assert_true(WIFSIGNALED(status));
-	count_dirs(coll, &versions, &staging);
+	/* SIGKILL mid-encode: a half-written shard is left in a staging directory */
+	assert_int_equal(run_interrupted(big, out, SIGKILL, &mw), -SIGKILL);
+	unsetenv("CANDEX_BUILD_CHUNK_BYTES");
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 1);
 	assert_int_equal(versions, 1);
-	now = current(coll);
+	struct stat st;
+	assert_int_equal(stat(mw.found, &st), 0);
+	assert_true(st.st_size >= (1 << 20));
+	cdx_shard *half = NULL;
+	assert_int_not_equal(cdx_shard_open(&half, mw.found), CDX_OK); /* no header yet */
+	assert_null(half);
+	/* ... which no reader takes for a version: CURRENT, resolve, load,
+	 * search and inspect all see the previous version */
+	now = tu_current(coll);
 	assert_string_equal(now, cur);
 	free(now);
+	char resolved[CDX_NAME_MAX];
+	assert_int_equal(cdx_version_resolve(coll, resolved), CDX_OK);
+	assert_string_equal(resolved, cur);
 	char *insp = NULL;
 	assert_int_equal(tu_run(&insp, "%s inspect %s", CANDEX_BIN, coll), 0);
 	assert_non_null(strstr(insp, "verify: OK"));
+	assert_non_null(strstr(insp, cur));
 	free(insp);
 	cdx_collection *c = NULL;
 	assert_int_equal(cdx_collection_load(&c, coll), CDX_OK);
+	assert_int_equal(cdx_collection_manifest(c)->items, 3000);
+	assert_string_equal(cdx_collection_manifest(c)->version, cur);
+	x = malloc(3000 * 16 * sizeof(float));
+	tu_clustered(x, 3000, 16, 20, 9);
+	assert_true(self_hits(c, x, 16, 20) >= 19);
+	free(x);
 	cdx_collection_unref(c);
-	/* the next build's gc removes the dead builder's staging directory */
-	build_ok("--input %s/int-small.fvecs --collection intr --metric l2 --out %s/idx --quiet", root, root);
-	count_dirs(coll, &versions, &staging);
+	/* a server started now serves the previous version */
+	serve_and_query(out, cur);
+	/* the next build succeeds, and its gc removes the dead builder's staging directory */
+	build_ok(
+	    "--input %s/int-small.fvecs --collection intr --metric l2 --out %s/intr-idx --quiet", root, root);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(staging, 0);
 	assert_int_equal(versions, 2);
+	now = tu_current(coll);
+	assert_string_not_equal(now, cur);
+	free(now);
+	assert_int_equal(tu_run(NULL, "%s inspect %s", CANDEX_BIN, coll), 0);
 	free(big);
 	free(out);
 	free(cur);
 	free(coll);
+}
+
+/* line_index returns the index of the first line of log (an array of
+ * n lines) equal to want, or -1. */
+static int
+line_index(char **log, int n, const char *want)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(log[i], want) == 0)
+			return i;
+	return -1;
+}
+
+/* Publishing is durable before it is visible: with every fsync, rename and
+ * symlink of a real build logged (LD_PRELOAD), each shard file, the
+ * manifest and the staging directory are fsynced before the rename that
+ * makes the version visible, the collection directory after it, and
+ * CURRENT is swapped last, by renaming a new symlink over it. */
+static void
+test_publish_durability(void **state)
+{
+	(void) state;
+	free(gen("dur.fvecs", 3000, 16, 14));
+	char *logp = pathf("%s/fsync.log", root), *out = pathf("%s/dur", root);
+	char *coll = pathf("%s/dur/dur", root), *in = pathf("%s/dur.fvecs", root);
+	setenv("CANDEX_FSYNC_LOG", logp, 1);
+	setenv("LD_PRELOAD", CANDEX_FSYNC_LOG_LIB, 1);
+	const char *asan = getenv("ASAN_OPTIONS");
+	char *asan_saved = asan ? strdup(asan) : NULL, *asan_new = NULL;
+	/* a sanitized candex wants its runtime first in the library list */
+	assert_true(
+	    asprintf(&asan_new, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "") >= 0);
+	setenv("ASAN_OPTIONS", asan_new, 1);
+	const char *argv[] = { CANDEX_BIN, "build", "--input", in, "--collection", "dur", "--metric", "l2",
+		"--shards", "2", "--refine", "sq8", "--quiet", "--out", out, NULL };
+	char *o = NULL;
+	int rc = tu_exec(&o, NULL, NULL, NULL, argv);
+	unsetenv("LD_PRELOAD");
+	unsetenv("CANDEX_FSYNC_LOG");
+	if (asan_saved)
+		setenv("ASAN_OPTIONS", asan_saved, 1);
+	else
+		unsetenv("ASAN_OPTIONS");
+	free(asan_saved);
+	free(asan_new);
+	if (rc != 0)
+		fprintf(stderr, "%s\n", o);
+	assert_int_equal(rc, 0);
+	free(o);
+
+	char *text = NULL;
+	size_t len = 0;
+	assert_int_equal(cdx_read_file(logp, &text, &len), CDX_OK);
+	char *lines[4096];
+	int n = 0;
+	for (char *save = NULL, *l = strtok_r(text, "\n", &save); l && n < 4096;
+	     l = strtok_r(NULL, "\n", &save))
+		lines[n++] = l;
+	char *cur = tu_current(coll);
+	assert_non_null(cur);
+	char *final = NULL, *staging = NULL, *want = NULL;
+	char *rc_coll = realpath(coll, NULL);
+	assert_non_null(rc_coll);
+	assert_true(asprintf(&final, "%s/%s", rc_coll, cur) >= 0);
+	/* the staging directory is what was renamed to the version */
+	int publish = -1;
+	for (int i = 0; i < n; i++) {
+		char *sp = strchr(lines[i], ' ');
+		if (strncmp(lines[i], "rename ", 7) == 0 && sp && strstr(lines[i], "/.staging-")
+		    && strcmp(strrchr(lines[i], ' ') + 1, final) == 0) {
+			publish = i;
+			staging = strndup(lines[i] + 7, (size_t) (strrchr(lines[i], ' ') - (lines[i] + 7)));
+		}
+	}
+	if (publish < 0)
+		fprintf(stderr, "no rename of a staging directory to %s in:\n%s\n", final, text);
+	assert_true(publish >= 0);
+	for (int s = 0; s < 2; s++) {
+		assert_true(asprintf(&want, "fsync %s/shard-000%d-of-0002.cdx", staging, s) >= 0);
+		int i = line_index(lines, n, want);
+		assert_true(i >= 0 && i < publish);
+		free(want);
+	}
+	int mf = -1;
+	for (int i = 0; i < publish; i++)
+		if (strncmp(lines[i], "rename ", 7) == 0 && strstr(lines[i], "/manifest.json")
+		    && strstr(lines[i], staging))
+			mf = i;
+	assert_true(mf >= 0);
+	/* the manifest's temporary file was fsynced before it was renamed into place */
+	char *tmp = strndup(lines[mf] + 7, (size_t) (strchr(lines[mf] + 7, ' ') - (lines[mf] + 7)));
+	assert_true(asprintf(&want, "fsync %s", tmp) >= 0);
+	int mfs = line_index(lines, n, want);
+	assert_true(mfs >= 0 && mfs < mf);
+	free(want);
+	free(tmp);
+	assert_true(asprintf(&want, "fsync %s", staging) >= 0);
+	int sd = -1;
+	for (int i = mf; i < publish; i++)
+		if (strcmp(lines[i], want) == 0)
+			sd = i;
+	assert_true(sd > mf); /* the directory entries (shards, manifest) are durable */
+	free(want);
+	assert_true(asprintf(&want, "fsync %s", rc_coll) >= 0);
+	int cd = -1;
+	for (int i = publish; i < n && cd < 0; i++)
+		if (strcmp(lines[i], want) == 0)
+			cd = i;
+	assert_true(cd > publish);
+	free(want);
+	/* CURRENT: a new symlink to the version, renamed over CURRENT, then the directory fsynced */
+	int swap = -1, link = -1;
+	for (int i = 0; i < n; i++) {
+		char *last = strrchr(lines[i], ' ');
+		if (strncmp(lines[i], "symlink ", 8) == 0 && strncmp(lines[i] + 8, cur, strlen(cur)) == 0)
+			link = i;
+		if (strncmp(lines[i], "rename ", 7) == 0 && last && strlen(last + 1) >= 8
+		    && strcmp(last + 1 + strlen(last + 1) - 8, "/CURRENT") == 0)
+			swap = i;
+	}
+	assert_true(link > cd);
+	assert_true(swap > link);
+	assert_true(asprintf(&want, "fsync %s", rc_coll) >= 0);
+	int after = -1;
+	for (int i = swap; i < n && after < 0; i++)
+		if (strcmp(lines[i], want) == 0)
+			after = i;
+	assert_true(after > swap);
+	free(want);
+	free(rc_coll);
+	free(final);
+	free(staging);
+	free(cur);
+	free(text);
+	free(in);
+	free(coll);
+	free(out);
+	free(logp);
 }
 
 static void
@@ -804,12 +1266,12 @@ test_gc_keep(void **state)
 	for (int i = 0; i < 4; i++) {
 		build_ok("--input %s/gc.fvecs --collection gc --metric l2 --keep 2 --out %s/idx --quiet",
 		    root, root);
-		names[i] = current(coll);
+		names[i] = tu_current(coll);
 		if (i > 0)
 			assert_true(strcmp(names[i], names[i - 1]) > 0); /* names sort by time */
 	}
 	int versions, staging;
-	count_dirs(coll, &versions, &staging);
+	tu_count_dirs(coll, &versions, &staging);
 	assert_int_equal(versions, 2);
 	struct stat st;
 	for (int i = 0; i < 4; i++) {
@@ -819,6 +1281,22 @@ test_gc_keep(void **state)
 		free(names[i]);
 	}
 	free(coll);
+}
+
+/* leave_killed_attempt runs in the encode job's process before exec: it
+ * leaves what a killed earlier attempt with the same pid would have left. */
+static void
+leave_killed_attempt(void *arg)
+{
+	char dir[4096], file[4200];
+	snprintf(dir, sizeof(dir), "%s/.encode-0-%d", (const char *) arg, (int) getpid());
+	snprintf(file, sizeof(file), "%s/shard-0000-of-0003.cdx", dir);
+	mkdir(dir, 0755);
+	FILE *f = fopen(file, "w");
+	if (f != NULL) {
+		fputs("half-written", f);
+		fclose(f);
+	}
 }
 
 static void
@@ -841,21 +1319,68 @@ test_distributed(void **state)
 	assert_int_equal(build(&out, "encode --work %s --shard 0 --of 4", work), 1);
 	assert_non_null(strstr(out, "does not match"));
 	free(out);
+	/* an input of another dimension (here mounted at another path) is refused */
+	free(gen("dist12.fvecs", 5000, 12, 12));
+	assert_int_equal(
+	    build(&out, "encode --work %s --shard 0 --of 3 --input %s/dist12.fvecs", work, root), 1);
+	if (strstr(out, "dist12.fvecs") == NULL || strstr(out, "changed since training") == NULL)
+		fprintf(stderr, "%s\n", out);
+	assert_non_null(strstr(out, "dist12.fvecs"));
+	assert_non_null(strstr(out, "changed since training"));
+	free(out);
 	/* any order, as parallel jobs would finish */
 	build_ok("encode --work %s --shard 2 --of 3 --quiet", work);
-	build_ok("encode --work %s --shard 0 --of 3 --quiet", work);
+	/* a retry of a killed job with the same pid (pods are all pid 1) does not
+	 * trip over the half-written output the killed attempt left */
+	const char *enc0[]
+	    = { CANDEX_BIN, "build", "encode", "--work", work, "--shard", "0", "--of", "3", "--quiet", NULL };
+	struct tu_exec_opts eo = { .child_setup = leave_killed_attempt, .arg = work };
+	char *o = NULL;
+	int rc = tu_exec(&o, &eo, NULL, NULL, enc0);
+	if (rc != 0)
+		fprintf(stderr, "%s\n", o);
+	assert_int_equal(rc, 0);
+	free(o);
 	build_ok("encode --work %s --shard 1 --of 3 --quiet", work);
 	build_ok("encode --work %s --shard 1 --of 3 --quiet", work); /* a retried job is harmless */
+	/* publish re-verifies every shard: a bit flipped in a work shard after its
+	 * job finished is caught, and nothing is published */
+	char *w1 = pathf("%s/shard-0001-of-0003.cdx", work), *w1copy = pathf("%s/w1.copy", root);
+	assert_int_equal(tu_run(NULL, "cp %s %s", w1, w1copy), 0);
+	struct stat st;
+	assert_int_equal(stat(w1, &st), 0);
+	FILE *f = fopen(w1, "r+b");
+	assert_non_null(f);
+	fseek(f, st.st_size - 100, SEEK_SET);
+	int ch = fgetc(f);
+	fseek(f, st.st_size - 100, SEEK_SET);
+	fputc(ch ^ 0x10, f);
+	fclose(f);
+	char *c2 = pathf("%s/two/dist", root);
+	assert_int_equal(build(&out, "publish --work %s", work), 1);
+	if (strstr(out, "shard-0001-of-0003.cdx") == NULL || strstr(out, "checksum") == NULL)
+		fprintf(stderr, "%s\n", out);
+	assert_non_null(strstr(out, "shard-0001-of-0003.cdx"));
+	assert_non_null(strstr(out, "checksum"));
+	free(out);
+	int versions, staging;
+	tu_count_dirs(c2, &versions, &staging);
+	assert_int_equal(versions, 0);
+	assert_int_equal(staging, 0);
+	assert_null(tu_current(c2));
+	assert_int_equal(rename(w1copy, w1), 0);
+	free(w1);
+	free(w1copy);
 	assert_int_equal(build(&out, "publish --work %s", work), 0);
-	char *c1 = pathf("%s/one/dist", root), *c2 = pathf("%s/two/dist", root);
-	char *v1 = current(c1), *v2 = current(c2);
+	char *c1 = pathf("%s/one/dist", root);
+	char *v1 = tu_current(c1), *v2 = tu_current(c2);
 	assert_non_null(strstr(out, v2));
 	free(out);
 	for (uint32_t s = 0; s < 3; s++) {
 		char name[CDX_NAME_MAX];
 		cdx_build_shard_name(name, s, 3);
 		char *a = pathf("%s/%s/%s", c1, v1, name), *b = pathf("%s/%s/%s", c2, v2, name);
-		assert_true(files_equal(a, b));
+		assert_true(tu_files_equal(a, b));
 		free(a);
 		free(b);
 	}
@@ -870,8 +1395,7 @@ test_distributed(void **state)
 	cdx_manifest_free(m2);
 	/* publishing again makes another version from the same work */
 	build_ok("publish --work %s --quiet", work);
-	int versions, staging;
-	count_dirs(c2, &versions, &staging);
+	tu_count_dirs(c2, &versions, &staging);
 	assert_int_equal(versions, 2);
 	/* an input that changed since train is refused by encode */
 	x = gen("dist.fvecs", 5001, 16, 12);
@@ -903,8 +1427,10 @@ main(void)
 		cmocka_unit_test(test_small_and_factories),
 		cmocka_unit_test(test_determinism),
 		cmocka_unit_test(test_bad_inputs),
-		cmocka_unit_test(test_disk_full),
+		cmocka_unit_test(test_disk_full_rlimit),
+		cmocka_unit_test(test_disk_full_tmpfs),
 		cmocka_unit_test(test_interrupted),
+		cmocka_unit_test(test_publish_durability),
 		cmocka_unit_test(test_gc_keep),
 		cmocka_unit_test(test_distributed),
 	};

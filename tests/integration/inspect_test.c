@@ -142,6 +142,30 @@ test_good_json(void **state)
 	}
 	assert_int_equal(rows, 5000);
 	json_t *tot = json_object_get(doc, "parts_total");
+	/* every part has its lz4 ratio: raw / stored, totals summed over shards */
+	for (const char *const *k = (const char *const[]) { "faiss", "ids", "keys", "refine", NULL }; *k;
+	     k++) {
+		json_t *part = json_object_get(tot, *k);
+		assert_non_null(part);
+		json_int_t raw = json_integer_value(json_object_get(part, "raw_bytes"));
+		json_int_t stored = json_integer_value(json_object_get(part, "stored_bytes"));
+		assert_true(raw > 0 && stored > 0);
+		double ratio = json_real_value(json_object_get(part, "ratio"));
+		assert_true(ratio > 0.99 * (double) raw / (double) stored
+		    && ratio < 1.01 * (double) raw / (double) stored);
+		json_int_t sum = 0;
+		for (size_t i = 0; i < 2; i++) {
+			json_t *parts = json_object_get(json_array_get(shards, i), "parts");
+			for (size_t j = 0; j < json_array_size(parts); j++)
+				if (strcmp(
+				        json_string_value(json_object_get(json_array_get(parts, j), "kind")),
+				        *k)
+				    == 0)
+					sum += json_integer_value(
+					    json_object_get(json_array_get(parts, j), "raw_bytes"));
+		}
+		assert_int_equal(sum, raw);
+	}
 	/* ids of one shard are increasing row numbers: delta coding + lz4 shrink them */
 	assert_true(json_real_value(json_object_get(json_object_get(tot, "ids"), "ratio")) > 1.0);
 	/* "spotify:track:" prefixes compress well */

@@ -93,6 +93,51 @@ test_choose_defaults(void **state)
 	assert_int_equal(cdx_build_params_choose(&p, 0, 16, NULL, 0, 0), CDX_EEMPTY);
 }
 
+/* Every example in docs/builder.md's "Default parameters" table. */
+static void
+test_documented_examples(void **state)
+{
+	(void) state;
+	struct cdx_build_params p;
+	static const struct {
+		uint64_t n;
+		uint32_t dim;
+		const char *factory;
+		uint64_t sample;
+		uint32_t nprobe;
+	} rows[] = {
+		{ 500, 64, "Flat", 500, 1 },
+		{ 6453, 64, "IVF128,PQ16x4np", 6453, 4 },
+		{ 140000, 128, "IVF1024,PQ32x8np", 100000, 32 },
+		{ 340000, 100, "IVF2048,PQ25x8np", 131072, 64 },
+		{ 1000000, 128, "IVF4096,PQ32x8np", 262144, 128 },
+		{ 10000000, 128, "IVF16384,PQ32x8np", 1048576, 256 },
+		{ 50000000, 96, "IVF32768,PQ24x8np", 2097152, 256 },
+	};
+	for (size_t i = 0; i < CDX_ARRAY_LEN(rows); i++) {
+		assert_int_equal(cdx_build_params_choose(&p, rows[i].n, rows[i].dim, NULL, 0, 0), CDX_OK);
+		assert_string_equal(p.factory, rows[i].factory);
+		assert_int_equal(p.train_sample, rows[i].sample);
+		assert_int_equal(p.default_nprobe, rows[i].nprobe);
+	}
+	struct cdx_build_opts o;
+	cdx_build_opts_init(&o);
+	assert_int_equal(o.seed, CDX_BUILD_DEFAULT_SEED);
+	assert_int_equal(CDX_BUILD_DEFAULT_SEED, 1234);
+	assert_int_equal(o.keep, 3);
+	assert_int_equal(o.nshards, 1);
+	assert_int_equal(o.refine, CDX_REFINE_NONE);
+	assert_int_equal(o.threads, 0);
+	assert_int_equal(o.polysemous, 0);
+	unsetenv("CANDEX_BUILD_CHUNK_BYTES");
+	assert_int_equal(cdx_build_chunk_bytes(), 64u << 20);
+	setenv("CANDEX_BUILD_CHUNK_BYTES", "65536", 1);
+	assert_int_equal(cdx_build_chunk_bytes(), 65536);
+	setenv("CANDEX_BUILD_CHUNK_BYTES", "12", 1); /* out of range: ignored */
+	assert_int_equal(cdx_build_chunk_bytes(), 64u << 20);
+	unsetenv("CANDEX_BUILD_CHUNK_BYTES");
+}
+
 static void
 test_choose_factory(void **state)
 {
@@ -207,6 +252,7 @@ main(void)
 		cmocka_unit_test(test_default_nlist),
 		cmocka_unit_test(test_default_pq_m),
 		cmocka_unit_test(test_choose_defaults),
+		cmocka_unit_test(test_documented_examples),
 		cmocka_unit_test(test_choose_factory),
 		cmocka_unit_test(test_factory_rewrite),
 		cmocka_unit_test(test_sample),

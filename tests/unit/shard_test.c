@@ -8,7 +8,10 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -711,6 +714,64 @@ test_disk_full(void **state)
 	free(mnt);
 }
 
+/* The disk-full paths without privileges: a child process with a 1 MiB
+ * RLIMIT_FSIZE (and SIGXFSZ ignored, as candex build does) meets EFBIG,
+ * which the writer reports as CDX_ENOSPC naming the file, and abort
+ * leaves no file behind. The child reports the first failed check. */
+static int
+fsize_child(const char *path)
+{
+	signal(SIGXFSZ, SIG_IGN);
+	struct rlimit rl = { 1 << 20, 1 << 20 };
+	if (setrlimit(RLIMIT_FSIZE, &rl) != 0)
+		return 10;
+	uint8_t *noise = malloc(4 << 20);
+	cdx_rng r;
+	cdx_rng_seed(&r, 12);
+	for (size_t i = 0; i < (4u << 20) / 8; i++) {
+		uint64_t v = cdx_rng_next(&r);
+		memcpy(noise + i * 8, &v, 8);
+	}
+	struct cdx_shard_info info = test_info();
+	cdx_shard_writer *w;
+	if (cdx_shard_writer_open(&w, path, &info) != CDX_OK)
+		return 11;
+	if (cdx_shard_writer_begin_part(w, CDX_PART_REFINE, 0) != CDX_OK)
+		return 12;
+	int rc = CDX_OK;
+	for (size_t off = 0; off < (4u << 20) && rc == CDX_OK; off += 1 << 18)
+		rc = cdx_shard_writer_write(w, noise + off, 1 << 18);
+	if (rc == CDX_OK)
+		rc = cdx_shard_writer_end_part(w);
+	free(noise);
+	if (rc != CDX_ENOSPC)
+		return 13;
+	if (strstr(cdx_last_error(), path) == NULL || strstr(cdx_last_error(), "File too large") == NULL)
+		return 14;
+	if (cdx_shard_writer_commit(w, NULL) != CDX_ENOSPC) /* sticky, and commit unlinks */
+		return 15;
+	if (access(path, F_OK) == 0)
+		return 16;
+	return 0;
+}
+
+static void
+test_file_size_limit(void **state)
+{
+	struct fixture *f = *state;
+	char *path = tu_path(f->dir, "limited.cdx");
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(fsize_child(path));
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(access(path, F_OK), -1);
+	free(path);
+}
+
 /* --- codecs ------------------------------------------------------------- */
 
 static void
@@ -842,6 +903,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_random_damage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writer_misuse_and_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_file_size_limit, setup, teardown),
 		cmocka_unit_test(test_ids_codec),
 		cmocka_unit_test(test_keys_codec),
 		cmocka_unit_test(test_names),
