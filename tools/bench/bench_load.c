@@ -1,0 +1,233 @@
+/*
+ * bench_load.c — how fast a published version loads, against Faiss reading
+ * the same index uncompressed, measured in one run.
+ *
+ *   bench_load --index DIR/NAME[/VERSION|/CURRENT] [--repeat N]
+ *
+ * For every part of every shard: lz4 decompression with the frame's content
+ * checksum (cdx_shard_read_part), in GB/s of decompressed bytes, best of N
+ * runs. Then a whole cdx_collection_load (whole-file xxh64 against the
+ * manifest, decompression, faiss_read_index, ids, keys, refine store)
+ * against the baseline: each shard's FAISS part written out uncompressed to
+ * a plain file and read back with faiss_read_index, as a Faiss user loading
+ * an index from a warm page cache would. Files are read twice first so both
+ * sides start from the page cache.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <faiss/c_api/Index_c.h>
+#include <faiss/c_api/index_io_c.h>
+
+#include "common/common.h"
+#include "search/search.h"
+#include "shard/shard.h"
+
+#define MAX_SHARDS 1024
+
+static char *strf(const char *fmt, ...) CDX_PRINTF(1, 2);
+
+static char *
+strf(const char *fmt, ...)
+{
+	va_list ap;
+	char *out;
+	va_start(ap, fmt);
+	if (vasprintf(&out, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	return out;
+}
+
+static double
+secs(uint64_t t0, uint64_t t1)
+{
+	return (double) (t1 - t0) / 1e6;
+}
+
+/* shard_paths lists the .cdx files of a version directory, sorted. */
+static size_t
+shard_paths(const char *dir, char **out, size_t max)
+{
+	DIR *d = opendir(dir);
+	size_t n = 0;
+	if (d == NULL)
+		return 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL && n < max) {
+		size_t len = strlen(e->d_name);
+		if (len > 4 && strcmp(e->d_name + len - 4, ".cdx") == 0)
+			out[n++] = strf("%s/%s", dir, e->d_name);
+	}
+	closedir(d);
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && strcmp(out[j - 1], out[j]) > 0; j--) {
+			char *t = out[j];
+			out[j] = out[j - 1];
+			out[j - 1] = t;
+		}
+	return n;
+}
+
+int
+main(int argc, char **argv)
+{
+	cdx_process_init(argc, argv);
+	const char *index = NULL;
+	int repeat = 3;
+	static const struct option lo[] = {
+		{ "index", required_argument, NULL, 'i' },
+		{ "repeat", required_argument, NULL, 'r' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int ch;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		if (ch == 'i')
+			index = optarg;
+		else if (ch == 'r')
+			repeat = atoi(optarg);
+		else {
+			fprintf(ch == 'h' ? stdout : stderr,
+			    "usage: bench_load --index DIR/NAME[/VERSION|/CURRENT] [--repeat N]\n");
+			return ch == 'h' ? 0 : 2;
+		}
+	}
+	if (index == NULL || repeat < 1) {
+		fprintf(stderr, "usage: bench_load --index DIR/NAME[/VERSION|/CURRENT] [--repeat N]\n");
+		return 2;
+	}
+	cdx_log_set_level(CDX_LOG_WARN);
+
+	/* the version directory: NAME resolves through CURRENT */
+	char *vdir = realpath(index, NULL);
+	char *cur = strf("%s/CURRENT", index);
+	char *rc_dir = realpath(cur, NULL);
+	if (rc_dir != NULL) {
+		free(vdir);
+		vdir = rc_dir;
+	}
+	free(cur);
+	char *paths[MAX_SHARDS];
+	size_t nshards = vdir ? shard_paths(vdir, paths, MAX_SHARDS) : 0;
+	if (nshards == 0) {
+		fprintf(stderr, "bench_load: no shard files under %s\n", index);
+		return 1;
+	}
+	printf("version %s: %zu shard file(s), best of %d\n\n", vdir, nshards, repeat);
+
+	/* warm the page cache */
+	for (int w = 0; w < 2; w++)
+		for (size_t i = 0; i < nshards; i++) {
+			cdx_shard *s;
+			if (cdx_shard_open(&s, paths[i]) != CDX_OK || cdx_shard_verify(s) != CDX_OK) {
+				fprintf(stderr, "bench_load: %s\n", cdx_last_error());
+				return 1;
+			}
+			cdx_shard_close(s);
+		}
+
+	printf("| part | stored MiB | raw MiB | lz4 ratio | decompress + checksum GB/s |\n");
+	printf("|---|---|---|---|---|\n");
+	static const uint32_t kinds[] = { CDX_PART_FAISS, CDX_PART_IDS, CDX_PART_KEYS, CDX_PART_REFINE };
+	double all_raw = 0, all_secs = 0;
+	for (size_t k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		double stored = 0, raw = 0, best = 0;
+		for (int r = 0; r < repeat; r++) {
+			double t = 0;
+			stored = raw = 0;
+			for (size_t i = 0; i < nshards; i++) {
+				cdx_shard *s;
+				if (cdx_shard_open(&s, paths[i]) != CDX_OK)
+					return 1;
+				const struct cdx_part_desc *pd = cdx_shard_find_part(s, kinds[k]);
+				if (pd != NULL) {
+					void *data;
+					size_t len;
+					uint64_t t0 = cdx_now_us();
+					if (cdx_shard_read_part(s, kinds[k], &data, &len) != CDX_OK) {
+						fprintf(stderr, "bench_load: %s\n", cdx_last_error());
+						return 1;
+					}
+					t += secs(t0, cdx_now_us());
+					free(data);
+					stored += (double) pd->stored_size;
+					raw += (double) pd->raw_size;
+				}
+				cdx_shard_close(s);
+			}
+			if (r == 0 || t < best)
+				best = t;
+		}
+		if (raw == 0)
+			continue;
+		all_raw += raw;
+		all_secs += best;
+		printf("| %s | %.1f | %.1f | %.2f | %.2f |\n", cdx_part_name((int) kinds[k]),
+		    stored / 1048576.0, raw / 1048576.0, raw / stored, raw / best / 1e9);
+	}
+	printf("| all parts | | %.1f | | %.2f |\n\n", all_raw / 1048576.0, all_raw / all_secs / 1e9);
+
+	/* baseline: the FAISS parts as plain files, read by faiss_read_index */
+	char *tmp = strf("/tmp/candex-bench-load-%d", (int) getpid());
+	double faiss_best = 0, load_best = 0;
+	char **plain = calloc(nshards, sizeof(*plain));
+	for (size_t i = 0; i < nshards; i++) {
+		cdx_shard *s;
+		void *data;
+		size_t len;
+		plain[i] = strf("%s-%zu.faissindex", tmp, i);
+		FILE *f = fopen(plain[i], "wb");
+		if (f == NULL || cdx_shard_open(&s, paths[i]) != CDX_OK
+		    || cdx_shard_read_part(s, CDX_PART_FAISS, &data, &len) != CDX_OK
+		    || fwrite(data, 1, len, f) != len || fclose(f) != 0) {
+			fprintf(stderr, "bench_load: cannot write %s\n", plain[i]);
+			return 1;
+		}
+		free(data);
+		cdx_shard_close(s);
+	}
+	for (int r = 0; r < repeat + 1; r++) { /* the first round warms the plain files */
+		uint64_t t0 = cdx_now_us();
+		for (size_t i = 0; i < nshards; i++) {
+			FaissIndex *idx = NULL;
+			if (faiss_read_index_fname(plain[i], 0, &idx) != 0) {
+				fprintf(stderr, "bench_load: faiss_read_index %s failed\n", plain[i]);
+				return 1;
+			}
+			faiss_Index_free(idx);
+		}
+		double t = secs(t0, cdx_now_us());
+		if (r == 1 || (r > 1 && t < faiss_best))
+			faiss_best = t;
+		t0 = cdx_now_us();
+		cdx_collection *c;
+		if (cdx_collection_load(&c, vdir) != CDX_OK) {
+			fprintf(stderr, "bench_load: %s\n", cdx_last_error());
+			return 1;
+		}
+		t = secs(t0, cdx_now_us());
+		cdx_collection_unref(c);
+		if (r == 1 || (r > 1 && t < load_best))
+			load_best = t;
+	}
+	for (size_t i = 0; i < nshards; i++) {
+		unlink(plain[i]);
+		free(plain[i]);
+		free(paths[i]);
+	}
+	free(plain);
+	free(tmp);
+	printf("| load | seconds | vs faiss_read_index |\n|---|---|---|\n");
+	printf("| faiss_read_index of the uncompressed FAISS parts (baseline) | %.3f | 1.00 |\n", faiss_best);
+	printf("| cdx_collection_load (checksums, lz4, Faiss, ids, keys, refine store) | %.3f | %.2f |\n",
+	    load_best, load_best / faiss_best);
+	free(vdir);
+	return 0;
+}
