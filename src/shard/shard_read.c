@@ -204,6 +204,24 @@ need_part(const cdx_shard *s, uint32_t kind, int *rc)
 	return pd;
 }
 
+/* alloc_part allocates a part's decompressed bytes (freed with free()).
+ * Large parts get transparent huge pages where the kernel offers them
+ * (madvise mode): first-touch faults on 4 KiB pages otherwise cost as much
+ * as the decompression (1M x 128 fp16 refine store: 0.79 -> see
+ * BENCHMARKS.md, bench_load). */
+static uint8_t *
+alloc_part(size_t raw)
+{
+	const size_t huge = (size_t) 2 << 20;
+	if (raw < 4 * huge)
+		return malloc(raw ? raw : 1);
+	void *p = NULL;
+	if (posix_memalign(&p, huge, raw) != 0)
+		return NULL;
+	madvise(p, raw / huge * huge, MADV_HUGEPAGE);
+	return p;
+}
+
 int
 cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 {
@@ -215,7 +233,7 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 		return rc;
 	const char *pname = cdx_part_name((int) kind);
 	size_t raw = (size_t) pd->raw_size;
-	uint8_t *out = malloc(raw ? raw : 1);
+	uint8_t *out = alloc_part(raw);
 	if (out == NULL)
 		return cdx_error(CDX_ENOMEM, "%s: part %s: %zu bytes", s->path, pname, raw);
 	LZ4F_dctx *dctx;
