@@ -870,7 +870,6 @@ test_server(void **state)
 			assert_true(fabs(a - b) < 1e-9);
 			assert_true(num(row_at(remote, np, rf), "qps") > 0);
 		}
-	json_decref(remote);
 	json_decref(local);
 
 	/* --save through the server: points go to the served version's manifest,
@@ -886,6 +885,22 @@ test_server(void **state)
 	json_t *pt = json_array_get(json_object_get(saved, "operating_points"), 0);
 	uint32_t want = (uint32_t) num(pt, "nprobe");
 	double want_rf = num(pt, "refine_factor");
+	/* memory per vector of a server: unknown without --index, else the
+	 * version's shard files over its items */
+	assert_true(json_is_null(
+	    json_object_get(json_array_get(json_object_get(remote, "results"), 0), "bytes_per_vector")));
+	struct cdx_manifest *m = NULL;
+	char vdir[4096], path[4200];
+	snprintf(path, sizeof(path), "%s/index/cos", dir);
+	assert_int_equal(cdx_version_path_resolve(path, vdir), CDX_OK);
+	assert_int_equal(cdx_manifest_load(&m, vdir), CDX_OK);
+	uint64_t bytes = 0;
+	for (uint32_t i = 0; i < m->nshards; i++)
+		bytes += m->shards[i].bytes;
+	double bpv = num(json_array_get(json_object_get(saved, "results"), 0), "bytes_per_vector");
+	assert_true(fabs(bpv - (double) bytes / (double) m->items) < 0.01);
+	cdx_manifest_free(m);
+	json_decref(remote);
 	json_decref(saved);
 	assert_int_equal(st_stop(&s, SIGTERM), 0);
 
