@@ -692,10 +692,16 @@ cmd_recall(int argc, char **argv)
 			    bv.dim, ti.collection, ti.dim);
 			goto fail;
 		}
-		if (bv.n != ti.items)
-			fprintf(stderr,
-			    "candex recall: warning: %s has %zu rows but the index holds %llu items\n",
-			    o.base, bv.n, (unsigned long long) ti.items);
+		/* the builder indexes every input row (a bad row fails the build),
+		 * so another count means another file: truth over it would judge
+		 * hits against neighbours the index never held, or the reverse */
+		if (bv.n != ti.items) {
+			rc = cdx_error(CDX_EINVAL,
+			    "base vectors %s have %zu rows, but collection %s holds %llu items: give the "
+			    "builder's --input",
+			    o.base, bv.n, ti.collection, (unsigned long long) ti.items);
+			goto fail;
+		}
 		if (ti.metric == CDX_METRIC_COS)
 			cdx_normalize_rows(bv.x, bv.n, bv.dim);
 	}
@@ -923,6 +929,8 @@ cmd_recall(int argc, char **argv)
 			.metric = ti.metric,
 			.dim = ti.dim,
 			.nb = bv.n,
+			.items = ti.items,
+			.nlist = ti.nlist,
 			.nq = qv.n,
 			.k = o.k,
 			.eps = o.eps,

@@ -263,6 +263,8 @@ struct cdx_recall_meta {
 	int metric;
 	uint32_t dim;
 	size_t nb;
+	uint64_t items; /* in the index */
+	uint32_t nlist; /* 0 = flat */
 	size_t nq;
 	uint32_t k;
 	double eps;

@@ -164,6 +164,8 @@ cdx_recall_write_json(const char *path, const struct cdx_recall_meta *m, const s
 	json_object_set_new(root, "metric", json_string(cdx_metric_name(m->metric)));
 	json_object_set_new(root, "dim", json_integer(m->dim));
 	json_object_set_new(root, "base_vectors", json_integer((json_int_t) m->nb));
+	json_object_set_new(root, "items", json_integer((json_int_t) m->items));
+	json_object_set_new(root, "nlist", json_integer(m->nlist));
 	json_object_set_new(root, "queries", json_integer((json_int_t) m->nq));
 	json_object_set_new(root, "k", json_integer(m->k));
 	json_object_set_new(root, "epsilon", json_real(m->eps));

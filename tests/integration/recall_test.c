@@ -6,6 +6,8 @@
  */
 #include "srvtest.h"
 
+#include <dirent.h>
+#include <pty.h>
 #include <jansson.h>
 #include <math.h>
 
@@ -21,6 +23,7 @@
 static char *dir;
 static float *base_l2, *base_cos, *base_ip, *queries;
 static char qpath[4096], bpath_l2[4096], bpath_cos[4096], bpath_ip[4096];
+static double bpv_plain; /* bytes per item of "ip", loaded here: no refine store */
 
 /* the builder's input file name (st_build writes it) */
 static void
@@ -55,6 +58,12 @@ setup(void **state)
 	}
 	snprintf(qpath, sizeof(qpath), "%s/queries.fvecs", dir);
 	assert_int_equal(tu_write_fvecs(qpath, queries, NQ, DIM), 0);
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/index/ip", dir);
+	cdx_collection *c = NULL;
+	assert_int_equal(cdx_collection_load(&c, path), CDX_OK);
+	bpv_plain = (double) cdx_collection_memory_bytes(c) / N;
+	cdx_collection_unref(c);
 	return 0;
 }
 
@@ -143,9 +152,38 @@ assert_monotonic(json_t *root, const char *field)
 		}
 }
 
-/* independent: plain set overlap of the top-k ids with a brute-force loop */
+/* The second computation, written here from scratch: the collection searched
+ * in batches of 64 (as the tool's QPS pass sends them with --threads 2), and
+ * the hits judged by plain loops in double precision over the raw base
+ * vectors: every distance of a query, sorted; a distinct hit counts when its
+ * distance is <= the r-th smallest + eps. Returns hits counted / (NQ r). */
 static double
-bruteforce_recall(const char *coll, const float *base, int metric, uint32_t nprobe, float refine, uint32_t k)
+plain_dist(const float *x, const float *q, int metric)
+{
+	double dot = 0, xx = 0, qq = 0, l2 = 0;
+	for (size_t j = 0; j < DIM; j++) {
+		dot += (double) x[j] * q[j];
+		xx += (double) x[j] * x[j];
+		qq += (double) q[j] * q[j];
+		l2 += ((double) x[j] - q[j]) * ((double) x[j] - q[j]);
+	}
+	if (metric == CDX_METRIC_L2)
+		return sqrt(l2);
+	if (metric == CDX_METRIC_IP)
+		return -dot;
+	return 1 - dot / (sqrt(xx) * sqrt(qq));
+}
+
+static int
+cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *) a, y = *(const double *) b;
+	return x < y ? -1 : x > y;
+}
+
+static double
+plain_recall(const char *coll, const float *base, int metric, uint32_t nprobe, float refine, uint32_t k,
+    uint32_t r, double eps, size_t *counted)
 {
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/index/%s", dir, coll);
@@ -153,33 +191,47 @@ bruteforce_recall(const char *coll, const float *base, int metric, uint32_t npro
 	assert_int_equal(cdx_collection_load(&c, path), CDX_OK);
 	struct cdx_hit *hits = malloc(NQ * k * sizeof(*hits));
 	struct cdx_search_params p = { .k = k, .nprobe = nprobe, .refine_factor = refine };
-	assert_int_equal(cdx_collection_search(c, &p, queries, NQ, hits), CDX_OK);
-	float *x = malloc(N * DIM * sizeof(float)), *q = malloc(NQ * DIM * sizeof(float));
-	memcpy(x, base, N * DIM * sizeof(float));
-	memcpy(q, queries, NQ * DIM * sizeof(float));
-	if (metric == CDX_METRIC_COS) {
-		for (size_t i = 0; i < N; i++) {
-			double s = 0;
-			for (size_t j = 0; j < DIM; j++)
-				s += x[i * DIM + j] * x[i * DIM + j];
-			for (size_t j = 0; j < DIM; j++)
-				x[i * DIM + j] /= (float) sqrt(s);
-		}
+	for (size_t q0 = 0; q0 < NQ; q0 += 64) {
+		size_t n = NQ - q0 < 64 ? NQ - q0 : 64;
+		assert_int_equal(cdx_collection_search(c, &p, queries + q0 * DIM, n, hits + q0 * k), CDX_OK);
 	}
-	int64_t *truth = malloc(k * sizeof(int64_t));
+	double *d = malloc(N * sizeof(double)), *sorted = malloc(N * sizeof(double));
 	size_t found = 0;
 	for (size_t i = 0; i < NQ; i++) {
-		tu_exact_knn(x, N, DIM, q + i * DIM, k, metric != CDX_METRIC_L2, truth);
-		for (size_t a = 0; a < k; a++)
-			for (size_t b = 0; b < k; b++)
-				found += hits[i * k + a].id == truth[b];
+		for (size_t b = 0; b < N; b++)
+			d[b] = plain_dist(base + b * DIM, queries + i * DIM, metric);
+		memcpy(sorted, d, N * sizeof(double));
+		qsort(sorted, N, sizeof(double), cmp_dbl);
+		double thr = sorted[r - 1] + eps;
+		size_t mine = 0;
+		for (uint32_t a = 0; a < k; a++) {
+			int64_t id = hits[i * k + a].id;
+			int dup = 0;
+			for (uint32_t b = 0; b < a; b++)
+				dup |= hits[i * k + b].id == id;
+			if (id >= 0 && id < N && !dup && d[id] <= thr)
+				mine++;
+		}
+		found += mine < r ? mine : r;
 	}
-	free(truth);
-	free(x);
-	free(q);
+	free(d);
+	free(sorted);
 	free(hits);
 	cdx_collection_unref(c);
-	return (double) found / (double) (NQ * k);
+	*counted = found;
+	return (double) found / (double) (NQ * r);
+}
+
+/* the tool's figure equals the plain loop's, to one hit in the whole set
+ * (a distance within float rounding of the threshold may fall either way) */
+static void
+assert_agrees(const char *coll, const char *what, double tool, double plain, uint32_t r)
+{
+	double one = 1.0 / (NQ * r);
+	if (fabs(tool - plain) > one + 1e-12) {
+		fprintf(stderr, "%s %s: tool %.6f, plain loop %.6f\n", coll, what, tool, plain);
+		fail();
+	}
 }
 
 static void
@@ -206,42 +258,60 @@ test_flat_is_exact(void **state)
 }
 
 static void
-check_sweep(const char *coll, const char *bpath, const float *base, int metric, int refine_store)
+check_sweep(const char *coll, const char *bpath, const float *base, int metric, const char *refine_store)
 {
+	int has_refine = *refine_store != '\0';
 	json_t *root = run_recall(NULL, NULL,
 	    "--index %s/index/%s --queries %s --base %s --nprobe 1,4,16,64,256 %s --latency-queries 30 "
-	    "--epsilon 1e-6",
-	    dir, coll, qpath, bpath, refine_store ? "--refine 0,32" : "");
+	    "--threads 2 --epsilon 1e-6",
+	    dir, coll, qpath, bpath, has_refine ? "--refine 0,32" : "");
 	assert_non_null(root);
 	assert_string_equal(json_string_value(json_object_get(root, "metric")), cdx_metric_name(metric));
-	assert_int_equal(json_array_size(json_object_get(root, "results")), refine_store ? 10 : 5);
+	/* nprobe 256 probes every list */
+	assert_int_equal(json_integer_value(json_object_get(root, "nlist")), 256);
+	assert_int_equal(json_integer_value(json_object_get(root, "items")), N);
+	assert_int_equal(json_array_size(json_object_get(root, "results")), has_refine ? 10 : 5);
 	assert_monotonic(root, "recall_at_k");
 	assert_monotonic(root, "recall_100_at_100");
 	assert_monotonic(root, "recall_1_at_k");
 	/* more probes must help, and re-ranking every list reaches what exact
 	 * search allows */
-	double rf = refine_store ? 32 : 0;
+	double rf = has_refine ? 32 : 0;
 	assert_true(
 	    num(row_at(root, 256, rf), "recall_at_k") > num(row_at(root, 1, rf), "recall_at_k") + 0.1);
-	if (refine_store) {
+	if (has_refine) {
 		assert_true(num(row_at(root, 256, 32), "recall_at_k") >= 0.99);
 		assert_true(num(row_at(root, 256, 32), "recall_100_at_100") >= 0.99);
 	}
-	/* the tool agrees with a plain loop: no exact ties in this data, and a
-	 * tight epsilon (the default 1e-3 credits near-ties, which these dense
-	 * synthetic clusters have many of under cosine) */
-	double mine = num(row_at(root, 16, 0), "recall_at_k");
-	double plain = bruteforce_recall(coll, base, metric, 16, CDX_RECALL_REFINE_NONE, 10);
-	if (fabs(mine - plain) > 0.006)
-		fprintf(stderr, "%s: tool %.4f, brute force %.4f\n", coll, mine, plain);
-	assert_true(fabs(mine - plain) <= 0.006);
-	if (refine_store) {
-		mine = num(row_at(root, 4, 32), "recall_at_k");
-		plain = bruteforce_recall(coll, base, metric, 4, 32, 10);
-		assert_true(fabs(mine - plain) <= 0.006);
+	/* every figure agrees with the plain loop, at settings with and
+	 * without re-ranking (a tight epsilon, as the run's) */
+	const float rfs[2] = { CDX_RECALL_REFINE_NONE, 32 };
+	for (int i = 0; i < (has_refine ? 2 : 1); i++) {
+		uint32_t np = i == 0 ? 16 : 4;
+		json_t *row = row_at(root, np, i == 0 ? 0 : 32);
+		size_t n;
+		assert_agrees(coll, "R10@10", num(row, "recall_at_k"),
+		    plain_recall(coll, base, metric, np, rfs[i], 10, 10, 1e-6, &n), 10);
+		assert_agrees(coll, "R1@10", num(row, "recall_1_at_k"),
+		    plain_recall(coll, base, metric, np, rfs[i], 10, 1, 1e-6, &n), 1);
+		assert_agrees(coll, "R100@100", num(row, "recall_100_at_100"),
+		    plain_recall(coll, base, metric, np, rfs[i], 100, 100, 1e-6, &n), 100);
 	}
-	/* memory per vector is reported */
-	assert_true(num(row_at(root, 1, 0), "bytes_per_vector") > 8);
+	/* memory per vector: what the collection holds as loaded, over the
+	 * items; the same data indexed without a refine store ("ip", keys
+	 * "ip:<row>") holds dim x 4 (fp32) or dim x 2 (fp16) bytes less per
+	 * item, and one byte less of key than "cos:<row>" */
+	double bpv = num(row_at(root, 1, 0), "bytes_per_vector");
+	double want = strcmp(refine_store, "fp32") == 0 ? 4 * DIM
+	    : strcmp(refine_store, "fp16") == 0         ? 2 * DIM
+	                                                : 0;
+	if (metric == CDX_METRIC_COS)
+		want += 1;
+	if (fabs(bpv - bpv_plain - want) > 0.5)
+		fprintf(
+		    stderr, "%s: %.2f bytes per vector, %.2f without a refine store\n", coll, bpv, bpv_plain);
+	assert_true(fabs(bpv - bpv_plain - want) <= 0.5);
+	assert_true(bpv_plain > 8); /* PQ codes and an 8-byte id at least */
 	json_decref(root);
 }
 
@@ -249,21 +319,125 @@ static void
 test_sweep_l2(void **state)
 {
 	(void) state;
-	check_sweep("l2r", bpath_l2, base_l2, CDX_METRIC_L2, 1);
+	check_sweep("l2r", bpath_l2, base_l2, CDX_METRIC_L2, "fp32");
 }
 
 static void
 test_sweep_cos(void **state)
 {
 	(void) state;
-	check_sweep("cos", bpath_cos, base_cos, CDX_METRIC_COS, 1);
+	check_sweep("cos", bpath_cos, base_cos, CDX_METRIC_COS, "fp16");
 }
 
 static void
 test_sweep_ip(void **state)
 {
 	(void) state;
-	check_sweep("ip", bpath_ip, base_ip, CDX_METRIC_IP, 0);
+	check_sweep("ip", bpath_ip, base_ip, CDX_METRIC_IP, "");
+}
+
+/* Every metric path reaches what exact search allows: on small clustered
+ * data indexed with an fp32 refine store, recall never falls as nprobe
+ * rises (within a small tolerance without re-ranking, to one hit with it),
+ * and probing every list while re-ranking every item gives exactly the
+ * exact search's answer: recall 1.0 on every figure. */
+#define MONO_N   4000
+#define MONO_DIM 16
+
+static void
+check_monotonic(const char *metric, uint64_t seed)
+{
+	char coll[64], in[4200], qp[4200];
+	snprintf(coll, sizeof(coll), "mono-%s", metric);
+	float *x = st_build(dir, coll, MONO_N, MONO_DIM, seed, metric, "m:", "--refine fp32");
+	input_path(in, sizeof(in), coll, seed);
+	float *q = malloc(NQ * MONO_DIM * sizeof(float));
+	cdx_rng rng;
+	cdx_rng_seed(&rng, seed + 100);
+	for (size_t i = 0; i < NQ; i++) {
+		size_t r = cdx_rng_next(&rng) % MONO_N;
+		for (size_t j = 0; j < MONO_DIM; j++)
+			q[i * MONO_DIM + j] = x[r * MONO_DIM + j] + 0.7f * (float) cdx_rng_normal(&rng);
+	}
+	snprintf(qp, sizeof(qp), "%s/%s-queries.fvecs", dir, coll);
+	assert_int_equal(tu_write_fvecs(qp, q, NQ, MONO_DIM), 0);
+	free(q);
+	free(x);
+
+	/* re-ranking k x 400 = 4000 candidates re-ranks every item */
+	json_t *root = run_recall(NULL, NULL,
+	    "--index %s/index/%s --queries %s --base %s --nprobe 1,2,4,8,16,32,64 --refine 0,8,400 "
+	    "--latency-queries 10",
+	    dir, coll, qp, in);
+	assert_non_null(root);
+	assert_int_equal(json_integer_value(json_object_get(root, "nlist")), 64);
+	json_t *rows = json_object_get(root, "results");
+	assert_int_equal(json_array_size(rows), 21);
+	const char *fields[] = { "recall_at_k", "recall_1_at_k", "recall_100_at_100" };
+	for (int f = 0; f < 3; f++)
+		for (size_t i = 0; i < json_array_size(rows); i++)
+			for (size_t j = 0; j < json_array_size(rows); j++) {
+				json_t *a = json_array_get(rows, i), *b = json_array_get(rows, j);
+				double rf = num(a, "refine_factor");
+				if (rf != num(b, "refine_factor") || num(b, "nprobe") <= num(a, "nprobe"))
+					continue;
+				/* A bigger candidate set ranked by PQ scores may push a
+				 * true neighbour out of the top k (or of the k x 8
+				 * re-ranked): small falls, 0.005 for k-recall@k; 1-recall
+				 * moves by whole queries (0.005 each), so 4 of them. The
+				 * 2-byte PQ codes here (PQ4x4 for dim 16) make ip show it
+				 * most. With every candidate re-ranked exactly, a superset
+				 * cannot lose a neighbour (but for a distance within float
+				 * rounding of the threshold: one hit). */
+				double tol = rf < 400 ? (f == 1 ? 0.02 : 0.005)
+				                      : 1.0
+				        / (NQ
+				            * (f == 1        ? 1
+				                    : f == 0 ? 10
+				                             : 100));
+				if (num(b, fields[f]) >= num(a, fields[f]) - tol - 1e-12)
+					continue;
+				/* Known, and not ours to fix here: cos is indexed as
+				 * inner product over normalised vectors, and IVF-PQ's
+				 * inner-product score <q, c + pq(r)> favours
+				 * reconstructions of large norm, which more lists bring
+				 * in: without full re-ranking its recall falls as nprobe
+				 * rises (raw Faiss does the same; an L2 index over the
+				 * same normalised vectors does not). Reported for the
+				 * builder; checked here only with every item re-ranked. */
+				if (strcmp(metric, "cos") == 0 && rf < 400) {
+					if (j == i + 1) /* rows are by nprobe: print neighbours only */
+						fprintf(stderr,
+						    "known (cos as inner product): %s falls from %.4f "
+						    "(nprobe %g) to %.4f "
+						    "(nprobe %g), refine %g\n",
+						    fields[f], num(a, fields[f]), num(a, "nprobe"),
+						    num(b, fields[f]), num(b, "nprobe"), rf);
+					continue;
+				}
+				fail_msg("%s: %s falls from %.4f (nprobe %g) to %.4f (nprobe %g), refine %g",
+				    coll, fields[f], num(a, fields[f]), num(a, "nprobe"), num(b, fields[f]),
+				    num(b, "nprobe"), rf);
+			}
+	for (int f = 0; f < 3; f++) {
+		double v = num(row_at(root, 64, 400), fields[f]);
+		if (v != 1.0)
+			fail_msg(
+			    "%s: %s is %.6f at nprobe = nlist with every item re-ranked", coll, fields[f], v);
+	}
+	/* and more probes must help at all */
+	assert_true(
+	    num(row_at(root, 64, 400), "recall_at_k") > num(row_at(root, 1, 400), "recall_at_k") + 0.1);
+	json_decref(root);
+}
+
+static void
+test_monotonic_all_metrics(void **state)
+{
+	(void) state;
+	check_monotonic("l2", 21);
+	check_monotonic("ip", 22);
+	check_monotonic("cos", 23);
 }
 
 static void
@@ -318,11 +492,47 @@ test_targets_and_save(void **state)
 		else
 			assert_true(m->points[i].refine_factor == (float) num(p, "refine_factor"));
 	}
-	cdx_manifest_free(m);
 	/* the collection still loads and verifies after the manifest rewrite */
 	cdx_collection *c = NULL;
 	assert_int_equal(cdx_collection_load(&c, path), CDX_OK);
 	cdx_collection_unref(c);
+
+	/* saving again merges: a point of the same k and target is replaced,
+	 * the others are kept, a point for another k is added beside them;
+	 * the table stays sorted by k, then target */
+	struct cdx_operating_point kept = m->points[1]; /* 0.9 */
+	cdx_manifest_free(m);
+	json_t *again = run_recall(NULL, NULL,
+	    "--index %s/index/l2r --queries %s --base %s --nprobe 64 --refine 8 --latency-queries 20 "
+	    "--target 0.5,0.6 --save",
+	    dir, qpath, bpath_l2);
+	assert_non_null(again);
+	json_t *k20 = run_recall(NULL, NULL,
+	    "--index %s/index/l2r --queries %s --base %s --nprobe 4,16 --refine 4 --latency-queries 20 "
+	    "-k 20 --target 0.6 --save",
+	    dir, qpath, bpath_l2);
+	assert_non_null(k20);
+	assert_int_equal(cdx_manifest_load(&m, vdir), CDX_OK);
+	assert_int_equal(m->npoints, 4);
+	double want_t[4] = { 0.5, 0.6, 0.9, 0.6 };
+	uint32_t want_k[4] = { 10, 10, 10, 20 };
+	for (uint32_t i = 0; i < 4; i++) {
+		assert_true(fabs(m->points[i].recall_target - want_t[i]) < 1e-9);
+		assert_int_equal(m->points[i].k, want_k[i]);
+	}
+	for (uint32_t i = 0; i < 2; i++) { /* the second run's only setting (the first swept 1..32) */
+		assert_int_equal(m->points[i].nprobe, 64);
+		assert_true(m->points[i].refine_factor == 8);
+	}
+	assert_int_equal(m->points[2].nprobe, kept.nprobe);
+	assert_true(m->points[2].refine_factor == kept.refine_factor);
+	assert_true(m->points[2].p99_ms == kept.p99_ms);
+	json_t *p20 = json_array_get(json_object_get(k20, "operating_points"), 0);
+	assert_int_equal(m->points[3].nprobe, (uint32_t) num(p20, "nprobe"));
+	assert_true(m->points[3].refine_factor == 4);
+	cdx_manifest_free(m);
+	json_decref(again);
+	json_decref(k20);
 	json_decref(root);
 }
 
@@ -406,16 +616,54 @@ test_truth_cache(void **state)
 	(void) state;
 	char *out = NULL;
 	int status;
-	char cache[4200];
+	char cache[4200], js[4200];
+	double first = -1;
 	snprintf(cache, sizeof(cache), "%s/cache2", dir);
-	for (int i = 0; i < 2; i++) {
+	snprintf(js, sizeof(js), "%s/cache2.json", dir);
+	/* computed, then read back; damaged, it is recomputed (and said so),
+	 * rewritten, and read back again; every run gives the same figures */
+	for (int i = 0; i < 4; i++) {
+		if (i == 2) {
+			DIR *d = opendir(cache);
+			assert_non_null(d);
+			struct dirent *e;
+			int files = 0;
+			char path[8400];
+			while ((e = readdir(d)) != NULL) {
+				if (e->d_name[0] == '.')
+					continue;
+				files++;
+				snprintf(path, sizeof(path), "%s/%s", cache, e->d_name);
+			}
+			closedir(d);
+			assert_int_equal(files, 1);
+			FILE *f = fopen(path, "r+b");
+			assert_non_null(f);
+			assert_int_equal(fseek(f, 200, SEEK_SET), 0);
+			int c = fgetc(f);
+			assert_int_equal(fseek(f, 200, SEEK_SET), 0);
+			fputc(c ^ 0x10, f);
+			fclose(f);
+		}
 		status = tu_run(&out,
 		    "%s recall --index %s/index/ip --queries %s --base %s --nprobe 4 --min-time 0.01 "
-		    "--cache-dir %s",
-		    CANDEX_BIN, dir, qpath, bpath_ip, cache);
+		    "--cache-dir %s --json %s",
+		    CANDEX_BIN, dir, qpath, bpath_ip, cache, js);
 		assert_int_equal(status, 0);
-		assert_non_null(strstr(out, i == 0 ? "truth computed" : "truth cache"));
+		assert_non_null(strstr(out, i == 0 || i == 2 ? "truth computed" : "truth cache"));
+		if (i == 2) {
+			assert_non_null(strstr(out, "ignoring truth cache"));
+			assert_non_null(strstr(out, "checksum"));
+		}
 		free(out);
+		json_error_t jerr;
+		json_t *root = json_load_file(js, 0, &jerr);
+		assert_non_null(root);
+		double r = num(json_array_get(json_object_get(root, "results"), 0), "recall_at_k");
+		if (first < 0)
+			first = r;
+		assert_true(r == first);
+		json_decref(root);
 	}
 }
 
@@ -449,6 +697,73 @@ test_outputs(void **state)
 	assert_int_equal(cdx_read_file(png, &text, &len), CDX_OK);
 	assert_memory_equal(text, "\x89PNG", 4);
 	free(text);
+}
+
+/* run_on_tty runs a command line with its stdout and stderr on a
+ * pseudo-terminal, as at a user's terminal; returns all it printed. */
+static char *
+run_on_tty(const char *cmd, int *status)
+{
+	int master;
+	pid_t pid = forkpty(&master, NULL, NULL, NULL);
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *) NULL);
+		_exit(127);
+	}
+	cdx_buf b = { 0 };
+	char chunk[4096];
+	for (;;) {
+		ssize_t n = read(master, chunk, sizeof(chunk));
+		if (n > 0)
+			assert_int_equal(cdx_buf_append(&b, chunk, (size_t) n), CDX_OK);
+		else if (n < 0 && errno == EINTR)
+			continue;
+		else
+			break; /* EIO once the child has closed the terminal */
+	}
+	close(master);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	*status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	assert_int_equal(cdx_buf_append(&b, "", 1), CDX_OK);
+	return b.data;
+}
+
+/* On a terminal the tool shows its progress on stderr (ground truth, then
+ * "[i/n] what" for the setting being measured, each erased by the next) and
+ * the table rows as they are measured; into a pipe it writes no progress. */
+static void
+test_progress(void **state)
+{
+	(void) state;
+	char *cmd = NULL;
+	assert_true(asprintf(&cmd,
+	                "%s recall --index %s/index/l2r --queries %s --base %s --nprobe 1,8 --refine 0 "
+	                "--min-time 0.01 --cache-dir %s/cache-tty",
+	                CANDEX_BIN, dir, qpath, bpath_l2, dir)
+	    > 0);
+	int status;
+	char *out = run_on_tty(cmd, &status);
+	assert_int_equal(status, 0);
+	assert_non_null(strstr(out, "ground truth: 200/200 queries"));
+	assert_non_null(strstr(out, "[1/2] "));
+	assert_non_null(strstr(out, "[2/2] "));
+	assert_non_null(strstr(out, "\r\033[K"));
+	/* both rows of the table, the first before the second is measured */
+	const char *r1 = strstr(out, "      1   none "), *p2 = strstr(out, "[2/2] ");
+	assert_non_null(r1);
+	assert_non_null(strstr(out, "      8   none "));
+	assert_true(r1 < p2);
+	free(out);
+
+	out = NULL;
+	assert_true(tu_run(&out, "%s", cmd) == 0);
+	assert_null(strstr(out, "\033[K"));
+	assert_null(strstr(out, "[1/2] "));
+	assert_non_null(strstr(out, "      8   none "));
+	free(out);
+	free(cmd);
 }
 
 static void
@@ -485,6 +800,29 @@ test_bad_input(void **state)
 	assert_int_equal(status, 1);
 	assert_non_null(strstr(out, "199 rows"));
 	assert_non_null(strstr(out, "200 queries"));
+	free(out);
+
+	/* base vectors that are not the index's input: one row short */
+	snprintf(path, sizeof(path), "%s/base-short.fvecs", dir);
+	assert_int_equal(tu_write_fvecs(path, base_l2, N - 1, DIM), 0);
+	status = tu_run(
+	    &out, "%s recall --index %s/index/l2r --queries %s --base %s", CANDEX_BIN, dir, qpath, path);
+	assert_int_equal(status, 1);
+	assert_non_null(strstr(out, "9999 rows"));
+	assert_non_null(strstr(out, "10000 items"));
+	free(out);
+
+	/* an ids file with another count than the base rows */
+	snprintf(path, sizeof(path), "%s/ids-short.txt", dir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	for (int i = 0; i < N - 2; i++)
+		fprintf(f, "%d\n", i);
+	fclose(f);
+	status = tu_run(&out, "%s recall --index %s/index/l2r --queries %s --base %s --ids %s", CANDEX_BIN,
+	    dir, qpath, bpath_l2, path);
+	assert_int_equal(status, 1);
+	assert_non_null(strstr(out, "9998 ids"));
 	free(out);
 
 	/* a server that is not there */
@@ -532,7 +870,6 @@ test_server(void **state)
 			assert_true(fabs(a - b) < 1e-9);
 			assert_true(num(row_at(remote, np, rf), "qps") > 0);
 		}
-	json_decref(remote);
 	json_decref(local);
 
 	/* --save through the server: points go to the served version's manifest,
@@ -548,6 +885,22 @@ test_server(void **state)
 	json_t *pt = json_array_get(json_object_get(saved, "operating_points"), 0);
 	uint32_t want = (uint32_t) num(pt, "nprobe");
 	double want_rf = num(pt, "refine_factor");
+	/* memory per vector of a server: unknown without --index, else the
+	 * version's shard files over its items */
+	assert_true(json_is_null(
+	    json_object_get(json_array_get(json_object_get(remote, "results"), 0), "bytes_per_vector")));
+	struct cdx_manifest *m = NULL;
+	char vdir[4096], path[4200];
+	snprintf(path, sizeof(path), "%s/index/cos", dir);
+	assert_int_equal(cdx_version_path_resolve(path, vdir), CDX_OK);
+	assert_int_equal(cdx_manifest_load(&m, vdir), CDX_OK);
+	uint64_t bytes = 0;
+	for (uint32_t i = 0; i < m->nshards; i++)
+		bytes += m->shards[i].bytes;
+	double bpv = num(json_array_get(json_object_get(saved, "results"), 0), "bytes_per_vector");
+	assert_true(fabs(bpv - (double) bytes / (double) m->items) < 0.01);
+	cdx_manifest_free(m);
+	json_decref(remote);
 	json_decref(saved);
 	assert_int_equal(st_stop(&s, SIGTERM), 0);
 
@@ -752,6 +1105,122 @@ test_online_without_refine_and_reload(void **state)
 	cdx_collection_unref(c2);
 }
 
+/* metric_value returns the value of the /metrics line starting with name
+ * (with its labels), or NAN if there is none. */
+static double
+metric_value(const char *body, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *p = body; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+		if (strncmp(p, name, n) == 0 && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+	return NAN;
+}
+
+/* the server's online recall, read from /metrics once q queries are checked */
+static char *
+metrics_after(int port, double checked)
+{
+	char *body = NULL;
+	for (int i = 0; i < 2000; i++) {
+		assert_int_equal(st_http_get(port, "/metrics", &body), 200);
+		if (metric_value(body, "candex_online_recall_queries_total{collection=\"l2r\",k=\"10\"}")
+		    >= checked)
+			return body;
+		free(body);
+		st_sleep_ms(10);
+	}
+	fail_msg("the online checker did not check %g queries", checked);
+	return NULL;
+}
+
+/* Online recall in a real server: every query re-run, and the gauge in
+ * /metrics equals the offline figure for the very hits the server returned
+ * (fp32 refine store: the truth is exact); then, with a CPU budget of 0.1
+ * of a core and far more work than that, the checker's busy time in
+ * /metrics stays within the budget of the server's lifetime. */
+static void
+test_online_server(void **state)
+{
+	(void) state;
+	struct st_server srv;
+	int port = st_free_port();
+	char extra[256];
+	snprintf(extra, sizeof(extra),
+	    "--threads 2 --online-recall-fraction 1 --online-recall-cpu 1 --http-listen 127.0.0.1:%d", port);
+	assert_int_equal(st_start(&srv, dir, "online", extra), 0);
+	cdx_client *cl = st_client(srv.url, 10000, 0);
+	struct cdx_query q = { .collection = "l2r",
+		.vectors = queries,
+		.nvectors = NQ,
+		.dim = DIM,
+		.k = 10,
+		.nprobe = 2,
+		.refine_factor = CDX_RECALL_REFINE_NONE };
+	struct cdx_result *r = st_search(cl, &q);
+	assert_int_equal(r->nqueries, NQ);
+	int64_t *ids = malloc(NQ * 10 * sizeof(int64_t));
+	for (size_t i = 0; i < NQ; i++)
+		for (uint32_t j = 0; j < 10; j++)
+			ids[i * 10 + j] = j < r->queries[i].nhits ? r->queries[i].hits[j].id : -1;
+	cdx_result_free(r);
+	char *body = metrics_after(port, NQ);
+	double online = metric_value(body, "candex_online_recall{collection=\"l2r\",k=\"10\"}");
+	assert_true(metric_value(body, "candex_online_recall_truth_exact{collection=\"l2r\"}") == 1);
+	assert_true(metric_value(body, "candex_online_recall_dropped_total") == 0);
+	free(body);
+
+	struct cdx_recall_space sp = { .metric = CDX_METRIC_L2, .dim = DIM, .nb = N, .base = base_l2 };
+	struct cdx_truth t;
+	assert_int_equal(cdx_truth_compute(&t, &sp, queries, NQ, 10, NULL, NULL), CDX_OK);
+	double offline = cdx_recall_mean(&t, &sp, queries, ids, NQ, 10, 10, 10, CDX_RECALL_EPSILON_DEFAULT);
+	cdx_truth_fini(&t);
+	free(ids);
+	if (fabs(online - offline) > 1e-6)
+		fprintf(stderr, "online %.6f, offline %.6f\n", online, offline);
+	assert_true(fabs(online - offline) <= 1e-6);
+	assert_true(online > 0.2 && online < 0.95); /* nprobe 2 misses some */
+	cdx_client_close(cl);
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+
+	/* the budget */
+	snprintf(extra, sizeof(extra),
+	    "--threads 2 --online-recall-fraction 1 --online-recall-cpu 0.1 --http-listen 127.0.0.1:%d",
+	    port = st_free_port());
+	uint64_t t0 = cdx_now_us();
+	assert_int_equal(st_start(&srv, dir, "online-budget", extra), 0);
+	cl = st_client(srv.url, 10000, 0);
+	q.k = 100;
+	q.nprobe = 1;
+	/* traffic for 1.5 s: the checker could be busy all along without its
+	 * budget, and the queue (256) must overflow rather than block */
+	int requests = 0;
+	while (cdx_now_us() - t0 < 1500000 || requests < 10) {
+		cdx_result_free(st_search(cl, &q));
+		requests++;
+	}
+	assert_int_equal(st_http_get(port, "/metrics", &body), 200);
+	double wall = (double) (cdx_now_us() - t0) / 1e6;
+	double busy = metric_value(body, "candex_online_recall_busy_seconds_total");
+	double sampled = metric_value(body, "candex_online_recall_sampled_total");
+	double dropped = metric_value(body, "candex_online_recall_dropped_total");
+	double depth = metric_value(body, "candex_online_recall_queue_depth");
+	double checked
+	    = metric_value(body, "candex_online_recall_queries_total{collection=\"l2r\",k=\"100\"}");
+	fprintf(stderr,
+	    "server online recall, budget 0.1: busy %.3f s of at most %.3f s wall; %g sampled, %g "
+	    "dropped, %g checked, %g waiting\n",
+	    busy, wall, sampled, dropped, checked, depth);
+	free(body);
+	assert_true(sampled == (double) requests * NQ);
+	assert_true(dropped > 0); /* dropped, never blocked */
+	assert_true(depth > 0);   /* work left: the budget, not the traffic, bounds it */
+	assert_true(checked > 0);
+	assert_true(busy <= 0.1 * wall * 1.15 + 0.01);
+	cdx_client_close(cl);
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+}
+
 int
 main(void)
 {
@@ -760,16 +1229,19 @@ main(void)
 		cmocka_unit_test(test_sweep_l2),
 		cmocka_unit_test(test_sweep_cos),
 		cmocka_unit_test(test_sweep_ip),
+		cmocka_unit_test(test_monotonic_all_metrics),
 		cmocka_unit_test(test_targets_and_save),
 		cmocka_unit_test(test_ground_truth_file),
 		cmocka_unit_test(test_truth_cache),
 		cmocka_unit_test(test_outputs),
+		cmocka_unit_test(test_progress),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_server),
 		cmocka_unit_test(test_online_matches_offline),
 		cmocka_unit_test(test_online_sampling_and_queue),
 		cmocka_unit_test(test_online_cpu_budget),
 		cmocka_unit_test(test_online_without_refine_and_reload),
+		cmocka_unit_test(test_online_server),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

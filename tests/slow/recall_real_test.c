@@ -2,7 +2,8 @@
  * recall_real_test.c — `candex recall` on the real sets in ../shared/data
  * (sift-wallpapers l2, glove100 cos, lastfm-als64 l2/cos/ip), against the
  * sets' own .ivecs ground truth, re-checked by a second computation written
- * here from scratch (plain loops over the base vectors in double precision).
+ * here from scratch (plain loops over the base vectors in double precision):
+ * 10-recall@10, 1-recall@10 and 100-recall@100, with and without re-ranking.
  *
  * For every metric path: recall rises with nprobe, and probing every list
  * with a large refine factor reaches what exact search allows. Skipped when
@@ -167,38 +168,74 @@ plain_dist(const struct plain *p, const float *q, size_t row)
 	return 1 - dot / (sqrt(xx) * sqrt(qq));
 }
 
-/* 10-recall@10 of hits (nq x 10 ids = base rows) against the .ivecs truth:
- * by id (*by_id) and with the distance tie rule (returned). */
+/* r-recall@k of hits (nq x k ids = base rows) against the .ivecs truth:
+ * with the distance tie rule (returned; a distinct hit counts when its
+ * distance <= the largest of the file's first r + eps, at most r a query)
+ * and by id only (*by_id). r = k is k-recall@k, r = 1 is 1-recall@k. */
 static double
-plain_recall(const struct plain *p, const int64_t *hits, double eps, double *by_id)
+plain_recall(const struct plain *p, const int64_t *hits, uint32_t k, uint32_t r, double eps, double *by_id)
 {
 	size_t found = 0, found_id = 0;
 	for (size_t i = 0; i < p->nq; i++) {
 		const float *q = p->q + i * p->dim;
 		const int32_t *g = p->gt + i * p->gk;
 		double kth = 0;
-		for (int j = 0; j < 10; j++) { /* the 10th distance among the file's top 10 */
+		for (uint32_t j = 0; j < r; j++) { /* the r-th distance among the file's top r */
 			double d = plain_dist(p, q, (size_t) g[j]);
 			if (d > kth || j == 0)
 				kth = d;
 		}
-		for (int a = 0; a < 10; a++) {
-			int64_t h = hits[i * 10 + a];
+		size_t mine = 0, mine_id = 0;
+		for (uint32_t a = 0; a < k; a++) {
+			int64_t h = hits[i * k + a];
 			if (h < 0)
 				continue;
 			int dup = 0;
-			for (int b = 0; b < a; b++)
-				dup |= hits[i * 10 + b] == h;
+			for (uint32_t b = 0; b < a; b++)
+				dup |= hits[i * k + b] == h;
 			if (dup)
 				continue;
-			for (int b = 0; b < 10; b++)
-				found_id += g[b] == h;
+			for (uint32_t b = 0; b < r; b++)
+				mine_id += g[b] == h;
 			if (plain_dist(p, q, (size_t) h) <= kth + eps + 1e-6 * fabs(kth))
-				found++;
+				mine++;
 		}
+		found += mine < r ? mine : r;
+		found_id += mine_id;
 	}
-	*by_id = (double) found_id / (double) (p->nq * 10);
-	return (double) found / (double) (p->nq * 10);
+	*by_id = (double) found_id / (double) (p->nq * r);
+	return (double) found / (double) (p->nq * r);
+}
+
+/* search runs every query at (k, nprobe, refine) in batches of 64, as the
+ * tool's QPS pass sends them, and writes nq x k ids */
+static void
+search(cdx_collection *c, const struct plain *p, uint32_t k, uint32_t nprobe, float refine, int64_t *ids)
+{
+	struct cdx_hit *hits = malloc(p->nq * k * sizeof(*hits));
+	struct cdx_search_params sp
+	    = { .k = k, .nprobe = nprobe, .refine_factor = refine > 0 ? refine : CDX_RECALL_REFINE_NONE };
+	for (size_t q0 = 0; q0 < p->nq; q0 += 64) {
+		size_t n = p->nq - q0 < 64 ? p->nq - q0 : 64;
+		assert_int_equal(cdx_collection_search(c, &sp, p->q + q0 * p->dim, n, hits + q0 * k), CDX_OK);
+	}
+	for (size_t i = 0; i < p->nq * k; i++)
+		ids[i] = hits[i].id;
+	free(hits);
+}
+
+/* check_figure compares one of the tool's figures with the plain loop's */
+static void
+check_figure(const struct set *s, const char *what, uint32_t nprobe, float refine, double tool, double plain,
+    double by_id)
+{
+	fprintf(stderr, "%s %s nprobe %u refine %g %s: tool %.4f, plain loop %.4f (by id only %.4f)\n",
+	    s->name, s->metric, nprobe, (double) refine, what, tool, plain, by_id);
+	if (fabs(tool - plain) > 0.001)
+		fail_msg("%s %s: %s: the tool says %.4f, the plain loop %.4f", s->name, s->metric, what, tool,
+		    plain);
+	/* ties only ever add: the id-only figure is a lower bound */
+	assert_true(by_id <= plain + 1e-9);
 }
 
 static void
@@ -257,37 +294,28 @@ run_set(const struct set *s)
 	snprintf(path, sizeof(path), "%s/c", idx);
 	cdx_collection *c = NULL;
 	assert_int_equal(cdx_collection_load(&c, path), CDX_OK);
-	struct cdx_hit *hits = malloc(p.nq * 10 * sizeof(*hits));
-	int64_t *ids = malloc(p.nq * 10 * sizeof(int64_t));
+	int64_t *ids = malloc(p.nq * 100 * sizeof(int64_t));
 	uint32_t probes[] = { 1, 16, s->full_nprobe };
 	float refines[] = { 0, s->big_refine };
+	double eps = CDX_RECALL_EPSILON_DEFAULT, by_id;
 	for (int a = 0; a < 3; a++)
 		for (int b = 0; b < 2; b++) {
-			struct cdx_search_params sp = { .k = 10,
-				.nprobe = probes[a],
-				.refine_factor = refines[b] > 0 ? refines[b] : CDX_RECALL_REFINE_NONE };
-			/* batches of 64, as the tool's QPS pass sends them */
-			for (size_t q0 = 0; q0 < p.nq; q0 += 64) {
-				size_t n = p.nq - q0 < 64 ? p.nq - q0 : 64;
-				assert_int_equal(
-				    cdx_collection_search(c, &sp, p.q + q0 * p.dim, n, hits + q0 * 10),
-				    CDX_OK);
-			}
-			for (size_t i = 0; i < p.nq * 10; i++)
-				ids[i] = hits[i].id;
-			double by_id;
-			double plain = plain_recall(&p, ids, CDX_RECALL_EPSILON_DEFAULT, &by_id);
-			double tool = num(row_at(root, probes[a], refines[b]), "recall_at_k");
-			fprintf(stderr,
-			    "%s %s nprobe %u refine %g: tool %.4f, plain loop %.4f (by id only %.4f)\n",
-			    s->name, s->metric, probes[a], (double) refines[b], tool, plain, by_id);
-			if (fabs(tool - plain) > 0.001)
-				fail_msg("%s %s: the tool says %.4f, the plain loop %.4f", s->name, s->metric,
-				    tool, plain);
-			/* ties only ever add: the id-only figure is a lower bound */
-			assert_true(by_id <= plain + 1e-9);
+			json_t *row = row_at(root, probes[a], refines[b]);
+			double plain;
+			search(c, &p, 10, probes[a], refines[b], ids);
+			plain = plain_recall(&p, ids, 10, 10, eps, &by_id);
+			check_figure(
+			    s, "R10@10", probes[a], refines[b], num(row, "recall_at_k"), plain, by_id);
+			plain = plain_recall(&p, ids, 10, 1, eps, &by_id);
+			check_figure(
+			    s, "R1@10", probes[a], refines[b], num(row, "recall_1_at_k"), plain, by_id);
+			if (a == 2)
+				continue; /* k = 100 over every list: slow, and the same code */
+			search(c, &p, 100, probes[a], refines[b], ids);
+			plain = plain_recall(&p, ids, 100, 100, eps, &by_id);
+			check_figure(s, "R100@100", probes[a], refines[b], num(row, "recall_100_at_100"),
+			    plain, by_id);
 		}
-	free(hits);
 	free(ids);
 	cdx_collection_unref(c);
 	plain_free(&p);

@@ -65,10 +65,10 @@ fixture_free(struct fixture *f)
 /* Truth agrees with a plain brute-force loop (tu_exact_knn, written
  * independently): same distance at every rank (rows may differ on ties). */
 static void
-check_truth_vs_bruteforce(int metric)
+check_truth_vs_bruteforce(int metric, size_t nb, size_t nq, uint32_t dim)
 {
 	struct fixture f;
-	fixture_make(&f, metric, 3000, 50, 24, 20, 7 + (uint64_t) metric);
+	fixture_make(&f, metric, nb, nq, dim, 20, 7 + (uint64_t) metric);
 	int64_t want[20];
 	for (size_t i = 0; i < f.nq; i++) {
 		tu_exact_knn(f.base, f.nb, f.dim, f.q + i * f.dim, 20, metric != CDX_METRIC_L2, want);
@@ -92,21 +92,31 @@ static void
 test_truth_l2(void **state)
 {
 	(void) state;
-	check_truth_vs_bruteforce(CDX_METRIC_L2);
+	check_truth_vs_bruteforce(CDX_METRIC_L2, 3000, 50, 24);
 }
 
 static void
 test_truth_ip(void **state)
 {
 	(void) state;
-	check_truth_vs_bruteforce(CDX_METRIC_IP);
+	check_truth_vs_bruteforce(CDX_METRIC_IP, 3000, 50, 24);
 }
 
 static void
 test_truth_cos(void **state)
 {
 	(void) state;
-	check_truth_vs_bruteforce(CDX_METRIC_COS);
+	check_truth_vs_bruteforce(CDX_METRIC_COS, 3000, 50, 24);
+}
+
+/* More queries than one Faiss call takes (1024): every batch, including a
+ * short last one, agrees with the brute-force loop. */
+static void
+test_truth_batches(void **state)
+{
+	(void) state;
+	check_truth_vs_bruteforce(CDX_METRIC_L2, 600, 2100, 8);
+	check_truth_vs_bruteforce(CDX_METRIC_COS, 600, 1100, 8);
 }
 
 /* An exact index (a separate Faiss "Flat" from index_factory) scores 1.0. */
@@ -560,6 +570,7 @@ main(void)
 		cmocka_unit_test(test_truth_l2),
 		cmocka_unit_test(test_truth_ip),
 		cmocka_unit_test(test_truth_cos),
+		cmocka_unit_test(test_truth_batches),
 		cmocka_unit_test(test_flat_l2),
 		cmocka_unit_test(test_flat_ip),
 		cmocka_unit_test(test_flat_cos),
