@@ -36,8 +36,12 @@
 static FaissMetricType
 faiss_metric(int metric)
 {
-	/* cosine is inner product over vectors the builder normalised */
-	return metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT;
+	/* Cosine is L2 over vectors the builder normalised: for unit vectors
+	 * |q - x|^2 = 2 - 2 cos, the same order as exact cosine, and unlike inner
+	 * product it does not favour PQ reconstructions with a larger norm
+	 * (with IP, recall fell as nprobe rose: docs/recall.md). Search turns
+	 * the distance back into a cosine. */
+	return metric == CDX_METRIC_IP ? METRIC_INNER_PRODUCT : METRIC_L2;
 }
 
 void
@@ -274,7 +278,9 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 		uint64_t t1 = cdx_now_us();
 		/* k-means runs its sgemm calls between OpenMP regions that already
 		 * use every core; a BLAS thread pool on top only competes (sift
-		 * 140k, IVF1024: 24.6 s with 2 BLAS threads, 10.4 s with 1). */
+		 * 140k, IVF1024: 24.6 s with 2 BLAS threads, 10.4 s with 1; on
+		 * 2026-11-28, 52-56 s with 2, 37-40 s with 2 and
+		 * OPENBLAS_THREAD_TIMEOUT=4, 21-23 s with 1, loaded machine). */
 		cdx_blas_set_threads(1);
 		cdx_info("BLD-TRAIN", "training %s on %llu of %llu rows (seed %llu)", p->params.factory,
 		    (unsigned long long) p->params.train_sample, (unsigned long long) p->rows,

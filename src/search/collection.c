@@ -174,6 +174,17 @@ prepare_ivf(cdx_collection *c)
 	for (uint32_t i = 0; i < c->nshards; i++) {
 		struct cdx_loaded_shard *ls = &c->shards[i];
 		pthread_mutex_init(&ls->lock, NULL);
+		/* The Faiss metric must fit the collection's; cosine may be either
+		 * (L2 since 2026-11-28, inner product before), the same in every shard. */
+		int want = c->manifest->metric, fm = (int) faiss_Index_metric_type(ls->index);
+		int l2 = fm == METRIC_L2;
+		if ((fm != METRIC_L2 && fm != METRIC_INNER_PRODUCT) || (want == CDX_METRIC_L2 && !l2)
+		    || (want == CDX_METRIC_IP && l2)
+		    || (i > 0 && want == CDX_METRIC_COS && l2 != c->cos_from_l2))
+			return cdx_error(CDX_ECORRUPT,
+			    "%s: shard %u's Faiss index has metric %d, which does not fit %s", c->dir, i, fm,
+			    cdx_metric_name(want));
+		c->cos_from_l2 = want == CDX_METRIC_COS && l2;
 		ls->ivf = faiss_IndexIVF_cast(ls->index);
 		if ((ls->ivf == NULL) != (c->shards[0].ivf == NULL))
 			return cdx_error(CDX_ECORRUPT, "%s: shards mix IVF and non-IVF indexes", c->dir);

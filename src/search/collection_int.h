@@ -46,6 +46,10 @@ struct cdx_collection {
 	struct cdx_key_slot *key_index; /* items slots sorted by hash, or NULL */
 	uint64_t items;
 	uint64_t memory_bytes;
+	/* a cosine collection indexed as L2 over unit vectors (builds since
+	 * 2026-11-28; older ones are inner product): Faiss distances d become
+	 * cosine scores 1 - d/2 */
+	int cos_from_l2;
 };
 
 /* Upper bound on per-request nprobe: the assignment arrays passed to

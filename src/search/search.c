@@ -239,7 +239,7 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 			int64_t id = ls->ids[row];
 			if (excluded(x, id, s, row))
 				continue;
-			float score = d[j];
+			float score = c->cos_from_l2 ? 1.0f - 0.5f * d[j] : d[j];
 			if (x->refine > 0)
 				score = cdx_refine_distance(&ls->refine, row, query, c->manifest->metric);
 			cand[n++] = (struct candidate) { score, s, row, id };

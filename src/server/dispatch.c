@@ -347,22 +347,29 @@ cdx__srv_queue_depth(cdx_server *s)
 	return n;
 }
 
-/* pick_point returns the cheapest measured operating point whose recall
- * target reaches want (lowest p99, then lowest nprobe), or the most
- * accurate one when none does; NULL when the manifest has none. */
+/* pick_point returns the operating point for a recall target: among the
+ * points measured at the request's k (all points if none was), the one saved
+ * for the smallest target >= want (candex recall --target already chose the
+ * cheapest setting for each target), else the most accurate one; NULL when
+ * the manifest has none. A point measured at k = 10 says little about
+ * recall at k = 100, hence the k filter. */
 static const struct cdx_operating_point *
-pick_point(const struct cdx_manifest *m, double want)
+pick_point(const struct cdx_manifest *m, double want, uint32_t k)
 {
+	int same_k = 0;
+	for (uint32_t i = 0; i < m->npoints; i++)
+		same_k |= m->points[i].k == k;
 	const struct cdx_operating_point *best = NULL, *top = NULL;
 	for (uint32_t i = 0; i < m->npoints; i++) {
 		const struct cdx_operating_point *p = &m->points[i];
-		if (top == NULL || p->recall_target > top->recall_target
-		    || (p->recall_target == top->recall_target && p->recall > top->recall))
+		if (same_k && p->k != k)
+			continue;
+		if (top == NULL || p->recall > top->recall)
 			top = p;
 		if (p->recall_target + 1e-9 < want)
 			continue;
-		if (best == NULL || p->p99_ms < best->p99_ms
-		    || (p->p99_ms == best->p99_ms && p->nprobe < best->nprobe))
+		if (best == NULL || p->recall_target < best->recall_target
+		    || (p->recall_target == best->recall_target && p->p99_ms < best->p99_ms))
 			best = p;
 	}
 	return best != NULL ? best : top;
@@ -432,7 +439,7 @@ run_search(struct srv_ctx *x, int idle)
 	};
 	float used_target = 0;
 	if (sr->nprobe == 0 && sr->recall_target > 0) {
-		const struct cdx_operating_point *op = pick_point(m, sr->recall_target);
+		const struct cdx_operating_point *op = pick_point(m, sr->recall_target, sr->k);
 		if (op != NULL) {
 			p.nprobe = op->nprobe;
 			if (sr->refine_factor == 0)

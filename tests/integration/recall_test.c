@@ -397,24 +397,9 @@ check_monotonic(const char *metric, uint64_t seed)
 				                             : 100));
 				if (num(b, fields[f]) >= num(a, fields[f]) - tol - 1e-12)
 					continue;
-				/* Known, and not ours to fix here: cos is indexed as
-				 * inner product over normalised vectors, and IVF-PQ's
-				 * inner-product score <q, c + pq(r)> favours
-				 * reconstructions of large norm, which more lists bring
-				 * in: without full re-ranking its recall falls as nprobe
-				 * rises (raw Faiss does the same; an L2 index over the
-				 * same normalised vectors does not). Reported for the
-				 * builder; checked here only with every item re-ranked. */
-				if (strcmp(metric, "cos") == 0 && rf < 400) {
-					if (j == i + 1) /* rows are by nprobe: print neighbours only */
-						fprintf(stderr,
-						    "known (cos as inner product): %s falls from %.4f "
-						    "(nprobe %g) to %.4f "
-						    "(nprobe %g), refine %g\n",
-						    fields[f], num(a, fields[f]), num(a, "nprobe"),
-						    num(b, fields[f]), num(b, "nprobe"), rf);
-					continue;
-				}
+				/* cos included: it is indexed as L2 over unit vectors;
+				 * as inner product (before 2026-11-28) its PQ scores
+				 * favoured large reconstructions and recall fell here */
 				fail_msg("%s: %s falls from %.4f (nprobe %g) to %.4f (nprobe %g), refine %g",
 				    coll, fields[f], num(a, fields[f]), num(a, "nprobe"), num(b, fields[f]),
 				    num(b, "nprobe"), rf);
