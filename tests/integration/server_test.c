@@ -44,11 +44,13 @@ setup(void **state)
 		{ .recall_target = 0.9, .recall = 0.92, .k = 10, .nprobe = 4, .p99_ms = 0.3 },
 		{ .recall_target = 0.99, .recall = 0.991, .k = 10, .nprobe = 16, .p99_ms = 0.8 },
 		{ .recall_target = 0.999, .recall = 1.0, .k = 10, .nprobe = 32, .p99_ms = 2.0 },
+		/* measured at k = 5: only requests for k = 5 may use it (cheap, noisy p99) */
+		{ .recall_target = 0.9, .recall = 0.93, .k = 5, .nprobe = 8, .p99_ms = 0.01 },
 	};
 	free(m->points);
 	m->points = malloc(sizeof(pts));
 	memcpy(m->points, pts, sizeof(pts));
-	m->npoints = 4;
+	m->npoints = 5;
 	assert_int_equal(cdx_manifest_save(m, vdir), CDX_OK);
 	cdx_manifest_free(m);
 
@@ -329,6 +331,19 @@ test_recall_target(void **state)
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 32);
 	cdx_result_free(r);
+
+	/* k = 5 has its own point; k = 7 has none, so any k's points serve */
+	q.recall_target = 0.9f;
+	q.k = 5;
+	r = st_search(cli, &q);
+	assert_int_equal(r->nprobe, 8);
+	cdx_result_free(r);
+	q.k = 7;
+	q.recall_target = 0.95f; /* the smallest target reaching it: 0.99 (k = 10) */
+	r = st_search(cli, &q);
+	assert_int_equal(r->nprobe, 16);
+	cdx_result_free(r);
+	q.k = 10;
 
 	q.recall_target = 0.9f;
 	q.nprobe = 2; /* an explicit nprobe wins */
