@@ -77,8 +77,9 @@ usage(FILE *out)
 	    "  --quiet               no progress on stderr\n"
 	    "\n"
 	    "operating points:\n"
-	    "  --target R[,R...]     pick the cheapest setting (highest QPS) reaching recall R at k;\n"
-	    "                        repeatable; exit status 1 if a target is not reached\n"
+	    "  --target R[,R...]     pick the cheapest setting (highest QPS) reaching recall R at k\n"
+	    "                        with 95%% confidence (recall - 1.645 x its standard error over\n"
+	    "                        the queries >= R); repeatable; exit status 1 if not reached\n"
 	    "  --save                write the picked points into the version's manifest.json\n"
 	    "                        (operating_points), replacing points of the same k and target\n"
 	    "\n"
@@ -896,14 +897,19 @@ cmd_recall(int argc, char **argv)
 	struct cdx_recall_point pts[MAX_LIST];
 	int unreached = 0;
 	if (o.n_targets > 0) {
-		printf("\n# operating points (cheapest setting reaching %u-recall@%u)\n", o.k, o.k);
-		printf("%8s %7s %6s %9s %8s %10s\n", "target", "nprobe", "refine", "recall", "p99 ms", "QPS");
+		printf(
+		    "\n# operating points (cheapest setting whose %u-recall@%u reaches the target with 95%% "
+		    "confidence: recall - 1.645 x standard error)\n",
+		    o.k, o.k);
+		printf("%8s %7s %6s %9s %8s %8s %10s\n", "target", "nprobe", "refine", "recall", "std err",
+		    "p99 ms", "QPS");
 	}
 	for (size_t i = 0; i < o.n_targets; i++) {
 		pts[i].target = o.targets[i];
 		pts[i].row = cdx_recall_pick(rows, nrows, o.targets[i]);
 		if (pts[i].row < 0) {
-			printf("%8.4f %7s %6s %9s %8s %10s\n", o.targets[i], "-", "-", "-", "-", "-");
+			printf(
+			    "%8.4f %7s %6s %9s %8s %8s %10s\n", o.targets[i], "-", "-", "-", "-", "-", "-");
 			fprintf(stderr,
 			    "candex recall: target %g not reached by any setting swept (best %u-recall@%u: "
 			    "%.4f)\n",
@@ -917,8 +923,8 @@ cmd_recall(int argc, char **argv)
 			snprintf(rf, sizeof(rf), "none");
 		else
 			snprintf(rf, sizeof(rf), "x%g", (double) r->refine_factor);
-		printf("%8.4f %7u %6s %9.4f %8.3f %10.0f\n", o.targets[i], r->nprobe, rf, r->recall,
-		    r->p99_ms, r->qps);
+		printf("%8.4f %7u %6s %9.4f %8.4f %8.3f %10.0f\n", o.targets[i], r->nprobe, rf, r->recall,
+		    r->recall_se, r->p99_ms, r->qps);
 	}
 	if (o.csv != NULL && (rc = cdx_recall_write_csv(o.csv, rows, nrows)) != CDX_OK)
 		goto fail;

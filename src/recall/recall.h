@@ -156,6 +156,10 @@ double cdx_recall_query(const struct cdx_truth *t, const struct cdx_recall_space
  * nq x stride rows (stride >= k), queries nq x dim (normalised for cos). */
 double cdx_recall_mean(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries,
     const int64_t *hits, size_t nq, size_t stride, uint32_t k, uint32_t r, double eps);
+/* cdx_recall_mean_se is cdx_recall_mean that also sets *se, the standard
+ * error of that mean (sample standard deviation / sqrt(n)). */
+double cdx_recall_mean_se(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries,
+    const int64_t *hits, size_t nq, size_t stride, uint32_t k, uint32_t r, double eps, double *se);
 
 /* cdx_percentile returns the p-th percentile (0..100, nearest rank) of
  * v[0..n), sorting v in place. NAN when n == 0. */
@@ -210,6 +214,7 @@ struct cdx_recall_row {
 	float refine_factor; /* 0 = none */
 	uint32_t k;
 	double recall;                          /* k-recall@k at the primary k */
+	double recall_se;                       /* its standard error over the queries (0 if unknown) */
 	double recall_1;                        /* 1-recall@k */
 	double recall_10;                       /* 10-recall@10 */
 	double recall_100;                      /* 100-recall@100 */
@@ -246,7 +251,10 @@ int cdx_recall_sweep(const struct cdx_recall_backend *be, const struct cdx_recal
 size_t cdx_recall_default_nprobes(uint32_t nlist, uint32_t *out, size_t cap);
 
 /* cdx_recall_pick returns the index of the cheapest row (highest QPS, then
- * lowest p99) whose recall reaches target, or -1 if none does. */
+ * lowest p99) whose recall reaches target with 95% confidence (recall -
+ * 1.645 x recall_se >= target: a point picked on tuning queries must hold on
+ * the traffic it is saved for, not only on average over those queries), or
+ * -1 if none does. */
 long cdx_recall_pick(const struct cdx_recall_row *rows, size_t n, double target);
 
 /* cdx_recall_monotonic_check returns the largest drop in recall as nprobe

@@ -100,22 +100,36 @@ cdx_recall_query(const struct cdx_truth *t, const struct cdx_recall_space *s, co
 }
 
 double
-cdx_recall_mean(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries,
-    const int64_t *hits, size_t nq, size_t stride, uint32_t k, uint32_t r, double eps)
+cdx_recall_mean_se(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries,
+    const int64_t *hits, size_t nq, size_t stride, uint32_t k, uint32_t r, double eps, double *se)
 {
+	*se = NAN;
 	if (nq == 0 || r == 0 || r > t->k || r > k || stride < k)
 		return NAN;
-	double sum = 0;
+	double sum = 0, sum2 = 0;
 	size_t counted = 0;
 	for (size_t i = 0; i < nq; i++) {
 		const float *q = queries != NULL && s != NULL ? queries + i * s->dim : NULL;
 		double v = cdx_recall_query(t, s, q, i, hits + i * stride, k, r, eps);
 		if (!isnan(v)) {
 			sum += v;
+			sum2 += v * v;
 			counted++;
 		}
 	}
-	return counted ? sum / (double) counted : NAN;
+	if (counted == 0)
+		return NAN;
+	double n = (double) counted, mean = sum / n;
+	*se = counted > 1 ? sqrt(fmax(0, (sum2 - n * mean * mean) / (n - 1)) / n) : 0;
+	return mean;
+}
+
+double
+cdx_recall_mean(const struct cdx_truth *t, const struct cdx_recall_space *s, const float *queries,
+    const int64_t *hits, size_t nq, size_t stride, uint32_t k, uint32_t r, double eps)
+{
+	double se;
+	return cdx_recall_mean_se(t, s, queries, hits, nq, stride, k, r, eps, &se);
 }
 
 static int

@@ -134,6 +134,7 @@ row_json(const struct cdx_recall_row *r)
 	json_object_set_new(o, "refine_factor", json_real(r->refine_factor < 1 ? 0.0 : r->refine_factor));
 	json_object_set_new(o, "k", json_integer(r->k));
 	json_object_set_new(o, "recall_at_k", jnum(r->recall));
+	json_object_set_new(o, "recall_at_k_stderr", jnum(r->recall_se));
 	json_object_set_new(o, "recall_1_at_k", jnum(r->recall_1));
 	json_object_set_new(o, "recall_10_at_10", jnum(r->recall_10));
 	json_object_set_new(o, "recall_100_at_100", jnum(r->recall_100));

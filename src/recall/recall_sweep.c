@@ -196,7 +196,8 @@ measure(const struct cdx_recall_backend *be, const struct cdx_recall_set *set,
 		if (memcmp(single + i * k, ids + i * k, k * sizeof(int64_t)) != 0)
 			row->mismatched++;
 	to_rows(set->idmap, ids, nq * k);
-	row->recall = recall_of(set, ids, k, k);
+	row->recall = cdx_recall_mean_se(
+	    set->truth, &set->space, set->queries_norm, ids, set->nq, k, k, k, set->eps, &row->recall_se);
 	row->recall_1 = recall_of(set, ids, k, 1);
 	if (k == 10)
 		row->recall_10 = row->recall;
@@ -305,7 +306,8 @@ cdx_recall_pick(const struct cdx_recall_row *rows, size_t n, double target)
 {
 	long best = -1;
 	for (size_t i = 0; i < n; i++) {
-		if (isnan(rows[i].recall) || rows[i].recall < target)
+		double se = isnan(rows[i].recall_se) ? 0 : rows[i].recall_se;
+		if (isnan(rows[i].recall) || rows[i].recall - 1.645 * se < target)
 			continue;
 		if (best < 0 || rows[i].qps > rows[best].qps
 		    || (rows[i].qps == rows[best].qps && rows[i].p99_ms < rows[best].p99_ms))

@@ -144,6 +144,9 @@ check_flat_is_perfect(int metric)
 	assert_true(cdx_recall_mean(&f.t, &f.s, f.q, hits, f.nq, 100, 100, 100, eps) == 1.0);
 	assert_true(cdx_recall_mean(&f.t, &f.s, f.q, hits, f.nq, 100, 10, 10, eps) == 1.0);
 	assert_true(cdx_recall_mean(&f.t, &f.s, f.q, hits, f.nq, 100, 10, 1, eps) == 1.0);
+	double se = 1;
+	assert_true(cdx_recall_mean_se(&f.t, &f.s, f.q, hits, f.nq, 100, 10, 10, eps, &se) == 1.0);
+	assert_true(se == 0); /* every query agrees */
 	/* ranks 10..19 are not the top 10 (a tight epsilon: cosine distances
 	 * of clustered points are within 1e-3 of each other) */
 	int64_t *rev = malloc(f.nq * 10 * sizeof(int64_t));
@@ -212,6 +215,12 @@ test_random_ids(void **state)
 	assert_true(fabs(r10 - 0.01) < 0.003);
 	assert_true(fabs(r100 - 0.1) < 0.005);
 	assert_true(fabs(r1 - 0.01) < 0.008);
+	/* its standard error: per query Binomial(10, 0.01) / 10 has sd 0.0315,
+	 * over 2000 queries 0.0007, the figure the asserts above rely on */
+	double se;
+	double r10b = cdx_recall_mean_se(&f.t, &f.s, f.q, hits, f.nq, 100, 10, 10, eps, &se);
+	assert_true(r10b == r10);
+	assert_true(se > 0.0005 && se < 0.001);
 	free(hits);
 	fixture_free(&f);
 }
@@ -484,6 +493,13 @@ test_nprobes_and_pick(void **state)
 	assert_int_equal(cdx_recall_pick(rows, 4, 0.9), 1);
 	assert_int_equal(cdx_recall_pick(rows, 4, 0.95), 2);
 	assert_int_equal(cdx_recall_pick(rows, 4, 0.97), -1);
+	/* a mean just over the target is not enough when the queries disagree:
+	 * 0.96 - 1.645 x 0.01 < 0.95, so the next point that holds is taken */
+	rows[2].recall_se = 0.01;
+	rows[3].recall_se = 0; /* 0.95 exactly, every query agreeing */
+	assert_int_equal(cdx_recall_pick(rows, 4, 0.95), 3);
+	assert_int_equal(cdx_recall_pick(rows, 4, 0.94), 2); /* 0.96 - 0.01645 >= 0.94 */
+	rows[2].recall_se = rows[3].recall_se = 0;
 	size_t at;
 	assert_true(cdx_recall_worst_drop(rows, 4, &at) == 0);
 	rows[3].recall = 0.8;
