@@ -1,7 +1,7 @@
 /*
  * cmd_build.c — `candex build`: embeddings -> IVF-PQ shards -> a published
  * version; and its distributed steps `build train|encode|publish`.
- * The work is in src/build/ (see build.h DESIGN); this file parses options.
+ * The work is in src/builder/ (see build.h DESIGN); this file parses options.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 #include "cli.h"
 
 static const char usage_text[]
@@ -347,7 +347,7 @@ cmd_build(int argc, char **argv)
 	}
 	if (o.quiet)
 		cdx_log_set_level(CDX_LOG_WARN);
-	/* BLAS threads are set per phase by src/build (train.c, encode.c). */
+	/* BLAS threads are set per phase by src/builder (train.c, encode.c). */
 	if (o.threads > 0)
 		omp_set_num_threads(o.threads);
 	int rc = cdx_build_signals_start();

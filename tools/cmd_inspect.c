@@ -20,7 +20,7 @@
 #include <faiss/c_api/index_io_c.h>
 #include <jansson.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 #include "cli.h"
 #include "shard/refine.h"
 

@@ -20,7 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 static char *root;
 

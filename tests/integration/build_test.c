@@ -25,7 +25,7 @@
 #include <faiss/c_api/Index_c.h>
 #include <faiss/c_api/index_io_c.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 #include "search/search.h"
 
 static char *root;

@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 static char *dir;
 

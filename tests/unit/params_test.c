@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 static void
 test_default_nlist(void **state)

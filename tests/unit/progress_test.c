@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 /* capture: stderr goes to fd until release() gives it back. */
 static int saved_stderr = -1;

@@ -38,7 +38,7 @@
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 #include "common/common.h"
 
 struct raw_times {

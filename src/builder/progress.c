@@ -19,7 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 #define MAX_CLEANUP 8
 

@@ -21,7 +21,7 @@
 #include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/index_io_c.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 #include "shard/refine.h"
 
 #define KEYS_FLUSH_BYTES (1u << 20)

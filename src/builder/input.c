@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 struct cdx_input {
 	char *path;

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 void
 cdx_build_opts_init(struct cdx_build_opts *o)

@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 
 static int
 join(char *out, const char *a, const char *b)

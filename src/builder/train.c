@@ -25,7 +25,7 @@
 #include <faiss/c_api/index_io_c.h>
 #include <jansson.h>
 
-#include "build/build.h"
+#include "builder/build.h"
 #include "shard/refine.h"
 
 #define PLAN_FILE    "plan.json"
