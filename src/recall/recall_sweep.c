@@ -112,12 +112,14 @@ to_rows(const struct cdx_idmap *m, int64_t *ids, size_t n)
 		ids[i] = ids[i] < 0 ? -1 : cdx_idmap_row(m, ids[i]);
 }
 
+/* recall_of is r-recall@k over the set's queries; se (may be NULL) gets its
+ * standard error. */
 static double
-recall_of(const struct cdx_recall_set *set, const int64_t *rows, uint32_t k, uint32_t r)
+recall_of(const struct cdx_recall_set *set, const int64_t *rows, uint32_t k, uint32_t r, double *se)
 {
-	if (r > set->truth->k)
-		return NAN;
-	return cdx_recall_mean(set->truth, &set->space, set->queries_norm, rows, set->nq, k, k, r, set->eps);
+	double ignored;
+	return cdx_recall_mean_se(set->truth, &set->space, set->queries_norm, rows, set->nq, k, k, r,
+	    set->eps, se != NULL ? se : &ignored);
 }
 
 static void
@@ -196,9 +198,8 @@ measure(const struct cdx_recall_backend *be, const struct cdx_recall_set *set,
 		if (memcmp(single + i * k, ids + i * k, k * sizeof(int64_t)) != 0)
 			row->mismatched++;
 	to_rows(set->idmap, ids, nq * k);
-	row->recall = cdx_recall_mean_se(
-	    set->truth, &set->space, set->queries_norm, ids, set->nq, k, k, k, set->eps, &row->recall_se);
-	row->recall_1 = recall_of(set, ids, k, 1);
+	row->recall = recall_of(set, ids, k, k, &row->recall_se);
+	row->recall_1 = recall_of(set, ids, k, 1, NULL);
 	if (k == 10)
 		row->recall_10 = row->recall;
 	if (k == 100)
@@ -215,7 +216,7 @@ measure(const struct cdx_recall_backend *be, const struct cdx_recall_set *set,
 		if ((rc = run_batched(be, set, threads, ke, nprobe, refine, ids, NULL)) != 0)
 			goto out;
 		to_rows(set->idmap, ids, nq * ke);
-		double v = recall_of(set, ids, ke, ke);
+		double v = recall_of(set, ids, ke, ke, NULL);
 		if (ke == 10)
 			row->recall_10 = v;
 		else
