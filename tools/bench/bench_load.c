@@ -14,8 +14,8 @@
  * sides start from the page cache.
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +27,7 @@
 
 #include "common/common.h"
 #include "search/search.h"
+#include "shard/manifest.h"
 #include "shard/shard.h"
 
 #define MAX_SHARDS 1024
@@ -49,30 +50,6 @@ static double
 secs(uint64_t t0, uint64_t t1)
 {
 	return (double) (t1 - t0) / 1e6;
-}
-
-/* shard_paths lists the .cdx files of a version directory, sorted. */
-static size_t
-shard_paths(const char *dir, char **out, size_t max)
-{
-	DIR *d = opendir(dir);
-	size_t n = 0;
-	if (d == NULL)
-		return 0;
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL && n < max) {
-		size_t len = strlen(e->d_name);
-		if (len > 4 && strcmp(e->d_name + len - 4, ".cdx") == 0)
-			out[n++] = strf("%s/%s", dir, e->d_name);
-	}
-	closedir(d);
-	for (size_t i = 1; i < n; i++)
-		for (size_t j = i; j > 0 && strcmp(out[j - 1], out[j]) > 0; j--) {
-			char *t = out[j];
-			out[j] = out[j - 1];
-			out[j - 1] = t;
-		}
-	return n;
 }
 
 int
@@ -105,21 +82,20 @@ main(int argc, char **argv)
 	}
 	cdx_log_set_level(CDX_LOG_WARN);
 
-	/* the version directory: NAME resolves through CURRENT */
-	char *vdir = realpath(index, NULL);
-	char *cur = strf("%s/CURRENT", index);
-	char *rc_dir = realpath(cur, NULL);
-	if (rc_dir != NULL) {
-		free(vdir);
-		vdir = rc_dir;
-	}
-	free(cur);
-	char *paths[MAX_SHARDS];
-	size_t nshards = vdir ? shard_paths(vdir, paths, MAX_SHARDS) : 0;
-	if (nshards == 0) {
-		fprintf(stderr, "bench_load: no shard files under %s\n", index);
+	/* the version directory (NAME resolves through CURRENT) and its shard
+	 * files, as the manifest lists them */
+	char vdir[PATH_MAX];
+	struct cdx_manifest *m = NULL;
+	if (cdx_version_path_resolve(index, vdir) != CDX_OK || cdx_manifest_load(&m, vdir) != CDX_OK
+	    || m->nshards == 0 || m->nshards > MAX_SHARDS) {
+		fprintf(stderr, "bench_load: %s\n", m ? "no shards, or too many" : cdx_last_error());
 		return 1;
 	}
+	size_t nshards = m->nshards;
+	char *paths[MAX_SHARDS];
+	for (size_t i = 0; i < nshards; i++)
+		paths[i] = strf("%s/%s", vdir, m->shards[i].file);
+	cdx_manifest_free(m);
 	printf("version %s: %zu shard file(s), best of %d\n\n", vdir, nshards, repeat);
 
 	/* warm the page cache */
@@ -228,6 +204,5 @@ main(int argc, char **argv)
 	printf("| faiss_read_index of the uncompressed FAISS parts (baseline) | %.3f | 1.00 |\n", faiss_best);
 	printf("| cdx_collection_load (checksums, lz4, Faiss, ids, keys, refine store) | %.3f | %.2f |\n",
 	    load_best, load_best / faiss_best);
-	free(vdir);
 	return 0;
 }
