@@ -3,10 +3,11 @@
  *
  * One nng REQ socket per client, dialed in the background; every call uses
  * its own nng context (taken from a pool of idle ones, or opened), so calls
- * from several threads run concurrently over the same connections. A call is: pack the Request, then up to 1
- * + retries attempts of send + receive under the per-attempt timeout, sleeping backoff_ms, 2 x backoff_ms...
- * between attempts that failed for a reason a retry can fix (no answer in time, server unavailable or
- * overloaded).
+ * from several threads run concurrently over the same connections. A call
+ * is: pack the Request, then up to 1 + retries attempts of send + receive
+ * under the per-attempt timeout, sleeping backoff_ms, 2 x backoff_ms...
+ * between attempts that failed for a reason a retry can fix (no answer in
+ * time, server unavailable or overloaded).
  */
 #define _GNU_SOURCE
 #include <stdarg.h>
