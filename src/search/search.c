@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "search/collection_int.h"
+#include "search/points.h"
 
 struct candidate {
 	float score;
@@ -276,11 +277,15 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		    (double) p->refine_factor, m->collection);
 
 	struct search_ctx x = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric) };
-	x.nprobe = cdx_collection_effective_nprobe(c, p->nprobe);
-	x.refine = cdx_collection_effective_refine(c, p->refine_factor);
-	size_t want = (size_t) p->k + p->n_exclude_ids + p->n_exclude_keys;
+	struct cdx_point_choice pc;
+	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
+	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
+	x.refine = cdx_collection_effective_refine(c, pc.refine_factor);
+	size_t excl = p->n_exclude_ids + p->n_exclude_keys, want = (size_t) p->k + excl;
+	/* Re-ranking fetches factor x the k tier, not factor x k: every k of
+	 * a tier then re-ranks the same candidates, so answers agree across k. */
 	if (x.refine > 0)
-		want = (size_t) ceil((double) want * x.refine);
+		want = (size_t) ceil((double) (CDX_MAX(p->k, pc.tier_k) + excl) * x.refine);
 	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->items));
 
 	float *q = NULL, *D = NULL;
@@ -350,6 +355,20 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 
 	for (size_t i = 0; rc == CDX_OK && i < nq; i++)
 		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+	if (rc == CDX_OK && p->used != NULL) {
+		*p->used = (struct cdx_search_used) {
+			.nprobe = (uint32_t) x.nprobe,
+			.refine_factor = x.refine,
+			.candidates = (uint32_t) x.kf,
+			.recall_target = pc.recall_target,
+			.expected_recall = c->nlist == 0 && pc.recall_target > 0 ? 1.0
+			    : pc.point != NULL                                   ? pc.point->recall
+			                                                         : 0,
+			.target_unmet = pc.unmet && c->nlist > 0,
+			.rung = pc.rung,
+			.rungs = pc.rungs,
+		};
+	}
 done:
 	free(x.excl_ids);
 	free(x.excl_rows);

@@ -135,6 +135,7 @@ struct srv_metrics {
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
 	atomic_uint_fast64_t overloaded;
+	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
 };
 

@@ -253,6 +253,20 @@ st_http_get(int port, const char *path, char **body)
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
  * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
+/* st_metric reads one unlabelled sample from a server's /metrics. */
+static inline double
+st_metric(int http_port, const char *name)
+{
+	char *body = NULL, line[256];
+	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
+	snprintf(line, sizeof(line), "\n%s ", name);
+	const char *p = strstr(body, line);
+	assert_non_null(p);
+	double v = strtod(p + strlen(line), NULL);
+	free(body);
+	return v;
+}
+
 static inline int
 st_sp_connect(const char *url, int *ipc)
 {
