@@ -35,6 +35,12 @@ typedef struct cdx_collection cdx_collection;
  * manifest. On success *cp is set with one reference owned by the caller. */
 int cdx_collection_load(cdx_collection **cp, const char *path);
 void cdx_collection_ref(cdx_collection *c);
+/* cdx_collection_with_manifest re-reads old's manifest.json and, if it
+ * still describes the same shards and index (only operating points,
+ * defaults or the tuning report changed, as `candex recall --save` does),
+ * sets *cp to a new collection with that manifest over old's loaded data
+ * (shared, not copied). CDX_ECORRUPT if anything else changed. */
+int cdx_collection_with_manifest(cdx_collection **cp, cdx_collection *old);
 void cdx_collection_unref(cdx_collection *c); /* NULL is a no-op */
 
 const struct cdx_manifest *cdx_collection_manifest(const cdx_collection *c);

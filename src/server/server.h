@@ -115,7 +115,8 @@ struct srv_entry {
 	char name[64];
 	cdx_collection *coll; /* one reference held by the set */
 	char version_dir[4096];
-	uint64_t loaded_ms; /* wall clock */
+	uint64_t loaded_ms;      /* wall clock */
+	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
 };
 
 struct srv_set {
