@@ -442,7 +442,8 @@ remove_stale_outputs(const char *workdir)
 		return;
 	struct dirent *e;
 	while ((e = readdir(d)) != NULL) {
-		if (strncmp(e->d_name, "shard-", 6) == 0 || strncmp(e->d_name, ".encode-", 8) == 0) {
+		if (strncmp(e->d_name, "shard-", 6) == 0 || strncmp(e->d_name, ".encode-", 8) == 0
+		    || strncmp(e->d_name, "tune-check-", 11) == 0) {
 			char path[PATH_MAX];
 			if (snprintf(path, sizeof(path), "%s/%s", workdir, e->d_name) < (int) sizeof(path))
 				cdx_rm_rf(path);
@@ -543,6 +544,8 @@ cdx_build_plan_save(const struct cdx_build_plan *p, const char *workdir)
 	snprintf(path, sizeof(path), "%s/%s", workdir, PLAN_FILE);
 	rc = cdx_write_file_atomic(path, s, strlen(s));
 	free(s);
+	if (rc == CDX_OK && p->check != NULL)
+		rc = cdx_tune_check_save(p->check, workdir);
 	return rc;
 }
 
@@ -721,6 +724,8 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 			l.rc = cdx_error(CDX_EDIM, "%s: trained index has d=%d, the plan says %u", path,
 			    faiss_Index_d(p->index), p->dim);
 	}
+	if (l.rc == CDX_OK && p->ntuned_k > 0)
+		l.rc = cdx_tune_check_load(&p->check, workdir, p->metric, p->dim);
 	if (l.rc != CDX_OK) {
 		cdx_build_plan_free(p);
 		return l.rc;

@@ -14,6 +14,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <faiss/c_api/Clustering_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
@@ -1488,5 +1489,95 @@ done:
 	free(vecs);
 	free(qn);
 	free(per);
+	return rc;
+}
+
+/* --- the check across processes (distributed builds) ------------------------- */
+
+#define CHECK_QUERIES "tune-check-queries.fvecs"
+#define CHECK_TRUTH   "tune-check-truth.cdxgt"
+#define CHECK_SELF    "tune-check-self.i64"
+
+int
+cdx_tune_check_save(const struct cdx_tune_check *c, const char *workdir)
+{
+	char path[PATH_MAX];
+	size_t row = 4 + (size_t) c->dim * 4;
+	uint8_t *buf = malloc(c->nq * row + 1);
+	if (buf == NULL)
+		return cdx_error(CDX_ENOMEM, "check queries");
+	for (size_t i = 0; i < c->nq; i++) {
+		cdx_put_le32(buf + i * row, c->dim);
+		memcpy(
+		    buf + i * row + 4, c->queries + i * c->dim, (size_t) c->dim * 4); /* little-endian host */
+	}
+	int rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_QUERIES);
+	if (rc == CDX_OK)
+		rc = cdx_write_file_atomic(path, buf, c->nq * row);
+	free(buf);
+	if (rc == CDX_OK && (rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_TRUTH)) == CDX_OK)
+		rc = cdx_truth_save(&c->truth, path);
+	if (rc == CDX_OK && (rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_SELF)) == CDX_OK) {
+		if (c->self != NULL)
+			rc = cdx_write_file_atomic(path, c->self, c->nq * sizeof(int64_t));
+		else
+			unlink(path);
+	}
+	return rc;
+}
+
+int
+cdx_tune_check_load(struct cdx_tune_check **cp, const char *workdir, int metric, uint32_t dim)
+{
+	*cp = NULL;
+	char path[PATH_MAX];
+	int rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_TRUTH);
+	if (rc != CDX_OK)
+		return rc;
+	if (access(path, F_OK) != 0)
+		return CDX_OK; /* not tuned: nothing to check */
+	struct cdx_tune_check *c = calloc(1, sizeof(*c));
+	cdx_input *in = NULL;
+	char *self = NULL;
+	size_t self_len = 0;
+	if (c == NULL)
+		return cdx_error(CDX_ENOMEM, "check");
+	c->metric = metric;
+	c->dim = dim;
+	if ((rc = cdx_truth_load(&c->truth, path)) != CDX_OK)
+		goto fail;
+	if ((rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_QUERIES)) != CDX_OK
+	    || (rc = cdx_input_open(&in, path, dim)) != CDX_OK)
+		goto fail;
+	c->nq = (size_t) cdx_input_rows(in);
+	if (c->nq != c->truth.nq) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: %zu queries, the truth has %zu", path, c->nq, c->truth.nq);
+		goto fail;
+	}
+	if ((c->queries = malloc((c->nq ? c->nq : 1) * dim * sizeof(float))) == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "check queries");
+		goto fail;
+	}
+	if ((rc = cdx_input_read(in, 0, c->nq, c->queries)) != CDX_OK)
+		goto fail;
+	if ((rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_SELF)) != CDX_OK)
+		goto fail;
+	if (access(path, F_OK) == 0) {
+		if ((rc = cdx_read_file(path, &self, &self_len)) != CDX_OK)
+			goto fail;
+		if (self_len != c->nq * sizeof(int64_t)) {
+			rc = cdx_error(CDX_ECORRUPT, "%s: %zu bytes for %zu queries", path, self_len, c->nq);
+			goto fail;
+		}
+		c->self = (int64_t *) (void *) self;
+		self = NULL;
+	}
+	cdx_input_close(in);
+	*cp = c;
+	return CDX_OK;
+fail:
+	free(self);
+	cdx_input_close(in);
+	cdx_tune_check_free(c);
 	return rc;
 }
