@@ -98,7 +98,8 @@ struct tdata {
 	void *store_data[NKINDS];
 	float *sq8_vmin, *sq8_vdiff;
 	uint64_t t0;
-	size_t pool; /* candidates fetched per selection query */
+	size_t pool;                    /* candidates fetched per selection query */
+	double flat_ns[CDX_TUNE_MAX_K]; /* exact search's modelled cost at each k */
 };
 
 static int
@@ -514,6 +515,42 @@ choose_settings(const struct tdata *t, struct cand *c, const int *kinds)
 	}
 }
 
+/* ladder_done: whether more lists cannot give a setting worth having: at
+ * every k, some setting reaches 0.99 (the top rung make_points makes), or
+ * the cheapest setting of the last step already costs more than exact
+ * search or 4 x the cheapest setting that reaches the target. Costs grow
+ * with nprobe, so later steps only cost more. */
+static int
+ladder_done(const struct tdata *t, const struct cand *c, const int *kinds)
+{
+	uint32_t s = c->nsteps - 1;
+	for (uint32_t ki = 0; ki < t->nks; ki++) {
+		uint32_t k = t->ks[ki];
+		double top = 0, cheapest = INFINITY, at_target = INFINITY;
+		for (int kind = 0; kind < NKINDS; kind++) {
+			size_t nf = kind == CDX_REFINE_NONE ? 1 : nf_for(k);
+			for (size_t fi = 0; kinds[kind] && fi < nf; fi++) {
+				double pool = kind == CDX_REFINE_NONE ? k : factors[fi] * k;
+				double ns = model_ns(c, c->nprobes[s], c->codes[s], pool, kind, t->dim);
+				if (ns < cheapest)
+					cheapest = ns;
+				if (c->rec[s][ki][kind][fi] > top)
+					top = c->rec[s][ki][kind][fi];
+				for (uint32_t p = 0; p <= s; p++) {
+					double r = c->rec[p][ki][kind][fi], se = c->se[p][ki][kind][fi];
+					if (cdx_points_lower_bound(r, se) >= t->target)
+						at_target = fmin(at_target,
+						    model_ns(
+						        c, c->nprobes[p], c->codes[p], pool, kind, t->dim));
+				}
+			}
+		}
+		if (top < 0.99 && cheapest <= t->flat_ns[ki] && cheapest <= 4 * at_target)
+			return 0;
+	}
+	return 1;
+}
+
 /* map_rows_for: the tuning base or sample as candidate c's index takes it:
  * a new array (*owned) when the transform or padding changes it. */
 static const float *
@@ -634,8 +671,7 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 	}
 	uint32_t cap = CDX_MIN(c->nlist, CDX_MAX(256u, c->nlist / 4));
 	c->nsteps = 0;
-	for (uint32_t np = 1;
-	     np <= cap && c->nsteps<MAX_NPROBE; np = np * 2> cap && np < cap ? cap : np * 2) {
+	for (uint32_t np = 1; c->nsteps < MAX_NPROBE; np = np * 2 < cap ? np * 2 : cap) {
 		struct cdx_search_used used;
 		struct cdx_search_params sp = { .k = (uint32_t) pool,
 			.nprobe = np,
@@ -648,18 +684,7 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 		c->nprobes[s] = np;
 		c->codes[s] = (double) used.codes / (double) t->nsel;
 		evaluate_pools(t, &cache, hits, pool, kinds, c->rec[s], c->se[s]);
-		/* the ladder ends once every k has a setting at 0.99 (the top rung
-		 * online adaptation may need; make_points stops there too) */
-		int done_all = 1;
-		for (uint32_t ki = 0; ki < t->nks; ki++) {
-			double top = 0;
-			for (int kind = 0; kind < NKINDS; kind++)
-				for (size_t fi = 0; kinds[kind] && fi < MAX_F; fi++)
-					if (c->rec[s][ki][kind][fi] > top)
-						top = c->rec[s][ki][kind][fi];
-			done_all &= top >= 0.99;
-		}
-		if (done_all || np == cap)
+		if (np == cap || ladder_done(t, c, kinds))
 			break;
 	}
 	c->eval_s = (double) (cdx_now_us() - t2) / 1e6;
@@ -712,6 +737,12 @@ log_cand(const struct tdata *t, const struct cand *c)
 	cdx_info("BLD-TUNE", "%s: %s; %.0f QPS modelled, %.0f B/item (trained %.1f s, searched %.1f s)", name,
 	    ks, 1e9 / c->ns, c->bytes, c->train_s, c->eval_s);
 }
+
+/* A coarse group: candidates in one share their transform and PCA. */
+struct group {
+	int transform;
+	uint32_t pca; /* 0: none */
+};
 
 /* flat_cand: exact search, by the cost model alone (its recall is 1). */
 static void
@@ -969,29 +1000,19 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 	if (o->queries != NULL) {
 		if ((rc = read_queries(o->queries, t->dim, maxq, o->seed, &q, &nq)) != CDX_OK)
 			return rc;
-		t->base = t->full;
-		t->n = t->nfull;
 		json_object_set_new(qj, "source", json_string(o->queries));
 	} else {
 		nq = (size_t) CDX_MIN((uint64_t) maxq, t->nfull / 10);
 		held = malloc(nq * sizeof(uint64_t));
 		q = malloc(nq * t->dim * sizeof(float));
-		t->n = t->nfull - nq;
-		t->base = malloc(t->n * t->dim * sizeof(float));
-		if (held == NULL || q == NULL || t->base == NULL) {
+		if (held == NULL || q == NULL) {
 			free(held);
 			free(q);
 			return cdx_error(CDX_ENOMEM, "tuning queries");
 		}
 		cdx_build_sample(t->nfull, nq, o->seed ^ 0x68656c64ull, held);
-		size_t h = 0, b = 0;
-		for (uint64_t r = 0; r < t->nfull; r++) {
-			const float *v = t->full + r * t->dim;
-			if (h < nq && held[h] == r)
-				memcpy(q + h++ * t->dim, v, t->dim * sizeof(float));
-			else
-				memcpy(t->base + b++ * t->dim, v, t->dim * sizeof(float));
-		}
+		for (size_t h = 0; h < nq; h++)
+			memcpy(q + h * t->dim, t->full + held[h] * t->dim, t->dim * sizeof(float));
 		json_object_set_new(qj, "source", json_string("held-out input rows"));
 	}
 	if (nq < 2) {
@@ -1070,6 +1091,23 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 		}
 		cdx_truth_fini(&big);
 		free(qn);
+	}
+	/* the tuning base: the input without the held-out rows, compacted in
+	 * place (the check's truth, over the whole input, is done) */
+	t->base = t->full;
+	t->n = t->nfull;
+	if (held != NULL) {
+		size_t h = 0, b = 0;
+		for (uint64_t r = 0; r < t->nfull; r++) {
+			if (h < nq && held[h] == r) {
+				h++;
+				continue;
+			}
+			if (b != r)
+				memmove(t->full + b * t->dim, t->full + r * t->dim, t->dim * sizeof(float));
+			b++;
+		}
+		t->n = b;
 	}
 	free(held);
 	free(q);
@@ -1151,6 +1189,8 @@ cdx_tune_run(
 	size_t ncand = 0;
 	struct cand *best = &cands[ncand++];
 	flat_cand(&t, best);
+	for (uint32_t ki = 0; ki < t.nks; ki++)
+		t.flat_ns[ki] = best->best[ki][CDX_REFINE_NONE].ns;
 	log_cand(&t, best);
 	if (t.nfull >= CDX_TUNE_FLAT_BELOW) {
 		uint32_t nbits = t.n >= CDX_BUILD_8BIT_FROM ? 8 : 4, dsub[2] = { 4, 8 };
@@ -1161,23 +1201,20 @@ cdx_tune_run(
 		/* lists of a few hundred items: each probed list costs a table of
 		 * M x 2^nbits entries, as much as scanning ~M x 2^nbits / M codes */
 		uint32_t nlist0 = tune_nlist(t.n);
-		/* coarse groups: (transform, PCA); PCA first where the dimension is high */
-		struct {
-			int transform;
-			uint32_t pca;
-		} groups[4];
+		/* coarse groups (transform, PCA). From dim 256 the codes go through
+		 * a PCA: on MNIST (784) a full-dimension IVF512,PQ196x8 reached the
+		 * target at 720 modelled QPS against 3,207 for PCA64,IVF512,PQ16x8,
+		 * and trained 3x longer (BENCHMARKS.md, "Defaults"). */
+		struct group groups[4];
 		size_t ngroups = 0;
-		int mips_first = metric == CDX_METRIC_IP;
-		if (t.dim >= 256)
-			groups[ngroups++].pca = 64,
-			groups[ngroups - 1].transform = mips_first ? CDX_TRANSFORM_MIPS_L2 : 0;
-		if (t.dim >= 512)
-			groups[ngroups++].pca = 128,
-			groups[ngroups - 1].transform = mips_first ? CDX_TRANSFORM_MIPS_L2 : 0;
-		groups[ngroups].pca = 0, groups[ngroups++].transform = CDX_TRANSFORM_NONE;
+		uint32_t pca = t.dim >= 256 ? 64 : 0;
+		groups[ngroups++] = (struct group) { CDX_TRANSFORM_NONE, pca };
 		if (metric == CDX_METRIC_IP)
-			groups[ngroups].pca = 0, groups[ngroups++].transform = CDX_TRANSFORM_MIPS_L2;
-
+			groups[ngroups++] = (struct group) { CDX_TRANSFORM_MIPS_L2, pca };
+		if (t.dim >= 512)
+			groups[ngroups++] = (struct group) {
+				metric == CDX_METRIC_IP ? CDX_TRANSFORM_MIPS_L2 : CDX_TRANSFORM_NONE, 128
+			};
 		size_t ns = (size_t) CDX_MIN((uint64_t) t.n, (uint64_t) CDX_MAX(32768u, 64u * 4 * nlist0));
 		if ((sample = malloc(ns * sizeof(uint64_t))) == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "tuning sample");
@@ -1205,6 +1242,10 @@ cdx_tune_run(
 				struct cand *c = &cands[ncand];
 				const FaissIndex *like = NULL;
 				if (stage == 0) {
+					/* a wider PCA only when the narrow one loses the neighbours */
+					if (groups[g].pca > 64 && ivf_best != NULL && ivf_best->pca == 64
+					    && ivf_best->ns < INFINITY)
+						continue;
 					ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, nbits,
 					    dsub[0]);
 					c->group = (int) g;
