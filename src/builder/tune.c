@@ -626,6 +626,8 @@ cdx_tune_run(
 		FaissIndex *group_first[4] = { NULL, NULL, NULL, NULL };
 		double spent = 0;
 		size_t measured = 0;
+		struct cdx_progress pr; /* candidates measured, of at most this many */
+		cdx_progress_begin(&pr, "tune", ngroups + 2, o->quiet);
 		for (int stage = 0; stage < 3 && rc == CDX_OK; stage++) {
 			size_t nstage = stage == 0 ? ngroups : 1;
 			for (size_t g = 0; g < nstage && rc == CDX_OK; g++) {
@@ -673,6 +675,7 @@ cdx_tune_run(
 				ncand++;
 				measured++;
 				spent += (double) (cdx_now_us() - c0) / 1e6;
+				cdx_progress_update(&pr, measured);
 				log_cand(&t, c);
 				if (stage == 0)
 					group_first[g] = tr; /* kept: stage 1 reuses its coarse stage */
@@ -692,6 +695,7 @@ cdx_tune_run(
 				tr = NULL;
 			}
 		}
+		cdx_progress_end(&pr);
 		for (int i = 0; i < 4; i++)
 			if (group_first[i] != NULL && group_first[i] != best_index)
 				faiss_Index_free(group_first[i]);
