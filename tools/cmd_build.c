@@ -33,6 +33,9 @@ static const char usage_text[]
       "  --dim D              dimension of raw input (checked against .fvecs/.npy if given)\n"
       "  --keys FILE          one string key per line, exactly one line per row, unique\n"
       "  --ids FILE           one int64 id per line (or .npy int64), unique; default: row numbers\n"
+      "  --attrs FILE         item attributes for filters and crowding: a header of name:type\n"
+      "                       columns (int, bool, enum, set, group), then one tab-separated line\n"
+      "                       per row (docs/recommenders.md)\n"
       "  --collection NAME    [A-Za-z0-9_.-]{1,63}\n"
       "  --metric l2|ip|cos   cos: vectors are L2-normalised and indexed for inner product\n"
       "  --out DIR            index directory (the collection lives in DIR/NAME)\n"
@@ -89,6 +92,7 @@ enum {
 	OPT_METRIC,
 	OPT_OUT,
 	OPT_KEYS,
+	OPT_ATTRS,
 	OPT_IDS,
 	OPT_FACTORY,
 	OPT_SHARDS,
@@ -120,6 +124,7 @@ static const struct option long_opts[] = {
 	{ "out", required_argument, NULL, OPT_OUT },
 	{ "keys", required_argument, NULL, OPT_KEYS },
 	{ "ids", required_argument, NULL, OPT_IDS },
+	{ "attrs", required_argument, NULL, OPT_ATTRS },
 	{ "factory", required_argument, NULL, OPT_FACTORY },
 	{ "shards", required_argument, NULL, OPT_SHARDS },
 	{ "refine", required_argument, NULL, OPT_REFINE },
@@ -268,6 +273,9 @@ cmd_build(int argc, char **argv)
 			break;
 		case OPT_IDS:
 			o.ids = optarg;
+			break;
+		case OPT_ATTRS:
+			o.attrs = optarg;
 			break;
 		case OPT_FACTORY:
 			o.factory = optarg;

@@ -116,6 +116,22 @@ int cdx_keys_reader_open(cdx_keys_reader **rp, const char *path);
 int cdx_keys_reader_next(cdx_keys_reader *r, const char **key, size_t *len);
 void cdx_keys_reader_close(cdx_keys_reader *r); /* NULL is a no-op */
 
+/* --- attributes files (docs/recommenders.md, "Attributes") ------------- */
+
+/* cdx_attrs_scan checks an attributes file for rows items: a header line of
+ * tab-separated name:type columns (int, bool, enum, set, group), then
+ * exactly rows lines of tab-separated values, in the input's row order.
+ * Errors name the file, line and attribute. On success *schema holds every
+ * column with the enum and set values found (sorted) and the caller frees
+ * it with cdx_attr_schema_free(); *bytes (may be NULL) gets the file size. */
+int cdx_attrs_scan(const char *path, uint64_t rows, struct cdx_attr_schema **schema, uint64_t *bytes);
+/* cdx_attrs_read_shard reads the attributes of the nrows rows that belong
+ * to shard (by ids, NULL = row numbers) into cols[c] (malloc'd, nrows x the
+ * column's width; the caller frees each), in row order. schema is the one
+ * cdx_attrs_scan returned for the same file. */
+int cdx_attrs_read_shard(const char *path, const struct cdx_attr_schema *schema, uint64_t rows,
+    const int64_t *ids, uint32_t shard, uint32_t nshards, uint64_t nrows, void **cols);
+
 /* --- parameters ------------------------------------------------------- */
 
 /* What the user asked for: the CLI's options. Strings are borrowed. */
@@ -125,6 +141,7 @@ struct cdx_build_opts {
 	const char *out;     /* index directory DIR (the collection goes to DIR/collection) */
 	const char *keys;    /* NULL: no keys */
 	const char *ids;     /* NULL: ids are row numbers */
+	const char *attrs;   /* NULL: no attributes */
 	const char *factory; /* NULL: chosen from N and dim */
 	const char *model_version;
 	const char *work; /* work directory of a distributed build */
@@ -225,6 +242,9 @@ struct cdx_build_plan {
 	uint64_t keys_bytes;
 	char ids[PATH_MAX]; /* "" if none */
 	uint64_t ids_bytes;
+	char attrs[PATH_MAX]; /* "" if none */
+	uint64_t attrs_bytes;
+	struct cdx_attr_schema *attrs_schema; /* owned; NULL without attributes */
 	struct cdx_build_params params;
 	uint32_t nshards;
 	int refine;

@@ -232,7 +232,8 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 	m.default_recall_target = p->default_recall_target;
 	m.ntuned_k = p->ntuned_k;
 	memcpy(m.tuned_k, p->tuned_k, sizeof(m.tuned_k));
-	m.tuning = p->tuning; /* borrowed: never freed through m */
+	m.tuning = p->tuning;      /* borrowed: never freed through m */
+	m.attrs = p->attrs_schema; /* borrowed too */
 	if (p->npoints > 0) {
 		if ((m.points = malloc(p->npoints * sizeof(*m.points))) == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "manifest");

@@ -79,6 +79,29 @@ load_keys(struct cdx_loaded_shard *ls, const cdx_shard *s)
 	return rc;
 }
 
+/* load_attrs reads the ATTRS part, which must be there exactly when the
+ * manifest lists attributes, with the same schema. */
+static int
+load_attrs(struct cdx_loaded_shard *ls, const cdx_shard *s, const struct cdx_manifest *m, const char *path)
+{
+	int has = cdx_shard_find_part(s, CDX_PART_ATTRS) != NULL;
+	if (has != (m->attrs != NULL))
+		return cdx_error(CDX_ECORRUPT, "%s: %s an attributes part but the manifest %s attributes",
+		    path, has ? "has" : "lacks", has ? "lists no" : "lists");
+	if (!has)
+		return CDX_OK;
+	void *data;
+	size_t len;
+	int rc = cdx_shard_read_part(s, CDX_PART_ATTRS, &data, &len);
+	if (rc != CDX_OK)
+		return rc;
+	if ((rc = cdx_attr_part_decode(data, len, ls->rows, &ls->attrs)) != CDX_OK)
+		return cdx_error(rc, "%s: %s", path, cdx_last_error());
+	if (!cdx_attr_schema_equal(ls->attrs.schema, m->attrs))
+		return cdx_error(CDX_ECORRUPT, "%s: its attributes differ from the manifest's", path);
+	return CDX_OK;
+}
+
 static int
 load_shard(cdx_collection *c, uint32_t i, const char *path)
 {
@@ -155,6 +178,8 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 		    != CDX_OK)
 			goto fail;
 	}
+	if ((rc = load_attrs(ls, s, m, path)) != CDX_OK)
+		goto fail;
 	for (uint32_t p = 0; p < info->nparts; p++)
 		c->d->memory_bytes += info->parts[p].raw_size;
 	free(ids_data);
@@ -220,6 +245,7 @@ prepare_ivf(cdx_collection *c)
 			return cdx_error(CDX_ECORRUPT, "%s: shards differ in their pre-transforms", c->dir);
 		}
 		ls->ivf = faiss_IndexIVF_cast(inner);
+		ls->selector_scan = cdx_fx_selector_scan(inner);
 		if ((ls->ivf == NULL) != (c->d->shards[0].ivf == NULL))
 			return cdx_error(CDX_ECORRUPT, "%s: shards mix IVF and non-IVF indexes", c->dir);
 		if (ls->ivf == NULL)
@@ -242,6 +268,7 @@ prepare_ivf(cdx_collection *c)
 		if (ls->refine_data == NULL && faiss_IndexIVF_make_direct_map(ls->ivf, 1) != 0)
 			return cdx_error_faiss("make_direct_map");
 		ls->preassigned = probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
+		ls->selector_scan = ls->selector_scan && ls->preassigned;
 		if (!ls->preassigned)
 			cdx_warn("SRCH-NOPREASSIGN",
 			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
@@ -330,6 +357,7 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
 		goto fail;
+	c->d->attrs = c->d->shards[0].attrs.schema;
 	*cp = c;
 	return CDX_OK;
 fail:
@@ -406,6 +434,7 @@ data_unref(struct cdx_collection_data *d)
 		free(ls->key_strings);
 		free(ls->key_offsets);
 		free(ls->refine_data);
+		cdx_attr_table_fini(&ls->attrs);
 		pthread_mutex_destroy(&ls->lock);
 	}
 	free(d->shards);
@@ -569,4 +598,16 @@ cdx_collection_vector(const cdx_collection *c, uint32_t shard, uint32_t row, flo
 		memcpy(out, t, c->manifest->dim * sizeof(float));
 	free(t);
 	return frc != 0 ? cdx_error_faiss("reconstruct") : CDX_OK;
+}
+
+const struct cdx_attr_schema *
+cdx_collection_attrs(const cdx_collection *c)
+{
+	return c->d->attrs;
+}
+
+int64_t
+cdx_collection_id(const cdx_collection *c, uint32_t shard, uint32_t row)
+{
+	return c->d->shards[shard].ids[row];
 }

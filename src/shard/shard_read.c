@@ -30,7 +30,7 @@ struct cdx_shard {
 static int
 known_kind(uint32_t kind)
 {
-	return kind >= CDX_PART_FAISS && kind <= CDX_PART_REFINE;
+	return kind >= CDX_PART_FAISS && kind <= CDX_PART_ATTRS;
 }
 
 int
