@@ -41,6 +41,16 @@ usage(FILE *out)
 	    "  --exclude-key K       never return this item (repeatable)\n"
 	    "  --exclude-id ID       never return this id (repeatable)\n"
 	    "  --model-version V     refuse if the index was built from another embedding model\n"
+	    "recommender features (docs/recommenders.md):\n"
+	    "  --filter EXPR         on item attributes, e.g. 'market has SE and explicit = false'\n"
+	    "  --exclude-ids-file F  never return these ids (one a line), sent as a compact list\n"
+	    "  --max-per-group N     at most N results per group (crowding) [--group-by ATTR]\n"
+	    "  --explore-slots N     fill N of the k slots by exploration (or --explore-share F)\n"
+	    "  --explore-pool P      sample exploration from the P ranks after the exploit slots\n"
+	    "  --seed S              exploration seed (default: from the request id)\n"
+	    "  --part NAME:QUOTA[:SCALE:OFFSET]  search several collections at once (repeatable,\n"
+	    "                        instead of --collection); SCALE and OFFSET calibrate scores\n"
+	    "  --merge interleave|calibrated  how parts are merged [interleave]\n"
 	    "  --json                JSON output: "
 	    "{\"index_version\",\"nprobe\",\"results\":[{\"hits\":[{\"id\",\"key\",\"score\"}]}]}\n"
 	    "  --timeout MS          per-attempt timeout and server deadline [5000]\n"
@@ -230,15 +240,28 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "refine_factor", json_real(r->refine_factor));
 	json_object_set_new(root, "recall_target", json_real(r->recall_target));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
+	if (r->applied & CDX_APPLIED_EXPLORE)
+		json_object_set_new(root, "seed", json_integer((json_int_t) r->seed));
 	for (size_t i = 0; i < r->nqueries; i++) {
 		json_t *hits = json_array();
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
 			const struct cdx_client_hit *h = &r->queries[i].hits[j];
-			json_array_append_new(hits,
-			    json_pack("{s:I, s:s, s:f}", "id", (json_int_t) h->id, "key",
-			        h->key ? h->key : "", "score", (double) h->score));
+			json_t *o = json_pack("{s:I, s:s, s:f}", "id", (json_int_t) h->id, "key",
+			    h->key ? h->key : "", "score", (double) h->score);
+			if (h->collection != NULL && h->collection[0] != '\0')
+				json_object_set_new(o, "collection", json_string(h->collection));
+			if (r->applied & CDX_APPLIED_EXPLORE) {
+				json_object_set_new(o, "explore", json_boolean(h->explore));
+				json_object_set_new(o, "propensity", json_real(h->propensity));
+			}
+			if (h->rank > 0)
+				json_object_set_new(o, "rank", json_integer(h->rank));
+			json_array_append_new(hits, o);
 		}
-		json_array_append_new(results, json_pack("{s:o}", "hits", hits));
+		json_t *qr = json_pack("{s:o}", "hits", hits);
+		if (r->queries[i].exhausted)
+			json_object_set_new(qr, "exhausted", json_true());
+		json_array_append_new(results, qr);
 	}
 	json_object_set_new(root, "results", results);
 	char *text = json_dumps(root, JSON_PRESERVE_ORDER | JSON_INDENT(2) | JSON_REAL_PRECISION(7));
@@ -251,22 +274,40 @@ print_json(const struct cdx_result *r)
 static void
 print_table(const struct cdx_result *r, const char *collection)
 {
-	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection, r->index_version,
-	    r->metric, r->nprobe, (double) r->refine_factor);
+	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection,
+	    r->index_version && *r->index_version ? r->index_version : "-", r->metric && *r->metric ? r->metric : "-",
+	    r->nprobe, (double) r->refine_factor);
+	for (size_t p = 0; p < r->nparts; p++)
+		printf("%s%s %s", p ? ", " : "  parts: ", r->parts[p].collection, r->parts[p].index_version);
+	if (r->applied & CDX_APPLIED_EXPLORE)
+		printf("  seed %llu", (unsigned long long) r->seed);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
 			printf("\nquery %zu\n", i);
-		printf("%5s  %-12s  %-40s  %s\n", "rank", "id", "key", "score");
+		int parts = r->nparts > 0, explore = (r->applied & CDX_APPLIED_EXPLORE) != 0;
+		printf("%5s  %-12s  %-40s  %-10s", "rank", "id", "key", "score");
+		if (parts)
+			printf("  %-12s", "collection");
+		if (explore)
+			printf("  %-7s  %s", "explore", "propensity");
+		printf("\n");
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
 			const struct cdx_client_hit *h = &r->queries[i].hits[j];
-			printf("%5zu  %-12lld  %-40s  %.6g\n", j + 1, (long long) h->id,
+			printf("%5zu  %-12lld  %-40s  %-10.6g", j + 1, (long long) h->id,
 			    h->key && *h->key ? h->key : "-", (double) h->score);
+			if (parts)
+				printf("  %-12s", h->collection);
+			if (explore)
+				printf("  %-7s  %.4g", h->explore ? "yes" : "no", h->propensity);
+			printf("\n");
 		}
 		if (r->queries[i].nhits == 0)
 			printf("  (no candidates)\n");
+		if (r->queries[i].exhausted)
+			printf("  (fewer than k: nothing else passes)\n");
 	}
 }
 
@@ -295,7 +336,86 @@ enum {
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
 	OPT_TLS_NAME,
+	OPT_FILTER,
+	OPT_EXFILE,
+	OPT_MAXGROUP,
+	OPT_GROUPBY,
+	OPT_EXPSLOTS,
+	OPT_EXPSHARE,
+	OPT_EXPPOOL,
+	OPT_SEED,
+	OPT_PART,
+	OPT_MERGE,
 };
+
+/* read_ids_file reads one int64 a line (blank lines and # comments skipped). */
+static int
+read_ids_file(const char *path, int64_t **ids, size_t *n)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return cdx_error_errno(CDX_ENOTFOUND, "cannot read %s", path);
+	char line[128];
+	size_t cap = 0;
+	unsigned long long lineno = 0;
+	int rc = CDX_OK;
+	while (rc == CDX_OK && fgets(line, sizeof(line), f) != NULL) {
+		lineno++;
+		char *p = line, *end;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\n' || *p == '#' || *p == '\0')
+			continue;
+		errno = 0;
+		long long v = strtoll(p, &end, 10);
+		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+			end++;
+		if (errno != 0 || end == p || *end != '\0') {
+			rc = cdx_error(CDX_EINVAL, "%s: line %llu: not an int64 id", path, lineno);
+			break;
+		}
+		if (*n == cap) {
+			cap = cap ? cap * 2 : 1024;
+			int64_t *grown = realloc(*ids, cap * sizeof(int64_t));
+			if (grown == NULL) {
+				rc = cdx_error(CDX_ENOMEM, "%s", path);
+				break;
+			}
+			*ids = grown;
+		}
+		(*ids)[(*n)++] = v;
+	}
+	fclose(f);
+	return rc;
+}
+
+/* parse_part reads NAME:QUOTA[:SCALE:OFFSET]. */
+static int
+parse_part(const char *arg, struct cdx_query_part *p)
+{
+	const char *colon = strchr(arg, ':');
+	char *end;
+	memset(p, 0, sizeof(*p));
+	if (colon == NULL || colon == arg)
+		return -1;
+	char *name = strndup(arg, (size_t) (colon - arg));
+	if (name == NULL)
+		return -1;
+	p->collection = name;
+	unsigned long q = strtoul(colon + 1, &end, 10);
+	if (q == 0 || q > 100000 || (*end != '\0' && *end != ':'))
+		return -1;
+	p->quota = (uint32_t) q;
+	if (*end == ':') {
+		p->calibration_scale = strtof(end + 1, &end);
+		if (*end != ':')
+			return -1;
+		p->calibration_offset = strtof(end + 1, &end);
+		if (*end != '\0')
+			return -1;
+	}
+	return 0;
+}
 
 static int
 parse_num(const char *opt, const char *v, double lo, double hi, double *out)
@@ -354,10 +474,24 @@ cmd_query(int argc, char **argv)
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
+		{ "filter", required_argument, NULL, OPT_FILTER },
+		{ "exclude-ids-file", required_argument, NULL, OPT_EXFILE },
+		{ "max-per-group", required_argument, NULL, OPT_MAXGROUP },
+		{ "group-by", required_argument, NULL, OPT_GROUPBY },
+		{ "explore-slots", required_argument, NULL, OPT_EXPSLOTS },
+		{ "explore-share", required_argument, NULL, OPT_EXPSHARE },
+		{ "explore-pool", required_argument, NULL, OPT_EXPPOOL },
+		{ "seed", required_argument, NULL, OPT_SEED },
+		{ "part", required_argument, NULL, OPT_PART },
+		{ "merge", required_argument, NULL, OPT_MERGE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL;
+	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL, *filter = NULL, *group_by = NULL;
+	double max_group = 0, exp_slots = 0, exp_share = 0, exp_pool = 0, seed = 0;
+	int compact = 0, merge = CDX_MERGE_INTERLEAVE;
+	struct cdx_query_part *parts = NULL;
+	size_t nparts = 0;
 	struct strlist keys = { 0 }, exkeys = { 0 };
 	int64_t *exids = NULL;
 	size_t nexids = 0;
@@ -466,6 +600,58 @@ cmd_query(int argc, char **argv)
 		case OPT_TLS_NAME:
 			co.tls_server_name = optarg;
 			break;
+		case OPT_FILTER:
+			filter = optarg;
+			break;
+		case OPT_EXFILE:
+			if (read_ids_file(optarg, &exids, &nexids) != CDX_OK) {
+				fprintf(stderr, "candex query: %s\n", cdx_last_error());
+				goto out;
+			}
+			compact = 1;
+			break;
+		case OPT_MAXGROUP:
+			if (parse_num("--max-per-group", optarg, 0, 1e6, &max_group))
+				goto out;
+			break;
+		case OPT_GROUPBY:
+			group_by = optarg;
+			break;
+		case OPT_EXPSLOTS:
+			if (parse_num("--explore-slots", optarg, 0, 1e6, &exp_slots))
+				goto out;
+			break;
+		case OPT_EXPSHARE:
+			if (parse_num("--explore-share", optarg, 0, 1, &exp_share))
+				goto out;
+			break;
+		case OPT_EXPPOOL:
+			if (parse_num("--explore-pool", optarg, 0, 1e7, &exp_pool))
+				goto out;
+			break;
+		case OPT_SEED:
+			if (parse_num("--seed", optarg, 0, 9007199254740992.0, &seed))
+				goto out;
+			break;
+		case OPT_PART: {
+			struct cdx_query_part *grown = realloc(parts, (nparts + 1) * sizeof(*grown));
+			if (grown == NULL)
+				goto out;
+			parts = grown;
+			if (parse_part(optarg, &parts[nparts++]) != 0) {
+				fprintf(stderr, "candex query: --part wants NAME:QUOTA[:SCALE:OFFSET], not '%s'\n",
+				    optarg);
+				goto out;
+			}
+			break;
+		}
+		case OPT_MERGE:
+			if (strcmp(optarg, "interleave") != 0 && strcmp(optarg, "calibrated") != 0) {
+				fprintf(stderr, "candex query: --merge is interleave or calibrated\n");
+				goto out;
+			}
+			merge = strcmp(optarg, "calibrated") == 0 ? CDX_MERGE_CALIBRATED : CDX_MERGE_INTERLEAVE;
+			break;
 		case 'h':
 			usage(stdout);
 			rc = CLI_EXIT_OK;
@@ -481,8 +667,8 @@ cmd_query(int argc, char **argv)
 	}
 	if (reload)
 		info = 1; /* no query vectors either */
-	if (url == NULL || (!info && collection == NULL)) {
-		fprintf(stderr, "candex query: --url and --collection are required (see --help)\n");
+	if (url == NULL || (!info && (collection == NULL) == (nparts == 0))) {
+		fprintf(stderr, "candex query: --url and --collection (or --part) are required (see --help)\n");
 		goto out;
 	}
 	if (!info && (vecfile != NULL) + (keys.n > 0) + use_stdin != 1) {
@@ -545,6 +731,17 @@ cmd_query(int argc, char **argv)
 		.n_exclude_keys = exkeys.n,
 		.model_version = model,
 		.timeout_ms = (uint32_t) timeout,
+		.filter = filter,
+		.compact_excludes = compact,
+		.max_per_group = (uint32_t) max_group,
+		.group_by = group_by,
+		.explore_slots = (uint32_t) exp_slots,
+		.explore_share = (float) exp_share,
+		.explore_pool = (uint32_t) exp_pool,
+		.seed = (uint64_t) seed,
+		.parts = parts,
+		.nparts = nparts,
+		.merge = merge,
 	};
 	if (vectors == NULL)
 		q.nvectors = 0;
@@ -555,9 +752,12 @@ cmd_query(int argc, char **argv)
 	if (json)
 		print_json(res);
 	else
-		print_table(res, collection);
+		print_table(res, collection ? collection : "(parts)");
 	rc = CLI_EXIT_OK;
 out:
+	for (size_t i = 0; i < nparts; i++)
+		free((char *) parts[i].collection);
+	free(parts);
 	cdx_result_free(res);
 	cdx_client_close(client);
 	free(vectors);

@@ -311,6 +311,11 @@ int cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging
  * staging gets PATH_MAX bytes, version CDX_NAME_MAX. */
 int cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char *version);
 
+/* cdx_build_prune_takedowns drops, from coll_dir's takedown list
+ * (shard/takedown.h), the items the plan's input no longer has; publish
+ * runs it once the new version is live. */
+int cdx_build_prune_takedowns(const struct cdx_build_plan *p, const char *coll_dir);
+
 /* The distributed steps, as the CLI runs them. */
 int cdx_build_encode_work(const char *workdir, uint32_t shard, uint32_t of, const char *input, int quiet);
 int cdx_build_publish_work(

@@ -308,6 +308,8 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 		snprintf(version_out, CDX_NAME_MAX, "%s", version);
 	free(m.shards);
 	free(m.points);
+	if (cdx_build_prune_takedowns(p, coll_dir) != CDX_OK)
+		cdx_warn("BLD-TAKEDOWN", "%s: takedowns not pruned: %s", coll_dir, cdx_last_error());
 	if (cdx_version_gc(coll_dir, p->keep) != CDX_OK)
 		cdx_warn("BLD-GC", "%s: garbage collection failed: %s", coll_dir, cdx_last_error());
 	return CDX_OK;

@@ -48,7 +48,8 @@ static const struct opt opts[] = {
 	    "suffixes" },
 	{ "max-k", OPT_U32, O(max_k), "N", "largest k" },
 	{ "max-batch", OPT_U32, O(max_batch), "N", "most query vectors or keys per request" },
-	{ "max-excludes", OPT_U32, O(max_excludes), "N", "most exclude ids + keys per request" },
+	{ "max-excludes", OPT_U32, O(max_excludes), "N",
+	    "most excluded ids + keys per request (plain and compact lists together)" },
 	{ "timeout-ms", OPT_U32, O(timeout_ms), "MS", "deadline of requests that set none" },
 	{ "max-timeout-ms", OPT_U32, O(max_timeout_ms), "MS", "cap on a request's own deadline" },
 	{ "parallel-batch", OPT_U32, O(parallel_batch), "N",
@@ -63,6 +64,13 @@ static const struct opt opts[] = {
 	    "fraction of answered queries re-run exactly to export recall@k in /metrics (0 = off)" },
 	{ "online-recall-cpu", OPT_DOUBLE, O(online_recall_cpu), "F",
 	    "CPU budget of the online recall checker, as a fraction of one core" },
+	{ "impression-log", OPT_STR, O(impression_log), "DIR",
+	    "write every answered query's items, slots and propensities to DIR (length-delimited "
+	    "candex.v1.Impression records, off the request path; docs/recommenders.md)" },
+	{ "impression-log-bytes", OPT_SIZE, O(impression_log_bytes), "BYTES",
+	    "start a new impression log file before one passes this size; K/M/G suffixes" },
+	{ "impression-buffer", OPT_SIZE, O(impression_buffer), "BYTES",
+	    "impression records buffered for the writer; beyond it they are dropped and counted" },
 	{ "tls-cert", OPT_STR, O(tls_cert), "FILE", "server certificate (PEM) for tls+tcp:// listeners" },
 	{ "tls-key", OPT_STR, O(tls_key), "FILE", "private key (PEM) of --tls-cert" },
 	{ "tls-ca", OPT_STR, O(tls_ca), "FILE",
@@ -77,7 +85,9 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->max_message = 16u << 20;
 	cfg->max_k = 1000;
 	cfg->max_batch = 1024;
-	cfg->max_excludes = 10000;
+	cfg->max_excludes = 200000;
+	cfg->impression_log_bytes = 64u << 20;
+	cfg->impression_buffer = 4u << 20;
 	cfg->timeout_ms = 5000;
 	cfg->max_timeout_ms = 60000;
 	cfg->parallel_batch = 64;

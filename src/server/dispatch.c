@@ -40,6 +40,7 @@ struct srv_ctx {
 	Candex__V1__Request *req;
 	char peeked_id[128];  /* request_id of a request that was not decoded */
 	cdx_collection *coll; /* a reference, for searches */
+	cdx_rowset *blocked;  /* a reference to coll's takedown rows, or NULL */
 	uint64_t t_recv_us;
 	uint64_t deadline_us;
 	struct srv_ctx *next; /* queue link */
@@ -83,6 +84,8 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 		cdx_collection_unref(x->coll);
 		x->coll = NULL;
 	}
+	cdx_rowset_unref(x->blocked);
+	x->blocked = NULL;
 	x->peeked_id[0] = '\0';
 	x->state = CTX_SEND;
 	if (msg == NULL) {
@@ -107,6 +110,23 @@ static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char
 	resp.status = (Candex__V1__Status) code;
 	resp.message = message;
 	send_response(x, &resp);
+}
+
+void
+cdx__srv_send(struct srv_ctx *x, Candex__V1__Response *resp)
+{
+	send_response(x, resp);
+}
+
+void
+cdx__srv_reply_error(struct srv_ctx *x, int code, const char *fmt, ...)
+{
+	char message[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	reply_error(x, code, "%s", message);
 }
 
 /* fill_info describes one served collection; strings point into e. */
@@ -227,11 +247,25 @@ check_search(struct srv_ctx *x)
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	const struct cdx_server_config *cfg = &s->cfg;
 
+	char msg[1024];
+	int code;
+	if (sr != NULL && sr->n_parts > 0) { /* several collections: recsearch.c */
+		if (sr->k == 0 || sr->k > cfg->max_k) {
+			reply_error(x, sr->k ? CDX_ELIMIT : CDX_EINVAL, "k = %u: must be 1 .. the server's max-k %u",
+			    sr->k, cfg->max_k);
+			return -1;
+		}
+		if ((code = cdx__srv_check_rec(s, sr, msg, sizeof(msg))) != 0) {
+			reply_error(x, code, "%s", msg);
+			return -1;
+		}
+		return 0;
+	}
 	if (sr == NULL || sr->collection == NULL || sr->collection[0] == '\0') {
 		reply_error(x, CDX_EINVAL, "search request without a collection name");
 		return -1;
 	}
-	if ((x->coll = cdx__srv_lookup(s, sr->collection)) == NULL) {
+	if ((x->coll = cdx__srv_lookup(s, sr->collection, &x->blocked)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
 		reply_error(
@@ -310,6 +344,10 @@ check_search(struct srv_ctx *x)
 			return -1;
 		}
 	}
+	if ((code = cdx__srv_check_rec(s, sr, msg, sizeof(msg))) != 0) {
+		reply_error(x, code, "%s", msg);
+		return -1;
+	}
 	return 0;
 }
 
@@ -351,9 +389,6 @@ static void
 run_search(struct srv_ctx *x, int idle)
 {
 	cdx_server *s = x->s;
-	const Candex__V1__SearchRequest *sr = x->req->search;
-	cdx_collection *c = x->coll;
-	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	uint64_t now = cdx_now_us();
 
 	if (now > x->deadline_us) {
@@ -363,115 +398,7 @@ run_search(struct srv_ctx *x, int idle)
 		    (double) (now - x->t_recv_us) / 1000.0);
 		return;
 	}
-	size_t dim = m->dim, nq = sr->n_vectors > 0 ? sr->n_vectors / dim : sr->n_query_keys;
-	const float *queries = sr->vectors;
-	float *owned = NULL;
-	struct cdx_hit *hits = malloc(nq * sr->k * sizeof(*hits));
-	Candex__V1__QueryResult *qrs = calloc(nq, sizeof(*qrs));
-	Candex__V1__QueryResult **qrp = calloc(nq, sizeof(*qrp));
-	Candex__V1__Hit *hitv = calloc(nq * sr->k, sizeof(*hitv));
-	Candex__V1__Hit **hitp = calloc(nq * sr->k, sizeof(*hitp));
-
-	if (hits == NULL || qrs == NULL || qrp == NULL || hitv == NULL || hitp == NULL) {
-		reply_error(x, CDX_ENOMEM, "out of memory for %zu x %u results", nq, sr->k);
-		goto done;
-	}
-	if (sr->n_query_keys > 0) {
-		if ((owned = malloc(nq * dim * sizeof(float))) == NULL) {
-			reply_error(x, CDX_ENOMEM, "out of memory");
-			goto done;
-		}
-		for (size_t i = 0; i < nq; i++) {
-			uint32_t shard, row;
-			int64_t id;
-			int rc = cdx_collection_find_key(c, sr->query_keys[i], &shard, &row, &id);
-			if (rc == CDX_OK)
-				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
-			if (rc != CDX_OK) {
-				if (rc == CDX_ENOTFOUND)
-					reply_error(x, rc, "unknown key '%.200s' in collection '%s'",
-					    sr->query_keys[i], m->collection);
-				else
-					reply_error(
-					    x, rc, "key '%.200s': %s", sr->query_keys[i], cdx_last_error());
-				goto done;
-			}
-		}
-		queries = owned;
-	}
-
-	struct cdx_search_used used;
-	struct cdx_search_params p = {
-		.k = sr->k,
-		.nprobe = sr->nprobe,
-		.refine_factor = sr->refine_factor,
-		.recall_target = sr->recall_target,
-		.exclude_ids = sr->exclude_ids,
-		.n_exclude_ids = sr->n_exclude_ids,
-		.exclude_keys = (const char *const *) sr->exclude_keys,
-		.n_exclude_keys = sr->n_exclude_keys,
-		.used = &used,
-	};
-	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
-	if (parallel) {
-		/* an idle server lends every core to a big batch (search.c
-		 * splits it in slices); workers otherwise stay single-threaded */
-		p.parallel = 1;
-		omp_set_num_threads((int) s->nworkers);
-	}
-	int rc = cdx_collection_search(c, &p, queries, nq, hits);
-	if (parallel)
-		omp_set_num_threads(1);
-	if (rc != CDX_OK) {
-		reply_error(x, rc, "search failed: %s", cdx_last_error());
-		goto done;
-	}
-
-	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
-	Candex__V1__SearchResponse out = CANDEX__V1__SEARCH_RESPONSE__INIT;
-	for (size_t i = 0; i < nq; i++) {
-		candex__v1__query_result__init(&qrs[i]);
-		qrp[i] = &qrs[i];
-		qrs[i].hits = hitp + i * sr->k;
-		for (size_t j = 0; j < sr->k; j++) {
-			const struct cdx_hit *h = &hits[i * sr->k + j];
-			if (h->id < 0)
-				break; /* fewer than k found */
-			Candex__V1__Hit *o = &hitv[i * sr->k + j];
-			candex__v1__hit__init(o);
-			o->id = h->id;
-			o->key = (char *) cdx_collection_key(c, h->shard, h->row);
-			o->score = h->score;
-			qrs[i].hits[qrs[i].n_hits++] = o;
-		}
-		/* the exact re-run knows nothing of exclusions: offer only plain queries */
-		if (s->online != NULL && sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
-			cdx_online_recall_offer(s->online, c, queries + i * dim, sr->k, hits + i * sr->k,
-			    (uint32_t) qrs[i].n_hits);
-	}
-	atomic_fetch_add(&s->m.queries, nq);
-	if (used.target_unmet)
-		atomic_fetch_add(&s->m.target_unmet, 1);
-	out.n_results = nq;
-	out.results = qrp;
-	out.index_version = (char *) m->version;
-	out.nprobe = used.nprobe;
-	out.refine_factor = used.refine_factor;
-	out.recall_target = used.recall_target;
-	out.expected_recall = (float) used.expected_recall;
-	out.target_unmet = used.target_unmet != 0;
-	out.metric = (char *) cdx_metric_name(m->metric);
-	out.server_time_us = cdx_now_us() - x->t_recv_us;
-	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;
-	resp.search = &out;
-	send_response(x, &resp); /* packs before dropping the collection: keys stay valid */
-done:
-	free(owned);
-	free(hits);
-	free(qrs);
-	free(qrp);
-	free(hitv);
-	free(hitp);
+	cdx__srv_search_run(s, x, x->req, x->coll, x->blocked, x->t_recv_us, idle);
 }
 
 static void *
@@ -633,6 +560,13 @@ handle(struct srv_ctx *x, nng_msg *msg)
 			return;
 		}
 		cdx__srv_reload_admin(s, x, x->req->reload ? x->req->reload->collection : NULL);
+		return;
+	case CANDEX__V1__REQUEST__BODY_TAKEDOWN:
+		if (!x->admin) {
+			reply_error(x, CDX_EPERM, "takedown is only accepted on the admin listener");
+			return;
+		}
+		cdx__srv_takedown_admin(s, x, x->req->takedown);
 		return;
 	case CANDEX__V1__REQUEST__BODY_SEARCH: {
 		if (check_search(x) != 0)
@@ -826,6 +760,7 @@ cdx__srv_sockets_close(cdx_server *s)
 		if (x->req != NULL)
 			candex__v1__request__free_unpacked(x->req, NULL);
 		cdx_collection_unref(x->coll);
+		cdx_rowset_unref(x->blocked);
 		free(x);
 	}
 	free(s->ctxs);

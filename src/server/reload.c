@@ -32,7 +32,8 @@
 
 struct srv_reload_req {
 	struct srv_ctx *ctx;
-	char only[CDX_NAME_MAX]; /* "" = all */
+	char only[CDX_NAME_MAX];                      /* "" = all */
+	const Candex__V1__TakedownRequest *takedown; /* a takedown change instead of a reload */
 	struct srv_reload_req *next;
 };
 
@@ -48,21 +49,35 @@ cdx__srv_set_free(struct srv_set *set)
 {
 	if (set == NULL)
 		return;
-	for (size_t i = 0; i < set->n; i++)
+	for (size_t i = 0; i < set->n; i++) {
 		cdx_collection_unref(set->e[i].coll);
+		cdx_rowset_unref(set->e[i].blocked);
+	}
 	free(set->e);
 	free(set);
 }
 
+void
+cdx__srv_entry_ref(const struct srv_entry *e)
+{
+	cdx_collection_ref(e->coll);
+	if (e->blocked != NULL)
+		cdx_rowset_ref(e->blocked);
+}
+
 cdx_collection *
-cdx__srv_lookup(cdx_server *s, const char *name)
+cdx__srv_lookup(cdx_server *s, const char *name, cdx_rowset **blocked)
 {
 	cdx_collection *c = NULL;
+	if (blocked != NULL)
+		*blocked = NULL;
 	pthread_mutex_lock(&s->set_mu);
 	for (size_t i = 0; s->set != NULL && i < s->set->n; i++) {
 		if (strcmp(s->set->e[i].name, name) == 0) {
 			c = s->set->e[i].coll;
 			cdx_collection_ref(c);
+			if (blocked != NULL && (*blocked = s->set->e[i].blocked) != NULL)
+				cdx_rowset_ref(*blocked);
 			break;
 		}
 	}
@@ -83,7 +98,7 @@ cdx__srv_snapshot(cdx_server *s)
 			copy->n = s->set->n;
 			memcpy(copy->e, s->set->e, copy->n * sizeof(*copy->e));
 			for (size_t i = 0; i < copy->n; i++)
-				cdx_collection_ref(copy->e[i].coll);
+				cdx__srv_entry_ref(&copy->e[i]);
 		}
 	}
 	pthread_mutex_unlock(&s->set_mu);
@@ -251,7 +266,9 @@ reload_points(const struct srv_entry *cur, const uint64_t id[3], struct srv_entr
 		return rc;
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	*e = *cur;
-	e->coll = c;
+	e->coll = c; /* the same loaded data: its takedown rows still fit */
+	if (e->blocked != NULL)
+		cdx_rowset_ref(e->blocked);
 	memcpy(e->manifest_id, id, sizeof(e->manifest_id));
 	cdx_info("SRV-POINTS",
 	    "collection %s: version %s: manifest re-read: %u operating point(s), default target %g",
@@ -319,7 +336,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		nnames = 0;
 		for (size_t i = 0; i < old->n; i++) {
 			append_entry(next, &old->e[i]);
-			cdx_collection_ref(old->e[i].coll);
+			cdx__srv_entry_ref(&old->e[i]);
 		}
 		goto swap;
 	}
@@ -343,7 +360,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (only != NULL && *only != '\0' && strcmp(name, only) != 0) {
 			if (cur != NULL) {
 				e = *cur;
-				cdx_collection_ref(e.coll);
+				cdx__srv_entry_ref(&e);
 				append_entry(next, &e);
 			}
 			continue;
@@ -356,7 +373,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (r == CDX_OK && cur != NULL && strcmp(cur->version_dir, vdir) == 0) {
 			if (memcmp(id, cur->manifest_id, sizeof(id)) == 0) {
 				e = *cur; /* unchanged */
-				cdx_collection_ref(e.coll);
+				cdx__srv_entry_ref(&e);
 				append_entry(next, &e);
 				continue;
 			}
@@ -369,12 +386,13 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 				add_failure(&msg, &rc, r, name, why, cur);
 				e = *cur; /* not retried until the manifest changes again */
 				memcpy(e.manifest_id, id, sizeof(id));
-				cdx_collection_ref(e.coll);
+				cdx__srv_entry_ref(&e);
 				append_entry(next, &e);
 				continue;
 			}
 			if (append_entry(next, &e) != CDX_OK) {
 				cdx_collection_unref(e.coll);
+				cdx_rowset_unref(e.blocked);
 				add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 				goto keep_old;
 			}
@@ -395,8 +413,9 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		}
 		uint64_t t0 = cdx_now_us();
 		cdx_collection *c = NULL;
+		cdx_rowset *blocked = NULL;
 		r = cdx_collection_load(&c, vdir);
-		if (r == CDX_OK && (r = verify(c)) != CDX_OK) {
+		if (r == CDX_OK && ((r = verify(c)) != CDX_OK || (r = cdx__srv_takedown_rows(s, name, c, &blocked)) != CDX_OK)) {
 			cdx_collection_unref(c);
 			c = NULL;
 		}
@@ -419,11 +438,13 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		    m->nshards, (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
 		    cur ? cdx_collection_manifest(cur->coll)->version : "");
 		e.coll = c;
+		e.blocked = blocked;
 		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
 		memcpy(e.manifest_id, id, sizeof(id));
 		e.loaded_ms = cdx_wall_ms();
 		if (append_entry(next, &e) != CDX_OK) {
 			cdx_collection_unref(c);
+			cdx_rowset_unref(blocked);
 			add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 			goto keep_old;
 		}
@@ -432,7 +453,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 	keep_old:
 		if (cur != NULL) {
 			e = *cur;
-			cdx_collection_ref(e.coll);
+			cdx__srv_entry_ref(&e);
 			append_entry(next, &e);
 		}
 	}
@@ -442,7 +463,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			continue;
 		if (only != NULL && *only != '\0' && strcmp(old->e[i].name, only) != 0) {
 			struct srv_entry e = old->e[i];
-			cdx_collection_ref(e.coll);
+			cdx__srv_entry_ref(&e);
 			append_entry(next, &e);
 			continue;
 		}
@@ -509,6 +530,11 @@ cdx__srv_load_initial(cdx_server *s)
 static void
 answer_admin(cdx_server *s, struct srv_reload_req *r)
 {
+	if (r->takedown != NULL) {
+		cdx__srv_takedown_apply(s, r->ctx, r->takedown);
+		free(r);
+		return;
+	}
 	char *msg = NULL;
 	int rc = cdx__srv_reload(s, r->only[0] ? r->only : NULL, &msg);
 	if (rc == CDX_OK)
@@ -626,20 +652,40 @@ cdx_server_request_reload(cdx_server *s)
 	pthread_mutex_unlock(&s->r_mu);
 }
 
-void
-cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
+static void
+queue_admin(cdx_server *s, struct srv_reload_req *r)
 {
-	struct srv_reload_req *r = calloc(1, sizeof(*r)), **tail;
-	if (r == NULL) {
-		cdx__srv_reply_reload(ctx, CDX_ENOMEM, "out of memory");
-		return;
-	}
-	r->ctx = ctx;
-	snprintf(r->only, sizeof(r->only), "%s", only ? only : "");
+	struct srv_reload_req **tail;
 	pthread_mutex_lock(&s->r_mu);
 	for (tail = &s->r_head; *tail != NULL; tail = &(*tail)->next)
 		;
 	*tail = r;
 	pthread_cond_signal(&s->r_cv);
 	pthread_mutex_unlock(&s->r_mu);
+}
+
+void
+cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
+{
+	struct srv_reload_req *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		cdx__srv_reply_reload(ctx, CDX_ENOMEM, "out of memory");
+		return;
+	}
+	r->ctx = ctx;
+	snprintf(r->only, sizeof(r->only), "%s", only ? only : "");
+	queue_admin(s, r);
+}
+
+void
+cdx__srv_takedown_admin(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr)
+{
+	struct srv_reload_req *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		cdx__srv_reply_error(ctx, CDX_ENOMEM, "out of memory");
+		return;
+	}
+	r->ctx = ctx;
+	r->takedown = tr;
+	queue_admin(s, r);
 }

@@ -36,6 +36,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 	dst->tls_ca = dup_or_null(src->tls_ca);
 	dst->ipc_mode = dup_or_null(src->ipc_mode);
 	dst->config_file = dup_or_null(src->config_file);
+	dst->impression_log = dup_or_null(src->impression_log);
 }
 
 static void
@@ -69,6 +70,7 @@ teardown(cdx_server *s)
 	cdx__srv_watchdog_stop(s);
 	cdx__srv_reloader_stop(s);
 	cdx__srv_workers_stop(s); /* before the contexts go: a worker may hold one */
+	cdx__srv_rec_stop(s);     /* after the workers: nothing appends any more */
 	cdx__srv_sockets_close(s);
 	cdx_online_recall_stop(s->online);
 	s->online = NULL;
@@ -125,7 +127,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		    "online recall: re-running %.3g%% of queries exactly within %.3g of a core",
 		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
-	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK
+	if ((rc = cdx__srv_rec_start(s)) != CDX_OK || (rc = cdx__srv_workers_start(s)) != CDX_OK
+	    || (rc = cdx__srv_reloader_start(s)) != CDX_OK
 	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_watchdog_start(s)) != CDX_OK
 	    || (rc = cdx__srv_http_start(s)) != CDX_OK) {
 		char msg[1024];
@@ -197,6 +200,9 @@ cdx_server_run(const struct cdx_server_config *cfg)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* a file size limit makes writes fail (EFBIG), as a full disk does: the
+	 * impression log then drops records; the server must not die of it */
+	signal(SIGXFSZ, SIG_IGN);
 	/* The threads the server starts inherit a mask that blocks these
 	 * signals, so they land on this thread (or on a thread that existed
 	 * before, such as OpenBLAS's pool: the handler works anywhere). */

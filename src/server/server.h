@@ -45,8 +45,10 @@
 #include <nng/supplemental/http/http.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include "candex.pb-c.h"
 #include "common/common.h"
 #include "search/search.h"
+#include "search/select.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
 /* request_id of the listener watchdog's health probes (not in the metrics) */
@@ -76,6 +78,9 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
+	char *impression_log;          /* directory of the impression log; NULL = off */
+	uint64_t impression_log_bytes; /* rotate files at this size */
+	uint64_t impression_buffer;    /* bytes buffered before records are dropped */
 	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
 	int log_level;
 	int help; /* --help was given */
@@ -114,6 +119,7 @@ int cdx_server_run(const struct cdx_server_config *cfg);
 struct srv_entry {
 	char name[64];
 	cdx_collection *coll; /* one reference held by the set */
+	cdx_rowset *blocked;  /* its takedowns' rows, one reference; NULL = none */
 	char version_dir[4096];
 	uint64_t loaded_ms;      /* wall clock */
 	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
@@ -138,6 +144,9 @@ struct srv_metrics {
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
+	atomic_uint_fast64_t widened;    /* queries searched again, wider, to find k results */
+	atomic_uint_fast64_t takedowns;  /* admin takedown changes applied */
+	atomic_uint_fast64_t exploring;  /* searches with exploration slots */
 };
 
 extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
@@ -207,6 +216,7 @@ struct cdx_server {
 
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
+	struct cdx_implog *implog;        /* NULL unless --impression-log */
 };
 
 /* reload.c */
@@ -220,8 +230,15 @@ int cdx__srv_reload(cdx_server *s, const char *only, char **msg);
 /* cdx__srv_reload_admin queues an admin reload; the reload thread answers
  * ctx (srv_ctx) when done. */
 void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only);
-/* cdx__srv_lookup returns a new reference to the named collection, or NULL. */
-cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name);
+/* cdx__srv_takedown_admin queues an admin takedown change (tr belongs to
+ * ctx's request); the reload thread applies it between reloads and answers. */
+void cdx__srv_takedown_admin(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
+/* cdx__srv_lookup returns a new reference to the named collection, or
+ * NULL; *blocked (if not NULL) a reference to its takedowns' rows (NULL if
+ * none), taken under the same lock so that both fit the same version. */
+cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name, cdx_rowset **blocked);
+/* cdx__srv_entry_ref takes one more reference on everything an entry holds. */
+void cdx__srv_entry_ref(const struct srv_entry *e);
 /* cdx__srv_snapshot returns a copy of the set with a reference on every
  * collection; release it with cdx__srv_set_free(). */
 struct srv_set *cdx__srv_snapshot(cdx_server *s);
@@ -239,6 +256,33 @@ void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
 /* cdx__srv_reply_reload answers an admin reload on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+/* cdx__srv_send answers ctx with resp (packed at once: resp's strings may
+ * be freed when it returns); cdx__srv_reply_error with an error. */
+void cdx__srv_send(struct srv_ctx *ctx, Candex__V1__Response *resp);
+void cdx__srv_reply_error(struct srv_ctx *ctx, int code, const char *fmt, ...) CDX_PRINTF(3, 4);
+
+/* takedown.c: the takedowns of served collections (shard/takedown.h) */
+/* cdx__srv_takedown_rows builds the rows of c (collection name) its
+ * takedown list blocks: *out NULL when it blocks none. */
+int cdx__srv_takedown_rows(cdx_server *s, const char *name, const cdx_collection *c, cdx_rowset **out);
+/* cdx__srv_takedown_apply applies an admin change and answers ctx (the
+ * reload thread runs it). */
+void cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
+
+/* recsearch.c: a search request, from protobuf to results and back */
+/* cdx__srv_check_rec checks the recommender fields of a search (cheap, on
+ * the nng thread). 0, or an error code with msg filled. */
+int cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg, size_t size);
+/* cdx__srv_search_run runs a checked search request (coll and blocked:
+ * the request's collection as looked up, NULL for a multi-collection
+ * search) and answers ctx. */
+void cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Request *req, cdx_collection *coll,
+    const cdx_rowset *blocked, uint64_t t_recv_us, int idle);
+/* cdx__srv_rec_start / _stop: the impression log (--impression-log). */
+int cdx__srv_rec_start(cdx_server *s);
+void cdx__srv_rec_stop(cdx_server *s);
+/* cdx__srv_rec_metrics renders the recommender metrics. */
+void cdx__srv_rec_metrics(cdx_server *s, cdx_buf *out);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
