@@ -33,13 +33,14 @@ check_vectors(const float *v, size_t n, uint32_t dim, const char *what, char *ms
 	if (n == 0)
 		return 0;
 	if (dim == 0 || n % dim != 0) {
-		snprintf(msg, size, "%s: %zu floats is not a whole number of %u-dimensional vectors", what, n, dim);
+		snprintf(msg, size, "%s: %zu floats is not a whole number of %u-dimensional vectors", what, n,
+		    dim);
 		return CDX_EDIM;
 	}
 	long bad = cdx_find_nonfinite(v, n);
 	if (bad >= 0) {
-		snprintf(msg, size, "%s: query %ld, component %ld is %s", what, bad / (long) dim, bad % (long) dim,
-		    isnan(v[bad]) ? "NaN" : "infinite");
+		snprintf(msg, size, "%s: query %ld, component %ld is %s", what, bad / (long) dim,
+		    bad % (long) dim, isnan(v[bad]) ? "NaN" : "infinite");
 		return CDX_ENONFINITE;
 	}
 	return 0;
@@ -50,11 +51,13 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 {
 	const struct cdx_server_config *cfg = &s->cfg;
 	if (sr->filter != NULL && strlen(sr->filter) > CDX_FILTER_MAX_TEXT) {
-		snprintf(msg, size, "filter of %zu characters (at most %d)", strlen(sr->filter), CDX_FILTER_MAX_TEXT);
+		snprintf(msg, size, "filter of %zu characters (at most %d)", strlen(sr->filter),
+		    CDX_FILTER_MAX_TEXT);
 		return CDX_ELIMIT;
 	}
 	if (sr->group_by != NULL && strlen(sr->group_by) >= CDX_ATTR_NAME_MAX) {
-		snprintf(msg, size, "group_by names no attribute (names are shorter than %d)", CDX_ATTR_NAME_MAX);
+		snprintf(
+		    msg, size, "group_by names no attribute (names are shorter than %d)", CDX_ATTR_NAME_MAX);
 		return CDX_EINVAL;
 	}
 	if (!isfinite(sr->explore_share) || sr->explore_share < 0 || sr->explore_share > 1) {
@@ -73,14 +76,17 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 	if (sr->n_parts == 0)
 		return 0;
 	if (sr->n_parts > CDX_REC_MAX_PARTS) {
-		snprintf(msg, size, "%zu collections in one search (at most %d)", sr->n_parts, CDX_REC_MAX_PARTS);
+		snprintf(
+		    msg, size, "%zu collections in one search (at most %d)", sr->n_parts, CDX_REC_MAX_PARTS);
 		return CDX_ELIMIT;
 	}
 	if (sr->collection != NULL && sr->collection[0] != '\0') {
-		snprintf(msg, size, "a search with parts names its collections in the parts, not in collection");
+		snprintf(
+		    msg, size, "a search with parts names its collections in the parts, not in collection");
 		return CDX_EINVAL;
 	}
-	if (sr->n_query_keys > 0 || sr->n_exclude_ids > 0 || sr->n_exclude_keys > 0 || sr->exclude_ids_packed.len > 0) {
+	if (sr->n_query_keys > 0 || sr->n_exclude_ids > 0 || sr->n_exclude_keys > 0
+	    || sr->exclude_ids_packed.len > 0) {
 		snprintf(msg, size, "a search with parts takes query vectors, and exclusions per part");
 		return CDX_EINVAL;
 	}
@@ -89,7 +95,9 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 		return rc;
 	/* every part searches the same queries: the request's, or its own */
 	const Candex__V1__CollectionPart *p0 = sr->parts[0];
-	size_t nq = sr->n_vectors > 0 ? sr->n_vectors / sr->dim : p0->n_vectors > 0 && p0->dim > 0 ? p0->n_vectors / p0->dim : 0;
+	size_t nq = sr->n_vectors > 0          ? sr->n_vectors / sr->dim
+	    : p0->n_vectors > 0 && p0->dim > 0 ? p0->n_vectors / p0->dim
+	                                       : 0;
 	size_t excl = 0;
 	for (size_t i = 0; i < sr->n_parts; i++) {
 		const Candex__V1__CollectionPart *p = sr->parts[i];
@@ -103,12 +111,15 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 			return rc;
 		size_t pn = p->n_vectors > 0 ? p->n_vectors / p->dim : sr->n_vectors > 0 ? nq : 0;
 		if (pn == 0 || pn != nq) {
-			snprintf(msg, size, "part %zu (%s): %zu query vectors; every part needs the same number, at least one",
+			snprintf(msg, size,
+			    "part %zu (%s): %zu query vectors; every part needs the same number, at least "
+			    "one",
 			    i, p->collection, pn);
 			return pn == 0 ? CDX_EEMPTY : CDX_EINVAL;
 		}
 		if (pn > cfg->max_batch) {
-			snprintf(msg, size, "batch of %zu queries exceeds the server's max-batch %u", pn, cfg->max_batch);
+			snprintf(msg, size, "batch of %zu queries exceeds the server's max-batch %u", pn,
+			    cfg->max_batch);
 			return CDX_ELIMIT;
 		}
 		if (p->filter != NULL && strlen(p->filter) > CDX_FILTER_MAX_TEXT) {
@@ -122,7 +133,8 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 		excl += p->n_exclude_ids + p->n_exclude_keys;
 	}
 	if (excl > cfg->max_excludes) {
-		snprintf(msg, size, "%zu excluded items exceed the server's max-excludes %u", excl, cfg->max_excludes);
+		snprintf(msg, size, "%zu excluded items exceed the server's max-excludes %u", excl,
+		    cfg->max_excludes);
 		return CDX_ELIMIT;
 	}
 	return 0;
@@ -232,7 +244,8 @@ setup_single(struct run *r, cdx_collection *coll, const cdx_rowset *blocked, siz
 	p->n_exclude_keys = sr->n_exclude_keys;
 	*nq = sr->n_vectors > 0 ? sr->n_vectors / m->dim : sr->n_query_keys;
 	p->queries = sr->vectors;
-	int rc = exclusions(r, 0, sr->exclude_ids, sr->n_exclude_ids, sr->exclude_ids_packed, sr->n_exclude_keys);
+	int rc = exclusions(
+	    r, 0, sr->exclude_ids, sr->n_exclude_ids, sr->exclude_ids_packed, sr->n_exclude_keys);
 	if (rc == CDX_OK && sr->n_query_keys > 0)
 		rc = key_vectors(r, coll, *nq);
 	return rc;
@@ -252,20 +265,23 @@ setup_parts(struct run *r, size_t *nq)
 		if ((res->coll = cdx__srv_lookup(r->s, pp->collection, &res->blocked)) == NULL) {
 			char names[512];
 			cdx__srv_names(r->s, names, sizeof(names));
-			return fail(r, CDX_ENOTFOUND, "part %zu: unknown collection '%.100s' (serving: %s)", i,
-			    pp->collection, names);
+			return fail(r, CDX_ENOTFOUND, "part %zu: unknown collection '%.100s' (serving: %s)",
+			    i, pp->collection, names);
 		}
 		const struct cdx_manifest *m = cdx_collection_manifest(res->coll);
 		uint32_t dim = pp->n_vectors > 0 ? pp->dim : sr->dim;
 		if (dim != m->dim)
-			return fail(r, CDX_EDIM, "part %zu: query dimension %u, but collection '%s' has dimension %u", i,
-			    dim, m->collection, m->dim);
+			return fail(r, CDX_EDIM,
+			    "part %zu: query dimension %u, but collection '%s' has dimension %u", i, dim,
+			    m->collection, m->dim);
 		const char *mv = pp->model_version;
 		if (mv != NULL && mv[0] != '\0' && strcmp(mv, m->model_version) != 0)
 			return fail(r, CDX_EMODEL,
-			    "part %zu: query vectors come from model '%.128s' but collection '%s' version %s was built "
+			    "part %zu: query vectors come from model '%.128s' but collection '%s' version %s "
+			    "was built "
 			    "from model '%s'",
-			    i, mv, m->collection, m->version, m->model_version[0] ? m->model_version : "(unset)");
+			    i, mv, m->collection, m->version,
+			    m->model_version[0] ? m->model_version : "(unset)");
 		p->coll = res->coll;
 		p->blocked = res->blocked;
 		p->queries = pp->n_vectors > 0 ? pp->vectors : sr->vectors;
@@ -276,7 +292,8 @@ setup_parts(struct run *r, size_t *nq)
 		p->calib_offset = pp->calibration_offset;
 		p->exclude_keys = (const char *const *) pp->exclude_keys;
 		p->n_exclude_keys = pp->n_exclude_keys;
-		int rc = exclusions(r, i, pp->exclude_ids, pp->n_exclude_ids, pp->exclude_ids_packed, pp->n_exclude_keys);
+		int rc = exclusions(
+		    r, i, pp->exclude_ids, pp->n_exclude_ids, pp->exclude_ids_packed, pp->n_exclude_keys);
 		if (rc != CDX_OK)
 			return rc;
 	}
@@ -426,9 +443,11 @@ answer(struct run *r, struct srv_ctx *ctx, size_t nq, uint64_t t_recv_us)
 		atomic_fetch_add(&r->s->m.target_unmet, 1);
 	if (exploring)
 		atomic_fetch_add(&r->s->m.exploring, 1);
-	cdx__srv_send(ctx, &resp); /* packs at once: keys stay valid, we hold the collections */
+	/* the log only copies into its buffer (the writer thread does the I/O);
+	 * before the send, which releases the request and its collection */
 	for (size_t i = 0; r->s->implog != NULL && i < nq; i++)
 		log_impression(r, i, versions, rr->seed);
+	cdx__srv_send(ctx, &resp);
 done:
 	free(qrs);
 	free(qrp);
@@ -464,9 +483,11 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 	rr->recall_target = sr->recall_target;
 	rr->max_per_group = sr->max_per_group;
 	rr->group_by = sr->group_by;
-	rr->explore_slots = sr->explore_slots > 0 ? sr->explore_slots : (uint32_t) lround((double) sr->explore_share * sr->k);
+	rr->explore_slots = sr->explore_slots > 0 ? sr->explore_slots
+	                                          : (uint32_t) lround((double) sr->explore_share * sr->k);
 	rr->explore_pool = sr->explore_pool;
-	rr->merge = sr->merge == CANDEX__V1__MERGE__MERGE_CALIBRATED ? CDX_REC_MERGE_CALIBRATED : CDX_REC_MERGE_INTERLEAVE;
+	rr->merge = sr->merge == CANDEX__V1__MERGE__MERGE_CALIBRATED ? CDX_REC_MERGE_CALIBRATED
+	                                                             : CDX_REC_MERGE_INTERLEAVE;
 	/* reproducible from the request id unless the request names a seed */
 	const char *rid = req->request_id != NULL ? req->request_id : "";
 	rr->seed = sr->seed != 0 ? sr->seed : rid[0] ? cdx_xxh64(rid, strlen(rid), 0) : cdx_mix64(t_recv_us);
@@ -479,7 +500,8 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 		r->applied |= CANDEX__V1__APPLIED__APPLIED_CROWDING;
 	if (rr->explore_slots > 0)
 		r->applied |= CANDEX__V1__APPLIED__APPLIED_EXPLORE;
-	if ((r->hits = malloc(nq * rr->k * sizeof(*r->hits))) == NULL || (r->exhausted = calloc(nq, 1)) == NULL) {
+	if ((r->hits = malloc(nq * rr->k * sizeof(*r->hits))) == NULL
+	    || (r->exhausted = calloc(nq, 1)) == NULL) {
 		rc = fail(r, CDX_ENOMEM, "out of memory for %zu x %u results", nq, sr->k);
 		goto done;
 	}
@@ -509,13 +531,15 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 			n += h[j].id >= 0;
 		}
 		const struct cdx_manifest *m = cdx_collection_manifest(coll);
-		cdx_online_recall_offer(s->online, coll, r->parts[0].queries + i * m->dim, rr->k, plain_hits, n);
+		cdx_online_recall_offer(
+		    s->online, coll, r->parts[0].queries + i * m->dim, rr->k, plain_hits, n);
 	}
 	free(plain_hits);
 	answer(r, ctx, nq, t_recv_us);
 done:
 	if (rc != CDX_OK)
-		cdx__srv_reply_error(ctx, r->code ? r->code : rc, "%s", r->msg[0] ? r->msg : cdx_last_error());
+		cdx__srv_reply_error(
+		    ctx, r->code ? r->code : rc, "%s", r->msg[0] ? r->msg : cdx_last_error());
 	for (size_t i = 0; i < CDX_REC_MAX_PARTS; i++) {
 		cdx_collection_unref(r->res[i].coll);
 		cdx_rowset_unref(r->res[i].blocked);
@@ -556,25 +580,32 @@ cdx__srv_rec_stop(cdx_server *s)
 void
 cdx__srv_rec_metrics(cdx_server *s, cdx_buf *b)
 {
-	cdx_buf_printf(b, "# HELP candex_widened_total Queries searched again, wider, to find k results that "
-	                  "pass filters, exclusions, takedowns and crowding.\n# TYPE candex_widened_total counter\n");
+	cdx_buf_printf(b,
+	    "# HELP candex_widened_total Queries searched again, wider, to find k results that "
+	    "pass filters, exclusions, takedowns and crowding.\n# TYPE candex_widened_total counter\n");
 	cdx_buf_printf(b, "candex_widened_total %llu\n", (unsigned long long) atomic_load(&s->m.widened));
-	cdx_buf_printf(b, "# HELP candex_exploring_searches_total Searches with exploration slots.\n"
-	                  "# TYPE candex_exploring_searches_total counter\n");
-	cdx_buf_printf(b, "candex_exploring_searches_total %llu\n", (unsigned long long) atomic_load(&s->m.exploring));
-	cdx_buf_printf(b, "# HELP candex_takedown_changes_total Admin takedown changes applied.\n"
-	                  "# TYPE candex_takedown_changes_total counter\n");
-	cdx_buf_printf(b, "candex_takedown_changes_total %llu\n", (unsigned long long) atomic_load(&s->m.takedowns));
+	cdx_buf_printf(b,
+	    "# HELP candex_exploring_searches_total Searches with exploration slots.\n"
+	    "# TYPE candex_exploring_searches_total counter\n");
+	cdx_buf_printf(
+	    b, "candex_exploring_searches_total %llu\n", (unsigned long long) atomic_load(&s->m.exploring));
+	cdx_buf_printf(b,
+	    "# HELP candex_takedown_changes_total Admin takedown changes applied.\n"
+	    "# TYPE candex_takedown_changes_total counter\n");
+	cdx_buf_printf(
+	    b, "candex_takedown_changes_total %llu\n", (unsigned long long) atomic_load(&s->m.takedowns));
 	if (s->implog == NULL)
 		return;
 	struct cdx_implog_stats st;
 	cdx_implog_stats(s->implog, &st);
-	cdx_buf_printf(b, "# HELP candex_impressions_logged_total Impression records written to the log.\n"
-	                  "# TYPE candex_impressions_logged_total counter\n");
+	cdx_buf_printf(b,
+	    "# HELP candex_impressions_logged_total Impression records written to the log.\n"
+	    "# TYPE candex_impressions_logged_total counter\n");
 	cdx_buf_printf(b, "candex_impressions_logged_total %llu\n", (unsigned long long) st.written);
-	cdx_buf_printf(b, "# HELP candex_impressions_dropped_total Impression records dropped (the request was "
-	                  "answered): the buffer was full, or the write failed (disk full).\n"
-	                  "# TYPE candex_impressions_dropped_total counter\n");
+	cdx_buf_printf(b,
+	    "# HELP candex_impressions_dropped_total Impression records dropped (the request was "
+	    "answered): the buffer was full, or the write failed (disk full).\n"
+	    "# TYPE candex_impressions_dropped_total counter\n");
 	cdx_buf_printf(b, "candex_impressions_dropped_total{reason=\"buffer_full\"} %llu\n",
 	    (unsigned long long) st.dropped_full);
 	cdx_buf_printf(b, "candex_impressions_dropped_total{reason=\"write_failed\"} %llu\n",
