@@ -15,6 +15,7 @@
 
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
+#include "search/filter.h"
 
 static int
 key_slot_cmp(const void *a, const void *b)
@@ -610,4 +611,31 @@ int64_t
 cdx_collection_id(const cdx_collection *c, uint32_t shard, uint32_t row)
 {
 	return c->d->shards[shard].ids[row];
+}
+
+int
+cdx_collection_filter_ids(const cdx_collection *c, const char *filter, int64_t **idsp, size_t *np)
+{
+	*idsp = NULL;
+	*np = 0;
+	cdx_filter *f = NULL;
+	int rc = cdx_filter_compile(&f, filter, c->d->attrs);
+	if (rc != CDX_OK)
+		return rc;
+	int64_t *ids = malloc((c->d->items ? c->d->items : 1) * sizeof(int64_t));
+	if (ids == NULL) {
+		cdx_filter_free(f);
+		return cdx_error(CDX_ENOMEM, "ids of %llu items", (unsigned long long) c->d->items);
+	}
+	size_t n = 0;
+	for (uint32_t s = 0; s < c->d->nshards; s++) {
+		const struct cdx_loaded_shard *ls = &c->d->shards[s];
+		for (uint64_t r = 0; r < ls->rows; r++)
+			if (cdx_filter_match(f, &ls->attrs, r))
+				ids[n++] = ls->ids[r];
+	}
+	cdx_filter_free(f);
+	*idsp = ids;
+	*np = n;
+	return CDX_OK;
 }

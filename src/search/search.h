@@ -121,6 +121,10 @@ int cdx_collection_has_refine(const cdx_collection *c);
 
 /* cdx_collection_attrs: the version's attribute schema, or NULL. */
 const struct cdx_attr_schema *cdx_collection_attrs(const cdx_collection *c);
+/* cdx_collection_filter_ids sets *ids (malloc'd, *n entries, the caller
+ * frees it) to the ids of every item that passes filter (search/filter.h):
+ * what brute force with the same filter searches (tests, benchmarks). */
+int cdx_collection_filter_ids(const cdx_collection *c, const char *filter, int64_t **ids, size_t *n);
 /* cdx_collection_id returns the external id of a (shard,row). */
 int64_t cdx_collection_id(const cdx_collection *c, uint32_t shard, uint32_t row);
 
