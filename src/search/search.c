@@ -11,9 +11,12 @@
  * candidates are the nearest rows that pass; index types whose scan cannot
  * take a selector are searched plain and their results filtered. Crowding
  * (max_per_group) is applied in the merge, before the top k is cut. A query
- * that ends with fewer rows than it needs is searched again, alone, with
- * twice the candidates (when a shard filled all of its kf) or twice the
- * lists, until it has them or has searched everything (then `exhausted`).
+ * that ends with fewer rows than it needs, or (with a selection) whose
+ * probed lists held fewer than kf rows that pass (a filter whose items lie
+ * away from the query), is searched again, alone, with twice the
+ * candidates (when a shard filled all of its kf but crowding dropped some)
+ * or twice the lists, until it is satisfied or has searched everything
+ * (then `exhausted`).
  * What it needs is the request's k tier (points.h) rather than k when a
  * selection is on, so that every k of a tier widens alike and answers
  * still agree across k. A filter or takedowns also choose the operating
@@ -48,13 +51,15 @@ struct search_ctx {
 	size_t nprobe;
 	float refine;
 	int higher_better;
-	struct cdx_idset excl; /* excluded ids (ids and keys' ids); slots NULL: none */
+	struct cdx_idset excl; /* excluded ids (ids and keys' ids); n 0 and no marker: none */
+	int excluding;
 	cdx_filter *filter;
 	const cdx_rowset *blocked;
 	int selecting; /* a filter, takedowns or exclusions: rows are tested */
 	int crowd_col; /* crowding's group column, -1 = none */
 	uint32_t crowd_cap;
 	size_t need;     /* results a query must reach before it stops widening */
+	size_t seen_min; /* with a selection: rows that pass its probed lists must hold (kf) */
 	uint64_t *codes; /* codes scanned (atomically added to by every slice) */
 };
 
@@ -124,19 +129,38 @@ prepare_selection(struct search_ctx *x)
 	x->blocked = p->blocked != NULL && p->blocked->count > 0 ? p->blocked : NULL;
 	size_t nex = p->n_exclude_ids + p->n_exclude_keys;
 	if (nex > 0) {
-		if ((rc = cdx_idset_init(&x->excl, nex)) != CDX_OK)
-			return rc;
-		for (size_t i = 0; i < p->n_exclude_ids; i++)
-			cdx_idset_add(&x->excl, p->exclude_ids[i]);
+		int64_t *key_ids = p->n_exclude_keys ? malloc(p->n_exclude_keys * sizeof(int64_t)) : NULL;
+		size_t nk = 0;
+		if (p->n_exclude_keys > 0 && key_ids == NULL)
+			return cdx_error(CDX_ENOMEM, "exclusion list");
 		for (size_t i = 0; i < p->n_exclude_keys; i++) {
 			uint32_t shard, row;
 			/* A key the collection does not hold cannot be returned anyway. */
 			if (cdx_collection_find_key(c, p->exclude_keys[i], &shard, &row, NULL) == CDX_OK)
-				cdx_idset_add(&x->excl, c->d->shards[shard].ids[row]);
+				key_ids[nk++] = c->d->shards[shard].ids[row];
 		}
 		cdx_error_clear();
+		int64_t lo = INT64_MAX, hi = INT64_MIN;
+		for (size_t i = 0; i < p->n_exclude_ids; i++) {
+			lo = CDX_MIN(lo, p->exclude_ids[i]);
+			hi = CDX_MAX(hi, p->exclude_ids[i]);
+		}
+		for (size_t i = 0; i < nk; i++) {
+			lo = CDX_MIN(lo, key_ids[i]);
+			hi = CDX_MAX(hi, key_ids[i]);
+		}
+		if ((rc = cdx_idset_init(&x->excl, nex, lo, hi)) != CDX_OK) {
+			free(key_ids);
+			return rc;
+		}
+		for (size_t i = 0; i < p->n_exclude_ids; i++)
+			cdx_idset_add(&x->excl, p->exclude_ids[i]);
+		for (size_t i = 0; i < nk; i++)
+			cdx_idset_add(&x->excl, key_ids[i]);
+		free(key_ids);
+		x->excluding = x->excl.n > 0 || x->excl.has_empty;
 	}
-	x->selecting = x->filter != NULL || x->blocked != NULL || nex > 0;
+	x->selecting = x->filter != NULL || x->blocked != NULL || x->excluding;
 	if (p->max_per_group > 0) {
 		const struct cdx_attr_schema *a = c->d->attrs;
 		const char *g = p->group_by;
@@ -169,7 +193,7 @@ row_passes(const struct search_ctx *x, uint32_t shard, uint32_t row)
 	const struct cdx_loaded_shard *ls = &x->c->d->shards[shard];
 	if (x->blocked != NULL && cdx_rowset_has(x->blocked, shard, row))
 		return 0;
-	if (x->excl.slots != NULL && cdx_idset_has(&x->excl, ls->ids[row]))
+	if (x->excluding && cdx_idset_has(&x->excl, ls->ids[row]))
 		return 0;
 	return x->filter == NULL || cdx_filter_match(x->filter, &ls->attrs, row);
 }
@@ -324,15 +348,17 @@ crowd_take(struct crowd *cr, int64_t g, uint32_t cap)
  * that pass (tested again here: index types without a selector scan
  * returned all rows), scored, sorted, then taken best first within the
  * crowding cap. *got is how many were taken, at most x->need; *full says
- * whether some shard returned all kf it was asked for (more may exist). */
+ * whether some shard returned all kf it was asked for (more may exist);
+ * *seen counts the candidates all shards returned. */
 static int
 merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query, const float *D,
     const idx_t *I, struct candidate *cand, struct crowd *cr, struct cdx_hit *hits, size_t kout, size_t *got,
-    int *full)
+    int *full, size_t *seen)
 {
 	const cdx_collection *c = x->c;
 	size_t kf = x->kf, n = 0;
 	*full = 0;
+	*seen = 0;
 	for (uint32_t s = 0; s < c->d->nshards; s++) {
 		const struct cdx_loaded_shard *ls = &c->d->shards[s];
 		const float *d = D + ((size_t) s * nq + i) * kf;
@@ -355,6 +381,7 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 		}
 		if (returned == kf && kf < ls->rows)
 			*full = 1;
+		*seen += returned;
 	}
 	qsort(cand, n, sizeof(*cand), x->higher_better ? cmp_cand_high : cmp_cand_low);
 	size_t taken = 0;
@@ -378,11 +405,21 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 	return CDX_OK;
 }
 
-/* widen searches query i (index space qi, original q) again, alone, with
- * more candidates or more lists each round, until it reaches x->need or
- * has searched everything. *nprobe_used gets the widest nprobe used. */
+/* satisfied: a query found what it needs. With a selection, its probed
+ * lists must also have held kf rows that pass: a filter whose items lie
+ * away from the query leaves the nearest lists nearly empty of them, and
+ * the k that are found there need not be the nearest that pass. */
 static int
-widen(const struct search_ctx *x, const float *qi, const float *q, int full, struct cdx_hit *hits,
+satisfied(const struct search_ctx *x, size_t got, size_t seen)
+{
+	return got >= x->need && (!x->selecting || seen >= x->seen_min);
+}
+
+/* widen searches query i (index space qi, original q) again, alone, with
+ * more candidates or more lists each round, until it is satisfied or has
+ * searched everything. *nprobe_used gets the widest nprobe used. */
+static int
+widen(const struct search_ctx *x, const float *qi, const float *q, int full, size_t got, struct cdx_hit *hits,
     size_t kout, struct crowd *cr, int *exhausted, uint32_t *nprobe_used)
 {
 	const struct cdx_collection_data *d = x->c->d;
@@ -396,7 +433,7 @@ widen(const struct search_ctx *x, const float *qi, const float *q, int full, str
 	int rc = CDX_OK;
 	*exhausted = 0;
 	for (;;) {
-		if (full && y.kf < max_rows)
+		if (full && y.kf < max_rows && got < y.need) /* crowding or a post-filter dropped some */
 			y.kf = (size_t) CDX_MIN((uint64_t) y.kf * 2, max_rows);
 		else if (d->nlist > 0 && y.nprobe < d->nlist)
 			y.nprobe = CDX_MIN(y.nprobe * 2, d->nlist);
@@ -414,11 +451,12 @@ widen(const struct search_ctx *x, const float *qi, const float *q, int full, str
 			rc = cdx_error(CDX_ENOMEM, "widened search of %zu candidates", y.kf);
 			break;
 		}
-		size_t got;
+		size_t seen;
 		if ((rc = search_slice(&y, qi, 0, 1, D, I)) != CDX_OK
-		    || (rc = merge_query(&y, 0, 1, q, D, I, cand, cr, hits, kout, &got, &full)) != CDX_OK)
+		    || (rc = merge_query(&y, 0, 1, q, D, I, cand, cr, hits, kout, &got, &full, &seen))
+		        != CDX_OK)
 			break;
-		if (got >= y.need)
+		if (satisfied(&y, got, seen))
 			break;
 	}
 	*nprobe_used = (uint32_t) y.nprobe;
@@ -515,11 +553,16 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	x.need = narrowing ? CDX_MAX(p->k, tier) : p->k;
 	size_t want = x.need;
 	/* Re-ranking fetches factor x the k tier, not factor x k: every k of
-	 * a tier then re-ranks the same candidates, so answers agree across k. */
+	 * a tier then re-ranks the same candidates, so answers agree across k.
+	 * A filtered search uses the point measured at tier' = tier(k / s),
+	 * whose factor was measured for factor x tier' candidates: of those,
+	 * about s x tier' pass, so it re-ranks factor x max(tier, s x tier'). */
 	if (x.refine > 0)
-		want = (size_t) ceil((double) CDX_MAX(x.need, tier) * x.refine);
+		want = (size_t) ceil(
+		    CDX_MAX((double) CDX_MAX(x.need, tier), selectivity * pc.tier_k) * x.refine);
 	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
 	x.need = CDX_MIN(x.need, (size_t) c->d->items);
+	x.seen_min = x.kf;
 	if (x.crowd_col >= 0) {
 		uint64_t slots = 16;
 		while (slots < 2 * (uint64_t) x.need)
@@ -596,14 +639,15 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 
 	uint32_t widened = 0, nprobe_max = (uint32_t) x.nprobe;
 	for (size_t i = 0; rc == CDX_OK && i < nq; i++) {
-		size_t got;
+		size_t got, seen;
 		int full, exhausted = 0;
 		struct cdx_hit *h = hits + i * p->k;
-		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, &cr, h, p->k, &got, &full);
-		if (rc == CDX_OK && got < x.need) {
+		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, &cr, h, p->k, &got, &full, &seen);
+		if (rc == CDX_OK && !satisfied(&x, got, seen)) {
 			uint32_t np;
 			widened++;
-			rc = widen(&x, qx + i * x.qdim, q + i * dim, full, h, p->k, &cr, &exhausted, &np);
+			rc = widen(
+			    &x, qx + i * x.qdim, q + i * dim, full, got, h, p->k, &cr, &exhausted, &np);
 			nprobe_max = CDX_MAX(nprobe_max, np);
 		}
 		if (p->exhausted != NULL)

@@ -56,9 +56,17 @@ cdx_rowset_unref(cdx_rowset *r)
 }
 
 int
-cdx_idset_init(struct cdx_idset *s, size_t n)
+cdx_idset_init(struct cdx_idset *s, size_t n, int64_t lo, int64_t hi)
 {
 	memset(s, 0, sizeof(*s));
+	uint64_t span = (uint64_t) hi - (uint64_t) lo + 1;
+	if (hi >= lo && span != 0 && span / 64 <= 2 * (uint64_t) n) {
+		if ((s->bits = calloc(span / 64 + 1, sizeof(uint64_t))) == NULL)
+			return cdx_error(CDX_ENOMEM, "exclusion set of %zu ids", n);
+		s->lo = lo;
+		s->span = span;
+		return CDX_OK;
+	}
 	uint64_t cap = 16;
 	while (cap < (uint64_t) n * 2)
 		cap *= 2;
@@ -73,6 +81,14 @@ cdx_idset_init(struct cdx_idset *s, size_t n)
 void
 cdx_idset_add(struct cdx_idset *s, int64_t id)
 {
+	if (s->bits != NULL) {
+		uint64_t o = (uint64_t) id - (uint64_t) s->lo;
+		if (o < s->span && ((s->bits[o / 64] >> (o % 64)) & 1) == 0) {
+			s->bits[o / 64] |= (uint64_t) 1 << (o % 64);
+			s->n++;
+		}
+		return;
+	}
 	if (id == CDX_IDSET_EMPTY) {
 		s->has_empty = 1;
 		return;
@@ -89,5 +105,6 @@ void
 cdx_idset_fini(struct cdx_idset *s)
 {
 	free(s->slots);
+	free(s->bits);
 	memset(s, 0, sizeof(*s));
 }

@@ -1,8 +1,8 @@
 /*
  * recommend_test.c — the pieces of the recommender features that need no
- * index: the compact id list, the ATTRS part, the filter language against a
- * reference evaluator, the takedown file, and the exploration sampler's
- * propensities checked empirically over many seeded draws.
+ * index: the compact id list, the exclusion set (bitmap and hash), the ATTRS part, the filter language
+ * against a reference evaluator, the takedown file, and the exploration sampler's propensities checked
+ * empirically over many seeded draws.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -15,6 +15,7 @@
 #include "common/idlist.h"
 #include "recommend/recommend.h"
 #include "search/filter.h"
+#include "search/select.h"
 #include "shard/attrs.h"
 #include "shard/takedown.h"
 
@@ -134,6 +135,50 @@ build_table(struct cdx_attr_table *t)
 	free(expl);
 	free(year);
 	free(type);
+}
+
+/* check_idset: the set holds exactly ids[0..n) among probes, whichever
+ * representation cdx_idset_init chose for their range. */
+static void
+check_idset(const int64_t *ids, size_t n, const int64_t *probes, size_t np, int want_bitmap)
+{
+	int64_t lo = INT64_MAX, hi = INT64_MIN;
+	for (size_t i = 0; i < n; i++) {
+		lo = CDX_MIN(lo, ids[i]);
+		hi = CDX_MAX(hi, ids[i]);
+	}
+	struct cdx_idset s;
+	assert_int_equal(cdx_idset_init(&s, n, lo, hi), CDX_OK);
+	for (size_t i = 0; i < n; i++)
+		cdx_idset_add(&s, ids[i]);
+	assert_int_equal(s.bits != NULL, want_bitmap);
+	for (size_t i = 0; i < np; i++) {
+		int in = 0;
+		for (size_t j = 0; j < n; j++)
+			in |= ids[j] == probes[i];
+		assert_int_equal(cdx_idset_has(&s, probes[i]), in);
+	}
+	cdx_idset_fini(&s);
+}
+
+static void
+test_idset_bitmap_and_hash(void **state)
+{
+	(void) state;
+	int64_t probes[] = { INT64_MIN, INT64_MIN + 1, -1000, -65, -64, -1, 0, 1, 63, 64, 65, 127, 128, 999,
+		1000, 1001, 5000000, INT64_MAX - 1, INT64_MAX };
+	/* dense ids (a listening history from one catalogue): a bitmap */
+	int64_t dense[200];
+	for (size_t i = 0; i < 200; i++)
+		dense[i] = (int64_t) (i * 5) - 65;
+	check_idset(dense, 200, probes, CDX_ARRAY_LEN(probes), 1);
+	int64_t edge[] = { 63, 64, 127, 128, 0, 1 };
+	check_idset(edge, CDX_ARRAY_LEN(edge), probes, CDX_ARRAY_LEN(probes), 1);
+	/* sparse ids, the extremes and the hash table's free-slot marker */
+	int64_t sparse[] = { INT64_MIN, INT64_MAX, -1, 1000, 5000000 };
+	check_idset(sparse, CDX_ARRAY_LEN(sparse), probes, CDX_ARRAY_LEN(probes), 0);
+	int64_t top[] = { INT64_MAX - 1, INT64_MAX };
+	check_idset(top, 2, probes, CDX_ARRAY_LEN(probes), 1);
 }
 
 static void
@@ -399,6 +444,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_idlist_roundtrip),
+		cmocka_unit_test(test_idset_bitmap_and_hash),
 		cmocka_unit_test(test_attrs_part_rejects_corruption),
 		cmocka_unit_test(test_filter_matches_reference),
 		cmocka_unit_test(test_filter_errors),
