@@ -115,19 +115,6 @@ teardown(void **state)
 	return 0;
 }
 
-/* metric reads one sample of /metrics, or dflt when the series is absent. */
-static double
-metric(int port, const char *series, double dflt)
-{
-	char *body = NULL, line[256];
-	assert_int_equal(st_http_get(port, "/metrics", &body), 200);
-	snprintf(line, sizeof(line), "\n%s ", series);
-	const char *p = strstr(body, line);
-	double v = p != NULL ? strtod(p + strlen(line), NULL) : dflt;
-	free(body);
-	return v;
-}
-
 #define RUNGS   "candex_adapt_rungs{collection=\"c\",k=\"10\"}"
 #define UPS     "candex_adapt_moves_total{collection=\"c\",direction=\"up\"}"
 #define DOWNS   "candex_adapt_moves_total{collection=\"c\",direction=\"down\"}"
@@ -208,9 +195,9 @@ until_nprobe(
 static void
 hold(cdx_client *c, int port, int drifted, cdx_rng *r, uint32_t want, int windows)
 {
-	double target = metric(port, CHECKED, 0) + windows * WINDOW;
+	double target = st_metric_or(port, CHECKED, 0) + windows * WINDOW;
 	uint64_t t0 = cdx_now_us(), until = t0 + 60000000u;
-	while (metric(port, CHECKED, 0) < target || cdx_now_us() - t0 < 1000000u) {
+	while (st_metric_or(port, CHECKED, 0) < target || cdx_now_us() - t0 < 1000000u) {
 		double recall;
 		assert_int_equal(search_batch(c, drifted, r, &recall), want);
 		assert_true(cdx_now_us() < until);
@@ -245,8 +232,8 @@ test_climbs_with_drift_and_back(void **state)
 	assert_int_equal(search_batch(c, 0, &r, &recall), 4);
 	assert_true(recall >= 0.85);
 	hold(c, port, 0, &r, 4, 4);
-	assert_true(metric(port, RUNGS, 0) == 0);
-	assert_true(metric(port, UPS, 0) == 0);
+	assert_true(st_metric_or(port, RUNGS, 0) == 0);
+	assert_true(st_metric_or(port, UPS, 0) == 0);
 
 	/* B: recall at the chosen point falls far below the target ... */
 	double before = 0;
@@ -262,26 +249,26 @@ test_climbs_with_drift_and_back(void **state)
 	fprintf(stderr, "drifted queries: recall@10 %.3f at the chosen point, %.3f two rungs up\n", before,
 	    after);
 	assert_true(after >= 0.85);
-	assert_true(metric(port, RUNGS, -1) == 2);
-	assert_true(metric(port, UPS, 0) == 2);
+	assert_true(st_metric_or(port, RUNGS, -1) == 2);
+	assert_true(st_metric_or(port, UPS, 0) == 2);
 	assert_true(st_log_has(&srv, "SRV-ADAPT"));
 	assert_true(st_log_has(&srv, "collection c k 10: online recall"));
 	assert_true(st_log_has(&srv, "below target 0.900: rung 2 -> 3 of 5 (nprobe 4 -> 8)"));
 	assert_true(st_log_has(&srv, "rung 3 -> 4 of 5 (nprobe 8 -> 16)"));
 	/* it stays there while B lasts (the rung below would not do) */
 	hold(c, port, 1, &r, 16, 3);
-	assert_true(metric(port, UPS, 0) == 2);
-	assert_true(metric(port, DOWNS, 0) == 0);
+	assert_true(st_metric_or(port, UPS, 0) == 2);
+	assert_true(st_metric_or(port, DOWNS, 0) == 0);
 
 	/* A again: back down, one rung at a time, to the chosen point */
 	static const uint32_t down[] = { 16, 8, 4 };
 	after = until_nprobe(c, 0, &r, 4, down, 3, 1);
 	assert_true(after >= 0.85);
-	assert_true(metric(port, RUNGS, -1) == 0);
-	assert_true(metric(port, DOWNS, 0) == 2);
+	assert_true(st_metric_or(port, RUNGS, -1) == 0);
+	assert_true(st_metric_or(port, DOWNS, 0) == 2);
 	assert_true(st_log_has(&srv, "reaches target 0.900: rung 3 -> 2 of 5 (nprobe 8 -> 4)"));
 	hold(c, port, 0, &r, 4, 3);
-	assert_true(metric(port, UPS, 0) == 2);
+	assert_true(st_metric_or(port, UPS, 0) == 2);
 
 	/* a points reload (the ladder may have changed) starts again at the
 	 * chosen point */
@@ -293,8 +280,8 @@ test_climbs_with_drift_and_back(void **state)
 		st_sleep_ms(10);
 	assert_true(st_log_has(&srv, "operating points re-read: back to the chosen"));
 	assert_int_equal(search_batch(c, 1, &r, &recall), 4);
-	assert_true(metric(port, RUNGS, 0) == 0);
-	assert_true(metric(port, UPS, 0) >= 3); /* counters survive the reload */
+	assert_true(st_metric_or(port, RUNGS, 0) == 0);
+	assert_true(st_metric_or(port, UPS, 0) >= 3); /* counters survive the reload */
 
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
@@ -317,8 +304,8 @@ test_bounded_and_off(void **state)
 	double recall = until_nprobe(c, 1, &r, 8, up, 2, 1);
 	assert_true(recall < TARGET);
 	hold(c, port, 1, &r, 8, 4);
-	assert_true(metric(port, RUNGS, -1) == 1);
-	assert_true(metric(port, UPS, 0) == 1);
+	assert_true(st_metric_or(port, RUNGS, -1) == 1);
+	assert_true(st_metric_or(port, UPS, 0) == 1);
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
 
@@ -326,7 +313,7 @@ test_bounded_and_off(void **state)
 	assert_int_equal(start(&srv, &port, "off", 0), 0);
 	c = st_client(srv.url, 10000, 0);
 	hold(c, port, 1, &r, 4, 4);
-	assert_true(metric(port, UPS, -1) == -1);
+	assert_true(st_metric_or(port, UPS, -1) == -1);
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
 	assert_false(st_log_has(&srv, "SRV-ADAPT"));

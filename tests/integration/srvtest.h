@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -253,17 +254,27 @@ st_http_get(int port, const char *path, char **body)
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
  * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
-/* st_metric reads one unlabelled sample from a server's /metrics. */
+/* st_metric_or reads one sample (name with its labels, if any) from a
+ * server's /metrics, or returns dflt when the series is absent. */
 static inline double
-st_metric(int http_port, const char *name)
+st_metric_or(int http_port, const char *name, double dflt)
 {
 	char *body = NULL, line[256];
 	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
 	snprintf(line, sizeof(line), "\n%s ", name);
 	const char *p = strstr(body, line);
-	assert_non_null(p);
-	double v = strtod(p + strlen(line), NULL);
+	double v = p != NULL ? strtod(p + strlen(line), NULL) : dflt;
 	free(body);
+	return v;
+}
+
+/* st_metric reads one sample that must be present. */
+static inline double
+st_metric(int http_port, const char *name)
+{
+	double v = st_metric_or(http_port, name, NAN);
+	if (isnan(v))
+		fail_msg("no %s in /metrics", name);
 	return v;
 }
 
