@@ -16,7 +16,8 @@
  * The server must climb while B lasts (4 -> 8 -> 16, at most
  * --adapt-max-rungs above the chosen point), with recall back near the
  * target, log and count each move, come back down to 4 when A returns, and
- * start again at the chosen point after a points reload.
+ * start again at the chosen point after a points reload or a new version.
+ * With --adapt-max-rungs 1 it stops one rung up; with 0 it never moves.
  */
 #include "srvtest.h"
 
@@ -71,6 +72,22 @@ save_ladder(void)
 	save_point(32, "0.9999");
 }
 
+/* build publishes a new version of c with the ladder measured on it */
+static void
+build(void)
+{
+	char *out = NULL;
+	int rc = tu_run(&out,
+	    "%s build --quiet --input %s/base.fvecs --collection c --metric l2 --out %s/index "
+	    "--factory IVF256,Flat",
+	    CANDEX_BIN, dir, dir);
+	if (rc != 0)
+		fprintf(stderr, "candex build failed (%d): %s\n", rc, out);
+	assert_int_equal(rc, 0);
+	free(out);
+	save_ladder();
+}
+
 static int
 setup(void **state)
 {
@@ -93,16 +110,7 @@ setup(void **state)
 	snprintf(path, sizeof(path), "%s/tune.fvecs", dir);
 	assert_int_equal(tu_write_fvecs(path, tune, NTUNE, DIM), 0);
 	free(tune);
-	char *out = NULL;
-	int rc = tu_run(&out,
-	    "%s build --quiet --input %s/base.fvecs --collection c --metric l2 --out %s/index "
-	    "--factory IVF256,Flat",
-	    CANDEX_BIN, dir, dir);
-	if (rc != 0)
-		fprintf(stderr, "candex build failed (%d): %s\n", rc, out);
-	assert_int_equal(rc, 0);
-	free(out);
-	save_ladder();
+	build();
 	return 0;
 }
 
@@ -306,6 +314,14 @@ test_bounded_and_off(void **state)
 	hold(c, port, 1, &r, 8, 4);
 	assert_true(st_metric_or(port, RUNGS, -1) == 1);
 	assert_true(st_metric_or(port, UPS, 0) == 1);
+
+	/* a new version starts again at the chosen point */
+	build();
+	kill(srv.pid, SIGHUP);
+	for (int i = 0; i < 1000 && !st_log_has(&srv, "new version v"); i++)
+		st_sleep_ms(10);
+	assert_true(st_log_has(&srv, "new version v"));
+	assert_int_equal(search_batch(c, 1, &r, &recall), 4);
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
 
