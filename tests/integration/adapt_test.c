@@ -128,11 +128,11 @@ teardown(void **state)
 #define DOWNS   "candex_adapt_moves_total{collection=\"c\",direction=\"down\"}"
 #define CHECKED "candex_online_recall_queries_total{collection=\"c\",k=\"10\"}"
 
-/* search_batch sends BATCH queries from A or B at the target and returns
- * the nprobe the server used; *recall gets their recall@10 against exact
- * search over the base vectors. */
+/* search_at sends BATCH queries from A or B, at nprobe (0: at the target),
+ * and returns the nprobe the server used; *recall gets their recall@10
+ * against exact search over the base vectors. */
 static uint32_t
-search_batch(cdx_client *c, int drifted, cdx_rng *r, double *recall)
+search_at(cdx_client *c, int drifted, uint32_t nprobe, cdx_rng *r, double *recall)
 {
 	float q[BATCH * DIM];
 	make_queries(q, BATCH, drifted, r);
@@ -141,6 +141,7 @@ search_batch(cdx_client *c, int drifted, cdx_rng *r, double *recall)
 		.nvectors = BATCH,
 		.dim = DIM,
 		.k = K,
+		.nprobe = nprobe,
 		.recall_target = TARGET };
 	struct cdx_result *res = st_search(c, &qq);
 	assert_int_equal(res->nqueries, BATCH);
@@ -153,13 +154,19 @@ search_batch(cdx_client *c, int drifted, cdx_rng *r, double *recall)
 				found += res->queries[i].hits[j].id == truth[t];
 	}
 	*recall = found / (BATCH * K);
-	uint32_t nprobe = res->nprobe;
+	uint32_t used = res->nprobe;
 	cdx_result_free(res);
-	return nprobe;
+	return used;
+}
+
+static uint32_t
+search_batch(cdx_client *c, int drifted, cdx_rng *r, double *recall)
+{
+	return search_at(c, drifted, 0, r, recall);
 }
 
 /* until_nprobe sends batches from A or B until the server uses want (at
- * most 60 s); the nprobe values seen on the way must be path, in order.
+ * most 60 s); the nprobe values seen on the way must be the end of path.
  * Then, if settle, it sends 5 more batches, which must stay at want, and
  * returns their mean recall. */
 static double
@@ -186,10 +193,11 @@ until_nprobe(
 			fail_msg("the server did not move to nprobe %u", want);
 		}
 	}
-	/* one rung at a time, along the ladder */
-	assert_int_equal(nseen, npath);
+	/* one rung at a time, along the ladder (it may have taken the first
+	 * steps before the first batch here) */
+	assert_true(nseen <= npath);
 	for (size_t i = 0; i < nseen; i++)
-		assert_int_equal(seen[i], path[i]);
+		assert_int_equal(seen[i], path[npath - nseen + i]);
 	double sum = 0, recall;
 	for (int i = 0; settle && i < 5; i++) {
 		assert_int_equal(search_batch(c, drifted, r, &recall), want);
@@ -243,12 +251,14 @@ test_climbs_with_drift_and_back(void **state)
 	assert_true(st_metric_or(port, RUNGS, 0) == 0);
 	assert_true(st_metric_or(port, UPS, 0) == 0);
 
-	/* B: recall at the chosen point falls far below the target ... */
+	/* B: recall at the chosen point falls far below the target (measured
+	 * with an explicit nprobe, which adaptation neither judges nor moves) ... */
 	double before = 0;
 	for (int i = 0; i < 3; i++) {
-		assert_int_equal(search_batch(c, 1, &r, &recall), 4);
+		assert_int_equal(search_at(c, 1, 4, &r, &recall), 4);
 		before += recall / 3;
 	}
+	assert_true(st_metric_or(port, RUNGS, 0) == 0);
 	assert_true(before < 0.75);
 	/* ... so the server climbs one rung at a time, two at most, and recall
 	 * comes back near the target */
