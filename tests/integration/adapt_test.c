@@ -345,12 +345,44 @@ test_bounded_and_off(void **state)
 	assert_false(st_log_has(&srv, "SRV-ADAPT"));
 }
 
+static void
+test_options(void **state)
+{
+	(void) state;
+	char *out = NULL;
+	assert_int_equal(tu_run(&out, "%s serve --help", CANDEX_BIN), 0);
+	assert_non_null(strstr(out, "--adapt-max-rungs N"));
+	assert_non_null(strstr(out, "--adapt-window N"));
+	assert_non_null(strstr(out, "--adapt-window-seconds SECONDS"));
+	free(out);
+	/* bad values are usage errors that say what is wanted */
+	assert_int_equal(
+	    tu_run(&out, "%s serve --index-dir %s/index --listen ipc://%s/x.ipc --adapt-window 5", CANDEX_BIN,
+	        dir, dir),
+	    2);
+	assert_non_null(strstr(out, "--adapt-window must be at least 10"));
+	free(out);
+	assert_int_equal(
+	    tu_run(&out, "%s serve --index-dir %s/index --listen ipc://%s/x.ipc --adapt-max-rungs 17",
+	        CANDEX_BIN, dir, dir),
+	    2);
+	assert_non_null(strstr(out, "--adapt-max-rungs must be at most 16"));
+	free(out);
+	assert_int_equal(
+	    tu_run(&out, "%s serve --index-dir %s/index --listen ipc://%s/x.ipc --adapt-window-seconds -1",
+	        CANDEX_BIN, dir, dir),
+	    2);
+	assert_non_null(strstr(out, "--adapt-window-seconds wants a number >= 0"));
+	free(out);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_climbs_with_drift_and_back),
 		cmocka_unit_test(test_bounded_and_off),
+		cmocka_unit_test(test_options),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
