@@ -34,6 +34,7 @@
 
 static char *dir;
 static float *base;
+static struct st_server srv; /* the server of the running test */
 
 /* make_queries fills q (n x DIM) with queries from A, or from B (drifted):
  * the same positions plus N(0, 3^2) off the manifold. */
@@ -221,7 +222,7 @@ hold(cdx_client *c, int port, int drifted, cdx_rng *r, uint32_t want, int window
 }
 
 static int
-start(struct st_server *srv, int *port, const char *tag, int max_rungs)
+start(int *port, const char *tag, int max_rungs)
 {
 	char args[512];
 	*port = st_free_port();
@@ -229,18 +230,17 @@ start(struct st_server *srv, int *port, const char *tag, int max_rungs)
 	    "--threads 1 --http-listen 127.0.0.1:%d --online-recall-fraction 1 --online-recall-cpu 1 "
 	    "--adapt-window %d --adapt-window-seconds 0.3 --adapt-max-rungs %d",
 	    *port, WINDOW, max_rungs);
-	return st_start(srv, dir, tag, args);
+	return st_start(&srv, dir, tag, args);
 }
 
 static void
 test_climbs_with_drift_and_back(void **state)
 {
 	(void) state;
-	struct st_server srv;
 	int port;
 	cdx_rng r;
 	cdx_rng_seed(&r, 11);
-	assert_int_equal(start(&srv, &port, "drift", 2), 0);
+	assert_int_equal(start(&port, "drift", 2), 0);
 	cdx_client *c = st_client(srv.url, 10000, 0);
 	double recall;
 
@@ -309,14 +309,13 @@ static void
 test_bounded_and_off(void **state)
 {
 	(void) state;
-	struct st_server srv;
 	int port;
 	cdx_rng r;
 	cdx_rng_seed(&r, 13);
 
 	/* --adapt-max-rungs 1: one rung up, and no further though recall
 	 * stays below the target */
-	assert_int_equal(start(&srv, &port, "bound", 1), 0);
+	assert_int_equal(start(&port, "bound", 1), 0);
 	cdx_client *c = st_client(srv.url, 10000, 0);
 	static const uint32_t up[] = { 4, 8 };
 	double recall = until_nprobe(c, 1, &r, 8, up, 2, 1);
@@ -336,7 +335,7 @@ test_bounded_and_off(void **state)
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
 
 	/* --adapt-max-rungs 0: adaptation is off */
-	assert_int_equal(start(&srv, &port, "off", 0), 0);
+	assert_int_equal(start(&port, "off", 0), 0);
 	c = st_client(srv.url, 10000, 0);
 	hold(c, port, 1, &r, 4, 4);
 	assert_true(st_metric_or(port, UPS, -1) == -1);
@@ -376,12 +375,22 @@ test_options(void **state)
 	free(out);
 }
 
+/* stop_server stops a server a failed test left running. */
+static int
+stop_server(void **state)
+{
+	(void) state;
+	if (srv.pid > 0)
+		st_stop(&srv, SIGKILL);
+	return 0;
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_climbs_with_drift_and_back),
-		cmocka_unit_test(test_bounded_and_off),
+		cmocka_unit_test_teardown(test_climbs_with_drift_and_back, stop_server),
+		cmocka_unit_test_teardown(test_bounded_and_off, stop_server),
 		cmocka_unit_test(test_options),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
