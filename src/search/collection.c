@@ -108,13 +108,14 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 		    info->shard_index, info->shard_count);
 		goto fail;
 	}
-	if ((rc = cdx_shard_verify(s)) != CDX_OK)
+	uint64_t file_hash;
+	if ((rc = cdx_shard_verify(s, &file_hash)) != CDX_OK)
 		goto fail;
 	/* The manifest's whole-file hash also covers the header and any bytes
 	 * between parts: a shard from another build cannot pass for this one. */
-	if (cdx_shard_file_xxh64(s) != ms->xxh64) {
+	if (file_hash != ms->xxh64) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: xxh64 %016llx, manifest says %016llx", path,
-		    (unsigned long long) cdx_shard_file_xxh64(s), (unsigned long long) ms->xxh64);
+		    (unsigned long long) file_hash, (unsigned long long) ms->xxh64);
 		goto fail;
 	}
 	ls->rows = info->rows;
