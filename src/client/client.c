@@ -55,6 +55,7 @@ static int CDX_PRINTF(3, 4) client_fail(struct cdx_client_error *err, int code, 
 		va_start(ap, fmt);
 		vsnprintf(err->message, sizeof(err->message), fmt, ap);
 		va_end(ap);
+		cdx_utf8_sanitize(err->message);
 	}
 	return code;
 }

@@ -59,6 +59,8 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 	cdx_server *s = x->s;
 	nng_msg *msg = NULL;
 
+	if (x->req != NULL && x->req->request_id != NULL)
+		cdx_utf8_sanitize(x->req->request_id); /* echoed: must be UTF-8 */
 	resp->request_id = (char *) (x->req != NULL ? str_or_empty(x->req->request_id) : x->peeked_id);
 	if (resp->status != CANDEX__V1__STATUS__OK)
 		cdx_debug("SRV-REQ-ERR", "request '%s': %s: %s", resp->request_id,
@@ -104,6 +106,7 @@ static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
+	cdx_utf8_sanitize(message); /* client text inside, and a buffer limit */
 	resp.status = (Candex__V1__Status) code;
 	resp.message = message;
 	send_response(x, &resp);
@@ -234,8 +237,8 @@ check_search(struct srv_ctx *x)
 	if ((x->coll = cdx__srv_lookup(s, sr->collection)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
-		reply_error(
-		    x, CDX_ENOTFOUND, "unknown collection '%.100s' (serving: %s)", sr->collection, names);
+		reply_error(x, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
+		    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
 	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
@@ -288,9 +291,9 @@ check_search(struct srv_ctx *x)
 	if (sr->model_version != NULL && sr->model_version[0] != '\0'
 	    && strcmp(sr->model_version, m->model_version) != 0) {
 		reply_error(x, CDX_EMODEL,
-		    "query vectors come from model '%.128s' but collection '%s' version %s was built from "
+		    "query vectors come from model '%.*s' but collection '%s' version %s was built from "
 		    "model '%s'",
-		    sr->model_version, m->collection, m->version,
+		    (int) cdx_utf8_cut(sr->model_version, 128), sr->model_version, m->collection, m->version,
 		    m->model_version[0] ? m->model_version : "(unset)");
 		return -1;
 	}
@@ -417,11 +420,13 @@ run_search(struct srv_ctx *x, int idle)
 				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
 			if (rc != CDX_OK) {
 				if (rc == CDX_ENOTFOUND)
-					reply_error(x, rc, "unknown key '%.200s' in collection '%s'",
-					    sr->query_keys[i], m->collection);
+					reply_error(x, rc, "unknown key '%.*s' in collection '%s'",
+					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
+					    m->collection);
 				else
-					reply_error(
-					    x, rc, "key '%.200s': %s", sr->query_keys[i], cdx_last_error());
+					reply_error(x, rc, "key '%.*s': %s",
+					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
+					    cdx_last_error());
 				goto done;
 			}
 		}
@@ -610,6 +615,8 @@ peek_request_id(const uint8_t *p, size_t len, char *out, size_t size)
 				out[n] = '\0';
 				if (memchr(out, '\0', n) != NULL || strlen(out) != n)
 					out[0] = '\0';
+				/* a character cut by the limit goes, not half of it */
+				cdx_utf8_sanitize(out);
 				return;
 			}
 			p += v;

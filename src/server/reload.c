@@ -343,8 +343,9 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (r != CDX_OK) {
 			char why[1024];
 			const char *vname = strrchr(vdir, '/');
-			snprintf(why, sizeof(why), "version %.100s failed to load: %.800s",
-			    vname ? vname + 1 : vdir, cdx_last_error());
+			const char *vn = vname ? vname + 1 : vdir, *le = cdx_last_error();
+			snprintf(why, sizeof(why), "version %.*s failed to load: %.*s",
+			    (int) cdx_utf8_cut(vn, 100), vn, (int) cdx_utf8_cut(le, 800), le);
 			cdx_err("SRV-LOAD-FAIL", "collection %s: %s (%s)%s", name, why, vdir,
 			    cur ? "; the previous version keeps serving" : "");
 			add_failure(&msg, &rc, r, name, why, cur);
@@ -399,8 +400,8 @@ swap:
 	for (size_t i = 0; i < nnames; i++)
 		free(names[i]);
 	free(names);
-	if (msgp != NULL && msg.len > 0)
-		*msgp = strdup(msg.data);
+	if (msgp != NULL && msg.len > 0 && (*msgp = strdup(msg.data)) != NULL)
+		cdx_utf8_sanitize(*msgp); /* paths need not be UTF-8; the answer must */
 	cdx_buf_fini(&msg);
 	return rc;
 }
