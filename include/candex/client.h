@@ -106,6 +106,10 @@ int cdx_client_info(cdx_client *c, const char *collection, char **json, struct c
 /* cdx_client_reload asks an admin listener to reload (collection NULL = all). */
 int cdx_client_reload(cdx_client *c, const char *collection, struct cdx_client_error *err);
 
+/* cdx_client_drop asks an admin listener to stop serving collection, whose
+ * CURRENT link must be gone already (a reload never drops a collection). */
+int cdx_client_drop(cdx_client *c, const char *collection, struct cdx_client_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -504,3 +504,22 @@ cdx_client_reload(cdx_client *c, const char *collection, struct cdx_client_error
 	candex__v1__response__free_unpacked(resp, NULL);
 	return CDX_OK;
 }
+
+int
+cdx_client_drop(cdx_client *c, const char *collection, struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__DropRequest dr = CANDEX__V1__DROP_REQUEST__INIT;
+	Candex__V1__Response *resp;
+	int rc;
+
+	if (c == NULL || collection == NULL || *collection == '\0')
+		return client_fail(err, CDX_EINVAL, "drop needs a client and a collection");
+	dr.collection = (char *) collection;
+	req.body_case = CANDEX__V1__REQUEST__BODY_DROP;
+	req.drop = &dr;
+	if ((rc = call(c, &req, 0, &resp, err)) != CDX_OK)
+		return rc;
+	candex__v1__response__free_unpacked(resp, NULL);
+	return CDX_OK;
+}

@@ -187,12 +187,18 @@ cdx__srv_reply_reload(struct srv_ctx *x, int status, const char *msg)
 {
 	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
 	Candex__V1__ReloadResponse rr = CANDEX__V1__RELOAD_RESPONSE__INIT;
+	Candex__V1__DropResponse dr = CANDEX__V1__DROP_RESPONSE__INIT;
 	Candex__V1__CollectionInfo **arr = NULL, *nodes = NULL;
 	struct srv_set *set = cdx__srv_snapshot(x->s);
 
 	resp.status = (Candex__V1__Status) status;
 	resp.message = (char *) (msg != NULL ? msg : status ? cdx_strerror(status) : "");
-	if (set != NULL) {
+	if (set != NULL && x->req != NULL && x->req->body_case == CANDEX__V1__REQUEST__BODY_DROP) {
+		dr.n_serving = infos(set, NULL, &arr, &nodes);
+		dr.serving = arr;
+		resp.body_case = CANDEX__V1__RESPONSE__BODY_DROP;
+		resp.drop = &dr;
+	} else if (set != NULL) {
 		/* the served set after the reload, whatever the outcome */
 		rr.n_loaded = infos(set, NULL, &arr, &nodes);
 		rr.loaded = arr;
@@ -672,6 +678,13 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		}
 		cdx__srv_reload_admin(s, x, x->req->reload ? x->req->reload->collection : NULL);
 		return;
+	case CANDEX__V1__REQUEST__BODY_DROP:
+		if (!x->admin) {
+			reply_error(x, CDX_EPERM, "drop is only accepted on the admin listener");
+			return;
+		}
+		cdx__srv_drop_admin(s, x, x->req->drop ? x->req->drop->collection : NULL);
+		return;
 	case CANDEX__V1__REQUEST__BODY_SEARCH: {
 		if (check_search(x) != 0)
 			return;
@@ -683,7 +696,7 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		return;
 	}
 	default:
-		reply_error(x, CDX_EINVAL, "request has no body (search, info, health or reload)");
+		reply_error(x, CDX_EINVAL, "request has no body (search, info, health, reload or drop)");
 		return;
 	}
 }

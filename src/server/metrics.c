@@ -145,6 +145,12 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	for (size_t i = 0; i < set->n; i++)
 		cdx_buf_printf(b, "candex_collection_memory_bytes{collection=\"%s\"} %llu\n", set->e[i].name,
 		    (unsigned long long) cdx_collection_memory_bytes(set->e[i].coll));
+	HEAD(b, "candex_collection_current_missing", "gauge",
+	    "1 while a collection serves a loaded version though its CURRENT link is gone (drop it "
+	    "with an admin DropRequest).");
+	for (size_t i = 0; i < set->n; i++)
+		cdx_buf_printf(b, "candex_collection_current_missing{collection=\"%s\"} %d\n", set->e[i].name,
+		    set->e[i].current_missing);
 	cdx__srv_set_free(set);
 	if (s->online != NULL)
 		cdx_online_recall_render(s->online, b);

@@ -24,8 +24,10 @@
  * last reference. Requests never wait for a load.
  *
  * Admin. A second REP socket (--admin-listen, e.g. an ipc:// path that only
- * the server's user can open) accepts ReloadRequest; on the query socket a
- * reload is PERMISSION_DENIED.
+ * the server's user can open) accepts ReloadRequest and DropRequest; on the
+ * query socket they are PERMISSION_DENIED. A reload never drops a
+ * collection: one whose CURRENT is gone keeps serving what is loaded (with
+ * a warning and a metric) until an admin drops it.
  *
  * Shutdown. The server answers any request that arrives from then on with
  * UNAVAILABLE (retryable), waits for the in-flight jobs to be answered,
@@ -115,7 +117,8 @@ struct srv_entry {
 	char name[64];
 	cdx_collection *coll; /* one reference held by the set */
 	char version_dir[4096];
-	uint64_t loaded_ms; /* wall clock */
+	uint64_t loaded_ms;  /* wall clock */
+	int current_missing; /* served, but its CURRENT is gone (until an admin drops it) */
 };
 
 struct srv_set {
@@ -218,6 +221,9 @@ int cdx__srv_reload(cdx_server *s, const char *only, char **msg);
 /* cdx__srv_reload_admin queues an admin reload; the reload thread answers
  * ctx (srv_ctx) when done. */
 void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only);
+/* cdx__srv_drop_admin queues an admin drop of one collection, answered
+ * like a reload (cdx__srv_reply_reload). */
+void cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name);
 /* cdx__srv_lookup returns a new reference to the named collection, or NULL. */
 cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name);
 /* cdx__srv_snapshot returns a copy of the set with a reference on every
@@ -235,7 +241,7 @@ void cdx__srv_sockets_close(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
-/* cdx__srv_reply_reload answers an admin reload on its context. */
+/* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
 
 /* watchdog.c */

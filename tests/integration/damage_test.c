@@ -124,11 +124,104 @@ test_shard_shrinks_while_loading(void **state)
 	assert_int_equal(tu_run(NULL, "rm -rf %s", vdir), 0);
 }
 
+/* log_count counts the lines of the server's log that contain what. */
+static int
+log_count(const struct st_server *srv, const char *what)
+{
+	char *text = NULL;
+	size_t len;
+	int n = 0;
+	if (cdx_read_file(srv->log, &text, &len) != CDX_OK)
+		return 0;
+	for (const char *p = text; (p = strstr(p, what)) != NULL; p += strlen(what))
+		n++;
+	free(text);
+	return n;
+}
+
+/* metric_value returns the value of the /metrics line that starts with
+ * series, or -1. */
+static double
+metric_value(int port, const char *series)
+{
+	char *body = NULL;
+	double v = -1;
+	if (st_http_get(port, "/metrics", &body) == 200) {
+		for (const char *p = body; p != NULL && *p;
+		     p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+			if (strncmp(p, series, strlen(series)) == 0 && p[strlen(series)] == ' ') {
+				v = atof(p + strlen(series) + 1);
+				break;
+			}
+		}
+	}
+	free(body);
+	return v;
+}
+
+/* A deleted CURRENT (then the watcher, a SIGHUP, an admin reload) keeps the
+ * loaded version serving, warns once and shows in /metrics; an admin drop,
+ * refused while a CURRENT exists, retires the collection. */
+static void
+test_deleted_current_keeps_serving(void **state)
+{
+	char cdir[4096], link[4200], good[64], args[256], v[64];
+	snprintf(cdir, sizeof(cdir), "%s/index/tracks", dir);
+	snprintf(link, sizeof(link), "%s/CURRENT", cdir);
+	snprintf(good, sizeof(good), "%.63s", st_current(dir, "tracks"));
+	int port = st_free_port();
+	snprintf(args, sizeof(args), "--threads 1 --watch-interval 0.05 --http-listen 127.0.0.1:%d", port);
+	struct st_server srv;
+	assert_int_equal(st_start(&srv, dir, "gone", args), 0);
+	cdx_client *admin = st_client(srv.admin, 30000, 0);
+	cdx_client *c = st_client(srv.url, 5000, 0);
+	const char *gauge = "candex_collection_current_missing{collection=\"tracks\"}";
+	struct cdx_client_error err;
+
+	assert_int_equal(unlink(link), 0);
+	/* the watcher notices (and once dropped the collection here) */
+	for (int i = 0; i < 500 && !st_log_has(&srv, "SRV-CURRENT-GONE") && !st_log_has(&srv, "SRV-DROP");
+	     i++)
+		st_sleep_ms(10);
+	st_sleep_ms(300); /* several more watch polls */
+	kill(srv.pid, SIGHUP);
+	st_sleep_ms(100);
+	assert_int_equal(search_version(c, "tracks", v, sizeof(v)), CDX_OK);
+	assert_string_equal(v, good);
+	assert_true(metric_value(port, gauge) == 1);
+	assert_int_equal(log_count(&srv, "SRV-CURRENT-GONE"), 1); /* warned once */
+	assert_int_equal(cdx_client_reload(admin, NULL, &err), CDX_ENOTFOUND);
+	assert_non_null(strstr(err.message, "CURRENT link is gone"));
+	assert_int_equal(search_version(c, "tracks", v, sizeof(v)), CDX_OK);
+
+	/* CURRENT comes back: nothing to load, the gauge clears */
+	assert_int_equal(cdx_version_publish(cdir, good), CDX_OK);
+	for (int i = 0; i < 500 && metric_value(port, gauge) != 0; i++)
+		st_sleep_ms(10);
+	assert_true(metric_value(port, gauge) == 0);
+	assert_true(st_log_has(&srv, "SRV-CURRENT-BACK"));
+
+	/* retiring it is an explicit admin action, refused while a CURRENT
+	 * would load the collection again, and only on the admin listener */
+	assert_int_equal(cdx_client_drop(admin, "tracks", &err), CDX_EINVAL);
+	assert_int_equal(cdx_client_drop(c, "tracks", &err), CDX_EPERM);
+	assert_int_equal(unlink(link), 0);
+	assert_int_equal(cdx_client_drop(admin, "tracks", &err), CDX_OK);
+	assert_int_equal(search_version(c, "tracks", NULL, 0), CDX_ENOTFOUND);
+	assert_int_equal(cdx_client_drop(admin, "tracks", &err), CDX_ENOTFOUND);
+	assert_true(st_log_has(&srv, "SRV-DROP"));
+	cdx_client_close(admin);
+	cdx_client_close(c);
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+	assert_int_equal(cdx_version_publish(cdir, good), CDX_OK);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_shard_shrinks_while_loading),
+		cmocka_unit_test(test_deleted_current_keeps_serving),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
