@@ -49,7 +49,9 @@ usage(FILE *out)
 	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
 	    "  --drop NAME           ask an admin listener to stop serving NAME, whose CURRENT link is\n"
 	    "                        gone (a reload keeps serving such a collection)\n"
-	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp://\n"
+	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp:// (--tls-ca\n"
+	    "                        is required: the CA that signed the server's certificate)\n"
+	    "  --tls-insecure        tls+tcp:// without --tls-ca: encrypt but do not verify the server\n"
 	    "  -h, --help            show this help\n");
 }
 
@@ -298,6 +300,7 @@ enum {
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
 	OPT_TLS_NAME,
+	OPT_TLS_INSECURE,
 };
 
 static int
@@ -358,6 +361,7 @@ cmd_query(int argc, char **argv)
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
+		{ "tls-insecure", no_argument, NULL, OPT_TLS_INSECURE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -472,6 +476,9 @@ cmd_query(int argc, char **argv)
 			break;
 		case OPT_TLS_NAME:
 			co.tls_server_name = optarg;
+			break;
+		case OPT_TLS_INSECURE:
+			co.tls_insecure = 1;
 			break;
 		case 'h':
 			usage(stdout);

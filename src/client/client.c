@@ -91,7 +91,8 @@ cdx_client_open(
 		c->opts.backoff_ms = 20;
 	if (c->opts.max_message == 0)
 		c->opts.max_message = 64u << 20;
-	/* the TLS file names are only needed while dialing; do not keep them */
+	/* the TLS file names are only needed while dialing; do not keep them
+	 * (c->tls keeps the configuration, for the handshake probe) */
 	c->opts.tls_ca_file = c->opts.tls_cert_file = c->opts.tls_key_file = c->opts.tls_server_name = NULL;
 	c->id_prefix = cdx_mix64(cdx_now_us() ^ ((uint64_t) getpid() << 32) ^ (uint64_t) (uintptr_t) c);
 	pthread_mutex_init(&c->pool_mu, NULL);
@@ -114,6 +115,14 @@ cdx_client_open(
 		const char *ca = opts ? opts->tls_ca_file : NULL, *cert = opts ? opts->tls_cert_file : NULL;
 		const char *key = opts ? opts->tls_key_file : NULL,
 		           *name = opts ? opts->tls_server_name : NULL;
+		if (ca == NULL && !c->opts.tls_insecure) {
+			/* encryption without knowing who answers protects nothing */
+			rc = client_fail(err, CDX_EINVAL,
+			    "%s: a tls+tcp:// client needs a CA to verify the server (tls_ca_file, "
+			    "--tls-ca), or tls_insecure (--tls-insecure) to skip verification",
+			    url);
+			goto fail;
+		}
 		if ((rc = cdx__tls_config(&c->tls, NNG_TLS_MODE_CLIENT, cert, key, ca, name)) != CDX_OK) {
 			client_fail(err, rc, "%s", cdx_last_error());
 			goto fail;
@@ -241,6 +250,55 @@ done:
 	return rv;
 }
 
+/* tls_probe explains a call that timed out over TLS: the REQ socket's
+ * dialer retries a failed handshake in the background without a word, so a
+ * certificate that the server or we reject otherwise shows only as a
+ * timeout. It opens one bare TLS stream to the server within timeout_ms
+ * and sends the SP header, which runs the handshake. Returns 1 if the TCP
+ * connection was made but the handshake failed (*why: the nng error),
+ * else 0 (no connection at all, or a good handshake: not a TLS problem). */
+static int
+tls_probe(cdx_client *c, uint32_t timeout_ms, int *why)
+{
+	static const uint8_t sp_req[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
+	nng_stream_dialer *d = NULL;
+	nng_stream *st = NULL;
+	nng_aio *aio = NULL;
+	int rv, failed = 0;
+	if (nng_stream_dialer_alloc(&d, c->url) != 0
+	    || nng_stream_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, c->tls) != 0
+	    || nng_aio_alloc(&aio, NULL, NULL) != 0)
+		goto done;
+	nng_aio_set_timeout(aio, (nng_duration) timeout_ms);
+	nng_stream_dialer_dial(d, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) != 0) {
+		failed = rv == NNG_EPEERAUTH || rv == NNG_ECRYPTO;
+		*why = rv;
+		goto done;
+	}
+	st = nng_aio_get_output(aio, 0);
+	/* no byte goes out before the handshake is done: a failed send on a
+	 * fresh connection is a failed handshake (a peer that refuses our
+	 * certificate just closes the connection) */
+	nng_iov iov = { .iov_buf = (void *) sp_req, .iov_len = sizeof(sp_req) };
+	nng_aio_set_iov(aio, 1, &iov);
+	nng_stream_send(st, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) != 0 && rv != NNG_ETIMEDOUT) {
+		failed = 1;
+		*why = rv;
+	}
+done:
+	if (st != NULL) {
+		nng_stream_close(st);
+		nng_stream_free(st);
+	}
+	nng_aio_free(aio);
+	nng_stream_dialer_free(d);
+	return failed;
+}
+
 static int
 retryable(int code)
 {
@@ -287,9 +345,18 @@ call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__R
 		int rv = roundtrip(c, last ? msg : copy, timeout_ms, &reply);
 		if (last)
 			msg = NULL;
+		int why = 0;
 		if (rv != 0) {
 			rc = cdx__nng_code(rv);
-			if (rv == NNG_ETIMEDOUT)
+			if (rv == NNG_ETIMEDOUT && c->tls != NULL
+			    && tls_probe(c, CDX_MIN(timeout_ms, 2000u), &why)) {
+				/* not slow: the handshake fails, and will every time */
+				rc = client_fail(err, CDX_ETLS,
+				    "TLS handshake with %s failed (%s): is the server's certificate signed "
+				    "by the tls_ca_file given, and for this host name? does the server want "
+				    "a client certificate signed by its CA?",
+				    c->url, nng_strerror(why));
+			} else if (rv == NNG_ETIMEDOUT)
 				client_fail(err, rc, "no reply from %s within %u ms", c->url, timeout_ms);
 			else
 				client_fail(err, rc, "%s: %s", c->url, nng_strerror(rv));

@@ -385,21 +385,48 @@ test_mutual_tls(void **state)
 	cdx_result_free(r);
 	cdx_client_close(c);
 
-	/* without a client certificate, or with one from another CA: refused */
-	struct cdx_client_options anon
-	    = { .timeout_ms = 700, .tls_ca_file = ca, .tls_server_name = "localhost" };
-	assert_int_equal(cdx_client_open(&c, url, &anon, &err), CDX_OK);
-	r = NULL;
-	assert_int_not_equal(cdx_client_search(c, &q, &r, &err), CDX_OK);
-	assert_null(r);
-	cdx_client_close(c);
-	struct cdx_client_options rogue = { .timeout_ms = 700,
-		.tls_ca_file = ca,
-		.tls_cert_file = icert,
-		.tls_key_file = ikey,
-		.tls_server_name = "localhost" };
-	assert_int_equal(cdx_client_open(&c, url, &rogue, &err), CDX_OK);
-	assert_int_not_equal(cdx_client_search(c, &q, &r, &err), CDX_OK);
+	/* Refused, and said to be a TLS failure, not a timeout: without a
+	 * client certificate, with one from another CA, trusting another CA
+	 * than the server's, or naming another host than its certificate. */
+	char rogue_ca[4200];
+	snprintf(rogue_ca, sizeof(rogue_ca), "%s/rogue.pem", dir);
+	const struct cdx_client_options refused[] = {
+		{ .timeout_ms = 700, .tls_ca_file = ca, .tls_server_name = "localhost" },
+		{ .timeout_ms = 700,
+		    .tls_ca_file = ca,
+		    .tls_cert_file = icert,
+		    .tls_key_file = ikey,
+		    .tls_server_name = "localhost" },
+		{ .timeout_ms = 700,
+		    .tls_ca_file = rogue_ca,
+		    .tls_cert_file = cert,
+		    .tls_key_file = key,
+		    .tls_server_name = "localhost" },
+		{ .timeout_ms = 700,
+		    .tls_ca_file = ca,
+		    .tls_cert_file = cert,
+		    .tls_key_file = key,
+		    .tls_server_name = "elsewhere.example" },
+	};
+	for (size_t i = 0; i < CDX_ARRAY_LEN(refused); i++) {
+		assert_int_equal(cdx_client_open(&c, url, &refused[i], &err), CDX_OK);
+		r = NULL;
+		int src = cdx_client_search(c, &q, &r, &err);
+		if (src != CDX_ETLS)
+			fprintf(stderr, "case %zu: %s: %s\n", i, cdx_errname(src), err.message);
+		assert_int_equal(src, CDX_ETLS);
+		assert_non_null(strstr(err.message, "TLS"));
+		assert_null(r);
+		cdx_client_close(c);
+	}
+	/* no CA: refused at open, unless verification is skipped explicitly */
+	struct cdx_client_options noca = { .timeout_ms = 5000, .tls_cert_file = cert, .tls_key_file = key };
+	assert_int_equal(cdx_client_open(&c, url, &noca, &err), CDX_EINVAL);
+	assert_non_null(strstr(err.message, "tls_insecure"));
+	noca.tls_insecure = 1;
+	assert_int_equal(cdx_client_open(&c, url, &noca, &err), CDX_OK);
+	r = st_search(c, &q);
+	cdx_result_free(r);
 	cdx_client_close(c);
 	/* a plain tcp:// client cannot talk to the TLS port */
 	char plain[64];
@@ -413,6 +440,19 @@ test_mutual_tls(void **state)
 	                     "%s query --url %s --collection tracks --key t:9 -k 1 --json --tls-ca %s "
 	                     "--tls-cert %s --tls-key %s --tls-server-name localhost",
 	                     CANDEX_BIN, url, ca, cert, key),
+	    0);
+	assert_non_null(strstr(out, "\"t:9\""));
+	free(out);
+	assert_int_equal(
+	    tu_run(&out, "%s query --url %s --collection tracks --key t:9 -k 1 --tls-cert %s --tls-key %s",
+	        CANDEX_BIN, url, cert, key),
+	    1);
+	assert_non_null(strstr(out, "--tls-insecure"));
+	free(out);
+	assert_int_equal(tu_run(&out,
+	                     "%s query --url %s --collection tracks --key t:9 -k 1 --json --tls-insecure "
+	                     "--tls-cert %s --tls-key %s",
+	                     CANDEX_BIN, url, cert, key),
 	    0);
 	assert_non_null(strstr(out, "\"t:9\""));
 	free(out);
