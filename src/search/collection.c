@@ -14,6 +14,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "search/collection_int.h"
+#include "search/faiss_memory.h"
 
 static int
 key_slot_cmp(const void *a, const void *b)
@@ -151,12 +152,11 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 		size_t len;
 		if ((rc = cdx_shard_read_part(s, CDX_PART_REFINE, &ls->refine_data, &len)) != CDX_OK)
 			goto fail;
+		ls->refine_bytes = len;
 		if ((rc = cdx_refine_store_parse(&ls->refine, ls->refine_data, len, ls->rows, m->dim))
 		    != CDX_OK)
 			goto fail;
 	}
-	for (uint32_t p = 0; p < info->nparts; p++)
-		c->memory_bytes += info->parts[p].raw_size;
 	free(ids_data);
 	cdx_shard_close(s);
 	return CDX_OK;
@@ -241,8 +241,27 @@ build_key_index(cdx_collection *c)
 		}
 	}
 	qsort(c->key_index, n, sizeof(*c->key_index), key_slot_cmp);
-	c->memory_bytes += n * sizeof(struct cdx_key_slot);
 	return CDX_OK;
+}
+
+/* memory_bytes counts what the loaded collection holds, once it is ready
+ * (direct maps are made by prepare_ivf): every Faiss index as its objects
+ * hold it, ids, keys, refine stores and the key index. */
+static uint64_t
+memory_bytes(const cdx_collection *c)
+{
+	uint64_t b = (uint64_t) c->nshards * sizeof(struct cdx_loaded_shard);
+	for (uint32_t i = 0; i < c->nshards; i++) {
+		const struct cdx_loaded_shard *ls = &c->shards[i];
+		b += cdx__faiss_index_bytes(ls->index) + ls->rows * sizeof(int64_t);
+		if (ls->key_strings != NULL)
+			b += ls->key_offsets[ls->rows] + (ls->rows + 1) * sizeof(uint64_t);
+		if (ls->refine_data != NULL)
+			b += ls->refine_bytes;
+	}
+	if (c->key_index != NULL)
+		b += c->items * sizeof(struct cdx_key_slot);
+	return b;
 }
 
 int
@@ -283,6 +302,7 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
 		goto fail;
+	c->memory_bytes = memory_bytes(c);
 	*cp = c;
 	return CDX_OK;
 fail:

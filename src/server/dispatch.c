@@ -76,7 +76,8 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 			msg = NULL;
 	}
 	if (strcmp(resp->request_id, CDX_PROBE_REQUEST_ID) != 0)
-		cdx__srv_observe(s, (int) resp->status, cdx_now_us() - x->t_recv_us);
+		cdx__srv_observe(s, x->coll != NULL ? cdx_collection_manifest(x->coll)->collection : NULL,
+		    (int) resp->status, cdx_now_us() - x->t_recv_us);
 	if (x->req != NULL) {
 		candex__v1__request__free_unpacked(x->req, NULL);
 		x->req = NULL;
@@ -394,6 +395,7 @@ run_search(struct srv_ctx *x, int idle)
 	uint64_t now = cdx_now_us();
 
 	if (now > x->deadline_us) {
+		cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 0, 0);
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
@@ -465,9 +467,11 @@ run_search(struct srv_ctx *x, int idle)
 		p.parallel = 1;
 		omp_set_num_threads((int) s->nworkers);
 	}
+	uint64_t t_search = cdx_now_us();
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
 	if (parallel)
 		omp_set_num_threads(1);
+	cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 1, cdx_now_us() - t_search);
 	if (rc != CDX_OK) {
 		reply_error(x, rc, "search failed: %s", cdx_last_error());
 		goto done;
@@ -786,10 +790,11 @@ cdx__srv_listen(cdx_server *s, nng_socket sock, const char *url, int admin, stru
 			return cdx_error(cdx__nng_code(rv), "TLS on '%s': %s", url, nng_strerror(rv));
 		}
 	}
-	if (admin && strncmp(url, "ipc://", 6) == 0 && s->cfg.ipc_mode != NULL && *s->cfg.ipc_mode) {
-		int mode = (int) strtol(s->cfg.ipc_mode, NULL, 8);
+	const char *ipc_mode = admin ? s->cfg.ipc_mode : s->cfg.query_ipc_mode;
+	if (strncmp(url, "ipc://", 6) == 0 && ipc_mode != NULL && *ipc_mode) {
+		int mode = (int) strtol(ipc_mode, NULL, 8);
 		if ((rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, mode)) != 0)
-			cdx_warn("SRV-LISTEN", "cannot set permissions %s on %s: %s", s->cfg.ipc_mode, url,
+			cdx_warn("SRV-LISTEN", "cannot set permissions %s on %s: %s", ipc_mode, url,
 			    nng_strerror(rv));
 	}
 	if ((rv = nng_listener_start(l, 0)) != 0) {

@@ -29,6 +29,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -251,8 +252,12 @@ append_entry(struct srv_set *set, const struct srv_entry *e)
 }
 
 static void
-add_failure(cdx_buf *msg, int *rc, int code, const char *name, const char *why, const struct srv_entry *kept)
+add_failure(cdx_server *s, cdx_buf *msg, int *rc, int code, const char *name, const char *why,
+    const struct srv_entry *kept)
 {
+	struct srv_coll_metrics *cm = cdx__srv_coll_metrics(s, name);
+	if (cm != NULL)
+		atomic_fetch_add(&cm->reload_failed, 1);
 	if (*rc == CDX_OK)
 		*rc = code;
 	/* what still serves comes first: clients may truncate long messages */
@@ -335,7 +340,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			char why[512];
 			snprintf(why, sizeof(why), "cannot resolve CURRENT: %s", cdx_last_error());
 			cdx_err("SRV-LOAD-FAIL", "collection %s: %s", name, why);
-			add_failure(&msg, &rc, r, name, why, cur);
+			add_failure(s, &msg, &rc, r, name, why, cur);
 			goto keep_old;
 		}
 		if (watch && was_failed(s, name, vdir)) {
@@ -346,6 +351,11 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		uint64_t t0 = cdx_now_us();
 		cdx_collection *c = NULL;
 		r = cdx_collection_load(&c, vdir);
+		if (r == CDX_OK && strcmp(cdx_collection_manifest(c)->collection, name) != 0)
+			/* served under its directory's name: a copied or moved
+			 * version must not answer for another collection */
+			r = cdx_error(CDX_ECORRUPT, "its manifest names collection '%s', not '%s'",
+			    cdx_collection_manifest(c)->collection, name);
 		if (r == CDX_OK && (r = verify(c)) != CDX_OK) {
 			cdx_collection_unref(c);
 			c = NULL;
@@ -358,7 +368,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			    (int) cdx_utf8_cut(vn, 100), vn, (int) cdx_utf8_cut(le, 800), le);
 			cdx_err("SRV-LOAD-FAIL", "collection %s: %s (%s)%s", name, why, vdir,
 			    cur ? "; the previous version keeps serving" : "");
-			add_failure(&msg, &rc, r, name, why, cur);
+			add_failure(s, &msg, &rc, r, name, why, cur);
 			set_failed(s, name, vdir);
 			goto keep_old;
 		}
@@ -374,7 +384,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		e.loaded_ms = cdx_wall_ms();
 		if (append_entry(next, &e) != CDX_OK) {
 			cdx_collection_unref(c);
-			add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
+			add_failure(s, &msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 			goto keep_old;
 		}
 		(*changed)++;
@@ -403,21 +413,40 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 				    e.name, s->cfg.index_dir, e.name, CDX_CURRENT_LINK, version, e.name);
 			/* the watcher reports it once, an explicit reload every time */
 			if (!watch || !e.current_missing)
-				add_failure(&msg, &rc, CDX_ENOTFOUND, e.name, "its CURRENT link is gone", &e);
+				add_failure(
+				    s, &msg, &rc, CDX_ENOTFOUND, e.name, "its CURRENT link is gone", &e);
 			e.current_missing = 1;
 		}
 		append_entry(next, &e);
 	}
-swap:
+swap:;
+	/* readiness: which collections of the directory serve nothing */
+	char unserved[sizeof(s->unserved)] = "";
+	size_t used = 0;
+	for (size_t i = 0; i < nnames && used < sizeof(unserved); i++) {
+		if (find_entry(next, names[i]) != NULL)
+			continue;
+		int w
+		    = snprintf(unserved + used, sizeof(unserved) - used, "%s%s", used ? ", " : "", names[i]);
+		used += w > 0 ? (size_t) w : 0;
+	}
 	pthread_mutex_lock(&s->set_mu);
 	struct srv_set *prev = s->set;
 	s->set = next;
+	if (lrc == CDX_OK)
+		snprintf(s->unserved, sizeof(s->unserved), "%s", unserved);
 	pthread_mutex_unlock(&s->set_mu);
 	cdx__srv_set_free(prev);
 	cdx__srv_set_free(old);
 	for (size_t i = 0; i < nnames; i++)
 		free(names[i]);
 	free(names);
+	if (*changed > 0 || rc != CDX_OK) {
+		/* A load frees as much as it keeps (read buffers, decoded parts,
+		 * the old version): give the free pages back, so that RSS
+		 * follows what is served. */
+		malloc_trim(0);
+	}
 	if (msgp != NULL && msg.len > 0 && (*msgp = strdup(msg.data)) != NULL)
 		cdx_utf8_sanitize(*msgp); /* paths need not be UTF-8; the answer must */
 	cdx_buf_fini(&msg);
@@ -457,7 +486,7 @@ cdx__srv_load_initial(cdx_server *s)
 	pthread_mutex_unlock(&s->set_mu);
 	if (n == 0)
 		cdx_warn("SRV-EMPTY",
-		    "no collection to serve in %s yet; /healthz answers 503 until a reload loads one",
+		    "no collection to serve in %s yet; /readyz answers 503 until a reload loads one",
 		    s->cfg.index_dir);
 	else
 		cdx_info("SRV-START", "serving %zu collection(s): %s", n, names);

@@ -59,7 +59,7 @@ struct cdx_server_config {
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
 	char *admin_listen; /* NULL = no admin socket */
-	char *http_listen;  /* host:port of /metrics and /healthz; NULL = none */
+	char *http_listen;  /* host:port of /metrics, /healthz and /readyz; NULL = none */
 	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
 	char *tls_ca;         /* clients must present a certificate signed by it */
@@ -78,7 +78,8 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
+	char *ipc_mode;       /* octal permissions of the admin socket's ipc:// file */
+	char *query_ipc_mode; /* octal permissions of query ipc:// files */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -143,6 +144,26 @@ struct srv_metrics {
 
 extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
 
+/* A latency histogram: non-cumulative bucket counts and the sum. */
+struct srv_hist {
+	atomic_uint_fast64_t bucket[SRV_NBUCKETS];
+	atomic_uint_fast64_t sum_us;
+};
+
+/* Per-collection series (the `collection` label). Slots are taken by names
+ * of collections the server has loaded or tried to load (never by names a
+ * client sends), up to SRV_MAX_COLL_METRICS; a slot is never freed, so
+ * counters survive reloads and drops. */
+#define SRV_MAX_COLL_METRICS 64
+struct srv_coll_metrics {
+	char name[CDX_NAME_MAX];
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* search responses by status */
+	struct srv_hist latency;                  /* receipt to response */
+	struct srv_hist queue_wait;               /* receipt to a worker taking it */
+	struct srv_hist search;                   /* the worker's search alone */
+	atomic_uint_fast64_t reload_failed;       /* loads of a new version that failed */
+};
+
 struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
@@ -184,6 +205,14 @@ struct cdx_server {
 	uint32_t q_len;
 	int q_stop;
 	pthread_t *workers;
+
+	/* per-collection metrics: cm[0, ncm) are in use */
+	pthread_mutex_t cm_mu; /* taken to add a slot */
+	struct srv_coll_metrics cm[SRV_MAX_COLL_METRICS];
+	atomic_uint ncm;
+	/* readiness: collections of the index directory that serve nothing
+	 * (set by each rescan, under set_mu); "" when every one serves */
+	char unserved[1024];
 
 	atomic_int stopping;  /* answer new requests UNAVAILABLE */
 	atomic_int in_flight; /* received, not yet answered */
@@ -249,7 +278,16 @@ int cdx__srv_watchdog_start(cdx_server *s);
 void cdx__srv_watchdog_stop(cdx_server *s);
 
 /* metrics.c */
-void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);
+/* cdx__srv_observe counts a response; collection (NULL for requests that
+ * reached no served collection) also counts it under that label. */
+void cdx__srv_observe(cdx_server *s, const char *collection, int status, uint64_t latency_us);
+/* cdx__srv_observe_search records a search job's wait for a worker and,
+ * if it was searched (search_us > 0 or searched), the search time. */
+void cdx__srv_observe_search(
+    cdx_server *s, const char *collection, uint64_t wait_us, int searched, uint64_t search_us);
+/* cdx__srv_coll_metrics returns the slot of collection, taking a free one
+ * for a new name; NULL when every slot is taken. */
+struct srv_coll_metrics *cdx__srv_coll_metrics(cdx_server *s, const char *collection);
 int cdx__srv_metrics_render(cdx_server *s, cdx_buf *out);
 int cdx__srv_http_start(cdx_server *s);
 void cdx__srv_http_stop(cdx_server *s);

@@ -197,7 +197,10 @@ test_metrics_and_healthz(void **state)
 
 	char *body = NULL, key[256];
 	assert_int_equal(st_http_get(port, "/healthz", &body), 200);
-	assert_non_null(strstr(body, "ok"));
+	assert_non_null(strstr(body, "alive"));
+	free(body);
+	assert_int_equal(st_http_get(port, "/readyz", &body), 200);
+	assert_non_null(strstr(body, "ready"));
 	free(body);
 	assert_int_equal(st_http_get(port, "/metrics", &body), 200);
 	assert_true(metric_value(body, "candex_requests_total{status=\"OK\"} ") >= 5);
@@ -219,7 +222,7 @@ test_metrics_and_healthz(void **state)
 	free(body);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
 
-	/* an empty index directory: the server runs, but is not healthy */
+	/* an empty index directory: the server lives, but is not ready */
 	char empty[4200], cmd[8400];
 	snprintf(empty, sizeof(empty), "%s/empty", dir);
 	snprintf(cmd, sizeof(cmd), "mkdir -p %s/index", empty);
@@ -227,7 +230,9 @@ test_metrics_and_healthz(void **state)
 	port = st_free_port();
 	snprintf(extra, sizeof(extra), "--threads 1 --http-listen 127.0.0.1:%d", port);
 	assert_int_equal(st_start(&srv, empty, "empty", extra), 0);
-	assert_int_equal(st_http_get(port, "/healthz", &body), 503);
+	assert_int_equal(st_http_get(port, "/healthz", &body), 200);
+	free(body);
+	assert_int_equal(st_http_get(port, "/readyz", &body), 503);
 	free(body);
 	c = st_client(srv.url, 5000, 0);
 	assert_int_equal(cdx_client_health(c, &err), CDX_EUNAVAIL);
