@@ -48,8 +48,9 @@ test_install_and_run_as_service_user(void **state)
 	assert_non_null(strstr(rp, "[$ORIGIN/../lib]"));
 	assert_null(strstr(out, "/.cache/"));
 	free(out);
-	assert_int_equal(tu_run(NULL, "test -f %s/prefix/lib/libfaiss_c.so && test -f %s/prefix/lib/libfaiss.so",
-	                     dir, dir),
+	assert_int_equal(
+	    tu_run(
+	        NULL, "test -f %s/prefix/lib/libfaiss_c.so && test -f %s/prefix/lib/libfaiss.so", dir, dir),
 	    0);
 	assert_int_equal(tu_run(NULL, "test -f %s/prefix/share/candex/systemd/candex.service", dir), 0);
 
