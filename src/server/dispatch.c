@@ -26,8 +26,6 @@
 
 #include "recall/online.h"
 
-#define SRV_MAX_REFINE 64.0f
-
 enum { CTX_RECV, CTX_SEND };
 
 struct srv_ctx {
@@ -248,77 +246,11 @@ check_search(struct srv_ctx *x)
 		    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
-	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
-	if (sr->k == 0) {
-		reply_error(x, CDX_EINVAL, "k must be at least 1");
+	char msg[1024];
+	int rc = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg));
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "%s", msg);
 		return -1;
-	}
-	if (sr->k > cfg->max_k) {
-		reply_error(x, CDX_ELIMIT, "k = %u exceeds the server's max-k %u", sr->k, cfg->max_k);
-		return -1;
-	}
-	if (sr->n_vectors > 0 && sr->n_query_keys > 0) {
-		reply_error(x, CDX_EINVAL, "give query vectors or query_keys, not both");
-		return -1;
-	}
-	if (sr->n_vectors == 0 && sr->n_query_keys == 0) {
-		reply_error(x, CDX_EEMPTY, "empty batch: the request has no query vector and no query key");
-		return -1;
-	}
-	size_t nq = sr->n_query_keys;
-	if (sr->n_vectors > 0) {
-		if (sr->dim != m->dim) {
-			reply_error(x, CDX_EDIM, "query dimension %u, but collection '%s' has dimension %u%s",
-			    sr->dim, m->collection, m->dim, sr->dim == 0 ? " (set SearchRequest.dim)" : "");
-			return -1;
-		}
-		if (sr->n_vectors % sr->dim != 0) {
-			reply_error(x, CDX_EDIM, "%zu floats is not a whole number of %u-dimensional vectors",
-			    sr->n_vectors, sr->dim);
-			return -1;
-		}
-		nq = sr->n_vectors / sr->dim;
-	}
-	if (nq > cfg->max_batch) {
-		reply_error(x, CDX_ELIMIT, "batch of %zu queries exceeds the server's max-batch %u", nq,
-		    cfg->max_batch);
-		return -1;
-	}
-	if (sr->n_exclude_ids + sr->n_exclude_keys > cfg->max_excludes) {
-		reply_error(x, CDX_ELIMIT, "%zu excluded items exceed the server's max-excludes %u",
-		    sr->n_exclude_ids + sr->n_exclude_keys, cfg->max_excludes);
-		return -1;
-	}
-	long bad = cdx_find_nonfinite(sr->vectors, sr->n_vectors);
-	if (bad >= 0) {
-		reply_error(x, CDX_ENONFINITE, "query %ld, component %ld is %s", bad / (long) sr->dim,
-		    bad % (long) sr->dim, isnan(sr->vectors[bad]) ? "NaN" : "infinite");
-		return -1;
-	}
-	if (sr->model_version != NULL && sr->model_version[0] != '\0'
-	    && strcmp(sr->model_version, m->model_version) != 0) {
-		reply_error(x, CDX_EMODEL,
-		    "query vectors come from model '%.*s' but collection '%s' version %s was built from "
-		    "model '%s'",
-		    (int) cdx_utf8_cut(sr->model_version, 128), sr->model_version, m->collection, m->version,
-		    m->model_version[0] ? m->model_version : "(unset)");
-		return -1;
-	}
-	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE) {
-		reply_error(x, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
-		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
-		return -1;
-	}
-	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1) {
-		reply_error(
-		    x, CDX_EINVAL, "recall_target must be in [0, 1], not %g", (double) sr->recall_target);
-		return -1;
-	}
-	for (size_t i = 0; i < sr->n_query_keys; i++) {
-		if (sr->query_keys[i] == NULL || sr->query_keys[i][0] == '\0') {
-			reply_error(x, CDX_EINVAL, "query key %zu is empty", i);
-			return -1;
-		}
 	}
 	return 0;
 }
@@ -582,61 +514,6 @@ cdx__srv_workers_stop(cdx_server *s)
 
 /* ---- the state machine ---------------------------------------------- */
 
-static int
-get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-		uint8_t b = *(*p)++;
-		*v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0)
-			return 0;
-	}
-	return -1;
-}
-
-/* peek_request_id walks the top-level fields of a Request that will not be
- * decoded (too large, or malformed further in) for its request_id (field
- * 2), so that even those error responses echo it. */
-static void
-peek_request_id(const uint8_t *p, size_t len, char *out, size_t size)
-{
-	const uint8_t *end = p + len;
-	uint64_t tag, v;
-	out[0] = '\0';
-	while (p < end && get_varint(&p, end, &tag) == 0) {
-		switch (tag & 7) {
-		case 0:
-			if (get_varint(&p, end, &v) != 0)
-				return;
-			break;
-		case 1:
-			p += 8;
-			break;
-		case 5:
-			p += 4;
-			break;
-		case 2:
-			if (get_varint(&p, end, &v) != 0 || v > (uint64_t) (end - p))
-				return;
-			if ((tag >> 3) == 2) {
-				size_t n = CDX_MIN((size_t) v, size - 1);
-				memcpy(out, p, n);
-				out[n] = '\0';
-				if (memchr(out, '\0', n) != NULL || strlen(out) != n)
-					out[0] = '\0';
-				/* a character cut by the limit goes, not half of it */
-				cdx_utf8_sanitize(out);
-				return;
-			}
-			p += v;
-			break;
-		default:
-			return;
-		}
-	}
-}
-
 static void
 handle(struct srv_ctx *x, nng_msg *msg)
 {
@@ -644,7 +521,7 @@ handle(struct srv_ctx *x, nng_msg *msg)
 	size_t len = nng_msg_len(msg);
 
 	if (len > s->cfg.max_message) {
-		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 		nng_msg_free(msg);
 		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
 		    (unsigned long long) s->cfg.max_message);
@@ -652,7 +529,7 @@ handle(struct srv_ctx *x, nng_msg *msg)
 	}
 	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
 	if (x->req == NULL)
-		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 	nng_msg_free(msg);
 	if (x->req == NULL) {
 		reply_error(x, CDX_EPROTO,

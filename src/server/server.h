@@ -47,8 +47,10 @@
 #include <nng/supplemental/http/http.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include "candex.pb-c.h"
 #include "common/common.h"
 #include "search/search.h"
+#include "shard/manifest.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
 /* request_id of the listener watchdog's health probes (not in the metrics) */
@@ -272,6 +274,19 @@ void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
 /* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+
+/* request.c */
+/* cdx__srv_validate_search checks a decoded search request against the
+ * limits of cfg and the manifest of the collection it names: everything
+ * but the lookup. Returns CDX_OK, or the answer's code with its message in
+ * msg[size]. Needs no socket and no server. */
+int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
+    const struct cdx_server_config *cfg, char *msg, size_t size);
+/* cdx__srv_peek_request_id walks the top-level fields of a Request that
+ * will not be decoded (too large, or malformed further in) for its
+ * request_id (field 2), so that even those error responses echo it; out
+ * gets at most size - 1 bytes, cut on a character boundary, or "". */
+void cdx__srv_peek_request_id(const uint8_t *p, size_t len, char *out, size_t size);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
