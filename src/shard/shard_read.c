@@ -166,7 +166,8 @@ cdx_shard_verify(const cdx_shard *s, uint64_t *file_xxh64)
 	/* One pass over the file feeds the whole-file hash and, for the
 	 * bytes that belong to a part, that part's hash. */
 	cdx_xxh64_state whole, part[CDX_SHARD_MAX_PARTS];
-	uint8_t *buf = malloc(READ_CHUNK);
+	size_t chunk = (size_t) CDX_MIN((uint64_t) READ_CHUNK, s->size);
+	uint8_t *buf = malloc(chunk);
 	if (buf == NULL)
 		return cdx_error(CDX_ENOMEM, "%s: verify buffer", s->path);
 	cdx_xxh64_init(&whole, 0);
@@ -174,7 +175,7 @@ cdx_shard_verify(const cdx_shard *s, uint64_t *file_xxh64)
 		cdx_xxh64_init(&part[i], 0);
 	int rc = CDX_OK;
 	for (uint64_t off = 0; rc == CDX_OK && off < s->size;) {
-		size_t n = (size_t) CDX_MIN((uint64_t) READ_CHUNK, s->size - off);
+		size_t n = (size_t) CDX_MIN((uint64_t) chunk, s->size - off);
 		if ((rc = read_at(s, buf, n, off)) != CDX_OK)
 			break;
 		cdx_xxh64_update(&whole, buf, n);
@@ -216,7 +217,8 @@ struct part_src {
 	const cdx_shard *s;
 	uint64_t off;    /* next file offset to read */
 	uint64_t left;   /* stored bytes not read from the file yet */
-	uint8_t *buf;    /* READ_CHUNK bytes */
+	uint8_t *buf;    /* cap bytes */
+	size_t cap;      /* READ_CHUNK, or less for a smaller part */
 	size_t pos, len; /* buf[pos, len) is read but not consumed */
 };
 
@@ -224,7 +226,8 @@ static int
 src_init(struct part_src *src, const cdx_shard *s, const struct cdx_part_desc *pd)
 {
 	*src = (struct part_src) { .s = s, .off = pd->offset, .left = pd->stored_size };
-	if ((src->buf = malloc(READ_CHUNK)) == NULL)
+	src->cap = (size_t) CDX_MAX(1, CDX_MIN((uint64_t) READ_CHUNK, pd->stored_size));
+	if ((src->buf = malloc(src->cap)) == NULL)
 		return cdx_error(CDX_ENOMEM, "%s: read buffer", s->path);
 	return CDX_OK;
 }
@@ -235,7 +238,7 @@ src_fill(struct part_src *src)
 {
 	if (src->pos < src->len || src->left == 0)
 		return CDX_OK;
-	size_t n = (size_t) CDX_MIN((uint64_t) READ_CHUNK, src->left);
+	size_t n = (size_t) CDX_MIN((uint64_t) src->cap, src->left);
 	int rc = read_at(src->s, src->buf, n, src->off);
 	if (rc != CDX_OK)
 		return rc;
