@@ -551,25 +551,32 @@ cdx_client_info(cdx_client *c, const char *collection, char **json, struct cdx_c
 	return CDX_OK;
 }
 
+/* admin_call runs an admin request (reload, drop), which the server's
+ * reload thread answers after any load in progress: a big index takes a
+ * while, so it waits longer than a search. */
+static int
+admin_call(cdx_client *c, Candex__V1__Request *req, struct cdx_client_error *err)
+{
+	Candex__V1__Response *resp;
+	uint32_t timeout = c->opts.timeout_ms < 120000 ? 120000 : c->opts.timeout_ms;
+	int rc = call(c, req, timeout, &resp, err);
+	if (rc == CDX_OK)
+		candex__v1__response__free_unpacked(resp, NULL);
+	return rc;
+}
+
 int
 cdx_client_reload(cdx_client *c, const char *collection, struct cdx_client_error *err)
 {
 	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
 	Candex__V1__ReloadRequest rr = CANDEX__V1__RELOAD_REQUEST__INIT;
-	Candex__V1__Response *resp;
-	int rc;
 
 	if (c == NULL)
 		return client_fail(err, CDX_EINVAL, "no client");
 	rr.collection = (char *) (collection ? collection : "");
 	req.body_case = CANDEX__V1__REQUEST__BODY_RELOAD;
 	req.reload = &rr;
-	/* loading a big index takes a while: wait longer than for a search */
-	uint32_t timeout = c->opts.timeout_ms < 120000 ? 120000 : c->opts.timeout_ms;
-	if ((rc = call(c, &req, timeout, &resp, err)) != CDX_OK)
-		return rc;
-	candex__v1__response__free_unpacked(resp, NULL);
-	return CDX_OK;
+	return admin_call(c, &req, err);
 }
 
 int
@@ -577,16 +584,11 @@ cdx_client_drop(cdx_client *c, const char *collection, struct cdx_client_error *
 {
 	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
 	Candex__V1__DropRequest dr = CANDEX__V1__DROP_REQUEST__INIT;
-	Candex__V1__Response *resp;
-	int rc;
 
 	if (c == NULL || collection == NULL || *collection == '\0')
 		return client_fail(err, CDX_EINVAL, "drop needs a client and a collection");
 	dr.collection = (char *) collection;
 	req.body_case = CANDEX__V1__REQUEST__BODY_DROP;
 	req.drop = &dr;
-	if ((rc = call(c, &req, 0, &resp, err)) != CDX_OK)
-		return rc;
-	candex__v1__response__free_unpacked(resp, NULL);
-	return CDX_OK;
+	return admin_call(c, &req, err);
 }

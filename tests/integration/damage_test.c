@@ -139,22 +139,12 @@ log_count(const struct st_server *srv, const char *what)
 	return n;
 }
 
-/* metric_value returns the value of the /metrics line that starts with
- * series, or -1. */
+/* metric_value returns the value of series in the server's /metrics, or -1. */
 static double
 metric_value(int port, const char *series)
 {
 	char *body = NULL;
-	double v = -1;
-	if (st_http_get(port, "/metrics", &body) == 200) {
-		for (const char *p = body; p != NULL && *p;
-		     p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-			if (strncmp(p, series, strlen(series)) == 0 && p[strlen(series)] == ' ') {
-				v = atof(p + strlen(series) + 1);
-				break;
-			}
-		}
-	}
+	double v = st_http_get(port, "/metrics", &body) == 200 ? st_metric(body, series) : -1;
 	free(body);
 	return v;
 }

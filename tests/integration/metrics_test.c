@@ -32,18 +32,6 @@ teardown(void **state)
 	return 0;
 }
 
-/* metric returns the value of the line of body that starts with series
- * followed by a space, or -1. */
-static double
-metric(const char *body, const char *series)
-{
-	size_t n = strlen(series);
-	for (const char *p = body; p != NULL && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
-		if (strncmp(p, series, n) == 0 && p[n] == ' ')
-			return strtod(p + n + 1, NULL);
-	return -1;
-}
-
 static char *
 get_metrics(int port)
 {
@@ -97,26 +85,27 @@ test_collection_labels(void **state)
 	assert_int_equal(tu_run(NULL, "rm -rf %s/vbroken", cdir), 0);
 
 	char *b = get_metrics(port);
-	assert_true(metric(b, "candex_collection_requests_total{collection=\"tracks\",status=\"OK\"}") == 4);
 	assert_true(
-	    metric(b, "candex_collection_requests_total{collection=\"podcasts\",status=\"OK\"}") == 1);
-	assert_true(metric(b,
+	    st_metric(b, "candex_collection_requests_total{collection=\"tracks\",status=\"OK\"}") == 4);
+	assert_true(
+	    st_metric(b, "candex_collection_requests_total{collection=\"podcasts\",status=\"OK\"}") == 1);
+	assert_true(st_metric(b,
 	                "candex_collection_requests_total{collection=\"podcasts\",status=\"DIMENSION_"
 	                "MISMATCH\"}")
 	    == 1);
 	assert_null(strstr(b, "collection=\"nope\"")); /* client names take no slot */
 	assert_true(
-	    metric(b, "candex_collection_request_duration_seconds_count{collection=\"tracks\"}") == 4);
-	assert_true(metric(b, "candex_collection_queue_wait_seconds_count{collection=\"tracks\"}") == 4);
-	assert_true(metric(b, "candex_collection_search_seconds_count{collection=\"tracks\"}") == 4);
-	double wait = metric(b, "candex_collection_queue_wait_seconds_sum{collection=\"tracks\"}");
-	double total = metric(b, "candex_collection_request_duration_seconds_sum{collection=\"tracks\"}");
-	double searched = metric(b, "candex_collection_search_seconds_sum{collection=\"tracks\"}");
+	    st_metric(b, "candex_collection_request_duration_seconds_count{collection=\"tracks\"}") == 4);
+	assert_true(st_metric(b, "candex_collection_queue_wait_seconds_count{collection=\"tracks\"}") == 4);
+	assert_true(st_metric(b, "candex_collection_search_seconds_count{collection=\"tracks\"}") == 4);
+	double wait = st_metric(b, "candex_collection_queue_wait_seconds_sum{collection=\"tracks\"}");
+	double total = st_metric(b, "candex_collection_request_duration_seconds_sum{collection=\"tracks\"}");
+	double searched = st_metric(b, "candex_collection_search_seconds_sum{collection=\"tracks\"}");
 	assert_true(wait > 0 && searched > 0 && wait + searched <= total + 1e-6);
-	assert_true(metric(b, "candex_collection_reload_failures_total{collection=\"podcasts\"}") == 1);
-	assert_true(metric(b, "candex_collection_reload_failures_total{collection=\"tracks\"}") == 0);
+	assert_true(st_metric(b, "candex_collection_reload_failures_total{collection=\"podcasts\"}") == 1);
+	assert_true(st_metric(b, "candex_collection_reload_failures_total{collection=\"tracks\"}") == 0);
 	assert_non_null(strstr(b, "candex_build_info{version=\"" CANDEX_VERSION "\",nng=\""));
-	assert_true(metric(b, "candex_process_resident_anon_bytes") > 0);
+	assert_true(st_metric(b, "candex_process_resident_anon_bytes") > 0);
 	free(b);
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
@@ -231,7 +220,7 @@ test_memory_metric(void **state)
 	cdx_client_close(admin);
 	long after = rss_anon_kb(srv.pid);
 	char *b = get_metrics(port);
-	double counted = metric(b, "candex_collection_memory_bytes{collection=\"pq\"}");
+	double counted = st_metric(b, "candex_collection_memory_bytes{collection=\"pq\"}");
 	free(b);
 	double grown = (double) (after - before) * 1024.0;
 	fprintf(stderr, "memory: metric %.1f MB, anonymous RSS grew %.1f MB\n", counted / 1e6, grown / 1e6);

@@ -251,6 +251,18 @@ st_http_get(int port, const char *path, char **body)
 	return code;
 }
 
+/* st_metric returns the value of the /metrics line of body that is series
+ * (name and labels) followed by a space, or -1 if there is none. */
+static inline double
+st_metric(const char *body, const char *series)
+{
+	size_t n = strlen(series);
+	for (const char *p = body; p != NULL && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (strncmp(p, series, n) == 0 && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+	return -1;
+}
+
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
  * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
 static inline int
