@@ -862,6 +862,10 @@ test_keys_codec(void **state)
 	assert_int_equal(cdx_keys_decode(huge, sizeof(huge), 1, &str, &off), CDX_ECORRUPT);
 	uint8_t nul[] = { 3, 'a', 0, 'b' };
 	assert_int_equal(cdx_keys_decode(nul, sizeof(nul), 1, &str, &off), CDX_ECORRUPT);
+	/* keys go out in protobuf strings: not UTF-8 is corrupt */
+	uint8_t latin1[] = { 3, 'a', 0xe9, 'b' };
+	assert_int_equal(cdx_keys_decode(latin1, sizeof(latin1), 1, &str, &off), CDX_ECORRUPT);
+	assert_non_null(strstr(cdx_last_error(), "not valid UTF-8"));
 	assert_int_equal(cdx_keys_decode(NULL, 0, 0, &str, &off), CDX_OK);
 	assert_int_equal(off[0], 0);
 	free(str);
