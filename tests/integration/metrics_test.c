@@ -43,7 +43,7 @@ get_metrics(int port)
 static int
 search(cdx_client *c, const char *coll, uint32_t dim)
 {
-	float q[DIM] = { 0 };
+	float q[DIM + 1] = { 0 }; /* dim may be one too many, for a DIMENSION_MISMATCH */
 	struct cdx_query qq = { .collection = coll, .vectors = q, .nvectors = 1, .dim = dim, .k = 5 };
 	struct cdx_result *r = NULL;
 	struct cdx_client_error err;
