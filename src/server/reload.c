@@ -356,11 +356,11 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			 * version must not answer for another collection */
 			r = cdx_error(CDX_ECORRUPT, "its manifest names collection '%s', not '%s'",
 			    cdx_collection_manifest(c)->collection, name);
-		if (r == CDX_OK && (r = verify(c)) != CDX_OK) {
-			cdx_collection_unref(c);
-			c = NULL;
-		}
+		if (r == CDX_OK)
+			r = verify(c);
 		if (r != CDX_OK) {
+			cdx_collection_unref(c); /* NULL if the load itself failed */
+			c = NULL;
 			char why[1024];
 			const char *vname = strrchr(vdir, '/');
 			const char *vn = vname ? vname + 1 : vdir, *le = cdx_last_error();

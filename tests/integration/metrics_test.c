@@ -202,6 +202,11 @@ rss_anon_kb(pid_t pid)
 static void
 test_memory_metric(void **state)
 {
+#if defined(__SANITIZE_ADDRESS__)
+	/* ASan's shadow and quarantine grow RSS by more than the program holds */
+	fprintf(stderr, "built with AddressSanitizer: the RSS comparison does not apply\n");
+	skip();
+#endif
 	char mdir[3000];
 	snprintf(mdir, sizeof(mdir), "%s/mem", dir);
 	assert_int_equal(tu_run(NULL, "mkdir -p %s", mdir), 0);
