@@ -139,16 +139,6 @@ log_count(const struct st_server *srv, const char *what)
 	return n;
 }
 
-/* metric_value returns the value of series in the server's /metrics, or -1. */
-static double
-metric_value(int port, const char *series)
-{
-	char *body = NULL;
-	double v = st_http_get(port, "/metrics", &body) == 200 ? st_metric(body, series) : -1;
-	free(body);
-	return v;
-}
-
 /* A deleted CURRENT (then the watcher, a SIGHUP, an admin reload) keeps the
  * loaded version serving, warns once and shows in /metrics; an admin drop,
  * refused while a CURRENT exists, retires the collection. */
@@ -178,7 +168,7 @@ test_deleted_current_keeps_serving(void **state)
 	st_sleep_ms(100);
 	assert_int_equal(search_version(c, "tracks", v, sizeof(v)), CDX_OK);
 	assert_string_equal(v, good);
-	assert_true(metric_value(port, gauge) == 1);
+	assert_true(st_metric(port, gauge) == 1);
 	assert_int_equal(log_count(&srv, "SRV-CURRENT-GONE"), 1); /* warned once */
 	assert_int_equal(cdx_client_reload(admin, NULL, &err), CDX_ENOTFOUND);
 	assert_non_null(strstr(err.message, "CURRENT link is gone"));
@@ -186,9 +176,9 @@ test_deleted_current_keeps_serving(void **state)
 
 	/* CURRENT comes back: nothing to load, the gauge clears */
 	assert_int_equal(cdx_version_publish(cdir, good), CDX_OK);
-	for (int i = 0; i < 500 && metric_value(port, gauge) != 0; i++)
+	for (int i = 0; i < 500 && st_metric(port, gauge) != 0; i++)
 		st_sleep_ms(10);
-	assert_true(metric_value(port, gauge) == 0);
+	assert_true(st_metric(port, gauge) == 0);
 	assert_true(st_log_has(&srv, "SRV-CURRENT-BACK"));
 
 	/* retiring it is an explicit admin action, refused while a CURRENT

@@ -86,26 +86,28 @@ test_collection_labels(void **state)
 
 	char *b = get_metrics(port);
 	assert_true(
-	    st_metric(b, "candex_collection_requests_total{collection=\"tracks\",status=\"OK\"}") == 4);
+	    st_metric_in(b, "candex_collection_requests_total{collection=\"tracks\",status=\"OK\"}") == 4);
 	assert_true(
-	    st_metric(b, "candex_collection_requests_total{collection=\"podcasts\",status=\"OK\"}") == 1);
-	assert_true(st_metric(b,
+	    st_metric_in(b, "candex_collection_requests_total{collection=\"podcasts\",status=\"OK\"}") == 1);
+	assert_true(st_metric_in(b,
 	                "candex_collection_requests_total{collection=\"podcasts\",status=\"DIMENSION_"
 	                "MISMATCH\"}")
 	    == 1);
 	assert_null(strstr(b, "collection=\"nope\"")); /* client names take no slot */
 	assert_true(
-	    st_metric(b, "candex_collection_request_duration_seconds_count{collection=\"tracks\"}") == 4);
-	assert_true(st_metric(b, "candex_collection_queue_wait_seconds_count{collection=\"tracks\"}") == 4);
-	assert_true(st_metric(b, "candex_collection_search_seconds_count{collection=\"tracks\"}") == 4);
-	double wait = st_metric(b, "candex_collection_queue_wait_seconds_sum{collection=\"tracks\"}");
-	double total = st_metric(b, "candex_collection_request_duration_seconds_sum{collection=\"tracks\"}");
-	double searched = st_metric(b, "candex_collection_search_seconds_sum{collection=\"tracks\"}");
+	    st_metric_in(b, "candex_collection_request_duration_seconds_count{collection=\"tracks\"}") == 4);
+	assert_true(
+	    st_metric_in(b, "candex_collection_queue_wait_seconds_count{collection=\"tracks\"}") == 4);
+	assert_true(st_metric_in(b, "candex_collection_search_seconds_count{collection=\"tracks\"}") == 4);
+	double wait = st_metric_in(b, "candex_collection_queue_wait_seconds_sum{collection=\"tracks\"}");
+	double total
+	    = st_metric_in(b, "candex_collection_request_duration_seconds_sum{collection=\"tracks\"}");
+	double searched = st_metric_in(b, "candex_collection_search_seconds_sum{collection=\"tracks\"}");
 	assert_true(wait > 0 && searched > 0 && wait + searched <= total + 1e-6);
-	assert_true(st_metric(b, "candex_collection_reload_failures_total{collection=\"podcasts\"}") == 1);
-	assert_true(st_metric(b, "candex_collection_reload_failures_total{collection=\"tracks\"}") == 0);
+	assert_true(st_metric_in(b, "candex_collection_reload_failures_total{collection=\"podcasts\"}") == 1);
+	assert_true(st_metric_in(b, "candex_collection_reload_failures_total{collection=\"tracks\"}") == 0);
 	assert_non_null(strstr(b, "candex_build_info{version=\"" CANDEX_VERSION "\",nng=\""));
-	assert_true(st_metric(b, "candex_process_resident_anon_bytes") > 0);
+	assert_true(st_metric_in(b, "candex_process_resident_anon_bytes") > 0);
 	free(b);
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
@@ -225,7 +227,7 @@ test_memory_metric(void **state)
 	cdx_client_close(admin);
 	long after = rss_anon_kb(srv.pid);
 	char *b = get_metrics(port);
-	double counted = st_metric(b, "candex_collection_memory_bytes{collection=\"pq\"}");
+	double counted = st_metric_in(b, "candex_collection_memory_bytes{collection=\"pq\"}");
 	free(b);
 	double grown = (double) (after - before) * 1024.0;
 	fprintf(stderr, "memory: metric %.1f MB, anonymous RSS grew %.1f MB\n", counted / 1e6, grown / 1e6);

@@ -251,10 +251,12 @@ st_http_get(int port, const char *path, char **body)
 	return code;
 }
 
-/* st_metric returns the value of the /metrics line of body that is series
- * (name and labels) followed by a space, or -1 if there is none. */
+/* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
+ * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
+/* st_metric_in returns the value of the sample series (name and labels,
+ * as printed) in a /metrics body, or -1 if there is none. */
 static inline double
-st_metric(const char *body, const char *series)
+st_metric_in(const char *body, const char *series)
 {
 	size_t n = strlen(series);
 	for (const char *p = body; p != NULL && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
@@ -263,8 +265,21 @@ st_metric(const char *body, const char *series)
 	return -1;
 }
 
-/* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
- * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
+/* st_metric reads one sample (name and labels, as printed) from a server's
+ * /metrics; it must be there. */
+static inline double
+st_metric(int http_port, const char *name)
+{
+	char *body = NULL;
+	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
+	double v = st_metric_in(body, name);
+	if (v < 0)
+		fprintf(stderr, "no sample '%s' in:\n%s\n", name, body);
+	free(body);
+	assert_true(v >= 0);
+	return v;
+}
+
 static inline int
 st_sp_connect(const char *url, int *ipc)
 {
