@@ -40,21 +40,6 @@ static const float factors[MAX_F] = { 1, 2, 4, 8, 16 };
 
 /* --- the cost model ------------------------------------------------------ */
 
-/* Nanoseconds per unit, single thread, measured on the project machine
- * with tools/bench/bench_costmodel.c (BENCHMARKS.md, "Cost model"). Only
- * ratios matter for the choice; the absolute figures give the modelled QPS
- * reported beside the measured one. */
-#define NS_QUERY       15000.0 /* per request: copies, coarse setup, merge */
-#define NS_FLOAT_DIST  0.064   /* per float of a flat distance (coarse quantizer, exact search) */
-#define NS_LUT         0.25    /* per table entry built per probed list (M x 2^nbits) */
-#define NS_CODE8       0.8     /* per code per sub-quantizer, 8-bit PQ */
-#define NS_CODE4       1.3     /* per code per sub-quantizer, 4-bit PQ (no fast-scan) */
-#define NS_HEAP        5.0     /* per heap step (log2 of the pool) per insertion */
-#define NS_REFINE_ROW  15.0    /* per re-ranked candidate: a cache miss on its row */
-#define NS_REFINE_FP32 0.06    /* per dimension of a re-ranked candidate */
-#define NS_REFINE_FP16 0.09
-#define NS_REFINE_SQ8  0.12
-
 struct cand;
 static double model_ns(
     const struct cand *c, uint32_t nprobe, double codes, double pool, int kind, uint32_t dim);
@@ -458,26 +443,26 @@ evaluate_pools(const struct tdata *t, struct score_cache *sc, const struct cdx_h
 static double
 model_ns(const struct cand *c, uint32_t nprobe, double codes, double pool, int kind, uint32_t dim)
 {
-	double ns = NS_QUERY;
+	double ns = CDX_TUNE_NS_QUERY;
 	if (c->flat) {
-		ns += NS_FLOAT_DIST * codes * c->index_dim;
+		ns += CDX_TUNE_NS_FLOAT_DIST * codes * c->index_dim;
 	} else {
-		ns += NS_FLOAT_DIST * (double) c->nlist * (c->pca ? c->pca : c->group_dim);
+		ns += CDX_TUNE_NS_FLOAT_DIST * (double) c->nlist * (c->pca ? c->pca : c->group_dim);
 		if (c->pca)
-			ns += NS_FLOAT_DIST * (double) c->group_dim * c->pca;
-		ns += NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
-		ns += (c->nbits == 8 ? NS_CODE8 : NS_CODE4) * (double) c->m * codes;
+			ns += CDX_TUNE_NS_FLOAT_DIST * (double) c->group_dim * c->pca;
+		ns += CDX_TUNE_NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
+		ns += (c->nbits == 8 ? CDX_TUNE_NS_CODE8 : CDX_TUNE_NS_CODE4) * (double) c->m * codes;
 	}
 	/* a heap of the pool takes about pool x (1 + ln(codes / pool)) insertions */
 	if (pool >= 1 && codes > 0) {
 		double ins = codes <= pool ? codes : pool * (1 + log(codes / pool));
-		ns += NS_HEAP * log2(pool + 1) * ins;
+		ns += CDX_TUNE_NS_HEAP * log2(pool + 1) * ins;
 	}
 	if (kind != CDX_REFINE_NONE) {
-		double per_dim = kind == CDX_REFINE_FP32 ? NS_REFINE_FP32
-		    : kind == CDX_REFINE_FP16            ? NS_REFINE_FP16
-		                                         : NS_REFINE_SQ8;
-		ns += pool * (NS_REFINE_ROW + per_dim * dim);
+		double per_dim = kind == CDX_REFINE_FP32 ? CDX_TUNE_NS_REFINE_FP32
+		    : kind == CDX_REFINE_FP16            ? CDX_TUNE_NS_REFINE_FP16
+		                                         : CDX_TUNE_NS_REFINE_SQ8;
+		ns += pool * (CDX_TUNE_NS_REFINE_ROW + per_dim * dim);
 	}
 	return ns;
 }
@@ -502,7 +487,7 @@ choose_settings(const struct tdata *t, struct cand *c, const int *kinds)
 			for (uint32_t s = 0; s < c->nsteps; s++) {
 				for (size_t fi = 0; fi < nf; fi++) {
 					double r = c->rec[s][ki][kind][fi], se = c->se[s][ki][kind][fi];
-					if (!(r - Z95 * se >= t->target))
+					if (!(cdx_points_lower_bound(r, se) >= t->target))
 						continue;
 					double pool = kind == CDX_REFINE_NONE ? k : factors[fi] * k;
 					double ns
@@ -790,6 +775,9 @@ ivf_cand(const struct tdata *t, struct cand *c, int transform, uint32_t pca, uin
 		snprintf(c->factory, sizeof(c->factory), "IVF%u,PQ%ux%unp", nlist, c->m, nbits);
 }
 
+/* better: whether a beats b: cheaper beyond the tie band; within it,
+ * exact search beats approximate (its answers are exact, whatever the
+ * traffic), then fewer bytes per item win. */
 static int
 better(const struct cand *a, const struct cand *b)
 {
@@ -799,7 +787,11 @@ better(const struct cand *a, const struct cand *b)
 		return 0;
 	if (a->ns * COST_TIE < b->ns)
 		return 1;
-	return a->ns <= b->ns * COST_TIE && a->bytes < b->bytes && a->ns < INFINITY;
+	if (a->ns > b->ns * COST_TIE)
+		return 0;
+	if (a->flat != b->flat)
+		return a->flat;
+	return a->bytes < b->bytes;
 }
 
 static json_t *
@@ -881,7 +873,7 @@ make_points(const struct tdata *t, const struct cand *c, struct cdx_tune_result 
 					for (size_t fi = 0; fi < nf; fi++) {
 						double rec = c->rec[s][ki][c->kind][fi],
 						       se = c->se[s][ki][c->kind][fi];
-						if (!(rec - Z95 * se >= targets[ti]))
+						if (!(cdx_points_lower_bound(rec, se) >= targets[ti]))
 							continue;
 						double pool = c->kind == CDX_REFINE_NONE
 						    ? t->ks[ki]
