@@ -119,4 +119,11 @@ int cdx_tune_run(
 int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input,
     uint32_t raw_dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
 
+/* cdx_tune_check_save writes the check (queries, their truth, the held-out
+ * ids) into a distributed build's work directory; cdx_tune_check_load
+ * reads it back for the publish step (*cp NULL when the build was not
+ * tuned). */
+int cdx_tune_check_save(const struct cdx_tune_check *c, const char *workdir);
+int cdx_tune_check_load(struct cdx_tune_check **cp, const char *workdir, int metric, uint32_t dim);
+
 #endif
