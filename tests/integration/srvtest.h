@@ -254,18 +254,28 @@ st_http_get(int port, const char *path, char **body)
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
  * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
+/* st_metric_in returns the value of the sample series (name and labels,
+ * as printed) in a /metrics body, or -1 if there is none. */
+static inline double
+st_metric_in(const char *body, const char *series)
+{
+	size_t n = strlen(series);
+	for (const char *p = body; p != NULL && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (strncmp(p, series, n) == 0 && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+	return -1;
+}
+
 /* st_metric_or reads one sample (name with its labels, if any) from a
  * server's /metrics, or returns dflt when the series is absent. */
 static inline double
 st_metric_or(int http_port, const char *name, double dflt)
 {
-	char *body = NULL, line[256];
+	char *body = NULL;
 	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
-	snprintf(line, sizeof(line), "\n%s ", name);
-	const char *p = strstr(body, line);
-	double v = p != NULL ? strtod(p + strlen(line), NULL) : dflt;
+	double v = st_metric_in(body, name);
 	free(body);
-	return v;
+	return v < 0 ? dflt : v;
 }
 
 /* st_metric reads one sample that must be present. */
