@@ -35,9 +35,14 @@ usage(FILE *out)
 	    "  --stdin               read vectors from stdin: whitespace-separated floats, one vector a "
 	    "line\n"
 	    "  -k, --k K             candidates per query [10]\n"
-	    "  --nprobe N            IVF lists to scan (0 = server default or --recall-target) [0]\n"
-	    "  --refine F            re-rank k x F candidates exactly (0 = collection default) [0]\n"
-	    "  --recall-target R     let the server pick the measured operating point reaching R\n"
+	    "  --nprobe N            IVF lists to scan (0 = the operating point for --recall-target,\n"
+	    "                        else for the collection's default target) [0]\n"
+	    "  --refine F            re-rank F x (k's tier) candidates exactly (0 = the operating point's "
+	    "or\n"
+	    "                        the collection's default) [0]\n"
+	    "  --recall-target R     the cheapest measured operating point reaching R at this k (0 = the\n"
+	    "                        collection's default target); the answer says the point's measured\n"
+	    "                        recall (expected_recall) and whether no point reaches R\n"
 	    "  --exclude-key K       never return this item (repeatable)\n"
 	    "  --exclude-id ID       never return this id (repeatable)\n"
 	    "  --model-version V     refuse if the index was built from another embedding model\n"
@@ -57,7 +62,11 @@ usage(FILE *out)
 	    "  --retries N           retries on timeout/unavailable/overload, with backoff [2]\n"
 	    "  --info                print the server's collections (JSON) instead of searching\n"
 	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
-	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp://\n"
+	    "  --drop NAME           ask an admin listener to stop serving NAME, whose CURRENT link is\n"
+	    "                        gone (a reload keeps serving such a collection)\n"
+	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp:// (--tls-ca\n"
+	    "                        is required: the CA that signed the server's certificate)\n"
+	    "  --tls-insecure        tls+tcp:// without --tls-ca: encrypt but do not verify the server\n"
 	    "  -h, --help            show this help\n");
 }
 
@@ -239,6 +248,8 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "nprobe", json_integer(r->nprobe));
 	json_object_set_new(root, "refine_factor", json_real(r->refine_factor));
 	json_object_set_new(root, "recall_target", json_real(r->recall_target));
+	json_object_set_new(root, "expected_recall", json_real(r->expected_recall));
+	json_object_set_new(root, "target_unmet", json_boolean(r->target_unmet));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
 	if (r->applied & CDX_APPLIED_EXPLORE)
 		json_object_set_new(root, "seed", json_integer((json_int_t) r->seed));
@@ -275,14 +286,18 @@ static void
 print_table(const struct cdx_result *r, const char *collection)
 {
 	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection,
-	    r->index_version && *r->index_version ? r->index_version : "-", r->metric && *r->metric ? r->metric : "-",
-	    r->nprobe, (double) r->refine_factor);
+	    r->index_version && *r->index_version ? r->index_version : "-",
+	    r->metric && *r->metric ? r->metric : "-", r->nprobe, (double) r->refine_factor);
 	for (size_t p = 0; p < r->nparts; p++)
 		printf("%s%s %s", p ? ", " : "  parts: ", r->parts[p].collection, r->parts[p].index_version);
 	if (r->applied & CDX_APPLIED_EXPLORE)
 		printf("  seed %llu", (unsigned long long) r->seed);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
+	if (r->expected_recall > 0)
+		printf("  expected_recall %.4f", (double) r->expected_recall);
+	if (r->target_unmet)
+		printf("  (target unmet: no measured setting reaches it at this k)");
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
@@ -332,6 +347,7 @@ enum {
 	OPT_RETRIES,
 	OPT_INFO,
 	OPT_RELOAD,
+	OPT_DROP,
 	OPT_TLS_CA,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
@@ -346,6 +362,7 @@ enum {
 	OPT_SEED,
 	OPT_PART,
 	OPT_MERGE,
+	OPT_TLS_INSECURE,
 };
 
 /* read_ids_file reads one int64 a line (blank lines and # comments skipped). */
@@ -470,10 +487,12 @@ cmd_query(int argc, char **argv)
 		{ "retries", required_argument, NULL, OPT_RETRIES },
 		{ "info", no_argument, NULL, OPT_INFO },
 		{ "reload", no_argument, NULL, OPT_RELOAD },
+		{ "drop", required_argument, NULL, OPT_DROP },
 		{ "tls-ca", required_argument, NULL, OPT_TLS_CA },
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
+		{ "tls-insecure", no_argument, NULL, OPT_TLS_INSECURE },
 		{ "filter", required_argument, NULL, OPT_FILTER },
 		{ "exclude-ids-file", required_argument, NULL, OPT_EXFILE },
 		{ "max-per-group", required_argument, NULL, OPT_MAXGROUP },
@@ -487,7 +506,8 @@ cmd_query(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL, *filter = NULL, *group_by = NULL;
+	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL, *drop = NULL;
+	const char *filter = NULL, *group_by = NULL;
 	double max_group = 0, exp_slots = 0, exp_share = 0, exp_pool = 0, seed = 0;
 	int compact = 0, merge = CDX_MERGE_INTERLEAVE;
 	struct cdx_query_part *parts = NULL;
@@ -588,6 +608,9 @@ cmd_query(int argc, char **argv)
 		case OPT_RELOAD:
 			reload = 1;
 			break;
+		case OPT_DROP:
+			drop = optarg;
+			break;
 		case OPT_TLS_CA:
 			co.tls_ca_file = optarg;
 			break;
@@ -639,7 +662,8 @@ cmd_query(int argc, char **argv)
 				goto out;
 			parts = grown;
 			if (parse_part(optarg, &parts[nparts++]) != 0) {
-				fprintf(stderr, "candex query: --part wants NAME:QUOTA[:SCALE:OFFSET], not '%s'\n",
+				fprintf(stderr,
+				    "candex query: --part wants NAME:QUOTA[:SCALE:OFFSET], not '%s'\n",
 				    optarg);
 				goto out;
 			}
@@ -650,7 +674,11 @@ cmd_query(int argc, char **argv)
 				fprintf(stderr, "candex query: --merge is interleave or calibrated\n");
 				goto out;
 			}
-			merge = strcmp(optarg, "calibrated") == 0 ? CDX_MERGE_CALIBRATED : CDX_MERGE_INTERLEAVE;
+			merge
+			    = strcmp(optarg, "calibrated") == 0 ? CDX_MERGE_CALIBRATED : CDX_MERGE_INTERLEAVE;
+			break;
+		case OPT_TLS_INSECURE:
+			co.tls_insecure = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -665,10 +693,11 @@ cmd_query(int argc, char **argv)
 		fprintf(stderr, "candex query: unexpected argument '%s'\n", argv[optind]);
 		goto out;
 	}
-	if (reload)
+	if (reload || drop != NULL)
 		info = 1; /* no query vectors either */
 	if (url == NULL || (!info && (collection == NULL) == (nparts == 0))) {
-		fprintf(stderr, "candex query: --url and --collection (or --part) are required (see --help)\n");
+		fprintf(
+		    stderr, "candex query: --url and --collection (or --part) are required (see --help)\n");
 		goto out;
 	}
 	if (!info && (vecfile != NULL) + (keys.n > 0) + use_stdin != 1) {
@@ -702,6 +731,13 @@ cmd_query(int argc, char **argv)
 			goto out;
 		}
 		printf("reloaded\n");
+	}
+	if (drop != NULL) {
+		if (cdx_client_drop(client, drop, &err) != CDX_OK) {
+			fprintf(stderr, "candex query: drop: %s: %s\n", cdx_errname(err.code), err.message);
+			goto out;
+		}
+		printf("dropped %s\n", drop);
 	}
 	if (info) {
 		char *text = NULL;

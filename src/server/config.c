@@ -25,6 +25,8 @@ struct opt {
 
 #define O(f) offsetof(struct cdx_server_config, f)
 
+#define MAX_ADAPT_RUNGS 16 /* a ladder has a handful of rungs */
+
 static const struct opt opts[] = {
 	{ "index-dir", OPT_STR, O(index_dir), "DIR",
 	    "serve every collection DIR/<name>/ that has a CURRENT link (required)" },
@@ -34,7 +36,10 @@ static const struct opt opts[] = {
 	{ "admin-listen", OPT_STR, O(admin_listen), "URL",
 	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin" },
 	{ "admin-ipc-mode", OPT_STR, O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket" },
-	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP" },
+	{ "ipc-mode", OPT_STR, O(query_ipc_mode), "OCTAL",
+	    "file permissions of ipc:// query sockets (connecting needs write permission)" },
+	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT",
+	    "serve /metrics, /healthz (liveness) and /readyz (readiness) over HTTP" },
 	{ "config", OPT_STR, O(config_file), "FILE",
 	    "read options from FILE (\"option = value\" lines, # comments); flags override it" },
 	{ "threads", OPT_U32, O(threads), "N",
@@ -71,6 +76,14 @@ static const struct opt opts[] = {
 	    "start a new impression log file before one passes this size; K/M/G suffixes" },
 	{ "impression-buffer", OPT_SIZE, O(impression_buffer), "BYTES",
 	    "impression records buffered for the writer; beyond it they are dropped and counted" },
+	{ "adapt-max-rungs", OPT_U32, O(adapt_max_rungs), "N",
+	    "recall adaptation: when online recall stays below the target, serve up to N operating "
+	    "points above the chosen one (one rung per decision; back down when the cheaper one reaches "
+	    "the target again); needs --online-recall-fraction (0 = off)" },
+	{ "adapt-window", OPT_U32, O(adapt_window), "N",
+	    "checked queries (at one collection, k tier and rung) behind each adaptation decision" },
+	{ "adapt-window-seconds", OPT_DOUBLE, O(adapt_window_seconds), "SECONDS",
+	    "the least time each adaptation decision's window spans" },
 	{ "tls-cert", OPT_STR, O(tls_cert), "FILE", "server certificate (PEM) for tls+tcp:// listeners" },
 	{ "tls-key", OPT_STR, O(tls_key), "FILE", "private key (PEM) of --tls-cert" },
 	{ "tls-ca", OPT_STR, O(tls_ca), "FILE",
@@ -94,7 +107,11 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->drain_ms = 10000;
 	cfg->listener_check_ms = 1000;
 	cfg->online_recall_cpu = 0.05;
+	cfg->adapt_max_rungs = 2;
+	cfg->adapt_window = 200;
+	cfg->adapt_window_seconds = 30;
 	cfg->ipc_mode = strdup("0600");
+	cfg->query_ipc_mode = strdup("0660");
 	cfg->log_level = CDX_LOG_INFO;
 }
 
@@ -278,6 +295,17 @@ cdx_server_config_file(struct cdx_server_config *cfg, const char *path)
 	return rc;
 }
 
+/* octal_mode: 1 if s is empty (keep the umask's mode) or file permissions
+ * in octal, 0 to 0777. */
+static int
+octal_mode(const char *s)
+{
+	if (s == NULL || *s == '\0')
+		return 1;
+	size_t n = strspn(s, "01234567");
+	return s[n] == '\0' && n <= 4 && strtol(s, NULL, 8) <= 0777;
+}
+
 int
 cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 {
@@ -332,8 +360,17 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 		return cdx_error(CDX_EINVAL, "--max-k and --max-batch must be at least 1");
 	if (cfg->online_recall_fraction > 1)
 		return cdx_error(CDX_EINVAL, "--online-recall-fraction must be in [0, 1]");
+	if (cfg->adapt_max_rungs > MAX_ADAPT_RUNGS)
+		return cdx_error(CDX_EINVAL, "--adapt-max-rungs must be at most %d", MAX_ADAPT_RUNGS);
+	if (cfg->adapt_window < 10)
+		return cdx_error(CDX_EINVAL,
+		    "--adapt-window must be at least 10 checked queries (a decision needs a confidence "
+		    "interval)");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		return cdx_error(CDX_EINVAL, "--tls-cert and --tls-key go together");
+	if (!octal_mode(cfg->ipc_mode) || !octal_mode(cfg->query_ipc_mode))
+		return cdx_error(
+		    CDX_EINVAL, "--admin-ipc-mode and --ipc-mode want octal permissions like 0660");
 	return CDX_OK;
 }
 

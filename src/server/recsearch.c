@@ -220,9 +220,11 @@ key_vectors(struct run *r, const cdx_collection *c, size_t nq)
 		if (rc == CDX_OK)
 			rc = cdx_collection_vector(c, shard, row, v + i * m->dim);
 		if (rc == CDX_ENOTFOUND)
-			return fail(r, rc, "unknown key '%.200s' in collection '%s'", key, m->collection);
+			return fail(r, rc, "unknown key '%.*s' in collection '%s'",
+			    (int) cdx_utf8_cut(key, 200), key, m->collection);
 		if (rc != CDX_OK)
-			return fail(r, rc, "key '%.200s': %s", key, cdx_last_error());
+			return fail(
+			    r, rc, "key '%.*s': %s", (int) cdx_utf8_cut(key, 200), key, cdx_last_error());
 	}
 	r->parts[0].queries = v;
 	return CDX_OK;
@@ -244,6 +246,9 @@ setup_single(struct run *r, cdx_collection *coll, const cdx_rowset *blocked, siz
 	p->n_exclude_keys = sr->n_exclude_keys;
 	*nq = sr->n_vectors > 0 ? sr->n_vectors / m->dim : sr->n_query_keys;
 	p->queries = sr->vectors;
+	/* recall adaptation (adapt.c) learns per collection from plain
+	 * single-collection queries, and serves its rungs to all of them */
+	r->rr.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(r->s->adapt, coll, sr->k) : 0;
 	int rc = exclusions(
 	    r, 0, sr->exclude_ids, sr->n_exclude_ids, sr->exclude_ids_packed, sr->n_exclude_keys);
 	if (rc == CDX_OK && sr->n_query_keys > 0)
@@ -265,8 +270,8 @@ setup_parts(struct run *r, size_t *nq)
 		if ((res->coll = cdx__srv_lookup(r->s, pp->collection, &res->blocked)) == NULL) {
 			char names[512];
 			cdx__srv_names(r->s, names, sizeof(names));
-			return fail(r, CDX_ENOTFOUND, "part %zu: unknown collection '%.100s' (serving: %s)",
-			    i, pp->collection, names);
+			return fail(r, CDX_ENOTFOUND, "part %zu: unknown collection '%.*s' (serving: %s)", i,
+			    (int) cdx_utf8_cut(pp->collection, 100), pp->collection, names);
 		}
 		const struct cdx_manifest *m = cdx_collection_manifest(res->coll);
 		uint32_t dim = pp->n_vectors > 0 ? pp->dim : sr->dim;
@@ -277,10 +282,9 @@ setup_parts(struct run *r, size_t *nq)
 		const char *mv = pp->model_version;
 		if (mv != NULL && mv[0] != '\0' && strcmp(mv, m->model_version) != 0)
 			return fail(r, CDX_EMODEL,
-			    "part %zu: query vectors come from model '%.128s' but collection '%s' version %s "
-			    "was built "
-			    "from model '%s'",
-			    i, mv, m->collection, m->version,
+			    "part %zu: query vectors come from model '%.*s' but collection '%s' version %s "
+			    "was built from model '%s'",
+			    i, (int) cdx_utf8_cut(mv, 128), mv, m->collection, m->version,
 			    m->model_version[0] ? m->model_version : "(unset)");
 		p->coll = res->coll;
 		p->blocked = res->blocked;
@@ -512,9 +516,15 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 		rr->parallel = 1;
 		omp_set_num_threads((int) s->nworkers);
 	}
+	uint64_t t_search = cdx_now_us(), waited = t_search - t_recv_us;
 	rc = cdx_rec_search(rr, r->hits, r->exhausted);
 	if (parallel)
 		omp_set_num_threads(1);
+	/* the parts are searched one after another in one call: each is
+	 * observed with the whole call's time */
+	for (size_t i = 0; i < rr->nparts; i++)
+		cdx__srv_observe_search(s, cdx_collection_manifest(rr->parts[i].coll)->collection, waited, 1,
+		    cdx_now_us() - t_search);
 	if (rc != CDX_OK) {
 		/* a bad filter or group_by speaks for itself; anything else failed */
 		fail(r, rc, "%s%s", rc == CDX_EINVAL ? "" : "search failed: ", cdx_last_error());
@@ -523,6 +533,11 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 	/* the exact re-run knows nothing of selections: offer plain queries only */
 	int plain = r->applied == 0 && sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0 && blocked == NULL;
 	struct cdx_hit *plain_hits = s->online != NULL && plain ? malloc(rr->k * sizeof(*plain_hits)) : NULL;
+	struct cdx_search_params plain_p = { .k = rr->k,
+		.nprobe = rr->nprobe,
+		.refine_factor = rr->refine_factor,
+		.recall_target = rr->recall_target,
+		.escalate = rr->escalate };
 	for (size_t i = 0; plain_hits != NULL && i < nq; i++) {
 		const struct cdx_rec_hit *h = r->hits + i * rr->k;
 		uint32_t n = 0;
@@ -531,8 +546,8 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 			n += h[j].id >= 0;
 		}
 		const struct cdx_manifest *m = cdx_collection_manifest(coll);
-		cdx_online_recall_offer(
-		    s->online, coll, r->parts[0].queries + i * m->dim, rr->k, plain_hits, n);
+		cdx__srv_recall_offer(
+		    s, coll, &plain_p, &r->parts[0].used, r->parts[0].queries + i * m->dim, plain_hits, n);
 	}
 	free(plain_hits);
 	answer(r, ctx, nq, t_recv_us);

@@ -35,6 +35,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 	dst->tls_key = dup_or_null(src->tls_key);
 	dst->tls_ca = dup_or_null(src->tls_ca);
 	dst->ipc_mode = dup_or_null(src->ipc_mode);
+	dst->query_ipc_mode = dup_or_null(src->query_ipc_mode);
 	dst->config_file = dup_or_null(src->config_file);
 	dst->impression_log = dup_or_null(src->impression_log);
 }
@@ -51,7 +52,9 @@ static void
 server_free(cdx_server *s)
 {
 	cdx__srv_set_free(s->set);
+	cdx__srv_adapt_free(s->adapt); /* after the online checker, its caller, stopped */
 	pthread_mutex_destroy(&s->set_mu);
+	pthread_mutex_destroy(&s->cm_mu);
 	pthread_mutex_destroy(&s->q_mu);
 	pthread_cond_destroy(&s->q_cv);
 	pthread_mutex_destroy(&s->r_mu);
@@ -92,6 +95,7 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		s->cfg.queue_max = 16 * s->nworkers;
 	s->start_ms = cdx_wall_ms();
 	pthread_mutex_init(&s->set_mu, NULL);
+	pthread_mutex_init(&s->cm_mu, NULL);
 	pthread_mutex_init(&s->q_mu, NULL);
 	pthread_cond_init(&s->q_cv, NULL);
 	pthread_mutex_init(&s->r_mu, NULL);
@@ -107,7 +111,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	 * compete with them (refine and coarse assignment call BLAS). */
 	cdx_blas_set_threads(1);
 
-	if ((rc = cdx__srv_load_initial(s)) != CDX_OK) {
+	if ((rc = cdx__srv_adapt_alloc(&s->adapt, &s->cfg)) != CDX_OK
+	    || (rc = cdx__srv_load_initial(s)) != CDX_OK) {
 		server_free(s);
 		return rc;
 	}
@@ -116,6 +121,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 			.sample_fraction = s->cfg.online_recall_fraction,
 			.cpu_budget = s->cfg.online_recall_cpu,
 			.queue_max = 256,
+			.on_check = s->adapt != NULL ? cdx__srv_adapt_check : NULL,
+			.on_check_arg = s->adapt,
 		};
 		cdx_online_recall *o = NULL;
 		if ((rc = cdx_online_recall_start(&o, &oc)) != CDX_OK) {

@@ -24,8 +24,10 @@
  * last reference. Requests never wait for a load.
  *
  * Admin. A second REP socket (--admin-listen, e.g. an ipc:// path that only
- * the server's user can open) accepts ReloadRequest; on the query socket a
- * reload is PERMISSION_DENIED.
+ * the server's user can open) accepts ReloadRequest and DropRequest; on the
+ * query socket they are PERMISSION_DENIED. A reload never drops a
+ * collection: one whose CURRENT is gone keeps serving what is loaded (with
+ * a warning and a metric) until an admin drops it.
  *
  * Shutdown. The server answers any request that arrives from then on with
  * UNAVAILABLE (retryable), waits for the in-flight jobs to be answered,
@@ -49,6 +51,7 @@
 #include "common/common.h"
 #include "search/search.h"
 #include "search/select.h"
+#include "shard/manifest.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
 /* request_id of the listener watchdog's health probes (not in the metrics) */
@@ -59,7 +62,7 @@ struct cdx_server_config {
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
 	char *admin_listen; /* NULL = no admin socket */
-	char *http_listen;  /* host:port of /metrics and /healthz; NULL = none */
+	char *http_listen;  /* host:port of /metrics, /healthz and /readyz; NULL = none */
 	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
 	char *tls_ca;         /* clients must present a certificate signed by it */
@@ -81,7 +84,11 @@ struct cdx_server_config {
 	char *impression_log;          /* directory of the impression log; NULL = off */
 	uint64_t impression_log_bytes; /* rotate files at this size */
 	uint64_t impression_buffer;    /* bytes buffered before records are dropped */
-	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
+	uint32_t adapt_max_rungs;      /* recall adaptation: rungs it may add; 0 = off */
+	uint32_t adapt_window;         /* checked queries per adaptation decision */
+	double adapt_window_seconds;   /* and the least time a decision's window spans */
+	char *ipc_mode;                /* octal permissions of the admin socket's ipc:// file */
+	char *query_ipc_mode;          /* octal permissions of query ipc:// files */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -123,6 +130,7 @@ struct srv_entry {
 	char version_dir[4096];
 	uint64_t loaded_ms;      /* wall clock */
 	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
+	int current_missing;     /* served, but its CURRENT is gone (until an admin drops it) */
 };
 
 struct srv_set {
@@ -144,12 +152,32 @@ struct srv_metrics {
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
-	atomic_uint_fast64_t widened;    /* queries searched again, wider, to find k results */
-	atomic_uint_fast64_t takedowns;  /* admin takedown changes applied */
-	atomic_uint_fast64_t exploring;  /* searches with exploration slots */
+	atomic_uint_fast64_t widened;   /* queries searched again, wider, to find k results */
+	atomic_uint_fast64_t takedowns; /* admin takedown changes applied */
+	atomic_uint_fast64_t exploring; /* searches with exploration slots */
 };
 
 extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
+
+/* A latency histogram: non-cumulative bucket counts and the sum. */
+struct srv_hist {
+	atomic_uint_fast64_t bucket[SRV_NBUCKETS];
+	atomic_uint_fast64_t sum_us;
+};
+
+/* Per-collection series (the `collection` label). Slots are taken by names
+ * of collections the server has loaded or tried to load (never by names a
+ * client sends), up to SRV_MAX_COLL_METRICS; a slot is never freed, so
+ * counters survive reloads and drops. */
+#define SRV_MAX_COLL_METRICS 64
+struct srv_coll_metrics {
+	char name[CDX_NAME_MAX];
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* search responses by status */
+	struct srv_hist latency;                  /* receipt to response */
+	struct srv_hist queue_wait;               /* receipt to a worker taking it */
+	struct srv_hist search;                   /* the worker's search alone */
+	atomic_uint_fast64_t reload_failed;       /* loads of a new version that failed */
+};
 
 struct srv_ctx;
 struct srv_reload_req;
@@ -193,6 +221,14 @@ struct cdx_server {
 	int q_stop;
 	pthread_t *workers;
 
+	/* per-collection metrics: cm[0, ncm) are in use */
+	pthread_mutex_t cm_mu; /* taken to add a slot */
+	struct srv_coll_metrics cm[SRV_MAX_COLL_METRICS];
+	atomic_uint ncm;
+	/* readiness: collections of the index directory that serve nothing
+	 * (set by each rescan, under set_mu); "" when every one serves */
+	char unserved[1024];
+
 	atomic_int stopping;  /* answer new requests UNAVAILABLE */
 	atomic_int in_flight; /* received, not yet answered */
 
@@ -217,6 +253,7 @@ struct cdx_server {
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
 	struct cdx_implog *implog;        /* NULL unless --impression-log */
+	struct srv_adapt *adapt;          /* NULL unless adaptation is on (needs online) */
 };
 
 /* reload.c */
@@ -233,6 +270,9 @@ void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
 /* cdx__srv_takedown_admin queues an admin takedown change (tr belongs to
  * ctx's request); the reload thread applies it between reloads and answers. */
 void cdx__srv_takedown_admin(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
+/* cdx__srv_drop_admin queues an admin drop of one collection, answered
+ * like a reload (cdx__srv_reply_reload). */
+void cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name);
 /* cdx__srv_lookup returns a new reference to the named collection, or
  * NULL; *blocked (if not NULL) a reference to its takedowns' rows (NULL if
  * none), taken under the same lock so that both fit the same version. */
@@ -254,7 +294,7 @@ void cdx__srv_sockets_close(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
-/* cdx__srv_reply_reload answers an admin reload on its context. */
+/* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
 /* cdx__srv_send answers ctx with resp (packed at once: resp's strings may
  * be freed when it returns); cdx__srv_reply_error with an error. */
@@ -276,20 +316,63 @@ int cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char 
 /* cdx__srv_search_run runs a checked search request (coll and blocked:
  * the request's collection as looked up, NULL for a multi-collection
  * search) and answers ctx. */
-void cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Request *req, cdx_collection *coll,
-    const cdx_rowset *blocked, uint64_t t_recv_us, int idle);
+void cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Request *req,
+    cdx_collection *coll, const cdx_rowset *blocked, uint64_t t_recv_us, int idle);
 /* cdx__srv_rec_start / _stop: the impression log (--impression-log). */
 int cdx__srv_rec_start(cdx_server *s);
 void cdx__srv_rec_stop(cdx_server *s);
 /* cdx__srv_rec_metrics renders the recommender metrics. */
 void cdx__srv_rec_metrics(cdx_server *s, cdx_buf *out);
 
+/* adapt.c (recall adaptation; every function takes a NULL adapter: off) */
+struct srv_adapt;
+struct cdx_online_check;
+/* cdx__srv_adapt_alloc sets *ap to an adapter, or NULL when cfg turns
+ * adaptation off; free it with cdx__srv_adapt_free after the online checker
+ * has stopped. */
+int cdx__srv_adapt_alloc(struct srv_adapt **ap, const struct cdx_server_config *cfg);
+void cdx__srv_adapt_free(struct srv_adapt *a);
+/* cdx__srv_adapt_escalation: the rungs a request of k on c without nprobe
+ * is served above its chosen operating point (lock-free; request path). */
+uint32_t cdx__srv_adapt_escalation(struct srv_adapt *a, const cdx_collection *c, uint32_t k);
+/* cdx__srv_recall_offer offers one answered query (p and used: its search)
+ * to the online checker, with what adaptation needs to know about it. */
+void cdx__srv_recall_offer(cdx_server *s, cdx_collection *c, const struct cdx_search_params *p,
+    const struct cdx_search_used *used, const float *query, const struct cdx_hit *hits, uint32_t nhits);
+/* cdx__srv_adapt_check is the online checker's on_check (arg: the adapter). */
+void cdx__srv_adapt_check(void *arg, const struct cdx_online_check *chk);
+/* cdx__srv_adapt_sync: set is now served; collections that changed start again. */
+void cdx__srv_adapt_sync(struct srv_adapt *a, const struct srv_set *set);
+int cdx__srv_adapt_render(struct srv_adapt *a, cdx_buf *b);
+
+/* request.c */
+/* cdx__srv_validate_search checks a decoded search request against the
+ * limits of cfg and the manifest of the collection it names: everything
+ * but the lookup. Returns CDX_OK, or the answer's code with its message in
+ * msg[size]. Needs no socket and no server. */
+int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
+    const struct cdx_server_config *cfg, char *msg, size_t size);
+/* cdx__srv_peek_request_id walks the top-level fields of a Request that
+ * will not be decoded (too large, or malformed further in) for its
+ * request_id (field 2), so that even those error responses echo it; out
+ * gets at most size - 1 bytes, cut on a character boundary, or "". */
+void cdx__srv_peek_request_id(const uint8_t *p, size_t len, char *out, size_t size);
+
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
 void cdx__srv_watchdog_stop(cdx_server *s);
 
 /* metrics.c */
-void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);
+/* cdx__srv_observe counts a response; collection (NULL for requests that
+ * reached no served collection) also counts it under that label. */
+void cdx__srv_observe(cdx_server *s, const char *collection, int status, uint64_t latency_us);
+/* cdx__srv_observe_search records a search job's wait for a worker and,
+ * if it was searched (search_us > 0 or searched), the search time. */
+void cdx__srv_observe_search(
+    cdx_server *s, const char *collection, uint64_t wait_us, int searched, uint64_t search_us);
+/* cdx__srv_coll_metrics returns the slot of collection, taking a free one
+ * for a new name; NULL when every slot is taken. */
+struct srv_coll_metrics *cdx__srv_coll_metrics(cdx_server *s, const char *collection);
 int cdx__srv_metrics_render(cdx_server *s, cdx_buf *out);
 int cdx__srv_http_start(cdx_server *s);
 void cdx__srv_http_stop(cdx_server *s);
