@@ -547,6 +547,16 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	cdx_points_choose(m, k_point, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
 	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
 	x.refine = cdx_collection_effective_refine(c, pc.refine_factor);
+	/* ... but never shallower than the request's own point: a factor
+	 * measured at a large k (where recall@k forgives more) re-ranks too
+	 * few of the s x tier' candidates that pass for recall at k. */
+	float refine_own = 0;
+	if (k_point != p->k) {
+		struct cdx_point_choice own;
+		cdx_points_choose(m, p->k, 0, p->refine_factor, p->recall_target, p->escalate, &own);
+		x.nprobe = CDX_MAX(x.nprobe, cdx_collection_effective_nprobe(c, own.nprobe));
+		refine_own = cdx_collection_effective_refine(c, own.refine_factor);
+	}
 	int narrowing = x.selecting || x.crowd_col >= 0;
 	/* What a query must find: k; with a selection, its k tier, so that
 	 * every k of a tier searches (and widens) alike. */
@@ -556,10 +566,15 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	 * a tier then re-ranks the same candidates, so answers agree across k.
 	 * A filtered search uses the point measured at tier' = tier(k / s),
 	 * whose factor was measured for factor x tier' candidates: of those,
-	 * about s x tier' pass, so it re-ranks factor x max(tier, s x tier'). */
-	if (x.refine > 0)
-		want = (size_t) ceil(
-		    CDX_MAX((double) CDX_MAX(x.need, tier), selectivity * pc.tier_k) * x.refine);
+	 * about s x tier' pass, so it re-ranks factor x max(tier, s x tier'),
+	 * and at least what the request's own point re-ranks. */
+	if (x.refine > 0) {
+		double depth
+		    = CDX_MAX(CDX_MAX((double) CDX_MAX(x.need, tier), selectivity * pc.tier_k) * x.refine,
+		        (double) CDX_MAX(x.need, tier) * refine_own);
+		want = (size_t) ceil(depth);
+		x.refine = (float) (depth / (double) CDX_MAX(x.need, tier)); /* reported */
+	}
 	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
 	x.need = CDX_MIN(x.need, (size_t) c->d->items);
 	x.seen_min = x.kf;
