@@ -958,12 +958,6 @@ valset_add(struct valset *v, const char *s, size_t len)
 	return CDX_OK;
 }
 
-static int
-cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
 /* attrs_header parses the header line into s (no values yet). */
 static int
 attrs_header(const char *path, const char *line, size_t len, struct cdx_attr_schema *s)
@@ -1153,7 +1147,7 @@ cdx_attrs_scan(const char *path, uint64_t rows, struct cdx_attr_schema **schemap
 		struct cdx_attr_column *col = &s->cols[c];
 		if (sets[c].n == 0)
 			continue;
-		qsort(sets[c].values, sets[c].n, sizeof(char *), cmp_str);
+		qsort(sets[c].values, sets[c].n, sizeof(char *), cdx_cmp_str);
 		col->values = sets[c].values;
 		col->nvalues = sets[c].n;
 		sets[c].values = NULL;

@@ -14,26 +14,14 @@ struct prune {
 	uint8_t *id_found, *key_found;      /* per entry of before */
 };
 
-static int
-cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
-static int
-cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
 /* An entry added while the version was scanned (by a server) is kept. */
 static int
 keep_id(void *arg, int64_t id)
 {
 	const struct prune *pr = arg;
-	const int64_t *at = pr->before->nids ? bsearch(&id, pr->before->ids, pr->before->nids, sizeof(int64_t), cmp_i64)
-	                                     : NULL;
+	const int64_t *at = pr->before->nids
+	    ? bsearch(&id, pr->before->ids, pr->before->nids, sizeof(int64_t), cdx_cmp_i64)
+	    : NULL;
 	return at == NULL || pr->id_found[at - pr->before->ids];
 }
 
@@ -41,8 +29,9 @@ static int
 keep_key(void *arg, const char *key)
 {
 	const struct prune *pr = arg;
-	char *const *at
-	    = pr->before->nkeys ? bsearch(&key, pr->before->keys, pr->before->nkeys, sizeof(char *), cmp_str) : NULL;
+	char *const *at = pr->before->nkeys
+	    ? bsearch(&key, pr->before->keys, pr->before->nkeys, sizeof(char *), cdx_cmp_str)
+	    : NULL;
 	return at == NULL || pr->key_found[at - pr->before->keys];
 }
 
@@ -58,7 +47,7 @@ find(const struct cdx_build_plan *p, struct prune *pr)
 			return rc;
 		for (uint64_t r = 0; r < p->rows; r++) {
 			int64_t id = ids ? ids[r] : (int64_t) r;
-			const int64_t *at = bsearch(&id, t->ids, t->nids, sizeof(int64_t), cmp_i64);
+			const int64_t *at = bsearch(&id, t->ids, t->nids, sizeof(int64_t), cdx_cmp_i64);
 			if (at != NULL)
 				pr->id_found[at - t->ids] = 1;
 		}
@@ -78,7 +67,7 @@ find(const struct cdx_build_plan *p, struct prune *pr)
 			break;
 		memcpy(buf, key, len);
 		buf[len] = '\0';
-		char *const *at = bsearch(&k, t->keys, t->nkeys, sizeof(char *), cmp_str);
+		char *const *at = bsearch(&k, t->keys, t->nkeys, sizeof(char *), cdx_cmp_str);
 		if (at != NULL)
 			pr->key_found[at - t->keys] = 1;
 	}
@@ -105,8 +94,8 @@ cdx_build_prune_takedowns(const struct cdx_build_plan *p, const char *coll_dir)
 	if (rc == CDX_OK)
 		rc = cdx_takedowns_update(coll_dir, &ch, NULL, &dropped);
 	if (rc == CDX_OK && dropped > 0)
-		cdx_info("BLD-TAKEDOWN", "%s: %zu takedown(s) dropped: the input no longer has their items", coll_dir,
-		    dropped);
+		cdx_info("BLD-TAKEDOWN", "%s: %zu takedown(s) dropped: the input no longer has their items",
+		    coll_dir, dropped);
 	free(pr.id_found);
 	free(pr.key_found);
 	cdx_takedowns_fini(&before);

@@ -1,20 +1,13 @@
 /*
- * idlist.c — the compact id list (idlist.h).
+ * idlist.c — LEB128 varints and the compact id list (idlist.h).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/idlist.h"
 
-static int
-cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
-static size_t
-put_varint(uint8_t *p, uint64_t v)
+size_t
+cdx_varint_put(uint8_t *p, uint64_t v)
 {
 	size_t n = 0;
 	while (v >= 0x80) {
@@ -34,22 +27,22 @@ cdx_idlist_encode(const int64_t *ids, size_t n, cdx_buf *out)
 	if (sorted == NULL)
 		return cdx_error(CDX_ENOMEM, "sorting %zu ids", n);
 	memcpy(sorted, ids, n * sizeof(int64_t));
-	qsort(sorted, n, sizeof(int64_t), cmp_i64);
+	qsort(sorted, n, sizeof(int64_t), cdx_cmp_i64);
 	int rc = cdx_buf_reserve(out, n * 10);
 	if (rc == CDX_OK) {
 		uint8_t *p = (uint8_t *) out->data + out->len;
 		uint64_t first = (uint64_t) sorted[0];
-		p += put_varint(p, (first << 1) ^ (uint64_t) (sorted[0] >> 63));
+		p += cdx_varint_put(p, (first << 1) ^ (uint64_t) (sorted[0] >> 63));
 		for (size_t i = 1; i < n; i++)
-			p += put_varint(p, (uint64_t) sorted[i] - (uint64_t) sorted[i - 1]);
+			p += cdx_varint_put(p, (uint64_t) sorted[i] - (uint64_t) sorted[i - 1]);
 		out->len = (size_t) (p - (uint8_t *) out->data);
 	}
 	free(sorted);
 	return rc;
 }
 
-static int
-get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out)
+int
+cdx_varint_get(const uint8_t **pp, const uint8_t *end, uint64_t *out)
 {
 	const uint8_t *p = *pp;
 	uint64_t v = 0;
@@ -88,12 +81,12 @@ cdx_idlist_decode(const void *data, size_t len, size_t max, int64_t **idsp, size
 		return cdx_error(CDX_ENOMEM, "%zu packed ids", n);
 	uint64_t v;
 	size_t got = 0;
-	if (get_varint(&p, end, &v) != 0)
+	if (cdx_varint_get(&p, end, &v) != 0)
 		goto bad;
 	int64_t prev = (int64_t) ((v >> 1) ^ (uint64_t) - (int64_t) (v & 1));
 	ids[got++] = prev;
 	while (p < end) {
-		if (get_varint(&p, end, &v) != 0 || v > (uint64_t) INT64_MAX)
+		if (cdx_varint_get(&p, end, &v) != 0 || v > (uint64_t) INT64_MAX)
 			goto bad;
 		int64_t next;
 		if (__builtin_add_overflow(prev, (int64_t) v, &next))

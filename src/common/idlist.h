@@ -14,6 +14,12 @@
 
 #include "common/common.h"
 
+/* cdx_varint_put writes v as an unsigned LEB128 varint (at most 10 bytes)
+ * at p and returns its length. cdx_varint_get reads one from [*p, end),
+ * advancing *p: 0, or -1 when it is cut short or passes 64 bits. */
+size_t cdx_varint_put(uint8_t *p, uint64_t v);
+int cdx_varint_get(const uint8_t **p, const uint8_t *end, uint64_t *out);
+
 /* cdx_idlist_encode appends n ids to out. ids need not be sorted: a sorted
  * copy is encoded (duplicates kept). */
 int cdx_idlist_encode(const int64_t *ids, size_t n, cdx_buf *out);

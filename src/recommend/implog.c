@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/idlist.h"
 #include "recommend/implog.h"
 
 struct logbuf {
@@ -40,18 +41,6 @@ struct cdx_implog {
 	struct cdx_implog_stats st; /* under mu */
 };
 
-static size_t
-put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-	while (v >= 0x80) {
-		p[n++] = (uint8_t) (v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t) v;
-	return n;
-}
-
 static int
 open_next(cdx_implog *l)
 {
@@ -61,7 +50,8 @@ open_next(cdx_implog *l)
 	gmtime_r(&now, &tm);
 	strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
 	for (int tries = 0; tries < 1000; tries++) {
-		snprintf(path, sizeof(path), "%s/impressions-%s-%06u%s", l->dir, stamp, ++l->seq, CDX_IMPLOG_SUFFIX);
+		snprintf(path, sizeof(path), "%s/impressions-%s-%06u%s", l->dir, stamp, ++l->seq,
+		    CDX_IMPLOG_SUFFIX);
 		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0644);
 		if (fd >= 0) {
 			l->fd = fd;
@@ -156,7 +146,8 @@ cdx_implog_open(cdx_implog **lp, const struct cdx_implog_config *cfg)
 	l->cap = cfg->buffer_bytes ? cfg->buffer_bytes : (4u << 20);
 	l->fd = -1;
 	int rc = cdx_mkdir_p(l->dir, 0755);
-	if (rc == CDX_OK && ((l->active.data = malloc(l->cap)) == NULL || (l->spare.data = malloc(l->cap)) == NULL))
+	if (rc == CDX_OK
+	    && ((l->active.data = malloc(l->cap)) == NULL || (l->spare.data = malloc(l->cap)) == NULL))
 		rc = cdx_error(CDX_ENOMEM, "impression log buffers");
 	if (rc == CDX_OK) {
 		pthread_mutex_init(&l->mu, NULL);
@@ -205,7 +196,7 @@ int
 cdx_implog_append(cdx_implog *l, const void *record, size_t len)
 {
 	uint8_t head[10];
-	size_t hl = put_varint(head, len);
+	size_t hl = cdx_varint_put(head, len);
 	pthread_mutex_lock(&l->mu);
 	if (l->active.len + hl + len > l->cap) {
 		l->st.dropped_full++;
@@ -254,30 +245,16 @@ cdx_implog_stats(cdx_implog *l, struct cdx_implog_stats *st)
 int
 cdx_implog_next(const uint8_t *data, size_t len, size_t *off, const uint8_t **rec, size_t *rec_len)
 {
-	size_t p = *off;
-	if (p >= len)
+	if (*off >= len)
 		return 0;
-	uint64_t v = 0;
-	for (int shift = 0;; shift += 7) {
-		if (p >= len || shift > 63)
-			return -1;
-		uint8_t b = data[p++];
-		v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0)
-			break;
-	}
-	if (v > len - p)
+	const uint8_t *p = data + *off, *end = data + len;
+	uint64_t v;
+	if (cdx_varint_get(&p, end, &v) != 0 || v > (uint64_t) (end - p))
 		return -1;
-	*rec = data + p;
+	*rec = p;
 	*rec_len = (size_t) v;
-	*off = p + (size_t) v;
+	*off = (size_t) (p - data) + (size_t) v;
 	return 1;
-}
-
-static int
-cmp_path(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
 int
@@ -326,7 +303,7 @@ cdx_implog_list(const char *dir, char ***pathsp, size_t *np)
 		return rc;
 	}
 	if (n > 1)
-		qsort(paths, n, sizeof(char *), cmp_path);
+		qsort(paths, n, sizeof(char *), cdx_cmp_str);
 	*pathsp = paths;
 	*np = n;
 	return CDX_OK;

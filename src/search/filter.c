@@ -165,13 +165,6 @@ add_node(struct parser *p, struct node nd)
 	return (int32_t) f->n++;
 }
 
-static int
-cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
 /* value_of turns a value token into what cdx_attr_get returns for col;
  * *known is 0 for an enum/set value no item has. */
 static int
@@ -350,7 +343,7 @@ parse_test(struct parser *p)
 				nd.list[values[i] / 64] |= (int64_t) ((uint64_t) 1 << (values[i] % 64));
 			free(values);
 		} else {
-			qsort(values, n, sizeof(int64_t), cmp_i64);
+			qsort(values, n, sizeof(int64_t), cdx_cmp_i64);
 			nd.op = N_IN;
 			nd.list = values;
 			nd.nlist = n;
@@ -498,7 +491,8 @@ eval(const struct node *nodes, int32_t i, const struct cdx_attr_table *t, uint64
 	}
 	case N_IN: {
 		int64_t v = cdx_attr_get(t, nd->col, row);
-		return nd->nlist > 0 && bsearch(&v, nd->list, nd->nlist, sizeof(int64_t), cmp_i64) != NULL;
+		return nd->nlist > 0
+		    && bsearch(&v, nd->list, nd->nlist, sizeof(int64_t), cdx_cmp_i64) != NULL;
 	}
 	case N_IN_MASK: {
 		uint64_t v = (uint64_t) cdx_attr_get(t, nd->col, row);

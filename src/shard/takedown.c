@@ -33,29 +33,16 @@ cdx_takedown_key_valid(const char *key)
 	return len > 0 && len <= CDX_TAKEDOWN_MAX_KEY && strpbrk(key, "\t\r\n") == NULL;
 }
 
-static int
-cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
-static int
-cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
 int
 cdx_takedowns_has_id(const struct cdx_takedowns *t, int64_t id)
 {
-	return t->nids > 0 && bsearch(&id, t->ids, t->nids, sizeof(int64_t), cmp_i64) != NULL;
+	return t->nids > 0 && bsearch(&id, t->ids, t->nids, sizeof(int64_t), cdx_cmp_i64) != NULL;
 }
 
 int
 cdx_takedowns_has_key(const struct cdx_takedowns *t, const char *key)
 {
-	return t->nkeys > 0 && bsearch(&key, t->keys, t->nkeys, sizeof(char *), cmp_str) != NULL;
+	return t->nkeys > 0 && bsearch(&key, t->keys, t->nkeys, sizeof(char *), cdx_cmp_str) != NULL;
 }
 
 static int
@@ -93,7 +80,7 @@ static void
 normalise(struct cdx_takedowns *t)
 {
 	if (t->nids > 1) {
-		qsort(t->ids, t->nids, sizeof(int64_t), cmp_i64);
+		qsort(t->ids, t->nids, sizeof(int64_t), cdx_cmp_i64);
 		size_t n = 1;
 		for (size_t i = 1; i < t->nids; i++)
 			if (t->ids[i] != t->ids[n - 1])
@@ -101,7 +88,7 @@ normalise(struct cdx_takedowns *t)
 		t->nids = n;
 	}
 	if (t->nkeys > 1) {
-		qsort(t->keys, t->nkeys, sizeof(char *), cmp_str);
+		qsort(t->keys, t->nkeys, sizeof(char *), cdx_cmp_str);
 		size_t n = 1;
 		for (size_t i = 1; i < t->nkeys; i++) {
 			if (strcmp(t->keys[i], t->keys[n - 1]) != 0)
@@ -148,8 +135,8 @@ parse(const char *path, const char *text, size_t len, struct cdx_takedowns *t)
 		p = nl ? nl + 1 : end;
 		continue;
 	bad:
-		return cdx_error(CDX_ECORRUPT, "%s: line %llu: expected \"id<TAB>integer\" or \"key<TAB>key\"", path,
-		    line);
+		return cdx_error(CDX_ECORRUPT,
+		    "%s: line %llu: expected \"id<TAB>integer\" or \"key<TAB>key\"", path, line);
 	}
 	normalise(t);
 	return CDX_OK;
@@ -223,7 +210,7 @@ apply(struct cdx_takedowns *t, const struct cdx_takedown_change *ch, int *change
 	for (size_t i = 0; i < t->nids; i++) {
 		int64_t id = t->ids[i];
 		int drop = ch->n_remove_ids > 0
-		    && bsearch(&id, ch->remove_ids, ch->n_remove_ids, sizeof(int64_t), cmp_i64) != NULL;
+		    && bsearch(&id, ch->remove_ids, ch->n_remove_ids, sizeof(int64_t), cdx_cmp_i64) != NULL;
 		if (!drop && ch->keep_id != NULL && !ch->keep_id(ch->ctx, id)) {
 			drop = 1;
 			(*dropped)++;
@@ -254,8 +241,8 @@ apply(struct cdx_takedowns *t, const struct cdx_takedown_change *ch, int *change
 }
 
 int
-cdx_takedowns_update(const char *coll_dir, const struct cdx_takedown_change *ch, struct cdx_takedowns *after,
-    size_t *dropped)
+cdx_takedowns_update(
+    const char *coll_dir, const struct cdx_takedown_change *ch, struct cdx_takedowns *after, size_t *dropped)
 {
 	char path[PATH_MAX], lock[PATH_MAX];
 	size_t dropped_here = 0;
@@ -265,14 +252,15 @@ cdx_takedowns_update(const char *coll_dir, const struct cdx_takedown_change *ch,
 		return rc;
 	for (size_t i = 0; i < ch->n_add_keys; i++)
 		if (!cdx_takedown_key_valid(ch->add_keys[i]))
-			return cdx_error(CDX_EINVAL, "takedown key %zu is empty, longer than %d bytes or holds a tab or newline",
-			    i, CDX_TAKEDOWN_MAX_KEY);
+			return cdx_error(CDX_EINVAL,
+			    "takedown key %zu is empty, longer than %d bytes or holds a tab or newline", i,
+			    CDX_TAKEDOWN_MAX_KEY);
 	int64_t *remove_ids = NULL;
 	if (ch->n_remove_ids > 0) {
 		if ((remove_ids = malloc(ch->n_remove_ids * sizeof(int64_t))) == NULL)
 			return cdx_error(CDX_ENOMEM, "takedowns");
 		memcpy(remove_ids, ch->remove_ids, ch->n_remove_ids * sizeof(int64_t));
-		qsort(remove_ids, ch->n_remove_ids, sizeof(int64_t), cmp_i64);
+		qsort(remove_ids, ch->n_remove_ids, sizeof(int64_t), cdx_cmp_i64);
 	}
 	struct cdx_takedown_change sorted = *ch;
 	sorted.remove_ids = remove_ids;
