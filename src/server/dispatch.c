@@ -260,12 +260,7 @@ check_search(struct srv_ctx *x)
 	char msg[1024];
 	int code;
 	if (sr != NULL && sr->n_parts > 0) { /* several collections: recsearch.c */
-		if (sr->k == 0 || sr->k > cfg->max_k) {
-			reply_error(x, sr->k ? CDX_ELIMIT : CDX_EINVAL,
-			    "k = %u: must be 1 .. the server's max-k %u", sr->k, cfg->max_k);
-			return -1;
-		}
-		if ((code = cdx__srv_check_rec(s, sr, msg, sizeof(msg))) != 0) {
+		if ((code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
 			reply_error(x, code, "%s", msg);
 			return -1;
 		}
@@ -284,7 +279,7 @@ check_search(struct srv_ctx *x)
 	}
 	if ((code = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg)))
 	        != CDX_OK
-	    || (code = cdx__srv_check_rec(s, sr, msg, sizeof(msg))) != 0) {
+	    || (code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
 		reply_error(x, code, "%s", msg);
 		return -1;
 	}

@@ -47,9 +47,9 @@ check_vectors(const float *v, size_t n, uint32_t dim, const char *what, char *ms
 }
 
 int
-cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg, size_t size)
+cdx__srv_check_rec(
+    const struct cdx_server_config *cfg, const Candex__V1__SearchRequest *sr, char *msg, size_t size)
 {
-	const struct cdx_server_config *cfg = &s->cfg;
 	if (sr->filter != NULL && strlen(sr->filter) > CDX_FILTER_MAX_TEXT) {
 		snprintf(msg, size, "filter of %zu characters (at most %d)", strlen(sr->filter),
 		    CDX_FILTER_MAX_TEXT);
@@ -75,6 +75,15 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 	}
 	if (sr->n_parts == 0)
 		return 0;
+	/* a search with parts: everything cdx__srv_validate_search checks of
+	 * a single-collection search is checked here, per part */
+	if (sr->k == 0 || sr->k > cfg->max_k) {
+		snprintf(msg, size, "k = %u: must be 1 .. the server's max-k %u", sr->k, cfg->max_k);
+		return sr->k ? CDX_ELIMIT : CDX_EINVAL;
+	}
+	int rc = cdx__srv_validate_settings(sr, msg, size);
+	if (rc != CDX_OK)
+		return rc;
 	if (sr->n_parts > CDX_REC_MAX_PARTS) {
 		snprintf(
 		    msg, size, "%zu collections in one search (at most %d)", sr->n_parts, CDX_REC_MAX_PARTS);
@@ -90,8 +99,7 @@ cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg
 		snprintf(msg, size, "a search with parts takes query vectors, and exclusions per part");
 		return CDX_EINVAL;
 	}
-	int rc = check_vectors(sr->vectors, sr->n_vectors, sr->dim, "vectors", msg, size);
-	if (rc != 0)
+	if ((rc = check_vectors(sr->vectors, sr->n_vectors, sr->dim, "vectors", msg, size)) != 0)
 		return rc;
 	/* every part searches the same queries: the request's, or its own */
 	const Candex__V1__CollectionPart *p0 = sr->parts[0];

@@ -25,6 +25,19 @@ static int CDX_PRINTF(4, 5) verr(char *msg, size_t size, int code, const char *f
 }
 
 int
+cdx__srv_validate_settings(const Candex__V1__SearchRequest *sr, char *msg, size_t size)
+{
+	msg[0] = '\0';
+	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE)
+		return verr(msg, size, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
+		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
+	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1)
+		return verr(msg, size, CDX_EINVAL, "recall_target must be in [0, 1], not %g",
+		    (double) sr->recall_target);
+	return CDX_OK;
+}
+
+int
 cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
     const struct cdx_server_config *cfg, char *msg, size_t size)
 {
@@ -67,12 +80,9 @@ cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_m
 		    "model '%s'",
 		    (int) cdx_utf8_cut(sr->model_version, 128), sr->model_version, m->collection, m->version,
 		    m->model_version[0] ? m->model_version : "(unset)");
-	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE)
-		return verr(msg, size, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
-		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
-	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1)
-		return verr(msg, size, CDX_EINVAL, "recall_target must be in [0, 1], not %g",
-		    (double) sr->recall_target);
+	int rc = cdx__srv_validate_settings(sr, msg, size);
+	if (rc != CDX_OK)
+		return rc;
 	for (size_t i = 0; i < sr->n_query_keys; i++) {
 		if (sr->query_keys[i] == NULL || sr->query_keys[i][0] == '\0')
 			return verr(msg, size, CDX_EINVAL, "query key %zu is empty", i);

@@ -312,7 +312,8 @@ void cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V
 /* recsearch.c: a search request, from protobuf to results and back */
 /* cdx__srv_check_rec checks the recommender fields of a search (cheap, on
  * the nng thread). 0, or an error code with msg filled. */
-int cdx__srv_check_rec(cdx_server *s, const Candex__V1__SearchRequest *sr, char *msg, size_t size);
+int cdx__srv_check_rec(
+    const struct cdx_server_config *cfg, const Candex__V1__SearchRequest *sr, char *msg, size_t size);
 /* cdx__srv_search_run runs a checked search request (coll and blocked:
  * the request's collection as looked up, NULL for a multi-collection
  * search) and answers ctx. */
@@ -352,6 +353,9 @@ int cdx__srv_adapt_render(struct srv_adapt *a, cdx_buf *b);
  * msg[size]. Needs no socket and no server. */
 int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
     const struct cdx_server_config *cfg, char *msg, size_t size);
+/* cdx__srv_validate_settings checks the search settings (refine_factor,
+ * recall_target) alone: what a search of several collections shares. */
+int cdx__srv_validate_settings(const Candex__V1__SearchRequest *sr, char *msg, size_t size);
 /* cdx__srv_peek_request_id walks the top-level fields of a Request that
  * will not be decoded (too large, or malformed further in) for its
  * request_id (field 2), so that even those error responses echo it; out

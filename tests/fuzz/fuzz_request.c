@@ -2,7 +2,8 @@
  * fuzz_request.c — libFuzzer target: wire bytes -> a validated search, as
  * the server takes them. The bytes go through the request_id peek (for
  * messages that are not decoded), the protobuf decoder and, for a search,
- * the validation against a collection of dim 16 and the default limits.
+ * the validation against a collection of dim 16 and the default limits
+ * (then the recommender fields' checks, cdx__srv_check_rec).
  * Beyond the sanitizers it checks what the server relies on: an echoed id
  * and every error message are valid UTF-8 and bounded, and a search that
  * passes validation is one the workers can run (k, batch, excludes within
@@ -57,6 +58,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (req->body_case == CANDEX__V1__REQUEST__BODY_SEARCH && sr != NULL) {
 		char msg[1024];
 		int rc = cdx__srv_validate_search(sr, &manifest, &cfg, msg, sizeof(msg));
+		if (rc == CDX_OK) /* the recommender fields, as check_search does next */
+			rc = cdx__srv_check_rec(&cfg, sr, msg, sizeof(msg));
 		cdx_utf8_sanitize(msg); /* as reply_error does */
 		CHECK(cdx_utf8_valid(msg, strlen(msg)));
 		if (rc == CDX_OK) {

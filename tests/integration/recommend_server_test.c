@@ -358,6 +358,12 @@ test_parts_and_crowding(void **state)
 	q.exclude_ids = &x;
 	q.n_exclude_ids = 1;
 	assert_int_equal(cdx_client_search(c, &q, &r, &err), CDX_EINVAL);
+	/* the settings are checked as for one collection */
+	q.exclude_ids = NULL;
+	q.n_exclude_ids = 0;
+	q.refine_factor = 1000;
+	assert_int_equal(cdx_client_search(c, &q, &r, &err), CDX_EINVAL);
+	assert_non_null(strstr(err.message, "refine_factor must be in"));
 	cdx_client_close(c);
 	assert_int_equal(st_stop(&s, SIGTERM), 0);
 }
