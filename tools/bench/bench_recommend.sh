@@ -31,18 +31,7 @@ done
 mkdir -p "$work"
 
 # split FILE.fvecs OUT_A OUT_B: the first half of the rows, then the rest.
-split() {
-	python3 - "$1" "$2" "$3" <<'PY'
-import struct, sys
-data = open(sys.argv[1], 'rb').read()
-d = struct.unpack('<i', data[:4])[0]
-row = 4 + 4 * d
-n = len(data) // row
-h = n // 2
-open(sys.argv[2], 'wb').write(data[:h * row])
-open(sys.argv[3], 'wb').write(data[h * row:n * row])
-PY
-}
+. "$root/tools/bench/split_fvecs.sh"
 
 build() { # name metric base attrs tune
 	[ -e "$work/index/$1/CURRENT" ] && return
