@@ -72,7 +72,8 @@ cmd_ope(int argc, char **argv)
 			char *end;
 			o.confidence = strtod(optarg, &end);
 			if (*end != '\0' || !(o.confidence > 0 && o.confidence < 1)) {
-				fprintf(stderr, "candex ope: --confidence %s: want a number in (0, 1)\n", optarg);
+				fprintf(
+				    stderr, "candex ope: --confidence %s: want a number in (0, 1)\n", optarg);
 				return CLI_EXIT_USAGE;
 			}
 			break;
@@ -109,9 +110,10 @@ cmd_ope(int argc, char **argv)
 	}
 	if (json) {
 		json_t *root = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f}", "impressions",
-		    (json_int_t) r.impressions, "slots", (json_int_t) r.slots, "duplicates", (json_int_t) r.duplicates,
-		    "truncated_files", (json_int_t) r.truncated, "rewards_unmatched", (json_int_t) r.rewards_unmatched,
-		    "targets_unmatched", (json_int_t) r.targets_unmatched, "confidence", r.confidence, "mean_weight",
+		    (json_int_t) r.impressions, "slots", (json_int_t) r.slots, "duplicates",
+		    (json_int_t) r.duplicates, "truncated_files", (json_int_t) r.truncated,
+		    "rewards_unmatched", (json_int_t) r.rewards_unmatched, "targets_unmatched",
+		    (json_int_t) r.targets_unmatched, "confidence", r.confidence, "mean_weight",
 		    r.mean_weight, "ess", r.ess);
 		json_object_set_new(root, "logged", estimate_json(&r.logged));
 		json_object_set_new(root, "ips", estimate_json(&r.ips));
@@ -127,17 +129,17 @@ cmd_ope(int argc, char **argv)
 	int pct = (int) (r.confidence * 100 + 0.5);
 	printf("impressions %llu, slots %llu (duplicates %llu, truncated files %llu, unmatched rewards %llu, "
 	       "unmatched targets %llu)\n",
-	    (unsigned long long) r.impressions, (unsigned long long) r.slots, (unsigned long long) r.duplicates,
-	    (unsigned long long) r.truncated, (unsigned long long) r.rewards_unmatched,
-	    (unsigned long long) r.targets_unmatched);
+	    (unsigned long long) r.impressions, (unsigned long long) r.slots,
+	    (unsigned long long) r.duplicates, (unsigned long long) r.truncated,
+	    (unsigned long long) r.rewards_unmatched, (unsigned long long) r.targets_unmatched);
 	printf("%-16s %12s %12s   %d%% interval\n", "estimator", "value", "std error", pct);
 	const struct {
 		const char *name;
 		const struct cdx_ope_estimate *e;
 	} rows[] = { { "logged policy", &r.logged }, { "IPS", &r.ips }, { "SNIPS", &r.snips } };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(rows); i++)
-		printf("%-16s %12.6f %12.6f   [%.6f, %.6f]\n", rows[i].name, rows[i].e->value, rows[i].e->se, rows[i].e->lo,
-		    rows[i].e->hi);
+		printf("%-16s %12.6f %12.6f   [%.6f, %.6f]\n", rows[i].name, rows[i].e->value, rows[i].e->se,
+		    rows[i].e->lo, rows[i].e->hi);
 	printf("mean weight pi/mu %.4f (about 1 when the new policy shows only what the old one could), "
 	       "effective sample size %.0f of %llu slots\n",
 	    r.mean_weight, r.ess, (unsigned long long) r.slots);

@@ -470,8 +470,8 @@ decode_search(const Candex__V1__SearchResponse *s, struct cdx_result *r)
 		out->nhits = qr->n_hits;
 		for (size_t j = 0; j < qr->n_hits; j++) {
 			const Candex__V1__Hit *h = qr->hits[j];
-			out->hits[j] = (struct cdx_client_hit) { h->id, h->key, h->score, h->collection, h->explore,
-				h->propensity, h->rank };
+			out->hits[j] = (struct cdx_client_hit) { h->id, h->key, h->score, h->collection,
+				h->explore, h->propensity, h->rank };
 		}
 	}
 	if (s->n_parts > 0 && (r->parts = calloc(s->n_parts, sizeof(*r->parts))) == NULL)
@@ -479,8 +479,8 @@ decode_search(const Candex__V1__SearchResponse *s, struct cdx_result *r)
 	r->nparts = s->n_parts;
 	for (size_t i = 0; i < s->n_parts; i++) {
 		const Candex__V1__PartResult *p = s->parts[i];
-		r->parts[i] = (struct cdx_result_part) { p->collection, p->index_version, p->metric, p->nprobe,
-			p->refine_factor, p->expected_recall, p->target_unmet };
+		r->parts[i] = (struct cdx_result_part) { p->collection, p->index_version, p->metric,
+			p->nprobe, p->refine_factor, p->expected_recall, p->target_unmet };
 	}
 	r->index_version = s->index_version;
 	r->metric = s->metric;
@@ -573,11 +573,11 @@ cdx_client_search(
 		candex__v1__response__free_unpacked(resp, NULL);
 		rc = client_fail(err, CDX_EVERSION,
 		    "the server ignored %s: it predates them (upgrade it, or leave them out)",
-		    missing & CDX_APPLIED_FILTER           ? "the filter"
-		    : missing & CDX_APPLIED_EXCLUDE_PACKED ? "compact exclusions"
-		    : missing & CDX_APPLIED_CROWDING       ? "crowding"
-		    : missing & CDX_APPLIED_EXPLORE        ? "exploration"
-		                                           : "parts (several collections)");
+		    missing & CDX_APPLIED_FILTER               ? "the filter"
+		        : missing & CDX_APPLIED_EXCLUDE_PACKED ? "compact exclusions"
+		        : missing & CDX_APPLIED_CROWDING       ? "crowding"
+		        : missing & CDX_APPLIED_EXPLORE        ? "exploration"
+		                                               : "parts (several collections)");
 		goto done;
 	}
 	if ((r = calloc(1, sizeof(*r))) == NULL) {

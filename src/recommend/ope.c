@@ -69,7 +69,8 @@ find(const struct data *d, const char *rid, size_t len, uint32_t query)
 		return -1;
 	for (uint64_t h = imp_hash(rid, len, query) & d->mask; d->table[h] != 0; h = (h + 1) & d->mask) {
 		const struct imp *im = &d->imps[d->table[h] - 1];
-		if (im->query == query && strncmp(im->request_id, rid, len) == 0 && im->request_id[len] == '\0')
+		if (im->query == query && strncmp(im->request_id, rid, len) == 0
+		    && im->request_id[len] == '\0')
 			return (long) d->table[h] - 1;
 	}
 	return -1;
@@ -124,8 +125,8 @@ add_impression(struct data *d, const Candex__V1__Impression *m, const char *path
 			    "server that did not explore?)",
 			    path, rid, m->query, it->slot, it->propensity);
 		if (it->slot != j)
-			return cdx_error(CDX_ECORRUPT, "%s: request '%s' query %u: slots out of order", path, rid,
-			    m->query);
+			return cdx_error(CDX_ECORRUPT, "%s: request '%s' query %u: slots out of order", path,
+			    rid, m->query);
 		d->slots[d->nslots++] = (struct slot) { (uint32_t) d->nimps, it->slot, it->propensity, 0, 0 };
 	}
 	uint64_t h = imp_hash(rid, strlen(rid), m->query) & d->mask;
@@ -153,11 +154,13 @@ each_record(const char *log, int (*fn)(void *, const Candex__V1__Impression *, c
 		const uint8_t *rec;
 		size_t rl;
 		int got;
-		while (rc == CDX_OK && (got = cdx_implog_next((const uint8_t *) data, len, &off, &rec, &rl)) == 1) {
+		while (rc == CDX_OK
+		    && (got = cdx_implog_next((const uint8_t *) data, len, &off, &rec, &rl)) == 1) {
 			Candex__V1__Impression *m = candex__v1__impression__unpack(NULL, rl, rec);
 			if (m == NULL) {
-				rc = cdx_error(CDX_ECORRUPT, "%s: record at byte %zu is not a candex.v1.Impression",
-				    paths[f], off - rl);
+				rc = cdx_error(CDX_ECORRUPT,
+				    "%s: record at byte %zu is not a candex.v1.Impression", paths[f],
+				    off - rl);
 				break;
 			}
 			rc = fn(arg, m, paths[f]);
@@ -222,8 +225,8 @@ read_tsv(struct data *d, const char *path, int which, uint64_t *unmatched)
 			if (nf != 4 || *e1 || *e2 || *e3 || errno != 0 || !isfinite(v) || query > UINT32_MAX
 			    || (which == 1 && (v < 0 || v > 1))) {
 				rc = cdx_error(CDX_EINVAL,
-				    "%s: line %llu: expected request_id<TAB>query<TAB>slot<TAB>%s", path, line,
-				    which ? "probability in [0, 1]" : "reward");
+				    "%s: line %llu: expected request_id<TAB>query<TAB>slot<TAB>%s", path,
+				    line, which ? "probability in [0, 1]" : "reward");
 				break;
 			}
 			long im = find(d, f[0], strlen(f[0]), (uint32_t) query);
@@ -370,9 +373,9 @@ dump_one(void *arg, const Candex__V1__Impression *m, const char *path)
 	(void) path;
 	for (size_t j = 0; j < m->n_items; j++) {
 		const Candex__V1__ImpressionItem *it = m->items[j];
-		fprintf(out, "%s\t%u\t%u\t%s\t%lld\t%s\t%.9g\t%u\t%d\t%.17g\t%s\n", m->request_id, m->query, it->slot,
-		    it->collection, (long long) it->id, it->key, (double) it->score, it->rank, it->explore ? 1 : 0,
-		    it->propensity, it->index_version);
+		fprintf(out, "%s\t%u\t%u\t%s\t%lld\t%s\t%.9g\t%u\t%d\t%.17g\t%s\n", m->request_id, m->query,
+		    it->slot, it->collection, (long long) it->id, it->key, (double) it->score, it->rank,
+		    it->explore ? 1 : 0, it->propensity, it->index_version);
 	}
 	return ferror(out) ? cdx_error(CDX_EIO, "writing the dump") : CDX_OK;
 }

@@ -44,17 +44,17 @@ struct cdx_ope_estimate {
 };
 
 struct cdx_ope_result {
-	uint64_t impressions;      /* distinct (request_id, query) in the log */
-	uint64_t slots;            /* logged (impression, slot) pairs */
-	uint64_t duplicates;       /* impressions logged more than once (the first is used) */
-	uint64_t truncated;        /* log files that ended in a partial record */
+	uint64_t impressions;       /* distinct (request_id, query) in the log */
+	uint64_t slots;             /* logged (impression, slot) pairs */
+	uint64_t duplicates;        /* impressions logged more than once (the first is used) */
+	uint64_t truncated;         /* log files that ended in a partial record */
 	uint64_t rewards_unmatched; /* reward lines with no logged slot */
 	uint64_t targets_unmatched; /* target lines with no logged slot */
 	double confidence;
 	struct cdx_ope_estimate logged; /* the logging policy's own value (mean reward sum) */
 	struct cdx_ope_estimate ips, snips;
-	double mean_weight;   /* of w over logged slots: near 1 when pi has the same support */
-	double ess;           /* effective sample size (sum w)^2 / sum w^2, over slots */
+	double mean_weight; /* of w over logged slots: near 1 when pi has the same support */
+	double ess;         /* effective sample size (sum w)^2 / sum w^2, over slots */
 };
 
 /* cdx_ope_run reads the inputs and estimates. Errors name the file and line. */

@@ -67,7 +67,8 @@ cmp_entry(const void *a, const void *b)
 /* merge_query orders query i's part lists (L each) into entries; returns
  * how many. */
 static size_t
-merge_query(const struct cdx_rec_request *r, size_t i, uint32_t L, struct cdx_hit *const *lists, struct entry *out)
+merge_query(
+    const struct cdx_rec_request *r, size_t i, uint32_t L, struct cdx_hit *const *lists, struct entry *out)
 {
 	size_t n = 0;
 	for (uint32_t p = 0; p < r->nparts; p++) {
@@ -98,13 +99,15 @@ int
 cdx_rec_search(struct cdx_rec_request *r, struct cdx_rec_hit *hits, uint8_t *exhausted)
 {
 	if (r->nparts == 0 || r->nparts > CDX_REC_MAX_PARTS)
-		return cdx_error(CDX_EINVAL, "%zu collections in one search (1 to %d)", r->nparts, CDX_REC_MAX_PARTS);
+		return cdx_error(
+		    CDX_EINVAL, "%zu collections in one search (1 to %d)", r->nparts, CDX_REC_MAX_PARTS);
 	if (r->k == 0)
 		return cdx_error(CDX_EINVAL, "k must be at least 1");
 	uint32_t e = CDX_MIN(r->explore_slots, r->k), x = r->k - e, pool = cdx_rec_pool(r);
 	uint64_t depth = e > 0 ? (uint64_t) x + pool : r->k;
 	if (depth > (1u << 20))
-		return cdx_error(CDX_ELIMIT, "k and exploration pool of %llu candidates", (unsigned long long) depth);
+		return cdx_error(
+		    CDX_ELIMIT, "k and exploration pool of %llu candidates", (unsigned long long) depth);
 	uint32_t L = (uint32_t) depth;
 	struct cdx_hit *lists[CDX_REC_MAX_PARTS] = { NULL };
 	struct entry *merged = NULL;
@@ -135,20 +138,21 @@ cdx_rec_search(struct cdx_rec_request *r, struct cdx_rec_hit *hits, uint8_t *exh
 		};
 		rc = cdx_collection_search(part->coll, &sp, part->queries, r->nq, lists[p]);
 		if (rc != CDX_OK && r->nparts > 1)
-			rc = cdx_error(rc, "collection %s: %s", cdx_collection_manifest(part->coll)->collection,
-			    cdx_last_error());
+			rc = cdx_error(rc, "collection %s: %s",
+			    cdx_collection_manifest(part->coll)->collection, cdx_last_error());
 	}
 	size_t cap = (size_t) L * r->nparts;
-	if (rc == CDX_OK && ((merged = malloc(cap * sizeof(*merged))) == NULL
-	                        || (slot_of = malloc((e ? e : 1) * sizeof(int64_t))) == NULL))
+	if (rc == CDX_OK
+	    && ((merged = malloc(cap * sizeof(*merged))) == NULL
+	        || (slot_of = malloc((e ? e : 1) * sizeof(int64_t))) == NULL))
 		rc = cdx_error(CDX_ENOMEM, "merging %zu candidates", cap);
 	for (size_t i = 0; rc == CDX_OK && i < r->nq; i++) {
 		struct cdx_rec_hit *out = hits + i * r->k;
 		size_t n = merge_query(r, i, L, lists, merged), filled = 0;
 		for (uint32_t j = 0; j < x && j < n; j++, filled++) {
 			const struct entry *en = &merged[j];
-			out[filled] = (struct cdx_rec_hit) { en->hit->id, en->hit->score, en->part, en->hit->shard,
-				en->hit->row, j + 1, 0, 1.0 };
+			out[filled] = (struct cdx_rec_hit) { en->hit->id, en->hit->score, en->part,
+				en->hit->shard, en->hit->row, j + 1, 0, 1.0 };
 		}
 		double prop = cdx_rec_explore(n, x, e, pool, cdx_rec_query_seed(r->seed, i), slot_of);
 		if (prop < 0) {
@@ -157,8 +161,8 @@ cdx_rec_search(struct cdx_rec_request *r, struct cdx_rec_hit *hits, uint8_t *exh
 		}
 		for (uint32_t j = 0; j < e && slot_of[j] >= 0; j++, filled++) {
 			const struct entry *en = &merged[slot_of[j]];
-			out[filled] = (struct cdx_rec_hit) { en->hit->id, en->hit->score, en->part, en->hit->shard,
-				en->hit->row, (uint32_t) slot_of[j] + 1, 1, prop };
+			out[filled] = (struct cdx_rec_hit) { en->hit->id, en->hit->score, en->part,
+				en->hit->shard, en->hit->row, (uint32_t) slot_of[j] + 1, 1, prop };
 		}
 		for (size_t j = filled; j < r->k; j++)
 			out[j] = (struct cdx_rec_hit) { .id = -1 };

@@ -52,7 +52,7 @@ struct cdx_rec_part {
 	size_t n_exclude_ids;
 	const char *const *exclude_keys;
 	size_t n_exclude_keys;
-	uint32_t quota;             /* > 0 with several parts */
+	uint32_t quota;                   /* > 0 with several parts */
 	double calib_scale, calib_offset; /* CDX_MERGE_CALIBRATED */
 	struct cdx_search_used used;      /* out: what its search used */
 };

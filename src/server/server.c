@@ -135,9 +135,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
 	if ((rc = cdx__srv_rec_start(s)) != CDX_OK || (rc = cdx__srv_workers_start(s)) != CDX_OK
-	    || (rc = cdx__srv_reloader_start(s)) != CDX_OK
-	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_watchdog_start(s)) != CDX_OK
-	    || (rc = cdx__srv_http_start(s)) != CDX_OK) {
+	    || (rc = cdx__srv_reloader_start(s)) != CDX_OK || (rc = cdx__srv_sockets_open(s)) != CDX_OK
+	    || (rc = cdx__srv_watchdog_start(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
 		atomic_store(&s->stopping, 1);

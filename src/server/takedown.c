@@ -119,10 +119,11 @@ cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Ta
 	} else {
 		atomic_fetch_add(&s->m.takedowns, 1);
 		cdx_info("SRV-TAKEDOWN",
-		    "collection %s: +%zu/-%zu ids, +%zu/-%zu keys: %zu ids and %zu keys listed, %llu served items "
+		    "collection %s: +%zu/-%zu ids, +%zu/-%zu keys: %zu ids and %zu keys listed, %llu served "
+		    "items "
 		    "blocked",
-		    name, tr->n_add_ids, tr->n_remove_ids, tr->n_add_keys, tr->n_remove_keys, after.nids, after.nkeys,
-		    (unsigned long long) (rows ? rows->count : 0));
+		    name, tr->n_add_ids, tr->n_remove_ids, tr->n_add_keys, tr->n_remove_keys, after.nids,
+		    after.nkeys, (unsigned long long) (rows ? rows->count : 0));
 		Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
 		Candex__V1__TakedownResponse out = CANDEX__V1__TAKEDOWN_RESPONSE__INIT;
 		out.n_ids = after.nids;

@@ -61,8 +61,8 @@ int cdx_takedown_key_valid(const char *key);
  * saves it (only if it changed). *after (may be NULL) gets the list as
  * saved; the caller frees it with cdx_takedowns_fini(). *dropped (may be
  * NULL) counts the entries the predicates dropped. */
-int cdx_takedowns_update(const char *coll_dir, const struct cdx_takedown_change *ch, struct cdx_takedowns *after,
-    size_t *dropped);
+int cdx_takedowns_update(
+    const char *coll_dir, const struct cdx_takedown_change *ch, struct cdx_takedowns *after, size_t *dropped);
 
 /* cdx_takedowns_has_id / _has_key: membership (binary search). */
 int cdx_takedowns_has_id(const struct cdx_takedowns *t, int64_t id);
