@@ -50,6 +50,9 @@ struct cdx_search_params {
 	const char *const *exclude_keys;
 	size_t n_exclude_keys;
 	int parallel; /* allow OpenMP threads inside this call */
+	/* cdx_now_us() after which the search stops with CDX_ETIMEDOUT (checked
+	 * between shards and query slices); 0 = none */
+	uint64_t deadline_us;
 };
 
 struct cdx_hit {

@@ -2,13 +2,14 @@
  * dispatch.c — sockets, per-context state machines, request validation, the
  * job queue and the search workers (see server.h DESIGN).
  *
- * A context's life: RECV (aio callback on an nng thread) -> the request is
- * decoded and checked; health/info/errors are answered right there; a
- * search goes on the queue (or is answered OVERLOADED when it is full); a
- * reload goes to the reload thread -> whoever answers packs the Response and
- * calls nng_ctx_send with the context's aio -> SEND completes (callback) ->
- * RECV again. Exactly one party owns a context between RECV and SEND, so a
- * context needs no lock.
+ * A context's life: RECV (aio callback on an nng thread: the message is
+ * charged to the receive budget and handed on) -> INTAKE (the intake
+ * thread decodes and checks it; health/info/errors are answered there; a
+ * search is admitted to the queue or answered OVERLOADED; a reload goes to
+ * the reload thread) -> QUEUED (a worker searches) -> whoever answers packs
+ * the Response and calls nng_ctx_send with the context's aio -> SEND
+ * completes (callback) -> RECV again. Exactly one party owns a context
+ * between RECV and SEND, so a context needs no lock.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -26,29 +27,48 @@
 
 #include "recall/online.h"
 
-#define SRV_MAX_REFINE 64.0f
-
-enum { CTX_RECV, CTX_SEND };
-
-struct srv_ctx {
-	cdx_server *s;
-	nng_ctx ctx;
-	nng_aio *aio;
-	int admin; /* on the admin socket: reloads allowed */
-	int state;
-	/* the request being served (owned between RECV and SEND) */
-	Candex__V1__Request *req;
-	char peeked_id[128];  /* request_id of a request that was not decoded */
-	cdx_collection *coll; /* a reference, for searches */
-	uint64_t t_recv_us;
-	uint64_t deadline_us;
-	struct srv_ctx *next; /* queue link */
-};
+#define SRV_MAX_REFINE        64.0f
+#define SRV_ADMIN_CONNECTIONS 16
 
 static const char *
 str_or_empty(const char *s)
 {
 	return s != NULL ? s : "";
+}
+
+/* request_free drops everything x holds for its request. */
+static void
+request_free(struct srv_ctx *x)
+{
+	if (x->msg != NULL) {
+		nng_msg_free(x->msg);
+		x->msg = NULL;
+	}
+	if (x->req != NULL) {
+		candex__v1__request__free_unpacked(x->req, &x->alloc);
+		x->req = NULL;
+	}
+	if (x->reserved > 0) {
+		cdx__srv_budget_give(x->s, x->reserved);
+		x->reserved = 0;
+	}
+	x->over_budget = 0;
+	if (x->coll != NULL) {
+		cdx_collection_unref(x->coll);
+		x->coll = NULL;
+	}
+	x->peeked_id[0] = '\0';
+}
+
+/* release ends a request without an answer (its client is gone, or the
+ * answer could not be built) and receives the next. */
+static void
+release(struct srv_ctx *x)
+{
+	request_free(x);
+	atomic_fetch_sub(&x->s->in_flight, 1);
+	x->state = CTX_RECV;
+	nng_ctx_recv(x->ctx, x->aio);
 }
 
 /* send_response packs resp, records metrics, releases the request and
@@ -75,23 +95,13 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 	}
 	if (strcmp(resp->request_id, CDX_PROBE_REQUEST_ID) != 0)
 		cdx__srv_observe(s, (int) resp->status, cdx_now_us() - x->t_recv_us);
-	if (x->req != NULL) {
-		candex__v1__request__free_unpacked(x->req, NULL);
-		x->req = NULL;
-	}
-	if (x->coll != NULL) {
-		cdx_collection_unref(x->coll);
-		x->coll = NULL;
-	}
-	x->peeked_id[0] = '\0';
-	x->state = CTX_SEND;
 	if (msg == NULL) {
 		/* nothing to send: go back to receiving; the client times out */
-		atomic_fetch_sub(&s->in_flight, 1);
-		x->state = CTX_RECV;
-		nng_ctx_recv(x->ctx, x->aio);
+		release(x);
 		return;
 	}
+	request_free(x);
+	x->state = CTX_SEND;
 	nng_aio_set_msg(x->aio, msg);
 	nng_ctx_send(x->ctx, x->aio);
 }
@@ -313,40 +323,6 @@ check_search(struct srv_ctx *x)
 	return 0;
 }
 
-static void
-enqueue(struct srv_ctx *x)
-{
-	cdx_server *s = x->s;
-	uint32_t waiting;
-	pthread_mutex_lock(&s->q_mu);
-	if (s->q_len >= s->cfg.queue_max) {
-		waiting = s->q_len;
-		pthread_mutex_unlock(&s->q_mu);
-		atomic_fetch_add(&s->m.overloaded, 1);
-		reply_error(x, CDX_EOVERLOAD,
-		    "server overloaded: %u searches already waiting; retry with backoff", waiting);
-		return;
-	}
-	x->next = NULL;
-	if (s->q_tail != NULL)
-		s->q_tail->next = x;
-	else
-		s->q_head = x;
-	s->q_tail = x;
-	s->q_len++;
-	pthread_cond_signal(&s->q_cv);
-	pthread_mutex_unlock(&s->q_mu);
-}
-
-uint32_t
-cdx__srv_queue_depth(cdx_server *s)
-{
-	pthread_mutex_lock(&s->q_mu);
-	uint32_t n = s->q_len;
-	pthread_mutex_unlock(&s->q_mu);
-	return n;
-}
-
 /* pick_point returns the operating point for a recall target: among the
  * points measured at the request's k (all points if none was), the one saved
  * for the smallest target >= want (candex recall --target already chose the
@@ -375,21 +351,68 @@ pick_point(const struct cdx_manifest *m, double want, uint32_t k)
 	return best != NULL ? best : top;
 }
 
+/* search_params fills p from x's request (an operating point replaces a
+ * recall target); *used_target gets the point's target, 0 if none. */
 static void
+search_params(const struct srv_ctx *x, struct cdx_search_params *p, float *used_target)
+{
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
+	*p = (struct cdx_search_params) {
+		.k = sr->k,
+		.nprobe = sr->nprobe,
+		.refine_factor = sr->refine_factor,
+		.exclude_ids = sr->exclude_ids,
+		.n_exclude_ids = sr->n_exclude_ids,
+		.exclude_keys = (const char *const *) sr->exclude_keys,
+		.n_exclude_keys = sr->n_exclude_keys,
+		.deadline_us = x->deadline_us,
+	};
+	*used_target = 0;
+	if (sr->nprobe == 0 && sr->recall_target > 0) {
+		const struct cdx_operating_point *op = pick_point(m, sr->recall_target, sr->k);
+		if (op != NULL) {
+			p->nprobe = op->nprobe;
+			if (sr->refine_factor == 0)
+				p->refine_factor = op->refine_factor;
+			*used_target = (float) op->recall_target;
+		}
+	}
+}
+
+static size_t
+batch_size(const struct srv_ctx *x)
+{
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
+	return sr->n_vectors > 0 ? sr->n_vectors / m->dim : sr->n_query_keys;
+}
+
+/* run_search answers a queued search; returns the µs spent searching (0 if
+ * it did not search). */
+static uint64_t
 run_search(struct srv_ctx *x, int idle)
 {
 	cdx_server *s = x->s;
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	cdx_collection *c = x->coll;
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	uint64_t now = cdx_now_us();
+	uint64_t now = cdx_now_us(), took_us = 0;
 
+	if (x->pipe != 0 && !cdx__srv_conn_open(&s->conns, x->pipe)) {
+		/* the client has gone: nobody would read the answer */
+		atomic_fetch_add(&s->m.abandoned, 1);
+		cdx_debug("SRV-ABANDONED", "request '%s': client disconnected while queued; not searched",
+		    str_or_empty(x->req->request_id));
+		release(x);
+		return 0;
+	}
 	if (now > x->deadline_us) {
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
 		    (double) (now - x->t_recv_us) / 1000.0);
-		return;
+		return 0;
 	}
 	size_t dim = m->dim, nq = sr->n_vectors > 0 ? sr->n_vectors / dim : sr->n_query_keys;
 	const float *queries = sr->vectors;
@@ -428,25 +451,9 @@ run_search(struct srv_ctx *x, int idle)
 		queries = owned;
 	}
 
-	struct cdx_search_params p = {
-		.k = sr->k,
-		.nprobe = sr->nprobe,
-		.refine_factor = sr->refine_factor,
-		.exclude_ids = sr->exclude_ids,
-		.n_exclude_ids = sr->n_exclude_ids,
-		.exclude_keys = (const char *const *) sr->exclude_keys,
-		.n_exclude_keys = sr->n_exclude_keys,
-	};
-	float used_target = 0;
-	if (sr->nprobe == 0 && sr->recall_target > 0) {
-		const struct cdx_operating_point *op = pick_point(m, sr->recall_target, sr->k);
-		if (op != NULL) {
-			p.nprobe = op->nprobe;
-			if (sr->refine_factor == 0)
-				p.refine_factor = op->refine_factor;
-			used_target = (float) op->recall_target;
-		}
-	}
+	struct cdx_search_params p;
+	float used_target;
+	search_params(x, &p, &used_target);
 	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
 	if (parallel) {
 		/* an idle server lends every core to a big batch (search.c
@@ -454,9 +461,19 @@ run_search(struct srv_ctx *x, int idle)
 		p.parallel = 1;
 		omp_set_num_threads((int) s->nworkers);
 	}
+	uint64_t t0 = cdx_now_us();
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
+	if (!parallel)
+		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1);
 	if (parallel)
 		omp_set_num_threads(1);
+	if (rc == CDX_ETIMEDOUT) {
+		atomic_fetch_add(&s->m.deadline_dropped, 1);
+		reply_error(x, rc,
+		    "deadline exceeded after %.1f ms (%.1f ms of it searching); search stopped",
+		    (double) (cdx_now_us() - x->t_recv_us) / 1000.0, (double) (cdx_now_us() - t0) / 1000.0);
+		goto done;
+	}
 	if (rc != CDX_OK) {
 		reply_error(x, rc, "search failed: %s", cdx_last_error());
 		goto done;
@@ -503,6 +520,7 @@ done:
 	free(qrp);
 	free(hitv);
 	free(hitp);
+	return took_us;
 }
 
 static void *
@@ -512,26 +530,21 @@ worker_main(void *arg)
 	/* OpenMP's thread count is per thread: one Faiss thread per worker,
 	 * so N workers use N cores, not N x N. */
 	omp_set_num_threads(1);
-	for (;;) {
+	int idle;
+	struct srv_ctx *x;
+	while ((x = cdx__srv_next(s, &idle)) != NULL) {
+		/* copy what job_done needs: the context is the client's again
+		 * once answered */
+		struct srv_ctx job = { .heavy = x->heavy, .cost_units = x->cost_units };
+		uint64_t took_us = 0;
 		pthread_mutex_lock(&s->q_mu);
-		while (s->q_head == NULL && !s->q_stop)
-			pthread_cond_wait(&s->q_cv, &s->q_mu);
-		struct srv_ctx *x = s->q_head;
-		if (x == NULL) {
-			pthread_mutex_unlock(&s->q_mu);
-			break;
-		}
-		s->q_head = x->next;
-		if (s->q_head == NULL)
-			s->q_tail = NULL;
-		s->q_len--;
-		int idle = s->q_len == 0;
 		int stop = s->q_stop;
 		pthread_mutex_unlock(&s->q_mu);
 		if (stop)
 			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
 		else
-			run_search(x, idle);
+			took_us = run_search(x, idle);
+		cdx__srv_job_done(s, &job, took_us);
 	}
 	return NULL;
 }
@@ -567,81 +580,73 @@ cdx__srv_workers_stop(cdx_server *s)
 
 /* ---- the state machine ---------------------------------------------- */
 
+/* decode turns x->msg into x->req within the receive budget and the count
+ * limits. Returns 0, or answers the error itself. */
 static int
-get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-		uint8_t b = *(*p)++;
-		*v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0)
-			return 0;
-	}
-	return -1;
-}
-
-/* peek_request_id walks the top-level fields of a Request that will not be
- * decoded (too large, or malformed further in) for its request_id (field
- * 2), so that even those error responses echo it. */
-static void
-peek_request_id(const uint8_t *p, size_t len, char *out, size_t size)
-{
-	const uint8_t *end = p + len;
-	uint64_t tag, v;
-	out[0] = '\0';
-	while (p < end && get_varint(&p, end, &tag) == 0) {
-		switch (tag & 7) {
-		case 0:
-			if (get_varint(&p, end, &v) != 0)
-				return;
-			break;
-		case 1:
-			p += 8;
-			break;
-		case 5:
-			p += 4;
-			break;
-		case 2:
-			if (get_varint(&p, end, &v) != 0 || v > (uint64_t) (end - p))
-				return;
-			if ((tag >> 3) == 2) {
-				size_t n = CDX_MIN((size_t) v, size - 1);
-				memcpy(out, p, n);
-				out[n] = '\0';
-				if (memchr(out, '\0', n) != NULL || strlen(out) != n)
-					out[0] = '\0';
-				return;
-			}
-			p += v;
-			break;
-		default:
-			return;
-		}
-	}
-}
-
-static void
-handle(struct srv_ctx *x, nng_msg *msg)
+decode(struct srv_ctx *x)
 {
 	cdx_server *s = x->s;
-	size_t len = nng_msg_len(msg);
+	struct srv_counts counts;
+	char why[256];
 
+	if (x->msg == NULL) { /* refused at receipt (received()) */
+		atomic_fetch_add(&s->m.budget_refused, 1);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: requests already hold its receive-memory budget (%zu of %zu bytes); "
+		    "retry "
+		    "with backoff",
+		    atomic_load(&s->rx_used), s->rx_budget);
+		return -1;
+	}
+	const uint8_t *body = nng_msg_body(x->msg);
+	size_t len = nng_msg_len(x->msg);
 	if (len > s->cfg.max_message) {
-		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
-		nng_msg_free(msg);
+		cdx__srv_peek_request_id(body, len, x->peeked_id, sizeof(x->peeked_id));
 		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
 		    (unsigned long long) s->cfg.max_message);
-		return;
+		return -1;
 	}
-	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
+	int limit = cdx__srv_prescan(body, len, &counts) == 0
+	    ? cdx__srv_counts_check(&s->cfg, &counts, why, sizeof(why))
+	    : CDX_OK; /* not protobuf: the decoder says so below */
+	if (limit != CDX_OK) {
+		cdx__srv_peek_request_id(body, len, x->peeked_id, sizeof(x->peeked_id));
+		reply_error(x, limit, "%s", why);
+		return -1;
+	}
+	x->req = candex__v1__request__unpack(&x->alloc, len, body);
 	if (x->req == NULL)
-		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
-	nng_msg_free(msg);
+		cdx__srv_peek_request_id(body, len, x->peeked_id, sizeof(x->peeked_id));
+	/* the message is decoded (or useless): give its bytes back */
+	nng_msg_free(x->msg);
+	x->msg = NULL;
+	cdx__srv_budget_give(s, len);
+	x->reserved -= len;
+	if (x->req == NULL && x->over_budget) {
+		atomic_fetch_add(&s->m.budget_refused, 1);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: decoding this %zu-byte request would exceed the receive-memory "
+		    "budget "
+		    "(%zu bytes); retry with backoff",
+		    len, s->rx_budget);
+		return -1;
+	}
 	if (x->req == NULL) {
 		reply_error(x, CDX_EPROTO,
 		    "malformed request: %zu bytes that do not decode as a candex.v1.Request", len);
-		return;
+		return -1;
 	}
+	return 0;
+}
+
+/* intake handles one received message on the intake thread. */
+static void
+intake(struct srv_ctx *x)
+{
+	cdx_server *s = x->s;
+
+	if (decode(x) != 0)
+		return;
 	if (atomic_load(&s->stopping)) {
 		reply_error(x, CDX_EUNAVAIL, "server is shutting down; retry on another replica");
 		return;
@@ -672,13 +677,102 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		if (s->cfg.max_timeout_ms > 0 && t > s->cfg.max_timeout_ms)
 			t = s->cfg.max_timeout_ms;
 		x->deadline_us = x->t_recv_us + (uint64_t) t * 1000u;
-		enqueue(x);
+		struct cdx_search_params p;
+		float target;
+		char why[256];
+		search_params(x, &p, &target);
+		cdx__srv_estimate(s, x, batch_size(x), &p);
+		if (cdx__srv_admit(s, x, why, sizeof(why)) != CDX_OK) {
+			atomic_fetch_add(&s->m.overloaded, 1);
+			reply_error(x, CDX_EOVERLOAD, "%s", why);
+		} else if (x->heavy) {
+			atomic_fetch_add(&s->m.heavy, 1);
+		}
 		return;
 	}
 	default:
 		reply_error(x, CDX_EINVAL, "request has no body (search, info, health or reload)");
 		return;
 	}
+}
+
+static void *
+intake_main(void *arg)
+{
+	cdx_server *s = arg;
+	pthread_mutex_lock(&s->i_mu);
+	for (;;) {
+		while (s->i_head == NULL && !s->i_stop)
+			pthread_cond_wait(&s->i_cv, &s->i_mu);
+		struct srv_ctx *x = s->i_head;
+		if (x == NULL)
+			break;
+		s->i_head = x->next;
+		if (s->i_head == NULL)
+			s->i_tail = NULL;
+		int stop = s->i_stop;
+		pthread_mutex_unlock(&s->i_mu);
+		if (stop)
+			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
+		else
+			intake(x);
+		pthread_mutex_lock(&s->i_mu);
+	}
+	pthread_mutex_unlock(&s->i_mu);
+	return NULL;
+}
+
+int
+cdx__srv_intake_start(cdx_server *s)
+{
+	if (pthread_create(&s->intake, NULL, intake_main, s) != 0)
+		return cdx_error(CDX_ENOMEM, "cannot start the intake thread");
+	s->intake_started = 1;
+	return CDX_OK;
+}
+
+void
+cdx__srv_intake_stop(cdx_server *s)
+{
+	if (!s->intake_started)
+		return;
+	pthread_mutex_lock(&s->i_mu);
+	s->i_stop = 1;
+	pthread_cond_signal(&s->i_cv);
+	pthread_mutex_unlock(&s->i_mu);
+	pthread_join(s->intake, NULL);
+	s->intake_started = 0;
+}
+
+/* received runs on an nng thread: charge the message to the budget and
+ * hand it to the intake thread. */
+static void
+received(struct srv_ctx *x, nng_msg *msg)
+{
+	cdx_server *s = x->s;
+	size_t len = nng_msg_len(msg);
+	x->pipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(msg));
+	cdx__srv_conn_seen(x->admin ? &s->admin_conns : &s->conns, x->pipe);
+	x->msg = msg;
+	if (cdx__srv_budget_take(s, len) == 0) {
+		x->reserved = len;
+	} else {
+		/* keep only what the error response needs */
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		nng_msg_free(msg);
+		x->msg = NULL;
+		x->over_budget = 1;
+	}
+	x->state = CTX_INTAKE;
+	pthread_mutex_lock(&s->i_mu);
+	x->next = NULL;
+	if (s->i_tail != NULL)
+		s->i_tail->next = x;
+	else
+		s->i_head = x;
+	s->i_tail = x;
+	pthread_cond_signal(&s->i_cv);
+	pthread_mutex_unlock(&s->i_mu);
 }
 
 static void
@@ -700,7 +794,7 @@ ctx_cb(void *arg)
 		atomic_fetch_add(&s->in_flight, 1);
 		nng_msg *msg = nng_aio_get_msg(x->aio);
 		nng_aio_set_msg(x->aio, NULL);
-		handle(x, msg);
+		received(x, msg);
 		return;
 	case CTX_SEND:
 		if (rv != 0)
@@ -728,6 +822,7 @@ add_contexts(cdx_server *s, nng_socket sock, size_t n, int admin)
 		x->s = s;
 		x->admin = admin;
 		x->state = CTX_RECV;
+		cdx__srv_allocator_init(x);
 		if ((rv = nng_aio_alloc(&x->aio, ctx_cb, x)) != 0) {
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
@@ -811,13 +906,12 @@ cdx__srv_sockets_open(cdx_server *s)
 		    != CDX_OK)
 			return rc;
 	}
-	/* nng drops the connection of a message above RECVMAXSZ without a word;
-	 * allowing twice max-message lets the server answer LIMIT_EXCEEDED for
-	 * everything but absurd sizes. */
-	size_t hard = cfg->max_message > SIZE_MAX / 2 ? SIZE_MAX : (size_t) cfg->max_message * 2;
+	/* the frame limit is checked by nng before it allocates a frame */
 	if ((rv = nng_rep0_open(&s->sock)) != 0)
 		return cdx_error(cdx__nng_code(rv), "cannot open the REP socket: %s", nng_strerror(rv));
-	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, hard);
+	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, s->frame_limit);
+	if ((rc = cdx__srv_conns_init(s, &s->conns, s->sock, s->conns.limit, 0)) != CDX_OK)
+		return rc;
 	for (unsigned i = 0; i < cfg->nlisten; i++)
 		if ((rc = listen_on(s, s->sock, cfg->listen[i], 0)) != CDX_OK)
 			return rc;
@@ -826,7 +920,10 @@ cdx__srv_sockets_open(cdx_server *s)
 			return cdx_error(
 			    cdx__nng_code(rv), "cannot open the admin socket: %s", nng_strerror(rv));
 		s->admin_open = 1;
-		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, hard);
+		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, s->frame_limit);
+		if ((rc = cdx__srv_conns_init(s, &s->admin_conns, s->admin, SRV_ADMIN_CONNECTIONS, 1))
+		    != CDX_OK)
+			return rc;
 		if ((rc = listen_on(s, s->admin, cfg->admin_listen, 1)) != CDX_OK)
 			return rc;
 	}
@@ -854,11 +951,11 @@ cdx__srv_sockets_close(cdx_server *s)
 	for (size_t i = 0; i < s->nctxs; i++) {
 		struct srv_ctx *x = s->ctxs[i];
 		nng_aio_free(x->aio);
-		if (x->req != NULL)
-			candex__v1__request__free_unpacked(x->req, NULL);
-		cdx_collection_unref(x->coll);
+		request_free(x);
 		free(x);
 	}
+	cdx__srv_conns_fini(&s->conns);
+	cdx__srv_conns_fini(&s->admin_conns);
 	free(s->ctxs);
 	s->ctxs = NULL;
 	s->nctxs = 0;
