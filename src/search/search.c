@@ -368,8 +368,12 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	}
 	omp_set_num_threads(saved_threads);
 
-	for (size_t i = 0; rc == CDX_OK && i < nq; i++)
-		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+	for (size_t i = 0; rc == CDX_OK && i < nq; i++) {
+		if (i % DEADLINE_SLICE == 0 && past_deadline(&x))
+			rc = CDX_ETIMEDOUT; /* merging and re-ranking take time too */
+		else
+			rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+	}
 done:
 	free(x.excl_ids);
 	free(x.excl_rows);

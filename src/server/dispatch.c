@@ -463,8 +463,9 @@ run_search(struct srv_ctx *x, int idle)
 	}
 	uint64_t t0 = cdx_now_us();
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
-	if (!parallel)
-		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1);
+	/* calibrate on whole searches only, in one worker's time */
+	if (rc == CDX_OK)
+		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1) * (parallel ? s->nworkers : 1);
 	if (parallel)
 		omp_set_num_threads(1);
 	if (rc == CDX_ETIMEDOUT) {
@@ -535,7 +536,8 @@ worker_main(void *arg)
 	while ((x = cdx__srv_next(s, &idle)) != NULL) {
 		/* copy what job_done needs: the context is the client's again
 		 * once answered */
-		struct srv_ctx job = { .heavy = x->heavy, .cost_units = x->cost_units };
+		struct srv_ctx job
+		    = { .heavy = x->heavy, .cost_units = x->cost_units, .heavy_end_us = x->heavy_end_us };
 		uint64_t took_us = 0;
 		pthread_mutex_lock(&s->q_mu);
 		int stop = s->q_stop;

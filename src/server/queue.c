@@ -9,13 +9,15 @@
  * its codes (items / nlist codes of code_size bytes), then the merge and the
  * exact re-rank of k x refine candidates. That sum, in "units", times a
  * calibration measured on the searches already run (an exponential moving
- * average of ns per unit), is the estimate in µs. It is the same for a
+ * average of ns per unit, kept apart for cheap and heavy searches), is
+ * the estimate in µs. It is the same for a
  * batch of 256 queries x nprobe 1024 x k 1000 (seconds) and for one query
  * at nprobe 16 (tens of µs), which the old count of requests was not.
  *
  * Admission. The queue holds at most --queue-max jobs, and a job is refused
- * OVERLOADED when the estimated work queued ahead of it (per worker that
- * may take it) would already use up its deadline: it could not be answered
+ * OVERLOADED when the estimated work ahead of it (queued, and what is left
+ * of the heavy searches running, per worker that may take it) would
+ * already use up its deadline: it could not be answered
  * in time, and saying so at once lets the client try another replica.
  *
  * Order. Jobs estimated above --heavy-ms are "heavy": they wait in their
@@ -54,7 +56,7 @@ cdx__srv_limits_init(cdx_server *s)
 	s->conns.limit = (uint32_t) CDX_MIN((uint64_t) cfg->max_connections, by_budget);
 	s->rx_budget = (size_t) (cfg->max_receive_memory - (uint64_t) s->conns.limit * s->frame_limit);
 	s->heavy_limit = CDX_MAX(1u, s->nworkers / 2);
-	s->ns_per_unit = SRV_NS_PER_UNIT_START;
+	s->ns_per_unit[0] = s->ns_per_unit[1] = SRV_NS_PER_UNIT_START;
 	if (s->conns.limit < cfg->max_connections)
 		cdx_warn("SRV-LIMITS",
 		    "at most %u connections (not --max-connections %u): each may hold a frame of %zu bytes "
@@ -85,10 +87,13 @@ cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_
 	}
 	per_query += kf * (m->nshards + (refine > 0 ? dim : 0.0));
 	x->cost_units = per_query * (double) nq;
+	/* the class by the cheap searches' calibration, the estimate by the
+	 * class's own (the model's error differs between one query and a
+	 * thousand) */
 	pthread_mutex_lock(&s->q_mu);
-	x->cost_us = x->cost_units * s->ns_per_unit / 1000.0;
+	x->heavy = x->cost_units * s->ns_per_unit[0] / 1000.0 > (double) s->cfg.heavy_ms * 1000.0;
+	x->cost_us = x->cost_units * s->ns_per_unit[x->heavy] / 1000.0;
 	pthread_mutex_unlock(&s->q_mu);
-	x->heavy = x->cost_us > (double) s->cfg.heavy_ms * 1000.0;
 }
 
 static void
@@ -127,7 +132,8 @@ cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size)
 		return CDX_EOVERLOAD;
 	}
 	/* work ahead of it, per worker that may take it */
-	double ahead_us = x->heavy ? s->q_heavy_us / s->heavy_limit
+	double running_us = CDX_MAX(0.0, s->heavy_ends_us - (double) s->heavy_running * (double) now);
+	double ahead_us = x->heavy ? (s->q_heavy_us + running_us) / s->heavy_limit
 	                           : s->q_cheap_us / CDX_MAX(1.0, (double) s->nworkers - s->heavy_running);
 	double left_us = x->deadline_us > now ? (double) (x->deadline_us - now) : 0.0;
 	if (ahead_us > left_us) {
@@ -167,6 +173,8 @@ cdx__srv_next(cdx_server *s, int *idle)
 			x = pop(&s->h_head, &s->h_tail);
 			s->q_heavy_us = s->h_head != NULL ? CDX_MAX(0.0, s->q_heavy_us - x->cost_us) : 0.0;
 			s->heavy_running++;
+			x->heavy_end_us = (double) cdx_now_us() + x->cost_us;
+			s->heavy_ends_us += x->heavy_end_us;
 			break;
 		}
 		if (s->q_stop)
@@ -186,12 +194,14 @@ cdx__srv_job_done(cdx_server *s, struct srv_ctx *x, uint64_t took_us)
 	pthread_mutex_lock(&s->q_mu);
 	if (x->heavy) {
 		s->heavy_running--;
+		s->heavy_ends_us = s->heavy_running > 0 ? s->heavy_ends_us - x->heavy_end_us : 0.0;
 		if (s->h_head != NULL)
 			pthread_cond_broadcast(&s->q_cv); /* a heavy job may start now */
 	}
 	if (took_us > 0 && x->cost_units > 0) {
 		double measured = (double) took_us * 1000.0 / x->cost_units;
-		s->ns_per_unit += SRV_CALIBRATION_WEIGHT * (measured - s->ns_per_unit);
+		double *ns = &s->ns_per_unit[x->heavy];
+		*ns += SRV_CALIBRATION_WEIGHT * (measured - *ns);
 	}
 	pthread_mutex_unlock(&s->q_mu);
 }

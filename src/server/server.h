@@ -191,6 +191,7 @@ struct srv_ctx {
 	double cost_us;       /* estimated search time */
 	double cost_units;    /* the estimate before calibration (queue.c) */
 	int heavy;            /* cost_us above --heavy-ms */
+	double heavy_end_us;  /* heavy and running: estimated end (cdx_now_us) */
 	struct srv_ctx *next; /* intake or search queue link */
 };
 
@@ -258,7 +259,8 @@ struct cdx_server {
 	uint32_t q_len;                  /* both */
 	double q_cheap_us, q_heavy_us;   /* estimated work waiting */
 	uint32_t heavy_running, heavy_limit;
-	double ns_per_unit; /* cost calibration, measured */
+	double heavy_ends_us;  /* sum of the running heavy jobs' estimated ends */
+	double ns_per_unit[2]; /* cost calibration of cheap [0] and heavy [1] searches */
 	int q_stop;
 	pthread_t *workers;
 

@@ -359,6 +359,86 @@ st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 	return resp;
 }
 
+/* st_metric reads one unlabelled sample (or "name{labels}") from the
+ * server's /metrics on 127.0.0.1:http_port; -1 if absent. */
+static inline double
+st_metric(int http_port, const char *name)
+{
+	char *body = NULL, line[256];
+	if (st_http_get(http_port, "/metrics", &body) != 200) {
+		free(body);
+		return -1;
+	}
+	snprintf(line, sizeof(line), "\n%s ", name);
+	const char *p = strstr(body, line);
+	double v = p != NULL ? strtod(p + strlen(line), NULL) : -1;
+	free(body);
+	return v;
+}
+
+/* st_proc_kb reads a "Vm..." field (VmRSS, VmHWM) of /proc/pid/status in KiB. */
+static inline long
+st_proc_kb(pid_t pid, const char *field)
+{
+	char path[64], line[256];
+	long kb = -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	size_t fl = strlen(field);
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, field, fl) == 0 && line[fl] == ':')
+			kb = strtol(line + fl + 1, NULL, 10);
+	fclose(f);
+	return kb;
+}
+
+/* st_fd_count counts the open file descriptors of pid. */
+static inline int
+st_fd_count(pid_t pid)
+{
+	char cmd[64];
+	char *out = NULL;
+	snprintf(cmd, sizeof(cmd), "ls /proc/%d/fd | wc -l", (int) pid);
+	if (tu_run(&out, "%s", cmd) != 0) {
+		free(out);
+		return -1;
+	}
+	int n = atoi(out);
+	free(out);
+	return n;
+}
+
+/* st_sp_send connects a hand-written REQ peer to url and sends one framed
+ * request (len bytes of data) without waiting for the reply. Returns the
+ * connected fd (the caller closes it), or -1. */
+static inline int
+st_sp_send(const char *url, const void *data, size_t len)
+{
+	static const uint8_t hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 }; /* REQ0 */
+	static const uint8_t reqid[4] = { 0x80, 0, 0, 7 };
+	uint8_t head[9 + 4], peer[8];
+	size_t h = 0;
+	int ipc, fd = st_sp_connect(url, &ipc);
+	if (fd < 0)
+		return -1;
+	if (ipc)
+		head[h++] = 1;
+	uint64_t flen = 4 + (uint64_t) len;
+	for (int b = 0; b < 8; b++)
+		head[h++] = (uint8_t) (flen >> (56 - 8 * b));
+	memcpy(head + h, reqid, 4);
+	h += 4;
+	if (send(fd, hs, 8, MSG_NOSIGNAL) != 8 || st_recv_all(fd, peer, 8, cdx_now_us() + 5000000u) != 0
+	    || send(fd, head, h, MSG_NOSIGNAL) != (ssize_t) h
+	    || (len > 0 && send(fd, data, len, MSG_NOSIGNAL) != (ssize_t) len)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 /* st_search is cdx_client_search that asserts success. */
 static inline struct cdx_result *
 st_search(cdx_client *c, const struct cdx_query *q)
