@@ -394,6 +394,20 @@ st_proc_kb(pid_t pid, const char *field)
 	return kb;
 }
 
+/* st_peak_reset makes VmHWM start again from the current RSS (Linux
+ * clear_refs 5), so that a later VmHWM is the peak of what came since. */
+static inline void
+st_peak_reset(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int) pid);
+	FILE *f = fopen(path, "w");
+	if (f != NULL) {
+		fputs("5", f);
+		fclose(f);
+	}
+}
+
 /* st_fd_count counts the open file descriptors of pid. */
 static inline int
 st_fd_count(pid_t pid)
