@@ -152,8 +152,9 @@ cdx__srv_watchdog_claim(cdx_server *s, nng_pipe p)
 	struct srv_probe *pr = s->probe;
 	if (pr != NULL && !pr->seen && (uint32_t) nng_listener_id(nng_pipe_listener(p)) == pr->listener) {
 		if (pr->ipc) {
-			int pid = 0;
-			mine = nng_pipe_get_int(p, NNG_OPT_IPC_PEER_PID, &pid) == 0 && pid == getpid();
+			uint64_t pid = 0; /* nng wants the exact type: uint64 */
+			mine = nng_pipe_get_uint64(p, NNG_OPT_IPC_PEER_PID, &pid) == 0
+			    && pid == (uint64_t) getpid();
 		} else {
 			nng_sockaddr sa;
 			if (nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) == 0)
@@ -296,6 +297,8 @@ check(cdx_server *s, struct srv_listener *sl)
 	uint64_t errors = accept_errors(sl->l);
 	if (errors != UINT64_MAX && errors == sl->errors_seen)
 		return; /* no error that could stop it since it last accepted */
+	cdx_debug("SRV-LISTEN", "listener %s: %llu accept error(s) since it last accepted; probing", sl->url,
+	    (unsigned long long) (errors - sl->errors_seen));
 	switch (probe(s, sl)) {
 	case PROBE_ACCEPTING:
 		sl->failed = 0;
