@@ -45,11 +45,17 @@ struct load {
 	pthread_t t;
 };
 
+/* A client that loses its connection does not get an answer at all (the
+ * client library does not resend): it waits out its own timeout. Every
+ * answer, even DEADLINE_EXCEEDED from the server, comes well before. */
+#define LOAD_CLIENT_MS 40000
+#define LOAD_SERVER_MS 20000
+
 static void *
 load_main(void *arg)
 {
 	struct load *l = arg;
-	cdx_client *c = st_client(l->url, 5000, 0);
+	cdx_client *c = st_client(l->url, LOAD_CLIENT_MS, 0);
 	uint64_t until = cdx_now_us() + 30000000u; /* bounded whatever happens */
 	while (!atomic_load(l->stop) && cdx_now_us() < until) {
 		struct cdx_query q = { .collection = "big",
@@ -59,13 +65,15 @@ load_main(void *arg)
 			.k = 100,
 			.nprobe = 64,
 			.refine_factor = 8,
-			.timeout_ms = 5000 };
+			.timeout_ms = LOAD_SERVER_MS };
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
+		uint64_t t0 = cdx_now_us();
 		int rc = cdx_client_search(c, &q, &r, &err);
+		int answered = cdx_now_us() - t0 < (uint64_t) LOAD_CLIENT_MS * 1000u;
 		if (rc == CDX_OK)
 			l->ok++;
-		else if (rc == CDX_EOVERLOAD || rc == CDX_EUNAVAIL)
+		else if (answered && (rc == CDX_EOVERLOAD || rc == CDX_EUNAVAIL || rc == CDX_ETIMEDOUT))
 			l->overloaded++;
 		else
 			l->failed++;
@@ -181,7 +189,7 @@ test_shutdown_under_load(void **state)
 		struct load l[L];
 		for (int i = 0; i < L; i++) {
 			/* whole-collection batches: each search outlasts the drain */
-			l[i] = (struct load) { .url = i % 2 ? tcp : srv.url, .batch = 256, .stop = &stop };
+			l[i] = (struct load) { .url = i % 2 ? tcp : srv.url, .batch = 512, .stop = &stop };
 			assert_int_equal(pthread_create(&l[i].t, NULL, load_main, &l[i]), 0);
 		}
 		for (int i = 0; i < 8; i++)
@@ -196,9 +204,9 @@ test_shutdown_under_load(void **state)
 		fprintf(stderr, "round %d: SIGTERM to exit %.0f ms (--drain-ms %u), exit %d\n", round, ms,
 		    drain_ms, rc);
 		assert_int_equal(rc, 0);
-		/* the drain time, and what a process exit and the wait's 10 ms
-		 * polling take */
-		assert_true(ms < drain_ms + 250);
+		/* the drain time, and what a signal, a process exit and the
+		 * wait's 10 ms polling take on a busy machine */
+		assert_true(ms < drain_ms + 400);
 	}
 }
 
