@@ -12,6 +12,7 @@
  * between RECV and SEND, so a context needs no lock.
  */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -702,10 +703,27 @@ static void *
 intake_main(void *arg)
 {
 	cdx_server *s = arg;
+	uint64_t trimmed = 0;
 	pthread_mutex_lock(&s->i_mu);
 	for (;;) {
-		while (s->i_head == NULL && !s->i_stop)
-			pthread_cond_wait(&s->i_cv, &s->i_mu);
+		if (s->i_head == NULL && !s->i_stop) {
+			/* Idle: once a second, hand the memory that requests and
+			 * replaced versions freed back to the system (glibc keeps it
+			 * in its arenas otherwise, and RSS only ever grows). */
+			uint64_t now = cdx_now_us();
+			if (now - trimmed >= 1000000u) {
+				pthread_mutex_unlock(&s->i_mu);
+				malloc_trim(0);
+				trimmed = cdx_now_us();
+				pthread_mutex_lock(&s->i_mu);
+				continue;
+			}
+			uint64_t at = trimmed + 1000000u;
+			struct timespec ts = { .tv_sec = (time_t) (at / 1000000u),
+				.tv_nsec = (long) (at % 1000000u) * 1000L };
+			pthread_cond_timedwait(&s->i_cv, &s->i_mu, &ts);
+			continue;
+		}
 		struct srv_ctx *x = s->i_head;
 		if (x == NULL)
 			break;

@@ -4,6 +4,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,7 +97,6 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	pthread_mutex_init(&s->q_mu, NULL);
 	pthread_cond_init(&s->q_cv, NULL);
 	pthread_mutex_init(&s->i_mu, NULL);
-	pthread_cond_init(&s->i_cv, NULL);
 	pthread_mutex_init(&s->r_mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -104,6 +104,7 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	pthread_cond_init(&s->r_cv, &ca);
 	pthread_mutex_init(&s->w_mu, NULL);
 	pthread_cond_init(&s->w_cv, &ca);
+	pthread_cond_init(&s->i_cv, &ca);
 	pthread_condattr_destroy(&ca);
 
 	/* Workers use every core already; OpenBLAS's own pool would only
@@ -258,6 +259,12 @@ cdx_server_run(const struct cdx_server_config *cfg)
 	struct sigaction sa;
 
 	cdx_log_set_level(cfg->log_level);
+	/* A fixed mmap threshold: blocks of 256 KiB and more (request frames,
+	 * a version's arrays) get their own mappings and go back to the
+	 * system when freed. glibc's default raises the threshold after such
+	 * a free, and from then on big blocks come from the heap, where a
+	 * reload or a burst of large requests leaves RSS higher for good. */
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 	if (pipe2(sig_pipe, O_CLOEXEC) != 0) {
 		cdx_err("SRV-START-FAIL", "pipe: %s", strerror(errno));
 		return 1;

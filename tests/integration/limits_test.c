@@ -111,34 +111,6 @@ peak_rss_mb(long base_kb, unsigned ms)
 	return (double) (st_proc_kb(srv.pid, "VmHWM") - base_kb) / 1024.0;
 }
 
-/* slow_frame connects, handshakes and sends a frame header announcing
- * FRAME - 64 bytes, then all of them but the last. Returns the fd. */
-static int
-slow_frame(uint8_t *payload)
-{
-	static const uint8_t hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
-	int ipc, fd = st_sp_connect(tcp_url, &ipc);
-	if (fd < 0)
-		return -1;
-	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 }; /* a refused peer stops reading */
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	uint8_t peer[8], head[8];
-	uint64_t len = FRAME - 64;
-	for (int b = 0; b < 8; b++)
-		head[b] = (uint8_t) (len >> (56 - 8 * b));
-	if (send(fd, hs, 8, MSG_NOSIGNAL) != 8 || st_recv_all(fd, peer, 8, cdx_now_us() + 1000000u) != 0
-	    || send(fd, head, 8, MSG_NOSIGNAL) != 8)
-		return fd; /* refused: keep it anyway, like an attacker would */
-	size_t sent = 0;
-	while (sent < len - 1) {
-		ssize_t n = send(fd, payload + sent, len - 1 - sent, MSG_NOSIGNAL);
-		if (n <= 0)
-			break;
-		sent += (size_t) n;
-	}
-	return fd;
-}
-
 static void
 test_slow_frames(void **state)
 {
@@ -149,7 +121,7 @@ test_slow_frames(void **state)
 	uint8_t *payload = calloc(1, FRAME);
 	int fds[ATTACK];
 	for (int i = 0; i < ATTACK; i++)
-		fds[i] = slow_frame(payload);
+		fds[i] = st_slow_frame(tcp_url, FRAME - 64, payload);
 	double growth = peak_rss_mb(rss0, 1500);
 	/* a client arriving now takes the place of a silent attacker */
 	cdx_client *late = st_client(tcp_url, 2000, 3);
@@ -171,35 +143,6 @@ test_slow_frames(void **state)
 	assert_true(growth < CONNS * (FRAME >> 20) + 16);
 	assert_true(refused + evicted >= ATTACK - CONNS);
 	assert_true(evicted >= 1);
-}
-
-/* big_request packs a Request whose SearchRequest repeats field `field`
- * (an empty string each) count times, or count unknown fields. */
-static uint8_t *
-big_request(int field, size_t count, size_t *len)
-{
-	size_t inner = 2 + 6 + 2 + count * 2; /* collection "tracks", k, the repeats */
-	uint8_t *b = malloc(inner + 32), *p = b;
-	*p++ = 0x08; /* protocol_version 1 */
-	*p++ = 1;
-	*p++ = 0x52; /* field 10: search */
-	size_t v = inner;
-	do {
-		*p++ = (uint8_t) ((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
-		v >>= 7;
-	} while (v > 0);
-	*p++ = 0x0a;
-	*p++ = 6;
-	memcpy(p, "tracks", 6);
-	p += 6;
-	*p++ = 0x28; /* k = 5 */
-	*p++ = 5;
-	for (size_t i = 0; i < count; i++) {
-		*p++ = (uint8_t) (field << 3 | 2);
-		*p++ = 0;
-	}
-	*len = (size_t) (p - b);
-	return b;
 }
 
 struct raw {
@@ -253,14 +196,14 @@ test_empty_strings(void **state)
 	struct good g;
 	good_start(&g);
 	size_t count = (MAX_MSG - 64) / 2, len;
-	uint8_t *keys = big_request(4, count, &len); /* query_keys */
+	uint8_t *keys = st_strings_request(4, count, &len); /* query_keys */
 	int wrong = 0;
 	double g1 = flood(keys, len, CDX_ELIMIT, "query keys exceeds the server's max-batch", &wrong);
 	free(keys);
-	uint8_t *excl = big_request(9, count, &len); /* exclude_keys */
+	uint8_t *excl = st_strings_request(9, count, &len); /* exclude_keys */
 	double g2 = flood(excl, len, CDX_ELIMIT, "exceed the server's max-excludes", &wrong);
 	free(excl);
-	uint8_t *unknown = big_request(15, count, &len); /* a field this server does not know */
+	uint8_t *unknown = st_strings_request(15, count, &len); /* a field this server does not know */
 	double g3 = flood(unknown, len, CDX_ELIMIT, "unknown fields", &wrong);
 	free(unknown);
 	fprintf(stderr, "%d x %zu empty strings: RSS +%.1f / +%.1f / +%.1f MiB (keys, excludes, unknown)\n",
@@ -285,7 +228,7 @@ test_decode_budget(void **state)
 	    url, MAX_MSG);
 	assert_int_equal(st_start(&b, dir, "budget", extra), 0);
 	size_t count = (MAX_MSG - 64) / 2, len;
-	uint8_t *keys = big_request(4, count, &len);
+	uint8_t *keys = st_strings_request(4, count, &len);
 	st_peak_reset(b.pid);
 	long rss0 = st_proc_kb(b.pid, "VmRSS");
 	Candex__V1__Response *resp = st_raw_call(url, keys, len, 10000);

@@ -453,6 +453,69 @@ st_sp_send(const char *url, const void *data, size_t len)
 	return fd;
 }
 
+/* st_slow_frame is the slow-frame attack on one connection: it connects to
+ * url (tcp:// or ipc://), handshakes, sends a frame header announcing len
+ * bytes and then all of them but the last, from payload (len bytes).
+ * Returns the fd (the caller closes it), or -1. */
+static inline int
+st_slow_frame(const char *url, uint64_t len, const uint8_t *payload)
+{
+	static const uint8_t hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
+	int ipc, fd = st_sp_connect(url, &ipc);
+	if (fd < 0)
+		return -1;
+	struct timeval tv = { .tv_sec = 0, .tv_usec = 200000 }; /* a refused peer stops reading */
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	uint8_t peer[8], head[9];
+	size_t h = 0;
+	if (ipc)
+		head[h++] = 1;
+	for (int b = 0; b < 8; b++)
+		head[h++] = (uint8_t) (len >> (56 - 8 * b));
+	if (send(fd, hs, 8, MSG_NOSIGNAL) != 8 || st_recv_all(fd, peer, 8, cdx_now_us() + 1000000u) != 0
+	    || send(fd, head, h, MSG_NOSIGNAL) != (ssize_t) h)
+		return fd; /* refused: kept anyway, as an attacker would */
+	size_t sent = 0;
+	while (sent < len - 1) {
+		ssize_t n = send(fd, payload + sent, (size_t) len - 1 - sent, MSG_NOSIGNAL);
+		if (n <= 0)
+			break;
+		sent += (size_t) n;
+	}
+	return fd;
+}
+
+/* st_strings_request packs a Request for collection "tracks" whose
+ * SearchRequest repeats field `field` (< 16) count times, each an empty
+ * string (or an unknown field). *len gets its size; the caller frees it. */
+static inline uint8_t *
+st_strings_request(int field, size_t count, size_t *len)
+{
+	size_t inner = 2 + 6 + 2 + count * 2; /* collection, k, the repeats */
+	uint8_t *b = malloc(inner + 32), *p = b;
+	assert_non_null(b);
+	*p++ = 0x08; /* protocol_version 1 */
+	*p++ = 1;
+	*p++ = 0x52; /* field 10: search */
+	size_t v = inner;
+	do {
+		*p++ = (uint8_t) ((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		v >>= 7;
+	} while (v > 0);
+	*p++ = 0x0a;
+	*p++ = 6;
+	memcpy(p, "tracks", 6);
+	p += 6;
+	*p++ = 0x28; /* k = 5 */
+	*p++ = 5;
+	for (size_t i = 0; i < count; i++) {
+		*p++ = (uint8_t) (field << 3 | 2);
+		*p++ = 0;
+	}
+	*len = (size_t) (p - b);
+	return b;
+}
+
 /* st_search is cdx_client_search that asserts success. */
 static inline struct cdx_result *
 st_search(cdx_client *c, const struct cdx_query *q)
