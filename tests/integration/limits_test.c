@@ -140,7 +140,7 @@ test_slow_frames(void **state)
 	    ATTACK, FRAME - 65, growth, CONNS, FRAME / 1048576.0, refused, evicted);
 	good_stop(&g);
 	/* the old server held every frame: ATTACK x 2 MiB = 120 MiB */
-	assert_true(growth < CONNS * (FRAME >> 20) + 16);
+	assert_true(!ST_RSS_CHECKED || growth < CONNS * (FRAME >> 20) + 16);
 	assert_true(refused + evicted >= ATTACK - CONNS);
 	assert_true(evicted >= 1);
 }
@@ -210,7 +210,7 @@ test_empty_strings(void **state)
 	    CONNS - 2, count, g1, g2, g3);
 	good_stop(&g);
 	/* decoding them took 6 x ~20 MiB on the old server */
-	assert_true(CDX_MAX(g1, CDX_MAX(g2, g3)) < 24);
+	assert_true(!ST_RSS_CHECKED || CDX_MAX(g1, CDX_MAX(g2, g3)) < 24);
 	assert_int_equal(wrong, 0);
 }
 

@@ -376,6 +376,15 @@ st_metric(int http_port, const char *name)
 	return v;
 }
 
+/* ST_RSS_CHECKED: RSS bounds hold in this build (not under a sanitizer,
+ * whose quarantine and shadow memory are RSS too); they are reported
+ * either way. */
+#ifdef CANDEX_SANITIZED
+#define ST_RSS_CHECKED 0
+#else
+#define ST_RSS_CHECKED 1
+#endif
+
 /* st_proc_kb reads a "Vm..." field (VmRSS, VmHWM) of /proc/pid/status in KiB. */
 static inline long
 st_proc_kb(pid_t pid, const char *field)
