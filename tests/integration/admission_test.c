@@ -202,23 +202,10 @@ test_disconnected_client_not_searched(void **state)
 	double queries0 = st_metric(http_port, "candex_queries_total");
 	double abandoned0 = st_metric(http_port, "candex_abandoned_total");
 
-	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
-	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
-	req.protocol_version = 1;
-	req.request_id = (char *) "leaver";
-	req.timeout_ms = 60000; /* it must wait in the queue, not be refused */
-	req.body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
-	req.search = &sr;
-	sr.collection = (char *) "big";
-	sr.dim = DIM;
-	sr.k = 1000;
-	sr.nprobe = 64;
-	sr.refine_factor = 16;
-	sr.vectors = base;
-	sr.n_vectors = (size_t) 100 * DIM; /* 100 queries: expensive too, distinct from BATCH */
-	size_t len = candex__v1__request__get_packed_size(&req);
-	uint8_t *buf = malloc(len);
-	candex__v1__request__pack(&req, buf);
+	/* 100 queries: expensive too, distinct from BATCH; a deadline that
+	 * lets it wait in the queue rather than be refused */
+	size_t len;
+	uint8_t *buf = st_pack_search("big", base, 100, DIM, 1000, 64, 16, 60000, &len);
 	int fd = st_sp_send(tcp_url, buf, len);
 	free(buf);
 	assert_true(fd >= 0);

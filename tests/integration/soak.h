@@ -159,24 +159,10 @@ soak_bad(void *arg)
 static void
 soak_vanish_once(struct soak *k, unsigned i)
 {
-	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
-	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
-	req.protocol_version = 1;
-	req.body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
-	req.search = &sr;
-	sr.collection = (char *) "tracks";
-	sr.dim = SOAK_DIM;
-	sr.k = 200;
-	sr.nprobe = 64;
-	sr.vectors = k->base;
-	sr.n_vectors = (size_t) 32 * SOAK_DIM;
-	size_t len = candex__v1__request__get_packed_size(&req);
-	uint8_t *buf = malloc(len);
-	candex__v1__request__pack(&req, buf);
-	int fd = st_sp_send(i % 2 ? k->tcp : k->srv.url, buf, i % 4 < 2 ? len : len / 2);
-	free(buf);
-	if (fd >= 0)
-		close(fd);
+	size_t len;
+	uint8_t *req = st_pack_search("tracks", k->base, 32, SOAK_DIM, 200, 64, 0, 0, &len);
+	st_vanish(i % 2 ? k->tcp : k->srv.url, req, len, i % 4 >= 2);
+	free(req);
 	atomic_fetch_add(&k->vanished, 1);
 }
 

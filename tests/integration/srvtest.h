@@ -462,6 +462,42 @@ st_sp_send(const char *url, const void *data, size_t len)
 	return fd;
 }
 
+/* st_pack_search packs a search of nq vectors for coll with timeout_ms
+ * (0 = server default). *len gets its size; the caller frees it. */
+static inline uint8_t *
+st_pack_search(const char *coll, const float *v, size_t nq, uint32_t dim, uint32_t k, uint32_t nprobe,
+    float refine, uint32_t timeout_ms, size_t *len)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
+	req.protocol_version = 1;
+	req.timeout_ms = timeout_ms;
+	req.body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
+	req.search = &sr;
+	sr.collection = (char *) coll;
+	sr.dim = dim;
+	sr.k = k;
+	sr.nprobe = nprobe;
+	sr.refine_factor = refine;
+	sr.vectors = (float *) v;
+	sr.n_vectors = nq * dim;
+	*len = candex__v1__request__get_packed_size(&req);
+	uint8_t *buf = malloc(*len);
+	assert_non_null(buf);
+	candex__v1__request__pack(&req, buf);
+	return buf;
+}
+
+/* st_vanish sends such a search (or half of it) on a raw connection and
+ * closes the connection at once. */
+static inline void
+st_vanish(const char *url, const uint8_t *req, size_t len, int half)
+{
+	int fd = st_sp_send(url, req, half ? len / 2 : len);
+	if (fd >= 0)
+		close(fd);
+}
+
 /* st_slow_frame is the slow-frame attack on one connection: it connects to
  * url (tcp:// or ipc://), handshakes, sends a frame header announcing len
  * bytes and then all of them but the last, from payload (len bytes).

@@ -148,31 +148,6 @@ test_busy_listeners_left_alone(void **state)
 	assert_int_equal(st_stop(&srv, SIGTERM), 0);
 }
 
-/* vanish sends a whole expensive request on a raw connection, or only half
- * a frame, and leaves. */
-static void
-vanish(const char *url, int half)
-{
-	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
-	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
-	req.protocol_version = 1;
-	req.body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
-	req.search = &sr;
-	sr.collection = (char *) "big";
-	sr.dim = DIM;
-	sr.k = 100;
-	sr.nprobe = 64;
-	sr.vectors = base;
-	sr.n_vectors = (size_t) 64 * DIM;
-	size_t len = candex__v1__request__get_packed_size(&req);
-	uint8_t *buf = malloc(len);
-	candex__v1__request__pack(&req, buf);
-	int fd = st_sp_send(url, buf, half ? len / 2 : len);
-	free(buf);
-	if (fd >= 0)
-		close(fd);
-}
-
 static void
 test_shutdown_under_load(void **state)
 {
@@ -192,8 +167,11 @@ test_shutdown_under_load(void **state)
 			l[i] = (struct load) { .url = i % 2 ? tcp : srv.url, .batch = 512, .stop = &stop };
 			assert_int_equal(pthread_create(&l[i].t, NULL, load_main, &l[i]), 0);
 		}
+		size_t len;
+		uint8_t *req = st_pack_search("big", base, 64, DIM, 100, 64, 0, 0, &len);
 		for (int i = 0; i < 8; i++)
-			vanish(i % 2 ? tcp : srv.url, i % 4 < 2);
+			st_vanish(i % 2 ? tcp : srv.url, req, len, i % 4 < 2);
+		free(req);
 		st_sleep_ms(700);
 		uint64_t t0 = cdx_now_us();
 		int rc = st_stop(&srv, SIGTERM);
