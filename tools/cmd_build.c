@@ -38,7 +38,22 @@ static const char usage_text[]
       "  --out DIR            index directory (the collection lives in DIR/NAME)\n"
       "  --model-version STR  label of the embedding model that produced the vectors\n"
       "\n"
-      "index (defaults from N rows and dim):\n"
+      "self-tuning (the default): the structure and its operating points are chosen by\n"
+      "measurement. Candidates: exact search; IVF-PQ with 4- or 8-bit codes, two sub-vector\n"
+      "sizes and two list counts; for ip, plain inner product and inner product reduced to\n"
+      "L2; for dim >= 256, a PCA before the lists; refine stores none, sq8, fp16, fp32. The\n"
+      "cheapest (modelled QPS, then bytes per item) that reaches the target at every tuned k\n"
+      "wins; a request with no nprobe or recall_target is served at that target.\n"
+      "  --recall-target R    k-recall@k to reach at every tuned k (default 0.95)\n"
+      "  --tune-k LIST        the k to tune for, e.g. 10,100,500 (the default)\n"
+      "  --tune-queries FILE  query vectors to tune on (.fvecs/.npy; recommended for ip, where\n"
+      "                       users are not items); default: a seeded sample of the input's rows,\n"
+      "                       held out of the index the tuner measures\n"
+      "  --tune-budget S      stop measuring new candidates after S seconds (default 120)\n"
+      "  --tune-max-queries N queries used, half to choose, half to check (default 1000)\n"
+      "  --no-tune            no tuning: the fixed defaults below (fast; no operating points)\n"
+      "\n"
+      "index without tuning (--no-tune, or --factory):\n"
       "  --factory STR        Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
       "                         nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
       "                                 N/39 (k-means wants >= 39 points per centroid)\n"
@@ -50,7 +65,8 @@ static const char usage_text[]
       "  --polysemous         keep polysemous training for PQ components of --factory (slow)\n"
       "  --train-sample N     rows to train on; default min(N, max(100000, 64*nlist))\n"
       "  --seed N             sample seed (default 1234); same input + seed = identical shards\n"
-      "  --refine KIND        none|sq8|fp16|fp32: store vectors for exact re-ranking (default none)\n"
+      "  --refine KIND        none|sq8|fp16|fp32: store vectors for exact re-ranking (default: chosen\n"
+      "                       by tuning; none with --no-tune or --factory)\n"
       "  --shards N           number of shard files (default 1); item -> shard by hash of its id\n"
       "  The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor\n"
       "  4 with a refine store, else 0.\n"
@@ -89,6 +105,12 @@ enum {
 	OPT_SHARD,
 	OPT_OF,
 	OPT_HELP,
+	OPT_NO_TUNE,
+	OPT_TUNE_QUERIES,
+	OPT_RECALL_TARGET,
+	OPT_TUNE_K,
+	OPT_TUNE_BUDGET,
+	OPT_TUNE_MAX_QUERIES,
 };
 
 static const struct option long_opts[] = {
@@ -113,6 +135,12 @@ static const struct option long_opts[] = {
 	{ "shard", required_argument, NULL, OPT_SHARD },
 	{ "of", required_argument, NULL, OPT_OF },
 	{ "help", no_argument, NULL, OPT_HELP },
+	{ "no-tune", no_argument, NULL, OPT_NO_TUNE },
+	{ "tune-queries", required_argument, NULL, OPT_TUNE_QUERIES },
+	{ "recall-target", required_argument, NULL, OPT_RECALL_TARGET },
+	{ "tune-k", required_argument, NULL, OPT_TUNE_K },
+	{ "tune-budget", required_argument, NULL, OPT_TUNE_BUDGET },
+	{ "tune-max-queries", required_argument, NULL, OPT_TUNE_MAX_QUERIES },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -131,6 +159,47 @@ parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *
 	return 0;
 }
 
+/* parse_double reads a number in [min, max] (strict: the whole string). */
+static int
+parse_double(const char *opt, const char *s, double min, double max, double *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	if (*s == 0 || *end != 0 || errno != 0 || !(v >= min && v <= max)) {
+		fprintf(stderr, "candex build: --%s '%s': expected a number in [%g, %g]\n", opt, s, min, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/* parse_k_list reads --tune-k: ascending k, comma-separated. */
+static int
+parse_k_list(const char *s, struct cdx_build_opts *o)
+{
+	char buf[256];
+	if (snprintf(buf, sizeof(buf), "%s", s) >= (int) sizeof(buf))
+		goto bad;
+	o->ntune_k = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		uint64_t v;
+		if (o->ntune_k == CDX_MANIFEST_MAX_TUNED_K || parse_u64("tune-k", tok, 1, 100000, &v) != 0)
+			goto bad;
+		if (o->ntune_k > 0 && v <= o->tune_k[o->ntune_k - 1])
+			goto bad;
+		o->tune_k[o->ntune_k++] = (uint32_t) v;
+	}
+	if (o->ntune_k > 0)
+		return 0;
+bad:
+	fprintf(stderr,
+	    "candex build: --tune-k '%s': expected up to %d ascending k in [1, 100000], e.g. 10,100,500\n", s,
+	    CDX_MANIFEST_MAX_TUNED_K);
+	return -1;
+}
+
 static int
 fail(int rc)
 {
@@ -147,42 +216,6 @@ print_version_dir(const char *out, const char *collection, const char *version)
 	free(rp);
 }
 
-/* passive_omp makes sure OpenMP workers sleep instead of spinning while
- * they wait: Faiss alternates OpenMP regions with single-threaded sgemm and
- * serial code, and spinning workers steal the cores those need — and on a
- * shared machine, everyone else's. Measured on 2 cores: encoding 1M x 128
- * took 22.4 s spinning, 16.7 s passive; with one other busy process,
- * training took 113 s spinning, 41 s passive. libgomp reads the policy
- * once at start-up, so if it is unset we set it and re-execute ourselves
- * with the same command line (from /proc/self/cmdline). */
-static void
-passive_omp(void)
-{
-	if (getenv("OMP_WAIT_POLICY") != NULL)
-		return;
-	setenv("OMP_WAIT_POLICY", "passive", 1);
-	char *cmdline = NULL;
-	size_t len = 0;
-	if (cdx_read_file("/proc/self/cmdline", &cmdline, &len) != CDX_OK)
-		return; /* /proc unreadable (procfs size 0): carry on spinning */
-	size_t n = 0;
-	for (size_t i = 0; i < len; i++)
-		n += cmdline[i] == 0;
-	char **args = calloc(n + 1, sizeof(char *));
-	if (args == NULL || n == 0) {
-		free(args);
-		free(cmdline);
-		return;
-	}
-	for (size_t i = 0, a = 0; i < len && a < n; a++) {
-		args[a] = cmdline + i;
-		i += strlen(cmdline + i) + 1;
-	}
-	execv("/proc/self/exe", args);
-	free(args); /* exec failed: carry on */
-	free(cmdline);
-}
-
 int
 cmd_build(int argc, char **argv)
 {
@@ -192,7 +225,6 @@ cmd_build(int argc, char **argv)
 		fputs(usage_text, stdout);
 		return CLI_EXIT_OK;
 	}
-	passive_omp();
 	if (argc >= 2 && argv[1][0] != '-') {
 		if (strcmp(argv[1], "train") == 0)
 			mode = TRAIN;
@@ -247,6 +279,30 @@ cmd_build(int argc, char **argv)
 			break;
 		case OPT_REFINE:
 			refine = optarg;
+			o.refine_set = 1;
+			break;
+		case OPT_NO_TUNE:
+			o.no_tune = 1;
+			break;
+		case OPT_TUNE_QUERIES:
+			o.tune_queries = optarg;
+			break;
+		case OPT_RECALL_TARGET:
+			if (parse_double("recall-target", optarg, 0.01, 1.0, &o.recall_target) != 0)
+				return CLI_EXIT_USAGE;
+			break;
+		case OPT_TUNE_K:
+			if (parse_k_list(optarg, &o) != 0)
+				return CLI_EXIT_USAGE;
+			break;
+		case OPT_TUNE_BUDGET:
+			if (parse_double("tune-budget", optarg, 1, 1e6, &o.tune_budget_s) != 0)
+				return CLI_EXIT_USAGE;
+			break;
+		case OPT_TUNE_MAX_QUERIES:
+			if (parse_u64("tune-max-queries", optarg, 20, 1000000, &v) != 0)
+				return CLI_EXIT_USAGE;
+			o.tune_queries_max = (uint32_t) v;
 			break;
 		case OPT_SEED:
 			if (parse_u64("seed", optarg, 0, UINT64_MAX, &v) != 0)

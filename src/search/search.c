@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "faissx/faissx.h"
 #include "search/collection_int.h"
+#include "search/points.h"
 
 struct candidate {
 	float score;
@@ -25,7 +27,8 @@ struct candidate {
 struct search_ctx {
 	const cdx_collection *c;
 	const struct cdx_search_params *p;
-	size_t kf; /* results fetched per shard per query */
+	size_t kf;   /* results fetched per shard per query */
+	size_t qdim; /* floats a query has as the searched Faiss index takes it */
 	size_t nprobe;
 	float refine;
 	int higher_better;
@@ -33,6 +36,7 @@ struct search_ctx {
 	size_t n_excl_ids;
 	uint64_t *excl_rows; /* sorted (shard << 32 | row) of excluded keys */
 	size_t n_excl_rows;
+	uint64_t *codes; /* codes scanned (atomically added to by every slice) */
 };
 
 static int
@@ -70,19 +74,19 @@ cmp_cand_high(const void *a, const void *b)
 uint32_t
 cdx_collection_effective_nprobe(const cdx_collection *c, uint32_t requested)
 {
-	if (c->nlist == 0)
+	if (c->d->nlist == 0)
 		return 0;
 	uint32_t n = requested ? requested : c->manifest->default_nprobe;
 	if (n == 0)
 		n = 1;
-	return (uint32_t) CDX_MIN((size_t) n, c->nprobe_cap);
+	return (uint32_t) CDX_MIN((size_t) n, c->d->nprobe_cap);
 }
 
 int
 cdx_collection_has_refine(const cdx_collection *c)
 {
-	for (uint32_t i = 0; i < c->nshards; i++)
-		if (c->shards[i].refine_data == NULL)
+	for (uint32_t i = 0; i < c->d->nshards; i++)
+		if (c->d->shards[i].refine_data == NULL)
 			return 0;
 	return 1;
 }
@@ -146,19 +150,20 @@ past_deadline(const struct search_ctx *x)
 	return 1;
 }
 
-/* Searches queries [q0, q1) on every shard; D/I are [shard][q1 - q0][kf]. */
+/* Searches queries [q0, q1) of q (index space: x->qdim floats each) on
+ * every shard; D/I are [shard][q1 - q0][kf]. */
 static int
 search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, float *D, idx_t *I)
 {
 	const cdx_collection *c = x->c;
-	size_t nq = q1 - q0, dim = c->manifest->dim, kf = x->kf;
-	const float *qs = q + q0 * dim;
+	size_t nq = q1 - q0, kf = x->kf;
+	const float *qs = q + q0 * x->qdim;
 	idx_t *assign = NULL, *keys = NULL;
 	float *cdis = NULL, *kdis = NULL;
 	int rc = CDX_OK;
 
-	if (c->nlist > 0) {
-		size_t cap = c->nprobe_cap, np = x->nprobe;
+	if (c->d->nlist > 0) {
+		size_t cap = c->d->nprobe_cap, np = x->nprobe;
 		assign = malloc(nq * np * sizeof(idx_t));
 		cdis = malloc(nq * np * sizeof(float));
 		keys = malloc(nq * cap * sizeof(idx_t));
@@ -167,20 +172,24 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			rc = cdx_error(CDX_ENOMEM, "coarse assignment for %zu queries", nq);
 			goto done;
 		}
-		if (faiss_Index_search(c->quantizer, (idx_t) nq, qs, (idx_t) np, cdis, assign) != 0) {
+		if (faiss_Index_search(c->d->quantizer, (idx_t) nq, qs, (idx_t) np, cdis, assign) != 0) {
 			rc = cdx_error_faiss("coarse quantizer search");
 			goto done;
 		}
 		/* Rows of stride cap, padded with -1 lists that the scan skips. */
+		uint64_t codes = 0;
 		for (size_t i = 0; i < nq; i++) {
 			for (size_t j = 0; j < cap; j++) {
 				keys[i * cap + j] = j < np ? assign[i * np + j] : -1;
 				kdis[i * cap + j] = j < np ? cdis[i * np + j] : 0;
+				if (j < np && assign[i * np + j] >= 0)
+					codes += c->d->list_sizes[assign[i * np + j]];
 			}
 		}
+		__atomic_fetch_add(x->codes, codes, __ATOMIC_RELAXED);
 	}
-	for (uint32_t s = 0; s < c->nshards && rc == CDX_OK; s++) {
-		struct cdx_loaded_shard *ls = &c->shards[s];
+	for (uint32_t s = 0; s < c->d->nshards && rc == CDX_OK; s++) {
+		struct cdx_loaded_shard *ls = &c->d->shards[s];
 		if (past_deadline(x)) {
 			rc = CDX_ETIMEDOUT;
 			break;
@@ -195,7 +204,7 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			pthread_mutex_lock(&ls->lock);
 			faiss_IndexIVF_set_nprobe(ls->ivf, x->nprobe);
 			frc = faiss_Index_search(ls->index, (idx_t) nq, qs, (idx_t) kf, dst_d, dst_i);
-			faiss_IndexIVF_set_nprobe(ls->ivf, c->nprobe_cap);
+			faiss_IndexIVF_set_nprobe(ls->ivf, c->d->nprobe_cap);
 			pthread_mutex_unlock(&ls->lock);
 		} else {
 			frc = faiss_Index_search(ls->index, (idx_t) nq, qs, (idx_t) kf, dst_d, dst_i);
@@ -219,7 +228,7 @@ search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, 
 	size_t chunk = x->p->deadline_us ? DEADLINE_SLICE : 256;
 	if (nq <= chunk)
 		return search_slice(x, q, 0, nq, D, I);
-	size_t nshards = x->c->nshards, kf = x->kf;
+	size_t nshards = x->c->d->nshards, kf = x->kf;
 	float *Dc = malloc(nshards * chunk * kf * sizeof(float));
 	idx_t *Ic = malloc(nshards * chunk * kf * sizeof(idx_t));
 	int rc = Dc && Ic ? CDX_OK : cdx_error(CDX_ENOMEM, "search buffers");
@@ -243,8 +252,8 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 {
 	const cdx_collection *c = x->c;
 	size_t kf = x->kf, n = 0, k = x->p->k;
-	for (uint32_t s = 0; s < c->nshards; s++) {
-		const struct cdx_loaded_shard *ls = &c->shards[s];
+	for (uint32_t s = 0; s < c->d->nshards; s++) {
+		const struct cdx_loaded_shard *ls = &c->d->shards[s];
 		const float *d = D + ((size_t) s * nq + i) * kf;
 		const idx_t *l = I + ((size_t) s * nq + i) * kf;
 		for (size_t j = 0; j < kf; j++) {
@@ -257,7 +266,7 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 			int64_t id = ls->ids[row];
 			if (excluded(x, id, s, row))
 				continue;
-			float score = c->cos_from_l2 ? 1.0f - 0.5f * d[j] : d[j];
+			float score = cdx_map_score(&c->d->map, query, d[j]);
 			if (x->refine > 0)
 				score = cdx_refine_distance(&ls->refine, row, query, c->manifest->metric);
 			cand[n++] = (struct candidate) { score, s, row, id };
@@ -270,6 +279,43 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 		else
 			hits[j] = (struct cdx_hit) { -1, x->higher_better ? -INFINITY : INFINITY, 0, 0 };
 	}
+	return CDX_OK;
+}
+
+/* index_queries maps nq queries (normalised for cos) into the space the
+ * searched Faiss index takes: *qi (malloc'd; NULL when the queries go in
+ * unchanged) and *qdim floats each. An IVF behind a pre-transform (PCA) is
+ * searched directly (search.h DESIGN: candex runs the coarse quantizer
+ * itself), so its queries go through the pre-transform here; any other
+ * index applies its own. */
+static int
+index_queries(const cdx_collection *c, const float *q, size_t nq, float **qi, size_t *qdim)
+{
+	const struct cdx_vector_map *vm = &c->d->map;
+	int ivf_pre = c->d->pre != NULL && c->d->nlist > 0;
+	*qi = NULL;
+	*qdim = vm->index_dim;
+	if (cdx_map_identity(vm) && !ivf_pre)
+		return CDX_OK;
+	float *mapped = malloc(nq * vm->index_dim * sizeof(float));
+	if (mapped == NULL)
+		return cdx_error(CDX_ENOMEM, "%zu queries in index space", nq);
+	cdx_map_queries(vm, q, nq, mapped);
+	if (!ivf_pre) {
+		*qi = mapped;
+		return CDX_OK;
+	}
+	float *t = malloc(nq * c->d->inner_dim * sizeof(float));
+	int rc = t == NULL ? cdx_error(CDX_ENOMEM, "%zu transformed queries", nq) : CDX_OK;
+	if (rc == CDX_OK && cdx_fx_apply_pretransform(c->d->pre, nq, mapped, t) != 0)
+		rc = cdx_error_faiss("query pre-transform");
+	free(mapped);
+	if (rc != CDX_OK) {
+		free(t);
+		return rc;
+	}
+	*qi = t;
+	*qdim = c->d->inner_dim;
 	return CDX_OK;
 }
 
@@ -293,24 +339,30 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		    "refine store (candex build --refine)",
 		    (double) p->refine_factor, m->collection);
 
-	struct search_ctx x = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric) };
-	x.nprobe = cdx_collection_effective_nprobe(c, p->nprobe);
-	x.refine = cdx_collection_effective_refine(c, p->refine_factor);
-	size_t want = (size_t) p->k + p->n_exclude_ids + p->n_exclude_keys;
+	uint64_t codes = 0;
+	struct search_ctx x
+	    = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric), .codes = &codes };
+	struct cdx_point_choice pc;
+	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
+	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
+	x.refine = cdx_collection_effective_refine(c, pc.refine_factor);
+	size_t excl = p->n_exclude_ids + p->n_exclude_keys, want = (size_t) p->k + excl;
+	/* Re-ranking fetches factor x the k tier, not factor x k: every k of
+	 * a tier then re-ranks the same candidates, so answers agree across k. */
 	if (x.refine > 0)
-		want = (size_t) ceil((double) want * x.refine);
-	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->items));
+		want = (size_t) ceil((double) (CDX_MAX(p->k, pc.tier_k) + excl) * x.refine);
+	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
 
-	float *q = NULL, *D = NULL;
+	float *q = NULL, *qi = NULL, *D = NULL;
 	idx_t *I = NULL;
 	struct candidate *cand = NULL;
 	int rc = prepare_exclusions(&x);
 	if (rc != CDX_OK)
 		goto done;
 	q = malloc(nq * dim * sizeof(float));
-	D = malloc(c->nshards * nq * x.kf * sizeof(float));
-	I = malloc(c->nshards * nq * x.kf * sizeof(idx_t));
-	cand = malloc(c->nshards * x.kf * sizeof(*cand));
+	D = malloc(c->d->nshards * nq * x.kf * sizeof(float));
+	I = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
+	cand = malloc(c->d->nshards * x.kf * sizeof(*cand));
 	if (q == NULL || D == NULL || I == NULL || cand == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "search buffers for %zu queries x %zu candidates", nq, x.kf);
 		goto done;
@@ -318,6 +370,9 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	memcpy(q, queries, nq * dim * sizeof(float));
 	if (m->metric == CDX_METRIC_COS)
 		cdx_normalize_rows(q, nq, dim);
+	if ((rc = index_queries(c, q, nq, &qi, &x.qdim)) != CDX_OK)
+		goto done;
+	const float *qx = qi != NULL ? qi : q;
 
 	/* Faiss's own OpenMP loops stay on this thread unless the caller allows
 	 * parallelism; a batch is then split into slices, one per thread. */
@@ -330,8 +385,8 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		size_t most = p->deadline_us ? DEADLINE_SLICE : 256;
 		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + most - 1) / most));
 		int slice_rc = CDX_OK;
-		float *Dt = malloc(c->nshards * nq * x.kf * sizeof(float));
-		idx_t *It = malloc(c->nshards * nq * x.kf * sizeof(idx_t));
+		float *Dt = malloc(c->d->nshards * nq * x.kf * sizeof(float));
+		idx_t *It = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
 		if (Dt == NULL || It == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "search buffers");
 		} else {
@@ -339,9 +394,9 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			for (size_t t = 0; t < nslices; t++) {
 				size_t a = nq * t / nslices, b = nq * (t + 1) / nslices;
 				/* Each slice writes its own [shard][a..b) block of Dt/It. */
-				float *Ds = Dt + c->nshards * a * x.kf;
-				idx_t *Is = It + c->nshards * a * x.kf;
-				int r = search_slice(&x, q, a, b, Ds, Is);
+				float *Ds = Dt + c->d->nshards * a * x.kf;
+				idx_t *Is = It + c->d->nshards * a * x.kf;
+				int r = search_slice(&x, qx, a, b, Ds, Is);
 				if (r != CDX_OK) {
 #pragma omp critical
 					slice_rc = r;
@@ -351,12 +406,12 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			/* Reorder from [slice][shard][query] to [shard][query]. */
 			for (size_t t = 0; rc == CDX_OK && t < nslices; t++) {
 				size_t a = nq * t / nslices, b = nq * (t + 1) / nslices, sn = b - a;
-				for (uint32_t s = 0; s < c->nshards; s++) {
+				for (uint32_t s = 0; s < c->d->nshards; s++) {
 					memcpy(D + (s * nq + a) * x.kf,
-					    Dt + c->nshards * a * x.kf + s * sn * x.kf,
+					    Dt + c->d->nshards * a * x.kf + s * sn * x.kf,
 					    sn * x.kf * sizeof(float));
 					memcpy(I + (s * nq + a) * x.kf,
-					    It + c->nshards * a * x.kf + s * sn * x.kf,
+					    It + c->d->nshards * a * x.kf + s * sn * x.kf,
 					    sn * x.kf * sizeof(idx_t));
 				}
 			}
@@ -364,7 +419,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		free(Dt);
 		free(It);
 	} else {
-		rc = search_chunked(&x, q, nq, D, I);
+		rc = search_chunked(&x, qx, nq, D, I);
 	}
 	omp_set_num_threads(saved_threads);
 
@@ -374,10 +429,26 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		else
 			rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
 	}
+	if (rc == CDX_OK && p->used != NULL) {
+		*p->used = (struct cdx_search_used) {
+			.nprobe = (uint32_t) x.nprobe,
+			.refine_factor = x.refine,
+			.candidates = (uint32_t) x.kf,
+			.codes = codes,
+			.recall_target = pc.recall_target,
+			.expected_recall = c->d->nlist == 0 && pc.recall_target > 0 ? 1.0
+			    : pc.point != NULL                                      ? pc.point->recall
+			                                                            : 0,
+			.target_unmet = pc.unmet && c->d->nlist > 0,
+			.rung = pc.rung,
+			.rungs = pc.rungs,
+		};
+	}
 done:
 	free(x.excl_ids);
 	free(x.excl_rows);
 	free(q);
+	free(qi);
 	free(D);
 	free(I);
 	free(cand);

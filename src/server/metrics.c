@@ -134,6 +134,11 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	    "Requests refused OVERLOADED: the receive-memory budget was used up.");
 	cdx_buf_printf(b, "candex_receive_memory_refused_total %llu\n",
 	    (unsigned long long) atomic_load(&m->budget_refused));
+	HEAD(b, "candex_recall_target_unmet_total", "counter",
+	    "Searches whose recall target no measured operating point reaches at their k: served at "
+	    "the most accurate point.");
+	cdx_buf_printf(
+	    b, "candex_recall_target_unmet_total %llu\n", (unsigned long long) atomic_load(&m->target_unmet));
 	HEAD(b, "candex_reloads_total", "counter", "Reloads (SIGHUP, admin, watch), by result.");
 	cdx_buf_printf(
 	    b, "candex_reloads_total{result=\"ok\"} %llu\n", (unsigned long long) atomic_load(&m->reload_ok));

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "search/points.h"
 #include "server/server.h"
 
 #define SRV_NS_PER_UNIT_START  0.3 /* measured on the project VM; recalibrated as searches run */
@@ -72,13 +73,14 @@ cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_
 {
 	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
 	double dim = m->dim, items = (double) m->items;
-	double kf = (double) p->k + (double) p->n_exclude_ids + (double) p->n_exclude_keys;
-	float refine = cdx_collection_effective_refine(x->coll, p->refine_factor);
-	if (refine > 0)
-		kf *= refine;
+	struct cdx_point_choice pc; /* what a recall target turns into */
+	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
+	float refine = cdx_collection_effective_refine(x->coll, pc.refine_factor);
+	double excl = (double) p->n_exclude_ids + (double) p->n_exclude_keys;
+	double kf = refine > 0 ? (CDX_MAX((double) p->k, (double) pc.tier_k) + excl) * refine : p->k + excl;
 	double per_query;
 	if (m->nlist > 0) {
-		double nprobe = cdx_collection_effective_nprobe(x->coll, p->nprobe);
+		double nprobe = cdx_collection_effective_nprobe(x->coll, pc.nprobe);
 		double code = m->pq_m > 0 ? (double) m->pq_m * m->pq_nbits / 8.0 : dim * 4.0;
 		double table = m->pq_m > 0 ? 256.0 * dim : 0.0;
 		per_query = m->nlist * dim + nprobe * (table + items / m->nlist * code);

@@ -23,6 +23,7 @@
 static char *dir;
 static float *tracks, *podcasts;
 static struct st_server srv;
+static int http_port;
 static cdx_client *cli;
 
 static int
@@ -54,7 +55,11 @@ setup(void **state)
 	assert_int_equal(cdx_manifest_save(m, vdir), CDX_OK);
 	cdx_manifest_free(m);
 
-	assert_int_equal(st_start(&srv, dir, "main", "--threads 2"), 0);
+	http_port = st_free_port();
+	unsetenv("OMP_WAIT_POLICY"); /* test_process_env: the server sets it */
+	char extra[64];
+	snprintf(extra, sizeof(extra), "--threads 2 --http-listen 127.0.0.1:%d", http_port);
+	assert_int_equal(st_start(&srv, dir, "main", extra), 0);
 	cli = st_client(srv.url, 10000, 0);
 	return 0;
 }
@@ -318,30 +323,48 @@ test_recall_target(void **state)
 	q.recall_target = 0.85f;
 	struct cdx_result *r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 4);
-	assert_true(fabsf(r->recall_target - 0.9f) < 1e-6f);
+	assert_true(fabsf(r->recall_target - 0.85f) < 1e-6f);
+	assert_true(fabsf(r->expected_recall - 0.92f) < 1e-6f);
+	assert_false(r->target_unmet);
 	cdx_result_free(r);
 
 	q.recall_target = 0.995f; /* only the 0.999 point reaches it */
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 32);
-	assert_true(fabsf(r->recall_target - 0.999f) < 1e-6f);
+	assert_true(fabsf(r->expected_recall - 1.0f) < 1e-6f);
+	assert_false(r->target_unmet);
 	cdx_result_free(r);
 
-	q.recall_target = 0.9999f; /* none does: the most accurate point */
+	/* none does: the most accurate point, flagged, and counted in /metrics */
+	double unmet0 = st_metric(http_port, "candex_recall_target_unmet_total");
+	q.recall_target = 0.9999f;
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 32);
+	assert_true(r->target_unmet);
 	cdx_result_free(r);
+	assert_true(st_metric(http_port, "candex_recall_target_unmet_total") == unmet0 + 1);
 
-	/* k = 5 has its own point; k = 7 has none, so any k's points serve */
+	/* k = 5 has its own point; k = 3 is in k = 5's tier; k = 7 in k = 10's */
 	q.recall_target = 0.9f;
 	q.k = 5;
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 8);
 	cdx_result_free(r);
+	q.k = 3;
+	r = st_search(cli, &q);
+	assert_int_equal(r->nprobe, 8);
+	cdx_result_free(r);
 	q.k = 7;
-	q.recall_target = 0.95f; /* the smallest target reaching it: 0.99 (k = 10) */
+	q.recall_target = 0.95f; /* the smallest target reaching it at k = 10: 0.99 */
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 16);
+	assert_false(r->target_unmet);
+	cdx_result_free(r);
+	/* k = 20: above every measured k, so nothing says what recall it gets */
+	q.k = 20;
+	r = st_search(cli, &q);
+	assert_int_equal(r->nprobe, 16);
+	assert_true(r->target_unmet);
 	cdx_result_free(r);
 	q.k = 10;
 
@@ -351,6 +374,31 @@ test_recall_target(void **state)
 	assert_int_equal(r->nprobe, 2);
 	assert_true(r->recall_target == 0);
 	cdx_result_free(r);
+}
+
+static void
+test_process_env(void **state)
+{
+	/* Every candex program re-executes itself once with the OpenMP wait
+	 * policy set to passive (and the OpenBLAS kernel named). This used to
+	 * depend on reading /proc/self/cmdline by its size, which procfs
+	 * reports as 0, so it never happened and idle OpenMP workers spun. */
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int) srv.pid);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	char buf[65536];
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	assert_true(n > 0);
+	buf[n] = 0;
+	int passive = 0, blas = 0;
+	for (ssize_t i = 0; i < n; i += (ssize_t) strlen(buf + i) + 1) {
+		passive |= strcmp(buf + i, "OMP_WAIT_POLICY=passive") == 0;
+		blas |= strncmp(buf + i, "OPENBLAS_CORETYPE=", 18) == 0;
+	}
+	assert_true(passive);
+	assert_true(blas);
 }
 
 static void
@@ -477,6 +525,7 @@ main(void)
 		cmocka_unit_test(test_concurrent_nprobe),
 		cmocka_unit_test(test_recall_target),
 		cmocka_unit_test(test_model_version),
+		cmocka_unit_test(test_process_env),
 		cmocka_unit_test(test_cli_query),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -251,6 +251,20 @@ st_http_get(int port, const char *path, char **body)
 	return code;
 }
 
+/* st_metric reads one unlabelled sample from a server's /metrics. */
+static inline double
+st_metric(int http_port, const char *name)
+{
+	char *body = NULL, line[256];
+	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
+	snprintf(line, sizeof(line), "\n%s ", name);
+	const char *p = strstr(body, line);
+	assert_non_null(p);
+	double v = strtod(p + strlen(line), NULL);
+	free(body);
+	return v;
+}
+
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
  * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
 static inline int
@@ -357,23 +371,6 @@ st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 	Candex__V1__Response *resp = st_raw_call(url, buf, len, timeout_ms);
 	free(buf);
 	return resp;
-}
-
-/* st_metric reads one unlabelled sample (or "name{labels}") from the
- * server's /metrics on 127.0.0.1:http_port; -1 if absent. */
-static inline double
-st_metric(int http_port, const char *name)
-{
-	char *body = NULL, line[256];
-	if (st_http_get(http_port, "/metrics", &body) != 200) {
-		free(body);
-		return -1;
-	}
-	snprintf(line, sizeof(line), "\n%s ", name);
-	const char *p = strstr(body, line);
-	double v = p != NULL ? strtod(p + strlen(line), NULL) : -1;
-	free(body);
-	return v;
 }
 
 /* ST_RSS_CHECKED: RSS bounds hold in this build (not under a sanitizer,
