@@ -5,9 +5,9 @@
  * protobuf-c allocator that draws on the budget.
  *
  * DESIGN
- * The budget (half of --max-receive-memory; the other half bounds the
- * frames nng is still receiving, see cdx__srv_limits_init) covers every
- * byte a received request holds: the message nng handed over, from receipt
+ * The budget (what --max-receive-memory leaves after the share of the
+ * frames nng is still receiving, which is at most half; see
+ * cdx__srv_limits_init) covers every byte a received request holds: the message nng handed over, from receipt
  * until it is decoded, and every allocation of its decoded form, until the
  * response is sent. A request that does not fit is answered OVERLOADED at
  * once, so a flood of large requests cannot grow the heap past the budget
@@ -21,7 +21,6 @@
  * allocator's budget then bounds whatever the counts allow.
  */
 #define _GNU_SOURCE
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -9,16 +9,16 @@
  * its codes (items / nlist codes of code_size bytes), then the merge and the
  * exact re-rank of k x refine candidates. That sum, in "units", times a
  * calibration measured on the searches already run (an exponential moving
- * average of ns per unit, kept apart for cheap and heavy searches), is
- * the estimate in µs. It is the same for a
- * batch of 256 queries x nprobe 1024 x k 1000 (seconds) and for one query
- * at nprobe 16 (tens of µs), which the old count of requests was not.
+ * average of ns per unit, kept apart for cheap and heavy searches), is the
+ * estimate in µs: seconds for a batch of 256 queries x nprobe 1024 x k 1000,
+ * tens of µs for one query at nprobe 16, where a count of requests saw two
+ * equal requests.
  *
  * Admission. The queue holds at most --queue-max jobs, and a job is refused
  * OVERLOADED when the estimated work ahead of it (queued, and what is left
- * of the heavy searches running, per worker that may take it) would
- * already use up its deadline: it could not be answered
- * in time, and saying so at once lets the client try another replica.
+ * of the heavy searches running, per worker that may take it) would already
+ * use up its deadline: it could not be answered in time, and saying so at
+ * once lets the client try another replica.
  *
  * Order. Jobs estimated above --heavy-ms are "heavy": they wait in their
  * own FIFO and run on at most half the workers (at least one) at once;
@@ -33,7 +33,7 @@
 #include "search/points.h"
 #include "server/server.h"
 
-#define SRV_NS_PER_UNIT_START  0.3 /* measured on the project VM; recalibrated as searches run */
+#define SRV_NS_PER_UNIT_START  0.3 /* a first guess, replaced by measurement from the first searches */
 #define SRV_CALIBRATION_WEIGHT 0.2
 
 int
