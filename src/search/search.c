@@ -144,7 +144,7 @@ excluded(const struct search_ctx *x, int64_t id, uint32_t shard, uint32_t row)
 static int
 past_deadline(const struct search_ctx *x)
 {
-	if (x->p->deadline_us == 0 || cdx_now_us() <= x->p->deadline_us)
+	if (x->p->deadline_us == NULL || cdx_now_us() <= atomic_load(x->p->deadline_us))
 		return 0;
 	cdx_error(CDX_ETIMEDOUT, "deadline passed during the search");
 	return 1;

@@ -340,8 +340,27 @@ search_params(const struct srv_ctx *x, struct cdx_search_params *p, struct cdx_s
 		.exclude_keys = (const char *const *) sr->exclude_keys,
 		.n_exclude_keys = sr->n_exclude_keys,
 		.used = used,
-		.deadline_us = x->deadline_us,
+		.deadline_us = &x->stop_by,
 	};
+}
+
+/* lower brings *at forward to t if t is earlier. */
+static void
+lower(atomic_uint_fast64_t *at, uint64_t t)
+{
+	uint_fast64_t cur = atomic_load(at);
+	while (t < cur && !atomic_compare_exchange_weak(at, &cur, t))
+		;
+}
+
+void
+cdx__srv_searches_end(cdx_server *s, uint64_t t)
+{
+	/* searches that start from now on read it; those running are cut
+	 * here (run_search's second look closes the gap between the two) */
+	lower(&s->searches_end, t);
+	for (size_t i = 0; i < s->nctxs; i++)
+		lower(&s->ctxs[i]->stop_by, t);
 }
 
 static size_t
@@ -425,6 +444,8 @@ run_search(struct srv_ctx *x, int idle)
 		p.parallel = 1;
 		omp_set_num_threads((int) s->nworkers);
 	}
+	atomic_store(&x->stop_by, x->deadline_us);
+	lower(&x->stop_by, atomic_load(&s->searches_end));
 	uint64_t t0 = cdx_now_us();
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
 	/* calibrate on whole searches only, in one worker's time */
@@ -432,6 +453,12 @@ run_search(struct srv_ctx *x, int idle)
 		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1) * (parallel ? s->nworkers : 1);
 	if (parallel)
 		omp_set_num_threads(1);
+	if (rc == CDX_ETIMEDOUT && atomic_load(&x->stop_by) < x->deadline_us) {
+		reply_error(x, CDX_EUNAVAIL,
+		    "server is shutting down: search stopped after %.1f ms; retry on another replica",
+		    (double) (cdx_now_us() - t0) / 1000.0);
+		goto done;
+	}
 	if (rc == CDX_ETIMEDOUT) {
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, rc,

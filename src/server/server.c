@@ -93,6 +93,7 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	if (s->cfg.queue_max == 0)
 		s->cfg.queue_max = 16 * s->nworkers;
 	s->start_ms = cdx_wall_ms();
+	atomic_store(&s->searches_end, UINT64_MAX);
 	pthread_mutex_init(&s->set_mu, NULL);
 	pthread_mutex_init(&s->q_mu, NULL);
 	pthread_cond_init(&s->q_cv, NULL);
@@ -180,11 +181,14 @@ cdx_server_stop(cdx_server *s)
 	atomic_store(&s->stopping, 1);
 	uint32_t drain_ms = s->cfg.drain_ms;
 	uint64_t t0 = cdx_now_us(), deadline = t0 + (uint64_t) drain_ms * 1000u;
-	/* what is kept for closing: a quarter of the drain time, at most 1 s */
+	/* what is kept for closing: a quarter of the drain time, at most 1 s;
+	 * searches still running when it begins are stopped (UNAVAILABLE) and
+	 * get half of it to answer */
 	uint64_t keep = CDX_MIN((uint64_t) drain_ms * 250u, (uint64_t) 1000000u);
+	cdx__srv_searches_end(s, deadline - keep);
 	int pending = atomic_load(&s->in_flight);
 	cdx_info("SRV-STOP", "stopping: draining %d in-flight request(s)", pending);
-	while (atomic_load(&s->in_flight) > 0 && cdx_now_us() + keep < deadline)
+	while (atomic_load(&s->in_flight) > 0 && cdx_now_us() + keep / 2 < deadline)
 		sleep_ms(2);
 	if (atomic_load(&s->in_flight) > 0)
 		cdx_warn("SRV-DRAIN", "%d request(s) still in flight after %.0f ms; closing anyway",

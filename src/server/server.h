@@ -190,11 +190,12 @@ struct srv_ctx {
 	cdx_collection *coll;     /* a reference, for searches */
 	uint64_t t_recv_us;
 	uint64_t deadline_us;
-	double cost_us;       /* estimated search time */
-	double cost_units;    /* the estimate before calibration (queue.c) */
-	int heavy;            /* cost_us above --heavy-ms */
-	double heavy_end_us;  /* heavy and running: estimated end (cdx_now_us) */
-	struct srv_ctx *next; /* intake or search queue link */
+	atomic_uint_fast64_t stop_by; /* the running search's deadline; shutdown brings it forward */
+	double cost_us;               /* estimated search time */
+	double cost_units;            /* the estimate before calibration (queue.c) */
+	int heavy;                    /* cost_us above --heavy-ms */
+	double heavy_end_us;          /* heavy and running: estimated end (cdx_now_us) */
+	struct srv_ctx *next;         /* intake or search queue link */
 };
 
 /* Open connections of one socket (conns.c). */
@@ -266,8 +267,9 @@ struct cdx_server {
 	int q_stop;
 	pthread_t *workers;
 
-	atomic_int stopping;  /* answer new requests UNAVAILABLE */
-	atomic_int in_flight; /* received, not yet answered */
+	atomic_int stopping;               /* answer new requests UNAVAILABLE */
+	atomic_uint_fast64_t searches_end; /* shutdown: every search stops by then (UINT64_MAX) */
+	atomic_int in_flight;              /* received, not yet answered */
 
 	/* reload thread */
 	pthread_t reloader;
@@ -322,6 +324,9 @@ void cdx__srv_intake_stop(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
+/* cdx__srv_searches_end makes every search, running or to come, stop by
+ * t (cdx_now_us), answering UNAVAILABLE (shutdown). */
+void cdx__srv_searches_end(cdx_server *s, uint64_t t);
 /* cdx__srv_reply_reload answers an admin reload on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
 

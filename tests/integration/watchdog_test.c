@@ -180,8 +180,10 @@ test_shutdown_under_load(void **state)
 		atomic_store(&stop, 1);
 		for (int i = 0; i < L; i++)
 			pthread_join(l[i].t, NULL);
-		fprintf(stderr, "round %d: SIGTERM to exit %.0f ms (--drain-ms %u), exit %d\n", round, ms,
-		    drain_ms, rc);
+		fprintf(stderr, "round %d: SIGTERM to exit %.0f ms (--drain-ms %u), exit %d, %s\n", round, ms,
+		    drain_ms, rc,
+		    st_log_has(&srv, "SRV-STOP-STUCK") ? "gave up on closing at the deadline"
+		                                       : "closed cleanly");
 		assert_int_equal(rc, 0);
 		/* the drain time, and what a signal, a process exit and the
 		 * wait's 10 ms polling take on a busy machine */
