@@ -384,7 +384,7 @@ soak_check(const struct soak_result *r, int reloads, double rss_tolerance)
 	    || fabs((double) (r->rss_end_kb - r->rss_start_kb)) <= rss_tolerance * (double) r->rss_start_kb);
 	assert_true(r->fds_end <= r->fds_start);
 	assert_int_equal(r->exit_status, 0);
-	assert_true(r->stop_ms < SOAK_DRAIN + 400); /* signal + process exit */
+	assert_true(r->stop_ms < SOAK_DRAIN + ST_EXIT_MS);
 }
 
 #endif

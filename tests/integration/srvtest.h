@@ -382,6 +382,14 @@ st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 #define ST_RSS_CHECKED 1
 #endif
 
+/* ST_EXIT_MS: what a signal and a process exit may add to a server's own
+ * shutdown time (a sanitizer's runtime does its own work at exit). */
+#ifdef CANDEX_SANITIZED
+#define ST_EXIT_MS 3000
+#else
+#define ST_EXIT_MS 400
+#endif
+
 /* st_proc_kb reads a "Vm..." field (VmRSS, VmHWM) of /proc/pid/status in KiB. */
 static inline long
 st_proc_kb(pid_t pid, const char *field)

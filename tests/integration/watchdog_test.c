@@ -187,7 +187,7 @@ test_shutdown_under_load(void **state)
 		assert_int_equal(rc, 0);
 		/* the drain time, and what a signal, a process exit and the
 		 * wait's 10 ms polling take on a busy machine */
-		assert_true(ms < drain_ms + 400);
+		assert_true(ms < drain_ms + ST_EXIT_MS);
 	}
 }
 
