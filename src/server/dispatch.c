@@ -278,6 +278,9 @@ search_params(const struct srv_ctx *x, struct cdx_search_params *p, struct cdx_s
 		.nprobe = sr->nprobe,
 		.refine_factor = sr->refine_factor,
 		.recall_target = sr->recall_target,
+		/* recall adaptation (adapt.c): read when estimating and again
+		 * when searching; either reading is a valid point */
+		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(x->s->adapt, x->coll, sr->k) : 0,
 		.exclude_ids = sr->exclude_ids,
 		.n_exclude_ids = sr->n_exclude_ids,
 		.exclude_keys = (const char *const *) sr->exclude_keys,
@@ -436,9 +439,9 @@ run_search(struct srv_ctx *x, int idle)
 			qrs[i].hits[qrs[i].n_hits++] = o;
 		}
 		/* the exact re-run knows nothing of exclusions: offer only plain queries */
-		if (s->online != NULL && sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
-			cdx_online_recall_offer(s->online, c, queries + i * dim, sr->k, hits + i * sr->k,
-			    (uint32_t) qrs[i].n_hits);
+		if (sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
+			cdx__srv_recall_offer(
+			    s, c, &p, &used, queries + i * dim, hits + i * sr->k, (uint32_t) qrs[i].n_hits);
 	}
 	atomic_fetch_add(&s->m.queries, nq);
 	if (used.target_unmet)
