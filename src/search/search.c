@@ -136,6 +136,20 @@ excluded(const struct search_ctx *x, int64_t id, uint32_t shard, uint32_t row)
 	    && bsearch(&loc, x->excl_rows, x->n_excl_rows, sizeof(uint64_t), cmp_u64) != NULL;
 }
 
+/* Query slices are this small when a deadline is set, so that the search
+ * notices it passing within a fraction of its run time. */
+#define DEADLINE_SLICE 32
+
+/* past_deadline: the caller's deadline has passed (CDX_ETIMEDOUT set). */
+static int
+past_deadline(const struct search_ctx *x)
+{
+	if (x->p->deadline_us == NULL || cdx_now_us() <= atomic_load(x->p->deadline_us))
+		return 0;
+	cdx_error(CDX_ETIMEDOUT, "deadline passed during the search");
+	return 1;
+}
+
 /* Searches queries [q0, q1) of q (index space: x->qdim floats each) on
  * every shard; D/I are [shard][q1 - q0][kf]. */
 static int
@@ -176,6 +190,10 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 	}
 	for (uint32_t s = 0; s < c->d->nshards && rc == CDX_OK; s++) {
 		struct cdx_loaded_shard *ls = &c->d->shards[s];
+		if (past_deadline(x)) {
+			rc = CDX_ETIMEDOUT;
+			break;
+		}
 		float *dst_d = D + ((size_t) s * nq) * kf;
 		idx_t *dst_i = I + ((size_t) s * nq) * kf;
 		int frc;
@@ -207,15 +225,15 @@ done:
 static int
 search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, idx_t *I)
 {
-	enum { CHUNK = 256 };
-	if (nq <= CHUNK)
+	size_t chunk = x->p->deadline_us ? DEADLINE_SLICE : 256;
+	if (nq <= chunk)
 		return search_slice(x, q, 0, nq, D, I);
 	size_t nshards = x->c->d->nshards, kf = x->kf;
-	float *Dc = malloc(nshards * CHUNK * kf * sizeof(float));
-	idx_t *Ic = malloc(nshards * CHUNK * kf * sizeof(idx_t));
+	float *Dc = malloc(nshards * chunk * kf * sizeof(float));
+	idx_t *Ic = malloc(nshards * chunk * kf * sizeof(idx_t));
 	int rc = Dc && Ic ? CDX_OK : cdx_error(CDX_ENOMEM, "search buffers");
-	for (size_t a = 0; rc == CDX_OK && a < nq; a += CHUNK) {
-		size_t b = CDX_MIN(nq, a + CHUNK), sn = b - a;
+	for (size_t a = 0; rc == CDX_OK && a < nq; a += chunk) {
+		size_t b = CDX_MIN(nq, a + chunk), sn = b - a;
 		rc = search_slice(x, q, a, b, Dc, Ic);
 		for (size_t s = 0; rc == CDX_OK && s < nshards; s++) {
 			memcpy(D + (s * nq + a) * kf, Dc + s * sn * kf, sn * kf * sizeof(float));
@@ -362,8 +380,10 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	int threads = p->parallel ? saved_threads : 1;
 	omp_set_num_threads(1);
 	if (threads > 1 && nq > 1) {
-		/* at least one slice per thread, and none over 256 queries */
-		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + 255) / 256));
+		/* at least one slice per thread, and none over 256 queries
+		 * (DEADLINE_SLICE with a deadline) */
+		size_t most = p->deadline_us ? DEADLINE_SLICE : 256;
+		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + most - 1) / most));
 		int slice_rc = CDX_OK;
 		float *Dt = malloc(c->d->nshards * nq * x.kf * sizeof(float));
 		idx_t *It = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
@@ -403,8 +423,12 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	}
 	omp_set_num_threads(saved_threads);
 
-	for (size_t i = 0; rc == CDX_OK && i < nq; i++)
-		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+	for (size_t i = 0; rc == CDX_OK && i < nq; i++) {
+		if (i % DEADLINE_SLICE == 0 && past_deadline(&x))
+			rc = CDX_ETIMEDOUT; /* merging and re-ranking take time too */
+		else
+			rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+	}
 	if (rc == CDX_OK && p->used != NULL) {
 		*p->used = (struct cdx_search_used) {
 			.nprobe = (uint32_t) x.nprobe,

@@ -23,6 +23,7 @@
 #ifndef CANDEX_SEARCH_H
 #define CANDEX_SEARCH_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -81,6 +82,11 @@ struct cdx_search_params {
 	size_t n_exclude_keys;
 	int parallel;                 /* allow OpenMP threads inside this call */
 	struct cdx_search_used *used; /* if not NULL, filled on success */
+	/* cdx_now_us() after which the search stops with CDX_ETIMEDOUT, checked
+	 * between shards and query slices; NULL = none. Read at every check, so
+	 * its owner may bring it forward while the search runs (a server that
+	 * is shutting down does). */
+	const atomic_uint_fast64_t *deadline_us;
 };
 
 struct cdx_hit {

@@ -51,6 +51,14 @@ static const struct opt opts[] = {
 	{ "max-message", OPT_SIZE, O(max_message), "BYTES",
 	    "largest request answered (LIMIT_EXCEEDED above; the connection is dropped above 2x); K/M/G "
 	    "suffixes" },
+	{ "max-connections", OPT_U32, O(max_connections), "N",
+	    "open query connections; when full, a new one replaces the one longest without a request (if "
+	    "over 1 s), else it is refused" },
+	{ "max-receive-memory", OPT_SIZE, O(max_receive_memory), "BYTES",
+	    "memory requests may hold: half at most for frames still arriving (max-connections x 2 x "
+	    "max-message), the rest for received and decoded requests, beyond which they get OVERLOADED" },
+	{ "heavy-ms", OPT_U32, O(heavy_ms), "MS",
+	    "searches estimated to take longer run after cheaper ones, on at most half the workers" },
 	{ "max-k", OPT_U32, O(max_k), "N", "largest k" },
 	{ "max-batch", OPT_U32, O(max_batch), "N", "most query vectors or keys per request" },
 	{ "max-excludes", OPT_U32, O(max_excludes), "N", "most exclude ids + keys per request" },
@@ -87,7 +95,10 @@ void
 cdx_server_config_init(struct cdx_server_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	cfg->max_message = 16u << 20;
+	cfg->max_message = 4u << 20;
+	cfg->max_receive_memory = 2ull << 30;
+	cfg->max_connections = 128;
+	cfg->heavy_ms = 25;
 	cfg->max_k = 1000;
 	cfg->max_batch = 1024;
 	cfg->max_excludes = 10000;

@@ -2,15 +2,17 @@
  * dispatch.c — sockets, per-context state machines, request validation, the
  * job queue and the search workers (see server.h DESIGN).
  *
- * A context's life: RECV (aio callback on an nng thread) -> the request is
- * decoded and checked; health/info/errors are answered right there; a
- * search goes on the queue (or is answered OVERLOADED when it is full); a
- * reload goes to the reload thread -> whoever answers packs the Response and
- * calls nng_ctx_send with the context's aio -> SEND completes (callback) ->
- * RECV again. Exactly one party owns a context between RECV and SEND, so a
- * context needs no lock.
+ * A context's life: RECV (aio callback on an nng thread: the message is
+ * charged to the receive budget and handed on) -> INTAKE (the intake
+ * thread decodes and checks it; health/info/errors are answered there; a
+ * search is admitted to the queue or answered OVERLOADED; a reload goes to
+ * the reload thread) -> QUEUED (a worker searches) -> whoever answers packs
+ * the Response and calls nng_ctx_send with the context's aio -> SEND
+ * completes (callback) -> RECV again. Exactly one party owns a context
+ * between RECV and SEND, so a context needs no lock.
  */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -26,29 +28,47 @@
 
 #include "recall/online.h"
 
-#define SRV_MAX_REFINE 64.0f
-
-enum { CTX_RECV, CTX_SEND };
-
-struct srv_ctx {
-	cdx_server *s;
-	nng_ctx ctx;
-	nng_aio *aio;
-	int admin; /* on the admin socket: reloads allowed */
-	int state;
-	/* the request being served (owned between RECV and SEND) */
-	Candex__V1__Request *req;
-	char peeked_id[128];  /* request_id of a request that was not decoded */
-	cdx_collection *coll; /* a reference, for searches */
-	uint64_t t_recv_us;
-	uint64_t deadline_us;
-	struct srv_ctx *next; /* queue link */
-};
+#define SRV_ADMIN_CONNECTIONS 16
 
 static const char *
 str_or_empty(const char *s)
 {
 	return s != NULL ? s : "";
+}
+
+/* request_free drops everything x holds for its request. */
+static void
+request_free(struct srv_ctx *x)
+{
+	if (x->msg != NULL) {
+		nng_msg_free(x->msg);
+		x->msg = NULL;
+	}
+	if (x->req != NULL) {
+		candex__v1__request__free_unpacked(x->req, &x->alloc);
+		x->req = NULL;
+	}
+	if (x->reserved > 0) {
+		cdx__srv_budget_give(x->s, x->reserved);
+		x->reserved = 0;
+	}
+	x->over_budget = 0;
+	if (x->coll != NULL) {
+		cdx_collection_unref(x->coll);
+		x->coll = NULL;
+	}
+	x->peeked_id[0] = '\0';
+}
+
+/* release ends a request without an answer (its client is gone, or the
+ * answer could not be built) and receives the next. */
+static void
+release(struct srv_ctx *x)
+{
+	request_free(x);
+	atomic_fetch_sub(&x->s->in_flight, 1);
+	x->state = CTX_RECV;
+	nng_ctx_recv(x->ctx, x->aio);
 }
 
 /* send_response packs resp, records metrics, releases the request and
@@ -78,23 +98,13 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 	if (strcmp(resp->request_id, CDX_PROBE_REQUEST_ID) != 0)
 		cdx__srv_observe(s, x->coll != NULL ? cdx_collection_manifest(x->coll)->collection : NULL,
 		    (int) resp->status, cdx_now_us() - x->t_recv_us);
-	if (x->req != NULL) {
-		candex__v1__request__free_unpacked(x->req, NULL);
-		x->req = NULL;
-	}
-	if (x->coll != NULL) {
-		cdx_collection_unref(x->coll);
-		x->coll = NULL;
-	}
-	x->peeked_id[0] = '\0';
-	x->state = CTX_SEND;
 	if (msg == NULL) {
 		/* nothing to send: go back to receiving; the client times out */
-		atomic_fetch_sub(&s->in_flight, 1);
-		x->state = CTX_RECV;
-		nng_ctx_recv(x->ctx, x->aio);
+		release(x);
 		return;
 	}
+	request_free(x);
+	x->state = CTX_SEND;
 	nng_aio_set_msg(x->aio, msg);
 	nng_ctx_send(x->ctx, x->aio);
 }
@@ -257,56 +267,82 @@ check_search(struct srv_ctx *x)
 	return 0;
 }
 
+/* search_params fills p from x's request; used (may be NULL) is filled by
+ * the search. */
 static void
-enqueue(struct srv_ctx *x)
+search_params(const struct srv_ctx *x, struct cdx_search_params *p, struct cdx_search_used *used)
 {
-	cdx_server *s = x->s;
-	uint32_t waiting;
-	pthread_mutex_lock(&s->q_mu);
-	if (s->q_len >= s->cfg.queue_max) {
-		waiting = s->q_len;
-		pthread_mutex_unlock(&s->q_mu);
-		atomic_fetch_add(&s->m.overloaded, 1);
-		reply_error(x, CDX_EOVERLOAD,
-		    "server overloaded: %u searches already waiting; retry with backoff", waiting);
-		return;
-	}
-	x->next = NULL;
-	if (s->q_tail != NULL)
-		s->q_tail->next = x;
-	else
-		s->q_head = x;
-	s->q_tail = x;
-	s->q_len++;
-	pthread_cond_signal(&s->q_cv);
-	pthread_mutex_unlock(&s->q_mu);
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	*p = (struct cdx_search_params) {
+		.k = sr->k,
+		.nprobe = sr->nprobe,
+		.refine_factor = sr->refine_factor,
+		.recall_target = sr->recall_target,
+		/* recall adaptation (adapt.c): read when estimating and again
+		 * when searching; either reading is a valid point */
+		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(x->s->adapt, x->coll, sr->k) : 0,
+		.exclude_ids = sr->exclude_ids,
+		.n_exclude_ids = sr->n_exclude_ids,
+		.exclude_keys = (const char *const *) sr->exclude_keys,
+		.n_exclude_keys = sr->n_exclude_keys,
+		.used = used,
+		.deadline_us = &x->stop_by,
+	};
 }
 
-uint32_t
-cdx__srv_queue_depth(cdx_server *s)
+/* lower brings *at forward to t if t is earlier. */
+static void
+lower(atomic_uint_fast64_t *at, uint64_t t)
 {
-	pthread_mutex_lock(&s->q_mu);
-	uint32_t n = s->q_len;
-	pthread_mutex_unlock(&s->q_mu);
-	return n;
+	uint_fast64_t cur = atomic_load(at);
+	while (t < cur && !atomic_compare_exchange_weak(at, &cur, t))
+		;
 }
 
-static void
+void
+cdx__srv_searches_end(cdx_server *s, uint64_t t)
+{
+	/* searches that start from now on read it; those running are cut
+	 * here (run_search's second look closes the gap between the two) */
+	lower(&s->searches_end, t);
+	for (size_t i = 0; i < s->nctxs; i++)
+		lower(&s->ctxs[i]->stop_by, t);
+}
+
+static size_t
+batch_size(const struct srv_ctx *x)
+{
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
+	return sr->n_vectors > 0 ? sr->n_vectors / m->dim : sr->n_query_keys;
+}
+
+/* run_search answers a queued search; returns the µs spent searching (0 if
+ * it did not search). */
+static uint64_t
 run_search(struct srv_ctx *x, int idle)
 {
 	cdx_server *s = x->s;
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	cdx_collection *c = x->coll;
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	uint64_t now = cdx_now_us();
+	uint64_t now = cdx_now_us(), took_us = 0;
 
+	if (x->pipe != 0 && !cdx__srv_conn_open(&s->conns, x->pipe)) {
+		/* the client has gone: nobody would read the answer */
+		atomic_fetch_add(&s->m.abandoned, 1);
+		cdx_debug("SRV-ABANDONED", "request '%s': client disconnected while queued; not searched",
+		    str_or_empty(x->req->request_id));
+		release(x);
+		return 0;
+	}
 	if (now > x->deadline_us) {
 		cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 0, 0);
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
 		    (double) (now - x->t_recv_us) / 1000.0);
-		return;
+		return 0;
 	}
 	size_t dim = m->dim, nq = sr->n_vectors > 0 ? sr->n_vectors / dim : sr->n_query_keys;
 	const float *queries = sr->vectors;
@@ -348,18 +384,8 @@ run_search(struct srv_ctx *x, int idle)
 	}
 
 	struct cdx_search_used used;
-	struct cdx_search_params p = {
-		.k = sr->k,
-		.nprobe = sr->nprobe,
-		.refine_factor = sr->refine_factor,
-		.recall_target = sr->recall_target,
-		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(s->adapt, c, sr->k) : 0,
-		.exclude_ids = sr->exclude_ids,
-		.n_exclude_ids = sr->n_exclude_ids,
-		.exclude_keys = (const char *const *) sr->exclude_keys,
-		.n_exclude_keys = sr->n_exclude_keys,
-		.used = &used,
-	};
+	struct cdx_search_params p;
+	search_params(x, &p, &used);
 	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
 	if (parallel) {
 		/* an idle server lends every core to a big batch (search.c
@@ -367,11 +393,29 @@ run_search(struct srv_ctx *x, int idle)
 		p.parallel = 1;
 		omp_set_num_threads((int) s->nworkers);
 	}
-	uint64_t t_search = cdx_now_us();
+	atomic_store(&x->stop_by, x->deadline_us);
+	lower(&x->stop_by, atomic_load(&s->searches_end));
+	uint64_t t0 = cdx_now_us();
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
+	/* calibrate on whole searches only, in one worker's time */
+	if (rc == CDX_OK)
+		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1) * (parallel ? s->nworkers : 1);
 	if (parallel)
 		omp_set_num_threads(1);
-	cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 1, cdx_now_us() - t_search);
+	cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 1, cdx_now_us() - t0);
+	if (rc == CDX_ETIMEDOUT && atomic_load(&x->stop_by) < x->deadline_us) {
+		reply_error(x, CDX_EUNAVAIL,
+		    "server is shutting down: search stopped after %.1f ms; retry on another replica",
+		    (double) (cdx_now_us() - t0) / 1000.0);
+		goto done;
+	}
+	if (rc == CDX_ETIMEDOUT) {
+		atomic_fetch_add(&s->m.deadline_dropped, 1);
+		reply_error(x, rc,
+		    "deadline exceeded after %.1f ms (%.1f ms of it searching); search stopped",
+		    (double) (cdx_now_us() - x->t_recv_us) / 1000.0, (double) (cdx_now_us() - t0) / 1000.0);
+		goto done;
+	}
 	if (rc != CDX_OK) {
 		reply_error(x, rc, "search failed: %s", cdx_last_error());
 		goto done;
@@ -422,6 +466,7 @@ done:
 	free(qrp);
 	free(hitv);
 	free(hitp);
+	return took_us;
 }
 
 static void *
@@ -431,26 +476,22 @@ worker_main(void *arg)
 	/* OpenMP's thread count is per thread: one Faiss thread per worker,
 	 * so N workers use N cores, not N x N. */
 	omp_set_num_threads(1);
-	for (;;) {
+	int idle;
+	struct srv_ctx *x;
+	while ((x = cdx__srv_next(s, &idle)) != NULL) {
+		/* copy what job_done needs: the context is the client's again
+		 * once answered */
+		struct srv_ctx job
+		    = { .heavy = x->heavy, .cost_units = x->cost_units, .heavy_end_us = x->heavy_end_us };
+		uint64_t took_us = 0;
 		pthread_mutex_lock(&s->q_mu);
-		while (s->q_head == NULL && !s->q_stop)
-			pthread_cond_wait(&s->q_cv, &s->q_mu);
-		struct srv_ctx *x = s->q_head;
-		if (x == NULL) {
-			pthread_mutex_unlock(&s->q_mu);
-			break;
-		}
-		s->q_head = x->next;
-		if (s->q_head == NULL)
-			s->q_tail = NULL;
-		s->q_len--;
-		int idle = s->q_len == 0;
 		int stop = s->q_stop;
 		pthread_mutex_unlock(&s->q_mu);
 		if (stop)
 			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
 		else
-			run_search(x, idle);
+			took_us = run_search(x, idle);
+		cdx__srv_job_done(s, &job, took_us);
 	}
 	return NULL;
 }
@@ -486,28 +527,56 @@ cdx__srv_workers_stop(cdx_server *s)
 
 /* ---- the state machine ---------------------------------------------- */
 
-static void
-handle(struct srv_ctx *x, nng_msg *msg)
+/* decode turns x->msg into x->req within the receive budget and the
+ * server's limits (cdx__srv_decode_request). Returns 0, or answers the
+ * error itself. */
+static int
+decode(struct srv_ctx *x)
 {
 	cdx_server *s = x->s;
-	size_t len = nng_msg_len(msg);
+	char why[256];
 
-	if (len > s->cfg.max_message) {
-		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
-		nng_msg_free(msg);
-		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
-		    (unsigned long long) s->cfg.max_message);
-		return;
+	if (x->msg == NULL) { /* refused at receipt (received()) */
+		atomic_fetch_add(&s->m.budget_refused, 1);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: requests already hold its receive-memory budget (%zu of %zu "
+		    "bytes); retry with backoff",
+		    atomic_load(&s->rx_used), s->rx_budget);
+		return -1;
 	}
-	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
-	if (x->req == NULL)
-		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
-	nng_msg_free(msg);
-	if (x->req == NULL) {
-		reply_error(x, CDX_EPROTO,
-		    "malformed request: %zu bytes that do not decode as a candex.v1.Request", len);
-		return;
+	const uint8_t *body = nng_msg_body(x->msg);
+	size_t len = nng_msg_len(x->msg);
+	int rc = cdx__srv_decode_request(&s->cfg, &x->alloc, body, len, &x->req, why, sizeof(why));
+	if (rc != CDX_OK)
+		cdx__srv_peek_request_id(body, len, x->peeked_id, sizeof(x->peeked_id));
+	/* the message is decoded (or useless): give its bytes back */
+	nng_msg_free(x->msg);
+	x->msg = NULL;
+	cdx__srv_budget_give(s, len);
+	x->reserved -= len;
+	if (rc == CDX_EPROTO && x->over_budget) {
+		atomic_fetch_add(&s->m.budget_refused, 1);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: decoding this %zu-byte request would exceed the receive-memory "
+		    "budget (%zu bytes); retry with backoff",
+		    len, s->rx_budget);
+		return -1;
 	}
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
+/* intake handles one received message on the intake thread. */
+static void
+intake(struct srv_ctx *x)
+{
+	cdx_server *s = x->s;
+
+	if (decode(x) != 0)
+		return;
 	if (atomic_load(&s->stopping)) {
 		reply_error(x, CDX_EUNAVAIL, "server is shutting down; retry on another replica");
 		return;
@@ -545,13 +614,118 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		if (s->cfg.max_timeout_ms > 0 && t > s->cfg.max_timeout_ms)
 			t = s->cfg.max_timeout_ms;
 		x->deadline_us = x->t_recv_us + (uint64_t) t * 1000u;
-		enqueue(x);
+		struct cdx_search_params p;
+		char why[256];
+		search_params(x, &p, NULL);
+		cdx__srv_estimate(s, x, batch_size(x), &p);
+		if (cdx__srv_admit(s, x, why, sizeof(why)) != CDX_OK) {
+			atomic_fetch_add(&s->m.overloaded, 1);
+			reply_error(x, CDX_EOVERLOAD, "%s", why);
+		} else if (x->heavy) {
+			atomic_fetch_add(&s->m.heavy, 1);
+		}
 		return;
 	}
 	default:
 		reply_error(x, CDX_EINVAL, "request has no body (search, info, health, reload or drop)");
 		return;
 	}
+}
+
+static void *
+intake_main(void *arg)
+{
+	cdx_server *s = arg;
+	uint64_t trimmed = 0;
+	pthread_mutex_lock(&s->i_mu);
+	for (;;) {
+		if (s->i_head == NULL && !s->i_stop) {
+			/* Idle: once a second, hand the memory that requests and
+			 * replaced versions freed back to the system (glibc keeps it
+			 * in its arenas otherwise, and RSS only ever grows). */
+			uint64_t now = cdx_now_us();
+			if (now - trimmed >= 1000000u) {
+				pthread_mutex_unlock(&s->i_mu);
+				malloc_trim(0);
+				trimmed = cdx_now_us();
+				pthread_mutex_lock(&s->i_mu);
+				continue;
+			}
+			uint64_t at = trimmed + 1000000u;
+			struct timespec ts = { .tv_sec = (time_t) (at / 1000000u),
+				.tv_nsec = (long) (at % 1000000u) * 1000L };
+			pthread_cond_timedwait(&s->i_cv, &s->i_mu, &ts);
+			continue;
+		}
+		struct srv_ctx *x = s->i_head;
+		if (x == NULL)
+			break;
+		s->i_head = x->next;
+		if (s->i_head == NULL)
+			s->i_tail = NULL;
+		int stop = s->i_stop;
+		pthread_mutex_unlock(&s->i_mu);
+		if (stop)
+			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
+		else
+			intake(x);
+		pthread_mutex_lock(&s->i_mu);
+	}
+	pthread_mutex_unlock(&s->i_mu);
+	return NULL;
+}
+
+int
+cdx__srv_intake_start(cdx_server *s)
+{
+	if (pthread_create(&s->intake, NULL, intake_main, s) != 0)
+		return cdx_error(CDX_ENOMEM, "cannot start the intake thread");
+	s->intake_started = 1;
+	return CDX_OK;
+}
+
+void
+cdx__srv_intake_stop(cdx_server *s)
+{
+	if (!s->intake_started)
+		return;
+	pthread_mutex_lock(&s->i_mu);
+	s->i_stop = 1;
+	pthread_cond_signal(&s->i_cv);
+	pthread_mutex_unlock(&s->i_mu);
+	pthread_join(s->intake, NULL);
+	s->intake_started = 0;
+}
+
+/* received runs on an nng thread: charge the message to the budget and
+ * hand it to the intake thread. */
+static void
+received(struct srv_ctx *x, nng_msg *msg)
+{
+	cdx_server *s = x->s;
+	size_t len = nng_msg_len(msg);
+	x->pipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(msg));
+	cdx__srv_conn_seen(x->admin ? &s->admin_conns : &s->conns, x->pipe);
+	x->msg = msg;
+	if (cdx__srv_budget_take(s, len) == 0) {
+		x->reserved = len;
+	} else {
+		/* keep only what the error response needs */
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		nng_msg_free(msg);
+		x->msg = NULL;
+		x->over_budget = 1;
+	}
+	x->state = CTX_INTAKE;
+	pthread_mutex_lock(&s->i_mu);
+	x->next = NULL;
+	if (s->i_tail != NULL)
+		s->i_tail->next = x;
+	else
+		s->i_head = x;
+	s->i_tail = x;
+	pthread_cond_signal(&s->i_cv);
+	pthread_mutex_unlock(&s->i_mu);
 }
 
 static void
@@ -573,7 +747,7 @@ ctx_cb(void *arg)
 		atomic_fetch_add(&s->in_flight, 1);
 		nng_msg *msg = nng_aio_get_msg(x->aio);
 		nng_aio_set_msg(x->aio, NULL);
-		handle(x, msg);
+		received(x, msg);
 		return;
 	case CTX_SEND:
 		if (rv != 0)
@@ -601,6 +775,7 @@ add_contexts(cdx_server *s, nng_socket sock, size_t n, int admin)
 		x->s = s;
 		x->admin = admin;
 		x->state = CTX_RECV;
+		cdx__srv_allocator_init(x);
 		if ((rv = nng_aio_alloc(&x->aio, ctx_cb, x)) != 0) {
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
@@ -685,13 +860,12 @@ cdx__srv_sockets_open(cdx_server *s)
 		    != CDX_OK)
 			return rc;
 	}
-	/* nng drops the connection of a message above RECVMAXSZ without a word;
-	 * allowing twice max-message lets the server answer LIMIT_EXCEEDED for
-	 * everything but absurd sizes. */
-	size_t hard = cfg->max_message > SIZE_MAX / 2 ? SIZE_MAX : (size_t) cfg->max_message * 2;
+	/* the frame limit is checked by nng before it allocates a frame */
 	if ((rv = nng_rep0_open(&s->sock)) != 0)
 		return cdx_error(cdx__nng_code(rv), "cannot open the REP socket: %s", nng_strerror(rv));
-	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, hard);
+	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, s->frame_limit);
+	if ((rc = cdx__srv_conns_init(s, &s->conns, s->sock, s->conns.limit, 0)) != CDX_OK)
+		return rc;
 	for (unsigned i = 0; i < cfg->nlisten; i++)
 		if ((rc = listen_on(s, s->sock, cfg->listen[i], 0)) != CDX_OK)
 			return rc;
@@ -700,7 +874,10 @@ cdx__srv_sockets_open(cdx_server *s)
 			return cdx_error(
 			    cdx__nng_code(rv), "cannot open the admin socket: %s", nng_strerror(rv));
 		s->admin_open = 1;
-		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, hard);
+		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, s->frame_limit);
+		if ((rc = cdx__srv_conns_init(s, &s->admin_conns, s->admin, SRV_ADMIN_CONNECTIONS, 1))
+		    != CDX_OK)
+			return rc;
 		if ((rc = listen_on(s, s->admin, cfg->admin_listen, 1)) != CDX_OK)
 			return rc;
 	}
@@ -728,11 +905,11 @@ cdx__srv_sockets_close(cdx_server *s)
 	for (size_t i = 0; i < s->nctxs; i++) {
 		struct srv_ctx *x = s->ctxs[i];
 		nng_aio_free(x->aio);
-		if (x->req != NULL)
-			candex__v1__request__free_unpacked(x->req, NULL);
-		cdx_collection_unref(x->coll);
+		request_free(x);
 		free(x);
 	}
+	cdx__srv_conns_fini(&s->conns);
+	cdx__srv_conns_fini(&s->admin_conns);
 	free(s->ctxs);
 	s->ctxs = NULL;
 	s->nctxs = 0;

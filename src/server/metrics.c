@@ -242,12 +242,42 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	cdx_buf_printf(b, "candex_in_flight %d\n", atomic_load(&s->in_flight));
 	HEAD(b, "candex_workers", "gauge", "Search worker threads.");
 	cdx_buf_printf(b, "candex_workers %u\n", s->nworkers);
-	HEAD(b, "candex_overloaded_total", "counter", "Searches refused because the queue was full.");
+	HEAD(b, "candex_overloaded_total", "counter",
+	    "Searches refused because the queue was full or its estimated work would miss their deadline.");
 	cdx_buf_printf(b, "candex_overloaded_total %llu\n", (unsigned long long) atomic_load(&m->overloaded));
 	HEAD(b, "candex_deadline_dropped_total", "counter",
-	    "Searches past their deadline before a worker took them.");
+	    "Searches past their deadline, before a worker took them or during the search.");
 	cdx_buf_printf(b, "candex_deadline_dropped_total %llu\n",
 	    (unsigned long long) atomic_load(&m->deadline_dropped));
+	HEAD(b, "candex_heavy_total", "counter",
+	    "Searches estimated above --heavy-ms (run after cheaper ones, on at most half the workers).");
+	cdx_buf_printf(b, "candex_heavy_total %llu\n", (unsigned long long) atomic_load(&m->heavy));
+	HEAD(b, "candex_abandoned_total", "counter",
+	    "Queued searches dropped unsearched because their client had disconnected.");
+	cdx_buf_printf(b, "candex_abandoned_total %llu\n", (unsigned long long) atomic_load(&m->abandoned));
+	HEAD(b, "candex_connections", "gauge", "Open query connections.");
+	cdx_buf_printf(b, "candex_connections %u\n", cdx__srv_conns_count(&s->conns));
+	HEAD(b, "candex_connections_capacity", "gauge",
+	    "Query connections allowed (max-connections, budget).");
+	cdx_buf_printf(b, "candex_connections_capacity %u\n", s->conns.limit);
+	HEAD(b, "candex_connections_refused_total", "counter",
+	    "Connections refused: max-connections reached.");
+	cdx_buf_printf(b, "candex_connections_refused_total %llu\n",
+	    (unsigned long long) atomic_load(&m->conns_refused));
+	HEAD(b, "candex_connections_evicted_total", "counter",
+	    "Connections closed to make room: the longest without completing a request.");
+	cdx_buf_printf(b, "candex_connections_evicted_total %llu\n",
+	    (unsigned long long) atomic_load(&m->conns_evicted));
+	HEAD(b, "candex_receive_memory_bytes", "gauge",
+	    "Bytes received requests hold (messages and decoded requests).");
+	cdx_buf_printf(b, "candex_receive_memory_bytes %zu\n", atomic_load(&s->rx_used));
+	HEAD(b, "candex_receive_memory_capacity_bytes", "gauge",
+	    "Receive budget for received requests (--max-receive-memory less the frames' share).");
+	cdx_buf_printf(b, "candex_receive_memory_capacity_bytes %zu\n", s->rx_budget);
+	HEAD(b, "candex_receive_memory_refused_total", "counter",
+	    "Requests refused OVERLOADED: the receive-memory budget was used up.");
+	cdx_buf_printf(b, "candex_receive_memory_refused_total %llu\n",
+	    (unsigned long long) atomic_load(&m->budget_refused));
 	HEAD(b, "candex_recall_target_unmet_total", "counter",
 	    "Searches whose recall target no measured operating point reaches at their k: served at "
 	    "the most accurate point.");

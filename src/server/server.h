@@ -47,6 +47,8 @@
 #include <nng/supplemental/http/http.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "candex.pb-c.h"
 #include "common/common.h"
 #include "search/search.h"
@@ -64,11 +66,14 @@ struct cdx_server_config {
 	char *http_listen;  /* host:port of /metrics, /healthz and /readyz; NULL = none */
 	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
-	char *tls_ca;         /* clients must present a certificate signed by it */
-	uint32_t threads;     /* search workers; 0 = number of cores */
-	uint32_t contexts;    /* nng contexts on the query socket; 0 = queue + 2 x threads */
-	uint32_t queue_max;   /* search jobs waiting for a worker; 0 = 16 x threads */
-	uint64_t max_message; /* bytes; larger requests get LIMIT_EXCEEDED */
+	char *tls_ca;                /* clients must present a certificate signed by it */
+	uint32_t threads;            /* search workers; 0 = number of cores */
+	uint32_t contexts;           /* nng contexts on the query socket; 0 = queue + 2 x threads */
+	uint32_t queue_max;          /* search jobs waiting for a worker; 0 = 16 x threads */
+	uint64_t max_message;        /* bytes; larger requests get LIMIT_EXCEEDED */
+	uint64_t max_receive_memory; /* bytes requests may hold: frames arriving + received */
+	uint32_t max_connections;    /* open query connections */
+	uint32_t heavy_ms;           /* searches estimated above this run on at most half the workers */
 	uint32_t max_k;
 	uint32_t max_batch;    /* query vectors (or keys) per request */
 	uint32_t max_excludes; /* exclude ids + keys per request */
@@ -108,8 +113,11 @@ typedef struct cdx_server cdx_server;
  * the threads. cfg is copied. On success *sp is set; stop and free the
  * server with cdx_server_stop(). */
 int cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg);
-/* cdx_server_stop drains in-flight requests, closes everything, frees s. */
-void cdx_server_stop(cdx_server *s);
+/* cdx_server_stop drains in-flight requests, closes everything, frees s,
+ * all within cfg->drain_ms. CDX_ETIMEDOUT if closing the sockets did not
+ * finish in that time: s is then left to the process exit (nng's own close
+ * can hang in 1.5; see server.c). */
+int cdx_server_stop(cdx_server *s);
 /* cdx_server_request_reload asks the reload thread to rescan the index
  * directory (returns at once; safe from any thread, not from a signal handler). */
 void cdx_server_request_reload(cdx_server *s);
@@ -147,6 +155,11 @@ struct srv_metrics {
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
+	atomic_uint_fast64_t conns_refused;  /* connections refused at max-connections */
+	atomic_uint_fast64_t conns_evicted;  /* closed to make room for a new one */
+	atomic_uint_fast64_t budget_refused; /* requests refused: receive-memory budget */
+	atomic_uint_fast64_t abandoned;      /* queued searches dropped: their client left */
+	atomic_uint_fast64_t heavy;          /* searches run as expensive */
 };
 
 extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
@@ -181,8 +194,52 @@ struct srv_listener {
 	nng_socket sock;
 	const char *url; /* points into cfg */
 	int admin;
-	int port;        /* bound TCP port, for probes */
-	unsigned failed; /* consecutive failed probes */
+	int port;             /* bound TCP port, for probes */
+	unsigned failed;      /* consecutive probes that found it not accepting */
+	uint64_t errors_seen; /* its accept-error statistics when last found accepting */
+};
+
+enum { CTX_RECV, CTX_INTAKE, CTX_QUEUED, CTX_SEND };
+
+/* One nng context and the request it serves (see dispatch.c). */
+struct srv_ctx {
+	cdx_server *s;
+	nng_ctx ctx;
+	nng_aio *aio;
+	int admin; /* on the admin socket: reloads allowed */
+	int state;
+	/* the request being served (owned between RECV and SEND) */
+	nng_msg *msg;             /* received, not yet decoded */
+	uint32_t pipe;            /* the connection it came on */
+	size_t reserved;          /* bytes of the receive budget it holds */
+	int over_budget;          /* a charge to the budget was refused */
+	ProtobufCAllocator alloc; /* decodes into the budget (intake.c) */
+	Candex__V1__Request *req; /* decoded with alloc */
+	char peeked_id[128];      /* request_id of a request that was not decoded */
+	cdx_collection *coll;     /* a reference, for searches */
+	uint64_t t_recv_us;
+	uint64_t deadline_us;
+	atomic_uint_fast64_t stop_by; /* the running search's deadline; shutdown brings it forward */
+	double cost_us;               /* estimated search time */
+	double cost_units;            /* the estimate before calibration (queue.c) */
+	int heavy;                    /* cost_us above --heavy-ms */
+	double heavy_end_us;          /* heavy and running: estimated end (cdx_now_us) */
+	struct srv_ctx *next;         /* intake or search queue link */
+};
+
+/* Open connections of one socket (conns.c). */
+struct srv_conn {
+	uint32_t pipe;
+	uint64_t since_us; /* connected, or last completed a request */
+};
+struct srv_conns {
+	cdx_server *s;
+	pthread_mutex_t mu;
+	struct srv_conn *v; /* sorted by pipe id */
+	size_t n;
+	uint32_t limit;
+	int admin;
+	int init;
 };
 
 struct cdx_server {
@@ -204,12 +261,33 @@ struct cdx_server {
 	struct srv_ctx **ctxs;
 	size_t nctxs;
 	nng_http_server *http;
+	struct srv_conns conns;       /* query socket */
+	struct srv_conns admin_conns; /* admin socket */
+	size_t frame_limit;           /* nng RECVMAXSZ: largest frame a connection may send */
 
-	/* job queue */
+	/* receive-memory budget (intake.c) */
+	atomic_size_t rx_used;
+	size_t rx_budget;
+
+	/* intake: received messages waiting to be decoded */
+	pthread_mutex_t i_mu;
+	pthread_cond_t i_cv;
+	struct srv_ctx *i_head, *i_tail;
+	int i_stop;
+	pthread_t intake;
+	int intake_started;
+
+	/* search queue (queue.c): cheap jobs first, expensive ones on at most
+	 * heavy_limit workers at once */
 	pthread_mutex_t q_mu;
 	pthread_cond_t q_cv;
-	struct srv_ctx *q_head, *q_tail;
-	uint32_t q_len;
+	struct srv_ctx *q_head, *q_tail; /* cheap */
+	struct srv_ctx *h_head, *h_tail; /* heavy */
+	uint32_t q_len;                  /* both */
+	double q_cheap_us, q_heavy_us;   /* estimated work waiting */
+	uint32_t heavy_running, heavy_limit;
+	double heavy_ends_us;  /* sum of the running heavy jobs' estimated ends */
+	double ns_per_unit[2]; /* cost calibration of cheap [0] and heavy [1] searches */
 	int q_stop;
 	pthread_t *workers;
 
@@ -221,8 +299,9 @@ struct cdx_server {
 	 * (set by each rescan, under set_mu); "" when every one serves */
 	char unserved[1024];
 
-	atomic_int stopping;  /* answer new requests UNAVAILABLE */
-	atomic_int in_flight; /* received, not yet answered */
+	atomic_int stopping;               /* answer new requests UNAVAILABLE */
+	atomic_uint_fast64_t searches_end; /* shutdown: every search stops by then (UINT64_MAX) */
+	atomic_int in_flight;              /* received, not yet answered */
 
 	/* reload thread */
 	pthread_t reloader;
@@ -241,6 +320,7 @@ struct cdx_server {
 	pthread_mutex_t w_mu;
 	pthread_cond_t w_cv;
 	int w_stop;
+	struct srv_probe *probe; /* the probe in progress, under w_mu */
 
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
@@ -275,9 +355,14 @@ void cdx__srv_names(cdx_server *s, char *out, size_t size);
 int cdx__srv_listen(cdx_server *s, nng_socket sock, const char *url, int admin, struct srv_listener *slot);
 int cdx__srv_sockets_open(cdx_server *s);
 void cdx__srv_sockets_close(cdx_server *s);
+int cdx__srv_intake_start(cdx_server *s);
+void cdx__srv_intake_stop(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
+/* cdx__srv_searches_end makes every search, running or to come, stop by
+ * t (cdx_now_us), answering UNAVAILABLE (shutdown). */
+void cdx__srv_searches_end(cdx_server *s, uint64_t t);
 /* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
 
@@ -314,10 +399,55 @@ int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct c
  * request_id (field 2), so that even those error responses echo it; out
  * gets at most size - 1 bytes, cut on a character boundary, or "". */
 void cdx__srv_peek_request_id(const uint8_t *p, size_t len, char *out, size_t size);
+/* cdx__srv_decode_request decodes a Request's wire bytes p[len] into *out
+ * through alloc (the server's draws on the receive budget), after checking
+ * what decoding would multiply: the size against max-message, and, walking
+ * the wire bytes without allocating, the query, key, exclusion and
+ * unknown-field counts against the limits of cfg. Returns CDX_OK; or
+ * CDX_ELIMIT, or CDX_EPROTO (not a Request, or alloc refused), with msg
+ * set and *out NULL. The caller frees *out through alloc. */
+int cdx__srv_decode_request(const struct cdx_server_config *cfg, ProtobufCAllocator *alloc, const uint8_t *p,
+    size_t len, Candex__V1__Request **out, char *msg, size_t size);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
 void cdx__srv_watchdog_stop(cdx_server *s);
+/* cdx__srv_watchdog_claim: is this new pipe the watchdog's probe? (Called
+ * from the pipe notification; the caller then closes it.) */
+int cdx__srv_watchdog_claim(cdx_server *s, nng_pipe p);
+
+/* conns.c */
+/* cdx__srv_conns_init registers t for sock's pipe notifications. */
+int cdx__srv_conns_init(cdx_server *s, struct srv_conns *t, nng_socket sock, uint32_t limit, int admin);
+void cdx__srv_conns_fini(struct srv_conns *t);
+/* cdx__srv_conn_seen records that pipe completed a request now. */
+void cdx__srv_conn_seen(struct srv_conns *t, uint32_t pipe);
+/* cdx__srv_conn_open: is the connection still there? */
+int cdx__srv_conn_open(struct srv_conns *t, uint32_t pipe);
+uint32_t cdx__srv_conns_count(struct srv_conns *t);
+
+/* intake.c */
+/* cdx__srv_budget_take charges bytes to the receive budget: 0, or -1 (and
+ * nothing charged) if they do not fit. */
+int cdx__srv_budget_take(cdx_server *s, size_t bytes);
+void cdx__srv_budget_give(cdx_server *s, size_t bytes);
+/* cdx__srv_allocator_init points x->alloc at the budget, charging x. */
+void cdx__srv_allocator_init(struct srv_ctx *x);
+/* queue.c */
+/* cdx__srv_limits_init derives the connection limit and the budgets from
+ * the configuration; CDX_EINVAL if they cannot hold one request. */
+int cdx__srv_limits_init(cdx_server *s);
+/* cdx__srv_estimate sets x->cost_units, x->cost_us and x->heavy for a
+ * search of nq queries with the given parameters. */
+void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_search_params *p);
+/* cdx__srv_admit queues x, or returns CDX_EOVERLOAD with msg set. */
+int cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size);
+/* cdx__srv_next blocks for the next job; NULL once stopped and empty. *idle
+ * says whether nothing else waits. */
+struct srv_ctx *cdx__srv_next(cdx_server *s, int *idle);
+/* cdx__srv_job_done records a finished job (heavy slot, calibration: took_us
+ * of searching, 0 = not searched). */
+void cdx__srv_job_done(cdx_server *s, struct srv_ctx *x, uint64_t took_us);
 
 /* metrics.c */
 /* cdx__srv_observe counts a response; collection (NULL for requests that
