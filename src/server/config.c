@@ -67,6 +67,12 @@ static const struct opt opts[] = {
 	{ "tls-key", OPT_STR, O(tls_key), "FILE", "private key (PEM) of --tls-cert" },
 	{ "tls-ca", OPT_STR, O(tls_ca), "FILE",
 	    "CA (PEM) that client certificates must be signed by: clients must authenticate (mutual TLS)" },
+	{ "shards", OPT_STR, O(shards), "LIST",
+	    "serve only these shards of each collection, as one shard group behind candex route: 0-3,8; "
+	    "per collection 'tracks:0-3;podcasts:none' (default: all)" },
+	{ "keep-previous", OPT_DOUBLE, O(keep_previous), "SECONDS",
+	    "keep a version a reload replaced loaded for requests that name it (index_version) until "
+	    "none has for SECONDS: shard groups behind candex route need it (0 = free it at once)" },
 	{ "log-level", OPT_LOGLEVEL, O(log_level), "LEVEL", "debug, info, warn or error" },
 };
 
@@ -324,6 +330,10 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 		return cdx_error(CDX_EINVAL, "--online-recall-fraction must be in [0, 1]");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		return cdx_error(CDX_EINVAL, "--tls-cert and --tls-key go together");
+	struct cdx_shard_set set;
+	int serve;
+	if (cdx__srv_shards_for(cfg->shards, NULL, &set, &serve) != CDX_OK)
+		return CDX_EINVAL;
 	return CDX_OK;
 }
 

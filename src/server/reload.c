@@ -166,12 +166,10 @@ static int
 verify(cdx_collection *c)
 {
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	if (m->items == 0 || m->nshards == 0)
-		return CDX_OK;
-	uint32_t shard = 0;
-	while (shard < m->nshards && m->shards[shard].rows == 0)
+	uint32_t shard = 0, nshards = cdx_collection_shards(c, NULL);
+	while (shard < nshards && cdx_collection_shard_rows(c, shard) == 0)
 		shard++;
-	if (shard == m->nshards)
+	if (shard == nshards)
 		return CDX_OK;
 	float *v = malloc(m->dim * sizeof(float));
 	struct cdx_hit hit;
@@ -393,9 +391,17 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 				rc = CDX_ECORRUPT;
 			goto keep_old;
 		}
+		struct cdx_shard_set shards;
+		if (!cdx__srv_wants(s, name, vdir, &shards)) {
+			if (cur != NULL) /* dropped below */
+				cdx_info("SRV-LOAD",
+				    "collection %s: version at %s has none of this server's shards", name,
+				    vdir);
+			continue;
+		}
 		uint64_t t0 = cdx_now_us();
 		cdx_collection *c = NULL;
-		r = cdx_collection_load(&c, vdir);
+		r = cdx_collection_load_shards(&c, vdir, &shards);
 		if (r == CDX_OK && (r = verify(c)) != CDX_OK) {
 			cdx_collection_unref(c);
 			c = NULL;
@@ -414,10 +420,14 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		set_failed(s, name, NULL);
 		const struct cdx_manifest *m = cdx_collection_manifest(c);
 		cdx_info("SRV-LOAD",
-		    "collection %s: loaded version %s (%llu items, dim %u, %s, %u shards) in %.1f ms%s%s",
-		    name, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric),
-		    m->nshards, (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
+		    "collection %s: loaded version %s (%llu items, dim %u, %s, %u of %u shards) in %.1f "
+		    "ms%s%s",
+		    name, m->version, (unsigned long long) cdx_collection_items_loaded(c), m->dim,
+		    cdx_metric_name(m->metric), cdx_collection_shards(c, NULL), m->nshards,
+		    (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
 		    cur ? cdx_collection_manifest(cur->coll)->version : "");
+		if (cur != NULL && strcmp(cdx_collection_manifest(cur->coll)->version, m->version) != 0)
+			cdx__srv_previous_keep(s, name, cur->coll);
 		e.coll = c;
 		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
 		memcpy(e.manifest_id, id, sizeof(id));

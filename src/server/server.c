@@ -36,6 +36,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 	dst->tls_ca = dup_or_null(src->tls_ca);
 	dst->ipc_mode = dup_or_null(src->ipc_mode);
 	dst->config_file = dup_or_null(src->config_file);
+	dst->shards = dup_or_null(src->shards);
 }
 
 static void
@@ -50,6 +51,7 @@ static void
 server_free(cdx_server *s)
 {
 	cdx__srv_set_free(s->set);
+	cdx__srv_previous_free(s);
 	pthread_mutex_destroy(&s->set_mu);
 	pthread_mutex_destroy(&s->q_mu);
 	pthread_cond_destroy(&s->q_cv);

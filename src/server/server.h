@@ -45,6 +45,7 @@
 #include <nng/supplemental/http/http.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include "candex.pb-c.h"
 #include "common/common.h"
 #include "search/search.h"
 
@@ -76,7 +77,9 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
+	char *ipc_mode;       /* octal permissions of ipc:// listener files (admin: 0600) */
+	char *shards;         /* --shards: the shards of each collection served here (groups.c); NULL = all */
+	double keep_previous; /* seconds a replaced version stays loaded after the last request naming it */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -145,6 +148,7 @@ extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in secon
 struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
+struct srv_previous;
 
 /* One listener, kept so that the watchdog can recreate it. */
 struct srv_listener {
@@ -164,6 +168,8 @@ struct cdx_server {
 	/* collections */
 	pthread_mutex_t set_mu;
 	struct srv_set *set;
+	struct srv_previous *prev; /* replaced versions kept for pinned requests (groups.c; set_mu) */
+	size_t nprev;
 
 	/* sockets */
 	nng_socket sock;  /* queries: every --listen URL */
@@ -239,6 +245,32 @@ void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
 /* cdx__srv_reply_reload answers an admin reload on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+
+/* groups.c: serving as one shard group behind candex route */
+/* cdx__srv_shards_for reads a --shards spec for collection name: *serve = 0
+ * if the server serves none of it, else *set (every shard when n = 0).
+ * name NULL only checks the spec. CDX_EINVAL with cdx_error() if bad. */
+int cdx__srv_shards_for(const char *spec, const char *name, struct cdx_shard_set *set, int *serve);
+/* cdx__srv_wants: whether this server loads version directory vdir of
+ * collection name, and which of its shards (*set). */
+int cdx__srv_wants(cdx_server *s, const char *name, const char *vdir, struct cdx_shard_set *set);
+/* cdx__srv_previous_keep keeps old (a new reference) loaded for requests
+ * that name its version, with --keep-previous > 0. */
+void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old);
+/* cdx__srv_lookup_version: a new reference to collection name at version
+ * (NULL or "" = the current one; else the current or the kept previous one
+ * if it is that version), or NULL. */
+cdx_collection *cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version);
+void cdx__srv_previous_free(cdx_server *s);
+/* cdx__srv_fill_coverage fills a SearchResponse's coverage fields from c
+ * (pointers into c: valid while the request holds it). */
+void cdx__srv_fill_coverage(Candex__V1__SearchResponse *out, const cdx_collection *c);
+/* cdx__srv_fill_info_shards fills CollectionInfo's shards_served and
+ * items_served (pointers into c). */
+void cdx__srv_fill_info_shards(Candex__V1__CollectionInfo *ci, const cdx_collection *c);
+/* cdx__srv_fill_previous sets previous_version of each of ci[0..n); returns
+ * the storage the strings point into (caller frees; NULL if none). */
+char *cdx__srv_fill_previous(cdx_server *s, Candex__V1__CollectionInfo **ci, size_t n);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
