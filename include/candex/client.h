@@ -94,7 +94,7 @@ struct cdx_result {
 	float coverage;
 	uint64_t items_searched, items_total;
 	const char *message; /* the server's note on an OK answer ("" if none) */
-	void *priv; /* owned storage */
+	void *priv;          /* owned storage */
 };
 
 /* cdx_client_search runs one request (one or many query vectors or keys).

@@ -453,8 +453,8 @@ collection_json(const Candex__V1__CollectionInfo *ci)
 	json_t *served = json_array();
 	for (size_t i = 0; i < ci->n_shards_served; i++)
 		json_array_append_new(served, json_integer(ci->shards_served[i]));
-	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I, s:o, s:I, s:s}", "name",
-	    ci->name, "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items",
+	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I, s:o, s:I, s:s}",
+	    "name", ci->name, "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items",
 	    (json_int_t) ci->items, "shards", (int) ci->shards, "nlist", (int) ci->nlist, "default_nprobe",
 	    (int) ci->default_nprobe, "factory", ci->factory, "model_version", ci->model_version, "refine",
 	    ci->refine, "loaded_unix_ms", (json_int_t) ci->loaded_unix_ms, "shards_served", served,

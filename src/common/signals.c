@@ -81,8 +81,7 @@ cdx_signals_wait(void)
 		ssize_t n = read(sig_pipe[0], &signo, 1);
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n != 1)
-			{
+		if (n != 1) {
 			cdx_error(CDX_EIO, "signal pipe: %s", n < 0 ? strerror(errno) : "closed");
 			return -1;
 		}

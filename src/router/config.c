@@ -29,7 +29,8 @@ struct ropt {
 
 static const struct ropt ropts[] = {
 	{ "listen", T_LISTEN, 0, "URL",
-	    "address clients use, as for candex serve: tcp://HOST:PORT or ipc:///PATH; repeatable (required)" },
+	    "address clients use, as for candex serve: tcp://HOST:PORT or ipc:///PATH; repeatable "
+	    "(required)" },
 	{ "group", T_GROUP, 0, "NAME=MEMBERS",
 	    "a shard group and its replicas: NAME=URL[,URL...] (candex serve --shards ... listeners), or "
 	    "NAME=dns:HOST:PORT to dial every address HOST resolves to (a Kubernetes headless Service); "
@@ -162,8 +163,8 @@ set_ropt(struct cdx_router_config *cfg, const struct ropt *o, const char *v, con
 		const char *eq = strchr(v, '=');
 		char name[CDX_NAME_MAX];
 		if (eq == NULL || eq == v || (size_t) (eq - v) >= sizeof(name) || eq[1] == '\0')
-			return cdx_error(
-			    CDX_EINVAL, "%s: --group wants NAME=URL[,URL...] or NAME=dns:HOST:PORT, not '%s'", where, v);
+			return cdx_error(CDX_EINVAL,
+			    "%s: --group wants NAME=URL[,URL...] or NAME=dns:HOST:PORT, not '%s'", where, v);
 		memcpy(name, v, (size_t) (eq - v));
 		name[eq - v] = '\0';
 		for (unsigned i = 0; i < cfg->ngroups; i++)
@@ -173,24 +174,26 @@ set_ropt(struct cdx_router_config *cfg, const struct ropt *o, const char *v, con
 	}
 	case T_U32:
 		if (number(v, 0, &d) != CDX_OK || d != floor(d) || d > UINT32_MAX)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a whole number up to %u, not '%s'", where,
-			    o->name, UINT32_MAX, v);
+			return cdx_error(CDX_EINVAL, "%s: --%s wants a whole number up to %u, not '%s'",
+			    where, o->name, UINT32_MAX, v);
 		*(uint32_t *) base = (uint32_t) d;
 		return CDX_OK;
 	case T_SIZE:
 		if (number(v, 1, &d) != CDX_OK || d < 1 || d > 1e15)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a size like 16M, not '%s'", where, o->name, v);
+			return cdx_error(
+			    CDX_EINVAL, "%s: --%s wants a size like 16M, not '%s'", where, o->name, v);
 		*(uint64_t *) base = (uint64_t) d;
 		return CDX_OK;
 	case T_DOUBLE:
 		if (number(v, 0, &d) != CDX_OK)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a number >= 0, not '%s'", where, o->name, v);
+			return cdx_error(
+			    CDX_EINVAL, "%s: --%s wants a number >= 0, not '%s'", where, o->name, v);
 		*(double *) base = d;
 		return CDX_OK;
 	case T_LOGLEVEL:
 		if (cdx_log_level_parse(v, (int *) base) != CDX_OK)
-			return cdx_error(CDX_EINVAL, "%s: --%s: unknown level '%s' (debug, info, warn, error)",
-			    where, o->name, v);
+			return cdx_error(CDX_EINVAL,
+			    "%s: --%s: unknown level '%s' (debug, info, warn, error)", where, o->name, v);
 		return CDX_OK;
 	}
 	return cdx_error(CDX_EINTERNAL, "option type");

@@ -138,8 +138,10 @@ cdx__rt_groups_open(cdx_router *r)
 		if (strncmp(g->members, "dns:", 4) == 0) {
 			const char *hp = g->members + 4, *colon = strrchr(hp, ':');
 			if (colon == NULL || colon == hp || colon[1] == '\0'
-			    || (size_t) (colon - hp) >= sizeof(g->dns_host) || strlen(colon + 1) >= sizeof(g->dns_port))
-				return cdx_error(CDX_EINVAL, "group %s: '%s' is not dns:HOST:PORT", g->name, g->members);
+			    || (size_t) (colon - hp) >= sizeof(g->dns_host)
+			    || strlen(colon + 1) >= sizeof(g->dns_port))
+				return cdx_error(
+				    CDX_EINVAL, "group %s: '%s' is not dns:HOST:PORT", g->name, g->members);
 			g->dns = 1;
 			snprintf(g->dns_host, sizeof(g->dns_host), "%.*s", (int) (colon - hp), hp);
 			snprintf(g->dns_port, sizeof(g->dns_port), "%s", colon + 1);
@@ -190,8 +192,8 @@ resolve(cdx_router *r, struct rt_group *g)
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res = NULL;
 	int gai = getaddrinfo(g->dns_host, g->dns_port, &hints, &res);
 	if (gai != 0) {
-		cdx_warn("RT-DNS", "group %s: cannot resolve %s: %s; keeping %zu replica(s)", g->name, g->dns_host,
-		    gai_strerror(gai), g->nrep);
+		cdx_warn("RT-DNS", "group %s: cannot resolve %s: %s; keeping %zu replica(s)", g->name,
+		    g->dns_host, gai_strerror(gai), g->nrep);
 		return;
 	}
 	pthread_mutex_lock(&r->mu);
@@ -199,12 +201,14 @@ resolve(cdx_router *r, struct rt_group *g)
 		g->rep[j]->keep = 0;
 	for (struct addrinfo *a = res; a != NULL; a = a->ai_next) {
 		char ip[INET6_ADDRSTRLEN], url[320];
-		const void *addr = a->ai_family == AF_INET6 ? (const void *) &((struct sockaddr_in6 *) a->ai_addr)->sin6_addr
-		                                            : (const void *) &((struct sockaddr_in *) a->ai_addr)->sin_addr;
+		const void *addr = a->ai_family == AF_INET6
+		    ? (const void *) &((struct sockaddr_in6 *) a->ai_addr)->sin6_addr
+		    : (const void *) &((struct sockaddr_in *) a->ai_addr)->sin_addr;
 		if ((a->ai_family != AF_INET && a->ai_family != AF_INET6)
 		    || inet_ntop(a->ai_family, addr, ip, sizeof(ip)) == NULL)
 			continue;
-		snprintf(url, sizeof(url), a->ai_family == AF_INET6 ? "tcp://[%s]:%s" : "tcp://%s:%s", ip, g->dns_port);
+		snprintf(url, sizeof(url), a->ai_family == AF_INET6 ? "tcp://[%s]:%s" : "tcp://%s:%s", ip,
+		    g->dns_port);
 		size_t j = 0;
 		while (j < g->nrep && strcmp(g->rep[j]->url, url) != 0)
 			j++;
@@ -308,14 +312,16 @@ poll_all(cdx_router *r)
 		} else {
 			sl->rep->up = 0;
 			snprintf(sl->rep->why, sizeof(sl->rep->why), "%s",
-			    sl->rv != 0      ? nng_strerror(sl->rv)
+			    sl->rv != 0        ? nng_strerror(sl->rv)
 			        : resp == NULL ? "answer does not decode"
-			        : resp->status ? (resp->message ? resp->message : cdx_errname((int) resp->status))
-			                       : "not an info answer");
+			        : resp->status
+			        ? (resp->message ? resp->message : cdx_errname((int) resp->status))
+			        : "not an info answer");
 		}
 		if (was_up != sl->rep->up)
-			cdx_log(sl->rep->up ? CDX_LOG_INFO : CDX_LOG_WARN, "RT-REPLICA", "replica %s is %s%s%s",
-			    sl->rep->url, sl->rep->up ? "up" : "down", sl->rep->up ? "" : ": ", sl->rep->why);
+			cdx_log(sl->rep->up ? CDX_LOG_INFO : CDX_LOG_WARN, "RT-REPLICA",
+			    "replica %s is %s%s%s", sl->rep->url, sl->rep->up ? "up" : "down",
+			    sl->rep->up ? "" : ": ", sl->rep->why);
 		pthread_mutex_unlock(&r->mu);
 		if (resp != NULL)
 			candex__v1__response__free_unpacked(resp, NULL);
@@ -368,7 +374,7 @@ struct candidate {
 };
 
 struct group_part {
-	int serves;         /* some replica up holds the collection */
+	int serves;                             /* some replica up holds the collection */
 	const Candex__V1__CollectionInfo *info; /* one replica's view of it */
 	int overlaps;
 };
@@ -424,13 +430,15 @@ route_collection(cdx_router *r, const char *name, struct rt_route *rt)
 			continue;
 		const Candex__V1__CollectionInfo *ci = part[gi].info;
 		for (size_t s = 0; s < ci->n_shards_served; s++)
-			if (ci->shards_served[s] < 4096 && (taken[ci->shards_served[s] / 8] >> (ci->shards_served[s] % 8) & 1))
+			if (ci->shards_served[s] < 4096
+			    && (taken[ci->shards_served[s] / 8] >> (ci->shards_served[s] % 8) & 1))
 				part[gi].overlaps = 1;
 		if (part[gi].overlaps)
 			continue; /* RT-ROUTE says so when the routing changes */
 		for (size_t s = 0; s < ci->n_shards_served; s++)
 			if (ci->shards_served[s] < 4096)
-				taken[ci->shards_served[s] / 8] |= (uint8_t) (1u << (ci->shards_served[s] % 8));
+				taken[ci->shards_served[s] / 8]
+				    |= (uint8_t) (1u << (ci->shards_served[s] % 8));
 		nserving++;
 	}
 	/* how each version stands */
@@ -462,9 +470,10 @@ route_collection(cdx_router *r, const char *name, struct rt_route *rt)
 	for (size_t c = 0; c < ncand; c++) {
 		int t = cand[c].everywhere == nserving ? 3 : cand[c].somewhere == nserving ? 2 : 1;
 		if (best < 0 || t > tier
-		    || (t == tier && (t == 1 ? cand[c].items > cand[best].items
-		                                 || (cand[c].items == cand[best].items && better(&cand[c], &cand[best]))
-		                             : better(&cand[c], &cand[best])))) {
+		    || (t == tier
+		        && (t == 1 ? cand[c].items > cand[best].items
+		                    || (cand[c].items == cand[best].items && better(&cand[c], &cand[best]))
+		                   : better(&cand[c], &cand[best])))) {
 			best = (int) c;
 			tier = t;
 		}
@@ -492,17 +501,19 @@ route_collection(cdx_router *r, const char *name, struct rt_route *rt)
 		else if (!part[gi].serves)
 			continue; /* not a group of this collection */
 		if (why != NULL) {
-			int w = snprintf(rt->left_out + used, sizeof(rt->left_out) - used, "%s%s %s", used ? "; " : "",
-			    g->name, why);
+			int w = snprintf(rt->left_out + used, sizeof(rt->left_out) - used, "%s%s %s",
+			    used ? "; " : "", g->name, why);
 			used = w > 0 ? CDX_MIN(used + (size_t) w, sizeof(rt->left_out) - 1) : used;
 			continue;
 		}
 		rt->group[rt->ngroups++] = (uint16_t) gi;
 		const Candex__V1__CollectionInfo *pi = part[gi].info;
-		uint32_t *grown = realloc(rt->served, (rt->nserved + pi->n_shards_served + 1) * sizeof(*grown));
+		uint32_t *grown
+		    = realloc(rt->served, (rt->nserved + pi->n_shards_served + 1) * sizeof(*grown));
 		if (grown != NULL) {
 			rt->served = grown;
-			memcpy(rt->served + rt->nserved, pi->shards_served, pi->n_shards_served * sizeof(*grown));
+			memcpy(rt->served + rt->nserved, pi->shards_served,
+			    pi->n_shards_served * sizeof(*grown));
 			rt->nserved += (uint32_t) pi->n_shards_served;
 		}
 		rt->items_served += pi->items_served;
@@ -519,7 +530,8 @@ route_collection(cdx_router *r, const char *name, struct rt_route *rt)
 			rt->loaded_unix_ms = ci->loaded_unix_ms;
 			snprintf(rt->metric, sizeof(rt->metric), "%s", ci->metric ? ci->metric : "");
 			snprintf(rt->factory, sizeof(rt->factory), "%s", ci->factory ? ci->factory : "");
-			snprintf(rt->model_version, sizeof(rt->model_version), "%s", ci->model_version ? ci->model_version : "");
+			snprintf(rt->model_version, sizeof(rt->model_version), "%s",
+			    ci->model_version ? ci->model_version : "");
 			snprintf(rt->refine, sizeof(rt->refine), "%s", ci->refine ? ci->refine : "");
 		}
 	}
@@ -571,13 +583,15 @@ make_view(cdx_router *r)
 	for (size_t gi = 0; gi < r->ngroups; gi++) {
 		for (size_t j = 0; j < r->groups[gi].nrep; j++) {
 			const struct rt_replica *rep = r->groups[gi].rep[j];
-			for (size_t c = 0; rep->up && rep->info != NULL && c < rep->info->n_collections; c++) {
+			for (size_t c = 0; rep->up && rep->info != NULL && c < rep->info->n_collections;
+			     c++) {
 				const char *name = rep->info->collections[c]->name;
 				if (cdx__rt_view_find(v, name) != NULL)
 					continue;
 				route_collection(r, name, &v->route[v->n]);
 				if (v->route[v->n].version[0] != '\0') {
-					qsort(v->route[v->n].served, v->route[v->n].nserved, sizeof(uint32_t), cmp_u32);
+					qsort(v->route[v->n].served, v->route[v->n].nserved, sizeof(uint32_t),
+					    cmp_u32);
 					v->n++;
 				} else {
 					free(v->route[v->n].served);
@@ -607,7 +621,8 @@ make_view(cdx_router *r)
 	}
 	for (size_t i = 0; old != NULL && i < old->n; i++)
 		if (cdx__rt_view_find(v, old->route[i].name) == NULL)
-			cdx_warn("RT-ROUTE", "collection %s: no replica serves it any more", old->route[i].name);
+			cdx_warn(
+			    "RT-ROUTE", "collection %s: no replica serves it any more", old->route[i].name);
 	cdx__rt_view_put(old);
 }
 

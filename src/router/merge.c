@@ -72,8 +72,9 @@ cdx__rt_shard_ranges(const uint32_t *shards, size_t n, char *out, size_t size)
 		size_t j = i;
 		while (j + 1 < n && shards[j + 1] == shards[j] + 1)
 			j++;
-		int w = j > i ? snprintf(out + used, size - used, "%s%u-%u", used ? "," : "", shards[i], shards[j])
-		              : snprintf(out + used, size - used, "%s%u", used ? "," : "", shards[i]);
+		int w = j > i
+		    ? snprintf(out + used, size - used, "%s%u-%u", used ? "," : "", shards[i], shards[j])
+		    : snprintf(out + used, size - used, "%s%u", used ? "," : "", shards[i]);
 		if (w < 0)
 			break;
 		used += (size_t) w;

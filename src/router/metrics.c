@@ -10,7 +10,8 @@
 #include "client/wire.h"
 #include "router/router_int.h"
 
-const char *const cdx__rt_reason_names[RT_NREASONS] = { "timeout", "unavailable", "overloaded", "version", "error" };
+const char *const cdx__rt_reason_names[RT_NREASONS]
+    = { "timeout", "unavailable", "overloaded", "version", "error" };
 
 /* upper bounds in seconds; the last bucket is +Inf */
 static const double bounds[RT_NBUCKETS - 1]
@@ -44,9 +45,11 @@ hist_render(cdx_buf *b, const char *name, const char *labels, struct rt_hist *h)
 	for (int i = 0; i < RT_NBUCKETS; i++) {
 		cum += atomic_load(&h->bucket[i]);
 		if (i < RT_NBUCKETS - 1)
-			cdx_buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, bounds[i], (unsigned long long) cum);
+			cdx_buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, bounds[i],
+			    (unsigned long long) cum);
 		else
-			cdx_buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long) cum);
+			cdx_buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+			    (unsigned long long) cum);
 	}
 	cdx_buf_printf(b, "%s_sum{%s} %.6f\n", name, labels, (double) atomic_load(&h->sum_us) / 1e6);
 	cdx_buf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long) cum);
@@ -55,7 +58,8 @@ hist_render(cdx_buf *b, const char *name, const char *labels, struct rt_hist *h)
 static const char *
 status_name(int code)
 {
-	const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
+	const ProtobufCEnumValue *v
+	    = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
 	return v != NULL ? v->name : "UNKNOWN";
 }
 
@@ -67,13 +71,15 @@ render_groups(cdx_router *r, cdx_buf *b)
 {
 	char label[128];
 	HEAD(b, "candex_router_group_requests_total", "counter",
-	    "Requests sent to a shard group, by result: answered in time, or missed (left out of a partial answer).");
+	    "Requests sent to a shard group, by result: answered in time, or missed (left out of a partial "
+	    "answer).");
 	for (size_t i = 0; i < r->ngroups; i++) {
 		struct rt_group *g = &r->groups[i];
-		cdx_buf_printf(b, "candex_router_group_requests_total{group=\"%s\",result=\"answered\"} %llu\n", g->name,
+		cdx_buf_printf(b,
+		    "candex_router_group_requests_total{group=\"%s\",result=\"answered\"} %llu\n", g->name,
 		    U(g->m.answered));
-		cdx_buf_printf(b, "candex_router_group_requests_total{group=\"%s\",result=\"missed\"} %llu\n", g->name,
-		    U(g->m.missed));
+		cdx_buf_printf(b, "candex_router_group_requests_total{group=\"%s\",result=\"missed\"} %llu\n",
+		    g->name, U(g->m.missed));
 	}
 	HEAD(b, "candex_router_group_coverage", "gauge",
 	    "Share of the searches sent to a group that it answered in time (1 = never left out).");
@@ -86,37 +92,41 @@ render_groups(cdx_router *r, cdx_buf *b)
 	HEAD(b, "candex_router_group_client_errors_total", "counter",
 	    "Group answers that were errors about the request itself (passed on to the client).");
 	for (size_t i = 0; i < r->ngroups; i++)
-		cdx_buf_printf(b, "candex_router_group_client_errors_total{group=\"%s\"} %llu\n", r->groups[i].name,
-		    U(r->groups[i].m.client_errors));
+		cdx_buf_printf(b, "candex_router_group_client_errors_total{group=\"%s\"} %llu\n",
+		    r->groups[i].name, U(r->groups[i].m.client_errors));
 	HEAD(b, "candex_router_group_errors_total", "counter", "Attempts at a group that failed, by reason.");
 	for (size_t i = 0; i < r->ngroups; i++)
 		for (int k = 0; k < RT_NREASONS; k++)
-			cdx_buf_printf(b, "candex_router_group_errors_total{group=\"%s\",reason=\"%s\"} %llu\n",
+			cdx_buf_printf(b,
+			    "candex_router_group_errors_total{group=\"%s\",reason=\"%s\"} %llu\n",
 			    r->groups[i].name, cdx__rt_reason_names[k], U(r->groups[i].m.failures[k]));
 	HEAD(b, "candex_router_group_failovers_total", "counter",
 	    "Attempts repeated (on another replica when one is connected), by reason; connections lost: "
 	    "reason=\"connection\" (nng resends their requests to another replica).");
 	for (size_t i = 0; i < r->ngroups; i++) {
 		for (int k = 0; k < RT_NREASONS; k++)
-			cdx_buf_printf(b, "candex_router_group_failovers_total{group=\"%s\",reason=\"%s\"} %llu\n",
+			cdx_buf_printf(b,
+			    "candex_router_group_failovers_total{group=\"%s\",reason=\"%s\"} %llu\n",
 			    r->groups[i].name, cdx__rt_reason_names[k], U(r->groups[i].m.retries[k]));
-		cdx_buf_printf(b, "candex_router_group_failovers_total{group=\"%s\",reason=\"connection\"} %llu\n",
+		cdx_buf_printf(b,
+		    "candex_router_group_failovers_total{group=\"%s\",reason=\"connection\"} %llu\n",
 		    r->groups[i].name, U(r->groups[i].m.disconnects));
 	}
 	HEAD(b, "candex_router_group_items_searched_total", "counter",
 	    "Items the group's answers searched (its share of each collection).");
 	for (size_t i = 0; i < r->ngroups; i++)
-		cdx_buf_printf(b, "candex_router_group_items_searched_total{group=\"%s\"} %llu\n", r->groups[i].name,
-		    U(r->groups[i].m.items_searched));
+		cdx_buf_printf(b, "candex_router_group_items_searched_total{group=\"%s\"} %llu\n",
+		    r->groups[i].name, U(r->groups[i].m.items_searched));
 	HEAD(b, "candex_router_group_replicas", "gauge", "Replicas of a group, by state at the last poll.");
 	pthread_mutex_lock(&r->mu);
 	for (size_t i = 0; i < r->ngroups; i++) {
 		size_t up = 0;
 		for (size_t j = 0; j < r->groups[i].nrep; j++)
 			up += r->groups[i].rep[j]->up != 0;
-		cdx_buf_printf(b, "candex_router_group_replicas{group=\"%s\",state=\"up\"} %zu\n", r->groups[i].name, up);
-		cdx_buf_printf(b, "candex_router_group_replicas{group=\"%s\",state=\"down\"} %zu\n", r->groups[i].name,
-		    r->groups[i].nrep - up);
+		cdx_buf_printf(b, "candex_router_group_replicas{group=\"%s\",state=\"up\"} %zu\n",
+		    r->groups[i].name, up);
+		cdx_buf_printf(b, "candex_router_group_replicas{group=\"%s\",state=\"down\"} %zu\n",
+		    r->groups[i].name, r->groups[i].nrep - up);
 	}
 	pthread_mutex_unlock(&r->mu);
 	HEAD(b, "candex_router_group_duration_seconds", "histogram",
@@ -134,16 +144,20 @@ cdx__rt_metrics_render(cdx_router *r, cdx_buf *b)
 	for (int i = 0; i < RT_NSTATUS; i++) {
 		uint64_t n = U(r->status[i]);
 		if (n > 0 || i == 0)
-			cdx_buf_printf(b, "candex_requests_total{status=\"%s\"} %llu\n", status_name(i), (unsigned long long) n);
+			cdx_buf_printf(b, "candex_requests_total{status=\"%s\"} %llu\n", status_name(i),
+			    (unsigned long long) n);
 	}
-	HEAD(b, "candex_request_duration_seconds", "histogram", "Time from receiving a request to handing its response to nng.");
+	HEAD(b, "candex_request_duration_seconds", "histogram",
+	    "Time from receiving a request to handing its response to nng.");
 	hist_render(b, "candex_request_duration_seconds", "", &r->latency);
 	HEAD(b, "candex_in_flight", "gauge", "Requests received and not yet answered.");
 	cdx_buf_printf(b, "candex_in_flight %d\n", atomic_load(&r->in_flight));
-	HEAD(b, "candex_router_partial_total", "counter", "Search answers that covered part of the collection.");
+	HEAD(b, "candex_router_partial_total", "counter",
+	    "Search answers that covered part of the collection.");
 	cdx_buf_printf(b, "candex_router_partial_total %llu\n", U(r->partial));
 	HEAD(b, "candex_router_coverage_sum", "counter",
-	    "Sum of the coverage of OK search answers (divide by candex_router_searches_total for the mean).");
+	    "Sum of the coverage of OK search answers (divide by candex_router_searches_total for the "
+	    "mean).");
 	cdx_buf_printf(b, "candex_router_coverage_sum %.6f\n", (double) U(r->coverage_sum_ppm) / 1e6);
 	HEAD(b, "candex_router_searches_total", "counter", "OK search answers.");
 	cdx_buf_printf(b, "candex_router_searches_total %llu\n", U(r->searches_ok));
@@ -159,18 +173,21 @@ cdx__rt_metrics_render(cdx_router *r, cdx_buf *b)
 		char groups[512] = "";
 		size_t used = 0;
 		for (uint32_t k = 0; k < rt->ngroups && used + 1 < sizeof(groups); k++) {
-			int w = snprintf(groups + used, sizeof(groups) - used, "%s%s", k ? "," : "", r->groups[rt->group[k]].name);
+			int w = snprintf(groups + used, sizeof(groups) - used, "%s%s", k ? "," : "",
+			    r->groups[rt->group[k]].name);
 			used = w > 0 ? CDX_MIN(used + (size_t) w, sizeof(groups) - 1) : used;
 		}
-		cdx_buf_printf(b, "candex_router_route_info{collection=\"%s\",version=\"%s\",groups=\"%s\"} 1\n", rt->name,
+		cdx_buf_printf(b,
+		    "candex_router_route_info{collection=\"%s\",version=\"%s\",groups=\"%s\"} 1\n", rt->name,
 		    rt->version, groups);
 	}
-	HEAD(b, "candex_router_route_items", "gauge", "Items of a collection the groups asked serve, of all.");
+	HEAD(
+	    b, "candex_router_route_items", "gauge", "Items of a collection the groups asked serve, of all.");
 	for (size_t i = 0; v != NULL && i < v->n; i++) {
-		cdx_buf_printf(b, "candex_router_route_items{collection=\"%s\",of=\"served\"} %llu\n", v->route[i].name,
-		    (unsigned long long) v->route[i].items_served);
-		cdx_buf_printf(b, "candex_router_route_items{collection=\"%s\",of=\"all\"} %llu\n", v->route[i].name,
-		    (unsigned long long) v->route[i].items);
+		cdx_buf_printf(b, "candex_router_route_items{collection=\"%s\",of=\"served\"} %llu\n",
+		    v->route[i].name, (unsigned long long) v->route[i].items_served);
+		cdx_buf_printf(b, "candex_router_route_items{collection=\"%s\",of=\"all\"} %llu\n",
+		    v->route[i].name, (unsigned long long) v->route[i].items);
 	}
 	cdx__rt_view_put(v);
 	HEAD(b, "candex_start_time_seconds", "gauge", "Unix time the router started.");
@@ -221,10 +238,15 @@ http_healthz(nng_aio *aio)
 	struct rt_view *v = cdx__rt_view_get(r);
 	size_t n = v != NULL ? v->n : 0;
 	int stopping = atomic_load(&r->stopping), ok = n > 0 && !stopping;
-	cdx_buf_printf(&b, "%s: %zu collection(s) routed", ok ? "ok" : stopping ? "stopping" : "unavailable", n);
+	cdx_buf_printf(&b, "%s: %zu collection(s) routed",
+	    ok             ? "ok"
+	        : stopping ? "stopping"
+	                   : "unavailable",
+	    n);
 	for (size_t i = 0; i < n; i++)
-		cdx_buf_printf(&b, "%s %s@%s (%u group(s)%s%s)", i ? "," : ":", v->route[i].name, v->route[i].version,
-		    v->route[i].ngroups, v->route[i].left_out[0] ? "; left out: " : "", v->route[i].left_out);
+		cdx_buf_printf(&b, "%s %s@%s (%u group(s)%s%s)", i ? "," : ":", v->route[i].name,
+		    v->route[i].version, v->route[i].ngroups, v->route[i].left_out[0] ? "; left out: " : "",
+		    v->route[i].left_out);
 	cdx_buf_printf(&b, "\n");
 	cdx__rt_view_put(v);
 	if (b.data == NULL)

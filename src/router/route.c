@@ -48,11 +48,11 @@ struct rt_call {
 	nng_aio *aio;
 	int state;
 	uint32_t tries;
-	uint64_t t_first;  /* first send */
-	uint64_t try_end;  /* when this attempt gives up */
-	int failed;        /* gave up: why[] says why */
-	int reason;        /* enum rt_reason of the last failure */
-	int client_error;  /* resp is an error about the request itself */
+	uint64_t t_first; /* first send */
+	uint64_t try_end; /* when this attempt gives up */
+	int failed;       /* gave up: why[] says why */
+	int reason;       /* enum rt_reason of the last failure */
+	int client_error; /* resp is an error about the request itself */
 	Candex__V1__Response *resp;
 	char why[240];
 };
@@ -123,8 +123,8 @@ send_response(struct rt_front *f, Candex__V1__Response *resp)
 	}
 	cdx__rt_observe(f->r, (int) resp->status, cdx_now_us() - f->t_recv);
 	if (resp->status != CANDEX__V1__STATUS__OK)
-		cdx_debug("RT-REQ-ERR", "request '%s': %s: %s", resp->request_id, cdx_errname((int) resp->status),
-		    str_or_empty(resp->message));
+		cdx_debug("RT-REQ-ERR", "request '%s': %s: %s", resp->request_id,
+		    cdx_errname((int) resp->status), str_or_empty(resp->message));
 	release(f);
 	if (msg == NULL) {
 		atomic_fetch_sub(&f->r->in_flight, 1);
@@ -281,7 +281,8 @@ static void CDX_PRINTF(3, 4) attempt_failed(struct rt_call *c, int reason, const
 		atomic_fetch_add(&m->retries[reason], 1);
 		if (reason == RT_R_OVERLOADED) {
 			/* the group is busy: a short pause, not a hammering */
-			nng_duration pause = (nng_duration) CDX_MIN((uint64_t) 2 << c->tries, (f->deadline - now) / 4000);
+			nng_duration pause
+			    = (nng_duration) CDX_MIN((uint64_t) 2 << c->tries, (f->deadline - now) / 4000);
 			c->state = C_SLEEP;
 			nng_aio_set_timeout(c->aio, NNG_DURATION_INFINITE);
 			nng_sleep_aio(pause, c->aio);
@@ -337,15 +338,17 @@ static void
 examine(struct rt_call *c, Candex__V1__Response *resp)
 {
 	struct rt_front *f = c->f;
-	int want = f->phase == PH_SEARCH ? CANDEX__V1__RESPONSE__BODY_SEARCH : CANDEX__V1__RESPONSE__BODY_LOOKUP;
+	int want
+	    = f->phase == PH_SEARCH ? CANDEX__V1__RESPONSE__BODY_SEARCH : CANDEX__V1__RESPONSE__BODY_LOOKUP;
 	if (resp == NULL) {
 		attempt_failed(c, RT_R_ERROR, "an answer that does not decode");
 		return;
 	}
 	if (resp->status == 0) {
-		const char *version = resp->body_case == CANDEX__V1__RESPONSE__BODY_SEARCH ? resp->search->index_version
-		    : resp->body_case == CANDEX__V1__RESPONSE__BODY_LOOKUP                 ? resp->lookup->index_version
-		                                                                           : NULL;
+		const char *version = resp->body_case == CANDEX__V1__RESPONSE__BODY_SEARCH
+		    ? resp->search->index_version
+		    : resp->body_case == CANDEX__V1__RESPONSE__BODY_LOOKUP ? resp->lookup->index_version
+		                                                           : NULL;
 		if ((int) resp->body_case != want) {
 			candex__v1__response__free_unpacked(resp, NULL);
 			attempt_failed(c, RT_R_ERROR, "an answer of the wrong kind");
@@ -354,8 +357,8 @@ examine(struct rt_call *c, Candex__V1__Response *resp)
 		if (strcmp(str_or_empty(version), f->route->version) != 0) {
 			/* never merged: a replica answering another version than asked is
 			 * broken or old; another replica may do better */
-			attempt_failed(c, RT_R_VERSION, "answered version %.64s, not %s", str_or_empty(version),
-			    f->route->version);
+			attempt_failed(c, RT_R_VERSION, "answered version %.64s, not %s",
+			    str_or_empty(version), f->route->version);
 			candex__v1__response__free_unpacked(resp, NULL);
 			return;
 		}
@@ -392,7 +395,8 @@ call_cb(void *arg)
 		}
 		c->state = C_RECV;
 		uint64_t now = cdx_now_us();
-		nng_aio_set_timeout(c->aio, (nng_duration) (c->try_end > now ? (c->try_end - now + 999) / 1000 : 1));
+		nng_aio_set_timeout(
+		    c->aio, (nng_duration) (c->try_end > now ? (c->try_end - now + 999) / 1000 : 1));
 		nng_ctx_recv(c->ctx, c->aio);
 		return;
 	case C_RECV: {
@@ -406,7 +410,8 @@ call_cb(void *arg)
 		}
 		nng_msg *msg = nng_aio_get_msg(c->aio);
 		nng_aio_set_msg(c->aio, NULL);
-		Candex__V1__Response *resp = candex__v1__response__unpack(NULL, nng_msg_len(msg), nng_msg_body(msg));
+		Candex__V1__Response *resp
+		    = candex__v1__response__unpack(NULL, nng_msg_len(msg), nng_msg_body(msg));
 		nng_msg_free(msg);
 		examine(c, resp);
 		return;
@@ -537,8 +542,9 @@ nobody_answered(struct rt_front *f)
 	char missing[900];
 	missing_groups(f, missing, sizeof(missing));
 	int late = cdx_now_us() >= f->deadline;
-	reply_error(f, late ? CDX_ETIMEDOUT : CDX_EUNAVAIL, "no shard group of collection '%s' answered%s: %s",
-	    f->route->name, late ? " within the deadline" : "", missing);
+	reply_error(f, late ? CDX_ETIMEDOUT : CDX_EUNAVAIL,
+	    "no shard group of collection '%s' answered%s: %s", f->route->name,
+	    late ? " within the deadline" : "", missing);
 }
 
 static void
@@ -552,9 +558,10 @@ keys_done(struct rt_front *f)
 		if (c->failed || c->client_error)
 			continue;
 		const Candex__V1__LookupResponse *lr = c->resp->lookup;
-		if (lr->n_found != nkeys || lr->n_vectors != nkeys * (size_t) lr->dim || (dim && lr->dim != dim)) {
-			reply_error(f, CDX_EINTERNAL, "group %s answered a lookup of %zu keys with %zu", f->r->groups[c->gi].name,
-			    nkeys, lr->n_found);
+		if (lr->n_found != nkeys || lr->n_vectors != nkeys * (size_t) lr->dim
+		    || (dim && lr->dim != dim)) {
+			reply_error(f, CDX_EINTERNAL, "group %s answered a lookup of %zu keys with %zu",
+			    f->r->groups[c->gi].name, nkeys, lr->n_found);
 			return;
 		}
 		dim = lr->dim;
@@ -583,13 +590,14 @@ keys_done(struct rt_front *f)
 		if (found)
 			continue;
 		if (answered == f->route->ngroups) {
-			reply_error(f, CDX_ENOTFOUND, "unknown key '%.200s' in collection '%s'", sr->query_keys[i],
-			    f->route->name);
+			reply_error(f, CDX_ENOTFOUND, "unknown key '%.200s' in collection '%s'",
+			    sr->query_keys[i], f->route->name);
 		} else {
 			char missing[700];
 			missing_groups(f, missing, sizeof(missing));
 			reply_error(f, CDX_EUNAVAIL,
-			    "key '%.200s' is in none of the shard groups that answered; not asked in time: %s",
+			    "key '%.200s' is in none of the shard groups that answered; not asked in time: "
+			    "%s",
 			    sr->query_keys[i], missing);
 		}
 		return;
@@ -609,9 +617,10 @@ lookup_done(struct rt_front *f)
 		const struct rt_call *c = &f->calls[f->route->group[k]];
 		if (c->failed)
 			continue;
-		if (c->resp->lookup->n_found != nkeys || c->resp->lookup->n_vectors != nkeys * c->resp->lookup->dim) {
-			reply_error(f, CDX_EINTERNAL, "group %s answered a lookup of %zu keys with %zu", f->r->groups[c->gi].name,
-			    nkeys, c->resp->lookup->n_found);
+		if (c->resp->lookup->n_found != nkeys
+		    || c->resp->lookup->n_vectors != nkeys * c->resp->lookup->dim) {
+			reply_error(f, CDX_EINTERNAL, "group %s answered a lookup of %zu keys with %zu",
+			    f->r->groups[c->gi].name, nkeys, c->resp->lookup->n_found);
 			return;
 		}
 		dim = c->resp->lookup->dim;
@@ -634,7 +643,8 @@ lookup_done(struct rt_front *f)
 					continue;
 				found[i] = 1;
 				ids[i] = c->resp->lookup->ids[i];
-				memcpy(vectors + i * dim, c->resp->lookup->vectors + i * dim, dim * sizeof(float));
+				memcpy(vectors + i * dim, c->resp->lookup->vectors + i * dim,
+				    dim * sizeof(float));
 			}
 		}
 		char missing[700] = "";
@@ -762,18 +772,21 @@ search_done(struct rt_front *f)
 	qsort(shards, nshards, sizeof(*shards), cmp_u32);
 	out.shards_searched = shards;
 	out.n_shards_searched = nshards;
-	out.coverage = out.items_total > 0 ? (float) ((double) out.items_searched / (double) out.items_total) : 1.0f;
+	out.coverage
+	    = out.items_total > 0 ? (float) ((double) out.items_searched / (double) out.items_total) : 1.0f;
 	out.server_time_us = cdx_now_us() - f->t_recv;
 	char message[1600] = "";
 	if (nok < rt->ngroups || rt->left_out[0] != '\0' || out.items_searched < out.items_total) {
 		char missing[700], unsearched[160];
 		missing_groups(f, missing, sizeof(missing));
 		unsearched_shards(shards, nshards, out.shards_total, unsearched, sizeof(unsearched));
-		snprintf(message, sizeof(message), "partial: %.1f%% of the items searched, shards %s not; %s%s%s%s",
-		    100.0 * out.coverage, unsearched, missing[0] ? "no answer from " : "", missing,
+		snprintf(message, sizeof(message),
+		    "partial: %.1f%% of the items searched, shards %s not; %s%s%s%s", 100.0 * out.coverage,
+		    unsearched, missing[0] ? "no answer from " : "", missing,
 		    missing[0] && rt->left_out[0] ? "; " : "", rt->left_out[0] ? rt->left_out : "");
 		if (out.coverage < r->cfg.min_coverage) {
-			reply_error(f, CDX_EUNAVAIL, "%.900s (below --min-coverage %g)", message, r->cfg.min_coverage);
+			reply_error(f, CDX_EUNAVAIL, "%.900s (below --min-coverage %g)", message,
+			    r->cfg.min_coverage);
 			goto done;
 		}
 		atomic_fetch_add(&r->partial, 1);
@@ -824,8 +837,10 @@ routed(struct rt_front *f, const char *collection)
 	if (f->route == NULL) {
 		char names[512];
 		view_names(f->view, names, sizeof(names));
-		reply_error(f, f->view == NULL ? CDX_EUNAVAIL : CDX_ENOTFOUND, "%s collection '%.100s' (serving: %s)",
-		    f->view == NULL ? "no shard group has answered yet; cannot route" : "unknown", collection, names);
+		reply_error(f, f->view == NULL ? CDX_EUNAVAIL : CDX_ENOTFOUND,
+		    "%s collection '%.100s' (serving: %s)",
+		    f->view == NULL ? "no shard group has answered yet; cannot route" : "unknown", collection,
+		    names);
 		return 0;
 	}
 	if (f->route->ngroups == 0) {
@@ -854,7 +869,8 @@ handle(struct rt_front *f, nng_msg *msg)
 	f->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
 	nng_msg_free(msg);
 	if (f->req == NULL) {
-		reply_error(f, CDX_EPROTO, "malformed request: %zu bytes that do not decode as a candex.v1.Request", len);
+		reply_error(f, CDX_EPROTO,
+		    "malformed request: %zu bytes that do not decode as a candex.v1.Request", len);
 		return;
 	}
 	if (atomic_load(&r->stopping)) {
@@ -875,7 +891,8 @@ handle(struct rt_front *f, nng_msg *msg)
 		return;
 	case CANDEX__V1__REQUEST__BODY_RELOAD:
 		reply_error(f, CDX_EPERM,
-		    "candex route does not reload: each shard group's servers reload on their admin listeners");
+		    "candex route does not reload: each shard group's servers reload on their admin "
+		    "listeners");
 		return;
 	case CANDEX__V1__REQUEST__BODY_LOOKUP: {
 		const Candex__V1__LookupRequest *lq = f->req->lookup;
@@ -894,7 +911,8 @@ handle(struct rt_front *f, nng_msg *msg)
 			return;
 		}
 		if (sr->n_vectors == 0 && sr->n_query_keys == 0) {
-			reply_error(f, CDX_EEMPTY, "empty batch: the request has no query vector and no query key");
+			reply_error(
+			    f, CDX_EEMPTY, "empty batch: the request has no query vector and no query key");
 			return;
 		}
 		if (sr->n_query_keys > 0) {
@@ -965,7 +983,8 @@ front_alloc(cdx_router *r, struct rt_front **fp)
 		struct rt_call *c = &f->calls[gi];
 		c->f = f;
 		c->gi = gi;
-		if ((rv = nng_aio_alloc(&c->aio, call_cb, c)) != 0 || (rv = nng_ctx_open(&c->ctx, r->groups[gi].sock)) != 0)
+		if ((rv = nng_aio_alloc(&c->aio, call_cb, c)) != 0
+		    || (rv = nng_ctx_open(&c->ctx, r->groups[gi].sock)) != 0)
 			return cdx_error(cdx__nng_code(rv), "group context: %s", nng_strerror(rv));
 	}
 	return CDX_OK;
@@ -978,7 +997,8 @@ cdx__rt_front_open(cdx_router *r)
 	if ((rv = nng_rep0_open(&r->sock)) != 0)
 		return cdx_error(cdx__nng_code(rv), "cannot open the REP socket: %s", nng_strerror(rv));
 	/* as the server: twice max-message, so that a large request gets an answer */
-	nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, (size_t) CDX_MIN(r->cfg.max_message * 2, (uint64_t) SIZE_MAX));
+	nng_socket_set_size(
+	    r->sock, NNG_OPT_RECVMAXSZ, (size_t) CDX_MIN(r->cfg.max_message * 2, (uint64_t) SIZE_MAX));
 	if ((r->fronts = calloc(r->cfg.contexts, sizeof(*r->fronts))) == NULL)
 		return cdx_error(CDX_ENOMEM, "out of memory");
 	for (uint32_t i = 0; i < r->cfg.contexts; i++) {
@@ -992,9 +1012,11 @@ cdx__rt_front_open(cdx_router *r)
 		nng_listener l;
 		const char *url = r->cfg.listen[i];
 		if ((rv = nng_listener_create(&l, r->sock, url)) != 0 || (rv = nng_listener_start(l, 0)) != 0)
-			return cdx_error(cdx__nng_code(rv), "cannot listen on '%s': %s", url, nng_strerror(rv));
+			return cdx_error(
+			    cdx__nng_code(rv), "cannot listen on '%s': %s", url, nng_strerror(rv));
 		int port = 0;
-		if (strncmp(url, "tcp", 3) == 0 && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0)
+		if (strncmp(url, "tcp", 3) == 0
+		    && nng_listener_get_int(l, NNG_OPT_TCP_BOUND_PORT, &port) == 0)
 			cdx_info("RT-LISTEN", "queries on %s (port %d)", url, port);
 		else
 			cdx_info("RT-LISTEN", "queries on %s", url);

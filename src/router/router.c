@@ -71,8 +71,8 @@ cdx_router_start(cdx_router **rp, const struct cdx_router_config *cfg)
 		teardown(r);
 		return cdx_error(rc, "%s", msg);
 	}
-	cdx_info("RT-READY", "candex %s routing to %zu shard group(s) with %zu contexts", CANDEX_VERSION, r->ngroups,
-	    r->nfronts);
+	cdx_info("RT-READY", "candex %s routing to %zu shard group(s) with %zu contexts", CANDEX_VERSION,
+	    r->ngroups, r->nfronts);
 	*rp = r;
 	return CDX_OK;
 }

@@ -47,22 +47,22 @@ struct rt_group_metrics {
 	atomic_uint_fast64_t answered; /* ... that it answered in time */
 	atomic_uint_fast64_t missed;   /* ... left out of the answer (partial) */
 	atomic_uint_fast64_t client_errors;
-	atomic_uint_fast64_t retries[RT_NREASONS];     /* attempts repeated, by why */
-	atomic_uint_fast64_t failures[RT_NREASONS];    /* attempts that failed, by why */
-	atomic_uint_fast64_t disconnects;              /* replica connections lost (nng resends) */
+	atomic_uint_fast64_t retries[RT_NREASONS];        /* attempts repeated, by why */
+	atomic_uint_fast64_t failures[RT_NREASONS];       /* attempts that failed, by why */
+	atomic_uint_fast64_t disconnects;                 /* replica connections lost (nng resends) */
 	atomic_uint_fast64_t items_searched, items_total; /* coverage: the group's part of answers */
-	struct rt_hist latency;                        /* first send to answer */
+	struct rt_hist latency;                           /* first send to answer */
 };
 
 /* One member of a group. */
 struct rt_replica {
 	char url[320];
-	nng_dialer dialer;   /* on the group's socket */
-	nng_socket poll;     /* its own REQ socket for InfoRequest polls */
-	int up;              /* answered the last poll */
-	int keep;            /* still named by the configuration or DNS */
+	nng_dialer dialer;              /* on the group's socket */
+	nng_socket poll;                /* its own REQ socket for InfoRequest polls */
+	int up;                         /* answered the last poll */
+	int keep;                       /* still named by the configuration or DNS */
 	Candex__V1__InfoResponse *info; /* from the last poll that answered; owned */
-	char why[200];       /* why it is down */
+	char why[200];                  /* why it is down */
 };
 
 struct rt_group {
@@ -71,7 +71,7 @@ struct rt_group {
 	int dns;
 	char dns_host[256];
 	char dns_port[16];
-	nng_socket sock; /* REQ, dialed to every replica */
+	nng_socket sock;  /* REQ, dialed to every replica */
 	atomic_int pipes; /* connections to replicas now */
 	/* replicas: changed by the poller only, under r->mu */
 	struct rt_replica **rep;
@@ -133,8 +133,8 @@ struct cdx_router {
 	/* metrics */
 	atomic_uint_fast64_t status[RT_NSTATUS]; /* responses by status */
 	struct rt_hist latency;
-	atomic_uint_fast64_t partial;       /* OK answers covering less than everything */
-	atomic_uint_fast64_t version_skew;  /* views where no version was held by every group */
+	atomic_uint_fast64_t partial;          /* OK answers covering less than everything */
+	atomic_uint_fast64_t version_skew;     /* views where no version was held by every group */
 	atomic_uint_fast64_t coverage_sum_ppm; /* over OK search answers, parts per million */
 	atomic_uint_fast64_t searches_ok;
 	uint64_t start_ms;
