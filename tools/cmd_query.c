@@ -35,9 +35,13 @@ usage(FILE *out)
 	    "  --stdin               read vectors from stdin: whitespace-separated floats, one vector a "
 	    "line\n"
 	    "  -k, --k K             candidates per query [10]\n"
-	    "  --nprobe N            IVF lists to scan (0 = server default or --recall-target) [0]\n"
-	    "  --refine F            re-rank k x F candidates exactly (0 = collection default) [0]\n"
-	    "  --recall-target R     let the server pick the measured operating point reaching R\n"
+	    "  --nprobe N            IVF lists to scan (0 = the operating point for --recall-target,\n"
+	    "                        else for the collection's default target) [0]\n"
+	    "  --refine F            re-rank F x (k's tier) candidates exactly (0 = the operating point's or\n"
+	    "                        the collection's default) [0]\n"
+	    "  --recall-target R     the cheapest measured operating point reaching R at this k (0 = the\n"
+	    "                        collection's default target); the answer says the point's measured\n"
+	    "                        recall (expected_recall) and whether no point reaches R\n"
 	    "  --exclude-key K       never return this item (repeatable)\n"
 	    "  --exclude-id ID       never return this id (repeatable)\n"
 	    "  --model-version V     refuse if the index was built from another embedding model\n"
@@ -229,6 +233,8 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "nprobe", json_integer(r->nprobe));
 	json_object_set_new(root, "refine_factor", json_real(r->refine_factor));
 	json_object_set_new(root, "recall_target", json_real(r->recall_target));
+	json_object_set_new(root, "expected_recall", json_real(r->expected_recall));
+	json_object_set_new(root, "target_unmet", json_boolean(r->target_unmet));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
 	json_object_set_new(root, "coverage", json_real(r->coverage));
 	if (r->message[0] != '\0')
@@ -258,6 +264,10 @@ print_table(const struct cdx_result *r, const char *collection)
 	    r->metric, r->nprobe, (double) r->refine_factor);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
+	if (r->expected_recall > 0)
+		printf("  expected_recall %.4f", (double) r->expected_recall);
+	if (r->target_unmet)
+		printf("  (target unmet: no measured setting reaches it at this k)");
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
 	if (r->coverage < 1)
 		printf("PARTIAL: %.1f%% of the items searched (%llu of %llu): %s\n", 100.0 * r->coverage,
