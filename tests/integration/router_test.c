@@ -126,7 +126,7 @@ setup(void **state)
 	 * operating points at k tiers 10 and 50); cos with an fp16 refine
 	 * store; l2 without one */
 	build("--input cat/podcasts.fvecs --keys cat/podcasts.keys --collection pods_ip --metric ip "
-	      "--tune-k 10,50 --tune-queries cat/users-podcasts-tune.fvecs --tune-budget 30");
+	      "--tune-k 10,50 --tune-queries cat/users-podcasts-tune.fvecs --tune-max-queries 300 --tune-budget 20");
 	build("--input cat/podcasts.fvecs --keys cat/podcasts.keys --collection podcasts --metric cos "
 	      "--no-tune --refine fp16");
 	build("--input cat/tracks.fvecs --keys cat/tracks.keys --collection tracks_l2 --metric l2 --no-tune");
