@@ -51,7 +51,11 @@ usage(FILE *out)
 	    "  --retries N           retries on timeout/unavailable/overload, with backoff [2]\n"
 	    "  --info                print the server's collections (JSON) instead of searching\n"
 	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
-	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp://\n"
+	    "  --drop NAME           ask an admin listener to stop serving NAME, whose CURRENT link is\n"
+	    "                        gone (a reload keeps serving such a collection)\n"
+	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp:// (--tls-ca\n"
+	    "                        is required: the CA that signed the server's certificate)\n"
+	    "  --tls-insecure        tls+tcp:// without --tls-ca: encrypt but do not verify the server\n"
 	    "  -h, --help            show this help\n");
 }
 
@@ -307,10 +311,12 @@ enum {
 	OPT_RETRIES,
 	OPT_INFO,
 	OPT_RELOAD,
+	OPT_DROP,
 	OPT_TLS_CA,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
 	OPT_TLS_NAME,
+	OPT_TLS_INSECURE,
 };
 
 static int
@@ -366,14 +372,16 @@ cmd_query(int argc, char **argv)
 		{ "retries", required_argument, NULL, OPT_RETRIES },
 		{ "info", no_argument, NULL, OPT_INFO },
 		{ "reload", no_argument, NULL, OPT_RELOAD },
+		{ "drop", required_argument, NULL, OPT_DROP },
 		{ "tls-ca", required_argument, NULL, OPT_TLS_CA },
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
+		{ "tls-insecure", no_argument, NULL, OPT_TLS_INSECURE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL;
+	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL, *drop = NULL;
 	struct strlist keys = { 0 }, exkeys = { 0 };
 	int64_t *exids = NULL;
 	size_t nexids = 0;
@@ -470,6 +478,9 @@ cmd_query(int argc, char **argv)
 		case OPT_RELOAD:
 			reload = 1;
 			break;
+		case OPT_DROP:
+			drop = optarg;
+			break;
 		case OPT_TLS_CA:
 			co.tls_ca_file = optarg;
 			break;
@@ -481,6 +492,9 @@ cmd_query(int argc, char **argv)
 			break;
 		case OPT_TLS_NAME:
 			co.tls_server_name = optarg;
+			break;
+		case OPT_TLS_INSECURE:
+			co.tls_insecure = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -495,7 +509,7 @@ cmd_query(int argc, char **argv)
 		fprintf(stderr, "candex query: unexpected argument '%s'\n", argv[optind]);
 		goto out;
 	}
-	if (reload)
+	if (reload || drop != NULL)
 		info = 1; /* no query vectors either */
 	if (url == NULL || (!info && collection == NULL)) {
 		fprintf(stderr, "candex query: --url and --collection are required (see --help)\n");
@@ -532,6 +546,13 @@ cmd_query(int argc, char **argv)
 			goto out;
 		}
 		printf("reloaded\n");
+	}
+	if (drop != NULL) {
+		if (cdx_client_drop(client, drop, &err) != CDX_OK) {
+			fprintf(stderr, "candex query: drop: %s: %s\n", cdx_errname(err.code), err.message);
+			goto out;
+		}
+		printf("dropped %s\n", drop);
 	}
 	if (info) {
 		char *text = NULL;

@@ -228,10 +228,10 @@ http_metrics(nng_aio *aio)
 	cdx_buf_fini(&b);
 }
 
-/* /healthz: 200 while some collection can be routed (a group down gives
+/* /readyz: 200 while some collection can be routed (a group down gives
  * partial answers, which beat none: the router stays in its Service). */
 static void
-http_healthz(nng_aio *aio)
+http_readyz(nng_aio *aio)
 {
 	cdx_router *r = nng_http_handler_get_data(nng_aio_get_input(aio, 1));
 	cdx_buf b = { 0 };
@@ -256,6 +256,17 @@ http_healthz(nng_aio *aio)
 	cdx_buf_fini(&b);
 }
 
+/* /healthz (liveness): 200 while the process runs; restarting a router
+ * never brings a shard group back. */
+static void
+http_healthz(nng_aio *aio)
+{
+	cdx_router *r = nng_http_handler_get_data(nng_aio_get_input(aio, 1));
+	char body[64];
+	int n = snprintf(body, sizeof(body), "alive: %zu shard group(s)\n", r->ngroups);
+	http_send(aio, 200, "text/plain; charset=utf-8", body, (size_t) n);
+}
+
 int
 cdx__rt_http_start(cdx_router *r)
 {
@@ -275,7 +286,8 @@ cdx__rt_http_start(cdx_router *r)
 	static const struct {
 		const char *path;
 		void (*cb)(nng_aio *);
-	} handlers[] = { { "/metrics", http_metrics }, { "/healthz", http_healthz } };
+	} handlers[]
+	    = { { "/metrics", http_metrics }, { "/healthz", http_healthz }, { "/readyz", http_readyz } };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(handlers) && rv == 0; i++) {
 		nng_http_handler *h;
 		if ((rv = nng_http_handler_alloc(&h, handlers[i].path, handlers[i].cb)) != 0)
@@ -291,7 +303,8 @@ cdx__rt_http_start(cdx_router *r)
 		r->http = NULL;
 		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));
 	}
-	cdx_info("RT-HTTP", "metrics on %s/metrics, health on %s/healthz", urlbuf, urlbuf);
+	cdx_info(
+	    "RT-HTTP", "metrics on %s/metrics, health on %s/healthz and %s/readyz", urlbuf, urlbuf, urlbuf);
 	return CDX_OK;
 }
 

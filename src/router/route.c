@@ -111,6 +111,8 @@ static void
 send_response(struct rt_front *f, Candex__V1__Response *resp)
 {
 	nng_msg *msg = NULL;
+	if (f->req != NULL && f->req->request_id != NULL)
+		cdx_utf8_sanitize(f->req->request_id); /* echoed: must be UTF-8 */
 	resp->request_id = (char *) (f->req != NULL ? str_or_empty(f->req->request_id) : "");
 	if (cdx__wire_pack(&resp->base, &msg) != CDX_OK) {
 		Candex__V1__Response small = CANDEX__V1__RESPONSE__INIT;
@@ -145,6 +147,7 @@ static void CDX_PRINTF(3, 4) reply_error(struct rt_front *f, int code, const cha
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
+	cdx_utf8_sanitize(message); /* client and group text inside, and a buffer limit */
 	resp.status = (Candex__V1__Status) code;
 	resp.message = message;
 	send_response(f, &resp);
@@ -216,7 +219,8 @@ reply_info(struct rt_front *f, const char *only)
 	if (only != NULL && *only != '\0' && ir.n_collections == 0) {
 		char names[512];
 		view_names(v, names, sizeof(names));
-		reply_error(f, CDX_ENOTFOUND, "unknown collection '%.100s' (serving: %s)", only, names);
+		reply_error(f, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
+		    (int) cdx_utf8_cut(only, 100), only, names);
 	} else {
 		resp.body_case = CANDEX__V1__RESPONSE__BODY_INFO;
 		resp.info = &ir;
@@ -357,8 +361,9 @@ examine(struct rt_call *c, Candex__V1__Response *resp)
 		if (strcmp(str_or_empty(version), f->route->version) != 0) {
 			/* never merged: a replica answering another version than asked is
 			 * broken or old; another replica may do better */
-			attempt_failed(c, RT_R_VERSION, "answered version %.64s, not %s",
-			    str_or_empty(version), f->route->version);
+			attempt_failed(c, RT_R_VERSION, "answered version %.*s, not %s",
+			    (int) cdx_utf8_cut(str_or_empty(version), 64), str_or_empty(version),
+			    f->route->version);
 			candex__v1__response__free_unpacked(resp, NULL);
 			return;
 		}
@@ -373,7 +378,8 @@ examine(struct rt_call *c, Candex__V1__Response *resp)
 		call_done(c);
 		return;
 	}
-	attempt_failed(c, reason, "%s: %.180s", cdx_errname((int) resp->status), str_or_empty(resp->message));
+	attempt_failed(c, reason, "%s: %.*s", cdx_errname((int) resp->status),
+	    (int) cdx_utf8_cut(str_or_empty(resp->message), 180), str_or_empty(resp->message));
 	candex__v1__response__free_unpacked(resp, NULL);
 }
 
@@ -590,15 +596,15 @@ keys_done(struct rt_front *f)
 		if (found)
 			continue;
 		if (answered == f->route->ngroups) {
-			reply_error(f, CDX_ENOTFOUND, "unknown key '%.200s' in collection '%s'",
-			    sr->query_keys[i], f->route->name);
+			reply_error(f, CDX_ENOTFOUND, "unknown key '%.*s' in collection '%s'",
+			    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i], f->route->name);
 		} else {
 			char missing[700];
 			missing_groups(f, missing, sizeof(missing));
 			reply_error(f, CDX_EUNAVAIL,
-			    "key '%.200s' is in none of the shard groups that answered; not asked in time: "
+			    "key '%.*s' is in none of the shard groups that answered; not asked in time: "
 			    "%s",
-			    sr->query_keys[i], missing);
+			    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i], missing);
 		}
 		return;
 	}
@@ -659,6 +665,7 @@ lookup_done(struct rt_front *f)
 		out.ids = ids;
 		out.n_vectors = nkeys * dim;
 		out.vectors = vectors;
+		cdx_utf8_sanitize(missing);
 		resp.message = missing; /* keys not found may be in a group that did not answer */
 		resp.body_case = CANDEX__V1__RESPONSE__BODY_LOOKUP;
 		resp.lookup = &out;
@@ -785,14 +792,15 @@ search_done(struct rt_front *f)
 		    unsearched, missing[0] ? "no answer from " : "", missing,
 		    missing[0] && rt->left_out[0] ? "; " : "", rt->left_out[0] ? rt->left_out : "");
 		if (out.coverage < r->cfg.min_coverage) {
-			reply_error(f, CDX_EUNAVAIL, "%.900s (below --min-coverage %g)", message,
-			    r->cfg.min_coverage);
+			reply_error(
+			    f, CDX_EUNAVAIL, "%s (below --min-coverage %g)", message, r->cfg.min_coverage);
 			goto done;
 		}
 		atomic_fetch_add(&r->partial, 1);
 	}
 	atomic_fetch_add(&r->searches_ok, 1);
 	atomic_fetch_add(&r->coverage_sum_ppm, (uint64_t) llround(1e6 * CDX_MIN(out.coverage, 1.0f)));
+	cdx_utf8_sanitize(message); /* group text inside, and a buffer limit */
 	resp.message = message;
 	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;
 	resp.search = &out;
@@ -838,9 +846,9 @@ routed(struct rt_front *f, const char *collection)
 		char names[512];
 		view_names(f->view, names, sizeof(names));
 		reply_error(f, f->view == NULL ? CDX_EUNAVAIL : CDX_ENOTFOUND,
-		    "%s collection '%.100s' (serving: %s)",
-		    f->view == NULL ? "no shard group has answered yet; cannot route" : "unknown", collection,
-		    names);
+		    "%s collection '%.*s' (serving: %s)",
+		    f->view == NULL ? "no shard group has answered yet; cannot route" : "unknown",
+		    (int) cdx_utf8_cut(collection, 100), collection, names);
 		return 0;
 	}
 	if (f->route->ngroups == 0) {

@@ -95,13 +95,13 @@ start_replica(int i)
 }
 
 /* wait_routed waits until the router routes all three collections to both
- * groups (its /healthz lists no group left out). */
+ * groups (its /readyz lists no group left out). */
 static void
 wait_routed(void)
 {
 	for (int i = 0; i < 1000; i++) {
 		char *body = NULL;
-		int code = st_http_get(router_http, "/healthz", &body);
+		int code = st_http_get(router_http, "/readyz", &body);
 		int done = code == 200 && strstr(body, "3 collection(s) routed") != NULL
 		    && strstr(body, "left out") == NULL && strstr(body, "(1 group(s)") == NULL;
 		free(body);
@@ -126,7 +126,8 @@ setup(void **state)
 	 * operating points at k tiers 10 and 50); cos with an fp16 refine
 	 * store; l2 without one */
 	build("--input cat/podcasts.fvecs --keys cat/podcasts.keys --collection pods_ip --metric ip "
-	      "--tune-k 10,50 --tune-queries cat/users-podcasts-tune.fvecs --tune-max-queries 300 --tune-budget 20");
+	      "--tune-k 10,50 --tune-queries cat/users-podcasts-tune.fvecs --tune-max-queries 300 "
+	      "--tune-budget 20");
 	build("--input cat/podcasts.fvecs --keys cat/podcasts.keys --collection podcasts --metric cos "
 	      "--no-tune --refine fp16");
 	build("--input cat/tracks.fvecs --keys cat/tracks.keys --collection tracks_l2 --metric l2 --no-tune");
@@ -620,7 +621,7 @@ test_group_killed_partial(void **state)
 		st_sleep_ms(1000);
 	}
 	char *body = NULL;
-	assert_int_equal(st_http_get(router_http, "/healthz", &body), 200); /* partial beats nothing */
+	assert_int_equal(st_http_get(router_http, "/readyz", &body), 200); /* partial beats nothing */
 	assert_non_null(strstr(body, "g1 has no replica up"));
 	free(body);
 	assert_int_equal(st_http_get(router_http, "/metrics", &body), 200);

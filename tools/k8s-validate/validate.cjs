@@ -6,8 +6,8 @@
 //    schemas of its apiVersion and kind (the kubernetes-models package: types,
 //    required fields, enums, formats).
 // 2. candex's own rules, which no schema knows:
-//    - each StatefulSet and Deployment has a readiness probe on /healthz at a
-//      port its container declares, a PodDisruptionBudget selecting its pods,
+//    - each StatefulSet and Deployment has a readiness probe on /readyz and a
+//      liveness probe on /healthz at ports its container declares, a PodDisruptionBudget selecting its pods,
 //      and a StatefulSet's serviceName is a headless Service selecting them;
 //    - volumes, claims and ConfigMap keys that are referenced exist;
 //    - every candex option in a container's arguments or in a config file of
@@ -148,10 +148,12 @@ function check(docs, candex) {
       for (const m of c.volumeMounts ?? [])
         if (!volumes.has(m.name)) say(file, obj, `container ${c.name} mounts ${m.name}, which the pod does not have`);
       if (obj.kind !== "Job") {
-        const probe = c.readinessProbe?.httpGet;
         const ports = new Set((c.ports ?? []).flatMap((p) => [p.name, p.containerPort]));
-        if (!probe || probe.path !== "/healthz") say(file, obj, `container ${c.name}: no readiness probe on /healthz`);
-        else if (!ports.has(probe.port)) say(file, obj, `container ${c.name}: readiness probe port ${probe.port} not declared`);
+        for (const [kind, want] of [["readinessProbe", "/readyz"], ["livenessProbe", "/healthz"]]) {
+          const probe = c[kind]?.httpGet;
+          if (!probe || probe.path !== want) say(file, obj, `container ${c.name}: no ${kind} on ${want}`);
+          else if (!ports.has(probe.port)) say(file, obj, `container ${c.name}: ${kind} port ${probe.port} not declared`);
+        }
       }
       const argv = candexArgs(c);
       if (!argv) continue;
