@@ -897,6 +897,7 @@ handle(struct rt_front *f, nng_msg *msg)
 	case CANDEX__V1__REQUEST__BODY_INFO:
 		reply_info(f, f->req->info ? f->req->info->collection : NULL);
 		return;
+	case CANDEX__V1__REQUEST__BODY_DROP:
 	case CANDEX__V1__REQUEST__BODY_RELOAD:
 		reply_error(f, CDX_EPERM,
 		    "candex route does not reload: each shard group's servers reload on their admin "
@@ -937,7 +938,8 @@ handle(struct rt_front *f, nng_msg *msg)
 		return;
 	}
 	default:
-		reply_error(f, CDX_EINVAL, "request has no body (search, info, health, lookup or reload)");
+		reply_error(
+		    f, CDX_EINVAL, "request has no body (search, info, health, lookup, reload or drop)");
 		return;
 	}
 }

@@ -112,6 +112,25 @@ client_main(void *arg)
 	return NULL;
 }
 
+/* cpu_us is the CPU time (user + system) of process pid so far. */
+static double
+cpu_us(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return 0;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *p = strrchr(buf, ')'); /* fields 14 and 15 (utime, stime) follow the name */
+	unsigned long ut = 0, st = 0;
+	if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return 0;
+	return (double) (ut + st) * 1e6 / (double) sysconf(_SC_CLK_TCK);
+}
+
 static int
 cmp_u64(const void *a, const void *b)
 {
@@ -121,12 +140,14 @@ cmp_u64(const void *a, const void *b)
 
 struct result {
 	double qps, p50, p99;
+	double cpu_us; /* CPU of the process dialed (server or router) per answered request */
 	size_t errors;
 };
 
-/* run loads url with the clients (open loop at rate when rate > 0). */
+/* run loads url, served by process pid, with the clients (open loop at
+ * rate when rate > 0). */
 static struct result
-run(const struct bench *b, const char *url, double rate)
+run(const struct bench *b, const char *url, pid_t pid, double rate)
 {
 	struct worker *w = calloc(b->clients, sizeof(*w));
 	pthread_t *th = calloc(b->clients, sizeof(*th));
@@ -145,7 +166,10 @@ run(const struct bench *b, const char *url, double rate)
 			.stop = &stop };
 		pthread_create(&th[i], NULL, client_main, &w[i]);
 	}
+	sleep_until(m0);
+	double c0 = cpu_us(pid);
 	sleep_until(m1);
+	double c1 = cpu_us(pid);
 	atomic_store(&stop, 1);
 	size_t n = 0;
 	struct result r = { 0 };
@@ -163,6 +187,7 @@ run(const struct bench *b, const char *url, double rate)
 	}
 	qsort(all, n, sizeof(*all), cmp_u64);
 	r.qps = (double) n / b->seconds;
+	r.cpu_us = n ? (c1 - c0) / (double) n : 0;
 	r.p50 = n ? (double) all[(size_t) (0.50 * (double) (n - 1))] / 1000.0 : 0;
 	r.p99 = n ? (double) all[(size_t) (0.99 * (double) (n - 1))] / 1000.0 : 0;
 	free(all);
@@ -376,22 +401,25 @@ main(int argc, char **argv)
 		snprintf(names[0], sizeof(names[0]), "candex serve, direct");
 		snprintf(names[1], sizeof(names[1]), "candex route -> the same server (1 group)");
 		snprintf(names[2], sizeof(names[2]), "candex route -> %u shard groups", b.groups);
+		/* the process each path's clients talk to: the server, or a router */
+		pid_t front[3] = { pids[0], pids[npids - 2], pids[npids - 1] };
 		struct result sat[3], ol[3];
 		for (int p = 0; p < 3; p++)
-			sat[p] = run(&b, urls[p], 0);
+			sat[p] = run(&b, urls[p], front[p], 0);
 		double rate = b.load * sat[0].qps;
 		for (int p = 0; p < 3; p++)
-			ol[p] = run(&b, urls[p], rate);
-		printf("| path | QPS | QPS vs direct | p50 ms | p99 ms | p99 vs direct | open loop %.0f/s: "
-		       "p50 ms | p99 ms "
-		       "| p99 vs direct | errors |\n",
+			ol[p] = run(&b, urls[p], front[p], rate);
+		printf("| path | QPS | QPS vs direct | p50 ms | p99 ms | p99 vs direct | CPU µs/req of the "
+		       "process "
+		       "dialed | open loop %.0f/s: p50 ms | p99 ms | p99 vs direct | errors |\n",
 		    rate);
-		printf("|---|---|---|---|---|---|---|---|---|---|\n");
+		printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
 		for (int p = 0; p < 3; p++)
-			printf("| %s | %.0f | %.2f | %.3f | %.3f | %.2f | %.3f | %.3f | %.2f | %zu |\n",
+			printf(
+			    "| %s | %.0f | %.2f | %.3f | %.3f | %.2f | %.0f | %.3f | %.3f | %.2f | %zu |\n",
 			    names[p], sat[p].qps, sat[p].qps / sat[0].qps, sat[p].p50, sat[p].p99,
-			    sat[p].p99 / sat[0].p99, ol[p].p50, ol[p].p99, ol[p].p99 / ol[0].p99,
-			    sat[p].errors + ol[p].errors);
+			    sat[p].p99 / sat[0].p99, sat[p].cpu_us, ol[p].p50, ol[p].p99,
+			    ol[p].p99 / ol[0].p99, sat[p].errors + ol[p].errors);
 	}
 	for (int i = npids - 1; i >= 0; i--) {
 		if (pids[i] > 0) {
