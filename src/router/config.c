@@ -199,50 +199,14 @@ set_ropt(struct cdx_router_config *cfg, const struct ropt *o, const char *v, con
 	return cdx_error(CDX_EINTERNAL, "option type");
 }
 
-static char *
-trim(char *s)
-{
-	while (isspace((unsigned char) *s))
-		s++;
-	char *e = s + strlen(s);
-	while (e > s && isspace((unsigned char) e[-1]))
-		*--e = '\0';
-	return s;
-}
-
+/* file_option applies one config file line (cdx_conf_read's callback). */
 static int
-config_file(struct cdx_router_config *cfg, const char *path)
+file_option(void *arg, const char *name, const char *value, const char *where)
 {
-	char *text = NULL, *next, where[600];
-	size_t len;
-	int rc = cdx_read_file(path, &text, &len);
-	unsigned lineno = 0;
-	for (char *line = text; rc == CDX_OK && line != NULL; line = next) {
-		if ((next = strchr(line, '\n')) != NULL)
-			*next++ = '\0';
-		lineno++;
-		char *hash = strchr(line, '#');
-		if (hash != NULL)
-			*hash = '\0';
-		line = trim(line);
-		if (*line == '\0')
-			continue;
-		snprintf(where, sizeof(where), "%s:%u", path, lineno);
-		char *eq = strchr(line, '=');
-		if (eq == NULL) {
-			rc = cdx_error(CDX_EINVAL, "%s: expected 'option = value', got '%s'", where, line);
-			break;
-		}
-		*eq = '\0';
-		char *name = trim(line), *value = trim(eq + 1);
-		const struct ropt *o = find_ropt(name, strlen(name));
-		if (o == NULL || (o->type == T_STR && o->off == O(config_file)))
-			rc = cdx_error(CDX_EINVAL, "%s: unknown option '%s'", where, name);
-		else
-			rc = set_ropt(cfg, o, value, where);
-	}
-	free(text);
-	return rc;
+	const struct ropt *o = find_ropt(name, strlen(name));
+	if (o == NULL || (o->type == T_STR && o->off == O(config_file)))
+		return cdx_error(CDX_EINVAL, "%s: unknown option '%s'", where, name);
+	return set_ropt(arg, o, value, where);
 }
 
 int
@@ -259,7 +223,7 @@ cdx_router_config_parse(struct cdx_router_config *cfg, int argc, char **argv)
 			file = argv[i + 1];
 		else if (strncmp(argv[i], "--config=", 9) == 0)
 			file = argv[i] + 9;
-		if (file != NULL && (rc = config_file(cfg, file)) != CDX_OK)
+		if (file != NULL && (rc = cdx_conf_read(file, file_option, cfg)) != CDX_OK)
 			return rc;
 	}
 	for (int i = 1; i < argc; i++) {
