@@ -13,6 +13,8 @@
  *   - kill -9 of one replica under load: no request fails;
  *   - a rolling reload under load: no request fails, none is partial, and
  *     no answer mixes two versions (v1 and v2 have disjoint ids);
+ *   - a group named by DNS (nss_wrapper answers the test's hosts file):
+ *     the router dials what the name resolves to and follows its changes;
  *   - a whole group killed: answers are partial, cover exactly the other
  *     group's items, and equal that group's own answers.
  */
@@ -587,6 +589,119 @@ test_rolling_reload_under_load(void **state)
 	assert_true(atomic_load(&l.ok) > 50);
 }
 
+/* ---- membership from DNS -------------------------------------------------------- */
+
+/* set_hosts makes name resolve to the given addresses (nss_wrapper's hosts
+ * file, replaced whole: it reads the file again when it changes). */
+static void
+set_hosts(const char *path, const char *name, const char *const *addrs, int n)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.new", path);
+	FILE *f = fopen(tmp, "w");
+	assert_non_null(f);
+	for (int i = 0; i < n; i++)
+		fprintf(f, "%s %s\n", addrs[i], name);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(rename(tmp, path), 0);
+}
+
+/* wait_replicas waits until the router at http_port counts up and down
+ * replicas of group, as its /metrics says. */
+static void
+wait_replicas(int http_port, const char *group, int up, int down, const struct st_server *rt)
+{
+	char up_series[128], down_series[128];
+	snprintf(
+	    up_series, sizeof(up_series), "candex_router_group_replicas{group=\"%s\",state=\"up\"}", group);
+	snprintf(down_series, sizeof(down_series),
+	    "candex_router_group_replicas{group=\"%s\",state=\"down\"}", group);
+	double u = -1, d = -1;
+	for (int i = 0; i < 1000; i++) {
+		char *body = NULL;
+		if (st_http_get(http_port, "/metrics", &body) == 200) {
+			u = st_metric_in(body, up_series);
+			d = st_metric_in(body, down_series);
+		}
+		free(body);
+		if (u == up && d == down)
+			return;
+		st_sleep_ms(20);
+	}
+	st_dump_log(rt);
+	fail_msg("group %s: %g replica(s) up and %g down, not %d and %d", group, u, d, up, down);
+}
+
+/* A group named by DNS (as a Kubernetes headless Service is): the router
+ * dials every address the name resolves to, follows the answers as they
+ * change, and keeps its replicas when the name stops resolving. The name
+ * lives in an nss_wrapper hosts file, so that getaddrinfo() answers what
+ * the test says; the servers listen on 127.0.0.2 and 127.0.0.3. */
+static void
+test_dns_membership(void **state)
+{
+	static const char *const addrs[2] = { "127.0.0.2", "127.0.0.3" };
+	static const char *name = "all.candex.test";
+	struct st_server srv[2], rt2;
+	char hosts[4096], conf[4096], args[16384], tag[16];
+	int port = st_free_port(), http = st_free_port();
+	for (int i = 0; i < 2; i++) {
+		memset(&srv[i], 0, sizeof(srv[i]));
+		snprintf(srv[i].url, sizeof(srv[i].url), "tcp://%s:%d", addrs[i], port);
+		snprintf(args, sizeof(args), "--index-dir %s/index --listen %s --threads 1", dir, srv[i].url);
+		snprintf(tag, sizeof(tag), "dns%d", i);
+		assert_int_equal(st_start_args(&srv[i], dir, tag, args), 0);
+	}
+	snprintf(hosts, sizeof(hosts), "%s/hosts", dir);
+	set_hosts(hosts, name, addrs, 1);
+	/* the router's options from a file, as in the ConfigMap */
+	snprintf(conf, sizeof(conf), "%s/route.conf", dir);
+	FILE *f = fopen(conf, "w");
+	assert_non_null(f);
+	fprintf(f,
+	    "# candex route configuration\ngroup = all=dns:%s:%d\n--poll-ms = 100\n"
+	    "dns-interval = 0.1   # seconds\n",
+	    name, port);
+	assert_int_equal(fclose(f), 0);
+
+	tu_preload_begin(CANDEX_NSS_WRAPPER_LIB);
+	setenv("NSS_WRAPPER_HOSTS", hosts, 1);
+	memset(&rt2, 0, sizeof(rt2));
+	snprintf(rt2.url, sizeof(rt2.url), "ipc://%s/router-dns.ipc", dir);
+	snprintf(
+	    args, sizeof(args), "--config %s --listen %s --http-listen 127.0.0.1:%d", conf, rt2.url, http);
+	int started = st_start_cmd(&rt2, dir, "dns", "route", args, "RT-READY");
+	tu_preload_end();
+	unsetenv("NSS_WRAPPER_HOSTS");
+	assert_int_equal(started, 0);
+
+	wait_replicas(http, "all", 1, 0, &rt2);
+	cdx_client *one = st_client(all.url, 5000, 0), *rt = st_client(rt2.url, 5000, 0);
+	struct cdx_query q = { .collection = "tracks_l2",
+		.vectors = users_tracks,
+		.nvectors = MAXBATCH,
+		.dim = (uint32_t) dim_tracks,
+		.k = 20 };
+	compare(one, rt, &q, "dns group, one address");
+	set_hosts(hosts, name, addrs, 2); /* a pod became ready */
+	wait_replicas(http, "all", 2, 0, &rt2);
+	compare(one, rt, &q, "dns group, two addresses");
+	set_hosts(hosts, name, addrs + 1, 1); /* the first one left */
+	wait_replicas(http, "all", 1, 0, &rt2);
+	assert_int_equal(st_stop(&srv[0], SIGKILL), 128 + SIGKILL);
+	compare(one, rt, &q, "dns group, the second address");
+	set_hosts(hosts, name, addrs, 0); /* the name resolves to nothing: keep what is there */
+	for (int i = 0; i < 20 && !st_log_has(&rt2, "RT-DNS"); i++)
+		st_sleep_ms(50);
+	assert_true(st_log_has(&rt2, "RT-DNS"));
+	wait_replicas(http, "all", 1, 0, &rt2);
+	compare(one, rt, &q, "dns group, the name gone");
+	cdx_client_close(rt);
+	cdx_client_close(one);
+	st_stop(&rt2, SIGTERM);
+	st_stop(&srv[1], SIGTERM);
+}
+
 /* ---- a whole group down ------------------------------------------------------- */
 
 static void
@@ -641,6 +756,7 @@ main(void)
 		cmocka_unit_test(test_slow_group_cut_at_deadline),
 		cmocka_unit_test(test_replica_killed_under_load),
 		cmocka_unit_test(test_rolling_reload_under_load),
+		cmocka_unit_test(test_dns_membership),
 		cmocka_unit_test(test_group_killed_partial),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
