@@ -32,6 +32,7 @@
 
 static char *dir;
 static struct st_server all, rep[NREP], router;
+static struct st_server dns_srv[2], dns_router; /* test_dns_membership's (teardown stops them if it fails) */
 static int router_http;
 static float *users_tracks, *users_pods;
 static size_t dim_tracks, dim_pods;
@@ -161,6 +162,9 @@ static int
 teardown(void **state)
 {
 	st_stop(&router, SIGTERM);
+	st_stop(&dns_router, SIGKILL);
+	st_stop(&dns_srv[0], SIGKILL);
+	st_stop(&dns_srv[1], SIGKILL);
 	for (int i = 0; i < NREP; i++) {
 		kill(rep[i].pid, SIGCONT);
 		st_stop(&rep[i], SIGTERM);
@@ -642,7 +646,7 @@ test_dns_membership(void **state)
 {
 	static const char *const addrs[2] = { "127.0.0.2", "127.0.0.3" };
 	static const char *name = "all.candex.test";
-	struct st_server srv[2], rt2;
+	struct st_server *srv = dns_srv, *rt2 = &dns_router;
 	char hosts[4096], conf[4096], args[16384], tag[16];
 	int port = st_free_port(), http = st_free_port();
 	for (int i = 0; i < 2; i++) {
@@ -666,17 +670,17 @@ test_dns_membership(void **state)
 
 	tu_preload_begin(CANDEX_NSS_WRAPPER_LIB);
 	setenv("NSS_WRAPPER_HOSTS", hosts, 1);
-	memset(&rt2, 0, sizeof(rt2));
-	snprintf(rt2.url, sizeof(rt2.url), "ipc://%s/router-dns.ipc", dir);
+	memset(rt2, 0, sizeof(*rt2));
+	snprintf(rt2->url, sizeof(rt2->url), "ipc://%s/router-dns.ipc", dir);
 	snprintf(
-	    args, sizeof(args), "--config %s --listen %s --http-listen 127.0.0.1:%d", conf, rt2.url, http);
-	int started = st_start_cmd(&rt2, dir, "dns", "route", args, "RT-READY");
+	    args, sizeof(args), "--config %s --listen %s --http-listen 127.0.0.1:%d", conf, rt2->url, http);
+	int started = st_start_cmd(rt2, dir, "dns", "route", args, "RT-READY");
 	tu_preload_end();
 	unsetenv("NSS_WRAPPER_HOSTS");
 	assert_int_equal(started, 0);
 
-	wait_replicas(http, "all", 1, 0, &rt2);
-	cdx_client *one = st_client(all.url, 5000, 0), *rt = st_client(rt2.url, 5000, 0);
+	wait_replicas(http, "all", 1, 0, rt2);
+	cdx_client *one = st_client(all.url, 5000, 0), *rt = st_client(rt2->url, 5000, 0);
 	struct cdx_query q = { .collection = "tracks_l2",
 		.vectors = users_tracks,
 		.nvectors = MAXBATCH,
@@ -684,21 +688,21 @@ test_dns_membership(void **state)
 		.k = 20 };
 	compare(one, rt, &q, "dns group, one address");
 	set_hosts(hosts, name, addrs, 2); /* a pod became ready */
-	wait_replicas(http, "all", 2, 0, &rt2);
+	wait_replicas(http, "all", 2, 0, rt2);
 	compare(one, rt, &q, "dns group, two addresses");
 	set_hosts(hosts, name, addrs + 1, 1); /* the first one left */
-	wait_replicas(http, "all", 1, 0, &rt2);
+	wait_replicas(http, "all", 1, 0, rt2);
 	assert_int_equal(st_stop(&srv[0], SIGKILL), 128 + SIGKILL);
 	compare(one, rt, &q, "dns group, the second address");
 	set_hosts(hosts, name, addrs, 0); /* the name resolves to nothing: keep what is there */
-	for (int i = 0; i < 20 && !st_log_has(&rt2, "RT-DNS"); i++)
+	for (int i = 0; i < 20 && !st_log_has(rt2, "RT-DNS"); i++)
 		st_sleep_ms(50);
-	assert_true(st_log_has(&rt2, "RT-DNS"));
-	wait_replicas(http, "all", 1, 0, &rt2);
+	assert_true(st_log_has(rt2, "RT-DNS"));
+	wait_replicas(http, "all", 1, 0, rt2);
 	compare(one, rt, &q, "dns group, the name gone");
 	cdx_client_close(rt);
 	cdx_client_close(one);
-	st_stop(&rt2, SIGTERM);
+	st_stop(rt2, SIGTERM);
 	st_stop(&srv[1], SIGTERM);
 }
 
