@@ -13,46 +13,13 @@
 const char *const cdx__rt_reason_names[RT_NREASONS]
     = { "timeout", "unavailable", "overloaded", "version", "error" };
 
-/* upper bounds in seconds; the last bucket is +Inf */
-static const double bounds[RT_NBUCKETS - 1]
-    = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
-
-void
-cdx__rt_hist_add(struct rt_hist *h, uint64_t us)
-{
-	double sec = (double) us / 1e6;
-	int b = 0;
-	while (b < RT_NBUCKETS - 1 && sec > bounds[b])
-		b++;
-	atomic_fetch_add(&h->bucket[b], 1);
-	atomic_fetch_add(&h->sum_us, us);
-}
-
 void
 cdx__rt_observe(cdx_router *r, int status, uint64_t latency_us)
 {
 	if (status < 0 || status >= RT_NSTATUS)
 		status = CDX_EINTERNAL;
 	atomic_fetch_add(&r->status[status], 1);
-	cdx__rt_hist_add(&r->latency, latency_us);
-}
-
-static void
-hist_render(cdx_buf *b, const char *name, const char *labels, struct rt_hist *h)
-{
-	uint64_t cum = 0;
-	const char *sep = labels[0] ? "," : "";
-	for (int i = 0; i < RT_NBUCKETS; i++) {
-		cum += atomic_load(&h->bucket[i]);
-		if (i < RT_NBUCKETS - 1)
-			cdx_buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, bounds[i],
-			    (unsigned long long) cum);
-		else
-			cdx_buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
-			    (unsigned long long) cum);
-	}
-	cdx_buf_printf(b, "%s_sum{%s} %.6f\n", name, labels, (double) atomic_load(&h->sum_us) / 1e6);
-	cdx_buf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long) cum);
+	cdx_hist_add(&r->latency, latency_us);
 }
 
 static const char *
@@ -133,7 +100,7 @@ render_groups(cdx_router *r, cdx_buf *b)
 	    "Time from a group's first attempt to its answer or to giving up.");
 	for (size_t i = 0; i < r->ngroups; i++) {
 		snprintf(label, sizeof(label), "group=\"%s\"", r->groups[i].name);
-		hist_render(b, "candex_router_group_duration_seconds", label, &r->groups[i].m.latency);
+		cdx_hist_render(b, "candex_router_group_duration_seconds", label, &r->groups[i].m.latency);
 	}
 }
 
@@ -149,7 +116,7 @@ cdx__rt_metrics_render(cdx_router *r, cdx_buf *b)
 	}
 	HEAD(b, "candex_request_duration_seconds", "histogram",
 	    "Time from receiving a request to handing its response to nng.");
-	hist_render(b, "candex_request_duration_seconds", "", &r->latency);
+	cdx_hist_render(b, "candex_request_duration_seconds", "", &r->latency);
 	HEAD(b, "candex_in_flight", "gauge", "Requests received and not yet answered.");
 	cdx_buf_printf(b, "candex_in_flight %d\n", atomic_load(&r->in_flight));
 	HEAD(b, "candex_router_partial_total", "counter",
@@ -196,35 +163,14 @@ cdx__rt_metrics_render(cdx_router *r, cdx_buf *b)
 }
 
 static void
-http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len)
-{
-	nng_http_res *res;
-	int rv;
-	if ((rv = nng_http_res_alloc(&res)) != 0) {
-		nng_aio_finish(aio, rv);
-		return;
-	}
-	nng_http_res_set_status(res, code);
-	nng_http_res_set_header(res, "Content-Type", ctype);
-	nng_http_res_set_header(res, "Cache-Control", "no-store");
-	if ((rv = nng_http_res_copy_data(res, body, len)) != 0) {
-		nng_http_res_free(res);
-		nng_aio_finish(aio, rv);
-		return;
-	}
-	nng_aio_set_output(aio, 0, res);
-	nng_aio_finish(aio, 0);
-}
-
-static void
 http_metrics(nng_aio *aio)
 {
 	cdx_router *r = nng_http_handler_get_data(nng_aio_get_input(aio, 1));
 	cdx_buf b = { 0 };
 	if (cdx__rt_metrics_render(r, &b) != CDX_OK)
-		http_send(aio, 500, "text/plain", "out of memory\n", 14);
+		cdx_http_reply(aio, 500, "text/plain", "out of memory\n", 14);
 	else
-		http_send(aio, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+		cdx_http_reply(aio, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
 	cdx_buf_fini(&b);
 }
 
@@ -250,9 +196,9 @@ http_readyz(nng_aio *aio)
 	cdx_buf_printf(&b, "\n");
 	cdx__rt_view_put(v);
 	if (b.data == NULL)
-		http_send(aio, 500, "text/plain", "out of memory\n", 14);
+		cdx_http_reply(aio, 500, "text/plain", "out of memory\n", 14);
 	else
-		http_send(aio, ok ? 200 : 503, "text/plain; charset=utf-8", b.data, b.len);
+		cdx_http_reply(aio, ok ? 200 : 503, "text/plain; charset=utf-8", b.data, b.len);
 	cdx_buf_fini(&b);
 }
 
@@ -264,7 +210,7 @@ http_healthz(nng_aio *aio)
 	cdx_router *r = nng_http_handler_get_data(nng_aio_get_input(aio, 1));
 	char body[64];
 	int n = snprintf(body, sizeof(body), "alive: %zu shard group(s)\n", r->ngroups);
-	http_send(aio, 200, "text/plain; charset=utf-8", body, (size_t) n);
+	cdx_http_reply(aio, 200, "text/plain; charset=utf-8", body, (size_t) n);
 }
 
 int

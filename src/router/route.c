@@ -713,7 +713,7 @@ search_done(struct rt_front *f)
 	for (uint32_t k = 0; k < rt->ngroups; k++) {
 		struct rt_call *c = &f->calls[rt->group[k]];
 		struct rt_group_metrics *m = &r->groups[c->gi].m;
-		cdx__rt_hist_add(&m->latency, now - c->t_first);
+		cdx_hist_add(&m->latency, now - c->t_first);
 		if (c->failed) {
 			atomic_fetch_add(&m->missed, 1);
 			continue;

@@ -18,18 +18,11 @@
 
 #include "candex.pb-c.h"
 #include "common/common.h"
+#include "common/metrics_http.h"
 #include "router/router.h"
 #include "shard/shard.h"
 
-#define RT_NBUCKETS 16
-#define RT_NSTATUS  32
-
-/* A latency histogram and request counters (atomics: any thread adds). */
-struct rt_hist {
-	atomic_uint_fast64_t bucket[RT_NBUCKETS]; /* non-cumulative; last is +Inf */
-	atomic_uint_fast64_t sum_us;
-};
-void cdx__rt_hist_add(struct rt_hist *h, uint64_t us);
+#define RT_NSTATUS 32
 
 /* Why an attempt at a group did not give an answer to merge. */
 enum rt_reason {
@@ -51,7 +44,7 @@ struct rt_group_metrics {
 	atomic_uint_fast64_t failures[RT_NREASONS];       /* attempts that failed, by why */
 	atomic_uint_fast64_t disconnects;                 /* replica connections lost (nng resends) */
 	atomic_uint_fast64_t items_searched, items_total; /* coverage: the group's part of answers */
-	struct rt_hist latency;                           /* first send to answer */
+	struct cdx_hist latency;                          /* first send to answer */
 };
 
 /* One member of a group. */
@@ -132,7 +125,7 @@ struct cdx_router {
 
 	/* metrics */
 	atomic_uint_fast64_t status[RT_NSTATUS]; /* responses by status */
-	struct rt_hist latency;
+	struct cdx_hist latency;
 	atomic_uint_fast64_t partial;          /* OK answers covering less than everything */
 	atomic_uint_fast64_t version_skew;     /* views where no version was held by every group */
 	atomic_uint_fast64_t coverage_sum_ppm; /* over OK search answers, parts per million */

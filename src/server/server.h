@@ -49,6 +49,7 @@
 
 #include "candex.pb-c.h"
 #include "common/common.h"
+#include "common/metrics_http.h"
 #include "search/search.h"
 #include "shard/manifest.h"
 
@@ -135,28 +136,18 @@ struct srv_set {
 	struct srv_entry *e;
 };
 
-#define SRV_NSTATUS  32
-#define SRV_NBUCKETS 16
+#define SRV_NSTATUS 32
 
 struct srv_metrics {
-	atomic_uint_fast64_t status[SRV_NSTATUS];  /* responses by Response.status */
-	atomic_uint_fast64_t bucket[SRV_NBUCKETS]; /* latency histogram (non-cumulative) */
-	atomic_uint_fast64_t latency_sum_us;
-	atomic_uint_fast64_t queries; /* query vectors searched */
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* responses by Response.status */
+	struct cdx_hist latency;                  /* receipt to response */
+	atomic_uint_fast64_t queries;             /* query vectors searched */
 	atomic_uint_fast64_t reload_ok;
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
-};
-
-extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
-
-/* A latency histogram: non-cumulative bucket counts and the sum. */
-struct srv_hist {
-	atomic_uint_fast64_t bucket[SRV_NBUCKETS];
-	atomic_uint_fast64_t sum_us;
 };
 
 /* Per-collection series (the `collection` label). Slots are taken by names
@@ -167,9 +158,9 @@ struct srv_hist {
 struct srv_coll_metrics {
 	char name[CDX_NAME_MAX];
 	atomic_uint_fast64_t status[SRV_NSTATUS]; /* search responses by status */
-	struct srv_hist latency;                  /* receipt to response */
-	struct srv_hist queue_wait;               /* receipt to a worker taking it */
-	struct srv_hist search;                   /* the worker's search alone */
+	struct cdx_hist latency;                  /* receipt to response */
+	struct cdx_hist queue_wait;               /* receipt to a worker taking it */
+	struct cdx_hist search;                   /* the worker's search alone */
 	atomic_uint_fast64_t reload_failed;       /* loads of a new version that failed */
 };
 
