@@ -568,13 +568,13 @@ test_rolling_reload_under_load(void **state)
 	snprintf(loaded, sizeof(loaded), "loaded version %s", v2);
 	for (int i = 0; i < NREP; i++) {
 		kill(rep[i].pid, SIGHUP);
-		for (int t = 0; t < 500 && !st_log_has(&rep[i], loaded); t++)
+		for (int t = 0; t < 3000 && !st_log_has(&rep[i], loaded); t++)
 			st_sleep_ms(10);
 		assert_true(st_log_has(&rep[i], loaded));
 		st_sleep_ms(250);
 	}
 	/* every replica has v2 now: the router moves to it */
-	for (int t = 0; t < 200; t++) {
+	for (int t = 0; t < 1000; t++) {
 		pthread_mutex_lock(&l.mu);
 		int moved = l.nversions == 2;
 		pthread_mutex_unlock(&l.mu);
@@ -695,7 +695,7 @@ test_dns_membership(void **state)
 	assert_int_equal(st_stop(&srv[0], SIGKILL), 128 + SIGKILL);
 	compare(one, rt, &q, "dns group, the second address");
 	set_hosts(hosts, name, addrs, 0); /* the name resolves to nothing: keep what is there */
-	for (int i = 0; i < 20 && !st_log_has(rt2, "RT-DNS"); i++)
+	for (int i = 0; i < 400 && !st_log_has(rt2, "RT-DNS"); i++)
 		st_sleep_ms(50);
 	assert_true(st_log_has(rt2, "RT-DNS"));
 	wait_replicas(http, "all", 1, 0, rt2);
