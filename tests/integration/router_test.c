@@ -412,7 +412,7 @@ test_slow_group_cut_at_deadline(void **state)
 		.nvectors = 1,
 		.dim = (uint32_t) dim_tracks,
 		.k = 10,
-		.timeout_ms = 300 };
+		.timeout_ms = 800 }; /* g0 must answer within it on 2 busy cores, sanitized */
 	/* both replicas of g1 stop answering (as a stalled machine would) */
 	kill(rep[2].pid, SIGSTOP);
 	kill(rep[3].pid, SIGSTOP);
@@ -421,9 +421,10 @@ test_slow_group_cut_at_deadline(void **state)
 	double ms = (double) (cdx_now_us() - t0) / 1000.0;
 	kill(rep[2].pid, SIGCONT);
 	kill(rep[3].pid, SIGCONT);
-	if (ms < 250 || ms > 1500)
-		fail_msg("a 300 ms deadline answered after %.0f ms", ms);
-	assert_true(r->coverage > 0.2f && r->coverage < 0.8f);
+	if (ms < 750 || ms > 3000)
+		fail_msg("an 800 ms deadline answered after %.0f ms", ms);
+	if (!(r->coverage > 0.2f && r->coverage < 0.8f))
+		fail_msg("coverage %g after %.0f ms: %s", (double) r->coverage, ms, r->message);
 	assert_non_null(strstr(r->message, "shards 2-3 not"));
 	assert_non_null(strstr(r->message, "g1"));
 	assert_int_equal(r->queries[0].nhits, 10);
