@@ -7,7 +7,10 @@
  * there, route.c) and each replica has a REQ socket of its own for polls:
  * every --poll-ms the poller sends an InfoRequest to every replica at once
  * and waits for the answers (at most --poll-ms, or 1 s). A replica that
- * answers is up, with the collections, versions and shards it reported.
+ * answers is up, with the collections, versions and shards it reported; it
+ * is down after RT_POLL_MISSES polls in a row time out (a busy replica is
+ * not dropped for one slow poll; a lost connection looks the same to a REQ
+ * socket), or at once on any other failure or an error answer.
  * DNS groups are resolved again every --dns-interval: new addresses are
  * dialed, vanished ones closed (nng resends their waiting requests to the
  * other replicas).
@@ -301,7 +304,16 @@ poll_all(cdx_router *r)
 		}
 		pthread_mutex_lock(&r->mu);
 		int was_up = sl->rep->up;
-		if (resp != NULL && resp->status == 0 && resp->body_case == CANDEX__V1__RESPONSE__BODY_INFO) {
+		/* A busy replica may answer a poll late: it stays up, with what it
+		 * last reported, until RT_POLL_MISSES polls in a row time out.
+		 * Requests to it meanwhile are bounded by their deadline, and nng
+		 * sends none to a replica whose connection is gone. */
+		int late = sl->rv == NNG_ETIMEDOUT && was_up && ++sl->rep->polls_timed_out < RT_POLL_MISSES;
+		if (late) {
+			/* keep it as it is */
+		} else if (resp != NULL && resp->status == 0
+		    && resp->body_case == CANDEX__V1__RESPONSE__BODY_INFO) {
+			sl->rep->polls_timed_out = 0;
 			if (sl->rep->info != NULL)
 				candex__v1__info_response__free_unpacked(sl->rep->info, NULL);
 			sl->rep->info = resp->info; /* moved out of resp */

@@ -23,6 +23,8 @@
 #include "shard/shard.h"
 
 #define RT_NSTATUS 32
+/* polls in a row a replica that was up may leave unanswered before it is down */
+#define RT_POLL_MISSES 3
 
 /* Why an attempt at a group did not give an answer to merge. */
 enum rt_reason {
@@ -52,7 +54,8 @@ struct rt_replica {
 	char url[320];
 	nng_dialer dialer;              /* on the group's socket */
 	nng_socket poll;                /* its own REQ socket for InfoRequest polls */
-	int up;                         /* answered the last poll */
+	int up;                         /* answered a recent poll (see poll_all) */
+	unsigned polls_timed_out;       /* polls in a row it did not answer in time */
 	int keep;                       /* still named by the configuration or DNS */
 	Candex__V1__InfoResponse *info; /* from the last poll that answered; owned */
 	char why[200];                  /* why it is down */

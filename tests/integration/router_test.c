@@ -129,8 +129,8 @@ setup(void **state)
 	 * operating points at k tiers 10 and 50); cos with an fp16 refine
 	 * store; l2 without one */
 	build("--input cat/podcasts.fvecs --keys cat/podcasts.keys --collection pods_ip --metric ip "
-	      "--tune-k 10,50 --tune-queries cat/users-podcasts-tune.fvecs --tune-max-queries 300 "
-	      "--tune-budget 20");
+	      "--refine sq8 --tune-k 10,50 --tune-queries cat/users-podcasts-tune.fvecs "
+	      "--tune-max-queries 300 --tune-budget 20");
 	build("--input cat/podcasts.fvecs --keys cat/podcasts.keys --collection podcasts --metric cos "
 	      "--no-tune --refine fp16");
 	build("--input cat/tracks.fvecs --keys cat/tracks.keys --collection tracks_l2 --metric l2 --no-tune");
@@ -413,6 +413,7 @@ test_slow_group_cut_at_deadline(void **state)
 		.dim = (uint32_t) dim_tracks,
 		.k = 10,
 		.timeout_ms = 800 }; /* g0 must answer within it on 2 busy cores, sanitized */
+	wait_routed();
 	/* both replicas of g1 stop answering (as a stalled machine would) */
 	kill(rep[2].pid, SIGSTOP);
 	kill(rep[3].pid, SIGSTOP);
@@ -671,6 +672,8 @@ test_dns_membership(void **state)
 
 	tu_preload_begin(CANDEX_NSS_WRAPPER_LIB);
 	setenv("NSS_WRAPPER_HOSTS", hosts, 1);
+	/* nss_wrapper dlopen()s libc with RTLD_DEEPBIND, which ASan refuses */
+	setenv("NSS_WRAPPER_DISABLE_DEEPBIND", "1", 1);
 	memset(rt2, 0, sizeof(*rt2));
 	snprintf(rt2->url, sizeof(rt2->url), "ipc://%s/router-dns.ipc", dir);
 	snprintf(
@@ -678,6 +681,7 @@ test_dns_membership(void **state)
 	int started = st_start_cmd(rt2, dir, "dns", "route", args, "RT-READY");
 	tu_preload_end();
 	unsetenv("NSS_WRAPPER_HOSTS");
+	unsetenv("NSS_WRAPPER_DISABLE_DEEPBIND");
 	assert_int_equal(started, 0);
 
 	wait_replicas(http, "all", 1, 0, rt2);
