@@ -293,3 +293,32 @@ tu_utf8_strict(const char *s, size_t len)
 	iconv_close(cd);
 	return ok;
 }
+
+static char *preload_saved_asan; /* ASAN_OPTIONS before tu_preload_begin */
+static int preload_had_asan;
+
+void
+tu_preload_begin(const char *lib)
+{
+	const char *asan = getenv("ASAN_OPTIONS");
+	char *asan_new = NULL;
+	preload_had_asan = asan != NULL;
+	preload_saved_asan = asan ? strdup(asan) : NULL;
+	if (asprintf(&asan_new, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "") < 0)
+		abort();
+	setenv("ASAN_OPTIONS", asan_new, 1);
+	free(asan_new);
+	setenv("LD_PRELOAD", lib, 1);
+}
+
+void
+tu_preload_end(void)
+{
+	unsetenv("LD_PRELOAD");
+	if (preload_had_asan)
+		setenv("ASAN_OPTIONS", preload_saved_asan, 1);
+	else
+		unsetenv("ASAN_OPTIONS");
+	free(preload_saved_asan);
+	preload_saved_asan = NULL;
+}

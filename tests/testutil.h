@@ -71,4 +71,11 @@ int tu_utf8_strict(const char *s, size_t len);
 void tu_exact_knn(
     const float *x, size_t n, size_t dim, const float *q, size_t k, int metric_ip, int64_t *out);
 
+/* tu_preload_begin puts lib in LD_PRELOAD for the processes started until
+ * tu_preload_end(), which restores the environment. A sanitized candex
+ * wants its runtime first in the library list: ASAN_OPTIONS gets
+ * verify_asan_link_order=0 meanwhile. */
+void tu_preload_begin(const char *lib);
+void tu_preload_end(void);
+
 #endif

@@ -17,6 +17,7 @@ static const struct subcommand subcommands[] = {
 	{ "build", cmd_build, "quantize embeddings into IVF-PQ shards and publish a version" },
 	{ "inspect", cmd_inspect, "verify checksums and show a version's manifest and stats" },
 	{ "serve", cmd_serve, "serve every collection of an index directory over nng" },
+	{ "route", cmd_route, "one front for many shard groups: fan-out, exact merge, failover" },
 	{ "query", cmd_query, "ask a server for the top-k candidates of vectors or keys" },
 	{ "recall", cmd_recall, "measure recall, latency and QPS; pick operating points" },
 	{ "sample", cmd_sample, "generate the embedded sample catalogue (tracks, podcasts)" },

@@ -9,6 +9,7 @@
 int cmd_build(int argc, char **argv);   /* tools/cmd_build.c */
 int cmd_inspect(int argc, char **argv); /* tools/cmd_inspect.c */
 int cmd_serve(int argc, char **argv);   /* tools/cmd_serve.c */
+int cmd_route(int argc, char **argv);   /* tools/cmd_route.c */
 int cmd_query(int argc, char **argv);   /* tools/cmd_query.c */
 int cmd_recall(int argc, char **argv);  /* tools/cmd_recall.c */
 int cmd_sample(int argc, char **argv);  /* tools/cmd_sample.c: the embedded demo catalogue */

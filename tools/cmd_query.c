@@ -240,6 +240,9 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "expected_recall", json_real(r->expected_recall));
 	json_object_set_new(root, "target_unmet", json_boolean(r->target_unmet));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
+	json_object_set_new(root, "coverage", json_real(r->coverage));
+	if (r->message[0] != '\0')
+		json_object_set_new(root, "message", json_string(r->message));
 	for (size_t i = 0; i < r->nqueries; i++) {
 		json_t *hits = json_array();
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
@@ -270,6 +273,9 @@ print_table(const struct cdx_result *r, const char *collection)
 	if (r->target_unmet)
 		printf("  (target unmet: no measured setting reaches it at this k)");
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
+	if (r->coverage < 1)
+		printf("PARTIAL: %.1f%% of the items searched (%llu of %llu): %s\n", 100.0 * r->coverage,
+		    (unsigned long long) r->items_searched, (unsigned long long) r->items_total, r->message);
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
 			printf("\nquery %zu\n", i);

@@ -465,6 +465,11 @@ cdx_client_search(
 	r->expected_recall = s->expected_recall;
 	r->target_unmet = s->target_unmet;
 	r->server_time_us = s->server_time_us;
+	/* servers from before coverage was reported searched everything */
+	r->coverage = s->items_total > 0 ? s->coverage : 1.0f;
+	r->items_searched = s->items_searched;
+	r->items_total = s->items_total;
+	r->message = resp->message != NULL ? resp->message : "";
 	r->priv = resp;
 	*rp = r;
 	return CDX_OK;
@@ -513,11 +518,16 @@ cdx_client_health(cdx_client *c, struct cdx_client_error *err)
 static json_t *
 collection_json(const Candex__V1__CollectionInfo *ci)
 {
-	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I}", "name", ci->name,
-	    "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items",
+	json_t *served = json_array();
+	for (size_t i = 0; i < ci->n_shards_served; i++)
+		json_array_append_new(served, json_integer(ci->shards_served[i]));
+	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I, s:o, s:I, s:s}",
+	    "name", ci->name, "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items",
 	    (json_int_t) ci->items, "shards", (int) ci->shards, "nlist", (int) ci->nlist, "default_nprobe",
 	    (int) ci->default_nprobe, "factory", ci->factory, "model_version", ci->model_version, "refine",
-	    ci->refine, "loaded_unix_ms", (json_int_t) ci->loaded_unix_ms);
+	    ci->refine, "loaded_unix_ms", (json_int_t) ci->loaded_unix_ms, "shards_served", served,
+	    "items_served", (json_int_t) ci->items_served, "previous_version",
+	    ci->previous_version ? ci->previous_version : "");
 }
 
 int

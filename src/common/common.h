@@ -153,6 +153,13 @@ void cdx_blas_set_threads(int n);
  * mask, as set by taskset or a Kubernetes CPU-manager pinned pod), at least 1. */
 int cdx_cpu_count(void);
 
+/* cdx_conf_read reads a config file of "option = value" lines (# starts a
+ * comment; leading dashes of a name are dropped) and calls set for each,
+ * with where = "FILE:LINE" for its messages; stops at the first error,
+ * which it returns. A line without '=' is CDX_EINVAL. */
+int cdx_conf_read(const char *path,
+    int (*set)(void *arg, const char *name, const char *value, const char *where), void *arg);
+
 /* Growable byte buffer. */
 typedef struct cdx_buf {
 	char *data;

@@ -41,9 +41,10 @@ struct cdx_key_slot {
  * a new manifest over the same data; see cdx_collection_with_manifest). */
 struct cdx_collection_data {
 	atomic_long refs;
-	uint32_t nshards;
+	uint32_t nshards; /* loaded shards: all of the manifest's, or the --shards subset */
 	struct cdx_loaded_shard *shards;
-	const FaissIndex *quantizer; /* shard 0's coarse quantizer, shared by all shards */
+	uint32_t *shard_no;          /* nshards: each loaded shard's number in the manifest, ascending */
+	const FaissIndex *quantizer; /* the first shard's coarse quantizer, shared by all shards */
 	size_t nlist;
 	size_t nprobe_cap;              /* every IVF shard's nprobe field, fixed at load */
 	struct cdx_key_slot *key_index; /* items slots sorted by hash, or NULL */

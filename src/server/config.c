@@ -88,6 +88,12 @@ static const struct opt opts[] = {
 	{ "tls-key", OPT_STR, O(tls_key), "FILE", "private key (PEM) of --tls-cert" },
 	{ "tls-ca", OPT_STR, O(tls_ca), "FILE",
 	    "CA (PEM) that client certificates must be signed by: clients must authenticate (mutual TLS)" },
+	{ "shards", OPT_STR, O(shards), "LIST",
+	    "serve only these shards of each collection, as one shard group behind candex route: 0-3,8; "
+	    "per collection 'tracks:0-3;podcasts:none' (default: all)" },
+	{ "keep-previous", OPT_DOUBLE, O(keep_previous), "SECONDS",
+	    "keep a version a reload replaced loaded for requests that name it (index_version) until "
+	    "none has for SECONDS: shard groups behind candex route need it (0 = free it at once)" },
 	{ "log-level", OPT_LOGLEVEL, O(log_level), "LEVEL", "debug, info, warn or error" },
 };
 
@@ -244,56 +250,20 @@ set_opt(struct cdx_server_config *cfg, const struct opt *o, const char *v, const
 	return cdx_error(CDX_EINTERNAL, "option type");
 }
 
-static char *
-trim(char *s)
+/* file_option applies one config file line (cdx_conf_read's callback). */
+static int
+file_option(void *arg, const char *name, const char *value, const char *where)
 {
-	while (isspace((unsigned char) *s))
-		s++;
-	char *e = s + strlen(s);
-	while (e > s && isspace((unsigned char) e[-1]))
-		*--e = '\0';
-	return s;
+	const struct opt *o = find_opt(name, strlen(name));
+	if (o == NULL || strcmp(o->name, "config") == 0)
+		return cdx_error(CDX_EINVAL, "%s: unknown option '%s'", where, name);
+	return set_opt(arg, o, value, where);
 }
 
 int
 cdx_server_config_file(struct cdx_server_config *cfg, const char *path)
 {
-	char *text = NULL, *next, where[600];
-	size_t len;
-	int rc = cdx_read_file(path, &text, &len);
-	if (rc != CDX_OK)
-		return rc;
-	unsigned lineno = 0;
-	for (char *line = text; line != NULL; line = next) {
-		if ((next = strchr(line, '\n')) != NULL)
-			*next++ = '\0';
-		lineno++;
-		char *hash = strchr(line, '#');
-		if (hash != NULL)
-			*hash = '\0';
-		line = trim(line);
-		if (*line == '\0')
-			continue;
-		snprintf(where, sizeof(where), "%s:%u", path, lineno);
-		char *eq = strchr(line, '=');
-		if (eq == NULL) {
-			rc = cdx_error(CDX_EINVAL, "%s: expected 'option = value', got '%s'", where, line);
-			break;
-		}
-		*eq = '\0';
-		char *name = trim(line), *value = trim(eq + 1);
-		while (*name == '-')
-			name++;
-		const struct opt *o = find_opt(name, strlen(name));
-		if (o == NULL || strcmp(o->name, "config") == 0) {
-			rc = cdx_error(CDX_EINVAL, "%s: unknown option '%s'", where, name);
-			break;
-		}
-		if ((rc = set_opt(cfg, o, value, where)) != CDX_OK)
-			break;
-	}
-	free(text);
-	return rc;
+	return cdx_conf_read(path, file_option, cfg);
 }
 
 /* octal_mode: 1 if s is empty (keep the umask's mode) or file permissions
@@ -372,6 +342,10 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 	if (!octal_mode(cfg->ipc_mode) || !octal_mode(cfg->query_ipc_mode))
 		return cdx_error(
 		    CDX_EINVAL, "--admin-ipc-mode and --ipc-mode want octal permissions like 0660");
+	struct cdx_shard_set set;
+	int serve;
+	if (cdx__srv_shards_for(cfg->shards, NULL, &set, &serve) != CDX_OK)
+		return CDX_EINVAL;
 	return CDX_OK;
 }
 

@@ -141,6 +141,7 @@ fill_info(Candex__V1__CollectionInfo *ci, const struct srv_entry *e)
 	ci->model_version = (char *) m->model_version;
 	ci->refine = (char *) cdx_refine_name(m->refine);
 	ci->loaded_unix_ms = e->loaded_ms;
+	cdx__srv_fill_info_shards(ci, e->coll);
 }
 
 /* infos builds CollectionInfo for the snapshot entries named only (NULL or
@@ -178,6 +179,7 @@ reply_info(struct srv_ctx *x, const char *only)
 	}
 	ir.n_collections = infos(set, only, &arr, &nodes);
 	ir.collections = arr;
+	char *prev = cdx__srv_fill_previous(x->s, arr, ir.n_collections);
 	ir.server_version = (char *) "candex " CANDEX_VERSION;
 	if (only != NULL && *only != '\0' && ir.n_collections == 0) {
 		char names[512];
@@ -188,6 +190,7 @@ reply_info(struct srv_ctx *x, const char *only)
 		resp.info = &ir;
 		send_response(x, &resp);
 	}
+	free(prev);
 	free(arr);
 	free(nodes);
 	cdx__srv_set_free(set);
@@ -236,6 +239,72 @@ reply_health(struct srv_ctx *x)
 	send_response(x, &resp);
 }
 
+/* reply_lookup answers a LookupRequest (stored vectors by key) on the nng
+ * thread: a key lookup and a vector decode each, bounded by --max-batch. */
+static void
+reply_lookup(struct srv_ctx *x)
+{
+	const Candex__V1__LookupRequest *lr = x->req->lookup;
+	if (lr == NULL || lr->collection == NULL || lr->collection[0] == '\0') {
+		reply_error(x, CDX_EINVAL, "lookup request without a collection name");
+		return;
+	}
+	if (lr->n_keys > x->s->cfg.max_batch) {
+		reply_error(x, CDX_ELIMIT, "lookup of %zu keys exceeds the server's max-batch %u", lr->n_keys,
+		    x->s->cfg.max_batch);
+		return;
+	}
+	cdx_collection *c = cdx__srv_lookup_version(x->s, lr->collection, lr->index_version);
+	if (c == NULL) {
+		char names[512];
+		cdx__srv_names(x->s, names, sizeof(names));
+		const char *v = lr->index_version != NULL ? lr->index_version : "";
+		reply_error(x, CDX_ENOTFOUND, "collection '%.*s'%s%.*s not served here (serving: %s)",
+		    (int) cdx_utf8_cut(lr->collection, 100), lr->collection, *v ? " version " : "",
+		    (int) cdx_utf8_cut(v, 64), v, names);
+		return;
+	}
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	size_t n = lr->n_keys;
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__LookupResponse out = CANDEX__V1__LOOKUP_RESPONSE__INIT;
+	protobuf_c_boolean *found = calloc(n ? n : 1, sizeof(*found));
+	int64_t *ids = calloc(n ? n : 1, sizeof(*ids));
+	float *vectors = calloc(n ? n * m->dim : 1, sizeof(float));
+	if (found == NULL || ids == NULL || vectors == NULL) {
+		reply_error(x, CDX_ENOMEM, "out of memory for %zu vectors", n);
+		goto done;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint32_t shard, row;
+		if (lr->keys[i] == NULL
+		    || cdx_collection_find_key(c, lr->keys[i], &shard, &row, &ids[i]) != CDX_OK)
+			continue; /* held by another shard group, or by none */
+		if (cdx_collection_vector(c, shard, row, vectors + i * m->dim) != CDX_OK) {
+			reply_error(x, CDX_EINTERNAL, "key '%.*s': %s", (int) cdx_utf8_cut(lr->keys[i], 200),
+			    lr->keys[i], cdx_last_error());
+			goto done;
+		}
+		found[i] = 1;
+	}
+	cdx_error_clear();
+	out.index_version = (char *) m->version;
+	out.dim = m->dim;
+	out.n_found = out.n_ids = n;
+	out.found = found;
+	out.ids = ids;
+	out.n_vectors = n * m->dim;
+	out.vectors = vectors;
+	resp.body_case = CANDEX__V1__RESPONSE__BODY_LOOKUP;
+	resp.lookup = &out;
+	send_response(x, &resp);
+done:
+	cdx_collection_unref(c);
+	free(found);
+	free(ids);
+	free(vectors);
+}
+
 /* ---- searches ------------------------------------------------------- */
 
 /* check_search validates what is cheap to validate, on the nng thread, and
@@ -251,11 +320,17 @@ check_search(struct srv_ctx *x)
 		reply_error(x, CDX_EINVAL, "search request without a collection name");
 		return -1;
 	}
-	if ((x->coll = cdx__srv_lookup(s, sr->collection)) == NULL) {
+	if ((x->coll = cdx__srv_lookup_version(s, sr->collection, sr->index_version)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
-		reply_error(x, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
-		    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
+		if (sr->index_version != NULL && sr->index_version[0] != '\0')
+			reply_error(x, CDX_ENOTFOUND,
+			    "collection '%.*s' version %.*s is not loaded here (serving: %s)",
+			    (int) cdx_utf8_cut(sr->collection, 100), sr->collection,
+			    (int) cdx_utf8_cut(sr->index_version, 64), sr->index_version, names);
+		else
+			reply_error(x, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
+			    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
 	char msg[1024];
@@ -455,6 +530,7 @@ run_search(struct srv_ctx *x, int idle)
 	out.expected_recall = (float) used.expected_recall;
 	out.target_unmet = used.target_unmet != 0;
 	out.metric = (char *) cdx_metric_name(m->metric);
+	cdx__srv_fill_coverage(&out, c);
 	out.server_time_us = cdx_now_us() - x->t_recv_us;
 	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;
 	resp.search = &out;
@@ -593,6 +669,9 @@ intake(struct srv_ctx *x)
 	case CANDEX__V1__REQUEST__BODY_INFO:
 		reply_info(x, x->req->info ? x->req->info->collection : NULL);
 		return;
+	case CANDEX__V1__REQUEST__BODY_LOOKUP:
+		reply_lookup(x);
+		return;
 	case CANDEX__V1__REQUEST__BODY_RELOAD:
 		if (!x->admin) {
 			reply_error(x, CDX_EPERM, "reload is only accepted on the admin listener");
@@ -627,7 +706,8 @@ intake(struct srv_ctx *x)
 		return;
 	}
 	default:
-		reply_error(x, CDX_EINVAL, "request has no body (search, info, health, reload or drop)");
+		reply_error(
+		    x, CDX_EINVAL, "request has no body (search, info, health, lookup, reload or drop)");
 		return;
 	}
 }

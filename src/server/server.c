@@ -1,6 +1,6 @@
 /*
  * server.c — start, graceful stop, and `candex serve`'s main loop (signals
- * arrive through a self-pipe: the handler only writes a byte).
+ * arrive through src/common/signals.c's self-pipe).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -8,11 +8,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "common/signals.h"
 #include "server/server.h"
 
 #include "recall/online.h"
@@ -38,6 +37,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 	dst->ipc_mode = dup_or_null(src->ipc_mode);
 	dst->query_ipc_mode = dup_or_null(src->query_ipc_mode);
 	dst->config_file = dup_or_null(src->config_file);
+	dst->shards = dup_or_null(src->shards);
 }
 
 static void
@@ -52,6 +52,7 @@ static void
 server_free(cdx_server *s)
 {
 	cdx__srv_set_free(s->set);
+	cdx__srv_previous_free(s);
 	cdx__srv_adapt_free(s->adapt); /* after the online checker, its caller, stopped */
 	pthread_mutex_destroy(&s->set_mu);
 	pthread_mutex_destroy(&s->cm_mu);
@@ -249,26 +250,11 @@ cdx_server_stop(cdx_server *s)
 	return CDX_OK;
 }
 
-/* The self-pipe: a signal handler only writes the signal number into it.
- * (signalfd would need the signals blocked in every thread, and OpenBLAS
- * starts its pool threads before main() runs, with nothing blocked.) */
-static int sig_pipe[2] = { -1, -1 };
-
-static void
-on_signal(int signo)
-{
-	int saved = errno;
-	unsigned char b = (unsigned char) signo;
-	ssize_t ignored = write(sig_pipe[1], &b, 1);
-	(void) ignored;
-	errno = saved;
-}
-
 int
 cdx_server_run(const struct cdx_server_config *cfg)
 {
 	cdx_server *s;
-	struct sigaction sa;
+	sigset_t saved;
 
 	cdx_log_set_level(cfg->log_level);
 	/* A fixed mmap threshold: blocks of 256 KiB and more (request frames,
@@ -277,48 +263,22 @@ cdx_server_run(const struct cdx_server_config *cfg)
 	 * a free, and from then on big blocks come from the heap, where a
 	 * reload or a burst of large requests leaves RSS higher for good. */
 	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-	if (pipe2(sig_pipe, O_CLOEXEC) != 0) {
-		cdx_err("SRV-START-FAIL", "pipe: %s", strerror(errno));
+	if (cdx_signals_open(&saved) != CDX_OK) {
+		cdx_err("SRV-START-FAIL", "%s", cdx_last_error());
 		return 1;
 	}
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sa.sa_flags = SA_RESTART;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGHUP, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	/* The threads the server starts inherit a mask that blocks these
-	 * signals, so they land on this thread (or on a thread that existed
-	 * before, such as OpenBLAS's pool: the handler works anywhere). */
-	sigset_t set, old;
-	sigemptyset(&set);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &set, &old);
 	int rc = 0;
 	int started = cdx_server_start(&s, cfg);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	cdx_signals_started(&saved);
 	if (started != CDX_OK) {
 		cdx_err("SRV-START-FAIL", "%s", cdx_last_error());
 		rc = 1;
 		goto out;
 	}
 	for (;;) {
-		unsigned char signo;
-		/* Wake up now and then: sanitizer runtimes hold a signal back until
-		 * the thread next enters the runtime, and a plain blocking read
-		 * would never return to let them deliver it. */
-		struct pollfd pfd = { .fd = sig_pipe[0], .events = POLLIN };
-		if (poll(&pfd, 1, 200) <= 0)
-			continue;
-		ssize_t n = read(sig_pipe[0], &signo, 1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n != 1) {
-			cdx_err("SRV-SIGNAL", "signal pipe: %s", n < 0 ? strerror(errno) : "closed");
+		int signo = cdx_signals_wait();
+		if (signo < 0) {
+			cdx_err("SRV-SIGNAL", "%s", cdx_last_error());
 			break;
 		}
 		if (signo == SIGHUP) {
@@ -336,11 +296,6 @@ cdx_server_run(const struct cdx_server_config *cfg)
 		_exit(0);
 	}
 out:
-	signal(SIGHUP, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	close(sig_pipe[0]);
-	close(sig_pipe[1]);
-	sig_pipe[0] = sig_pipe[1] = -1;
+	cdx_signals_close();
 	return rc;
 }

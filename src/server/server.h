@@ -51,6 +51,7 @@
 
 #include "candex.pb-c.h"
 #include "common/common.h"
+#include "common/metrics_http.h"
 #include "search/search.h"
 #include "shard/manifest.h"
 
@@ -90,6 +91,8 @@ struct cdx_server_config {
 	double adapt_window_seconds; /* and the least time a decision's window spans */
 	char *ipc_mode;              /* octal permissions of the admin socket's ipc:// file */
 	char *query_ipc_mode;        /* octal permissions of query ipc:// files */
+	char *shards;         /* --shards: the shards of each collection served here (groups.c); NULL = all */
+	double keep_previous; /* seconds a replaced version stays loaded after the last request naming it */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -141,14 +144,12 @@ struct srv_set {
 	struct srv_entry *e;
 };
 
-#define SRV_NSTATUS  32
-#define SRV_NBUCKETS 16
+#define SRV_NSTATUS 32
 
 struct srv_metrics {
-	atomic_uint_fast64_t status[SRV_NSTATUS];  /* responses by Response.status */
-	atomic_uint_fast64_t bucket[SRV_NBUCKETS]; /* latency histogram (non-cumulative) */
-	atomic_uint_fast64_t latency_sum_us;
-	atomic_uint_fast64_t queries; /* query vectors searched */
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* responses by Response.status */
+	struct cdx_hist latency;                  /* receipt to response */
+	atomic_uint_fast64_t queries;             /* query vectors searched */
 	atomic_uint_fast64_t reload_ok;
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
@@ -162,14 +163,6 @@ struct srv_metrics {
 	atomic_uint_fast64_t heavy;          /* searches run as expensive */
 };
 
-extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
-
-/* A latency histogram: non-cumulative bucket counts and the sum. */
-struct srv_hist {
-	atomic_uint_fast64_t bucket[SRV_NBUCKETS];
-	atomic_uint_fast64_t sum_us;
-};
-
 /* Per-collection series (the `collection` label). Slots are taken by names
  * of collections the server has loaded or tried to load (never by names a
  * client sends), up to SRV_MAX_COLL_METRICS; a slot is never freed, so
@@ -178,15 +171,16 @@ struct srv_hist {
 struct srv_coll_metrics {
 	char name[CDX_NAME_MAX];
 	atomic_uint_fast64_t status[SRV_NSTATUS]; /* search responses by status */
-	struct srv_hist latency;                  /* receipt to response */
-	struct srv_hist queue_wait;               /* receipt to a worker taking it */
-	struct srv_hist search;                   /* the worker's search alone */
+	struct cdx_hist latency;                  /* receipt to response */
+	struct cdx_hist queue_wait;               /* receipt to a worker taking it */
+	struct cdx_hist search;                   /* the worker's search alone */
 	atomic_uint_fast64_t reload_failed;       /* loads of a new version that failed */
 };
 
 struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
+struct srv_previous;
 
 /* One listener, kept so that the watchdog can recreate it. */
 struct srv_listener {
@@ -250,6 +244,8 @@ struct cdx_server {
 	/* collections */
 	pthread_mutex_t set_mu;
 	struct srv_set *set;
+	struct srv_previous *prev; /* replaced versions kept for pinned requests (groups.c; set_mu) */
+	size_t nprev;
 
 	/* sockets */
 	nng_socket sock;  /* queries: every --listen URL */
@@ -408,6 +404,32 @@ void cdx__srv_peek_request_id(const uint8_t *p, size_t len, char *out, size_t si
  * set and *out NULL. The caller frees *out through alloc. */
 int cdx__srv_decode_request(const struct cdx_server_config *cfg, ProtobufCAllocator *alloc, const uint8_t *p,
     size_t len, Candex__V1__Request **out, char *msg, size_t size);
+
+/* groups.c: serving as one shard group behind candex route */
+/* cdx__srv_shards_for reads a --shards spec for collection name: *serve = 0
+ * if the server serves none of it, else *set (every shard when n = 0).
+ * name NULL only checks the spec. CDX_EINVAL with cdx_error() if bad. */
+int cdx__srv_shards_for(const char *spec, const char *name, struct cdx_shard_set *set, int *serve);
+/* cdx__srv_wants: whether this server loads version directory vdir of
+ * collection name, and which of its shards (*set). */
+int cdx__srv_wants(cdx_server *s, const char *name, const char *vdir, struct cdx_shard_set *set);
+/* cdx__srv_previous_keep keeps old (a new reference) loaded for requests
+ * that name its version, with --keep-previous > 0. */
+void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old);
+/* cdx__srv_lookup_version: a new reference to collection name at version
+ * (NULL or "" = the current one; else the current or the kept previous one
+ * if it is that version), or NULL. */
+cdx_collection *cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version);
+void cdx__srv_previous_free(cdx_server *s);
+/* cdx__srv_fill_coverage fills a SearchResponse's coverage fields from c
+ * (pointers into c: valid while the request holds it). */
+void cdx__srv_fill_coverage(Candex__V1__SearchResponse *out, const cdx_collection *c);
+/* cdx__srv_fill_info_shards fills CollectionInfo's shards_served and
+ * items_served (pointers into c). */
+void cdx__srv_fill_info_shards(Candex__V1__CollectionInfo *ci, const cdx_collection *c);
+/* cdx__srv_fill_previous sets previous_version of each of ci[0..n); returns
+ * the storage the strings point into (caller frees; NULL if none). */
+char *cdx__srv_fill_previous(cdx_server *s, Candex__V1__CollectionInfo **ci, size_t n);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);

@@ -1146,25 +1146,13 @@ test_publish_durability(void **state)
 	char *logp = pathf("%s/fsync.log", root), *out = pathf("%s/dur", root);
 	char *coll = pathf("%s/dur/dur", root), *in = pathf("%s/dur.fvecs", root);
 	setenv("CANDEX_FSYNC_LOG", logp, 1);
-	setenv("LD_PRELOAD", CANDEX_FSYNC_LOG_LIB, 1);
-	const char *asan = getenv("ASAN_OPTIONS");
-	char *asan_saved = asan ? strdup(asan) : NULL, *asan_new = NULL;
-	/* a sanitized candex wants its runtime first in the library list */
-	assert_true(
-	    asprintf(&asan_new, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "") >= 0);
-	setenv("ASAN_OPTIONS", asan_new, 1);
+	tu_preload_begin(CANDEX_FSYNC_LOG_LIB);
 	const char *argv[] = { CANDEX_BIN, "build", "--input", in, "--collection", "dur", "--metric", "l2",
 		"--shards", "2", "--refine", "sq8", "--quiet", "--out", out, NULL };
 	char *o = NULL;
 	int rc = tu_exec(&o, NULL, NULL, NULL, argv);
-	unsetenv("LD_PRELOAD");
+	tu_preload_end();
 	unsetenv("CANDEX_FSYNC_LOG");
-	if (asan_saved)
-		setenv("ASAN_OPTIONS", asan_saved, 1);
-	else
-		unsetenv("ASAN_OPTIONS");
-	free(asan_saved);
-	free(asan_new);
 	if (rc != 0)
 		fprintf(stderr, "%s\n", o);
 	assert_int_equal(rc, 0);

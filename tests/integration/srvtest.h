@@ -110,15 +110,16 @@ st_sleep_ms(unsigned ms)
 		;
 }
 
-/* st_start_args runs `candex serve <args>` (stdout+stderr to a log in dir)
- * and waits for SRV-READY. Returns 0, or -1 if the server exited (its log
- * is printed). s->url and s->admin are left for the caller to set. */
+/* st_start_cmd runs `candex <command> <args>` (stdout+stderr to a log in
+ * dir) and waits for the log line ready. Returns 0, or -1 if the process
+ * exited (its log is printed). s->url and s->admin are left for the caller. */
 static inline int
-st_start_args(struct st_server *s, const char *dir, const char *tag, const char *args)
+st_start_cmd(struct st_server *s, const char *dir, const char *tag, const char *command, const char *args,
+    const char *ready)
 {
 	char *cmd = NULL;
-	snprintf(s->log, sizeof(s->log), "%.3800s/serve-%.100s.log", dir, tag);
-	assert_true(asprintf(&cmd, "exec %s serve %s >%s 2>&1", CANDEX_BIN, args, s->log) > 0);
+	snprintf(s->log, sizeof(s->log), "%.3800s/%s-%.100s.log", dir, command, tag);
+	assert_true(asprintf(&cmd, "exec %s %s %s >%s 2>&1", CANDEX_BIN, command, args, s->log) > 0);
 	unlink(s->log);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
@@ -130,7 +131,7 @@ st_start_args(struct st_server *s, const char *dir, const char *tag, const char 
 	free(cmd);
 	s->pid = pid;
 	for (int i = 0; i < 3000; i++) {
-		if (st_log_has(s, "SRV-READY"))
+		if (st_log_has(s, ready))
 			return 0;
 		int status;
 		if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -142,6 +143,13 @@ st_start_args(struct st_server *s, const char *dir, const char *tag, const char 
 	}
 	st_dump_log(s);
 	return -1;
+}
+
+/* st_start_args runs `candex serve <args>` and waits for SRV-READY. */
+static inline int
+st_start_args(struct st_server *s, const char *dir, const char *tag, const char *args)
+{
+	return st_start_cmd(s, dir, tag, "serve", args, "SRV-READY");
 }
 
 /* st_start runs `candex serve --index-dir dir/index --listen ipc://dir/q.ipc
