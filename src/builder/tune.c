@@ -568,7 +568,7 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 		free(row);
 	}
 	if (like != NULL) {
-		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, &idx) != 0) {
+		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, 0, &idx) != 0) {
 			rc = cdx_error_faiss("IVF-PQ over a trained coarse stage");
 			goto done;
 		}
@@ -581,7 +581,7 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 	}
 	free(xs);
 	xs = NULL;
-	if (faiss_clone_index(idx, &copy) != 0) {
+	if (cdx_fx_clone(idx, &copy) != 0) {
 		rc = cdx_error_faiss("copy of the trained index");
 		goto done;
 	}
