@@ -60,6 +60,7 @@ struct cand {
 	int group; /* stage-0 coarse group it shares, -1 for none */
 	int transform;
 	uint32_t pca, nlist, m, nbits, index_dim, group_dim;
+	int fastscan; /* 4-bit codes in SIMD blocks (PQ<M>x4fs) */
 	char factory[128];
 	/* results */
 	int evaluated;
@@ -75,6 +76,17 @@ struct cand {
 	double se[MAX_NPROBE][CDX_TUNE_MAX_K][NKINDS][MAX_F];
 	double codes[MAX_NPROBE];
 	char note[160];
+};
+
+/* A per-query cache of candidates' scores. A row's scores for a query do
+ * not depend on the structure that found it, so the cache is kept across
+ * every nprobe of a candidate and across candidates: their pools overlap
+ * mostly, and scoring (full-dimension re-rank distances) is most of the
+ * tuner's search time. */
+struct score_cache {
+	uint32_t slots; /* a power of two >= 2 x pool, per query */
+	int32_t *row;   /* nsel x slots; -1 = empty */
+	float *score;   /* nsel x slots x NKINDS: [0] true distance, [kind] re-ranked score */
 };
 
 /* --- the tuning data ---------------------------------------------------------- */
@@ -99,6 +111,7 @@ struct tdata {
 	float *sq8_vmin, *sq8_vdiff;
 	uint64_t t0;
 	size_t pool; /* candidates fetched per selection query */
+	struct score_cache cache;
 };
 
 static int
@@ -219,16 +232,38 @@ make_stores(struct tdata *t)
 
 /* --- building and measuring one IVF-PQ candidate ------------------------------- */
 
-/* cmp_by_score orders candidate positions by score (lower first), then by
- * position, so that equal scores keep the index's order. */
-static int
-cmp_by_score(const void *a, const void *b, void *arg)
+/* sort_by_score orders candidate positions 0..n-1 by score (lower first),
+ * then by position, so that equal scores keep the index's order: a radix
+ * sort of (order-preserving score bits << 32 | position) keys, in out,
+ * with tmp as scratch (n each). */
+static void
+sort_by_score(const float *score, size_t n, uint64_t *out, uint64_t *tmp)
 {
-	const float *s = arg;
-	uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-	if (s[x] != s[y])
-		return s[x] < s[y] ? -1 : 1;
-	return x < y ? -1 : x > y;
+	for (size_t j = 0; j < n; j++) {
+		uint32_t u;
+		memcpy(&u, &score[j], sizeof(u));
+		if ((u & 0x7fffffffu) == 0)
+			u = 0; /* -0 == +0 */
+		u ^= (u >> 31) ? 0xffffffffu : 0x80000000u; /* negative floats reverse */
+		out[j] = (uint64_t) u << 32 | j;
+	}
+	uint64_t *a = out, *b = tmp;
+	for (int shift = 0; shift < 64; shift += 8) {
+		size_t count[257] = { 0 };
+		for (size_t j = 0; j < n; j++)
+			count[((a[j] >> shift) & 0xff) + 1]++;
+		if (count[((a[0] >> shift) & 0xff) + 1] == n)
+			continue; /* every key has this digit */
+		for (int d = 0; d < 256; d++)
+			count[d + 1] += count[d];
+		for (size_t j = 0; j < n; j++)
+			b[count[(a[j] >> shift) & 0xff]++] = a[j];
+		uint64_t *x = a;
+		a = b;
+		b = x;
+	}
+	if (a != out)
+		memcpy(out, a, n * sizeof(uint64_t));
 }
 
 /* spherical: cos collections train their coarse quantizer with spherical
@@ -275,15 +310,6 @@ bytes_per_item(const struct cand *c, int kind, uint32_t dim)
 	return code_bytes(c) + 8 + 8
 	    + (kind == CDX_REFINE_NONE ? 8 : (double) cdx_refine_bytes_per_vector(kind, dim));
 }
-
-/* A per-query cache of candidates' scores, kept across one candidate's
- * nprobe ladder: the pools of nprobe n and 2n overlap mostly, and scoring
- * (full-dimension re-rank distances) is most of the tuner's search time. */
-struct score_cache {
-	uint32_t slots; /* a power of two >= 2 x pool, per query */
-	int32_t *row;   /* nsel x slots; -1 = empty */
-	float *score;   /* nsel x slots x NKINDS: [0] true distance, [kind] re-ranked score */
-};
 
 static int
 cache_init(struct score_cache *sc, size_t nq, size_t pool)
@@ -363,9 +389,10 @@ evaluate_pools(const struct tdata *t, struct score_cache *sc, const struct cdx_h
 		double *td = malloc(pool * sizeof(double));
 		float *score = malloc(pool * NKINDS * sizeof(float)), *kscore = malloc(pool * sizeof(float));
 		uint32_t *order = malloc(pool * sizeof(uint32_t));
+		uint64_t *keys = malloc(2 * pool * sizeof(uint64_t));
 #pragma omp for schedule(dynamic, 8)
 		for (size_t q = 0; q < nq; q++) {
-			if (td == NULL || score == NULL || kscore == NULL || order == NULL)
+			if (td == NULL || score == NULL || kscore == NULL || order == NULL || keys == NULL)
 				continue;
 			const struct cdx_hit *h = hits + q * pool;
 			size_t have = 0;
@@ -383,10 +410,12 @@ evaluate_pools(const struct tdata *t, struct score_cache *sc, const struct cdx_h
 				/* order: candidate positions by re-ranked score (none: as fetched) */
 				for (size_t j = 0; j < have; j++)
 					order[j] = (uint32_t) j;
-				if (kind != CDX_REFINE_NONE) {
+				if (kind != CDX_REFINE_NONE && have > 0) {
 					for (size_t j = 0; j < have; j++)
 						kscore[j] = score[j * NKINDS + kind];
-					qsort_r(order, have, sizeof(uint32_t), cmp_by_score, kscore);
+					sort_by_score(kscore, have, keys, keys + pool);
+					for (size_t j = 0; j < have; j++)
+						order[j] = (uint32_t) keys[j];
 				}
 				for (uint32_t ki = 0; ki < t->nks; ki++) {
 					uint32_t k = t->ks[ki];
@@ -425,6 +454,7 @@ evaluate_pools(const struct tdata *t, struct score_cache *sc, const struct cdx_h
 		free(score);
 		free(kscore);
 		free(order);
+		free(keys);
 	}
 	for (size_t cell = 0; cell < cells; cell++) {
 		double s = 0, s2 = 0;
@@ -451,13 +481,21 @@ model_ns(const struct cand *c, uint32_t nprobe, double codes, double pool, int k
 		ns += CDX_TUNE_NS_FLOAT_DIST * (double) c->nlist * (c->pca ? c->pca : c->group_dim);
 		if (c->pca)
 			ns += CDX_TUNE_NS_FLOAT_DIST * (double) c->group_dim * c->pca;
-		ns += CDX_TUNE_NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
-		ns += (c->nbits == 8 ? CDX_TUNE_NS_CODE8 : CDX_TUNE_NS_CODE4) * (double) c->m * codes;
+		if (c->fastscan) {
+			/* one table a query; lists are scanned in blocks of 32
+			 * codes (half a block of padding a list, on average) */
+			ns += CDX_TUNE_NS_LUT * (double) c->m * 16.0;
+			ns += CDX_TUNE_NS_FS_CODE * (double) c->m * (codes + 16.0 * nprobe);
+			ns += CDX_TUNE_NS_FS_LIST * (double) c->m * nprobe;
+		} else {
+			ns += CDX_TUNE_NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
+			ns += (c->nbits == 8 ? CDX_TUNE_NS_CODE8 : CDX_TUNE_NS_CODE4) * (double) c->m * codes;
+		}
 	}
 	/* a heap of the pool takes about pool x (1 + ln(codes / pool)) insertions */
 	if (pool >= 1 && codes > 0) {
 		double ins = codes <= pool ? codes : pool * (1 + log(codes / pool));
-		ns += CDX_TUNE_NS_HEAP * log2(pool + 1) * ins;
+		ns += (c->fastscan ? CDX_TUNE_NS_FS_HEAP : CDX_TUNE_NS_HEAP) * log2(pool + 1) * ins;
 	}
 	if (kind != CDX_REFINE_NONE) {
 		double per_dim = kind == CDX_REFINE_FP32 ? CDX_TUNE_NS_REFINE_FP32
@@ -543,7 +581,6 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 	float *xs = NULL, *xb_owned = NULL;
 	struct cdx_hit *hits = NULL;
 	cdx_collection *coll = NULL;
-	struct score_cache cache = { 0 };
 	int rc = CDX_OK;
 	*trained = NULL;
 	c->evaluated = 1;
@@ -568,7 +605,7 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 		free(row);
 	}
 	if (like != NULL) {
-		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, 0, &idx) != 0) {
+		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, c->fastscan, &idx) != 0) {
 			rc = cdx_error_faiss("IVF-PQ over a trained coarse stage");
 			goto done;
 		}
@@ -626,8 +663,6 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 
 	uint64_t t2 = cdx_now_us();
 	size_t pool = t->pool;
-	if ((rc = cache_init(&cache, t->nsel, pool)) != CDX_OK)
-		goto done;
 	if ((hits = malloc(t->nsel * pool * sizeof(*hits))) == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "tuning pools");
 		goto done;
@@ -647,7 +682,7 @@ measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint6
 		uint32_t s = c->nsteps++;
 		c->nprobes[s] = np;
 		c->codes[s] = (double) used.codes / (double) t->nsel;
-		evaluate_pools(t, &cache, hits, pool, kinds, c->rec[s], c->se[s]);
+		evaluate_pools(t, &t->cache, hits, pool, kinds, c->rec[s], c->se[s]);
 		/* the ladder ends once every k has a setting at 0.99 (the top rung
 		 * online adaptation may need; make_points stops there too) */
 		int done_all = 1;
@@ -675,7 +710,6 @@ done:
 	free(xs);
 	free(xb_owned);
 	free(hits);
-	cache_fini(&cache);
 	return rc;
 }
 
@@ -753,16 +787,18 @@ round_up(uint32_t x, uint32_t m)
 
 /* ivf_cand describes an IVF-PQ candidate: group_dim is what the PQ codes
  * (PCA output, or the index vectors, padded to a multiple of 8 so that
- * both sub-vector sizes divide it). */
+ * both sub-vector sizes divide it); fastscan: 4-bit codes in SIMD blocks
+ * (nbits is then 4). */
 static void
 ivf_cand(const struct tdata *t, struct cand *c, int transform, uint32_t pca, uint32_t nlist, uint32_t nbits,
-    uint32_t dsub)
+    uint32_t dsub, int fastscan)
 {
 	memset(c, 0, sizeof(*c));
 	c->transform = transform;
 	c->pca = pca;
 	c->nlist = nlist;
-	c->nbits = nbits;
+	c->fastscan = fastscan;
+	c->nbits = fastscan ? 4 : nbits;
 	c->kind = -1;
 	c->group = -1;
 	c->ns = INFINITY;
@@ -770,10 +806,15 @@ ivf_cand(const struct tdata *t, struct cand *c, int transform, uint32_t pca, uin
 	c->index_dim = pca ? d_eff : round_up(d_eff, 8);
 	c->group_dim = pca ? pca : c->index_dim;
 	c->m = c->group_dim / dsub;
-	if (pca)
-		snprintf(c->factory, sizeof(c->factory), "PCA%u,IVF%u,PQ%ux%unp", pca, nlist, c->m, nbits);
+	char pq[32];
+	if (fastscan)
+		snprintf(pq, sizeof(pq), "PQ%ux4fs", c->m);
 	else
-		snprintf(c->factory, sizeof(c->factory), "IVF%u,PQ%ux%unp", nlist, c->m, nbits);
+		snprintf(pq, sizeof(pq), "PQ%ux%unp", c->m, c->nbits);
+	if (pca)
+		snprintf(c->factory, sizeof(c->factory), "PCA%u,IVF%u,%s", pca, nlist, pq);
+	else
+		snprintf(c->factory, sizeof(c->factory), "IVF%u,%s", nlist, pq);
 }
 
 /* better: whether a beats b: cheaper beyond the tie band; within it,
@@ -951,6 +992,7 @@ tdata_fini(struct tdata *t)
 		free(t->store_data[k]);
 	free(t->sq8_vmin);
 	free(t->sq8_vdiff);
+	cache_fini(&t->cache);
 }
 
 /* pick_queries: --tune-queries, or held-out rows of the input (removed from
@@ -1095,7 +1137,7 @@ cdx_tune_run(
 	uint32_t nks = o->nks ? o->nks : (uint32_t) CDX_ARRAY_LEN(default_ks);
 	json_t *report = json_object();
 	struct cdx_tune_check *chk = calloc(1, sizeof(*chk));
-	struct cand *cands = calloc(8, sizeof(*cands));
+	struct cand *cands = calloc(10, sizeof(*cands)); /* flat, 4 groups, 2 codes, the lists */
 	FaissIndex *best_index = NULL, *tr = NULL;
 	uint64_t *sample = NULL;
 	int rc = CDX_OK;
@@ -1138,7 +1180,7 @@ cdx_tune_run(
 	for (uint32_t ki = 0; ki < t.nks; ki++)
 		t.pool = CDX_MAX(t.pool, (size_t) (factors[nf_for(t.ks[ki]) - 1] * (float) t.ks[ki]));
 	t.pool = CDX_MIN(t.pool, t.n);
-	if ((rc = make_stores(&t)) != CDX_OK)
+	if ((rc = make_stores(&t)) != CDX_OK || (rc = cache_init(&t.cache, t.nsel, t.pool)) != CDX_OK)
 		goto done;
 	cdx_info("BLD-TUNE", "%zu selection and %zu check queries (%s), exact neighbours in %.1f s", t.nsel,
 	    chk->nq, o->queries ? o->queries : "held-out rows", elapsed_s(&t));
@@ -1153,11 +1195,10 @@ cdx_tune_run(
 	flat_cand(&t, best);
 	log_cand(&t, best);
 	if (t.nfull >= CDX_TUNE_FLAT_BELOW) {
-		uint32_t nbits = t.n >= CDX_BUILD_8BIT_FROM ? 8 : 4, dsub[2] = { 4, 8 };
-		if (nbits == 4) {
-			dsub[0] = 2;
-			dsub[1] = 4;
-		}
+		/* the codes measured on the best coarse group besides fast-scan's:
+		 * the same bytes as plain PQ, 8-bit codes of 4 dimensions from
+		 * 10,000 rows (else 4-bit of 2) */
+		uint32_t nbits = t.n >= CDX_BUILD_8BIT_FROM ? 8 : 4, dsub_plain = nbits == 8 ? 4 : 2;
 		/* lists of a few hundred items: each probed list costs a table of
 		 * M x 2^nbits entries, as much as scanning ~M x 2^nbits / M codes */
 		uint32_t nlist0 = tune_nlist(t.n);
@@ -1187,10 +1228,14 @@ cdx_tune_run(
 		r->params.train_sample = ns;
 		struct cand *ivf_best = NULL;
 		FaissIndex *group_first[4] = { NULL, NULL, NULL, NULL };
+		const struct cand *group_cand[4] = { NULL, NULL, NULL, NULL }; /* each group's first */
 		double spent = 0;
 		size_t measured = 0;
+		int best_group = -1;
 		for (int stage = 0; stage < 3 && rc == CDX_OK; stage++) {
-			size_t nstage = stage == 0 ? ngroups : 1;
+			size_t nstage = stage == 0 ? ngroups : stage == 1 ? 2 : 1;
+			if (stage == 1 && ivf_best != NULL)
+				best_group = ivf_best->group;
 			for (size_t g = 0; g < nstage && rc == CDX_OK; g++) {
 				double avg = measured ? spent / (double) measured : 0;
 				if (elapsed_s(&t) + avg > budget && ivf_best != NULL) {
@@ -1204,23 +1249,27 @@ cdx_tune_run(
 				}
 				struct cand *c = &cands[ncand];
 				const FaissIndex *like = NULL;
-				if (stage == 0) {
-					ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, nbits,
-					    dsub[0]);
+				if (stage == 0) { /* each group, with fast-scan codes of 2 dimensions */
+					ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, 4, 2, 1);
 					c->group = (int) g;
-				} else if (stage == 1) { /* the best group, the other sub-vector size */
-					if (ivf_best == NULL)
+				} else if (stage == 1) { /* the best group: plain codes, then half the code */
+					if (best_group < 0)
 						continue;
-					ivf_cand(&t, c, ivf_best->transform, ivf_best->pca, ivf_best->nlist,
-					    nbits, dsub[1]);
-					c->group = ivf_best->group;
-					like = group_first[ivf_best->group];
+					const struct cand *b0 = group_cand[best_group];
+					if (g == 0)
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, nbits, dsub_plain,
+						    0);
+					else
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, 4, 4, 1);
+					c->group = best_group;
+					like = group_first[best_group];
 				} else { /* four times the lists: shorter lists, a larger coarse step */
 					if (ivf_best == NULL
 					    || t.n / (nlist0 * 4) < CDX_BUILD_MIN_POINTS_PER_LIST)
 						continue;
-					ivf_cand(&t, c, ivf_best->transform, ivf_best->pca, nlist0 * 4, nbits,
-					    ivf_best->group_dim / ivf_best->m);
+					ivf_cand(&t, c, ivf_best->transform, ivf_best->pca, nlist0 * 4,
+					    ivf_best->nbits, ivf_best->group_dim / ivf_best->m,
+					    ivf_best->fastscan);
 					c->group = -1;
 				}
 				if (c->m == 0 || c->group_dim % c->m != 0)
@@ -1233,8 +1282,10 @@ cdx_tune_run(
 				measured++;
 				spent += (double) (cdx_now_us() - c0) / 1e6;
 				log_cand(&t, c);
-				if (stage == 0)
+				if (stage == 0) {
 					group_first[g] = tr; /* kept: stage 1 reuses its coarse stage */
+					group_cand[g] = c;
+				}
 				if (better(c, ivf_best)) {
 					ivf_best = c;
 					if (best_index != NULL && best_index != tr) {

@@ -155,6 +155,32 @@ main(int argc, char **argv)
 	row("NS_HEAP (per log2(pool) per insertion)", (h1000 - h10) / (ins * log2(1001.0)), CDX_TUNE_NS_HEAP);
 	cdx_collection_unref(l);
 
+	/* fast-scan (2-dimensional sub-vectors, M = dim / 2): per code per
+	 * sub-quantizer from 64 long lists probed 1 vs 16; per probed list per
+	 * sub-quantizer from many short lists (one block of 32 each); the
+	 * result handlers from a pool of 1000 against 10 */
+	uint32_t fm = dim / 2;
+	char fac[64];
+	snprintf(fac, sizeof(fac), "IVF64,PQ%ux4fs", fm);
+	cdx_collection *fs = make(fac, BIG, x);
+	double fc1, fc16;
+	double fa = ns_per_query(fs, q, NQ, 10, 1, &fc1), fb = ns_per_query(fs, q, NQ, 10, 16, &fc16);
+	double fs_code = (fb - fa) / ((fc16 - fc1 + 16.0 * 15) * fm);
+	row("NS_FS_CODE (per code x M, fast-scan)", fs_code, CDX_TUNE_NS_FS_CODE);
+	cdx_collection_unref(fs);
+	snprintf(fac, sizeof(fac), "IVF4096,PQ%ux4fs", fm);
+	cdx_collection *fl = make(fac, 4096 * 8, x);
+	double fl1, fl2;
+	double fla = ns_per_query(fl, q, NQ, 10, 64, &fl1), flb = ns_per_query(fl, q, NQ, 10, 512, &fl2);
+	double fs_list = (flb - fla - fs_code * fm * (fl2 - fl1 + 16.0 * (512 - 64))) / ((512.0 - 64.0) * fm);
+	row("NS_FS_LIST (per list x M, fast-scan)", fs_list, CDX_TUNE_NS_FS_LIST);
+	double fcp;
+	double fh10 = ns_per_query(fl, q, NQ, 10, 512, &fcp), fh1000 = ns_per_query(fl, q, NQ, 1000, 512, NULL);
+	double fins = 1000.0 * (1 + log(fcp / 1000.0));
+	row("NS_FS_HEAP (per log2(pool) per insertion)", (fh1000 - fh10) / (fins * log2(1001.0)),
+	    CDX_TUNE_NS_FS_HEAP);
+	cdx_collection_unref(fl);
+
 	/* re-ranking: 1000 random candidates a query, each store kind */
 	const char *kinds[] = { NULL, "fp32", "fp16", "sq8" };
 	const double compiled_dim[]

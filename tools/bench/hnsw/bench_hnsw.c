@@ -61,6 +61,7 @@ struct opts {
 	size_t nefs;
 	cpu_set_t server_cpus, client_cpus;
 	int pinned;
+	int inproc_only; /* --inproc-only: one in-process loop (for a profiler) */
 };
 
 /* --- the data -------------------------------------------------------------- */
@@ -426,7 +427,9 @@ usage(FILE *out)
 	    "  --ef LIST            hnswlib ef ladder, comma-separated [10,12,16,...,1024]\n"
 	    "  --server-cpus LIST   pin the server, the in-process runs and hnswlib to these CPUs\n"
 	    "  --client-cpus LIST   pin the client threads to these CPUs (with --server-cpus)\n"
-	    "  --candex PATH        the candex binary [next to bench_hnsw]\n");
+	    "  --candex PATH        the candex binary [next to bench_hnsw]\n"
+	    "  --inproc-only        only candex in process (needs --index): recall and one QPS\n"
+	    "                       figure, 1 thread, --batch queries per call (to profile it)\n");
 }
 
 static int
@@ -491,6 +494,7 @@ main(int argc, char **argv)
 		{ "server-cpus", required_argument, NULL, 'S' },
 		{ "client-cpus", required_argument, NULL, 'L' },
 		{ "candex", required_argument, NULL, 'x' },
+		{ "inproc-only", no_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -534,6 +538,7 @@ main(int argc, char **argv)
 		case 'S': server_cpus = optarg; break;
 		case 'L': client_cpus = optarg; break;
 		case 'x': o.candex = optarg; break;
+		case 'P': o.inproc_only = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -589,6 +594,28 @@ main(int argc, char **argv)
 	    o.base, n, dim, cdx_metric_name(o.metric), d.queries.n, o.k, o.k, o.workers, o.clients, o.batch,
 	    load1, load5, load15);
 	fflush(stdout);
+
+	if (o.inproc_only) {
+		char path[4200];
+		if (o.index == NULL) {
+			fprintf(stderr, "bench_hnsw: --inproc-only needs --index\n");
+			return 2;
+		}
+		snprintf(path, sizeof(path), "%s/%s", o.index, o.collection);
+		cdx_collection *c = NULL;
+		if (cdx_collection_load(&c, path) != CDX_OK)
+			fail(path);
+		struct cdx_search_used used = { 0 };
+		double rec = default_recall(&o, &d, c, &used);
+		struct loop l = { .kind = LOOP_INPROC, .o = &o, .d = &d, .c = c, .batch = o.batch };
+		struct qps r = run_loop(&l, 1, 0, NULL);
+		printf("candex in process, 1 thread, batch %u: %u-recall@%u %.4f (nprobe %u, refine x%g), %.0f "
+		       "QPS\n",
+		    o.batch, o.k, o.k, rec, used.nprobe, (double) used.refine_factor, r.qps);
+		cdx_collection_unref(c);
+		data_fini(&d);
+		return 0;
+	}
 
 	/* 1. candex build first (it uses every core; nothing else runs then) */
 	char tmpdir[] = "/tmp/candex-bench-hnsw-XXXXXX", built[4096];
