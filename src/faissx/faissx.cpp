@@ -320,6 +320,13 @@ cdx_fx_view_search(cdx_fx_view *v, size_t n, const float *x, size_t k, size_t np
 		v->q.nq = (faiss::Index::idx_t) n;
 		v->q.nprobe = (faiss::Index::idx_t) nprobe;
 		v->ivf.nprobe = nprobe;
+		/* Faiss's default (12/13) batches queries by list and repacks
+		 * the table for every list probed; candex's searches are small
+		 * batches over lists they mostly do not share, and the plain
+		 * scan with one table a query (10: heap, 11: reservoir beyond
+		 * k 20) took 0.7-0.8x the CPU on sift-wallpapers, single
+		 * queries and batches of 16 alike (BENCHMARKS.md) */
+		v->ivf.implem = k > 20 ? 11 : 10;
 		v->ivf.search((faiss::Index::idx_t) n, x, (faiss::Index::idx_t) k, D, I);
 	});
 }

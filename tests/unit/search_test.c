@@ -312,10 +312,13 @@ test_nprobe_matches_faiss(void **state)
 			run_search(c, 10, probes[pi], 0, hits);
 			faiss_IndexIVF_set_nprobe(faiss_IndexIVF_cast(ref), probes[pi]);
 			assert_int_equal(faiss_Index_search(ref, NQ, queries, 10, D, I), 0);
+			/* the same ids (1 shard: row == id), or a tie: the same
+			 * distance (fast-scan's 16-bit distances tie often, and
+			 * the scan candex uses breaks ties in another order) */
 			size_t same = 0;
 			for (size_t i = 0; i < NQ * 10; i++)
-				same += hits[i].id == I[i]; /* 1 shard: row == id */
-			/* equal up to ties in PQ distances */
+				same += hits[i].id == I[i]
+				    || fabsf(hits[i].score - D[i]) <= 1e-5f * (1.0f + fabsf(D[i]));
 			if (same < NQ * 10 * 99 / 100)
 				fprintf(stderr, "%s nprobe %u: %zu of %d the same\n", factories[fi], probes[pi],
 				    same, NQ * 10);
