@@ -35,9 +35,13 @@ usage(FILE *out)
 	    "  --stdin               read vectors from stdin: whitespace-separated floats, one vector a "
 	    "line\n"
 	    "  -k, --k K             candidates per query [10]\n"
-	    "  --nprobe N            IVF lists to scan (0 = server default or --recall-target) [0]\n"
-	    "  --refine F            re-rank k x F candidates exactly (0 = collection default) [0]\n"
-	    "  --recall-target R     let the server pick the measured operating point reaching R\n"
+	    "  --nprobe N            IVF lists to scan (0 = the operating point for --recall-target,\n"
+	    "                        else for the collection's default target) [0]\n"
+	    "  --refine F            re-rank F x (k's tier) candidates exactly (0 = the operating point's or\n"
+	    "                        the collection's default) [0]\n"
+	    "  --recall-target R     the cheapest measured operating point reaching R at this k (0 = the\n"
+	    "                        collection's default target); the answer says the point's measured\n"
+	    "                        recall (expected_recall) and whether no point reaches R\n"
 	    "  --exclude-key K       never return this item (repeatable)\n"
 	    "  --exclude-id ID       never return this id (repeatable)\n"
 	    "  --model-version V     refuse if the index was built from another embedding model\n"
@@ -47,7 +51,11 @@ usage(FILE *out)
 	    "  --retries N           retries on timeout/unavailable/overload, with backoff [2]\n"
 	    "  --info                print the server's collections (JSON) instead of searching\n"
 	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
-	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp://\n"
+	    "  --drop NAME           ask an admin listener to stop serving NAME, whose CURRENT link is\n"
+	    "                        gone (a reload keeps serving such a collection)\n"
+	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp:// (--tls-ca\n"
+	    "                        is required: the CA that signed the server's certificate)\n"
+	    "  --tls-insecure        tls+tcp:// without --tls-ca: encrypt but do not verify the server\n"
 	    "  -h, --help            show this help\n");
 }
 
@@ -229,6 +237,8 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "nprobe", json_integer(r->nprobe));
 	json_object_set_new(root, "refine_factor", json_real(r->refine_factor));
 	json_object_set_new(root, "recall_target", json_real(r->recall_target));
+	json_object_set_new(root, "expected_recall", json_real(r->expected_recall));
+	json_object_set_new(root, "target_unmet", json_boolean(r->target_unmet));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
 	for (size_t i = 0; i < r->nqueries; i++) {
 		json_t *hits = json_array();
@@ -255,6 +265,10 @@ print_table(const struct cdx_result *r, const char *collection)
 	    r->metric, r->nprobe, (double) r->refine_factor);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
+	if (r->expected_recall > 0)
+		printf("  expected_recall %.4f", (double) r->expected_recall);
+	if (r->target_unmet)
+		printf("  (target unmet: no measured setting reaches it at this k)");
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
@@ -291,10 +305,12 @@ enum {
 	OPT_RETRIES,
 	OPT_INFO,
 	OPT_RELOAD,
+	OPT_DROP,
 	OPT_TLS_CA,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
 	OPT_TLS_NAME,
+	OPT_TLS_INSECURE,
 };
 
 static int
@@ -350,14 +366,16 @@ cmd_query(int argc, char **argv)
 		{ "retries", required_argument, NULL, OPT_RETRIES },
 		{ "info", no_argument, NULL, OPT_INFO },
 		{ "reload", no_argument, NULL, OPT_RELOAD },
+		{ "drop", required_argument, NULL, OPT_DROP },
 		{ "tls-ca", required_argument, NULL, OPT_TLS_CA },
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
+		{ "tls-insecure", no_argument, NULL, OPT_TLS_INSECURE },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL;
+	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL, *drop = NULL;
 	struct strlist keys = { 0 }, exkeys = { 0 };
 	int64_t *exids = NULL;
 	size_t nexids = 0;
@@ -454,6 +472,9 @@ cmd_query(int argc, char **argv)
 		case OPT_RELOAD:
 			reload = 1;
 			break;
+		case OPT_DROP:
+			drop = optarg;
+			break;
 		case OPT_TLS_CA:
 			co.tls_ca_file = optarg;
 			break;
@@ -465,6 +486,9 @@ cmd_query(int argc, char **argv)
 			break;
 		case OPT_TLS_NAME:
 			co.tls_server_name = optarg;
+			break;
+		case OPT_TLS_INSECURE:
+			co.tls_insecure = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -479,7 +503,7 @@ cmd_query(int argc, char **argv)
 		fprintf(stderr, "candex query: unexpected argument '%s'\n", argv[optind]);
 		goto out;
 	}
-	if (reload)
+	if (reload || drop != NULL)
 		info = 1; /* no query vectors either */
 	if (url == NULL || (!info && collection == NULL)) {
 		fprintf(stderr, "candex query: --url and --collection are required (see --help)\n");
@@ -516,6 +540,13 @@ cmd_query(int argc, char **argv)
 			goto out;
 		}
 		printf("reloaded\n");
+	}
+	if (drop != NULL) {
+		if (cdx_client_drop(client, drop, &err) != CDX_OK) {
+			fprintf(stderr, "candex query: drop: %s: %s\n", cdx_errname(err.code), err.message);
+			goto out;
+		}
+		printf("dropped %s\n", drop);
 	}
 	if (info) {
 		char *text = NULL;

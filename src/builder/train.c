@@ -18,7 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <faiss/c_api/Clustering_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -44,36 +43,6 @@ faiss_metric(int metric)
 	 * (with IP, recall fell as nprobe rose: docs/recall.md). Search turns
 	 * the distance back into a cosine. */
 	return metric == CDX_METRIC_IP ? METRIC_INNER_PRODUCT : METRIC_L2;
-}
-
-/* cdx_build_train_spherical trains an IVF index's coarse quantizer with
- * spherical k-means (unit centroids), as Faiss does by itself for inner
- * product; Faiss's train() then sees a trained quantizer and only trains the
- * codes. Cosine indexes are L2 over unit vectors (see faiss_metric): plain
- * k-means there leaves centroids inside the sphere and probes worse lists
- * (glove100, nprobe 64, refine x16: 10-recall@10 0.940 against 0.954 with
- * spherical centroids). Not an IVF index (small collections): nothing to do. */
-int
-cdx_build_train_spherical(
-    FaissIndex *index, uint64_t n, const float *x, int niter, int max_points_per_centroid)
-{
-	FaissIndexIVF *ivf = faiss_IndexIVF_cast(index);
-	if (ivf == NULL)
-		return CDX_OK;
-	FaissClusteringParameters cp;
-	faiss_ClusteringParameters_init(&cp); /* IndexIVF's defaults, seed 1234 */
-	cp.spherical = 1;
-	if (niter > 0)
-		cp.niter = niter;
-	if (max_points_per_centroid > 0)
-		cp.max_points_per_centroid = max_points_per_centroid;
-	FaissClustering *clus = NULL;
-	int frc = faiss_Clustering_new_with_params(
-	    &clus, faiss_Index_d(index), (int) faiss_IndexIVF_nlist(ivf), &cp);
-	if (frc == 0)
-		frc = faiss_Clustering_train(clus, (idx_t) n, x, faiss_IndexIVF_quantizer(ivf));
-	faiss_Clustering_free(clus);
-	return frc == 0 ? CDX_OK : cdx_error_faiss("spherical k-means of the coarse quantizer");
 }
 
 void

@@ -34,7 +34,10 @@ static const struct opt opts[] = {
 	{ "admin-listen", OPT_STR, O(admin_listen), "URL",
 	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin" },
 	{ "admin-ipc-mode", OPT_STR, O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket" },
-	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP" },
+	{ "ipc-mode", OPT_STR, O(query_ipc_mode), "OCTAL",
+	    "file permissions of ipc:// query sockets (connecting needs write permission)" },
+	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT",
+	    "serve /metrics, /healthz (liveness) and /readyz (readiness) over HTTP" },
 	{ "config", OPT_STR, O(config_file), "FILE",
 	    "read options from FILE (\"option = value\" lines, # comments); flags override it" },
 	{ "threads", OPT_U32, O(threads), "N",
@@ -85,6 +88,7 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->listener_check_ms = 1000;
 	cfg->online_recall_cpu = 0.05;
 	cfg->ipc_mode = strdup("0600");
+	cfg->query_ipc_mode = strdup("0660");
 	cfg->log_level = CDX_LOG_INFO;
 }
 
@@ -268,6 +272,17 @@ cdx_server_config_file(struct cdx_server_config *cfg, const char *path)
 	return rc;
 }
 
+/* octal_mode: 1 if s is empty (keep the umask's mode) or file permissions
+ * in octal, 0 to 0777. */
+static int
+octal_mode(const char *s)
+{
+	if (s == NULL || *s == '\0')
+		return 1;
+	size_t n = strspn(s, "01234567");
+	return s[n] == '\0' && n <= 4 && strtol(s, NULL, 8) <= 0777;
+}
+
 int
 cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 {
@@ -324,6 +339,9 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 		return cdx_error(CDX_EINVAL, "--online-recall-fraction must be in [0, 1]");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		return cdx_error(CDX_EINVAL, "--tls-cert and --tls-key go together");
+	if (!octal_mode(cfg->ipc_mode) || !octal_mode(cfg->query_ipc_mode))
+		return cdx_error(
+		    CDX_EINVAL, "--admin-ipc-mode and --ipc-mode want octal permissions like 0660");
 	return CDX_OK;
 }
 
