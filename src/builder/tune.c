@@ -659,16 +659,35 @@ cdx_tune_run(
 					if (groups[g].pca > 64 && ivf_best != NULL && ivf_best->pca == 64
 					    && ivf_best->ns < INFINITY)
 						continue;
-					/* each group with fast-scan codes of 2 dimensions */
-					ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, 4, 2, 1);
+					/* each group with fast-scan codes of 2 dimensions, but
+					 * ip as L2 with plain codes: fast-scan quantizes every
+					 * sub-quantizer's table with one scale, set by the
+					 * widest, and the added coordinate's (the item norms')
+					 * leaves the others a few levels (Faiss's
+					 * round_uint8_per_column). On tune_test's ip set,
+					 * PQ10x4fs then lost recall as nprobe rose (x4: 0.86
+					 * at nprobe 32, 0.65 at 64) and its chosen setting
+					 * missed the target on fresh queries (0.947). */
+					if (groups[g].transform == CDX_TRANSFORM_MIPS_L2)
+						ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0,
+						    nbits, dsub_plain, 0);
+					else
+						ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, 4,
+						    2, 1);
 					c->group = (int) g;
 				} else if (stage == 1) { /* the best group: plain codes, then half the code */
 					if (best_group < 0 || group_cand[best_group] == NULL)
 						continue;
 					const struct cand *b0 = group_cand[best_group];
-					if (g == 0)
-						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, nbits, dsub_plain,
-						    0);
+					/* plain already (ip as L2): only half the code is new */
+					if (!b0->fastscan && g == 0)
+						continue;
+					if (!b0->fastscan)
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, nbits,
+						    2 * dsub_plain, 0);
+					else if (g == 0)
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, nbits,
+						    dsub_plain, 0);
 					else
 						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, 4, 4, 1);
 					c->group = best_group;
