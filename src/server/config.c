@@ -25,6 +25,8 @@ struct opt {
 
 #define O(f) offsetof(struct cdx_server_config, f)
 
+#define MAX_ADAPT_RUNGS 16 /* a ladder has a handful of rungs */
+
 static const struct opt opts[] = {
 	{ "index-dir", OPT_STR, O(index_dir), "DIR",
 	    "serve every collection DIR/<name>/ that has a CURRENT link (required)" },
@@ -66,6 +68,14 @@ static const struct opt opts[] = {
 	    "fraction of answered queries re-run exactly to export recall@k in /metrics (0 = off)" },
 	{ "online-recall-cpu", OPT_DOUBLE, O(online_recall_cpu), "F",
 	    "CPU budget of the online recall checker, as a fraction of one core" },
+	{ "adapt-max-rungs", OPT_U32, O(adapt_max_rungs), "N",
+	    "recall adaptation: when online recall stays below the target, serve up to N operating "
+	    "points above the chosen one (one rung per decision; back down when the cheaper one reaches "
+	    "the target again); needs --online-recall-fraction (0 = off)" },
+	{ "adapt-window", OPT_U32, O(adapt_window), "N",
+	    "checked queries (at one collection, k tier and rung) behind each adaptation decision" },
+	{ "adapt-window-seconds", OPT_DOUBLE, O(adapt_window_seconds), "SECONDS",
+	    "the least time each adaptation decision's window spans" },
 	{ "tls-cert", OPT_STR, O(tls_cert), "FILE", "server certificate (PEM) for tls+tcp:// listeners" },
 	{ "tls-key", OPT_STR, O(tls_key), "FILE", "private key (PEM) of --tls-cert" },
 	{ "tls-ca", OPT_STR, O(tls_ca), "FILE",
@@ -87,6 +97,9 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->drain_ms = 10000;
 	cfg->listener_check_ms = 1000;
 	cfg->online_recall_cpu = 0.05;
+	cfg->adapt_max_rungs = 2;
+	cfg->adapt_window = 200;
+	cfg->adapt_window_seconds = 30;
 	cfg->ipc_mode = strdup("0600");
 	cfg->query_ipc_mode = strdup("0660");
 	cfg->log_level = CDX_LOG_INFO;
@@ -337,6 +350,12 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 		return cdx_error(CDX_EINVAL, "--max-k and --max-batch must be at least 1");
 	if (cfg->online_recall_fraction > 1)
 		return cdx_error(CDX_EINVAL, "--online-recall-fraction must be in [0, 1]");
+	if (cfg->adapt_max_rungs > MAX_ADAPT_RUNGS)
+		return cdx_error(CDX_EINVAL, "--adapt-max-rungs must be at most %d", MAX_ADAPT_RUNGS);
+	if (cfg->adapt_window < 10)
+		return cdx_error(CDX_EINVAL,
+		    "--adapt-window must be at least 10 checked queries (a decision needs a confidence "
+		    "interval)");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		return cdx_error(CDX_EINVAL, "--tls-cert and --tls-key go together");
 	if (!octal_mode(cfg->ipc_mode) || !octal_mode(cfg->query_ipc_mode))
