@@ -225,18 +225,16 @@ struct AssignedQuantizer : faiss::Index {
 		ntotal = q->ntotal;
 		is_trained = true;
 	}
-	void
-	add(idx_t, const float *) override
+	void add(idx_t, const float *) override
 	{
 		throw std::logic_error("AssignedQuantizer: read-only");
 	}
-	void
-	reset() override
+	void reset() override
 	{
 		throw std::logic_error("AssignedQuantizer: read-only");
 	}
-	void
-	search(idx_t n, const float *x, idx_t k, float *D, idx_t *I, const faiss::SearchParameters *) const override
+	void search(idx_t n, const float *x, idx_t k, float *D, idx_t *I,
+	    const faiss::SearchParameters *) const override
 	{
 		ptrdiff_t off = x - x0;
 		idx_t i0 = (idx_t) (off / (ptrdiff_t) xdim);
@@ -245,8 +243,7 @@ struct AssignedQuantizer : faiss::Index {
 		std::memcpy(I, assign + i0 * k, (size_t) (n * k) * sizeof(idx_t));
 		std::memcpy(D, dis + i0 * k, (size_t) (n * k) * sizeof(float));
 	}
-	void
-	reconstruct(idx_t key, float *recons) const override
+	void reconstruct(idx_t key, float *recons) const override
 	{
 		real->reconstruct(key, recons);
 	}

@@ -80,8 +80,8 @@ void cdx_fx_view_free(cdx_fx_view *v);
  * results each, probing for query i the nprobe lists assign[i * nprobe ..]
  * whose coarse distances are cdis[i * nprobe ..] (as the coarse quantizer
  * returned them; -1 lists are skipped). D/I are n x k, as Faiss fills them. */
-int cdx_fx_view_search(cdx_fx_view *v, size_t n, const float *x, size_t k, size_t nprobe,
-    const idx_t *assign, const float *cdis, float *D, idx_t *I);
+int cdx_fx_view_search(cdx_fx_view *v, size_t n, const float *x, size_t k, size_t nprobe, const idx_t *assign,
+    const float *cdis, float *D, idx_t *I);
 
 /* cdx_fx_index_bytes returns the bytes index holds in memory as its C++
  * objects hold them: codes, ids, quantizers, codebooks, pre-transform

@@ -140,8 +140,8 @@ excluded(const struct search_ctx *x, int64_t id, uint32_t shard, uint32_t row)
  * each) with stride nprobe cap into keys and kdis (malloc'd), padded with -1
  * lists that IndexIVF::search_preassigned skips (search.h DESIGN). */
 static int
-pad_assignment(const struct search_ctx *x, size_t nq, const idx_t *assign, const float *cdis, idx_t **keys,
-    float **kdis)
+pad_assignment(
+    const struct search_ctx *x, size_t nq, const idx_t *assign, const float *cdis, idx_t **keys, float **kdis)
 {
 	size_t cap = x->c->d->nprobe_cap, np = x->nprobe;
 	*keys = malloc(nq * cap * sizeof(idx_t));
@@ -199,7 +199,8 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			frc = cdx_fx_view_search(v, nq, qs, kf, x->nprobe, assign, cdis, dst_d, dst_i);
 			cdx__shard_view_release(ls, v);
 		} else if (ls->ivf != NULL && ls->preassigned) {
-			if (keys == NULL && (rc = pad_assignment(x, nq, assign, cdis, &keys, &kdis)) != CDX_OK)
+			if (keys == NULL
+			    && (rc = pad_assignment(x, nq, assign, cdis, &keys, &kdis)) != CDX_OK)
 				break;
 			frc = faiss_IndexIVF_search_preassigned(
 			    ls->ivf, (idx_t) nq, qs, (idx_t) kf, keys, kdis, dst_d, dst_i, 0);

@@ -320,8 +320,8 @@ test_nprobe_matches_faiss(void **state)
 				same += hits[i].id == I[i]
 				    || fabsf(hits[i].score - D[i]) <= 1e-5f * (1.0f + fabsf(D[i]));
 			if (same < NQ * 10 * 99 / 100)
-				fprintf(stderr, "%s nprobe %u: %zu of %d the same\n", factories[fi], probes[pi],
-				    same, NQ * 10);
+				fprintf(stderr, "%s nprobe %u: %zu of %d the same\n", factories[fi],
+				    probes[pi], same, NQ * 10);
 			assert_true(same >= NQ * 10 * 99 / 100);
 		}
 		faiss_Index_free(ref);

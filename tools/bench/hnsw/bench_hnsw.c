@@ -106,7 +106,8 @@ load_data(const struct opts *o, struct data *d)
 		if (ngt < d->queries.n)
 			rc = cdx_error(CDX_EINVAL, "%s: %zu rows for %zu queries", o->gt, ngt, d->queries.n);
 		else
-			rc = cdx_truth_from_rows(&d->truth, &d->space, d->queries_norm, d->queries.n, gt, gk, o->k);
+			rc = cdx_truth_from_rows(
+			    &d->truth, &d->space, d->queries_norm, d->queries.n, gt, gk, o->k);
 		free(gt);
 		return rc;
 	}
@@ -370,7 +371,8 @@ build_candex(const struct opts *o, const char *dir, uint64_t *peak_rss)
 /* default_recall: candex's recall with no settings (the collection's
  * default target) over every query, in process; *used says what it used. */
 static double
-default_recall(const struct opts *o, const struct data *d, const cdx_collection *c, struct cdx_search_used *used)
+default_recall(
+    const struct opts *o, const struct data *d, const cdx_collection *c, struct cdx_search_used *used)
 {
 	size_t nq = d->queries.n;
 	int64_t *ids = malloc(nq * o->k * sizeof(int64_t));
@@ -522,20 +524,36 @@ main(int argc, char **argv)
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (ch) {
-		case 'B': o.base = optarg; break;
-		case 'Q': o.queries = optarg; break;
+		case 'B':
+			o.base = optarg;
+			break;
+		case 'Q':
+			o.queries = optarg;
+			break;
 		case 'm':
 			if (cdx_metric_parse(optarg, &o.metric) != CDX_OK) {
 				fprintf(stderr, "bench_hnsw: --metric l2, ip or cos\n");
 				return 2;
 			}
 			break;
-		case 'g': o.gt = optarg; break;
-		case 'n': o.max_queries = (size_t) atol(optarg); break;
-		case 'k': o.k = (uint32_t) atoi(optarg); break;
-		case 'i': o.index = optarg; break;
-		case 'o': o.out = optarg; break;
-		case 'c': o.collection = optarg; break;
+		case 'g':
+			o.gt = optarg;
+			break;
+		case 'n':
+			o.max_queries = (size_t) atol(optarg);
+			break;
+		case 'k':
+			o.k = (uint32_t) atoi(optarg);
+			break;
+		case 'i':
+			o.index = optarg;
+			break;
+		case 'o':
+			o.out = optarg;
+			break;
+		case 'c':
+			o.collection = optarg;
+			break;
 		case 'a':
 			if (o.nbuild_args == MAX_BUILDA) {
 				fprintf(stderr, "bench_hnsw: too many --build-arg\n");
@@ -543,25 +561,52 @@ main(int argc, char **argv)
 			}
 			o.build_args[o.nbuild_args++] = optarg;
 			break;
-		case 'w': o.workers = (uint32_t) atoi(optarg); break;
-		case 'C': o.clients = (uint32_t) atoi(optarg); break;
-		case 'b': o.batch = (uint32_t) atoi(optarg); break;
-		case 's': o.seconds = atof(optarg); break;
-		case 'r': o.rounds = (uint32_t) atoi(optarg); break;
-		case 'M': o.hnsw_m = (size_t) atol(optarg); break;
-		case 'E': o.hnsw_efc = (size_t) atol(optarg); break;
+		case 'w':
+			o.workers = (uint32_t) atoi(optarg);
+			break;
+		case 'C':
+			o.clients = (uint32_t) atoi(optarg);
+			break;
+		case 'b':
+			o.batch = (uint32_t) atoi(optarg);
+			break;
+		case 's':
+			o.seconds = atof(optarg);
+			break;
+		case 'r':
+			o.rounds = (uint32_t) atoi(optarg);
+			break;
+		case 'M':
+			o.hnsw_m = (size_t) atol(optarg);
+			break;
+		case 'E':
+			o.hnsw_efc = (size_t) atol(optarg);
+			break;
 		case 'e':
 			if (parse_efs(optarg, &o) != 0) {
-				fprintf(stderr, "bench_hnsw: --ef wants positive integers, comma-separated\n");
+				fprintf(
+				    stderr, "bench_hnsw: --ef wants positive integers, comma-separated\n");
 				return 2;
 			}
 			break;
-		case 'S': server_cpus = optarg; break;
-		case 'L': client_cpus = optarg; break;
-		case 'x': o.candex = optarg; break;
-		case 'P': o.inproc_only = 1; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'S':
+			server_cpus = optarg;
+			break;
+		case 'L':
+			client_cpus = optarg;
+			break;
+		case 'x':
+			o.candex = optarg;
+			break;
+		case 'P':
+			o.inproc_only = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (o.base == NULL || o.queries == NULL || o.metric < 0 || o.k == 0 || o.k > 1024 || o.workers == 0
@@ -630,8 +675,9 @@ main(int argc, char **argv)
 		double rec = default_recall(&o, &d, c, &used);
 		struct loop l = { .kind = LOOP_INPROC, .o = &o, .d = &d, .c = c, .batch = o.batch };
 		struct qps r = run_loop(&l, 1, 0, NULL);
-		printf("candex in process, 1 thread, batch %u: %u-recall@%u %.4f (nprobe %u, refine x%g), %.0f "
-		       "QPS, %.1f µs CPU a query\n",
+		printf(
+		    "candex in process, 1 thread, batch %u: %u-recall@%u %.4f (nprobe %u, refine x%g), %.0f "
+		    "QPS, %.1f µs CPU a query\n",
 		    o.batch, o.k, o.k, rec, used.nprobe, (double) used.refine_factor, r.qps, r.cpu_us);
 		cdx_collection_unref(c);
 		data_fini(&d);
@@ -664,8 +710,8 @@ main(int argc, char **argv)
 	uint64_t rss0 = bench_self_rss_bytes(), t0 = cdx_now_us();
 	bench_hnsw *h = NULL;
 	char msg[256];
-	if (bench_hnsw_build(&h, d.base_norm, n, dim, o.metric != CDX_METRIC_L2, o.hnsw_m, o.hnsw_efc, msg,
-	        sizeof(msg))
+	if (bench_hnsw_build(
+	        &h, d.base_norm, n, dim, o.metric != CDX_METRIC_L2, o.hnsw_m, o.hnsw_efc, msg, sizeof(msg))
 	    != 0) {
 		fprintf(stderr, "bench_hnsw: %s\n", msg);
 		return 1;
@@ -674,8 +720,9 @@ main(int argc, char **argv)
 	malloc_trim(0);
 	double hnsw_bpi = (double) (bench_self_rss_bytes() - rss0) / (double) n;
 	double hnsw_struct_bpi = (double) bench_hnsw_bytes(h) / (double) n;
-	printf("hnswlib M %zu, ef_construction %zu: built in %.1f s on one thread; %.0f B/item resident (%.0f "
-	       "by its structures)\n\n",
+	printf(
+	    "hnswlib M %zu, ef_construction %zu: built in %.1f s on one thread; %.0f B/item resident (%.0f "
+	    "by its structures)\n\n",
 	    o.hnsw_m, o.hnsw_efc, hnsw_build_s, hnsw_bpi, hnsw_struct_bpi);
 	printf("| hnswlib ef | %u-recall@%u | QPS, 1 thread | CPU µs/query |\n|---|---|---|---|\n", o.k, o.k);
 	struct hnsw_row rows[MAX_EF];
@@ -706,8 +753,9 @@ main(int argc, char **argv)
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	struct cdx_search_used used = { 0 };
 	double rec_in = default_recall(&o, &d, c, &used);
-	printf("\ncandex %s (%s, refine %s): %s; %.0f B/item resident (%.0f by its parts); default settings at "
-	       "k %u: nprobe %u, refine x%g: %u-recall@%u %.4f in process\n",
+	printf(
+	    "\ncandex %s (%s, refine %s): %s; %.0f B/item resident (%.0f by its parts); default settings at "
+	    "k %u: nprobe %u, refine x%g: %u-recall@%u %.4f in process\n",
 	    m->factory, cdx_transform_name(m->transform), cdx_refine_name(m->refine),
 	    o.index ? "given index" : "built", cdx_bpi, (double) cdx_collection_memory_bytes(c) / (double) n,
 	    o.k, used.nprobe, (double) used.refine_factor, o.k, o.k, rec_in);
@@ -760,17 +808,18 @@ main(int argc, char **argv)
 	size_t l2, h2;
 	double hq = same_recall(br, lo == hi ? 1 : 2, rec_srv, &l2, &h2);
 	/* hnswlib's CPU per query at that recall: the same interpolation */
-	double f = lo == hi || br[1].recall <= br[0].recall ? 1
-	                                                    : (rec_srv - br[0].recall) / (br[1].recall - br[0].recall);
+	double f = lo == hi || br[1].recall <= br[0].recall
+	    ? 1
+	    : (rec_srv - br[0].recall) / (br[1].recall - br[0].recall);
 	f = f < 0 ? 0 : f > 1 ? 1 : f;
 	double hcpu = br[0].cpu_us + f * (br[1].cpu_us - br[0].cpu_us);
 	bench_serve_stop(srv);
 
 	printf("| path | %u-recall@%u | QPS | CPU µs/query | notes |\n|---|---|---|---|---|\n", o.k, o.k);
-	printf("| hnswlib, 1 thread, ef %u..%u interpolated | %.4f | %.0f | %.1f | %.0f B/item |\n", rows[lo].ef,
-	    rows[hi].ef, rec_srv, hq, hcpu, hnsw_bpi);
-	printf("| candex in process, 1 thread | %.4f | %.0f | %.1f | %.0f B/item |\n", rec_in, in1.qps, in1.cpu_us,
-	    cdx_bpi);
+	printf("| hnswlib, 1 thread, ef %u..%u interpolated | %.4f | %.0f | %.1f | %.0f B/item |\n",
+	    rows[lo].ef, rows[hi].ef, rec_srv, hq, hcpu, hnsw_bpi);
+	printf("| candex in process, 1 thread | %.4f | %.0f | %.1f | %.0f B/item |\n", rec_in, in1.qps,
+	    in1.cpu_us, cdx_bpi);
 	printf("| candex in process, %u threads | %.4f | %.0f | %.1f | |\n", o.workers, rec_in, inw.qps,
 	    inw.cpu_us);
 	printf("| candex in process, %u threads, batch %u | | %.0f | %.1f | |\n", o.workers, o.batch, inb.qps,
@@ -783,20 +832,21 @@ main(int argc, char **argv)
 	    o.batch, svb.qps, svb.srv_cpu_us / o.batch, svb.cpu_us, svb.ctxsw);
 	uint64_t errors = in1.errors + inw.errors + inb.errors + sv1.errors + svb.errors;
 	printf("\n| goal | measured | ratio | wanted |\n|---|---|---|---|\n");
-	printf("| P1a served QPS / hnswlib at the same recall | %.0f / %.0f | %.2fx | >= 1.0x, recall >= 0.95 "
-	       "(%.4f) |\n",
+	printf(
+	    "| P1a served QPS / hnswlib at the same recall | %.0f / %.0f | %.2fx | >= 1.0x, recall >= 0.95 "
+	    "(%.4f) |\n",
 	    sv1.qps, hq, sv1.qps / hq, rec_srv);
 	printf("| P1a memory per item / hnswlib's | %.0f / %.0f B | %.2fx | <= 0.25x |\n", cdx_bpi, hnsw_bpi,
 	    cdx_bpi / hnsw_bpi);
-	printf("| P1b served QPS, batch %u / hnswlib | %.0f / %.0f | %.2fx | >= 2.0x |\n", o.batch, svb.qps, hq,
-	    svb.qps / hq);
+	printf("| P1b served QPS, batch %u / hnswlib | %.0f / %.0f | %.2fx | >= 2.0x |\n", o.batch, svb.qps,
+	    hq, svb.qps / hq);
 	printf("| P2 served / in process, %u threads, batch 1 | %.0f / %.0f | %.2fx | >= 0.9x |\n", o.workers,
 	    sv1.qps, inw.qps, sv1.qps / inw.qps);
-	printf("| P2 served / in process, %u threads, batch %u | %.0f / %.0f | %.2fx | >= 0.9x |\n", o.workers,
-	    o.batch, svb.qps, inb.qps, svb.qps / inb.qps);
+	printf("| P2 served / in process, %u threads, batch %u | %.0f / %.0f | %.2fx | >= 0.9x |\n",
+	    o.workers, o.batch, svb.qps, inb.qps, svb.qps / inb.qps);
 	if (!isnan(build_s))
-		printf("| P4 build time / hnswlib's (1 thread) | %.1f / %.1f s | %.2fx | <= 1.0x |\n", build_s,
-		    hnsw_build_s, build_s / hnsw_build_s);
+		printf("| P4 build time / hnswlib's (1 thread) | %.1f / %.1f s | %.2fx | <= 1.0x |\n",
+		    build_s, hnsw_build_s, build_s / hnsw_build_s);
 	printf("\nerrors: %llu\n", (unsigned long long) errors);
 
 	cdx_collection_unref(c);

@@ -17,8 +17,8 @@ struct bench_hnsw {
 };
 
 extern "C" int
-bench_hnsw_build(bench_hnsw **hp, const float *x, size_t n, uint32_t dim, int ip, size_t M, size_t ef_construction,
-    char *msg, size_t msglen)
+bench_hnsw_build(bench_hnsw **hp, const float *x, size_t n, uint32_t dim, int ip, size_t M,
+    size_t ef_construction, char *msg, size_t msglen)
 {
 	*hp = nullptr;
 	try {
@@ -27,7 +27,8 @@ bench_hnsw_build(bench_hnsw **hp, const float *x, size_t n, uint32_t dim, int ip
 			h->space = std::make_unique<hnswlib::InnerProductSpace>(dim);
 		else
 			h->space = std::make_unique<hnswlib::L2Space>(dim);
-		h->g = std::make_unique<hnswlib::HierarchicalNSW<float>>(h->space.get(), n, M, ef_construction);
+		h->g = std::make_unique<hnswlib::HierarchicalNSW<float>>(
+		    h->space.get(), n, M, ef_construction);
 		for (size_t i = 0; i < n; i++)
 			h->g->addPoint(x + i * dim, (hnswlib::labeltype) i);
 		*hp = h.release();
