@@ -286,7 +286,8 @@ struct cdx_fx_view {
 		ivf.qbs2 = o.qbs2;
 		ivf.pq = o.pq;
 		ivf.use_precomputed_table = o.use_precomputed_table;
-		ivf.precomputed_table = o.precomputed_table;
+		if (o.precomputed_table.size() > 0) /* Faiss's copy passes memcpy NULL when empty */
+			ivf.precomputed_table = o.precomputed_table;
 	}
 };
 
