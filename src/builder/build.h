@@ -170,8 +170,8 @@ uint32_t cdx_build_default_nlist(uint64_t n);
 uint32_t cdx_build_default_pq_m(uint32_t dim);
 /* cdx_build_factory_rewrite checks a user factory string and writes the one
  * to use into out: "np" is appended to every PQ<M>[x<b>] component unless
- * polysemous; fast-scan (x4fs) and L2norm components are refused with
- * CDX_EINVAL and a message saying why. */
+ * polysemous (fast-scan PQ<M>x4fs[r] has none); L2norm components are
+ * refused with CDX_EINVAL and a message saying why. */
 int cdx_build_factory_rewrite(const char *factory, int polysemous, char *out, size_t outlen);
 /* cdx_build_params_choose fills p for n rows of dim: the documented
  * defaults, or factory (if not NULL) after cdx_build_factory_rewrite.

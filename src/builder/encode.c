@@ -22,6 +22,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "builder/build.h"
+#include "faissx/faissx.h"
 #include "shard/refine.h"
 #include "shard/transform.h"
 
@@ -200,7 +201,7 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	if (consume) {
 		index = p->index;
 		p->index = NULL;
-	} else if (faiss_clone_index(p->index, &index) != 0) {
+	} else if (cdx_fx_clone(p->index, &index) != 0) {
 		rc = cdx_error_faiss("clone of the trained index");
 		goto fail;
 	}

@@ -59,6 +59,9 @@
 #define CDX_TUNE_NS_LUT         0.25   /* per table entry built per probed list (M x 2^nbits) */
 #define CDX_TUNE_NS_CODE8       0.88   /* per code per sub-quantizer, 8-bit PQ */
 #define CDX_TUNE_NS_CODE4       1.49   /* per code per sub-quantizer, 4-bit PQ (no fast-scan) */
+#define CDX_TUNE_NS_FS_CODE     0.03   /* per code per sub-quantizer, fast-scan (blocks of 32) */
+#define CDX_TUNE_NS_FS_LIST     8.5    /* per probed list per sub-quantizer, fast-scan */
+#define CDX_TUNE_NS_FS_HEAP     7.0    /* as NS_HEAP, fast-scan's result handlers */
 #define CDX_TUNE_NS_HEAP        12.0   /* per heap step (log2 of the pool) per insertion, and the merge */
 #define CDX_TUNE_NS_REFINE_ROW  2.0    /* per re-ranked candidate */
 #define CDX_TUNE_NS_REFINE_FP32 0.245  /* per dimension of a re-ranked candidate: arithmetic and its bytes */

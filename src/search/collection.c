@@ -242,8 +242,9 @@ prepare_ivf(cdx_collection *c)
 		 * needs the row -> (list, offset) direct map: 8 bytes an item. */
 		if (ls->refine_data == NULL && faiss_IndexIVF_make_direct_map(ls->ivf, 1) != 0)
 			return cdx_error_faiss("make_direct_map");
-		ls->preassigned = probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
-		if (!ls->preassigned)
+		ls->fastscan = cdx_fx_is_fastscan(inner);
+		ls->preassigned = !ls->fastscan && probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
+		if (!ls->preassigned && !ls->fastscan)
 			cdx_warn("SRCH-NOPREASSIGN",
 			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
 			    "serialised by a lock on this shard",
@@ -257,6 +258,36 @@ prepare_ivf(cdx_collection *c)
 		.max_norm2 = m->max_norm2,
 	};
 	return CDX_OK;
+}
+
+int
+cdx__shard_view_acquire(struct cdx_loaded_shard *ls, cdx_fx_view **vp)
+{
+	pthread_mutex_lock(&ls->lock);
+	*vp = ls->nviews > 0 ? ls->views[--ls->nviews] : NULL;
+	pthread_mutex_unlock(&ls->lock);
+	if (*vp == NULL && cdx_fx_view_new(ls->ivf, vp) != 0)
+		return cdx_error_faiss("fast-scan search view");
+	return CDX_OK;
+}
+
+void
+cdx__shard_view_release(struct cdx_loaded_shard *ls, cdx_fx_view *v)
+{
+	pthread_mutex_lock(&ls->lock);
+	if (ls->nviews == ls->views_cap) {
+		size_t cap = ls->views_cap ? 2 * ls->views_cap : 4;
+		cdx_fx_view **grown = realloc(ls->views, cap * sizeof(*grown));
+		if (grown == NULL) { /* keep going without it */
+			pthread_mutex_unlock(&ls->lock);
+			cdx_fx_view_free(v);
+			return;
+		}
+		ls->views = grown;
+		ls->views_cap = cap;
+	}
+	ls->views[ls->nviews++] = v;
+	pthread_mutex_unlock(&ls->lock);
 }
 
 /* Items are found by key through a sorted (hash, shard, row) array: 16 bytes
@@ -501,6 +532,9 @@ data_unref(struct cdx_collection_data *d)
 		free(ls->key_strings);
 		free(ls->key_offsets);
 		free(ls->refine_data);
+		for (size_t v = 0; v < ls->nviews; v++)
+			cdx_fx_view_free(ls->views[v]);
+		free(ls->views);
 		pthread_mutex_destroy(&ls->lock);
 	}
 	free(d->shards);

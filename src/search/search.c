@@ -150,6 +150,27 @@ past_deadline(const struct search_ctx *x)
 	return 1;
 }
 
+/* pad_assignment writes nq rows of the coarse assignment (x->nprobe lists
+ * each) with stride nprobe cap into keys and kdis (malloc'd), padded with -1
+ * lists that IndexIVF::search_preassigned skips (search.h DESIGN). */
+static int
+pad_assignment(
+    const struct search_ctx *x, size_t nq, const idx_t *assign, const float *cdis, idx_t **keys, float **kdis)
+{
+	size_t cap = x->c->d->nprobe_cap, np = x->nprobe;
+	*keys = malloc(nq * cap * sizeof(idx_t));
+	*kdis = malloc(nq * cap * sizeof(float));
+	if (*keys == NULL || *kdis == NULL)
+		return cdx_error(CDX_ENOMEM, "coarse assignment for %zu queries", nq);
+	for (size_t i = 0; i < nq; i++) {
+		for (size_t j = 0; j < cap; j++) {
+			(*keys)[i * cap + j] = j < np ? assign[i * np + j] : -1;
+			(*kdis)[i * cap + j] = j < np ? cdis[i * np + j] : 0;
+		}
+	}
+	return CDX_OK;
+}
+
 /* Searches queries [q0, q1) of q (index space: x->qdim floats each) on
  * every shard; D/I are [shard][q1 - q0][kf]. */
 static int
@@ -163,12 +184,10 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 	int rc = CDX_OK;
 
 	if (c->d->nlist > 0) {
-		size_t cap = c->d->nprobe_cap, np = x->nprobe;
+		size_t np = x->nprobe;
 		assign = malloc(nq * np * sizeof(idx_t));
 		cdis = malloc(nq * np * sizeof(float));
-		keys = malloc(nq * cap * sizeof(idx_t));
-		kdis = malloc(nq * cap * sizeof(float));
-		if (assign == NULL || cdis == NULL || keys == NULL || kdis == NULL) {
+		if (assign == NULL || cdis == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "coarse assignment for %zu queries", nq);
 			goto done;
 		}
@@ -176,16 +195,10 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			rc = cdx_error_faiss("coarse quantizer search");
 			goto done;
 		}
-		/* Rows of stride cap, padded with -1 lists that the scan skips. */
 		uint64_t codes = 0;
-		for (size_t i = 0; i < nq; i++) {
-			for (size_t j = 0; j < cap; j++) {
-				keys[i * cap + j] = j < np ? assign[i * np + j] : -1;
-				kdis[i * cap + j] = j < np ? cdis[i * np + j] : 0;
-				if (j < np && assign[i * np + j] >= 0)
-					codes += c->d->list_sizes[assign[i * np + j]];
-			}
-		}
+		for (size_t i = 0; i < nq * np; i++)
+			if (assign[i] >= 0)
+				codes += c->d->list_sizes[assign[i]];
 		__atomic_fetch_add(x->codes, codes, __ATOMIC_RELAXED);
 	}
 	for (uint32_t s = 0; s < c->d->nshards && rc == CDX_OK; s++) {
@@ -197,7 +210,16 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 		float *dst_d = D + ((size_t) s * nq) * kf;
 		idx_t *dst_i = I + ((size_t) s * nq) * kf;
 		int frc;
-		if (ls->ivf != NULL && ls->preassigned) {
+		if (ls->ivf != NULL && ls->fastscan) {
+			cdx_fx_view *v;
+			if ((rc = cdx__shard_view_acquire(ls, &v)) != CDX_OK)
+				break;
+			frc = cdx_fx_view_search(v, nq, qs, kf, x->nprobe, assign, cdis, dst_d, dst_i);
+			cdx__shard_view_release(ls, v);
+		} else if (ls->ivf != NULL && ls->preassigned) {
+			if (keys == NULL
+			    && (rc = pad_assignment(x, nq, assign, cdis, &keys, &kdis)) != CDX_OK)
+				break;
 			frc = faiss_IndexIVF_search_preassigned(
 			    ls->ivf, (idx_t) nq, qs, (idx_t) kf, keys, kdis, dst_d, dst_i, 0);
 		} else if (ls->ivf != NULL) {

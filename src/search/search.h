@@ -13,8 +13,13 @@
  * the assignment rows to nlist entries with -1, which
  * IndexIVF::search_preassigned skips, and calls faiss_IndexIVF_search_preassigned
  * on each shard. All shards share one quantizer, so coarse assignment happens
- * once per query for all shards. Non-IVF indexes (flat fallback) need no
- * nprobe and use faiss_Index_search, which is const.
+ * once per query for all shards. Fast-scan IVF-PQ shards (4-bit codes in
+ * SIMD blocks) have no search_preassigned and read nprobe from the index:
+ * each search borrows a view (src/faissx: a small copy of the index object
+ * sharing its lists, whose quantizer hands back the assignment already
+ * computed) from the shard's pool of idle views and sets the view's nprobe.
+ * Non-IVF indexes (flat fallback) need no nprobe and use faiss_Index_search,
+ * which is const.
  *
  * Scores: l2 = squared distance (lower is better); ip and cos = inner
  * product of (normalised, for cos) vectors (higher is better). Merging across
