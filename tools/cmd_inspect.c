@@ -23,6 +23,7 @@
 #include "builder/build.h"
 #include "cli.h"
 #include "shard/refine.h"
+#include "faissutil/faissutil.h"
 
 static const char usage_text[]
     = "usage: candex inspect PATH [--json] [--no-lists]\n"

@@ -27,8 +27,6 @@ int cdx_error(int code, const char *fmt, ...) CDX_PRINTF(2, 3);
 /* cdx_error_errno is cdx_error with ": strerror(errno)" appended; it maps
  * ENOSPC/EDQUOT to CDX_ENOSPC and ENOMEM to CDX_ENOMEM, else uses code. */
 int cdx_error_errno(int code, const char *fmt, ...) CDX_PRINTF(2, 3);
-/* cdx_error_faiss records faiss_get_last_error() after what; returns CDX_EFAISS. */
-int cdx_error_faiss(const char *what);
 /* cdx_last_error returns the last message on this thread, or the code's
  * description if none was set since cdx_error_clear(). Never NULL. */
 const char *cdx_last_error(void);

@@ -17,6 +17,7 @@
 
 #include "recall/recall.h"
 #include "shard/shard.h"
+#include "faissutil/faissutil.h"
 
 #define TRUTH_MAGIC  "CDXTRUTH"
 #define TRUTH_FORMAT 1

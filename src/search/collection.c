@@ -14,6 +14,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "search/collection_int.h"
+#include "faissutil/faissutil.h"
 
 static int
 key_slot_cmp(const void *a, const void *b)

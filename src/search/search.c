@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "search/collection_int.h"
+#include "faissutil/faissutil.h"
 
 struct candidate {
 	float score;

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "server/server.h"
 
 #include "recall/online.h"

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "common/common.h"
 
 int
