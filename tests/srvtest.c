@@ -1,41 +1,10 @@
 /*
- * srvtest.h — helpers for the server's integration tests (header-only, one
- * copy per test executable): build a real index with `candex build`, run
- * `candex serve` as a child process, talk to it through the client library,
- * a raw nng socket or a raw HTTP GET.
+ * srvtest.c — the server test helpers declared in srvtest.h.
  */
-#ifndef CANDEX_SRVTEST_H
-#define CANDEX_SRVTEST_H
-
 #define _GNU_SOURCE
-#include "testutil.h"
+#include "srvtest.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <nng/nng.h>
-
-#include "candex.pb-c.h"
-#include "candex/client.h"
-#include "common/common.h"
-
-/* st_build writes n x dim clustered vectors (seeded) and keys
- * "<prefix><row>" into dir and builds collection coll into dir/index with
- * the extra build options. Returns the vectors (caller frees). */
-static inline float *
+float *
 st_build(const char *dir, const char *coll, size_t n, size_t dim, uint64_t seed, const char *metric,
     const char *keyprefix, const char *extra)
 {
@@ -58,8 +27,7 @@ st_build(const char *dir, const char *coll, size_t n, size_t dim, uint64_t seed,
 	return x;
 }
 
-/* st_current returns the version name CURRENT points at (static buffer). */
-static inline const char *
+const char *
 st_current(const char *dir, const char *coll)
 {
 	static char buf[4096];
@@ -72,14 +40,7 @@ st_current(const char *dir, const char *coll)
 	return slash ? slash + 1 : buf;
 }
 
-struct st_server {
-	pid_t pid;
-	char log[4096];
-	char url[4200];   /* ipc:// query URL */
-	char admin[4200]; /* ipc:// admin URL */
-};
-
-static inline int
+int
 st_log_has(const struct st_server *s, const char *what)
 {
 	char *text = NULL;
@@ -91,7 +52,21 @@ st_log_has(const struct st_server *s, const char *what)
 	return has;
 }
 
-static inline void
+int
+st_log_count(const struct st_server *s, const char *what)
+{
+	char *text = NULL;
+	size_t len;
+	int n = 0;
+	if (cdx_read_file(s->log, &text, &len) != CDX_OK)
+		return 0;
+	for (const char *p = strstr(text, what); p != NULL; p = strstr(p + 1, what))
+		n++;
+	free(text);
+	return n;
+}
+
+void
 st_dump_log(const struct st_server *s)
 {
 	char *text = NULL;
@@ -101,7 +76,7 @@ st_dump_log(const struct st_server *s)
 	free(text);
 }
 
-static inline void
+void
 st_sleep_ms(unsigned ms)
 {
 	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
@@ -109,10 +84,7 @@ st_sleep_ms(unsigned ms)
 		;
 }
 
-/* st_start_args runs `candex serve <args>` (stdout+stderr to a log in dir)
- * and waits for SRV-READY. Returns 0, or -1 if the server exited (its log
- * is printed). s->url and s->admin are left for the caller to set. */
-static inline int
+int
 st_start_args(struct st_server *s, const char *dir, const char *tag, const char *args)
 {
 	char *cmd = NULL;
@@ -143,9 +115,7 @@ st_start_args(struct st_server *s, const char *dir, const char *tag, const char 
 	return -1;
 }
 
-/* st_start runs `candex serve --index-dir dir/index --listen ipc://dir/q.ipc
- * --admin-listen ipc://dir/admin.ipc <extra>` and waits for SRV-READY. */
-static inline int
+int
 st_start(struct st_server *s, const char *dir, const char *tag, const char *extra)
 {
 	char *args = NULL;
@@ -160,9 +130,7 @@ st_start(struct st_server *s, const char *dir, const char *tag, const char *extr
 	return rc;
 }
 
-/* st_stop sends sig and waits (up to 20 s). Returns the exit status, or
- * 128 + signal number if it was killed by a signal, or -1 on timeout. */
-static inline int
+int
 st_stop(struct st_server *s, int sig)
 {
 	int status;
@@ -185,7 +153,7 @@ st_stop(struct st_server *s, int sig)
 	return -1;
 }
 
-static inline cdx_client *
+cdx_client *
 st_client(const char *url, uint32_t timeout_ms, uint32_t retries)
 {
 	struct cdx_client_options o = { .timeout_ms = timeout_ms, .retries = retries };
@@ -198,8 +166,7 @@ st_client(const char *url, uint32_t timeout_ms, uint32_t retries)
 	return c;
 }
 
-/* st_free_port returns a TCP port on 127.0.0.1 that was free a moment ago. */
-static inline int
+int
 st_free_port(void)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -212,9 +179,7 @@ st_free_port(void)
 	return ntohs(a.sin_port);
 }
 
-/* st_http_get does a raw HTTP/1.0 GET on 127.0.0.1:port and returns the
- * status code; *body (malloc'd) gets the whole response after the headers. */
-static inline int
+int
 st_http_get(int port, const char *path, char **body)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -251,9 +216,7 @@ st_http_get(int port, const char *path, char **body)
 	return code;
 }
 
-/* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
- * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
-static inline int
+int
 st_sp_connect(const char *url, int *ipc)
 {
 	int fd;
@@ -282,7 +245,7 @@ st_sp_connect(const char *url, int *ipc)
 	return fd;
 }
 
-static inline int
+int
 st_recv_all(int fd, void *buf, size_t len, uint64_t until)
 {
 	size_t got = 0;
@@ -300,12 +263,7 @@ st_recv_all(int fd, void *buf, size_t len, uint64_t until)
 	return 0;
 }
 
-/* st_raw_call is a REQ peer written by hand (SP handshake, one framed
- * request with a request id, one framed reply): the raw bytes go to the
- * server as they are, and the test's side has no nng state that could hang
- * (nng 1.5 can hang closing a REQ socket, nanomsg/nng#1813). Returns the
- * decoded reply, or NULL if none came within timeout_ms. */
-static inline Candex__V1__Response *
+Candex__V1__Response *
 st_raw_call(const char *url, const void *data, size_t len, int timeout_ms)
 {
 	static const uint8_t hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 }; /* REQ0 */
@@ -346,8 +304,7 @@ done:
 	return resp;
 }
 
-/* st_raw_request packs req and calls st_raw_call. */
-static inline Candex__V1__Response *
+Candex__V1__Response *
 st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 {
 	size_t len = candex__v1__request__get_packed_size(req);
@@ -359,8 +316,7 @@ st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 	return resp;
 }
 
-/* st_search is cdx_client_search that asserts success. */
-static inline struct cdx_result *
+struct cdx_result *
 st_search(cdx_client *c, const struct cdx_query *q)
 {
 	struct cdx_result *r = NULL;
@@ -371,5 +327,3 @@ st_search(cdx_client *c, const struct cdx_query *q)
 	assert_int_equal(rc, CDX_OK);
 	return r;
 }
-
-#endif
