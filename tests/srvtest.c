@@ -180,22 +180,30 @@ st_free_port(void)
 }
 
 int
-st_http_get(int port, const char *path, char **body)
+st_http(int port, const char *method, const char *path, const char *headers, const char *body, char **resp)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in a = { .sin_family = AF_INET,
 		.sin_port = htons((uint16_t) port),
 		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	char req[512];
 	cdx_buf b = { 0 };
-	*body = NULL;
+	*resp = NULL;
 	if (fd < 0 || connect(fd, (struct sockaddr *) &a, sizeof(a)) != 0) {
 		if (fd >= 0)
 			close(fd);
 		return -1;
 	}
-	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-	if (write(fd, req, (size_t) n) != n) {
+	size_t blen = body != NULL ? strlen(body) : 0;
+	cdx_buf_printf(&b, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s", method, path, headers ? headers : "");
+	if (body != NULL)
+		cdx_buf_printf(&b, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
+	cdx_buf_append(&b, "\r\n", 2);
+	if (body != NULL)
+		cdx_buf_append(&b, body, blen);
+	ssize_t sent = send(fd, b.data, b.len, MSG_NOSIGNAL);
+	int complete = sent == (ssize_t) b.len;
+	cdx_buf_fini(&b);
+	if (!complete) {
 		close(fd);
 		return -1;
 	}
@@ -211,9 +219,15 @@ st_http_get(int port, const char *path, char **body)
 		return -1;
 	}
 	const char *sep = strstr(b.data, "\r\n\r\n");
-	*body = strdup(sep ? sep + 4 : "");
+	*resp = strdup(sep ? sep + 4 : "");
 	cdx_buf_fini(&b);
 	return code;
+}
+
+int
+st_http_get(int port, const char *path, char **body)
+{
+	return st_http(port, "GET", path, NULL, NULL, body);
 }
 
 int

@@ -76,8 +76,13 @@ cdx_client *st_client(const char *url, uint32_t timeout_ms, uint32_t retries);
 /* st_free_port returns a TCP port on 127.0.0.1 that was free a moment ago. */
 int st_free_port(void);
 
-/* st_http_get does a raw HTTP/1.0 GET on 127.0.0.1:port and returns the
- * status code; *body (malloc'd) gets the whole response after the headers. */
+/* st_http sends a raw HTTP/1.0 request to 127.0.0.1:port (headers: extra
+ * "Name: value\r\n" lines or NULL; body: a JSON text or NULL) and returns
+ * the status code, or -1; *resp (malloc'd) gets the response after the
+ * headers. */
+int st_http(
+    int port, const char *method, const char *path, const char *headers, const char *body, char **resp);
+/* st_http_get is st_http for a GET. */
 int st_http_get(int port, const char *path, char **body);
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT

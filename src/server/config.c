@@ -35,6 +35,8 @@ static const struct opt opts[] = {
 	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin" },
 	{ "admin-ipc-mode", OPT_STR, O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket" },
 	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP" },
+	{ "http-search-listen", OPT_STR, O(http_search_listen), "HOST:PORT",
+	    "serve POST /v1/search (SearchRequest as JSON) over HTTP, on its own listener (off unless set)" },
 	{ "config", OPT_STR, O(config_file), "FILE",
 	    "read options from FILE (\"option = value\" lines, # comments); flags override it" },
 	{ "threads", OPT_U32, O(threads), "N",

@@ -56,9 +56,10 @@ struct cdx_server_config {
 	char *index_dir;
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
-	char *admin_listen; /* NULL = no admin socket */
-	char *http_listen;  /* host:port of /metrics and /healthz; NULL = none */
-	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
+	char *admin_listen;       /* NULL = no admin socket */
+	char *http_listen;        /* host:port of /metrics and /healthz; NULL = none */
+	char *http_search_listen; /* host:port of POST /v1/search (JSON); NULL = none */
+	char *tls_cert;           /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
 	char *tls_ca;         /* clients must present a certificate signed by it */
 	uint32_t threads;     /* search workers; 0 = number of cores */
@@ -143,6 +144,7 @@ extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in secon
 struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
+struct srv_http_search;
 
 /* One listener, kept so that the watchdog can recreate it. */
 struct srv_listener {
@@ -173,6 +175,7 @@ struct cdx_server {
 	struct srv_ctx **ctxs;
 	size_t nctxs;
 	nng_http_server *http;
+	struct srv_http_search *http_search; /* NULL unless --http-search-listen */
 
 	/* job queue */
 	pthread_mutex_t q_mu;
@@ -241,6 +244,10 @@ void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
 void cdx__srv_watchdog_stop(cdx_server *s);
+
+/* http_search.c: POST /v1/search, through an in-process REQ socket to sock */
+int cdx__srv_http_search_start(cdx_server *s);
+void cdx__srv_http_search_stop(cdx_server *s);
 
 /* metrics.c */
 void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);

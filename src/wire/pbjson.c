@@ -541,15 +541,17 @@ struct number {
 	int integral; /* no fraction and no exponent */
 };
 
+/* scan_number reads the JSON number at s (up to end) into n; 0 on
+ * success with *stop after it, -1 if s does not start with one. */
 static int
-scan_number(struct reader *r, const char *s, const char *end, struct number *n, const char **stop)
+scan_number(const char *s, const char *end, struct number *n, const char **stop)
 {
 	const char *p = s;
 	n->integral = 1;
 	if (p < end && *p == '-')
 		p++;
 	if (p >= end || !(*p >= '0' && *p <= '9'))
-		return bad(r, "expected a number");
+		return -1;
 	if (*p == '0')
 		p++;
 	else
@@ -559,7 +561,7 @@ scan_number(struct reader *r, const char *s, const char *end, struct number *n, 
 		n->integral = 0;
 		p++;
 		if (p >= end || !(*p >= '0' && *p <= '9'))
-			return bad(r, "bad number");
+			return -1;
 		while (p < end && *p >= '0' && *p <= '9')
 			p++;
 	}
@@ -569,51 +571,48 @@ scan_number(struct reader *r, const char *s, const char *end, struct number *n, 
 		if (p < end && (*p == '+' || *p == '-'))
 			p++;
 		if (p >= end || !(*p >= '0' && *p <= '9'))
-			return bad(r, "bad number");
+			return -1;
 		while (p < end && *p >= '0' && *p <= '9')
 			p++;
 	}
 	if ((size_t) (p - s) >= sizeof(n->text))
-		return bad(r, "number of more than %zu characters", sizeof(n->text) - 1);
+		return -1;
 	memcpy(n->text, s, (size_t) (p - s));
 	n->text[p - s] = '\0';
 	*stop = p;
-	return CDX_OK;
+	return 0;
 }
 
-/* read_number reads a JSON number, or (quoted = 1) a string holding one,
- * as the mapping allows for every numeric type. */
+/* read_number reads a JSON number, or a string holding one (or "NaN",
+ * "Infinity", "-Infinity"), as the mapping allows for every numeric type. */
 static int
-read_number(struct reader *r, struct number *n, int *quoted)
+read_number(struct reader *r, const ProtobufCFieldDescriptor *f, struct number *n)
 {
-	char c = peek(r);
-	*quoted = c == '"';
-	if (!*quoted) {
-		const char *stop;
-		int rc = scan_number(r, r->p, r->end, n, &stop);
-		if (rc == CDX_OK)
-			r->p = stop;
-		return rc;
+	const char *stop;
+	if (peek(r) != '"') {
+		if (scan_number(r->p, r->end, n, &stop) != 0)
+			return bad(r, "field '%s': expected a number", f->name);
+		r->p = stop;
+		return CDX_OK;
 	}
 	char *s = NULL;
 	const char *at = r->p;
-	int rc = read_string(r, &s);
-	if (rc != CDX_OK)
-		return rc;
+	if (read_string(r, &s) != CDX_OK)
+		return r->rc;
+	int ok;
 	if (strcmp(s, "NaN") == 0 || strcmp(s, "Infinity") == 0 || strcmp(s, "-Infinity") == 0) {
 		snprintf(n->text, sizeof(n->text), "%s", s);
 		n->integral = 0;
-		free(s);
-		return CDX_OK;
+		ok = 1;
+	} else {
+		ok = scan_number(s, s + strlen(s), n, &stop) == 0 && *stop == '\0';
 	}
-	const char *stop, *saved = r->p;
-	r->p = at + 1;
-	rc = scan_number(r, s, s + strlen(s), n, &stop);
-	if (rc == CDX_OK && *stop != '\0')
-		rc = bad(r, "'%.40s' is not a number", s);
-	r->p = saved;
+	if (!ok) {
+		r->p = at;
+		bad(r, "field '%s': '%.40s' is not a number", f->name, s);
+	}
 	free(s);
-	return rc;
+	return r->rc;
 }
 
 static int
@@ -621,8 +620,7 @@ read_int(struct reader *r, const ProtobufCFieldDescriptor *f, int is_signed, int
     void *out, size_t size)
 {
 	struct number n;
-	int quoted;
-	if (read_number(r, &n, &quoted) != CDX_OK)
+	if (read_number(r, f, &n) != CDX_OK)
 		return r->rc;
 	int64_t sv = 0;
 	uint64_t uv = 0;
@@ -666,8 +664,7 @@ static int
 read_real(struct reader *r, const ProtobufCFieldDescriptor *f, void *out)
 {
 	struct number n;
-	int quoted;
-	if (read_number(r, &n, &quoted) != CDX_OK)
+	if (read_number(r, f, &n) != CDX_OK)
 		return r->rc;
 	double d;
 	if (strcmp(n.text, "NaN") == 0)

@@ -69,6 +69,40 @@ cdx__nng_code(int rv)
 }
 
 int
+cdx_wire_http_status(int code)
+{
+	switch (code) {
+	case CDX_OK:
+		return 200;
+	case CDX_ENOTFOUND:
+		return 404;
+	case CDX_EPERM:
+		return 403;
+	case CDX_EMODEL:
+		return 409;
+	case CDX_ELIMIT:
+		return 413;
+	case CDX_EOVERLOAD:
+	case CDX_EUNAVAIL:
+	case CDX_ECLOSED:
+	case CDX_EINTERRUPTED:
+		return 503;
+	case CDX_ETIMEDOUT:
+		return 504;
+	case CDX_EINVAL:
+	case CDX_EDIM:
+	case CDX_ENONFINITE:
+	case CDX_EDUP:
+	case CDX_EEMPTY:
+	case CDX_EVERSION:
+	case CDX_EPROTO:
+		return 400;
+	default: /* ENOMEM, EIO, ENOSPC, ECORRUPT, EFAISS, EINTERNAL */
+		return 500;
+	}
+}
+
+int
 cdx__tls_config(nng_tls_config **cfgp, nng_tls_mode mode, const char *cert_file, const char *key_file,
     const char *ca_file, const char *server_name)
 {
