@@ -230,6 +230,19 @@ st_http_get(int port, const char *path, char **body)
 	return st_http(port, "GET", path, NULL, NULL, body);
 }
 
+double
+st_metric(int http_port, const char *name)
+{
+	char *body = NULL, line[256];
+	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
+	snprintf(line, sizeof(line), "\n%s ", name);
+	const char *p = strstr(body, line);
+	assert_non_null(p);
+	double v = strtod(p + strlen(line), NULL);
+	free(body);
+	return v;
+}
+
 int
 st_sp_connect(const char *url, int *ipc)
 {

@@ -84,6 +84,8 @@ int st_http(
     int port, const char *method, const char *path, const char *headers, const char *body, char **resp);
 /* st_http_get is st_http for a GET. */
 int st_http_get(int port, const char *path, char **body);
+/* st_metric reads one unlabelled sample from a server's /metrics. */
+double st_metric(int http_port, const char *name);
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
  * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */

@@ -54,9 +54,9 @@ struct cdx_query {
 	const char *const *keys; /* or search with stored items' vectors */
 	size_t nkeys;
 	uint32_t k;
-	uint32_t nprobe;     /* 0 = server picks */
-	float refine_factor; /* 0 = collection default */
-	float recall_target; /* 0 = unused */
+	uint32_t nprobe;     /* 0 = server picks, for recall_target */
+	float refine_factor; /* 0 = the operating point's or collection default */
+	float recall_target; /* 0 = the collection's default target */
 	const int64_t *exclude_ids;
 	size_t n_exclude_ids;
 	const char *const *exclude_keys;
@@ -82,9 +82,11 @@ struct cdx_result {
 	struct cdx_query_result *queries;
 	char *index_version;
 	char *metric;
-	uint32_t nprobe;
-	float refine_factor;
-	float recall_target;
+	uint32_t nprobe;       /* lists probed */
+	float refine_factor;   /* 0 = no re-ranking */
+	float recall_target;   /* the target served (request or collection default), 0 = none */
+	float expected_recall; /* measured recall of the operating point used, 0 = unknown */
+	int target_unmet;      /* no measured point reaches recall_target at this k */
 	uint64_t server_time_us;
 	void *priv; /* owned storage */
 };

@@ -394,6 +394,8 @@ cdx_client_search(
 	r->nprobe = s->nprobe;
 	r->refine_factor = s->refine_factor;
 	r->recall_target = s->recall_target;
+	r->expected_recall = s->expected_recall;
+	r->target_unmet = s->target_unmet;
 	r->server_time_us = s->server_time_us;
 	r->priv = resp;
 	*rp = r;

@@ -82,7 +82,7 @@ load_keys(struct cdx_loaded_shard *ls, const cdx_shard *s)
 static int
 load_shard(cdx_collection *c, uint32_t i, const char *path)
 {
-	struct cdx_loaded_shard *ls = &c->shards[i];
+	struct cdx_loaded_shard *ls = &c->d->shards[i];
 	const struct cdx_manifest *m = c->manifest;
 	const struct cdx_manifest_shard *ms = &m->shards[i];
 	cdx_shard *s = NULL;
@@ -156,7 +156,7 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 			goto fail;
 	}
 	for (uint32_t p = 0; p < info->nparts; p++)
-		c->memory_bytes += info->parts[p].raw_size;
+		c->d->memory_bytes += info->parts[p].raw_size;
 	free(ids_data);
 	cdx_shard_close(s);
 	return CDX_OK;
@@ -172,8 +172,8 @@ fail:
 static int
 prepare_ivf(cdx_collection *c)
 {
-	for (uint32_t i = 0; i < c->nshards; i++) {
-		struct cdx_loaded_shard *ls = &c->shards[i];
+	for (uint32_t i = 0; i < c->d->nshards; i++) {
+		struct cdx_loaded_shard *ls = &c->d->shards[i];
 		pthread_mutex_init(&ls->lock, NULL);
 		/* The Faiss metric must fit the collection's; cosine may be either
 		 * (L2 since 2026-11-28, inner product before), the same in every shard. */
@@ -181,32 +181,32 @@ prepare_ivf(cdx_collection *c)
 		int l2 = fm == METRIC_L2;
 		if ((fm != METRIC_L2 && fm != METRIC_INNER_PRODUCT) || (want == CDX_METRIC_L2 && !l2)
 		    || (want == CDX_METRIC_IP && l2)
-		    || (i > 0 && want == CDX_METRIC_COS && l2 != c->cos_from_l2))
+		    || (i > 0 && want == CDX_METRIC_COS && l2 != c->d->cos_from_l2))
 			return cdx_error(CDX_ECORRUPT,
 			    "%s: shard %u's Faiss index has metric %d, which does not fit %s", c->dir, i, fm,
 			    cdx_metric_name(want));
-		c->cos_from_l2 = want == CDX_METRIC_COS && l2;
+		c->d->cos_from_l2 = want == CDX_METRIC_COS && l2;
 		ls->ivf = faiss_IndexIVF_cast(ls->index);
-		if ((ls->ivf == NULL) != (c->shards[0].ivf == NULL))
+		if ((ls->ivf == NULL) != (c->d->shards[0].ivf == NULL))
 			return cdx_error(CDX_ECORRUPT, "%s: shards mix IVF and non-IVF indexes", c->dir);
 		if (ls->ivf == NULL)
 			continue;
 		size_t nlist = faiss_IndexIVF_nlist(ls->ivf);
 		if (i == 0) {
-			c->nlist = nlist;
-			c->nprobe_cap = CDX_MIN(nlist, (size_t) CDX_NPROBE_CAP_DEFAULT);
-			c->quantizer = faiss_IndexIVF_quantizer(ls->ivf);
-		} else if (nlist != c->nlist) {
+			c->d->nlist = nlist;
+			c->d->nprobe_cap = CDX_MIN(nlist, (size_t) CDX_NPROBE_CAP_DEFAULT);
+			c->d->quantizer = faiss_IndexIVF_quantizer(ls->ivf);
+		} else if (nlist != c->d->nlist) {
 			return cdx_error(CDX_ECORRUPT, "%s: shard %u has nlist %zu, shard 0 has %zu", c->dir,
-			    i, nlist, c->nlist);
+			    i, nlist, c->d->nlist);
 		}
-		faiss_IndexIVF_set_nprobe(ls->ivf, c->nprobe_cap);
+		faiss_IndexIVF_set_nprobe(ls->ivf, c->d->nprobe_cap);
 		/* Vectors of stored items (query by key, online recall) come from
 		 * the refine store when there is one, else from the PQ codes, which
 		 * needs the row -> (list, offset) direct map: 8 bytes an item. */
 		if (ls->refine_data == NULL && faiss_IndexIVF_make_direct_map(ls->ivf, 1) != 0)
 			return cdx_error_faiss("make_direct_map");
-		ls->preassigned = probe_preassigned(ls, c->quantizer, c->manifest->dim);
+		ls->preassigned = probe_preassigned(ls, c->d->quantizer, c->manifest->dim);
 		if (!ls->preassigned)
 			cdx_warn("SRCH-NOPREASSIGN",
 			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
@@ -221,27 +221,27 @@ prepare_ivf(cdx_collection *c)
 static int
 build_key_index(cdx_collection *c)
 {
-	if (c->shards[0].key_strings == NULL || c->items == 0)
+	if (c->d->shards[0].key_strings == NULL || c->d->items == 0)
 		return CDX_OK;
-	c->key_index = malloc(c->items * sizeof(struct cdx_key_slot));
-	if (c->key_index == NULL)
+	c->d->key_index = malloc(c->d->items * sizeof(struct cdx_key_slot));
+	if (c->d->key_index == NULL)
 		return cdx_error(
-		    CDX_ENOMEM, "%s: key index of %llu items", c->dir, (unsigned long long) c->items);
+		    CDX_ENOMEM, "%s: key index of %llu items", c->dir, (unsigned long long) c->d->items);
 	size_t n = 0;
-	for (uint32_t s = 0; s < c->nshards; s++) {
-		const struct cdx_loaded_shard *ls = &c->shards[s];
+	for (uint32_t s = 0; s < c->d->nshards; s++) {
+		const struct cdx_loaded_shard *ls = &c->d->shards[s];
 		if (ls->key_strings == NULL)
 			return cdx_error(
 			    CDX_ECORRUPT, "%s: shard %u has no keys but shard 0 does", c->dir, s);
 		for (uint64_t r = 0; r < ls->rows; r++) {
-			c->key_index[n].hash = key_hash(ls->key_strings + ls->key_offsets[r]);
-			c->key_index[n].shard = s;
-			c->key_index[n].row = (uint32_t) r;
+			c->d->key_index[n].hash = key_hash(ls->key_strings + ls->key_offsets[r]);
+			c->d->key_index[n].shard = s;
+			c->d->key_index[n].row = (uint32_t) r;
 			n++;
 		}
 	}
-	qsort(c->key_index, n, sizeof(*c->key_index), key_slot_cmp);
-	c->memory_bytes += n * sizeof(struct cdx_key_slot);
+	qsort(c->d->key_index, n, sizeof(*c->d->key_index), key_slot_cmp);
+	c->d->memory_bytes += n * sizeof(struct cdx_key_slot);
 	return CDX_OK;
 }
 
@@ -250,9 +250,14 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 {
 	*cp = NULL;
 	cdx_collection *c = calloc(1, sizeof(*c));
+	if (c != NULL && (c->d = calloc(1, sizeof(*c->d))) == NULL) {
+		free(c);
+		c = NULL;
+	}
 	if (c == NULL)
 		return cdx_error(CDX_ENOMEM, "loading %s", path);
 	atomic_init(&c->refs, 1);
+	atomic_init(&c->d->refs, 1);
 	int rc = cdx_version_path_resolve(path, c->dir);
 	if (rc != CDX_OK)
 		goto fail;
@@ -263,9 +268,9 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 		rc = cdx_error(CDX_ECORRUPT, "%s: manifest lists no shards", c->dir);
 		goto fail;
 	}
-	c->nshards = m->nshards;
-	c->shards = calloc(m->nshards, sizeof(*c->shards));
-	if (c->shards == NULL) {
+	c->d->nshards = m->nshards;
+	c->d->shards = calloc(m->nshards, sizeof(*c->d->shards));
+	if (c->d->shards == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "%s: shards", c->dir);
 		goto fail;
 	}
@@ -274,11 +279,11 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 		snprintf(shard_path, sizeof(shard_path), "%s/%s", c->dir, m->shards[i].file);
 		if ((rc = load_shard(c, i, shard_path)) != CDX_OK)
 			goto fail;
-		c->items += c->shards[i].rows;
+		c->d->items += c->d->shards[i].rows;
 	}
-	if (c->items != m->items) {
+	if (c->d->items != m->items) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: shards hold %llu items, manifest says %llu", c->dir,
-		    (unsigned long long) c->items, (unsigned long long) m->items);
+		    (unsigned long long) c->d->items, (unsigned long long) m->items);
 		goto fail;
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
@@ -296,13 +301,13 @@ cdx_collection_ref(cdx_collection *c)
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 }
 
-void
-cdx_collection_unref(cdx_collection *c)
+static void
+data_unref(struct cdx_collection_data *d)
 {
-	if (c == NULL || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+	if (d == NULL || atomic_fetch_sub_explicit(&d->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	for (uint32_t i = 0; c->shards != NULL && i < c->nshards; i++) {
-		struct cdx_loaded_shard *ls = &c->shards[i];
+	for (uint32_t i = 0; d->shards != NULL && i < d->nshards; i++) {
+		struct cdx_loaded_shard *ls = &d->shards[i];
 		if (ls->index != NULL)
 			faiss_Index_free(ls->index);
 		free(ls->ids);
@@ -311,10 +316,67 @@ cdx_collection_unref(cdx_collection *c)
 		free(ls->refine_data);
 		pthread_mutex_destroy(&ls->lock);
 	}
-	free(c->shards);
-	free(c->key_index);
+	free(d->shards);
+	free(d->key_index);
+	free(d);
+}
+
+void
+cdx_collection_unref(cdx_collection *c)
+{
+	if (c == NULL || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	data_unref(c->d);
 	cdx_manifest_free(c->manifest);
 	free(c);
+}
+
+/* same_build: whether two manifests describe the same shard files and
+ * index, so that one's loaded data can serve the other. Only what search
+ * reads from the manifest besides the shards may differ: operating points,
+ * defaults, the tuning report and unknown fields. */
+static int
+same_build(const struct cdx_manifest *a, const struct cdx_manifest *b)
+{
+	if (strcmp(a->collection, b->collection) != 0 || strcmp(a->version, b->version) != 0
+	    || a->metric != b->metric || a->dim != b->dim || a->items != b->items || a->nshards != b->nshards
+	    || a->transform != b->transform || a->index_dim != b->index_dim || a->max_norm2 != b->max_norm2
+	    || a->refine != b->refine)
+		return 0;
+	for (uint32_t i = 0; i < a->nshards; i++)
+		if (strcmp(a->shards[i].file, b->shards[i].file) != 0
+		    || a->shards[i].bytes != b->shards[i].bytes || a->shards[i].xxh64 != b->shards[i].xxh64)
+			return 0;
+	return 1;
+}
+
+int
+cdx_collection_with_manifest(cdx_collection **cp, cdx_collection *old)
+{
+	*cp = NULL;
+	struct cdx_manifest *m = NULL;
+	int rc = cdx_manifest_load(&m, old->dir);
+	if (rc != CDX_OK)
+		return rc;
+	if (!same_build(old->manifest, m)) {
+		cdx_manifest_free(m);
+		return cdx_error(CDX_ECORRUPT,
+		    "%s: manifest.json now describes other shards or another index than the loaded "
+		    "version (a published version never changes but for its operating points)",
+		    old->dir);
+	}
+	cdx_collection *c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		cdx_manifest_free(m);
+		return cdx_error(CDX_ENOMEM, "%s", old->dir);
+	}
+	atomic_init(&c->refs, 1);
+	memcpy(c->dir, old->dir, sizeof(c->dir));
+	c->manifest = m;
+	c->d = old->d;
+	atomic_fetch_add_explicit(&c->d->refs, 1, memory_order_relaxed);
+	*cp = c;
+	return CDX_OK;
 }
 
 const struct cdx_manifest *
@@ -332,39 +394,40 @@ cdx_collection_dir(const cdx_collection *c)
 uint64_t
 cdx_collection_memory_bytes(const cdx_collection *c)
 {
-	return c->memory_bytes;
+	return c->d->memory_bytes;
 }
 
 const char *
 cdx_collection_key(const cdx_collection *c, uint32_t shard, uint32_t row)
 {
-	if (shard >= c->nshards || row >= c->shards[shard].rows || c->shards[shard].key_strings == NULL)
+	if (shard >= c->d->nshards || row >= c->d->shards[shard].rows
+	    || c->d->shards[shard].key_strings == NULL)
 		return "";
-	const struct cdx_loaded_shard *ls = &c->shards[shard];
+	const struct cdx_loaded_shard *ls = &c->d->shards[shard];
 	return ls->key_strings + ls->key_offsets[row];
 }
 
 int
 cdx_collection_find_key(const cdx_collection *c, const char *key, uint32_t *shard, uint32_t *row, int64_t *id)
 {
-	if (c->key_index == NULL)
+	if (c->d->key_index == NULL)
 		return cdx_error(CDX_ENOTFOUND, "collection %s has no keys", c->manifest->collection);
 	uint64_t h = key_hash(key);
-	size_t lo = 0, hi = c->items;
+	size_t lo = 0, hi = c->d->items;
 	while (lo < hi) { /* first slot with hash >= h */
 		size_t mid = lo + (hi - lo) / 2;
-		if (c->key_index[mid].hash < h)
+		if (c->d->key_index[mid].hash < h)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	for (; lo < c->items && c->key_index[lo].hash == h; lo++) {
-		const struct cdx_key_slot *s = &c->key_index[lo];
+	for (; lo < c->d->items && c->d->key_index[lo].hash == h; lo++) {
+		const struct cdx_key_slot *s = &c->d->key_index[lo];
 		if (strcmp(cdx_collection_key(c, s->shard, s->row), key) == 0) {
 			*shard = s->shard;
 			*row = s->row;
 			if (id != NULL)
-				*id = c->shards[s->shard].ids[s->row];
+				*id = c->d->shards[s->shard].ids[s->row];
 			return CDX_OK;
 		}
 	}
@@ -375,8 +438,8 @@ int
 cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uint32_t *row)
 {
 	/* Items go to shard mix64(id) % nshards (see build), so one shard is scanned. */
-	uint32_t s = (uint32_t) (cdx_mix64((uint64_t) id) % c->nshards);
-	const struct cdx_loaded_shard *ls = &c->shards[s];
+	uint32_t s = (uint32_t) (cdx_mix64((uint64_t) id) % c->d->nshards);
+	const struct cdx_loaded_shard *ls = &c->d->shards[s];
 	for (uint64_t r = 0; r < ls->rows; r++) {
 		if (ls->ids[r] == id) {
 			*shard = s;
@@ -391,9 +454,9 @@ cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uin
 int
 cdx_collection_vector(const cdx_collection *c, uint32_t shard, uint32_t row, float *out)
 {
-	if (shard >= c->nshards || row >= c->shards[shard].rows)
+	if (shard >= c->d->nshards || row >= c->d->shards[shard].rows)
 		return cdx_error(CDX_EINVAL, "no item at shard %u row %u", shard, row);
-	const struct cdx_loaded_shard *ls = &c->shards[shard];
+	const struct cdx_loaded_shard *ls = &c->d->shards[shard];
 	if (ls->refine_data != NULL) {
 		cdx_refine_decode(&ls->refine, row, out);
 		return CDX_OK;

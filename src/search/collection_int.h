@@ -34,10 +34,11 @@ struct cdx_key_slot {
 	uint32_t row;
 };
 
-struct cdx_collection {
+/* What loading a version built: shared, read-only, by every collection
+ * object made from it (a points-only reload makes a new cdx_collection with
+ * a new manifest over the same data; see cdx_collection_with_manifest). */
+struct cdx_collection_data {
 	atomic_long refs;
-	char dir[4096];
-	struct cdx_manifest *manifest;
 	uint32_t nshards;
 	struct cdx_loaded_shard *shards;
 	const FaissIndex *quantizer; /* shard 0's coarse quantizer, shared by all shards */
@@ -50,6 +51,13 @@ struct cdx_collection {
 	 * 2026-11-28; older ones are inner product): Faiss distances d become
 	 * cosine scores 1 - d/2 */
 	int cos_from_l2;
+};
+
+struct cdx_collection {
+	atomic_long refs;
+	char dir[4096];
+	struct cdx_manifest *manifest;
+	struct cdx_collection_data *d; /* one reference */
 };
 
 /* Upper bound on per-request nprobe: the assignment arrays passed to

@@ -14,6 +14,7 @@
 
 #include "search/collection_int.h"
 #include "faissutil/faissutil.h"
+#include "search/points.h"
 
 struct candidate {
 	float score;
@@ -71,19 +72,19 @@ cmp_cand_high(const void *a, const void *b)
 uint32_t
 cdx_collection_effective_nprobe(const cdx_collection *c, uint32_t requested)
 {
-	if (c->nlist == 0)
+	if (c->d->nlist == 0)
 		return 0;
 	uint32_t n = requested ? requested : c->manifest->default_nprobe;
 	if (n == 0)
 		n = 1;
-	return (uint32_t) CDX_MIN((size_t) n, c->nprobe_cap);
+	return (uint32_t) CDX_MIN((size_t) n, c->d->nprobe_cap);
 }
 
 int
 cdx_collection_has_refine(const cdx_collection *c)
 {
-	for (uint32_t i = 0; i < c->nshards; i++)
-		if (c->shards[i].refine_data == NULL)
+	for (uint32_t i = 0; i < c->d->nshards; i++)
+		if (c->d->shards[i].refine_data == NULL)
 			return 0;
 	return 1;
 }
@@ -144,8 +145,8 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 	float *cdis = NULL, *kdis = NULL;
 	int rc = CDX_OK;
 
-	if (c->nlist > 0) {
-		size_t cap = c->nprobe_cap, np = x->nprobe;
+	if (c->d->nlist > 0) {
+		size_t cap = c->d->nprobe_cap, np = x->nprobe;
 		assign = malloc(nq * np * sizeof(idx_t));
 		cdis = malloc(nq * np * sizeof(float));
 		keys = malloc(nq * cap * sizeof(idx_t));
@@ -154,7 +155,7 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			rc = cdx_error(CDX_ENOMEM, "coarse assignment for %zu queries", nq);
 			goto done;
 		}
-		if (faiss_Index_search(c->quantizer, (idx_t) nq, qs, (idx_t) np, cdis, assign) != 0) {
+		if (faiss_Index_search(c->d->quantizer, (idx_t) nq, qs, (idx_t) np, cdis, assign) != 0) {
 			rc = cdx_error_faiss("coarse quantizer search");
 			goto done;
 		}
@@ -166,8 +167,8 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			}
 		}
 	}
-	for (uint32_t s = 0; s < c->nshards && rc == CDX_OK; s++) {
-		struct cdx_loaded_shard *ls = &c->shards[s];
+	for (uint32_t s = 0; s < c->d->nshards && rc == CDX_OK; s++) {
+		struct cdx_loaded_shard *ls = &c->d->shards[s];
 		float *dst_d = D + ((size_t) s * nq) * kf;
 		idx_t *dst_i = I + ((size_t) s * nq) * kf;
 		int frc;
@@ -178,7 +179,7 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			pthread_mutex_lock(&ls->lock);
 			faiss_IndexIVF_set_nprobe(ls->ivf, x->nprobe);
 			frc = faiss_Index_search(ls->index, (idx_t) nq, qs, (idx_t) kf, dst_d, dst_i);
-			faiss_IndexIVF_set_nprobe(ls->ivf, c->nprobe_cap);
+			faiss_IndexIVF_set_nprobe(ls->ivf, c->d->nprobe_cap);
 			pthread_mutex_unlock(&ls->lock);
 		} else {
 			frc = faiss_Index_search(ls->index, (idx_t) nq, qs, (idx_t) kf, dst_d, dst_i);
@@ -202,7 +203,7 @@ search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, 
 	enum { CHUNK = 256 };
 	if (nq <= CHUNK)
 		return search_slice(x, q, 0, nq, D, I);
-	size_t nshards = x->c->nshards, kf = x->kf;
+	size_t nshards = x->c->d->nshards, kf = x->kf;
 	float *Dc = malloc(nshards * CHUNK * kf * sizeof(float));
 	idx_t *Ic = malloc(nshards * CHUNK * kf * sizeof(idx_t));
 	int rc = Dc && Ic ? CDX_OK : cdx_error(CDX_ENOMEM, "search buffers");
@@ -226,8 +227,8 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 {
 	const cdx_collection *c = x->c;
 	size_t kf = x->kf, n = 0, k = x->p->k;
-	for (uint32_t s = 0; s < c->nshards; s++) {
-		const struct cdx_loaded_shard *ls = &c->shards[s];
+	for (uint32_t s = 0; s < c->d->nshards; s++) {
+		const struct cdx_loaded_shard *ls = &c->d->shards[s];
 		const float *d = D + ((size_t) s * nq + i) * kf;
 		const idx_t *l = I + ((size_t) s * nq + i) * kf;
 		for (size_t j = 0; j < kf; j++) {
@@ -240,7 +241,7 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 			int64_t id = ls->ids[row];
 			if (excluded(x, id, s, row))
 				continue;
-			float score = c->cos_from_l2 ? 1.0f - 0.5f * d[j] : d[j];
+			float score = c->d->cos_from_l2 ? 1.0f - 0.5f * d[j] : d[j];
 			if (x->refine > 0)
 				score = cdx_refine_distance(&ls->refine, row, query, c->manifest->metric);
 			cand[n++] = (struct candidate) { score, s, row, id };
@@ -277,12 +278,16 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		    (double) p->refine_factor, m->collection);
 
 	struct search_ctx x = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric) };
-	x.nprobe = cdx_collection_effective_nprobe(c, p->nprobe);
-	x.refine = cdx_collection_effective_refine(c, p->refine_factor);
-	size_t want = (size_t) p->k + p->n_exclude_ids + p->n_exclude_keys;
+	struct cdx_point_choice pc;
+	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
+	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
+	x.refine = cdx_collection_effective_refine(c, pc.refine_factor);
+	size_t excl = p->n_exclude_ids + p->n_exclude_keys, want = (size_t) p->k + excl;
+	/* Re-ranking fetches factor x the k tier, not factor x k: every k of
+	 * a tier then re-ranks the same candidates, so answers agree across k. */
 	if (x.refine > 0)
-		want = (size_t) ceil((double) want * x.refine);
-	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->items));
+		want = (size_t) ceil((double) (CDX_MAX(p->k, pc.tier_k) + excl) * x.refine);
+	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
 
 	float *q = NULL, *D = NULL;
 	idx_t *I = NULL;
@@ -291,9 +296,9 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	if (rc != CDX_OK)
 		goto done;
 	q = malloc(nq * dim * sizeof(float));
-	D = malloc(c->nshards * nq * x.kf * sizeof(float));
-	I = malloc(c->nshards * nq * x.kf * sizeof(idx_t));
-	cand = malloc(c->nshards * x.kf * sizeof(*cand));
+	D = malloc(c->d->nshards * nq * x.kf * sizeof(float));
+	I = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
+	cand = malloc(c->d->nshards * x.kf * sizeof(*cand));
 	if (q == NULL || D == NULL || I == NULL || cand == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "search buffers for %zu queries x %zu candidates", nq, x.kf);
 		goto done;
@@ -311,8 +316,8 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		/* at least one slice per thread, and none over 256 queries */
 		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + 255) / 256));
 		int slice_rc = CDX_OK;
-		float *Dt = malloc(c->nshards * nq * x.kf * sizeof(float));
-		idx_t *It = malloc(c->nshards * nq * x.kf * sizeof(idx_t));
+		float *Dt = malloc(c->d->nshards * nq * x.kf * sizeof(float));
+		idx_t *It = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
 		if (Dt == NULL || It == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "search buffers");
 		} else {
@@ -320,8 +325,8 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			for (size_t t = 0; t < nslices; t++) {
 				size_t a = nq * t / nslices, b = nq * (t + 1) / nslices;
 				/* Each slice writes its own [shard][a..b) block of Dt/It. */
-				float *Ds = Dt + c->nshards * a * x.kf;
-				idx_t *Is = It + c->nshards * a * x.kf;
+				float *Ds = Dt + c->d->nshards * a * x.kf;
+				idx_t *Is = It + c->d->nshards * a * x.kf;
 				int r = search_slice(&x, q, a, b, Ds, Is);
 				if (r != CDX_OK) {
 #pragma omp critical
@@ -332,12 +337,12 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			/* Reorder from [slice][shard][query] to [shard][query]. */
 			for (size_t t = 0; rc == CDX_OK && t < nslices; t++) {
 				size_t a = nq * t / nslices, b = nq * (t + 1) / nslices, sn = b - a;
-				for (uint32_t s = 0; s < c->nshards; s++) {
+				for (uint32_t s = 0; s < c->d->nshards; s++) {
 					memcpy(D + (s * nq + a) * x.kf,
-					    Dt + c->nshards * a * x.kf + s * sn * x.kf,
+					    Dt + c->d->nshards * a * x.kf + s * sn * x.kf,
 					    sn * x.kf * sizeof(float));
 					memcpy(I + (s * nq + a) * x.kf,
-					    It + c->nshards * a * x.kf + s * sn * x.kf,
+					    It + c->d->nshards * a * x.kf + s * sn * x.kf,
 					    sn * x.kf * sizeof(idx_t));
 				}
 			}
@@ -351,6 +356,20 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 
 	for (size_t i = 0; rc == CDX_OK && i < nq; i++)
 		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+	if (rc == CDX_OK && p->used != NULL) {
+		*p->used = (struct cdx_search_used) {
+			.nprobe = (uint32_t) x.nprobe,
+			.refine_factor = x.refine,
+			.candidates = (uint32_t) x.kf,
+			.recall_target = pc.recall_target,
+			.expected_recall = c->d->nlist == 0 && pc.recall_target > 0 ? 1.0
+			    : pc.point != NULL                                      ? pc.point->recall
+			                                                            : 0,
+			.target_unmet = pc.unmet && c->d->nlist > 0,
+			.rung = pc.rung,
+			.rungs = pc.rungs,
+		};
+	}
 done:
 	free(x.excl_ids);
 	free(x.excl_rows);

@@ -35,21 +35,43 @@ typedef struct cdx_collection cdx_collection;
  * manifest. On success *cp is set with one reference owned by the caller. */
 int cdx_collection_load(cdx_collection **cp, const char *path);
 void cdx_collection_ref(cdx_collection *c);
+/* cdx_collection_with_manifest re-reads old's manifest.json and, if it
+ * still describes the same shards and index (only operating points,
+ * defaults or the tuning report changed, as `candex recall --save` does),
+ * sets *cp to a new collection with that manifest over old's loaded data
+ * (shared, not copied). CDX_ECORRUPT if anything else changed. */
+int cdx_collection_with_manifest(cdx_collection **cp, cdx_collection *old);
 void cdx_collection_unref(cdx_collection *c); /* NULL is a no-op */
 
 const struct cdx_manifest *cdx_collection_manifest(const cdx_collection *c);
 const char *cdx_collection_dir(const cdx_collection *c);       /* the version directory */
 uint64_t cdx_collection_memory_bytes(const cdx_collection *c); /* approx. resident size */
 
+/* What a search used, for the response and the metrics. */
+struct cdx_search_used {
+	uint32_t nprobe;        /* lists probed (0: not an IVF index) */
+	float refine_factor;    /* 0: no re-ranking */
+	uint32_t candidates;    /* fetched per shard and query (re-ranked when refining) */
+	float recall_target;    /* the target wanted (request or collection default), 0 = none */
+	double expected_recall; /* the operating point's measured recall, 0 = unknown */
+	int target_unmet;       /* a target was wanted and no measured point reaches it */
+	uint32_t rung, rungs;   /* the operating point used, of how many at its k */
+};
+
+/* A request's settings. nprobe, refine_factor and recall_target choose an
+ * operating point as search/points.h says. */
 struct cdx_search_params {
 	uint32_t k;
-	uint32_t nprobe;     /* 0 = manifest default_nprobe */
-	float refine_factor; /* 0 = manifest default; < 1 means none */
+	uint32_t nprobe;     /* 0 = from recall_target (or the collection's default target) */
+	float refine_factor; /* 0 = the point's or the manifest's default; < 1 means none */
+	float recall_target; /* 0 = the collection's default_recall_target */
+	uint32_t escalate;   /* operating-point rungs above the one that reaches the target */
 	const int64_t *exclude_ids;
 	size_t n_exclude_ids;
 	const char *const *exclude_keys;
 	size_t n_exclude_keys;
-	int parallel; /* allow OpenMP threads inside this call */
+	int parallel;                 /* allow OpenMP threads inside this call */
+	struct cdx_search_used *used; /* if not NULL, filled on success */
 };
 
 struct cdx_hit {

@@ -347,34 +347,6 @@ cdx__srv_queue_depth(cdx_server *s)
 	return n;
 }
 
-/* pick_point returns the operating point for a recall target: among the
- * points measured at the request's k (all points if none was), the one saved
- * for the smallest target >= want (candex recall --target already chose the
- * cheapest setting for each target), else the most accurate one; NULL when
- * the manifest has none. A point measured at k = 10 says little about
- * recall at k = 100, hence the k filter. */
-static const struct cdx_operating_point *
-pick_point(const struct cdx_manifest *m, double want, uint32_t k)
-{
-	int same_k = 0;
-	for (uint32_t i = 0; i < m->npoints; i++)
-		same_k |= m->points[i].k == k;
-	const struct cdx_operating_point *best = NULL, *top = NULL;
-	for (uint32_t i = 0; i < m->npoints; i++) {
-		const struct cdx_operating_point *p = &m->points[i];
-		if (same_k && p->k != k)
-			continue;
-		if (top == NULL || p->recall > top->recall)
-			top = p;
-		if (p->recall_target + 1e-9 < want)
-			continue;
-		if (best == NULL || p->recall_target < best->recall_target
-		    || (p->recall_target == best->recall_target && p->p99_ms < best->p99_ms))
-			best = p;
-	}
-	return best != NULL ? best : top;
-}
-
 static void
 run_search(struct srv_ctx *x, int idle)
 {
@@ -428,25 +400,18 @@ run_search(struct srv_ctx *x, int idle)
 		queries = owned;
 	}
 
+	struct cdx_search_used used;
 	struct cdx_search_params p = {
 		.k = sr->k,
 		.nprobe = sr->nprobe,
 		.refine_factor = sr->refine_factor,
+		.recall_target = sr->recall_target,
 		.exclude_ids = sr->exclude_ids,
 		.n_exclude_ids = sr->n_exclude_ids,
 		.exclude_keys = (const char *const *) sr->exclude_keys,
 		.n_exclude_keys = sr->n_exclude_keys,
+		.used = &used,
 	};
-	float used_target = 0;
-	if (sr->nprobe == 0 && sr->recall_target > 0) {
-		const struct cdx_operating_point *op = pick_point(m, sr->recall_target, sr->k);
-		if (op != NULL) {
-			p.nprobe = op->nprobe;
-			if (sr->refine_factor == 0)
-				p.refine_factor = op->refine_factor;
-			used_target = (float) op->recall_target;
-		}
-	}
 	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
 	if (parallel) {
 		/* an idle server lends every core to a big batch (search.c
@@ -485,12 +450,16 @@ run_search(struct srv_ctx *x, int idle)
 			    (uint32_t) qrs[i].n_hits);
 	}
 	atomic_fetch_add(&s->m.queries, nq);
+	if (used.target_unmet)
+		atomic_fetch_add(&s->m.target_unmet, 1);
 	out.n_results = nq;
 	out.results = qrp;
 	out.index_version = (char *) m->version;
-	out.nprobe = cdx_collection_effective_nprobe(c, p.nprobe);
-	out.refine_factor = cdx_collection_effective_refine(c, p.refine_factor);
-	out.recall_target = used_target;
+	out.nprobe = used.nprobe;
+	out.refine_factor = used.refine_factor;
+	out.recall_target = used.recall_target;
+	out.expected_recall = (float) used.expected_recall;
+	out.target_unmet = used.target_unmet != 0;
 	out.metric = (char *) cdx_metric_name(m->metric);
 	out.server_time_us = cdx_now_us() - x->t_recv_us;
 	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;

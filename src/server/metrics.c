@@ -104,6 +104,11 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	    "Searches past their deadline before a worker took them.");
 	cdx_buf_printf(b, "candex_deadline_dropped_total %llu\n",
 	    (unsigned long long) atomic_load(&m->deadline_dropped));
+	HEAD(b, "candex_recall_target_unmet_total", "counter",
+	    "Searches whose recall target no measured operating point reaches at their k: served at "
+	    "the most accurate point.");
+	cdx_buf_printf(
+	    b, "candex_recall_target_unmet_total %llu\n", (unsigned long long) atomic_load(&m->target_unmet));
 	HEAD(b, "candex_reloads_total", "counter", "Reloads (SIGHUP, admin, watch), by result.");
 	cdx_buf_printf(
 	    b, "candex_reloads_total{result=\"ok\"} %llu\n", (unsigned long long) atomic_load(&m->reload_ok));

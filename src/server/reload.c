@@ -223,6 +223,42 @@ set_failed(cdx_server *s, const char *name, const char *vdir)
 	s->nfailed = nfailed + 1;
 }
 
+/* manifest_id identifies the manifest.json of a version directory as it
+ * is now; `candex recall --save` replaces it (rename), which changes it. */
+static void
+manifest_id(const char *vdir, uint64_t id[3])
+{
+	char path[PATH_MAX + 32];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/%s", vdir, CDX_MANIFEST_FILE);
+	if (stat(path, &st) != 0) {
+		id[0] = id[1] = id[2] = 0;
+		return;
+	}
+	id[0] = (uint64_t) st.st_ino;
+	id[1] = (uint64_t) st.st_size;
+	id[2] = (uint64_t) st.st_mtim.tv_sec * 1000000000u + (uint64_t) st.st_mtim.tv_nsec;
+}
+
+/* reload_points swaps in cur's version with its re-read manifest (new
+ * operating points or defaults), sharing the loaded data. */
+static int
+reload_points(const struct srv_entry *cur, const uint64_t id[3], struct srv_entry *e)
+{
+	cdx_collection *c = NULL;
+	int rc = cdx_collection_with_manifest(&c, cur->coll);
+	if (rc != CDX_OK)
+		return rc;
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	*e = *cur;
+	e->coll = c;
+	memcpy(e->manifest_id, id, sizeof(e->manifest_id));
+	cdx_info("SRV-POINTS",
+	    "collection %s: version %s: manifest re-read: %u operating point(s), default target %g",
+	    cur->name, m->version, m->npoints, m->default_recall_target);
+	return CDX_OK;
+}
+
 static const struct srv_entry *
 find_entry(const struct srv_set *set, const char *name)
 {
@@ -315,10 +351,34 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		char cdir[PATH_MAX], vdir[PATH_MAX];
 		snprintf(cdir, sizeof(cdir), "%s/%s", s->cfg.index_dir, name);
 		int r = cdx_version_path_resolve(cdir, vdir);
+		uint64_t id[3]; /* before loading: a change while loading is seen next time */
+		manifest_id(vdir, id);
 		if (r == CDX_OK && cur != NULL && strcmp(cur->version_dir, vdir) == 0) {
-			e = *cur; /* unchanged */
-			cdx_collection_ref(e.coll);
-			append_entry(next, &e);
+			if (memcmp(id, cur->manifest_id, sizeof(id)) == 0) {
+				e = *cur; /* unchanged */
+				cdx_collection_ref(e.coll);
+				append_entry(next, &e);
+				continue;
+			}
+			if ((r = reload_points(cur, id, &e)) != CDX_OK) {
+				char why[1024];
+				snprintf(
+				    why, sizeof(why), "re-reading its manifest: %.900s", cdx_last_error());
+				cdx_err("SRV-LOAD-FAIL", "collection %s: %s; the loaded one keeps serving",
+				    name, why);
+				add_failure(&msg, &rc, r, name, why, cur);
+				e = *cur; /* not retried until the manifest changes again */
+				memcpy(e.manifest_id, id, sizeof(id));
+				cdx_collection_ref(e.coll);
+				append_entry(next, &e);
+				continue;
+			}
+			if (append_entry(next, &e) != CDX_OK) {
+				cdx_collection_unref(e.coll);
+				add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
+				goto keep_old;
+			}
+			(*changed)++;
 			continue;
 		}
 		if (r != CDX_OK) {
@@ -360,6 +420,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		    cur ? cdx_collection_manifest(cur->coll)->version : "");
 		e.coll = c;
 		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
+		memcpy(e.manifest_id, id, sizeof(id));
 		e.loaded_ms = cdx_wall_ms();
 		if (append_entry(next, &e) != CDX_OK) {
 			cdx_collection_unref(c);

@@ -116,7 +116,8 @@ struct srv_entry {
 	char name[64];
 	cdx_collection *coll; /* one reference held by the set */
 	char version_dir[4096];
-	uint64_t loaded_ms; /* wall clock */
+	uint64_t loaded_ms;      /* wall clock */
+	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
 };
 
 struct srv_set {
@@ -136,6 +137,7 @@ struct srv_metrics {
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
 	atomic_uint_fast64_t overloaded;
+	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
 };
 

@@ -18,9 +18,10 @@
 #include "shard/manifest.h"
 
 /* The top-level keys this version reads; everything else goes to extra. */
-static const char *const known_keys[] = { "format_version", "collection", "version", "model_version",
-	"factory", "metric", "dim", "items", "nlist", "pq_m", "pq_nbits", "default_nprobe", "refine",
-	"default_refine_factor", "shards", "operating_points", "build" };
+static const char *const known_keys[]
+    = { "format_version", "collection", "version", "model_version", "factory", "metric", "dim", "items",
+	      "nlist", "pq_m", "pq_nbits", "default_nprobe", "refine", "default_refine_factor", "shards",
+	      "operating_points", "build", "structure", "default_recall_target", "tuned_k", "tuning" };
 
 static int
 is_known_key(const char *k)
@@ -109,9 +110,28 @@ manifest_json(const struct cdx_manifest *m)
 		json_object_set_new(j, "nprobe", json_integer(p->nprobe));
 		json_object_set_new(j, "refine_factor", float_json(p->refine_factor));
 		json_object_set_new(j, "p99_ms", json_real(p->p99_ms));
+		if (p->recall_se > 0)
+			json_object_set_new(j, "recall_se", json_real(p->recall_se));
+		if (p->check_recall > 0)
+			json_object_set_new(j, "check_recall", json_real(p->check_recall));
+		if (p->qps > 0)
+			json_object_set_new(j, "qps", json_real(p->qps));
 		json_array_append_new(pts, j);
 	}
 	json_object_set_new(o, "operating_points", pts);
+	json_t *st = json_object();
+	json_object_set_new(st, "transform", json_string(cdx_transform_name(m->transform)));
+	json_object_set_new(st, "index_dim", json_integer(m->index_dim ? m->index_dim : m->dim));
+	if (m->transform == CDX_TRANSFORM_MIPS_L2)
+		json_object_set_new(st, "max_norm2", json_real(m->max_norm2));
+	json_object_set_new(o, "structure", st);
+	json_object_set_new(o, "default_recall_target", json_real(m->default_recall_target));
+	json_t *tk = json_array();
+	for (uint32_t i = 0; i < m->ntuned_k; i++)
+		json_array_append_new(tk, json_integer(m->tuned_k[i]));
+	json_object_set_new(o, "tuned_k", tk);
+	if (m->tuning != NULL)
+		json_object_set(o, "tuning", (json_t *) m->tuning);
 	json_t *b = json_object();
 	json_object_set_new(b, "seed", u64_json(m->seed));
 	json_object_set_new(b, "train_sample", u64_json(m->train_sample));
@@ -264,6 +284,77 @@ get_hex(struct ld *l, json_t *obj, const char *prefix, const char *key)
 	return x;
 }
 
+/* opt_num is get_num for an optional field: 0 when absent. */
+static double
+opt_num(struct ld *l, json_t *obj, const char *prefix, const char *key)
+{
+	return json_object_get(obj, key) == NULL ? 0 : get_num(l, obj, prefix, key);
+}
+
+/* load_structure reads the fields a self-tuning build added (2026-12): all
+ * optional, so that older manifests load as "no transform, no default
+ * target, no tuning report". */
+static void
+load_structure(struct ld *l, json_t *root, struct cdx_manifest *m)
+{
+	char tmp[32];
+	m->index_dim = m->dim;
+	json_t *st = json_object_get(root, "structure");
+	if (l->rc == CDX_OK && st != NULL) {
+		if (!json_is_object(st)) {
+			l->rc = cdx_error(CDX_ECORRUPT,
+			    "%s: field structure has the wrong type (expected object)", l->path);
+			return;
+		}
+		get_str(l, st, "structure.", "transform", tmp, sizeof(tmp));
+		if (l->rc == CDX_OK && cdx_transform_parse(tmp, &m->transform) != CDX_OK)
+			l->rc = cdx_error(CDX_ECORRUPT,
+			    "%s: field structure.transform \"%s\" is not none or mips-l2", l->path, tmp);
+		m->index_dim = (uint32_t) get_uint(l, st, "structure.", "index_dim", UINT32_MAX);
+		uint32_t least = m->dim + (m->transform == CDX_TRANSFORM_MIPS_L2);
+		if (l->rc == CDX_OK && (m->index_dim < least || m->index_dim > least + 64))
+			l->rc = cdx_error(CDX_ECORRUPT,
+			    "%s: field structure.index_dim %u does not fit dim %u and transform %s", l->path,
+			    m->index_dim, m->dim, cdx_transform_name(m->transform));
+		if (m->transform == CDX_TRANSFORM_MIPS_L2) {
+			m->max_norm2 = get_num(l, st, "structure.", "max_norm2");
+			if (l->rc == CDX_OK && !(m->max_norm2 >= 0 && m->max_norm2 < 1e38))
+				l->rc = cdx_error(CDX_ECORRUPT,
+				    "%s: field structure.max_norm2 is not a finite non-negative number",
+				    l->path);
+		}
+	}
+	m->default_recall_target = opt_num(l, root, "", "default_recall_target");
+	if (l->rc == CDX_OK && !(m->default_recall_target >= 0 && m->default_recall_target <= 1))
+		l->rc = cdx_error(CDX_ECORRUPT, "%s: field default_recall_target is not in [0, 1]", l->path);
+	json_t *tk = json_object_get(root, "tuned_k");
+	if (l->rc == CDX_OK && tk != NULL) {
+		if (!json_is_array(tk) || json_array_size(tk) > CDX_MANIFEST_MAX_TUNED_K) {
+			l->rc = cdx_error(CDX_ECORRUPT,
+			    "%s: field tuned_k is not an array of at most %d integers", l->path,
+			    CDX_MANIFEST_MAX_TUNED_K);
+			return;
+		}
+		for (size_t i = 0; i < json_array_size(tk) && l->rc == CDX_OK; i++) {
+			json_t *v = json_array_get(tk, i);
+			json_int_t k = json_is_integer(v) ? json_integer_value(v) : 0;
+			if (k < 1 || k > UINT32_MAX || (i > 0 && (uint32_t) k <= m->tuned_k[i - 1]))
+				l->rc = cdx_error(CDX_ECORRUPT,
+				    "%s: field tuned_k[%zu] is not a k above the previous one", l->path, i);
+			else
+				m->tuned_k[m->ntuned_k++] = (uint32_t) k;
+		}
+	}
+	json_t *tuning = json_object_get(root, "tuning");
+	if (l->rc == CDX_OK && tuning != NULL) {
+		if (!json_is_object(tuning))
+			l->rc = cdx_error(
+			    CDX_ECORRUPT, "%s: field tuning has the wrong type (expected object)", l->path);
+		else
+			m->tuning = json_incref(tuning);
+	}
+}
+
 static void
 load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 {
@@ -377,8 +468,12 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 			p->nprobe = (uint32_t) get_uint(l, j, pre, "nprobe", UINT32_MAX);
 			p->refine_factor = (float) get_num(l, j, pre, "refine_factor");
 			p->p99_ms = get_num(l, j, pre, "p99_ms");
+			p->recall_se = opt_num(l, j, pre, "recall_se");
+			p->check_recall = opt_num(l, j, pre, "check_recall");
+			p->qps = opt_num(l, j, pre, "qps");
 		}
 	}
+	load_structure(l, root, m);
 	json_t *b = json_object_get(root, "build");
 	if (l->rc == CDX_OK && b != NULL) {
 		if (!json_is_object(b)) {
@@ -451,6 +546,8 @@ cdx_manifest_free(struct cdx_manifest *m)
 		return;
 	free(m->shards);
 	free(m->points);
+	if (m->tuning != NULL)
+		json_decref((json_t *) m->tuning);
 	if (m->extra != NULL)
 		json_decref((json_t *) m->extra);
 	free(m);

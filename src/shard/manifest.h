@@ -26,15 +26,23 @@ struct cdx_manifest_shard {
 	uint64_t xxh64; /* of the whole file; hex in JSON */
 };
 
-/* One measured operating point: the cheapest setting reaching recall_target. */
+/* One measured operating point: the cheapest setting reaching recall_target
+ * at k (k-recall@k). The points measured at one k, ordered by recall, are the
+ * ladder the server climbs when online recall falls short (server.h). */
 struct cdx_operating_point {
 	double recall_target;
-	double recall; /* measured */
+	double recall; /* measured on the queries that chose it */
 	uint32_t k;
 	uint32_t nprobe;
 	float refine_factor;
 	double p99_ms;
+	/* optional (0 when unknown): */
+	double recall_se;    /* standard error of recall over those queries */
+	double check_recall; /* measured again on tuning queries that did not choose it */
+	double qps;          /* single-thread queries per second (measured or modelled) */
 };
+
+#define CDX_MANIFEST_MAX_TUNED_K 8
 
 struct cdx_manifest {
 	uint32_t format_version;
@@ -55,6 +63,17 @@ struct cdx_manifest {
 	struct cdx_manifest_shard *shards;
 	uint32_t npoints;
 	struct cdx_operating_point *points;
+	/* structure (optional in JSON; defaults describe older builds) */
+	int transform;      /* enum cdx_transform */
+	uint32_t index_dim; /* dimension Faiss indexes: dim, + 1 for MIPS_L2, + zero padding */
+	double max_norm2;   /* MIPS_L2: the largest squared item norm */
+	/* defaults of a request that names neither nprobe nor recall_target:
+	 * the operating point for default_recall_target at the request's k, or
+	 * default_nprobe when 0 or no point was measured */
+	double default_recall_target;
+	uint32_t ntuned_k; /* the k the points were measured at, ascending */
+	uint32_t tuned_k[CDX_MANIFEST_MAX_TUNED_K];
+	void *tuning; /* json_t* report of the self-tuning build, or NULL; owned */
 	/* build provenance */
 	uint64_t seed;
 	uint64_t train_sample;

@@ -8,6 +8,7 @@
 
 static const char *const metric_names[] = { "l2", "ip", "cos" };
 static const char *const refine_names[] = { "none", "fp32", "fp16", "sq8" };
+static const char *const transform_names[] = { "none", "mips-l2" };
 
 const char *
 cdx_metric_name(int metric)
@@ -27,6 +28,27 @@ cdx_metric_parse(const char *name, int *metric)
 		}
 	}
 	return cdx_error(CDX_EINVAL, "unknown metric '%s' (expected l2, ip or cos)", name ? name : "(null)");
+}
+
+const char *
+cdx_transform_name(int transform)
+{
+	if (transform < 0 || (size_t) transform >= CDX_ARRAY_LEN(transform_names))
+		return "unknown";
+	return transform_names[transform];
+}
+
+int
+cdx_transform_parse(const char *name, int *transform)
+{
+	for (size_t i = 0; name != NULL && i < CDX_ARRAY_LEN(transform_names); i++) {
+		if (strcmp(name, transform_names[i]) == 0) {
+			*transform = (int) i;
+			return CDX_OK;
+		}
+	}
+	return cdx_error(
+	    CDX_EINVAL, "unknown transform '%s' (expected none or mips-l2)", name ? name : "(null)");
 }
 
 const char *

@@ -56,6 +56,17 @@ cdx_metric_higher_is_better(int metric)
 	return metric != CDX_METRIC_L2;
 }
 
+/* How item and query vectors are changed before Faiss sees them. */
+enum cdx_transform {
+	CDX_TRANSFORM_NONE = 0,
+	/* inner product reduced to L2: items get one more coordinate
+	 * sqrt(max_norm2 - |x|^2), queries a 0, so that |q - x|^2 =
+	 * |q|^2 + max_norm2 - 2<q, x> orders items as <q, x> does */
+	CDX_TRANSFORM_MIPS_L2 = 1,
+};
+const char *cdx_transform_name(int transform); /* "none" "mips-l2" */
+int cdx_transform_parse(const char *name, int *transform);
+
 enum cdx_part_kind {
 	CDX_PART_FAISS = 1,
 	CDX_PART_IDS = 2,

@@ -396,14 +396,7 @@ test_disconnect_mid_request(void **state)
 static double
 metric(const char *name)
 {
-	char *body = NULL, line[256];
-	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
-	snprintf(line, sizeof(line), "\n%s ", name);
-	const char *p = strstr(body, line);
-	assert_non_null(p);
-	double v = strtod(p + strlen(line), NULL);
-	free(body);
-	return v;
+	return st_metric(http_port, name);
 }
 
 static void

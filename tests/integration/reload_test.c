@@ -10,6 +10,7 @@
 
 #include "shard/manifest.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -224,6 +225,109 @@ test_watch_interval(void **state)
 	assert_true(st_log_has(&srv, "CURRENT changed"));
 }
 
+/* save_points writes one operating point (k = 10, target 0.9) into the
+ * served version's manifest, as `candex recall --save` does; flip also
+ * flips a bit of a shard's checksum (a points-only reload must refuse that
+ * manifest; flipping again restores it). */
+static void
+save_points(uint32_t nprobe, double recall, int flip)
+{
+	char vdir[8300];
+	snprintf(vdir, sizeof(vdir), "%s/index/tracks/%s", dir, st_current(dir, "tracks"));
+	struct cdx_manifest *m = NULL;
+	assert_int_equal(cdx_manifest_load(&m, vdir), CDX_OK);
+	free(m->points);
+	m->points = calloc(1, sizeof(*m->points));
+	m->points[0] = (struct cdx_operating_point) {
+		.recall_target = 0.9, .recall = recall, .k = 10, .nprobe = nprobe, .p99_ms = 1
+	};
+	m->npoints = 1;
+	if (flip)
+		m->shards[0].xxh64 ^= 1;
+	assert_int_equal(cdx_manifest_save(m, vdir), CDX_OK);
+	cdx_manifest_free(m);
+}
+
+/* served_nprobe searches k = 10 at recall 0.9 and returns the nprobe used
+ * (and whether the target was unmet). */
+static uint32_t
+served_nprobe(cdx_client *c, int *unmet, float *expected)
+{
+	static float q[DIM];
+	struct cdx_query qq = { .collection = "tracks",
+		.vectors = q,
+		.nvectors = 1,
+		.dim = DIM,
+		.k = 10,
+		.recall_target = 0.9f };
+	struct cdx_result *r = st_search(c, &qq);
+	uint32_t np = r->nprobe;
+	*unmet = r->target_unmet;
+	*expected = r->expected_recall;
+	cdx_result_free(r);
+	return np;
+}
+
+/* wait_nprobe polls until searches use nprobe (<= 5 s). */
+static void
+wait_nprobe(cdx_client *c, uint32_t want)
+{
+	int unmet;
+	float expected;
+	for (int i = 0; i < 500; i++) {
+		if (served_nprobe(c, &unmet, &expected) == want)
+			return;
+		st_sleep_ms(10);
+	}
+	fail_msg("the server never used the saved nprobe %u", want);
+}
+
+static void
+test_reload_applies_points(void **state)
+{
+	/* Operating points saved into the live version (candex recall --save)
+	 * apply on SIGHUP, on an admin reload and with the watch: no restart. */
+	struct st_server srv;
+	assert_int_equal(st_start(&srv, dir, "points", "--threads 1"), 0);
+	cdx_client *c = st_client(srv.url, 5000, 0);
+	cdx_client *admin = st_client(srv.admin, 30000, 0);
+	int unmet;
+	float expected;
+	save_points(3, 0.5, 0); /* start from a known point */
+	assert_int_equal(cdx_client_reload(admin, "tracks", NULL), CDX_OK);
+	assert_int_equal(served_nprobe(c, &unmet, &expected), 3);
+	save_points(5, 0.93, 0);
+	kill(srv.pid, SIGHUP);
+	wait_nprobe(c, 5);
+	assert_int_equal(served_nprobe(c, &unmet, &expected), 5);
+	assert_false(unmet);
+	assert_true(fabsf(expected - 0.93f) < 1e-6f);
+
+	save_points(7, 0.95, 0);
+	struct cdx_client_error err;
+	assert_int_equal(cdx_client_reload(admin, "tracks", &err), CDX_OK);
+	assert_int_equal(served_nprobe(c, &unmet, &expected), 7);
+
+	/* a manifest that no longer fits the loaded shards is refused */
+	save_points(9, 0.97, 1);
+	assert_int_not_equal(cdx_client_reload(admin, "tracks", &err), CDX_OK);
+	assert_non_null(strstr(err.message, "manifest"));
+	assert_int_equal(served_nprobe(c, &unmet, &expected), 7);
+	save_points(7, 0.95, 1);
+	cdx_client_close(admin);
+	cdx_client_close(c);
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+	assert_true(st_log_has(&srv, "SRV-POINTS"));
+
+	assert_int_equal(st_start(&srv, dir, "pwatch", "--threads 1 --watch-interval 0.1"), 0);
+	c = st_client(srv.url, 5000, 0);
+	assert_int_equal(served_nprobe(c, &unmet, &expected), 7);
+	save_points(11, 0.99, 0);
+	wait_nprobe(c, 11);
+	cdx_client_close(c);
+	assert_int_equal(st_stop(&srv, SIGTERM), 0);
+}
+
 static void
 test_collections_come_and_go(void **state)
 {
@@ -338,6 +442,7 @@ main(void)
 		cmocka_unit_test(test_reload_under_load),
 		cmocka_unit_test(test_failed_reload_keeps_old),
 		cmocka_unit_test(test_watch_interval),
+		cmocka_unit_test(test_reload_applies_points),
 		cmocka_unit_test(test_collections_come_and_go),
 		cmocka_unit_test(test_graceful_shutdown),
 	};

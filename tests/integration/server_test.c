@@ -23,6 +23,7 @@
 static char *dir;
 static float *tracks, *podcasts;
 static struct st_server srv;
+static int http_port;
 static cdx_client *cli;
 
 static int
@@ -54,7 +55,10 @@ setup(void **state)
 	assert_int_equal(cdx_manifest_save(m, vdir), CDX_OK);
 	cdx_manifest_free(m);
 
-	assert_int_equal(st_start(&srv, dir, "main", "--threads 2"), 0);
+	http_port = st_free_port();
+	char extra[64];
+	snprintf(extra, sizeof(extra), "--threads 2 --http-listen 127.0.0.1:%d", http_port);
+	assert_int_equal(st_start(&srv, dir, "main", extra), 0);
 	cli = st_client(srv.url, 10000, 0);
 	return 0;
 }
@@ -318,30 +322,48 @@ test_recall_target(void **state)
 	q.recall_target = 0.85f;
 	struct cdx_result *r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 4);
-	assert_true(fabsf(r->recall_target - 0.9f) < 1e-6f);
+	assert_true(fabsf(r->recall_target - 0.85f) < 1e-6f);
+	assert_true(fabsf(r->expected_recall - 0.92f) < 1e-6f);
+	assert_false(r->target_unmet);
 	cdx_result_free(r);
 
 	q.recall_target = 0.995f; /* only the 0.999 point reaches it */
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 32);
-	assert_true(fabsf(r->recall_target - 0.999f) < 1e-6f);
+	assert_true(fabsf(r->expected_recall - 1.0f) < 1e-6f);
+	assert_false(r->target_unmet);
 	cdx_result_free(r);
 
-	q.recall_target = 0.9999f; /* none does: the most accurate point */
+	/* none does: the most accurate point, flagged, and counted in /metrics */
+	double unmet0 = st_metric(http_port, "candex_recall_target_unmet_total");
+	q.recall_target = 0.9999f;
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 32);
+	assert_true(r->target_unmet);
 	cdx_result_free(r);
+	assert_true(st_metric(http_port, "candex_recall_target_unmet_total") == unmet0 + 1);
 
-	/* k = 5 has its own point; k = 7 has none, so any k's points serve */
+	/* k = 5 has its own point; k = 3 is in k = 5's tier; k = 7 in k = 10's */
 	q.recall_target = 0.9f;
 	q.k = 5;
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 8);
 	cdx_result_free(r);
+	q.k = 3;
+	r = st_search(cli, &q);
+	assert_int_equal(r->nprobe, 8);
+	cdx_result_free(r);
 	q.k = 7;
-	q.recall_target = 0.95f; /* the smallest target reaching it: 0.99 (k = 10) */
+	q.recall_target = 0.95f; /* the smallest target reaching it at k = 10: 0.99 */
 	r = st_search(cli, &q);
 	assert_int_equal(r->nprobe, 16);
+	assert_false(r->target_unmet);
+	cdx_result_free(r);
+	/* k = 20: above every measured k, so nothing says what recall it gets */
+	q.k = 20;
+	r = st_search(cli, &q);
+	assert_int_equal(r->nprobe, 16);
+	assert_true(r->target_unmet);
 	cdx_result_free(r);
 	q.k = 10;
 

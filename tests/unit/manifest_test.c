@@ -47,8 +47,18 @@ sample_manifest(const char *version)
 	m->shards[1].xxh64 = 0x1ULL;
 	m->npoints = 2;
 	m->points = calloc(2, sizeof(*m->points));
-	m->points[0] = (struct cdx_operating_point) { 0.9, 0.9213, 100, 16, 1.0f, 3.25 };
-	m->points[1] = (struct cdx_operating_point) { 0.95, 0.9571, 100, 48, 2.0f, 7.5 };
+	m->points[0] = (struct cdx_operating_point) { .recall_target = 0.9,
+		.recall = 0.9213,
+		.k = 100,
+		.nprobe = 16,
+		.refine_factor = 1.0f,
+		.p99_ms = 3.25 };
+	m->points[1] = (struct cdx_operating_point) { .recall_target = 0.95,
+		.recall = 0.9571,
+		.k = 100,
+		.nprobe = 48,
+		.refine_factor = 2.0f,
+		.p99_ms = 7.5 };
 	m->seed = 0xffffffffffffff01ULL; /* above INT64_MAX: stored as a string */
 	m->train_sample = 100000;
 	snprintf(m->input_path, sizeof(m->input_path), "/data/tracks.fvecs");

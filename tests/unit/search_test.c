@@ -394,6 +394,57 @@ test_refine_raises_recall(void **state)
 	}
 }
 
+/* run_k searches every query at k with explicit settings (or the
+ * collection's defaults when nprobe is 0) into hits (NQ x k). */
+static void
+run_k(cdx_collection *c, uint32_t k, uint32_t nprobe, float refine, struct cdx_hit *hits)
+{
+	run_search(c, k, nprobe, refine, hits);
+}
+
+static void
+test_same_answer_at_every_k(void **state)
+{
+	(void) state;
+	/* Coarse PQ codes re-ranked exactly (fp32) and with fp16: within one k
+	 * tier (1..10, 11..100), the top j of a request for k equals the answer
+	 * for j, ids and scores, at explicit settings and at the collection's
+	 * defaults. Before the k tier fixed the candidates, k = 1 re-ranked 2
+	 * candidates and k = 10 re-ranked 20, and the answers differed. */
+	const int kinds[] = { CDX_REFINE_FP32, CDX_REFINE_FP16 };
+	for (size_t kind = 0; kind < CDX_ARRAY_LEN(kinds); kind++) {
+		const struct fixture fx = { "IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[kind], 0 };
+		char *dir;
+		cdx_collection *c = load_fixture(&dir, &fx);
+		static struct cdx_hit big[NQ * 100], small[NQ * 100];
+		const uint32_t tiers[][2] = { { 1, 10 }, { 11, 100 } };
+		for (int defaults = 0; defaults < 2; defaults++) {
+			uint32_t nprobe = defaults ? 0 : 8;
+			float refine = defaults ? 0 : 2;
+			size_t differ = 0;
+			for (size_t t = 0; t < CDX_ARRAY_LEN(tiers); t++) {
+				uint32_t lo = tiers[t][0], hi = tiers[t][1];
+				run_k(c, hi, nprobe, refine, big);
+				for (uint32_t j = lo; j < hi; j += (hi - lo) / 4 + 1) {
+					run_k(c, j, nprobe, refine, small);
+					for (size_t q = 0; q < NQ; q++)
+						for (size_t r = 0; r < j; r++) {
+							const struct cdx_hit *a = &big[q * hi + r],
+							                     *b = &small[q * j + r];
+							differ += a->id != b->id || a->score != b->score;
+						}
+				}
+			}
+			if (differ > 0)
+				fprintf(stderr, "refine %s, %s settings: %zu hits differ across k\n",
+				    cdx_refine_name(kinds[kind]), defaults ? "default" : "explicit", differ);
+			assert_int_equal(differ, 0);
+		}
+		cdx_collection_unref(c);
+		tu_rmdir(dir);
+	}
+}
+
 static void
 test_keys_exclusions_and_errors(void **state)
 {
@@ -499,6 +550,7 @@ main(void)
 		cmocka_unit_test(test_concurrent_nprobe),
 		cmocka_unit_test(test_parallel_batch_equals_serial),
 		cmocka_unit_test(test_refine_raises_recall),
+		cmocka_unit_test(test_same_answer_at_every_k),
 		cmocka_unit_test(test_keys_exclusions_and_errors),
 		cmocka_unit_test(test_corrupt_shard_refused),
 	};
