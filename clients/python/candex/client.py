@@ -70,9 +70,10 @@ class Client:
         a timeout or a lost connection; backoff: the first pause in seconds,
         doubled after each attempt.
     max_message: the largest reply accepted, in bytes.
-    tls_*: for tls+tcp://: the CA that signed the server's certificate (None:
-        the system's), this client's certificate and key (mutual TLS), the
-        name to check the server's certificate against.
+    tls_*: for tls+tcp://: the CA that must have signed the server's
+        certificate (None: the server is not verified, only encrypted to),
+        this client's certificate and key (mutual TLS), the name the
+        server's certificate must carry (None: not checked).
     """
 
     def __init__(self, url, timeout=5.0, retries=0, backoff=0.02, max_message=64 << 20,
@@ -88,11 +89,18 @@ class Client:
         self._tls = None
         self._server_name = tls_server_name
         if url.startswith("tls+tcp://"):
-            self._tls = ssl.create_default_context(cafile=tls_ca_file)
+            # as the C library: with a CA the server's certificate must be
+            # signed by it (and name tls_server_name, if given); without
+            # one the connection is encrypted but the server unverified
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            if tls_ca_file:
+                self._tls.load_verify_locations(cafile=tls_ca_file)
+                self._tls.check_hostname = tls_server_name is not None
+            else:
+                self._tls.check_hostname = False
+                self._tls.verify_mode = ssl.CERT_NONE
             if tls_cert_file:
                 self._tls.load_cert_chain(tls_cert_file, tls_key_file)
-            if tls_server_name is None:
-                self._tls.check_hostname = tls_ca_file is None
         self._conn = None
         self._lock = threading.Lock()
         rnd = random.SystemRandom()

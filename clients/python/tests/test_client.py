@@ -263,6 +263,61 @@ class Reconnect(unittest.TestCase):
         self.assertLess(time.monotonic() - t0, 5)
 
 
+class Tls(unittest.TestCase):
+    def test_mutual_tls(self):
+        """tls+tcp:// with a client certificate, as client_test does for C."""
+        if shutil.which("openssl") is None:
+            self.skipTest("no openssl CLI")
+        d = os.path.join(tmp, "tls")
+        os.makedirs(d, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = lambda *a: subprocess.run(a, cwd=d, check=True, capture_output=True)
+        run("openssl", "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=candex-py-ca")
+        with open(os.path.join(d, "san.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        for name in ("server", "client"):
+            run("openssl", "req", *ec, "-keyout", name + ".key", "-out", name + ".csr", "-subj", "/CN=" + name)
+            run("openssl", "x509", "-req", "-in", name + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", name + ".pem", "-days", "2",
+                *(["-extfile", "san.ext"] if name == "server" else []))
+        port = free_port()
+        url = "tls+tcp://127.0.0.1:%d" % port
+        log = open(os.path.join(d, "serve.log"), "w")
+        proc = subprocess.Popen([CANDEX, "serve", "--index-dir", os.path.join(tmp, "index"), "--listen", url,
+                                 "--threads", "1", "--tls-cert", os.path.join(d, "server.pem"),
+                                 "--tls-key", os.path.join(d, "server.key"), "--tls-ca", os.path.join(d, "ca.pem")],
+                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, CANDEX_LOG_LEVEL="info"))
+        try:
+            deadline = time.monotonic() + 60
+            def ready():
+                with open(log.name) as f:
+                    return "SRV-READY" in f.read()
+
+            while not ready():
+                self.assertIsNone(proc.poll())
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.02)
+            good = dict(tls_ca_file=os.path.join(d, "ca.pem"), tls_cert_file=os.path.join(d, "client.pem"),
+                        tls_key_file=os.path.join(d, "client.key"), tls_server_name="localhost")
+            with candex.Client(url, timeout=5.0, **good) as c:
+                self.assertEqual(c.search("items", keys="item:9", k=1).results[0].hits[0].key, "item:9")
+            # without a client certificate the server refuses
+            with candex.Client(url, timeout=1.0, tls_ca_file=good["tls_ca_file"]) as c:
+                with self.assertRaises(candex.Error) as e:
+                    c.health()
+                self.assertIn(e.exception.name, ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+            # a server certificate that does not name the host is refused
+            with candex.Client(url, timeout=1.0, **dict(good, tls_server_name="elsewhere")) as c:
+                with self.assertRaises(candex.Error) as e:
+                    c.health()
+                self.assertEqual(e.exception.name, "UNAVAILABLE")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            log.close()
+
+
 # ---- fake servers, from docs/protocol.md --------------------------------------
 
 HANDSHAKE_REP = b"\x00SP\x00\x00\x31\x00\x00"
