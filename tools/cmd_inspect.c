@@ -23,7 +23,7 @@
 #include "builder/build.h"
 #include "cli.h"
 #include "shard/refine.h"
-#include "faissutil/faissutil.h"
+#include "faissx/error.h"
 
 static const char usage_text[]
     = "usage: candex inspect PATH [--json] [--no-lists]\n"

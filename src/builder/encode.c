@@ -23,7 +23,7 @@
 
 #include "builder/build.h"
 #include "shard/refine.h"
-#include "faissutil/faissutil.h"
+#include "faissx/error.h"
 
 #define KEYS_FLUSH_BYTES (1u << 20)
 

@@ -27,7 +27,7 @@
 
 #include "builder/build.h"
 #include "shard/refine.h"
-#include "faissutil/faissutil.h"
+#include "faissx/error.h"
 
 #define PLAN_FILE    "plan.json"
 #define TRAINED_FILE "trained.faissindex"

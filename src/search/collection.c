@@ -13,8 +13,9 @@
 
 #include <faiss/c_api/index_io_c.h>
 
+#include "faissx/faissx.h"
 #include "search/collection_int.h"
-#include "faissutil/faissutil.h"
+#include "faissx/error.h"
 
 static int
 key_slot_cmp(const void *a, const void *b)
@@ -128,10 +129,10 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 	}
 	fclose(f);
 	f = NULL;
-	if ((uint32_t) faiss_Index_d(ls->index) != m->dim
+	if ((uint32_t) faiss_Index_d(ls->index) != m->index_dim
 	    || (uint64_t) faiss_Index_ntotal(ls->index) != ls->rows) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: faiss index has d=%d ntotal=%lld, expected %u and %llu",
-		    path, faiss_Index_d(ls->index), (long long) faiss_Index_ntotal(ls->index), m->dim,
+		    path, faiss_Index_d(ls->index), (long long) faiss_Index_ntotal(ls->index), m->index_dim,
 		    (unsigned long long) ls->rows);
 		goto fail;
 	}
@@ -168,25 +169,58 @@ fail:
 	return rc;
 }
 
+/* add_list_sizes adds a shard's inverted-list sizes to the collection's
+ * (what a probe of those lists scans: cdx_search_used.codes). */
+static int
+add_list_sizes(cdx_collection *c, const struct cdx_loaded_shard *ls)
+{
+	size_t nlist = c->d->nlist, *sizes = malloc(nlist * sizeof(size_t));
+	if (c->d->list_sizes == NULL)
+		c->d->list_sizes = calloc(nlist, sizeof(uint64_t));
+	if (sizes == NULL || c->d->list_sizes == NULL) {
+		free(sizes);
+		return cdx_error(CDX_ENOMEM, "%s: list sizes", c->dir);
+	}
+	int frc = cdx_fx_list_sizes(ls->index, sizes, nlist);
+	for (size_t l = 0; frc == 0 && l < nlist; l++)
+		c->d->list_sizes[l] += sizes[l];
+	free(sizes);
+	return frc == 0 ? CDX_OK : cdx_error_faiss("inverted list sizes");
+}
+
 /* Makes every IVF shard ready for per-request nprobe; see search.h DESIGN. */
 static int
 prepare_ivf(cdx_collection *c)
 {
+	const struct cdx_manifest *m = c->manifest;
+	int rc;
 	for (uint32_t i = 0; i < c->d->nshards; i++) {
 		struct cdx_loaded_shard *ls = &c->d->shards[i];
 		pthread_mutex_init(&ls->lock, NULL);
+		FaissIndex *inner = NULL;
+		int inner_dim = 0;
+		if (cdx_fx_unwrap(ls->index, &inner, &inner_dim) != 0)
+			return cdx_error_faiss("unwrapping a pre-transform");
 		/* The Faiss metric must fit the collection's; cosine may be either
-		 * (L2 since 2026-11-28, inner product before), the same in every shard. */
-		int want = c->manifest->metric, fm = (int) faiss_Index_metric_type(ls->index);
-		int l2 = fm == METRIC_L2;
+		 * (L2 since 2026-11-28, inner product before), the same in every
+		 * shard; inner product reduced to L2 is L2. */
+		int want = m->metric, fm = (int) faiss_Index_metric_type(inner);
+		int l2 = fm == METRIC_L2, mips = m->transform == CDX_TRANSFORM_MIPS_L2;
 		if ((fm != METRIC_L2 && fm != METRIC_INNER_PRODUCT) || (want == CDX_METRIC_L2 && !l2)
-		    || (want == CDX_METRIC_IP && l2)
+		    || (want == CDX_METRIC_IP && l2 != mips) || (mips && want != CDX_METRIC_IP)
 		    || (i > 0 && want == CDX_METRIC_COS && l2 != c->d->cos_from_l2))
 			return cdx_error(CDX_ECORRUPT,
-			    "%s: shard %u's Faiss index has metric %d, which does not fit %s", c->dir, i, fm,
-			    cdx_metric_name(want));
+			    "%s: shard %u's Faiss index has metric %d, which does not fit %s (transform %s)",
+			    c->dir, i, fm, cdx_metric_name(want), cdx_transform_name(m->transform));
 		c->d->cos_from_l2 = want == CDX_METRIC_COS && l2;
-		ls->ivf = faiss_IndexIVF_cast(ls->index);
+		int pre = inner != ls->index;
+		if (i == 0) {
+			c->d->pre = pre ? ls->index : NULL;
+			c->d->inner_dim = (uint32_t) inner_dim;
+		} else if ((c->d->pre != NULL) != pre || (uint32_t) inner_dim != c->d->inner_dim) {
+			return cdx_error(CDX_ECORRUPT, "%s: shards differ in their pre-transforms", c->dir);
+		}
+		ls->ivf = faiss_IndexIVF_cast(inner);
 		if ((ls->ivf == NULL) != (c->d->shards[0].ivf == NULL))
 			return cdx_error(CDX_ECORRUPT, "%s: shards mix IVF and non-IVF indexes", c->dir);
 		if (ls->ivf == NULL)
@@ -201,18 +235,27 @@ prepare_ivf(cdx_collection *c)
 			    i, nlist, c->d->nlist);
 		}
 		faiss_IndexIVF_set_nprobe(ls->ivf, c->d->nprobe_cap);
+		if ((rc = add_list_sizes(c, ls)) != CDX_OK)
+			return rc;
 		/* Vectors of stored items (query by key, online recall) come from
 		 * the refine store when there is one, else from the PQ codes, which
 		 * needs the row -> (list, offset) direct map: 8 bytes an item. */
 		if (ls->refine_data == NULL && faiss_IndexIVF_make_direct_map(ls->ivf, 1) != 0)
 			return cdx_error_faiss("make_direct_map");
-		ls->preassigned = probe_preassigned(ls, c->d->quantizer, c->manifest->dim);
+		ls->preassigned = probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
 		if (!ls->preassigned)
 			cdx_warn("SRCH-NOPREASSIGN",
 			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
 			    "serialised by a lock on this shard",
 			    c->dir, i);
 	}
+	c->d->map = (struct cdx_vector_map) {
+		.metric = m->metric == CDX_METRIC_COS && !c->d->cos_from_l2 ? CDX_METRIC_IP : m->metric,
+		.transform = m->transform,
+		.dim = m->dim,
+		.index_dim = m->index_dim,
+		.max_norm2 = m->max_norm2,
+	};
 	return CDX_OK;
 }
 
@@ -295,6 +338,56 @@ fail:
 	return rc;
 }
 
+int
+cdx_collection_from_index(cdx_collection **cp, struct cdx_manifest *m, FaissIndex *index)
+{
+	*cp = NULL;
+	cdx_collection *c = calloc(1, sizeof(*c));
+	if (c != NULL && (c->d = calloc(1, sizeof(*c->d))) == NULL) {
+		free(c);
+		c = NULL;
+	}
+	if (c == NULL) {
+		faiss_Index_free(index);
+		cdx_manifest_free(m);
+		return cdx_error(CDX_ENOMEM, "in-memory collection");
+	}
+	atomic_init(&c->refs, 1);
+	atomic_init(&c->d->refs, 1);
+	snprintf(c->dir, sizeof(c->dir), "(in memory: %s)", m->collection);
+	c->manifest = m;
+	c->d->nshards = 1;
+	int rc = CDX_OK;
+	if ((c->d->shards = calloc(1, sizeof(*c->d->shards))) == NULL) {
+		faiss_Index_free(index);
+		rc = cdx_error(CDX_ENOMEM, "in-memory collection");
+		goto fail;
+	}
+	struct cdx_loaded_shard *ls = &c->d->shards[0];
+	ls->index = index;
+	ls->rows = (uint64_t) faiss_Index_ntotal(index);
+	c->d->items = ls->rows;
+	if ((ls->ids = malloc((ls->rows ? ls->rows : 1) * sizeof(int64_t))) == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "in-memory collection ids");
+		goto fail;
+	}
+	for (uint64_t r = 0; r < ls->rows; r++)
+		ls->ids[r] = (int64_t) r;
+	if ((uint32_t) faiss_Index_d(index) != m->index_dim || m->nshards > 1 || m->items != ls->rows) {
+		rc = cdx_error(CDX_EINVAL,
+		    "in-memory collection: index (d=%d, %llu items) does not fit its manifest",
+		    faiss_Index_d(index), (unsigned long long) ls->rows);
+		goto fail;
+	}
+	if ((rc = prepare_ivf(c)) != CDX_OK)
+		goto fail;
+	*cp = c;
+	return CDX_OK;
+fail:
+	cdx_collection_unref(c);
+	return rc;
+}
+
 void
 cdx_collection_ref(cdx_collection *c)
 {
@@ -318,6 +411,7 @@ data_unref(struct cdx_collection_data *d)
 	}
 	free(d->shards);
 	free(d->key_index);
+	free(d->list_sizes);
 	free(d);
 }
 
@@ -461,8 +555,19 @@ cdx_collection_vector(const cdx_collection *c, uint32_t shard, uint32_t row, flo
 		cdx_refine_decode(&ls->refine, row, out);
 		return CDX_OK;
 	}
-	/* IVF: prepare_ivf() made a direct map (row -> list, offset) at load. */
-	if (faiss_Index_reconstruct(ls->index, row, out) != 0)
-		return cdx_error_faiss("reconstruct");
-	return CDX_OK;
+	/* IVF: prepare_ivf() made a direct map (row -> list, offset) at load.
+	 * The outer index undoes any pre-transform; the first dim coordinates
+	 * of an index vector are the item's (transform.h). */
+	uint32_t di = c->manifest->index_dim;
+	if (di == c->manifest->dim)
+		return faiss_Index_reconstruct(ls->index, row, out) != 0 ? cdx_error_faiss("reconstruct")
+		                                                         : CDX_OK;
+	float *t = malloc(di * sizeof(float));
+	if (t == NULL)
+		return cdx_error(CDX_ENOMEM, "reconstruct");
+	int frc = faiss_Index_reconstruct(ls->index, row, t);
+	if (frc == 0)
+		memcpy(out, t, c->manifest->dim * sizeof(float));
+	free(t);
+	return frc != 0 ? cdx_error_faiss("reconstruct") : CDX_OK;
 }

@@ -13,10 +13,11 @@
 
 #include "search/search.h"
 #include "shard/refine.h"
+#include "shard/transform.h"
 
 struct cdx_loaded_shard {
 	FaissIndex *index;    /* owned; labels are shard-local rows */
-	FaissIndexIVF *ivf;   /* index downcast, or NULL (flat fallback) */
+	FaissIndexIVF *ivf;   /* the IVF inside index (behind its pre-transform, if any), or NULL */
 	int preassigned;      /* 1: per-request nprobe via search_preassigned */
 	pthread_mutex_t lock; /* only for !preassigned IVF indexes (nprobe is set per call) */
 	uint64_t rows;
@@ -51,6 +52,12 @@ struct cdx_collection_data {
 	 * 2026-11-28; older ones are inner product): Faiss distances d become
 	 * cosine scores 1 - d/2 */
 	int cos_from_l2;
+	/* queries as the index holds vectors (shard/transform.h); for older
+	 * inner-product cosine builds map.metric is ip, whose scores are d */
+	struct cdx_vector_map map;
+	const FaissIndex *pre; /* shard 0's index if it is an IndexPreTransform (PCA), else NULL */
+	uint64_t *list_sizes;  /* nlist: items in each inverted list, summed over shards */
+	uint32_t inner_dim;    /* dimension of the IVF behind the pre-transform (index_dim if none) */
 };
 
 struct cdx_collection {

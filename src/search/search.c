@@ -12,8 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "faissx/faissx.h"
 #include "search/collection_int.h"
-#include "faissutil/faissutil.h"
+#include "faissx/error.h"
 #include "search/points.h"
 
 struct candidate {
@@ -27,7 +28,8 @@ struct candidate {
 struct search_ctx {
 	const cdx_collection *c;
 	const struct cdx_search_params *p;
-	size_t kf; /* results fetched per shard per query */
+	size_t kf;   /* results fetched per shard per query */
+	size_t qdim; /* floats a query has as the searched Faiss index takes it */
 	size_t nprobe;
 	float refine;
 	int higher_better;
@@ -35,6 +37,7 @@ struct search_ctx {
 	size_t n_excl_ids;
 	uint64_t *excl_rows; /* sorted (shard << 32 | row) of excluded keys */
 	size_t n_excl_rows;
+	uint64_t *codes; /* codes scanned (atomically added to by every slice) */
 };
 
 static int
@@ -134,13 +137,14 @@ excluded(const struct search_ctx *x, int64_t id, uint32_t shard, uint32_t row)
 	    && bsearch(&loc, x->excl_rows, x->n_excl_rows, sizeof(uint64_t), cmp_u64) != NULL;
 }
 
-/* Searches queries [q0, q1) on every shard; D/I are [shard][q1 - q0][kf]. */
+/* Searches queries [q0, q1) of q (index space: x->qdim floats each) on
+ * every shard; D/I are [shard][q1 - q0][kf]. */
 static int
 search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, float *D, idx_t *I)
 {
 	const cdx_collection *c = x->c;
-	size_t nq = q1 - q0, dim = c->manifest->dim, kf = x->kf;
-	const float *qs = q + q0 * dim;
+	size_t nq = q1 - q0, kf = x->kf;
+	const float *qs = q + q0 * x->qdim;
 	idx_t *assign = NULL, *keys = NULL;
 	float *cdis = NULL, *kdis = NULL;
 	int rc = CDX_OK;
@@ -160,12 +164,16 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			goto done;
 		}
 		/* Rows of stride cap, padded with -1 lists that the scan skips. */
+		uint64_t codes = 0;
 		for (size_t i = 0; i < nq; i++) {
 			for (size_t j = 0; j < cap; j++) {
 				keys[i * cap + j] = j < np ? assign[i * np + j] : -1;
 				kdis[i * cap + j] = j < np ? cdis[i * np + j] : 0;
+				if (j < np && assign[i * np + j] >= 0)
+					codes += c->d->list_sizes[assign[i * np + j]];
 			}
 		}
+		__atomic_fetch_add(x->codes, codes, __ATOMIC_RELAXED);
 	}
 	for (uint32_t s = 0; s < c->d->nshards && rc == CDX_OK; s++) {
 		struct cdx_loaded_shard *ls = &c->d->shards[s];
@@ -241,7 +249,7 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 			int64_t id = ls->ids[row];
 			if (excluded(x, id, s, row))
 				continue;
-			float score = c->d->cos_from_l2 ? 1.0f - 0.5f * d[j] : d[j];
+			float score = cdx_map_score(&c->d->map, query, d[j]);
 			if (x->refine > 0)
 				score = cdx_refine_distance(&ls->refine, row, query, c->manifest->metric);
 			cand[n++] = (struct candidate) { score, s, row, id };
@@ -254,6 +262,43 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 		else
 			hits[j] = (struct cdx_hit) { -1, x->higher_better ? -INFINITY : INFINITY, 0, 0 };
 	}
+	return CDX_OK;
+}
+
+/* index_queries maps nq queries (normalised for cos) into the space the
+ * searched Faiss index takes: *qi (malloc'd; NULL when the queries go in
+ * unchanged) and *qdim floats each. An IVF behind a pre-transform (PCA) is
+ * searched directly (search.h DESIGN: candex runs the coarse quantizer
+ * itself), so its queries go through the pre-transform here; any other
+ * index applies its own. */
+static int
+index_queries(const cdx_collection *c, const float *q, size_t nq, float **qi, size_t *qdim)
+{
+	const struct cdx_vector_map *vm = &c->d->map;
+	int ivf_pre = c->d->pre != NULL && c->d->nlist > 0;
+	*qi = NULL;
+	*qdim = vm->index_dim;
+	if (cdx_map_identity(vm) && !ivf_pre)
+		return CDX_OK;
+	float *mapped = malloc(nq * vm->index_dim * sizeof(float));
+	if (mapped == NULL)
+		return cdx_error(CDX_ENOMEM, "%zu queries in index space", nq);
+	cdx_map_queries(vm, q, nq, mapped);
+	if (!ivf_pre) {
+		*qi = mapped;
+		return CDX_OK;
+	}
+	float *t = malloc(nq * c->d->inner_dim * sizeof(float));
+	int rc = t == NULL ? cdx_error(CDX_ENOMEM, "%zu transformed queries", nq) : CDX_OK;
+	if (rc == CDX_OK && cdx_fx_apply_pretransform(c->d->pre, nq, mapped, t) != 0)
+		rc = cdx_error_faiss("query pre-transform");
+	free(mapped);
+	if (rc != CDX_OK) {
+		free(t);
+		return rc;
+	}
+	*qi = t;
+	*qdim = c->d->inner_dim;
 	return CDX_OK;
 }
 
@@ -277,7 +322,9 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		    "refine store (candex build --refine)",
 		    (double) p->refine_factor, m->collection);
 
-	struct search_ctx x = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric) };
+	uint64_t codes = 0;
+	struct search_ctx x
+	    = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric), .codes = &codes };
 	struct cdx_point_choice pc;
 	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
 	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
@@ -289,7 +336,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		want = (size_t) ceil((double) (CDX_MAX(p->k, pc.tier_k) + excl) * x.refine);
 	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
 
-	float *q = NULL, *D = NULL;
+	float *q = NULL, *qi = NULL, *D = NULL;
 	idx_t *I = NULL;
 	struct candidate *cand = NULL;
 	int rc = prepare_exclusions(&x);
@@ -306,6 +353,9 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	memcpy(q, queries, nq * dim * sizeof(float));
 	if (m->metric == CDX_METRIC_COS)
 		cdx_normalize_rows(q, nq, dim);
+	if ((rc = index_queries(c, q, nq, &qi, &x.qdim)) != CDX_OK)
+		goto done;
+	const float *qx = qi != NULL ? qi : q;
 
 	/* Faiss's own OpenMP loops stay on this thread unless the caller allows
 	 * parallelism; a batch is then split into slices, one per thread. */
@@ -327,7 +377,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 				/* Each slice writes its own [shard][a..b) block of Dt/It. */
 				float *Ds = Dt + c->d->nshards * a * x.kf;
 				idx_t *Is = It + c->d->nshards * a * x.kf;
-				int r = search_slice(&x, q, a, b, Ds, Is);
+				int r = search_slice(&x, qx, a, b, Ds, Is);
 				if (r != CDX_OK) {
 #pragma omp critical
 					slice_rc = r;
@@ -350,7 +400,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		free(Dt);
 		free(It);
 	} else {
-		rc = search_chunked(&x, q, nq, D, I);
+		rc = search_chunked(&x, qx, nq, D, I);
 	}
 	omp_set_num_threads(saved_threads);
 
@@ -361,6 +411,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			.nprobe = (uint32_t) x.nprobe,
 			.refine_factor = x.refine,
 			.candidates = (uint32_t) x.kf,
+			.codes = codes,
 			.recall_target = pc.recall_target,
 			.expected_recall = c->d->nlist == 0 && pc.recall_target > 0 ? 1.0
 			    : pc.point != NULL                                      ? pc.point->recall
@@ -374,6 +425,7 @@ done:
 	free(x.excl_ids);
 	free(x.excl_rows);
 	free(q);
+	free(qi);
 	free(D);
 	free(I);
 	free(cand);

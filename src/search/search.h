@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <faiss/c_api/Index_c.h>
+
 #include "shard/manifest.h"
 
 typedef struct cdx_collection cdx_collection;
@@ -34,6 +36,12 @@ typedef struct cdx_collection cdx_collection;
  * cdx_version_path_resolve), verifying every shard's checksums against the
  * manifest. On success *cp is set with one reference owned by the caller. */
 int cdx_collection_load(cdx_collection **cp, const char *path);
+/* cdx_collection_from_index makes a collection of one shard over index
+ * (ids are row numbers; no keys, no refine store) with manifest m: the
+ * self-tuning build searches its candidates through the server's own code
+ * this way. Takes ownership of m and index, even on failure; m->items,
+ * m->index_dim and m->nshards (1) must fit the index. */
+int cdx_collection_from_index(cdx_collection **cp, struct cdx_manifest *m, FaissIndex *index);
 void cdx_collection_ref(cdx_collection *c);
 /* cdx_collection_with_manifest re-reads old's manifest.json and, if it
  * still describes the same shards and index (only operating points,
@@ -52,6 +60,7 @@ struct cdx_search_used {
 	uint32_t nprobe;        /* lists probed (0: not an IVF index) */
 	float refine_factor;    /* 0: no re-ranking */
 	uint32_t candidates;    /* fetched per shard and query (re-ranked when refining) */
+	uint64_t codes;         /* codes scanned in the inverted lists probed, all queries */
 	float recall_target;    /* the target wanted (request or collection default), 0 = none */
 	double expected_recall; /* the operating point's measured recall, 0 = unknown */
 	int target_unmet;       /* a target was wanted and no measured point reaches it */

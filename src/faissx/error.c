@@ -1,9 +1,9 @@
 /*
- * faissutil.c — Faiss errors as candex errors (see faissutil.h).
+ * error.c — Faiss errors as candex errors (see error.h).
  */
 #include <faiss/c_api/error_c.h>
 
-#include "faissutil/faissutil.h"
+#include "faissx/error.h"
 
 int
 cdx_error_faiss(const char *what)

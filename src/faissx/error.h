@@ -1,10 +1,10 @@
 /*
- * faissutil.h — what every user of the Faiss C API in candex shares: turning
+ * error.h — what every user of the Faiss C API in candex shares: turning
  * a failed Faiss call into a candex error. Kept out of src/common so that the
  * client library, which links no Faiss, can use src/common.
  */
-#ifndef CANDEX_FAISSUTIL_H
-#define CANDEX_FAISSUTIL_H
+#ifndef CANDEX_FAISSX_ERROR_H
+#define CANDEX_FAISSX_ERROR_H
 
 #include "common/common.h"
 

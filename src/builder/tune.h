@@ -1,0 +1,103 @@
+/*
+ * tune.h — the self-tuning build: choose a collection's structure (exact
+ * search, or IVF-PQ with its transform, lists, codes and refine store) and
+ * its operating points by measurement, within a time budget.
+ *
+ * DESIGN (docs/builder.md, "Self-tuning" has the numbers)
+ * Queries: --tune-queries FILE (real query vectors: users are not items),
+ * else a seeded sample of the input's rows, held out of the index the tuner
+ * measures on. Either way they are split in two halves: the selection
+ * queries choose everything; the check queries are searched once more at
+ * publish time, through the published version itself, to show that the
+ * choice holds on queries it did not see (manifest: check_recall).
+ *
+ * Candidates are measured, not guessed: each is trained on a seeded sample,
+ * filled with the tuning base, and searched through the server's own search
+ * code (an in-memory cdx_collection) at a ladder of nprobe. One search at
+ * the largest candidate pool per nprobe yields every refine factor and k
+ * (a pool of f x k is a prefix of it), and every refine store is scored from
+ * the same candidates. A setting reaches the target when its recall over
+ * the selection queries, minus 1.645 standard errors, is >= the target
+ * (95% one-sided, as `candex recall --target`).
+ *
+ * Cost is a model of one query's CPU time, from counts that the search
+ * itself reports (codes scanned) and constants measured on this machine
+ * (tools/bench/bench_costmodel.c prints them): choices do not depend on
+ * what else the machine is doing, so a build stays deterministic. A
+ * structure's cost is the mean over the tuned k of its cheapest setting
+ * that reaches the target; the cheapest structure wins, and structures
+ * within 10% of it are ranked by bytes per item.
+ */
+#ifndef CANDEX_TUNE_H
+#define CANDEX_TUNE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <faiss/c_api/Index_c.h>
+
+#include "builder/build.h"
+#include "recall/recall.h"
+
+#define CDX_TUNE_DEFAULT_TARGET    0.95
+#define CDX_TUNE_DEFAULT_BUDGET_S  120.0
+#define CDX_TUNE_DEFAULT_QUERIES   1000 /* split in two halves */
+#define CDX_TUNE_MAX_ROWS          2000000
+#define CDX_TUNE_MAX_K             CDX_MANIFEST_MAX_TUNED_K
+#define CDX_TUNE_FLAT_BELOW        1000 /* fewer items: exact search, nothing to tune */
+
+struct cdx_tune_opts {
+	double target;                    /* recall target of every tuned k; 0 = default */
+	uint32_t ks[CDX_TUNE_MAX_K];      /* tuned k, ascending; nks 0 = 10, 100, 500 */
+	uint32_t nks;
+	const char *queries;              /* --tune-queries, NULL: held-out input rows */
+	double budget_s;                  /* 0 = default */
+	uint32_t max_queries;             /* 0 = default */
+	int refine;                       /* -1: chosen; else only this refine kind */
+	uint64_t seed;
+	int quiet;
+};
+void cdx_tune_opts_init(struct cdx_tune_opts *o);
+
+/* What the publish step searches through the new version. Rows are rows of
+ * the whole input (ids map them to external ids). */
+struct cdx_tune_check {
+	size_t nq;
+	uint32_t dim;
+	float *queries;  /* nq x dim, as a client would send them */
+	int64_t *self;   /* nq external ids to exclude (held-out rows), or NULL */
+	struct cdx_truth truth; /* over the whole input, self removed; k = largest tuned k */
+	int metric;
+};
+void cdx_tune_check_free(struct cdx_tune_check *c); /* NULL is a no-op */
+
+/* What the tuner chose. */
+struct cdx_tune_result {
+	struct cdx_build_params params; /* factory, nlist, M, nbits, flat, note */
+	int transform;                  /* enum cdx_transform */
+	uint32_t index_dim;
+	double max_norm2;
+	int refine;
+	float *sq8_vmin, *sq8_vdiff; /* refine sq8: dim each; owned */
+	FaissIndex *index;           /* trained, empty; owned */
+	struct cdx_operating_point *points;
+	uint32_t npoints;
+	uint32_t ks[CDX_TUNE_MAX_K], nks;
+	double target;
+	void *report;                 /* json_t*: candidates and their measured rows; owned */
+	struct cdx_tune_check *check; /* owned */
+};
+void cdx_tune_result_fini(struct cdx_tune_result *r);
+
+/* cdx_tune_run tunes a collection of in (rows x dim, metric) and fills r.
+ * ids: the input rows' external ids (NULL: row numbers). */
+int cdx_tune_run(const struct cdx_tune_opts *o, cdx_input *in, int metric, const int64_t *ids,
+    struct cdx_tune_result *r);
+
+/* cdx_tune_check_version searches the check queries through the version
+ * in dir (a loaded copy of what is about to be published) at every tuned
+ * k's default operating point, and records each point's check_recall in m. */
+int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const int64_t *ids,
+    uint64_t rows, struct cdx_manifest *m);
+
+#endif

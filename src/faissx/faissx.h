@@ -1,0 +1,53 @@
+/*
+ * faissx.h — the few Faiss 1.7.3 features candex needs that its C API does
+ * not offer, as C functions over the same FaissIndex handles. Everything
+ * else uses the C API. Errors follow the C API's convention: 0 on success,
+ * non-zero after an exception, whose text faiss_get_last_error() returns
+ * (so cdx_error_faiss reports it as for any C API call).
+ */
+#ifndef CANDEX_FAISSX_H
+#define CANDEX_FAISSX_H
+
+#include <stddef.h>
+
+#include <faiss/c_api/Index_c.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* cdx_fx_unwrap: for an IndexPreTransform (e.g. "PCA64,IVF256,PQ16x8np"),
+ * *inner is the index after its transforms (borrowed: owned by index) and
+ * *inner_dim that index's dimension; for any other index, index itself and
+ * its dimension. */
+int cdx_fx_unwrap(FaissIndex *index, FaissIndex **inner, int *inner_dim);
+
+/* cdx_fx_apply_pretransform writes n vectors x (the index's input
+ * dimension) transformed by index's pre-transform chain into out (the
+ * inner dimension each, caller-allocated). index must be an
+ * IndexPreTransform. Safe to call from several threads at once. */
+int cdx_fx_apply_pretransform(const FaissIndex *index, size_t n, const float *x, float *out);
+
+/* cdx_fx_train_params sets, for the IVF inside index (if any), the k-means
+ * iterations and the sample cap (max points per centroid) of the coarse
+ * quantizer and, for an IVF-PQ, of the PQ codebooks, and turns polysemous
+ * training off. Faiss defaults: 25 iterations, 256 points per centroid. */
+int cdx_fx_train_params(FaissIndex *index, int niter, int max_points_per_centroid);
+
+/* cdx_fx_ivfpq_like makes, in *out (caller frees with faiss_Index_free),
+ * an untrained IVF-PQ with pq_m sub-quantizers of nbits over trained's
+ * coarse stage: copies of its trained pre-transform chain (if any) and its
+ * coarse quantizer, the same metric and train parameters. Training *out
+ * then trains only the PQ codebooks. trained must be a trained IVF (maybe
+ * behind a pre-transform). */
+int cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, FaissIndex **out);
+
+/* cdx_fx_list_sizes writes the size of each of the nlist inverted lists of
+ * the IVF inside index into sizes. */
+int cdx_fx_list_sizes(const FaissIndex *index, size_t *sizes, size_t nlist);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
