@@ -28,8 +28,9 @@ static const char usage_text[]
       "Plain `candex build` runs train, encode (every shard) and publish in one process.\n"
       "\n"
       "inputs:\n"
-      "  --input FILE         .fvecs, .npy (float32 or float16, C order, rows x dim),\n"
-      "                       or raw little-endian float32 with --dim D\n"
+      "  --input FILE         .fvecs or .npy (float32, float16 or float64, C order, rows x dim);\n"
+      "                       other names are refused unless --format says what they hold\n"
+      "  --format FMT         fvecs, npy or raw (headerless little-endian float32, with --dim D)\n"
       "  --dim D              dimension of raw input (checked against .fvecs/.npy if given)\n"
       "  --keys FILE          one string key per line, exactly one line per row, unique\n"
       "  --ids FILE           one int64 id per line (or .npy int64), unique; default: row numbers\n"
@@ -89,6 +90,7 @@ enum {
 	OPT_SHARD,
 	OPT_OF,
 	OPT_HELP,
+	OPT_FORMAT,
 };
 
 static const struct option long_opts[] = {
@@ -113,6 +115,7 @@ static const struct option long_opts[] = {
 	{ "shard", required_argument, NULL, OPT_SHARD },
 	{ "of", required_argument, NULL, OPT_OF },
 	{ "help", no_argument, NULL, OPT_HELP },
+	{ "format", required_argument, NULL, OPT_FORMAT },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -230,6 +233,12 @@ cmd_build(int argc, char **argv)
 			break;
 		case OPT_OUT:
 			o.out = optarg;
+			break;
+		case OPT_FORMAT:
+			if (cdx_input_format_parse(optarg, &o.input_format) != CDX_OK) {
+				fprintf(stderr, "candex build: --format: %s\n", cdx_last_error());
+				return CLI_EXIT_USAGE;
+			}
 			break;
 		case OPT_KEYS:
 			o.keys = optarg;

@@ -91,9 +91,9 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	char path[PATH_MAX];
 	struct cdx_vecs bv = { 0 }, uv = { 0 };
 	if (cdx_pathf(path, sizeof(path), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK
-	    || cdx_vecs_read(&bv, path, 0) != CDX_OK
+	    || cdx_vecs_read(&bv, path, 0, CDX_INPUT_AUTO, 0, 0) != CDX_OK
 	    || cdx_pathf(path, sizeof(path), "%s/users-%s.fvecs", sample_dir, dc->name) != CDX_OK
-	    || cdx_vecs_read(&uv, path, 0) != CDX_OK || uv.dim != bv.dim) {
+	    || cdx_vecs_read(&uv, path, 0, CDX_INPUT_AUTO, 0, 0) != CDX_OK || uv.dim != bv.dim) {
 		fprintf(stderr, "candex demo: cannot read %s sample files: %s\n", dc->name, cdx_last_error());
 		cdx_vecs_fini(&bv);
 		cdx_vecs_fini(&uv);

@@ -16,6 +16,7 @@
 #include "candex/client.h"
 #include "cli.h"
 #include "common/common.h"
+#include "input/input.h"
 
 static void
 usage(FILE *out)
@@ -28,7 +29,9 @@ usage(FILE *out)
 	    "Asks a candex server for the top-k candidates and prints rank, id, key and score.\n\n"
 	    "  --url URL             server address (tcp://, ipc://, tls+tcp://)\n"
 	    "  --collection NAME     collection to search\n"
-	    "  --vector-file F       query vectors from an .fvecs or .npy (float32/float16) file\n"
+	    "  --vector-file F       query vectors from an .fvecs or .npy (float32/float16/float64) file\n"
+	    "  --format FMT          read --vector-file as fvecs, npy or raw (little-endian float32,\n"
+	    "                        with --dim D) whatever its name\n"
 	    "  --row I               first row of --vector-file to send [0]\n"
 	    "  --count N             rows to send as one batch [1]\n"
 	    "  --key KEY             search with a stored item's vector (repeatable: a batch)\n"
@@ -49,173 +52,6 @@ usage(FILE *out)
 	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
 	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp://\n"
 	    "  -h, --help            show this help\n");
-}
-
-/* ---- vector input --------------------------------------------------- */
-
-/* read_fvecs_rows reads rows [row, row+count) of an .fvecs file. */
-static int
-read_fvecs_rows(FILE *f, const char *path, uint64_t row, size_t count, float **out, uint32_t *dimp)
-{
-	int32_t d;
-	if (fread(&d, sizeof(d), 1, f) != 1 || d <= 0 || d > 1 << 20)
-		return cdx_error(CDX_ECORRUPT, "%s: not an .fvecs file (bad first dimension)", path);
-	uint64_t stride = 4 + 4 * (uint64_t) d;
-	if (fseeko(f, (off_t) (row * stride), SEEK_SET) != 0)
-		return cdx_error_errno(CDX_EIO, "%s: seek", path);
-	float *v = malloc(count * (size_t) d * sizeof(float));
-	if (v == NULL)
-		return cdx_error(CDX_ENOMEM, "out of memory");
-	for (size_t i = 0; i < count; i++) {
-		int32_t di;
-		if (fread(&di, sizeof(di), 1, f) != 1) {
-			free(v);
-			return cdx_error(CDX_EINVAL, "%s: row %llu is past the end of the file", path,
-			    (unsigned long long) (row + i));
-		}
-		if (di != d || fread(v + i * (size_t) d, sizeof(float), (size_t) d, f) != (size_t) d) {
-			free(v);
-			return cdx_error(CDX_ECORRUPT, "%s: row %llu is truncated or has another dimension",
-			    path, (unsigned long long) (row + i));
-		}
-	}
-	*out = v;
-	*dimp = (uint32_t) d;
-	return CDX_OK;
-}
-
-/* read_npy_rows reads rows of a 2-D C-order float32/float16 .npy array. */
-static int
-read_npy_rows(FILE *f, const char *path, uint64_t row, size_t count, float **out, uint32_t *dimp)
-{
-	unsigned char pre[10];
-	if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0)
-		return cdx_error(CDX_ECORRUPT, "%s: not an .npy file", path);
-	size_t hlen, pre_len;
-	if (pre[6] == 1) {
-		hlen = pre[8] | (size_t) pre[9] << 8;
-		pre_len = 10;
-	} else {
-		unsigned char more[2];
-		if (fread(more, 1, 2, f) != 2)
-			return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header", path);
-		hlen = pre[8] | (size_t) pre[9] << 8 | (size_t) more[0] << 16 | (size_t) more[1] << 24;
-		pre_len = 12;
-	}
-	if (hlen > 1 << 16)
-		return cdx_error(CDX_ECORRUPT, "%s: .npy header too large", path);
-	char *h = calloc(1, hlen + 1);
-	if (h == NULL || fread(h, 1, hlen, f) != hlen) {
-		free(h);
-		return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header", path);
-	}
-	int f16 = strstr(h, "'<f2'") != NULL, f32 = strstr(h, "'<f4'") != NULL;
-	const char *shape = strstr(h, "'shape':");
-	unsigned long long n = 0, d = 0;
-	int ok = (f16 || f32) && strstr(h, "'fortran_order': False") != NULL && shape != NULL
-	    && sscanf(shape, "'shape': (%llu, %llu)", &n, &d) == 2 && d > 0;
-	free(h);
-	if (!ok)
-		return cdx_error(CDX_EINVAL, "%s: want a 2-D C-order float32 or float16 array", path);
-	if (row + count > n)
-		return cdx_error(CDX_EINVAL, "%s: rows %llu..%llu are past its %llu rows", path,
-		    (unsigned long long) row, (unsigned long long) (row + count - 1), n);
-	size_t esz = f16 ? 2 : 4;
-	if (fseeko(f, (off_t) (pre_len + hlen + row * d * esz), SEEK_SET) != 0)
-		return cdx_error_errno(CDX_EIO, "%s: seek", path);
-	float *v = malloc(count * d * sizeof(float));
-	uint16_t *tmp = f16 ? malloc(count * d * sizeof(uint16_t)) : NULL;
-	if (v == NULL || (f16 && tmp == NULL)) {
-		free(v);
-		free(tmp);
-		return cdx_error(CDX_ENOMEM, "out of memory");
-	}
-	size_t got = f16 ? fread(tmp, 2, count * d, f) : fread(v, 4, count * d, f);
-	if (got != count * d) {
-		free(v);
-		free(tmp);
-		return cdx_error(CDX_ECORRUPT, "%s: truncated data", path);
-	}
-	for (size_t i = 0; f16 && i < count * d; i++)
-		v[i] = cdx_f16_to_f32(tmp[i]);
-	free(tmp);
-	*out = v;
-	*dimp = (uint32_t) d;
-	return CDX_OK;
-}
-
-static int
-read_vector_file(const char *path, uint64_t row, size_t count, float **out, uint32_t *dim)
-{
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return cdx_error_errno(CDX_EIO, "cannot open %s", path);
-	size_t len = strlen(path);
-	int rc;
-	if (len >= 4 && strcmp(path + len - 4, ".npy") == 0)
-		rc = read_npy_rows(f, path, row, count, out, dim);
-	else if (len >= 6 && strcmp(path + len - 6, ".fvecs") == 0)
-		rc = read_fvecs_rows(f, path, row, count, out, dim);
-	else
-		rc = cdx_error(CDX_EINVAL, "%s: unknown vector format (want .fvecs or .npy)", path);
-	fclose(f);
-	return rc;
-}
-
-/* read_stdin reads one vector a line: floats separated by spaces, tabs or commas. */
-static int
-read_stdin(float **out, size_t *nvec, uint32_t *dimp)
-{
-	char *line = NULL;
-	size_t cap = 0, n = 0, dim = 0;
-	cdx_buf vals = { 0 };
-	ssize_t len;
-	unsigned lineno = 0;
-	int rc = CDX_OK;
-
-	while ((len = getline(&line, &cap, stdin)) >= 0) {
-		lineno++;
-		size_t cnt = 0;
-		char *p = line, *end;
-		for (;;) {
-			while (*p == ' ' || *p == '\t' || *p == ',' || *p == '\n' || *p == '\r')
-				p++;
-			if (*p == '\0' || *p == '#')
-				break;
-			errno = 0;
-			float v = strtof(p, &end);
-			if (end == p || errno == ERANGE) {
-				rc = cdx_error(
-				    CDX_EINVAL, "stdin line %u: '%.20s' is not a number", lineno, p);
-				goto done;
-			}
-			cdx_buf_append(&vals, &v, sizeof(v));
-			cnt++;
-			p = end;
-		}
-		if (cnt == 0)
-			continue;
-		if (dim == 0)
-			dim = cnt;
-		else if (cnt != dim) {
-			rc = cdx_error(CDX_EDIM, "stdin line %u has %zu values, the first vector had %zu",
-			    lineno, cnt, dim);
-			goto done;
-		}
-		n++;
-	}
-	if (n == 0) {
-		rc = cdx_error(CDX_EEMPTY, "no vector on stdin");
-		goto done;
-	}
-	*out = (float *) vals.data;
-	vals.data = NULL;
-	*nvec = n;
-	*dimp = (uint32_t) dim;
-done:
-	free(line);
-	cdx_buf_fini(&vals);
-	return rc;
 }
 
 /* ---- output ---------------------------------------------------------- */
@@ -295,6 +131,8 @@ enum {
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
 	OPT_TLS_NAME,
+	OPT_FORMAT,
+	OPT_DIM,
 };
 
 static int
@@ -354,6 +192,8 @@ cmd_query(int argc, char **argv)
 		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
+		{ "format", required_argument, NULL, OPT_FORMAT },
+		{ "dim", required_argument, NULL, OPT_DIM },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -361,8 +201,9 @@ cmd_query(int argc, char **argv)
 	struct strlist keys = { 0 }, exkeys = { 0 };
 	int64_t *exids = NULL;
 	size_t nexids = 0;
-	double row = 0, count = 1, k = 10, nprobe = 0, refine = 0, recall = 0, timeout = 5000, retries = 2;
-	int use_stdin = 0, json = 0, info = 0, reload = 0, rc = CLI_EXIT_USAGE, c;
+	double row = 0, count = 1, dimopt = 0, k = 10, nprobe = 0, refine = 0, recall = 0, timeout = 5000,
+	       retries = 2;
+	int format = CDX_INPUT_AUTO, use_stdin = 0, json = 0, info = 0, reload = 0, rc = CLI_EXIT_USAGE, c;
 	struct cdx_client_options co = { 0 };
 	float *vectors = NULL;
 	size_t nvec = 0;
@@ -389,6 +230,16 @@ cmd_query(int argc, char **argv)
 			break;
 		case OPT_COUNT:
 			if (parse_num("--count", optarg, 1, 1e7, &count))
+				goto out;
+			break;
+		case OPT_FORMAT:
+			if (cdx_input_format_parse(optarg, &format) != CDX_OK) {
+				fprintf(stderr, "candex query: --format: %s\n", cdx_last_error());
+				goto out;
+			}
+			break;
+		case OPT_DIM:
+			if (parse_num("--dim", optarg, 1, CDX_INPUT_MAX_DIM, &dimopt))
 				goto out;
 			break;
 		case OPT_KEY:
@@ -493,16 +344,19 @@ cmd_query(int argc, char **argv)
 	rc = CLI_EXIT_FAIL;
 	if (!info) {
 		int r = CDX_OK;
-		if (vecfile != NULL) {
-			r = read_vector_file(vecfile, (uint64_t) row, (size_t) count, &vectors, &dim);
-			nvec = (size_t) count;
-		} else if (use_stdin) {
-			r = read_stdin(&vectors, &nvec, &dim);
-		}
+		struct cdx_vecs v = { 0 };
+		if (vecfile != NULL)
+			r = cdx_vecs_read(
+			    &v, vecfile, (uint32_t) dimopt, format, (uint64_t) row, (size_t) count);
+		else if (use_stdin)
+			r = cdx_vecs_read_text(&v, stdin, "stdin");
 		if (r != CDX_OK) {
 			fprintf(stderr, "candex query: %s\n", cdx_last_error());
 			goto out;
 		}
+		vectors = v.x;
+		nvec = v.n;
+		dim = v.dim;
 	}
 	co.timeout_ms = (uint32_t) timeout;
 	co.retries = (uint32_t) retries;

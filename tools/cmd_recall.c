@@ -42,12 +42,14 @@ usage(FILE *out)
 	    "  --timeout-ms N        per-request client timeout (default 10000)\n"
 	    "\n"
 	    "queries and truth:\n"
-	    "  --queries FILE        query vectors (.fvecs, .npy float32/float16)\n"
+	    "  --queries FILE        query vectors (.fvecs, .npy float32/float16/float64)\n"
 	    "  --base FILE           the vectors the index was built from (the builder's --input);\n"
 	    "                        base row i is the item with id i unless --ids is given\n"
 	    "  --ids FILE            the builder's --ids file (text or .npy int64): ids of the base rows\n"
 	    "  --gt FILE.ivecs       ground truth: per query, the nearest base rows, nearest first;\n"
 	    "                        without --base, hits are matched by row only (no tie rule)\n"
+	    "  --format FMT          fvecs, npy or raw: read --queries and --base as FMT whatever their\n"
+	    "                        names (raw: little-endian float32 of the index's dimension)\n"
 	    "  --max-queries N       use only the first N queries (and ground-truth rows)\n"
 	    "  --cache-dir DIR       where computed truth is cached (default $CANDEX_CACHE/recall-truth,\n"
 	    "                        i.e. ~/.cache/candex/recall-truth)\n"
@@ -101,6 +103,7 @@ struct opts {
 	size_t max_queries, latency_queries;
 	unsigned threads;
 	uint32_t batch, timeout_ms;
+	int format; /* of --queries and --base: CDX_INPUT_AUTO (by extension) */
 	double min_time;
 	double eps;
 };
@@ -174,6 +177,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 		O_TIMEOUT,
 		O_MINTIME,
 		O_BASELINE,
+		O_FORMAT,
 	};
 	static const struct option longopts[] = {
 		{ "index", required_argument, NULL, O_INDEX },
@@ -203,6 +207,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 		{ "timeout-ms", required_argument, NULL, O_TIMEOUT },
 		{ "min-time", required_argument, NULL, O_MINTIME },
 		{ "baseline", no_argument, NULL, O_BASELINE },
+		{ "format", required_argument, NULL, O_FORMAT },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -265,6 +270,12 @@ parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case O_BASELINE:
 			o->baseline = 1;
+			break;
+		case O_FORMAT:
+			if (cdx_input_format_parse(optarg, &o->format) != CDX_OK) {
+				fprintf(stderr, "candex recall: --format: %s\n", cdx_last_error());
+				return -1;
+			}
 			break;
 		case O_MINTIME: {
 			char *end;
@@ -674,7 +685,8 @@ cmd_recall(int argc, char **argv)
 	}
 
 	/* 2. queries, base, truth */
-	if ((rc = cdx_vecs_read(&qv, o.queries, 0)) != CDX_OK)
+	if ((rc = cdx_vecs_read(&qv, o.queries, o.format == CDX_INPUT_RAW_F32 ? ti.dim : 0, o.format, 0, 0))
+	    != CDX_OK)
 		goto fail;
 	if (qv.dim != ti.dim) {
 		rc = cdx_error(CDX_EDIM, "queries %s have dimension %u, but collection %s has dimension %u",
@@ -685,7 +697,9 @@ cmd_recall(int argc, char **argv)
 	if (o.max_queries > 0 && qv.n > o.max_queries)
 		qv.n = o.max_queries;
 	if (o.base != NULL) {
-		if ((rc = cdx_vecs_read(&bv, o.base, 0)) != CDX_OK)
+		if ((rc = cdx_vecs_read(
+		         &bv, o.base, o.format == CDX_INPUT_RAW_F32 ? ti.dim : 0, o.format, 0, 0))
+		    != CDX_OK)
 			goto fail;
 		if (bv.dim != ti.dim) {
 			rc = cdx_error(CDX_EDIM,
@@ -707,13 +721,14 @@ cmd_recall(int argc, char **argv)
 			cdx_normalize_rows(bv.x, bv.n, bv.dim);
 	}
 	if (o.ids != NULL) {
-		if ((rc = cdx_idmap_read_ids(&idmap, o.ids)) != CDX_OK)
+		int64_t *ids = NULL;
+		uint64_t nids = 0;
+		if ((rc = cdx_ids_load(o.ids, bv.n, &ids, &nids)) != CDX_OK)
 			goto fail;
-		if (idmap.n != bv.n) {
-			rc = cdx_error(
-			    CDX_EINVAL, "%s holds %zu ids but %s has %zu rows", o.ids, idmap.n, o.base, bv.n);
+		rc = cdx_idmap_init_ids(&idmap, ids, (size_t) nids);
+		free(ids);
+		if (rc != CDX_OK)
 			goto fail;
-		}
 	} else {
 		cdx_idmap_identity(&idmap, bv.n ? bv.n : (size_t) ti.items);
 	}

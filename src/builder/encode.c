@@ -150,9 +150,13 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	cdx_build_shard_name(name, shard, p->nshards);
 	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int) sizeof(path))
 		return cdx_error(CDX_EINVAL, "path too long: %s", dir);
-	/* dim from the file itself (raw float32 has none), so that another
-	 * dimension reads as what it is: a different input */
-	if ((rc = cdx_input_open(&in, input, p->input_format == CDX_INPUT_RAW_F32 ? p->dim : 0)) != CDX_OK)
+	/* dim and dtype from the file itself (raw float32 has none), so that
+	 * another dimension or dtype reads as what it is: a different input */
+	int raw = p->input_format == CDX_INPUT_RAW_F32;
+	int reopen = raw                         ? CDX_INPUT_RAW_F32
+	    : p->input_format == CDX_INPUT_FVECS ? CDX_INPUT_FVECS
+	                                         : CDX_INPUT_NPY;
+	if ((rc = cdx_input_open(&in, input, raw ? p->dim : 0, reopen)) != CDX_OK)
 		goto fail;
 	if (cdx_input_rows(in) != p->rows || cdx_input_dim(in) != p->dim
 	    || cdx_input_file_bytes(in) != p->input_bytes || cdx_input_format(in) != p->input_format) {
@@ -182,7 +186,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 			goto fail;
 		}
 	}
-	if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids)) != CDX_OK)
+	uint64_t nids;
+	if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids, &nids)) != CDX_OK)
 		goto fail;
 	uint64_t nrows = 0;
 	for (uint64_t r = 0; r < p->rows; r++)

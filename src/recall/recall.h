@@ -34,27 +34,9 @@
 #include <stdio.h>
 
 #include "common/common.h"
+#include "input/input.h"
 
 #define CDX_RECALL_EPSILON_DEFAULT 1e-3
-
-/* --- vector files ------------------------------------------------------ */
-
-/* An n x dim float32 matrix read from .fvecs or .npy (float32 or float16,
- * C order). Owned; free with cdx_vecs_fini(). */
-struct cdx_vecs {
-	float *x;
-	size_t n;
-	uint32_t dim;
-};
-
-/* cdx_vecs_read reads path by extension (.fvecs, .npy). max_rows > 0 keeps
- * only the first max_rows rows. Errors name the file and the row. */
-int cdx_vecs_read(struct cdx_vecs *v, const char *path, size_t max_rows);
-void cdx_vecs_fini(struct cdx_vecs *v);
-
-/* cdx_ivecs_read reads an .ivecs file: n rows of k int32 each (every row must
- * have the same k). *rows is malloc'd (n x k); the caller frees it. */
-int cdx_ivecs_read(const char *path, int32_t **rows, size_t *n, uint32_t *k);
 
 /* --- external id -> base row ------------------------------------------- */
 
@@ -67,8 +49,6 @@ struct cdx_idmap {
 };
 /* cdx_idmap_init_ids builds a map from ids[0..n) (copied); duplicates are an error. */
 int cdx_idmap_init_ids(struct cdx_idmap *m, const int64_t *ids, size_t n);
-/* cdx_idmap_read_ids reads an ids file: .npy int64, or text with one integer a line. */
-int cdx_idmap_read_ids(struct cdx_idmap *m, const char *path);
 void cdx_idmap_identity(struct cdx_idmap *m, size_t n);
 /* cdx_idmap_row returns the base row of id, or -1 if no base row has that id. */
 int64_t cdx_idmap_row(const struct cdx_idmap *m, int64_t id);

@@ -232,7 +232,9 @@ test_input_formats(void **state)
 	build_ok("--input %s/fmt.fvecs --collection fmt --metric l2 --refine fp32 --out %s/fmt-fvecs --quiet",
 	    root, root);
 	build_ok("--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy --quiet", npy, root);
-	build_ok("--input %s --dim %zu --collection fmt --metric l2 --refine fp32 --out %s/fmt-raw --quiet",
+	build_ok(
+	    "--input %s --format raw --dim %zu --collection fmt --metric l2 --refine fp32 --out %s/fmt-raw "
+	    "--quiet",
 	    raw, dim, root);
 	build_ok(
 	    "--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy16 --quiet", npy16, root);
@@ -623,7 +625,7 @@ test_bad_inputs(void **state)
 	    "--input %s --metric l2", p);
 	free(p);
 	/* dimension mismatch between the flags/files */
-	expect_rejected(coll, cur, "good.fvecs: dimension 16, but --dim says 32", NULL,
+	expect_rejected(coll, cur, "good.fvecs: dimension 16, but 32 was expected", NULL,
 	    "--input %s/good.fvecs --dim 32 --metric l2", root);
 	/* rows mismatch between files */
 	p = pathf("%s/short.keys", root);
@@ -695,8 +697,18 @@ test_bad_inputs(void **state)
 	assert_int_equal(mkdir(p, 0755), 0);
 	expect_rejected(coll, cur, "adir.fvecs: not a regular file", NULL, "--input %s --metric l2", p);
 	free(p);
-	/* unknown format */
-	expect_rejected(coll, cur, "unknown input format", NULL, "--input %s --metric l2", keys);
+	/* unknown format: a text file, even with a dimension that divides its size */
+	expect_rejected(coll, cur, "good.keys: unknown vector format (it looks like a text file: CSV?)", NULL,
+	    "--input %s --metric l2", keys);
+	p = pathf("%s/good.csv", root);
+	f = fopen(p, "w");
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < dim; j++)
+			fprintf(f, "%.5f%s", (double) x[i * dim + j], j + 1 < dim ? "," : "\n");
+	fclose(f);
+	expect_rejected(coll, cur, "good.csv: unknown vector format (it looks like a text file: CSV?)",
+	    "--format raw", "--input %s --dim 16 --metric l2", p);
+	free(p);
 
 	/* .npy: truncated, float16 NaN, another dimension than --dim */
 	p = pathf("%s/trunc.npy", root);
@@ -712,7 +724,7 @@ test_bad_inputs(void **state)
 	write_npy(p, "<f2", n, dim, h, n * dim * sizeof(uint16_t));
 	free(h);
 	expect_rejected(coll, cur, "nan16.npy: row 2100, column 5: NaN", NULL, "--input %s --metric ip", p);
-	expect_rejected(coll, cur, "nan16.npy: dimension 16, but --dim says 8", NULL,
+	expect_rejected(coll, cur, "nan16.npy: dimension 16, but 8 was expected", NULL,
 	    "--input %s --dim 8 --metric ip", p);
 	free(p);
 	/* raw float32 whose size is not whole rows of --dim */
@@ -721,7 +733,8 @@ test_bad_inputs(void **state)
 	fwrite(x, sizeof(float), n * dim, f);
 	fwrite(x, sizeof(float), 3, f); /* 3 floats of a row 3000 that never ends */
 	fclose(f);
-	expect_rejected(coll, cur, "raw.f32: truncated", "row 3000", "--input %s --dim 16 --metric l2", p);
+	expect_rejected(
+	    coll, cur, "raw.f32: truncated", "row 3000", "--input %s --format raw --dim 16 --metric l2", p);
 	free(p);
 	/* ids: a count that does not match the rows, a line that is not an id */
 	p = pathf("%s/short.ids", root);
