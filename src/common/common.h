@@ -48,13 +48,13 @@ uint64_t cdx_now_us(void);  /* monotonic */
 uint64_t cdx_wall_ms(void); /* Unix epoch */
 void cdx_iso8601_utc(char out[32], uint64_t wall_ms);
 
-/* Hashing. XXH64 (the lz4 family's checksum), one-shot and streaming. */
+/* Hashing. XXH64 (the lz4 family's checksum), one-shot and streaming, from
+ * Debian's xxhash (src/common/hash.c). */
 uint64_t cdx_xxh64(const void *data, size_t len, uint64_t seed);
+/* Room for an XXH64_state_t (checked in hash.c), so callers can embed one
+ * without including xxhash.h. */
 typedef struct cdx_xxh64_state {
-	uint64_t v[4], total;
-	uint8_t buf[32];
-	uint32_t buffered;
-	uint64_t seed;
+	uint64_t opaque[12];
 } cdx_xxh64_state;
 void cdx_xxh64_init(cdx_xxh64_state *st, uint64_t seed);
 void cdx_xxh64_update(cdx_xxh64_state *st, const void *data, size_t len);
