@@ -135,6 +135,15 @@ parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *
 }
 
 static int
+wants_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+			return 1;
+	return 0;
+}
+
+static int
 fail(int rc)
 {
 	fprintf(stderr, "candex build: %s (%s)\n", cdx_last_error(), cdx_errname(rc));
@@ -191,7 +200,7 @@ cmd_build(int argc, char **argv)
 {
 	enum { ONESHOT, TRAIN, ENCODE, PUBLISH } mode = ONESHOT;
 	const char *modename = "build";
-	if (cli_wants_help(argc, argv)) {
+	if (wants_help(argc, argv)) {
 		fputs(usage_text, stdout);
 		return CLI_EXIT_OK;
 	}

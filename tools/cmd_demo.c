@@ -9,7 +9,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -151,67 +150,54 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	return rc == CDX_OK ? 0 : -1;
 }
 
-static void
-usage(FILE *out)
-{
-	fprintf(out,
-	    "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
-	    "Runs the main job end to end on the embedded sample catalogue:\n"
-	    "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
-	    "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos), published versions;\n"
-	    "     candex recall --target " DEMO_RECALL_TARGET " --save picks each one's operating point\n"
-	    "  3. candex serve    on an ipc:// socket\n"
-	    "  4. queries through the client library, asking for recall " DEMO_RECALL_TARGET ": top-10\n"
-	    "     candidates with keys, and recall@10 measured against exact search\n"
-	    "  5. SIGTERM: the server drains and exits 0\n\n"
-	    "  --index-dir DIR  where indexes go (default index-data)\n"
-	    "  --queries N      user queries per collection for recall (default 200)\n"
-	    "  --show N         users whose candidates are printed (default 2)\n"
-	    "  --tracks N       sample catalogue size (default 100000)\n"
-	    "  --podcasts N     sample catalogue size (default 10000)\n");
-}
+struct demo_opts {
+	const char *index_dir;
+	size_t queries, show, tracks, podcasts;
+};
+
+#define O(f) offsetof(struct demo_opts, f)
+static const struct cdx_opt demo_options[] = {
+	CDX_OPT_STR_("index-dir", O(index_dir), "DIR", "where indexes go (default index-data)"),
+	CDX_OPT_NUM_("queries", CDX_OPT_SIZE_T, O(queries), "N",
+	    "user queries per collection for recall (default 200)", 1, 1e6),
+	CDX_OPT_NUM_(
+	    "show", CDX_OPT_SIZE_T, O(show), "N", "users whose candidates are printed (default 2)", 0, 1e6),
+	CDX_OPT_NUM_(
+	    "tracks", CDX_OPT_SIZE_T, O(tracks), "N", "sample catalogue size (default 100000)", 1, 1e9),
+	CDX_OPT_NUM_(
+	    "podcasts", CDX_OPT_SIZE_T, O(podcasts), "N", "sample catalogue size (default 10000)", 1, 1e9),
+};
+#undef O
+
+static const struct cdx_opt_command demo_command = {
+	.prog = "candex demo",
+	.head
+	= "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
+	  "Runs the main job end to end on the embedded sample catalogue:\n"
+	  "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
+	  "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos), published versions;\n"
+	  "     candex recall --target " DEMO_RECALL_TARGET " --save picks each one's operating point\n"
+	  "  3. candex serve    on an ipc:// socket\n"
+	  "  4. queries through the client library, asking for recall " DEMO_RECALL_TARGET ": top-10\n"
+	  "     candidates with keys, and recall@10 measured against exact search\n"
+	  "  5. SIGTERM: the server drains and exits 0\n",
+	.opts = demo_options,
+	.nopts = CDX_ARRAY_LEN(demo_options),
+};
 
 int
 cmd_demo(int argc, char **argv)
 {
-	const char *index_dir = "index-data";
-	const char *ntracks = "100000", *npodcasts = "10000";
-	size_t nqueries = 200, nshow = 2;
-	static const struct option opts[] = { { "index-dir", required_argument, 0, 'd' },
-		{ "queries", required_argument, 0, 'q' }, { "show", required_argument, 0, 's' },
-		{ "tracks", required_argument, 0, 't' }, { "podcasts", required_argument, 0, 'p' },
-		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
-	int ch;
-	optind = 1;
-	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'd':
-			index_dir = optarg;
-			break;
-		case 'q':
-			nqueries = strtoull(optarg, NULL, 10);
-			break;
-		case 's':
-			nshow = strtoull(optarg, NULL, 10);
-			break;
-		case 't':
-			ntracks = optarg;
-			break;
-		case 'p':
-			npodcasts = optarg;
-			break;
-		case 'h':
-			usage(stdout);
-			return CLI_EXIT_OK;
-		default:
-			usage(stderr);
-			return CLI_EXIT_USAGE;
-		}
-	}
-	if (optind != argc || nqueries == 0) {
-		usage(stderr);
-		return CLI_EXIT_USAGE;
-	}
+	struct demo_opts o
+	    = { .index_dir = "index-data", .queries = 200, .show = 2, .tracks = 100000, .podcasts = 10000 };
+	int prc = cdx_opt_command_parse(&demo_command, &o, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	const char *index_dir = o.index_dir;
+	size_t nqueries = o.queries, nshow = o.show;
+	char ntracks[32], npodcasts[32];
+	snprintf(ntracks, sizeof(ntracks), "%zu", o.tracks);
+	snprintf(npodcasts, sizeof(npodcasts), "%zu", o.podcasts);
 	static const struct demo_collection collections[] = {
 		{ "tracks", "ip", 0 },
 		{ "podcasts", "cos", 1 },
@@ -224,8 +210,8 @@ cmd_demo(int argc, char **argv)
 
 	printf("== 1/5 sample catalogue -> %s\n", sample_dir);
 	fflush(stdout);
-	char *sample_args[] = { "candex", "sample", "--out", sample_dir, "--tracks", (char *) ntracks,
-		"--podcasts", (char *) npodcasts, NULL };
+	char *sample_args[]
+	    = { "candex", "sample", "--out", sample_dir, "--tracks", ntracks, "--podcasts", npodcasts, NULL };
 	if (run_self(sample_args) != 0)
 		return CLI_EXIT_FAIL;
 

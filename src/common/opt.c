@@ -114,13 +114,12 @@ cdx_parse_size(const char *s, uint64_t *out)
 int
 cdx_opt_fail(const char *prog, const char *fmt, ...)
 {
+	char msg[1024];
 	va_list ap;
-	fprintf(stderr, "%s: ", prog);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "; see %s --help\n", prog);
-	return CDX_EINVAL;
+	return cdx_error(CDX_EINVAL, "%s: %s; see %s --help", prog, msg, prog);
 }
 
 /* The range of an integer option: the table's, else the type's. */
@@ -167,10 +166,8 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 		return CDX_OK;
 	case CDX_OPT_STRDUP: {
 		char *copy = strdup(value);
-		if (copy == NULL) {
-			fprintf(stderr, "%s: out of memory\n", prog);
-			return CDX_ENOMEM;
-		}
+		if (copy == NULL)
+			return cdx_error(CDX_ENOMEM, "%s: out of memory", prog);
 		free(*(char **) field);
 		*(char **) field = copy;
 		return CDX_OK;
@@ -184,9 +181,8 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 		int_range(o, 0, type_max, &lo, &hi);
 		uint64_t v;
 		if (cdx_parse_u64(value, u64_bound(lo), u64_bound(hi), &v) != CDX_OK) {
-			(void) cdx_opt_fail(prog, "%s--%s '%s': expected an integer in [%llu, %llu]", at,
-			    o->name, value, (unsigned long long) u64_bound(lo),
-			    (unsigned long long) u64_bound(hi));
+			cdx_opt_fail(prog, "%s--%s '%s': expected an integer in [%llu, %llu]", at, o->name,
+			    value, (unsigned long long) u64_bound(lo), (unsigned long long) u64_bound(hi));
 			return CDX_EINVAL;
 		}
 		if (o->type == CDX_OPT_U32)
@@ -201,8 +197,8 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 		int_range(o, -9223372036854775808.0, 9223372036854775807.0, &lo, &hi);
 		int64_t v;
 		if (cdx_parse_i64(value, i64_bound(lo), i64_bound(hi), &v) != CDX_OK) {
-			(void) cdx_opt_fail(prog, "%s--%s '%s': expected an integer in [%lld, %lld]", at,
-			    o->name, value, (long long) i64_bound(lo), (long long) i64_bound(hi));
+			cdx_opt_fail(prog, "%s--%s '%s': expected an integer in [%lld, %lld]", at, o->name,
+			    value, (long long) i64_bound(lo), (long long) i64_bound(hi));
 			return CDX_EINVAL;
 		}
 		*(int64_t *) field = v;
@@ -214,7 +210,7 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 		hi = o->min == 0 && o->max == 0 ? HUGE_VAL : o->max;
 		double v;
 		if (cdx_parse_double(value, lo, hi, &v) != CDX_OK) {
-			(void) cdx_opt_fail(
+			cdx_opt_fail(
 			    prog, "%s--%s '%s': expected a number in [%g, %g]", at, o->name, value, lo, hi);
 			return CDX_EINVAL;
 		}
@@ -227,7 +223,7 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 	case CDX_OPT_BYTES: {
 		uint64_t v;
 		if (cdx_parse_size(value, &v) != CDX_OK) {
-			(void) cdx_opt_fail(prog,
+			cdx_opt_fail(prog,
 			    "%s--%s '%s': expected a size in bytes like 16M (K, M, G suffixes)", at, o->name,
 			    value);
 			return CDX_EINVAL;
@@ -239,14 +235,15 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 		cdx_error_clear();
 		int rc = o->call(value, opts);
 		if (rc != CDX_OK) {
-			(void) cdx_opt_fail(prog, "%s--%s '%s': %s", at, o->name, value, cdx_last_error());
-			return rc;
+			char why[512];
+			snprintf(why, sizeof(why), "%s", cdx_last_error());
+			cdx_opt_fail(prog, "%s--%s '%s': %s", at, o->name, value, why);
+			return rc == CDX_ENOMEM ? rc : CDX_EINVAL;
 		}
 		return CDX_OK;
 	}
 	}
-	fprintf(stderr, "%s: option --%s has no type\n", prog, o->name);
-	return CDX_EINTERNAL;
+	return cdx_error(CDX_EINTERNAL, "%s: option --%s has no type", prog, o->name);
 }
 
 const struct cdx_opt *
@@ -265,14 +262,12 @@ cdx_opt_set(const char *prog, const struct cdx_opt *table, size_t n, void *opts,
 {
 	const struct cdx_opt *o = cdx_opt_find(table, n, name, strlen(name));
 	if (o == NULL) {
-		(void) cdx_opt_fail(
-		    prog, "%s%sunknown option %s", where ? where : "", where ? ": " : "", name);
+		cdx_opt_fail(prog, "%s%sunknown option %s", where ? where : "", where ? ": " : "", name);
 		return CDX_EINVAL;
 	}
 	if (o->type == CDX_OPT_FLAG && *value != '\0' && strcmp(value, "true") != 0
 	    && strcmp(value, "1") != 0) {
-		(void) cdx_opt_fail(
-		    prog, "%s%s--%s takes no value", where ? where : "", where ? ": " : "", o->name);
+		cdx_opt_fail(prog, "%s%s--%s takes no value", where ? where : "", where ? ": " : "", o->name);
 		return CDX_EINVAL;
 	}
 	return set_value(prog, o, opts, value, where);
@@ -291,7 +286,7 @@ cdx_opt_parse(const char *prog, const struct cdx_opt *table, size_t n, void *opt
 		const char *a = argv[i];
 		if (only_positional || a[0] != '-' || a[1] == '\0') {
 			if (positional == NULL || npositional == NULL || *npositional >= max_positional) {
-				(void) cdx_opt_fail(prog, "unexpected argument '%s'", a);
+				cdx_opt_fail(prog, "unexpected argument '%s'", a);
 				return CDX_EINVAL;
 			}
 			positional[(*npositional)++] = a;
@@ -312,13 +307,13 @@ cdx_opt_parse(const char *prog, const struct cdx_opt *table, size_t n, void *opt
 			const char *name = a + 2, *eq = strchr(name, '=');
 			o = cdx_opt_find(table, n, name, eq ? (size_t) (eq - name) : strlen(name));
 			if (o == NULL) {
-				(void) cdx_opt_fail(prog, "unknown option --%.*s",
+				cdx_opt_fail(prog, "unknown option --%.*s",
 				    eq ? (int) (eq - name) : (int) strlen(name), name);
 				return CDX_EINVAL;
 			}
 			if (eq != NULL) {
 				if (o->type == CDX_OPT_FLAG) {
-					(void) cdx_opt_fail(prog, "--%s takes no value", o->name);
+					cdx_opt_fail(prog, "--%s takes no value", o->name);
 					return CDX_EINVAL;
 				}
 				value = eq + 1;
@@ -329,13 +324,13 @@ cdx_opt_parse(const char *prog, const struct cdx_opt *table, size_t n, void *opt
 				    && a[1] == table[j].short_name && a[2] == '\0')
 					o = &table[j];
 			if (o == NULL) {
-				(void) cdx_opt_fail(prog, "unknown option %s", a);
+				cdx_opt_fail(prog, "unknown option %s", a);
 				return CDX_EINVAL;
 			}
 		}
 		if (o->type != CDX_OPT_FLAG && value == NULL) {
 			if (i + 1 >= argc) {
-				(void) cdx_opt_fail(
+				cdx_opt_fail(
 				    prog, "--%s needs a value (%s)", o->name, o->arg ? o->arg : "VALUE");
 				return CDX_EINVAL;
 			}
@@ -427,4 +422,47 @@ cdx_opt_usage(FILE *out, const struct cdx_opt *table, size_t n, const void *defa
 		fputc('\n', out);
 	}
 	fprintf(out, "  %-24s%s\n", "-h, --help", "show this help");
+}
+
+/* ---- whole command lines --------------------------------------------------- */
+
+void
+cdx_opt_command_usage(FILE *out, const struct cdx_opt_command *cmd)
+{
+	fputs(cmd->head, out);
+	fputc('\n', out);
+	cdx_opt_usage(out, cmd->opts, cmd->nopts, NULL);
+	if (cmd->tail != NULL) {
+		fputc('\n', out);
+		fputs(cmd->tail, out);
+	}
+}
+
+int
+cdx_opt_command_parse(const struct cdx_opt_command *cmd, void *opts, int argc, char **argv, const char **pos,
+    size_t maxpos, size_t *npos)
+{
+	int help = 0;
+	if (cdx_opt_parse(cmd->prog, cmd->opts, cmd->nopts, opts, argc, argv, &help, pos, maxpos, npos)
+	    != CDX_OK) {
+		fprintf(stderr, "%s\n", cdx_last_error());
+		return 2;
+	}
+	if (help) {
+		cdx_opt_command_usage(stdout, cmd);
+		return 0;
+	}
+	return -1;
+}
+
+int
+cdx_opt_command_fail(const struct cdx_opt_command *cmd, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s: %s; see %s --help\n", cmd->prog, msg, cmd->prog);
+	return 2;
 }

@@ -69,16 +69,28 @@ struct cdx_opt {
 	int (*call)(const char *value, void *opts);
 };
 
-#define CDX_OPT_OFFSET(type, field) offsetof(type, field)
+/* Table entries (designated initializers, so every field is set). off is
+ * offsetof(struct ..., field); lo and hi bound numbers (both 0: the type's
+ * range). */
+#define CDX_OPT_ENTRY(nm, sh, ty, off, ar, hl, lo, hi, fn)                                                  \
+	{                                                                                                   \
+		.name = (nm), .short_name = (sh), .type = (ty), .offset = (off), .arg = (ar), .help = (hl), \
+		.min = (lo), .max = (hi), .call = (fn)                                                      \
+	}
+#define CDX_OPT_HEADING(text)                     CDX_OPT_ENTRY(text, 0, CDX_OPT_SECTION, 0, NULL, NULL, 0, 0, NULL)
+#define CDX_OPT_FLAG_(nm, off, hl)                CDX_OPT_ENTRY(nm, 0, CDX_OPT_FLAG, off, NULL, hl, 0, 0, NULL)
+#define CDX_OPT_STR_(nm, off, ar, hl)             CDX_OPT_ENTRY(nm, 0, CDX_OPT_STR, off, ar, hl, 0, 0, NULL)
+#define CDX_OPT_NUM_(nm, ty, off, ar, hl, lo, hi) CDX_OPT_ENTRY(nm, 0, ty, off, ar, hl, lo, hi, NULL)
+#define CDX_OPT_CALL_(nm, ar, hl, fn)             CDX_OPT_ENTRY(nm, 0, CDX_OPT_CALL, 0, ar, hl, 0, 0, fn)
 
 /* cdx_opt_parse parses argv[1..argc) (argv[0] is the subcommand) into opts
  * with table. Options are --name VALUE, --name=VALUE or -k VALUE; "--"
  * ends the options. Arguments that are not options are refused unless
  * positional is not NULL: then they are stored there in order (at most
  * max_positional, their count in *npositional). -h/--help sets *help (the
- * rest is still parsed, but not checked). On an error the message is
- * printed on stderr in the style above, naming prog ("candex build"), and
- * CDX_EINVAL is returned. */
+ * rest is still parsed, but not checked). On an error, CDX_EINVAL, and the
+ * message (cdx_last_error()) is a whole line in the style above, naming
+ * prog ("candex build"). Nothing is printed. */
 int cdx_opt_parse(const char *prog, const struct cdx_opt *table, size_t n, void *opts, int argc, char **argv,
     int *help, const char **positional, size_t max_positional, size_t *npositional);
 
@@ -96,9 +108,37 @@ const struct cdx_opt *cdx_opt_find(const struct cdx_opt *table, size_t n, const 
  * number or string option that is set there shows it as "[value]". */
 void cdx_opt_usage(FILE *out, const struct cdx_opt *table, size_t n, const void *defaults);
 
-/* cdx_opt_fail prints "prog: message; see prog --help" on stderr (message
- * printf-style) and returns CDX_EINVAL: the one style of usage errors found
- * after parsing (missing or conflicting options). */
+/* cdx_opt_fail records "prog: message; see prog --help" (message
+ * printf-style) with cdx_error() and returns CDX_EINVAL: the one style of
+ * usage errors, also for those found after parsing (a missing option). */
 int cdx_opt_fail(const char *prog, const char *fmt, ...) CDX_PRINTF(2, 3);
+
+/* ---- whole command lines ------------------------------------------------- */
+
+/* A program's command line: its name ("candex sample"), what --help prints
+ * before the options (usage line and description) and after them, and its
+ * option table. */
+struct cdx_opt_command {
+	const char *prog;
+	const char *head;
+	const char *tail; /* may be NULL */
+	const struct cdx_opt *opts;
+	size_t nopts;
+};
+
+/* cdx_opt_command_usage prints the command's --help: head, options, tail. */
+void cdx_opt_command_usage(FILE *out, const struct cdx_opt_command *cmd);
+
+/* cdx_opt_command_parse parses argv (argv[0] is the program or subcommand)
+ * into opts, which holds the defaults. Up to maxpos arguments that are not
+ * options go to pos (may be NULL), their count to *npos. Returns -1 to go
+ * on, or the exit status to return: 0 after printing --help on stdout, 2
+ * after printing a usage error on stderr. */
+int cdx_opt_command_parse(const struct cdx_opt_command *cmd, void *opts, int argc, char **argv,
+    const char **pos, size_t maxpos, size_t *npos);
+
+/* cdx_opt_command_fail prints "prog: message; see prog --help" on stderr
+ * and returns 2: for what the table cannot check (a missing option). */
+int cdx_opt_command_fail(const struct cdx_opt_command *cmd, const char *fmt, ...) CDX_PRINTF(2, 3);
 
 #endif

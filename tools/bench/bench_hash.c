@@ -83,15 +83,16 @@ int
 main(int argc, char **argv)
 {
 	struct opts o = { .repeat = 7, .mib = 64 };
-	int help = 0;
-	if (cdx_opt_parse("bench_hash", options, CDX_ARRAY_LEN(options), &o, argc, argv, &help, NULL, 0, NULL)
-	    != CDX_OK)
-		return 2;
-	if (help) {
-		printf("usage: bench_hash [options]\n\n");
-		cdx_opt_usage(stdout, options, CDX_ARRAY_LEN(options), &o);
-		return 0;
-	}
+	static const struct cdx_opt_command command = {
+		.prog = "bench_hash",
+		.head = "usage: bench_hash [--repeat N] [--mib N]\n\n"
+		        "Times cdx_xxh64 against libxxhash's XXH64 (BENCHMARKS.md, Hashing).\n",
+		.opts = options,
+		.nopts = CDX_ARRAY_LEN(options),
+	};
+	int prc = cdx_opt_command_parse(&command, &o, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
 	size_t big = (size_t) o.mib << 20;
 	char *buf = malloc(big + 4096);
 	if (buf == NULL)
