@@ -381,29 +381,44 @@ default_text(const struct cdx_opt *o, const void *defaults, char *out, size_t si
 	}
 }
 
+/* option_head writes "-k, --name ARG" for o. */
+static void
+option_head(const struct cdx_opt *o, char *head, size_t size)
+{
+	if (o->short_name != 0)
+		snprintf(head, size, "-%c, --%s%s%s", o->short_name, o->name, o->arg ? " " : "",
+		    o->arg ? o->arg : "");
+	else
+		snprintf(head, size, "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+}
+
 void
 cdx_opt_usage(FILE *out, const struct cdx_opt *table, size_t n, const void *defaults)
 {
+	/* help texts start in one column: after the longest name, up to 34 */
+	int width = 20;
+	char head[96];
+	for (size_t i = 0; i < n; i++) {
+		if (table[i].type == CDX_OPT_SECTION)
+			continue;
+		option_head(&table[i], head, sizeof(head));
+		int len = (int) strlen(head) + 2;
+		if (len > width && len <= 34)
+			width = len;
+	}
 	for (size_t i = 0; i < n; i++) {
 		const struct cdx_opt *o = &table[i];
 		if (o->type == CDX_OPT_SECTION) {
 			fprintf(out, "%s%s\n", i > 0 ? "\n" : "", o->name);
 			continue;
 		}
-		char head[96];
-		if (o->short_name != 0)
-			snprintf(head, sizeof(head), "-%c, --%s%s%s", o->short_name, o->name,
-			    o->arg ? " " : "", o->arg ? o->arg : "");
-		else
-			snprintf(
-			    head, sizeof(head), "--%s%s%s", o->name, o->arg ? " " : "", o->arg ? o->arg : "");
+		option_head(o, head, sizeof(head));
 		char def[128] = "";
 		if (defaults != NULL)
 			default_text(o, defaults, def, sizeof(def));
 		/* the help text may span lines: the first follows the name (or the
 		 * next line when the name is long), the rest are indented under it */
 		const char *h = o->help ? o->help : "";
-		int width = 24;
 		if ((int) strlen(head) + 2 > width)
 			fprintf(out, "  %s\n%*s", head, width + 2, "");
 		else
@@ -421,7 +436,7 @@ cdx_opt_usage(FILE *out, const struct cdx_opt *table, size_t n, const void *defa
 			fprintf(out, " [%s]", def);
 		fputc('\n', out);
 	}
-	fprintf(out, "  %-24s%s\n", "-h, --help", "show this help");
+	fprintf(out, "  %-*s%s\n", width, "-h, --help", "show this help");
 }
 
 /* ---- whole command lines --------------------------------------------------- */

@@ -80,6 +80,7 @@ struct cdx_opt {
 #define CDX_OPT_HEADING(text)                     CDX_OPT_ENTRY(text, 0, CDX_OPT_SECTION, 0, NULL, NULL, 0, 0, NULL)
 #define CDX_OPT_FLAG_(nm, off, hl)                CDX_OPT_ENTRY(nm, 0, CDX_OPT_FLAG, off, NULL, hl, 0, 0, NULL)
 #define CDX_OPT_STR_(nm, off, ar, hl)             CDX_OPT_ENTRY(nm, 0, CDX_OPT_STR, off, ar, hl, 0, 0, NULL)
+#define CDX_OPT_STRDUP_(nm, off, ar, hl)          CDX_OPT_ENTRY(nm, 0, CDX_OPT_STRDUP, off, ar, hl, 0, 0, NULL)
 #define CDX_OPT_NUM_(nm, ty, off, ar, hl, lo, hi) CDX_OPT_ENTRY(nm, 0, ty, off, ar, hl, lo, hi, NULL)
 #define CDX_OPT_CALL_(nm, ar, hl, fn)             CDX_OPT_ENTRY(nm, 0, CDX_OPT_CALL, 0, ar, hl, 0, 0, fn)
 
