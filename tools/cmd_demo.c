@@ -75,7 +75,9 @@ exact_topk(const float *base, size_t n, size_t dim, const float *q, int cosine, 
 }
 
 /* The recall the demo's queries ask the server for (see operating points). */
-#define DEMO_RECALL_TARGET "0.9"
+/* the recall the demo asks for: a number for the query, text for the commands */
+#define DEMO_RECALL_TARGET_F 0.9f
+#define DEMO_RECALL_TARGET   "0.9"
 
 struct demo_collection {
 	const char *name;
@@ -111,7 +113,7 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 			.nvectors = 1,
 			.dim = (uint32_t) dim,
 			.k = (uint32_t) k,
-			.recall_target = (float) atof(DEMO_RECALL_TARGET) };
+			.recall_target = DEMO_RECALL_TARGET_F };
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
 		uint64_t t0 = cdx_now_us();

@@ -24,7 +24,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <sched.h>
 #include <signal.h>
 #include <netinet/in.h>
@@ -42,6 +41,7 @@
 
 #include "candex/client.h"
 #include "common/common.h"
+#include "common/opt.h"
 #include "search/search.h"
 #include "server/server.h"
 
@@ -388,116 +388,67 @@ spawn_server(struct bench *b, const char *candex, const char *ipc, const char *t
 	return -1;
 }
 
-static void
-usage(FILE *out)
-{
-	fprintf(out,
-	    "usage: bench_server --index-dir DIR --collection NAME --queries Q.fvecs [options]\n"
-	    "  --k K              candidates per query [100]\n"
-	    "  --nprobe N         0 = the collection's default [0]\n"
-	    "  --threads N        server workers and in-process threads (0 = cores) [0]\n"
-	    "  --clients N        concurrent client threads [4 x threads]\n"
-	    "  --seconds S        measuring time per run [5]\n"
-	    "  --load F           open-loop rate as a fraction of saturation QPS [0.7]\n"
-	    "  --batch N          query vectors per request and per in-process call [1];\n"
-	    "                     QPS counts requests (x N for queries per second)\n"
-	    "  --rate R           open loop at R requests/s instead of --load x saturation (skips it)\n"
-	    "  --url URL          measure an already running server at URL instead of starting one\n"
-	    "                     (its CPU time is not included in the client CPU column)\n"
-	    "  --server-cpus LIST run the server as a separate `candex serve` pinned to these CPUs\n"
-	    "                     (e.g. 0 or 0-3) and the in-process baseline on the same CPUs;\n"
-	    "                     needs --client-cpus\n"
-	    "  --client-cpus LIST pin the load generator to these CPUs (e.g. 1)\n"
-	    "  --candex PATH      the candex binary for --server-cpus [next to bench_server]\n");
-}
+struct bench_cli {
+	struct bench b;
+	const char *ext_url, *candex, *server_cpus, *client_cpus;
+	double fixed_rate;
+};
+
+#define O(f) offsetof(struct bench_cli, f)
+static const struct cdx_opt options[] = {
+	CDX_OPT_STR_("index-dir", O(b.index_dir), "DIR", "index directory (required)"),
+	CDX_OPT_STR_("collection", O(b.collection), "NAME", "collection (required)"),
+	CDX_OPT_STR_("queries", O(b.queries_path), "Q.fvecs", "query vectors (required)"),
+	CDX_OPT_NUM_("k", CDX_OPT_U32, O(b.k), "K", "candidates per query [100]", 1, 100000),
+	CDX_OPT_NUM_("nprobe", CDX_OPT_U32, O(b.nprobe), "N", "0 = the collection's default [0]", 0, 0),
+	CDX_OPT_NUM_("threads", CDX_OPT_U32, O(b.threads), "N",
+	    "server workers and in-process threads (0 = cores) [0]", 0, 1024),
+	CDX_OPT_NUM_(
+	    "clients", CDX_OPT_U32, O(b.clients), "N", "concurrent client threads [4 x threads]", 0, 4096),
+	CDX_OPT_NUM_("seconds", CDX_OPT_DOUBLE, O(b.seconds), "S", "measuring time per run [5]", 0.01, 86400),
+	CDX_OPT_NUM_("load", CDX_OPT_DOUBLE, O(b.load), "F",
+	    "open-loop rate as a fraction of saturation QPS [0.7]", 0, 10),
+	CDX_OPT_NUM_("batch", CDX_OPT_U32, O(b.batch), "N",
+	    "query vectors per request and per in-process call [1];\nQPS counts requests (x N for queries "
+	    "per second)",
+	    1, 100000),
+	CDX_OPT_NUM_("rate", CDX_OPT_DOUBLE, O(fixed_rate), "R",
+	    "open loop at R requests/s instead of --load x saturation (skips it)", 0, 1e9),
+	CDX_OPT_STR_("url", O(ext_url), "URL",
+	    "measure an already running server at URL instead of starting one\n(its CPU time is not included "
+	    "in the "
+	    "client CPU column)"),
+	CDX_OPT_STR_("server-cpus", O(server_cpus), "LIST",
+	    "run the server as a separate `candex serve` pinned to these CPUs\n(e.g. 0 or 0-3) and the "
+	    "in-process "
+	    "baseline on the same CPUs;\nneeds --client-cpus"),
+	CDX_OPT_STR_("client-cpus", O(client_cpus), "LIST", "pin the load generator to these CPUs (e.g. 1)"),
+	CDX_OPT_STR_(
+	    "candex", O(candex), "PATH", "the candex binary for --server-cpus [next to bench_server]"),
+};
+#undef O
+
+static const struct cdx_opt_command command = {
+	.prog = "bench_server",
+	.head = "usage: bench_server --index-dir DIR --collection NAME --queries Q.fvecs [options]\n",
+	.opts = options,
+	.nopts = CDX_ARRAY_LEN(options),
+};
 
 int
 main(int argc, char **argv)
 {
 	cdx_process_init(argc, argv);
-	struct bench b = { .k = 100, .seconds = 5, .load = 0.7, .batch = 1 };
-	const char *ext_url = NULL, *candex = NULL, *server_cpus = NULL, *client_cpus = NULL;
-	double fixed_rate = 0;
-	static const struct option lo[] = {
-		{ "index-dir", required_argument, NULL, 'd' },
-		{ "collection", required_argument, NULL, 'c' },
-		{ "queries", required_argument, NULL, 'q' },
-		{ "k", required_argument, NULL, 'k' },
-		{ "nprobe", required_argument, NULL, 'n' },
-		{ "threads", required_argument, NULL, 't' },
-		{ "clients", required_argument, NULL, 'C' },
-		{ "seconds", required_argument, NULL, 's' },
-		{ "load", required_argument, NULL, 'l' },
-		{ "url", required_argument, NULL, 'u' },
-		{ "batch", required_argument, NULL, 'b' },
-		{ "rate", required_argument, NULL, 'r' },
-		{ "server-cpus", required_argument, NULL, 'S' },
-		{ "client-cpus", required_argument, NULL, 'L' },
-		{ "candex", required_argument, NULL, 'x' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int ch;
-	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-		switch (ch) {
-		case 'd':
-			b.index_dir = optarg;
-			break;
-		case 'c':
-			b.collection = optarg;
-			break;
-		case 'q':
-			b.queries_path = optarg;
-			break;
-		case 'k':
-			b.k = (uint32_t) atoi(optarg);
-			break;
-		case 'n':
-			b.nprobe = (uint32_t) atoi(optarg);
-			break;
-		case 't':
-			b.threads = (uint32_t) atoi(optarg);
-			break;
-		case 'C':
-			b.clients = (uint32_t) atoi(optarg);
-			break;
-		case 's':
-			b.seconds = atof(optarg);
-			break;
-		case 'l':
-			b.load = atof(optarg);
-			break;
-		case 'u':
-			ext_url = optarg;
-			break;
-		case 'b':
-			b.batch = (uint32_t) atoi(optarg);
-			break;
-		case 'r':
-			fixed_rate = atof(optarg);
-			break;
-		case 'S':
-			server_cpus = optarg;
-			break;
-		case 'L':
-			client_cpus = optarg;
-			break;
-		case 'x':
-			candex = optarg;
-			break;
-		case 'h':
-			usage(stdout);
-			return 0;
-		default:
-			usage(stderr);
-			return 2;
-		}
-	}
-	if (b.index_dir == NULL || b.collection == NULL || b.queries_path == NULL || b.k == 0
-	    || b.seconds <= 0) {
-		usage(stderr);
-		return 2;
-	}
+	struct bench_cli cli = { .b = { .k = 100, .seconds = 5, .load = 0.7, .batch = 1 } };
+	int prc = cdx_opt_command_parse(&command, &cli, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	struct bench b = cli.b;
+	const char *ext_url = cli.ext_url, *candex = cli.candex, *server_cpus = cli.server_cpus,
+	           *client_cpus = cli.client_cpus;
+	double fixed_rate = cli.fixed_rate;
+	if (b.index_dir == NULL || b.collection == NULL || b.queries_path == NULL)
+		return cdx_opt_command_fail(&command, "--index-dir, --collection and --queries are required");
 	if ((server_cpus != NULL) != (client_cpus != NULL) || (server_cpus != NULL && ext_url != NULL)) {
 		fprintf(stderr, "bench_server: --server-cpus and --client-cpus go together, without --url\n");
 		return 2;
