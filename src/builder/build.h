@@ -16,10 +16,13 @@
  *            a copy of the trained index and writes one shard file. Every
  *            shard thus sees the same input fingerprint, which publish
  *            compares, so an input that changed between jobs is caught.
- *   publish  moves the shards into DIR/NAME/.staging-<version>-<pid>/,
- *            re-opens and verifies each, writes manifest.json, renames the
- *            staging directory to DIR/NAME/<version>, swaps CURRENT and
- *            garbage-collects old versions.
+ *   publish  links (or, across file systems, copies) the shards into
+ *            DIR/NAME/.staging-<pid>-<version>/, leaving the work directory
+ *            whole so that a failed publish can be retried; re-opens and
+ *            verifies each, writes manifest.json, renames the staging
+ *            directory to DIR/NAME/<version>, swaps CURRENT and
+ *            garbage-collects old versions. (The one-process build encodes
+ *            straight into the staging directory.)
  *
  * Memory: the input is mapped and processed in CDX_BUILD_CHUNK_BYTES
  * chunks whose pages are dropped (MADV_DONTNEED) once used, so peak RSS is
@@ -199,9 +202,9 @@ int cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char 
 int cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, const char *version,
     const struct cdx_encode_result *res, char *version_out);
 /* cdx_build_staging_create picks a fresh version name ("v" + UTC
- * yyyymmddThhmmssZ + "-" + 4 hex digits that grow with time within the
- * second, bumped past existing names) and creates
- * DIR/NAME/.staging-<version>-<pid>/ (registered for removal on interrupt).
+ * yyyymmddThhmmssZ + "-" + 4 hex digits: the millisecond x 65, plus a bump
+ * past names that exist) and creates DIR/NAME/.staging-<pid>-<version>/
+ * (registered for removal on interrupt).
  * staging gets PATH_MAX bytes, version CDX_NAME_MAX. */
 int cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char *version);
 

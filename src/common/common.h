@@ -111,7 +111,7 @@ int cdx_read_file(const char *path, char **data, size_t *len);
 int cdx_write_file_atomic(const char *path, const void *data, size_t len);
 
 /* Vector helpers. */
-/* cdx_check_finite returns the index of the first non-finite value or -1. */
+/* cdx_find_nonfinite returns the index of the first non-finite value or -1. */
 long cdx_find_nonfinite(const float *v, size_t n);
 /* cdx_normalize_rows L2-normalises n rows of dim floats in place (zero rows stay zero). */
 void cdx_normalize_rows(float *v, size_t n, size_t dim);
