@@ -60,6 +60,16 @@ void cdx_xxh64_init(cdx_xxh64_state *st, uint64_t seed);
 void cdx_xxh64_update(cdx_xxh64_state *st, const void *data, size_t len);
 uint64_t cdx_xxh64_digest(const cdx_xxh64_state *st);
 
+/* cdx_hexval is the value of a hexadecimal digit, or -1. */
+static inline int
+cdx_hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0'
+	    : c >= 'a' && c <= 'f'  ? c - 'a' + 10
+	    : c >= 'A' && c <= 'F'  ? c - 'A' + 10
+	                            : -1;
+}
+
 /* splitmix64 mixer: a bijective 64-bit hash, used to spread ids over shards. */
 static inline uint64_t
 cdx_mix64(uint64_t x)

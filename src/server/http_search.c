@@ -69,29 +69,6 @@ struct srv_http_search {
 
 /* ---- answers ---------------------------------------------------------- */
 
-static void
-http_answer(nng_aio *aio, uint16_t code, const char *request_id, const cdx_buf *body)
-{
-	nng_http_res *res;
-	int rv;
-	if ((rv = nng_http_res_alloc(&res)) != 0) {
-		nng_aio_finish(aio, rv);
-		return;
-	}
-	nng_http_res_set_status(res, code);
-	nng_http_res_set_header(res, "Content-Type", "application/json");
-	nng_http_res_set_header(res, "Cache-Control", "no-store");
-	if (request_id != NULL && *request_id != '\0')
-		nng_http_res_set_header(res, "X-Request-Id", request_id);
-	if ((rv = nng_http_res_copy_data(res, body->data, body->len)) != 0) {
-		nng_http_res_free(res);
-		nng_aio_finish(aio, rv);
-		return;
-	}
-	nng_aio_set_output(aio, 0, res);
-	nng_aio_finish(aio, 0);
-}
-
 /* answer_status answers with a Response envelope holding code and message;
  * used for what the gateway itself refuses (and counted as the query
  * socket counts its answers). */
@@ -105,7 +82,8 @@ answer_status(cdx_server *s, nng_aio *aio, uint64_t t0, const char *request_id, 
 	resp.request_id = (char *) (request_id ? request_id : "");
 	cdx_pbjson_write(&resp.base, CDX_PBJSON_DEFAULTS, &b);
 	cdx__srv_observe(s, code, cdx_now_us() - t0);
-	http_answer(aio, (uint16_t) cdx_wire_http_status(code), request_id, &b);
+	cdx__srv_http_send(
+	    aio, (uint16_t) cdx_wire_http_status(code), "application/json", request_id, b.data, b.len);
 	cdx_buf_fini(&b);
 }
 
@@ -124,7 +102,8 @@ answer_response(nng_aio *aio, const char *request_id, const Candex__V1__Response
 		nng_aio_finish(aio, NNG_ENOMEM);
 		return;
 	}
-	http_answer(aio, (uint16_t) cdx_wire_http_status((int) resp->status), request_id, &b);
+	cdx__srv_http_send(aio, (uint16_t) cdx_wire_http_status((int) resp->status), "application/json",
+	    request_id, b.data, b.len);
 	cdx_buf_fini(&b);
 }
 

@@ -156,8 +156,9 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	return b->data != NULL ? CDX_OK : CDX_ENOMEM;
 }
 
-static void
-http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len)
+void
+cdx__srv_http_send(
+    nng_aio *aio, uint16_t code, const char *ctype, const char *request_id, const void *body, size_t len)
 {
 	nng_http_res *res;
 	int rv;
@@ -168,6 +169,8 @@ http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size
 	nng_http_res_set_status(res, code);
 	nng_http_res_set_header(res, "Content-Type", ctype);
 	nng_http_res_set_header(res, "Cache-Control", "no-store");
+	if (request_id != NULL && *request_id != '\0')
+		nng_http_res_set_header(res, "X-Request-Id", request_id);
 	if ((rv = nng_http_res_copy_data(res, body, len)) != 0) {
 		nng_http_res_free(res);
 		nng_aio_finish(aio, rv);
@@ -175,6 +178,12 @@ http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size
 	}
 	nng_aio_set_output(aio, 0, res);
 	nng_aio_finish(aio, 0);
+}
+
+static void
+http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len)
+{
+	cdx__srv_http_send(aio, code, ctype, NULL, body, len);
 }
 
 static void

@@ -255,6 +255,10 @@ void cdx__srv_http_search_stop(cdx_server *s);
 void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);
 int cdx__srv_metrics_render(cdx_server *s, cdx_buf *out);
 int cdx__srv_http_start(cdx_server *s);
+/* cdx__srv_http_send answers an HTTP handler's aio with code and body (not
+ * cached; with an X-Request-Id header when request_id is not NULL or ""). */
+void cdx__srv_http_send(
+    nng_aio *aio, uint16_t code, const char *ctype, const char *request_id, const void *body, size_t len);
 void cdx__srv_http_stop(cdx_server *s);
 
 #endif

@@ -196,6 +196,15 @@ test_metrics_and_refine(void **state)
 /* The same vectors as .fvecs, .npy (float32) and raw float32 build
  * byte-identical shards: the fingerprint is over the float32 values as
  * read, whatever the container. float16 .npy builds too. */
+/* write_npy writes a 2-D .npy of rows x dim with bytes of data. */
+static void
+write_npy(const char *path, const char *descr, size_t rows, size_t dim, const void *data, size_t bytes)
+{
+	char shape[64];
+	snprintf(shape, sizeof(shape), "(%zu, %zu)", rows, dim);
+	assert_int_equal(tu_write_npy(path, descr, 0, shape, data, bytes), 0);
+}
+
 static void
 test_input_formats(void **state)
 {
@@ -207,28 +216,13 @@ test_input_formats(void **state)
 	FILE *f = fopen(raw, "wb");
 	fwrite(x, sizeof(float), n * dim, f);
 	fclose(f);
-	for (int half = 0; half < 2; half++) {
-		char hdr[128];
-		int len = snprintf(hdr, sizeof(hdr),
-		    "{'descr': '<f%d', 'fortran_order': False, 'shape': (%zu, %zu), }", half ? 2 : 4, n, dim);
-		while ((10 + len + 1) % 64 != 0)
-			hdr[len++] = ' ';
-		hdr[len++] = '\n';
-		uint16_t hl = (uint16_t) len;
-		f = fopen(half ? npy16 : npy, "wb");
-		fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-		fwrite(&hl, 2, 1, f);
-		fwrite(hdr, 1, (size_t) len, f);
-		for (size_t i = 0; i < n * dim; i++) {
-			if (half) {
-				uint16_t h = cdx_f32_to_f16(x[i]);
-				fwrite(&h, 2, 1, f);
-			} else {
-				fwrite(&x[i], 4, 1, f);
-			}
-		}
-		fclose(f);
-	}
+	write_npy(npy, "<f4", n, dim, x, n * dim * sizeof(float));
+	uint16_t *h16 = malloc(n * dim * sizeof(uint16_t));
+	assert_non_null(h16);
+	for (size_t i = 0; i < n * dim; i++)
+		h16[i] = cdx_f32_to_f16(x[i]);
+	write_npy(npy16, "<f2", n, dim, h16, n * dim * sizeof(uint16_t));
+	free(h16);
 	build_ok("--input %s/fmt.fvecs --collection fmt --metric l2 --refine fp32 --out %s/fmt-fvecs --quiet",
 	    root, root);
 	build_ok("--input %s --collection fmt --metric l2 --refine fp32 --out %s/fmt-npy --quiet", npy, root);
@@ -562,26 +556,6 @@ expect_rejected(
 	free(now);
 	free(out);
 	free(args);
-}
-
-/* write_npy writes a 2-D .npy (format 1.0) of rows x dim with bytes of data. */
-static void
-write_npy(const char *path, const char *descr, size_t rows, size_t dim, const void *data, size_t bytes)
-{
-	char hdr[128];
-	int len = snprintf(hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': False, 'shape': (%zu, %zu), }",
-	    descr, rows, dim);
-	while ((10 + len + 1) % 64 != 0)
-		hdr[len++] = ' ';
-	hdr[len++] = '\n';
-	uint16_t hl = (uint16_t) len;
-	FILE *f = fopen(path, "wb");
-	assert_non_null(f);
-	fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-	fwrite(&hl, 2, 1, f);
-	fwrite(hdr, 1, (size_t) len, f);
-	fwrite(data, 1, bytes, f);
-	assert_int_equal(fclose(f), 0);
 }
 
 /* drop_dac_override runs in the child before exec: root reads any file

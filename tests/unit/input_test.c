@@ -46,29 +46,6 @@ write_text(const char *path, const char *text)
 	write_bytes(path, text, strlen(text));
 }
 
-/* write_npy writes a .npy with the given descr, shape and payload. */
-static void
-write_npy(
-    const char *path, const char *descr, const char *fortran, const char *shape, const void *data, size_t len)
-{
-	char hdr[256];
-	int n = snprintf(
-	    hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }", descr, fortran, shape);
-	/* pad so that magic(6)+ver(2)+len(2)+header is a multiple of 64, ending in \n */
-	size_t total = 10 + (size_t) n + 1;
-	size_t pad = (64 - total % 64) % 64;
-	memset(hdr + n, ' ', pad);
-	hdr[n + pad] = '\n';
-	uint16_t hlen = (uint16_t) (n + pad + 1);
-	FILE *f = fopen(path, "wb");
-	assert_non_null(f);
-	fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-	fwrite(&hlen, 2, 1, f);
-	fwrite(hdr, 1, hlen, f);
-	fwrite(data, 1, len, f);
-	fclose(f);
-}
-
 static float *
 make_rows(size_t n, size_t d)
 {
@@ -196,7 +173,7 @@ test_npy(void **state)
 	cdx_input *in = NULL;
 	float y[20 * 8];
 
-	write_npy(path, "<f4", "False", "(20, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_NPY_F32);
 	assert_int_equal(cdx_input_rows(in), 20);
@@ -209,7 +186,7 @@ test_npy(void **state)
 	uint16_t h[160];
 	for (int i = 0; i < 160; i++)
 		h[i] = cdx_f32_to_f16(x[i]);
-	write_npy(path, "<f2", "False", "(20, 8)", h, sizeof(h));
+	assert_int_equal(tu_write_npy(path, "<f2", 0, "(20, 8)", h, sizeof(h)), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_NPY_F16);
 	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_OK);
@@ -218,7 +195,7 @@ test_npy(void **state)
 	cdx_input_close(in);
 	/* float16 Inf */
 	h[5 * 8 + 1] = 0x7c00;
-	write_npy(path, "<f2", "False", "(20, 8)", h, sizeof(h));
+	assert_int_equal(tu_write_npy(path, "<f2", 0, "(20, 8)", h, sizeof(h)), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "row 5, column 1: Inf"));
@@ -226,7 +203,7 @@ test_npy(void **state)
 
 	/* NaN in a contiguous float32 read is located exactly */
 	x[13 * 8 + 7] = NAN;
-	write_npy(path, "<f4", "False", "(20, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 10, 10, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "row 13, column 7: NaN"));
@@ -236,7 +213,7 @@ test_npy(void **state)
 	double dbl[160];
 	for (int i = 0; i < 160; i++)
 		dbl[i] = (double) i * 0.5 - 3.0;
-	write_npy(path, "<f8", "False", "(20, 8)", dbl, sizeof(dbl));
+	assert_int_equal(tu_write_npy(path, "<f8", 0, "(20, 8)", dbl, sizeof(dbl)), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_NPY_F64);
 	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_OK);
@@ -244,38 +221,38 @@ test_npy(void **state)
 		assert_true(y[i] == (float) dbl[i]);
 	cdx_input_close(in);
 	dbl[17] = 1e300;
-	write_npy(path, "=f8", "False", "(20, 8)", dbl, sizeof(dbl));
+	assert_int_equal(tu_write_npy(path, "=f8", 0, "(20, 8)", dbl, sizeof(dbl)), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "row 2, column 1: 1e+300 is out of float32 range"));
 	cdx_input_close(in);
 
 	/* refused layouts, each by name */
-	write_npy(path, ">f4", "False", "(20, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, ">f4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "big-endian"));
-	write_npy(path, "<i4", "False", "(20, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<i4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "dtype '<i4' is not supported"));
-	write_npy(path, "<f4", "False", "(5, 4, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(5, 4, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "must be 2-D (rows x dim), has 3 dimensions"));
-	write_npy(path, "<f4", "True", "(20, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<f4", 1, "(20, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "Fortran"));
-	write_npy(path, "<f4", "False", "(160,)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(160,)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "reshape it to (1, dim)"));
 	/* truncated and overlong */
-	write_npy(path, "<f4", "False", "(20, 8)", x, sizeof(float) * 150);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(20, 8)", x, sizeof(float) * 150), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
 	assert_non_null(strstr(cdx_last_error(), "truncated"));
 	assert_non_null(strstr(cdx_last_error(), "row 18"));
-	write_npy(path, "<f4", "False", "(19, 8)", x, sizeof(float) * 160);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(19, 8)", x, sizeof(float) * 160), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
 	assert_non_null(strstr(cdx_last_error(), "32 bytes after the 19 rows the header announces"));
 	/* empty */
-	write_npy(path, "<f4", "False", "(0, 8)", x, 0);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(0, 8)", x, 0), 0);
 	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EEMPTY);
 	/* not npy at all */
 	write_text(path, "hello");
@@ -466,13 +443,13 @@ test_ids(void **state)
 	/* .npy int64 */
 	char *npy = tu_path(dir, "ids.npy");
 	int64_t v[5] = { 5, 4, 3, 2, 1000000000000LL };
-	write_npy(npy, "<i8", "False", "(5,)", v, sizeof(v));
+	assert_int_equal(tu_write_npy(npy, "<i8", 0, "(5,)", v, sizeof(v)), 0);
 	assert_int_equal(cdx_ids_load(npy, 5, &ids, &nids), CDX_OK);
 	assert_memory_equal(ids, v, sizeof(v));
 	free(ids);
 	ids = NULL;
 	v[4] = 4;
-	write_npy(npy, "<i8", "False", "(5,)", v, sizeof(v));
+	assert_int_equal(tu_write_npy(npy, "<i8", 0, "(5,)", v, sizeof(v)), 0);
 	assert_int_equal(cdx_ids_load(npy, 5, &ids, &nids), CDX_EDUP);
 	assert_non_null(strstr(cdx_last_error(), "duplicate id 4 at row 4 (first at row 1)"));
 	/* many distinct ids: no false duplicates */
