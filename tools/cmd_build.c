@@ -5,7 +5,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <omp.h>
 #include <stdio.h>
@@ -15,133 +14,178 @@
 
 #include "builder/build.h"
 #include "cli.h"
+#include "common/opt.h"
 
-static const char usage_text[]
-    = "usage: candex build --input FILE --collection NAME --metric l2|ip|cos --out DIR [options]\n"
-      "       candex build train   (same options) --work WORKDIR\n"
-      "       candex build encode  --work WORKDIR --shard I --of N [--input FILE]\n"
-      "       candex build publish --work WORKDIR [--out DIR] [--keep N]\n"
-      "\n"
-      "Quantizes embeddings into IVF-PQ shard files and publishes them as a new version\n"
-      "DIR/NAME/<version>/ (manifest.json + shard-I-of-N.cdx), then points DIR/NAME/CURRENT at it.\n"
-      "Nothing is published on any error or interrupt; old versions beyond --keep are removed.\n"
-      "Plain `candex build` runs train, encode (every shard) and publish in one process.\n"
-      "\n"
-      "inputs:\n"
-      "  --input FILE         .fvecs or .npy (float32, float16 or float64, C order, rows x dim);\n"
-      "                       other names are refused unless --format says what they hold\n"
-      "  --format FMT         fvecs, npy or raw (headerless little-endian float32, with --dim D)\n"
-      "  --dim D              dimension of raw input (checked against .fvecs/.npy if given)\n"
-      "  --keys FILE          one string key per line, exactly one line per row, unique\n"
-      "  --ids FILE           one int64 id per line (or .npy int64), unique; default: row numbers\n"
-      "  --collection NAME    [A-Za-z0-9_.-]{1,63}\n"
-      "  --metric l2|ip|cos   cos: vectors are L2-normalised and indexed for inner product\n"
-      "  --out DIR            index directory (the collection lives in DIR/NAME)\n"
-      "  --model-version STR  label of the embedding model that produced the vectors\n"
-      "\n"
-      "index (defaults from N rows and dim):\n"
-      "  --factory STR        Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
-      "                         nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
-      "                                 N/39 (k-means wants >= 39 points per centroid)\n"
-      "                         M     = largest divisor of dim <= dim/4 (128->32, 100->25, 64->16)\n"
-      "                         nbits = 8 if N >= 10000, else 4\n"
-      "                       N < 1000 uses \"Flat\" (exact). PQ components get the `np` suffix\n"
-      "                       (no polysemous training) unless --polysemous. Fast-scan (x4fs),\n"
-      "                       L2norm and wrapped IVF (OPQ/PCA prefix, refine suffix) are refused.\n"
-      "  --polysemous         keep polysemous training for PQ components of --factory (slow)\n"
-      "  --train-sample N     rows to train on; default min(N, max(100000, 64*nlist))\n"
-      "  --seed N             sample seed (default 1234); same input + seed = identical shards\n"
-      "  --refine KIND        none|sq8|fp16|fp32: store vectors for exact re-ranking (default none)\n"
-      "  --shards N           number of shard files (default 1); item -> shard by hash of its id\n"
-      "  The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor\n"
-      "  4 with a refine store, else 0.\n"
-      "\n"
-      "run:\n"
-      "  --keep N             published versions to keep (default 3)\n"
-      "  --threads N          threads for Faiss (default: all cores). OpenMP waits passively\n"
-      "                       (OMP_WAIT_POLICY=passive unless set); BLAS uses 1 thread for\n"
-      "                       training, N for encoding\n"
-      "  --work WORKDIR       work directory of the distributed steps (plan.json,\n"
-      "                       trained.faissindex, shard outputs)\n"
-      "  --shard I --of N     encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)\n"
-      "  --quiet              no progress output and no info logs\n"
-      "\n"
-      "On success the version directory is printed on stdout. Exit status: 0 ok, 1 failure, 2 usage.\n";
-
-enum {
-	OPT_INPUT = 1000,
-	OPT_COLLECTION,
-	OPT_METRIC,
-	OPT_OUT,
-	OPT_KEYS,
-	OPT_IDS,
-	OPT_FACTORY,
-	OPT_SHARDS,
-	OPT_REFINE,
-	OPT_SEED,
-	OPT_MODEL_VERSION,
-	OPT_DIM,
-	OPT_TRAIN_SAMPLE,
-	OPT_KEEP,
-	OPT_THREADS,
-	OPT_QUIET,
-	OPT_POLYSEMOUS,
-	OPT_WORK,
-	OPT_SHARD,
-	OPT_OF,
-	OPT_HELP,
-	OPT_FORMAT,
-};
-
-static const struct option long_opts[] = {
-	{ "input", required_argument, NULL, OPT_INPUT },
-	{ "collection", required_argument, NULL, OPT_COLLECTION },
-	{ "metric", required_argument, NULL, OPT_METRIC },
-	{ "out", required_argument, NULL, OPT_OUT },
-	{ "keys", required_argument, NULL, OPT_KEYS },
-	{ "ids", required_argument, NULL, OPT_IDS },
-	{ "factory", required_argument, NULL, OPT_FACTORY },
-	{ "shards", required_argument, NULL, OPT_SHARDS },
-	{ "refine", required_argument, NULL, OPT_REFINE },
-	{ "seed", required_argument, NULL, OPT_SEED },
-	{ "model-version", required_argument, NULL, OPT_MODEL_VERSION },
-	{ "dim", required_argument, NULL, OPT_DIM },
-	{ "train-sample", required_argument, NULL, OPT_TRAIN_SAMPLE },
-	{ "keep", required_argument, NULL, OPT_KEEP },
-	{ "threads", required_argument, NULL, OPT_THREADS },
-	{ "quiet", no_argument, NULL, OPT_QUIET },
-	{ "polysemous", no_argument, NULL, OPT_POLYSEMOUS },
-	{ "work", required_argument, NULL, OPT_WORK },
-	{ "shard", required_argument, NULL, OPT_SHARD },
-	{ "of", required_argument, NULL, OPT_OF },
-	{ "help", no_argument, NULL, OPT_HELP },
-	{ "format", required_argument, NULL, OPT_FORMAT },
-	{ NULL, 0, NULL, 0 },
+/* What the command line gives, around the library's build options. */
+struct build_cli {
+	struct cdx_build_opts o;
+	int metric_set, keep_set;
+	uint64_t shard, of;
 };
 
 static int
-parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+set_metric(const char *v, void *opts)
 {
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (*s == '-' || *s == 0 || *end != 0 || errno != 0 || v < min || v > max) {
-		fprintf(stderr, "candex build: --%s '%s': expected an integer in [%llu, %llu]\n", opt, s,
-		    (unsigned long long) min, (unsigned long long) max);
-		return -1;
+	struct build_cli *c = opts;
+	c->metric_set = 1;
+	return cdx_metric_parse(v, &c->o.metric);
+}
+
+static int
+set_refine(const char *v, void *opts)
+{
+	struct build_cli *c = opts;
+	c->o.refine_set = 1;
+	return cdx_refine_parse(v, &c->o.refine);
+}
+
+static int
+set_format(const char *v, void *opts)
+{
+	return cdx_input_format_parse(v, &((struct build_cli *) opts)->o.input_format);
+}
+
+static int
+set_keep(const char *v, void *opts)
+{
+	struct build_cli *c = opts;
+	uint64_t keep;
+	if (cdx_parse_u64(v, 1, 100000, &keep) != CDX_OK)
+		return cdx_error(CDX_EINVAL, "expected an integer in [1, 100000]");
+	c->o.keep = (unsigned) keep;
+	c->keep_set = 1;
+	return CDX_OK;
+}
+
+static int
+set_model_version(const char *v, void *opts)
+{
+	if (strlen(v) >= 128)
+		return cdx_error(CDX_EINVAL, "at most 127 bytes");
+	((struct build_cli *) opts)->o.model_version = v;
+	return CDX_OK;
+}
+
+/* set_tune_k reads --tune-k: ascending k, comma-separated. */
+static int
+set_tune_k(const char *v, void *opts)
+{
+	struct cdx_build_opts *o = &((struct build_cli *) opts)->o;
+	char buf[256];
+	if (snprintf(buf, sizeof(buf), "%s", v) >= (int) sizeof(buf))
+		goto bad;
+	o->ntune_k = 0;
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		uint64_t k;
+		if (o->ntune_k == CDX_MANIFEST_MAX_TUNED_K || cdx_parse_u64(tok, 1, 100000, &k) != CDX_OK
+		    || (o->ntune_k > 0 && k <= o->tune_k[o->ntune_k - 1]))
+			goto bad;
+		o->tune_k[o->ntune_k++] = (uint32_t) k;
 	}
-	*out = v;
-	return 0;
+	if (o->ntune_k > 0)
+		return CDX_OK;
+bad:
+	return cdx_error(CDX_EINVAL, "expected up to %d ascending k in [1, 100000], e.g. 10,100,500",
+	    CDX_MANIFEST_MAX_TUNED_K);
 }
 
-static int
-wants_help(int argc, char **argv)
-{
-	for (int i = 1; i < argc; i++)
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-			return 1;
-	return 0;
-}
+#define O(f) offsetof(struct build_cli, f)
+static const struct cdx_opt build_options[] = {
+	CDX_OPT_HEADING("inputs:"),
+	CDX_OPT_STR_("input", O(o.input), "FILE",
+	    ".fvecs or .npy (float32, float16 or float64, C order, rows x dim);\nother names are refused "
+	    "unless --format says what they hold"),
+	CDX_OPT_CALL_("format", "FMT", "fvecs, npy or raw (headerless little-endian float32, with --dim D)",
+	    set_format),
+	CDX_OPT_NUM_("dim", CDX_OPT_U32, O(o.dim), "D",
+	    "dimension of raw input (checked against .fvecs/.npy if given)", 1, CDX_INPUT_MAX_DIM),
+	CDX_OPT_STR_("keys", O(o.keys), "FILE", "one string key per line, exactly one line per row, unique"),
+	CDX_OPT_STR_(
+	    "ids", O(o.ids), "FILE", "one int64 id per line (or .npy int64), unique; default: row numbers"),
+	CDX_OPT_STR_("collection", O(o.collection), "NAME", "[A-Za-z0-9_.-]{1,63}"),
+	CDX_OPT_CALL_("metric", "l2|ip|cos", "cos: vectors are L2-normalised and indexed for inner product",
+	    set_metric),
+	CDX_OPT_STR_("out", O(o.out), "DIR", "index directory (the collection lives in DIR/NAME)"),
+	CDX_OPT_CALL_("model-version", "STR", "label of the embedding model that produced the vectors",
+	    set_model_version),
+	CDX_OPT_HEADING(
+	    "self-tuning (the default): the structure and its operating points are chosen by\n"
+	    "measurement. Candidates: exact search; IVF-PQ with 4- or 8-bit codes, two sub-vector\n"
+	    "sizes and two list counts; for ip, plain inner product and inner product reduced to\n"
+	    "L2; for dim >= 256, a PCA before the lists; refine stores none, sq8, fp16, fp32. The\n"
+	    "cheapest (modelled QPS, then bytes per item) that reaches the target at every tuned k\n"
+	    "wins; a request with no nprobe or recall_target is served at that target."),
+	CDX_OPT_NUM_("recall-target", CDX_OPT_DOUBLE, O(o.recall_target), "R",
+	    "k-recall@k to reach at every tuned k (default 0.95)", 0.01, 1),
+	CDX_OPT_CALL_("tune-k", "LIST", "the k to tune for, e.g. 10,100,500 (the default)", set_tune_k),
+	CDX_OPT_STR_("tune-queries", O(o.tune_queries), "FILE",
+	    "query vectors to tune on (.fvecs/.npy; recommended for ip, where\nusers are not items); "
+	    "default: a "
+	    "seeded sample of the input's rows,\nheld out of the index the tuner measures"),
+	CDX_OPT_NUM_("tune-budget", CDX_OPT_DOUBLE, O(o.tune_budget_s), "S",
+	    "stop measuring new candidates after S seconds (default 120)", 1, 1e6),
+	CDX_OPT_NUM_("tune-max-queries", CDX_OPT_U32, O(o.tune_queries_max), "N",
+	    "queries used, half to choose, half to check (default 1000)", 20, 1000000),
+	CDX_OPT_FLAG_(
+	    "no-tune", O(o.no_tune), "no tuning: the fixed defaults below (fast; no operating points)"),
+	CDX_OPT_HEADING("index without tuning (--no-tune, or --factory):"),
+	CDX_OPT_STR_("factory", O(o.factory), "STR",
+	    "Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
+	    "  nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
+	    "          N/39 (k-means wants >= 39 points per centroid)\n"
+	    "  M     = largest divisor of dim <= dim/4 (128->32, 100->25, 64->16)\n"
+	    "  nbits = 8 if N >= 10000, else 4\n"
+	    "N < 1000 uses \"Flat\" (exact). PQ components get the `np` suffix\n"
+	    "(no polysemous training) unless --polysemous. Fast-scan (x4fs),\n"
+	    "L2norm and wrapped IVF (OPQ/PCA prefix, refine suffix) are refused."),
+	CDX_OPT_FLAG_(
+	    "polysemous", O(o.polysemous), "keep polysemous training for PQ components of --factory (slow)"),
+	CDX_OPT_NUM_("train-sample", CDX_OPT_U64, O(o.train_sample), "N",
+	    "rows to train on; default min(N, max(100000, 64*nlist))", 1, 18446744073709551615.0),
+	CDX_OPT_NUM_("seed", CDX_OPT_U64, O(o.seed), "N",
+	    "sample seed (default 1234); same input + seed = identical shards", 0, 0),
+	CDX_OPT_CALL_("refine", "KIND",
+	    "none|sq8|fp16|fp32: store vectors for exact re-ranking (default: chosen\nby tuning; none with "
+	    "--no-tune or "
+	    "--factory)",
+	    set_refine),
+	CDX_OPT_NUM_("shards", CDX_OPT_U32, O(o.nshards), "N",
+	    "number of shard files (default 1); item -> shard by hash of its id", 1, 9999),
+	CDX_OPT_HEADING("run:"),
+	CDX_OPT_CALL_("keep", "N", "published versions to keep (default 3)", set_keep),
+	CDX_OPT_NUM_("threads", CDX_OPT_INT, O(o.threads), "N",
+	    "threads for Faiss (default: all cores). OpenMP waits passively\n(OMP_WAIT_POLICY=passive unless "
+	    "set); "
+	    "BLAS uses 1 thread for\ntraining, N for encoding",
+	    1, 1024),
+	CDX_OPT_STR_("work", O(o.work), "WORKDIR",
+	    "work directory of the distributed steps (plan.json,\ntrained.faissindex, shard outputs)"),
+	CDX_OPT_NUM_("shard", CDX_OPT_U64, O(shard), "I",
+	    "encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)", 0, 9998),
+	CDX_OPT_NUM_("of", CDX_OPT_U64, O(of), "N", "encode: the number of shards", 1, 9999),
+	CDX_OPT_FLAG_("quiet", O(o.quiet), "no progress output and no info logs"),
+};
+#undef O
+
+static const struct cdx_opt_command build_command = {
+	.prog = "candex build",
+	.head
+	= "usage: candex build --input FILE --collection NAME --metric l2|ip|cos --out DIR [options]\n"
+	  "       candex build train   (same options) --work WORKDIR\n"
+	  "       candex build encode  --work WORKDIR --shard I --of N [--input FILE]\n"
+	  "       candex build publish --work WORKDIR [--out DIR] [--keep N]\n"
+	  "\n"
+	  "Quantizes embeddings into IVF-PQ shard files and publishes them as a new version\n"
+	  "DIR/NAME/<version>/ (manifest.json + shard-I-of-N.cdx), then points DIR/NAME/CURRENT at it.\n"
+	  "Nothing is published on any error or interrupt; old versions beyond --keep are removed.\n"
+	  "Plain `candex build` runs train, encode (every shard) and publish in one process.\n",
+	.tail = "The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor 4\n"
+	        "with a refine store, else 0. On success the version directory is printed on stdout.\n"
+	        "Exit status: 0 ok, 1 failure, 2 usage.\n",
+	.opts = build_options,
+	.nopts = CDX_ARRAY_LEN(build_options),
+};
 
 static int
 fail(int rc)
@@ -159,52 +203,11 @@ print_version_dir(const char *out, const char *collection, const char *version)
 	free(rp);
 }
 
-/* passive_omp makes sure OpenMP workers sleep instead of spinning while
- * they wait: Faiss alternates OpenMP regions with single-threaded sgemm and
- * serial code, and spinning workers steal the cores those need — and on a
- * shared machine, everyone else's. Measured on 2 cores: encoding 1M x 128
- * took 22.4 s spinning, 16.7 s passive; with one other busy process,
- * training took 113 s spinning, 41 s passive. libgomp reads the policy
- * once at start-up, so if it is unset we set it and re-execute ourselves
- * with the same command line (from /proc/self/cmdline). */
-static void
-passive_omp(void)
-{
-	if (getenv("OMP_WAIT_POLICY") != NULL)
-		return;
-	setenv("OMP_WAIT_POLICY", "passive", 1);
-	char *cmdline = NULL;
-	size_t len = 0;
-	if (cdx_read_file("/proc/self/cmdline", &cmdline, &len) != CDX_OK)
-		return; /* /proc unreadable (procfs size 0): carry on spinning */
-	size_t n = 0;
-	for (size_t i = 0; i < len; i++)
-		n += cmdline[i] == 0;
-	char **args = calloc(n + 1, sizeof(char *));
-	if (args == NULL || n == 0) {
-		free(args);
-		free(cmdline);
-		return;
-	}
-	for (size_t i = 0, a = 0; i < len && a < n; a++) {
-		args[a] = cmdline + i;
-		i += strlen(cmdline + i) + 1;
-	}
-	execv("/proc/self/exe", args);
-	free(args); /* exec failed: carry on */
-	free(cmdline);
-}
-
 int
 cmd_build(int argc, char **argv)
 {
 	enum { ONESHOT, TRAIN, ENCODE, PUBLISH } mode = ONESHOT;
 	const char *modename = "build";
-	if (wants_help(argc, argv)) {
-		fputs(usage_text, stdout);
-		return CLI_EXIT_OK;
-	}
-	passive_omp();
 	if (argc >= 2 && argv[1][0] != '-') {
 		if (strcmp(argv[1], "train") == 0)
 			mode = TRAIN;
@@ -212,157 +215,34 @@ cmd_build(int argc, char **argv)
 			mode = ENCODE;
 		else if (strcmp(argv[1], "publish") == 0)
 			mode = PUBLISH;
-		else {
-			fprintf(stderr, "candex build: unknown step '%s' (train, encode, publish)\n%s",
-			    argv[1], usage_text);
-			return CLI_EXIT_USAGE;
-		}
+		else
+			return cdx_opt_command_fail(
+			    &build_command, "unknown step '%s' (train, encode, publish)", argv[1]);
 		modename = argv[1];
 		argc--;
 		argv++;
 	}
-	struct cdx_build_opts o;
-	cdx_build_opts_init(&o);
-	const char *metric = NULL, *refine = NULL;
-	uint64_t v, shard = UINT64_MAX, of = 0;
-	int have_keep = 0;
-	int c;
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-		switch (c) {
-		case OPT_INPUT:
-			o.input = optarg;
-			break;
-		case OPT_COLLECTION:
-			o.collection = optarg;
-			break;
-		case OPT_METRIC:
-			metric = optarg;
-			break;
-		case OPT_OUT:
-			o.out = optarg;
-			break;
-		case OPT_FORMAT:
-			if (cdx_input_format_parse(optarg, &o.input_format) != CDX_OK) {
-				fprintf(stderr, "candex build: --format: %s\n", cdx_last_error());
-				return CLI_EXIT_USAGE;
-			}
-			break;
-		case OPT_KEYS:
-			o.keys = optarg;
-			break;
-		case OPT_IDS:
-			o.ids = optarg;
-			break;
-		case OPT_FACTORY:
-			o.factory = optarg;
-			break;
-		case OPT_SHARDS:
-			if (parse_u64("shards", optarg, 1, 9999, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.nshards = (uint32_t) v;
-			break;
-		case OPT_REFINE:
-			refine = optarg;
-			break;
-		case OPT_SEED:
-			if (parse_u64("seed", optarg, 0, UINT64_MAX, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.seed = v;
-			break;
-		case OPT_MODEL_VERSION:
-			if (strlen(optarg) >= 128) {
-				fprintf(stderr, "candex build: --model-version: at most 127 bytes\n");
-				return CLI_EXIT_USAGE;
-			}
-			o.model_version = optarg;
-			break;
-		case OPT_DIM:
-			if (parse_u64("dim", optarg, 1, 65536, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.dim = (uint32_t) v;
-			break;
-		case OPT_TRAIN_SAMPLE:
-			if (parse_u64("train-sample", optarg, 1, UINT64_MAX, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.train_sample = v;
-			break;
-		case OPT_KEEP:
-			if (parse_u64("keep", optarg, 1, 100000, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.keep = (unsigned) v;
-			have_keep = 1;
-			break;
-		case OPT_THREADS:
-			if (parse_u64("threads", optarg, 1, 1024, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.threads = (int) v;
-			break;
-		case OPT_QUIET:
-			o.quiet = 1;
-			break;
-		case OPT_POLYSEMOUS:
-			o.polysemous = 1;
-			break;
-		case OPT_WORK:
-			o.work = optarg;
-			break;
-		case OPT_SHARD:
-			if (parse_u64("shard", optarg, 0, 9998, &shard) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case OPT_OF:
-			if (parse_u64("of", optarg, 1, 9999, &of) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case 'h':
-		case OPT_HELP:
-			fputs(usage_text, stdout);
-			return CLI_EXIT_OK;
-		default:
-			fprintf(stderr,
-			    "candex build: unknown or incomplete option '%s'\n(see candex build --help)\n",
-			    argv[optind - 1]);
-			return CLI_EXIT_USAGE;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "candex build: unexpected argument '%s'\n", argv[optind]);
-		return CLI_EXIT_USAGE;
-	}
-	if (metric != NULL && cdx_metric_parse(metric, &o.metric) != CDX_OK) {
-		fprintf(stderr, "candex build: --metric: %s\n", cdx_last_error());
-		return CLI_EXIT_USAGE;
-	}
-	if (refine != NULL && cdx_refine_parse(refine, &o.refine) != CDX_OK) {
-		fprintf(stderr, "candex build: --refine: %s\n", cdx_last_error());
-		return CLI_EXIT_USAGE;
-	}
+	struct build_cli cli = { .shard = UINT64_MAX };
+	cdx_build_opts_init(&cli.o);
+	int prc = cdx_opt_command_parse(&build_command, &cli, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	struct cdx_build_opts o = cli.o;
 	if (mode == ONESHOT || mode == TRAIN) {
-		if (o.input == NULL || o.collection == NULL || metric == NULL || o.out == NULL) {
-			fprintf(stderr,
-			    "candex %s: --input, --collection, --metric and --out are required\n"
-			    "(see candex build --help)\n",
-			    mode == TRAIN ? "build train" : "build");
-			return CLI_EXIT_USAGE;
-		}
-		if (!cdx_name_valid(o.collection)) {
-			fprintf(stderr,
-			    "candex build: --collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting "
-			    "with '.'\n",
+		if (o.input == NULL || o.collection == NULL || !cli.metric_set || o.out == NULL)
+			return cdx_opt_command_fail(
+			    &build_command, "--input, --collection, --metric and --out are required");
+		if (!cdx_name_valid(o.collection))
+			return cdx_opt_command_fail(&build_command,
+			    "--collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting with '.'",
 			    o.collection);
-			return CLI_EXIT_USAGE;
-		}
 	}
-	if (mode != ONESHOT && o.work == NULL) {
-		fprintf(stderr, "candex build %s: --work WORKDIR is required\n", modename);
-		return CLI_EXIT_USAGE;
-	}
-	if (mode == ENCODE && (shard == UINT64_MAX || of == 0)) {
-		fprintf(stderr, "candex build encode: --shard I and --of N are required\n");
-		return CLI_EXIT_USAGE;
-	}
+	if (mode != ONESHOT && o.work == NULL)
+		return cdx_opt_command_fail(&build_command, "build %s needs --work WORKDIR", modename);
+	if (mode == ENCODE && (cli.shard == UINT64_MAX || cli.of == 0))
+		return cdx_opt_command_fail(&build_command, "build encode needs --shard I and --of N");
+	uint64_t shard = cli.shard, of = cli.of;
+	int have_keep = cli.keep_set;
 	if (o.quiet)
 		cdx_log_set_level(CDX_LOG_WARN);
 	/* BLAS threads are set per phase by src/builder (train.c, encode.c). */

@@ -67,6 +67,9 @@ usage(FILE *out)
 	    "  --batch N             queries per call in the QPS pass (default 64)\n"
 	    "  --min-time S          repeat each QPS pass (>= 2 times, the best counts) until S seconds "
 	    "(default 0.3)\n"
+	    "  --defaults            measure only what a request with no nprobe, refine factor or\n"
+	    "                        recall target gets: the collection's default operating point\n"
+	    "                        at k (shown as nprobe 0, refine 0)\n"
 	    "  --baseline            also time exact search (Faiss flat over --base, every core) and\n"
 	    "                        report each setting's QPS as a speed-up over it\n"
 	    "\n"
@@ -92,7 +95,7 @@ usage(FILE *out)
 struct opts {
 	const char *index, *url, *collection, *queries, *base, *ids, *gt, *cache_dir;
 	const char *csv, *json, *plot, *title;
-	int no_cache, save, quiet, baseline;
+	int no_cache, save, quiet, baseline, defaults;
 	uint32_t k;
 	uint32_t nprobes[MAX_LIST];
 	size_t n_nprobes;
@@ -173,6 +176,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 		O_TITLE,
 		O_TARGET,
 		O_SAVE,
+		O_DEFAULTS,
 		O_QUIET,
 		O_TIMEOUT,
 		O_MINTIME,
@@ -203,6 +207,7 @@ parse_opts(int argc, char **argv, struct opts *o)
 		{ "title", required_argument, NULL, O_TITLE },
 		{ "target", required_argument, NULL, O_TARGET },
 		{ "save", no_argument, NULL, O_SAVE },
+		{ "defaults", no_argument, NULL, O_DEFAULTS },
 		{ "quiet", no_argument, NULL, O_QUIET },
 		{ "timeout-ms", required_argument, NULL, O_TIMEOUT },
 		{ "min-time", required_argument, NULL, O_MINTIME },
@@ -261,6 +266,9 @@ parse_opts(int argc, char **argv, struct opts *o)
 			break;
 		case O_TITLE:
 			o->title = optarg;
+			break;
+		case O_DEFAULTS:
+			o->defaults = 1;
 			break;
 		case O_SAVE:
 			o->save = 1;
@@ -822,7 +830,12 @@ cmd_recall(int argc, char **argv)
 		n_nprobes = cdx_recall_default_nprobes(ti.nlist, nprobes, MAX_LIST);
 	float refines[MAX_LIST];
 	size_t n_refines = o.n_refines;
-	if (n_refines > 0) {
+	if (o.defaults) { /* 0 and 0: the server's (or collection's) own choice */
+		nprobes[0] = 0;
+		n_nprobes = 1;
+		refines[0] = 0;
+		n_refines = 1;
+	} else if (n_refines > 0) {
 		memcpy(refines, o.refines, n_refines * sizeof(float));
 		for (size_t i = 0; i < n_refines; i++)
 			if (refines[i] >= 1 && !ti.has_refine) {

@@ -84,6 +84,15 @@ struct cdx_build_opts {
 	int threads;           /* 0: all cores */
 	int quiet;             /* no progress output */
 	int polysemous;        /* keep polysemous training in a user factory */
+	int refine_set;        /* refine was given (else the tuner chooses it) */
+	/* the self-tuning build (tune.h); off with no_tune or a factory */
+	int no_tune;
+	const char *tune_queries; /* NULL: held-out input rows */
+	double recall_target;     /* 0: CDX_TUNE_DEFAULT_TARGET */
+	uint32_t tune_k[CDX_MANIFEST_MAX_TUNED_K];
+	uint32_t ntune_k; /* 0: 10, 100, 500 */
+	double tune_budget_s;
+	uint32_t tune_queries_max; /* 0: default */
 };
 void cdx_build_opts_init(struct cdx_build_opts *o); /* defaults */
 
@@ -117,6 +126,13 @@ int cdx_build_factory_rewrite(const char *factory, int polysemous, char *out, si
 int cdx_build_params_choose(struct cdx_build_params *p, uint64_t n, uint32_t dim, const char *factory,
     int polysemous, uint64_t train_sample_opt);
 
+/* cdx_build_train_spherical trains an IVF index's coarse quantizer with
+ * spherical k-means (unit centroids) on n rows of x (niter and the sample
+ * cap per centroid: 0 = Faiss's defaults); Faiss's train() then sees a
+ * trained quantizer and only trains the codes. Not an IVF: nothing done. */
+int cdx_build_train_spherical(
+    FaissIndex *index, uint64_t n, const float *x, int niter, int max_points_per_centroid);
+
 /* cdx_build_sample picks k of n row numbers uniformly without replacement,
  * ascending, deterministically from seed (Knuth's selection sampling).
  * out holds k entries. k >= n yields every row. */
@@ -138,6 +154,8 @@ void cdx_build_shard_name(char out[CDX_NAME_MAX], uint32_t index, uint32_t count
 
 /* --- the plan: output of train, input of encode and publish ------------ */
 
+struct cdx_tune_check;
+
 struct cdx_build_plan {
 	char plan_id[24]; /* random per train run; ties encode outputs to it */
 	char collection[CDX_NAME_MAX];
@@ -157,6 +175,17 @@ struct cdx_build_plan {
 	uint32_t nshards;
 	int refine;
 	float *sq8_vmin, *sq8_vdiff; /* dim each, for refine sq8 */
+	/* what the self-tuning build chose (tune.h); transform none, no points
+	 * when it did not run */
+	int transform;
+	uint32_t index_dim;
+	double max_norm2;
+	struct cdx_operating_point *points; /* owned */
+	uint32_t npoints;
+	uint32_t tuned_k[CDX_MANIFEST_MAX_TUNED_K], ntuned_k;
+	double default_recall_target;
+	void *tuning;                 /* json_t* report; owned */
+	struct cdx_tune_check *check; /* owned; only in the process that tuned */
 	uint64_t seed;
 	unsigned keep;
 	double train_seconds;

@@ -24,6 +24,7 @@
 #include "builder/build.h"
 #include "shard/refine.h"
 #include "faissx/error.h"
+#include "shard/transform.h"
 
 #define KEYS_FLUSH_BYTES (1u << 20)
 
@@ -113,7 +114,7 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	int64_t *ids = NULL, *shard_ids = NULL;
 	FaissIndex *index = NULL;
 	cdx_shard_writer *w = NULL;
-	float *chunk = NULL;
+	float *chunk = NULL, *mapped = NULL;
 	uint8_t *rbuf = NULL;
 	cdx_buf hdr = { 0 };
 	char name[CDX_NAME_MAX], path[PATH_MAX];
@@ -125,10 +126,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	/* dim and dtype from the file itself (raw float32 has none), so that
 	 * another dimension or dtype reads as what it is: a different input */
 	int raw = p->input_format == CDX_INPUT_RAW_F32;
-	int reopen = raw                         ? CDX_INPUT_RAW_F32
-	    : p->input_format == CDX_INPUT_FVECS ? CDX_INPUT_FVECS
-	                                         : CDX_INPUT_NPY;
-	if ((rc = cdx_input_open(&in, input, raw ? p->dim : 0, reopen)) != CDX_OK)
+	if ((rc = cdx_input_open(&in, input, raw ? p->dim : 0, cdx_input_format_family(p->input_format)))
+	    != CDX_OK)
 		goto fail;
 	if (cdx_input_rows(in) != p->rows || cdx_input_dim(in) != p->dim
 	    || cdx_input_file_bytes(in) != p->input_bytes || cdx_input_format(in) != p->input_format) {
@@ -199,6 +198,14 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 		rc = cdx_error(CDX_ENOMEM, "input chunk");
 		goto fail;
 	}
+	/* the vectors as the index holds them (transform.h): only the Faiss
+	 * index sees them; the refine store keeps the user's (normalised) ones */
+	struct cdx_vector_map vm
+	    = { p->metric, p->transform, p->dim, p->index_dim ? p->index_dim : p->dim, p->max_norm2 };
+	if (!cdx_map_identity(&vm) && (mapped = malloc(chunk_rows * vm.index_dim * sizeof(float))) == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "input chunk in index space");
+		goto fail;
+	}
 	struct cdx_refine_store st = { 0 };
 	if (p->refine != CDX_REFINE_NONE) {
 		st.kind = p->refine;
@@ -261,7 +268,9 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 				if ((rc = cdx_shard_writer_write(w, rbuf, m * st.bytes_per_vector)) != CDX_OK)
 					goto fail;
 			}
-			if (faiss_Index_add(index, (idx_t) m, chunk) != 0) {
+			if (mapped != NULL)
+				cdx_map_items(&vm, chunk, m, mapped);
+			if (faiss_Index_add(index, (idx_t) m, mapped != NULL ? mapped : chunk) != 0) {
 				rc = cdx_error_faiss("adding vectors");
 				goto fail;
 			}
@@ -273,6 +282,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	cdx_progress_end(&pr);
 	free(chunk);
 	chunk = NULL;
+	free(mapped);
+	mapped = NULL;
 	free(rbuf);
 	rbuf = NULL;
 	cdx_input_close(in);
@@ -318,6 +329,7 @@ fail:
 	if (index != NULL)
 		faiss_Index_free(index);
 	free(chunk);
+	free(mapped);
 	free(rbuf);
 	free(ids);
 	free(shard_ids);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "builder/build.h"
+#include "builder/tune.h"
 
 static int
 join(char *out, const char *a, const char *b)
@@ -225,6 +226,21 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 	m.default_nprobe = p->params.default_nprobe;
 	m.refine = p->refine;
 	m.default_refine_factor = p->refine != CDX_REFINE_NONE ? 4.0f : 0.0f;
+	m.transform = p->transform;
+	m.index_dim = p->index_dim ? p->index_dim : p->dim;
+	m.max_norm2 = p->max_norm2;
+	m.default_recall_target = p->default_recall_target;
+	m.ntuned_k = p->ntuned_k;
+	memcpy(m.tuned_k, p->tuned_k, sizeof(m.tuned_k));
+	m.tuning = p->tuning; /* borrowed: never freed through m */
+	if (p->npoints > 0) {
+		if ((m.points = malloc(p->npoints * sizeof(*m.points))) == NULL) {
+			rc = cdx_error(CDX_ENOMEM, "manifest");
+			goto fail;
+		}
+		memcpy(m.points, p->points, p->npoints * sizeof(*m.points));
+		m.npoints = p->npoints;
+	}
 	m.nshards = p->nshards;
 	m.seed = p->seed;
 	m.train_sample = p->params.train_sample;
@@ -235,6 +251,22 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 	cdx_iso8601_utc(m.created, cdx_wall_ms());
 	snprintf(m.candex_version, sizeof(m.candex_version), "%s", CANDEX_VERSION);
 
+	if (p->check != NULL) {
+		/* the tuner's choice, checked on queries it did not see, through
+		 * the version itself, before anyone can load it */
+		snprintf(m.version, sizeof(m.version), "%s", version);
+		int64_t *ids = NULL;
+		uint64_t nids = 0;
+		if ((rc = cdx_manifest_save(&m, staging)) != CDX_OK
+		    || (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids, &nids)) != CDX_OK)
+		    || (rc = cdx_tune_check_version(
+		            p->check, staging, p->input, p->input_format, p->dim, ids, p->rows, &m))
+		        != CDX_OK) {
+			free(ids);
+			goto fail;
+		}
+		free(ids);
+	}
 	for (int tries = 0;; tries++) {
 		snprintf(m.version, sizeof(m.version), "%s", version);
 		if ((rc = cdx_manifest_save(&m, staging)) != CDX_OK
@@ -275,11 +307,13 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 	if (version_out != NULL)
 		snprintf(version_out, CDX_NAME_MAX, "%s", version);
 	free(m.shards);
+	free(m.points);
 	if (cdx_version_gc(coll_dir, p->keep) != CDX_OK)
 		cdx_warn("BLD-GC", "%s: garbage collection failed: %s", coll_dir, cdx_last_error());
 	return CDX_OK;
 fail:
 	free(m.shards);
+	free(m.points);
 	return rc;
 }
 

@@ -26,6 +26,7 @@
 #include <jansson.h>
 
 #include "builder/build.h"
+#include "builder/tune.h"
 #include "shard/refine.h"
 #include "faissx/error.h"
 
@@ -46,15 +47,16 @@ faiss_metric(int metric)
 	return metric == CDX_METRIC_IP ? METRIC_INNER_PRODUCT : METRIC_L2;
 }
 
-/* train_spherical_quantizer trains an IVF index's coarse quantizer with
+/* cdx_build_train_spherical trains an IVF index's coarse quantizer with
  * spherical k-means (unit centroids), as Faiss does by itself for inner
  * product; Faiss's train() then sees a trained quantizer and only trains the
  * codes. Cosine indexes are L2 over unit vectors (see faiss_metric): plain
  * k-means there leaves centroids inside the sphere and probes worse lists
  * (glove100, nprobe 64, refine x16: 10-recall@10 0.940 against 0.954 with
  * spherical centroids). Not an IVF index (small collections): nothing to do. */
-static int
-train_spherical_quantizer(FaissIndex *index, uint64_t n, const float *x)
+int
+cdx_build_train_spherical(
+    FaissIndex *index, uint64_t n, const float *x, int niter, int max_points_per_centroid)
 {
 	FaissIndexIVF *ivf = faiss_IndexIVF_cast(index);
 	if (ivf == NULL)
@@ -62,6 +64,10 @@ train_spherical_quantizer(FaissIndex *index, uint64_t n, const float *x)
 	FaissClusteringParameters cp;
 	faiss_ClusteringParameters_init(&cp); /* IndexIVF's defaults, seed 1234 */
 	cp.spherical = 1;
+	if (niter > 0)
+		cp.niter = niter;
+	if (max_points_per_centroid > 0)
+		cp.max_points_per_centroid = max_points_per_centroid;
 	FaissClustering *clus = NULL;
 	int frc = faiss_Clustering_new_with_params(
 	    &clus, faiss_Index_d(index), (int) faiss_IndexIVF_nlist(ivf), &cp);
@@ -80,6 +86,10 @@ cdx_build_plan_free(struct cdx_build_plan *p)
 		faiss_Index_free(p->index);
 	free(p->sq8_vmin);
 	free(p->sq8_vdiff);
+	free(p->points);
+	if (p->tuning != NULL)
+		json_decref((json_t *) p->tuning);
+	cdx_tune_check_free(p->check);
 	free(p);
 }
 
@@ -199,6 +209,60 @@ read_sample(struct cdx_build_plan *p, cdx_input *in, const struct cdx_build_opts
 	return CDX_OK;
 }
 
+/* tune runs the self-tuning build and takes what it chose into the plan.
+ * ids: the input rows' external ids (a held-out query's own item is
+ * excluded by id), or NULL for row numbers. */
+static int
+tune(struct cdx_build_plan *p, const struct cdx_build_opts *o, cdx_input *in, const int64_t *ids)
+{
+	struct cdx_tune_opts to;
+	cdx_tune_opts_init(&to);
+	to.target = o->recall_target;
+	to.nks = o->ntune_k;
+	memcpy(to.ks, o->tune_k, sizeof(to.ks));
+	to.queries = o->tune_queries;
+	to.queries_format = o->input_format;
+	to.budget_s = o->tune_budget_s;
+	to.max_queries = o->tune_queries_max;
+	to.refine = o->refine_set ? o->refine : -1;
+	to.seed = o->seed;
+	to.quiet = o->quiet;
+	struct cdx_tune_result r;
+	int rc = cdx_tune_run(&to, in, p->metric, ids, &r);
+	if (rc != CDX_OK)
+		return rc;
+	p->params = r.params;
+	if (p->params.note[0])
+		cdx_warn("BLD-PARAMS", "%s: %s", p->collection, p->params.note);
+	uint32_t np = p->params.nlist / 32;
+	if (p->params.default_nprobe == 0)
+		p->params.default_nprobe = np < 1 ? 1 : np > 256 ? 256 : np;
+	p->refine
+	    = o->refine_set ? o->refine : r.refine; /* a flat index may still carry the store asked for */
+	p->transform = r.transform;
+	p->index_dim = r.index_dim;
+	p->max_norm2 = r.max_norm2;
+	p->index = r.index;
+	p->sq8_vmin = r.sq8_vmin;
+	p->sq8_vdiff = r.sq8_vdiff;
+	p->points = r.points;
+	p->npoints = r.npoints;
+	p->ntuned_k = r.nks;
+	memcpy(p->tuned_k, r.ks, sizeof(p->tuned_k));
+	p->default_recall_target = r.target;
+	p->tuning = r.report;
+	p->check = r.check;
+	memset(&r, 0, sizeof(r)); /* all taken */
+	if (!p->params.flat && (rc = drop_tables(p)) != CDX_OK)
+		return rc;
+	cdx_info("BLD-PARAMS",
+	    "%s: factory %s%s (nlist %u, PQ M %u x %u bits), metric %s, %u shard(s), refine %s",
+	    p->collection, p->params.factory, p->transform ? " over inner product reduced to L2" : "",
+	    p->params.nlist, p->params.pq_m, p->params.pq_nbits, cdx_metric_name(p->metric), p->nshards,
+	    cdx_refine_name(p->refine));
+	return CDX_OK;
+}
+
 static void
 make_plan_id(char *out, size_t cap)
 {
@@ -267,73 +331,80 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 		uint64_t nids;
 		if ((rc = cdx_ids_load(o->ids, p->rows, &ids, &nids)) != CDX_OK)
 			goto fail;
-		free(ids);
-		ids = NULL;
 		if (stat(o->ids, &st) == 0)
 			p->ids_bytes = (uint64_t) st.st_size;
 	}
 	if (o->keys != NULL && (rc = cdx_keys_check(o->keys, p->rows, &p->keys_bytes)) != CDX_OK)
 		goto fail;
 
-	if ((rc = cdx_build_params_choose(
-	         &p->params, p->rows, p->dim, o->factory, o->polysemous, o->train_sample))
-	    != CDX_OK)
-		goto fail;
-	if (p->params.note[0])
-		cdx_warn("BLD-PARAMS", "%s: %s", p->collection, p->params.note);
-	if (faiss_index_factory(&p->index, (int) p->dim, p->params.factory, faiss_metric(p->metric)) != 0) {
-		rc = cdx_error_faiss(p->params.factory);
-		goto fail;
-	}
-	if ((rc = check_structure(p)) != CDX_OK)
-		goto fail;
-	if (o->factory != NULL && o->train_sample == 0) /* nlist now known for sure */
-		p->params.train_sample
-		    = CDX_MIN(p->rows, CDX_MAX((uint64_t) 100000, (uint64_t) p->params.nlist * 64));
-	uint32_t nprobe = p->params.nlist / 32;
-	p->params.default_nprobe = nprobe < 1 ? 1 : nprobe > 256 ? 256 : nprobe;
-	cdx_info("BLD-PARAMS",
-	    "%s: factory %s (nlist %u, PQ M %u x %u bits), metric %s, %u shard(s), refine %s", p->collection,
-	    p->params.factory, p->params.nlist, p->params.pq_m, p->params.pq_nbits,
-	    cdx_metric_name(p->metric), p->nshards, cdx_refine_name(p->refine));
+	p->index_dim = p->dim;
+	if (o->factory == NULL && !o->no_tune) {
+		if ((rc = tune(p, o, in, ids)) != CDX_OK)
+			goto fail;
+	} else {
+		if ((rc = cdx_build_params_choose(
+		         &p->params, p->rows, p->dim, o->factory, o->polysemous, o->train_sample))
+		    != CDX_OK)
+			goto fail;
+		if (p->params.note[0])
+			cdx_warn("BLD-PARAMS", "%s: %s", p->collection, p->params.note);
+		if (faiss_index_factory(&p->index, (int) p->dim, p->params.factory, faiss_metric(p->metric))
+		    != 0) {
+			rc = cdx_error_faiss(p->params.factory);
+			goto fail;
+		}
+		if ((rc = check_structure(p)) != CDX_OK)
+			goto fail;
+		if (o->factory != NULL && o->train_sample == 0) /* nlist now known for sure */
+			p->params.train_sample
+			    = CDX_MIN(p->rows, CDX_MAX((uint64_t) 100000, (uint64_t) p->params.nlist * 64));
+		uint32_t nprobe = p->params.nlist / 32;
+		p->params.default_nprobe = nprobe < 1 ? 1 : nprobe > 256 ? 256 : nprobe;
+		cdx_info("BLD-PARAMS",
+		    "%s: factory %s (nlist %u, PQ M %u x %u bits), metric %s, %u shard(s), refine %s",
+		    p->collection, p->params.factory, p->params.nlist, p->params.pq_m, p->params.pq_nbits,
+		    cdx_metric_name(p->metric), p->nshards, cdx_refine_name(p->refine));
 
-	int need_sample = !faiss_Index_is_trained(p->index) || p->refine == CDX_REFINE_SQ8;
-	if (need_sample) {
-		if ((rc = read_sample(p, in, o, &xs)) != CDX_OK)
-			goto fail;
-	}
-	if (!faiss_Index_is_trained(p->index)) {
-		uint64_t t1 = cdx_now_us();
-		/* k-means runs its sgemm calls between OpenMP regions that already
-		 * use every core; a BLAS thread pool on top only competes (sift
-		 * 140k, IVF1024: 24.6 s with 2 BLAS threads, 10.4 s with 1; on
-		 * 2026-11-28, 52-56 s with 2, 37-40 s with 2 and
-		 * OPENBLAS_THREAD_TIMEOUT=4, 21-23 s with 1, loaded machine). */
-		cdx_blas_set_threads(1);
-		cdx_info("BLD-TRAIN", "training %s on %llu of %llu rows (seed %llu)", p->params.factory,
-		    (unsigned long long) p->params.train_sample, (unsigned long long) p->rows,
-		    (unsigned long long) p->seed);
-		if (p->metric == CDX_METRIC_COS
-		    && (rc = train_spherical_quantizer(p->index, p->params.train_sample, xs)) != CDX_OK)
-			goto fail;
-		if (faiss_Index_train(p->index, (idx_t) p->params.train_sample, xs) != 0) {
-			rc = cdx_error_faiss("training");
-			goto fail;
+		int need_sample = !faiss_Index_is_trained(p->index) || p->refine == CDX_REFINE_SQ8;
+		if (need_sample) {
+			if ((rc = read_sample(p, in, o, &xs)) != CDX_OK)
+				goto fail;
 		}
-		cdx_info("BLD-TRAIN", "trained in %.1f s", (double) (cdx_now_us() - t1) / 1e6);
-		if ((rc = drop_tables(p)) != CDX_OK)
-			goto fail;
-	}
-	if (p->refine == CDX_REFINE_SQ8) {
-		p->sq8_vmin = malloc(p->dim * sizeof(float));
-		p->sq8_vdiff = malloc(p->dim * sizeof(float));
-		if (p->sq8_vmin == NULL || p->sq8_vdiff == NULL) {
-			rc = cdx_error(CDX_ENOMEM, "sq8 tables");
-			goto fail;
+		if (!faiss_Index_is_trained(p->index)) {
+			uint64_t t1 = cdx_now_us();
+			/* k-means runs its sgemm calls between OpenMP regions that already
+			 * use every core; a BLAS thread pool on top only competes (sift
+			 * 140k, IVF1024: 24.6 s with 2 BLAS threads, 10.4 s with 1; on
+			 * 2026-11-28, 52-56 s with 2, 37-40 s with 2 and
+			 * OPENBLAS_THREAD_TIMEOUT=4, 21-23 s with 1, loaded machine). */
+			cdx_blas_set_threads(1);
+			cdx_info("BLD-TRAIN", "training %s on %llu of %llu rows (seed %llu)",
+			    p->params.factory, (unsigned long long) p->params.train_sample,
+			    (unsigned long long) p->rows, (unsigned long long) p->seed);
+			if (p->metric == CDX_METRIC_COS
+			    && (rc = cdx_build_train_spherical(p->index, p->params.train_sample, xs, 0, 0))
+			        != CDX_OK)
+				goto fail;
+			if (faiss_Index_train(p->index, (idx_t) p->params.train_sample, xs) != 0) {
+				rc = cdx_error_faiss("training");
+				goto fail;
+			}
+			cdx_info("BLD-TRAIN", "trained in %.1f s", (double) (cdx_now_us() - t1) / 1e6);
+			if ((rc = drop_tables(p)) != CDX_OK)
+				goto fail;
 		}
-		cdx_sq8_train(xs, p->params.train_sample, p->dim, p->sq8_vmin, p->sq8_vdiff);
+		if (p->refine == CDX_REFINE_SQ8) {
+			p->sq8_vmin = malloc(p->dim * sizeof(float));
+			p->sq8_vdiff = malloc(p->dim * sizeof(float));
+			if (p->sq8_vmin == NULL || p->sq8_vdiff == NULL) {
+				rc = cdx_error(CDX_ENOMEM, "sq8 tables");
+				goto fail;
+			}
+			cdx_sq8_train(xs, p->params.train_sample, p->dim, p->sq8_vmin, p->sq8_vdiff);
+		}
 	}
 	free(xs);
+	free(ids);
 	cdx_input_close(in);
 	p->train_seconds = (double) (cdx_now_us() - t0) / 1e6;
 	*pp = p;
@@ -457,6 +528,17 @@ cdx_build_plan_save(const struct cdx_build_plan *p, const char *workdir)
 	json_object_set_new(o, "keep", json_integer(p->keep));
 	json_object_set_new(o, "train_seconds", json_real(p->train_seconds));
 	json_object_set_new(o, "candex_version", json_string(CANDEX_VERSION));
+	json_object_set_new(o, "transform", json_string(cdx_transform_name(p->transform)));
+	json_object_set_new(o, "index_dim", json_integer(p->index_dim ? p->index_dim : p->dim));
+	json_object_set_new(o, "max_norm2", json_real(p->max_norm2));
+	json_object_set_new(o, "operating_points", cdx_points_to_json(p->points, p->npoints));
+	json_t *tk = json_array();
+	for (uint32_t i = 0; i < p->ntuned_k; i++)
+		json_array_append_new(tk, json_integer(p->tuned_k[i]));
+	json_object_set_new(o, "tuned_k", tk);
+	json_object_set_new(o, "default_recall_target", json_real(p->default_recall_target));
+	if (p->tuning != NULL)
+		json_object_set(o, "tuning", (json_t *) p->tuning);
 	char *s = json_dumps(o, JSON_INDENT(2) | JSON_SORT_KEYS);
 	json_decref(o);
 	if (s == NULL)
@@ -596,6 +678,28 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 	p->keep = pl_int(&l, o, "keep");
 	json_t *ts = json_object_get(o, "train_seconds");
 	p->train_seconds = ts ? json_number_value(ts) : 0;
+	/* the self-tuning build's choices: absent in plans of older builds */
+	char transform[16] = "none";
+	if (json_object_get(o, "transform") != NULL)
+		pl_str(&l, o, "transform", transform, sizeof(transform));
+	if (l.rc == CDX_OK && cdx_transform_parse(transform, &p->transform) != CDX_OK)
+		l.rc = cdx_error(CDX_ECORRUPT, "%s: bad transform '%s'", path, transform);
+	p->index_dim = json_object_get(o, "index_dim") ? pl_int(&l, o, "index_dim") : 0;
+	json_t *mn = json_object_get(o, "max_norm2");
+	p->max_norm2 = mn ? json_number_value(mn) : 0;
+	json_t *pts = json_object_get(o, "operating_points");
+	if (l.rc == CDX_OK && pts != NULL)
+		l.rc = cdx_points_from_json(pts, path, &p->points, &p->npoints);
+	json_t *tk = json_object_get(o, "tuned_k");
+	for (size_t i = 0;
+	     l.rc == CDX_OK && json_is_array(tk) && i < json_array_size(tk) && i < CDX_MANIFEST_MAX_TUNED_K;
+	     i++)
+		p->tuned_k[p->ntuned_k++] = (uint32_t) json_integer_value(json_array_get(tk, i));
+	json_t *dt = json_object_get(o, "default_recall_target");
+	p->default_recall_target = dt ? json_number_value(dt) : 0;
+	json_t *tuning = json_object_get(o, "tuning");
+	if (json_is_object(tuning))
+		p->tuning = json_incref(tuning);
 	if (l.rc == CDX_OK && cdx_metric_parse(metric, &p->metric) != CDX_OK)
 		l.rc = cdx_error(CDX_ECORRUPT, "%s: bad metric '%s'", path, metric);
 	if (l.rc == CDX_OK && cdx_refine_parse(refine, &p->refine) != CDX_OK)

@@ -39,21 +39,22 @@
 #include "builder/build.h"
 #include "recall/recall.h"
 
-#define CDX_TUNE_DEFAULT_TARGET    0.95
-#define CDX_TUNE_DEFAULT_BUDGET_S  120.0
-#define CDX_TUNE_DEFAULT_QUERIES   1000 /* split in two halves */
-#define CDX_TUNE_MAX_ROWS          2000000
-#define CDX_TUNE_MAX_K             CDX_MANIFEST_MAX_TUNED_K
-#define CDX_TUNE_FLAT_BELOW        1000 /* fewer items: exact search, nothing to tune */
+#define CDX_TUNE_DEFAULT_TARGET   0.95
+#define CDX_TUNE_DEFAULT_BUDGET_S 120.0
+#define CDX_TUNE_DEFAULT_QUERIES  1000 /* split in two halves */
+#define CDX_TUNE_MAX_ROWS         2000000
+#define CDX_TUNE_MAX_K            CDX_MANIFEST_MAX_TUNED_K
+#define CDX_TUNE_FLAT_BELOW       1000 /* fewer items: exact search, nothing to tune */
 
 struct cdx_tune_opts {
-	double target;                    /* recall target of every tuned k; 0 = default */
-	uint32_t ks[CDX_TUNE_MAX_K];      /* tuned k, ascending; nks 0 = 10, 100, 500 */
+	double target;               /* recall target of every tuned k; 0 = default */
+	uint32_t ks[CDX_TUNE_MAX_K]; /* tuned k, ascending; nks 0 = 10, 100, 500 */
 	uint32_t nks;
-	const char *queries;              /* --tune-queries, NULL: held-out input rows */
-	double budget_s;                  /* 0 = default */
-	uint32_t max_queries;             /* 0 = default */
-	int refine;                       /* -1: chosen; else only this refine kind */
+	const char *queries;  /* --tune-queries, NULL: held-out input rows */
+	int queries_format;   /* how to read them: CDX_INPUT_AUTO (by extension), _FVECS, _NPY, _RAW_F32 */
+	double budget_s;      /* 0 = default */
+	uint32_t max_queries; /* 0 = default */
+	int refine;           /* -1: chosen; else only this refine kind */
 	uint64_t seed;
 	int quiet;
 };
@@ -64,8 +65,8 @@ void cdx_tune_opts_init(struct cdx_tune_opts *o);
 struct cdx_tune_check {
 	size_t nq;
 	uint32_t dim;
-	float *queries;  /* nq x dim, as a client would send them */
-	int64_t *self;   /* nq external ids to exclude (held-out rows), or NULL */
+	float *queries;         /* nq x dim, as a client would send them */
+	int64_t *self;          /* nq external ids to exclude (held-out rows), or NULL */
 	struct cdx_truth truth; /* over the whole input, self removed; k = largest tuned k */
 	int metric;
 };
@@ -91,13 +92,15 @@ void cdx_tune_result_fini(struct cdx_tune_result *r);
 
 /* cdx_tune_run tunes a collection of in (rows x dim, metric) and fills r.
  * ids: the input rows' external ids (NULL: row numbers). */
-int cdx_tune_run(const struct cdx_tune_opts *o, cdx_input *in, int metric, const int64_t *ids,
-    struct cdx_tune_result *r);
+int cdx_tune_run(
+    const struct cdx_tune_opts *o, cdx_input *in, int metric, const int64_t *ids, struct cdx_tune_result *r);
 
 /* cdx_tune_check_version searches the check queries through the version
- * in dir (a loaded copy of what is about to be published) at every tuned
- * k's default operating point, and records each point's check_recall in m. */
-int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const int64_t *ids,
-    uint64_t rows, struct cdx_manifest *m);
+ * in dir (what is about to be published, loaded as the server loads it) at
+ * every tuned k with the default settings, judges the hits by their true
+ * distance (read back from input, in the format and dimension the plan found),
+ * and records the recall in the check_recall of the point used, in m. */
+int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input,
+    int input_format, uint32_t dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
 
 #endif

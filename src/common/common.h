@@ -132,7 +132,9 @@ float cdx_f16_to_f32(uint16_t h);
 /* Process set-up for every candex program, first thing in main():
  * Debian's OpenBLAS does not recognise some CPUs and falls back to its slowest
  * kernels unless OPENBLAS_CORETYPE is set before it is loaded (its constructor
- * reads it). If unset, choose the kernel for this CPU, set it and re-exec. */
+ * reads it), and libgomp spins its idle workers unless OMP_WAIT_POLICY is
+ * passive. Whichever is unset is set (the kernel for this CPU; passive) and
+ * the program re-executes itself once. */
 void cdx_process_init(int argc, char **argv);
 /* cdx_blas_set_threads caps OpenBLAS's own thread pool (servers use 1: the
  * request workers already use every core). No-op without OpenBLAS. */

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -193,15 +194,22 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 			*(uint64_t *) field = v;
 		return CDX_OK;
 	}
+	case CDX_OPT_INT:
 	case CDX_OPT_I64: {
-		int_range(o, -9223372036854775808.0, 9223372036854775807.0, &lo, &hi);
+		if (o->type == CDX_OPT_INT)
+			int_range(o, (double) INT_MIN, (double) INT_MAX, &lo, &hi);
+		else
+			int_range(o, -9223372036854775808.0, 9223372036854775807.0, &lo, &hi);
 		int64_t v;
 		if (cdx_parse_i64(value, i64_bound(lo), i64_bound(hi), &v) != CDX_OK) {
 			cdx_opt_fail(prog, "%s--%s '%s': expected an integer in [%lld, %lld]", at, o->name,
 			    value, (long long) i64_bound(lo), (long long) i64_bound(hi));
 			return CDX_EINVAL;
 		}
-		*(int64_t *) field = v;
+		if (o->type == CDX_OPT_INT)
+			*(int *) field = (int) v;
+		else
+			*(int64_t *) field = v;
 		return CDX_OK;
 	}
 	case CDX_OPT_DOUBLE:
@@ -369,6 +377,9 @@ default_text(const struct cdx_opt *o, const void *defaults, char *out, size_t si
 		break;
 	case CDX_OPT_I64:
 		snprintf(out, size, "%lld", (long long) *(const int64_t *) field);
+		break;
+	case CDX_OPT_INT:
+		snprintf(out, size, "%d", *(const int *) field);
 		break;
 	case CDX_OPT_DOUBLE:
 		snprintf(out, size, "%g", *(const double *) field);

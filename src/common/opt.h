@@ -45,6 +45,7 @@ enum cdx_opt_type {
 	CDX_OPT_FLAG,    /* int, set to 1 */
 	CDX_OPT_STR,     /* const char *, pointing into argv */
 	CDX_OPT_STRDUP,  /* char *, a malloc'd copy the options struct owns (replaced ones are freed) */
+	CDX_OPT_INT,     /* int in [min, max] */
 	CDX_OPT_U32,     /* uint32_t in [min, max] */
 	CDX_OPT_U64,     /* uint64_t in [min, max] */
 	CDX_OPT_SIZE_T,  /* size_t in [min, max] */

@@ -89,6 +89,10 @@ extern "C" int
 cdx_fx_train_params(FaissIndex *index, int niter, int max_points_per_centroid)
 {
 	return guarded([&] {
+		if (auto *pt = dynamic_cast<faiss::IndexPreTransform *>(idx(index)))
+			for (faiss::VectorTransform *vt : pt->chain)
+				if (auto *pca = dynamic_cast<faiss::PCAMatrix *>(vt))
+					pca->max_points_per_d = (size_t) max_points_per_centroid / 2;
 		auto *ivf = dynamic_cast<faiss::IndexIVF *>(const_cast<faiss::Index *>(inner_of(idx(index))));
 		if (ivf == nullptr)
 			return;

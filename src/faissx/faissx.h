@@ -31,7 +31,9 @@ int cdx_fx_apply_pretransform(const FaissIndex *index, size_t n, const float *x,
 /* cdx_fx_train_params sets, for the IVF inside index (if any), the k-means
  * iterations and the sample cap (max points per centroid) of the coarse
  * quantizer and, for an IVF-PQ, of the PQ codebooks, and turns polysemous
- * training off. Faiss defaults: 25 iterations, 256 points per centroid. */
+ * training off; a PCA in front trains on at most max_points_per_centroid / 2
+ * points per input dimension. Faiss defaults: 25 iterations, 256 points per
+ * centroid, 1000 points per PCA dimension. */
 int cdx_fx_train_params(FaissIndex *index, int niter, int max_points_per_centroid);
 
 /* cdx_fx_ivfpq_like makes, in *out (caller frees with faiss_Index_free),

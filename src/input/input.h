@@ -60,6 +60,11 @@ const char *cdx_input_format_name(int format);
 /* cdx_input_format_parse reads what a user may ask for: "fvecs", "npy",
  * "raw" (CDX_EINVAL with a message otherwise). */
 int cdx_input_format_parse(const char *s, int *format);
+/* cdx_input_format_family is what to ask cdx_input_open for to read a file
+ * again whose format was found before (a build plan's): CDX_INPUT_FVECS,
+ * CDX_INPUT_NPY (whatever the dtype: the caller compares it) or
+ * CDX_INPUT_RAW_F32. */
+int cdx_input_format_family(int format);
 /* cdx_input_format_from_name is the inverse of cdx_input_format_name for
  * the stored formats; 0 if name is none of them. */
 int cdx_input_format_from_name(const char *name);

@@ -69,6 +69,19 @@ cdx_input_format_from_name(const char *name)
 }
 
 int
+cdx_input_format_family(int format)
+{
+	switch (format) {
+	case CDX_INPUT_NPY_F32:
+	case CDX_INPUT_NPY_F16:
+	case CDX_INPUT_NPY_F64:
+		return CDX_INPUT_NPY;
+	default:
+		return format;
+	}
+}
+
+int
 cdx_input_format_parse(const char *s, int *format)
 {
 	if (strcmp(s, "fvecs") == 0)

@@ -66,6 +66,30 @@ float_json(float f)
 	return json_real((double) f);
 }
 
+void *
+cdx_points_to_json(const struct cdx_operating_point *points, uint32_t n)
+{
+	json_t *pts = json_array();
+	for (uint32_t i = 0; i < n; i++) {
+		const struct cdx_operating_point *p = &points[i];
+		json_t *j = json_object();
+		json_object_set_new(j, "recall_target", json_real(p->recall_target));
+		json_object_set_new(j, "recall", json_real(p->recall));
+		json_object_set_new(j, "k", json_integer(p->k));
+		json_object_set_new(j, "nprobe", json_integer(p->nprobe));
+		json_object_set_new(j, "refine_factor", float_json(p->refine_factor));
+		json_object_set_new(j, "p99_ms", json_real(p->p99_ms));
+		if (p->recall_se > 0)
+			json_object_set_new(j, "recall_se", json_real(p->recall_se));
+		if (p->check_recall > 0)
+			json_object_set_new(j, "check_recall", json_real(p->check_recall));
+		if (p->qps > 0)
+			json_object_set_new(j, "qps", json_real(p->qps));
+		json_array_append_new(pts, j);
+	}
+	return pts;
+}
+
 static json_t *
 manifest_json(const struct cdx_manifest *m)
 {
@@ -100,24 +124,7 @@ manifest_json(const struct cdx_manifest *m)
 		json_array_append_new(shards, s);
 	}
 	json_object_set_new(o, "shards", shards);
-	json_t *pts = json_array();
-	for (uint32_t i = 0; i < m->npoints; i++) {
-		const struct cdx_operating_point *p = &m->points[i];
-		json_t *j = json_object();
-		json_object_set_new(j, "recall_target", json_real(p->recall_target));
-		json_object_set_new(j, "recall", json_real(p->recall));
-		json_object_set_new(j, "k", json_integer(p->k));
-		json_object_set_new(j, "nprobe", json_integer(p->nprobe));
-		json_object_set_new(j, "refine_factor", float_json(p->refine_factor));
-		json_object_set_new(j, "p99_ms", json_real(p->p99_ms));
-		if (p->recall_se > 0)
-			json_object_set_new(j, "recall_se", json_real(p->recall_se));
-		if (p->check_recall > 0)
-			json_object_set_new(j, "check_recall", json_real(p->check_recall));
-		if (p->qps > 0)
-			json_object_set_new(j, "qps", json_real(p->qps));
-		json_array_append_new(pts, j);
-	}
+	json_t *pts = cdx_points_to_json(m->points, m->npoints);
 	json_object_set_new(o, "operating_points", pts);
 	json_t *st = json_object();
 	json_object_set_new(st, "transform", json_string(cdx_transform_name(m->transform)));
@@ -287,6 +294,59 @@ opt_num(struct ld *l, json_t *obj, const char *prefix, const char *key)
 	return json_object_get(obj, key) == NULL ? 0 : get_num(l, obj, prefix, key);
 }
 
+static void
+load_points(struct ld *l, json_t *pts, struct cdx_operating_point **pointsp, uint32_t *np)
+{
+	if (!json_is_array(pts)) {
+		l->rc = cdx_error(
+		    CDX_ECORRUPT, "%s: field operating_points has the wrong type (expected array)", l->path);
+		return;
+	}
+	size_t n = json_array_size(pts);
+	struct cdx_operating_point *points = NULL;
+	if (n > 0 && (points = calloc(n, sizeof(*points))) == NULL) {
+		l->rc = cdx_error(CDX_ENOMEM, "%s: %zu operating points", l->path, n);
+		return;
+	}
+	*pointsp = points;
+	*np = (uint32_t) n;
+	for (size_t i = 0; i < n && l->rc == CDX_OK; i++) {
+		char pre[40];
+		snprintf(pre, sizeof(pre), "operating_points[%zu].", i);
+		json_t *j = json_array_get(pts, i);
+		if (!json_is_object(j)) {
+			l->rc = cdx_error(
+			    CDX_ECORRUPT, "%s: field operating_points[%zu] is not an object", l->path, i);
+			break;
+		}
+		struct cdx_operating_point *p = &points[i];
+		p->recall_target = get_num(l, j, pre, "recall_target");
+		p->recall = get_num(l, j, pre, "recall");
+		p->k = (uint32_t) get_uint(l, j, pre, "k", UINT32_MAX);
+		p->nprobe = (uint32_t) get_uint(l, j, pre, "nprobe", UINT32_MAX);
+		p->refine_factor = (float) get_num(l, j, pre, "refine_factor");
+		p->p99_ms = get_num(l, j, pre, "p99_ms");
+		p->recall_se = opt_num(l, j, pre, "recall_se");
+		p->check_recall = opt_num(l, j, pre, "check_recall");
+		p->qps = opt_num(l, j, pre, "qps");
+	}
+}
+
+int
+cdx_points_from_json(const void *json, const char *what, struct cdx_operating_point **points, uint32_t *n)
+{
+	struct ld l = { .path = what, .rc = CDX_OK };
+	*points = NULL;
+	*n = 0;
+	load_points(&l, (json_t *) json, points, n);
+	if (l.rc != CDX_OK) {
+		free(*points);
+		*points = NULL;
+		*n = 0;
+	}
+	return l.rc;
+}
+
 /* load_structure reads the fields a self-tuning build added (2026-12): all
  * optional, so that older manifests load as "no transform, no default
  * target, no tuning report". */
@@ -436,39 +496,8 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 	 * measurement; hand-made manifests may lack provenance), but when
 	 * present they must be well-formed. */
 	json_t *pts = json_object_get(root, "operating_points");
-	if (l->rc == CDX_OK && pts != NULL) {
-		if (!json_is_array(pts)) {
-			l->rc = cdx_error(CDX_ECORRUPT,
-			    "%s: field operating_points has the wrong type (expected array)", l->path);
-			return;
-		}
-		size_t n = json_array_size(pts);
-		if (n > 0 && (m->points = calloc(n, sizeof(*m->points))) == NULL) {
-			l->rc = cdx_error(CDX_ENOMEM, "%s: %zu operating points", l->path, n);
-			return;
-		}
-		m->npoints = (uint32_t) n;
-		for (size_t i = 0; i < n && l->rc == CDX_OK; i++) {
-			char pre[40];
-			snprintf(pre, sizeof(pre), "operating_points[%zu].", i);
-			json_t *j = json_array_get(pts, i);
-			if (!json_is_object(j)) {
-				l->rc = cdx_error(CDX_ECORRUPT,
-				    "%s: field operating_points[%zu] is not an object", l->path, i);
-				break;
-			}
-			struct cdx_operating_point *p = &m->points[i];
-			p->recall_target = get_num(l, j, pre, "recall_target");
-			p->recall = get_num(l, j, pre, "recall");
-			p->k = (uint32_t) get_uint(l, j, pre, "k", UINT32_MAX);
-			p->nprobe = (uint32_t) get_uint(l, j, pre, "nprobe", UINT32_MAX);
-			p->refine_factor = (float) get_num(l, j, pre, "refine_factor");
-			p->p99_ms = get_num(l, j, pre, "p99_ms");
-			p->recall_se = opt_num(l, j, pre, "recall_se");
-			p->check_recall = opt_num(l, j, pre, "check_recall");
-			p->qps = opt_num(l, j, pre, "qps");
-		}
-	}
+	if (l->rc == CDX_OK && pts != NULL)
+		load_points(l, pts, &m->points, &m->npoints);
 	load_structure(l, root, m);
 	json_t *b = json_object_get(root, "build");
 	if (l->rc == CDX_OK && b != NULL) {

@@ -94,6 +94,14 @@ int cdx_manifest_save(const struct cdx_manifest *m, const char *version_dir);
 char *cdx_manifest_to_json(const struct cdx_manifest *m);
 void cdx_manifest_free(struct cdx_manifest *m); /* NULL is a no-op */
 
+/* cdx_points_to_json returns a new json_t* array of operating points, as
+ * the manifest holds them (the build plan stores them the same way).
+ * cdx_points_from_json parses one (what names it in errors); on success
+ * *points is malloc'd (n entries) and the caller frees it. */
+void *cdx_points_to_json(const struct cdx_operating_point *points, uint32_t n);
+int cdx_points_from_json(
+    const void *json, const char *what, struct cdx_operating_point **points, uint32_t *n);
+
 /* cdx_name_valid: collection and version names are [A-Za-z0-9_.-]{1,63},
  * not starting with '.', so they are safe as path components. */
 int cdx_name_valid(const char *name);

@@ -142,9 +142,9 @@ test_metrics_and_refine(void **state)
 	} cases[] = { { "l2", "fp32" }, { "ip", "fp16" }, { "cos", "sq8" }, { "l2", "none" } };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(cases); i++) {
 		char *out = NULL;
-		int rc
-		    = build(&out, "--input %s/m.fvecs --collection m%zu --metric %s --refine %s --out %s/idx",
-		        root, i, cases[i].metric, cases[i].refine, root);
+		int rc = build(&out,
+		    "--input %s/m.fvecs --collection m%zu --metric %s --refine %s --no-tune --out %s/idx",
+		    root, i, cases[i].metric, cases[i].refine, root);
 		assert_int_equal(rc, 0);
 		char *coll = pathf("%s/idx/m%zu", root, i);
 		char *cur = tu_current(coll);
@@ -275,6 +275,7 @@ test_keys_ids_shards(void **state)
 		fprintf(f, "%lld\n", 5000000LL + (long long) i * 13);
 	fclose(f);
 	build_ok("--input %s/k.fvecs --collection k --metric l2 --keys %s --ids %s --shards 3 --refine fp16 "
+	         "--no-tune "
 	         "--model-version emb-v7 --out %s/idx --quiet",
 	    root, keys, ids, root);
 	char *coll = pathf("%s/idx/k", root);
@@ -407,7 +408,9 @@ test_small_and_factories(void **state)
 	/* the Last.fm case: 6,453 x 64 builds with 4-bit codebooks */
 	x = gen("s6453.fvecs", 6453, 64, 4);
 	assert_int_equal(
-	    build(&out, "--input %s/s6453.fvecs --collection lfm --metric ip --out %s/idx", root, root), 0);
+	    build(&out, "--input %s/s6453.fvecs --collection lfm --metric ip --no-tune --out %s/idx", root,
+	        root),
+	    0);
 	assert_non_null(strstr(out, "4-bit"));
 	free(out);
 	coll = pathf("%s/idx/lfm", root);
@@ -477,7 +480,7 @@ test_determinism(void **state)
 	assert_int_equal(tu_write_keys(keys, "k", 12000), 0);
 	for (int r = 0; r < 2; r++)
 		build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 "
-		         "--seed 77 "
+		         "--seed 77 --no-tune "
 		         "--train-sample 4000 --out %s/det%d --quiet",
 		    root, keys, root, r);
 	char *c0 = pathf("%s/det0/d", root), *c1 = pathf("%s/det1/d", root);
@@ -503,6 +506,7 @@ test_determinism(void **state)
 	cdx_manifest_free(m1);
 	/* another seed trains on another sample: different shards */
 	build_ok("--input %s/d.fvecs --keys %s --collection d --metric l2 --shards 2 --refine sq8 --seed 78 "
+	         "--no-tune "
 	         "--train-sample 4000 --out %s/det2 --quiet",
 	    root, keys, root);
 	char *c2 = pathf("%s/det2/d", root), *v2 = tu_current(c2);
@@ -834,10 +838,11 @@ test_disk_full_rlimit(void **state)
 	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, ok), 0);
 
 	/* distributed: train cannot save the trained index (IVF128 x 64 floats
-	 * of centroids alone are 32 KiB) */
-	const char *train[]
-	    = { CANDEX_BIN, "build", "train", "--input", big, "--collection", "full", "--metric", "l2",
-		      "--shards", "2", "--refine", "fp32", "--out", out, "--work", work, "--quiet", NULL };
+	 * of centroids alone are 32 KiB; without --no-tune this small a set
+	 * would be searched exactly, by a Flat index of a few bytes) */
+	const char *train[] = { CANDEX_BIN, "build", "train", "--input", big, "--collection", "full",
+		"--metric", "l2", "--shards", "2", "--refine", "fp32", "--no-tune", "--out", out, "--work",
+		work, "--quiet", NULL };
 	expect_full(8 << 10, "trained.faissindex", train);
 	assert_int_equal(tu_exec(NULL, NULL, NULL, NULL, train), 0);
 	const char *enc0[]

@@ -33,7 +33,7 @@ setup(void **state)
 	if (rc == 0)
 		rc = tu_run(NULL,
 		    "%s build --quiet --input %s --keys %s --collection insp --metric ip --shards 2 --refine "
-		    "fp16 --out "
+		    "fp16 --no-tune --out "
 		    "%s/idx",
 		    CANDEX_BIN, fv, keys, root);
 	free(fv);

@@ -56,6 +56,7 @@ setup(void **state)
 	cdx_manifest_free(m);
 
 	http_port = st_free_port();
+	unsetenv("OMP_WAIT_POLICY"); /* test_process_env: the server sets it */
 	char extra[64];
 	snprintf(extra, sizeof(extra), "--threads 2 --http-listen 127.0.0.1:%d", http_port);
 	assert_int_equal(st_start(&srv, dir, "main", extra), 0);
@@ -376,6 +377,31 @@ test_recall_target(void **state)
 }
 
 static void
+test_process_env(void **state)
+{
+	/* Every candex program re-executes itself once with the OpenMP wait
+	 * policy set to passive (and the OpenBLAS kernel named). This used to
+	 * depend on reading /proc/self/cmdline by its size, which procfs
+	 * reports as 0, so it never happened and idle OpenMP workers spun. */
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/environ", (int) srv.pid);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	char buf[65536];
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	assert_true(n > 0);
+	buf[n] = 0;
+	int passive = 0, blas = 0;
+	for (ssize_t i = 0; i < n; i += (ssize_t) strlen(buf + i) + 1) {
+		passive |= strcmp(buf + i, "OMP_WAIT_POLICY=passive") == 0;
+		blas |= strncmp(buf + i, "OPENBLAS_CORETYPE=", 18) == 0;
+	}
+	assert_true(passive);
+	assert_true(blas);
+}
+
+static void
 test_model_version(void **state)
 {
 	struct cdx_query q = { .collection = "podcasts",
@@ -499,6 +525,7 @@ main(void)
 		cmocka_unit_test(test_concurrent_nprobe),
 		cmocka_unit_test(test_recall_target),
 		cmocka_unit_test(test_model_version),
+		cmocka_unit_test(test_process_env),
 		cmocka_unit_test(test_cli_query),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
