@@ -279,4 +279,45 @@ int cdx_recall_write_json(const char *path, const struct cdx_recall_meta *meta,
 int cdx_recall_plot(
     const char *png_path, const char *title, const struct cdx_recall_row *rows, size_t n, double exact_qps);
 
+/* --- a whole measurement, as `candex recall` runs it ------------------------ */
+
+#define CDX_RECALL_MAX_LIST 64
+
+/* What to measure and report (the options of `candex recall`; strings are
+ * borrowed). cdx_recall_job_init fills the defaults. */
+struct cdx_recall_job {
+	const char *index; /* a version directory (DIR/NAME, .../CURRENT, .../<v>) */
+	const char *url;   /* or a live server, with collection */
+	const char *collection;
+	const char *queries, *base, *ids, *gt; /* files, read by src/input */
+	int format;            /* of queries and base: CDX_INPUT_AUTO, _FVECS, _NPY, _RAW_F32 */
+	const char *cache_dir; /* of computed truth; NULL: the default */
+	int no_cache;
+	double eps; /* tie tolerance */
+	uint32_t k;
+	uint32_t nprobes[CDX_RECALL_MAX_LIST];
+	size_t n_nprobes;                   /* 0: 1, 2, 4, ... up to min(nlist, 1024) */
+	float refines[CDX_RECALL_MAX_LIST]; /* CDX_RECALL_REFINE_NONE for none */
+	size_t n_refines;                   /* 0: none, and 2, 4, 8 with a refine store */
+	int defaults;                       /* measure only the collection's default operating point */
+	size_t max_queries, latency_queries;
+	unsigned threads;
+	uint32_t batch, timeout_ms;
+	double min_time;
+	int baseline; /* also time exact search */
+	const char *csv, *json, *plot, *title;
+	double targets[CDX_RECALL_MAX_LIST];
+	size_t n_targets;
+	int save;  /* write the points reached into the version's manifest */
+	int quiet; /* no progress on stderr */
+};
+void cdx_recall_job_init(struct cdx_recall_job *j);
+/* cdx_recall_job_check checks the rules between options (--save needs
+ * --target, ...): CDX_EINVAL with a message saying what is missing. */
+int cdx_recall_job_check(const struct cdx_recall_job *j);
+/* cdx_recall_run measures: the table of every setting (and the operating
+ * points) on out as it goes, progress on stderr unless quiet, the files
+ * asked for. *unreached is 1 when a target was reached by no setting. */
+int cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached);
+
 #endif
