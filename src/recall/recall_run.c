@@ -244,204 +244,248 @@ save_points(const char *version_dir, const char *expect_version, const struct cd
 	return rc;
 }
 
-int
-cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached_out)
-{
-	int rc = CDX_OK;
-	*unreached_out = 0;
-	cdx_collection *coll = NULL;
-	cdx_client *cl = NULL;
-	struct cdx_manifest *man = NULL;
-	struct cdx_vecs qv = { 0 }, bv = { 0 };
-	float *qnorm = NULL;
-	int32_t *gt = NULL;
-	struct cdx_truth truth = { 0 };
-	struct cdx_idmap idmap = { 0 };
-	struct cdx_recall_backend be = { 0 };
-	struct cdx_recall_row *rows = NULL;
-	size_t nrows = 0;
-	struct target_info ti = { 0 };
-	char version_dir[PATH_MAX] = "";
-	const char *truth_source = "computed";
-	struct progress_state ps = { .out = out, .quiet = j->quiet, .tty = isatty(2), .k = j->k };
+/* The state of one run, filled step by step. */
+struct run {
+	const struct cdx_recall_job *j;
+	FILE *out;
+	cdx_collection *coll;     /* in process */
+	cdx_client *cl;           /* or over RPC */
+	struct cdx_manifest *man; /* with --url and --index: for memory and --save */
+	struct target_info ti;
+	char version_dir[PATH_MAX];
+	struct cdx_recall_backend be;
+	struct cdx_vecs qv, bv; /* queries (qv.n: up to --max-queries), base */
+	size_t nq_file;         /* queries in the file */
+	float *qnorm;           /* the queries, normalised for cos */
+	struct cdx_idmap idmap;
+	struct cdx_recall_space space;
+	int32_t *gt; /* --gt rows */
+	struct cdx_truth truth;
+	const char *truth_source;
+	struct progress_state ps;
+	struct cdx_recall_row *rows;
+	size_t nrows;
+	double exact_qps;
+	struct cdx_recall_point pts[CDX_RECALL_MAX_LIST];
+	int unreached;
+};
 
-	/* 1. the target */
+/* open_target opens the version in process, or a client of the server, and learns what it holds. */
+static int
+open_target(struct run *st)
+{
+	const struct cdx_recall_job *j = st->j;
+	int rc = CDX_OK;
 	if (j->index != NULL) {
-		if ((rc = cdx_version_path_resolve(j->index, version_dir)) != CDX_OK)
-			goto fail;
+		if ((rc = cdx_version_path_resolve(j->index, st->version_dir)) != CDX_OK)
+			return rc;
 	}
 	if (j->url != NULL) {
 		struct cdx_client_options copts = { .timeout_ms = j->timeout_ms };
 		struct cdx_client_error err = { 0 };
-		if ((rc = cdx_client_open(&cl, j->url, &copts, &err)) != CDX_OK) {
+		if ((rc = cdx_client_open(&st->cl, j->url, &copts, &err)) != CDX_OK) {
 			rc = cdx_error(rc, "cannot open a client for %s: %s", j->url, err.message);
-			goto fail;
+			return rc;
 		}
-		if ((rc = cdx_client_health(cl, &err)) != CDX_OK) {
+		if ((rc = cdx_client_health(st->cl, &err)) != CDX_OK) {
 			rc = cdx_error(rc, "candex server at %s is not reachable or not serving: %s", j->url,
 			    err.message[0] ? err.message : cdx_strerror(rc));
-			goto fail;
+			return rc;
 		}
-		if ((rc = info_from_server(&ti, cl, j->url, j->collection)) != CDX_OK)
-			goto fail;
-		if (version_dir[0]) {
-			if ((rc = cdx_manifest_load(&man, version_dir)) != CDX_OK)
-				goto fail;
+		if ((rc = info_from_server(&st->ti, st->cl, j->url, j->collection)) != CDX_OK)
+			return rc;
+		if (st->version_dir[0]) {
+			if ((rc = cdx_manifest_load(&st->man, st->version_dir)) != CDX_OK)
+				return rc;
 			struct target_info mi = { 0 };
-			info_from_manifest(&mi, man);
-			ti.bytes_per_vector = mi.bytes_per_vector;
+			info_from_manifest(&mi, st->man);
+			st->ti.bytes_per_vector = mi.bytes_per_vector;
 		}
-		if ((rc = cdx_recall_backend_client(&be, cl, j->collection, ti.dim, j->batch)) != CDX_OK)
-			goto fail;
+		if ((rc = cdx_recall_backend_client(&st->be, st->cl, j->collection, st->ti.dim, j->batch))
+		    != CDX_OK)
+			return rc;
 	} else {
 		if (!j->quiet)
-			fprintf(stderr, "loading %s\n", version_dir);
-		if ((rc = cdx_collection_load(&coll, version_dir)) != CDX_OK)
-			goto fail;
-		info_from_manifest(&ti, cdx_collection_manifest(coll));
-		ti.bytes_per_vector
-		    = ti.items ? (double) cdx_collection_memory_bytes(coll) / (double) ti.items : NAN;
-		cdx_recall_backend_collection(&be, coll);
-		be.batch = j->batch;
+			fprintf(stderr, "loading %s\n", st->version_dir);
+		if ((rc = cdx_collection_load(&st->coll, st->version_dir)) != CDX_OK)
+			return rc;
+		info_from_manifest(&st->ti, cdx_collection_manifest(st->coll));
+		st->ti.bytes_per_vector = st->ti.items
+		    ? (double) cdx_collection_memory_bytes(st->coll) / (double) st->ti.items
+		    : NAN;
+		cdx_recall_backend_collection(&st->be, st->coll);
+		st->be.batch = j->batch;
 	}
 
-	/* 2. queries, base, truth */
+	return rc;
+}
+
+/* read_inputs reads the queries, the base vectors and the ids (src/input) and checks them against the target.
+ */
+static int
+read_inputs(struct run *st)
+{
+	const struct cdx_recall_job *j = st->j;
+	int rc = CDX_OK;
 	if ((rc = cdx_vecs_read(
-	         &qv, j->queries, j->format == CDX_INPUT_RAW_F32 ? ti.dim : 0, j->format, 0, 0))
+	         &st->qv, j->queries, j->format == CDX_INPUT_RAW_F32 ? st->ti.dim : 0, j->format, 0, 0))
 	    != CDX_OK)
-		goto fail;
-	if (qv.dim != ti.dim) {
+		return rc;
+	if (st->qv.dim != st->ti.dim) {
 		rc = cdx_error(CDX_EDIM, "queries %s have dimension %u, but collection %s has dimension %u",
-		    j->queries, qv.dim, ti.collection, ti.dim);
-		goto fail;
+		    j->queries, st->qv.dim, st->ti.collection, st->ti.dim);
+		return rc;
 	}
-	size_t nq_file = qv.n;
-	if (j->max_queries > 0 && qv.n > j->max_queries)
-		qv.n = j->max_queries;
+	st->nq_file = st->qv.n;
+	if (j->max_queries > 0 && st->qv.n > j->max_queries)
+		st->qv.n = j->max_queries;
 	if (j->base != NULL) {
 		if ((rc = cdx_vecs_read(
-		         &bv, j->base, j->format == CDX_INPUT_RAW_F32 ? ti.dim : 0, j->format, 0, 0))
+		         &st->bv, j->base, j->format == CDX_INPUT_RAW_F32 ? st->ti.dim : 0, j->format, 0, 0))
 		    != CDX_OK)
-			goto fail;
-		if (bv.dim != ti.dim) {
+			return rc;
+		if (st->bv.dim != st->ti.dim) {
 			rc = cdx_error(CDX_EDIM,
 			    "base vectors %s have dimension %u, but collection %s has dimension %u", j->base,
-			    bv.dim, ti.collection, ti.dim);
-			goto fail;
+			    st->bv.dim, st->ti.collection, st->ti.dim);
+			return rc;
 		}
 		/* the builder indexes every input row (a bad row fails the build),
-		 * so another count means another file: truth over it would judge
+		 * so another count means another file: st->truth over it would judge
 		 * hits against neighbours the index never held, or the reverse */
-		if (bv.n != ti.items) {
+		if (st->bv.n != st->ti.items) {
 			rc = cdx_error(CDX_EINVAL,
 			    "base vectors %s have %zu rows, but collection %s holds %llu items: give the "
 			    "builder's --input",
-			    j->base, bv.n, ti.collection, (unsigned long long) ti.items);
-			goto fail;
+			    j->base, st->bv.n, st->ti.collection, (unsigned long long) st->ti.items);
+			return rc;
 		}
-		if (ti.metric == CDX_METRIC_COS)
-			cdx_normalize_rows(bv.x, bv.n, bv.dim);
+		if (st->ti.metric == CDX_METRIC_COS)
+			cdx_normalize_rows(st->bv.x, st->bv.n, st->bv.dim);
 	}
 	if (j->ids != NULL) {
 		int64_t *ids = NULL;
 		uint64_t nids = 0;
-		if ((rc = cdx_ids_load(j->ids, bv.n, &ids, &nids)) != CDX_OK)
-			goto fail;
-		rc = cdx_idmap_init_ids(&idmap, ids, (size_t) nids);
+		if ((rc = cdx_ids_load(j->ids, st->bv.n, &ids, &nids)) != CDX_OK)
+			return rc;
+		rc = cdx_idmap_init_ids(&st->idmap, ids, (size_t) nids);
 		free(ids);
 		if (rc != CDX_OK)
-			goto fail;
+			return rc;
 	} else {
-		cdx_idmap_identity(&idmap, bv.n ? bv.n : (size_t) ti.items);
+		cdx_idmap_identity(&st->idmap, st->bv.n ? st->bv.n : (size_t) st->ti.items);
 	}
-	qnorm = malloc(qv.n * qv.dim * sizeof(float));
-	if (qnorm == NULL) {
+	st->qnorm = malloc(st->qv.n * st->qv.dim * sizeof(float));
+	if (st->qnorm == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "queries");
-		goto fail;
+		return rc;
 	}
-	memcpy(qnorm, qv.x, qv.n * qv.dim * sizeof(float));
-	if (ti.metric == CDX_METRIC_COS)
-		cdx_normalize_rows(qnorm, qv.n, qv.dim);
-	struct cdx_recall_space space = { .metric = ti.metric, .dim = ti.dim, .nb = bv.n, .base = bv.x };
-	uint32_t want_k = j->k > 100 ? j->k : 100;
+	memcpy(st->qnorm, st->qv.x, st->qv.n * st->qv.dim * sizeof(float));
+	if (st->ti.metric == CDX_METRIC_COS)
+		cdx_normalize_rows(st->qnorm, st->qv.n, st->qv.dim);
+	st->space = (struct cdx_recall_space) {
+		.metric = st->ti.metric, .dim = st->ti.dim, .nb = st->bv.n, .base = st->bv.x
+	};
+	return rc;
+}
 
+/* make_truth reads the ground truth from an .ivecs file, or computes it (exact search) and caches it. */
+static int
+make_truth(struct run *st)
+{
+	const struct cdx_recall_job *j = st->j;
+	int rc = CDX_OK;
+	uint32_t want_k = j->k > 100 ? j->k : 100;
 	if (j->gt != NULL) {
 		size_t gn;
 		uint32_t gk;
-		if ((rc = cdx_ivecs_read(j->gt, &gt, &gn, &gk)) != CDX_OK)
-			goto fail;
-		if (gn != nq_file) {
+		if ((rc = cdx_ivecs_read(j->gt, &st->gt, &gn, &gk)) != CDX_OK)
+			return rc;
+		if (gn != st->nq_file) {
 			rc = cdx_error(CDX_EINVAL,
 			    "ground truth %s has %zu rows but %s has %zu queries: they must match", j->gt, gn,
-			    j->queries, nq_file);
-			goto fail;
+			    j->queries, st->nq_file);
+			return rc;
 		}
 		if (gk < j->k) {
 			rc = cdx_error(CDX_EINVAL,
 			    "ground truth %s holds %u neighbours per query, fewer than k = %u", j->gt, gk,
 			    j->k);
-			goto fail;
+			return rc;
 		}
-		if (bv.x == NULL) {
-			space.nb = ti.items;
+		if (st->bv.x == NULL) {
+			st->space.nb = st->ti.items;
 			if (!j->quiet)
 				fprintf(stderr,
-				    "candex recall: no --base: hits are matched to the ground truth by row; "
+				    "candex recall: no --base: hits are matched to the ground truth by "
+				    "row; "
 				    "ties are not credited\n");
 		}
 		uint32_t tk = gk < want_k ? gk : want_k;
-		if ((rc = cdx_truth_from_rows(&truth, &space, qnorm, qv.n, gt, gk, tk)) != CDX_OK) {
+		if ((rc = cdx_truth_from_rows(&st->truth, &st->space, st->qnorm, st->qv.n, st->gt, gk, tk))
+		    != CDX_OK) {
 			rc = cdx_error(rc, "%s: %s", j->gt, cdx_last_error());
-			goto fail;
+			return rc;
 		}
-		truth_source = "ivecs";
+		st->truth_source = "ivecs";
 	} else {
-		uint32_t tk = bv.n < want_k ? (uint32_t) bv.n : want_k;
+		uint32_t tk = st->bv.n < want_k ? (uint32_t) st->bv.n : want_k;
 		if (tk < j->k) {
-			rc = cdx_error(CDX_EINVAL, "k = %u but the base has only %zu vectors", j->k, bv.n);
-			goto fail;
+			rc = cdx_error(
+			    CDX_EINVAL, "k = %u but the base has only %zu vectors", j->k, st->bv.n);
+			return rc;
 		}
 		char cdir[PATH_MAX], cpath[PATH_MAX + 64];
 		uint64_t key = 0;
 		cpath[0] = '\0';
 		if (!j->no_cache) {
 			const char *dir = j->cache_dir ? j->cache_dir : default_cache_dir(cdir, sizeof(cdir));
-			key = cdx_truth_key(&space, qnorm, qv.n, tk, NULL, 0);
+			key = cdx_truth_key(&st->space, st->qnorm, st->qv.n, tk, NULL, 0);
 			cdx_truth_cache_path(cpath, sizeof(cpath), dir, key);
-			int lrc = cdx_truth_load(&truth, cpath);
-			if (lrc == CDX_OK && truth.nq == qv.n && truth.k == tk && truth.metric == ti.metric
-			    && truth.dist != NULL) {
-				truth_source = "cache";
+			int lrc = cdx_truth_load(&st->truth, cpath);
+			if (lrc == CDX_OK && st->truth.nq == st->qv.n && st->truth.k == tk
+			    && st->truth.metric == st->ti.metric && st->truth.dist != NULL) {
+				st->truth_source = "cache";
 			} else {
 				if (lrc == CDX_OK || lrc != CDX_ENOTFOUND)
 					fprintf(stderr, "candex recall: ignoring truth cache %s: %s\n", cpath,
 					    lrc ? cdx_last_error() : "does not match");
-				cdx_truth_fini(&truth);
+				cdx_truth_fini(&st->truth);
 				if ((rc = cdx_mkdir_p(dir, 0755)) != CDX_OK)
-					goto fail;
+					return rc;
 			}
 		}
-		if (truth.rows == NULL) {
+		if (st->truth.rows == NULL) {
 			uint64_t t0 = cdx_now_us();
-			rc = cdx_truth_compute(&truth, &space, qnorm, qv.n, tk, truth_progress, &ps);
+			rc = cdx_truth_compute(
+			    &st->truth, &st->space, st->qnorm, st->qv.n, tk, truth_progress, &st->ps);
 			if (rc != CDX_OK)
-				goto fail;
+				return rc;
 			if (!j->quiet)
 				fprintf(stderr,
-				    "ground truth: %zu queries x top-%u over %zu vectors in %.1f s\n", qv.n,
-				    tk, bv.n, (double) (cdx_now_us() - t0) / 1e6);
-			if (cpath[0] && (rc = cdx_truth_save(&truth, cpath)) != CDX_OK)
-				goto fail;
+				    "ground truth: %zu queries x top-%u over %zu vectors in %.1f s\n",
+				    st->qv.n, tk, st->bv.n, (double) (cdx_now_us() - t0) / 1e6);
+			if (cpath[0] && (rc = cdx_truth_save(&st->truth, cpath)) != CDX_OK)
+				return rc;
 		}
 	}
 
-	/* 3. the sweep */
+	return rc;
+}
+
+/* sweep measures every nprobe x refine setting (and exact search, with --baseline), printing the table. */
+static int
+sweep(struct run *st)
+{
+	const struct cdx_recall_job *j = st->j;
+	FILE *out = st->out;
+	int rc = CDX_OK;
 	uint32_t nprobes[CDX_RECALL_MAX_LIST];
 	size_t n_nprobes = j->n_nprobes;
 	if (n_nprobes > 0)
 		memcpy(nprobes, j->nprobes, n_nprobes * sizeof(uint32_t));
 	else
-		n_nprobes = cdx_recall_default_nprobes(ti.nlist, nprobes, CDX_RECALL_MAX_LIST);
+		n_nprobes = cdx_recall_default_nprobes(st->ti.nlist, nprobes, CDX_RECALL_MAX_LIST);
 	float refines[CDX_RECALL_MAX_LIST];
 	size_t n_refines = j->n_refines;
 	if (j->defaults) { /* 0 and 0: the server's (or collection's) own choice */
@@ -452,27 +496,27 @@ cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached_out)
 	} else if (n_refines > 0) {
 		memcpy(refines, j->refines, n_refines * sizeof(float));
 		for (size_t i = 0; i < n_refines; i++)
-			if (refines[i] >= 1 && !ti.has_refine) {
+			if (refines[i] >= 1 && !st->ti.has_refine) {
 				rc = cdx_error(CDX_EINVAL,
 				    "--refine %g: collection %s has no refine store "
 				    "(build it with candex build --refine sq8|fp16|fp32)",
-				    (double) refines[i], ti.collection);
-				goto fail;
+				    (double) refines[i], st->ti.collection);
+				return rc;
 			}
 	} else {
 		refines[n_refines++] = CDX_RECALL_REFINE_NONE;
-		if (ti.has_refine) {
+		if (st->ti.has_refine) {
 			refines[n_refines++] = 2;
 			refines[n_refines++] = 4;
 			refines[n_refines++] = 8;
 		}
 	}
-	struct cdx_recall_set set = { .space = space,
-		.queries = qv.x,
-		.queries_norm = qnorm,
-		.nq = qv.n,
-		.truth = &truth,
-		.idmap = &idmap,
+	struct cdx_recall_set set = { .space = st->space,
+		.queries = st->qv.x,
+		.queries_norm = st->qnorm,
+		.nq = st->qv.n,
+		.truth = &st->truth,
+		.idmap = &st->idmap,
 		.eps = j->eps };
 	struct cdx_sweep_config cfg = { .k = j->k,
 		.nprobes = nprobes,
@@ -482,63 +526,68 @@ cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached_out)
 		.threads = j->threads,
 		.min_seconds = j->min_time,
 		.latency_queries = j->latency_queries,
-		.bytes_per_vector = ti.bytes_per_vector,
+		.bytes_per_vector = st->ti.bytes_per_vector,
 		.progress = sweep_progress,
-		.progress_arg = &ps };
+		.progress_arg = &st->ps };
 
-	double exact_qps = 0;
 	if (j->baseline) {
-		if ((rc = cdx_recall_exact_qps(
-		         &space, qnorm, qv.n, j->k, j->min_time > 0 ? j->min_time : 0.3, &exact_qps))
+		if ((rc = cdx_recall_exact_qps(&st->space, st->qnorm, st->qv.n, j->k,
+		         j->min_time > 0 ? j->min_time : 0.3, &st->exact_qps))
 		    != CDX_OK)
-			goto fail;
+			return rc;
 	}
 
 	fprintf(out, "# candex recall: %s (version %s, %s, dim %u, %llu items, nlist %u) via %s\n",
-	    ti.collection, ti.version, cdx_metric_name(ti.metric), ti.dim, (unsigned long long) ti.items,
-	    ti.nlist, j->url ? j->url : version_dir);
-	fprintf(out, "# %zu queries, truth %s (top %u), k %u, epsilon %g%s\n", qv.n, truth_source, truth.k,
-	    j->k, j->eps, space.base ? "" : ", ids only (no tie rule)");
-	if (exact_qps > 0)
-		fprintf(
-		    out, "# exact search (Faiss flat, all cores, batches of 1024): %.0f QPS\n", exact_qps);
+	    st->ti.collection, st->ti.version, cdx_metric_name(st->ti.metric), st->ti.dim,
+	    (unsigned long long) st->ti.items, st->ti.nlist, j->url ? j->url : st->version_dir);
+	fprintf(out, "# %zu queries, truth %s (top %u), k %u, epsilon %g%s\n", st->qv.n, st->truth_source,
+	    st->truth.k, j->k, j->eps, st->space.base ? "" : ", ids only (no tie rule)");
+	if (st->exact_qps > 0)
+		fprintf(out, "# exact search (Faiss flat, all cores, batches of 1024): %.0f QPS\n",
+		    st->exact_qps);
 	cdx_recall_table_header(out, j->k);
 	fflush(out);
-	if ((rc = cdx_recall_sweep(&be, &set, &cfg, &rows, &nrows)) != CDX_OK)
-		goto fail;
+	if ((rc = cdx_recall_sweep(&st->be, &set, &cfg, &st->rows, &st->nrows)) != CDX_OK)
+		return rc;
 	if (j->baseline) {
 		/* timed again after the sweep, the faster counts: one timing on a
 		 * shared machine can land on someone else's busy moment */
 		double again = 0;
 		if ((rc = cdx_recall_exact_qps(
-		         &space, qnorm, qv.n, j->k, j->min_time > 0 ? j->min_time : 0.3, &again))
+		         &st->space, st->qnorm, st->qv.n, j->k, j->min_time > 0 ? j->min_time : 0.3, &again))
 		    != CDX_OK)
-			goto fail;
-		if (again > exact_qps)
-			exact_qps = again;
-		fprintf(out, "# exact search, best of before and after the sweep: %.0f QPS\n", exact_qps);
+			return rc;
+		if (again > st->exact_qps)
+			st->exact_qps = again;
+		fprintf(out, "# exact search, best of before and after the sweep: %.0f QPS\n", st->exact_qps);
 	}
 
 	size_t at;
-	double drop = cdx_recall_worst_drop(rows, nrows, &at);
+	double drop = cdx_recall_worst_drop(st->rows, st->nrows, &at);
 	if (drop > 0.01)
 		fprintf(stderr,
 		    "candex recall: WARNING: recall falls by %.4f as nprobe rises (to nprobe %u, refine %g): "
 		    "more probes only add candidates, so this points at a bug in the metric path\n",
-		    drop, rows[at].nprobe,
-		    rows[at].refine_factor < 1 ? 0.0 : (double) rows[at].refine_factor);
+		    drop, st->rows[at].nprobe,
+		    st->rows[at].refine_factor < 1 ? 0.0 : (double) st->rows[at].refine_factor);
 	size_t mism = 0;
-	for (size_t i = 0; i < nrows; i++)
-		mism += rows[i].mismatched;
+	for (size_t i = 0; i < st->nrows; i++)
+		mism += st->rows[i].mismatched;
 	if (mism > 0 && !j->quiet)
 		fprintf(stderr,
 		    "candex recall: note: %zu single-query results differed from the batched ones "
 		    "(float rounding in batched distance code can reorder near-ties)\n",
 		    mism);
 
-	/* 4. operating points and outputs */
-	struct cdx_recall_point pts[CDX_RECALL_MAX_LIST];
-	int unreached = 0;
+	return rc;
+}
+
+/* pick_points picks the cheapest setting reaching each target and prints them. */
+static int
+pick_points(struct run *st)
+{
+	const struct cdx_recall_job *j = st->j;
+	FILE *out = st->out;
 	if (j->n_targets > 0) {
 		fprintf(out,
 		    "\n# operating points (cheapest setting whose %u-recall@%u reaches the target with 95%% "
@@ -548,19 +597,19 @@ cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached_out)
 		    "std err", "p99 ms", "QPS");
 	}
 	for (size_t i = 0; i < j->n_targets; i++) {
-		pts[i].target = j->targets[i];
-		pts[i].row = cdx_recall_pick(rows, nrows, j->targets[i]);
-		if (pts[i].row < 0) {
+		st->pts[i].target = j->targets[i];
+		st->pts[i].row = cdx_recall_pick(st->rows, st->nrows, j->targets[i]);
+		if (st->pts[i].row < 0) {
 			fprintf(out, "%8.4f %7s %6s %9s %8s %8s %10s\n", j->targets[i], "-", "-", "-", "-",
 			    "-", "-");
 			fprintf(stderr,
 			    "candex recall: target %g not reached by any setting swept (best %u-recall@%u: "
 			    "%.4f)\n",
-			    j->targets[i], j->k, j->k, best_recall(rows, nrows));
-			unreached = 1;
+			    j->targets[i], j->k, j->k, best_recall(st->rows, st->nrows));
+			st->unreached = 1;
 			continue;
 		}
-		const struct cdx_recall_row *r = &rows[pts[i].row];
+		const struct cdx_recall_row *r = &st->rows[st->pts[i].row];
 		char rf[16];
 		if (r->refine_factor < 1)
 			snprintf(rf, sizeof(rf), "none");
@@ -569,59 +618,88 @@ cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached_out)
 		fprintf(out, "%8.4f %7u %6s %9.4f %8.4f %8.3f %10.0f\n", j->targets[i], r->nprobe, rf,
 		    r->recall, r->recall_se, r->p99_ms, r->qps);
 	}
-	if (j->csv != NULL && (rc = cdx_recall_write_csv(j->csv, rows, nrows)) != CDX_OK)
-		goto fail;
+	return CDX_OK;
+}
+
+/* write_outputs writes the CSV, JSON and plot asked for, and saves the points into the manifest. */
+static int
+write_outputs(struct run *st)
+{
+	const struct cdx_recall_job *j = st->j;
+	int rc = CDX_OK;
+	if (j->csv != NULL && (rc = cdx_recall_write_csv(j->csv, st->rows, st->nrows)) != CDX_OK)
+		return rc;
 	if (j->json != NULL) {
-		struct cdx_recall_meta meta = { .collection = ti.collection,
-			.version = ti.version,
-			.source = j->url ? j->url : version_dir,
-			.metric = ti.metric,
-			.dim = ti.dim,
-			.nb = bv.n,
-			.items = ti.items,
-			.nlist = ti.nlist,
-			.nq = qv.n,
+		struct cdx_recall_meta meta = { .collection = st->ti.collection,
+			.version = st->ti.version,
+			.source = j->url ? j->url : st->version_dir,
+			.metric = st->ti.metric,
+			.dim = st->ti.dim,
+			.nb = st->bv.n,
+			.items = st->ti.items,
+			.nlist = st->ti.nlist,
+			.nq = st->qv.n,
 			.k = j->k,
 			.eps = j->eps,
-			.truth_source = truth_source,
-			.ids_only = space.base == NULL,
-			.exact_qps = exact_qps };
-		if ((rc = cdx_recall_write_json(j->json, &meta, rows, nrows, pts, j->n_targets)) != CDX_OK)
-			goto fail;
+			.truth_source = st->truth_source,
+			.ids_only = st->space.base == NULL,
+			.exact_qps = st->exact_qps };
+		if ((rc = cdx_recall_write_json(j->json, &meta, st->rows, st->nrows, st->pts, j->n_targets))
+		    != CDX_OK)
+			return rc;
 	}
 	if (j->plot != NULL) {
 		char title[256];
 		if (j->title == NULL)
 			snprintf(title, sizeof(title), "%s (%s, %llu items, nlist %u): %u-recall@%u vs QPS",
-			    ti.collection, cdx_metric_name(ti.metric), (unsigned long long) ti.items,
-			    ti.nlist, j->k, j->k);
-		if ((rc = cdx_recall_plot(j->plot, j->title ? j->title : title, rows, nrows, exact_qps))
+			    st->ti.collection, cdx_metric_name(st->ti.metric),
+			    (unsigned long long) st->ti.items, st->ti.nlist, j->k, j->k);
+		if ((rc = cdx_recall_plot(
+		         j->plot, j->title ? j->title : title, st->rows, st->nrows, st->exact_qps))
 		    != CDX_OK)
-			goto fail;
+			return rc;
 	}
 	if (j->save) {
-		if ((rc = save_points(version_dir, j->url ? ti.version : NULL, rows, pts, j->n_targets))
+		if ((rc = save_points(
+		         st->version_dir, j->url ? st->ti.version : NULL, st->rows, st->pts, j->n_targets))
 		    != CDX_OK)
-			goto fail;
+			return rc;
 		if (!j->quiet)
-			fprintf(stderr, "operating points saved to %s/%s\n", version_dir, CDX_MANIFEST_FILE);
+			fprintf(
+			    stderr, "operating points saved to %s/%s\n", st->version_dir, CDX_MANIFEST_FILE);
 	}
-	*unreached_out = unreached;
-	goto out;
-fail:
-	if (ps.tty && !j->quiet)
+	return rc;
+}
+
+int
+cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached)
+{
+	struct run st = { .j = j, .out = out, .truth_source = "computed" };
+	st.ps = (struct progress_state) { .out = out, .quiet = j->quiet, .tty = isatty(2), .k = j->k };
+	int rc = open_target(&st);
+	if (rc == CDX_OK)
+		rc = read_inputs(&st);
+	if (rc == CDX_OK)
+		rc = make_truth(&st);
+	if (rc == CDX_OK)
+		rc = sweep(&st);
+	if (rc == CDX_OK)
+		rc = pick_points(&st);
+	if (rc == CDX_OK)
+		rc = write_outputs(&st);
+	if (rc != CDX_OK && st.ps.tty && !j->quiet)
 		fprintf(stderr, "\r\033[K"); /* the progress line */
-out:
-	free(rows);
-	cdx_recall_backend_fini(&be);
-	cdx_truth_fini(&truth);
-	cdx_idmap_fini(&idmap);
-	free(gt);
-	free(qnorm);
-	cdx_vecs_fini(&qv);
-	cdx_vecs_fini(&bv);
-	cdx_manifest_free(man);
-	cdx_collection_unref(coll);
-	cdx_client_close(cl);
+	*unreached = rc == CDX_OK && st.unreached;
+	free(st.rows);
+	cdx_recall_backend_fini(&st.be);
+	cdx_truth_fini(&st.truth);
+	cdx_idmap_fini(&st.idmap);
+	free(st.gt);
+	free(st.qnorm);
+	cdx_vecs_fini(&st.qv);
+	cdx_vecs_fini(&st.bv);
+	cdx_manifest_free(st.man);
+	cdx_collection_unref(st.coll);
+	cdx_client_close(st.cl);
 	return rc;
 }
