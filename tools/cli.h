@@ -9,6 +9,8 @@
 #ifndef CANDEX_CLI_H
 #define CANDEX_CLI_H
 
+#include "common/opt.h" /* every subcommand's option table */
+
 int cmd_build(int argc, char **argv);   /* tools/cmd_build.c */
 int cmd_inspect(int argc, char **argv); /* tools/cmd_inspect.c */
 int cmd_serve(int argc, char **argv);   /* tools/cmd_serve.c */
@@ -20,7 +22,5 @@ int cmd_demo(int argc, char **argv);    /* tools/cmd_demo.c: the README's main j
 #define CLI_EXIT_OK    0
 #define CLI_EXIT_FAIL  1
 #define CLI_EXIT_USAGE 2
-
-#include "common/opt.h"
 
 #endif
