@@ -634,7 +634,7 @@ read_int(struct reader *r, const ProtobufCFieldDescriptor *f, int is_signed, int
 	} else {
 		/* 1e3 and 10.0 are integers too; only exact ones are taken */
 		double d = strtod(n.text, NULL);
-		ok = isfinite(d) && d == floor(d) && fabs(d) <= 9007199254740992.0
+		ok = isfinite(d) && fabs(d) <= 9007199254740992.0 && (double) (int64_t) d == d
 		    && (d >= 0 ? (uint64_t) d <= hi : is_signed && (int64_t) d >= lo);
 		neg = d < 0;
 		if (ok && neg)
