@@ -71,23 +71,18 @@ static int
 set_tune_k(const char *v, void *opts)
 {
 	struct cdx_build_opts *o = &((struct build_cli *) opts)->o;
-	char buf[256];
-	if (snprintf(buf, sizeof(buf), "%s", v) >= (int) sizeof(buf))
-		goto bad;
-	o->ntune_k = 0;
-	char *save = NULL;
-	for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
-		uint64_t k;
-		if (o->ntune_k == CDX_MANIFEST_MAX_TUNED_K || cdx_parse_u64(tok, 1, 100000, &k) != CDX_OK
-		    || (o->ntune_k > 0 && k <= o->tune_k[o->ntune_k - 1]))
-			goto bad;
-		o->tune_k[o->ntune_k++] = (uint32_t) k;
-	}
-	if (o->ntune_k > 0)
-		return CDX_OK;
-bad:
-	return cdx_error(CDX_EINVAL, "expected up to %d ascending k in [1, 100000], e.g. 10,100,500",
-	    CDX_MANIFEST_MAX_TUNED_K);
+	double k[CDX_MANIFEST_MAX_TUNED_K];
+	size_t n = 0;
+	int rc = cdx_parse_list(v, 1, 100000, k, CDX_MANIFEST_MAX_TUNED_K, &n);
+	for (size_t i = 0; rc == CDX_OK && i < n; i++)
+		if (k[i] != (double) (uint32_t) k[i] || (i > 0 && k[i] <= k[i - 1]))
+			rc = cdx_error(CDX_EINVAL, "expected ascending whole k, e.g. 10,100,500");
+	if (rc != CDX_OK)
+		return rc;
+	for (size_t i = 0; i < n; i++)
+		o->tune_k[i] = (uint32_t) k[i];
+	o->ntune_k = (uint32_t) n;
+	return CDX_OK;
 }
 
 #define O(f) offsetof(struct build_cli, f)

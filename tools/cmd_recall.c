@@ -14,33 +14,13 @@
 #include "common/opt.h"
 #include "recall/recall.h"
 
-/* parse_list splits a comma list of numbers in [lo, hi] into out (at most
- * CDX_RECALL_MAX_LIST), with the strict number parser. */
-static int
-parse_list(const char *s, double lo, double hi, double *out, size_t *n)
-{
-	char buf[1024];
-	if (snprintf(buf, sizeof(buf), "%s", s) >= (int) sizeof(buf))
-		return cdx_error(CDX_EINVAL, "list too long");
-	char *save = NULL;
-	*n = 0;
-	for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
-		if (*n >= CDX_RECALL_MAX_LIST)
-			return cdx_error(CDX_EINVAL, "at most %d values", CDX_RECALL_MAX_LIST);
-		if (cdx_parse_double(tok, lo, hi, &out[*n]) != CDX_OK)
-			return cdx_error(CDX_EINVAL, "'%s' is not a number in [%g, %g]", tok, lo, hi);
-		(*n)++;
-	}
-	return *n > 0 ? CDX_OK : cdx_error(CDX_EINVAL, "an empty list");
-}
-
 static int
 set_nprobes(const char *v, void *opts)
 {
 	struct cdx_recall_job *j = opts;
 	double list[CDX_RECALL_MAX_LIST];
 	size_t n;
-	int rc = parse_list(v, 1, 1e6, list, &n);
+	int rc = cdx_parse_list(v, 1, 1e6, list, CDX_RECALL_MAX_LIST, &n);
 	for (size_t i = 0; rc == CDX_OK && i < n; i++) {
 		if (list[i] != floor(list[i]))
 			return cdx_error(CDX_EINVAL, "%g is not a positive integer", list[i]);
@@ -56,7 +36,7 @@ set_refines(const char *v, void *opts)
 	struct cdx_recall_job *j = opts;
 	double list[CDX_RECALL_MAX_LIST];
 	size_t n;
-	int rc = parse_list(v, 0, 1e6, list, &n);
+	int rc = cdx_parse_list(v, 0, 1e6, list, CDX_RECALL_MAX_LIST, &n);
 	for (size_t i = 0; rc == CDX_OK && i < n; i++) {
 		if (list[i] != 0 && list[i] < 1)
 			return cdx_error(CDX_EINVAL, "%g: use 0 (none) or a factor >= 1", list[i]);
@@ -73,7 +53,7 @@ add_targets(const char *v, void *opts)
 	struct cdx_recall_job *j = opts;
 	double list[CDX_RECALL_MAX_LIST];
 	size_t n;
-	int rc = parse_list(v, 0, 1, list, &n);
+	int rc = cdx_parse_list(v, 0, 1, list, CDX_RECALL_MAX_LIST, &n);
 	for (size_t i = 0; rc == CDX_OK && i < n; i++) {
 		if (list[i] <= 0)
 			return cdx_error(CDX_EINVAL, "%g is not a recall in (0, 1]", list[i]);

@@ -68,6 +68,24 @@ cdx_parse_double(const char *s, double min, double max, double *out)
 }
 
 int
+cdx_parse_list(const char *s, double lo, double hi, double *out, size_t cap, size_t *n)
+{
+	char buf[1024];
+	*n = 0;
+	if (snprintf(buf, sizeof(buf), "%s", s) >= (int) sizeof(buf))
+		return cdx_error(CDX_EINVAL, "list too long");
+	char *save = NULL;
+	for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+		if (*n >= cap)
+			return cdx_error(CDX_EINVAL, "at most %zu values", cap);
+		if (cdx_parse_double(tok, lo, hi, &out[*n]) != CDX_OK)
+			return cdx_error(CDX_EINVAL, "'%s' is not a number in [%g, %g]", tok, lo, hi);
+		(*n)++;
+	}
+	return *n > 0 ? CDX_OK : cdx_error(CDX_EINVAL, "an empty list");
+}
+
+int
 cdx_parse_size(const char *s, uint64_t *out)
 {
 	if (s == NULL)

@@ -37,6 +37,10 @@ int cdx_parse_double(const char *s, double min, double max, double *out);
 int cdx_parse_size(const char *s, uint64_t *out);
 /* These return CDX_OK or CDX_EINVAL, without a message (the caller knows
  * which option or field it was). */
+/* cdx_parse_list parses a comma-separated list of at most cap numbers in
+ * [lo, hi] ("1,2,4") into out, *n of them; CDX_EINVAL with a message naming
+ * the bad element. */
+int cdx_parse_list(const char *s, double lo, double hi, double *out, size_t cap, size_t *n);
 
 /* ---- option tables ------------------------------------------------------ */
 
