@@ -1,8 +1,8 @@
 /*
  * cmd_demo.c — `candex demo`: the README's main job, end to end on the
- * embedded sample catalogue: sample -> build (tracks, podcasts) -> serve ->
- * query through the client library -> print candidates and recall@10 ->
- * stop the server cleanly.
+ * embedded sample catalogue: sample -> self-tuning build (tracks, podcasts)
+ * -> serve -> query through the client library with no tuning settings ->
+ * print candidates, recall@10 and recall@100 -> stop the server cleanly.
  *
  * Each step runs the real subcommand as a child process of this same binary,
  * so the demo exercises exactly what an operator runs.
@@ -25,6 +25,7 @@
 #include "cli.h"
 #include "common/common.h"
 #include "recall/recall.h"
+#include "shard/manifest.h"
 
 /* run_self runs `candex <args...>` and waits; returns its exit status. */
 static int
@@ -74,11 +75,6 @@ exact_topk(const float *base, size_t n, size_t dim, const float *q, int cosine, 
 	}
 }
 
-/* The recall the demo's queries ask the server for (see operating points). */
-/* the recall the demo asks for: a number for the query, text for the commands */
-#define DEMO_RECALL_TARGET_F 0.9f
-#define DEMO_RECALL_TARGET   "0.9"
-
 struct demo_collection {
 	const char *name;
 	const char *metric;
@@ -87,7 +83,7 @@ struct demo_collection {
 
 static int
 query_collection(cdx_client *client, const char *sample_dir, const struct demo_collection *dc,
-    size_t nqueries, size_t nshow)
+    size_t nqueries, size_t nshow, size_t k)
 {
 	char path[PATH_MAX];
 	struct cdx_vecs bv = { 0 }, uv = { 0 };
@@ -103,17 +99,17 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	const float *base = bv.x, *users = uv.x;
 	size_t n = bv.n, dim = bv.dim, nu = uv.n;
 	nqueries = CDX_MIN(nqueries, nu);
-	const size_t k = 10;
 	size_t found = 0;
+	double expected = 0;
 	double lat_total = 0;
 	int rc = 0;
 	for (size_t u = 0; u < nqueries; u++) {
+		/* no nprobe, refine factor or recall target: the collection's defaults */
 		struct cdx_query q = { .collection = dc->name,
 			.vectors = users + u * dim,
 			.nvectors = 1,
 			.dim = (uint32_t) dim,
-			.k = (uint32_t) k,
-			.recall_target = DEMO_RECALL_TARGET_F };
+			.k = (uint32_t) k };
 		struct cdx_result *r = NULL;
 		struct cdx_client_error err;
 		uint64_t t0 = cdx_now_us();
@@ -123,33 +119,63 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 			fprintf(stderr, "candex demo: search %s: %s\n", dc->name, err.message);
 			break;
 		}
-		int64_t truth[10];
-		float ts[10];
+		int64_t truth[100];
+		float ts[100];
 		exact_topk(base, n, dim, users + u * dim, dc->cosine, k, truth, ts);
+		expected = r->expected_recall;
 		const struct cdx_query_result *qr = &r->queries[0];
 		for (size_t i = 0; i < qr->nhits; i++)
 			for (size_t j = 0; j < k; j++)
 				if (qr->hits[i].id == truth[j])
 					found++;
 		if (u < nshow) {
-			printf("\n%s for user %zu (index %s; recall target %.2f -> nprobe %u, refine x%g):\n",
-			    dc->name, u, r->index_version, (double) r->recall_target, r->nprobe,
-			    (double) r->refine_factor);
+			printf(
+			    "\n%s for user %zu (index %s; default target %.2f at k %zu -> nprobe %u, refine "
+			    "x%g, measured recall %.3f):\n",
+			    dc->name, u, r->index_version, (double) r->recall_target, k, r->nprobe,
+			    (double) r->refine_factor, (double) r->expected_recall);
 			printf("  %-4s %-8s %-40s %s\n", "rank", "id", "key", "score");
-			for (size_t i = 0; i < qr->nhits; i++)
+			for (size_t i = 0; i < qr->nhits && i < 10; i++)
 				printf("  %-4zu %-8lld %-40s %.4f\n", i + 1, (long long) qr->hits[i].id,
 				    qr->hits[i].key, (double) qr->hits[i].score);
 		}
 		cdx_result_free(r);
 	}
 	if (rc == CDX_OK)
-		printf("\n%s: recall@10 = %.4f over %zu user queries (exact search as truth), mean latency "
-		       "%.2f ms\n",
-		    dc->name, (double) found / (double) (nqueries * k), nqueries,
+		printf("%s: recall@%zu = %.4f over %zu user queries the build never saw (exact search as "
+		       "truth; the build measured %.4f), mean latency %.2f ms\n",
+		    dc->name, k, (double) found / (double) (nqueries * k), nqueries, expected,
 		    lat_total / (double) nqueries / 1000.0);
 	cdx_vecs_fini(&bv);
 	cdx_vecs_fini(&uv);
 	return rc == CDX_OK ? 0 : -1;
+}
+
+/* print_choice says what the self-tuning build chose for a collection and
+ * what it measured, from the published manifest. */
+static void
+print_choice(const char *coll_dir)
+{
+	char vdir[PATH_MAX];
+	struct cdx_manifest *m = NULL;
+	if (cdx_version_path_resolve(coll_dir, vdir) != CDX_OK || cdx_manifest_load(&m, vdir) != CDX_OK) {
+		fprintf(stderr, "candex demo: %s\n", cdx_last_error());
+		return;
+	}
+	printf("   structure: %s%s, refine %s, %llu items\n", m->factory,
+	    m->transform == CDX_TRANSFORM_MIPS_L2 ? " (inner product reduced to L2)" : "",
+	    cdx_refine_name(m->refine), (unsigned long long) m->items);
+	if (m->nlist == 0)
+		printf("   exact search: every answer is exact (measured cheaper than any inverted lists)\n");
+	for (uint32_t i = 0; m->nlist > 0 && i < m->npoints; i++) {
+		const struct cdx_operating_point *p = &m->points[i];
+		if (p->check_recall > 0)
+			printf("   k %-4u default point: nprobe %u, refine x%g: recall %.4f on the tuning "
+			       "users, "
+			       "%.4f on users it did not choose with\n",
+			    p->k, p->nprobe, (double) p->refine_factor, p->recall, p->check_recall);
+	}
+	cdx_manifest_free(m);
 }
 
 struct demo_opts {
@@ -177,11 +203,13 @@ static const struct cdx_opt_command demo_command = {
 	= "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
 	  "Runs the main job end to end on the embedded sample catalogue:\n"
 	  "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
-	  "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos), published versions;\n"
-	  "     candex recall --target " DEMO_RECALL_TARGET " --save picks each one's operating point\n"
+	  "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos): the self-tuning build\n"
+	  "     chooses each structure by measurement on the sample's tuning users; the\n"
+	  "     structure chosen and the recall reached are printed\n"
 	  "  3. candex serve    on an ipc:// socket\n"
-	  "  4. queries through the client library, asking for recall " DEMO_RECALL_TARGET ": top-10\n"
-	  "     candidates with keys, and recall@10 measured against exact search\n"
+	  "  4. queries through the client library with no tuning settings (the collection's\n"
+	  "     default target): top-10 candidates with keys, and recall@10 and recall@100 of\n"
+	  "     other users, measured against exact search\n"
 	  "  5. SIGTERM: the server drains and exits 0\n",
 	.opts = demo_options,
 	.nopts = CDX_ARRAY_LEN(demo_options),
@@ -226,32 +254,21 @@ cmd_demo(int argc, char **argv)
 			fprintf(stderr, "candex demo: %s\n", cdx_last_error());
 			return CLI_EXIT_FAIL;
 		}
+		char tune[PATH_MAX], coll_dir[PATH_MAX];
+		if (cdx_pathf(tune, sizeof(tune), "%s/users-%s-tune.fvecs", sample_dir, dc->name) != CDX_OK
+		    || cdx_pathf(coll_dir, sizeof(coll_dir), "%s/%s", index_dir, dc->name) != CDX_OK) {
+			fprintf(stderr, "candex demo: %s\n", cdx_last_error());
+			return CLI_EXIT_FAIL;
+		}
+		/* the users the demo queries with later are others: users-<c>.fvecs */
 		char *build_args[] = { "candex", "build", "--input", input, "--keys", keys, "--collection",
 			(char *) dc->name, "--metric", (char *) dc->metric, "--out", (char *) index_dir,
-			"--refine", "fp16", "--model-version", "sample-v1", NULL };
+			"--tune-queries", tune, "--model-version", "sample-v1", "--quiet", NULL };
 		if (run_self(build_args) != 0) {
 			fprintf(stderr, "candex demo: build of %s failed\n", dc->name);
 			return CLI_EXIT_FAIL;
 		}
-		/* Operating points: measure recall against exact search on the
-		 * tuning users and save the cheapest setting reaching the target
-		 * into the manifest; queries then ask for a recall, not an nprobe. */
-		char coll_dir[PATH_MAX], tune[PATH_MAX];
-		if (cdx_pathf(coll_dir, sizeof(coll_dir), "%s/%s", index_dir, dc->name) != CDX_OK
-		    || cdx_pathf(tune, sizeof(tune), "%s/users-%s-tune.fvecs", sample_dir, dc->name)
-		        != CDX_OK) {
-			fprintf(stderr, "candex demo: %s\n", cdx_last_error());
-			return CLI_EXIT_FAIL;
-		}
-		printf("== 2/5 operating point for %s: recall@10 >= %s (candex recall --target --save)\n",
-		    dc->name, DEMO_RECALL_TARGET);
-		fflush(stdout);
-		char *recall_args[] = { "candex", "recall", "--index", coll_dir, "--base", input, "--queries",
-			tune, "--max-queries", "300", "--k", "10", "--nprobe", "8,16,32,64,128,256,512",
-			"--refine", "0,4,8,16", "--target", DEMO_RECALL_TARGET, "--save", "--quiet", NULL };
-		if (run_self(recall_args) != 0)
-			printf(
-			    "   (target not reached by any setting: queries fall back to the best point)\n");
+		print_choice(coll_dir);
 	}
 
 	snprintf(url, sizeof(url), "ipc:///tmp/candex-demo-%d.sock", (int) getpid());
@@ -280,9 +297,13 @@ cmd_demo(int argc, char **argv)
 		nanosleep(&(struct timespec) { 0, 100 * 1000 * 1000 }, NULL);
 	}
 	int failed = rc != CDX_OK;
-	printf("== 4/5 query through the client library (top-10, %zu users per collection)\n", nqueries);
-	for (size_t i = 0; !failed && i < CDX_ARRAY_LEN(collections); i++)
-		failed = query_collection(client, sample_dir, &collections[i], nqueries, nshow) != 0;
+	printf("== 4/5 query through the client library (%zu other users per collection, no tuning "
+	       "settings)\n",
+	    nqueries);
+	for (size_t i = 0; !failed && i < CDX_ARRAY_LEN(collections); i++) {
+		failed = query_collection(client, sample_dir, &collections[i], nqueries, nshow, 10) != 0
+		    || query_collection(client, sample_dir, &collections[i], nqueries, 0, 100) != 0;
+	}
 	cdx_client_close(client);
 
 	printf("\n== 5/5 stop the server (SIGTERM)\n");

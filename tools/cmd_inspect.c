@@ -204,6 +204,75 @@ list_stats(const uint64_t *sizes, size_t n)
 	return o;
 }
 
+/* print_tuning shows the self-tuning build's report: what it measured of
+ * every candidate and what it chose, then the operating points served. */
+static void
+print_tuning(json_t *m)
+{
+	json_t *t = json_object_get(m, "tuning");
+	if (!json_is_object(t))
+		return;
+	json_t *q = json_object_get(t, "queries");
+	printf("\nself-tuning: target %.3g at k", json_number_value(json_object_get(t, "target")));
+	size_t i;
+	json_t *v;
+	json_array_foreach(json_object_get(t, "k"), i, v)
+	    printf("%s%lld", i ? "," : " ", (long long) json_integer_value(v));
+	printf("; %lld selection + %lld check queries (%s); %.1f s of a %.0f s budget%s\n",
+	    (long long) json_integer_value(json_object_get(q, "selection")),
+	    (long long) json_integer_value(json_object_get(q, "check")),
+	    json_string_value(json_object_get(q, "source")), json_number_value(json_object_get(t, "seconds")),
+	    json_number_value(json_object_get(t, "budget_s")),
+	    json_is_true(json_object_get(t, "budget_reached")) ? " (reached: some candidates skipped)" : "");
+	printf("  chosen: %s\n", json_string_value(json_object_get(t, "chosen")));
+	printf("  %-48s %7s %10s %8s  %s\n", "candidate", "reached", "QPS model", "B/item",
+	    "per k: nprobe x refine -> recall");
+	json_t *c;
+	json_array_foreach(json_object_get(t, "candidates"), i, c)
+	{
+		printf("%s %-48.48s %7s %10.0f %8.0f ",
+		    json_is_true(json_object_get(c, "chosen")) ? "*" : " ",
+		    json_string_value(json_object_get(c, "structure")),
+		    json_is_true(json_object_get(c, "reached")) ? "yes" : "no",
+		    json_number_value(json_object_get(c, "qps_model")),
+		    json_number_value(json_object_get(c, "bytes_per_item")));
+		size_t j;
+		json_t *k;
+		json_array_foreach(json_object_get(c, "per_k"), j, k)
+		{
+			if (json_is_true(json_object_get(k, "reached")))
+				printf(" k%lld %lldx%g %.3f",
+				    (long long) json_integer_value(json_object_get(k, "k")),
+				    (long long) json_integer_value(json_object_get(k, "nprobe")),
+				    json_number_value(json_object_get(k, "refine_factor")),
+				    json_number_value(json_object_get(k, "recall")));
+			else
+				printf(" k%lld -", (long long) json_integer_value(json_object_get(k, "k")));
+		}
+		printf("\n");
+	}
+	json_t *pts = json_object_get(m, "operating_points");
+	if (json_array_size(pts) == 0)
+		return;
+	printf("  operating points (default target %.3g):\n    %6s %7s %7s %8s %8s %8s %10s\n",
+	    json_number_value(json_object_get(m, "default_recall_target")), "k", "target", "nprobe", "refine",
+	    "recall", "check", "QPS model");
+	json_array_foreach(pts, i, v)
+	{
+		json_t *chk = json_object_get(v, "check_recall");
+		char cs[16] = "-";
+		if (chk != NULL)
+			snprintf(cs, sizeof(cs), "%.4f", json_number_value(chk));
+		printf("    %6lld %7.3g %7lld %8g %8.4f %8s %10.0f\n",
+		    (long long) json_integer_value(json_object_get(v, "k")),
+		    json_number_value(json_object_get(v, "recall_target")),
+		    (long long) json_integer_value(json_object_get(v, "nprobe")),
+		    json_number_value(json_object_get(v, "refine_factor")),
+		    json_number_value(json_object_get(v, "recall")), cs,
+		    json_number_value(json_object_get(v, "qps")));
+	}
+}
+
 static void
 print_text(json_t *doc)
 {
@@ -213,6 +282,7 @@ print_text(json_t *doc)
 		char *ms = json_dumps(m, JSON_INDENT(2) | JSON_SORT_KEYS);
 		printf("manifest:\n%s\n", ms ? ms : "");
 		free(ms);
+		print_tuning(m);
 	}
 	json_t *shards = json_object_get(doc, "shards");
 	size_t i;

@@ -18,7 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <faiss/c_api/Clustering_c.h>
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/error_c.h>
 #include <faiss/c_api/index_factory_c.h>
@@ -45,36 +44,6 @@ faiss_metric(int metric)
 	 * (with IP, recall fell as nprobe rose: docs/recall.md). Search turns
 	 * the distance back into a cosine. */
 	return metric == CDX_METRIC_IP ? METRIC_INNER_PRODUCT : METRIC_L2;
-}
-
-/* cdx_build_train_spherical trains an IVF index's coarse quantizer with
- * spherical k-means (unit centroids), as Faiss does by itself for inner
- * product; Faiss's train() then sees a trained quantizer and only trains the
- * codes. Cosine indexes are L2 over unit vectors (see faiss_metric): plain
- * k-means there leaves centroids inside the sphere and probes worse lists
- * (glove100, nprobe 64, refine x16: 10-recall@10 0.940 against 0.954 with
- * spherical centroids). Not an IVF index (small collections): nothing to do. */
-int
-cdx_build_train_spherical(
-    FaissIndex *index, uint64_t n, const float *x, int niter, int max_points_per_centroid)
-{
-	FaissIndexIVF *ivf = faiss_IndexIVF_cast(index);
-	if (ivf == NULL)
-		return CDX_OK;
-	FaissClusteringParameters cp;
-	faiss_ClusteringParameters_init(&cp); /* IndexIVF's defaults, seed 1234 */
-	cp.spherical = 1;
-	if (niter > 0)
-		cp.niter = niter;
-	if (max_points_per_centroid > 0)
-		cp.max_points_per_centroid = max_points_per_centroid;
-	FaissClustering *clus = NULL;
-	int frc = faiss_Clustering_new_with_params(
-	    &clus, faiss_Index_d(index), (int) faiss_IndexIVF_nlist(ivf), &cp);
-	if (frc == 0)
-		frc = faiss_Clustering_train(clus, (idx_t) n, x, faiss_IndexIVF_quantizer(ivf));
-	faiss_Clustering_free(clus);
-	return frc == 0 ? CDX_OK : cdx_error_faiss("spherical k-means of the coarse quantizer");
 }
 
 void
@@ -445,7 +414,8 @@ remove_stale_outputs(const char *workdir)
 		return;
 	struct dirent *e;
 	while ((e = readdir(d)) != NULL) {
-		if (strncmp(e->d_name, "shard-", 6) == 0 || strncmp(e->d_name, ".encode-", 8) == 0) {
+		if (strncmp(e->d_name, "shard-", 6) == 0 || strncmp(e->d_name, ".encode-", 8) == 0
+		    || strncmp(e->d_name, "tune-check-", 11) == 0) {
 			char path[PATH_MAX];
 			if (snprintf(path, sizeof(path), "%s/%s", workdir, e->d_name) < (int) sizeof(path))
 				cdx_rm_rf(path);
@@ -546,6 +516,8 @@ cdx_build_plan_save(const struct cdx_build_plan *p, const char *workdir)
 	snprintf(path, sizeof(path), "%s/%s", workdir, PLAN_FILE);
 	rc = cdx_write_file_atomic(path, s, strlen(s));
 	free(s);
+	if (rc == CDX_OK && p->check != NULL)
+		rc = cdx_tune_check_save(p->check, workdir);
 	return rc;
 }
 
@@ -723,6 +695,8 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 			l.rc = cdx_error(CDX_EDIM, "%s: trained index has d=%d, the plan says %u", path,
 			    faiss_Index_d(p->index), p->dim);
 	}
+	if (l.rc == CDX_OK && p->ntuned_k > 0)
+		l.rc = cdx_tune_check_load(&p->check, workdir, p->metric, p->dim);
 	if (l.rc != CDX_OK) {
 		cdx_build_plan_free(p);
 		return l.rc;

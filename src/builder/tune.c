@@ -1,140 +1,23 @@
 /*
- * tune.c — the self-tuning build (see tune.h DESIGN).
- *
- * Flow: read the input into memory (the tuning base), pick the queries,
- * compute their exact neighbours, then measure candidates in a fixed order
- * (exact search by the cost model alone; then IVF-PQ candidates: each
- * coarse group — transform, PCA, nlist — with 4-dimensional PQ sub-vectors,
- * then, for the best group, 8-dimensional sub-vectors and a quarter of the
- * lists), keep the cheapest that reaches the target at every tuned k, and
- * derive its operating points.
+ * tune.c — the self-tuning build (see tune.h DESIGN): read the input into
+ * memory (the tuning base), pick the queries, compute their exact
+ * neighbours, measure candidates in a fixed order (exact search by the cost
+ * model alone; then IVF-PQ candidates: each coarse group — transform, PCA —
+ * with 4-dimensional PQ sub-vectors, then, for the best group, 8-dimensional
+ * sub-vectors and four times the lists), keep the cheapest that reaches the
+ * target at every tuned k, derive its operating points and its report.
+ * tune_measure.c measures one candidate; tune_check.c checks the choice.
  */
 #define _GNU_SOURCE
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <faiss/c_api/Clustering_c.h>
-#include <faiss/c_api/IndexIVF_c.h>
-#include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/index_factory_c.h>
 #include <jansson.h>
 
-#include "builder/tune.h"
-#include "faissx/faissx.h"
+#include "builder/tune_int.h"
 #include "search/points.h"
-#include "search/search.h"
-#include "shard/refine.h"
-#include "shard/transform.h"
-#include "faissx/error.h"
-
-#define Z95        1.645 /* one-sided 95% */
-#define NKINDS     4     /* refine: none, fp32, fp16, sq8 (enum cdx_refine_kind order) */
-#define MAX_F      5     /* refine factors 1, 2, 4, 8, 16 */
-#define MAX_NPROBE 16    /* nprobe ladder 1, 2, 4, ... */
-#define TRAIN_ITER 10    /* k-means iterations (Faiss: 25): recall measured equal on sift and glove */
-#define TRAIN_PTS  64    /* sample cap per centroid (Faiss: 256) */
-#define COST_TIE   1.10  /* structures this close in cost are ranked by bytes per item */
-
-static const float factors[MAX_F] = { 1, 2, 4, 8, 16 };
-
-/* --- the cost model ------------------------------------------------------ */
-
-/* Nanoseconds per unit, single thread, measured on the project machine
- * with tools/bench/bench_costmodel.c (BENCHMARKS.md, "Cost model"). Only
- * ratios matter for the choice; the absolute figures give the modelled QPS
- * reported beside the measured one. */
-#define NS_QUERY       15000.0 /* per request: copies, coarse setup, merge */
-#define NS_FLOAT_DIST  0.064   /* per float of a flat distance (coarse quantizer, exact search) */
-#define NS_LUT         0.25    /* per table entry built per probed list (M x 2^nbits) */
-#define NS_CODE8       0.8     /* per code per sub-quantizer, 8-bit PQ */
-#define NS_CODE4       1.3     /* per code per sub-quantizer, 4-bit PQ (no fast-scan) */
-#define NS_HEAP        5.0     /* per heap step (log2 of the pool) per insertion */
-#define NS_REFINE_ROW  15.0    /* per re-ranked candidate: a cache miss on its row */
-#define NS_REFINE_FP32 0.06    /* per dimension of a re-ranked candidate */
-#define NS_REFINE_FP16 0.09
-#define NS_REFINE_SQ8  0.12
-
-struct cand;
-static double model_ns(
-    const struct cand *c, uint32_t nprobe, double codes, double pool, int kind, uint32_t dim);
-
-/* --- candidates ------------------------------------------------------------ */
-
-/* The cheapest setting found for one k and refine kind. */
-struct setting {
-	int ok; /* reaches the target */
-	uint32_t nprobe;
-	float factor;          /* 0: no re-ranking */
-	double recall, se, ns; /* measured recall, its standard error, modelled ns per query */
-};
-
-struct cand {
-	int flat;
-	int group; /* stage-0 coarse group it shares, -1 for none */
-	int transform;
-	uint32_t pca, nlist, m, nbits, index_dim, group_dim;
-	char factory[128];
-	/* results */
-	int evaluated;
-	int kind;     /* the best refine kind */
-	double ns;    /* mean over k of its best settings; INFINITY if it never reaches */
-	double bytes; /* per item, with that kind */
-	double train_s, add_s, eval_s;
-	struct setting best[CDX_TUNE_MAX_K][NKINDS];
-	/* every measured (nprobe, factor) of the best kind, for the ladder */
-	uint32_t nsteps;
-	uint32_t nprobes[MAX_NPROBE];
-	double rec[MAX_NPROBE][CDX_TUNE_MAX_K][NKINDS][MAX_F];
-	double se[MAX_NPROBE][CDX_TUNE_MAX_K][NKINDS][MAX_F];
-	double codes[MAX_NPROBE];
-	char note[160];
-};
-
-/* --- the tuning data ---------------------------------------------------------- */
-
-struct tdata {
-	const struct cdx_tune_opts *o;
-	int metric;
-	uint32_t dim;
-	uint64_t nfull;
-	float *full; /* nfull x dim, normalised for cos */
-	size_t n;    /* the tuning base: full minus held-out rows */
-	float *base; /* n x dim (== full when nothing is held out) */
-	double max_norm2;
-	uint32_t ks[CDX_TUNE_MAX_K], nks, kmax;
-	double target;
-	size_t nsel;
-	float *sel; /* nsel x dim, normalised for cos */
-	struct cdx_truth truth;
-	struct cdx_recall_space space;
-	struct cdx_refine_store store[NKINDS]; /* over base, for kinds fp32, fp16, sq8 */
-	void *store_data[NKINDS];
-	float *sq8_vmin, *sq8_vdiff;
-	uint64_t t0;
-	size_t pool; /* candidates fetched per selection query */
-};
-
-static int
-higher_better(int metric)
-{
-	return cdx_metric_higher_is_better(metric);
-}
-
-static size_t
-nf_for(uint32_t k)
-{
-	/* factor x k candidates are re-ranked; beyond 16 x 10, 8 x 100, 4 x 500
-	 * the pool costs more than more lists do */
-	return k <= 10 ? 5 : k <= 100 ? 4 : 3;
-}
-
-static double
-elapsed_s(const struct tdata *t)
-{
-	return (double) (cdx_now_us() - t->t0) / 1e6;
-}
 
 /* --- reading -------------------------------------------------------------- */
 
@@ -232,468 +115,6 @@ make_stores(struct tdata *t)
 	return CDX_OK;
 }
 
-/* --- building and measuring one IVF-PQ candidate ------------------------------- */
-
-/* cmp_by_score orders candidate positions by score (lower first), then by
- * position, so that equal scores keep the index's order. */
-static int
-cmp_by_score(const void *a, const void *b, void *arg)
-{
-	const float *s = arg;
-	uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-	if (s[x] != s[y])
-		return s[x] < s[y] ? -1 : 1;
-	return x < y ? -1 : x > y;
-}
-
-/* spherical: cos collections train their coarse quantizer with spherical
- * k-means (train.c explains why); not behind a PCA, whose outputs are not
- * unit vectors. */
-static int
-train_first(struct tdata *t, struct cand *c, const float *xs, size_t ns, FaissIndex **out)
-{
-	FaissIndex *idx = NULL;
-	FaissMetricType fm = t->metric == CDX_METRIC_IP && c->transform == CDX_TRANSFORM_NONE
-	    ? METRIC_INNER_PRODUCT
-	    : METRIC_L2;
-	if (faiss_index_factory(&idx, (int) c->index_dim, c->factory, fm) != 0)
-		return cdx_error_faiss(c->factory);
-	int rc = CDX_OK;
-	if (cdx_fx_train_params(idx, TRAIN_ITER, TRAIN_PTS) != 0)
-		rc = cdx_error_faiss("train parameters");
-	if (rc == CDX_OK && t->metric == CDX_METRIC_COS && c->pca == 0)
-		rc = cdx_build_train_spherical(idx, ns, xs, TRAIN_ITER, TRAIN_PTS);
-	if (rc == CDX_OK && faiss_Index_train(idx, (idx_t) ns, xs) != 0)
-		rc = cdx_error_faiss("training");
-	if (rc != CDX_OK) {
-		faiss_Index_free(idx);
-		return rc;
-	}
-	*out = idx;
-	return CDX_OK;
-}
-
-static double
-code_bytes(const struct cand *c)
-{
-	return c->flat ? 4.0 * c->index_dim : ceil((double) c->m * c->nbits / 8.0);
-}
-
-/* bytes_per_item: what an item costs the server in memory with a refine
- * kind: codes, Faiss's id per code, candex's id, and the refine copy (or,
- * without one, Faiss's direct map for reconstruction). */
-static double
-bytes_per_item(const struct cand *c, int kind, uint32_t dim)
-{
-	if (c->flat)
-		return 4.0 * dim + 8;
-	return code_bytes(c) + 8 + 8
-	    + (kind == CDX_REFINE_NONE ? 8 : (double) cdx_refine_bytes_per_vector(kind, dim));
-}
-
-/* A per-query cache of candidates' scores, kept across one candidate's
- * nprobe ladder: the pools of nprobe n and 2n overlap mostly, and scoring
- * (full-dimension re-rank distances) is most of the tuner's search time. */
-struct score_cache {
-	uint32_t slots; /* a power of two >= 2 x pool, per query */
-	int32_t *row;   /* nsel x slots; -1 = empty */
-	float *score;   /* nsel x slots x NKINDS: [0] true distance, [kind] re-ranked score */
-};
-
-static int
-cache_init(struct score_cache *sc, size_t nq, size_t pool)
-{
-	sc->slots = 64;
-	while (sc->slots < 4 * pool)
-		sc->slots *= 2;
-	sc->row = malloc(nq * sc->slots * sizeof(int32_t));
-	sc->score = malloc(nq * sc->slots * NKINDS * sizeof(float));
-	if (sc->row == NULL || sc->score == NULL)
-		return cdx_error(CDX_ENOMEM, "tuning score cache");
-	memset(sc->row, 0xff, nq * sc->slots * sizeof(int32_t));
-	return CDX_OK;
-}
-
-static void
-cache_fini(struct score_cache *sc)
-{
-	free(sc->row);
-	free(sc->score);
-	memset(sc, 0, sizeof(*sc));
-}
-
-/* cached_scores returns query q's scores of row, computing them on first
- * sight (a full table, unlikely at 4 x pool slots, just computes). */
-static const float *
-cached_scores(
-    const struct tdata *t, struct score_cache *sc, size_t q, int32_t row, const int *kinds, float *tmp)
-{
-	int32_t *rows = sc->row + q * sc->slots;
-	uint32_t h = (uint32_t) (cdx_mix64((uint64_t) row) & (sc->slots - 1));
-	float *out = tmp;
-	for (uint32_t probe = 0; probe < sc->slots; probe++, h = (h + 1) & (sc->slots - 1)) {
-		if (rows[h] == row)
-			return sc->score + (q * sc->slots + h) * NKINDS;
-		if (rows[h] < 0) {
-			rows[h] = row;
-			out = sc->score + (q * sc->slots + h) * NKINDS;
-			break;
-		}
-	}
-	const float *qv = t->sel + q * t->dim;
-	/* true distances, in recall_metrics.c's units, from the exact (fp32)
-	 * score: float precision is far inside the tie epsilon */
-	float s = cdx_refine_distance(&t->store[CDX_REFINE_FP32], (uint64_t) row, qv, t->metric);
-	out[0] = t->metric == CDX_METRIC_L2 ? sqrtf(s > 0 ? s : 0)
-	    : t->metric == CDX_METRIC_COS   ? 1.0f - s
-	                                    : -s;
-	int hb = higher_better(t->metric);
-	for (int kind = CDX_REFINE_FP32; kind < NKINDS; kind++) {
-		if (!kinds[kind])
-			continue;
-		float v = kind == CDX_REFINE_FP32
-		    ? s
-		    : cdx_refine_distance(&t->store[kind], (uint64_t) row, qv, t->metric);
-		out[kind] = hb ? -v : v;
-	}
-	return out;
-}
-
-/* evaluate_pools turns one nprobe's candidate pools (nsel x pool rows, in
- * the index's order) into per-query recall for every k, refine kind and
- * factor: rec/se[k][kind][f]. */
-static void
-evaluate_pools(const struct tdata *t, struct score_cache *sc, const struct cdx_hit *hits, size_t pool,
-    const int *kinds, double rec[CDX_TUNE_MAX_K][NKINDS][MAX_F], double se[CDX_TUNE_MAX_K][NKINDS][MAX_F])
-{
-	size_t nq = t->nsel, cells = (size_t) CDX_TUNE_MAX_K * NKINDS * MAX_F;
-	double *per = calloc(nq * cells, sizeof(double));
-	if (per == NULL) {
-		for (size_t i = 0; i < cells; i++)
-			(&rec[0][0][0])[i] = (&se[0][0][0])[i] = NAN;
-		return;
-	}
-#pragma omp parallel
-	{
-		double *td = malloc(pool * sizeof(double));
-		float *score = malloc(pool * NKINDS * sizeof(float)), *kscore = malloc(pool * sizeof(float));
-		uint32_t *order = malloc(pool * sizeof(uint32_t));
-#pragma omp for schedule(dynamic, 8)
-		for (size_t q = 0; q < nq; q++) {
-			if (td == NULL || score == NULL || kscore == NULL || order == NULL)
-				continue;
-			const struct cdx_hit *h = hits + q * pool;
-			size_t have = 0;
-			while (have < pool && h[have].id >= 0)
-				have++;
-			for (size_t j = 0; j < have; j++) {
-				float tmp[NKINDS];
-				const float *sc_j = cached_scores(t, sc, q, (int32_t) h[j].id, kinds, tmp);
-				memcpy(score + j * NKINDS, sc_j, NKINDS * sizeof(float));
-				td[j] = sc_j[0];
-			}
-			for (int kind = 0; kind < NKINDS; kind++) {
-				if (!kinds[kind])
-					continue;
-				/* order: candidate positions by re-ranked score (none: as fetched) */
-				for (size_t j = 0; j < have; j++)
-					order[j] = (uint32_t) j;
-				if (kind != CDX_REFINE_NONE) {
-					for (size_t j = 0; j < have; j++)
-						kscore[j] = score[j * NKINDS + kind];
-					qsort_r(order, have, sizeof(uint32_t), cmp_by_score, kscore);
-				}
-				for (uint32_t ki = 0; ki < t->nks; ki++) {
-					uint32_t k = t->ks[ki];
-					uint32_t r = 0;
-					while (r < k && t->truth.rows[q * t->truth.k + r] >= 0)
-						r++;
-					if (r == 0)
-						continue;
-					double thr = (double) t->truth.dist[q * t->truth.k + r - 1]
-					    + CDX_RECALL_EPSILON_DEFAULT;
-					size_t nf = kind == CDX_REFINE_NONE ? 1 : nf_for(k);
-					for (size_t fi = 0; fi < nf; fi++) {
-						size_t window = kind == CDX_REFINE_NONE
-						    ? k
-						    : (size_t) (factors[fi] * (float) k);
-						if (window > have)
-							window = have;
-						uint32_t taken = 0, found = 0;
-						for (size_t j = 0; j < have && taken < k; j++) {
-							uint32_t pos = order[j];
-							if (pos >= window)
-								continue;
-							taken++;
-							found += td[pos] <= thr;
-						}
-						if (found > r)
-							found = r;
-						per[q * cells + ((size_t) ki * NKINDS + (size_t) kind) * MAX_F
-						    + fi]
-						    = (double) found / r;
-					}
-				}
-			}
-		}
-		free(td);
-		free(score);
-		free(kscore);
-		free(order);
-	}
-	for (size_t cell = 0; cell < cells; cell++) {
-		double s = 0, s2 = 0;
-		for (size_t q = 0; q < nq; q++)
-			s += per[q * cells + cell];
-		double mean = s / (double) nq;
-		for (size_t q = 0; q < nq; q++) {
-			double dv = per[q * cells + cell] - mean;
-			s2 += dv * dv;
-		}
-		(&rec[0][0][0])[cell] = mean;
-		(&se[0][0][0])[cell] = nq > 1 ? sqrt(s2 / (double) (nq - 1) / (double) nq) : 1;
-	}
-	free(per);
-}
-
-static double
-model_ns(const struct cand *c, uint32_t nprobe, double codes, double pool, int kind, uint32_t dim)
-{
-	double ns = NS_QUERY;
-	if (c->flat) {
-		ns += NS_FLOAT_DIST * codes * c->index_dim;
-	} else {
-		ns += NS_FLOAT_DIST * (double) c->nlist * (c->pca ? c->pca : c->group_dim);
-		if (c->pca)
-			ns += NS_FLOAT_DIST * (double) c->group_dim * c->pca;
-		ns += NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
-		ns += (c->nbits == 8 ? NS_CODE8 : NS_CODE4) * (double) c->m * codes;
-	}
-	/* a heap of the pool takes about pool x (1 + ln(codes / pool)) insertions */
-	if (pool >= 1 && codes > 0) {
-		double ins = codes <= pool ? codes : pool * (1 + log(codes / pool));
-		ns += NS_HEAP * log2(pool + 1) * ins;
-	}
-	if (kind != CDX_REFINE_NONE) {
-		double per_dim = kind == CDX_REFINE_FP32 ? NS_REFINE_FP32
-		    : kind == CDX_REFINE_FP16            ? NS_REFINE_FP16
-		                                         : NS_REFINE_SQ8;
-		ns += pool * (NS_REFINE_ROW + per_dim * dim);
-	}
-	return ns;
-}
-
-/* choose_settings fills c->best from the measured grid, and c->ns, c->kind
- * and c->bytes from the best refine kind (kinds[kind] say which count). */
-static void
-choose_settings(const struct tdata *t, struct cand *c, const int *kinds)
-{
-	c->ns = INFINITY;
-	for (int kind = 0; kind < NKINDS; kind++) {
-		if (!kinds[kind])
-			continue;
-		double sum = 0;
-		int all = 1;
-		for (uint32_t ki = 0; ki < t->nks; ki++) {
-			uint32_t k = t->ks[ki];
-			struct setting *b = &c->best[ki][kind];
-			memset(b, 0, sizeof(*b));
-			b->ns = INFINITY;
-			size_t nf = kind == CDX_REFINE_NONE ? 1 : nf_for(k);
-			for (uint32_t s = 0; s < c->nsteps; s++) {
-				for (size_t fi = 0; fi < nf; fi++) {
-					double r = c->rec[s][ki][kind][fi], se = c->se[s][ki][kind][fi];
-					if (!(r - Z95 * se >= t->target))
-						continue;
-					double pool = kind == CDX_REFINE_NONE ? k : factors[fi] * k;
-					double ns
-					    = model_ns(c, c->nprobes[s], c->codes[s], pool, kind, t->dim);
-					if (ns < b->ns)
-						*b = (struct setting) { 1, c->nprobes[s],
-							kind == CDX_REFINE_NONE ? 0 : factors[fi], r, se,
-							ns };
-				}
-			}
-			all &= b->ok;
-			sum += b->ns;
-		}
-		double ns = all ? sum / t->nks : INFINITY;
-		double bytes = bytes_per_item(c, kind, t->dim);
-		/* cheaper by more than the tie band wins; within it, fewer bytes */
-		if (c->kind < 0 || ns * COST_TIE < c->ns
-		    || (ns < INFINITY && ns <= c->ns * COST_TIE && bytes < c->bytes)) {
-			c->ns = ns;
-			c->kind = kind;
-			c->bytes = bytes;
-		}
-	}
-}
-
-/* map_rows_for: the tuning base or sample as candidate c's index takes it:
- * a new array (*owned) when the transform or padding changes it. */
-static const float *
-map_rows_for(const struct tdata *t, const struct cand *c, const float *x, size_t n, float **owned)
-{
-	struct cdx_vector_map vm = { t->metric, c->transform, t->dim, c->index_dim, t->max_norm2 };
-	*owned = NULL;
-	if (cdx_map_identity(&vm))
-		return x;
-	float *y = malloc(n * c->index_dim * sizeof(float));
-	if (y == NULL)
-		return NULL;
-	cdx_map_items(&vm, x, n, y);
-	*owned = y;
-	return y;
-}
-
-/* measure_ivf builds candidate c (over like's coarse stage when like is
- * not NULL), adds the tuning base, searches the nprobe ladder and chooses
- * its settings. *trained gets a copy of the trained, empty index. */
-static int
-measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, const uint64_t *sample, size_t ns,
-    const int *kinds, FaissIndex **trained)
-{
-	uint64_t t0 = cdx_now_us();
-	FaissIndex *idx = NULL, *copy = NULL;
-	float *xs = NULL, *xb_owned = NULL;
-	struct cdx_hit *hits = NULL;
-	cdx_collection *coll = NULL;
-	struct score_cache cache = { 0 };
-	int rc = CDX_OK;
-	*trained = NULL;
-	c->evaluated = 1;
-	c->kind = -1;
-
-	/* the training sample, mapped */
-	if ((xs = malloc(ns * c->index_dim * sizeof(float))) == NULL) {
-		rc = cdx_error(CDX_ENOMEM, "tuning sample");
-		goto done;
-	}
-	{
-		struct cdx_vector_map vm = { t->metric, c->transform, t->dim, c->index_dim, t->max_norm2 };
-		float *row = malloc(t->dim * sizeof(float));
-		if (row == NULL) {
-			rc = cdx_error(CDX_ENOMEM, "tuning sample");
-			goto done;
-		}
-		for (size_t i = 0; i < ns; i++) {
-			memcpy(row, t->base + sample[i] * t->dim, t->dim * sizeof(float));
-			cdx_map_items(&vm, row, 1, xs + i * c->index_dim);
-		}
-		free(row);
-	}
-	if (like != NULL) {
-		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, &idx) != 0) {
-			rc = cdx_error_faiss("IVF-PQ over a trained coarse stage");
-			goto done;
-		}
-		if (faiss_Index_train(idx, (idx_t) ns, xs) != 0) {
-			rc = cdx_error_faiss("training");
-			goto done;
-		}
-	} else if ((rc = train_first(t, c, xs, ns, &idx)) != CDX_OK) {
-		goto done;
-	}
-	free(xs);
-	xs = NULL;
-	if (faiss_clone_index(idx, &copy) != 0) {
-		rc = cdx_error_faiss("copy of the trained index");
-		goto done;
-	}
-	c->train_s = (double) (cdx_now_us() - t0) / 1e6;
-
-	uint64_t t1 = cdx_now_us();
-	const float *xb = map_rows_for(t, c, t->base, t->n, &xb_owned);
-	if (xb == NULL) {
-		rc = cdx_error(CDX_ENOMEM, "tuning base in index space");
-		goto done;
-	}
-	cdx_blas_set_threads(omp_get_max_threads());
-	int add_failed = faiss_Index_add(idx, (idx_t) t->n, xb) != 0;
-	cdx_blas_set_threads(1); /* idle OpenBLAS threads spin (sched_yield) */
-	if (add_failed) {
-		rc = cdx_error_faiss("adding the tuning base");
-		goto done;
-	}
-	free(xb_owned);
-	xb_owned = NULL;
-	c->add_s = (double) (cdx_now_us() - t1) / 1e6;
-
-	/* the server's own search over it */
-	struct cdx_manifest *m = calloc(1, sizeof(*m));
-	if (m == NULL) {
-		rc = cdx_error(CDX_ENOMEM, "tuning manifest");
-		goto done;
-	}
-	snprintf(m->collection, sizeof(m->collection), "tune");
-	m->metric = t->metric;
-	m->dim = t->dim;
-	m->index_dim = c->index_dim;
-	m->transform = c->transform;
-	m->max_norm2 = t->max_norm2;
-	m->items = t->n;
-	m->nshards = 1;
-	m->default_nprobe = 1;
-	rc = cdx_collection_from_index(&coll, m, idx);
-	idx = NULL; /* owned by coll now, even on failure */
-	if (rc != CDX_OK)
-		goto done;
-
-	uint64_t t2 = cdx_now_us();
-	size_t pool = t->pool;
-	if ((rc = cache_init(&cache, t->nsel, pool)) != CDX_OK)
-		goto done;
-	if ((hits = malloc(t->nsel * pool * sizeof(*hits))) == NULL) {
-		rc = cdx_error(CDX_ENOMEM, "tuning pools");
-		goto done;
-	}
-	uint32_t cap = CDX_MIN(c->nlist, CDX_MAX(256u, c->nlist / 4));
-	c->nsteps = 0;
-	for (uint32_t np = 1;
-	     np <= cap && c->nsteps<MAX_NPROBE; np = np * 2> cap && np < cap ? cap : np * 2) {
-		struct cdx_search_used used;
-		struct cdx_search_params sp = { .k = (uint32_t) pool,
-			.nprobe = np,
-			.refine_factor = 0.5f,
-			.parallel = 1,
-			.used = &used };
-		if ((rc = cdx_collection_search(coll, &sp, t->sel, t->nsel, hits)) != CDX_OK)
-			goto done;
-		uint32_t s = c->nsteps++;
-		c->nprobes[s] = np;
-		c->codes[s] = (double) used.codes / (double) t->nsel;
-		evaluate_pools(t, &cache, hits, pool, kinds, c->rec[s], c->se[s]);
-		/* the ladder ends once every k has a setting at 0.99 (the top rung
-		 * online adaptation may need; make_points stops there too) */
-		int done_all = 1;
-		for (uint32_t ki = 0; ki < t->nks; ki++) {
-			double top = 0;
-			for (int kind = 0; kind < NKINDS; kind++)
-				for (size_t fi = 0; kinds[kind] && fi < MAX_F; fi++)
-					if (c->rec[s][ki][kind][fi] > top)
-						top = c->rec[s][ki][kind][fi];
-			done_all &= top >= 0.99;
-		}
-		if (done_all || np == cap)
-			break;
-	}
-	c->eval_s = (double) (cdx_now_us() - t2) / 1e6;
-	choose_settings(t, c, kinds);
-	*trained = copy;
-	copy = NULL;
-done:
-	if (idx != NULL)
-		faiss_Index_free(idx);
-	if (copy != NULL)
-		faiss_Index_free(copy);
-	cdx_collection_unref(coll);
-	free(xs);
-	free(xb_owned);
-	free(hits);
-	cache_fini(&cache);
-	return rc;
-}
-
 /* --- the run ------------------------------------------------------------------ */
 
 static void
@@ -728,6 +149,12 @@ log_cand(const struct tdata *t, const struct cand *c)
 	    ks, 1e9 / c->ns, c->bytes, c->train_s, c->eval_s);
 }
 
+/* A coarse group: candidates in one share their transform and PCA. */
+struct group {
+	int transform;
+	uint32_t pca; /* 0: none */
+};
+
 /* flat_cand: exact search, by the cost model alone (its recall is 1). */
 static void
 flat_cand(const struct tdata *t, struct cand *c)
@@ -740,12 +167,12 @@ flat_cand(const struct tdata *t, struct cand *c)
 	snprintf(c->factory, sizeof(c->factory), "Flat");
 	double sum = 0;
 	for (uint32_t ki = 0; ki < t->nks; ki++) {
-		double ns = model_ns(c, 0, (double) t->nfull, t->ks[ki], CDX_REFINE_NONE, t->dim);
+		double ns = cdx__tune_model_ns(c, 0, (double) t->nfull, t->ks[ki], CDX_REFINE_NONE, t->dim);
 		c->best[ki][CDX_REFINE_NONE] = (struct setting) { 1, 0, 0, 1.0, 0, ns };
 		sum += ns;
 	}
 	c->ns = sum / t->nks;
-	c->bytes = bytes_per_item(c, CDX_REFINE_NONE, t->dim);
+	c->bytes = cdx__tune_bytes_per_item(c, CDX_REFINE_NONE, t->dim);
 }
 
 /* tune_nlist: the power of two nearest 2 sqrt(n), in [16, n / 39]. */
@@ -791,6 +218,9 @@ ivf_cand(const struct tdata *t, struct cand *c, int transform, uint32_t pca, uin
 		snprintf(c->factory, sizeof(c->factory), "IVF%u,PQ%ux%unp", nlist, c->m, nbits);
 }
 
+/* better: whether a beats b: cheaper beyond the tie band; within it,
+ * exact search beats approximate (its answers are exact, whatever the
+ * traffic), then fewer bytes per item win. */
 static int
 better(const struct cand *a, const struct cand *b)
 {
@@ -800,7 +230,11 @@ better(const struct cand *a, const struct cand *b)
 		return 0;
 	if (a->ns * COST_TIE < b->ns)
 		return 1;
-	return a->ns <= b->ns * COST_TIE && a->bytes < b->bytes && a->ns < INFINITY;
+	if (a->ns > b->ns * COST_TIE)
+		return 0;
+	if (a->flat != b->flat)
+		return a->flat;
+	return a->bytes < b->bytes;
 }
 
 static json_t *
@@ -835,7 +269,7 @@ cand_json(const struct tdata *t, const struct cand *c, int kind, int chosen)
 	}
 	json_object_set_new(o, "reached", json_boolean(all));
 	json_object_set_new(o, "qps_model", all ? json_real(1e9 / (ns / t->nks)) : json_null());
-	json_object_set_new(o, "bytes_per_item", json_real(bytes_per_item(c, kind, t->dim)));
+	json_object_set_new(o, "bytes_per_item", json_real(cdx__tune_bytes_per_item(c, kind, t->dim)));
 	json_object_set_new(o, "train_s", json_real(c->train_s));
 	json_object_set_new(o, "add_s", json_real(c->add_s));
 	json_object_set_new(o, "search_s", json_real(c->eval_s));
@@ -882,12 +316,12 @@ make_points(const struct tdata *t, const struct cand *c, struct cdx_tune_result 
 					for (size_t fi = 0; fi < nf; fi++) {
 						double rec = c->rec[s][ki][c->kind][fi],
 						       se = c->se[s][ki][c->kind][fi];
-						if (!(rec - Z95 * se >= targets[ti]))
+						if (!(cdx_points_lower_bound(rec, se) >= targets[ti]))
 							continue;
 						double pool = c->kind == CDX_REFINE_NONE
 						    ? t->ks[ki]
 						    : factors[fi] * t->ks[ki];
-						double ns = model_ns(
+						double ns = cdx__tune_model_ns(
 						    c, c->nprobes[s], c->codes[s], pool, c->kind, t->dim);
 						if (ns < best) {
 							best = ns;
@@ -920,17 +354,6 @@ cdx_tune_opts_init(struct cdx_tune_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->refine = -1;
 	o->seed = CDX_BUILD_DEFAULT_SEED;
-}
-
-void
-cdx_tune_check_free(struct cdx_tune_check *c)
-{
-	if (c == NULL)
-		return;
-	free(c->queries);
-	free(c->self);
-	cdx_truth_fini(&c->truth);
-	free(c);
 }
 
 void
@@ -978,29 +401,19 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 		if ((rc = read_queries(o->queries, o->queries_format, t->dim, maxq, o->seed, &q, &nq))
 		    != CDX_OK)
 			return rc;
-		t->base = t->full;
-		t->n = t->nfull;
 		json_object_set_new(qj, "source", json_string(o->queries));
 	} else {
 		nq = (size_t) CDX_MIN((uint64_t) maxq, t->nfull / 10);
 		held = malloc(nq * sizeof(uint64_t));
 		q = malloc(nq * t->dim * sizeof(float));
-		t->n = t->nfull - nq;
-		t->base = malloc(t->n * t->dim * sizeof(float));
-		if (held == NULL || q == NULL || t->base == NULL) {
+		if (held == NULL || q == NULL) {
 			free(held);
 			free(q);
 			return cdx_error(CDX_ENOMEM, "tuning queries");
 		}
 		cdx_build_sample(t->nfull, nq, o->seed ^ 0x68656c64ull, held);
-		size_t h = 0, b = 0;
-		for (uint64_t r = 0; r < t->nfull; r++) {
-			const float *v = t->full + r * t->dim;
-			if (h < nq && held[h] == r)
-				memcpy(q + h++ * t->dim, v, t->dim * sizeof(float));
-			else
-				memcpy(t->base + b++ * t->dim, v, t->dim * sizeof(float));
-		}
+		for (size_t h = 0; h < nq; h++)
+			memcpy(q + h * t->dim, t->full + held[h] * t->dim, t->dim * sizeof(float));
 		json_object_set_new(qj, "source", json_string("held-out input rows"));
 	}
 	if (nq < 2) {
@@ -1079,6 +492,23 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 		}
 		cdx_truth_fini(&big);
 		free(qn);
+	}
+	/* the tuning base: the input without the held-out rows, compacted in
+	 * place (the check's truth, over the whole input, is done) */
+	t->base = t->full;
+	t->n = t->nfull;
+	if (held != NULL) {
+		size_t h = 0, b = 0;
+		for (uint64_t r = 0; r < t->nfull; r++) {
+			if (h < nq && held[h] == r) {
+				h++;
+				continue;
+			}
+			if (b != r)
+				memmove(t->full + b * t->dim, t->full + r * t->dim, t->dim * sizeof(float));
+			b++;
+		}
+		t->n = b;
 	}
 	free(held);
 	free(q);
@@ -1160,6 +590,8 @@ cdx_tune_run(
 	size_t ncand = 0;
 	struct cand *best = &cands[ncand++];
 	flat_cand(&t, best);
+	for (uint32_t ki = 0; ki < t.nks; ki++)
+		t.flat_ns[ki] = best->best[ki][CDX_REFINE_NONE].ns;
 	log_cand(&t, best);
 	if (t.nfull >= CDX_TUNE_FLAT_BELOW) {
 		uint32_t nbits = t.n >= CDX_BUILD_8BIT_FROM ? 8 : 4, dsub[2] = { 4, 8 };
@@ -1170,23 +602,20 @@ cdx_tune_run(
 		/* lists of a few hundred items: each probed list costs a table of
 		 * M x 2^nbits entries, as much as scanning ~M x 2^nbits / M codes */
 		uint32_t nlist0 = tune_nlist(t.n);
-		/* coarse groups: (transform, PCA); PCA first where the dimension is high */
-		struct {
-			int transform;
-			uint32_t pca;
-		} groups[4];
+		/* coarse groups (transform, PCA). From dim 256 the codes go through
+		 * a PCA: on MNIST (784) a full-dimension IVF512,PQ196x8 reached the
+		 * target at 720 modelled QPS against 3,207 for PCA64,IVF512,PQ16x8,
+		 * and trained 3x longer (BENCHMARKS.md, "Defaults"). */
+		struct group groups[4];
 		size_t ngroups = 0;
-		int mips_first = metric == CDX_METRIC_IP;
-		if (t.dim >= 256)
-			groups[ngroups++].pca = 64,
-			groups[ngroups - 1].transform = mips_first ? CDX_TRANSFORM_MIPS_L2 : 0;
-		if (t.dim >= 512)
-			groups[ngroups++].pca = 128,
-			groups[ngroups - 1].transform = mips_first ? CDX_TRANSFORM_MIPS_L2 : 0;
-		groups[ngroups].pca = 0, groups[ngroups++].transform = CDX_TRANSFORM_NONE;
+		uint32_t pca = t.dim >= 256 ? 64 : 0;
+		groups[ngroups++] = (struct group) { CDX_TRANSFORM_NONE, pca };
 		if (metric == CDX_METRIC_IP)
-			groups[ngroups].pca = 0, groups[ngroups++].transform = CDX_TRANSFORM_MIPS_L2;
-
+			groups[ngroups++] = (struct group) { CDX_TRANSFORM_MIPS_L2, pca };
+		if (t.dim >= 512)
+			groups[ngroups++] = (struct group) {
+				metric == CDX_METRIC_IP ? CDX_TRANSFORM_MIPS_L2 : CDX_TRANSFORM_NONE, 128
+			};
 		size_t ns = (size_t) CDX_MIN((uint64_t) t.n, (uint64_t) CDX_MAX(32768u, 64u * 4 * nlist0));
 		if ((sample = malloc(ns * sizeof(uint64_t))) == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "tuning sample");
@@ -1198,6 +627,8 @@ cdx_tune_run(
 		FaissIndex *group_first[4] = { NULL, NULL, NULL, NULL };
 		double spent = 0;
 		size_t measured = 0;
+		struct cdx_progress pr; /* candidates measured, of at most this many */
+		cdx_progress_begin(&pr, "tune", ngroups + 2, o->quiet);
 		for (int stage = 0; stage < 3 && rc == CDX_OK; stage++) {
 			size_t nstage = stage == 0 ? ngroups : 1;
 			for (size_t g = 0; g < nstage && rc == CDX_OK; g++) {
@@ -1214,6 +645,10 @@ cdx_tune_run(
 				struct cand *c = &cands[ncand];
 				const FaissIndex *like = NULL;
 				if (stage == 0) {
+					/* a wider PCA only when the narrow one loses the neighbours */
+					if (groups[g].pca > 64 && ivf_best != NULL && ivf_best->pca == 64
+					    && ivf_best->ns < INFINITY)
+						continue;
 					ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, nbits,
 					    dsub[0]);
 					c->group = (int) g;
@@ -1235,12 +670,13 @@ cdx_tune_run(
 				if (c->m == 0 || c->group_dim % c->m != 0)
 					continue;
 				uint64_t c0 = cdx_now_us();
-				rc = measure_ivf(&t, c, like, sample, ns, kinds, &tr);
+				rc = cdx__tune_measure_ivf(&t, c, like, sample, ns, kinds, &tr);
 				if (rc != CDX_OK)
 					break;
 				ncand++;
 				measured++;
 				spent += (double) (cdx_now_us() - c0) / 1e6;
+				cdx_progress_update(&pr, measured);
 				log_cand(&t, c);
 				if (stage == 0)
 					group_first[g] = tr; /* kept: stage 1 reuses its coarse stage */
@@ -1260,6 +696,7 @@ cdx_tune_run(
 				tr = NULL;
 			}
 		}
+		cdx_progress_end(&pr);
 		for (int i = 0; i < 4; i++)
 			if (group_first[i] != NULL && group_first[i] != best_index)
 				faiss_Index_free(group_first[i]);
@@ -1363,140 +800,5 @@ done:
 	tdata_fini(&t);
 	if (rc != CDX_OK)
 		cdx_tune_result_fini(r);
-	return rc;
-}
-
-/* --- the check, at publish time ------------------------------------------------ */
-
-static int
-cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
-/* check_query returns query qi's recall at k from the returned rows, judged
- * by true distance (read back from the input) as recall_metrics.c does. */
-static double
-check_query(const struct cdx_tune_check *chk, cdx_input *in, size_t qi, const float *qn, const int64_t *rows,
-    uint32_t k, uint64_t *sorted, float *vecs)
-{
-	const int64_t *truth = chk->truth.rows + qi * chk->truth.k;
-	uint32_t r = 0;
-	while (r < k && r < chk->truth.k && truth[r] >= 0)
-		r++;
-	if (r == 0)
-		return NAN;
-	size_t n = 0;
-	for (uint32_t j = 0; j < k; j++)
-		if (rows[j] >= 0)
-			sorted[n++] = (uint64_t) rows[j];
-	qsort(sorted, n, sizeof(uint64_t), cmp_u64);
-	size_t u = 0;
-	for (size_t j = 0; j < n; j++)
-		if (u == 0 || sorted[j] != sorted[u - 1])
-			sorted[u++] = sorted[j];
-	if (u > 0 && cdx_input_read_rows(in, sorted, u, vecs) != CDX_OK)
-		return NAN;
-	if (chk->metric == CDX_METRIC_COS)
-		cdx_normalize_rows(vecs, u, chk->dim);
-	struct cdx_recall_space s = { chk->metric, chk->dim, u, vecs };
-	double thr = (double) chk->truth.dist[qi * chk->truth.k + r - 1] + CDX_RECALL_EPSILON_DEFAULT;
-	uint32_t found = 0;
-	for (size_t j = 0; j < u; j++)
-		found += (double) (float) cdx_recall_distance(&s, qn, (int64_t) j) <= thr;
-	return (double) CDX_MIN(found, r) / r;
-}
-
-int
-cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input, int input_format,
-    uint32_t dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m)
-{
-	if (chk == NULL || chk->nq == 0 || m->ntuned_k == 0)
-		return CDX_OK;
-	cdx_collection *c = NULL;
-	cdx_input *in = NULL;
-	struct cdx_idmap map;
-	memset(&map, 0, sizeof(map));
-	uint32_t kmax = m->tuned_k[m->ntuned_k - 1];
-	int64_t *hit_ids = malloc(kmax * sizeof(int64_t)), *hit_rows = malloc(kmax * sizeof(int64_t));
-	struct cdx_hit *hits = malloc(kmax * sizeof(*hits));
-	uint64_t *sorted = malloc(kmax * sizeof(uint64_t));
-	float *vecs = malloc((size_t) kmax * chk->dim * sizeof(float)),
-	      *qn = malloc(chk->dim * sizeof(float));
-	double *per = malloc(chk->nq * sizeof(double));
-	int rc = CDX_OK;
-	if (hit_ids == NULL || hit_rows == NULL || hits == NULL || sorted == NULL || vecs == NULL
-	    || qn == NULL || per == NULL) {
-		rc = cdx_error(CDX_ENOMEM, "tuning check");
-		goto done;
-	}
-	if ((rc = cdx_collection_load(&c, dir)) != CDX_OK)
-		goto done;
-	if ((rc = cdx_input_open(&in, input, dim, cdx_input_format_family(input_format))) != CDX_OK)
-		goto done;
-	if (ids != NULL)
-		rc = cdx_idmap_init_ids(&map, ids, rows);
-	else
-		cdx_idmap_identity(&map, rows);
-	if (rc != CDX_OK)
-		goto done;
-	for (uint32_t ki = 0; ki < m->ntuned_k && rc == CDX_OK; ki++) {
-		uint32_t k = m->tuned_k[ki];
-		struct cdx_point_choice pc;
-		cdx_points_choose(m, k, 0, 0, 0, 0, &pc);
-		size_t nq = 0;
-		for (size_t i = 0; i < chk->nq && rc == CDX_OK; i++) {
-			const float *q = chk->queries + i * chk->dim;
-			struct cdx_search_params sp = { .k = k };
-			if (chk->self != NULL) {
-				sp.exclude_ids = &chk->self[i];
-				sp.n_exclude_ids = 1;
-			}
-			if ((rc = cdx_collection_search(c, &sp, q, 1, hits)) != CDX_OK)
-				break;
-			for (uint32_t j = 0; j < k; j++)
-				hit_rows[j] = hits[j].id < 0 ? -1 : cdx_idmap_row(&map, hits[j].id);
-			memcpy(qn, q, chk->dim * sizeof(float));
-			if (chk->metric == CDX_METRIC_COS)
-				cdx_normalize_rows(qn, 1, chk->dim);
-			double rq = check_query(chk, in, i, qn, hit_rows, k, sorted, vecs);
-			if (!isnan(rq))
-				per[nq++] = rq;
-		}
-		if (rc != CDX_OK || nq == 0)
-			break;
-		double sum = 0, s2 = 0;
-		for (size_t i = 0; i < nq; i++)
-			sum += per[i];
-		double mean = sum / (double) nq;
-		for (size_t i = 0; i < nq; i++)
-			s2 += (per[i] - mean) * (per[i] - mean);
-		double se = nq > 1 ? sqrt(s2 / (double) (nq - 1) / (double) nq) : 0;
-		struct cdx_operating_point *p = (struct cdx_operating_point *) pc.point;
-		if (p != NULL) /* chosen among m's own points */
-			p->check_recall = mean;
-		cdx_info("BLD-CHECK",
-		    "k %u: %u-recall@%u %.4f +- %.4f on %zu queries the tuner did not see (chosen at %.4f on "
-		    "its own; target %.3g)",
-		    k, k, k, mean, se, nq, p ? p->recall : NAN, m->default_recall_target);
-		if (mean + Z95 * se < m->default_recall_target)
-			cdx_warn("BLD-CHECK",
-			    "k %u: recall on unseen queries is below the target with 95%% confidence: the "
-			    "tuning "
-			    "queries may not be like the traffic (--tune-queries)",
-			    k);
-	}
-done:
-	cdx_idmap_fini(&map);
-	cdx_input_close(in);
-	cdx_collection_unref(c);
-	free(hit_ids);
-	free(hit_rows);
-	free(hits);
-	free(sorted);
-	free(vecs);
-	free(qn);
-	free(per);
 	return rc;
 }

@@ -17,8 +17,9 @@
  * the largest candidate pool per nprobe yields every refine factor and k
  * (a pool of f x k is a prefix of it), and every refine store is scored from
  * the same candidates. A setting reaches the target when its recall over
- * the selection queries, minus 1.645 standard errors, is >= the target
- * (95% one-sided, as `candex recall --target`).
+ * the selection queries, minus 1.645 x sqrt(2) standard errors, is >= the
+ * target: a 95% one-sided prediction bound for the recall of as many
+ * queries the tuner has not seen (search/points.h).
  *
  * Cost is a model of one query's CPU time, from counts that the search
  * itself reports (codes scanned) and constants measured on this machine
@@ -45,6 +46,22 @@
 #define CDX_TUNE_MAX_ROWS         2000000
 #define CDX_TUNE_MAX_K            CDX_MANIFEST_MAX_TUNED_K
 #define CDX_TUNE_FLAT_BELOW       1000 /* fewer items: exact search, nothing to tune */
+
+/* The cost model: one query's CPU time, single thread, from counts. */
+/* Nanoseconds per unit, single thread, measured on the project machine
+ * with build/bench_costmodel (tools/bench/bench_costmodel.c) (BENCHMARKS.md, "Cost model": the run
+ * these come from). Only ratios steer the choice; the absolute figures give
+ * the modelled QPS reported beside the measured one. */
+#define CDX_TUNE_NS_QUERY       5000.0 /* per request: copies, set-up, merge */
+#define CDX_TUNE_NS_FLOAT_DIST  0.086  /* per float of a flat distance (coarse quantizer, exact search) */
+#define CDX_TUNE_NS_LUT         0.25   /* per table entry built per probed list (M x 2^nbits) */
+#define CDX_TUNE_NS_CODE8       0.88   /* per code per sub-quantizer, 8-bit PQ */
+#define CDX_TUNE_NS_CODE4       1.49   /* per code per sub-quantizer, 4-bit PQ (no fast-scan) */
+#define CDX_TUNE_NS_HEAP        12.0   /* per heap step (log2 of the pool) per insertion, and the merge */
+#define CDX_TUNE_NS_REFINE_ROW  2.0    /* per re-ranked candidate */
+#define CDX_TUNE_NS_REFINE_FP32 0.245  /* per dimension of a re-ranked candidate: arithmetic and its bytes */
+#define CDX_TUNE_NS_REFINE_FP16 0.217
+#define CDX_TUNE_NS_REFINE_SQ8  0.17
 
 struct cdx_tune_opts {
 	double target;               /* recall target of every tuned k; 0 = default */
@@ -102,5 +119,12 @@ int cdx_tune_run(
  * and records the recall in the check_recall of the point used, in m. */
 int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input,
     int input_format, uint32_t dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
+
+/* cdx_tune_check_save writes the check (queries, their truth, the held-out
+ * ids) into a distributed build's work directory; cdx_tune_check_load
+ * reads it back for the publish step (*cp NULL when the build was not
+ * tuned). */
+int cdx_tune_check_save(const struct cdx_tune_check *c, const char *workdir);
+int cdx_tune_check_load(struct cdx_tune_check **cp, const char *workdir, int metric, uint32_t dim);
 
 #endif

@@ -6,14 +6,12 @@
 
 #include "search/points.h"
 
-#define POINTS_CONFIDENCE_Z 1.645 /* one-sided 95%, as candex recall --target */
-
 int
 cdx_points_reach(const struct cdx_operating_point *p, double target)
 {
 	if (p->recall_target + 1e-9 >= target)
 		return 1;
-	return p->recall_se > 0 && p->recall - POINTS_CONFIDENCE_Z * p->recall_se + 1e-9 >= target;
+	return p->recall_se > 0 && cdx_points_lower_bound(p->recall, p->recall_se) + 1e-9 >= target;
 }
 
 /* measured_tier: the smallest k some point was measured at that is >= k,

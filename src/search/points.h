@@ -54,9 +54,19 @@ void cdx_points_choose(const struct cdx_manifest *m, uint32_t k, uint32_t nprobe
  * or k itself above them all. */
 uint32_t cdx_points_tier(const struct cdx_manifest *m, uint32_t k);
 
+/* cdx_points_lower_bound: the recall that queries not used to measure
+ * recall (with standard error se over its queries) will see, with 95%
+ * confidence, over a sample as large: a one-sided prediction bound,
+ * recall - 1.645 x sqrt(2) x se. The sqrt(2) is what separates it from a
+ * confidence bound on the mean: the unseen sample has its own error. */
+static inline double
+cdx_points_lower_bound(double recall, double se)
+{
+	return recall - 1.645 * 1.41421356 * se;
+}
+
 /* cdx_points_reach: whether a rung reaches target: its target is at least
- * target, or its measured recall does with 95% confidence
- * (recall - 1.645 x recall_se >= target, when recall_se is known). */
+ * target, or its measured recall's lower bound is (when recall_se is known). */
 int cdx_points_reach(const struct cdx_operating_point *p, double target);
 
 #endif

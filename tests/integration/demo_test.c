@@ -1,7 +1,7 @@
 /*
  * demo_test.c — the README's main job, end to end, on a small catalogue:
- * sample -> build -> serve -> query -> recall -> clean stop, all real
- * processes and sockets.
+ * sample -> self-tuning build -> serve -> query with no settings -> recall
+ * -> clean stop, all real processes and sockets.
  */
 #include "testutil.h"
 
@@ -10,13 +10,13 @@
 #include <string.h>
 
 static double
-recall_after(const char *out, const char *label)
+recall_after(const char *out, const char *label, const char *what)
 {
 	const char *p = strstr(out, label);
 	if (p == NULL)
 		return -1;
-	p = strstr(p, "recall@10 = ");
-	return p ? atof(p + strlen("recall@10 = ")) : -1;
+	p = strstr(p, what);
+	return p ? atof(p + strlen(what)) : -1;
 }
 
 static void
@@ -31,11 +31,18 @@ test_demo_end_to_end(void **state)
 	assert_int_equal(rc, 0);
 	assert_non_null(strstr(out, "spotify:track:"));
 	assert_non_null(strstr(out, "spotify:show:"));
-	double rt = recall_after(out, "\ntracks: "), rp = recall_after(out, "\npodcasts: ");
-	/* queries ask for recall 0.9: the operating point the demo saved must deliver it
-	 * on other users, within sampling noise */
-	assert_true(rt > 0.85);
-	assert_true(rp > 0.85);
+	/* queries name no setting: the default target the build tuned for (0.95)
+	 * must hold on users it never saw, within the noise of 100 queries */
+	const char *labels[] = { "\ntracks: ", "\npodcasts: " };
+	const char *whats[] = { "recall@10 = ", "recall@100 = " };
+	for (int l = 0; l < 2; l++)
+		for (int w = 0; w < 2; w++) {
+			double r = recall_after(out, labels[l], whats[w]);
+			if (!(r > 0.93))
+				fprintf(stderr, "%s%s%.4f\n%s\n", labels[l], whats[w], r, out);
+			assert_true(r > 0.93);
+		}
+	assert_non_null(strstr(out, "structure: "));
 	assert_non_null(strstr(out, "server exited cleanly (0)"));
 	free(out);
 	tu_rmdir(dir);

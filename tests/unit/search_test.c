@@ -23,6 +23,7 @@
 #include "search/search.h"
 #include "shard/manifest.h"
 #include "shard/refine.h"
+#include "shard/transform.h"
 
 #define DIM 16
 #define N   4000
@@ -36,7 +37,10 @@ struct fixture {
 	uint32_t nshards;
 	int refine;
 	int keys;
+	int mips; /* ip: index the vectors reduced to L2 (shard/transform.h) */
 };
+
+#define MIPS_DIM (DIM + 8) /* DIM + 1, padded to a multiple of 8 */
 
 /* Writes a version "v1" of collection "c" under root and publishes it. */
 static void
@@ -51,11 +55,26 @@ write_version(const char *root, const struct fixture *fx)
 	memcpy(x, base, sizeof(base));
 	if (fx->metric == CDX_METRIC_COS)
 		cdx_normalize_rows(x, N, DIM);
+	/* what Faiss indexes: x itself, or x reduced to L2 */
+	struct cdx_vector_map vm = { fx->metric, CDX_TRANSFORM_NONE, DIM, DIM, 0 };
+	if (fx->mips) {
+		vm.transform = CDX_TRANSFORM_MIPS_L2;
+		vm.index_dim = MIPS_DIM;
+		for (size_t i = 0; i < N; i++) {
+			double s = 0;
+			for (size_t j = 0; j < DIM; j++)
+				s += (double) x[i * DIM + j] * x[i * DIM + j];
+			if (s > vm.max_norm2)
+				vm.max_norm2 = s;
+		}
+	}
+	float *xi = malloc((size_t) N * vm.index_dim * sizeof(float));
+	cdx_map_items(&vm, x, N, xi);
 	FaissIndex *trained;
-	assert_int_equal(faiss_index_factory(&trained, DIM, fx->factory,
-	                     fx->metric == CDX_METRIC_L2 ? METRIC_L2 : METRIC_INNER_PRODUCT),
+	assert_int_equal(faiss_index_factory(&trained, (int) vm.index_dim, fx->factory,
+	                     fx->metric == CDX_METRIC_L2 || fx->mips ? METRIC_L2 : METRIC_INNER_PRODUCT),
 	    0);
-	assert_int_equal(faiss_Index_train(trained, N, x), 0);
+	assert_int_equal(faiss_Index_train(trained, N, xi), 0);
 
 	struct cdx_manifest m = { .format_version = CDX_MANIFEST_FORMAT_VERSION,
 		.metric = fx->metric,
@@ -67,6 +86,9 @@ write_version(const char *root, const struct fixture *fx)
 	snprintf(m.version, sizeof(m.version), "v1");
 	snprintf(m.factory, sizeof(m.factory), "%s", fx->factory);
 	snprintf(m.model_version, sizeof(m.model_version), "test-model");
+	m.transform = vm.transform;
+	m.index_dim = vm.index_dim;
+	m.max_norm2 = vm.max_norm2;
 	m.default_nprobe = 4;
 	FaissIndexIVF *tivf = faiss_IndexIVF_cast(trained);
 	m.nlist = tivf ? (uint32_t) faiss_IndexIVF_nlist(tivf) : 0;
@@ -77,18 +99,21 @@ write_version(const char *root, const struct fixture *fx)
 	for (uint32_t s = 0; s < fx->nshards; s++) {
 		/* rows of this shard, in input order; ids = input row numbers */
 		int64_t *ids = malloc(N * sizeof(int64_t));
-		float *rows = malloc(sizeof(base));
+		float *rows = malloc(sizeof(base)),
+		      *irows = malloc((size_t) N * vm.index_dim * sizeof(float));
 		size_t n = 0;
 		for (size_t i = 0; i < N; i++) {
 			if (cdx_mix64(i) % fx->nshards != s)
 				continue;
 			ids[n] = (int64_t) i;
 			memcpy(rows + n * DIM, x + i * DIM, DIM * sizeof(float));
+			memcpy(irows + n * vm.index_dim, xi + i * vm.index_dim, vm.index_dim * sizeof(float));
 			n++;
 		}
 		FaissIndex *idx;
 		assert_int_equal(faiss_clone_index(trained, &idx), 0);
-		assert_int_equal(faiss_Index_add(idx, (idx_t) n, rows), 0);
+		assert_int_equal(faiss_Index_add(idx, (idx_t) n, irows), 0);
+		free(irows);
 
 		struct cdx_shard_info info = { .metric = (uint32_t) fx->metric,
 			.dim = DIM,
@@ -166,6 +191,7 @@ write_version(const char *root, const struct fixture *fx)
 	free(m.shards);
 	faiss_Index_free(trained);
 	free(x);
+	free(xi);
 }
 
 static cdx_collection *
@@ -226,10 +252,10 @@ test_exact_paths(void **state)
 	/* Flat, and IVF,Flat probing every list, are exact: recall 1.0 for each
 	 * metric, across 3 shards (so the merge is exercised too). */
 	const struct fixture fxs[] = {
-		{ "Flat", CDX_METRIC_L2, 3, 0, 0 },
-		{ "IVF16,Flat", CDX_METRIC_L2, 3, 0, 0 },
-		{ "IVF16,Flat", CDX_METRIC_IP, 3, 0, 0 },
-		{ "IVF16,Flat", CDX_METRIC_COS, 1, 0, 0 },
+		{ "Flat", CDX_METRIC_L2, 3, 0, 0, 0 },
+		{ "IVF16,Flat", CDX_METRIC_L2, 3, 0, 0, 0 },
+		{ "IVF16,Flat", CDX_METRIC_IP, 3, 0, 0, 0 },
+		{ "IVF16,Flat", CDX_METRIC_COS, 1, 0, 0, 0 },
 	};
 	struct cdx_hit hits[NQ * 10];
 	for (size_t i = 0; i < CDX_ARRAY_LEN(fxs); i++) {
@@ -260,7 +286,7 @@ static void
 test_nprobe_matches_faiss(void **state)
 {
 	(void) state;
-	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_L2, 1, 0, 0 };
+	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_L2, 1, 0, 0, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	char shard[4200];
@@ -331,7 +357,7 @@ static void
 test_concurrent_nprobe(void **state)
 {
 	(void) state;
-	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_IP, 2, 0, 0 };
+	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_IP, 2, 0, 0, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	enum { NT = 4 };
@@ -360,7 +386,7 @@ static void
 test_parallel_batch_equals_serial(void **state)
 {
 	(void) state;
-	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_L2, 3, 0, 0 };
+	const struct fixture fx = { "IVF32,PQ4x6np", CDX_METRIC_L2, 3, 0, 0, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	static struct cdx_hit a[NQ * 10], b[NQ * 10];
@@ -379,7 +405,7 @@ test_refine_raises_recall(void **state)
 	(void) state;
 	const int kinds[] = { CDX_REFINE_FP32, CDX_REFINE_FP16, CDX_REFINE_SQ8 };
 	for (size_t i = 0; i < CDX_ARRAY_LEN(kinds); i++) {
-		const struct fixture fx = { "IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[i], 0 };
+		const struct fixture fx = { "IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[i], 0, 0 };
 		char *dir;
 		cdx_collection *c = load_fixture(&dir, &fx);
 		static struct cdx_hit hits[NQ * 10];
@@ -413,7 +439,7 @@ test_same_answer_at_every_k(void **state)
 	 * candidates and k = 10 re-ranked 20, and the answers differed. */
 	const int kinds[] = { CDX_REFINE_FP32, CDX_REFINE_FP16 };
 	for (size_t kind = 0; kind < CDX_ARRAY_LEN(kinds); kind++) {
-		const struct fixture fx = { "IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[kind], 0 };
+		const struct fixture fx = { "IVF16,PQ2x4np", CDX_METRIC_L2, 2, kinds[kind], 0, 0 };
 		char *dir;
 		cdx_collection *c = load_fixture(&dir, &fx);
 		static struct cdx_hit big[NQ * 100], small[NQ * 100];
@@ -446,10 +472,47 @@ test_same_answer_at_every_k(void **state)
 }
 
 static void
+test_ip_reduced_to_l2(void **state)
+{
+	(void) state;
+	/* Inner product indexed as L2 over [x, sqrt(max - |x|^2)]: with every
+	 * list probed (IVF,Flat) the answers are exact, and every score is the
+	 * true inner product, from the index's distance (no refine) and from
+	 * the refine store, across shards. */
+	const int refines[] = { CDX_REFINE_NONE, CDX_REFINE_FP32 };
+	for (size_t r = 0; r < CDX_ARRAY_LEN(refines); r++) {
+		const struct fixture fx = { "IVF16,Flat", CDX_METRIC_IP, 2, refines[r], 0, 1 };
+		char *dir;
+		cdx_collection *c = load_fixture(&dir, &fx);
+		assert_int_equal(cdx_collection_manifest(c)->transform, CDX_TRANSFORM_MIPS_L2);
+		static struct cdx_hit hits[NQ * 10];
+		run_search(c, 10, 16, refines[r] ? 2 : 0, hits);
+		double rec = recall_vs_exact(hits, 10, CDX_METRIC_IP);
+		assert_true(rec >= 0.999);
+		double worst = 0;
+		for (size_t q = 0; q < NQ; q++)
+			for (size_t j = 0; j < 10; j++) {
+				const float *v = base + hits[q * 10 + j].id * DIM;
+				double ip = 0;
+				for (size_t d = 0; d < DIM; d++)
+					ip += (double) v[d] * queries[q * DIM + d];
+				double err = fabs(hits[q * 10 + j].score - ip) / (1 + fabs(ip));
+				if (err > worst)
+					worst = err;
+			}
+		print_message("ip as L2, refine %s: recall %.4f, worst score error %.2g\n",
+		    cdx_refine_name(refines[r]), rec, worst);
+		assert_true(worst < 1e-4);
+		cdx_collection_unref(c);
+		tu_rmdir(dir);
+	}
+}
+
+static void
 test_keys_exclusions_and_errors(void **state)
 {
 	(void) state;
-	const struct fixture fx = { "IVF16,Flat", CDX_METRIC_COS, 3, CDX_REFINE_NONE, 1 };
+	const struct fixture fx = { "IVF16,Flat", CDX_METRIC_COS, 3, CDX_REFINE_NONE, 1, 0 };
 	char *dir;
 	cdx_collection *c = load_fixture(&dir, &fx);
 	uint32_t shard, row;
@@ -508,7 +571,7 @@ static void
 test_corrupt_shard_refused(void **state)
 {
 	(void) state;
-	const struct fixture fx = { "IVF16,Flat", CDX_METRIC_L2, 2, 0, 0 };
+	const struct fixture fx = { "IVF16,Flat", CDX_METRIC_L2, 2, 0, 0, 0 };
 	char *dir = tu_tmpdir("search");
 	write_version(dir, &fx);
 	char shard[4200], cdir[4200];
@@ -551,6 +614,7 @@ main(void)
 		cmocka_unit_test(test_parallel_batch_equals_serial),
 		cmocka_unit_test(test_refine_raises_recall),
 		cmocka_unit_test(test_same_answer_at_every_k),
+		cmocka_unit_test(test_ip_reduced_to_l2),
 		cmocka_unit_test(test_keys_exclusions_and_errors),
 		cmocka_unit_test(test_corrupt_shard_refused),
 	};
