@@ -23,7 +23,7 @@ setup(void **state)
 	(void) state;
 	dir = tu_tmpdir("httpsearch");
 	assert_non_null(dir);
-	base = st_build(dir, "tracks", N, DIM, 5, "l2", "track:", "--refine fp16");
+	base = st_build(dir, "tracks", N, DIM, 5, "l2", "track:", "--refine fp16 --no-tune");
 	port = st_free_port();
 	char extra[256];
 	snprintf(extra, sizeof(extra),

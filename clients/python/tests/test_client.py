@@ -94,7 +94,7 @@ def setUpModule():
             f.write("item:%d\n" % i)
     subprocess.run([CANDEX, "build", "--quiet", "--input", os.path.join(tmp, "items.fvecs"),
                     "--keys", os.path.join(tmp, "items.keys"), "--collection", "items",
-                    "--metric", "l2", "--refine", "fp16", "--out", os.path.join(tmp, "index")],
+                    "--metric", "l2", "--refine", "fp16", "--no-tune", "--out", os.path.join(tmp, "index")],
                    check=True, stdout=subprocess.DEVNULL)
     server = Server("main").start()
 
