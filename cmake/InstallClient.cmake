@@ -7,7 +7,7 @@
 #
 # The library depends on nng and protobuf-c only. The .pc file finds its
 # prefix from its own location, so the tree can be installed or moved anywhere.
-include(GNUInstallDirs)
+# (GNUInstallDirs is included by the top-level CMakeLists.txt.)
 
 install(TARGETS candex_client_shared candex_client_static
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT client

@@ -231,15 +231,25 @@ st_http_get(int port, const char *path, char **body)
 }
 
 double
+st_metric_in(const char *body, const char *series)
+{
+	size_t n = strlen(series);
+	for (const char *p = body; p != NULL && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (strncmp(p, series, n) == 0 && p[n] == ' ')
+			return strtod(p + n + 1, NULL);
+	return -1;
+}
+
+double
 st_metric(int http_port, const char *name)
 {
-	char *body = NULL, line[256];
+	char *body = NULL;
 	assert_int_equal(st_http_get(http_port, "/metrics", &body), 200);
-	snprintf(line, sizeof(line), "\n%s ", name);
-	const char *p = strstr(body, line);
-	assert_non_null(p);
-	double v = strtod(p + strlen(line), NULL);
+	double v = st_metric_in(body, name);
+	if (v < 0)
+		fprintf(stderr, "no sample '%s' in:\n%s\n", name, body);
 	free(body);
+	assert_true(v >= 0);
 	return v;
 }
 

@@ -84,7 +84,11 @@ int st_http(
     int port, const char *method, const char *path, const char *headers, const char *body, char **resp);
 /* st_http_get is st_http for a GET. */
 int st_http_get(int port, const char *path, char **body);
-/* st_metric reads one unlabelled sample from a server's /metrics. */
+/* st_metric_in returns the value of the sample series (name and labels,
+ * as printed) in a /metrics body, or -1 if there is none. */
+double st_metric_in(const char *body, const char *series);
+/* st_metric reads one sample (name and labels, as printed) from a server's
+ * /metrics; it must be there. */
 double st_metric(int http_port, const char *name);
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT

@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <iconv.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -297,4 +298,20 @@ tu_exact_knn(const float *x, size_t n, size_t dim, const float *q, size_t k, int
 	for (size_t i = 0; i < k; i++)
 		out[i] = i < have ? best[i].i : -1;
 	free(best);
+}
+
+int
+tu_utf8_strict(const char *s, size_t len)
+{
+	iconv_t cd = iconv_open("UTF-32LE", "UTF-8");
+	if (cd == (iconv_t) -1)
+		return 0;
+	char *in = (char *) s;
+	size_t inleft = len, outsize = 4 * len + 4, outleft = outsize;
+	char *buf = malloc(outsize), *out = buf;
+	size_t r = buf ? iconv(cd, &in, &inleft, &out, &outleft) : (size_t) -1;
+	int ok = r != (size_t) -1 && inleft == 0;
+	free(buf);
+	iconv_close(cd);
+	return ok;
 }

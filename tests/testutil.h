@@ -66,6 +66,11 @@ void tu_count_dirs(const char *coll_dir, int *versions, int *staging);
 /* tu_files_equal: 1 if both files can be read and hold the same bytes. */
 int tu_files_equal(const char *a, const char *b);
 
+/* tu_utf8_strict decodes s[0, len) with iconv (glibc's UTF-8 decoder,
+ * which refuses stray, overlong, surrogate and cut-short sequences): 1 if it
+ * is valid UTF-8. An oracle independent of candex's own checks. */
+int tu_utf8_strict(const char *s, size_t len);
+
 /* tu_exact_knn computes exact top-k rows (for l2: smallest squared
  * distance; ip: largest inner product) of q among x, by brute force. */
 void tu_exact_knn(

@@ -461,7 +461,7 @@ cmd_inspect(int argc, char **argv)
 			    "manifest",
 			    path, info->collection, info->dim, cdx_metric_name((int) info->metric),
 			    (unsigned long long) info->rows, info->shard_index, info->shard_count);
-		int parts_ok = cdx_shard_verify(s) == CDX_OK;
+		int parts_ok = cdx_shard_verify(s, NULL) == CDX_OK;
 		if (!parts_ok)
 			add_error(&r, "%s", cdx_last_error());
 		json_t *parts = json_array();

@@ -28,6 +28,8 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "nprobe", json_integer(r->nprobe));
 	json_object_set_new(root, "refine_factor", json_real(r->refine_factor));
 	json_object_set_new(root, "recall_target", json_real(r->recall_target));
+	json_object_set_new(root, "expected_recall", json_real(r->expected_recall));
+	json_object_set_new(root, "target_unmet", json_boolean(r->target_unmet));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
 	for (size_t i = 0; i < r->nqueries; i++) {
 		json_t *hits = json_array();
@@ -54,6 +56,10 @@ print_table(const struct cdx_result *r, const char *collection)
 	    r->metric, r->nprobe, (double) r->refine_factor);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
+	if (r->expected_recall > 0)
+		printf("  expected_recall %.4f", (double) r->expected_recall);
+	if (r->target_unmet)
+		printf("  (target unmet: no measured setting reaches it at this k)");
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
@@ -88,7 +94,7 @@ strlist_add(struct strlist *l, const char *s)
 }
 
 struct query_opts {
-	const char *url, *collection, *vector_file, *model;
+	const char *url, *collection, *vector_file, *model, *drop;
 	uint64_t row;
 	size_t count;
 	uint32_t dim, k, nprobe, timeout, retries;
@@ -153,11 +159,18 @@ static const struct cdx_opt query_options[] = {
 	    "one vector a line"),
 	CDX_OPT_ENTRY("k", 'k', CDX_OPT_U32, O(k), "K", "candidates per query [10]", 1, 1e7, NULL),
 	CDX_OPT_NUM_("nprobe", CDX_OPT_U32, O(nprobe), "N",
-	    "IVF lists to scan (0 = server default or --recall-target) [0]", 0, 1e9),
+	    "IVF lists to scan (0 = the operating point for --recall-target,\n"
+	    "else for the collection's default target) [0]",
+	    0, 1e9),
 	CDX_OPT_NUM_("refine", CDX_OPT_FLOAT, O(refine), "F",
-	    "re-rank k x F candidates exactly (0 = collection default) [0]", 0, 1e6),
+	    "re-rank F x (k's tier) candidates exactly (0 = the operating point's or\n"
+	    "the collection's default) [0]",
+	    0, 1e6),
 	CDX_OPT_NUM_("recall-target", CDX_OPT_FLOAT, O(recall), "R",
-	    "let the server pick the measured operating point reaching R", 0, 1),
+	    "the cheapest measured operating point reaching R at this k (0 = the\n"
+	    "collection's default target); the answer says the point's measured\n"
+	    "recall (expected_recall) and whether no point reaches R",
+	    0, 1),
 	CDX_OPT_CALL_("exclude-key", "K", "never return this item (repeatable)", add_exclude_key),
 	CDX_OPT_CALL_("exclude-id", "ID", "never return this id (repeatable)", add_exclude_id),
 	CDX_OPT_STR_(
@@ -172,13 +185,19 @@ static const struct cdx_opt query_options[] = {
 	CDX_OPT_FLAG_("info", O(info), "print the server's collections (JSON) instead of searching"),
 	CDX_OPT_FLAG_(
 	    "reload", O(reload), "ask an admin listener to reload (--collection NAME: only that one)"),
+	CDX_OPT_STR_("drop", O(drop), "NAME",
+	    "ask an admin listener to stop serving NAME, whose CURRENT link is\n"
+	    "gone (a reload keeps serving such a collection)"),
 	CDX_OPT_STR_("tls-ca", O(co.tls_ca_file), "F",
-	    "tls+tcp://: the CA the server's certificate must be signed by"),
+	    "tls+tcp://: the CA the server's certificate must be signed by\n"
+	    "(required unless --tls-insecure)"),
 	CDX_OPT_STR_(
 	    "tls-cert", O(co.tls_cert_file), "F", "tls+tcp://: this client's certificate (mutual TLS)"),
 	CDX_OPT_STR_("tls-key", O(co.tls_key_file), "F", "tls+tcp://: the key of --tls-cert"),
 	CDX_OPT_STR_("tls-server-name", O(co.tls_server_name), "NAME",
 	    "tls+tcp://: the name the server's certificate must carry"),
+	CDX_OPT_FLAG_("tls-insecure", O(co.tls_insecure),
+	    "tls+tcp:// without --tls-ca: encrypt but do not verify the server"),
 };
 #undef O
 
@@ -210,7 +229,8 @@ cmd_query(int argc, char **argv)
 	if (rc >= 0)
 		goto out;
 	rc = CLI_EXIT_USAGE;
-	int info = o.info || o.reload; /* a reload prints the collections after it */
+	/* a reload or a drop prints the collections after it */
+	int info = o.info || o.reload || o.drop != NULL;
 	if (o.url == NULL || (!info && o.collection == NULL)) {
 		cdx_opt_command_fail(&query_command, "--url and --collection are required");
 		goto out;
@@ -248,6 +268,13 @@ cmd_query(int argc, char **argv)
 			goto out;
 		}
 		printf("reloaded\n");
+	}
+	if (o.drop != NULL) {
+		if (cdx_client_drop(client, o.drop, &err) != CDX_OK) {
+			fprintf(stderr, "candex query: drop: %s: %s\n", cdx_errname(err.code), err.message);
+			goto out;
+		}
+		printf("dropped %s\n", o.drop);
 	}
 	if (info) {
 		char *text = NULL;

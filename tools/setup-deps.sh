@@ -19,7 +19,7 @@ FAISS_BUILD_REV=2
 PACKAGES=(build-essential cmake pkg-config git dpkg-dev
 	libnng-dev nng-utils libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
 	liblz4-dev libxxhash-dev libopenblas-dev libcmocka-dev libjansson-dev gnuplot-nox curl
-	python3 python3-protobuf)
+	python3 python3-protobuf clang libclang-rt-14-dev openssl)
 
 log() { echo "setup-deps: $*" >&2; }
 

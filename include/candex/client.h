@@ -4,9 +4,11 @@
  * A cdx_client talks to one candex server URL (tcp://, ipc://, tls+tcp://)
  * over nng REQ/REP with the protobuf messages of proto/candex.proto. A client
  * is safe to use from several threads at once (each call uses its own nng
- * context). The library never prints: every function returns 0 or an error
- * code from <candex/err.h>, and the server's message, if any, is copied into
- * the caller's struct cdx_client_error.
+ * context). Over tls+tcp:// a call whose handshake fails (the server's
+ * certificate is not signed by tls_ca_file or does not name the server, or
+ * the server refuses ours) fails with CDX_ETLS, not CDX_ETIMEDOUT. The library never prints: every function
+ * returns 0 or an error code from <candex/err.h>, and the server's message, if any, is copied into the
+ * caller's struct cdx_client_error.
  */
 #ifndef CANDEX_CLIENT_H
 #define CANDEX_CLIENT_H
@@ -28,10 +30,14 @@ struct cdx_client_options {
 	uint32_t backoff_ms; /* first retry delay, doubled each retry; 0 = 20 */
 	size_t max_message;  /* largest response accepted; 0 = 64 MiB */
 	/* tls+tcp:// only: PEM files (mutual TLS); NULL for none */
-	const char *tls_ca_file;
+	const char *tls_ca_file; /* required: the CA the server's certificate must be signed by */
 	const char *tls_cert_file;
 	const char *tls_key_file;
 	const char *tls_server_name;
+	/* tls+tcp:// without tls_ca_file is refused (CDX_EINVAL) unless this is
+	 * 1: the connection is then encrypted but the server is not verified,
+	 * so anyone on the path can pretend to be it. */
+	int tls_insecure;
 };
 
 struct cdx_client_error {
@@ -107,6 +113,10 @@ int cdx_client_info(cdx_client *c, const char *collection, char **json, struct c
 
 /* cdx_client_reload asks an admin listener to reload (collection NULL = all). */
 int cdx_client_reload(cdx_client *c, const char *collection, struct cdx_client_error *err);
+
+/* cdx_client_drop asks an admin listener to stop serving collection, whose
+ * CURRENT link must be gone already (a reload never drops a collection). */
+int cdx_client_drop(cdx_client *c, const char *collection, struct cdx_client_error *err);
 
 #ifdef __cplusplus
 }

@@ -37,7 +37,8 @@ extern "C" {
 	X(ELIMIT, 19, "request exceeds a configured limit")       \
 	X(ECLOSED, 20, "closed")                                  \
 	X(EINTERNAL, 21, "internal error")                        \
-	X(EINTERRUPTED, 22, "interrupted")
+	X(EINTERRUPTED, 22, "interrupted")                        \
+	X(ETLS, 23, "TLS handshake or certificate failure")
 
 enum cdx_err {
 #define CDX__ERR_ENUM(name, num, desc) CDX_##name = num,

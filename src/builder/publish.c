@@ -160,7 +160,7 @@ verify_shard(
 	    || (p->refine != CDX_REFINE_NONE && cdx_shard_find_part(s, CDX_PART_REFINE) == NULL)) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: a part is missing", path);
 	} else {
-		rc = cdx_shard_verify_release(s);
+		rc = cdx_shard_verify(s, NULL);
 	}
 	cdx_shard_close(s);
 	return rc;

@@ -55,6 +55,7 @@ static int CDX_PRINTF(3, 4) client_fail(struct cdx_client_error *err, int code, 
 		va_start(ap, fmt);
 		vsnprintf(err->message, sizeof(err->message), fmt, ap);
 		va_end(ap);
+		cdx_utf8_sanitize(err->message);
 	}
 	return code;
 }
@@ -90,7 +91,8 @@ cdx_client_open(
 		c->opts.backoff_ms = 20;
 	if (c->opts.max_message == 0)
 		c->opts.max_message = 64u << 20;
-	/* the TLS file names are only needed while dialing; do not keep them */
+	/* the TLS file names are only needed while dialing; do not keep them
+	 * (c->tls keeps the configuration, for the handshake probe) */
 	c->opts.tls_ca_file = c->opts.tls_cert_file = c->opts.tls_key_file = c->opts.tls_server_name = NULL;
 	c->id_prefix = cdx_mix64(cdx_now_us() ^ ((uint64_t) getpid() << 32) ^ (uint64_t) (uintptr_t) c);
 	pthread_mutex_init(&c->pool_mu, NULL);
@@ -113,6 +115,14 @@ cdx_client_open(
 		const char *ca = opts ? opts->tls_ca_file : NULL, *cert = opts ? opts->tls_cert_file : NULL;
 		const char *key = opts ? opts->tls_key_file : NULL,
 		           *name = opts ? opts->tls_server_name : NULL;
+		if (ca == NULL && !c->opts.tls_insecure) {
+			/* encryption without knowing who answers protects nothing */
+			rc = client_fail(err, CDX_EINVAL,
+			    "%s: a tls+tcp:// client needs a CA to verify the server (tls_ca_file, "
+			    "--tls-ca), or tls_insecure (--tls-insecure) to skip verification",
+			    url);
+			goto fail;
+		}
 		if ((rc = cdx__tls_config(&c->tls, NNG_TLS_MODE_CLIENT, cert, key, ca, name)) != CDX_OK) {
 			client_fail(err, rc, "%s", cdx_last_error());
 			goto fail;
@@ -240,6 +250,55 @@ done:
 	return rv;
 }
 
+/* tls_probe explains a call that timed out over TLS: the REQ socket's
+ * dialer retries a failed handshake in the background without a word, so a
+ * certificate that the server or we reject otherwise shows only as a
+ * timeout. It opens one bare TLS stream to the server within timeout_ms
+ * and sends the SP header, which runs the handshake. Returns 1 if the TCP
+ * connection was made but the handshake failed (*why: the nng error),
+ * else 0 (no connection at all, or a good handshake: not a TLS problem). */
+static int
+tls_probe(cdx_client *c, uint32_t timeout_ms, int *why)
+{
+	static const uint8_t sp_req[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 };
+	nng_stream_dialer *d = NULL;
+	nng_stream *st = NULL;
+	nng_aio *aio = NULL;
+	int rv, failed = 0;
+	if (nng_stream_dialer_alloc(&d, c->url) != 0
+	    || nng_stream_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, c->tls) != 0
+	    || nng_aio_alloc(&aio, NULL, NULL) != 0)
+		goto done;
+	nng_aio_set_timeout(aio, (nng_duration) timeout_ms);
+	nng_stream_dialer_dial(d, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) != 0) {
+		failed = rv == NNG_EPEERAUTH || rv == NNG_ECRYPTO;
+		*why = rv;
+		goto done;
+	}
+	st = nng_aio_get_output(aio, 0);
+	/* no byte goes out before the handshake is done: a failed send on a
+	 * fresh connection is a failed handshake (a peer that refuses our
+	 * certificate just closes the connection) */
+	nng_iov iov = { .iov_buf = (void *) sp_req, .iov_len = sizeof(sp_req) };
+	nng_aio_set_iov(aio, 1, &iov);
+	nng_stream_send(st, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) != 0 && rv != NNG_ETIMEDOUT) {
+		failed = 1;
+		*why = rv;
+	}
+done:
+	if (st != NULL) {
+		nng_stream_close(st);
+		nng_stream_free(st);
+	}
+	nng_aio_free(aio);
+	nng_stream_dialer_free(d);
+	return failed;
+}
+
 static int
 retryable(int code)
 {
@@ -286,9 +345,18 @@ call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__R
 		int rv = roundtrip(c, last ? msg : copy, timeout_ms, &reply);
 		if (last)
 			msg = NULL;
+		int why = 0;
 		if (rv != 0) {
 			rc = cdx__nng_code(rv);
-			if (rv == NNG_ETIMEDOUT)
+			if (rv == NNG_ETIMEDOUT && c->tls != NULL
+			    && tls_probe(c, CDX_MIN(timeout_ms, 2000u), &why)) {
+				/* not slow: the handshake fails, and will every time */
+				rc = client_fail(err, CDX_ETLS,
+				    "TLS handshake with %s failed (%s): is the server's certificate signed "
+				    "by the tls_ca_file given, and for this host name? does the server want "
+				    "a client certificate signed by its CA?",
+				    c->url, nng_strerror(why));
+			} else if (rv == NNG_ETIMEDOUT)
 				client_fail(err, rc, "no reply from %s within %u ms", c->url, timeout_ms);
 			else
 				client_fail(err, rc, "%s: %s", c->url, nng_strerror(rv));
@@ -476,23 +544,44 @@ cdx_client_info(cdx_client *c, const char *collection, char **json, struct cdx_c
 	return CDX_OK;
 }
 
+/* admin_call runs an admin request (reload, drop), which the server's
+ * reload thread answers after any load in progress: a big index takes a
+ * while, so it waits longer than a search. */
+static int
+admin_call(cdx_client *c, Candex__V1__Request *req, struct cdx_client_error *err)
+{
+	Candex__V1__Response *resp;
+	uint32_t timeout = c->opts.timeout_ms < 120000 ? 120000 : c->opts.timeout_ms;
+	int rc = call(c, req, timeout, &resp, err);
+	if (rc == CDX_OK)
+		candex__v1__response__free_unpacked(resp, NULL);
+	return rc;
+}
+
 int
 cdx_client_reload(cdx_client *c, const char *collection, struct cdx_client_error *err)
 {
 	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
 	Candex__V1__ReloadRequest rr = CANDEX__V1__RELOAD_REQUEST__INIT;
-	Candex__V1__Response *resp;
-	int rc;
 
 	if (c == NULL)
 		return client_fail(err, CDX_EINVAL, "no client");
 	rr.collection = (char *) (collection ? collection : "");
 	req.body_case = CANDEX__V1__REQUEST__BODY_RELOAD;
 	req.reload = &rr;
-	/* loading a big index takes a while: wait longer than for a search */
-	uint32_t timeout = c->opts.timeout_ms < 120000 ? 120000 : c->opts.timeout_ms;
-	if ((rc = call(c, &req, timeout, &resp, err)) != CDX_OK)
-		return rc;
-	candex__v1__response__free_unpacked(resp, NULL);
-	return CDX_OK;
+	return admin_call(c, &req, err);
+}
+
+int
+cdx_client_drop(cdx_client *c, const char *collection, struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__DropRequest dr = CANDEX__V1__DROP_REQUEST__INIT;
+
+	if (c == NULL || collection == NULL || *collection == '\0')
+		return client_fail(err, CDX_EINVAL, "drop needs a client and a collection");
+	dr.collection = (char *) collection;
+	req.body_case = CANDEX__V1__REQUEST__BODY_DROP;
+	req.drop = &dr;
+	return admin_call(c, &req, err);
 }

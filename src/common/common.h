@@ -32,6 +32,23 @@ int cdx_error_errno(int code, const char *fmt, ...) CDX_PRINTF(2, 3);
 const char *cdx_last_error(void);
 void cdx_error_clear(void);
 
+/* UTF-8 for text that leaves the process (protobuf strings must be valid
+ * UTF-8; strict decoders refuse the whole message otherwise).
+ * cdx_utf8_cut returns the largest n <= max such that s[0, n) does not end
+ * inside a character: use it for every byte limit, as "%.*s" with
+ * (int) cdx_utf8_cut(s, 100), never "%.100s". It reads at most max bytes
+ * of s and stops at a NUL, so s need not be NUL-terminated past max. */
+size_t cdx_utf8_cut(const char *s, size_t max);
+/* cdx_utf8_sanitize makes s valid UTF-8 in place: each byte that does not
+ * belong to a valid character becomes '?', and a character cut short at the
+ * end (by a snprintf buffer) is removed. */
+void cdx_utf8_sanitize(char *s);
+/* cdx_utf8_copy copies s into out[size], cut on a character boundary and
+ * sanitized; out is always NUL-terminated. */
+void cdx_utf8_copy(char *out, size_t size, const char *s);
+/* cdx_utf8_valid: 1 if s[0, len) is valid UTF-8 (RFC 3629), else 0. */
+int cdx_utf8_valid(const char *s, size_t len);
+
 /* Logging: one line per event to stderr, "time level msgid: message".
  * msgid is a stable identifier (e.g. "SRV-RELOAD") that operators grep for. */
 enum cdx_log_level { CDX_LOG_DEBUG, CDX_LOG_INFO, CDX_LOG_WARN, CDX_LOG_ERROR };

@@ -44,6 +44,8 @@ cdx_error(int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(last_message, sizeof(last_message), fmt, ap);
 	va_end(ap);
+	/* messages reach clients: never a character cut in two by the buffer */
+	cdx_utf8_sanitize(last_message);
 	return code;
 }
 
@@ -57,6 +59,7 @@ cdx_error_errno(int code, const char *fmt, ...)
 	va_end(ap);
 	if (n >= 0 && (size_t) n < sizeof(last_message))
 		snprintf(last_message + n, sizeof(last_message) - (size_t) n, ": %s", strerror(saved));
+	cdx_utf8_sanitize(last_message);
 	if (saved == ENOSPC || saved == EDQUOT || saved == EFBIG)
 		return CDX_ENOSPC;
 	if (saved == ENOMEM)

@@ -63,7 +63,7 @@ cdx_log(int level, const char *msgid, const char *fmt, ...)
 	if (n < 0)
 		return;
 	if ((size_t) n >= sizeof(line) - 1)
-		n = (int) sizeof(line) - 2;
+		n = (int) cdx_utf8_cut(line, sizeof(line) - 2);
 	line[n++] = '\n';
 	ssize_t ignored = write(STDERR_FILENO, line, (size_t) n);
 	(void) ignored;

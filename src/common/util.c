@@ -170,7 +170,7 @@ cdx_pathf(char *out, size_t size, const char *fmt, ...)
 	int n = vsnprintf(out, size, fmt, ap);
 	va_end(ap);
 	if (n < 0 || (size_t) n >= size)
-		return cdx_error(CDX_EINVAL, "path too long: %.64s...", out);
+		return cdx_error(CDX_EINVAL, "path too long: %.*s...", (int) cdx_utf8_cut(out, 64), out);
 	return CDX_OK;
 }
 

@@ -11,8 +11,14 @@
 #include <stdexcept>
 
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexFlatCodes.h>
 #include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexIVFPQFastScan.h>
+#include <faiss/IndexPQ.h>
 #include <faiss/IndexPreTransform.h>
+#include <faiss/IndexScalarQuantizer.h>
+#include <faiss/invlists/BlockInvertedLists.h>
+#include <faiss/invlists/InvertedLists.h>
 #include <faiss/VectorTransform.h>
 #include <faiss/clone_index.h>
 #include <faiss/c_api/error_impl.h>
@@ -149,4 +155,78 @@ cdx_fx_list_sizes(const FaissIndex *index, size_t *sizes, size_t nlist)
 		for (size_t i = 0; i < nlist; i++)
 			sizes[i] = ivf->invlists->list_size(i);
 	});
+}
+
+namespace
+{
+
+template <typename T>
+uint64_t
+vec_bytes(const std::vector<T> &v)
+{
+	return (uint64_t) v.capacity() * sizeof(T);
+}
+
+uint64_t
+invlists_bytes(const faiss::InvertedLists *il)
+{
+	if (il == nullptr)
+		return 0;
+	uint64_t b = 0;
+	if (auto *a = dynamic_cast<const faiss::ArrayInvertedLists *>(il)) {
+		for (size_t i = 0; i < a->nlist; i++)
+			b += vec_bytes(a->codes[i]) + vec_bytes(a->ids[i]);
+		return b + 2 * (uint64_t) a->nlist * sizeof(std::vector<uint8_t>);
+	}
+	if (auto *bl = dynamic_cast<const faiss::BlockInvertedLists *>(il)) {
+		for (size_t i = 0; i < bl->nlist; i++)
+			b += bl->codes[i].nbytes() + vec_bytes(bl->ids[i]);
+		return b;
+	}
+	/* another kind: at least its codes and ids */
+	for (size_t i = 0; i < il->nlist; i++)
+		b += (uint64_t) il->list_size(i) * (il->code_size + sizeof(faiss::Index::idx_t));
+	return b;
+}
+
+uint64_t
+index_bytes(const faiss::Index *ix)
+{
+	if (ix == nullptr)
+		return 0;
+	uint64_t b = 0;
+	if (auto *pt = dynamic_cast<const faiss::IndexPreTransform *>(ix)) {
+		for (const faiss::VectorTransform *vt : pt->chain)
+			if (auto *lt = dynamic_cast<const faiss::LinearTransform *>(vt))
+				b += vec_bytes(lt->A) + vec_bytes(lt->b);
+		return b + index_bytes(pt->index);
+	}
+	if (auto *fc = dynamic_cast<const faiss::IndexFlatCodes *>(ix))
+		b += vec_bytes(fc->codes);
+	if (auto *pq = dynamic_cast<const faiss::IndexPQ *>(ix))
+		b += vec_bytes(pq->pq.centroids);
+	if (auto *sq = dynamic_cast<const faiss::IndexScalarQuantizer *>(ix))
+		b += vec_bytes(sq->sq.trained);
+	if (auto *ivf = dynamic_cast<const faiss::IndexIVF *>(ix)) {
+		b += index_bytes(ivf->quantizer);
+		b += invlists_bytes(ivf->invlists);
+		b += vec_bytes(ivf->direct_map.array);
+		/* an unordered_map node: key, value, next pointer, hash, malloc */
+		b += (uint64_t) ivf->direct_map.hashtable.size() * 48;
+	}
+	if (auto *ivfpq = dynamic_cast<const faiss::IndexIVFPQ *>(ix))
+		b += vec_bytes(ivfpq->pq.centroids) + ivfpq->precomputed_table.nbytes();
+	if (auto *fs = dynamic_cast<const faiss::IndexIVFPQFastScan *>(ix))
+		b += vec_bytes(fs->pq.centroids) + fs->precomputed_table.nbytes();
+	if (auto *ivfsq = dynamic_cast<const faiss::IndexIVFScalarQuantizer *>(ix))
+		b += vec_bytes(ivfsq->sq.trained);
+	return b;
+}
+
+} // namespace
+
+extern "C" uint64_t
+cdx_fx_index_bytes(const FaissIndex *index)
+{
+	return index_bytes(idx(index));
 }

@@ -63,6 +63,12 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 			    (unsigned long long) l.line);
 			goto done;
 		}
+		if (!cdx_utf8_valid(s, len)) {
+			/* keys are returned in protobuf strings, which must be UTF-8 */
+			rc = cdx_error(CDX_EINVAL, "%s: line %llu: key is not valid UTF-8", path,
+			    (unsigned long long) l.line);
+			goto done;
+		}
 		if (n > rows)
 			continue; /* counted for the message below */
 		uint64_t h1 = cdx_xxh64(s, len, 0);
@@ -72,8 +78,8 @@ cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes)
 			if (t[i].h1 == h1 && t[i].h2 == h2) {
 				rc = cdx_error(CDX_EDUP,
 				    "%s: duplicate key '%.*s' at line %llu (first at line %u)", path,
-				    (int) CDX_MIN(len, (size_t) 200), s, (unsigned long long) l.line,
-				    t[i].line);
+				    (int) cdx_utf8_cut(s, CDX_MIN(len, (size_t) 200)), s,
+				    (unsigned long long) l.line, t[i].line);
 				goto done;
 			}
 			i = (i + 1) & (cap - 1);

@@ -110,13 +110,14 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 		    info->shard_index, info->shard_count);
 		goto fail;
 	}
-	if ((rc = cdx_shard_verify(s)) != CDX_OK)
+	uint64_t file_hash;
+	if ((rc = cdx_shard_verify(s, &file_hash)) != CDX_OK)
 		goto fail;
 	/* The manifest's whole-file hash also covers the header and any bytes
 	 * between parts: a shard from another build cannot pass for this one. */
-	if (cdx_shard_file_xxh64(s) != ms->xxh64) {
+	if (file_hash != ms->xxh64) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: xxh64 %016llx, manifest says %016llx", path,
-		    (unsigned long long) cdx_shard_file_xxh64(s), (unsigned long long) ms->xxh64);
+		    (unsigned long long) file_hash, (unsigned long long) ms->xxh64);
 		goto fail;
 	}
 	ls->rows = info->rows;
@@ -152,12 +153,11 @@ load_shard(cdx_collection *c, uint32_t i, const char *path)
 		size_t len;
 		if ((rc = cdx_shard_read_part(s, CDX_PART_REFINE, &ls->refine_data, &len)) != CDX_OK)
 			goto fail;
+		ls->refine_bytes = len;
 		if ((rc = cdx_refine_store_parse(&ls->refine, ls->refine_data, len, ls->rows, m->dim))
 		    != CDX_OK)
 			goto fail;
 	}
-	for (uint32_t p = 0; p < info->nparts; p++)
-		c->d->memory_bytes += info->parts[p].raw_size;
 	free(ids_data);
 	cdx_shard_close(s);
 	return CDX_OK;
@@ -284,8 +284,27 @@ build_key_index(cdx_collection *c)
 		}
 	}
 	qsort(c->d->key_index, n, sizeof(*c->d->key_index), key_slot_cmp);
-	c->d->memory_bytes += n * sizeof(struct cdx_key_slot);
 	return CDX_OK;
+}
+
+/* memory_bytes counts what the loaded collection holds, once it is ready
+ * (direct maps are made by prepare_ivf): every Faiss index as its objects
+ * hold it, ids, keys, refine stores and the key index. */
+static uint64_t
+memory_bytes(const struct cdx_collection_data *c)
+{
+	uint64_t b = (uint64_t) c->nshards * sizeof(struct cdx_loaded_shard);
+	for (uint32_t i = 0; i < c->nshards; i++) {
+		const struct cdx_loaded_shard *ls = &c->shards[i];
+		b += cdx_fx_index_bytes(ls->index) + ls->rows * sizeof(int64_t);
+		if (ls->key_strings != NULL)
+			b += ls->key_offsets[ls->rows] + (ls->rows + 1) * sizeof(uint64_t);
+		if (ls->refine_data != NULL)
+			b += ls->refine_bytes;
+	}
+	if (c->key_index != NULL)
+		b += c->items * sizeof(struct cdx_key_slot);
+	return b;
 }
 
 int
@@ -331,6 +350,7 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
 		goto fail;
+	c->d->memory_bytes = memory_bytes(c->d);
 	*cp = c;
 	return CDX_OK;
 fail:
@@ -381,6 +401,7 @@ cdx_collection_from_index(cdx_collection **cp, struct cdx_manifest *m, FaissInde
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK)
 		goto fail;
+	c->d->memory_bytes = memory_bytes(c->d);
 	*cp = c;
 	return CDX_OK;
 fail:

@@ -25,6 +25,7 @@ struct cdx_loaded_shard {
 	char *key_strings;     /* NUL-terminated keys, or NULL */
 	uint64_t *key_offsets; /* rows + 1 offsets into key_strings */
 	void *refine_data;     /* decompressed REFINE part, or NULL */
+	size_t refine_bytes;   /* its size */
 	struct cdx_refine_store refine;
 };
 

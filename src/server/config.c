@@ -44,7 +44,10 @@ static const struct cdx_opt opts[] = {
 	CDX_OPT_STRDUP_("admin-listen", O(admin_listen), "URL",
 	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin"),
 	CDX_OPT_STRDUP_("admin-ipc-mode", O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket"),
-	CDX_OPT_STRDUP_("http-listen", O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP"),
+	CDX_OPT_STRDUP_("ipc-mode", O(query_ipc_mode), "OCTAL",
+	    "file permissions of ipc:// query sockets (connecting needs write permission)"),
+	CDX_OPT_STRDUP_("http-listen", O(http_listen), "HOST:PORT",
+	    "serve /metrics, /healthz (liveness) and /readyz (readiness) over HTTP"),
 	CDX_OPT_STRDUP_("http-search-listen", O(http_search_listen), "HOST:PORT",
 	    "serve POST /v1/search (SearchRequest as JSON) over HTTP, on its own listener (off unless set)"),
 	CDX_OPT_STRDUP_("config", O(config_file), "FILE",
@@ -105,6 +108,7 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->listener_check_ms = 1000;
 	cfg->online_recall_cpu = 0.05;
 	cfg->ipc_mode = strdup("0600");
+	cfg->query_ipc_mode = strdup("0660");
 	cfg->log_level = CDX_LOG_INFO;
 }
 
@@ -183,6 +187,17 @@ cdx_server_config_file(struct cdx_server_config *cfg, const char *path)
 	return rc;
 }
 
+/* octal_mode: 1 if s is empty (keep the umask's mode) or file permissions
+ * in octal, 0 to 0777. */
+static int
+octal_mode(const char *s)
+{
+	if (s == NULL || *s == '\0')
+		return 1;
+	size_t n = strspn(s, "01234567");
+	return s[n] == '\0' && n <= 4 && strtol(s, NULL, 8) <= 0777;
+}
+
 int
 cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 {
@@ -220,6 +235,8 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 		return cdx_opt_fail(PROG, "at least one --listen URL is required");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		return cdx_opt_fail(PROG, "--tls-cert and --tls-key go together");
+	if (!octal_mode(cfg->ipc_mode) || !octal_mode(cfg->query_ipc_mode))
+		return cdx_opt_fail(PROG, "--admin-ipc-mode and --ipc-mode want octal permissions like 0660");
 	return CDX_OK;
 }
 

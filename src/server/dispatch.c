@@ -26,8 +26,6 @@
 
 #include "recall/online.h"
 
-#define SRV_MAX_REFINE 64.0f
-
 enum { CTX_RECV, CTX_SEND };
 
 struct srv_ctx {
@@ -59,6 +57,8 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 	cdx_server *s = x->s;
 	nng_msg *msg = NULL;
 
+	if (x->req != NULL && x->req->request_id != NULL)
+		cdx_utf8_sanitize(x->req->request_id); /* echoed: must be UTF-8 */
 	resp->request_id = (char *) (x->req != NULL ? str_or_empty(x->req->request_id) : x->peeked_id);
 	if (resp->status != CANDEX__V1__STATUS__OK)
 		cdx_debug("SRV-REQ-ERR", "request '%s': %s: %s", resp->request_id,
@@ -74,7 +74,8 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 			msg = NULL;
 	}
 	if (strcmp(resp->request_id, CDX_PROBE_REQUEST_ID) != 0)
-		cdx__srv_observe(s, (int) resp->status, cdx_now_us() - x->t_recv_us);
+		cdx__srv_observe(s, x->coll != NULL ? cdx_collection_manifest(x->coll)->collection : NULL,
+		    (int) resp->status, cdx_now_us() - x->t_recv_us);
 	if (x->req != NULL) {
 		candex__v1__request__free_unpacked(x->req, NULL);
 		x->req = NULL;
@@ -104,6 +105,7 @@ static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char
 	va_start(ap, fmt);
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
+	cdx_utf8_sanitize(message); /* client text inside, and a buffer limit */
 	resp.status = (Candex__V1__Status) code;
 	resp.message = message;
 	send_response(x, &resp);
@@ -184,12 +186,18 @@ cdx__srv_reply_reload(struct srv_ctx *x, int status, const char *msg)
 {
 	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
 	Candex__V1__ReloadResponse rr = CANDEX__V1__RELOAD_RESPONSE__INIT;
+	Candex__V1__DropResponse dr = CANDEX__V1__DROP_RESPONSE__INIT;
 	Candex__V1__CollectionInfo **arr = NULL, *nodes = NULL;
 	struct srv_set *set = cdx__srv_snapshot(x->s);
 
 	resp.status = (Candex__V1__Status) status;
 	resp.message = (char *) (msg != NULL ? msg : status ? cdx_strerror(status) : "");
-	if (set != NULL) {
+	if (set != NULL && x->req != NULL && x->req->body_case == CANDEX__V1__REQUEST__BODY_DROP) {
+		dr.n_serving = infos(set, NULL, &arr, &nodes);
+		dr.serving = arr;
+		resp.body_case = CANDEX__V1__RESPONSE__BODY_DROP;
+		resp.drop = &dr;
+	} else if (set != NULL) {
 		/* the served set after the reload, whatever the outcome */
 		rr.n_loaded = infos(set, NULL, &arr, &nodes);
 		rr.loaded = arr;
@@ -234,81 +242,15 @@ check_search(struct srv_ctx *x)
 	if ((x->coll = cdx__srv_lookup(s, sr->collection)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
-		reply_error(
-		    x, CDX_ENOTFOUND, "unknown collection '%.100s' (serving: %s)", sr->collection, names);
+		reply_error(x, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
+		    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
-	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
-	if (sr->k == 0) {
-		reply_error(x, CDX_EINVAL, "k must be at least 1");
+	char msg[1024];
+	int rc = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg));
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "%s", msg);
 		return -1;
-	}
-	if (sr->k > cfg->max_k) {
-		reply_error(x, CDX_ELIMIT, "k = %u exceeds the server's max-k %u", sr->k, cfg->max_k);
-		return -1;
-	}
-	if (sr->n_vectors > 0 && sr->n_query_keys > 0) {
-		reply_error(x, CDX_EINVAL, "give query vectors or query_keys, not both");
-		return -1;
-	}
-	if (sr->n_vectors == 0 && sr->n_query_keys == 0) {
-		reply_error(x, CDX_EEMPTY, "empty batch: the request has no query vector and no query key");
-		return -1;
-	}
-	size_t nq = sr->n_query_keys;
-	if (sr->n_vectors > 0) {
-		if (sr->dim != m->dim) {
-			reply_error(x, CDX_EDIM, "query dimension %u, but collection '%s' has dimension %u%s",
-			    sr->dim, m->collection, m->dim, sr->dim == 0 ? " (set SearchRequest.dim)" : "");
-			return -1;
-		}
-		if (sr->n_vectors % sr->dim != 0) {
-			reply_error(x, CDX_EDIM, "%zu floats is not a whole number of %u-dimensional vectors",
-			    sr->n_vectors, sr->dim);
-			return -1;
-		}
-		nq = sr->n_vectors / sr->dim;
-	}
-	if (nq > cfg->max_batch) {
-		reply_error(x, CDX_ELIMIT, "batch of %zu queries exceeds the server's max-batch %u", nq,
-		    cfg->max_batch);
-		return -1;
-	}
-	if (sr->n_exclude_ids + sr->n_exclude_keys > cfg->max_excludes) {
-		reply_error(x, CDX_ELIMIT, "%zu excluded items exceed the server's max-excludes %u",
-		    sr->n_exclude_ids + sr->n_exclude_keys, cfg->max_excludes);
-		return -1;
-	}
-	long bad = cdx_find_nonfinite(sr->vectors, sr->n_vectors);
-	if (bad >= 0) {
-		reply_error(x, CDX_ENONFINITE, "query %ld, component %ld is %s", bad / (long) sr->dim,
-		    bad % (long) sr->dim, isnan(sr->vectors[bad]) ? "NaN" : "infinite");
-		return -1;
-	}
-	if (sr->model_version != NULL && sr->model_version[0] != '\0'
-	    && strcmp(sr->model_version, m->model_version) != 0) {
-		reply_error(x, CDX_EMODEL,
-		    "query vectors come from model '%.128s' but collection '%s' version %s was built from "
-		    "model '%s'",
-		    sr->model_version, m->collection, m->version,
-		    m->model_version[0] ? m->model_version : "(unset)");
-		return -1;
-	}
-	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE) {
-		reply_error(x, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
-		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
-		return -1;
-	}
-	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1) {
-		reply_error(
-		    x, CDX_EINVAL, "recall_target must be in [0, 1], not %g", (double) sr->recall_target);
-		return -1;
-	}
-	for (size_t i = 0; i < sr->n_query_keys; i++) {
-		if (sr->query_keys[i] == NULL || sr->query_keys[i][0] == '\0') {
-			reply_error(x, CDX_EINVAL, "query key %zu is empty", i);
-			return -1;
-		}
 	}
 	return 0;
 }
@@ -357,6 +299,7 @@ run_search(struct srv_ctx *x, int idle)
 	uint64_t now = cdx_now_us();
 
 	if (now > x->deadline_us) {
+		cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 0, 0);
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
@@ -389,11 +332,13 @@ run_search(struct srv_ctx *x, int idle)
 				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
 			if (rc != CDX_OK) {
 				if (rc == CDX_ENOTFOUND)
-					reply_error(x, rc, "unknown key '%.200s' in collection '%s'",
-					    sr->query_keys[i], m->collection);
+					reply_error(x, rc, "unknown key '%.*s' in collection '%s'",
+					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
+					    m->collection);
 				else
-					reply_error(
-					    x, rc, "key '%.200s': %s", sr->query_keys[i], cdx_last_error());
+					reply_error(x, rc, "key '%.*s': %s",
+					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
+					    cdx_last_error());
 				goto done;
 			}
 		}
@@ -419,9 +364,11 @@ run_search(struct srv_ctx *x, int idle)
 		p.parallel = 1;
 		omp_set_num_threads((int) s->nworkers);
 	}
+	uint64_t t_search = cdx_now_us();
 	int rc = cdx_collection_search(c, &p, queries, nq, hits);
 	if (parallel)
 		omp_set_num_threads(1);
+	cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 1, cdx_now_us() - t_search);
 	if (rc != CDX_OK) {
 		reply_error(x, rc, "search failed: %s", cdx_last_error());
 		goto done;
@@ -536,59 +483,6 @@ cdx__srv_workers_stop(cdx_server *s)
 
 /* ---- the state machine ---------------------------------------------- */
 
-static int
-get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-		uint8_t b = *(*p)++;
-		*v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0)
-			return 0;
-	}
-	return -1;
-}
-
-/* peek_request_id walks the top-level fields of a Request that will not be
- * decoded (too large, or malformed further in) for its request_id (field
- * 2), so that even those error responses echo it. */
-static void
-peek_request_id(const uint8_t *p, size_t len, char *out, size_t size)
-{
-	const uint8_t *end = p + len;
-	uint64_t tag, v;
-	out[0] = '\0';
-	while (p < end && get_varint(&p, end, &tag) == 0) {
-		switch (tag & 7) {
-		case 0:
-			if (get_varint(&p, end, &v) != 0)
-				return;
-			break;
-		case 1:
-			p += 8;
-			break;
-		case 5:
-			p += 4;
-			break;
-		case 2:
-			if (get_varint(&p, end, &v) != 0 || v > (uint64_t) (end - p))
-				return;
-			if ((tag >> 3) == 2) {
-				size_t n = CDX_MIN((size_t) v, size - 1);
-				memcpy(out, p, n);
-				out[n] = '\0';
-				if (memchr(out, '\0', n) != NULL || strlen(out) != n)
-					out[0] = '\0';
-				return;
-			}
-			p += v;
-			break;
-		default:
-			return;
-		}
-	}
-}
-
 static void
 handle(struct srv_ctx *x, nng_msg *msg)
 {
@@ -596,7 +490,7 @@ handle(struct srv_ctx *x, nng_msg *msg)
 	size_t len = nng_msg_len(msg);
 
 	if (len > s->cfg.max_message) {
-		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 		nng_msg_free(msg);
 		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
 		    (unsigned long long) s->cfg.max_message);
@@ -604,7 +498,7 @@ handle(struct srv_ctx *x, nng_msg *msg)
 	}
 	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
 	if (x->req == NULL)
-		peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
 	nng_msg_free(msg);
 	if (x->req == NULL) {
 		reply_error(x, CDX_EPROTO,
@@ -634,6 +528,13 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		}
 		cdx__srv_reload_admin(s, x, x->req->reload ? x->req->reload->collection : NULL);
 		return;
+	case CANDEX__V1__REQUEST__BODY_DROP:
+		if (!x->admin) {
+			reply_error(x, CDX_EPERM, "drop is only accepted on the admin listener");
+			return;
+		}
+		cdx__srv_drop_admin(s, x, x->req->drop ? x->req->drop->collection : NULL);
+		return;
 	case CANDEX__V1__REQUEST__BODY_SEARCH: {
 		if (check_search(x) != 0)
 			return;
@@ -645,7 +546,7 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		return;
 	}
 	default:
-		reply_error(x, CDX_EINVAL, "request has no body (search, info, health or reload)");
+		reply_error(x, CDX_EINVAL, "request has no body (search, info, health, reload or drop)");
 		return;
 	}
 }
@@ -735,10 +636,11 @@ cdx__srv_listen(cdx_server *s, nng_socket sock, const char *url, int admin, stru
 			return cdx_error(cdx__nng_code(rv), "TLS on '%s': %s", url, nng_strerror(rv));
 		}
 	}
-	if (admin && strncmp(url, "ipc://", 6) == 0 && s->cfg.ipc_mode != NULL && *s->cfg.ipc_mode) {
-		int mode = (int) strtol(s->cfg.ipc_mode, NULL, 8);
+	const char *ipc_mode = admin ? s->cfg.ipc_mode : s->cfg.query_ipc_mode;
+	if (strncmp(url, "ipc://", 6) == 0 && ipc_mode != NULL && *ipc_mode) {
+		int mode = (int) strtol(ipc_mode, NULL, 8);
 		if ((rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, mode)) != 0)
-			cdx_warn("SRV-LISTEN", "cannot set permissions %s on %s: %s", s->cfg.ipc_mode, url,
+			cdx_warn("SRV-LISTEN", "cannot set permissions %s on %s: %s", ipc_mode, url,
 			    nng_strerror(rv));
 	}
 	if ((rv = nng_listener_start(l, 0)) != 0) {

@@ -81,7 +81,7 @@ answer_status(cdx_server *s, nng_aio *aio, uint64_t t0, const char *request_id, 
 	resp.message = (char *) message;
 	resp.request_id = (char *) (request_id ? request_id : "");
 	cdx_pbjson_write(&resp.base, CDX_PBJSON_DEFAULTS, &b);
-	cdx__srv_observe(s, code, cdx_now_us() - t0);
+	cdx__srv_observe(s, NULL, code, cdx_now_us() - t0); /* no collection was reached */
 	cdx__srv_http_send(
 	    aio, (uint16_t) cdx_wire_http_status(code), "application/json", request_id, b.data, b.len);
 	cdx_buf_fini(&b);

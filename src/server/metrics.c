@@ -1,32 +1,186 @@
 /*
  * metrics.c — request counters and the latency histogram (lock-free atomics
  * updated by whichever thread answers), their Prometheus text rendering,
- * and the HTTP listener (nng's HTTP server) for /metrics and /healthz.
+ * and the HTTP listener (nng's HTTP server) for /metrics, /healthz
+ * (liveness: the process answers) and /readyz (readiness: every collection
+ * of the index directory serves).
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
+#include <lz4.h>
 
 #include "wire/wire.h"
 #include "server/server.h"
 
 #include "recall/online.h"
 
+#define HEAD(b, name, type, help) cdx_buf_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+
 const double cdx__srv_buckets[SRV_NBUCKETS - 1]
     = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
 
+static const char *
+status_name(int code)
+{
+	const ProtobufCEnumValue *v
+	    = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
+	return v != NULL ? v->name : "UNKNOWN";
+}
+
+static int
+bucket_of(uint64_t us)
+{
+	double sec = (double) us / 1e6;
+	int b = 0;
+	while (b < SRV_NBUCKETS - 1 && sec > cdx__srv_buckets[b])
+		b++;
+	return b;
+}
+
+static void
+hist_observe(struct srv_hist *h, uint64_t us)
+{
+	atomic_fetch_add(&h->bucket[bucket_of(us)], 1);
+	atomic_fetch_add(&h->sum_us, us);
+}
+
+struct srv_coll_metrics *
+cdx__srv_coll_metrics(cdx_server *s, const char *collection)
+{
+	/* Slots are only ever appended, the name written before the count
+	 * that publishes it: readers scan without the lock. */
+	unsigned n = atomic_load_explicit(&s->ncm, memory_order_acquire);
+	for (unsigned i = 0; i < n; i++)
+		if (strcmp(s->cm[i].name, collection) == 0)
+			return &s->cm[i];
+	struct srv_coll_metrics *cm = NULL;
+	pthread_mutex_lock(&s->cm_mu);
+	n = atomic_load_explicit(&s->ncm, memory_order_relaxed);
+	for (unsigned i = 0; i < n && cm == NULL; i++)
+		if (strcmp(s->cm[i].name, collection) == 0)
+			cm = &s->cm[i];
+	if (cm == NULL && n < SRV_MAX_COLL_METRICS && strlen(collection) < CDX_NAME_MAX) {
+		cm = &s->cm[n];
+		snprintf(cm->name, sizeof(cm->name), "%s", collection);
+		atomic_store_explicit(&s->ncm, n + 1, memory_order_release);
+	}
+	pthread_mutex_unlock(&s->cm_mu);
+	return cm;
+}
+
 void
-cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us)
+cdx__srv_observe(cdx_server *s, const char *collection, int status, uint64_t latency_us)
 {
 	if (status < 0 || status >= SRV_NSTATUS)
 		status = CDX_EINTERNAL;
 	atomic_fetch_add(&s->m.status[status], 1);
-	double sec = (double) latency_us / 1e6;
-	int b = 0;
-	while (b < SRV_NBUCKETS - 1 && sec > cdx__srv_buckets[b])
-		b++;
+	int b = bucket_of(latency_us);
 	atomic_fetch_add(&s->m.bucket[b], 1);
 	atomic_fetch_add(&s->m.latency_sum_us, latency_us);
+	struct srv_coll_metrics *cm = collection != NULL ? cdx__srv_coll_metrics(s, collection) : NULL;
+	if (cm != NULL) {
+		atomic_fetch_add(&cm->status[status], 1);
+		hist_observe(&cm->latency, latency_us);
+	}
+}
+
+void
+cdx__srv_observe_search(
+    cdx_server *s, const char *collection, uint64_t wait_us, int searched, uint64_t search_us)
+{
+	struct srv_coll_metrics *cm = cdx__srv_coll_metrics(s, collection);
+	if (cm == NULL)
+		return;
+	hist_observe(&cm->queue_wait, wait_us);
+	if (searched)
+		hist_observe(&cm->search, search_us);
+}
+
+/* hist_render writes one histogram series (labels: "" or `a="b"`). */
+static void
+hist_render(cdx_buf *b, const char *name, const char *labels, const struct srv_hist *h)
+{
+	uint64_t cum = 0;
+	const char *sep = labels[0] ? "," : "";
+	for (int i = 0; i < SRV_NBUCKETS; i++) {
+		cum += atomic_load(&h->bucket[i]);
+		if (i < SRV_NBUCKETS - 1)
+			cdx_buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep,
+			    cdx__srv_buckets[i], (unsigned long long) cum);
+		else
+			cdx_buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+			    (unsigned long long) cum);
+	}
+	cdx_buf_printf(b, "%s_sum{%s} %.6f\n", name, labels, (double) atomic_load(&h->sum_us) / 1e6);
+	cdx_buf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long) cum);
+}
+
+/* proc_status_kb reads one "Name:  N kB" line of /proc/self/status. */
+static uint64_t
+proc_status_kb(const char *field)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	char line[256];
+	uint64_t kb = 0;
+	size_t n = strlen(field);
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+		if (strncmp(line, field, n) == 0 && line[n] == ':') {
+			kb = strtoull(line + n + 1, NULL, 10);
+			break;
+		}
+	}
+	if (f != NULL)
+		fclose(f);
+	return kb;
+}
+
+/* render_collection_series writes the per-collection families. */
+static void
+render_collection_series(cdx_server *s, cdx_buf *b)
+{
+	unsigned n = atomic_load_explicit(&s->ncm, memory_order_acquire);
+	HEAD(b, "candex_collection_requests_total", "counter",
+	    "Search responses by collection and Response.status (errors: status != OK).");
+	for (unsigned i = 0; i < n; i++)
+		for (int st = 0; st < SRV_NSTATUS; st++) {
+			uint64_t v = atomic_load(&s->cm[i].status[st]);
+			if (v > 0 || st == 0)
+				cdx_buf_printf(b,
+				    "candex_collection_requests_total{collection=\"%s\",status=\"%s\"} "
+				    "%llu\n",
+				    s->cm[i].name, status_name(st), (unsigned long long) v);
+		}
+	static const struct {
+		const char *name, *help;
+		size_t off;
+	} hists[] = {
+		{ "candex_collection_request_duration_seconds",
+		    "Search requests: time from receipt to the response.",
+		    offsetof(struct srv_coll_metrics, latency) },
+		{ "candex_collection_queue_wait_seconds",
+		    "Search requests: time from receipt until a worker took the job.",
+		    offsetof(struct srv_coll_metrics, queue_wait) },
+		{ "candex_collection_search_seconds", "Search requests: the worker's search alone.",
+		    offsetof(struct srv_coll_metrics, search) },
+	};
+	for (size_t h = 0; h < CDX_ARRAY_LEN(hists); h++) {
+		cdx_buf_printf(
+		    b, "# HELP %s %s\n# TYPE %s histogram\n", hists[h].name, hists[h].help, hists[h].name);
+		for (unsigned i = 0; i < n; i++) {
+			char labels[96];
+			snprintf(labels, sizeof(labels), "collection=\"%s\"", s->cm[i].name);
+			hist_render(b, hists[h].name, labels,
+			    (const struct srv_hist *) ((const char *) &s->cm[i] + hists[h].off));
+		}
+	}
+	HEAD(b, "candex_collection_reload_failures_total", "counter",
+	    "Versions of a collection that failed to load (the previous one, if any, kept serving).");
+	for (unsigned i = 0; i < n; i++)
+		cdx_buf_printf(b, "candex_collection_reload_failures_total{collection=\"%s\"} %llu\n",
+		    s->cm[i].name, (unsigned long long) atomic_load(&s->cm[i].reload_failed));
 }
 
 /* label escapes a Prometheus label value into out. */
@@ -49,16 +203,6 @@ label(const char *v, char *out, size_t size)
 	out[j] = '\0';
 	return out;
 }
-
-static const char *
-status_name(int code)
-{
-	const ProtobufCEnumValue *v
-	    = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
-	return v != NULL ? v->name : "UNKNOWN";
-}
-
-#define HEAD(b, name, type, help) cdx_buf_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
 
 int
 cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
@@ -120,6 +264,19 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	    (unsigned long long) atomic_load(&m->listener_restarts));
 	HEAD(b, "candex_start_time_seconds", "gauge", "Unix time the server started.");
 	cdx_buf_printf(b, "candex_start_time_seconds %.3f\n", (double) s->start_ms / 1000.0);
+	HEAD(b, "candex_build_info", "gauge", "candex and library versions (value is always 1).");
+	cdx_buf_printf(b,
+	    "candex_build_info{version=\"%s\",nng=\"%s\",protobuf_c=\"%s\",lz4=\"%s\",jansson=\"%s\"} "
+	    "1\n",
+	    CANDEX_VERSION, nng_version(), protobuf_c_version(), LZ4_versionString(), JANSSON_VERSION);
+	HEAD(b, "candex_process_resident_memory_bytes", "gauge", "Resident memory of the process (VmRSS).");
+	cdx_buf_printf(b, "candex_process_resident_memory_bytes %llu\n",
+	    (unsigned long long) proc_status_kb("VmRSS") * 1024);
+	HEAD(b, "candex_process_resident_anon_bytes", "gauge",
+	    "Resident anonymous memory (RssAnon): the heap, what collections hold, not mapped files.");
+	cdx_buf_printf(b, "candex_process_resident_anon_bytes %llu\n",
+	    (unsigned long long) proc_status_kb("RssAnon") * 1024);
+	render_collection_series(s, b);
 
 	struct srv_set *set = cdx__srv_snapshot(s);
 	if (set == NULL)
@@ -145,11 +302,18 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	for (size_t i = 0; i < set->n; i++)
 		cdx_buf_printf(b, "candex_collection_load_timestamp_seconds{collection=\"%s\"} %.3f\n",
 		    set->e[i].name, (double) set->e[i].loaded_ms / 1000.0);
-	HEAD(
-	    b, "candex_collection_memory_bytes", "gauge", "Approximate resident size of the served version.");
+	HEAD(b, "candex_collection_memory_bytes", "gauge",
+	    "Memory the served version holds: Faiss indexes as loaded (codes, ids, quantizer, "
+	    "precomputed tables, direct maps), ids, keys, refine stores, key index.");
 	for (size_t i = 0; i < set->n; i++)
 		cdx_buf_printf(b, "candex_collection_memory_bytes{collection=\"%s\"} %llu\n", set->e[i].name,
 		    (unsigned long long) cdx_collection_memory_bytes(set->e[i].coll));
+	HEAD(b, "candex_collection_current_missing", "gauge",
+	    "1 while a collection serves a loaded version though its CURRENT link is gone (drop it "
+	    "with an admin DropRequest).");
+	for (size_t i = 0; i < set->n; i++)
+		cdx_buf_printf(b, "candex_collection_current_missing{collection=\"%s\"} %d\n", set->e[i].name,
+		    set->e[i].current_missing);
 	cdx__srv_set_free(set);
 	if (s->online != NULL)
 		cdx_online_recall_render(s->online, b);
@@ -201,22 +365,48 @@ http_metrics(nng_aio *aio)
 	cdx_buf_fini(&b);
 }
 
+/* /healthz is liveness: the process runs and its HTTP thread answers. A
+ * broken collection is no reason to restart a server that serves others
+ * (and a restart would not mend an index file): that is /readyz. */
 static void
 http_healthz(nng_aio *aio)
 {
 	nng_http_handler *h = nng_aio_get_input(aio, 1);
 	cdx_server *s = nng_http_handler_get_data(h);
-	char body[1200], names[1024];
+	char body[128];
 	pthread_mutex_lock(&s->set_mu);
 	size_t n = s->set != NULL ? s->set->n : 0;
 	pthread_mutex_unlock(&s->set_mu);
+	int len = snprintf(body, sizeof(body), "alive: %zu collection(s) served%s\n", n,
+	    atomic_load(&s->stopping) ? ", stopping" : "");
+	http_send(aio, 200, "text/plain; charset=utf-8", body, (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
+}
+
+/* /readyz is readiness: 200 only when at least one collection serves and
+ * every collection of the index directory does (none failed to load with
+ * nothing to fall back on), and the server is not stopping. */
+static void
+http_readyz(nng_aio *aio)
+{
+	nng_http_handler *h = nng_aio_get_input(aio, 1);
+	cdx_server *s = nng_http_handler_get_data(h);
+	char body[2600], names[1024], unserved[1024];
+	pthread_mutex_lock(&s->set_mu);
+	size_t n = s->set != NULL ? s->set->n : 0;
+	snprintf(unserved, sizeof(unserved), "%s", s->unserved);
+	pthread_mutex_unlock(&s->set_mu);
 	cdx__srv_names(s, names, sizeof(names));
-	int ok = n > 0 && !atomic_load(&s->stopping);
-	int len = snprintf(body, sizeof(body), "%s: %zu collection(s): %s\n",
-	    ok                              ? "ok"
-	        : atomic_load(&s->stopping) ? "stopping"
-	                                    : "unavailable",
-	    n, names);
+	int stopping = atomic_load(&s->stopping), ok = n > 0 && unserved[0] == '\0' && !stopping;
+	int len;
+	if (ok)
+		len = snprintf(body, sizeof(body), "ready: %zu collection(s): %s\n", n, names);
+	else if (stopping)
+		len = snprintf(body, sizeof(body), "not ready: stopping\n");
+	else if (unserved[0] != '\0')
+		len = snprintf(
+		    body, sizeof(body), "not ready: not serving %s (serving: %s)\n", unserved, names);
+	else
+		len = snprintf(body, sizeof(body), "not ready: no collection to serve\n");
 	http_send(aio, ok ? 200 : 503, "text/plain; charset=utf-8", body,
 	    (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
 }
@@ -257,12 +447,14 @@ cdx__srv_http_start(cdx_server *s)
 		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));
 	if ((rv = add_handler(s, "/metrics", http_metrics)) != 0
 	    || (rv = add_handler(s, "/healthz", http_healthz)) != 0
+	    || (rv = add_handler(s, "/readyz", http_readyz)) != 0
 	    || (rv = nng_http_server_start(s->http)) != 0) {
 		nng_http_server_release(s->http);
 		s->http = NULL;
 		return cdx_error(cdx__nng_code(rv), "HTTP server on %s: %s", urlbuf, nng_strerror(rv));
 	}
-	cdx_info("SRV-HTTP", "metrics on %s/metrics, health on %s/healthz", urlbuf, urlbuf);
+	cdx_info("SRV-HTTP", "metrics on %s/metrics, liveness on %s/healthz, readiness on %s/readyz", urlbuf,
+	    urlbuf, urlbuf);
 	return CDX_OK;
 }
 

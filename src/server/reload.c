@@ -12,6 +12,12 @@
  * happen on the reload thread, never on a request's path; a load that fails
  * leaves the old version in the new array, so it keeps serving.
  *
+ * A collection whose CURRENT disappears (or its whole directory) is not
+ * dropped: the loaded version keeps serving, a warning is logged once, and
+ * /metrics shows candex_collection_current_missing. Deleting a link by
+ * mistake must not be an outage; retiring a collection is an explicit
+ * admin DropRequest, refused while a CURRENT would bring it back.
+ *
  * Triggers: SIGHUP and --watch-interval ask for a rescan (no answer owed);
  * an admin ReloadRequest is queued with its nng context and answered by the
  * reload thread when its rescan is done. Reloads run one at a time. A
@@ -23,6 +29,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -32,6 +39,7 @@
 
 struct srv_reload_req {
 	struct srv_ctx *ctx;
+	int drop;                /* a DropRequest of only, not a reload */
 	char only[CDX_NAME_MAX]; /* "" = all */
 	struct srv_reload_req *next;
 };
@@ -280,8 +288,12 @@ append_entry(struct srv_set *set, const struct srv_entry *e)
 }
 
 static void
-add_failure(cdx_buf *msg, int *rc, int code, const char *name, const char *why, const struct srv_entry *kept)
+add_failure(cdx_server *s, cdx_buf *msg, int *rc, int code, const char *name, const char *why,
+    const struct srv_entry *kept)
 {
+	struct srv_coll_metrics *cm = cdx__srv_coll_metrics(s, name);
+	if (cm != NULL)
+		atomic_fetch_add(&cm->reload_failed, 1);
 	if (*rc == CDX_OK)
 		*rc = code;
 	/* what still serves comes first: clients may truncate long messages */
@@ -354,28 +366,34 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		uint64_t id[3]; /* before loading: a change while loading is seen next time */
 		manifest_id(vdir, id);
 		if (r == CDX_OK && cur != NULL && strcmp(cur->version_dir, vdir) == 0) {
+			if (cur->current_missing)
+				cdx_info("SRV-CURRENT-BACK", "collection %s: CURRENT is back", name);
 			if (memcmp(id, cur->manifest_id, sizeof(id)) == 0) {
 				e = *cur; /* unchanged */
+				e.current_missing = 0;
 				cdx_collection_ref(e.coll);
 				append_entry(next, &e);
 				continue;
 			}
 			if ((r = reload_points(cur, id, &e)) != CDX_OK) {
 				char why[1024];
-				snprintf(
-				    why, sizeof(why), "re-reading its manifest: %.900s", cdx_last_error());
+				const char *le = cdx_last_error();
+				snprintf(why, sizeof(why), "re-reading its manifest: %.*s",
+				    (int) cdx_utf8_cut(le, 900), le);
 				cdx_err("SRV-LOAD-FAIL", "collection %s: %s; the loaded one keeps serving",
 				    name, why);
-				add_failure(&msg, &rc, r, name, why, cur);
+				add_failure(s, &msg, &rc, r, name, why, cur);
 				e = *cur; /* not retried until the manifest changes again */
+				e.current_missing = 0;
 				memcpy(e.manifest_id, id, sizeof(id));
 				cdx_collection_ref(e.coll);
 				append_entry(next, &e);
 				continue;
 			}
+			e.current_missing = 0;
 			if (append_entry(next, &e) != CDX_OK) {
 				cdx_collection_unref(e.coll);
-				add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
+				add_failure(s, &msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 				goto keep_old;
 			}
 			(*changed)++;
@@ -385,7 +403,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			char why[512];
 			snprintf(why, sizeof(why), "cannot resolve CURRENT: %s", cdx_last_error());
 			cdx_err("SRV-LOAD-FAIL", "collection %s: %s", name, why);
-			add_failure(&msg, &rc, r, name, why, cur);
+			add_failure(s, &msg, &rc, r, name, why, cur);
 			goto keep_old;
 		}
 		if (watch && was_failed(s, name, vdir)) {
@@ -396,18 +414,24 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		uint64_t t0 = cdx_now_us();
 		cdx_collection *c = NULL;
 		r = cdx_collection_load(&c, vdir);
-		if (r == CDX_OK && (r = verify(c)) != CDX_OK) {
-			cdx_collection_unref(c);
-			c = NULL;
-		}
+		if (r == CDX_OK && strcmp(cdx_collection_manifest(c)->collection, name) != 0)
+			/* served under its directory's name: a copied or moved
+			 * version must not answer for another collection */
+			r = cdx_error(CDX_ECORRUPT, "its manifest names collection '%s', not '%s'",
+			    cdx_collection_manifest(c)->collection, name);
+		if (r == CDX_OK)
+			r = verify(c);
 		if (r != CDX_OK) {
+			cdx_collection_unref(c); /* NULL if the load itself failed */
+			c = NULL;
 			char why[1024];
 			const char *vname = strrchr(vdir, '/');
-			snprintf(why, sizeof(why), "version %.100s failed to load: %.800s",
-			    vname ? vname + 1 : vdir, cdx_last_error());
+			const char *vn = vname ? vname + 1 : vdir, *le = cdx_last_error();
+			snprintf(why, sizeof(why), "version %.*s failed to load: %.*s",
+			    (int) cdx_utf8_cut(vn, 100), vn, (int) cdx_utf8_cut(le, 800), le);
 			cdx_err("SRV-LOAD-FAIL", "collection %s: %s (%s)%s", name, why, vdir,
 			    cur ? "; the previous version keeps serving" : "");
-			add_failure(&msg, &rc, r, name, why, cur);
+			add_failure(s, &msg, &rc, r, name, why, cur);
 			set_failed(s, name, vdir);
 			goto keep_old;
 		}
@@ -424,7 +448,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		e.loaded_ms = cdx_wall_ms();
 		if (append_entry(next, &e) != CDX_OK) {
 			cdx_collection_unref(c);
-			add_failure(&msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
+			add_failure(s, &msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 			goto keep_old;
 		}
 		(*changed)++;
@@ -432,36 +456,63 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 	keep_old:
 		if (cur != NULL) {
 			e = *cur;
+			e.current_missing = 0; /* there is a CURRENT, even if it is bad */
 			cdx_collection_ref(e.coll);
 			append_entry(next, &e);
 		}
 	}
-	/* collections whose directory or CURRENT disappeared are dropped */
+	/* Collections whose directory or CURRENT disappeared keep serving
+	 * what is loaded: only an admin DropRequest retires a collection. */
 	for (size_t i = 0; i < old->n; i++) {
 		if (find_entry(next, old->e[i].name) != NULL)
 			continue;
-		if (only != NULL && *only != '\0' && strcmp(old->e[i].name, only) != 0) {
-			struct srv_entry e = old->e[i];
-			cdx_collection_ref(e.coll);
-			append_entry(next, &e);
-			continue;
+		struct srv_entry e = old->e[i];
+		cdx_collection_ref(e.coll);
+		if (only == NULL || *only == '\0' || strcmp(e.name, only) == 0) {
+			const char *version = cdx_collection_manifest(e.coll)->version;
+			if (!e.current_missing)
+				cdx_warn("SRV-CURRENT-GONE",
+				    "collection %s: %s/%s/%s is gone; still serving version %s (drop it with "
+				    "an admin DropRequest: candex query --url ADMIN --drop %s)",
+				    e.name, s->cfg.index_dir, e.name, CDX_CURRENT_LINK, version, e.name);
+			/* the watcher reports it once, an explicit reload every time */
+			if (!watch || !e.current_missing)
+				add_failure(
+				    s, &msg, &rc, CDX_ENOTFOUND, e.name, "its CURRENT link is gone", &e);
+			e.current_missing = 1;
 		}
-		cdx_warn("SRV-DROP", "collection %s: no longer in %s; not served any more", old->e[i].name,
-		    s->cfg.index_dir);
-		(*changed)++;
+		append_entry(next, &e);
 	}
-swap:
+swap:;
+	/* readiness: which collections of the directory serve nothing */
+	char unserved[sizeof(s->unserved)] = "";
+	size_t used = 0;
+	for (size_t i = 0; i < nnames && used < sizeof(unserved); i++) {
+		if (find_entry(next, names[i]) != NULL)
+			continue;
+		int w
+		    = snprintf(unserved + used, sizeof(unserved) - used, "%s%s", used ? ", " : "", names[i]);
+		used += w > 0 ? (size_t) w : 0;
+	}
 	pthread_mutex_lock(&s->set_mu);
 	struct srv_set *prev = s->set;
 	s->set = next;
+	if (lrc == CDX_OK)
+		snprintf(s->unserved, sizeof(s->unserved), "%s", unserved);
 	pthread_mutex_unlock(&s->set_mu);
 	cdx__srv_set_free(prev);
 	cdx__srv_set_free(old);
 	for (size_t i = 0; i < nnames; i++)
 		free(names[i]);
 	free(names);
-	if (msgp != NULL && msg.len > 0)
-		*msgp = strdup(msg.data);
+	if (*changed > 0 || rc != CDX_OK) {
+		/* A load frees as much as it keeps (read buffers, decoded parts,
+		 * the old version): give the free pages back, so that RSS
+		 * follows what is served. */
+		malloc_trim(0);
+	}
+	if (msgp != NULL && msg.len > 0 && (*msgp = strdup(msg.data)) != NULL)
+		cdx_utf8_sanitize(*msgp); /* paths need not be UTF-8; the answer must */
 	cdx_buf_fini(&msg);
 	return rc;
 }
@@ -499,17 +550,81 @@ cdx__srv_load_initial(cdx_server *s)
 	pthread_mutex_unlock(&s->set_mu);
 	if (n == 0)
 		cdx_warn("SRV-EMPTY",
-		    "no collection to serve in %s yet; /healthz answers 503 until a reload loads one",
+		    "no collection to serve in %s yet; /readyz answers 503 until a reload loads one",
 		    s->cfg.index_dir);
 	else
 		cdx_info("SRV-START", "serving %zu collection(s): %s", n, names);
 	return CDX_OK;
 }
 
+/* drop_collection stops serving name, which must have lost its CURRENT
+ * (else the next reload would bring it back). Runs on the reload thread,
+ * like every change of the set. */
+static int
+drop_collection(cdx_server *s, const char *name, char **msgp)
+{
+	char link[PATH_MAX];
+	struct stat st;
+	*msgp = NULL;
+	struct srv_set *old = cdx__srv_snapshot(s), *next = calloc(1, sizeof(*next));
+	int rc = CDX_OK;
+	if (old == NULL || next == NULL) {
+		rc = cdx_error(CDX_ENOMEM, "out of memory");
+		goto done;
+	}
+	const struct srv_entry *cur = find_entry(old, name);
+	if (cur == NULL) {
+		rc = cdx_error(
+		    CDX_ENOTFOUND, "collection '%.*s' is not served", (int) cdx_utf8_cut(name, 64), name);
+		goto done;
+	}
+	snprintf(link, sizeof(link), "%s/%s/%s", s->cfg.index_dir, name, CDX_CURRENT_LINK);
+	if (lstat(link, &st) == 0) {
+		rc = cdx_error(CDX_EINVAL,
+		    "collection %s still has %s: the next reload would load it again; remove that link "
+		    "first",
+		    name, link);
+		goto done;
+	}
+	for (size_t i = 0; i < old->n; i++) {
+		if (strcmp(old->e[i].name, name) == 0)
+			continue;
+		if (append_entry(next, &old->e[i]) != CDX_OK) {
+			rc = cdx_error(CDX_ENOMEM, "out of memory");
+			goto done;
+		}
+		cdx_collection_ref(old->e[i].coll);
+	}
+	cdx_warn("SRV-DROP", "collection %s: dropped by an admin; version %s no longer served", name,
+	    cdx_collection_manifest(cur->coll)->version);
+	set_failed(s, name, NULL);
+	pthread_mutex_lock(&s->set_mu);
+	struct srv_set *prev = s->set;
+	s->set = next;
+	pthread_mutex_unlock(&s->set_mu);
+	next = prev;
+done:
+	if (rc != CDX_OK)
+		*msgp = strdup(cdx_last_error());
+	cdx__srv_set_free(next);
+	cdx__srv_set_free(old);
+	return rc;
+}
+
 static void
 answer_admin(cdx_server *s, struct srv_reload_req *r)
 {
 	char *msg = NULL;
+	if (r->drop) {
+		int rc = drop_collection(s, r->only, &msg);
+		if (rc != CDX_OK)
+			cdx_warn(
+			    "SRV-DROP-FAIL", "admin drop of %s: %s", r->only, msg ? msg : cdx_strerror(rc));
+		cdx__srv_reply_reload(r->ctx, rc, msg);
+		free(msg);
+		free(r);
+		return;
+	}
 	int rc = cdx__srv_reload(s, r->only[0] ? r->only : NULL, &msg);
 	if (rc == CDX_OK)
 		cdx_info("SRV-RELOAD", "admin reload%s%s done", r->only[0] ? " of " : "", r->only);
@@ -626,8 +741,8 @@ cdx_server_request_reload(cdx_server *s)
 	pthread_mutex_unlock(&s->r_mu);
 }
 
-void
-cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
+static void
+admin_enqueue(cdx_server *s, struct srv_ctx *ctx, const char *only, int drop)
 {
 	struct srv_reload_req *r = calloc(1, sizeof(*r)), **tail;
 	if (r == NULL) {
@@ -635,6 +750,7 @@ cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
 		return;
 	}
 	r->ctx = ctx;
+	r->drop = drop;
 	snprintf(r->only, sizeof(r->only), "%s", only ? only : "");
 	pthread_mutex_lock(&s->r_mu);
 	for (tail = &s->r_head; *tail != NULL; tail = &(*tail)->next)
@@ -642,4 +758,21 @@ cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
 	*tail = r;
 	pthread_cond_signal(&s->r_cv);
 	pthread_mutex_unlock(&s->r_mu);
+}
+
+void
+cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only)
+{
+	admin_enqueue(s, ctx, only, 0);
+}
+
+void
+cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name)
+{
+	if (name == NULL || !cdx_name_valid(name)) {
+		/* never cut a name to fit: a prefix could name another collection */
+		cdx__srv_reply_reload(ctx, CDX_EINVAL, "drop needs a valid collection name");
+		return;
+	}
+	admin_enqueue(s, ctx, name, 1);
 }

@@ -36,6 +36,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 	dst->tls_key = dup_or_null(src->tls_key);
 	dst->tls_ca = dup_or_null(src->tls_ca);
 	dst->ipc_mode = dup_or_null(src->ipc_mode);
+	dst->query_ipc_mode = dup_or_null(src->query_ipc_mode);
 	dst->config_file = dup_or_null(src->config_file);
 }
 
@@ -52,6 +53,7 @@ server_free(cdx_server *s)
 {
 	cdx__srv_set_free(s->set);
 	pthread_mutex_destroy(&s->set_mu);
+	pthread_mutex_destroy(&s->cm_mu);
 	pthread_mutex_destroy(&s->q_mu);
 	pthread_cond_destroy(&s->q_cv);
 	pthread_mutex_destroy(&s->r_mu);
@@ -92,6 +94,7 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		s->cfg.queue_max = 16 * s->nworkers;
 	s->start_ms = cdx_wall_ms();
 	pthread_mutex_init(&s->set_mu, NULL);
+	pthread_mutex_init(&s->cm_mu, NULL);
 	pthread_mutex_init(&s->q_mu, NULL);
 	pthread_cond_init(&s->q_cv, NULL);
 	pthread_mutex_init(&s->r_mu, NULL);

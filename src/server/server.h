@@ -24,8 +24,10 @@
  * last reference. Requests never wait for a load.
  *
  * Admin. A second REP socket (--admin-listen, e.g. an ipc:// path that only
- * the server's user can open) accepts ReloadRequest; on the query socket a
- * reload is PERMISSION_DENIED.
+ * the server's user can open) accepts ReloadRequest and DropRequest; on the
+ * query socket they are PERMISSION_DENIED. A reload never drops a
+ * collection: one whose CURRENT is gone keeps serving what is loaded (with
+ * a warning and a metric) until an admin drops it.
  *
  * Shutdown. The server answers any request that arrives from then on with
  * UNAVAILABLE (retryable), waits for the in-flight jobs to be answered,
@@ -45,8 +47,10 @@
 #include <nng/supplemental/http/http.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include "candex.pb-c.h"
 #include "common/common.h"
 #include "search/search.h"
+#include "shard/manifest.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
 /* request_id of the listener watchdog's health probes (not in the metrics) */
@@ -57,7 +61,7 @@ struct cdx_server_config {
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
 	char *admin_listen;       /* NULL = no admin socket */
-	char *http_listen;        /* host:port of /metrics and /healthz; NULL = none */
+	char *http_listen;        /* host:port of /metrics, /healthz and /readyz; NULL = none */
 	char *http_search_listen; /* host:port of POST /v1/search (JSON); NULL = none */
 	char *tls_cert;           /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
@@ -77,7 +81,8 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	char *ipc_mode; /* octal permissions of ipc:// listener files (admin: 0600) */
+	char *ipc_mode;       /* octal permissions of the admin socket's ipc:// file */
+	char *query_ipc_mode; /* octal permissions of query ipc:// files */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -118,6 +123,7 @@ struct srv_entry {
 	char version_dir[4096];
 	uint64_t loaded_ms;      /* wall clock */
 	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
+	int current_missing;     /* served, but its CURRENT is gone (until an admin drops it) */
 };
 
 struct srv_set {
@@ -142,6 +148,26 @@ struct srv_metrics {
 };
 
 extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
+
+/* A latency histogram: non-cumulative bucket counts and the sum. */
+struct srv_hist {
+	atomic_uint_fast64_t bucket[SRV_NBUCKETS];
+	atomic_uint_fast64_t sum_us;
+};
+
+/* Per-collection series (the `collection` label). Slots are taken by names
+ * of collections the server has loaded or tried to load (never by names a
+ * client sends), up to SRV_MAX_COLL_METRICS; a slot is never freed, so
+ * counters survive reloads and drops. */
+#define SRV_MAX_COLL_METRICS 64
+struct srv_coll_metrics {
+	char name[CDX_NAME_MAX];
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* search responses by status */
+	struct srv_hist latency;                  /* receipt to response */
+	struct srv_hist queue_wait;               /* receipt to a worker taking it */
+	struct srv_hist search;                   /* the worker's search alone */
+	atomic_uint_fast64_t reload_failed;       /* loads of a new version that failed */
+};
 
 struct srv_ctx;
 struct srv_reload_req;
@@ -187,6 +213,14 @@ struct cdx_server {
 	int q_stop;
 	pthread_t *workers;
 
+	/* per-collection metrics: cm[0, ncm) are in use */
+	pthread_mutex_t cm_mu; /* taken to add a slot */
+	struct srv_coll_metrics cm[SRV_MAX_COLL_METRICS];
+	atomic_uint ncm;
+	/* readiness: collections of the index directory that serve nothing
+	 * (set by each rescan, under set_mu); "" when every one serves */
+	char unserved[1024];
+
 	atomic_int stopping;  /* answer new requests UNAVAILABLE */
 	atomic_int in_flight; /* received, not yet answered */
 
@@ -223,6 +257,9 @@ int cdx__srv_reload(cdx_server *s, const char *only, char **msg);
 /* cdx__srv_reload_admin queues an admin reload; the reload thread answers
  * ctx (srv_ctx) when done. */
 void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only);
+/* cdx__srv_drop_admin queues an admin drop of one collection, answered
+ * like a reload (cdx__srv_reply_reload). */
+void cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name);
 /* cdx__srv_lookup returns a new reference to the named collection, or NULL. */
 cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name);
 /* cdx__srv_snapshot returns a copy of the set with a reference on every
@@ -240,8 +277,21 @@ void cdx__srv_sockets_close(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
-/* cdx__srv_reply_reload answers an admin reload on its context. */
+/* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+
+/* request.c */
+/* cdx__srv_validate_search checks a decoded search request against the
+ * limits of cfg and the manifest of the collection it names: everything
+ * but the lookup. Returns CDX_OK, or the answer's code with its message in
+ * msg[size]. Needs no socket and no server. */
+int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
+    const struct cdx_server_config *cfg, char *msg, size_t size);
+/* cdx__srv_peek_request_id walks the top-level fields of a Request that
+ * will not be decoded (too large, or malformed further in) for its
+ * request_id (field 2), so that even those error responses echo it; out
+ * gets at most size - 1 bytes, cut on a character boundary, or "". */
+void cdx__srv_peek_request_id(const uint8_t *p, size_t len, char *out, size_t size);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
@@ -252,7 +302,16 @@ int cdx__srv_http_search_start(cdx_server *s);
 void cdx__srv_http_search_stop(cdx_server *s);
 
 /* metrics.c */
-void cdx__srv_observe(cdx_server *s, int status, uint64_t latency_us);
+/* cdx__srv_observe counts a response; collection (NULL for requests that
+ * reached no served collection) also counts it under that label. */
+void cdx__srv_observe(cdx_server *s, const char *collection, int status, uint64_t latency_us);
+/* cdx__srv_observe_search records a search job's wait for a worker and,
+ * if it was searched (search_us > 0 or searched), the search time. */
+void cdx__srv_observe_search(
+    cdx_server *s, const char *collection, uint64_t wait_us, int searched, uint64_t search_us);
+/* cdx__srv_coll_metrics returns the slot of collection, taking a free one
+ * for a new name; NULL when every slot is taken. */
+struct srv_coll_metrics *cdx__srv_coll_metrics(cdx_server *s, const char *collection);
 int cdx__srv_metrics_render(cdx_server *s, cdx_buf *out);
 int cdx__srv_http_start(cdx_server *s);
 /* cdx__srv_http_send answers an HTTP handler's aio with code and body (not

@@ -133,6 +133,12 @@ cdx_keys_decode(const void *data, size_t len, size_t n, char **strings, uint64_t
 			free(off);
 			return cdx_error(CDX_ECORRUPT, "keys: key %zu contains a NUL byte", i);
 		}
+		if (!cdx_utf8_valid((const char *) p, (size_t) kl)) {
+			/* keys go out in protobuf strings, which must be UTF-8 */
+			free(str);
+			free(off);
+			return cdx_error(CDX_ECORRUPT, "keys: key %zu is not valid UTF-8", i);
+		}
 		off[i] = o;
 		memcpy(str + o, p, (size_t) kl);
 		o += (size_t) kl;

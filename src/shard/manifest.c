@@ -531,9 +531,17 @@ cdx_manifest_load(struct cdx_manifest **mp, const char *version_dir)
 	int rc = cdx_read_file(path, &text, &len);
 	if (rc != CDX_OK)
 		return rc;
+	rc = cdx_manifest_parse(mp, text, len, path);
+	free(text);
+	return rc;
+}
+
+int
+cdx_manifest_parse(struct cdx_manifest **mp, const char *text, size_t len, const char *path)
+{
+	*mp = NULL;
 	json_error_t jerr;
 	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-	free(text);
 	if (root == NULL)
 		return cdx_error(
 		    CDX_ECORRUPT, "%s:%d:%d: invalid JSON: %s", path, jerr.line, jerr.column, jerr.text);

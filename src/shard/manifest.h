@@ -88,6 +88,9 @@ struct cdx_manifest {
 /* cdx_manifest_load parses DIR/manifest.json of a version directory. On
  * success *mp is set and the caller frees it with cdx_manifest_free(). */
 int cdx_manifest_load(struct cdx_manifest **mp, const char *version_dir);
+/* cdx_manifest_parse is cdx_manifest_load on the text of a manifest; path
+ * only names it in error messages. */
+int cdx_manifest_parse(struct cdx_manifest **mp, const char *text, size_t len, const char *path);
 /* cdx_manifest_save writes version_dir/manifest.json atomically and durably. */
 int cdx_manifest_save(const struct cdx_manifest *m, const char *version_dir);
 /* cdx_manifest_to_json returns a malloc'd JSON text (for inspect / info). */

@@ -220,6 +220,7 @@ distance_portable(const struct cdx_refine_store *st, const uint8_t *r, const flo
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define AVX2_TARGET __attribute__((target("avx2,fma,f16c")))
@@ -282,9 +283,13 @@ static int
 have_avx2(void)
 {
 	static int cached = -1; /* same answer from every thread: a benign race */
-	if (cached < 0)
-		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-		    && __builtin_cpu_supports("f16c");
+	if (cached < 0) {
+		/* F16C from cpuid: clang 14 (the fuzz build) has no "f16c"
+		 * for __builtin_cpu_supports */
+		unsigned a, b, c, d;
+		int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+		cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+	}
 	return cached;
 }
 #endif

@@ -134,26 +134,25 @@ void cdx_shard_writer_abort(cdx_shard_writer *w);
  * open part streams at once (each has its own decompression context). */
 typedef struct cdx_shard cdx_shard;
 
-/* cdx_shard_open maps path and validates the header (magic, version, header
- * checksum, part bounds within the file size). It does not read the parts. */
+/* cdx_shard_open opens path and validates the header (magic, version,
+ * header checksum, part bounds within the file size). It does not read the
+ * parts. The file is read with pread, never mapped: a file that shrinks
+ * while it is read gives CDX_ECORRUPT, not SIGBUS. */
 int cdx_shard_open(cdx_shard **sp, const char *path);
 void cdx_shard_close(cdx_shard *s); /* NULL is a no-op */
 const struct cdx_shard_info *cdx_shard_info(const cdx_shard *s);
 const char *cdx_shard_path(const cdx_shard *s);
-/* cdx_shard_file_bytes and cdx_shard_file_xxh64 give the size and the xxh64
- * (seed 0) of the whole file: the bytes and xxh64 a manifest records for a
- * shard. A builder opens each shard after commit to fill them in. */
+/* cdx_shard_file_bytes is the size of the file when it was opened: the
+ * bytes a manifest records for a shard. */
 uint64_t cdx_shard_file_bytes(const cdx_shard *s);
-uint64_t cdx_shard_file_xxh64(const cdx_shard *s);
 /* cdx_shard_find_part returns the part of that kind or NULL. */
 const struct cdx_part_desc *cdx_shard_find_part(const cdx_shard *s, uint32_t kind);
-/* cdx_shard_verify checks the xxh64 of every part (not decompressing). */
-int cdx_shard_verify(const cdx_shard *s);
-/* cdx_shard_verify_release is cdx_shard_verify for a caller that will not
- * read the parts next (the builder's re-verification before publishing):
- * each piece's pages are dropped from the mapping once hashed, so checking
- * a shard of many GB does not hold it all in our RSS. */
-int cdx_shard_verify_release(const cdx_shard *s);
+/* cdx_shard_verify reads the whole file once and checks the xxh64 of every
+ * part (not decompressing). *file_xxh64 (may be NULL) gets the xxh64 (seed
+ * 0) of the whole file, which a manifest records for a shard. The bytes go
+ * through a 1 MiB buffer, so checking a shard of many GB does not hold it
+ * in our RSS. */
+int cdx_shard_verify(const cdx_shard *s, uint64_t *file_xxh64);
 /* cdx_shard_read_part decompresses a whole part into a malloc'd buffer the
  * caller frees; the lz4 content checksum is verified. */
 int cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len);

@@ -1,11 +1,16 @@
 /*
  * shard_read.c — opening, verifying and decompressing shard files.
  *
- * The whole file is mapped read-only; parts are decompressed from the map,
- * either fully (read_part) or incrementally behind a FILE* (part streams,
- * for faiss_read_index). Every size read from the file is checked against
- * the file size before use, so a truncated or corrupt file yields
- * CDX_ECORRUPT, never an out-of-bounds read.
+ * Shards are read with pread(2) through a small buffer, never mapped: a
+ * mapped file that shrinks under the reader (a copy still in progress, a
+ * truncate, a full disk on a network filesystem) raises SIGBUS, which would
+ * take the whole server down, every collection with it. A short read is
+ * just an error: the version is refused and the old one keeps serving.
+ * Every size read from the file is checked against the file size before
+ * use, so a truncated or corrupt file yields CDX_ECORRUPT, never an
+ * out-of-bounds read. Parts are decompressed from the buffer, either fully
+ * (read_part) or incrementally behind a FILE* (part streams, for
+ * faiss_read_index).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,10 +25,15 @@
 
 #include "shard/shard.h"
 
+/* Bytes read from the file at a time: large enough that the syscalls cost
+ * nothing next to decompression, small enough that several part streams
+ * may be open at once. */
+#define READ_CHUNK ((size_t) 1 << 20)
+
 struct cdx_shard {
 	char *path;
-	const uint8_t *map;
-	size_t size;
+	int fd;
+	uint64_t size; /* when opened; a read past a later end is an error */
 	struct cdx_shard_info info;
 };
 
@@ -31,6 +41,20 @@ static int
 known_kind(uint32_t kind)
 {
 	return kind >= CDX_PART_FAISS && kind <= CDX_PART_REFINE;
+}
+
+/* read_at reads exactly len bytes at off; a file that ends early has shrunk
+ * since it was opened. */
+static int
+read_at(const cdx_shard *s, void *buf, size_t len, uint64_t off)
+{
+	int rc = cdx_read_all(s->fd, buf, len, off, s->path);
+	if (rc == CDX_ECORRUPT)
+		rc = cdx_error(CDX_ECORRUPT,
+		    "%s: ends before byte %llu, but had %llu bytes when opened: the file shrank while "
+		    "being read",
+		    s->path, (unsigned long long) (off + len), (unsigned long long) s->size);
+	return rc;
 }
 
 int
@@ -55,31 +79,29 @@ cdx_shard_open(cdx_shard **sp, const char *path)
 		return cdx_error(CDX_ECORRUPT, "%s: truncated (%lld bytes, header needs %d)", path,
 		    (long long) st.st_size, CDX_SHARD_HEADER_SIZE);
 	}
-	void *map = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	int saved = errno;
-	close(fd);
-	if (map == MAP_FAILED) {
-		errno = saved;
-		return cdx_error_errno(CDX_EIO, "mmap %s", path);
-	}
+	/* parts are read front to back: ask for generous readahead */
+	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	cdx_shard *s = calloc(1, sizeof(*s));
 	if (s == NULL || (s->path = strdup(path)) == NULL) {
 		free(s);
-		munmap(map, (size_t) st.st_size);
+		close(fd);
 		return cdx_error(CDX_ENOMEM, "opening %s", path);
 	}
-	s->map = map;
-	s->size = (size_t) st.st_size;
-	int rc = cdx_shard_header_decode(s->map, &s->info, path);
+	s->fd = fd;
+	s->size = (uint64_t) st.st_size;
+	uint8_t header[CDX_SHARD_HEADER_SIZE];
+	int rc = read_at(s, header, sizeof(header), 0);
+	if (rc == CDX_OK)
+		rc = cdx_shard_header_decode(header, &s->info, path);
 	for (uint32_t i = 0; rc == CDX_OK && i < s->info.nparts; i++) {
 		const struct cdx_part_desc *pd = &s->info.parts[i];
 		if (pd->offset < CDX_SHARD_HEADER_SIZE || pd->offset > s->size
 		    || pd->stored_size > s->size - pd->offset) {
 			rc = cdx_error(CDX_ECORRUPT,
 			    "%s: truncated or corrupt: part %u (%s) spans bytes %llu..+%llu but the file has "
-			    "%zu",
+			    "%llu",
 			    path, i, cdx_part_name((int) pd->kind), (unsigned long long) pd->offset,
-			    (unsigned long long) pd->stored_size, s->size);
+			    (unsigned long long) pd->stored_size, (unsigned long long) s->size);
 		} else if (!known_kind(pd->kind) && (pd->flags & CDX_PART_FLAG_REQUIRED)) {
 			rc = cdx_error(CDX_EVERSION,
 			    "%s: part kind %u is required but unknown to this candex", path, pd->kind);
@@ -106,8 +128,7 @@ cdx_shard_close(cdx_shard *s)
 {
 	if (s == NULL)
 		return;
-	if (s->map != NULL)
-		munmap((void *) s->map, s->size);
+	close(s->fd);
 	free(s->path);
 	free(s);
 }
@@ -130,12 +151,6 @@ cdx_shard_file_bytes(const cdx_shard *s)
 	return s->size;
 }
 
-uint64_t
-cdx_shard_file_xxh64(const cdx_shard *s)
-{
-	return cdx_xxh64(s->map, s->size, 0);
-}
-
 const struct cdx_part_desc *
 cdx_shard_find_part(const cdx_shard *s, uint32_t kind)
 {
@@ -145,55 +160,47 @@ cdx_shard_find_part(const cdx_shard *s, uint32_t kind)
 	return NULL;
 }
 
-#define VERIFY_STEP ((size_t) 1 << 20) /* mapped pages held at a time */
-
-/* part_xxh64 hashes a part; with release, in steps whose pages are dropped
- * from this mapping once hashed (the page cache keeps them). */
-static uint64_t
-part_xxh64(const cdx_shard *s, const struct cdx_part_desc *pd, int release)
+int
+cdx_shard_verify(const cdx_shard *s, uint64_t *file_xxh64)
 {
-	if (!release)
-		return cdx_xxh64(s->map + pd->offset, (size_t) pd->stored_size, 0);
-	size_t page = (size_t) sysconf(_SC_PAGESIZE);
-	cdx_xxh64_state st;
-	cdx_xxh64_init(&st, 0);
-	for (uint64_t off = 0; off < pd->stored_size; off += VERIFY_STEP) {
-		size_t n = (size_t) CDX_MIN((uint64_t) VERIFY_STEP, pd->stored_size - off);
-		const uint8_t *p = s->map + pd->offset + off;
-		cdx_xxh64_update(&st, p, n);
-		uintptr_t a = (uintptr_t) p - (uintptr_t) p % page, b = (uintptr_t) (p + n);
-		b -= b % page;
-		if (b > a)
-			madvise((void *) a, b - a, MADV_DONTNEED);
+	/* One pass over the file feeds the whole-file hash and, for the
+	 * bytes that belong to a part, that part's hash. */
+	cdx_xxh64_state whole, part[CDX_SHARD_MAX_PARTS];
+	size_t chunk = (size_t) CDX_MIN((uint64_t) READ_CHUNK, s->size);
+	uint8_t *buf = malloc(chunk);
+	if (buf == NULL)
+		return cdx_error(CDX_ENOMEM, "%s: verify buffer", s->path);
+	cdx_xxh64_init(&whole, 0);
+	for (uint32_t i = 0; i < s->info.nparts; i++)
+		cdx_xxh64_init(&part[i], 0);
+	int rc = CDX_OK;
+	for (uint64_t off = 0; rc == CDX_OK && off < s->size;) {
+		size_t n = (size_t) CDX_MIN((uint64_t) chunk, s->size - off);
+		if ((rc = read_at(s, buf, n, off)) != CDX_OK)
+			break;
+		cdx_xxh64_update(&whole, buf, n);
+		for (uint32_t i = 0; i < s->info.nparts; i++) {
+			const struct cdx_part_desc *pd = &s->info.parts[i];
+			uint64_t a = CDX_MAX(off, pd->offset),
+			         b = CDX_MIN(off + n, pd->offset + pd->stored_size);
+			if (a < b)
+				cdx_xxh64_update(&part[i], buf + (a - off), (size_t) (b - a));
+		}
+		off += n;
 	}
-	return cdx_xxh64_digest(&st);
-}
-
-static int
-verify(const cdx_shard *s, int release)
-{
-	for (uint32_t i = 0; i < s->info.nparts; i++) {
+	free(buf);
+	for (uint32_t i = 0; rc == CDX_OK && i < s->info.nparts; i++) {
 		const struct cdx_part_desc *pd = &s->info.parts[i];
-		uint64_t h = part_xxh64(s, pd, release);
+		uint64_t h = cdx_xxh64_digest(&part[i]);
 		if (h != pd->xxh64)
-			return cdx_error(CDX_ECORRUPT,
+			rc = cdx_error(CDX_ECORRUPT,
 			    "%s: part %s checksum mismatch (stored %016llx, computed %016llx)", s->path,
 			    cdx_part_name((int) pd->kind), (unsigned long long) pd->xxh64,
 			    (unsigned long long) h);
 	}
-	return CDX_OK;
-}
-
-int
-cdx_shard_verify(const cdx_shard *s)
-{
-	return verify(s, 0);
-}
-
-int
-cdx_shard_verify_release(const cdx_shard *s)
-{
-	return verify(s, 1);
+	if (rc == CDX_OK && file_xxh64 != NULL)
+		*file_xxh64 = cdx_xxh64_digest(&whole);
+	return rc;
 }
 
 static const struct cdx_part_desc *
@@ -202,6 +209,50 @@ need_part(const cdx_shard *s, uint32_t kind, int *rc)
 	const struct cdx_part_desc *pd = cdx_shard_find_part(s, kind);
 	*rc = pd ? CDX_OK : cdx_error(CDX_ENOTFOUND, "%s: no %s part", s->path, cdx_part_name((int) kind));
 	return pd;
+}
+
+/* --- a part's stored bytes, read through a buffer -------------------- */
+
+struct part_src {
+	const cdx_shard *s;
+	uint64_t off;    /* next file offset to read */
+	uint64_t left;   /* stored bytes not read from the file yet */
+	uint8_t *buf;    /* cap bytes */
+	size_t cap;      /* READ_CHUNK, or less for a smaller part */
+	size_t pos, len; /* buf[pos, len) is read but not consumed */
+};
+
+static int
+src_init(struct part_src *src, const cdx_shard *s, const struct cdx_part_desc *pd)
+{
+	*src = (struct part_src) { .s = s, .off = pd->offset, .left = pd->stored_size };
+	src->cap = (size_t) CDX_MAX(1, CDX_MIN((uint64_t) READ_CHUNK, pd->stored_size));
+	if ((src->buf = malloc(src->cap)) == NULL)
+		return cdx_error(CDX_ENOMEM, "%s: read buffer", s->path);
+	return CDX_OK;
+}
+
+/* src_fill reads the next chunk once the buffer is consumed. */
+static int
+src_fill(struct part_src *src)
+{
+	if (src->pos < src->len || src->left == 0)
+		return CDX_OK;
+	size_t n = (size_t) CDX_MIN((uint64_t) src->cap, src->left);
+	int rc = read_at(src->s, src->buf, n, src->off);
+	if (rc != CDX_OK)
+		return rc;
+	src->off += n;
+	src->left -= n;
+	src->pos = 0;
+	src->len = n;
+	return CDX_OK;
+}
+
+static uint64_t
+src_remaining(const struct part_src *src)
+{
+	return src->left + (src->len - src->pos);
 }
 
 /* alloc_part allocates a part's decompressed bytes (freed with free()).
@@ -233,27 +284,33 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 		return rc;
 	const char *pname = cdx_part_name((int) kind);
 	size_t raw = (size_t) pd->raw_size;
+	struct part_src src;
+	if ((rc = src_init(&src, s, pd)) != CDX_OK)
+		return rc;
 	uint8_t *out = alloc_part(raw);
-	if (out == NULL)
+	if (out == NULL) {
+		free(src.buf);
 		return cdx_error(CDX_ENOMEM, "%s: part %s: %zu bytes", s->path, pname, raw);
+	}
 	LZ4F_dctx *dctx;
 	size_t r = LZ4F_createDecompressionContext(&dctx, LZ4F_VERSION);
 	if (LZ4F_isError(r)) {
 		free(out);
+		free(src.buf);
 		return cdx_error(CDX_ENOMEM, "%s: lz4 context: %s", s->path, LZ4F_getErrorName(r));
 	}
-	const uint8_t *src = s->map + pd->offset;
-	size_t srcleft = (size_t) pd->stored_size, done = 0;
-	rc = CDX_OK;
+	size_t done = 0;
 	for (;;) {
-		size_t dst = raw - done, sn = srcleft;
+		if ((rc = src_fill(&src)) != CDX_OK)
+			break;
+		size_t dst = raw - done, sn = src.len - src.pos;
 		/* A one-byte scratch past the declared size makes overlong
 		 * content an error rather than a silent stop. */
 		uint8_t spare;
 		uint8_t *dp = dst ? out + done : &spare;
 		if (dst == 0)
 			dst = 1;
-		r = LZ4F_decompress(dctx, dp, &dst, src, &sn, NULL);
+		r = LZ4F_decompress(dctx, dp, &dst, src.buf + src.pos, &sn, NULL);
 		if (LZ4F_isError(r)) {
 			rc = cdx_error(
 			    CDX_ECORRUPT, "%s: part %s: lz4: %s", s->path, pname, LZ4F_getErrorName(r));
@@ -265,8 +322,7 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 			break;
 		}
 		done += dp == &spare ? 0 : dst;
-		src += sn;
-		srcleft -= sn;
+		src.pos += sn;
 		if (r == 0)
 			break; /* frame complete, content checksum verified */
 		if (sn == 0 && dst == 0) {
@@ -276,10 +332,12 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 		}
 	}
 	LZ4F_freeDecompressionContext(dctx);
-	if (rc == CDX_OK && (done != raw || srcleft != 0))
+	uint64_t trailing = src_remaining(&src);
+	free(src.buf);
+	if (rc == CDX_OK && (done != raw || trailing != 0))
 		rc = cdx_error(CDX_ECORRUPT,
-		    "%s: part %s: %zu bytes decompressed, %zu expected, %zu trailing", s->path, pname, done,
-		    raw, srcleft);
+		    "%s: part %s: %zu bytes decompressed, %zu expected, %llu trailing", s->path, pname, done,
+		    raw, (unsigned long long) trailing);
 	if (rc != CDX_OK) {
 		free(out);
 		return rc;
@@ -292,10 +350,8 @@ cdx_shard_read_part(const cdx_shard *s, uint32_t kind, void **data, size_t *len)
 /* --- part streams ------------------------------------------------------ */
 
 struct part_stream {
-	const cdx_shard *s;
+	struct part_src src;
 	LZ4F_dctx *dctx;
-	const uint8_t *src;
-	size_t srcleft;
 	uint64_t pos; /* bytes handed out */
 	uint64_t raw; /* declared raw size */
 	int done;     /* frame finished and checked */
@@ -318,16 +374,17 @@ static int
 ps_finish(struct part_stream *ps)
 {
 	for (;;) {
+		if (src_fill(&ps->src) != CDX_OK)
+			return -1;
 		uint8_t spare;
-		size_t one = 1, sn = ps->srcleft;
-		size_t r = LZ4F_decompress(ps->dctx, &spare, &one, ps->src, &sn, NULL);
+		size_t one = 1, sn = ps->src.len - ps->src.pos;
+		size_t r = LZ4F_decompress(ps->dctx, &spare, &one, ps->src.buf + ps->src.pos, &sn, NULL);
 		if (LZ4F_isError(r) || one > 0)
 			return -1; /* corrupt, or more content than declared */
-		ps->src += sn;
-		ps->srcleft -= sn;
+		ps->src.pos += sn;
 		if (r == 0) {
 			ps->done = 1;
-			return ps->srcleft == 0 ? 0 : -1;
+			return src_remaining(&ps->src) == 0 ? 0 : -1;
 		}
 		if (sn == 0)
 			return -1; /* truncated */
@@ -342,19 +399,20 @@ ps_read(void *cookie, char *buf, size_t size)
 		return ps_fail(ps);
 	size_t got = 0;
 	while (got < size && !ps->done) {
-		size_t dst = size - got, sn = ps->srcleft;
-		size_t r = LZ4F_decompress(ps->dctx, buf + got, &dst, ps->src, &sn, NULL);
+		if (src_fill(&ps->src) != CDX_OK)
+			return ps_fail(ps); /* a read error, or the file shrank */
+		size_t dst = size - got, sn = ps->src.len - ps->src.pos;
+		size_t r = LZ4F_decompress(ps->dctx, buf + got, &dst, ps->src.buf + ps->src.pos, &sn, NULL);
 		if (LZ4F_isError(r))
 			return ps_fail(ps);
-		ps->src += sn;
-		ps->srcleft -= sn;
+		ps->src.pos += sn;
 		got += dst;
 		ps->pos += dst;
 		if (ps->pos > ps->raw)
 			return ps_fail(ps);
 		if (r == 0) {
 			/* frame complete and content checksum verified */
-			if (ps->pos != ps->raw || ps->srcleft != 0)
+			if (ps->pos != ps->raw || src_remaining(&ps->src) != 0)
 				return ps_fail(ps);
 			ps->done = 1;
 		} else if (sn == 0 && dst == 0) {
@@ -384,6 +442,7 @@ ps_close(void *cookie)
 {
 	struct part_stream *ps = cookie;
 	LZ4F_freeDecompressionContext(ps->dctx);
+	free(ps->src.buf);
 	free(ps);
 	return 0;
 }
@@ -399,14 +458,16 @@ cdx_shard_open_part_stream(const cdx_shard *s, uint32_t kind, FILE **fp)
 	struct part_stream *ps = calloc(1, sizeof(*ps));
 	if (ps == NULL)
 		return cdx_error(CDX_ENOMEM, "%s: part stream", s->path);
+	if ((rc = src_init(&ps->src, s, pd)) != CDX_OK) {
+		free(ps);
+		return rc;
+	}
 	size_t r = LZ4F_createDecompressionContext(&ps->dctx, LZ4F_VERSION);
 	if (LZ4F_isError(r)) {
+		free(ps->src.buf);
 		free(ps);
 		return cdx_error(CDX_ENOMEM, "%s: lz4 context: %s", s->path, LZ4F_getErrorName(r));
 	}
-	ps->s = s;
-	ps->src = s->map + pd->offset;
-	ps->srcleft = (size_t) pd->stored_size;
 	ps->raw = pd->raw_size;
 	cookie_io_functions_t io = { .read = ps_read, .write = NULL, .seek = ps_seek, .close = ps_close };
 	FILE *f = fopencookie(ps, "r", io);

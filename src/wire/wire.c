@@ -48,11 +48,14 @@ cdx__nng_code(int rv)
 	case NNG_EBADTYPE:
 		return CDX_EINVAL;
 	case NNG_EPERM:
-	case NNG_EPEERAUTH:
 		return CDX_EPERM;
+	case NNG_EPEERAUTH:
+		return CDX_ETLS;
 	case NNG_ENOFILES:
 	case NNG_ENOSPC:
 		return CDX_ENOSPC;
+	case NNG_ECRYPTO:
+		return CDX_ETLS;
 	case NNG_ECONNREFUSED:
 	case NNG_ECONNRESET:
 	case NNG_ECONNSHUT:
@@ -60,7 +63,6 @@ cdx__nng_code(int rv)
 	case NNG_EUNREACHABLE:
 	case NNG_EADDRINUSE:
 	case NNG_EAGAIN:
-	case NNG_ECRYPTO:
 	case NNG_ESTATE:
 		return CDX_EUNAVAIL;
 	default:
@@ -97,7 +99,7 @@ cdx_wire_http_status(int code)
 	case CDX_EVERSION:
 	case CDX_EPROTO:
 		return 400;
-	default: /* ENOMEM, EIO, ENOSPC, ECORRUPT, EFAISS, EINTERNAL */
+	default: /* ENOMEM, EIO, ENOSPC, ECORRUPT, EFAISS, EINTERNAL, ETLS */
 		return 500;
 	}
 }

@@ -344,15 +344,24 @@ test_collections_come_and_go(void **state)
 	cdx_result_free(r);
 
 	assert_int_equal(tu_run(NULL, "rm -rf %s/index/podcasts", dir), 0);
-	/* the CLI's admin reload, which then prints what is served */
+	/* a reload keeps what is loaded (and says so); only a drop retires it */
 	char *out = NULL;
-	assert_int_equal(tu_run(&out, "%s query --url %s --reload", CANDEX_BIN, srv.admin), 0);
-	assert_non_null(strstr(out, "reloaded"));
+	assert_int_equal(tu_run(&out, "%s query --url %s --reload", CANDEX_BIN, srv.admin), 1);
+	assert_non_null(strstr(out, "CURRENT link is gone"));
+	free(out);
+	r = st_search(c, &q);
+	cdx_result_free(r);
+	assert_int_equal(tu_run(&out, "%s query --url %s --drop podcasts", CANDEX_BIN, srv.url), 1);
+	assert_non_null(strstr(out, "admin listener"));
+	free(out);
+	/* the CLI's admin drop, which then prints what is served */
+	assert_int_equal(tu_run(&out, "%s query --url %s --drop podcasts", CANDEX_BIN, srv.admin), 0);
+	assert_non_null(strstr(out, "dropped podcasts"));
 	assert_non_null(strstr(out, "\"tracks\""));
 	assert_null(strstr(out, "\"podcasts\""));
 	free(out);
-	assert_int_equal(tu_run(&out, "%s query --url %s --reload", CANDEX_BIN, srv.url), 1);
-	assert_non_null(strstr(out, "admin listener"));
+	assert_int_equal(tu_run(&out, "%s query --url %s --reload", CANDEX_BIN, srv.admin), 0);
+	assert_non_null(strstr(out, "reloaded"));
 	free(out);
 	assert_int_equal(cdx_client_search(c, &q, &r, &err), CDX_ENOTFOUND);
 	assert_true(st_log_has(&srv, "SRV-DROP"));

@@ -250,15 +250,17 @@ test_manifest_report_and_inspect(void **state)
 static void
 test_tuned_build_is_deterministic(void **state)
 {
+	/* test_generalises_l2's input and seed again, into another directory:
+	 * the same choice, points and shard bytes */
 	float *x = malloc(N * DIM * sizeof(float));
-	gen_items(x, N, 11, 2, 0, 10);
-	build_into("det1", "det", x, N, "l2", "--quiet");
-	build_into("det2", "det", x, N, "l2", "--quiet");
+	gen_items(x, N, 7, 1, 0, 10);
+	build_into("again", "gl2", x, N, "l2", "--quiet");
 	free(x);
 	struct cdx_manifest *m[2];
+	const char *dirs[2] = { "index", "again" };
 	for (int i = 0; i < 2; i++) {
 		char cdir[4200], vdir[4300];
-		snprintf(cdir, sizeof(cdir), "%s/det%d/det", dir, i + 1);
+		snprintf(cdir, sizeof(cdir), "%s/%s/gl2", dir, dirs[i]);
 		char *cur = tu_current(cdir);
 		snprintf(vdir, sizeof(vdir), "%s/%s", cdir, cur);
 		free(cur);

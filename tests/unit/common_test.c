@@ -87,11 +87,64 @@ test_normalize_and_nonfinite(void **state)
 	assert_int_equal(cdx_find_nonfinite(v, 6), 4);
 }
 
+/* Every cut of text mixing 1- to 4-byte characters is valid UTF-8 by a
+ * strict decoder, and as long as it can be; bad bytes are replaced. */
+static void
+test_utf8(void **state)
+{
+	(void) state;
+	/* a, e-acute, euro, G clef (U+1D11E), repeated */
+	const char *unit = "a\xc3\xa9\xe2\x82\xac\xf0\x9d\x84\x9e";
+	char text[400] = "";
+	for (int i = 0; i < 30; i++)
+		strcat(text, unit);
+	size_t len = strlen(text);
+	assert_true(tu_utf8_strict(text, len));
+	for (size_t max = 0; max <= len + 2; max++) {
+		size_t n = cdx_utf8_cut(text, max);
+		assert_true(n <= max && n <= len);
+		assert_true(tu_utf8_strict(text, n));
+		assert_true(n + 3 >= CDX_MIN(max, len)); /* drops at most a partial character */
+		/* what snprintf into a small buffer leaves, then sanitized */
+		char buf[400];
+		snprintf(buf, CDX_MIN(max + 1, sizeof(buf)), "%s", text);
+		cdx_utf8_sanitize(buf);
+		assert_int_equal(strlen(buf), n);
+		assert_true(tu_utf8_strict(buf, strlen(buf)));
+		char copy[400];
+		cdx_utf8_copy(copy, CDX_MIN(max + 1, sizeof(copy)), text);
+		assert_string_equal(copy, buf);
+	}
+	/* stray continuation, overlong, surrogate, above U+10FFFF, bad lead */
+	const char *bad[] = { "x\x80y", "\xc0\xafz", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xff\xfe",
+		"ok\xe2\x82", "\xe2\x28\xa1" };
+	for (size_t i = 0; i < CDX_ARRAY_LEN(bad); i++) {
+		char b[32];
+		snprintf(b, sizeof(b), "%s", bad[i]);
+		assert_false(cdx_utf8_valid(b, strlen(b)));
+		assert_false(tu_utf8_strict(b, strlen(b)));
+		cdx_utf8_sanitize(b);
+		assert_true(cdx_utf8_valid(b, strlen(b)));
+		assert_true(tu_utf8_strict(b, strlen(b)));
+	}
+	char stump[16] = "ok\xe2\x82";
+	cdx_utf8_sanitize(stump);
+	assert_string_equal(stump, "ok"); /* a cut character goes, no '?' */
+	/* error details are cut whole: 2000 bytes of euro signs into 1024 */
+	char big[2001] = "";
+	for (int i = 0; i < 666; i++)
+		strcat(big, "\xe2\x82\xac");
+	cdx_error(CDX_EINVAL, "%s", big);
+	assert_true(tu_utf8_strict(cdx_last_error(), strlen(cdx_last_error())));
+	assert_true(strlen(cdx_last_error()) >= 1020);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_strerror),
+		cmocka_unit_test(test_utf8),
 		cmocka_unit_test(test_xxh64_vectors),
 		cmocka_unit_test(test_f16),
 		cmocka_unit_test(test_atomic_write),

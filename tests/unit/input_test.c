@@ -498,6 +498,9 @@ test_keys(void **state)
 	write_text(path, "a\n\nc\n");
 	assert_int_equal(cdx_keys_check(path, 3, NULL), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "line 2: empty key"));
+	write_text(path, "a\nb\xe9\nc\n"); /* Latin-1, not UTF-8 */
+	assert_int_equal(cdx_keys_check(path, 3, NULL), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "line 2: key is not valid UTF-8"));
 	/* many keys, and one long line grows the buffer */
 	FILE *f = fopen(path, "w");
 	for (int i = 0; i < 200000; i++)

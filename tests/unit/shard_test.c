@@ -192,12 +192,13 @@ test_round_trip(void **state)
 	assert_int_equal(info->rows, 1000);
 	assert_int_equal(info->nparts, 5);
 	assert_string_equal(cdx_shard_path(s), f->path);
-	assert_int_equal(cdx_shard_verify(s), CDX_OK);
+	uint64_t file_hash = 0;
+	assert_int_equal(cdx_shard_verify(s, &file_hash), CDX_OK);
 	char *whole;
 	size_t wlen;
 	assert_int_equal(cdx_read_file(f->path, &whole, &wlen), CDX_OK);
 	assert_int_equal(cdx_shard_file_bytes(s), wlen);
-	assert_true(cdx_shard_file_xxh64(s) == cdx_xxh64(whole, wlen, 0));
+	assert_true(file_hash == cdx_xxh64(whole, wlen, 0));
 	free(whole);
 	assert_non_null(cdx_shard_find_part(s, UNKNOWN_KIND));
 	assert_null(cdx_shard_find_part(s, 77));
@@ -293,7 +294,7 @@ test_decompress_speed(void **state)
 	uint64_t t2 = cdx_now_us();
 	uint64_t t3 = cdx_now_us();
 	for (int i = 0; i < reps; i++)
-		assert_int_equal(cdx_shard_verify(s), CDX_OK);
+		assert_int_equal(cdx_shard_verify(s, NULL), CDX_OK);
 	uint64_t t4 = cdx_now_us();
 	free(buf);
 	double bytes = (double) BIG_BYTES * reps; /* bytes per microsecond / 1e3 = GB/s */
@@ -354,7 +355,7 @@ test_faiss_part(void **state)
 	for (size_t i = 0; i < CDX_ARRAY_LEN(spots); i++) {
 		patch_byte(path, spots[i], 0x40);
 		assert_int_equal(cdx_shard_open(&s, path), CDX_OK);
-		assert_int_equal(cdx_shard_verify(s), CDX_ECORRUPT);
+		assert_int_equal(cdx_shard_verify(s, NULL), CDX_ECORRUPT);
 		assert_int_equal(cdx_shard_open_part_stream(s, CDX_PART_FAISS, &fp), CDX_OK);
 		back = NULL;
 		assert_int_not_equal(faiss_read_index(fp, 0, &back), 0);
@@ -381,7 +382,7 @@ test_corrupt_part(void **state)
 	patch_byte(path, spot, 0x01);
 
 	assert_int_equal(cdx_shard_open(&s, path), CDX_OK); /* open reads only the header */
-	assert_int_equal(cdx_shard_verify(s), CDX_ECORRUPT);
+	assert_int_equal(cdx_shard_verify(s, NULL), CDX_ECORRUPT);
 	assert_non_null(strstr(cdx_last_error(), path));
 	assert_non_null(strstr(cdx_last_error(), "faiss"));
 	void *data;
@@ -586,7 +587,7 @@ test_random_damage(void **state)
 		if (!in_header) {
 			cdx_shard *s;
 			assert_int_equal(cdx_shard_open(&s, work), CDX_OK);
-			assert_int_equal(cdx_shard_verify(s), CDX_ECORRUPT);
+			assert_int_equal(cdx_shard_verify(s, NULL), CDX_ECORRUPT);
 			cdx_shard_close(s);
 		}
 		free(d);
@@ -861,6 +862,10 @@ test_keys_codec(void **state)
 	assert_int_equal(cdx_keys_decode(huge, sizeof(huge), 1, &str, &off), CDX_ECORRUPT);
 	uint8_t nul[] = { 3, 'a', 0, 'b' };
 	assert_int_equal(cdx_keys_decode(nul, sizeof(nul), 1, &str, &off), CDX_ECORRUPT);
+	/* keys go out in protobuf strings: not UTF-8 is corrupt */
+	uint8_t latin1[] = { 3, 'a', 0xe9, 'b' };
+	assert_int_equal(cdx_keys_decode(latin1, sizeof(latin1), 1, &str, &off), CDX_ECORRUPT);
+	assert_non_null(strstr(cdx_last_error(), "not valid UTF-8"));
 	assert_int_equal(cdx_keys_decode(NULL, 0, 0, &str, &off), CDX_OK);
 	assert_int_equal(off[0], 0);
 	free(str);

@@ -105,7 +105,7 @@ main(int argc, char **argv)
 	for (int w = 0; w < 2; w++)
 		for (size_t i = 0; i < nshards; i++) {
 			cdx_shard *s;
-			if (cdx_shard_open(&s, paths[i]) != CDX_OK || cdx_shard_verify(s) != CDX_OK) {
+			if (cdx_shard_open(&s, paths[i]) != CDX_OK || cdx_shard_verify(s, NULL) != CDX_OK) {
 				fprintf(stderr, "bench_load: %s\n", cdx_last_error());
 				return 1;
 			}
