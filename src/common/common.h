@@ -48,6 +48,9 @@ void cdx_utf8_sanitize(char *s);
 void cdx_utf8_copy(char *out, size_t size, const char *s);
 /* cdx_utf8_valid: 1 if s[0, len) is valid UTF-8 (RFC 3629), else 0. */
 int cdx_utf8_valid(const char *s, size_t len);
+/* cdx_utf8_char_len: the length (1-4) of the valid UTF-8 character that
+ * starts at s (left bytes available), or 0 if none does. */
+size_t cdx_utf8_char_len(const char *s, size_t left);
 
 /* Logging: one line per event to stderr, "time level msgid: message".
  * msgid is a stable identifier (e.g. "SRV-RELOAD") that operators grep for. */

@@ -112,41 +112,6 @@ put_indent(cdx_buf *b, unsigned flags, int depth)
 	return rc;
 }
 
-/* utf8_len returns the length of the valid UTF-8 sequence at s (n bytes
- * available), or 0 if none starts there. */
-static size_t
-utf8_len(const unsigned char *s, size_t n)
-{
-	if (s[0] < 0x80)
-		return 1;
-	size_t len;
-	uint32_t cp;
-	if ((s[0] & 0xe0) == 0xc0) {
-		len = 2;
-		cp = s[0] & 0x1f;
-	} else if ((s[0] & 0xf0) == 0xe0) {
-		len = 3;
-		cp = s[0] & 0x0f;
-	} else if ((s[0] & 0xf8) == 0xf0) {
-		len = 4;
-		cp = s[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = cp << 6 | (s[i] & 0x3f);
-	}
-	/* overlong forms, surrogates and values past U+10FFFF are not UTF-8 */
-	static const uint32_t min_cp[5] = { 0, 0, 0x80, 0x800, 0x10000 };
-	if (cp < min_cp[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return len;
-}
-
 static int
 put_string(cdx_buf *b, const char *s)
 {
@@ -165,7 +130,7 @@ put_string(cdx_buf *b, const char *s)
 			rc = cdx_buf_append(b, esc, 6);
 			i++;
 		} else {
-			size_t len = utf8_len(p + i, n - i);
+			size_t len = cdx_utf8_char_len((const char *) p + i, n - i);
 			if (len == 0) {
 				rc = cdx_buf_append(b, "\xef\xbf\xbd", 3); /* U+FFFD */
 				i++;
@@ -465,7 +430,7 @@ read_string(struct reader *r, char **out)
 			return bad(r, "control character in a string (escape it)");
 		}
 		if (c != '\\') {
-			size_t len = utf8_len((const unsigned char *) r->p, (size_t) (close - r->p));
+			size_t len = cdx_utf8_char_len(r->p, (size_t) (close - r->p));
 			if (len == 0) {
 				free(buf);
 				return bad(r, "string is not valid UTF-8");

@@ -23,8 +23,8 @@ RETRYABLE = frozenset([pb.OVERLOADED, pb.UNAVAILABLE, pb.DEADLINE_EXCEEDED])
 
 class Error(Exception):
     """A call that failed: the server's status and message, or a transport
-    failure mapped to DEADLINE_EXCEEDED (no reply in time) or UNAVAILABLE
-    (no connection)."""
+    failure mapped to DEADLINE_EXCEEDED (no reply in time), UNAVAILABLE
+    (no connection) or TLS_ERROR (a failed TLS handshake)."""
 
     def __init__(self, status, message, request_id=""):
         self.status = int(status)
@@ -71,13 +71,16 @@ class Client:
         doubled after each attempt.
     max_message: the largest reply accepted, in bytes.
     tls_*: for tls+tcp://: the CA that must have signed the server's
-        certificate (None: the server is not verified, only encrypted to),
-        this client's certificate and key (mutual TLS), the name the
-        server's certificate must carry (None: not checked).
+        certificate (required unless tls_insecure), this client's
+        certificate and key (mutual TLS), the name the server's certificate
+        must carry (None: not checked); tls_insecure=True without a CA:
+        encrypt, but do not verify who answers. A failed handshake raises
+        Error TLS_ERROR, which is not retried.
     """
 
     def __init__(self, url, timeout=5.0, retries=0, backoff=0.02, max_message=64 << 20,
-                 tls_ca_file=None, tls_cert_file=None, tls_key_file=None, tls_server_name=None):
+                 tls_ca_file=None, tls_cert_file=None, tls_key_file=None, tls_server_name=None,
+                 tls_insecure=False):
         sp.parse_url(url)  # a bad URL fails here, not at the first call
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
@@ -91,7 +94,11 @@ class Client:
         if url.startswith("tls+tcp://"):
             # as the C library: with a CA the server's certificate must be
             # signed by it (and name tls_server_name, if given); without
-            # one the connection is encrypted but the server unverified
+            # one, only if asked for, the connection is encrypted but the
+            # server unverified
+            if not tls_ca_file and not tls_insecure:
+                raise ValueError("%s: a tls+tcp:// client needs a CA to verify the server "
+                                 "(tls_ca_file), or tls_insecure=True to skip verification" % url)
             self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             if tls_ca_file:
                 self._tls.load_verify_locations(cafile=tls_ca_file)
@@ -172,6 +179,14 @@ class Client:
         # loading a big index takes a while: wait longer than for a search
         return self._call(req, None, 0, "reload", min_timeout=120.0).reload
 
+    def drop(self, collection):
+        """Ask an admin listener to stop serving collection, whose CURRENT
+        link is gone (a reload keeps serving it); returns the DropResponse
+        (what is served after the drop)."""
+        req = pb.Request(protocol_version=PROTOCOL_VERSION)
+        req.drop.collection = collection
+        return self._call(req, None, 0, "drop", min_timeout=120.0).drop
+
     # ---- the exchange -------------------------------------------------------
 
     def _transport_id(self):
@@ -225,7 +240,7 @@ class Client:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            raise Error(pb.UNAVAILABLE, str(e))
+            raise Error(pb.TLS_ERROR if isinstance(e, sp.TlsError) else pb.UNAVAILABLE, str(e))
         resp = pb.Response()
         try:
             resp.ParseFromString(reply)

@@ -24,6 +24,12 @@ class TransportError(Exception):
     """The connection failed or closed; the caller may reconnect."""
 
 
+class TlsError(TransportError):
+    """The TLS handshake failed: the server's certificate is not trusted or
+    names another host, or the server refused this client's certificate.
+    Trying again will not help."""
+
+
 class Timeout(Exception):
     """No reply before the deadline; the connection is still usable."""
 
@@ -70,7 +76,22 @@ class Connection:
                     self.sock = ctx.wrap_socket(self.sock, server_hostname=server_name or address[0])
             self._send_all(HANDSHAKE_REQ, deadline)
             peer = self._recv_exact(8, deadline)
-        except (OSError, ssl.SSLError, Timeout, TransportError) as e:
+        except TlsError as e:
+            self.close()
+            raise TlsError("TLS handshake with %s failed: %s" % (url, e)) from None
+        except ssl.SSLError as e:  # an OSError: caught first
+            self.close()
+            raise TlsError("TLS handshake with %s failed: %s" % (url, e)) from None
+        except TransportError as e:
+            self.close()
+            if self.scheme == "tls+tcp":
+                # a TLS 1.3 server checks the client's certificate after
+                # the client's side of the handshake is done, and closes
+                # the connection if it refuses it
+                raise TlsError("%s closed the TLS connection before the SP handshake (does it "
+                               "want a client certificate signed by its CA?): %s" % (url, e)) from None
+            raise TransportError("cannot connect to %s: %s" % (url, e)) from None
+        except (OSError, Timeout) as e:
             self.close()
             raise TransportError("cannot connect to %s: %s" % (url, e)) from None
         if peer != HANDSHAKE_REP:
@@ -98,7 +119,9 @@ class Connection:
                 n = self.sock.send(view)
             except (socket.timeout, ssl.SSLWantWriteError):
                 continue
-            except (OSError, ssl.SSLError) as e:
+            except ssl.SSLError as e:
+                raise TlsError("send to %s: %s" % (self.url, e)) from None
+            except OSError as e:
                 raise TransportError("send to %s: %s" % (self.url, e)) from None
             view = view[n:]
 
@@ -114,7 +137,9 @@ class Connection:
                 chunk = self.sock.recv(max(65536, n - len(self._buf)))
             except socket.timeout:
                 raise Timeout() from None
-            except (OSError, ssl.SSLError) as e:
+            except ssl.SSLError as e:
+                raise TlsError("receive from %s: %s" % (self.url, e)) from None
+            except OSError as e:
                 raise TransportError("receive from %s: %s" % (self.url, e)) from None
             if not chunk:
                 raise TransportError("%s closed the connection" % self.url)

@@ -44,7 +44,8 @@ class Server:
     """`candex serve` as a child process, on tcp:// and ipc:// plus an admin
     ipc:// listener."""
 
-    def __init__(self, tag, port=None):
+    def __init__(self, tag, port=None, index=None):
+        self.index = index or os.path.join(tmp, "index")
         self.port = port or free_port()
         self.tcp = "tcp://127.0.0.1:%d" % self.port
         self.ipc = "ipc://%s/q-%s.ipc" % (tmp, tag)
@@ -56,7 +57,7 @@ class Server:
         env = dict(os.environ, CANDEX_LOG_LEVEL="info")
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(
-                [CANDEX, "serve", "--index-dir", os.path.join(tmp, "index"), "--listen", self.tcp,
+                [CANDEX, "serve", "--index-dir", self.index, "--listen", self.tcp,
                  "--listen", self.ipc, "--admin-listen", self.admin, "--threads", "1"],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
@@ -224,6 +225,35 @@ class LiveServer:
             self.assertEqual([x.name for x in r.loaded], ["items"])
 
 
+class Drop(unittest.TestCase):
+    def test_drop(self):
+        """An admin drop retires a collection whose CURRENT link is gone, and
+        only then; on its own copy of the index."""
+        index = os.path.join(tmp, "index-drop")
+        shutil.copytree(os.path.join(tmp, "index"), index, symlinks=True)
+        srv = Server("drop", index=index).start()
+        try:
+            with candex.Client(srv.tcp, timeout=5.0) as c:
+                with self.assertRaises(candex.Error) as e:
+                    c.drop("items")
+                self.assertEqual(e.exception.name, "PERMISSION_DENIED")
+            with candex.Client(srv.admin, timeout=30) as admin:
+                with self.assertRaises(candex.Error) as e:
+                    admin.drop("items")  # CURRENT is still there
+                self.assertEqual(e.exception.name, "INVALID_ARGUMENT")
+                self.assertIn("CURRENT", e.exception.message)
+                with self.assertRaises(candex.Error) as e:
+                    admin.drop("nope")
+                self.assertEqual(e.exception.name, "NOT_FOUND")
+                os.unlink(os.path.join(index, "items", "CURRENT"))
+                self.assertEqual(list(admin.drop("items").serving), [])
+                with self.assertRaises(candex.Error) as e:
+                    admin.search("items", keys="item:1", k=1)
+                self.assertEqual(e.exception.name, "NOT_FOUND")
+        finally:
+            srv.stop()
+
+
 class TcpTest(LiveServer, unittest.TestCase):
     url = "tcp"
 
@@ -302,16 +332,29 @@ class Tls(unittest.TestCase):
                         tls_key_file=os.path.join(d, "client.key"), tls_server_name="localhost")
             with candex.Client(url, timeout=5.0, **good) as c:
                 self.assertEqual(c.search("items", keys="item:9", k=1).results[0].hits[0].key, "item:9")
-            # without a client certificate the server refuses
-            with candex.Client(url, timeout=1.0, tls_ca_file=good["tls_ca_file"]) as c:
-                with self.assertRaises(candex.Error) as e:
-                    c.health()
-                self.assertIn(e.exception.name, ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
-            # a server certificate that does not name the host is refused
-            with candex.Client(url, timeout=1.0, **dict(good, tls_server_name="elsewhere")) as c:
-                with self.assertRaises(candex.Error) as e:
-                    c.health()
-                self.assertEqual(e.exception.name, "UNAVAILABLE")
+            # the refusals are TLS_ERROR, as the C library reports them, and
+            # are not retried
+            refusals = [
+                # without a client certificate the server refuses
+                dict(tls_ca_file=good["tls_ca_file"]),
+                # a server certificate that does not name the host is refused
+                dict(good, tls_server_name="elsewhere"),
+                # a CA that did not sign the server's certificate
+                dict(good, tls_ca_file=os.path.join(d, "client.pem")),
+            ]
+            for opts in refusals:
+                with candex.Client(url, timeout=5.0, retries=3, backoff=0.001, **opts) as c:
+                    with self.assertRaises(candex.Error) as e:
+                        c.health()
+                    self.assertEqual(e.exception.name, "TLS_ERROR", (opts, str(e.exception)))
+                    self.assertFalse(e.exception.retryable)
+                    self.assertEqual(c.reconnects, 0)  # one attempt: not retried
+            # no CA: refused unless tls_insecure, which then encrypts without verifying
+            with self.assertRaises(ValueError):
+                candex.Client(url)
+            with candex.Client(url, timeout=5.0, tls_insecure=True, tls_cert_file=good["tls_cert_file"],
+                               tls_key_file=good["tls_key_file"]) as c:
+                self.assertTrue(c.health().serving)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
