@@ -87,8 +87,10 @@ int st_http_get(int port, const char *path, char **body);
 /* st_metric_in returns the value of the sample series (name and labels,
  * as printed) in a /metrics body, or -1 if there is none. */
 double st_metric_in(const char *body, const char *series);
-/* st_metric reads one sample (name and labels, as printed) from a server's
- * /metrics; it must be there. */
+/* st_metric_or reads one sample (name with its labels, if any) from a
+ * server's /metrics, or returns dflt when the series is absent. */
+double st_metric_or(int http_port, const char *name, double dflt);
+/* st_metric reads one sample that must be present. */
 double st_metric(int http_port, const char *name);
 
 /* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT

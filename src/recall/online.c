@@ -24,6 +24,12 @@
  * lists lose (nprobe), not what PQ quantisation loses: it approximates true
  * recall from above. candex_online_recall_truth_exact says which case holds.
  *
+ * Notes: a query offered with a note is handed, once checked, to the
+ * config's on_check with its recall and its exact answer, so the caller can
+ * judge other answers to it (the server's recall adaptation searches it one
+ * rung lower). on_check runs inside the busy period below: its work counts
+ * against the budget.
+ *
  * CPU budget: the checker runs single-threaded (its OpenMP team is 1) and
  * after each busy period of b seconds sleeps b * (1 - budget) / budget, so
  * busy time / wall time never exceeds the budget, whatever the traffic.
@@ -57,6 +63,8 @@ struct sample {
 	uint32_t k, nhits;
 	float *query;   /* dim floats */
 	uint64_t *locs; /* nhits x (shard << 32 | row) */
+	unsigned char note[CDX_ONLINE_NOTE_MAX];
+	uint32_t note_size; /* 0: no note */
 };
 
 /* A flat copy of one collection version's vectors. */
@@ -228,64 +236,139 @@ flat_for(cdx_online_recall *o, const cdx_collection *c)
 	return slot->index != NULL ? slot : NULL;
 }
 
-/* check computes one sample's recall; NAN if it cannot be judged. */
-static double
-check(cdx_online_recall *o, const struct sample *s, int *exact)
+/* The exact answer to one sampled query, against which answers are judged. */
+struct exact {
+	const struct flat *f;
+	struct cdx_truth t;
+	struct cdx_recall_space sp;
+	float *q; /* the query, normalised for cos */
+	uint32_t k, kt;
+};
+
+static void
+exact_fini(struct exact *e)
 {
+	free(e->q);
+	free(e->t.rows);
+	free(e->t.dist);
+	memset(e, 0, sizeof(*e));
+}
+
+/* exact_find runs the flat search for a sample's query. CDX_OK, or an
+ * error when it cannot be judged (skipped). */
+static int
+exact_find(cdx_online_recall *o, const struct sample *s, struct exact *e)
+{
+	memset(e, 0, sizeof(*e));
 	struct flat *f = flat_for(o, s->c);
 	if (f == NULL || f->n == 0)
-		return NAN;
-	*exact = f->exact;
-	uint32_t k = s->k, kt = (uint64_t) k < f->n ? k : (uint32_t) f->n;
-	float *q = malloc(f->dim * sizeof(float));
+		return CDX_ENOTFOUND;
+	e->f = f;
+	e->k = s->k;
+	e->kt = (uint64_t) s->k < f->n ? s->k : (uint32_t) f->n;
+	uint32_t kt = e->kt;
+	e->q = malloc(f->dim * sizeof(float));
 	float *d = malloc(kt * sizeof(float));
 	idx_t *lab = malloc(kt * sizeof(idx_t));
-	int64_t *hits = malloc(k * sizeof(int64_t));
-	struct cdx_truth t = { .nq = 1, .k = kt, .metric = f->metric };
-	t.rows = malloc(kt * sizeof(int64_t));
-	t.dist = malloc(kt * sizeof(float));
-	double r = NAN;
-	if (q == NULL || d == NULL || lab == NULL || hits == NULL || t.rows == NULL || t.dist == NULL)
+	e->t = (struct cdx_truth) { .nq = 1, .k = kt, .metric = f->metric };
+	e->t.rows = malloc(kt * sizeof(int64_t));
+	e->t.dist = malloc(kt * sizeof(float));
+	int rc = CDX_OK;
+	if (e->q == NULL || d == NULL || lab == NULL || e->t.rows == NULL || e->t.dist == NULL) {
+		rc = CDX_ENOMEM;
 		goto out;
-	memcpy(q, s->query, f->dim * sizeof(float));
+	}
+	memcpy(e->q, s->query, f->dim * sizeof(float));
 	if (f->metric == CDX_METRIC_COS)
-		cdx_normalize_rows(q, 1, f->dim);
-	if (faiss_Index_search(f->index, 1, q, (idx_t) kt, d, lab) != 0) {
-		cdx_error_faiss("online recall: exact search");
+		cdx_normalize_rows(e->q, 1, f->dim);
+	if (faiss_Index_search(f->index, 1, e->q, (idx_t) kt, d, lab) != 0) {
+		rc = cdx_error_faiss("online recall: exact search");
 		cdx_warn("RCL-ONLINE", "%s", cdx_last_error());
 		goto out;
 	}
-	struct cdx_recall_space sp = { .metric = f->metric, .dim = f->dim, .nb = f->n, .base = f->xb };
+	e->sp = (struct cdx_recall_space) { .metric = f->metric, .dim = f->dim, .nb = f->n, .base = f->xb };
 	/* judge truth and hits with one distance routine (see recall.h) */
 	for (uint32_t j = 0; j < kt; j++) {
-		t.rows[j] = lab[j];
-		double dj = cdx_recall_distance(&sp, q, lab[j]);
+		double dj = cdx_recall_distance(&e->sp, e->q, lab[j]);
 		/* keep the list sorted under the recomputed distances */
 		uint32_t p = j;
-		while (p > 0 && t.dist[p - 1] > dj) {
-			t.dist[p] = t.dist[p - 1];
-			t.rows[p] = t.rows[p - 1];
+		while (p > 0 && e->t.dist[p - 1] > dj) {
+			e->t.dist[p] = e->t.dist[p - 1];
+			e->t.rows[p] = e->t.rows[p - 1];
 			p--;
 		}
-		t.dist[p] = (float) dj;
-		t.rows[p] = lab[j];
+		e->t.dist[p] = (float) dj;
+		e->t.rows[p] = lab[j];
 	}
-	for (uint32_t j = 0; j < k; j++) {
+out:
+	free(d);
+	free(lab);
+	if (rc != CDX_OK)
+		exact_fini(e);
+	return rc;
+}
+
+/* exact_judge is the recall@k of an answer given as (shard << 32 | row)
+ * locations, best first; NAN if it cannot be judged. */
+static double
+exact_judge(const struct exact *e, const uint64_t *locs, uint32_t nlocs)
+{
+	const struct flat *f = e->f;
+	int64_t *hits = malloc(e->k * sizeof(int64_t));
+	if (hits == NULL)
+		return NAN;
+	for (uint32_t j = 0; j < e->k; j++) {
 		hits[j] = -1;
-		if (j < s->nhits) {
-			uint32_t shard = (uint32_t) (s->locs[j] >> 32), row = (uint32_t) s->locs[j];
+		if (j < nlocs) {
+			uint32_t shard = (uint32_t) (locs[j] >> 32), row = (uint32_t) locs[j];
 			if (shard < f->nshards && f->prefix[shard] + row < f->prefix[shard + 1])
 				hits[j] = (int64_t) (f->prefix[shard] + row);
 		}
 	}
-	r = cdx_recall_query(&t, &sp, q, 0, hits, k, kt, CDX_RECALL_EPSILON_DEFAULT);
-out:
-	free(q);
-	free(d);
-	free(lab);
+	double r = cdx_recall_query(&e->t, &e->sp, e->q, 0, hits, e->k, e->kt, CDX_RECALL_EPSILON_DEFAULT);
 	free(hits);
-	free(t.rows);
-	free(t.dist);
+	return r;
+}
+
+double
+cdx_online_check_recall(const struct cdx_online_check *chk, const struct cdx_hit *hits, uint32_t nhits)
+{
+	const struct exact *e = chk->priv;
+	if (nhits > e->k)
+		nhits = e->k;
+	uint64_t *locs = malloc((nhits ? nhits : 1) * sizeof(uint64_t));
+	if (locs == NULL)
+		return NAN;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < nhits; i++)
+		if (hits[i].id >= 0)
+			locs[n++] = (uint64_t) hits[i].shard << 32 | hits[i].row;
+	double r = exact_judge(e, locs, n);
+	free(locs);
+	return r;
+}
+
+/* check computes one sample's recall (NAN if it cannot be judged) and
+ * hands a noted sample to on_check. */
+static double
+check(cdx_online_recall *o, const struct sample *s, int *exact)
+{
+	struct exact e;
+	if (exact_find(o, s, &e) != CDX_OK)
+		return NAN;
+	*exact = e.f->exact;
+	double r = exact_judge(&e, s->locs, s->nhits);
+	if (!isnan(r) && s->note_size > 0 && o->cfg.on_check != NULL) {
+		struct cdx_online_check chk = { .c = s->c,
+			.k = s->k,
+			.query = s->query,
+			.recall = r,
+			.note = s->note,
+			.note_size = s->note_size,
+			.priv = &e };
+		o->cfg.on_check(o->cfg.on_check_arg, &chk);
+	}
+	exact_fini(&e);
 	return r;
 }
 
@@ -457,6 +540,13 @@ void
 cdx_online_recall_offer(cdx_online_recall *o, cdx_collection *c, const float *query, uint32_t k,
     const struct cdx_hit *hits, uint32_t nhits)
 {
+	cdx_online_recall_offer_note(o, c, query, k, hits, nhits, NULL, 0);
+}
+
+void
+cdx_online_recall_offer_note(cdx_online_recall *o, cdx_collection *c, const float *query, uint32_t k,
+    const struct cdx_hit *hits, uint32_t nhits, const void *note, size_t note_size)
+{
 	if (o == NULL || c == NULL || k == 0 || o->cfg.sample_fraction <= 0)
 		return;
 	/* ticket n is sampled when floor((n+1) f) > floor(n f): exactly a
@@ -470,6 +560,10 @@ cdx_online_recall_offer(cdx_online_recall *o, cdx_collection *c, const float *qu
 	if (nhits > k)
 		nhits = k;
 	struct sample s = { .c = c, .k = k, .nhits = 0 };
+	if (note != NULL && note_size > 0) {
+		s.note_size = (uint32_t) CDX_MIN(note_size, sizeof(s.note));
+		memcpy(s.note, note, s.note_size);
+	}
 	s.query = malloc(dim * sizeof(float));
 	s.locs = malloc((nhits ? nhits : 1) * sizeof(uint64_t));
 	if (s.query == NULL || s.locs == NULL) {

@@ -15,6 +15,8 @@
 #define PROG "candex serve"
 #define O(f) offsetof(struct cdx_server_config, f)
 
+#define MAX_ADAPT_RUNGS 16
+
 static int
 add_listen(const char *v, void *opts)
 {
@@ -86,6 +88,18 @@ static const struct cdx_opt opts[] = {
 	    "fraction of answered queries re-run exactly to export recall@k in /metrics (0 = off)", 0, 1),
 	CDX_OPT_NUM_("online-recall-cpu", CDX_OPT_DOUBLE, O(online_recall_cpu), "F",
 	    "CPU budget of the online recall checker, as a fraction of one core", 0, 1e3),
+	CDX_OPT_NUM_("adapt-max-rungs", CDX_OPT_U32, O(adapt_max_rungs), "N",
+	    "recall adaptation: when online recall stays below the target, serve up to N\n"
+	    "operating points above the chosen one (one rung per decision; back down when\n"
+	    "the cheaper one reaches the target again); needs --online-recall-fraction\n"
+	    "(0 = off; a ladder has a handful of rungs)",
+	    0, MAX_ADAPT_RUNGS),
+	CDX_OPT_NUM_("adapt-window", CDX_OPT_U32, O(adapt_window), "N",
+	    "checked queries (at one collection, k tier and rung) behind each adaptation\n"
+	    "decision (a decision needs a confidence interval)",
+	    10, UINT32_MAX),
+	CDX_OPT_NUM_("adapt-window-seconds", CDX_OPT_DOUBLE, O(adapt_window_seconds), "SECONDS",
+	    "the least time each adaptation decision's window spans", 0, 1e9),
 	CDX_OPT_STRDUP_("tls-cert", O(tls_cert), "FILE", "server certificate (PEM) for tls+tcp:// listeners"),
 	CDX_OPT_STRDUP_("tls-key", O(tls_key), "FILE", "private key (PEM) of --tls-cert"),
 	CDX_OPT_STRDUP_("tls-ca", O(tls_ca), "FILE",
@@ -107,6 +121,9 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->drain_ms = 10000;
 	cfg->listener_check_ms = 1000;
 	cfg->online_recall_cpu = 0.05;
+	cfg->adapt_max_rungs = 2;
+	cfg->adapt_window = 200;
+	cfg->adapt_window_seconds = 30;
 	cfg->ipc_mode = strdup("0600");
 	cfg->query_ipc_mode = strdup("0660");
 	cfg->log_level = CDX_LOG_INFO;

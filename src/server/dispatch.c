@@ -26,6 +26,8 @@
 
 #include "recall/online.h"
 
+#define SRV_MAX_REFINE 64.0f
+
 enum { CTX_RECV, CTX_SEND };
 
 struct srv_ctx {
@@ -351,6 +353,7 @@ run_search(struct srv_ctx *x, int idle)
 		.nprobe = sr->nprobe,
 		.refine_factor = sr->refine_factor,
 		.recall_target = sr->recall_target,
+		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(s->adapt, c, sr->k) : 0,
 		.exclude_ids = sr->exclude_ids,
 		.n_exclude_ids = sr->n_exclude_ids,
 		.exclude_keys = (const char *const *) sr->exclude_keys,
@@ -392,9 +395,9 @@ run_search(struct srv_ctx *x, int idle)
 			qrs[i].hits[qrs[i].n_hits++] = o;
 		}
 		/* the exact re-run knows nothing of exclusions: offer only plain queries */
-		if (s->online != NULL && sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
-			cdx_online_recall_offer(s->online, c, queries + i * dim, sr->k, hits + i * sr->k,
-			    (uint32_t) qrs[i].n_hits);
+		if (sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
+			cdx__srv_recall_offer(
+			    s, c, &p, &used, queries + i * dim, hits + i * sr->k, (uint32_t) qrs[i].n_hits);
 	}
 	atomic_fetch_add(&s->m.queries, nq);
 	if (used.target_unmet)

@@ -317,6 +317,7 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	cdx__srv_set_free(set);
 	if (s->online != NULL)
 		cdx_online_recall_render(s->online, b);
+	cdx__srv_adapt_render(s->adapt, b);
 	return b->data != NULL ? CDX_OK : CDX_ENOMEM;
 }
 

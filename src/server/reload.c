@@ -500,6 +500,7 @@ swap:;
 	if (lrc == CDX_OK)
 		snprintf(s->unserved, sizeof(s->unserved), "%s", unserved);
 	pthread_mutex_unlock(&s->set_mu);
+	cdx__srv_adapt_sync(s->adapt, next); /* reloads run one at a time: next stays */
 	cdx__srv_set_free(prev);
 	cdx__srv_set_free(old);
 	for (size_t i = 0; i < nnames; i++)

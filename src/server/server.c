@@ -52,6 +52,7 @@ static void
 server_free(cdx_server *s)
 {
 	cdx__srv_set_free(s->set);
+	cdx__srv_adapt_free(s->adapt); /* after the online checker, its caller, stopped */
 	pthread_mutex_destroy(&s->set_mu);
 	pthread_mutex_destroy(&s->cm_mu);
 	pthread_mutex_destroy(&s->q_mu);
@@ -110,7 +111,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	 * compete with them (refine and coarse assignment call BLAS). */
 	cdx_blas_set_threads(1);
 
-	if ((rc = cdx__srv_load_initial(s)) != CDX_OK) {
+	if ((rc = cdx__srv_adapt_alloc(&s->adapt, &s->cfg)) != CDX_OK
+	    || (rc = cdx__srv_load_initial(s)) != CDX_OK) {
 		server_free(s);
 		return rc;
 	}
@@ -119,6 +121,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 			.sample_fraction = s->cfg.online_recall_fraction,
 			.cpu_budget = s->cfg.online_recall_cpu,
 			.queue_max = 256,
+			.on_check = s->adapt != NULL ? cdx__srv_adapt_check : NULL,
+			.on_check_arg = s->adapt,
 		};
 		cdx_online_recall *o = NULL;
 		if ((rc = cdx_online_recall_start(&o, &oc)) != CDX_OK) {

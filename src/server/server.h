@@ -81,8 +81,11 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	char *ipc_mode;       /* octal permissions of the admin socket's ipc:// file */
-	char *query_ipc_mode; /* octal permissions of query ipc:// files */
+	uint32_t adapt_max_rungs;    /* recall adaptation: rungs it may add; 0 = off */
+	uint32_t adapt_window;       /* checked queries per adaptation decision */
+	double adapt_window_seconds; /* and the least time a decision's window spans */
+	char *ipc_mode;              /* octal permissions of the admin socket's ipc:// file */
+	char *query_ipc_mode;        /* octal permissions of query ipc:// files */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -244,6 +247,7 @@ struct cdx_server {
 
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
+	struct srv_adapt *adapt;          /* NULL unless adaptation is on (needs online) */
 };
 
 /* reload.c */
@@ -279,6 +283,27 @@ void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
 /* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+
+/* adapt.c (recall adaptation; every function takes a NULL adapter: off) */
+struct srv_adapt;
+struct cdx_online_check;
+/* cdx__srv_adapt_alloc sets *ap to an adapter, or NULL when cfg turns
+ * adaptation off; free it with cdx__srv_adapt_free after the online checker
+ * has stopped. */
+int cdx__srv_adapt_alloc(struct srv_adapt **ap, const struct cdx_server_config *cfg);
+void cdx__srv_adapt_free(struct srv_adapt *a);
+/* cdx__srv_adapt_escalation: the rungs a request of k on c without nprobe
+ * is served above its chosen operating point (lock-free; request path). */
+uint32_t cdx__srv_adapt_escalation(struct srv_adapt *a, const cdx_collection *c, uint32_t k);
+/* cdx__srv_recall_offer offers one answered query (p and used: its search)
+ * to the online checker, with what adaptation needs to know about it. */
+void cdx__srv_recall_offer(cdx_server *s, cdx_collection *c, const struct cdx_search_params *p,
+    const struct cdx_search_used *used, const float *query, const struct cdx_hit *hits, uint32_t nhits);
+/* cdx__srv_adapt_check is the online checker's on_check (arg: the adapter). */
+void cdx__srv_adapt_check(void *arg, const struct cdx_online_check *chk);
+/* cdx__srv_adapt_sync: set is now served; collections that changed start again. */
+void cdx__srv_adapt_sync(struct srv_adapt *a, const struct srv_set *set);
+int cdx__srv_adapt_render(struct srv_adapt *a, cdx_buf *b);
 
 /* request.c */
 /* cdx__srv_validate_search checks a decoded search request against the
