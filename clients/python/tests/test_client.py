@@ -343,7 +343,7 @@ class Tls(unittest.TestCase):
                 dict(good, tls_ca_file=os.path.join(d, "client.pem")),
             ]
             for opts in refusals:
-                with candex.Client(url, timeout=5.0, retries=3, backoff=0.001, **opts) as c:
+                with candex.Client(url, timeout=10.0, retries=3, backoff=0.001, **opts) as c:
                     with self.assertRaises(candex.Error) as e:
                         c.health()
                     self.assertEqual(e.exception.name, "TLS_ERROR", (opts, str(e.exception)))
