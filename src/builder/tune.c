@@ -384,8 +384,36 @@ tdata_fini(struct tdata *t)
 	free(t->sq8_vdiff);
 }
 
+/* mix_held_rows turns held-out rows into user-like queries for ip: query h
+ * is the mean of 1 to CDX_TUNE_MIX_MAX held-out rows, row h among them (a
+ * seeded choice). In matrix factorisation a user's vector is fitted to the
+ * items the user played, so it lies among several items rather than on
+ * one; tuned on single items, the sample tracks reached 10-recall@10 0.938
+ * for users (BENCHMARKS.md, "Defaults"). self_row[h] is the query's own row
+ * when it is one row, else -1. */
+static void
+mix_held_rows(
+    const struct tdata *t, const uint64_t *held, size_t nq, uint64_t seed, float *q, int64_t *self_row)
+{
+	cdx_rng rng;
+	cdx_rng_seed(&rng, seed ^ 0x6d6978ull);
+	for (size_t h = 0; h < nq; h++) {
+		uint32_t parts = 1 + (uint32_t) (cdx_rng_next(&rng) % CDX_TUNE_MIX_MAX);
+		float *v = q + h * t->dim;
+		self_row[h] = parts == 1 ? (int64_t) held[h] : -1;
+		for (uint32_t p = 1; p < parts; p++) {
+			const float *o = t->full + held[cdx_rng_next(&rng) % nq] * t->dim;
+			for (uint32_t j = 0; j < t->dim; j++)
+				v[j] += o[j];
+		}
+		for (uint32_t j = 0; j < t->dim; j++)
+			v[j] /= (float) parts;
+	}
+}
+
 /* pick_queries: --tune-queries, or held-out rows of the input (removed from
- * the tuning base). Alternate queries go to selection and to the check. */
+ * the tuning base; for ip, mixed into user-like queries). Alternate queries
+ * go to selection and to the check. */
 static int
 pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, json_t *report)
 {
@@ -394,6 +422,7 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 	float *q = NULL;
 	size_t nq = 0;
 	uint64_t *held = NULL;
+	int64_t *self_row = NULL; /* per query: its own input row, or -1 */
 	int rc;
 	json_t *qj = json_object();
 	json_object_set_new(report, "queries", qj);
@@ -405,19 +434,28 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 	} else {
 		nq = (size_t) CDX_MIN((uint64_t) maxq, t->nfull / 10);
 		held = malloc(nq * sizeof(uint64_t));
+		self_row = malloc(nq * sizeof(int64_t));
 		q = malloc(nq * t->dim * sizeof(float));
-		if (held == NULL || q == NULL) {
+		if (held == NULL || self_row == NULL || q == NULL) {
 			free(held);
+			free(self_row);
 			free(q);
 			return cdx_error(CDX_ENOMEM, "tuning queries");
 		}
 		cdx_build_sample(t->nfull, nq, o->seed ^ 0x68656c64ull, held);
-		for (size_t h = 0; h < nq; h++)
+		for (size_t h = 0; h < nq; h++) {
 			memcpy(q + h * t->dim, t->full + held[h] * t->dim, t->dim * sizeof(float));
-		json_object_set_new(qj, "source", json_string("held-out input rows"));
+			self_row[h] = (int64_t) held[h];
+		}
+		int mix = t->metric == CDX_METRIC_IP;
+		if (mix)
+			mix_held_rows(t, held, nq, o->seed, q, self_row);
+		json_object_set_new(qj, "source",
+		    json_string(mix ? "held-out input rows, mixed 1-3 a query" : "held-out input rows"));
 	}
 	if (nq < 2) {
 		free(held);
+		free(self_row);
 		free(q);
 		return cdx_error(CDX_EEMPTY, "tuning needs at least 2 queries, has %zu", nq);
 	}
@@ -431,6 +469,7 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 		chk->self = malloc((chk->nq ? chk->nq : 1) * sizeof(int64_t));
 	if (t->sel == NULL || chk->queries == NULL || (held != NULL && chk->self == NULL)) {
 		free(held);
+		free(self_row);
 		free(q);
 		return cdx_error(CDX_ENOMEM, "tuning queries");
 	}
@@ -441,7 +480,9 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 		} else {
 			memcpy(chk->queries + (i / 2) * t->dim, v, t->dim * sizeof(float));
 			if (held != NULL)
-				chk->self[i / 2] = ids ? ids[held[i]] : (int64_t) held[i];
+				chk->self[i / 2] = self_row[i] < 0 ? CDX_TUNE_NO_SELF
+				    : ids                          ? ids[self_row[i]]
+				                                   : self_row[i];
 		}
 	}
 	if (t->metric == CDX_METRIC_COS)
@@ -475,10 +516,10 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 			if (ct->rows == NULL || ct->dist == NULL)
 				rc = cdx_error(CDX_ENOMEM, "check truth");
 			for (size_t i = 0; rc == CDX_OK && i < ct->nq; i++) {
-				int64_t self_row = held != NULL ? (int64_t) held[2 * i + 1] : -1;
+				int64_t self = held != NULL ? self_row[2 * i + 1] : -1;
 				uint32_t w = 0;
 				for (uint32_t j = 0; j < big.k && w < ct->k; j++) {
-					if (big.rows[i * big.k + j] == self_row)
+					if (self >= 0 && big.rows[i * big.k + j] == self)
 						continue;
 					ct->rows[i * ct->k + w] = big.rows[i * big.k + j];
 					ct->dist[i * ct->k + w] = big.dist[i * big.k + j];
@@ -511,6 +552,7 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 		t->n = b;
 	}
 	free(held);
+	free(self_row);
 	free(q);
 	return rc;
 }
@@ -570,6 +612,11 @@ cdx_tune_run(
 	}
 	if ((rc = pick_queries(&t, ids, chk, report)) != CDX_OK)
 		goto done;
+	if (metric == CDX_METRIC_IP && o->queries == NULL)
+		cdx_info("BLD-TUNE",
+		    "ip without --tune-queries: tuning on mixtures of held-out items, a cautious stand-in "
+		    "for "
+		    "users; real user vectors (--tune-queries) usually allow a cheaper structure");
 	t.space = (struct cdx_recall_space) { metric, t.dim, t.n, t.base };
 	if ((rc = cdx_truth_compute(&t.truth, &t.space, t.sel, t.nsel, t.kmax, NULL, NULL)) != CDX_OK)
 		goto done;

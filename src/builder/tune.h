@@ -45,7 +45,9 @@
 #define CDX_TUNE_DEFAULT_QUERIES  1000 /* split in two halves */
 #define CDX_TUNE_MAX_ROWS         2000000
 #define CDX_TUNE_MAX_K            CDX_MANIFEST_MAX_TUNED_K
-#define CDX_TUNE_FLAT_BELOW       1000 /* fewer items: exact search, nothing to tune */
+#define CDX_TUNE_FLAT_BELOW       1000      /* fewer items: exact search, nothing to tune */
+#define CDX_TUNE_NO_SELF          INT64_MIN /* a check query that is no input row */
+#define CDX_TUNE_MIX_MAX          3         /* ip without --tune-queries: a query mixes 1..3 held-out rows */
 
 /* The cost model: one query's CPU time, single thread, from counts. */
 /* Nanoseconds per unit, single thread, measured on the project machine
@@ -82,8 +84,8 @@ void cdx_tune_opts_init(struct cdx_tune_opts *o);
 struct cdx_tune_check {
 	size_t nq;
 	uint32_t dim;
-	float *queries;         /* nq x dim, as a client would send them */
-	int64_t *self;          /* nq external ids to exclude (held-out rows), or NULL */
+	float *queries; /* nq x dim, as a client would send them */
+	int64_t *self;  /* nq external ids to exclude (held-out rows; CDX_TUNE_NO_SELF: none), or NULL */
 	struct cdx_truth truth; /* over the whole input, self removed; k = largest tuned k */
 	int metric;
 };

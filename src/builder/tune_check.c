@@ -109,7 +109,7 @@ cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const 
 		for (size_t i = 0; i < chk->nq && rc == CDX_OK; i++) {
 			const float *q = chk->queries + i * chk->dim;
 			struct cdx_search_params sp = { .k = k };
-			if (chk->self != NULL) {
+			if (chk->self != NULL && chk->self[i] != CDX_TUNE_NO_SELF) {
 				sp.exclude_ids = &chk->self[i];
 				sp.n_exclude_ids = 1;
 			}

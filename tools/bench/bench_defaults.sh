@@ -15,7 +15,7 @@
 # catalogue has its own tuning users. Prints markdown rows on stdout.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$root/build/candex
+bin=${CANDEX_BIN:-$root/build/candex}
 data=$root/../shared/data
 work=${TMPDIR:-/tmp}/candex-bench-defaults
 sets=sift,glove,lastfm,tracks,podcasts,mnist
