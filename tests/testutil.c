@@ -73,6 +73,28 @@ tu_write_fvecs(const char *path, const float *x, size_t n, size_t dim)
 }
 
 int
+tu_write_npy(
+    const char *path, const char *descr, int fortran, const char *shape, const void *data, size_t len)
+{
+	char hdr[256];
+	int n = snprintf(hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }", descr,
+	    fortran ? "True" : "False", shape);
+	if (n < 0 || n + 64 >= (int) sizeof(hdr))
+		return -1;
+	/* magic (6) + version (2) + header length (2) + header ends on a 64-byte boundary, in '\n' */
+	while ((10 + n + 1) % 64 != 0)
+		hdr[n++] = ' ';
+	hdr[n++] = '\n';
+	uint16_t hlen = (uint16_t) n;
+	FILE *f = fopen(path, "wb");
+	if (f == NULL)
+		return -1;
+	int ok = fwrite("\x93NUMPY\x01\x00", 1, 8, f) == 8 && fwrite(&hlen, 2, 1, f) == 1
+	    && fwrite(hdr, 1, (size_t) n, f) == (size_t) n && (len == 0 || fwrite(data, 1, len, f) == len);
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+int
 tu_write_keys(const char *path, const char *prefix, size_t n)
 {
 	FILE *f = fopen(path, "w");

@@ -36,15 +36,6 @@ usage(FILE *out)
 }
 
 int
-cli_wants_help(int argc, char **argv)
-{
-	for (int i = 1; i < argc; i++)
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-			return 1;
-	return 0;
-}
-
-int
 main(int argc, char **argv)
 {
 	cdx_process_init(argc, argv);
@@ -63,7 +54,6 @@ main(int argc, char **argv)
 	for (size_t i = 0; i < CDX_ARRAY_LEN(subcommands); i++)
 		if (strcmp(argv[1], subcommands[i].name) == 0)
 			return subcommands[i].run(argc - 1, argv + 1);
-	fprintf(stderr, "candex: unknown command '%s'\n", argv[1]);
-	usage(stderr);
+	fprintf(stderr, "candex: unknown command '%s'; see candex --help\n", argv[1]);
 	return CLI_EXIT_USAGE;
 }

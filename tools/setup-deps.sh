@@ -21,8 +21,8 @@ FAISS_VERSION=1.7.3
 FAISS_BUILD_REV=2
 PACKAGES=(build-essential cmake pkg-config git dpkg-dev
 	libnng-dev nng-utils libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-	liblz4-dev libopenblas-dev libcmocka-dev libjansson-dev gnuplot-nox
-	clang libclang-rt-14-dev openssl libnss-wrapper
+	liblz4-dev libxxhash-dev libopenblas-dev libcmocka-dev libjansson-dev gnuplot-nox curl
+	python3 python3-protobuf clang libclang-rt-14-dev openssl libnss-wrapper
 	libhnswlib-dev) # hnswlib: only for the side-by-side benchmark (tools/bench/hnsw)
 
 log() { echo "setup-deps: $*" >&2; }

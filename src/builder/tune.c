@@ -49,10 +49,10 @@ read_all(cdx_input *in, int metric, float **xp)
 /* read_queries reads --tune-queries: up to max rows (a seeded sample when
  * the file has more), in file order. */
 static int
-read_queries(const char *path, uint32_t dim, uint32_t max, uint64_t seed, float **qp, size_t *np)
+read_queries(const char *path, int format, uint32_t dim, uint32_t max, uint64_t seed, float **qp, size_t *np)
 {
 	cdx_input *qin = NULL;
-	int rc = cdx_input_open(&qin, path, 0);
+	int rc = cdx_input_open(&qin, path, format == CDX_INPUT_RAW_F32 ? dim : 0, format);
 	if (rc != CDX_OK)
 		return rc;
 	if (cdx_input_dim(qin) != dim) {
@@ -435,7 +435,8 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 	json_t *qj = json_object();
 	json_object_set_new(report, "queries", qj);
 	if (o->queries != NULL) {
-		if ((rc = read_queries(o->queries, t->dim, maxq, o->seed, &q, &nq)) != CDX_OK)
+		if ((rc = read_queries(o->queries, o->queries_format, t->dim, maxq, o->seed, &q, &nq))
+		    != CDX_OK)
 			return rc;
 		json_object_set_new(qj, "source", json_string(o->queries));
 	} else {

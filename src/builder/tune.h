@@ -73,6 +73,7 @@ struct cdx_tune_opts {
 	uint32_t ks[CDX_TUNE_MAX_K]; /* tuned k, ascending; nks 0 = 10, 100, 500 */
 	uint32_t nks;
 	const char *queries;  /* --tune-queries, NULL: held-out input rows */
+	int queries_format;   /* how to read them: CDX_INPUT_AUTO (by extension), _FVECS, _NPY, _RAW_F32 */
 	double budget_s;      /* 0 = default */
 	uint32_t max_queries; /* 0 = default */
 	int refine;           /* -1: chosen; else only this refine kind */
@@ -119,10 +120,10 @@ int cdx_tune_run(
 /* cdx_tune_check_version searches the check queries through the version
  * in dir (what is about to be published, loaded as the server loads it) at
  * every tuned k with the default settings, judges the hits by their true
- * distance (read back from input; raw_dim for raw float32 input, else 0),
+ * distance (read back from input, in the format and dimension the plan found),
  * and records the recall in the check_recall of the point used, in m. */
 int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input,
-    uint32_t raw_dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
+    int input_format, uint32_t dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
 
 /* cdx_tune_check_save writes the check (queries, their truth, the held-out
  * ids) into a distributed build's work directory; cdx_tune_check_load

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "builder/tune.h"
+#include "faissx/error.h"
 #include "search/search.h"
 #include "shard/refine.h"
 

@@ -45,6 +45,13 @@ cdx_hist_render(cdx_buf *b, const char *name, const char *labels, const struct c
 void
 cdx_http_reply(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len)
 {
+	cdx_http_reply_id(aio, code, ctype, NULL, body, len);
+}
+
+void
+cdx_http_reply_id(
+    nng_aio *aio, uint16_t code, const char *ctype, const char *request_id, const void *body, size_t len)
+{
 	nng_http_res *res;
 	int rv;
 	if ((rv = nng_http_res_alloc(&res)) != 0) {
@@ -54,6 +61,8 @@ cdx_http_reply(nng_aio *aio, uint16_t code, const char *ctype, const void *body,
 	nng_http_res_set_status(res, code);
 	nng_http_res_set_header(res, "Content-Type", ctype);
 	nng_http_res_set_header(res, "Cache-Control", "no-store");
+	if (request_id != NULL && *request_id != '\0')
+		nng_http_res_set_header(res, "X-Request-Id", request_id);
 	if ((rv = nng_http_res_copy_data(res, body, len)) != 0) {
 		nng_http_res_free(res);
 		nng_aio_finish(aio, rv);

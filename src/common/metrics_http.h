@@ -34,5 +34,9 @@ void cdx_hist_render(cdx_buf *b, const char *name, const char *labels, const str
 /* cdx_http_reply finishes an nng HTTP handler's aio with a response of
  * status code, Content-Type ctype and a copy of body (not cached). */
 void cdx_http_reply(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len);
+/* cdx_http_reply_id does the same with an X-Request-Id header (request_id
+ * NULL or "": none). */
+void cdx_http_reply_id(
+    nng_aio *aio, uint16_t code, const char *ctype, const char *request_id, const void *body, size_t len);
 
 #endif

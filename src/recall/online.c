@@ -49,6 +49,7 @@
 
 #include "recall/online.h"
 #include "recall/recall.h"
+#include "faissx/error.h"
 
 #define ONLINE_WINDOW             1024 /* checks averaged by the gauge */
 #define ONLINE_MAX_FLATS          8

@@ -15,6 +15,7 @@
 
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
+#include "faissx/error.h"
 
 static int
 key_slot_cmp(const void *a, const void *b)

@@ -14,6 +14,7 @@
 
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
+#include "faissx/error.h"
 #include "search/points.h"
 
 struct candidate {

@@ -23,7 +23,7 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "server/server.h"
 
 #include "recall/online.h"

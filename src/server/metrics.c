@@ -12,7 +12,7 @@
 #include <jansson.h>
 #include <lz4.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "server/server.h"
 
 #include "recall/online.h"

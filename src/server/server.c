@@ -31,6 +31,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 		dst->listen[i] = dup_or_null(src->listen[i]);
 	dst->admin_listen = dup_or_null(src->admin_listen);
 	dst->http_listen = dup_or_null(src->http_listen);
+	dst->http_search_listen = dup_or_null(src->http_search_listen);
 	dst->tls_cert = dup_or_null(src->tls_cert);
 	dst->tls_key = dup_or_null(src->tls_key);
 	dst->tls_ca = dup_or_null(src->tls_ca);
@@ -72,6 +73,7 @@ server_free(cdx_server *s)
 static void
 teardown(cdx_server *s)
 {
+	cdx__srv_http_search_stop(s); /* answers its open requests through sock */
 	cdx__srv_http_stop(s);
 	cdx__srv_watchdog_stop(s);
 	cdx__srv_reloader_stop(s);
@@ -143,7 +145,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	}
 	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_intake_start(s)) != CDX_OK
 	    || (rc = cdx__srv_reloader_start(s)) != CDX_OK || (rc = cdx__srv_sockets_open(s)) != CDX_OK
-	    || (rc = cdx__srv_watchdog_start(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK) {
+	    || (rc = cdx__srv_watchdog_start(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK
+	    || (rc = cdx__srv_http_search_start(s)) != CDX_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
 		atomic_store(&s->stopping, 1);

@@ -63,9 +63,10 @@ struct cdx_server_config {
 	char *index_dir;
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
-	char *admin_listen; /* NULL = no admin socket */
-	char *http_listen;  /* host:port of /metrics, /healthz and /readyz; NULL = none */
-	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
+	char *admin_listen;       /* NULL = no admin socket */
+	char *http_listen;        /* host:port of /metrics, /healthz and /readyz; NULL = none */
+	char *http_search_listen; /* host:port of POST /v1/search (JSON); NULL = none */
+	char *tls_cert;           /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
 	char *tls_ca;                /* clients must present a certificate signed by it */
 	uint32_t threads;            /* search workers; 0 = number of cores */
@@ -181,6 +182,7 @@ struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
 struct srv_previous;
+struct srv_http_search;
 
 /* One listener, kept so that the watchdog can recreate it. */
 struct srv_listener {
@@ -260,6 +262,7 @@ struct cdx_server {
 	struct srv_conns conns;       /* query socket */
 	struct srv_conns admin_conns; /* admin socket */
 	size_t frame_limit;           /* nng RECVMAXSZ: largest frame a connection may send */
+	struct srv_http_search *http_search; /* NULL unless --http-search-listen */
 
 	/* receive-memory budget (intake.c) */
 	atomic_size_t rx_used;
@@ -470,6 +473,10 @@ struct srv_ctx *cdx__srv_next(cdx_server *s, int *idle);
 /* cdx__srv_job_done records a finished job (heavy slot, calibration: took_us
  * of searching, 0 = not searched). */
 void cdx__srv_job_done(cdx_server *s, struct srv_ctx *x, uint64_t took_us);
+
+/* http_search.c: POST /v1/search, through an in-process REQ socket to sock */
+int cdx__srv_http_search_start(cdx_server *s);
+void cdx__srv_http_search_stop(cdx_server *s);
 
 /* metrics.c */
 /* cdx__srv_observe counts a response; collection (NULL for requests that

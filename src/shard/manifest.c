@@ -274,11 +274,7 @@ get_hex(struct ld *l, json_t *obj, const char *prefix, const char *key)
 	uint64_t x = 0;
 	size_t i = 0;
 	for (; s[i] != 0 && i < 16; i++) {
-		char c = s[i];
-		int d = c >= '0' && c <= '9' ? c - '0'
-		    : c >= 'a' && c <= 'f'   ? c - 'a' + 10
-		    : c >= 'A' && c <= 'F'   ? c - 'A' + 10
-		                             : -1;
+		int d = cdx_hexval(s[i]);
 		if (d < 0)
 			break;
 		x = x << 4 | (uint64_t) d;

@@ -6,7 +6,7 @@
  * mismatch, reload on the query port, and clients that disconnect in the
  * middle of a request (nng and raw TCP).
  */
-#include "integration/srvtest.h"
+#include "srvtest.h"
 
 #include <math.h>
 #include <sys/un.h>
