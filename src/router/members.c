@@ -37,7 +37,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 
 #include <nng/protocol/reqrep0/req.h>
 #include "router/router_int.h"

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "router/router_int.h"
 
 const char *const cdx__rt_reason_names[RT_NREASONS]

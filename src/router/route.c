@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "router/router_int.h"
 
 #include <nng/protocol/reqrep0/rep.h>

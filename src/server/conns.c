@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "server/server.h"
 
 #define SRV_EVICT_AFTER_MS 1000

@@ -10,7 +10,7 @@
  * Timings are compared with one expensive search measured in the same run,
  * never with fixed numbers.
  */
-#include "integration/srvtest.h"
+#include "srvtest.h"
 
 #include <pthread.h>
 

@@ -10,7 +10,7 @@
  *     receive-memory budget: refused OVERLOADED by the decoder's allocator.
  * The server's resident memory is sampled from /proc while it happens.
  */
-#include "integration/srvtest.h"
+#include "srvtest.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -26,7 +26,7 @@
 #ifndef CANDEX_SOAK_H
 #define CANDEX_SOAK_H
 
-#include "integration/srvtest.h"
+#include "srvtest.h"
 
 #include <math.h>
 #include <pthread.h>

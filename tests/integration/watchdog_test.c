@@ -10,7 +10,7 @@
  * (badinput_test checks that a listener the bug really stopped is found
  * and recreated.)
  */
-#include "integration/srvtest.h"
+#include "srvtest.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -76,11 +76,13 @@ struct data {
 static int
 load_data(const struct opts *o, struct data *d)
 {
-	int rc = cdx_vecs_read(&d->base, o->base, 0);
+	int rc = cdx_vecs_read(&d->base, o->base, 0, CDX_INPUT_AUTO, 0, 0);
 	if (rc == CDX_OK)
-		rc = cdx_vecs_read(&d->queries, o->queries, o->max_queries);
+		rc = cdx_vecs_read(&d->queries, o->queries, 0, CDX_INPUT_AUTO, 0, 0);
 	if (rc != CDX_OK)
 		return rc;
+	if (o->max_queries > 0 && d->queries.n > o->max_queries)
+		d->queries.n = o->max_queries; /* the first max_queries rows */
 	if (d->base.dim != d->queries.dim)
 		return cdx_error(CDX_EDIM, "base has dimension %u, queries %u", d->base.dim, d->queries.dim);
 	uint32_t dim = d->base.dim;
