@@ -14,8 +14,7 @@ cmd_route(int argc, char **argv)
 	struct cdx_router_config cfg;
 	cdx_router_config_init(&cfg);
 	if (cdx_router_config_parse(&cfg, argc, argv) != CDX_OK) {
-		fprintf(stderr, "candex route: %s\n", cdx_last_error());
-		fprintf(stderr, "(candex route --help lists the options)\n");
+		fprintf(stderr, "%s\n", cdx_last_error());
 		cdx_router_config_fini(&cfg);
 		return CLI_EXIT_USAGE;
 	}

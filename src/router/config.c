@@ -4,57 +4,99 @@
  * drives parsing, the file and --help.
  */
 #define _GNU_SOURCE
-#include <ctype.h>
-#include <errno.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/common.h"
+#include "common/opt.h"
 #include "router/router.h"
 #include "shard/shard.h"
 
-enum { T_STR, T_LISTEN, T_GROUP, T_U32, T_SIZE, T_DOUBLE, T_LOGLEVEL };
-
-struct ropt {
-	const char *name;
-	int type;
-	size_t off;
-	const char *arg;
-	const char *help;
-};
-
+#define PROG "candex route"
 #define O(f) offsetof(struct cdx_router_config, f)
 
-static const struct ropt ropts[] = {
-	{ "listen", T_LISTEN, 0, "URL",
-	    "address clients use, as for candex serve: tcp://HOST:PORT or ipc:///PATH; repeatable "
-	    "(required)" },
-	{ "group", T_GROUP, 0, "NAME=MEMBERS",
-	    "a shard group and its replicas: NAME=URL[,URL...] (candex serve --shards ... listeners), or "
-	    "NAME=dns:HOST:PORT to dial every address HOST resolves to (a Kubernetes headless Service); "
-	    "repeatable (required)" },
-	{ "http-listen", T_STR, O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP" },
-	{ "config", T_STR, O(config_file), "FILE",
-	    "read options from FILE (\"option = value\" lines, # comments); flags override it" },
-	{ "timeout-ms", T_U32, O(timeout_ms), "MS", "deadline of requests that set none" },
-	{ "max-timeout-ms", T_U32, O(max_timeout_ms), "MS", "cap on a request's own deadline" },
-	{ "try-timeout-ms", T_U32, O(try_timeout_ms), "MS",
-	    "longest wait for one attempt at a group before trying again (0 = half the time left; the "
-	    "last attempt: all of it)" },
-	{ "retries", T_U32, O(retries), "N",
-	    "attempts at a group after the first, on a timeout or a retryable answer, within the deadline" },
-	{ "poll-ms", T_U32, O(poll_ms), "MS",
-	    "ask every replica what it serves this often (versions, shards: the routing view)" },
-	{ "dns-interval", T_DOUBLE, O(dns_interval), "SECONDS", "resolve dns: groups again this often" },
-	{ "min-coverage", T_DOUBLE, O(min_coverage), "F",
-	    "answer UNAVAILABLE rather than partial results covering less than this fraction of the "
-	    "items (0 = any partial answer)" },
-	{ "contexts", T_U32, O(contexts), "N", "client requests handled at once" },
-	{ "max-message", T_SIZE, O(max_message), "BYTES", "largest request or group answer; K/M/G suffixes" },
-	{ "drain-ms", T_U32, O(drain_ms), "MS", "longest wait for in-flight requests at shutdown" },
-	{ "log-level", T_LOGLEVEL, O(log_level), "LEVEL", "debug, info, warn or error" },
+static int
+add_listen(const char *v, void *opts)
+{
+	struct cdx_router_config *cfg = opts;
+	if (cfg->nlisten >= CDX_ROUTER_MAX_LISTEN)
+		return cdx_error(CDX_EINVAL, "at most %d listen addresses", CDX_ROUTER_MAX_LISTEN);
+	if ((cfg->listen[cfg->nlisten] = strdup(v)) == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	cfg->nlisten++;
+	return CDX_OK;
+}
+
+static int
+add_group(const char *v, void *opts)
+{
+	struct cdx_router_config *cfg = opts;
+	const char *eq = strchr(v, '=');
+	char name[CDX_NAME_MAX];
+	if (eq == NULL || eq == v || (size_t) (eq - v) >= sizeof(name) || eq[1] == '\0')
+		return cdx_error(CDX_EINVAL, "expected NAME=URL[,URL...] or NAME=dns:HOST:PORT");
+	memcpy(name, v, (size_t) (eq - v));
+	name[eq - v] = '\0';
+	for (unsigned i = 0; i < cfg->ngroups; i++)
+		if (strncmp(cfg->group[i], v, (size_t) (eq - v) + 1) == 0)
+			return cdx_error(CDX_EINVAL, "group '%s' is named twice", name);
+	if (cfg->ngroups >= CDX_ROUTER_MAX_GROUPS)
+		return cdx_error(CDX_EINVAL, "at most %d groups", CDX_ROUTER_MAX_GROUPS);
+	if ((cfg->group[cfg->ngroups] = strdup(v)) == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	cfg->ngroups++;
+	return CDX_OK;
+}
+
+static int
+set_log_level(const char *v, void *opts)
+{
+	return cdx_log_level_parse(v, &((struct cdx_router_config *) opts)->log_level);
+}
+
+/* One table drives the command line, the config file and --help (as for
+ * candex serve: src/common/opt.h). */
+static const struct cdx_opt ropts[] = {
+	CDX_OPT_CALL_("listen", "URL",
+	    "address clients use, as for candex serve: tcp://HOST:PORT or ipc:///PATH; repeatable\n"
+	    "(required)",
+	    add_listen),
+	CDX_OPT_CALL_("group", "NAME=MEMBERS",
+	    "a shard group and its replicas: NAME=URL[,URL...] (candex serve --shards ... listeners),\n"
+	    "or NAME=dns:HOST:PORT to dial every address HOST resolves to (a Kubernetes headless\n"
+	    "Service); repeatable (required)",
+	    add_group),
+	CDX_OPT_STRDUP_("http-listen", O(http_listen), "HOST:PORT", "serve /metrics and /healthz over HTTP"),
+	CDX_OPT_STRDUP_("config", O(config_file), "FILE",
+	    "read options from FILE (\"option = value\" lines, # comments); flags override it"),
+	CDX_OPT_NUM_("timeout-ms", CDX_OPT_U32, O(timeout_ms), "MS", "deadline of requests that set none", 1,
+	    UINT32_MAX),
+	CDX_OPT_NUM_(
+	    "max-timeout-ms", CDX_OPT_U32, O(max_timeout_ms), "MS", "cap on a request's own deadline", 0, 0),
+	CDX_OPT_NUM_("try-timeout-ms", CDX_OPT_U32, O(try_timeout_ms), "MS",
+	    "longest wait for one attempt at a group before trying again (0 = half the time left;\n"
+	    "the last attempt: all of it)",
+	    0, 0),
+	CDX_OPT_NUM_("retries", CDX_OPT_U32, O(retries), "N",
+	    "attempts at a group after the first, on a timeout or a retryable answer, within the deadline", 0,
+	    0),
+	CDX_OPT_NUM_("poll-ms", CDX_OPT_U32, O(poll_ms), "MS",
+	    "ask every replica what it serves this often (versions, shards: the routing view)", 1,
+	    UINT32_MAX),
+	CDX_OPT_NUM_("dns-interval", CDX_OPT_DOUBLE, O(dns_interval), "SECONDS",
+	    "resolve dns: groups again this often", 0, 1e9),
+	CDX_OPT_NUM_("min-coverage", CDX_OPT_DOUBLE, O(min_coverage), "F",
+	    "answer UNAVAILABLE rather than partial results covering less than this fraction of the\n"
+	    "items (0 = any partial answer)",
+	    0, 1),
+	CDX_OPT_NUM_(
+	    "contexts", CDX_OPT_U32, O(contexts), "N", "client requests handled at once", 1, UINT32_MAX),
+	CDX_OPT_NUM_("max-message", CDX_OPT_BYTES, O(max_message), "BYTES",
+	    "largest request or group answer; K/M/G suffixes", 0, 0),
+	CDX_OPT_NUM_("drain-ms", CDX_OPT_U32, O(drain_ms), "MS",
+	    "longest wait for in-flight requests at shutdown", 0, 0),
+	CDX_OPT_CALL_("log-level", "LEVEL", "debug, info, warn or error [info]", set_log_level),
 };
 
 void
@@ -94,125 +136,32 @@ cdx_router_config_fini(struct cdx_router_config *cfg)
 	cfg->http_listen = cfg->config_file = NULL;
 }
 
-static const struct ropt *
-find_ropt(const char *name, size_t len)
-{
-	for (size_t i = 0; i < CDX_ARRAY_LEN(ropts); i++)
-		if (strlen(ropts[i].name) == len && strncmp(ropts[i].name, name, len) == 0)
-			return &ropts[i];
-	return NULL;
-}
-
-/* number parses all of v as a decimal number >= 0 (with a K/M/G suffix
- * when size): strict, so that "12x" or "" is refused, not read as 12 or 0. */
-static int
-number(const char *v, int size, double *out)
-{
-	char *end;
-	if (!isdigit((unsigned char) *v))
-		return CDX_EINVAL;
-	errno = 0;
-	double d = strtod(v, &end);
-	if (errno != 0 || !isfinite(d))
-		return CDX_EINVAL;
-	if (size && *end != '\0') {
-		const char *units = "KMG", *u = strchr(units, toupper((unsigned char) *end));
-		if (u == NULL)
-			return CDX_EINVAL;
-		d *= (double) (1ull << (10 * (u - units + 1)));
-		end++;
-		if (*end == 'i' && end[1] == 'B')
-			end += 2;
-		else if (*end == 'B')
-			end++;
-	}
-	if (*end != '\0')
-		return CDX_EINVAL;
-	*out = d;
-	return CDX_OK;
-}
-
-static int
-add_to_list(char **v, unsigned *n, unsigned max, const char *value, const char *where, const char *name)
-{
-	if (*n >= max)
-		return cdx_error(CDX_EINVAL, "%s: more than %u --%s", where, max, name);
-	if ((v[*n] = strdup(value)) == NULL)
-		return cdx_error(CDX_ENOMEM, "out of memory");
-	(*n)++;
-	return CDX_OK;
-}
-
-static int
-set_ropt(struct cdx_router_config *cfg, const struct ropt *o, const char *v, const char *where)
-{
-	char *base = (char *) cfg + o->off;
-	double d;
-	switch (o->type) {
-	case T_STR: {
-		char *copy = strdup(v);
-		if (copy == NULL)
-			return cdx_error(CDX_ENOMEM, "out of memory");
-		free(*(char **) base);
-		*(char **) base = copy;
-		return CDX_OK;
-	}
-	case T_LISTEN:
-		return add_to_list(cfg->listen, &cfg->nlisten, CDX_ROUTER_MAX_LISTEN, v, where, o->name);
-	case T_GROUP: {
-		const char *eq = strchr(v, '=');
-		char name[CDX_NAME_MAX];
-		if (eq == NULL || eq == v || (size_t) (eq - v) >= sizeof(name) || eq[1] == '\0')
-			return cdx_error(CDX_EINVAL,
-			    "%s: --group wants NAME=URL[,URL...] or NAME=dns:HOST:PORT, not '%s'", where, v);
-		memcpy(name, v, (size_t) (eq - v));
-		name[eq - v] = '\0';
-		for (unsigned i = 0; i < cfg->ngroups; i++)
-			if (strncmp(cfg->group[i], v, (size_t) (eq - v) + 1) == 0)
-				return cdx_error(CDX_EINVAL, "%s: group '%s' is named twice", where, name);
-		return add_to_list(cfg->group, &cfg->ngroups, CDX_ROUTER_MAX_GROUPS, v, where, o->name);
-	}
-	case T_U32:
-		if (number(v, 0, &d) != CDX_OK || d != floor(d) || d > UINT32_MAX)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a whole number up to %u, not '%s'",
-			    where, o->name, UINT32_MAX, v);
-		*(uint32_t *) base = (uint32_t) d;
-		return CDX_OK;
-	case T_SIZE:
-		if (number(v, 1, &d) != CDX_OK || d < 1 || d > 1e15)
-			return cdx_error(
-			    CDX_EINVAL, "%s: --%s wants a size like 16M, not '%s'", where, o->name, v);
-		*(uint64_t *) base = (uint64_t) d;
-		return CDX_OK;
-	case T_DOUBLE:
-		if (number(v, 0, &d) != CDX_OK)
-			return cdx_error(
-			    CDX_EINVAL, "%s: --%s wants a number >= 0, not '%s'", where, o->name, v);
-		*(double *) base = d;
-		return CDX_OK;
-	case T_LOGLEVEL:
-		if (cdx_log_level_parse(v, (int *) base) != CDX_OK)
-			return cdx_error(CDX_EINVAL,
-			    "%s: --%s: unknown level '%s' (debug, info, warn, error)", where, o->name, v);
-		return CDX_OK;
-	}
-	return cdx_error(CDX_EINTERNAL, "option type");
-}
-
 /* file_option applies one config file line (cdx_conf_read's callback). */
 static int
 file_option(void *arg, const char *name, const char *value, const char *where)
 {
-	const struct ropt *o = find_ropt(name, strlen(name));
-	if (o == NULL || (o->type == T_STR && o->off == O(config_file)))
-		return cdx_error(CDX_EINVAL, "%s: unknown option '%s'", where, name);
-	return set_ropt(arg, o, value, where);
+	if (strcmp(name, "config") == 0)
+		return cdx_opt_fail(PROG, "%s: a config file cannot name another (config)", where);
+	return cdx_opt_set(PROG, ropts, CDX_ARRAY_LEN(ropts), arg, name, value, where);
+}
+
+/* named: whether argv names option --name (lists given there replace the
+ * config file's). */
+static int
+named(int argc, char **argv, const char *name)
+{
+	size_t n = strlen(name);
+	for (int i = 1; i < argc; i++)
+		if (strncmp(argv[i], "--", 2) == 0 && strncmp(argv[i] + 2, name, n) == 0
+		    && (argv[i][2 + n] == '\0' || argv[i][2 + n] == '='))
+			return 1;
+	return 0;
 }
 
 int
 cdx_router_config_parse(struct cdx_router_config *cfg, int argc, char **argv)
 {
-	int rc, listen_from_args = 0, groups_from_args = 0;
+	int rc;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
 			cfg->help = 1;
@@ -226,39 +175,17 @@ cdx_router_config_parse(struct cdx_router_config *cfg, int argc, char **argv)
 		if (file != NULL && (rc = cdx_conf_read(file, file_option, cfg)) != CDX_OK)
 			return rc;
 	}
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *value;
-		if (strncmp(a, "--", 2) != 0)
-			return cdx_error(CDX_EINVAL, "unexpected argument '%s'", a);
-		a += 2;
-		const char *eq = strchr(a, '=');
-		const struct ropt *o = find_ropt(a, eq ? (size_t) (eq - a) : strlen(a));
-		if (o == NULL)
-			return cdx_error(CDX_EINVAL, "unknown option '%s' (see --help)", argv[i]);
-		if (eq != NULL)
-			value = eq + 1;
-		else if (i + 1 < argc)
-			value = argv[++i];
-		else
-			return cdx_error(CDX_EINVAL, "--%s needs a value (%s)", o->name, o->arg);
-		if (o->type == T_STR && o->off == O(config_file))
-			continue;
-		/* lists on the command line replace the file's */
-		if (o->type == T_LISTEN && !listen_from_args++)
-			free_list(cfg->listen, &cfg->nlisten);
-		if (o->type == T_GROUP && !groups_from_args++)
-			free_list(cfg->group, &cfg->ngroups);
-		if ((rc = set_ropt(cfg, o, value, "command line")) != CDX_OK)
-			return rc;
-	}
+	if (named(argc, argv, "listen"))
+		free_list(cfg->listen, &cfg->nlisten);
+	if (named(argc, argv, "group"))
+		free_list(cfg->group, &cfg->ngroups);
+	if ((rc = cdx_opt_parse(PROG, ropts, CDX_ARRAY_LEN(ropts), cfg, argc, argv, NULL, NULL, 0, NULL))
+	    != CDX_OK)
+		return rc;
 	if (cfg->nlisten == 0)
-		return cdx_error(CDX_EINVAL, "at least one --listen URL is required");
+		return cdx_opt_fail(PROG, "at least one --listen URL is required");
 	if (cfg->ngroups == 0)
-		return cdx_error(CDX_EINVAL, "at least one --group is required");
-	if (cfg->min_coverage > 1)
-		return cdx_error(CDX_EINVAL, "--min-coverage must be in [0, 1]");
-	if (cfg->poll_ms == 0 || cfg->contexts == 0 || cfg->timeout_ms == 0)
-		return cdx_error(CDX_EINVAL, "--poll-ms, --contexts and --timeout-ms must be at least 1");
+		return cdx_opt_fail(PROG, "at least one --group is required");
 	return CDX_OK;
 }
 
@@ -273,25 +200,8 @@ cdx_router_config_usage(FILE *out)
 	    "--keep-previous): fans each search out, merges one exact top-k, fails over between\n"
 	    "replicas and says what a partial answer covers (docs/router.md).\n"
 	    "SIGTERM/SIGINT drain in-flight requests and exit 0.\n\n"
-	    "options (a config file takes the same names: \"group = g0=tcp://10.0.0.1:7700\"):\n");
-	for (size_t i = 0; i < CDX_ARRAY_LEN(ropts); i++) {
-		const struct ropt *o = &ropts[i];
-		const char *base = (const char *) &d + o->off;
-		char def[64] = "", head[64];
-		if (o->type == T_U32)
-			snprintf(def, sizeof(def), "%u", *(const uint32_t *) base);
-		else if (o->type == T_SIZE)
-			snprintf(def, sizeof(def), "%llu", (unsigned long long) *(const uint64_t *) base);
-		else if (o->type == T_DOUBLE)
-			snprintf(def, sizeof(def), "%g", *(const double *) base);
-		else if (o->type == T_LOGLEVEL)
-			snprintf(def, sizeof(def), "info");
-		snprintf(head, sizeof(head), "--%s %s", o->name, o->arg);
-		fprintf(out, "  %-32s %s", head, o->help);
-		if (def[0] != '\0')
-			fprintf(out, " [%s]", def);
-		fputc('\n', out);
-	}
-	fprintf(out, "  %-32s %s\n", "-h, --help", "show this help");
+	    "options (a config file takes the same names: \"group = g0=tcp://10.0.0.1:7700\"); "
+	    "[defaults]:\n");
+	cdx_opt_usage(out, ropts, CDX_ARRAY_LEN(ropts), &d);
 	cdx_router_config_fini(&d);
 }
