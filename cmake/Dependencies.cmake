@@ -6,6 +6,7 @@ find_package(nng 1.5 CONFIG REQUIRED)
 pkg_check_modules(PROTOBUFC REQUIRED IMPORTED_TARGET libprotobuf-c)
 pkg_check_modules(LZ4 REQUIRED IMPORTED_TARGET liblz4)
 pkg_check_modules(JANSSON REQUIRED IMPORTED_TARGET jansson)
+pkg_check_modules(XXHASH REQUIRED IMPORTED_TARGET libxxhash)
 find_program(PROTOC_C NAMES protoc-c protoc-gen-c REQUIRED)
 
 # Faiss with the C API: from CANDEX_FAISS_PREFIX (tools/setup-deps.sh builds it

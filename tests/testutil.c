@@ -73,6 +73,28 @@ tu_write_fvecs(const char *path, const float *x, size_t n, size_t dim)
 }
 
 int
+tu_write_npy(
+    const char *path, const char *descr, int fortran, const char *shape, const void *data, size_t len)
+{
+	char hdr[256];
+	int n = snprintf(hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }", descr,
+	    fortran ? "True" : "False", shape);
+	if (n < 0 || n + 64 >= (int) sizeof(hdr))
+		return -1;
+	/* magic (6) + version (2) + header length (2) + header ends on a 64-byte boundary, in '\n' */
+	while ((10 + n + 1) % 64 != 0)
+		hdr[n++] = ' ';
+	hdr[n++] = '\n';
+	uint16_t hlen = (uint16_t) n;
+	FILE *f = fopen(path, "wb");
+	if (f == NULL)
+		return -1;
+	int ok = fwrite("\x93NUMPY\x01\x00", 1, 8, f) == 8 && fwrite(&hlen, 2, 1, f) == 1
+	    && fwrite(hdr, 1, (size_t) n, f) == (size_t) n && (len == 0 || fwrite(data, 1, len, f) == len);
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+int
 tu_write_keys(const char *path, const char *prefix, size_t n)
 {
 	FILE *f = fopen(path, "w");
@@ -292,4 +314,33 @@ tu_utf8_strict(const char *s, size_t len)
 	free(buf);
 	iconv_close(cd);
 	return ok;
+}
+
+static char *preload_saved_asan; /* ASAN_OPTIONS before tu_preload_begin */
+static int preload_had_asan;
+
+void
+tu_preload_begin(const char *lib)
+{
+	const char *asan = getenv("ASAN_OPTIONS");
+	char *asan_new = NULL;
+	preload_had_asan = asan != NULL;
+	preload_saved_asan = asan ? strdup(asan) : NULL;
+	if (asprintf(&asan_new, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "") < 0)
+		abort();
+	setenv("ASAN_OPTIONS", asan_new, 1);
+	free(asan_new);
+	setenv("LD_PRELOAD", lib, 1);
+}
+
+void
+tu_preload_end(void)
+{
+	unsetenv("LD_PRELOAD");
+	if (preload_had_asan)
+		setenv("ASAN_OPTIONS", preload_saved_asan, 1);
+	else
+		unsetenv("ASAN_OPTIONS");
+	free(preload_saved_asan);
+	preload_saved_asan = NULL;
 }

@@ -24,6 +24,11 @@ void tu_rmdir(char *dir); /* removes recursively and frees dir */
 void tu_clustered(float *x, size_t n, size_t dim, size_t nclusters, uint64_t seed);
 /* tu_write_fvecs writes n x dim floats as .fvecs. Returns 0 on success. */
 int tu_write_fvecs(const char *path, const float *x, size_t n, size_t dim);
+/* tu_write_npy writes a .npy (format 1.0, header padded to 64 bytes) with
+ * dtype descr ("<f4"), shape written as Python does ("(20, 8)", "(5,)"),
+ * C or Fortran order, then len bytes of data. Returns 0 on success. */
+int tu_write_npy(
+    const char *path, const char *descr, int fortran, const char *shape, const void *data, size_t len);
 /* tu_write_keys writes one "prefix<i>" line per row. */
 int tu_write_keys(const char *path, const char *prefix, size_t n);
 /* tu_path joins two components into a malloc'd path. */
@@ -70,5 +75,12 @@ int tu_utf8_strict(const char *s, size_t len);
  * distance; ip: largest inner product) of q among x, by brute force. */
 void tu_exact_knn(
     const float *x, size_t n, size_t dim, const float *q, size_t k, int metric_ip, int64_t *out);
+
+/* tu_preload_begin puts lib in LD_PRELOAD for the processes started until
+ * tu_preload_end(), which restores the environment. A sanitized candex
+ * wants its runtime first in the library list: ASAN_OPTIONS gets
+ * verify_asan_link_order=0 meanwhile. */
+void tu_preload_begin(const char *lib);
+void tu_preload_end(void);
 
 #endif

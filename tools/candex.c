@@ -17,6 +17,7 @@ static const struct subcommand subcommands[] = {
 	{ "build", cmd_build, "quantize embeddings into IVF-PQ shards and publish a version" },
 	{ "inspect", cmd_inspect, "verify checksums and show a version's manifest and stats" },
 	{ "serve", cmd_serve, "serve every collection of an index directory over nng" },
+	{ "route", cmd_route, "one front for many shard groups: fan-out, exact merge, failover" },
 	{ "query", cmd_query, "ask a server for the top-k candidates of vectors or keys" },
 	{ "recall", cmd_recall, "measure recall, latency and QPS; pick operating points" },
 	{ "sample", cmd_sample, "generate the embedded sample catalogue (tracks, podcasts)" },
@@ -34,15 +35,6 @@ usage(FILE *out)
 	for (size_t i = 0; i < CDX_ARRAY_LEN(subcommands); i++)
 		fprintf(out, "  %-8s %s\n", subcommands[i].name, subcommands[i].summary);
 	fprintf(out, "\ncandex %s\n", CANDEX_VERSION);
-}
-
-int
-cli_wants_help(int argc, char **argv)
-{
-	for (int i = 1; i < argc; i++)
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-			return 1;
-	return 0;
 }
 
 int
@@ -64,7 +56,6 @@ main(int argc, char **argv)
 	for (size_t i = 0; i < CDX_ARRAY_LEN(subcommands); i++)
 		if (strcmp(argv[1], subcommands[i].name) == 0)
 			return subcommands[i].run(argc - 1, argv + 1);
-	fprintf(stderr, "candex: unknown command '%s'\n", argv[1]);
-	usage(stderr);
+	fprintf(stderr, "candex: unknown command '%s'; see candex --help\n", argv[1]);
 	return CLI_EXIT_USAGE;
 }

@@ -5,7 +5,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <omp.h>
 #include <stdio.h>
@@ -15,195 +14,177 @@
 
 #include "builder/build.h"
 #include "cli.h"
+#include "common/opt.h"
 
-static const char usage_text[]
-    = "usage: candex build --input FILE --collection NAME --metric l2|ip|cos --out DIR [options]\n"
-      "       candex build train   (same options) --work WORKDIR\n"
-      "       candex build encode  --work WORKDIR --shard I --of N [--input FILE]\n"
-      "       candex build publish --work WORKDIR [--out DIR] [--keep N]\n"
-      "\n"
-      "Quantizes embeddings into IVF-PQ shard files and publishes them as a new version\n"
-      "DIR/NAME/<version>/ (manifest.json + shard-I-of-N.cdx), then points DIR/NAME/CURRENT at it.\n"
-      "Nothing is published on any error or interrupt; old versions beyond --keep are removed.\n"
-      "Plain `candex build` runs train, encode (every shard) and publish in one process.\n"
-      "\n"
-      "inputs:\n"
-      "  --input FILE         .fvecs, .npy (float32 or float16, C order, rows x dim),\n"
-      "                       or raw little-endian float32 with --dim D\n"
-      "  --dim D              dimension of raw input (checked against .fvecs/.npy if given)\n"
-      "  --keys FILE          one string key per line, exactly one line per row, unique\n"
-      "  --ids FILE           one int64 id per line (or .npy int64), unique; default: row numbers\n"
-      "  --attrs FILE         item attributes for filters and crowding: a header of name:type\n"
-      "                       columns (int, bool, enum, set, group), then one tab-separated line\n"
-      "                       per row (docs/recommenders.md)\n"
-      "  --collection NAME    [A-Za-z0-9_.-]{1,63}\n"
-      "  --metric l2|ip|cos   cos: vectors are L2-normalised and indexed for inner product\n"
-      "  --out DIR            index directory (the collection lives in DIR/NAME)\n"
-      "  --model-version STR  label of the embedding model that produced the vectors\n"
-      "\n"
-      "self-tuning (the default): the structure and its operating points are chosen by\n"
-      "measurement. Candidates: exact search; IVF-PQ with 4- or 8-bit codes, two sub-vector\n"
-      "sizes and two list counts; for ip, plain inner product and inner product reduced to\n"
-      "L2; for dim >= 256, a PCA before the lists; refine stores none, sq8, fp16, fp32. The\n"
-      "cheapest (modelled QPS, then bytes per item) that reaches the target at every tuned k\n"
-      "wins; a request with no nprobe or recall_target is served at that target.\n"
-      "  --recall-target R    k-recall@k to reach at every tuned k (default 0.95)\n"
-      "  --tune-k LIST        the k to tune for, e.g. 10,100,500 (the default)\n"
-      "  --tune-queries FILE  query vectors to tune on (.fvecs/.npy; recommended for ip, where\n"
-      "                       users are not items); default: a seeded sample of the input's rows,\n"
-      "                       held out of the index the tuner measures\n"
-      "  --tune-budget S      stop measuring new candidates after S seconds (default 120)\n"
-      "  --tune-max-queries N queries used, half to choose, half to check (default 1000)\n"
-      "  --no-tune            no tuning: the fixed defaults below (fast; no operating points)\n"
-      "\n"
-      "index without tuning (--no-tune, or --factory):\n"
-      "  --factory STR        Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
-      "                         nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
-      "                                 N/39 (k-means wants >= 39 points per centroid)\n"
-      "                         M     = largest divisor of dim <= dim/4 (128->32, 100->25, 64->16)\n"
-      "                         nbits = 8 if N >= 10000, else 4\n"
-      "                       N < 1000 uses \"Flat\" (exact). PQ components get the `np` suffix\n"
-      "                       (no polysemous training) unless --polysemous. Fast-scan (x4fs),\n"
-      "                       L2norm and wrapped IVF (OPQ/PCA prefix, refine suffix) are refused.\n"
-      "  --polysemous         keep polysemous training for PQ components of --factory (slow)\n"
-      "  --train-sample N     rows to train on; default min(N, max(100000, 64*nlist))\n"
-      "  --seed N             sample seed (default 1234); same input + seed = identical shards\n"
-      "  --refine KIND        none|sq8|fp16|fp32: store vectors for exact re-ranking (default: chosen\n"
-      "                       by tuning; none with --no-tune or --factory)\n"
-      "  --shards N           number of shard files (default 1); item -> shard by hash of its id\n"
-      "  The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor\n"
-      "  4 with a refine store, else 0.\n"
-      "\n"
-      "run:\n"
-      "  --keep N             published versions to keep (default 3)\n"
-      "  --threads N          threads for Faiss (default: all cores). OpenMP waits passively\n"
-      "                       (OMP_WAIT_POLICY=passive unless set); BLAS uses 1 thread for\n"
-      "                       training, N for encoding\n"
-      "  --work WORKDIR       work directory of the distributed steps (plan.json,\n"
-      "                       trained.faissindex, shard outputs)\n"
-      "  --shard I --of N     encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)\n"
-      "  --quiet              no progress output and no info logs\n"
-      "\n"
-      "On success the version directory is printed on stdout. Exit status: 0 ok, 1 failure, 2 usage.\n";
-
-enum {
-	OPT_INPUT = 1000,
-	OPT_COLLECTION,
-	OPT_METRIC,
-	OPT_OUT,
-	OPT_KEYS,
-	OPT_ATTRS,
-	OPT_IDS,
-	OPT_FACTORY,
-	OPT_SHARDS,
-	OPT_REFINE,
-	OPT_SEED,
-	OPT_MODEL_VERSION,
-	OPT_DIM,
-	OPT_TRAIN_SAMPLE,
-	OPT_KEEP,
-	OPT_THREADS,
-	OPT_QUIET,
-	OPT_POLYSEMOUS,
-	OPT_WORK,
-	OPT_SHARD,
-	OPT_OF,
-	OPT_HELP,
-	OPT_NO_TUNE,
-	OPT_TUNE_QUERIES,
-	OPT_RECALL_TARGET,
-	OPT_TUNE_K,
-	OPT_TUNE_BUDGET,
-	OPT_TUNE_MAX_QUERIES,
-};
-
-static const struct option long_opts[] = {
-	{ "input", required_argument, NULL, OPT_INPUT },
-	{ "collection", required_argument, NULL, OPT_COLLECTION },
-	{ "metric", required_argument, NULL, OPT_METRIC },
-	{ "out", required_argument, NULL, OPT_OUT },
-	{ "keys", required_argument, NULL, OPT_KEYS },
-	{ "ids", required_argument, NULL, OPT_IDS },
-	{ "attrs", required_argument, NULL, OPT_ATTRS },
-	{ "factory", required_argument, NULL, OPT_FACTORY },
-	{ "shards", required_argument, NULL, OPT_SHARDS },
-	{ "refine", required_argument, NULL, OPT_REFINE },
-	{ "seed", required_argument, NULL, OPT_SEED },
-	{ "model-version", required_argument, NULL, OPT_MODEL_VERSION },
-	{ "dim", required_argument, NULL, OPT_DIM },
-	{ "train-sample", required_argument, NULL, OPT_TRAIN_SAMPLE },
-	{ "keep", required_argument, NULL, OPT_KEEP },
-	{ "threads", required_argument, NULL, OPT_THREADS },
-	{ "quiet", no_argument, NULL, OPT_QUIET },
-	{ "polysemous", no_argument, NULL, OPT_POLYSEMOUS },
-	{ "work", required_argument, NULL, OPT_WORK },
-	{ "shard", required_argument, NULL, OPT_SHARD },
-	{ "of", required_argument, NULL, OPT_OF },
-	{ "help", no_argument, NULL, OPT_HELP },
-	{ "no-tune", no_argument, NULL, OPT_NO_TUNE },
-	{ "tune-queries", required_argument, NULL, OPT_TUNE_QUERIES },
-	{ "recall-target", required_argument, NULL, OPT_RECALL_TARGET },
-	{ "tune-k", required_argument, NULL, OPT_TUNE_K },
-	{ "tune-budget", required_argument, NULL, OPT_TUNE_BUDGET },
-	{ "tune-max-queries", required_argument, NULL, OPT_TUNE_MAX_QUERIES },
-	{ NULL, 0, NULL, 0 },
+/* What the command line gives, around the library's build options. */
+struct build_cli {
+	struct cdx_build_opts o;
+	int metric_set, keep_set;
+	uint64_t shard, of;
 };
 
 static int
-parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *out)
+set_metric(const char *v, void *opts)
 {
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (*s == '-' || *s == 0 || *end != 0 || errno != 0 || v < min || v > max) {
-		fprintf(stderr, "candex build: --%s '%s': expected an integer in [%llu, %llu]\n", opt, s,
-		    (unsigned long long) min, (unsigned long long) max);
-		return -1;
-	}
-	*out = v;
-	return 0;
+	struct build_cli *c = opts;
+	c->metric_set = 1;
+	return cdx_metric_parse(v, &c->o.metric);
 }
 
-/* parse_double reads a number in [min, max] (strict: the whole string). */
 static int
-parse_double(const char *opt, const char *s, double min, double max, double *out)
+set_refine(const char *v, void *opts)
 {
-	char *end;
-	errno = 0;
-	double v = strtod(s, &end);
-	if (*s == 0 || *end != 0 || errno != 0 || !(v >= min && v <= max)) {
-		fprintf(stderr, "candex build: --%s '%s': expected a number in [%g, %g]\n", opt, s, min, max);
-		return -1;
-	}
-	*out = v;
-	return 0;
+	struct build_cli *c = opts;
+	c->o.refine_set = 1;
+	return cdx_refine_parse(v, &c->o.refine);
 }
 
-/* parse_k_list reads --tune-k: ascending k, comma-separated. */
 static int
-parse_k_list(const char *s, struct cdx_build_opts *o)
+set_format(const char *v, void *opts)
 {
-	char buf[256];
-	if (snprintf(buf, sizeof(buf), "%s", s) >= (int) sizeof(buf))
-		goto bad;
-	o->ntune_k = 0;
-	char *save = NULL;
-	for (char *tok = strtok_r(buf, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
-		uint64_t v;
-		if (o->ntune_k == CDX_MANIFEST_MAX_TUNED_K || parse_u64("tune-k", tok, 1, 100000, &v) != 0)
-			goto bad;
-		if (o->ntune_k > 0 && v <= o->tune_k[o->ntune_k - 1])
-			goto bad;
-		o->tune_k[o->ntune_k++] = (uint32_t) v;
-	}
-	if (o->ntune_k > 0)
-		return 0;
-bad:
-	fprintf(stderr,
-	    "candex build: --tune-k '%s': expected up to %d ascending k in [1, 100000], e.g. 10,100,500\n", s,
-	    CDX_MANIFEST_MAX_TUNED_K);
-	return -1;
+	return cdx_input_format_parse(v, &((struct build_cli *) opts)->o.input_format);
 }
+
+static int
+set_keep(const char *v, void *opts)
+{
+	struct build_cli *c = opts;
+	uint64_t keep;
+	if (cdx_parse_u64(v, 1, 100000, &keep) != CDX_OK)
+		return cdx_error(CDX_EINVAL, "expected an integer in [1, 100000]");
+	c->o.keep = (unsigned) keep;
+	c->keep_set = 1;
+	return CDX_OK;
+}
+
+static int
+set_model_version(const char *v, void *opts)
+{
+	if (strlen(v) >= 128)
+		return cdx_error(CDX_EINVAL, "at most 127 bytes");
+	((struct build_cli *) opts)->o.model_version = v;
+	return CDX_OK;
+}
+
+/* set_tune_k reads --tune-k: ascending k, comma-separated. */
+static int
+set_tune_k(const char *v, void *opts)
+{
+	struct cdx_build_opts *o = &((struct build_cli *) opts)->o;
+	double k[CDX_MANIFEST_MAX_TUNED_K];
+	size_t n = 0;
+	int rc = cdx_parse_list(v, 1, 100000, k, CDX_MANIFEST_MAX_TUNED_K, &n);
+	for (size_t i = 0; rc == CDX_OK && i < n; i++)
+		if (k[i] != (double) (uint32_t) k[i] || (i > 0 && k[i] <= k[i - 1]))
+			rc = cdx_error(CDX_EINVAL, "expected ascending whole k, e.g. 10,100,500");
+	if (rc != CDX_OK)
+		return rc;
+	for (size_t i = 0; i < n; i++)
+		o->tune_k[i] = (uint32_t) k[i];
+	o->ntune_k = (uint32_t) n;
+	return CDX_OK;
+}
+
+#define O(f) offsetof(struct build_cli, f)
+static const struct cdx_opt build_options[] = {
+	CDX_OPT_HEADING("inputs:"),
+	CDX_OPT_STR_("input", O(o.input), "FILE",
+	    ".fvecs or .npy (float32, float16 or float64, C order, rows x dim);\nother names are refused "
+	    "unless --format says what they hold"),
+	CDX_OPT_CALL_("format", "FMT", "fvecs, npy or raw (headerless little-endian float32, with --dim D)",
+	    set_format),
+	CDX_OPT_NUM_("dim", CDX_OPT_U32, O(o.dim), "D",
+	    "dimension of raw input (checked against .fvecs/.npy if given)", 1, CDX_INPUT_MAX_DIM),
+	CDX_OPT_STR_("keys", O(o.keys), "FILE", "one string key per line, exactly one line per row, unique"),
+	CDX_OPT_STR_(
+	    "ids", O(o.ids), "FILE", "one int64 id per line (or .npy int64), unique; default: row numbers"),
+	CDX_OPT_STR_("attrs", O(o.attrs), "FILE",
+	    "item attributes for filters and crowding: a header of name:type\n"
+	    "columns (int, bool, enum, set, group), then one tab-separated line\n"
+	    "per row (docs/recommenders.md)"),
+	CDX_OPT_STR_("collection", O(o.collection), "NAME", "[A-Za-z0-9_.-]{1,63}"),
+	CDX_OPT_CALL_("metric", "l2|ip|cos", "cos: vectors are L2-normalised and indexed for inner product",
+	    set_metric),
+	CDX_OPT_STR_("out", O(o.out), "DIR", "index directory (the collection lives in DIR/NAME)"),
+	CDX_OPT_CALL_("model-version", "STR", "label of the embedding model that produced the vectors",
+	    set_model_version),
+	CDX_OPT_HEADING(
+	    "self-tuning (the default): the structure and its operating points are chosen by\n"
+	    "measurement. Candidates: exact search; IVF-PQ with 4- or 8-bit codes, two sub-vector\n"
+	    "sizes and two list counts; for ip, plain inner product and inner product reduced to\n"
+	    "L2; for dim >= 256, a PCA before the lists; refine stores none, sq8, fp16, fp32. The\n"
+	    "cheapest (modelled QPS, then bytes per item) that reaches the target at every tuned k\n"
+	    "wins; a request with no nprobe or recall_target is served at that target."),
+	CDX_OPT_NUM_("recall-target", CDX_OPT_DOUBLE, O(o.recall_target), "R",
+	    "k-recall@k to reach at every tuned k (default 0.95)", 0.01, 1),
+	CDX_OPT_CALL_("tune-k", "LIST", "the k to tune for, e.g. 10,100,500 (the default)", set_tune_k),
+	CDX_OPT_STR_("tune-queries", O(o.tune_queries), "FILE",
+	    "query vectors to tune on (.fvecs/.npy; recommended for ip, where\nusers are not items); "
+	    "default: a "
+	    "seeded sample of the input's rows,\nheld out of the index the tuner measures"),
+	CDX_OPT_NUM_("tune-budget", CDX_OPT_DOUBLE, O(o.tune_budget_s), "S",
+	    "stop measuring new candidates after S seconds (default 120)", 1, 1e6),
+	CDX_OPT_NUM_("tune-max-queries", CDX_OPT_U32, O(o.tune_queries_max), "N",
+	    "queries used, half to choose, half to check (default 1000)", 20, 1000000),
+	CDX_OPT_FLAG_(
+	    "no-tune", O(o.no_tune), "no tuning: the fixed defaults below (fast; no operating points)"),
+	CDX_OPT_HEADING("index without tuning (--no-tune, or --factory):"),
+	CDX_OPT_STR_("factory", O(o.factory), "STR",
+	    "Faiss index_factory string; default IVF{nlist},PQ{M}x{nbits}np with\n"
+	    "  nlist = power of two nearest 4*sqrt(N), in [16, 65536], and at most\n"
+	    "          N/39 (k-means wants >= 39 points per centroid)\n"
+	    "  M     = largest divisor of dim <= dim/4 (128->32, 100->25, 64->16)\n"
+	    "  nbits = 8 if N >= 10000, else 4\n"
+	    "N < 1000 uses \"Flat\" (exact). PQ components get the `np` suffix\n"
+	    "(no polysemous training) unless --polysemous. Fast-scan (x4fs),\n"
+	    "L2norm and wrapped IVF (OPQ/PCA prefix, refine suffix) are refused."),
+	CDX_OPT_FLAG_(
+	    "polysemous", O(o.polysemous), "keep polysemous training for PQ components of --factory (slow)"),
+	CDX_OPT_NUM_("train-sample", CDX_OPT_U64, O(o.train_sample), "N",
+	    "rows to train on; default min(N, max(100000, 64*nlist))", 1, 18446744073709551615.0),
+	CDX_OPT_NUM_("seed", CDX_OPT_U64, O(o.seed), "N",
+	    "sample seed (default 1234); same input + seed = identical shards", 0, 0),
+	CDX_OPT_CALL_("refine", "KIND",
+	    "none|sq8|fp16|fp32: store vectors for exact re-ranking (default: chosen\nby tuning; none with "
+	    "--no-tune or "
+	    "--factory)",
+	    set_refine),
+	CDX_OPT_NUM_("shards", CDX_OPT_U32, O(o.nshards), "N",
+	    "number of shard files (default 1); item -> shard by hash of its id", 1, 9999),
+	CDX_OPT_HEADING("run:"),
+	CDX_OPT_CALL_("keep", "N", "published versions to keep (default 3)", set_keep),
+	CDX_OPT_NUM_("threads", CDX_OPT_INT, O(o.threads), "N",
+	    "threads for Faiss (default: all cores). OpenMP waits passively\n(OMP_WAIT_POLICY=passive unless "
+	    "set); "
+	    "BLAS uses 1 thread for\ntraining, N for encoding",
+	    1, 1024),
+	CDX_OPT_STR_("work", O(o.work), "WORKDIR",
+	    "work directory of the distributed steps (plan.json,\ntrained.faissindex, shard outputs)"),
+	CDX_OPT_NUM_("shard", CDX_OPT_U64, O(shard), "I",
+	    "encode: the shard this job writes (e.g. JOB_COMPLETION_INDEX)", 0, 9998),
+	CDX_OPT_NUM_("of", CDX_OPT_U64, O(of), "N", "encode: the number of shards", 1, 9999),
+	CDX_OPT_FLAG_("quiet", O(o.quiet), "no progress output and no info logs"),
+};
+#undef O
+
+static const struct cdx_opt_command build_command = {
+	.prog = "candex build",
+	.head
+	= "usage: candex build --input FILE --collection NAME --metric l2|ip|cos --out DIR [options]\n"
+	  "       candex build train   (same options) --work WORKDIR\n"
+	  "       candex build encode  --work WORKDIR --shard I --of N [--input FILE]\n"
+	  "       candex build publish --work WORKDIR [--out DIR] [--keep N]\n"
+	  "\n"
+	  "Quantizes embeddings into IVF-PQ shard files and publishes them as a new version\n"
+	  "DIR/NAME/<version>/ (manifest.json + shard-I-of-N.cdx), then points DIR/NAME/CURRENT at it.\n"
+	  "Nothing is published on any error or interrupt; old versions beyond --keep are removed.\n"
+	  "Plain `candex build` runs train, encode (every shard) and publish in one process.\n",
+	.tail = "The manifest gets default_nprobe = clamp(nlist/32, 1, 256) and default_refine_factor 4\n"
+	        "with a refine store, else 0. On success the version directory is printed on stdout.\n"
+	        "Exit status: 0 ok, 1 failure, 2 usage.\n",
+	.opts = build_options,
+	.nopts = CDX_ARRAY_LEN(build_options),
+};
 
 static int
 fail(int rc)
@@ -226,10 +207,6 @@ cmd_build(int argc, char **argv)
 {
 	enum { ONESHOT, TRAIN, ENCODE, PUBLISH } mode = ONESHOT;
 	const char *modename = "build";
-	if (cli_wants_help(argc, argv)) {
-		fputs(usage_text, stdout);
-		return CLI_EXIT_OK;
-	}
 	if (argc >= 2 && argv[1][0] != '-') {
 		if (strcmp(argv[1], "train") == 0)
 			mode = TRAIN;
@@ -237,178 +214,34 @@ cmd_build(int argc, char **argv)
 			mode = ENCODE;
 		else if (strcmp(argv[1], "publish") == 0)
 			mode = PUBLISH;
-		else {
-			fprintf(stderr, "candex build: unknown step '%s' (train, encode, publish)\n%s",
-			    argv[1], usage_text);
-			return CLI_EXIT_USAGE;
-		}
+		else
+			return cdx_opt_command_fail(
+			    &build_command, "unknown step '%s' (train, encode, publish)", argv[1]);
 		modename = argv[1];
 		argc--;
 		argv++;
 	}
-	struct cdx_build_opts o;
-	cdx_build_opts_init(&o);
-	const char *metric = NULL, *refine = NULL;
-	uint64_t v, shard = UINT64_MAX, of = 0;
-	int have_keep = 0;
-	int c;
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "h", long_opts, NULL)) != -1) {
-		switch (c) {
-		case OPT_INPUT:
-			o.input = optarg;
-			break;
-		case OPT_COLLECTION:
-			o.collection = optarg;
-			break;
-		case OPT_METRIC:
-			metric = optarg;
-			break;
-		case OPT_OUT:
-			o.out = optarg;
-			break;
-		case OPT_KEYS:
-			o.keys = optarg;
-			break;
-		case OPT_IDS:
-			o.ids = optarg;
-			break;
-		case OPT_ATTRS:
-			o.attrs = optarg;
-			break;
-		case OPT_FACTORY:
-			o.factory = optarg;
-			break;
-		case OPT_SHARDS:
-			if (parse_u64("shards", optarg, 1, 9999, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.nshards = (uint32_t) v;
-			break;
-		case OPT_REFINE:
-			refine = optarg;
-			o.refine_set = 1;
-			break;
-		case OPT_NO_TUNE:
-			o.no_tune = 1;
-			break;
-		case OPT_TUNE_QUERIES:
-			o.tune_queries = optarg;
-			break;
-		case OPT_RECALL_TARGET:
-			if (parse_double("recall-target", optarg, 0.01, 1.0, &o.recall_target) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case OPT_TUNE_K:
-			if (parse_k_list(optarg, &o) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case OPT_TUNE_BUDGET:
-			if (parse_double("tune-budget", optarg, 1, 1e6, &o.tune_budget_s) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case OPT_TUNE_MAX_QUERIES:
-			if (parse_u64("tune-max-queries", optarg, 20, 1000000, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.tune_queries_max = (uint32_t) v;
-			break;
-		case OPT_SEED:
-			if (parse_u64("seed", optarg, 0, UINT64_MAX, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.seed = v;
-			break;
-		case OPT_MODEL_VERSION:
-			if (strlen(optarg) >= 128) {
-				fprintf(stderr, "candex build: --model-version: at most 127 bytes\n");
-				return CLI_EXIT_USAGE;
-			}
-			o.model_version = optarg;
-			break;
-		case OPT_DIM:
-			if (parse_u64("dim", optarg, 1, 65536, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.dim = (uint32_t) v;
-			break;
-		case OPT_TRAIN_SAMPLE:
-			if (parse_u64("train-sample", optarg, 1, UINT64_MAX, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.train_sample = v;
-			break;
-		case OPT_KEEP:
-			if (parse_u64("keep", optarg, 1, 100000, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.keep = (unsigned) v;
-			have_keep = 1;
-			break;
-		case OPT_THREADS:
-			if (parse_u64("threads", optarg, 1, 1024, &v) != 0)
-				return CLI_EXIT_USAGE;
-			o.threads = (int) v;
-			break;
-		case OPT_QUIET:
-			o.quiet = 1;
-			break;
-		case OPT_POLYSEMOUS:
-			o.polysemous = 1;
-			break;
-		case OPT_WORK:
-			o.work = optarg;
-			break;
-		case OPT_SHARD:
-			if (parse_u64("shard", optarg, 0, 9998, &shard) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case OPT_OF:
-			if (parse_u64("of", optarg, 1, 9999, &of) != 0)
-				return CLI_EXIT_USAGE;
-			break;
-		case 'h':
-		case OPT_HELP:
-			fputs(usage_text, stdout);
-			return CLI_EXIT_OK;
-		default:
-			fprintf(stderr,
-			    "candex build: unknown or incomplete option '%s'\n(see candex build --help)\n",
-			    argv[optind - 1]);
-			return CLI_EXIT_USAGE;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "candex build: unexpected argument '%s'\n", argv[optind]);
-		return CLI_EXIT_USAGE;
-	}
-	if (metric != NULL && cdx_metric_parse(metric, &o.metric) != CDX_OK) {
-		fprintf(stderr, "candex build: --metric: %s\n", cdx_last_error());
-		return CLI_EXIT_USAGE;
-	}
-	if (refine != NULL && cdx_refine_parse(refine, &o.refine) != CDX_OK) {
-		fprintf(stderr, "candex build: --refine: %s\n", cdx_last_error());
-		return CLI_EXIT_USAGE;
-	}
+	struct build_cli cli = { .shard = UINT64_MAX };
+	cdx_build_opts_init(&cli.o);
+	int prc = cdx_opt_command_parse(&build_command, &cli, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	struct cdx_build_opts o = cli.o;
 	if (mode == ONESHOT || mode == TRAIN) {
-		if (o.input == NULL || o.collection == NULL || metric == NULL || o.out == NULL) {
-			fprintf(stderr,
-			    "candex %s: --input, --collection, --metric and --out are required\n"
-			    "(see candex build --help)\n",
-			    mode == TRAIN ? "build train" : "build");
-			return CLI_EXIT_USAGE;
-		}
-		if (!cdx_name_valid(o.collection)) {
-			fprintf(stderr,
-			    "candex build: --collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting "
-			    "with '.'\n",
+		if (o.input == NULL || o.collection == NULL || !cli.metric_set || o.out == NULL)
+			return cdx_opt_command_fail(
+			    &build_command, "--input, --collection, --metric and --out are required");
+		if (!cdx_name_valid(o.collection))
+			return cdx_opt_command_fail(&build_command,
+			    "--collection '%s': names are [A-Za-z0-9_.-]{1,63}, not starting with '.'",
 			    o.collection);
-			return CLI_EXIT_USAGE;
-		}
 	}
-	if (mode != ONESHOT && o.work == NULL) {
-		fprintf(stderr, "candex build %s: --work WORKDIR is required\n", modename);
-		return CLI_EXIT_USAGE;
-	}
-	if (mode == ENCODE && (shard == UINT64_MAX || of == 0)) {
-		fprintf(stderr, "candex build encode: --shard I and --of N are required\n");
-		return CLI_EXIT_USAGE;
-	}
+	if (mode != ONESHOT && o.work == NULL)
+		return cdx_opt_command_fail(&build_command, "build %s needs --work WORKDIR", modename);
+	if (mode == ENCODE && (cli.shard == UINT64_MAX || cli.of == 0))
+		return cdx_opt_command_fail(&build_command, "build encode needs --shard I and --of N");
+	uint64_t shard = cli.shard, of = cli.of;
+	int have_keep = cli.keep_set;
 	if (o.quiet)
 		cdx_log_set_level(CDX_LOG_WARN);
 	/* BLAS threads are set per phase by src/builder (train.c, encode.c). */

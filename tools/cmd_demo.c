@@ -9,7 +9,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -89,9 +88,9 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 	char path[PATH_MAX];
 	struct cdx_vecs bv = { 0 }, uv = { 0 };
 	if (cdx_pathf(path, sizeof(path), "%s/%s.fvecs", sample_dir, dc->name) != CDX_OK
-	    || cdx_vecs_read(&bv, path, 0) != CDX_OK
+	    || cdx_vecs_read(&bv, path, 0, CDX_INPUT_AUTO, 0, 0) != CDX_OK
 	    || cdx_pathf(path, sizeof(path), "%s/users-%s.fvecs", sample_dir, dc->name) != CDX_OK
-	    || cdx_vecs_read(&uv, path, 0) != CDX_OK || uv.dim != bv.dim) {
+	    || cdx_vecs_read(&uv, path, 0, CDX_INPUT_AUTO, 0, 0) != CDX_OK || uv.dim != bv.dim) {
 		fprintf(stderr, "candex demo: cannot read %s sample files: %s\n", dc->name, cdx_last_error());
 		cdx_vecs_fini(&bv);
 		cdx_vecs_fini(&uv);
@@ -130,8 +129,9 @@ query_collection(cdx_client *client, const char *sample_dir, const struct demo_c
 				if (qr->hits[i].id == truth[j])
 					found++;
 		if (u < nshow) {
-			printf("\n%s for user %zu (index %s; default target %.2f at k %zu -> nprobe %u, refine "
-			       "x%g, measured recall %.3f):\n",
+			printf(
+			    "\n%s for user %zu (index %s; default target %.2f at k %zu -> nprobe %u, refine "
+			    "x%g, measured recall %.3f):\n",
 			    dc->name, u, r->index_version, (double) r->recall_target, k, r->nprobe,
 			    (double) r->refine_factor, (double) r->expected_recall);
 			printf("  %-4s %-8s %-40s %s\n", "rank", "id", "key", "score");
@@ -170,76 +170,64 @@ print_choice(const char *coll_dir)
 	for (uint32_t i = 0; m->nlist > 0 && i < m->npoints; i++) {
 		const struct cdx_operating_point *p = &m->points[i];
 		if (p->check_recall > 0)
-			printf("   k %-4u default point: nprobe %u, refine x%g: recall %.4f on the tuning users, "
+			printf("   k %-4u default point: nprobe %u, refine x%g: recall %.4f on the tuning "
+			       "users, "
 			       "%.4f on users it did not choose with\n",
 			    p->k, p->nprobe, (double) p->refine_factor, p->recall, p->check_recall);
 	}
 	cdx_manifest_free(m);
 }
 
-static void
-usage(FILE *out)
-{
-	fprintf(out,
-	    "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
-	    "Runs the main job end to end on the embedded sample catalogue:\n"
-	    "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
-	    "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos): the self-tuning build\n"
-	    "     chooses each structure by measurement on the sample's tuning users; the\n"
-	    "     structure chosen and the recall reached are printed\n"
-	    "  3. candex serve    on an ipc:// socket\n"
-	    "  4. queries through the client library with no tuning settings (the collection's\n"
-	    "     default target): top-10 candidates with keys, and recall@10 and recall@100 of\n"
-	    "     other users, measured against exact search\n"
-	    "  5. SIGTERM: the server drains and exits 0\n\n"
-	    "  --index-dir DIR  where indexes go (default index-data)\n"
-	    "  --queries N      user queries per collection for recall (default 200)\n"
-	    "  --show N         users whose candidates are printed (default 2)\n"
-	    "  --tracks N       sample catalogue size (default 100000)\n"
-	    "  --podcasts N     sample catalogue size (default 10000)\n");
-}
+struct demo_opts {
+	const char *index_dir;
+	size_t queries, show, tracks, podcasts;
+};
+
+#define O(f) offsetof(struct demo_opts, f)
+static const struct cdx_opt demo_options[] = {
+	CDX_OPT_STR_("index-dir", O(index_dir), "DIR", "where indexes go (default index-data)"),
+	CDX_OPT_NUM_("queries", CDX_OPT_SIZE_T, O(queries), "N",
+	    "user queries per collection for recall (default 200)", 1, 1e6),
+	CDX_OPT_NUM_(
+	    "show", CDX_OPT_SIZE_T, O(show), "N", "users whose candidates are printed (default 2)", 0, 1e6),
+	CDX_OPT_NUM_(
+	    "tracks", CDX_OPT_SIZE_T, O(tracks), "N", "sample catalogue size (default 100000)", 1, 1e9),
+	CDX_OPT_NUM_(
+	    "podcasts", CDX_OPT_SIZE_T, O(podcasts), "N", "sample catalogue size (default 10000)", 1, 1e9),
+};
+#undef O
+
+static const struct cdx_opt_command demo_command = {
+	.prog = "candex demo",
+	.head
+	= "usage: candex demo [--index-dir DIR] [--queries N] [--show N] [--tracks N] [--podcasts N]\n\n"
+	  "Runs the main job end to end on the embedded sample catalogue:\n"
+	  "  1. candex sample   -> DIR/sample/ (100k tracks, 10k podcasts, deterministic)\n"
+	  "  2. candex build    -> DIR/tracks (ip) and DIR/podcasts (cos): the self-tuning build\n"
+	  "     chooses each structure by measurement on the sample's tuning users; the\n"
+	  "     structure chosen and the recall reached are printed\n"
+	  "  3. candex serve    on an ipc:// socket\n"
+	  "  4. queries through the client library with no tuning settings (the collection's\n"
+	  "     default target): top-10 candidates with keys, and recall@10 and recall@100 of\n"
+	  "     other users, measured against exact search\n"
+	  "  5. SIGTERM: the server drains and exits 0\n",
+	.opts = demo_options,
+	.nopts = CDX_ARRAY_LEN(demo_options),
+};
 
 int
 cmd_demo(int argc, char **argv)
 {
-	const char *index_dir = "index-data";
-	const char *ntracks = "100000", *npodcasts = "10000";
-	size_t nqueries = 200, nshow = 2;
-	static const struct option opts[] = { { "index-dir", required_argument, 0, 'd' },
-		{ "queries", required_argument, 0, 'q' }, { "show", required_argument, 0, 's' },
-		{ "tracks", required_argument, 0, 't' }, { "podcasts", required_argument, 0, 'p' },
-		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
-	int ch;
-	optind = 1;
-	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'd':
-			index_dir = optarg;
-			break;
-		case 'q':
-			nqueries = strtoull(optarg, NULL, 10);
-			break;
-		case 's':
-			nshow = strtoull(optarg, NULL, 10);
-			break;
-		case 't':
-			ntracks = optarg;
-			break;
-		case 'p':
-			npodcasts = optarg;
-			break;
-		case 'h':
-			usage(stdout);
-			return CLI_EXIT_OK;
-		default:
-			usage(stderr);
-			return CLI_EXIT_USAGE;
-		}
-	}
-	if (optind != argc || nqueries == 0) {
-		usage(stderr);
-		return CLI_EXIT_USAGE;
-	}
+	struct demo_opts o
+	    = { .index_dir = "index-data", .queries = 200, .show = 2, .tracks = 100000, .podcasts = 10000 };
+	int prc = cdx_opt_command_parse(&demo_command, &o, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	const char *index_dir = o.index_dir;
+	size_t nqueries = o.queries, nshow = o.show;
+	char ntracks[32], npodcasts[32];
+	snprintf(ntracks, sizeof(ntracks), "%zu", o.tracks);
+	snprintf(npodcasts, sizeof(npodcasts), "%zu", o.podcasts);
 	static const struct demo_collection collections[] = {
 		{ "tracks", "ip", 0 },
 		{ "podcasts", "cos", 1 },
@@ -252,8 +240,8 @@ cmd_demo(int argc, char **argv)
 
 	printf("== 1/5 sample catalogue -> %s\n", sample_dir);
 	fflush(stdout);
-	char *sample_args[] = { "candex", "sample", "--out", sample_dir, "--tracks", (char *) ntracks,
-		"--podcasts", (char *) npodcasts, NULL };
+	char *sample_args[]
+	    = { "candex", "sample", "--out", sample_dir, "--tracks", ntracks, "--podcasts", npodcasts, NULL };
 	if (run_self(sample_args) != 0)
 		return CLI_EXIT_FAIL;
 

@@ -9,7 +9,6 @@
  * lists every problem.
  */
 #define _GNU_SOURCE
-#include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,20 +22,32 @@
 #include "builder/build.h"
 #include "cli.h"
 #include "shard/refine.h"
+#include "faissx/error.h"
 
-static const char usage_text[]
-    = "usage: candex inspect PATH [--json] [--no-lists]\n"
-      "\n"
-      "PATH is DIR/NAME (the collection: its CURRENT version), DIR/NAME/CURRENT or a\n"
-      "version directory. Verifies every shard against the manifest (size, whole-file\n"
-      "xxh64, header) and every part (checksums, decoding), then prints the manifest,\n"
-      "per-shard stats with the lz4 ratio of each part, and a histogram of inverted-list\n"
-      "sizes summed over shards (the imbalance of the coarse quantizer).\n"
-      "\n"
-      "  --json      one JSON document on stdout instead of text\n"
-      "  --no-lists  skip loading the Faiss indexes (no list histogram; faster)\n"
-      "\n"
-      "Exit status: 0 all verified, 1 any mismatch or error, 2 usage.\n";
+struct inspect_opts {
+	int json, no_lists;
+};
+
+static const struct cdx_opt inspect_options[] = {
+	CDX_OPT_FLAG_(
+	    "json", offsetof(struct inspect_opts, json), "one JSON document on stdout instead of text"),
+	CDX_OPT_FLAG_("no-lists", offsetof(struct inspect_opts, no_lists),
+	    "skip loading the Faiss indexes (no list histogram; faster)"),
+};
+
+static const struct cdx_opt_command inspect_command = {
+	.prog = "candex inspect",
+	.head = "usage: candex inspect PATH [--json] [--no-lists]\n"
+	        "\n"
+	        "PATH is DIR/NAME (the collection: its CURRENT version), DIR/NAME/CURRENT or a\n"
+	        "version directory. Verifies every shard against the manifest (size, whole-file\n"
+	        "xxh64, header) and every part (checksums, decoding), then prints the manifest,\n"
+	        "per-shard stats with the lz4 ratio of each part, and a histogram of inverted-list\n"
+	        "sizes summed over shards (the imbalance of the coarse quantizer).\n",
+	.tail = "Exit status: 0 all verified, 1 any mismatch or error, 2 usage.\n",
+	.opts = inspect_options,
+	.nopts = CDX_ARRAY_LEN(inspect_options),
+};
 
 struct report {
 	json_t *errors; /* array of strings */
@@ -380,37 +391,16 @@ add_part_total(json_t *tot, const char *kind, uint64_t raw, uint64_t stored)
 int
 cmd_inspect(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "no-lists", no_argument, NULL, 'n' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	int as_json = 0, lists = 1, c;
-	optind = 1;
-	opterr = 0;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j':
-			as_json = 1;
-			break;
-		case 'n':
-			lists = 0;
-			break;
-		case 'h':
-			fputs(usage_text, stdout);
-			return CLI_EXIT_OK;
-		default:
-			fprintf(
-			    stderr, "candex inspect: unknown option '%s'\n%s", argv[optind - 1], usage_text);
-			return CLI_EXIT_USAGE;
-		}
-	}
-	if (optind + 1 != argc) {
-		fputs(usage_text, stderr);
-		return CLI_EXIT_USAGE;
-	}
-	const char *arg = argv[optind];
+	struct inspect_opts o = { 0 };
+	const char *pos[1];
+	size_t npos = 0;
+	int prc = cdx_opt_command_parse(&inspect_command, &o, argc, argv, pos, 1, &npos);
+	if (prc >= 0)
+		return prc;
+	if (npos != 1)
+		return cdx_opt_command_fail(&inspect_command, "give one PATH");
+	int as_json = o.json, lists = !o.no_lists;
+	const char *arg = pos[0];
 	char vdir[PATH_MAX];
 	int rc = cdx_version_path_resolve(arg, vdir);
 	if (rc != CDX_OK) {

@@ -5,7 +5,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,226 +15,7 @@
 #include "candex/client.h"
 #include "cli.h"
 #include "common/common.h"
-
-static void
-usage(FILE *out)
-{
-	fprintf(out,
-	    "usage: candex query --url URL --collection NAME (--vector-file F [--row I] [--count N] | --key "
-	    "KEY... | --stdin)\n"
-	    "                    [-k K] [--nprobe N] [--refine F] [--recall-target R] [--exclude-key K...]\n"
-	    "                    [--exclude-id ID...] [--model-version V] [--json] [--timeout MS]\n\n"
-	    "Asks a candex server for the top-k candidates and prints rank, id, key and score.\n\n"
-	    "  --url URL             server address (tcp://, ipc://, tls+tcp://)\n"
-	    "  --collection NAME     collection to search\n"
-	    "  --vector-file F       query vectors from an .fvecs or .npy (float32/float16) file\n"
-	    "  --row I               first row of --vector-file to send [0]\n"
-	    "  --count N             rows to send as one batch [1]\n"
-	    "  --key KEY             search with a stored item's vector (repeatable: a batch)\n"
-	    "  --stdin               read vectors from stdin: whitespace-separated floats, one vector a "
-	    "line\n"
-	    "  -k, --k K             candidates per query [10]\n"
-	    "  --nprobe N            IVF lists to scan (0 = the operating point for --recall-target,\n"
-	    "                        else for the collection's default target) [0]\n"
-	    "  --refine F            re-rank F x (k's tier) candidates exactly (0 = the operating point's "
-	    "or\n"
-	    "                        the collection's default) [0]\n"
-	    "  --recall-target R     the cheapest measured operating point reaching R at this k (0 = the\n"
-	    "                        collection's default target); the answer says the point's measured\n"
-	    "                        recall (expected_recall) and whether no point reaches R\n"
-	    "  --exclude-key K       never return this item (repeatable)\n"
-	    "  --exclude-id ID       never return this id (repeatable)\n"
-	    "  --model-version V     refuse if the index was built from another embedding model\n"
-	    "recommender features (docs/recommenders.md):\n"
-	    "  --filter EXPR         on item attributes, e.g. 'market has SE and explicit = false'\n"
-	    "  --exclude-ids-file F  never return these ids (one a line), sent as a compact list\n"
-	    "  --max-per-group N     at most N results per group (crowding) [--group-by ATTR]\n"
-	    "  --explore-slots N     fill N of the k slots by exploration (or --explore-share F)\n"
-	    "  --explore-pool P      sample exploration from the P ranks after the exploit slots\n"
-	    "  --seed S              exploration seed (default: from the request id)\n"
-	    "  --part NAME:QUOTA[:SCALE:OFFSET]  search several collections at once (repeatable,\n"
-	    "                        instead of --collection); SCALE and OFFSET calibrate scores\n"
-	    "  --merge interleave|calibrated  how parts are merged [interleave]\n"
-	    "  --json                JSON output: "
-	    "{\"index_version\",\"nprobe\",\"results\":[{\"hits\":[{\"id\",\"key\",\"score\"}]}]}\n"
-	    "  --timeout MS          per-attempt timeout and server deadline [5000]\n"
-	    "  --retries N           retries on timeout/unavailable/overload, with backoff [2]\n"
-	    "  --info                print the server's collections (JSON) instead of searching\n"
-	    "  --reload              ask an admin listener to reload (--collection NAME: only that one)\n"
-	    "  --drop NAME           ask an admin listener to stop serving NAME, whose CURRENT link is\n"
-	    "                        gone (a reload keeps serving such a collection)\n"
-	    "  --tls-ca F, --tls-cert F, --tls-key F, --tls-server-name NAME   for tls+tcp:// (--tls-ca\n"
-	    "                        is required: the CA that signed the server's certificate)\n"
-	    "  --tls-insecure        tls+tcp:// without --tls-ca: encrypt but do not verify the server\n"
-	    "  -h, --help            show this help\n");
-}
-
-/* ---- vector input --------------------------------------------------- */
-
-/* read_fvecs_rows reads rows [row, row+count) of an .fvecs file. */
-static int
-read_fvecs_rows(FILE *f, const char *path, uint64_t row, size_t count, float **out, uint32_t *dimp)
-{
-	int32_t d;
-	if (fread(&d, sizeof(d), 1, f) != 1 || d <= 0 || d > 1 << 20)
-		return cdx_error(CDX_ECORRUPT, "%s: not an .fvecs file (bad first dimension)", path);
-	uint64_t stride = 4 + 4 * (uint64_t) d;
-	if (fseeko(f, (off_t) (row * stride), SEEK_SET) != 0)
-		return cdx_error_errno(CDX_EIO, "%s: seek", path);
-	float *v = malloc(count * (size_t) d * sizeof(float));
-	if (v == NULL)
-		return cdx_error(CDX_ENOMEM, "out of memory");
-	for (size_t i = 0; i < count; i++) {
-		int32_t di;
-		if (fread(&di, sizeof(di), 1, f) != 1) {
-			free(v);
-			return cdx_error(CDX_EINVAL, "%s: row %llu is past the end of the file", path,
-			    (unsigned long long) (row + i));
-		}
-		if (di != d || fread(v + i * (size_t) d, sizeof(float), (size_t) d, f) != (size_t) d) {
-			free(v);
-			return cdx_error(CDX_ECORRUPT, "%s: row %llu is truncated or has another dimension",
-			    path, (unsigned long long) (row + i));
-		}
-	}
-	*out = v;
-	*dimp = (uint32_t) d;
-	return CDX_OK;
-}
-
-/* read_npy_rows reads rows of a 2-D C-order float32/float16 .npy array. */
-static int
-read_npy_rows(FILE *f, const char *path, uint64_t row, size_t count, float **out, uint32_t *dimp)
-{
-	unsigned char pre[10];
-	if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) != 0)
-		return cdx_error(CDX_ECORRUPT, "%s: not an .npy file", path);
-	size_t hlen, pre_len;
-	if (pre[6] == 1) {
-		hlen = pre[8] | (size_t) pre[9] << 8;
-		pre_len = 10;
-	} else {
-		unsigned char more[2];
-		if (fread(more, 1, 2, f) != 2)
-			return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header", path);
-		hlen = pre[8] | (size_t) pre[9] << 8 | (size_t) more[0] << 16 | (size_t) more[1] << 24;
-		pre_len = 12;
-	}
-	if (hlen > 1 << 16)
-		return cdx_error(CDX_ECORRUPT, "%s: .npy header too large", path);
-	char *h = calloc(1, hlen + 1);
-	if (h == NULL || fread(h, 1, hlen, f) != hlen) {
-		free(h);
-		return cdx_error(CDX_ECORRUPT, "%s: truncated .npy header", path);
-	}
-	int f16 = strstr(h, "'<f2'") != NULL, f32 = strstr(h, "'<f4'") != NULL;
-	const char *shape = strstr(h, "'shape':");
-	unsigned long long n = 0, d = 0;
-	int ok = (f16 || f32) && strstr(h, "'fortran_order': False") != NULL && shape != NULL
-	    && sscanf(shape, "'shape': (%llu, %llu)", &n, &d) == 2 && d > 0;
-	free(h);
-	if (!ok)
-		return cdx_error(CDX_EINVAL, "%s: want a 2-D C-order float32 or float16 array", path);
-	if (row + count > n)
-		return cdx_error(CDX_EINVAL, "%s: rows %llu..%llu are past its %llu rows", path,
-		    (unsigned long long) row, (unsigned long long) (row + count - 1), n);
-	size_t esz = f16 ? 2 : 4;
-	if (fseeko(f, (off_t) (pre_len + hlen + row * d * esz), SEEK_SET) != 0)
-		return cdx_error_errno(CDX_EIO, "%s: seek", path);
-	float *v = malloc(count * d * sizeof(float));
-	uint16_t *tmp = f16 ? malloc(count * d * sizeof(uint16_t)) : NULL;
-	if (v == NULL || (f16 && tmp == NULL)) {
-		free(v);
-		free(tmp);
-		return cdx_error(CDX_ENOMEM, "out of memory");
-	}
-	size_t got = f16 ? fread(tmp, 2, count * d, f) : fread(v, 4, count * d, f);
-	if (got != count * d) {
-		free(v);
-		free(tmp);
-		return cdx_error(CDX_ECORRUPT, "%s: truncated data", path);
-	}
-	for (size_t i = 0; f16 && i < count * d; i++)
-		v[i] = cdx_f16_to_f32(tmp[i]);
-	free(tmp);
-	*out = v;
-	*dimp = (uint32_t) d;
-	return CDX_OK;
-}
-
-static int
-read_vector_file(const char *path, uint64_t row, size_t count, float **out, uint32_t *dim)
-{
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return cdx_error_errno(CDX_EIO, "cannot open %s", path);
-	size_t len = strlen(path);
-	int rc;
-	if (len >= 4 && strcmp(path + len - 4, ".npy") == 0)
-		rc = read_npy_rows(f, path, row, count, out, dim);
-	else if (len >= 6 && strcmp(path + len - 6, ".fvecs") == 0)
-		rc = read_fvecs_rows(f, path, row, count, out, dim);
-	else
-		rc = cdx_error(CDX_EINVAL, "%s: unknown vector format (want .fvecs or .npy)", path);
-	fclose(f);
-	return rc;
-}
-
-/* read_stdin reads one vector a line: floats separated by spaces, tabs or commas. */
-static int
-read_stdin(float **out, size_t *nvec, uint32_t *dimp)
-{
-	char *line = NULL;
-	size_t cap = 0, n = 0, dim = 0;
-	cdx_buf vals = { 0 };
-	ssize_t len;
-	unsigned lineno = 0;
-	int rc = CDX_OK;
-
-	while ((len = getline(&line, &cap, stdin)) >= 0) {
-		lineno++;
-		size_t cnt = 0;
-		char *p = line, *end;
-		for (;;) {
-			while (*p == ' ' || *p == '\t' || *p == ',' || *p == '\n' || *p == '\r')
-				p++;
-			if (*p == '\0' || *p == '#')
-				break;
-			errno = 0;
-			float v = strtof(p, &end);
-			if (end == p || errno == ERANGE) {
-				rc = cdx_error(
-				    CDX_EINVAL, "stdin line %u: '%.20s' is not a number", lineno, p);
-				goto done;
-			}
-			cdx_buf_append(&vals, &v, sizeof(v));
-			cnt++;
-			p = end;
-		}
-		if (cnt == 0)
-			continue;
-		if (dim == 0)
-			dim = cnt;
-		else if (cnt != dim) {
-			rc = cdx_error(CDX_EDIM, "stdin line %u has %zu values, the first vector had %zu",
-			    lineno, cnt, dim);
-			goto done;
-		}
-		n++;
-	}
-	if (n == 0) {
-		rc = cdx_error(CDX_EEMPTY, "no vector on stdin");
-		goto done;
-	}
-	*out = (float *) vals.data;
-	vals.data = NULL;
-	*nvec = n;
-	*dimp = (uint32_t) dim;
-done:
-	free(line);
-	cdx_buf_fini(&vals);
-	return rc;
-}
+#include "input/input.h"
 
 /* ---- output ---------------------------------------------------------- */
 
@@ -251,6 +31,9 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "expected_recall", json_real(r->expected_recall));
 	json_object_set_new(root, "target_unmet", json_boolean(r->target_unmet));
 	json_object_set_new(root, "server_time_us", json_integer((json_int_t) r->server_time_us));
+	json_object_set_new(root, "coverage", json_real(r->coverage));
+	if (r->message[0] != '\0')
+		json_object_set_new(root, "message", json_string(r->message));
 	if (r->applied & CDX_APPLIED_EXPLORE)
 		json_object_set_new(root, "seed", json_integer((json_int_t) r->seed));
 	for (size_t i = 0; i < r->nqueries; i++) {
@@ -299,6 +82,9 @@ print_table(const struct cdx_result *r, const char *collection)
 	if (r->target_unmet)
 		printf("  (target unmet: no measured setting reaches it at this k)");
 	printf("  server %.2f ms\n", (double) r->server_time_us / 1000.0);
+	if (r->coverage < 1)
+		printf("PARTIAL: %.1f%% of the items searched (%llu of %llu): %s\n", 100.0 * r->coverage,
+		    (unsigned long long) r->items_searched, (unsigned long long) r->items_total, r->message);
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
 			printf("\nquery %zu\n", i);
@@ -328,42 +114,21 @@ print_table(const struct cdx_result *r, const char *collection)
 
 /* ---- main ------------------------------------------------------------ */
 
-enum {
-	OPT_URL = 256,
-	OPT_COLLECTION,
-	OPT_VECFILE,
-	OPT_ROW,
-	OPT_COUNT,
-	OPT_KEY,
-	OPT_STDIN,
-	OPT_NPROBE,
-	OPT_REFINE,
-	OPT_RECALL,
-	OPT_EXKEY,
-	OPT_EXID,
-	OPT_MODEL,
-	OPT_JSON,
-	OPT_TIMEOUT,
-	OPT_RETRIES,
-	OPT_INFO,
-	OPT_RELOAD,
-	OPT_DROP,
-	OPT_TLS_CA,
-	OPT_TLS_CERT,
-	OPT_TLS_KEY,
-	OPT_TLS_NAME,
-	OPT_FILTER,
-	OPT_EXFILE,
-	OPT_MAXGROUP,
-	OPT_GROUPBY,
-	OPT_EXPSLOTS,
-	OPT_EXPSHARE,
-	OPT_EXPPOOL,
-	OPT_SEED,
-	OPT_PART,
-	OPT_MERGE,
-	OPT_TLS_INSECURE,
+struct strlist {
+	const char **v;
+	size_t n;
 };
+
+static int
+strlist_add(struct strlist *l, const char *s)
+{
+	const char **grown = realloc(l->v, (l->n + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	l->v = grown;
+	l->v[l->n++] = s;
+	return CDX_OK;
+}
 
 /* read_ids_file reads one int64 a line (blank lines and # comments skipped). */
 static int
@@ -373,7 +138,7 @@ read_ids_file(const char *path, int64_t **ids, size_t *n)
 	if (f == NULL)
 		return cdx_error_errno(CDX_ENOTFOUND, "cannot read %s", path);
 	char line[128];
-	size_t cap = 0;
+	size_t cap = *n; /* ids already given with --exclude-id */
 	unsigned long long lineno = 0;
 	int rc = CDX_OK;
 	while (rc == CDX_OK && fgets(line, sizeof(line), f) != NULL) {
@@ -392,7 +157,7 @@ read_ids_file(const char *path, int64_t **ids, size_t *n)
 			break;
 		}
 		if (*n == cap) {
-			cap = cap ? cap * 2 : 1024;
+			cap = cap * 2 + 1024;
 			int64_t *grown = realloc(*ids, cap * sizeof(int64_t));
 			if (grown == NULL) {
 				rc = cdx_error(CDX_ENOMEM, "%s", path);
@@ -434,314 +199,264 @@ parse_part(const char *arg, struct cdx_query_part *p)
 	return 0;
 }
 
-static int
-parse_num(const char *opt, const char *v, double lo, double hi, double *out)
-{
-	char *end;
-	errno = 0;
-	double d = strtod(v, &end);
-	if (errno != 0 || end == v || *end != '\0' || !(d >= lo && d <= hi)) {
-		fprintf(stderr, "candex query: %s wants a number in [%g, %g], not '%s'\n", opt, lo, hi, v);
-		return -1;
-	}
-	*out = d;
-	return 0;
-}
-
-struct strlist {
-	const char **v;
-	size_t n;
+struct query_opts {
+	const char *url, *collection, *vector_file, *model, *drop;
+	uint64_t row;
+	size_t count;
+	uint32_t dim, k, nprobe, timeout, retries;
+	float refine, recall;
+	int format, use_stdin, json, info, reload;
+	struct strlist keys, exclude_keys;
+	int64_t *exclude_ids;
+	size_t n_exclude_ids;
+	struct cdx_client_options co;
+	/* recommender features (docs/recommenders.md) */
+	const char *filter, *group_by;
+	int compact, merge;
+	uint32_t max_per_group, explore_slots, explore_pool;
+	float explore_share;
+	uint64_t seed;
+	struct cdx_query_part *parts;
+	size_t nparts;
 };
 
 static int
-strlist_add(struct strlist *l, const char *s)
+add_key(const char *v, void *opts)
 {
-	const char **grown = realloc(l->v, (l->n + 1) * sizeof(*grown));
-	if (grown == NULL)
-		return -1;
-	l->v = grown;
-	l->v[l->n++] = s;
-	return 0;
+	return strlist_add(&((struct query_opts *) opts)->keys, v);
 }
+
+static int
+add_exclude_key(const char *v, void *opts)
+{
+	return strlist_add(&((struct query_opts *) opts)->exclude_keys, v);
+}
+
+static int
+add_exclude_id(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	int64_t id;
+	if (cdx_parse_i64(v, INT64_MIN, INT64_MAX, &id) != CDX_OK)
+		return cdx_error(CDX_EINVAL, "expected an int64 id");
+	int64_t *grown = realloc(o->exclude_ids, (o->n_exclude_ids + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	o->exclude_ids = grown;
+	o->exclude_ids[o->n_exclude_ids++] = id;
+	return CDX_OK;
+}
+
+static int
+add_exclude_ids_file(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	o->compact = 1;
+	return read_ids_file(v, &o->exclude_ids, &o->n_exclude_ids);
+}
+
+static int
+add_part(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	struct cdx_query_part *grown = realloc(o->parts, (o->nparts + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	o->parts = grown;
+	if (parse_part(v, &o->parts[o->nparts]) != 0)
+		return cdx_error(CDX_EINVAL, "expected NAME:QUOTA[:SCALE:OFFSET]");
+	o->nparts++;
+	return CDX_OK;
+}
+
+static int
+set_merge(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	if (strcmp(v, "interleave") == 0)
+		o->merge = CDX_MERGE_INTERLEAVE;
+	else if (strcmp(v, "calibrated") == 0)
+		o->merge = CDX_MERGE_CALIBRATED;
+	else
+		return cdx_error(CDX_EINVAL, "expected interleave or calibrated");
+	return CDX_OK;
+}
+
+static int
+set_format(const char *v, void *opts)
+{
+	return cdx_input_format_parse(v, &((struct query_opts *) opts)->format);
+}
+
+#define O(f) offsetof(struct query_opts, f)
+static const struct cdx_opt query_options[] = {
+	CDX_OPT_STR_("url", O(url), "URL", "server address (tcp://, ipc://, tls+tcp://)"),
+	CDX_OPT_STR_("collection", O(collection), "NAME", "collection to search"),
+	CDX_OPT_STR_("vector-file", O(vector_file), "F",
+	    "query vectors from an .fvecs or .npy (float32/float16/float64) file"),
+	CDX_OPT_CALL_("format", "FMT",
+	    "read --vector-file as fvecs, npy or raw (little-endian float32,\n"
+	    "with --dim D) whatever its name",
+	    set_format),
+	CDX_OPT_NUM_(
+	    "dim", CDX_OPT_U32, O(dim), "D", "dimension of a raw --vector-file", 1, CDX_INPUT_MAX_DIM),
+	CDX_OPT_NUM_("row", CDX_OPT_U64, O(row), "I", "first row of --vector-file to send [0]", 0, 0),
+	CDX_OPT_NUM_("count", CDX_OPT_SIZE_T, O(count), "N", "rows to send as one batch [1]", 1, 1e7),
+	CDX_OPT_CALL_("key", "KEY", "search with a stored item's vector (repeatable: a batch)", add_key),
+	CDX_OPT_FLAG_("stdin", O(use_stdin),
+	    "read vectors from stdin: numbers separated by spaces or commas,\n"
+	    "one vector a line"),
+	CDX_OPT_ENTRY("k", 'k', CDX_OPT_U32, O(k), "K", "candidates per query [10]", 1, 1e7, NULL),
+	CDX_OPT_NUM_("nprobe", CDX_OPT_U32, O(nprobe), "N",
+	    "IVF lists to scan (0 = the operating point for --recall-target,\n"
+	    "else for the collection's default target) [0]",
+	    0, 1e9),
+	CDX_OPT_NUM_("refine", CDX_OPT_FLOAT, O(refine), "F",
+	    "re-rank F x (k's tier) candidates exactly (0 = the operating point's or\n"
+	    "the collection's default) [0]",
+	    0, 1e6),
+	CDX_OPT_NUM_("recall-target", CDX_OPT_FLOAT, O(recall), "R",
+	    "the cheapest measured operating point reaching R at this k (0 = the\n"
+	    "collection's default target); the answer says the point's measured\n"
+	    "recall (expected_recall) and whether no point reaches R",
+	    0, 1),
+	CDX_OPT_CALL_("exclude-key", "K", "never return this item (repeatable)", add_exclude_key),
+	CDX_OPT_CALL_("exclude-id", "ID", "never return this id (repeatable)", add_exclude_id),
+	CDX_OPT_STR_(
+	    "model-version", O(model), "V", "refuse if the index was built from another embedding model"),
+	CDX_OPT_STR_("filter", O(filter), "EXPR",
+	    "recommender features (docs/recommenders.md):\n"
+	    "on item attributes, e.g. 'market has SE and explicit = false'"),
+	CDX_OPT_CALL_("exclude-ids-file", "F", "never return these ids (one a line), sent as a compact list",
+	    add_exclude_ids_file),
+	CDX_OPT_NUM_("max-per-group", CDX_OPT_U32, O(max_per_group), "N",
+	    "at most N results per group (crowding) [--group-by ATTR]", 0, 1e6),
+	CDX_OPT_STR_("group-by", O(group_by), "ATTR", "the group attribute crowding counts"),
+	CDX_OPT_NUM_("explore-slots", CDX_OPT_U32, O(explore_slots), "N",
+	    "fill N of the k slots by exploration (or --explore-share F)", 0, 1e6),
+	CDX_OPT_NUM_("explore-share", CDX_OPT_FLOAT, O(explore_share), "F",
+	    "this share of the k slots filled by exploration", 0, 1),
+	CDX_OPT_NUM_("explore-pool", CDX_OPT_U32, O(explore_pool), "P",
+	    "sample exploration from the P ranks after the exploit slots", 0, 1e7),
+	CDX_OPT_NUM_(
+	    "seed", CDX_OPT_U64, O(seed), "S", "exploration seed (default: from the request id)", 0, 0),
+	CDX_OPT_CALL_("part", "NAME:QUOTA[:SCALE:OFFSET]",
+	    "search several collections at once (repeatable, instead of\n"
+	    "--collection); SCALE and OFFSET calibrate scores",
+	    add_part),
+	CDX_OPT_CALL_(
+	    "merge", "HOW", "how parts are merged: interleave or calibrated [interleave]", set_merge),
+	CDX_OPT_FLAG_("json", O(json),
+	    "JSON output: {\"index_version\",\"nprobe\",\"results\":[{\"hits\":[{\"id\",\"key\","
+	    "\"score\"}]}]}"),
+	CDX_OPT_NUM_("timeout", CDX_OPT_U32, O(timeout), "MS",
+	    "per-attempt timeout and server deadline [5000]", 1, 3600000),
+	CDX_OPT_NUM_("retries", CDX_OPT_U32, O(retries), "N",
+	    "retries on timeout/unavailable/overload, with backoff [2]", 0, 100),
+	CDX_OPT_FLAG_("info", O(info), "print the server's collections (JSON) instead of searching"),
+	CDX_OPT_FLAG_(
+	    "reload", O(reload), "ask an admin listener to reload (--collection NAME: only that one)"),
+	CDX_OPT_STR_("drop", O(drop), "NAME",
+	    "ask an admin listener to stop serving NAME, whose CURRENT link is\n"
+	    "gone (a reload keeps serving such a collection)"),
+	CDX_OPT_STR_("tls-ca", O(co.tls_ca_file), "F",
+	    "tls+tcp://: the CA the server's certificate must be signed by\n"
+	    "(required unless --tls-insecure)"),
+	CDX_OPT_STR_(
+	    "tls-cert", O(co.tls_cert_file), "F", "tls+tcp://: this client's certificate (mutual TLS)"),
+	CDX_OPT_STR_("tls-key", O(co.tls_key_file), "F", "tls+tcp://: the key of --tls-cert"),
+	CDX_OPT_STR_("tls-server-name", O(co.tls_server_name), "NAME",
+	    "tls+tcp://: the name the server's certificate must carry"),
+	CDX_OPT_FLAG_("tls-insecure", O(co.tls_insecure),
+	    "tls+tcp:// without --tls-ca: encrypt but do not verify the server"),
+};
+#undef O
+
+static const struct cdx_opt_command query_command = {
+	.prog = "candex query",
+	.head
+	= "usage: candex query --url URL --collection NAME (--vector-file F [--row I] [--count N] | --key "
+	  "KEY... | "
+	  "--stdin)\n"
+	  "                    [-k K] [--nprobe N] [--refine F] [--recall-target R] [--exclude-key K...]\n"
+	  "                    [--exclude-id ID...] [--model-version V] [--json] [--timeout MS]\n"
+	  "                    [--filter EXPR] [--exclude-ids-file F] [--max-per-group N] [--explore-slots "
+	  "N]\n"
+	  "                    [--part NAME:QUOTA...] (docs/recommenders.md)\n\n"
+	  "Asks a candex server for the top-k candidates and prints rank, id, key and score.\n",
+	.opts = query_options,
+	.nopts = CDX_ARRAY_LEN(query_options),
+};
 
 int
 cmd_query(int argc, char **argv)
 {
-	static const struct option longopts[] = {
-		{ "url", required_argument, NULL, OPT_URL },
-		{ "collection", required_argument, NULL, OPT_COLLECTION },
-		{ "vector-file", required_argument, NULL, OPT_VECFILE },
-		{ "row", required_argument, NULL, OPT_ROW },
-		{ "count", required_argument, NULL, OPT_COUNT },
-		{ "key", required_argument, NULL, OPT_KEY },
-		{ "stdin", no_argument, NULL, OPT_STDIN },
-		{ "k", required_argument, NULL, 'k' },
-		{ "nprobe", required_argument, NULL, OPT_NPROBE },
-		{ "refine", required_argument, NULL, OPT_REFINE },
-		{ "recall-target", required_argument, NULL, OPT_RECALL },
-		{ "exclude-key", required_argument, NULL, OPT_EXKEY },
-		{ "exclude-id", required_argument, NULL, OPT_EXID },
-		{ "model-version", required_argument, NULL, OPT_MODEL },
-		{ "json", no_argument, NULL, OPT_JSON },
-		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-		{ "retries", required_argument, NULL, OPT_RETRIES },
-		{ "info", no_argument, NULL, OPT_INFO },
-		{ "reload", no_argument, NULL, OPT_RELOAD },
-		{ "drop", required_argument, NULL, OPT_DROP },
-		{ "tls-ca", required_argument, NULL, OPT_TLS_CA },
-		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
-		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
-		{ "tls-server-name", required_argument, NULL, OPT_TLS_NAME },
-		{ "tls-insecure", no_argument, NULL, OPT_TLS_INSECURE },
-		{ "filter", required_argument, NULL, OPT_FILTER },
-		{ "exclude-ids-file", required_argument, NULL, OPT_EXFILE },
-		{ "max-per-group", required_argument, NULL, OPT_MAXGROUP },
-		{ "group-by", required_argument, NULL, OPT_GROUPBY },
-		{ "explore-slots", required_argument, NULL, OPT_EXPSLOTS },
-		{ "explore-share", required_argument, NULL, OPT_EXPSHARE },
-		{ "explore-pool", required_argument, NULL, OPT_EXPPOOL },
-		{ "seed", required_argument, NULL, OPT_SEED },
-		{ "part", required_argument, NULL, OPT_PART },
-		{ "merge", required_argument, NULL, OPT_MERGE },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *url = NULL, *collection = NULL, *vecfile = NULL, *model = NULL, *drop = NULL;
-	const char *filter = NULL, *group_by = NULL;
-	double max_group = 0, exp_slots = 0, exp_share = 0, exp_pool = 0, seed = 0;
-	int compact = 0, merge = CDX_MERGE_INTERLEAVE;
-	struct cdx_query_part *parts = NULL;
-	size_t nparts = 0;
-	struct strlist keys = { 0 }, exkeys = { 0 };
-	int64_t *exids = NULL;
-	size_t nexids = 0;
-	double row = 0, count = 1, k = 10, nprobe = 0, refine = 0, recall = 0, timeout = 5000, retries = 2;
-	int use_stdin = 0, json = 0, info = 0, reload = 0, rc = CLI_EXIT_USAGE, c;
-	struct cdx_client_options co = { 0 };
+	struct query_opts o = { .format = CDX_INPUT_AUTO,
+		.count = 1,
+		.k = 10,
+		.timeout = 5000,
+		.retries = 2,
+		.merge = CDX_MERGE_INTERLEAVE };
 	float *vectors = NULL;
 	size_t nvec = 0;
 	uint32_t dim = 0;
 	cdx_client *client = NULL;
 	struct cdx_result *res = NULL;
 	struct cdx_client_error err;
-
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "k:h", longopts, NULL)) != -1) {
-		switch (c) {
-		case OPT_URL:
-			url = optarg;
-			break;
-		case OPT_COLLECTION:
-			collection = optarg;
-			break;
-		case OPT_VECFILE:
-			vecfile = optarg;
-			break;
-		case OPT_ROW:
-			if (parse_num("--row", optarg, 0, 1e15, &row))
-				goto out;
-			break;
-		case OPT_COUNT:
-			if (parse_num("--count", optarg, 1, 1e7, &count))
-				goto out;
-			break;
-		case OPT_KEY:
-			if (strlist_add(&keys, optarg))
-				goto out;
-			break;
-		case OPT_STDIN:
-			use_stdin = 1;
-			break;
-		case 'k':
-			if (parse_num("-k", optarg, 1, 1e7, &k))
-				goto out;
-			break;
-		case OPT_NPROBE:
-			if (parse_num("--nprobe", optarg, 0, 1e9, &nprobe))
-				goto out;
-			break;
-		case OPT_REFINE:
-			if (parse_num("--refine", optarg, 0, 1e6, &refine))
-				goto out;
-			break;
-		case OPT_RECALL:
-			if (parse_num("--recall-target", optarg, 0, 1, &recall))
-				goto out;
-			break;
-		case OPT_EXKEY:
-			if (strlist_add(&exkeys, optarg))
-				goto out;
-			break;
-		case OPT_EXID: {
-			char *end;
-			errno = 0;
-			long long id = strtoll(optarg, &end, 10);
-			int64_t *grown;
-			if (errno || end == optarg || *end) {
-				fprintf(stderr, "candex query: --exclude-id wants an integer, not '%s'\n",
-				    optarg);
-				goto out;
-			}
-			if ((grown = realloc(exids, (nexids + 1) * sizeof(*grown))) == NULL)
-				goto out;
-			exids = grown;
-			exids[nexids++] = id;
-			break;
-		}
-		case OPT_MODEL:
-			model = optarg;
-			break;
-		case OPT_JSON:
-			json = 1;
-			break;
-		case OPT_TIMEOUT:
-			if (parse_num("--timeout", optarg, 1, 3600000, &timeout))
-				goto out;
-			break;
-		case OPT_RETRIES:
-			if (parse_num("--retries", optarg, 0, 100, &retries))
-				goto out;
-			break;
-		case OPT_INFO:
-			info = 1;
-			break;
-		case OPT_RELOAD:
-			reload = 1;
-			break;
-		case OPT_DROP:
-			drop = optarg;
-			break;
-		case OPT_TLS_CA:
-			co.tls_ca_file = optarg;
-			break;
-		case OPT_TLS_CERT:
-			co.tls_cert_file = optarg;
-			break;
-		case OPT_TLS_KEY:
-			co.tls_key_file = optarg;
-			break;
-		case OPT_TLS_NAME:
-			co.tls_server_name = optarg;
-			break;
-		case OPT_FILTER:
-			filter = optarg;
-			break;
-		case OPT_EXFILE:
-			if (read_ids_file(optarg, &exids, &nexids) != CDX_OK) {
-				fprintf(stderr, "candex query: %s\n", cdx_last_error());
-				goto out;
-			}
-			compact = 1;
-			break;
-		case OPT_MAXGROUP:
-			if (parse_num("--max-per-group", optarg, 0, 1e6, &max_group))
-				goto out;
-			break;
-		case OPT_GROUPBY:
-			group_by = optarg;
-			break;
-		case OPT_EXPSLOTS:
-			if (parse_num("--explore-slots", optarg, 0, 1e6, &exp_slots))
-				goto out;
-			break;
-		case OPT_EXPSHARE:
-			if (parse_num("--explore-share", optarg, 0, 1, &exp_share))
-				goto out;
-			break;
-		case OPT_EXPPOOL:
-			if (parse_num("--explore-pool", optarg, 0, 1e7, &exp_pool))
-				goto out;
-			break;
-		case OPT_SEED:
-			if (parse_num("--seed", optarg, 0, 9007199254740992.0, &seed))
-				goto out;
-			break;
-		case OPT_PART: {
-			struct cdx_query_part *grown = realloc(parts, (nparts + 1) * sizeof(*grown));
-			if (grown == NULL)
-				goto out;
-			parts = grown;
-			if (parse_part(optarg, &parts[nparts++]) != 0) {
-				fprintf(stderr,
-				    "candex query: --part wants NAME:QUOTA[:SCALE:OFFSET], not '%s'\n",
-				    optarg);
-				goto out;
-			}
-			break;
-		}
-		case OPT_MERGE:
-			if (strcmp(optarg, "interleave") != 0 && strcmp(optarg, "calibrated") != 0) {
-				fprintf(stderr, "candex query: --merge is interleave or calibrated\n");
-				goto out;
-			}
-			merge
-			    = strcmp(optarg, "calibrated") == 0 ? CDX_MERGE_CALIBRATED : CDX_MERGE_INTERLEAVE;
-			break;
-		case OPT_TLS_INSECURE:
-			co.tls_insecure = 1;
-			break;
-		case 'h':
-			usage(stdout);
-			rc = CLI_EXIT_OK;
-			goto out;
-		default:
-			usage(stderr);
-			goto out;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "candex query: unexpected argument '%s'\n", argv[optind]);
+	int rc = cdx_opt_command_parse(&query_command, &o, argc, argv, NULL, 0, NULL);
+	if (rc >= 0)
+		goto out;
+	rc = CLI_EXIT_USAGE;
+	/* a reload or a drop prints the collections after it */
+	int info = o.info || o.reload || o.drop != NULL;
+	if (o.url == NULL || (!info && (o.collection == NULL) == (o.nparts == 0))) {
+		cdx_opt_command_fail(&query_command, "--url and --collection (or --part) are required");
 		goto out;
 	}
-	if (reload || drop != NULL)
-		info = 1; /* no query vectors either */
-	if (url == NULL || (!info && (collection == NULL) == (nparts == 0))) {
-		fprintf(
-		    stderr, "candex query: --url and --collection (or --part) are required (see --help)\n");
-		goto out;
-	}
-	if (!info && (vecfile != NULL) + (keys.n > 0) + use_stdin != 1) {
-		fprintf(stderr, "candex query: give exactly one of --vector-file, --key or --stdin\n");
+	if (!info && (o.vector_file != NULL) + (o.keys.n > 0) + o.use_stdin != 1) {
+		cdx_opt_command_fail(&query_command, "give exactly one of --vector-file, --key or --stdin");
 		goto out;
 	}
 
 	rc = CLI_EXIT_FAIL;
 	if (!info) {
 		int r = CDX_OK;
-		if (vecfile != NULL) {
-			r = read_vector_file(vecfile, (uint64_t) row, (size_t) count, &vectors, &dim);
-			nvec = (size_t) count;
-		} else if (use_stdin) {
-			r = read_stdin(&vectors, &nvec, &dim);
-		}
+		struct cdx_vecs v = { 0 };
+		if (o.vector_file != NULL)
+			r = cdx_vecs_read(&v, o.vector_file, o.dim, o.format, o.row, o.count);
+		else if (o.use_stdin)
+			r = cdx_vecs_read_text(&v, stdin, "stdin");
 		if (r != CDX_OK) {
 			fprintf(stderr, "candex query: %s\n", cdx_last_error());
 			goto out;
 		}
+		vectors = v.x;
+		nvec = v.n;
+		dim = v.dim;
 	}
-	co.timeout_ms = (uint32_t) timeout;
-	co.retries = (uint32_t) retries;
-	if (cdx_client_open(&client, url, &co, &err) != CDX_OK) {
+	o.co.timeout_ms = o.timeout;
+	o.co.retries = o.retries;
+	if (cdx_client_open(&client, o.url, &o.co, &err) != CDX_OK) {
 		fprintf(stderr, "candex query: %s\n", err.message);
 		goto out;
 	}
-	if (reload) {
-		if (cdx_client_reload(client, collection, &err) != CDX_OK) {
+	if (o.reload) {
+		if (cdx_client_reload(client, o.collection, &err) != CDX_OK) {
 			fprintf(stderr, "candex query: reload: %s: %s\n", cdx_errname(err.code), err.message);
 			goto out;
 		}
 		printf("reloaded\n");
 	}
-	if (drop != NULL) {
-		if (cdx_client_drop(client, drop, &err) != CDX_OK) {
+	if (o.drop != NULL) {
+		if (cdx_client_drop(client, o.drop, &err) != CDX_OK) {
 			fprintf(stderr, "candex query: drop: %s: %s\n", cdx_errname(err.code), err.message);
 			goto out;
 		}
-		printf("dropped %s\n", drop);
+		printf("dropped %s\n", o.drop);
 	}
 	if (info) {
 		char *text = NULL;
-		if (cdx_client_info(client, collection, &text, &err) != CDX_OK) {
+		if (cdx_client_info(client, o.collection, &text, &err) != CDX_OK) {
 			fprintf(stderr, "candex query: %s: %s\n", cdx_errname(err.code), err.message);
 			goto out;
 		}
@@ -751,54 +466,52 @@ cmd_query(int argc, char **argv)
 		goto out;
 	}
 	struct cdx_query q = {
-		.collection = collection,
+		.collection = o.collection,
 		.vectors = vectors,
-		.nvectors = nvec,
+		.nvectors = vectors != NULL ? nvec : 0,
 		.dim = dim,
-		.keys = keys.v,
-		.nkeys = keys.n,
-		.k = (uint32_t) k,
-		.nprobe = (uint32_t) nprobe,
-		.refine_factor = (float) refine,
-		.recall_target = (float) recall,
-		.exclude_ids = exids,
-		.n_exclude_ids = nexids,
-		.exclude_keys = exkeys.v,
-		.n_exclude_keys = exkeys.n,
-		.model_version = model,
-		.timeout_ms = (uint32_t) timeout,
-		.filter = filter,
-		.compact_excludes = compact,
-		.max_per_group = (uint32_t) max_group,
-		.group_by = group_by,
-		.explore_slots = (uint32_t) exp_slots,
-		.explore_share = (float) exp_share,
-		.explore_pool = (uint32_t) exp_pool,
-		.seed = (uint64_t) seed,
-		.parts = parts,
-		.nparts = nparts,
-		.merge = merge,
+		.keys = o.keys.v,
+		.nkeys = o.keys.n,
+		.k = o.k,
+		.nprobe = o.nprobe,
+		.refine_factor = o.refine,
+		.recall_target = o.recall,
+		.exclude_ids = o.exclude_ids,
+		.n_exclude_ids = o.n_exclude_ids,
+		.exclude_keys = o.exclude_keys.v,
+		.n_exclude_keys = o.exclude_keys.n,
+		.model_version = o.model,
+		.timeout_ms = o.timeout,
+		.filter = o.filter,
+		.compact_excludes = o.compact,
+		.max_per_group = o.max_per_group,
+		.group_by = o.group_by,
+		.explore_slots = o.explore_slots,
+		.explore_share = o.explore_share,
+		.explore_pool = o.explore_pool,
+		.seed = o.seed,
+		.parts = o.parts,
+		.nparts = o.nparts,
+		.merge = o.merge,
 	};
-	if (vectors == NULL)
-		q.nvectors = 0;
 	if (cdx_client_search(client, &q, &res, &err) != CDX_OK) {
 		fprintf(stderr, "candex query: %s: %s\n", cdx_errname(err.code), err.message);
 		goto out;
 	}
-	if (json)
+	if (o.json)
 		print_json(res);
 	else
-		print_table(res, collection ? collection : "(parts)");
+		print_table(res, o.collection ? o.collection : "(parts)");
 	rc = CLI_EXIT_OK;
 out:
-	for (size_t i = 0; i < nparts; i++)
-		free((char *) parts[i].collection);
-	free(parts);
+	for (size_t i = 0; i < o.nparts; i++)
+		free((char *) o.parts[i].collection);
+	free(o.parts);
 	cdx_result_free(res);
 	cdx_client_close(client);
 	free(vectors);
-	free(keys.v);
-	free(exkeys.v);
-	free(exids);
+	free(o.keys.v);
+	free(o.exclude_keys.v);
+	free(o.exclude_ids);
 	return rc;
 }

@@ -9,7 +9,6 @@
  * plus user vectors drawn near the genres they like.
  */
 #define _GNU_SOURCE
-#include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -197,73 +196,56 @@ done:
 	return rc;
 }
 
-static void
-usage(FILE *out)
-{
-	fprintf(out,
-	    "usage: candex sample [--out DIR] [--tracks N] [--podcasts N] [--users N] [--seed N]\n\n"
-	    "Writes the embedded sample catalogue, deterministically for a given seed:\n"
-	    "  DIR/tracks.fvecs   N x 64 track embeddings (inner-product space), DIR/tracks.keys\n"
-	    "  DIR/podcasts.fvecs N x 48 podcast embeddings (cosine space), DIR/podcasts.keys\n"
-	    "  DIR/users-tracks.fvecs, DIR/users-podcasts.fvecs   user (query) vectors\n"
-	    "  DIR/users-*-tune.fvecs   as many other users, to tune operating points on\n"
-	    "  DIR/tracks.attrs.tsv, DIR/podcasts.attrs.tsv   attributes for candex build --attrs:\n"
-	    "                     market (set), explicit, year, type, artist or show (group)\n"
-	    "Keys look like spotify:track:<22 chars>. Clusters are Zipf-sized and norms\n"
-	    "grow with popularity, as in real catalogues.\n\n"
-	    "  --out DIR       output directory (default index-data/sample)\n"
-	    "  --tracks N      number of tracks (default 100000)\n"
-	    "  --podcasts N    number of podcasts (default 10000)\n"
-	    "  --users N       query vectors per catalogue (default 1000)\n"
-	    "  --seed N        seed (default 42)\n");
-}
+struct sample_opts {
+	const char *out;
+	size_t tracks, podcasts, users;
+	uint64_t seed;
+};
+
+#define O(f) offsetof(struct sample_opts, f)
+static const struct cdx_opt sample_options[] = {
+	CDX_OPT_STR_("out", O(out), "DIR", "output directory (default index-data/sample)"),
+	CDX_OPT_NUM_("tracks", CDX_OPT_SIZE_T, O(tracks), "N", "number of tracks (default 100000)", 1, 1e9),
+	CDX_OPT_NUM_(
+	    "podcasts", CDX_OPT_SIZE_T, O(podcasts), "N", "number of podcasts (default 10000)", 1, 1e9),
+	CDX_OPT_NUM_(
+	    "users", CDX_OPT_SIZE_T, O(users), "N", "query vectors per catalogue (default 1000)", 0, 1e9),
+	CDX_OPT_NUM_("seed", CDX_OPT_U64, O(seed), "N", "seed (default 42)", 0, 0),
+};
+#undef O
+
+static const struct cdx_opt_command sample_command = {
+	.prog = "candex sample",
+	.head = "usage: candex sample [--out DIR] [--tracks N] [--podcasts N] [--users N] [--seed N]\n\n"
+	        "Writes the embedded sample catalogue, deterministically for a given seed:\n"
+	        "  DIR/tracks.fvecs   N x 64 track embeddings (inner-product space), DIR/tracks.keys\n"
+	        "  DIR/podcasts.fvecs N x 48 podcast embeddings (cosine space), DIR/podcasts.keys\n"
+	        "  DIR/users-tracks.fvecs, DIR/users-podcasts.fvecs   user (query) vectors\n"
+	        "  DIR/users-*-tune.fvecs   as many other users, to tune operating points on\n"
+	        "  DIR/tracks.attrs.tsv, DIR/podcasts.attrs.tsv   attributes for candex build --attrs:\n"
+	        "                     market (set), explicit, year, type, artist or show (group)\n"
+	        "Keys look like spotify:track:<22 chars>. Clusters are Zipf-sized and norms\n"
+	        "grow with popularity, as in real catalogues.\n",
+	.opts = sample_options,
+	.nopts = CDX_ARRAY_LEN(sample_options),
+};
 
 int
 cmd_sample(int argc, char **argv)
 {
-	const char *out = "index-data/sample";
-	size_t ntracks = 100000, npodcasts = 10000, nusers = 1000;
-	uint64_t seed = 42;
-	static const struct option opts[] = { { "out", required_argument, 0, 'o' },
-		{ "tracks", required_argument, 0, 't' }, { "podcasts", required_argument, 0, 'p' },
-		{ "users", required_argument, 0, 'u' }, { "seed", required_argument, 0, 's' },
-		{ "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 } };
-	int ch;
-	optind = 1;
-	while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'o':
-			out = optarg;
-			break;
-		case 't':
-			ntracks = strtoull(optarg, NULL, 10);
-			break;
-		case 'p':
-			npodcasts = strtoull(optarg, NULL, 10);
-			break;
-		case 'u':
-			nusers = strtoull(optarg, NULL, 10);
-			break;
-		case 's':
-			seed = strtoull(optarg, NULL, 10);
-			break;
-		case 'h':
-			usage(stdout);
-			return CLI_EXIT_OK;
-		default:
-			usage(stderr);
-			return CLI_EXIT_USAGE;
-		}
-	}
-	if (optind != argc || ntracks == 0 || npodcasts == 0) {
-		usage(stderr);
-		return CLI_EXIT_USAGE;
-	}
+	struct sample_opts o
+	    = { .out = "index-data/sample", .tracks = 100000, .podcasts = 10000, .users = 1000, .seed = 42 };
+	int rc = cdx_opt_command_parse(&sample_command, &o, argc, argv, NULL, 0, NULL);
+	if (rc >= 0)
+		return rc;
+	const char *out = o.out;
+	size_t ntracks = o.tracks, npodcasts = o.podcasts, nusers = o.users;
+	uint64_t seed = o.seed;
 	const struct catalogue cats[] = {
 		{ "tracks", "track", ntracks, 64, 200, "track", "artist" },
 		{ "podcasts", "show", npodcasts, 48, 40, "episode", "show" },
 	};
-	int rc = cdx_mkdir_p(out, 0755);
+	rc = cdx_mkdir_p(out, 0755);
 	for (size_t i = 0; rc == CDX_OK && i < CDX_ARRAY_LEN(cats); i++)
 		rc = generate(out, &cats[i], nusers, seed + i);
 	if (rc != CDX_OK) {

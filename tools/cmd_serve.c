@@ -16,8 +16,7 @@ cmd_serve(int argc, char **argv)
 
 	cdx_server_config_init(&cfg);
 	if (cdx_server_config_parse(&cfg, argc, argv) != CDX_OK) {
-		fprintf(stderr, "candex serve: %s\n", cdx_last_error());
-		fprintf(stderr, "(candex serve --help lists the options)\n");
+		fprintf(stderr, "%s\n", cdx_last_error());
 		cdx_server_config_fini(&cfg);
 		return CLI_EXIT_USAGE;
 	}

@@ -4,7 +4,7 @@
 # (tests/fuzz/make_seeds, a small `candex build`), and run each target for
 # N seconds (default 30). The corpus grows in build-fuzz/corpus/<target>;
 # a crash is written to build-fuzz/crashes/ and makes the script exit 1.
-#   fuzz_request   wire bytes -> request_id peek, decode, search validation
+#   fuzz_request   wire bytes -> request_id peek, budgeted decode, search validation
 #   fuzz_shard     shard file bytes -> open, verify, decompress, decode parts
 #   fuzz_manifest  manifest.json text -> parse, JSON round trip
 set -euo pipefail

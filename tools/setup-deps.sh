@@ -6,11 +6,14 @@
 #   2. The Faiss 1.7.3 C API, which Debian does not ship as a library: built
 #      from Debian's own `faiss` source package into a cache prefix outside the
 #      source tree ($CANDEX_CACHE, default ~/.cache/candex), reused afterwards.
+#   3. The npm packages of the Kubernetes manifest check (tools/k8s-validate),
+#      into the same cache; CANDEX_K8S_VALIDATE=0 skips them (image builds).
 #
 # The apt configuration of the machine is never modified: the deb-src entries
 # live in a private directory passed to apt with -o options.
 set -euo pipefail
 work=
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 CACHE=${CANDEX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/candex}
 FAISS_VERSION=1.7.3
@@ -18,8 +21,9 @@ FAISS_VERSION=1.7.3
 FAISS_BUILD_REV=2
 PACKAGES=(build-essential cmake pkg-config git dpkg-dev
 	libnng-dev nng-utils libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
-	liblz4-dev libopenblas-dev libcmocka-dev libjansson-dev gnuplot-nox
-	clang libclang-rt-14-dev openssl)
+	liblz4-dev libxxhash-dev libopenblas-dev libcmocka-dev libjansson-dev gnuplot-nox curl
+	python3 python3-protobuf clang libclang-rt-14-dev openssl libnss-wrapper
+	libhnswlib-dev) # hnswlib: only for the side-by-side benchmark (tools/bench/hnsw)
 
 log() { echo "setup-deps: $*" >&2; }
 
@@ -115,14 +119,43 @@ build_faiss() {
 	mv "$prefix.tmp" "$prefix"
 }
 
+# The npm packages of the Kubernetes manifest check (tools/k8s-validate):
+# installed from its lockfile into the cache, again only when the lockfile changes.
+install_k8s_validate() {
+	local src="$root/tools/k8s-validate" dst="$CACHE/k8s-validate" stamp
+	if ! command -v npm >/dev/null; then
+		log "installing Debian packages: nodejs npm"
+		as_root apt-get update -qq >&2
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >&2
+	fi
+	stamp=$(sha256sum "$src/package-lock.json" | cut -c1-16)
+	[ "$(cat "$dst/STAMP" 2>/dev/null)" = "$stamp" ] && return 0
+	log "installing the npm packages of tools/k8s-validate into $dst"
+	mkdir -p "$dst"
+	cp "$src/package.json" "$src/package-lock.json" "$dst/"
+	(cd "$dst" && npm ci --no-audit --no-fund --loglevel=error >&2)
+	echo "$stamp" >"$dst/STAMP"
+}
+
 main() {
 	install_packages
+	mkdir -p "$CACHE"
+	if [ "${CANDEX_K8S_VALIDATE:-1}" != 0 ]; then
+		(
+			exec 8>"$CACHE/.npm-lock"
+			flock 8
+			install_k8s_validate
+		)
+	fi
 	if [ -n "${CANDEX_FAISS_PREFIX:-}" ] && [ -e "$CANDEX_FAISS_PREFIX/include/faiss/c_api/faiss_c.h" ]; then
 		echo "$CANDEX_FAISS_PREFIX"
 		return 0
 	fi
 	local level prefix
-	level=$(cpu_level)
+	# CANDEX_CPU_LEVEL (avx512, avx2, generic) builds for other machines than
+	# this one: an image built here may run on nodes without AVX-512
+	level=${CANDEX_CPU_LEVEL:-$(cpu_level)}
+	case $level in avx512 | avx2 | generic) ;; *) log "CANDEX_CPU_LEVEL: avx512, avx2 or generic, not '$level'"; exit 2 ;; esac
 	prefix="$CACHE/faiss-$FAISS_VERSION-$level-r$FAISS_BUILD_REV"
 	if [ ! -f "$prefix/CANDEX-STAMP" ]; then
 		mkdir -p "$CACHE"

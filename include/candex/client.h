@@ -142,10 +142,16 @@ struct cdx_result {
 	float expected_recall; /* measured recall of the operating point used, 0 = unknown */
 	int target_unmet;      /* no measured point reaches recall_target at this k */
 	uint64_t server_time_us;
-	void *priv;       /* owned storage */
-	uint32_t applied; /* CDX_APPLIED_* bits: recommender features the server used */
-	uint64_t seed;    /* the exploration seed used */
-	size_t nparts;    /* multi-collection searches: per collection */
+	/* What the answer covers: items searched of the version's items. Below 1
+	 * from one shard group (candex serve --shards) or from a router some of
+	 * whose groups did not answer in time; message then says what is missing. */
+	float coverage;
+	uint64_t items_searched, items_total;
+	const char *message; /* the server's note on an OK answer ("" if none) */
+	void *priv;          /* owned storage */
+	uint32_t applied;    /* CDX_APPLIED_* bits: recommender features the server used */
+	uint64_t seed;       /* the exploration seed used */
+	size_t nparts;       /* multi-collection searches: per collection */
 	struct cdx_result_part *parts;
 };
 

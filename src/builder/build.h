@@ -16,10 +16,13 @@
  *            a copy of the trained index and writes one shard file. Every
  *            shard thus sees the same input fingerprint, which publish
  *            compares, so an input that changed between jobs is caught.
- *   publish  moves the shards into DIR/NAME/.staging-<version>-<pid>/,
- *            re-opens and verifies each, writes manifest.json, renames the
- *            staging directory to DIR/NAME/<version>, swaps CURRENT and
- *            garbage-collects old versions.
+ *   publish  links (or, across file systems, copies) the shards into
+ *            DIR/NAME/.staging-<pid>-<version>/, leaving the work directory
+ *            whole so that a failed publish can be retried; re-opens and
+ *            verifies each, writes manifest.json, renames the staging
+ *            directory to DIR/NAME/<version>, swaps CURRENT and
+ *            garbage-collects old versions. (The one-process build encodes
+ *            straight into the staging directory.)
  *
  * Memory: the input is mapped and processed in CDX_BUILD_CHUNK_BYTES
  * chunks whose pages are dropped (MADV_DONTNEED) once used, so peak RSS is
@@ -39,6 +42,7 @@
 
 #include <faiss/c_api/Index_c.h>
 
+#include "input/input.h"
 #include "shard/manifest.h"
 #include "shard/shard.h"
 
@@ -48,7 +52,6 @@
 #define CDX_BUILD_FLAT_BELOW          1000  /* fewer items: exact "Flat" index */
 #define CDX_BUILD_8BIT_FROM           10000 /* fewer items: 4-bit PQ codebooks */
 #define CDX_BUILD_MIN_POINTS_PER_LIST 39    /* Faiss k-means wants >= 39 points per centroid */
-#define CDX_BUILD_MAX_KEY_BYTES       4096
 
 /* cdx_build_chunk_bytes: the input bytes encode processes per step,
  * CDX_BUILD_CHUNK_BYTES unless the environment sets CANDEX_BUILD_CHUNK_BYTES
@@ -56,81 +59,7 @@
  * steps). The chunk size does not change the output. */
 size_t cdx_build_chunk_bytes(void);
 
-/* --- input files ------------------------------------------------------ */
-
-enum cdx_input_format {
-	CDX_INPUT_FVECS = 1, /* per row: int32 dim, dim x float32 */
-	CDX_INPUT_NPY_F32 = 2,
-	CDX_INPUT_NPY_F16 = 3,
-	CDX_INPUT_RAW_F32 = 4, /* headerless rows x dim float32 (dim from --dim) */
-};
-const char *cdx_input_format_name(int format); /* "fvecs" "npy-f32" "npy-f16" "raw-f32" */
-
-typedef struct cdx_input cdx_input;
-
-/* cdx_input_open maps an input file read-only and validates its framing:
- * the format comes from the extension (.fvecs, .npy; anything else is raw
- * float32 and needs dim). dim 0 means "from the file"; otherwise it must
- * agree with the file. Errors name the file (and the row, for a truncated
- * file or a dimension change in an fvecs). On success *ip is set; close
- * with cdx_input_close(). */
-int cdx_input_open(cdx_input **ip, const char *path, uint32_t dim);
-void cdx_input_close(cdx_input *in); /* NULL is a no-op */
-uint64_t cdx_input_rows(const cdx_input *in);
-uint32_t cdx_input_dim(const cdx_input *in);
-int cdx_input_format(const cdx_input *in);
-uint64_t cdx_input_file_bytes(const cdx_input *in);
-const char *cdx_input_path(const cdx_input *in);
-
-/* cdx_input_read converts rows [row, row+n) to float32 into out (n x dim),
- * checking each row's dimension (fvecs) and that every value is finite.
- * CDX_EDIM / CDX_ENONFINITE errors name the file, row (0-based) and column. */
-int cdx_input_read(cdx_input *in, uint64_t row, size_t n, float *out);
-/* cdx_input_read_rows is cdx_input_read for n rows listed in ascending order. */
-int cdx_input_read_rows(cdx_input *in, const uint64_t *rows, size_t n, float *out);
-/* cdx_input_release drops this process's mapping of every page that lies
- * wholly before row end (MADV_DONTNEED): the page cache keeps the data, but
- * a scan no longer grows our RSS. Rows before end must not be read again
- * cheaply (they can be, but fault back in). */
-void cdx_input_release(cdx_input *in, uint64_t end);
-/* cdx_input_prefetch asks the kernel to read rows [row, row+n) ahead. */
-void cdx_input_prefetch(cdx_input *in, uint64_t row, size_t n);
-
-/* cdx_ids_load reads explicit item ids: a text file with one int64 per line,
- * or a .npy of int64 (or int32) with rows entries. It checks the count
- * against rows and rejects duplicates (CDX_EDUP naming both lines). On
- * success *ids is a malloc'd array of rows ids the caller frees. */
-int cdx_ids_load(const char *path, uint64_t rows, int64_t **ids);
-
-/* cdx_keys_check validates a keys file: exactly rows non-empty lines (a
- * final newline is optional, "\r\n" is accepted), each at most
- * CDX_BUILD_MAX_KEY_BYTES, no duplicates (CDX_EDUP naming both lines; keys
- * are compared by a 96-bit hash). *bytes (may be NULL) gets the file size. */
-int cdx_keys_check(const char *path, uint64_t rows, uint64_t *bytes);
-
-/* A sequential reader of a keys file, one key per call. */
-typedef struct cdx_keys_reader cdx_keys_reader;
-int cdx_keys_reader_open(cdx_keys_reader **rp, const char *path);
-/* cdx_keys_reader_next sets *key and *len to the next key (valid until the next
- * call; not NUL-terminated). CDX_ECORRUPT at end of file. */
-int cdx_keys_reader_next(cdx_keys_reader *r, const char **key, size_t *len);
-void cdx_keys_reader_close(cdx_keys_reader *r); /* NULL is a no-op */
-
-/* --- attributes files (docs/recommenders.md, "Attributes") ------------- */
-
-/* cdx_attrs_scan checks an attributes file for rows items: a header line of
- * tab-separated name:type columns (int, bool, enum, set, group), then
- * exactly rows lines of tab-separated values, in the input's row order.
- * Errors name the file, line and attribute. On success *schema holds every
- * column with the enum and set values found (sorted) and the caller frees
- * it with cdx_attr_schema_free(); *bytes (may be NULL) gets the file size. */
-int cdx_attrs_scan(const char *path, uint64_t rows, struct cdx_attr_schema **schema, uint64_t *bytes);
-/* cdx_attrs_read_shard reads the attributes of the nrows rows that belong
- * to shard (by ids, NULL = row numbers) into cols[c] (malloc'd, nrows x the
- * column's width; the caller frees each), in row order. schema is the one
- * cdx_attrs_scan returned for the same file. */
-int cdx_attrs_read_shard(const char *path, const struct cdx_attr_schema *schema, uint64_t rows,
-    const int64_t *ids, uint32_t shard, uint32_t nshards, uint64_t nrows, void **cols);
+/* Input files (embeddings, ids, keys) are read by src/input (input.h). */
 
 /* --- parameters ------------------------------------------------------- */
 
@@ -150,6 +79,7 @@ struct cdx_build_opts {
 	int refine;       /* enum cdx_refine_kind */
 	uint64_t seed;
 	uint32_t dim;          /* raw float32 input: required; else 0 or a check */
+	int input_format;      /* CDX_INPUT_AUTO (by extension), _FVECS, _NPY or _RAW_F32 */
 	uint64_t train_sample; /* 0: default */
 	unsigned keep;         /* versions to keep, >= 1 */
 	int threads;           /* 0: all cores */
@@ -187,8 +117,8 @@ uint32_t cdx_build_default_nlist(uint64_t n);
 uint32_t cdx_build_default_pq_m(uint32_t dim);
 /* cdx_build_factory_rewrite checks a user factory string and writes the one
  * to use into out: "np" is appended to every PQ<M>[x<b>] component unless
- * polysemous; fast-scan (x4fs) and L2norm components are refused with
- * CDX_EINVAL and a message saying why. */
+ * polysemous (fast-scan PQ<M>x4fs[r] has none); L2norm components are
+ * refused with CDX_EINVAL and a message saying why. */
 int cdx_build_factory_rewrite(const char *factory, int polysemous, char *out, size_t outlen);
 /* cdx_build_params_choose fills p for n rows of dim: the documented
  * defaults, or factory (if not NULL) after cdx_build_factory_rewrite.
@@ -305,9 +235,9 @@ int cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char 
 int cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, const char *version,
     const struct cdx_encode_result *res, char *version_out);
 /* cdx_build_staging_create picks a fresh version name ("v" + UTC
- * yyyymmddThhmmssZ + "-" + 4 hex digits that grow with time within the
- * second, bumped past existing names) and creates
- * DIR/NAME/.staging-<version>-<pid>/ (registered for removal on interrupt).
+ * yyyymmddThhmmssZ + "-" + 4 hex digits: the millisecond x 65, plus a bump
+ * past names that exist) and creates DIR/NAME/.staging-<pid>-<version>/
+ * (registered for removal on interrupt).
  * staging gets PATH_MAX bytes, version CDX_NAME_MAX. */
 int cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char *version);
 

@@ -6,6 +6,7 @@
 #include <faiss/c_api/IndexIVF_c.h>
 
 #include "builder/build.h"
+#include "faissx/error.h"
 
 /* cdx_build_train_spherical trains an IVF index's coarse quantizer with
  * spherical k-means (unit centroids), as Faiss does by itself for inner

@@ -22,58 +22,32 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "builder/build.h"
+#include "faissx/faissx.h"
 #include "shard/refine.h"
+#include "faissx/error.h"
 #include "shard/transform.h"
 
 #define KEYS_FLUSH_BYTES (1u << 20)
 
-struct part_cookie {
-	cdx_shard_writer *w;
-	int rc;
-};
-
-static ssize_t
-cookie_write(void *c, const char *buf, size_t size)
-{
-	struct part_cookie *pc = c;
-	if (pc->rc != CDX_OK)
-		return 0;
-	int rc = cdx_shard_writer_write(pc->w, buf, size);
-	if (rc != CDX_OK) {
-		pc->rc = rc;
-		errno = EIO;
-		return 0; /* fopencookie: 0 means error */
-	}
-	return (ssize_t) size;
-}
-
-/* write_faiss_part serialises the index into the FAISS part. */
+/* write_faiss_part serialises the index into the FAISS part, through the
+ * shard writer's part stream. */
 static int
 write_faiss_part(cdx_shard_writer *w, const FaissIndex *index, const char *path)
 {
-	int rc = cdx_shard_writer_begin_part(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED);
+	FILE *f = NULL;
+	int rc = cdx_shard_writer_part_stream(w, CDX_PART_FAISS, CDX_PART_FLAG_REQUIRED, &f);
 	if (rc != CDX_OK)
 		return rc;
-	struct part_cookie pc = { w, CDX_OK };
-	cookie_io_functions_t io = { .write = cookie_write };
-	FILE *f = fopencookie(&pc, "w", io);
-	if (f == NULL)
-		return cdx_error_errno(CDX_ENOMEM, "%s: faiss part stream", path);
-	char *vbuf = malloc(1 << 20);
-	if (vbuf != NULL)
-		setvbuf(f, vbuf, _IOFBF, 1 << 20);
-	int frc = faiss_write_index(index, f);
-	int fail_faiss = frc != 0;
-	if (fail_faiss && pc.rc == CDX_OK)
+	/* a failed write (a full disk) makes Faiss fail too: the writer's
+	 * error, recorded first, is the one that explains it */
+	if (faiss_write_index(index, f) != 0 && cdx_shard_writer_status(w) == CDX_OK)
 		rc = cdx_error_faiss(path);
-	if (fclose(f) != 0 && rc == CDX_OK && pc.rc == CDX_OK)
-		rc = cdx_error_errno(CDX_EIO, "%s: faiss part", path);
-	free(vbuf);
-	if (pc.rc != CDX_OK)
-		return pc.rc; /* the writer's error (e.g. ENOSPC) explains the Faiss one */
-	if (rc != CDX_OK)
-		return rc;
-	return cdx_shard_writer_end_part(w);
+	if (fclose(f) != 0 && rc == CDX_OK)
+		rc = cdx_shard_writer_status(w) != CDX_OK ? cdx_shard_writer_status(w)
+		                                          : cdx_error_errno(CDX_EIO, "%s: faiss part", path);
+	if (rc == CDX_OK)
+		rc = cdx_shard_writer_status(w);
+	return rc;
 }
 
 static int
@@ -111,6 +85,18 @@ done:
 	return rc;
 }
 
+struct shard_rows {
+	const int64_t *ids; /* NULL = row numbers */
+	uint32_t shard, nshards;
+};
+
+static int
+in_shard(uint64_t row, const void *ctx)
+{
+	const struct shard_rows *sr = ctx;
+	return cdx_build_shard_of(sr->ids ? sr->ids[row] : (int64_t) row, sr->nshards) == sr->shard;
+}
+
 /* write_attrs_part writes the ATTRS part: this shard's rows of the
  * attributes file, as columns (shard/attrs.h). */
 static int
@@ -119,7 +105,8 @@ write_attrs_part(
 {
 	void *cols[CDX_ATTR_MAX_COLUMNS];
 	const struct cdx_attr_schema *s = p->attrs_schema;
-	int rc = cdx_attrs_read_shard(p->attrs, s, p->rows, ids, shard, p->nshards, nrows, cols);
+	struct shard_rows sr = { ids, shard, p->nshards };
+	int rc = cdx_attrs_read_rows(p->attrs, s, p->rows, in_shard, &sr, nrows, cols);
 	if (rc != CDX_OK)
 		return rc;
 	cdx_buf buf = { 0 };
@@ -172,9 +159,11 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	cdx_build_shard_name(name, shard, p->nshards);
 	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int) sizeof(path))
 		return cdx_error(CDX_EINVAL, "path too long: %s", dir);
-	/* dim from the file itself (raw float32 has none), so that another
-	 * dimension reads as what it is: a different input */
-	if ((rc = cdx_input_open(&in, input, p->input_format == CDX_INPUT_RAW_F32 ? p->dim : 0)) != CDX_OK)
+	/* dim and dtype from the file itself (raw float32 has none), so that
+	 * another dimension or dtype reads as what it is: a different input */
+	int raw = p->input_format == CDX_INPUT_RAW_F32;
+	if ((rc = cdx_input_open(&in, input, raw ? p->dim : 0, cdx_input_format_family(p->input_format)))
+	    != CDX_OK)
 		goto fail;
 	if (cdx_input_rows(in) != p->rows || cdx_input_dim(in) != p->dim
 	    || cdx_input_file_bytes(in) != p->input_bytes || cdx_input_format(in) != p->input_format) {
@@ -204,7 +193,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 			goto fail;
 		}
 	}
-	if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids)) != CDX_OK)
+	uint64_t nids;
+	if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids, &nids)) != CDX_OK)
 		goto fail;
 	uint64_t nrows = 0;
 	for (uint64_t r = 0; r < p->rows; r++)
@@ -222,7 +212,7 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	if (consume) {
 		index = p->index;
 		p->index = NULL;
-	} else if (faiss_clone_index(p->index, &index) != 0) {
+	} else if (cdx_fx_clone(p->index, &index) != 0) {
 		rc = cdx_error_faiss("clone of the trained index");
 		goto fail;
 	}

@@ -67,8 +67,10 @@ parse_uint(const char **s)
 	return v;
 }
 
-/* A PQ component: "PQ<M>", "PQ<M>x<b>", either optionally followed by "np".
- * Returns 1 and fills m/nbits/np when tok is one. */
+/* A PQ component: "PQ<M>", "PQ<M>x<b>", either optionally followed by "np",
+ * or a fast-scan one, "PQ<M>x4fs" ("fsr": by residual), which has no
+ * polysemous training (*np is set). Returns 1 and fills m/nbits/np when tok
+ * is one. */
 static int
 pq_component(const char *tok, size_t len, long *m, long *nbits, int *np)
 {
@@ -89,9 +91,9 @@ pq_component(const char *tok, size_t len, long *m, long *nbits, int *np)
 			return 0;
 	}
 	*np = 0;
-	if (strcmp(s, "np") == 0) {
+	if (strcmp(s, "np") == 0 || ((strcmp(s, "fs") == 0 || strcmp(s, "fsr") == 0) && *nbits == 4)) {
 		*np = 1;
-		s += 2;
+		s += strlen(s);
 	}
 	return *s == 0;
 }
@@ -127,14 +129,6 @@ cdx_build_factory_rewrite(const char *factory, int polysemous, char *out, size_t
 			    "--factory '%s': the L2norm component is refused (it gives wrong "
 			    "cosine scores with refinement); use --metric cos, which normalises the "
 			    "vectors before indexing",
-			    factory);
-			goto done;
-		}
-		if (memmem(p, len, "x4fs", 4) != NULL) {
-			rc = cdx_error(CDX_EINVAL,
-			    "--factory '%s': fast-scan (x4fs) indexes are not supported yet: the "
-			    "server's per-request nprobe uses IndexIVF::search_preassigned, which "
-			    "fast-scan indexes do not implement; use PQ<M>x4np instead",
 			    factory);
 			goto done;
 		}

@@ -43,7 +43,8 @@ find(const struct cdx_build_plan *p, struct prune *pr)
 	int64_t *ids = NULL;
 	int rc = CDX_OK;
 	if (t->nids > 0) {
-		if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids)) != CDX_OK)
+		uint64_t nids;
+		if (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids, &nids)) != CDX_OK)
 			return rc;
 		for (uint64_t r = 0; r < p->rows; r++) {
 			int64_t id = ids ? ids[r] : (int64_t) r;
@@ -58,12 +59,12 @@ find(const struct cdx_build_plan *p, struct prune *pr)
 	cdx_keys_reader *kr = NULL;
 	if ((rc = cdx_keys_reader_open(&kr, p->keys)) != CDX_OK)
 		return rc;
-	char buf[CDX_BUILD_MAX_KEY_BYTES + 1];
+	char buf[CDX_INPUT_MAX_KEY_BYTES + 1];
 	const char *k = buf;
 	for (uint64_t r = 0; rc == CDX_OK && r < p->rows; r++) {
 		const char *key;
 		size_t len;
-		if ((rc = cdx_keys_reader_next(kr, &key, &len)) != CDX_OK || len > CDX_BUILD_MAX_KEY_BYTES)
+		if ((rc = cdx_keys_reader_next(kr, &key, &len)) != CDX_OK || len > CDX_INPUT_MAX_KEY_BYTES)
 			break;
 		memcpy(buf, key, len);
 		buf[len] = '\0';

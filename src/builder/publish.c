@@ -257,10 +257,11 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 		 * the version itself, before anyone can load it */
 		snprintf(m.version, sizeof(m.version), "%s", version);
 		int64_t *ids = NULL;
+		uint64_t nids = 0;
 		if ((rc = cdx_manifest_save(&m, staging)) != CDX_OK
-		    || (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids)) != CDX_OK)
-		    || (rc = cdx_tune_check_version(p->check, staging, p->input,
-		            p->input_format == CDX_INPUT_RAW_F32 ? p->dim : 0, ids, p->rows, &m))
+		    || (p->ids[0] && (rc = cdx_ids_load(p->ids, p->rows, &ids, &nids)) != CDX_OK)
+		    || (rc = cdx_tune_check_version(
+		            p->check, staging, p->input, p->input_format, p->dim, ids, p->rows, &m))
 		        != CDX_OK) {
 			free(ids);
 			goto fail;

@@ -27,6 +27,7 @@
 #include "builder/build.h"
 #include "builder/tune.h"
 #include "shard/refine.h"
+#include "faissx/error.h"
 
 #define PLAN_FILE    "plan.json"
 #define TRAINED_FILE "trained.faissindex"
@@ -190,6 +191,7 @@ tune(struct cdx_build_plan *p, const struct cdx_build_opts *o, cdx_input *in, co
 	to.nks = o->ntune_k;
 	memcpy(to.ks, o->tune_k, sizeof(to.ks));
 	to.queries = o->tune_queries;
+	to.queries_format = o->input_format;
 	to.budget_s = o->tune_budget_s;
 	to.max_queries = o->tune_queries_max;
 	to.refine = o->refine_set ? o->refine : -1;
@@ -276,7 +278,7 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	    || (rc = copy_path(p->attrs, o->attrs, "--attrs")) != CDX_OK)
 		goto fail;
 
-	if ((rc = cdx_input_open(&in, o->input, o->dim)) != CDX_OK)
+	if ((rc = cdx_input_open(&in, o->input, o->dim, o->input_format)) != CDX_OK)
 		goto fail;
 	p->dim = cdx_input_dim(in);
 	p->rows = cdx_input_rows(in);
@@ -297,7 +299,8 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	}
 	if (o->ids != NULL) {
 		struct stat st;
-		if ((rc = cdx_ids_load(o->ids, p->rows, &ids)) != CDX_OK)
+		uint64_t nids;
+		if ((rc = cdx_ids_load(o->ids, p->rows, &ids, &nids)) != CDX_OK)
 			goto fail;
 		if (stat(o->ids, &st) == 0)
 			p->ids_bytes = (uint64_t) st.st_size;
@@ -691,9 +694,8 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 		l.rc = cdx_error(CDX_ECORRUPT, "%s: bad metric '%s'", path, metric);
 	if (l.rc == CDX_OK && cdx_refine_parse(refine, &p->refine) != CDX_OK)
 		l.rc = cdx_error(CDX_ECORRUPT, "%s: bad refine '%s'", path, refine);
-	for (int f = CDX_INPUT_FVECS; l.rc == CDX_OK && f <= CDX_INPUT_RAW_F32; f++)
-		if (strcmp(fmt, cdx_input_format_name(f)) == 0)
-			p->input_format = f;
+	if (l.rc == CDX_OK)
+		p->input_format = cdx_input_format_from_name(fmt);
 	if (l.rc == CDX_OK && (p->input_format == 0 || p->dim == 0 || p->nshards == 0 || p->rows == 0))
 		l.rc = cdx_error(CDX_ECORRUPT, "%s: inconsistent plan", path);
 	if (l.rc == CDX_OK && p->refine == CDX_REFINE_SQ8) {

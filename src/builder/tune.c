@@ -49,10 +49,10 @@ read_all(cdx_input *in, int metric, float **xp)
 /* read_queries reads --tune-queries: up to max rows (a seeded sample when
  * the file has more), in file order. */
 static int
-read_queries(const char *path, uint32_t dim, uint32_t max, uint64_t seed, float **qp, size_t *np)
+read_queries(const char *path, int format, uint32_t dim, uint32_t max, uint64_t seed, float **qp, size_t *np)
 {
 	cdx_input *qin = NULL;
-	int rc = cdx_input_open(&qin, path, 0);
+	int rc = cdx_input_open(&qin, path, format == CDX_INPUT_RAW_F32 ? dim : 0, format);
 	if (rc != CDX_OK)
 		return rc;
 	if (cdx_input_dim(qin) != dim) {
@@ -195,16 +195,18 @@ round_up(uint32_t x, uint32_t m)
 
 /* ivf_cand describes an IVF-PQ candidate: group_dim is what the PQ codes
  * (PCA output, or the index vectors, padded to a multiple of 8 so that
- * both sub-vector sizes divide it). */
+ * both sub-vector sizes divide it); fastscan: 4-bit codes in SIMD blocks
+ * (nbits is then 4). */
 static void
 ivf_cand(const struct tdata *t, struct cand *c, int transform, uint32_t pca, uint32_t nlist, uint32_t nbits,
-    uint32_t dsub)
+    uint32_t dsub, int fastscan)
 {
 	memset(c, 0, sizeof(*c));
 	c->transform = transform;
 	c->pca = pca;
 	c->nlist = nlist;
-	c->nbits = nbits;
+	c->fastscan = fastscan;
+	c->nbits = fastscan ? 4 : nbits;
 	c->kind = -1;
 	c->group = -1;
 	c->ns = INFINITY;
@@ -212,10 +214,15 @@ ivf_cand(const struct tdata *t, struct cand *c, int transform, uint32_t pca, uin
 	c->index_dim = pca ? d_eff : round_up(d_eff, 8);
 	c->group_dim = pca ? pca : c->index_dim;
 	c->m = c->group_dim / dsub;
-	if (pca)
-		snprintf(c->factory, sizeof(c->factory), "PCA%u,IVF%u,PQ%ux%unp", pca, nlist, c->m, nbits);
+	char pq[32];
+	if (fastscan)
+		snprintf(pq, sizeof(pq), "PQ%ux4fs", c->m);
 	else
-		snprintf(c->factory, sizeof(c->factory), "IVF%u,PQ%ux%unp", nlist, c->m, nbits);
+		snprintf(pq, sizeof(pq), "PQ%ux%unp", c->m, c->nbits);
+	if (pca)
+		snprintf(c->factory, sizeof(c->factory), "PCA%u,IVF%u,%s", pca, nlist, pq);
+	else
+		snprintf(c->factory, sizeof(c->factory), "IVF%u,%s", nlist, pq);
 }
 
 /* better: whether a beats b: cheaper beyond the tie band; within it,
@@ -382,6 +389,7 @@ tdata_fini(struct tdata *t)
 		free(t->store_data[k]);
 	free(t->sq8_vmin);
 	free(t->sq8_vdiff);
+	cdx__tune_cache_fini(t);
 }
 
 /* mix_held_rows turns held-out rows into user-like queries for ip: query h
@@ -427,7 +435,8 @@ pick_queries(struct tdata *t, const int64_t *ids, struct cdx_tune_check *chk, js
 	json_t *qj = json_object();
 	json_object_set_new(report, "queries", qj);
 	if (o->queries != NULL) {
-		if ((rc = read_queries(o->queries, t->dim, maxq, o->seed, &q, &nq)) != CDX_OK)
+		if ((rc = read_queries(o->queries, o->queries_format, t->dim, maxq, o->seed, &q, &nq))
+		    != CDX_OK)
 			return rc;
 		json_object_set_new(qj, "source", json_string(o->queries));
 	} else {
@@ -575,7 +584,7 @@ cdx_tune_run(
 	uint32_t nks = o->nks ? o->nks : (uint32_t) CDX_ARRAY_LEN(default_ks);
 	json_t *report = json_object();
 	struct cdx_tune_check *chk = calloc(1, sizeof(*chk));
-	struct cand *cands = calloc(8, sizeof(*cands));
+	struct cand *cands = calloc(10, sizeof(*cands)); /* flat, 4 groups, 2 codes, the lists */
 	FaissIndex *best_index = NULL, *tr = NULL;
 	uint64_t *sample = NULL;
 	int rc = CDX_OK;
@@ -623,7 +632,7 @@ cdx_tune_run(
 	for (uint32_t ki = 0; ki < t.nks; ki++)
 		t.pool = CDX_MAX(t.pool, (size_t) (factors[nf_for(t.ks[ki]) - 1] * (float) t.ks[ki]));
 	t.pool = CDX_MIN(t.pool, t.n);
-	if ((rc = make_stores(&t)) != CDX_OK)
+	if ((rc = make_stores(&t)) != CDX_OK || (rc = cdx__tune_cache_init(&t)) != CDX_OK)
 		goto done;
 	cdx_info("BLD-TUNE", "%zu selection and %zu check queries (%s), exact neighbours in %.1f s", t.nsel,
 	    chk->nq, o->queries ? o->queries : "held-out rows", elapsed_s(&t));
@@ -640,11 +649,10 @@ cdx_tune_run(
 		t.flat_ns[ki] = best->best[ki][CDX_REFINE_NONE].ns;
 	log_cand(&t, best);
 	if (t.nfull >= CDX_TUNE_FLAT_BELOW) {
-		uint32_t nbits = t.n >= CDX_BUILD_8BIT_FROM ? 8 : 4, dsub[2] = { 4, 8 };
-		if (nbits == 4) {
-			dsub[0] = 2;
-			dsub[1] = 4;
-		}
+		/* the codes measured on the best coarse group besides fast-scan's:
+		 * the same bytes in plain PQ, 8-bit codes of 4 dimensions from
+		 * 10,000 rows (else 4-bit of 2) */
+		uint32_t nbits = t.n >= CDX_BUILD_8BIT_FROM ? 8 : 4, dsub_plain = nbits == 8 ? 4 : 2;
 		/* lists of a few hundred items: each probed list costs a table of
 		 * M x 2^nbits entries, as much as scanning ~M x 2^nbits / M codes */
 		uint32_t nlist0 = tune_nlist(t.n);
@@ -671,12 +679,16 @@ cdx_tune_run(
 		r->params.train_sample = ns;
 		struct cand *ivf_best = NULL;
 		FaissIndex *group_first[4] = { NULL, NULL, NULL, NULL };
+		const struct cand *group_cand[4] = { NULL, NULL, NULL, NULL }; /* each group's first */
+		int best_group = -1;
 		double spent = 0;
 		size_t measured = 0;
 		struct cdx_progress pr; /* candidates measured, of at most this many */
-		cdx_progress_begin(&pr, "tune", ngroups + 2, o->quiet);
+		cdx_progress_begin(&pr, "tune", ngroups + 3, o->quiet);
 		for (int stage = 0; stage < 3 && rc == CDX_OK; stage++) {
-			size_t nstage = stage == 0 ? ngroups : 1;
+			size_t nstage = stage == 0 ? ngroups : stage == 1 ? 2 : 1;
+			if (stage == 1 && ivf_best != NULL)
+				best_group = ivf_best->group;
 			for (size_t g = 0; g < nstage && rc == CDX_OK; g++) {
 				double avg = measured ? spent / (double) measured : 0;
 				if (elapsed_s(&t) + avg > budget && ivf_best != NULL) {
@@ -695,22 +707,46 @@ cdx_tune_run(
 					if (groups[g].pca > 64 && ivf_best != NULL && ivf_best->pca == 64
 					    && ivf_best->ns < INFINITY)
 						continue;
-					ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, nbits,
-					    dsub[0]);
+					/* each group with fast-scan codes of 2 dimensions, but
+					 * ip as L2 with plain codes: fast-scan quantizes every
+					 * sub-quantizer's table with one scale, set by the
+					 * widest, and the added coordinate's (the item norms')
+					 * leaves the others a few levels (Faiss's
+					 * round_uint8_per_column). On tune_test's ip set,
+					 * PQ10x4fs then lost recall as nprobe rose (x4: 0.86
+					 * at nprobe 32, 0.65 at 64) and its chosen setting
+					 * missed the target on fresh queries (0.947). */
+					if (groups[g].transform == CDX_TRANSFORM_MIPS_L2)
+						ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0,
+						    nbits, dsub_plain, 0);
+					else
+						ivf_cand(&t, c, groups[g].transform, groups[g].pca, nlist0, 4,
+						    2, 1);
 					c->group = (int) g;
-				} else if (stage == 1) { /* the best group, the other sub-vector size */
-					if (ivf_best == NULL)
+				} else if (stage == 1) { /* the best group: plain codes, then half the code */
+					if (best_group < 0 || group_cand[best_group] == NULL)
 						continue;
-					ivf_cand(&t, c, ivf_best->transform, ivf_best->pca, ivf_best->nlist,
-					    nbits, dsub[1]);
-					c->group = ivf_best->group;
-					like = group_first[ivf_best->group];
+					const struct cand *b0 = group_cand[best_group];
+					/* plain already (ip as L2): only half the code is new */
+					if (!b0->fastscan && g == 0)
+						continue;
+					if (!b0->fastscan)
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, nbits,
+						    2 * dsub_plain, 0);
+					else if (g == 0)
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, nbits,
+						    dsub_plain, 0);
+					else
+						ivf_cand(&t, c, b0->transform, b0->pca, b0->nlist, 4, 4, 1);
+					c->group = best_group;
+					like = group_first[best_group];
 				} else { /* four times the lists: shorter lists, a larger coarse step */
 					if (ivf_best == NULL
 					    || t.n / (nlist0 * 4) < CDX_BUILD_MIN_POINTS_PER_LIST)
 						continue;
-					ivf_cand(&t, c, ivf_best->transform, ivf_best->pca, nlist0 * 4, nbits,
-					    ivf_best->group_dim / ivf_best->m);
+					ivf_cand(&t, c, ivf_best->transform, ivf_best->pca, nlist0 * 4,
+					    ivf_best->nbits, ivf_best->group_dim / ivf_best->m,
+					    ivf_best->fastscan);
 					c->group = -1;
 				}
 				if (c->m == 0 || c->group_dim % c->m != 0)
@@ -724,8 +760,10 @@ cdx_tune_run(
 				spent += (double) (cdx_now_us() - c0) / 1e6;
 				cdx_progress_update(&pr, measured);
 				log_cand(&t, c);
-				if (stage == 0)
+				if (stage == 0) {
 					group_first[g] = tr; /* kept: stage 1 reuses its coarse stage */
+					group_cand[g] = c;
+				}
 				if (better(c, ivf_best)) {
 					ivf_best = c;
 					if (best_index != NULL && best_index != tr) {

@@ -59,6 +59,9 @@
 #define CDX_TUNE_NS_LUT         0.25   /* per table entry built per probed list (M x 2^nbits) */
 #define CDX_TUNE_NS_CODE8       0.88   /* per code per sub-quantizer, 8-bit PQ */
 #define CDX_TUNE_NS_CODE4       1.49   /* per code per sub-quantizer, 4-bit PQ (no fast-scan) */
+#define CDX_TUNE_NS_FS_CODE     0.03   /* per code per sub-quantizer, fast-scan (blocks of 32) */
+#define CDX_TUNE_NS_FS_LIST     8.5    /* per probed list per sub-quantizer, fast-scan */
+#define CDX_TUNE_NS_FS_HEAP     7.0    /* as NS_HEAP, fast-scan's result handlers */
 #define CDX_TUNE_NS_HEAP        12.0   /* per heap step (log2 of the pool) per insertion, and the merge */
 #define CDX_TUNE_NS_REFINE_ROW  2.0    /* per re-ranked candidate */
 #define CDX_TUNE_NS_REFINE_FP32 0.245  /* per dimension of a re-ranked candidate: arithmetic and its bytes */
@@ -70,6 +73,7 @@ struct cdx_tune_opts {
 	uint32_t ks[CDX_TUNE_MAX_K]; /* tuned k, ascending; nks 0 = 10, 100, 500 */
 	uint32_t nks;
 	const char *queries;  /* --tune-queries, NULL: held-out input rows */
+	int queries_format;   /* how to read them: CDX_INPUT_AUTO (by extension), _FVECS, _NPY, _RAW_F32 */
 	double budget_s;      /* 0 = default */
 	uint32_t max_queries; /* 0 = default */
 	int refine;           /* -1: chosen; else only this refine kind */
@@ -116,10 +120,10 @@ int cdx_tune_run(
 /* cdx_tune_check_version searches the check queries through the version
  * in dir (what is about to be published, loaded as the server loads it) at
  * every tuned k with the default settings, judges the hits by their true
- * distance (read back from input; raw_dim for raw float32 input, else 0),
+ * distance (read back from input, in the format and dimension the plan found),
  * and records the recall in the check_recall of the point used, in m. */
 int cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input,
-    uint32_t raw_dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
+    int input_format, uint32_t dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m);
 
 /* cdx_tune_check_save writes the check (queries, their truth, the held-out
  * ids) into a distributed build's work directory; cdx_tune_check_load

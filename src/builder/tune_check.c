@@ -69,8 +69,8 @@ check_query(const struct cdx_tune_check *chk, cdx_input *in, size_t qi, const fl
 }
 
 int
-cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input, uint32_t raw_dim,
-    const int64_t *ids, uint64_t rows, struct cdx_manifest *m)
+cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const char *input, int input_format,
+    uint32_t dim, const int64_t *ids, uint64_t rows, struct cdx_manifest *m)
 {
 	if (chk == NULL || chk->nq == 0 || m->ntuned_k == 0)
 		return CDX_OK;
@@ -93,7 +93,7 @@ cdx_tune_check_version(const struct cdx_tune_check *chk, const char *dir, const 
 	}
 	if ((rc = cdx_collection_load(&c, dir)) != CDX_OK)
 		goto done;
-	if ((rc = cdx_input_open(&in, input, raw_dim)) != CDX_OK)
+	if ((rc = cdx_input_open(&in, input, dim, cdx_input_format_family(input_format))) != CDX_OK)
 		goto done;
 	if (ids != NULL)
 		rc = cdx_idmap_init_ids(&map, ids, rows);
@@ -216,7 +216,7 @@ cdx_tune_check_load(struct cdx_tune_check **cp, const char *workdir, int metric,
 	if ((rc = cdx_truth_load(&c->truth, path)) != CDX_OK)
 		goto fail;
 	if ((rc = cdx_pathf(path, sizeof(path), "%s/%s", workdir, CHECK_QUERIES)) != CDX_OK
-	    || (rc = cdx_input_open(&in, path, dim)) != CDX_OK)
+	    || (rc = cdx_input_open(&in, path, dim, CDX_INPUT_FVECS)) != CDX_OK)
 		goto fail;
 	c->nq = (size_t) cdx_input_rows(in);
 	if (c->nq != c->truth.nq) {

@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "builder/tune.h"
+#include "faissx/error.h"
 #include "search/search.h"
 #include "shard/refine.h"
 
@@ -37,6 +38,7 @@ struct cand {
 	int group; /* stage-0 coarse group it shares, -1 for none */
 	int transform;
 	uint32_t pca, nlist, m, nbits, index_dim, group_dim;
+	int fastscan; /* 4-bit codes in SIMD blocks (PQ<M>x4fs) */
 	char factory[128];
 	/* results */
 	int evaluated;
@@ -52,6 +54,17 @@ struct cand {
 	double se[MAX_NPROBE][CDX_TUNE_MAX_K][NKINDS][MAX_F];
 	double codes[MAX_NPROBE];
 	char note[160];
+};
+
+/* A per-query cache of candidates' scores. A row's scores for a query do
+ * not depend on the structure that found it, so the cache is kept across
+ * every nprobe of a candidate and across candidates: their pools overlap
+ * mostly, and scoring (full-dimension re-rank distances) is most of the
+ * tuner's search time. */
+struct score_cache {
+	uint32_t slots; /* a power of two >= 4 x pool, per query */
+	int32_t *row;   /* nsel x slots; -1 = empty */
+	float *score;   /* nsel x slots x NKINDS: [0] true distance, [kind] re-ranked score */
 };
 
 /* --- the tuning data ---------------------------------------------------------- */
@@ -77,6 +90,7 @@ struct tdata {
 	uint64_t t0;
 	size_t pool;                    /* candidates fetched per selection query */
 	double flat_ns[CDX_TUNE_MAX_K]; /* exact search's modelled cost at each k */
+	struct score_cache cache;       /* tune_measure.c */
 };
 
 static inline int
@@ -106,6 +120,10 @@ double cdx__tune_model_ns(
     const struct cand *c, uint32_t nprobe, double codes, double pool, int kind, uint32_t dim);
 /* cdx__tune_bytes_per_item: an item's memory with candidate c and a refine kind. */
 double cdx__tune_bytes_per_item(const struct cand *c, int kind, uint32_t dim);
+/* cdx__tune_cache_init makes t->cache for t->nsel queries and pools of
+ * t->pool; cdx__tune_cache_fini frees it. */
+int cdx__tune_cache_init(struct tdata *t);
+void cdx__tune_cache_fini(struct tdata *t);
 /* cdx__tune_measure_ivf builds candidate c (over like's coarse stage when
  * like is not NULL), adds the tuning base, searches the nprobe ladder and
  * chooses its settings; *trained gets a copy of the trained, empty index. */

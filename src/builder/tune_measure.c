@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <faiss/c_api/clone_index_c.h>
 #include <faiss/c_api/index_factory_c.h>
 
 #include "builder/tune_int.h"
@@ -102,35 +101,27 @@ cdx__tune_bytes_per_item(const struct cand *c, int kind, uint32_t dim)
 	    + (kind == CDX_REFINE_NONE ? 8 : (double) cdx_refine_bytes_per_vector(kind, dim));
 }
 
-/* A per-query cache of candidates' scores, kept across one candidate's
- * nprobe ladder: the pools of nprobe n and 2n overlap mostly, and scoring
- * (full-dimension re-rank distances) is most of the tuner's search time. */
-struct score_cache {
-	uint32_t slots; /* a power of two >= 2 x pool, per query */
-	int32_t *row;   /* nsel x slots; -1 = empty */
-	float *score;   /* nsel x slots x NKINDS: [0] true distance, [kind] re-ranked score */
-};
-
-static int
-cache_init(struct score_cache *sc, size_t nq, size_t pool)
+int
+cdx__tune_cache_init(struct tdata *t)
 {
+	struct score_cache *sc = &t->cache;
 	sc->slots = 64;
-	while (sc->slots < 4 * pool)
+	while (sc->slots < 4 * t->pool)
 		sc->slots *= 2;
-	sc->row = malloc(nq * sc->slots * sizeof(int32_t));
-	sc->score = malloc(nq * sc->slots * NKINDS * sizeof(float));
+	sc->row = malloc(t->nsel * sc->slots * sizeof(int32_t));
+	sc->score = malloc(t->nsel * sc->slots * NKINDS * sizeof(float));
 	if (sc->row == NULL || sc->score == NULL)
 		return cdx_error(CDX_ENOMEM, "tuning score cache");
-	memset(sc->row, 0xff, nq * sc->slots * sizeof(int32_t));
+	memset(sc->row, 0xff, t->nsel * sc->slots * sizeof(int32_t));
 	return CDX_OK;
 }
 
-static void
-cache_fini(struct score_cache *sc)
+void
+cdx__tune_cache_fini(struct tdata *t)
 {
-	free(sc->row);
-	free(sc->score);
-	memset(sc, 0, sizeof(*sc));
+	free(t->cache.row);
+	free(t->cache.score);
+	memset(&t->cache, 0, sizeof(t->cache));
 }
 
 /* cached_scores returns query q's scores of row, computing them on first
@@ -279,13 +270,21 @@ cdx__tune_model_ns(const struct cand *c, uint32_t nprobe, double codes, double p
 		ns += CDX_TUNE_NS_FLOAT_DIST * (double) c->nlist * (c->pca ? c->pca : c->group_dim);
 		if (c->pca)
 			ns += CDX_TUNE_NS_FLOAT_DIST * (double) c->group_dim * c->pca;
-		ns += CDX_TUNE_NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
-		ns += (c->nbits == 8 ? CDX_TUNE_NS_CODE8 : CDX_TUNE_NS_CODE4) * (double) c->m * codes;
+		if (c->fastscan) {
+			/* one table a query; lists are scanned in blocks of 32
+			 * codes (half a block of padding a list, on average) */
+			ns += CDX_TUNE_NS_LUT * (double) c->m * 16.0;
+			ns += CDX_TUNE_NS_FS_CODE * (double) c->m * (codes + 16.0 * nprobe);
+			ns += CDX_TUNE_NS_FS_LIST * (double) c->m * nprobe;
+		} else {
+			ns += CDX_TUNE_NS_LUT * nprobe * (double) c->m * (double) (1u << c->nbits);
+			ns += (c->nbits == 8 ? CDX_TUNE_NS_CODE8 : CDX_TUNE_NS_CODE4) * (double) c->m * codes;
+		}
 	}
 	/* a heap of the pool takes about pool x (1 + ln(codes / pool)) insertions */
 	if (pool >= 1 && codes > 0) {
 		double ins = codes <= pool ? codes : pool * (1 + log(codes / pool));
-		ns += CDX_TUNE_NS_HEAP * log2(pool + 1) * ins;
+		ns += (c->fastscan ? CDX_TUNE_NS_FS_HEAP : CDX_TUNE_NS_HEAP) * log2(pool + 1) * ins;
 	}
 	if (kind != CDX_REFINE_NONE) {
 		double per_dim = kind == CDX_REFINE_FP32 ? CDX_TUNE_NS_REFINE_FP32
@@ -408,7 +407,6 @@ cdx__tune_measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, c
 	float *xs = NULL, *xb_owned = NULL;
 	struct cdx_hit *hits = NULL;
 	cdx_collection *coll = NULL;
-	struct score_cache cache = { 0 };
 	int rc = CDX_OK;
 	*trained = NULL;
 	c->evaluated = 1;
@@ -433,7 +431,7 @@ cdx__tune_measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, c
 		free(row);
 	}
 	if (like != NULL) {
-		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, &idx) != 0) {
+		if (cdx_fx_ivfpq_like(like, (int) c->m, (int) c->nbits, c->fastscan, &idx) != 0) {
 			rc = cdx_error_faiss("IVF-PQ over a trained coarse stage");
 			goto done;
 		}
@@ -446,7 +444,7 @@ cdx__tune_measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, c
 	}
 	free(xs);
 	xs = NULL;
-	if (faiss_clone_index(idx, &copy) != 0) {
+	if (cdx_fx_clone(idx, &copy) != 0) {
 		rc = cdx_error_faiss("copy of the trained index");
 		goto done;
 	}
@@ -491,8 +489,6 @@ cdx__tune_measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, c
 
 	uint64_t t2 = cdx_now_us();
 	size_t pool = t->pool;
-	if ((rc = cache_init(&cache, t->nsel, pool)) != CDX_OK)
-		goto done;
 	if ((hits = malloc(t->nsel * pool * sizeof(*hits))) == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "tuning pools");
 		goto done;
@@ -511,7 +507,7 @@ cdx__tune_measure_ivf(struct tdata *t, struct cand *c, const FaissIndex *like, c
 		uint32_t s = c->nsteps++;
 		c->nprobes[s] = np;
 		c->codes[s] = (double) used.codes / (double) t->nsel;
-		evaluate_pools(t, &cache, hits, pool, kinds, c->rec[s], c->se[s]);
+		evaluate_pools(t, &t->cache, hits, pool, kinds, c->rec[s], c->se[s]);
 		if (np == cap || ladder_done(t, c, kinds))
 			break;
 	}
@@ -528,6 +524,5 @@ done:
 	free(xs);
 	free(xb_owned);
 	free(hits);
-	cache_fini(&cache);
 	return rc;
 }

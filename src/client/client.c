@@ -18,13 +18,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
 #include <pthread.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
 #include "candex/client.h"
-#include "client/wire.h"
+#include "wire/pbjson.h"
+#include "wire/wire.h"
 #include "common/common.h"
 #include "common/idlist.h"
 
@@ -492,6 +492,10 @@ decode_search(const Candex__V1__SearchResponse *s, struct cdx_result *r)
 	r->server_time_us = s->server_time_us;
 	r->applied = s->applied;
 	r->seed = s->seed;
+	/* servers from before coverage was reported searched everything */
+	r->coverage = s->items_total > 0 ? s->coverage : 1.0f;
+	r->items_searched = s->items_searched;
+	r->items_total = s->items_total;
 	return CDX_OK;
 }
 
@@ -585,6 +589,7 @@ cdx_client_search(
 		rc = client_fail(err, CDX_ENOMEM, "out of memory");
 		goto done;
 	}
+	r->message = resp->message != NULL ? resp->message : "";
 	r->priv = resp;
 	if (decode_search(resp->search, r) != CDX_OK) {
 		cdx_result_free(r);
@@ -636,16 +641,6 @@ cdx_client_health(cdx_client *c, struct cdx_client_error *err)
 	return CDX_OK;
 }
 
-static json_t *
-collection_json(const Candex__V1__CollectionInfo *ci)
-{
-	return json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:I}", "name", ci->name,
-	    "version", ci->version, "dim", (int) ci->dim, "metric", ci->metric, "items",
-	    (json_int_t) ci->items, "shards", (int) ci->shards, "nlist", (int) ci->nlist, "default_nprobe",
-	    (int) ci->default_nprobe, "factory", ci->factory, "model_version", ci->model_version, "refine",
-	    ci->refine, "loaded_unix_ms", (json_int_t) ci->loaded_unix_ms);
-}
-
 int
 cdx_client_info(cdx_client *c, const char *collection, char **json, struct cdx_client_error *err)
 {
@@ -666,16 +661,17 @@ cdx_client_info(cdx_client *c, const char *collection, char **json, struct cdx_c
 		candex__v1__response__free_unpacked(resp, NULL);
 		return client_fail(err, CDX_EPROTO, "server answered info without an info body");
 	}
-	json_t *root = json_object(), *arr = json_array();
-	json_object_set_new(root, "server_version", json_string(resp->info->server_version));
-	for (size_t i = 0; i < resp->info->n_collections; i++)
-		json_array_append_new(arr, collection_json(resp->info->collections[i]));
-	json_object_set_new(root, "collections", arr);
-	*json = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-	json_decref(root);
+	/* the JSON mapping of InfoResponse, with the .proto's field names and
+	 * every field written, for people and scripts alike */
+	cdx_buf b = { 0 };
+	rc = cdx_pbjson_write(&resp->info->base,
+	    CDX_PBJSON_PROTO_NAMES | CDX_PBJSON_DEFAULTS | CDX_PBJSON_INT64_NUMBERS | CDX_PBJSON_INDENT, &b);
 	candex__v1__response__free_unpacked(resp, NULL);
-	if (*json == NULL)
+	if (rc != CDX_OK || cdx_buf_append(&b, "", 1) != CDX_OK) {
+		cdx_buf_fini(&b);
 		return client_fail(err, CDX_ENOMEM, "out of memory");
+	}
+	*json = b.data;
 	return CDX_OK;
 }
 

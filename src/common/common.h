@@ -27,8 +27,6 @@ int cdx_error(int code, const char *fmt, ...) CDX_PRINTF(2, 3);
 /* cdx_error_errno is cdx_error with ": strerror(errno)" appended; it maps
  * ENOSPC/EDQUOT to CDX_ENOSPC and ENOMEM to CDX_ENOMEM, else uses code. */
 int cdx_error_errno(int code, const char *fmt, ...) CDX_PRINTF(2, 3);
-/* cdx_error_faiss records faiss_get_last_error() after what; returns CDX_EFAISS. */
-int cdx_error_faiss(const char *what);
 /* cdx_last_error returns the last message on this thread, or the code's
  * description if none was set since cdx_error_clear(). Never NULL. */
 const char *cdx_last_error(void);
@@ -50,6 +48,9 @@ void cdx_utf8_sanitize(char *s);
 void cdx_utf8_copy(char *out, size_t size, const char *s);
 /* cdx_utf8_valid: 1 if s[0, len) is valid UTF-8 (RFC 3629), else 0. */
 int cdx_utf8_valid(const char *s, size_t len);
+/* cdx_utf8_char_len: the length (1-4) of the valid UTF-8 character that
+ * starts at s (left bytes available), or 0 if none does. */
+size_t cdx_utf8_char_len(const char *s, size_t left);
 
 /* Logging: one line per event to stderr, "time level msgid: message".
  * msgid is a stable identifier (e.g. "SRV-RELOAD") that operators grep for. */
@@ -67,17 +68,27 @@ uint64_t cdx_now_us(void);  /* monotonic */
 uint64_t cdx_wall_ms(void); /* Unix epoch */
 void cdx_iso8601_utc(char out[32], uint64_t wall_ms);
 
-/* Hashing. XXH64 (the lz4 family's checksum), one-shot and streaming. */
+/* Hashing. XXH64 (the lz4 family's checksum), one-shot and streaming, from
+ * Debian's xxhash (src/common/hash.c). */
 uint64_t cdx_xxh64(const void *data, size_t len, uint64_t seed);
+/* Room for an XXH64_state_t (checked in hash.c), so callers can embed one
+ * without including xxhash.h. */
 typedef struct cdx_xxh64_state {
-	uint64_t v[4], total;
-	uint8_t buf[32];
-	uint32_t buffered;
-	uint64_t seed;
+	uint64_t opaque[12];
 } cdx_xxh64_state;
 void cdx_xxh64_init(cdx_xxh64_state *st, uint64_t seed);
 void cdx_xxh64_update(cdx_xxh64_state *st, const void *data, size_t len);
 uint64_t cdx_xxh64_digest(const cdx_xxh64_state *st);
+
+/* cdx_hexval is the value of a hexadecimal digit, or -1. */
+static inline int
+cdx_hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0'
+	    : c >= 'a' && c <= 'f'  ? c - 'a' + 10
+	    : c >= 'A' && c <= 'F'  ? c - 'A' + 10
+	                            : -1;
+}
 
 /* splitmix64 mixer: a bijective 64-bit hash, used to spread ids over shards. */
 static inline uint64_t
@@ -130,7 +141,7 @@ int cdx_read_file(const char *path, char **data, size_t *len);
 int cdx_write_file_atomic(const char *path, const void *data, size_t len);
 
 /* Vector helpers. */
-/* cdx_check_finite returns the index of the first non-finite value or -1. */
+/* cdx_find_nonfinite returns the index of the first non-finite value or -1. */
 long cdx_find_nonfinite(const float *v, size_t n);
 /* cdx_normalize_rows L2-normalises n rows of dim floats in place (zero rows stay zero). */
 void cdx_normalize_rows(float *v, size_t n, size_t dim);
@@ -152,6 +163,13 @@ void cdx_blas_set_threads(int n);
 /* cdx_cpu_count is the number of CPUs this process may run on (its affinity
  * mask, as set by taskset or a Kubernetes CPU-manager pinned pod), at least 1. */
 int cdx_cpu_count(void);
+
+/* cdx_conf_read reads a config file of "option = value" lines (# starts a
+ * comment; leading dashes of a name are dropped) and calls set for each,
+ * with where = "FILE:LINE" for its messages; stops at the first error,
+ * which it returns. A line without '=' is CDX_EINVAL. */
+int cdx_conf_read(const char *path,
+    int (*set)(void *arg, const char *name, const char *value, const char *where), void *arg);
 
 /* Growable byte buffer. */
 typedef struct cdx_buf {

@@ -7,8 +7,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <faiss/c_api/error_c.h>
-
 #include "common/common.h"
 
 static _Thread_local char last_message[1024];
@@ -67,13 +65,6 @@ cdx_error_errno(int code, const char *fmt, ...)
 	if (saved == ENOMEM)
 		return CDX_ENOMEM;
 	return code;
-}
-
-int
-cdx_error_faiss(const char *what)
-{
-	const char *msg = faiss_get_last_error();
-	return cdx_error(CDX_EFAISS, "%s: %s", what, msg ? msg : "unknown faiss error");
 }
 
 const char *

@@ -48,6 +48,13 @@ seq_check(const unsigned char *p, size_t left)
 	return n;
 }
 
+size_t
+cdx_utf8_char_len(const char *s, size_t left)
+{
+	int n = left > 0 ? seq_check((const unsigned char *) s, left) : 0;
+	return n > 0 ? (size_t) n : 0;
+}
+
 int
 cdx_utf8_valid(const char *s, size_t len)
 {

@@ -1,14 +1,12 @@
 /*
- * util.c — clocks, files, vectors, buffers and process set-up.
+ * util.c — clocks, files and growable buffers: what every part of candex,
+ * the client library included, needs from libc.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <math.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,16 +41,6 @@ cdx_iso8601_utc(char out[32], uint64_t wall_ms)
 	/* strftime keeps the compiler from assuming a 10-digit year */
 	size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
 	snprintf(out + n, 32 - n, ".%03uZ", (unsigned) (wall_ms % 1000));
-}
-
-double
-cdx_rng_normal(cdx_rng *r)
-{
-	/* Box-Muller; one value per call keeps the stream simple to reason about. */
-	double u1 = cdx_rng_uniform(r), u2 = cdx_rng_uniform(r);
-	if (u1 < 1e-300)
-		u1 = 1e-300;
-	return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
 int
@@ -245,152 +233,6 @@ cdx_write_file_atomic(const char *path, const void *data, size_t len)
 	else
 		*slash = 0;
 	return cdx_fsync_path(dir);
-}
-
-long
-cdx_find_nonfinite(const float *v, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if (!isfinite(v[i]))
-			return (long) i;
-	return -1;
-}
-
-void
-cdx_normalize_rows(float *v, size_t n, size_t dim)
-{
-	for (size_t i = 0; i < n; i++) {
-		float *row = v + i * dim;
-		double s = 0;
-		for (size_t j = 0; j < dim; j++)
-			s += (double) row[j] * row[j];
-		if (s <= 0)
-			continue;
-		float inv = (float) (1.0 / sqrt(s));
-		for (size_t j = 0; j < dim; j++)
-			row[j] *= inv;
-	}
-}
-
-uint16_t
-cdx_f32_to_f16(float f)
-{
-	uint32_t x;
-	memcpy(&x, &f, 4);
-	uint32_t sign = (x >> 16) & 0x8000u;
-	int32_t exp = (int32_t) ((x >> 23) & 0xff) - 127 + 15;
-	uint32_t mant = x & 0x7fffffu;
-	if (((x >> 23) & 0xff) == 0xff) /* inf / nan */
-		return (uint16_t) (sign | 0x7c00u | (mant ? 0x200u : 0));
-	if (exp >= 31)
-		return (uint16_t) (sign | 0x7c00u); /* overflow -> inf */
-	if (exp <= 0) {
-		if (exp < -10)
-			return (uint16_t) sign; /* underflow -> 0 */
-		mant |= 0x800000u;
-		uint32_t shift = (uint32_t) (14 - exp);
-		uint32_t half = mant >> shift;
-		uint32_t rem = mant & ((1u << shift) - 1);
-		uint32_t mid = 1u << (shift - 1);
-		if (rem > mid || (rem == mid && (half & 1)))
-			half++;
-		return (uint16_t) (sign | half);
-	}
-	uint32_t half = sign | ((uint32_t) exp << 10) | (mant >> 13);
-	uint32_t rem = mant & 0x1fffu;
-	if (rem > 0x1000u || (rem == 0x1000u && (half & 1)))
-		half++; /* may carry into the exponent, which is the right result */
-	return (uint16_t) half;
-}
-
-float
-cdx_f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t) (h & 0x8000u) << 16;
-	uint32_t exp = (h >> 10) & 0x1f;
-	uint32_t mant = h & 0x3ffu;
-	uint32_t x;
-	if (exp == 0) {
-		if (mant == 0) {
-			x = sign;
-		} else {
-			int e = -1;
-			do {
-				e++;
-				mant <<= 1;
-			} while ((mant & 0x400u) == 0);
-			x = sign | ((uint32_t) (127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-		}
-	} else if (exp == 31) {
-		x = sign | 0x7f800000u | (mant << 13);
-	} else {
-		x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-	}
-	float f;
-	memcpy(&f, &x, 4);
-	return f;
-}
-
-/* The OpenBLAS kernel for this CPU, by the features the kernels need. */
-static const char *
-openblas_coretype(void)
-{
-	__builtin_cpu_init();
-	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
-	    && __builtin_cpu_supports("avx512vl"))
-		return "SkylakeX";
-	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-		return "Haswell";
-	if (__builtin_cpu_supports("avx"))
-		return "Sandybridge";
-	return NULL;
-}
-
-void
-cdx_process_init(int argc, char **argv)
-{
-	(void) argc;
-	int again = 0;
-	const char *core = openblas_coretype();
-	if (getenv("OPENBLAS_CORETYPE") == NULL && core != NULL) {
-		setenv("OPENBLAS_CORETYPE", core, 1);
-		again = 1;
-	}
-	/* OpenMP workers must sleep, not spin, while they wait: Faiss
-	 * alternates OpenMP regions with serial code and single-threaded
-	 * sgemm, and spinning workers steal the cores those need (and, on a
-	 * shared machine, everyone else's). A 60k x 784 self-tuning build: 26.4 s
-	 * of CPU spinning, 14.1 s passive (2026-12-04). */
-	if (getenv("OMP_WAIT_POLICY") == NULL) {
-		setenv("OMP_WAIT_POLICY", "passive", 1);
-		again = 1;
-	}
-	if (!again)
-		return;
-	/* OpenBLAS and libgomp read these in their constructors, before
-	 * main(): start this program again so that they take effect. */
-	execv("/proc/self/exe", argv);
-	/* exec failed: carry on (slower kernels, spinning waits) rather than fail. */
-	cdx_warn("PROC-REEXEC", "could not re-exec with OPENBLAS_CORETYPE and OMP_WAIT_POLICY set: %s",
-	    strerror(errno));
-}
-
-void
-cdx_blas_set_threads(int n)
-{
-	void (*set)(int) = (void (*)(int)) dlsym(RTLD_DEFAULT, "openblas_set_num_threads");
-	if (set != NULL)
-		set(n);
-}
-
-int
-cdx_cpu_count(void)
-{
-	cpu_set_t set;
-	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
-		return CPU_COUNT(&set);
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	return n > 0 ? (int) n : 1;
 }
 
 int

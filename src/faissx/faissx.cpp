@@ -5,6 +5,7 @@
  */
 #include "faissx/faissx.h"
 
+#include <cstddef>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -25,6 +26,8 @@
 #include <faiss/clone_index.h>
 #include <faiss/c_api/error_impl.h>
 #include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_io.h>
 
 namespace
 {
@@ -127,11 +130,15 @@ cdx_fx_train_params(FaissIndex *index, int niter, int max_points_per_centroid)
 			pq->pq.cp.max_points_per_centroid = max_points_per_centroid;
 			pq->do_polysemous_training = false;
 		}
+		if (auto *fs = dynamic_cast<faiss::IndexIVFPQFastScan *>(ivf)) {
+			fs->pq.cp.niter = niter;
+			fs->pq.cp.max_points_per_centroid = max_points_per_centroid;
+		}
 	});
 }
 
 extern "C" int
-cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, FaissIndex **out)
+cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, int fastscan, FaissIndex **out)
 {
 	*out = nullptr;
 	return guarded([&] {
@@ -141,14 +148,24 @@ cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, FaissIndex **o
 		    || ivf->quantizer->ntotal != (faiss::Index::idx_t) ivf->nlist)
 			throw std::invalid_argument("cdx_fx_ivfpq_like: not a trained IVF index");
 		std::unique_ptr<faiss::Index> q(faiss::clone_index(ivf->quantizer));
-		auto made = std::make_unique<faiss::IndexIVFPQ>(
-		    q.get(), ivf->d, ivf->nlist, (size_t) pq_m, (size_t) nbits, ivf->metric_type);
+		std::unique_ptr<faiss::IndexIVF> made;
+		if (fastscan) {
+			auto fs = std::make_unique<faiss::IndexIVFPQFastScan>(
+			    q.get(), ivf->d, ivf->nlist, (size_t) pq_m, (size_t) nbits, ivf->metric_type);
+			fs->pq.cp.niter = ivf->cp.niter;
+			fs->pq.cp.max_points_per_centroid = ivf->cp.max_points_per_centroid;
+			made = std::move(fs);
+		} else {
+			auto pq = std::make_unique<faiss::IndexIVFPQ>(
+			    q.get(), ivf->d, ivf->nlist, (size_t) pq_m, (size_t) nbits, ivf->metric_type);
+			pq->pq.cp.niter = ivf->cp.niter;
+			pq->pq.cp.max_points_per_centroid = ivf->cp.max_points_per_centroid;
+			pq->do_polysemous_training = false;
+			made = std::move(pq);
+		}
 		made->own_fields = true;
 		(void) q.release();
 		made->cp = ivf->cp;
-		made->pq.cp.niter = ivf->cp.niter;
-		made->pq.cp.max_points_per_centroid = ivf->cp.max_points_per_centroid;
-		made->do_polysemous_training = false;
 		faiss::Index *result = made.release();
 		if (pt != nullptr) {
 			auto wrapped = std::make_unique<faiss::IndexPreTransform>(result);
@@ -172,6 +189,166 @@ cdx_fx_list_sizes(const FaissIndex *index, size_t *sizes, size_t nlist)
 			throw std::invalid_argument("cdx_fx_list_sizes: not an IVF index of that nlist");
 		for (size_t i = 0; i < nlist; i++)
 			sizes[i] = ivf->invlists->list_size(i);
+	});
+}
+
+extern "C" int
+cdx_fx_clone(const FaissIndex *index, FaissIndex **out)
+{
+	*out = nullptr;
+	return guarded([&] {
+		const faiss::Index *in = idx(index);
+		faiss::Index *copy = nullptr;
+		const faiss::Index *inner = inner_of(in);
+		if (dynamic_cast<const faiss::IndexIVFFastScan *>(inner) == nullptr) {
+			copy = faiss::clone_index(in);
+		} else {
+			faiss::VectorIOWriter w;
+			faiss::write_index(in, &w);
+			faiss::VectorIOReader r;
+			r.data.swap(w.data);
+			copy = faiss::read_index(&r);
+		}
+		*out = reinterpret_cast<FaissIndex *>(copy);
+	});
+}
+
+extern "C" int
+cdx_fx_is_fastscan(const FaissIndex *ivf)
+{
+	return dynamic_cast<const faiss::IndexIVFPQFastScan *>(idx(ivf)) != nullptr;
+}
+
+namespace
+{
+
+/* AssignedQuantizer stands in for a fast-scan view's coarse quantizer: its
+ * search returns the assignment the caller computed (the view's search
+ * asks it for exactly nprobe lists per query, for the queries from x on,
+ * where x points into the queries the view searches: Faiss may split a
+ * batch in slices); reconstruction, which residual look-up tables use,
+ * goes to the real quantizer. */
+struct AssignedQuantizer : faiss::Index {
+	const faiss::Index *real = nullptr;
+	const float *x0 = nullptr; /* the queries of the current search */
+	size_t xdim = 0;
+	const idx_t *assign = nullptr;
+	const float *dis = nullptr;
+	idx_t nq = 0, nprobe = 0;
+
+	explicit AssignedQuantizer(const faiss::Index *q)
+	    : faiss::Index(q->d, q->metric_type)
+	    , real(q)
+	{
+		ntotal = q->ntotal;
+		is_trained = true;
+	}
+	void add(idx_t, const float *) override
+	{
+		throw std::logic_error("AssignedQuantizer: read-only");
+	}
+	void reset() override
+	{
+		throw std::logic_error("AssignedQuantizer: read-only");
+	}
+	void search(idx_t n, const float *x, idx_t k, float *D, idx_t *I,
+	    const faiss::SearchParameters *) const override
+	{
+		ptrdiff_t off = x - x0;
+		idx_t i0 = (idx_t) (off / (ptrdiff_t) xdim);
+		if (off < 0 || off % (ptrdiff_t) xdim != 0 || i0 + n > nq || k != nprobe)
+			throw std::logic_error("AssignedQuantizer: asked for another assignment than given");
+		std::memcpy(I, assign + i0 * k, (size_t) (n * k) * sizeof(idx_t));
+		std::memcpy(D, dis + i0 * k, (size_t) (n * k) * sizeof(float));
+	}
+	void reconstruct(idx_t key, float *recons) const override
+	{
+		real->reconstruct(key, recons);
+	}
+};
+
+} // namespace
+
+struct cdx_fx_view {
+	faiss::IndexIVFPQFastScan ivf;
+	AssignedQuantizer q;
+
+	explicit cdx_fx_view(const faiss::IndexIVFPQFastScan &o)
+	    : q(o.quantizer)
+	{
+		/* every field search reads, but not the direct map (8 bytes an
+		 * item, unused by search); the lists and quantizer are borrowed */
+		ivf.d = o.d;
+		ivf.ntotal = o.ntotal;
+		ivf.is_trained = o.is_trained;
+		ivf.metric_type = o.metric_type;
+		ivf.metric_arg = o.metric_arg;
+		ivf.nlist = o.nlist;
+		ivf.quantizer = &q;
+		ivf.own_fields = false;
+		ivf.invlists = o.invlists;
+		ivf.own_invlists = false;
+		ivf.code_size = o.code_size;
+		ivf.nprobe = 1;
+		ivf.max_codes = o.max_codes;
+		ivf.parallel_mode = o.parallel_mode;
+		ivf.bbs = o.bbs;
+		ivf.M = o.M;
+		ivf.nbits = o.nbits;
+		ivf.ksub = o.ksub;
+		ivf.M2 = o.M2;
+		ivf.implem = o.implem;
+		ivf.skip = o.skip;
+		ivf.by_residual = o.by_residual;
+		ivf.qbs = o.qbs;
+		ivf.qbs2 = o.qbs2;
+		ivf.pq = o.pq;
+		ivf.use_precomputed_table = o.use_precomputed_table;
+		if (o.precomputed_table.size() > 0) /* Faiss's copy passes memcpy NULL when empty */
+			ivf.precomputed_table = o.precomputed_table;
+	}
+};
+
+extern "C" int
+cdx_fx_view_new(const FaissIndex *ivf, cdx_fx_view **out)
+{
+	*out = nullptr;
+	return guarded([&] {
+		auto *fs = dynamic_cast<const faiss::IndexIVFPQFastScan *>(idx(ivf));
+		if (fs == nullptr)
+			throw std::invalid_argument("cdx_fx_view_new: not a fast-scan IVF-PQ index");
+		*out = new cdx_fx_view(*fs);
+	});
+}
+
+extern "C" void
+cdx_fx_view_free(cdx_fx_view *v)
+{
+	delete v;
+}
+
+extern "C" int
+cdx_fx_view_search(cdx_fx_view *v, size_t n, const float *x, size_t k, size_t nprobe, const idx_t *assign,
+    const float *cdis, float *D, idx_t *I)
+{
+	return guarded([&] {
+		if (nprobe == 0 || nprobe > v->ivf.nlist)
+			throw std::invalid_argument("cdx_fx_view_search: nprobe out of range");
+		v->q.x0 = x;
+		v->q.xdim = (size_t) v->ivf.d;
+		v->q.assign = assign;
+		v->q.dis = cdis;
+		v->q.nq = (faiss::Index::idx_t) n;
+		v->q.nprobe = (faiss::Index::idx_t) nprobe;
+		v->ivf.nprobe = nprobe;
+		/* Faiss's default (12/13) batches queries by list and repacks
+		 * the table for every list probed; candex's searches are small
+		 * batches over lists they mostly do not share, and the plain
+		 * scan with one table a query (10: heap, 11: reservoir beyond
+		 * k 20) took 0.7-0.8x the CPU on sift-wallpapers, single
+		 * queries and batches of 16 alike (BENCHMARKS.md) */
+		v->ivf.implem = k > 20 ? 11 : 10;
+		v->ivf.search((faiss::Index::idx_t) n, x, (faiss::Index::idx_t) k, D, I);
 	});
 }
 

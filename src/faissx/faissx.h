@@ -38,12 +38,13 @@ int cdx_fx_apply_pretransform(const FaissIndex *index, size_t n, const float *x,
 int cdx_fx_train_params(FaissIndex *index, int niter, int max_points_per_centroid);
 
 /* cdx_fx_ivfpq_like makes, in *out (caller frees with faiss_Index_free),
- * an untrained IVF-PQ with pq_m sub-quantizers of nbits over trained's
+ * an untrained IVF-PQ (fast-scan when fastscan is set: 4-bit codes in
+ * blocks, IndexIVFPQFastScan) with pq_m sub-quantizers of nbits over trained's
  * coarse stage: copies of its trained pre-transform chain (if any) and its
  * coarse quantizer, the same metric and train parameters. Training *out
  * then trains only the PQ codebooks. trained must be a trained IVF (maybe
  * behind a pre-transform). */
-int cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, FaissIndex **out);
+int cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, int fastscan, FaissIndex **out);
 
 /* cdx_fx_list_sizes writes the size of each of the nlist inverted lists of
  * the IVF inside index into sizes. */
@@ -75,6 +76,39 @@ int cdx_fx_ivf_search_sel(const FaissIndex *ivf, size_t n, const float *x, size_
  * (exact Flat indexes apply it inside their scan). */
 int cdx_fx_search_sel(const FaissIndex *index, size_t n, const float *x, size_t k, float *distances,
     int64_t *labels, cdx_fx_member_fn member, const void *ctx);
+/* cdx_fx_clone makes, in *out (caller frees with faiss_Index_free), a deep
+ * copy of index: faiss_clone_index where Faiss can clone it, else through
+ * its serialised form (fast-scan IVF indexes, which Faiss 1.7.3 does not
+ * clone). */
+int cdx_fx_clone(const FaissIndex *index, FaissIndex **out);
+
+/* cdx_fx_is_fastscan: 1 if ivf (an IVF as cdx_fx_unwrap returns it) is a
+ * 4-bit fast-scan IVF-PQ (IndexIVFPQFastScan), else 0. */
+int cdx_fx_is_fastscan(const FaissIndex *ivf);
+
+/* A search view of a fast-scan IVF-PQ. Faiss 1.7.3's fast-scan search
+ * takes nprobe from the index object and runs the coarse quantizer itself
+ * (it ignores search parameters and has no search_preassigned). A view is a
+ * small copy of the index object that shares its inverted lists and its
+ * coarse quantizer (own_invlists and own_fields false): its nprobe is set
+ * per call, and its quantizer is a stand-in that returns the coarse
+ * assignment the caller already computed, so that every shard reuses one
+ * assignment. One thread uses a view at a time; any number of views search
+ * the shared index at once. A view must not outlive the index. */
+typedef struct cdx_fx_view cdx_fx_view;
+
+/* cdx_fx_view_new makes a view of ivf (a fast-scan IVF, cdx_fx_is_fastscan)
+ * in *out; free it with cdx_fx_view_free (NULL is a no-op). */
+int cdx_fx_view_new(const FaissIndex *ivf, cdx_fx_view **out);
+void cdx_fx_view_free(cdx_fx_view *v);
+
+/* cdx_fx_view_search searches n queries x (the IVF's dimension) for k
+ * results each, probing for query i the nprobe lists assign[i * nprobe ..]
+ * whose coarse distances are cdis[i * nprobe ..] (as the coarse quantizer
+ * returned them; -1 lists are skipped). D/I are n x k, as Faiss fills them. */
+int cdx_fx_view_search(cdx_fx_view *v, size_t n, const float *x, size_t k, size_t nprobe, const idx_t *assign,
+    const float *cdis, float *D, idx_t *I);
+
 /* cdx_fx_index_bytes returns the bytes index holds in memory as its C++
  * objects hold them: codes, ids, quantizers, codebooks, pre-transform
  * matrices, precomputed tables and direct maps. The size of an index as

@@ -49,6 +49,7 @@
 
 #include "recall/online.h"
 #include "recall/recall.h"
+#include "faissx/error.h"
 
 #define ONLINE_WINDOW             1024 /* checks averaged by the gauge */
 #define ONLINE_MAX_FLATS          8
@@ -144,13 +145,13 @@ flat_build(struct flat *f, const cdx_collection *c, uint64_t max_bytes)
 	f->dim = m->dim;
 	f->metric = m->metric;
 	f->exact = m->refine != CDX_REFINE_NONE;
-	f->nshards = m->nshards;
-	f->prefix = calloc(m->nshards + 1, sizeof(uint64_t));
+	f->nshards = cdx_collection_shards(c, NULL); /* a shard group's: only those it loaded */
+	f->prefix = calloc(f->nshards + 1, sizeof(uint64_t));
 	if (f->prefix == NULL)
 		return cdx_error(CDX_ENOMEM, "online recall: shard table");
-	for (uint32_t s = 0; s < m->nshards; s++)
-		f->prefix[s + 1] = f->prefix[s] + m->shards[s].rows;
-	f->n = f->prefix[m->nshards];
+	for (uint32_t s = 0; s < f->nshards; s++)
+		f->prefix[s + 1] = f->prefix[s] + cdx_collection_shard_rows(c, s);
+	f->n = f->prefix[f->nshards];
 	if (f->n * f->dim * sizeof(float) > max_bytes) {
 		cdx_warn("RCL-ONLINE-BIG",
 		    "online recall: collection %s version %s needs %llu MiB for its flat copy, over the %llu "
@@ -165,8 +166,8 @@ flat_build(struct flat *f, const cdx_collection *c, uint64_t max_bytes)
 		return cdx_error(
 		    CDX_ENOMEM, "online recall: flat copy of %llu vectors", (unsigned long long) f->n);
 	int rc = CDX_OK;
-	for (uint32_t s = 0; s < m->nshards && rc == CDX_OK; s++)
-		for (uint64_t r = 0; r < m->shards[s].rows && rc == CDX_OK; r++)
+	for (uint32_t s = 0; s < f->nshards && rc == CDX_OK; s++)
+		for (uint64_t r = 0; r < cdx_collection_shard_rows(c, s) && rc == CDX_OK; r++)
 			rc = cdx_collection_vector(c, s, (uint32_t) r, x + (f->prefix[s] + r) * f->dim);
 	FaissIndexFlat *idx = NULL;
 	if (rc == CDX_OK) {

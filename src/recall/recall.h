@@ -34,27 +34,9 @@
 #include <stdio.h>
 
 #include "common/common.h"
+#include "input/input.h"
 
 #define CDX_RECALL_EPSILON_DEFAULT 1e-3
-
-/* --- vector files ------------------------------------------------------ */
-
-/* An n x dim float32 matrix read from .fvecs or .npy (float32 or float16,
- * C order). Owned; free with cdx_vecs_fini(). */
-struct cdx_vecs {
-	float *x;
-	size_t n;
-	uint32_t dim;
-};
-
-/* cdx_vecs_read reads path by extension (.fvecs, .npy). max_rows > 0 keeps
- * only the first max_rows rows. Errors name the file and the row. */
-int cdx_vecs_read(struct cdx_vecs *v, const char *path, size_t max_rows);
-void cdx_vecs_fini(struct cdx_vecs *v);
-
-/* cdx_ivecs_read reads an .ivecs file: n rows of k int32 each (every row must
- * have the same k). *rows is malloc'd (n x k); the caller frees it. */
-int cdx_ivecs_read(const char *path, int32_t **rows, size_t *n, uint32_t *k);
 
 /* --- external id -> base row ------------------------------------------- */
 
@@ -67,8 +49,6 @@ struct cdx_idmap {
 };
 /* cdx_idmap_init_ids builds a map from ids[0..n) (copied); duplicates are an error. */
 int cdx_idmap_init_ids(struct cdx_idmap *m, const int64_t *ids, size_t n);
-/* cdx_idmap_read_ids reads an ids file: .npy int64, or text with one integer a line. */
-int cdx_idmap_read_ids(struct cdx_idmap *m, const char *path);
 void cdx_idmap_identity(struct cdx_idmap *m, size_t n);
 /* cdx_idmap_row returns the base row of id, or -1 if no base row has that id. */
 int64_t cdx_idmap_row(const struct cdx_idmap *m, int64_t id);
@@ -298,5 +278,46 @@ int cdx_recall_write_json(const char *path, const struct cdx_recall_meta *meta,
  * dashed line: the exact-search baseline. */
 int cdx_recall_plot(
     const char *png_path, const char *title, const struct cdx_recall_row *rows, size_t n, double exact_qps);
+
+/* --- a whole measurement, as `candex recall` runs it ------------------------ */
+
+#define CDX_RECALL_MAX_LIST 64
+
+/* What to measure and report (the options of `candex recall`; strings are
+ * borrowed). cdx_recall_job_init fills the defaults. */
+struct cdx_recall_job {
+	const char *index; /* a version directory (DIR/NAME, .../CURRENT, .../<v>) */
+	const char *url;   /* or a live server, with collection */
+	const char *collection;
+	const char *queries, *base, *ids, *gt; /* files, read by src/input */
+	int format;            /* of queries and base: CDX_INPUT_AUTO, _FVECS, _NPY, _RAW_F32 */
+	const char *cache_dir; /* of computed truth; NULL: the default */
+	int no_cache;
+	double eps; /* tie tolerance */
+	uint32_t k;
+	uint32_t nprobes[CDX_RECALL_MAX_LIST];
+	size_t n_nprobes;                   /* 0: 1, 2, 4, ... up to min(nlist, 1024) */
+	float refines[CDX_RECALL_MAX_LIST]; /* CDX_RECALL_REFINE_NONE for none */
+	size_t n_refines;                   /* 0: none, and 2, 4, 8 with a refine store */
+	int defaults;                       /* measure only the collection's default operating point */
+	size_t max_queries, latency_queries;
+	unsigned threads;
+	uint32_t batch, timeout_ms;
+	double min_time;
+	int baseline; /* also time exact search */
+	const char *csv, *json, *plot, *title;
+	double targets[CDX_RECALL_MAX_LIST];
+	size_t n_targets;
+	int save;  /* write the points reached into the version's manifest */
+	int quiet; /* no progress on stderr */
+};
+void cdx_recall_job_init(struct cdx_recall_job *j);
+/* cdx_recall_job_check checks the rules between options (--save needs
+ * --target, ...): CDX_EINVAL with a message saying what is missing. */
+int cdx_recall_job_check(const struct cdx_recall_job *j);
+/* cdx_recall_run measures: the table of every setting (and the operating
+ * points) on out as it goes, progress on stderr unless quiet, the files
+ * asked for. *unreached is 1 when a target was reached by no setting. */
+int cdx_recall_run(const struct cdx_recall_job *j, FILE *out, int *unreached);
 
 #endif

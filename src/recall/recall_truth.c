@@ -17,6 +17,7 @@
 
 #include "recall/recall.h"
 #include "shard/shard.h"
+#include "faissx/error.h"
 
 #define TRUTH_MAGIC  "CDXTRUTH"
 #define TRUTH_FORMAT 1

@@ -131,6 +131,7 @@ cdx_rec_search(struct cdx_rec_request *r, struct cdx_rec_hit *hits, uint8_t *exh
 			.n_exclude_keys = part->n_exclude_keys,
 			.parallel = r->parallel,
 			.used = &part->used,
+			.deadline_us = r->deadline_us,
 			.filter = part->filter,
 			.blocked = part->blocked,
 			.max_per_group = r->max_per_group,

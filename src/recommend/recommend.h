@@ -68,6 +68,7 @@ struct cdx_rec_request {
 	float recall_target;
 	uint32_t escalate;
 	int parallel;
+	const atomic_uint_fast64_t *deadline_us; /* search.h's; NULL = none */
 	uint32_t max_per_group;
 	const char *group_by;
 	/* exploration: explore_slots of the k, from a pool of explore_pool */

@@ -16,6 +16,7 @@
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
 #include "search/filter.h"
+#include "faissx/error.h"
 
 static int
 key_slot_cmp(const void *a, const void *b)
@@ -103,10 +104,11 @@ load_attrs(struct cdx_loaded_shard *ls, const cdx_shard *s, const struct cdx_man
 	return CDX_OK;
 }
 
+/* load_shard loads the manifest's shard i into position pos. */
 static int
-load_shard(cdx_collection *c, uint32_t i, const char *path)
+load_shard(cdx_collection *c, uint32_t pos, uint32_t i, const char *path)
 {
-	struct cdx_loaded_shard *ls = &c->d->shards[i];
+	struct cdx_loaded_shard *ls = &c->d->shards[pos];
 	const struct cdx_manifest *m = c->manifest;
 	const struct cdx_manifest_shard *ms = &m->shards[i];
 	cdx_shard *s = NULL;
@@ -268,9 +270,12 @@ prepare_ivf(cdx_collection *c)
 		 * needs the row -> (list, offset) direct map: 8 bytes an item. */
 		if (ls->refine_data == NULL && faiss_IndexIVF_make_direct_map(ls->ivf, 1) != 0)
 			return cdx_error_faiss("make_direct_map");
-		ls->preassigned = probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
+		ls->fastscan = cdx_fx_is_fastscan(inner);
+		ls->preassigned = !ls->fastscan && probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
+		/* a selector needs search_preassigned's parameters (Faiss 1.7.3's
+		 * fast-scan has neither): search.c filters the others' candidates */
 		ls->selector_scan = ls->selector_scan && ls->preassigned;
-		if (!ls->preassigned)
+		if (!ls->preassigned && !ls->fastscan)
 			cdx_warn("SRCH-NOPREASSIGN",
 			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
 			    "serialised by a lock on this shard",
@@ -284,6 +289,36 @@ prepare_ivf(cdx_collection *c)
 		.max_norm2 = m->max_norm2,
 	};
 	return CDX_OK;
+}
+
+int
+cdx__shard_view_acquire(struct cdx_loaded_shard *ls, cdx_fx_view **vp)
+{
+	pthread_mutex_lock(&ls->lock);
+	*vp = ls->nviews > 0 ? ls->views[--ls->nviews] : NULL;
+	pthread_mutex_unlock(&ls->lock);
+	if (*vp == NULL && cdx_fx_view_new(ls->ivf, vp) != 0)
+		return cdx_error_faiss("fast-scan search view");
+	return CDX_OK;
+}
+
+void
+cdx__shard_view_release(struct cdx_loaded_shard *ls, cdx_fx_view *v)
+{
+	pthread_mutex_lock(&ls->lock);
+	if (ls->nviews == ls->views_cap) {
+		size_t cap = ls->views_cap ? 2 * ls->views_cap : 4;
+		cdx_fx_view **grown = realloc(ls->views, cap * sizeof(*grown));
+		if (grown == NULL) { /* keep going without it */
+			pthread_mutex_unlock(&ls->lock);
+			cdx_fx_view_free(v);
+			return;
+		}
+		ls->views = grown;
+		ls->views_cap = cap;
+	}
+	ls->views[ls->nviews++] = v;
+	pthread_mutex_unlock(&ls->lock);
 }
 
 /* Items are found by key through a sorted (hash, shard, row) array: 16 bytes
@@ -337,7 +372,63 @@ memory_bytes(const struct cdx_collection_data *c)
 }
 
 int
+cdx_shard_set_parse(struct cdx_shard_set *set, const char *text)
+{
+	memset(set, 0, sizeof(*set));
+	if (strcmp(text, "all") == 0)
+		return CDX_OK;
+	const char *p = text;
+	for (;;) {
+		char *end;
+		unsigned long lo, hi;
+		if (*p < '0' || *p > '9')
+			goto bad;
+		lo = hi = strtoul(p, &end, 10);
+		if (*end == '-') {
+			p = end + 1;
+			if (*p < '0' || *p > '9')
+				goto bad;
+			hi = strtoul(p, &end, 10);
+		}
+		if (lo > hi || hi >= UINT32_MAX)
+			goto bad;
+		if (set->n == CDX_SHARD_SET_MAX)
+			return cdx_error(
+			    CDX_EINVAL, "shard list '%s' has more than %d ranges", text, CDX_SHARD_SET_MAX);
+		set->lo[set->n] = (uint32_t) lo;
+		set->hi[set->n] = (uint32_t) hi;
+		set->n++;
+		if (*end == '\0')
+			return CDX_OK;
+		if (*end != ',')
+			goto bad;
+		p = end + 1;
+	}
+bad:
+	memset(set, 0, sizeof(*set));
+	return cdx_error(
+	    CDX_EINVAL, "shard list '%s': expected 'all' or shard numbers and ranges such as 0-3,8", text);
+}
+
+int
+cdx_shard_set_has(const struct cdx_shard_set *set, uint32_t shard)
+{
+	if (set == NULL || set->n == 0)
+		return 1;
+	for (uint32_t i = 0; i < set->n; i++)
+		if (shard >= set->lo[i] && shard <= set->hi[i])
+			return 1;
+	return 0;
+}
+
+int
 cdx_collection_load(cdx_collection **cp, const char *path)
+{
+	return cdx_collection_load_shards(cp, path, NULL);
+}
+
+int
+cdx_collection_load_shards(cdx_collection **cp, const char *path, const struct cdx_shard_set *only)
 {
 	*cp = NULL;
 	cdx_collection *c = calloc(1, sizeof(*c));
@@ -359,22 +450,38 @@ cdx_collection_load(cdx_collection **cp, const char *path)
 		rc = cdx_error(CDX_ECORRUPT, "%s: manifest lists no shards", c->dir);
 		goto fail;
 	}
-	c->d->nshards = m->nshards;
 	c->d->shards = calloc(m->nshards, sizeof(*c->d->shards));
-	if (c->d->shards == NULL) {
+	c->d->shard_no = calloc(m->nshards, sizeof(*c->d->shard_no));
+	if (c->d->shards == NULL || c->d->shard_no == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "%s: shards", c->dir);
 		goto fail;
 	}
+	uint64_t want_items = 0;
 	for (uint32_t i = 0; i < m->nshards; i++) {
+		if (!cdx_shard_set_has(only, i))
+			continue;
 		char shard_path[PATH_MAX + CDX_NAME_MAX];
+		uint32_t pos = c->d->nshards++;
 		snprintf(shard_path, sizeof(shard_path), "%s/%s", c->dir, m->shards[i].file);
-		if ((rc = load_shard(c, i, shard_path)) != CDX_OK)
+		c->d->shard_no[pos] = i;
+		if ((rc = load_shard(c, pos, i, shard_path)) != CDX_OK)
 			goto fail;
-		c->d->items += c->d->shards[i].rows;
+		c->d->items += c->d->shards[pos].rows;
+		want_items += m->shards[i].rows;
 	}
-	if (c->d->items != m->items) {
+	if (c->d->nshards == 0) {
+		rc = cdx_error(
+		    CDX_ENOTFOUND, "%s: none of its %u shards is among those asked for", c->dir, m->nshards);
+		goto fail;
+	}
+	if (c->d->nshards == m->nshards && c->d->items != m->items) {
 		rc = cdx_error(CDX_ECORRUPT, "%s: shards hold %llu items, manifest says %llu", c->dir,
 		    (unsigned long long) c->d->items, (unsigned long long) m->items);
+		goto fail;
+	}
+	if (c->d->items != want_items) {
+		rc = cdx_error(CDX_ECORRUPT, "%s: shards hold %llu items, manifest says %llu", c->dir,
+		    (unsigned long long) c->d->items, (unsigned long long) want_items);
 		goto fail;
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
@@ -408,7 +515,8 @@ cdx_collection_from_index(cdx_collection **cp, struct cdx_manifest *m, FaissInde
 	c->manifest = m;
 	c->d->nshards = 1;
 	int rc = CDX_OK;
-	if ((c->d->shards = calloc(1, sizeof(*c->d->shards))) == NULL) {
+	if ((c->d->shards = calloc(1, sizeof(*c->d->shards))) == NULL
+	    || (c->d->shard_no = calloc(1, sizeof(*c->d->shard_no))) == NULL) {
 		faiss_Index_free(index);
 		rc = cdx_error(CDX_ENOMEM, "in-memory collection");
 		goto fail;
@@ -459,9 +567,13 @@ data_unref(struct cdx_collection_data *d)
 		free(ls->key_offsets);
 		free(ls->refine_data);
 		cdx_attr_table_fini(&ls->attrs);
+		for (size_t v = 0; v < ls->nviews; v++)
+			cdx_fx_view_free(ls->views[v]);
+		free(ls->views);
 		pthread_mutex_destroy(&ls->lock);
 	}
 	free(d->shards);
+	free(d->shard_no);
 	free(d->key_index);
 	free(d->list_sizes);
 	free(d);
@@ -580,11 +692,36 @@ cdx_collection_find_key(const cdx_collection *c, const char *key, uint32_t *shar
 	return cdx_error(CDX_ENOTFOUND, "key '%s' not in collection %s", key, c->manifest->collection);
 }
 
+uint32_t
+cdx_collection_shards(const cdx_collection *c, const uint32_t **numbers)
+{
+	if (numbers != NULL)
+		*numbers = c->d->shard_no;
+	return c->d->nshards;
+}
+
+uint64_t
+cdx_collection_shard_rows(const cdx_collection *c, uint32_t shard)
+{
+	return shard < c->d->nshards ? c->d->shards[shard].rows : 0;
+}
+
+uint64_t
+cdx_collection_items_loaded(const cdx_collection *c)
+{
+	return c->d->items;
+}
+
 int
 cdx_collection_find_id(const cdx_collection *c, int64_t id, uint32_t *shard, uint32_t *row)
 {
 	/* Items go to shard mix64(id) % nshards (see build), so one shard is scanned. */
-	uint32_t s = (uint32_t) (cdx_mix64((uint64_t) id) % c->d->nshards);
+	uint32_t no = (uint32_t) (cdx_mix64((uint64_t) id) % c->manifest->nshards), s = 0;
+	while (s < c->d->nshards && c->d->shard_no[s] != no)
+		s++;
+	if (s == c->d->nshards)
+		return cdx_error(CDX_ENOTFOUND, "id %lld is in shard %u of collection %s, not loaded here",
+		    (long long) id, no, c->manifest->collection);
 	const struct cdx_loaded_shard *ls = &c->d->shards[s];
 	for (uint64_t r = 0; r < ls->rows; r++) {
 		if (ls->ids[r] == id) {

@@ -11,6 +11,7 @@
 #include <faiss/c_api/IndexIVF_c.h>
 #include <faiss/c_api/Index_c.h>
 
+#include "faissx/faissx.h"
 #include "search/search.h"
 #include "shard/attrs.h"
 #include "shard/refine.h"
@@ -20,7 +21,10 @@ struct cdx_loaded_shard {
 	FaissIndex *index;    /* owned; labels are shard-local rows */
 	FaissIndexIVF *ivf;   /* the IVF inside index (behind its pre-transform, if any), or NULL */
 	int preassigned;      /* 1: per-request nprobe via search_preassigned */
-	pthread_mutex_t lock; /* only for !preassigned IVF indexes (nprobe is set per call) */
+	int fastscan;         /* 1: a fast-scan IVF-PQ, searched through views (faissx.h) */
+	pthread_mutex_t lock; /* !preassigned, !fastscan IVF indexes (nprobe is set per call); the views */
+	cdx_fx_view **views;  /* fast-scan: idle views, nviews of them (one per concurrent search at most) */
+	size_t nviews, views_cap;
 	uint64_t rows;
 	int64_t *ids;          /* rows external ids */
 	char *key_strings;     /* NUL-terminated keys, or NULL */
@@ -44,9 +48,10 @@ struct cdx_key_slot {
  * a new manifest over the same data; see cdx_collection_with_manifest). */
 struct cdx_collection_data {
 	atomic_long refs;
-	uint32_t nshards;
+	uint32_t nshards; /* loaded shards: all of the manifest's, or the --shards subset */
 	struct cdx_loaded_shard *shards;
-	const FaissIndex *quantizer; /* shard 0's coarse quantizer, shared by all shards */
+	uint32_t *shard_no;          /* nshards: each loaded shard's number in the manifest, ascending */
+	const FaissIndex *quantizer; /* the first shard's coarse quantizer, shared by all shards */
 	size_t nlist;
 	size_t nprobe_cap;              /* every IVF shard's nprobe field, fixed at load */
 	struct cdx_key_slot *key_index; /* items slots sorted by hash, or NULL */
@@ -71,6 +76,11 @@ struct cdx_collection {
 	struct cdx_manifest *manifest;
 	struct cdx_collection_data *d; /* one reference */
 };
+
+/* cdx__shard_view_acquire sets *vp to an idle view of a fast-scan shard
+ * (made on first need); give it back with cdx__shard_view_release. */
+int cdx__shard_view_acquire(struct cdx_loaded_shard *ls, cdx_fx_view **vp);
+void cdx__shard_view_release(struct cdx_loaded_shard *ls, cdx_fx_view *v);
 
 /* Upper bound on per-request nprobe: the assignment arrays passed to
  * search_preassigned have this stride, padded with -1. */

@@ -11,7 +11,7 @@
  * candidates are the nearest rows that pass; index types whose scan cannot
  * take a selector are searched plain and their results filtered. Crowding
  * (max_per_group) is applied in the merge, before the top k is cut. A query
- * that ends with fewer rows than it needs, or (with a selection) whose
+ * with a selection or crowding that ends with fewer rows than it needs, or (with a selection) whose
  * probed lists held fewer than kf rows that pass (a filter whose items lie
  * away from the query), is searched again, alone, with twice the
  * candidates (when a shard filled all of its kf but crowding dropped some)
@@ -32,6 +32,7 @@
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
 #include "search/filter.h"
+#include "faissx/error.h"
 #include "search/points.h"
 #include "search/select.h"
 
@@ -56,6 +57,7 @@ struct search_ctx {
 	cdx_filter *filter;
 	const cdx_rowset *blocked;
 	int selecting; /* a filter, takedowns or exclusions: rows are tested */
+	int thinning;  /* a filter or takedowns: a share of every list is left out */
 	int crowd_col; /* crowding's group column, -1 = none */
 	uint32_t crowd_cap;
 	size_t need;     /* results a query must reach before it stops widening */
@@ -161,6 +163,7 @@ prepare_selection(struct search_ctx *x)
 		x->excluding = x->excl.n > 0 || x->excl.has_empty;
 	}
 	x->selecting = x->filter != NULL || x->blocked != NULL || x->excluding;
+	x->thinning = x->filter != NULL || x->blocked != NULL;
 	if (p->max_per_group > 0) {
 		const struct cdx_attr_schema *a = c->d->attrs;
 		const char *g = p->group_by;
@@ -229,6 +232,41 @@ estimate_selectivity(const struct search_ctx *x)
 	return kept > 0 ? (double) kept / (double) seen : 0.5 / (double) seen;
 }
 
+/* Query slices are this small when a deadline is set, so that the search
+ * notices it passing within a fraction of its run time. */
+#define DEADLINE_SLICE 32
+
+/* past_deadline: the caller's deadline has passed (CDX_ETIMEDOUT set). */
+static int
+past_deadline(const struct search_ctx *x)
+{
+	if (x->p->deadline_us == NULL || cdx_now_us() <= atomic_load(x->p->deadline_us))
+		return 0;
+	cdx_error(CDX_ETIMEDOUT, "deadline passed during the search");
+	return 1;
+}
+
+/* pad_assignment writes nq rows of the coarse assignment (x->nprobe lists
+ * each) with stride nprobe cap into keys and kdis (malloc'd), padded with -1
+ * lists that IndexIVF::search_preassigned skips (search.h DESIGN). */
+static int
+pad_assignment(
+    const struct search_ctx *x, size_t nq, const idx_t *assign, const float *cdis, idx_t **keys, float **kdis)
+{
+	size_t cap = x->c->d->nprobe_cap, np = CDX_MIN(x->nprobe, x->c->d->nlist);
+	*keys = malloc(nq * cap * sizeof(idx_t));
+	*kdis = malloc(nq * cap * sizeof(float));
+	if (*keys == NULL || *kdis == NULL)
+		return cdx_error(CDX_ENOMEM, "coarse assignment for %zu queries", nq);
+	for (size_t i = 0; i < nq; i++) {
+		for (size_t j = 0; j < cap; j++) {
+			(*keys)[i * cap + j] = j < np ? assign[i * np + j] : -1;
+			(*kdis)[i * cap + j] = j < np ? cdis[i * np + j] : 0;
+		}
+	}
+	return CDX_OK;
+}
+
 /* Searches queries [q0, q1) of q (index space: x->qdim floats each) on
  * every shard; D/I are [shard][q1 - q0][kf]. */
 static int
@@ -241,13 +279,11 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 	float *cdis = NULL, *kdis = NULL;
 	int rc = CDX_OK;
 
+	size_t np = CDX_MIN(x->nprobe, c->d->nlist);
 	if (c->d->nlist > 0) {
-		size_t cap = c->d->nprobe_cap, np = CDX_MIN(x->nprobe, c->d->nlist);
 		assign = malloc(nq * np * sizeof(idx_t));
 		cdis = malloc(nq * np * sizeof(float));
-		keys = malloc(nq * cap * sizeof(idx_t));
-		kdis = malloc(nq * cap * sizeof(float));
-		if (assign == NULL || cdis == NULL || keys == NULL || kdis == NULL) {
+		if (assign == NULL || cdis == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "coarse assignment for %zu queries", nq);
 			goto done;
 		}
@@ -255,30 +291,38 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			rc = cdx_error_faiss("coarse quantizer search");
 			goto done;
 		}
-		/* Rows of stride cap, padded with -1 lists that the scan skips. */
 		uint64_t codes = 0;
-		for (size_t i = 0; i < nq; i++) {
-			for (size_t j = 0; j < cap; j++) {
-				keys[i * cap + j] = j < np ? assign[i * np + j] : -1;
-				kdis[i * cap + j] = j < np ? cdis[i * np + j] : 0;
-				if (j < np && assign[i * np + j] >= 0)
-					codes += c->d->list_sizes[assign[i * np + j]];
-			}
-		}
+		for (size_t i = 0; i < nq * np; i++)
+			if (assign[i] >= 0)
+				codes += c->d->list_sizes[assign[i]];
 		__atomic_fetch_add(x->codes, codes, __ATOMIC_RELAXED);
 	}
 	for (uint32_t s = 0; s < c->d->nshards && rc == CDX_OK; s++) {
 		struct cdx_loaded_shard *ls = &c->d->shards[s];
+		if (past_deadline(x)) {
+			rc = CDX_ETIMEDOUT;
+			break;
+		}
 		float *dst_d = D + ((size_t) s * nq) * kf;
 		idx_t *dst_i = I + ((size_t) s * nq) * kf;
 		int frc;
 		struct member_ctx mc = { x, s };
 		int in_scan = x->selecting && ls->selector_scan;
-		if (ls->ivf != NULL && ls->preassigned && (in_scan || x->nprobe > c->d->nprobe_cap)) {
+		if (ls->ivf != NULL && ls->fastscan) {
+			/* selections are tested on its candidates in merge_query */
+			cdx_fx_view *v;
+			if ((rc = cdx__shard_view_acquire(ls, &v)) != CDX_OK)
+				break;
+			frc = cdx_fx_view_search(v, nq, qs, kf, np, assign, cdis, dst_d, dst_i);
+			cdx__shard_view_release(ls, v);
+		} else if (ls->ivf != NULL && ls->preassigned && (in_scan || np > c->d->nprobe_cap)) {
 			/* a filtered scan, or wider than the shared index's nprobe */
 			frc = cdx_fx_ivf_search_sel((const FaissIndex *) ls->ivf, nq, qs, kf, assign, cdis,
-			    x->nprobe, dst_d, dst_i, in_scan ? member : NULL, &mc);
+			    np, dst_d, dst_i, in_scan ? member : NULL, &mc);
 		} else if (ls->ivf != NULL && ls->preassigned) {
+			if (keys == NULL
+			    && (rc = pad_assignment(x, nq, assign, cdis, &keys, &kdis)) != CDX_OK)
+				break;
 			frc = faiss_IndexIVF_search_preassigned(
 			    ls->ivf, (idx_t) nq, qs, (idx_t) kf, keys, kdis, dst_d, dst_i, 0);
 		} else if (ls->ivf != NULL) {
@@ -308,15 +352,15 @@ done:
 static int
 search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, idx_t *I)
 {
-	enum { CHUNK = 256 };
-	if (nq <= CHUNK)
+	size_t chunk = x->p->deadline_us ? DEADLINE_SLICE : 256;
+	if (nq <= chunk)
 		return search_slice(x, q, 0, nq, D, I);
 	size_t nshards = x->c->d->nshards, kf = x->kf;
-	float *Dc = malloc(nshards * CHUNK * kf * sizeof(float));
-	idx_t *Ic = malloc(nshards * CHUNK * kf * sizeof(idx_t));
+	float *Dc = malloc(nshards * chunk * kf * sizeof(float));
+	idx_t *Ic = malloc(nshards * chunk * kf * sizeof(idx_t));
 	int rc = Dc && Ic ? CDX_OK : cdx_error(CDX_ENOMEM, "search buffers");
-	for (size_t a = 0; rc == CDX_OK && a < nq; a += CHUNK) {
-		size_t b = CDX_MIN(nq, a + CHUNK), sn = b - a;
+	for (size_t a = 0; rc == CDX_OK && a < nq; a += chunk) {
+		size_t b = CDX_MIN(nq, a + chunk), sn = b - a;
 		rc = search_slice(x, q, a, b, Dc, Ic);
 		for (size_t s = 0; rc == CDX_OK && s < nshards; s++) {
 			memcpy(D + (s * nq + a) * kf, Dc + s * sn * kf, sn * kf * sizeof(float));
@@ -349,7 +393,7 @@ crowd_take(struct crowd *cr, int64_t g, uint32_t cap)
  * returned all rows), scored, sorted, then taken best first within the
  * crowding cap. *got is how many were taken, at most x->need; *full says
  * whether some shard returned all kf it was asked for (more may exist);
- * *seen counts the candidates all shards returned. */
+ * *seen counts the candidates all shards returned that pass. */
 static int
 merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query, const float *D,
     const idx_t *I, struct candidate *cand, struct crowd *cr, struct cdx_hit *hits, size_t kout, size_t *got,
@@ -363,7 +407,7 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 		const struct cdx_loaded_shard *ls = &c->d->shards[s];
 		const float *d = D + ((size_t) s * nq + i) * kf;
 		const idx_t *l = I + ((size_t) s * nq + i) * kf;
-		size_t returned = 0;
+		size_t returned = 0, passed = n;
 		for (size_t j = 0; j < kf; j++) {
 			if (l[j] < 0)
 				continue;
@@ -381,7 +425,9 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 		}
 		if (returned == kf && kf < ls->rows)
 			*full = 1;
-		*seen += returned;
+		/* rows that pass: a fast-scan shard, filtered here and not in
+		 * its scan, returned rows that do not */
+		*seen += n - passed;
 	}
 	qsort(cand, n, sizeof(*cand), x->higher_better ? cmp_cand_high : cmp_cand_low);
 	size_t taken = 0;
@@ -405,14 +451,15 @@ merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query,
 	return CDX_OK;
 }
 
-/* satisfied: a query found what it needs. With a selection, its probed
- * lists must also have held kf rows that pass: a filter whose items lie
- * away from the query leaves the nearest lists nearly empty of them, and
- * the k that are found there need not be the nearest that pass. */
+/* satisfied: a query found what it needs. With a filter or takedowns, its
+ * probed lists must also have held kf rows that pass: a filter whose items
+ * lie away from the query leaves the nearest lists nearly empty of them,
+ * and the k that are found there need not be the nearest that pass.
+ * (Exclusions remove a known handful of items, not a share of each list.) */
 static int
 satisfied(const struct search_ctx *x, size_t got, size_t seen)
 {
-	return got >= x->need && (!x->selecting || seen >= x->seen_min);
+	return got >= x->need && (!x->thinning || seen >= x->seen_min);
 }
 
 /* widen searches query i (index space qi, original q) again, alone, with
@@ -433,6 +480,10 @@ widen(const struct search_ctx *x, const float *qi, const float *q, int full, siz
 	int rc = CDX_OK;
 	*exhausted = 0;
 	for (;;) {
+		if (past_deadline(&y)) {
+			rc = CDX_ETIMEDOUT;
+			break;
+		}
 		if (full && y.kf < max_rows && got < y.need) /* crowding or a post-filter dropped some */
 			y.kf = (size_t) CDX_MIN((uint64_t) y.kf * 2, max_rows);
 		else if (d->nlist > 0 && y.nprobe < d->nlist)
@@ -611,8 +662,10 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	int threads = p->parallel ? saved_threads : 1;
 	omp_set_num_threads(1);
 	if (threads > 1 && nq > 1) {
-		/* at least one slice per thread, and none over 256 queries */
-		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + 255) / 256));
+		/* at least one slice per thread, and none over 256 queries
+		 * (DEADLINE_SLICE with a deadline) */
+		size_t most = p->deadline_us ? DEADLINE_SLICE : 256;
+		size_t nslices = CDX_MIN(nq, CDX_MAX((size_t) threads, (nq + most - 1) / most));
 		int slice_rc = CDX_OK;
 		float *Dt = malloc(c->d->nshards * nq * x.kf * sizeof(float));
 		idx_t *It = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
@@ -657,8 +710,15 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 		size_t got, seen;
 		int full, exhausted = 0;
 		struct cdx_hit *h = hits + i * p->k;
+		if (i % DEADLINE_SLICE == 0 && past_deadline(&x)) {
+			rc = CDX_ETIMEDOUT; /* merging, re-ranking and widening take time too */
+			break;
+		}
 		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, &cr, h, p->k, &got, &full, &seen);
-		if (rc == CDX_OK && !satisfied(&x, got, seen)) {
+		/* plain queries are never widened: their answer is a function of
+		 * the operating point alone, as the router's exact merge of shard
+		 * groups needs (a group holds only some of each list) */
+		if (rc == CDX_OK && narrowing && !satisfied(&x, got, seen)) {
 			uint32_t np;
 			widened++;
 			rc = widen(

@@ -13,8 +13,13 @@
  * the assignment rows to nlist entries with -1, which
  * IndexIVF::search_preassigned skips, and calls faiss_IndexIVF_search_preassigned
  * on each shard. All shards share one quantizer, so coarse assignment happens
- * once per query for all shards. Non-IVF indexes (flat fallback) need no
- * nprobe and use faiss_Index_search, which is const.
+ * once per query for all shards. Fast-scan IVF-PQ shards (4-bit codes in
+ * SIMD blocks) have no search_preassigned and read nprobe from the index:
+ * each search borrows a view (src/faissx: a small copy of the index object
+ * sharing its lists, whose quantizer hands back the assignment already
+ * computed) from the shard's pool of idle views and sets the view's nprobe.
+ * Non-IVF indexes (flat fallback) need no nprobe and use faiss_Index_search,
+ * which is const.
  *
  * Scores: l2 = squared distance (lower is better); ip and cos = inner
  * product of (normalised, for cos) vectors (higher is better). Merging across
@@ -23,6 +28,7 @@
 #ifndef CANDEX_SEARCH_H
 #define CANDEX_SEARCH_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,6 +42,37 @@ typedef struct cdx_collection cdx_collection;
  * cdx_version_path_resolve), verifying every shard's checksums against the
  * manifest. On success *cp is set with one reference owned by the caller. */
 int cdx_collection_load(cdx_collection **cp, const char *path);
+/* A set of shard numbers, as `candex serve --shards` names them: which
+ * shards of a collection one process loads (a shard group). n == 0 means
+ * every shard. */
+#define CDX_SHARD_SET_MAX 64
+struct cdx_shard_set {
+	uint32_t n;
+	uint32_t lo[CDX_SHARD_SET_MAX], hi[CDX_SHARD_SET_MAX]; /* inclusive ranges */
+};
+/* cdx_shard_set_parse reads "all" or a comma-separated list of shard
+ * numbers and ranges ("0-3,8"). CDX_EINVAL with cdx_error() set if bad. */
+int cdx_shard_set_parse(struct cdx_shard_set *set, const char *text);
+/* cdx_shard_set_has: whether shard is in set (NULL = every shard). */
+int cdx_shard_set_has(const struct cdx_shard_set *set, uint32_t shard);
+
+/* cdx_collection_load_shards is cdx_collection_load for the shards of the
+ * version that are in only (NULL = all): what a shard group's server holds.
+ * Searches then cover those shards alone, and shard positions (cdx_hit.shard,
+ * cdx_collection_key, cdx_collection_vector) count loaded shards only;
+ * cdx_collection_shards maps them to the manifest's numbers. CDX_ENOTFOUND
+ * when the version has none of them. */
+int cdx_collection_load_shards(cdx_collection **cp, const char *path, const struct cdx_shard_set *only);
+/* cdx_collection_shards returns how many shards are loaded and, if numbers
+ * is not NULL, points it at their manifest shard numbers, ascending (valid
+ * while c is referenced). */
+uint32_t cdx_collection_shards(const cdx_collection *c, const uint32_t **numbers);
+/* cdx_collection_shard_rows: items of the loaded shard at position shard. */
+uint64_t cdx_collection_shard_rows(const cdx_collection *c, uint32_t shard);
+/* cdx_collection_items_loaded: items in the loaded shards (the manifest's
+ * items when every shard is loaded). */
+uint64_t cdx_collection_items_loaded(const cdx_collection *c);
+
 /* cdx_collection_from_index makes a collection of one shard over index
  * (ids are row numbers; no keys, no refine store) with manifest m: the
  * self-tuning build searches its candidates through the server's own code
@@ -94,6 +131,11 @@ struct cdx_search_params {
 	uint32_t max_per_group;           /* crowding: at most this many results per group */
 	const char *group_by;             /* its group attribute (NULL or "": the first group column) */
 	uint8_t *exhausted; /* if not NULL, nq flags set to 1 where fewer than k rows pass at all */
+	/* cdx_now_us() after which the search stops with CDX_ETIMEDOUT, checked
+	 * between shards and query slices; NULL = none. Read at every check, so
+	 * its owner may bring it forward while the search runs (a server that
+	 * is shutting down does). */
+	const atomic_uint_fast64_t *deadline_us;
 };
 
 struct cdx_hit {

@@ -5,97 +5,140 @@
  */
 #define _GNU_SOURCE
 #include <ctype.h>
-#include <errno.h>
-#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/opt.h"
 #include "server/server.h"
 
-enum opt_type { OPT_STR, OPT_LIST, OPT_U32, OPT_SIZE, OPT_DOUBLE, OPT_LOGLEVEL };
-
-struct opt {
-	const char *name;
-	int type;
-	size_t off;
-	const char *arg;
-	const char *help;
-};
-
+#define PROG "candex serve"
 #define O(f) offsetof(struct cdx_server_config, f)
 
-#define MAX_ADAPT_RUNGS 16 /* a ladder has a handful of rungs */
+#define MAX_ADAPT_RUNGS 16
 
-static const struct opt opts[] = {
-	{ "index-dir", OPT_STR, O(index_dir), "DIR",
-	    "serve every collection DIR/<name>/ that has a CURRENT link (required)" },
-	{ "listen", OPT_LIST, O(listen), "URL",
-	    "query socket address: tcp://HOST:PORT, ipc:///PATH or tls+tcp://HOST:PORT; repeatable "
-	    "(required)" },
-	{ "admin-listen", OPT_STR, O(admin_listen), "URL",
-	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin" },
-	{ "admin-ipc-mode", OPT_STR, O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket" },
-	{ "ipc-mode", OPT_STR, O(query_ipc_mode), "OCTAL",
-	    "file permissions of ipc:// query sockets (connecting needs write permission)" },
-	{ "http-listen", OPT_STR, O(http_listen), "HOST:PORT",
-	    "serve /metrics, /healthz (liveness) and /readyz (readiness) over HTTP" },
-	{ "config", OPT_STR, O(config_file), "FILE",
-	    "read options from FILE (\"option = value\" lines, # comments); flags override it" },
-	{ "threads", OPT_U32, O(threads), "N",
-	    "search worker threads (0 = one per CPU the process may use: taskset, cgroup cpuset)" },
-	{ "contexts", OPT_U32, O(contexts), "N",
-	    "concurrent requests the query socket holds (0 = queue-max + 2 x threads)" },
-	{ "queue-max", OPT_U32, O(queue_max), "N",
-	    "search jobs waiting for a worker; beyond it requests get OVERLOADED (0 = 16 x threads)" },
-	{ "max-message", OPT_SIZE, O(max_message), "BYTES",
-	    "largest request answered (LIMIT_EXCEEDED above; the connection is dropped above 2x); K/M/G "
-	    "suffixes" },
-	{ "max-k", OPT_U32, O(max_k), "N", "largest k" },
-	{ "max-batch", OPT_U32, O(max_batch), "N", "most query vectors or keys per request" },
-	{ "max-excludes", OPT_U32, O(max_excludes), "N",
-	    "most excluded ids + keys per request (plain and compact lists together)" },
-	{ "timeout-ms", OPT_U32, O(timeout_ms), "MS", "deadline of requests that set none" },
-	{ "max-timeout-ms", OPT_U32, O(max_timeout_ms), "MS", "cap on a request's own deadline" },
-	{ "parallel-batch", OPT_U32, O(parallel_batch), "N",
-	    "a batch of at least N queries arriving at an idle server searches on every core (0 = never)" },
-	{ "drain-ms", OPT_U32, O(drain_ms), "MS", "longest wait for in-flight requests at shutdown" },
-	{ "listener-check-ms", OPT_U32, O(listener_check_ms), "MS",
-	    "probe tcp:// and ipc:// listeners this often and recreate one that stopped accepting (0 = "
-	    "off)" },
-	{ "watch-interval", OPT_DOUBLE, O(watch_interval), "SECONDS",
-	    "poll every collection's CURRENT link and reload on change (0 = off; SIGHUP always reloads)" },
-	{ "online-recall-fraction", OPT_DOUBLE, O(online_recall_fraction), "F",
-	    "fraction of answered queries re-run exactly to export recall@k in /metrics (0 = off)" },
-	{ "online-recall-cpu", OPT_DOUBLE, O(online_recall_cpu), "F",
-	    "CPU budget of the online recall checker, as a fraction of one core" },
-	{ "impression-log", OPT_STR, O(impression_log), "DIR",
-	    "write every answered query's items, slots and propensities to DIR (length-delimited "
-	    "candex.v1.Impression records, off the request path; docs/recommenders.md)" },
-	{ "impression-log-bytes", OPT_SIZE, O(impression_log_bytes), "BYTES",
-	    "start a new impression log file before one passes this size; K/M/G suffixes" },
-	{ "impression-buffer", OPT_SIZE, O(impression_buffer), "BYTES",
-	    "impression records buffered for the writer; beyond it they are dropped and counted" },
-	{ "adapt-max-rungs", OPT_U32, O(adapt_max_rungs), "N",
-	    "recall adaptation: when online recall stays below the target, serve up to N operating "
-	    "points above the chosen one (one rung per decision; back down when the cheaper one reaches "
-	    "the target again); needs --online-recall-fraction (0 = off)" },
-	{ "adapt-window", OPT_U32, O(adapt_window), "N",
-	    "checked queries (at one collection, k tier and rung) behind each adaptation decision" },
-	{ "adapt-window-seconds", OPT_DOUBLE, O(adapt_window_seconds), "SECONDS",
-	    "the least time each adaptation decision's window spans" },
-	{ "tls-cert", OPT_STR, O(tls_cert), "FILE", "server certificate (PEM) for tls+tcp:// listeners" },
-	{ "tls-key", OPT_STR, O(tls_key), "FILE", "private key (PEM) of --tls-cert" },
-	{ "tls-ca", OPT_STR, O(tls_ca), "FILE",
-	    "CA (PEM) that client certificates must be signed by: clients must authenticate (mutual TLS)" },
-	{ "log-level", OPT_LOGLEVEL, O(log_level), "LEVEL", "debug, info, warn or error" },
+static int
+add_listen(const char *v, void *opts)
+{
+	struct cdx_server_config *cfg = opts;
+	if (cfg->nlisten >= CDX_SERVER_MAX_LISTEN)
+		return cdx_error(CDX_EINVAL, "at most %d listen addresses", CDX_SERVER_MAX_LISTEN);
+	if ((cfg->listen[cfg->nlisten] = strdup(v)) == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	cfg->nlisten++;
+	return CDX_OK;
+}
+
+static int
+set_log_level(const char *v, void *opts)
+{
+	return cdx_log_level_parse(v, &((struct cdx_server_config *) opts)->log_level);
+}
+
+/* One table drives the command line, the config file and --help. */
+static const struct cdx_opt opts[] = {
+	CDX_OPT_STRDUP_("index-dir", O(index_dir), "DIR",
+	    "serve every collection DIR/<name>/ that has a CURRENT link (required)"),
+	CDX_OPT_CALL_("listen", "URL",
+	    "query socket address: tcp://HOST:PORT, ipc:///PATH or tls+tcp://HOST:PORT; "
+	    "repeatable\n(required)",
+	    add_listen),
+	CDX_OPT_STRDUP_("admin-listen", O(admin_listen), "URL",
+	    "admin socket (the only one accepting reloads), e.g. ipc:///run/candex/admin"),
+	CDX_OPT_STRDUP_("admin-ipc-mode", O(ipc_mode), "OCTAL", "file permissions of an ipc:// admin socket"),
+	CDX_OPT_STRDUP_("ipc-mode", O(query_ipc_mode), "OCTAL",
+	    "file permissions of ipc:// query sockets (connecting needs write permission)"),
+	CDX_OPT_STRDUP_("http-listen", O(http_listen), "HOST:PORT",
+	    "serve /metrics, /healthz (liveness) and /readyz (readiness) over HTTP"),
+	CDX_OPT_STRDUP_("http-search-listen", O(http_search_listen), "HOST:PORT",
+	    "serve POST /v1/search (SearchRequest as JSON) over HTTP, on its own listener (off unless set)"),
+	CDX_OPT_STRDUP_("config", O(config_file), "FILE",
+	    "read options from FILE (\"option = value\" lines, # comments); flags override it"),
+	CDX_OPT_NUM_("threads", CDX_OPT_U32, O(threads), "N",
+	    "search worker threads (0 = one per CPU the process may use: taskset, cgroup cpuset)", 0, 0),
+	CDX_OPT_NUM_("contexts", CDX_OPT_U32, O(contexts), "N",
+	    "concurrent requests the query socket holds (0 = queue-max + 2 x threads)", 0, 0),
+	CDX_OPT_NUM_("queue-max", CDX_OPT_U32, O(queue_max), "N",
+	    "search jobs waiting for a worker; beyond it requests get OVERLOADED (0 = 16 x threads)", 0, 0),
+	CDX_OPT_NUM_("max-message", CDX_OPT_BYTES, O(max_message), "BYTES",
+	    "largest request answered (LIMIT_EXCEEDED above; the connection is dropped above 2x); "
+	    "K/M/G\nsuffixes",
+	    0, 0),
+	CDX_OPT_NUM_("max-connections", CDX_OPT_U32, O(max_connections), "N",
+	    "open query connections; when full, a new one replaces the one longest without a request\n"
+	    "(if over 1 s), else it is refused",
+	    0, 0),
+	CDX_OPT_NUM_("max-receive-memory", CDX_OPT_BYTES, O(max_receive_memory), "BYTES",
+	    "memory requests may hold: half at most for frames still arriving (max-connections x 2 x\n"
+	    "max-message), the rest for received and decoded requests, beyond which they get OVERLOADED",
+	    0, 0),
+	CDX_OPT_NUM_("heavy-ms", CDX_OPT_U32, O(heavy_ms), "MS",
+	    "searches estimated to take longer run after cheaper ones, on at most half the workers", 0, 0),
+	CDX_OPT_NUM_("max-k", CDX_OPT_U32, O(max_k), "N", "largest k", 1, UINT32_MAX),
+	CDX_OPT_NUM_("max-batch", CDX_OPT_U32, O(max_batch), "N", "most query vectors or keys per request", 1,
+	    UINT32_MAX),
+	CDX_OPT_NUM_("max-excludes", CDX_OPT_U32, O(max_excludes), "N",
+	    "most excluded ids + keys per request (plain and compact lists together)", 0, 0),
+	CDX_OPT_NUM_(
+	    "timeout-ms", CDX_OPT_U32, O(timeout_ms), "MS", "deadline of requests that set none", 0, 0),
+	CDX_OPT_NUM_(
+	    "max-timeout-ms", CDX_OPT_U32, O(max_timeout_ms), "MS", "cap on a request's own deadline", 0, 0),
+	CDX_OPT_NUM_("parallel-batch", CDX_OPT_U32, O(parallel_batch), "N",
+	    "a batch of at least N queries arriving at an idle server searches on every core (0 = never)", 0,
+	    0),
+	CDX_OPT_NUM_("drain-ms", CDX_OPT_U32, O(drain_ms), "MS",
+	    "longest wait for in-flight requests at shutdown", 0, 0),
+	CDX_OPT_NUM_("listener-check-ms", CDX_OPT_U32, O(listener_check_ms), "MS",
+	    "probe tcp:// and ipc:// listeners this often and recreate one that stopped accepting (0 =\noff)",
+	    0, 0),
+	CDX_OPT_NUM_("watch-interval", CDX_OPT_DOUBLE, O(watch_interval), "SECONDS",
+	    "poll every collection's CURRENT link and reload on change (0 = off; SIGHUP always reloads)", 0,
+	    1e9),
+	CDX_OPT_NUM_("online-recall-fraction", CDX_OPT_DOUBLE, O(online_recall_fraction), "F",
+	    "fraction of answered queries re-run exactly to export recall@k in /metrics (0 = off)", 0, 1),
+	CDX_OPT_NUM_("online-recall-cpu", CDX_OPT_DOUBLE, O(online_recall_cpu), "F",
+	    "CPU budget of the online recall checker, as a fraction of one core", 0, 1e3),
+	CDX_OPT_STRDUP_("impression-log", O(impression_log), "DIR",
+	    "write every answered query's items, slots and propensities to DIR (length-delimited\n"
+	    "candex.v1.Impression records, off the request path; docs/recommenders.md)"),
+	CDX_OPT_NUM_("impression-log-bytes", CDX_OPT_BYTES, O(impression_log_bytes), "BYTES",
+	    "start a new impression log file before one passes this size; K/M/G suffixes", 4096, 1e15),
+	CDX_OPT_NUM_("impression-buffer", CDX_OPT_BYTES, O(impression_buffer), "BYTES",
+	    "impression records buffered for the writer; beyond it they are dropped and counted", 4096, 1e15),
+	CDX_OPT_NUM_("adapt-max-rungs", CDX_OPT_U32, O(adapt_max_rungs), "N",
+	    "recall adaptation: when online recall stays below the target, serve up to N\n"
+	    "operating points above the chosen one (one rung per decision; back down when\n"
+	    "the cheaper one reaches the target again); needs --online-recall-fraction\n"
+	    "(0 = off; a ladder has a handful of rungs)",
+	    0, MAX_ADAPT_RUNGS),
+	CDX_OPT_NUM_("adapt-window", CDX_OPT_U32, O(adapt_window), "N",
+	    "checked queries (at one collection, k tier and rung) behind each adaptation\n"
+	    "decision (a decision needs a confidence interval)",
+	    10, UINT32_MAX),
+	CDX_OPT_NUM_("adapt-window-seconds", CDX_OPT_DOUBLE, O(adapt_window_seconds), "SECONDS",
+	    "the least time each adaptation decision's window spans", 0, 1e9),
+	CDX_OPT_STRDUP_("tls-cert", O(tls_cert), "FILE", "server certificate (PEM) for tls+tcp:// listeners"),
+	CDX_OPT_STRDUP_("tls-key", O(tls_key), "FILE", "private key (PEM) of --tls-cert"),
+	CDX_OPT_STRDUP_("tls-ca", O(tls_ca), "FILE",
+	    "CA (PEM) that client certificates must be signed by: clients must authenticate (mutual TLS)"),
+	CDX_OPT_STRDUP_("shards", O(shards), "LIST",
+	    "serve only these shards of each collection, as one shard group behind candex route: 0-3,8;\n"
+	    "per collection 'tracks:0-3;podcasts:none' (default: all)"),
+	CDX_OPT_NUM_("keep-previous", CDX_OPT_DOUBLE, O(keep_previous), "SECONDS",
+	    "keep a version a reload replaced loaded for requests that name it (index_version) until\n"
+	    "none has for SECONDS: shard groups behind candex route need it (0 = free it at once)",
+	    0, 1e9),
+	CDX_OPT_CALL_("log-level", "LEVEL", "debug, info, warn or error [info]", set_log_level),
 };
 
 void
 cdx_server_config_init(struct cdx_server_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	cfg->max_message = 16u << 20;
+	cfg->max_message = 4u << 20;
+	cfg->max_receive_memory = 2ull << 30;
+	cfg->max_connections = 128;
+	cfg->heavy_ms = 25;
 	cfg->max_k = 1000;
 	cfg->max_batch = 1024;
 	cfg->max_excludes = 200000;
@@ -119,8 +162,8 @@ static void
 free_strings(struct cdx_server_config *cfg)
 {
 	for (size_t i = 0; i < CDX_ARRAY_LEN(opts); i++) {
-		char *base = (char *) cfg + opts[i].off;
-		if (opts[i].type == OPT_STR) {
+		char *base = (char *) cfg + opts[i].offset;
+		if (opts[i].type == CDX_OPT_STRDUP) {
 			free(*(char **) base);
 			*(char **) base = NULL;
 		}
@@ -139,160 +182,19 @@ cdx_server_config_fini(struct cdx_server_config *cfg)
 		free_strings(cfg);
 }
 
-static const struct opt *
-find_opt(const char *name, size_t len)
-{
-	for (size_t i = 0; i < CDX_ARRAY_LEN(opts); i++)
-		if (strlen(opts[i].name) == len && strncmp(opts[i].name, name, len) == 0)
-			return &opts[i];
-	return NULL;
-}
-
+/* file_option applies one config file line (cdx_conf_read's callback). */
 static int
-parse_u64(const char *v, uint64_t *out, int size_suffix)
+file_option(void *arg, const char *name, const char *value, const char *where)
 {
-	char *end;
-	errno = 0;
-	if (!isdigit((unsigned char) *v))
-		return CDX_EINVAL;
-	unsigned long long x = strtoull(v, &end, 10);
-	if (errno != 0)
-		return CDX_EINVAL;
-	if (size_suffix && *end != '\0') {
-		unsigned shift = 0;
-		switch (toupper((unsigned char) *end)) {
-		case 'K':
-			shift = 10;
-			break;
-		case 'M':
-			shift = 20;
-			break;
-		case 'G':
-			shift = 30;
-			break;
-		default:
-			return CDX_EINVAL;
-		}
-		end++;
-		if ((*end == 'i' || *end == 'I') && (end[1] == 'B' || end[1] == 'b'))
-			end += 2;
-		else if (*end == 'B' || *end == 'b')
-			end++;
-		if (x > (UINT64_MAX >> shift))
-			return CDX_EINVAL;
-		x <<= shift;
-	}
-	if (*end != '\0')
-		return CDX_EINVAL;
-	*out = x;
-	return CDX_OK;
-}
-
-/* set_opt applies one option; where says where it came from, for errors. */
-static int
-set_opt(struct cdx_server_config *cfg, const struct opt *o, const char *v, const char *where)
-{
-	char *base = (char *) cfg + o->off;
-	uint64_t u;
-	char *end;
-
-	switch (o->type) {
-	case OPT_STR: {
-		char *copy = strdup(v);
-		if (copy == NULL)
-			return cdx_error(CDX_ENOMEM, "out of memory");
-		free(*(char **) base);
-		*(char **) base = copy;
-		return CDX_OK;
-	}
-	case OPT_LIST:
-		if (cfg->nlisten >= CDX_SERVER_MAX_LISTEN)
-			return cdx_error(CDX_EINVAL, "%s: more than %d --%s addresses", where,
-			    CDX_SERVER_MAX_LISTEN, o->name);
-		if ((cfg->listen[cfg->nlisten] = strdup(v)) == NULL)
-			return cdx_error(CDX_ENOMEM, "out of memory");
-		cfg->nlisten++;
-		return CDX_OK;
-	case OPT_U32:
-		if (parse_u64(v, &u, 0) != CDX_OK || u > UINT32_MAX)
-			return cdx_error(CDX_EINVAL, "%s: --%s wants a number up to %u, not '%s'", where,
-			    o->name, UINT32_MAX, v);
-		*(uint32_t *) base = (uint32_t) u;
-		return CDX_OK;
-	case OPT_SIZE:
-		if (parse_u64(v, &u, 1) != CDX_OK || u == 0)
-			return cdx_error(
-			    CDX_EINVAL, "%s: --%s wants a size like 16M, not '%s'", where, o->name, v);
-		*(uint64_t *) base = u;
-		return CDX_OK;
-	case OPT_DOUBLE: {
-		errno = 0;
-		double d = strtod(v, &end);
-		if (errno != 0 || end == v || *end != '\0' || !isfinite(d) || d < 0)
-			return cdx_error(
-			    CDX_EINVAL, "%s: --%s wants a number >= 0, not '%s'", where, o->name, v);
-		*(double *) base = d;
-		return CDX_OK;
-	}
-	case OPT_LOGLEVEL:
-		if (cdx_log_level_parse(v, (int *) base) != CDX_OK)
-			return cdx_error(CDX_EINVAL,
-			    "%s: --%s: unknown level '%s' (debug, info, warn, error)", where, o->name, v);
-		return CDX_OK;
-	}
-	return cdx_error(CDX_EINTERNAL, "option type");
-}
-
-static char *
-trim(char *s)
-{
-	while (isspace((unsigned char) *s))
-		s++;
-	char *e = s + strlen(s);
-	while (e > s && isspace((unsigned char) e[-1]))
-		*--e = '\0';
-	return s;
+	if (strcmp(name, "config") == 0)
+		return cdx_opt_fail(PROG, "%s: a config file cannot name another (config)", where);
+	return cdx_opt_set(PROG, opts, CDX_ARRAY_LEN(opts), arg, name, value, where);
 }
 
 int
 cdx_server_config_file(struct cdx_server_config *cfg, const char *path)
 {
-	char *text = NULL, *next, where[600];
-	size_t len;
-	int rc = cdx_read_file(path, &text, &len);
-	if (rc != CDX_OK)
-		return rc;
-	unsigned lineno = 0;
-	for (char *line = text; line != NULL; line = next) {
-		if ((next = strchr(line, '\n')) != NULL)
-			*next++ = '\0';
-		lineno++;
-		char *hash = strchr(line, '#');
-		if (hash != NULL)
-			*hash = '\0';
-		line = trim(line);
-		if (*line == '\0')
-			continue;
-		snprintf(where, sizeof(where), "%s:%u", path, lineno);
-		char *eq = strchr(line, '=');
-		if (eq == NULL) {
-			rc = cdx_error(CDX_EINVAL, "%s: expected 'option = value', got '%s'", where, line);
-			break;
-		}
-		*eq = '\0';
-		char *name = trim(line), *value = trim(eq + 1);
-		while (*name == '-')
-			name++;
-		const struct opt *o = find_opt(name, strlen(name));
-		if (o == NULL || strcmp(o->name, "config") == 0) {
-			rc = cdx_error(CDX_EINVAL, "%s: unknown option '%s'", where, name);
-			break;
-		}
-		if ((rc = set_opt(cfg, o, value, where)) != CDX_OK)
-			break;
-	}
-	free(text);
-	return rc;
+	return cdx_conf_read(path, file_option, cfg);
 }
 
 /* octal_mode: 1 if s is empty (keep the umask's mode) or file permissions
@@ -309,7 +211,7 @@ octal_mode(const char *s)
 int
 cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 {
-	int rc, listen_from_args = 0;
+	int rc;
 
 	/* the config file first, so that flags override it */
 	for (int i = 1; i < argc; i++) {
@@ -325,52 +227,30 @@ cdx_server_config_parse(struct cdx_server_config *cfg, int argc, char **argv)
 		if (file != NULL && (rc = cdx_server_config_file(cfg, file)) != CDX_OK)
 			return rc;
 	}
+	/* --listen on the command line replaces the file's list */
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *value;
-		if (strncmp(a, "--", 2) != 0)
-			return cdx_error(CDX_EINVAL, "unexpected argument '%s'", a);
-		a += 2;
-		const char *eq = strchr(a, '=');
-		const struct opt *o = find_opt(a, eq ? (size_t) (eq - a) : strlen(a));
-		if (o == NULL)
-			return cdx_error(CDX_EINVAL, "unknown option '%s' (see --help)", argv[i]);
-		if (eq != NULL)
-			value = eq + 1;
-		else if (i + 1 < argc)
-			value = argv[++i];
-		else
-			return cdx_error(CDX_EINVAL, "--%s needs a value (%s)", o->name, o->arg);
-		if (strcmp(o->name, "config") == 0)
-			continue;
-		if (o->type == OPT_LIST && !listen_from_args) {
-			/* --listen on the command line replaces the file's list */
-			listen_from_args = 1;
+		if (strcmp(argv[i], "--listen") == 0 || strncmp(argv[i], "--listen=", 9) == 0) {
 			for (unsigned j = 0; j < cfg->nlisten; j++)
 				free(cfg->listen[j]);
 			cfg->nlisten = 0;
+			break;
 		}
-		if ((rc = set_opt(cfg, o, value, "command line")) != CDX_OK)
-			return rc;
 	}
+	if ((rc = cdx_opt_parse(PROG, opts, CDX_ARRAY_LEN(opts), cfg, argc, argv, NULL, NULL, 0, NULL))
+	    != CDX_OK)
+		return rc;
 	if (cfg->index_dir == NULL)
-		return cdx_error(CDX_EINVAL, "--index-dir is required");
+		return cdx_opt_fail(PROG, "--index-dir is required");
 	if (cfg->nlisten == 0)
-		return cdx_error(CDX_EINVAL, "at least one --listen URL is required");
-	if (cfg->max_k == 0 || cfg->max_batch == 0)
-		return cdx_error(CDX_EINVAL, "--max-k and --max-batch must be at least 1");
-	if (cfg->online_recall_fraction > 1)
-		return cdx_error(CDX_EINVAL, "--online-recall-fraction must be in [0, 1]");
-	if (cfg->adapt_max_rungs > MAX_ADAPT_RUNGS)
-		return cdx_error(CDX_EINVAL, "--adapt-max-rungs must be at most %d", MAX_ADAPT_RUNGS);
-	if (cfg->adapt_window < 10)
-		return cdx_error(CDX_EINVAL,
-		    "--adapt-window must be at least 10 checked queries (a decision needs a confidence "
-		    "interval)");
+		return cdx_opt_fail(PROG, "at least one --listen URL is required");
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
-		return cdx_error(CDX_EINVAL, "--tls-cert and --tls-key go together");
+		return cdx_opt_fail(PROG, "--tls-cert and --tls-key go together");
 	if (!octal_mode(cfg->ipc_mode) || !octal_mode(cfg->query_ipc_mode))
-		return cdx_error(
-		    CDX_EINVAL, "--admin-ipc-mode and --ipc-mode want octal permissions like 0660");
+		return cdx_opt_fail(PROG, "--admin-ipc-mode and --ipc-mode want octal permissions like 0660");
+	struct cdx_shard_set set;
+	int serve;
+	if (cdx__srv_shards_for(cfg->shards, NULL, &set, &serve) != CDX_OK)
+		return CDX_EINVAL;
 	return CDX_OK;
 }
 
@@ -383,36 +263,7 @@ cdx_server_config_usage(FILE *out)
 	    "usage: candex serve --index-dir DIR --listen URL [--listen URL...] [options]\n\n"
 	    "Serves every collection of an index directory over nng REQ/REP (proto/candex.proto).\n"
 	    "SIGHUP reloads changed collections; SIGTERM/SIGINT drain in-flight requests and exit 0.\n\n"
-	    "options (a config file takes the same names: \"max-k = 500\"):\n");
-	for (size_t i = 0; i < CDX_ARRAY_LEN(opts); i++) {
-		const struct opt *o = &opts[i];
-		char def[64] = "";
-		const char *base = (const char *) &d + o->off;
-		switch (o->type) {
-		case OPT_U32:
-			snprintf(def, sizeof(def), "%u", *(const uint32_t *) base);
-			break;
-		case OPT_SIZE:
-			snprintf(def, sizeof(def), "%llu", (unsigned long long) *(const uint64_t *) base);
-			break;
-		case OPT_DOUBLE:
-			snprintf(def, sizeof(def), "%g", *(const double *) base);
-			break;
-		case OPT_LOGLEVEL:
-			snprintf(def, sizeof(def), "info");
-			break;
-		case OPT_STR:
-			if (*(char *const *) base != NULL)
-				snprintf(def, sizeof(def), "%s", *(char *const *) base);
-			break;
-		}
-		char head[64];
-		snprintf(head, sizeof(head), "--%s %s", o->name, o->arg);
-		fprintf(out, "  %-32s %s", head, o->help);
-		if (def[0] != '\0')
-			fprintf(out, " [%s]", def);
-		fputc('\n', out);
-	}
-	fprintf(out, "  %-32s %s\n", "-h, --help", "show this help");
+	    "options (a config file takes the same names: \"max-k = 500\"); [defaults]:\n");
+	cdx_opt_usage(out, opts, CDX_ARRAY_LEN(opts), &d);
 	cdx_server_config_fini(&d);
 }

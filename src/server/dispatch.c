@@ -2,15 +2,17 @@
  * dispatch.c — sockets, per-context state machines, request validation, the
  * job queue and the search workers (see server.h DESIGN).
  *
- * A context's life: RECV (aio callback on an nng thread) -> the request is
- * decoded and checked; health/info/errors are answered right there; a
- * search goes on the queue (or is answered OVERLOADED when it is full); a
- * reload goes to the reload thread -> whoever answers packs the Response and
- * calls nng_ctx_send with the context's aio -> SEND completes (callback) ->
- * RECV again. Exactly one party owns a context between RECV and SEND, so a
- * context needs no lock.
+ * A context's life: RECV (aio callback on an nng thread: the message is
+ * charged to the receive budget and handed on) -> INTAKE (the intake
+ * thread decodes and checks it; health/info/errors are answered there; a
+ * search is admitted to the queue or answered OVERLOADED; a reload goes to
+ * the reload thread) -> QUEUED (a worker searches) -> whoever answers packs
+ * the Response and calls nng_ctx_send with the context's aio -> SEND
+ * completes (callback) -> RECV again. Exactly one party owns a context
+ * between RECV and SEND, so a context needs no lock.
  */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <stdarg.h>
@@ -21,35 +23,54 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "server/server.h"
 
 #include "recall/online.h"
 
-#define SRV_MAX_REFINE 64.0f
-
-enum { CTX_RECV, CTX_SEND };
-
-struct srv_ctx {
-	cdx_server *s;
-	nng_ctx ctx;
-	nng_aio *aio;
-	int admin; /* on the admin socket: reloads allowed */
-	int state;
-	/* the request being served (owned between RECV and SEND) */
-	Candex__V1__Request *req;
-	char peeked_id[128];  /* request_id of a request that was not decoded */
-	cdx_collection *coll; /* a reference, for searches */
-	cdx_rowset *blocked;  /* a reference to coll's takedown rows, or NULL */
-	uint64_t t_recv_us;
-	uint64_t deadline_us;
-	struct srv_ctx *next; /* queue link */
-};
+#define SRV_ADMIN_CONNECTIONS 16
 
 static const char *
 str_or_empty(const char *s)
 {
 	return s != NULL ? s : "";
+}
+
+/* request_free drops everything x holds for its request. */
+static void
+request_free(struct srv_ctx *x)
+{
+	if (x->msg != NULL) {
+		nng_msg_free(x->msg);
+		x->msg = NULL;
+	}
+	if (x->req != NULL) {
+		candex__v1__request__free_unpacked(x->req, &x->alloc);
+		x->req = NULL;
+	}
+	if (x->reserved > 0) {
+		cdx__srv_budget_give(x->s, x->reserved);
+		x->reserved = 0;
+	}
+	x->over_budget = 0;
+	if (x->coll != NULL) {
+		cdx_collection_unref(x->coll);
+		x->coll = NULL;
+	}
+	cdx_rowset_unref(x->blocked);
+	x->blocked = NULL;
+	x->peeked_id[0] = '\0';
+}
+
+/* release ends a request without an answer (its client is gone, or the
+ * answer could not be built) and receives the next. */
+static void
+release(struct srv_ctx *x)
+{
+	request_free(x);
+	atomic_fetch_sub(&x->s->in_flight, 1);
+	x->state = CTX_RECV;
+	nng_ctx_recv(x->ctx, x->aio);
 }
 
 /* send_response packs resp, records metrics, releases the request and
@@ -79,25 +100,13 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 	if (strcmp(resp->request_id, CDX_PROBE_REQUEST_ID) != 0)
 		cdx__srv_observe(s, x->coll != NULL ? cdx_collection_manifest(x->coll)->collection : NULL,
 		    (int) resp->status, cdx_now_us() - x->t_recv_us);
-	if (x->req != NULL) {
-		candex__v1__request__free_unpacked(x->req, NULL);
-		x->req = NULL;
-	}
-	if (x->coll != NULL) {
-		cdx_collection_unref(x->coll);
-		x->coll = NULL;
-	}
-	cdx_rowset_unref(x->blocked);
-	x->blocked = NULL;
-	x->peeked_id[0] = '\0';
-	x->state = CTX_SEND;
 	if (msg == NULL) {
 		/* nothing to send: go back to receiving; the client times out */
-		atomic_fetch_sub(&s->in_flight, 1);
-		x->state = CTX_RECV;
-		nng_ctx_recv(x->ctx, x->aio);
+		release(x);
 		return;
 	}
+	request_free(x);
+	x->state = CTX_SEND;
 	nng_aio_set_msg(x->aio, msg);
 	nng_ctx_send(x->ctx, x->aio);
 }
@@ -151,6 +160,7 @@ fill_info(Candex__V1__CollectionInfo *ci, const struct srv_entry *e)
 	ci->model_version = (char *) m->model_version;
 	ci->refine = (char *) cdx_refine_name(m->refine);
 	ci->loaded_unix_ms = e->loaded_ms;
+	cdx__srv_fill_info_shards(ci, e->coll);
 }
 
 /* infos builds CollectionInfo for the snapshot entries named only (NULL or
@@ -188,6 +198,7 @@ reply_info(struct srv_ctx *x, const char *only)
 	}
 	ir.n_collections = infos(set, only, &arr, &nodes);
 	ir.collections = arr;
+	char *prev = cdx__srv_fill_previous(x->s, arr, ir.n_collections);
 	ir.server_version = (char *) "candex " CANDEX_VERSION;
 	if (only != NULL && *only != '\0' && ir.n_collections == 0) {
 		char names[512];
@@ -198,6 +209,7 @@ reply_info(struct srv_ctx *x, const char *only)
 		resp.info = &ir;
 		send_response(x, &resp);
 	}
+	free(prev);
 	free(arr);
 	free(nodes);
 	cdx__srv_set_free(set);
@@ -246,6 +258,72 @@ reply_health(struct srv_ctx *x)
 	send_response(x, &resp);
 }
 
+/* reply_lookup answers a LookupRequest (stored vectors by key) on the nng
+ * thread: a key lookup and a vector decode each, bounded by --max-batch. */
+static void
+reply_lookup(struct srv_ctx *x)
+{
+	const Candex__V1__LookupRequest *lr = x->req->lookup;
+	if (lr == NULL || lr->collection == NULL || lr->collection[0] == '\0') {
+		reply_error(x, CDX_EINVAL, "lookup request without a collection name");
+		return;
+	}
+	if (lr->n_keys > x->s->cfg.max_batch) {
+		reply_error(x, CDX_ELIMIT, "lookup of %zu keys exceeds the server's max-batch %u", lr->n_keys,
+		    x->s->cfg.max_batch);
+		return;
+	}
+	cdx_collection *c = cdx__srv_lookup_version(x->s, lr->collection, lr->index_version, NULL);
+	if (c == NULL) {
+		char names[512];
+		cdx__srv_names(x->s, names, sizeof(names));
+		const char *v = lr->index_version != NULL ? lr->index_version : "";
+		reply_error(x, CDX_ENOTFOUND, "collection '%.*s'%s%.*s not served here (serving: %s)",
+		    (int) cdx_utf8_cut(lr->collection, 100), lr->collection, *v ? " version " : "",
+		    (int) cdx_utf8_cut(v, 64), v, names);
+		return;
+	}
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	size_t n = lr->n_keys;
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__LookupResponse out = CANDEX__V1__LOOKUP_RESPONSE__INIT;
+	protobuf_c_boolean *found = calloc(n ? n : 1, sizeof(*found));
+	int64_t *ids = calloc(n ? n : 1, sizeof(*ids));
+	float *vectors = calloc(n ? n * m->dim : 1, sizeof(float));
+	if (found == NULL || ids == NULL || vectors == NULL) {
+		reply_error(x, CDX_ENOMEM, "out of memory for %zu vectors", n);
+		goto done;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint32_t shard, row;
+		if (lr->keys[i] == NULL
+		    || cdx_collection_find_key(c, lr->keys[i], &shard, &row, &ids[i]) != CDX_OK)
+			continue; /* held by another shard group, or by none */
+		if (cdx_collection_vector(c, shard, row, vectors + i * m->dim) != CDX_OK) {
+			reply_error(x, CDX_EINTERNAL, "key '%.*s': %s", (int) cdx_utf8_cut(lr->keys[i], 200),
+			    lr->keys[i], cdx_last_error());
+			goto done;
+		}
+		found[i] = 1;
+	}
+	cdx_error_clear();
+	out.index_version = (char *) m->version;
+	out.dim = m->dim;
+	out.n_found = out.n_ids = n;
+	out.found = found;
+	out.ids = ids;
+	out.n_vectors = n * m->dim;
+	out.vectors = vectors;
+	resp.body_case = CANDEX__V1__RESPONSE__BODY_LOOKUP;
+	resp.lookup = &out;
+	send_response(x, &resp);
+done:
+	cdx_collection_unref(c);
+	free(found);
+	free(ids);
+	free(vectors);
+}
+
 /* ---- searches ------------------------------------------------------- */
 
 /* check_search validates what is cheap to validate, on the nng thread, and
@@ -256,9 +334,9 @@ check_search(struct srv_ctx *x)
 	cdx_server *s = x->s;
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	const struct cdx_server_config *cfg = &s->cfg;
-
 	char msg[1024];
 	int code;
+
 	if (sr != NULL && sr->n_parts > 0) { /* several collections: recsearch.c */
 		if ((code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
 			reply_error(x, code, "%s", msg);
@@ -270,11 +348,17 @@ check_search(struct srv_ctx *x)
 		reply_error(x, CDX_EINVAL, "search request without a collection name");
 		return -1;
 	}
-	if ((x->coll = cdx__srv_lookup(s, sr->collection, &x->blocked)) == NULL) {
+	if ((x->coll = cdx__srv_lookup_version(s, sr->collection, sr->index_version, &x->blocked)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
-		reply_error(x, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
-		    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
+		if (sr->index_version != NULL && sr->index_version[0] != '\0')
+			reply_error(x, CDX_ENOTFOUND,
+			    "collection '%.*s' version %.*s is not loaded here (serving: %s)",
+			    (int) cdx_utf8_cut(sr->collection, 100), sr->collection,
+			    (int) cdx_utf8_cut(sr->index_version, 64), sr->index_version, names);
+		else
+			reply_error(x, CDX_ENOTFOUND, "unknown collection '%.*s' (serving: %s)",
+			    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
 	if ((code = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg)))
@@ -286,46 +370,68 @@ check_search(struct srv_ctx *x)
 	return 0;
 }
 
+/* search_params fills p from x's request, for the cost estimate. */
 static void
-enqueue(struct srv_ctx *x)
+search_params(const struct srv_ctx *x, struct cdx_search_params *p)
 {
-	cdx_server *s = x->s;
-	uint32_t waiting;
-	pthread_mutex_lock(&s->q_mu);
-	if (s->q_len >= s->cfg.queue_max) {
-		waiting = s->q_len;
-		pthread_mutex_unlock(&s->q_mu);
-		atomic_fetch_add(&s->m.overloaded, 1);
-		reply_error(x, CDX_EOVERLOAD,
-		    "server overloaded: %u searches already waiting; retry with backoff", waiting);
-		return;
-	}
-	x->next = NULL;
-	if (s->q_tail != NULL)
-		s->q_tail->next = x;
-	else
-		s->q_head = x;
-	s->q_tail = x;
-	s->q_len++;
-	pthread_cond_signal(&s->q_cv);
-	pthread_mutex_unlock(&s->q_mu);
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	*p = (struct cdx_search_params) {
+		.k = sr->k,
+		.nprobe = sr->nprobe,
+		.refine_factor = sr->refine_factor,
+		.recall_target = sr->recall_target,
+		/* recall adaptation (adapt.c): read when estimating and again
+		 * when searching; either reading is a valid point */
+		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(x->s->adapt, x->coll, sr->k) : 0,
+		.exclude_ids = sr->exclude_ids,
+		.n_exclude_ids = sr->n_exclude_ids,
+		.n_exclude_keys = sr->n_exclude_keys,
+	};
 }
 
-uint32_t
-cdx__srv_queue_depth(cdx_server *s)
+/* lower brings *at forward to t if t is earlier. */
+static void
+lower(atomic_uint_fast64_t *at, uint64_t t)
 {
-	pthread_mutex_lock(&s->q_mu);
-	uint32_t n = s->q_len;
-	pthread_mutex_unlock(&s->q_mu);
-	return n;
+	uint_fast64_t cur = atomic_load(at);
+	while (t < cur && !atomic_compare_exchange_weak(at, &cur, t))
+		;
 }
 
-static void
+void
+cdx__srv_searches_end(cdx_server *s, uint64_t t)
+{
+	/* searches that start from now on read it; those running are cut
+	 * here (run_search's second look closes the gap between the two) */
+	lower(&s->searches_end, t);
+	for (size_t i = 0; i < s->nctxs; i++)
+		lower(&s->ctxs[i]->stop_by, t);
+}
+
+static size_t
+batch_size(const struct srv_ctx *x)
+{
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
+	return sr->n_vectors > 0 ? sr->n_vectors / m->dim : sr->n_query_keys;
+}
+
+/* run_search answers a queued search; returns the µs spent searching (0 if
+ * it did not search). */
+static uint64_t
 run_search(struct srv_ctx *x, int idle)
 {
 	cdx_server *s = x->s;
 	uint64_t now = cdx_now_us();
 
+	if (x->pipe != 0 && !cdx__srv_conn_open(&s->conns, x->pipe)) {
+		/* the client has gone: nobody would read the answer */
+		atomic_fetch_add(&s->m.abandoned, 1);
+		cdx_debug("SRV-ABANDONED", "request '%s': client disconnected while queued; not searched",
+		    str_or_empty(x->req->request_id));
+		release(x);
+		return 0;
+	}
 	if (now > x->deadline_us) {
 		if (x->coll != NULL) /* NULL: a search of several collections (parts) */
 			cdx__srv_observe_search(
@@ -334,9 +440,11 @@ run_search(struct srv_ctx *x, int idle)
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
 		    (double) (now - x->t_recv_us) / 1000.0);
-		return;
+		return 0;
 	}
-	cdx__srv_search_run(s, x, x->req, x->coll, x->blocked, x->t_recv_us, idle);
+	atomic_store(&x->stop_by, x->deadline_us);
+	lower(&x->stop_by, atomic_load(&s->searches_end));
+	return cdx__srv_search_run(x, idle);
 }
 
 static void *
@@ -346,26 +454,22 @@ worker_main(void *arg)
 	/* OpenMP's thread count is per thread: one Faiss thread per worker,
 	 * so N workers use N cores, not N x N. */
 	omp_set_num_threads(1);
-	for (;;) {
+	int idle;
+	struct srv_ctx *x;
+	while ((x = cdx__srv_next(s, &idle)) != NULL) {
+		/* copy what job_done needs: the context is the client's again
+		 * once answered */
+		struct srv_ctx job
+		    = { .heavy = x->heavy, .cost_units = x->cost_units, .heavy_end_us = x->heavy_end_us };
+		uint64_t took_us = 0;
 		pthread_mutex_lock(&s->q_mu);
-		while (s->q_head == NULL && !s->q_stop)
-			pthread_cond_wait(&s->q_cv, &s->q_mu);
-		struct srv_ctx *x = s->q_head;
-		if (x == NULL) {
-			pthread_mutex_unlock(&s->q_mu);
-			break;
-		}
-		s->q_head = x->next;
-		if (s->q_head == NULL)
-			s->q_tail = NULL;
-		s->q_len--;
-		int idle = s->q_len == 0;
 		int stop = s->q_stop;
 		pthread_mutex_unlock(&s->q_mu);
 		if (stop)
 			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
 		else
-			run_search(x, idle);
+			took_us = run_search(x, idle);
+		cdx__srv_job_done(s, &job, took_us);
 	}
 	return NULL;
 }
@@ -401,28 +505,56 @@ cdx__srv_workers_stop(cdx_server *s)
 
 /* ---- the state machine ---------------------------------------------- */
 
-static void
-handle(struct srv_ctx *x, nng_msg *msg)
+/* decode turns x->msg into x->req within the receive budget and the
+ * server's limits (cdx__srv_decode_request). Returns 0, or answers the
+ * error itself. */
+static int
+decode(struct srv_ctx *x)
 {
 	cdx_server *s = x->s;
-	size_t len = nng_msg_len(msg);
+	char why[256];
 
-	if (len > s->cfg.max_message) {
-		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
-		nng_msg_free(msg);
-		reply_error(x, CDX_ELIMIT, "request of %zu bytes exceeds the server's max-message %llu", len,
-		    (unsigned long long) s->cfg.max_message);
-		return;
+	if (x->msg == NULL) { /* refused at receipt (received()) */
+		atomic_fetch_add(&s->m.budget_refused, 1);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: requests already hold its receive-memory budget (%zu of %zu "
+		    "bytes); retry with backoff",
+		    atomic_load(&s->rx_used), s->rx_budget);
+		return -1;
 	}
-	x->req = candex__v1__request__unpack(NULL, len, nng_msg_body(msg));
-	if (x->req == NULL)
-		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
-	nng_msg_free(msg);
-	if (x->req == NULL) {
-		reply_error(x, CDX_EPROTO,
-		    "malformed request: %zu bytes that do not decode as a candex.v1.Request", len);
-		return;
+	const uint8_t *body = nng_msg_body(x->msg);
+	size_t len = nng_msg_len(x->msg);
+	int rc = cdx__srv_decode_request(&s->cfg, &x->alloc, body, len, &x->req, why, sizeof(why));
+	if (rc != CDX_OK)
+		cdx__srv_peek_request_id(body, len, x->peeked_id, sizeof(x->peeked_id));
+	/* the message is decoded (or useless): give its bytes back */
+	nng_msg_free(x->msg);
+	x->msg = NULL;
+	cdx__srv_budget_give(s, len);
+	x->reserved -= len;
+	if (rc == CDX_EPROTO && x->over_budget) {
+		atomic_fetch_add(&s->m.budget_refused, 1);
+		reply_error(x, CDX_EOVERLOAD,
+		    "server overloaded: decoding this %zu-byte request would exceed the receive-memory "
+		    "budget (%zu bytes); retry with backoff",
+		    len, s->rx_budget);
+		return -1;
 	}
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
+/* intake handles one received message on the intake thread. */
+static void
+intake(struct srv_ctx *x)
+{
+	cdx_server *s = x->s;
+
+	if (decode(x) != 0)
+		return;
 	if (atomic_load(&s->stopping)) {
 		reply_error(x, CDX_EUNAVAIL, "server is shutting down; retry on another replica");
 		return;
@@ -438,6 +570,9 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		return;
 	case CANDEX__V1__REQUEST__BODY_INFO:
 		reply_info(x, x->req->info ? x->req->info->collection : NULL);
+		return;
+	case CANDEX__V1__REQUEST__BODY_LOOKUP:
+		reply_lookup(x);
 		return;
 	case CANDEX__V1__REQUEST__BODY_RELOAD:
 		if (!x->admin) {
@@ -467,14 +602,125 @@ handle(struct srv_ctx *x, nng_msg *msg)
 		if (s->cfg.max_timeout_ms > 0 && t > s->cfg.max_timeout_ms)
 			t = s->cfg.max_timeout_ms;
 		x->deadline_us = x->t_recv_us + (uint64_t) t * 1000u;
-		enqueue(x);
+		struct cdx_search_params p;
+		char why[256];
+		double units;
+		if (x->coll != NULL) {
+			search_params(x, &p);
+			units = cdx__srv_cost_units(x->coll, batch_size(x), &p);
+		} else {
+			units = cdx__srv_rec_cost_units(s, x->req->search);
+		}
+		cdx__srv_estimate(s, x, units);
+		if (cdx__srv_admit(s, x, why, sizeof(why)) != CDX_OK) {
+			atomic_fetch_add(&s->m.overloaded, 1);
+			reply_error(x, CDX_EOVERLOAD, "%s", why);
+		} else if (x->heavy) {
+			atomic_fetch_add(&s->m.heavy, 1);
+		}
 		return;
 	}
 	default:
-		reply_error(
-		    x, CDX_EINVAL, "request has no body (search, info, health, reload, drop or takedown)");
+		reply_error(x, CDX_EINVAL,
+		    "request has no body (search, info, health, lookup, reload, drop or takedown)");
 		return;
 	}
+}
+
+static void *
+intake_main(void *arg)
+{
+	cdx_server *s = arg;
+	uint64_t trimmed = 0;
+	pthread_mutex_lock(&s->i_mu);
+	for (;;) {
+		if (s->i_head == NULL && !s->i_stop) {
+			/* Idle: once a second, hand the memory that requests and
+			 * replaced versions freed back to the system (glibc keeps it
+			 * in its arenas otherwise, and RSS only ever grows). */
+			uint64_t now = cdx_now_us();
+			if (now - trimmed >= 1000000u) {
+				pthread_mutex_unlock(&s->i_mu);
+				malloc_trim(0);
+				trimmed = cdx_now_us();
+				pthread_mutex_lock(&s->i_mu);
+				continue;
+			}
+			uint64_t at = trimmed + 1000000u;
+			struct timespec ts = { .tv_sec = (time_t) (at / 1000000u),
+				.tv_nsec = (long) (at % 1000000u) * 1000L };
+			pthread_cond_timedwait(&s->i_cv, &s->i_mu, &ts);
+			continue;
+		}
+		struct srv_ctx *x = s->i_head;
+		if (x == NULL)
+			break;
+		s->i_head = x->next;
+		if (s->i_head == NULL)
+			s->i_tail = NULL;
+		int stop = s->i_stop;
+		pthread_mutex_unlock(&s->i_mu);
+		if (stop)
+			reply_error(x, CDX_EUNAVAIL, "server is shutting down");
+		else
+			intake(x);
+		pthread_mutex_lock(&s->i_mu);
+	}
+	pthread_mutex_unlock(&s->i_mu);
+	return NULL;
+}
+
+int
+cdx__srv_intake_start(cdx_server *s)
+{
+	if (pthread_create(&s->intake, NULL, intake_main, s) != 0)
+		return cdx_error(CDX_ENOMEM, "cannot start the intake thread");
+	s->intake_started = 1;
+	return CDX_OK;
+}
+
+void
+cdx__srv_intake_stop(cdx_server *s)
+{
+	if (!s->intake_started)
+		return;
+	pthread_mutex_lock(&s->i_mu);
+	s->i_stop = 1;
+	pthread_cond_signal(&s->i_cv);
+	pthread_mutex_unlock(&s->i_mu);
+	pthread_join(s->intake, NULL);
+	s->intake_started = 0;
+}
+
+/* received runs on an nng thread: charge the message to the budget and
+ * hand it to the intake thread. */
+static void
+received(struct srv_ctx *x, nng_msg *msg)
+{
+	cdx_server *s = x->s;
+	size_t len = nng_msg_len(msg);
+	x->pipe = (uint32_t) nng_pipe_id(nng_msg_get_pipe(msg));
+	cdx__srv_conn_seen(x->admin ? &s->admin_conns : &s->conns, x->pipe);
+	x->msg = msg;
+	if (cdx__srv_budget_take(s, len) == 0) {
+		x->reserved = len;
+	} else {
+		/* keep only what the error response needs */
+		cdx__srv_peek_request_id(nng_msg_body(msg), len, x->peeked_id, sizeof(x->peeked_id));
+		nng_msg_free(msg);
+		x->msg = NULL;
+		x->over_budget = 1;
+	}
+	x->state = CTX_INTAKE;
+	pthread_mutex_lock(&s->i_mu);
+	x->next = NULL;
+	if (s->i_tail != NULL)
+		s->i_tail->next = x;
+	else
+		s->i_head = x;
+	s->i_tail = x;
+	pthread_cond_signal(&s->i_cv);
+	pthread_mutex_unlock(&s->i_mu);
 }
 
 static void
@@ -496,7 +742,7 @@ ctx_cb(void *arg)
 		atomic_fetch_add(&s->in_flight, 1);
 		nng_msg *msg = nng_aio_get_msg(x->aio);
 		nng_aio_set_msg(x->aio, NULL);
-		handle(x, msg);
+		received(x, msg);
 		return;
 	case CTX_SEND:
 		if (rv != 0)
@@ -524,6 +770,7 @@ add_contexts(cdx_server *s, nng_socket sock, size_t n, int admin)
 		x->s = s;
 		x->admin = admin;
 		x->state = CTX_RECV;
+		cdx__srv_allocator_init(x);
 		if ((rv = nng_aio_alloc(&x->aio, ctx_cb, x)) != 0) {
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
@@ -608,13 +855,12 @@ cdx__srv_sockets_open(cdx_server *s)
 		    != CDX_OK)
 			return rc;
 	}
-	/* nng drops the connection of a message above RECVMAXSZ without a word;
-	 * allowing twice max-message lets the server answer LIMIT_EXCEEDED for
-	 * everything but absurd sizes. */
-	size_t hard = cfg->max_message > SIZE_MAX / 2 ? SIZE_MAX : (size_t) cfg->max_message * 2;
+	/* the frame limit is checked by nng before it allocates a frame */
 	if ((rv = nng_rep0_open(&s->sock)) != 0)
 		return cdx_error(cdx__nng_code(rv), "cannot open the REP socket: %s", nng_strerror(rv));
-	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, hard);
+	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, s->frame_limit);
+	if ((rc = cdx__srv_conns_init(s, &s->conns, s->sock, s->conns.limit, 0)) != CDX_OK)
+		return rc;
 	for (unsigned i = 0; i < cfg->nlisten; i++)
 		if ((rc = listen_on(s, s->sock, cfg->listen[i], 0)) != CDX_OK)
 			return rc;
@@ -623,7 +869,10 @@ cdx__srv_sockets_open(cdx_server *s)
 			return cdx_error(
 			    cdx__nng_code(rv), "cannot open the admin socket: %s", nng_strerror(rv));
 		s->admin_open = 1;
-		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, hard);
+		nng_socket_set_size(s->admin, NNG_OPT_RECVMAXSZ, s->frame_limit);
+		if ((rc = cdx__srv_conns_init(s, &s->admin_conns, s->admin, SRV_ADMIN_CONNECTIONS, 1))
+		    != CDX_OK)
+			return rc;
 		if ((rc = listen_on(s, s->admin, cfg->admin_listen, 1)) != CDX_OK)
 			return rc;
 	}
@@ -651,12 +900,11 @@ cdx__srv_sockets_close(cdx_server *s)
 	for (size_t i = 0; i < s->nctxs; i++) {
 		struct srv_ctx *x = s->ctxs[i];
 		nng_aio_free(x->aio);
-		if (x->req != NULL)
-			candex__v1__request__free_unpacked(x->req, NULL);
-		cdx_collection_unref(x->coll);
-		cdx_rowset_unref(x->blocked);
+		request_free(x);
 		free(x);
 	}
+	cdx__srv_conns_fini(&s->conns);
+	cdx__srv_conns_fini(&s->admin_conns);
 	free(s->ctxs);
 	s->ctxs = NULL;
 	s->nctxs = 0;

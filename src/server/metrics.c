@@ -12,15 +12,12 @@
 #include <jansson.h>
 #include <lz4.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "server/server.h"
 
 #include "recall/online.h"
 
 #define HEAD(b, name, type, help) cdx_buf_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
-
-const double cdx__srv_buckets[SRV_NBUCKETS - 1]
-    = { 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5 };
 
 static const char *
 status_name(int code)
@@ -28,23 +25,6 @@ status_name(int code)
 	const ProtobufCEnumValue *v
 	    = protobuf_c_enum_descriptor_get_value(&candex__v1__status__descriptor, code);
 	return v != NULL ? v->name : "UNKNOWN";
-}
-
-static int
-bucket_of(uint64_t us)
-{
-	double sec = (double) us / 1e6;
-	int b = 0;
-	while (b < SRV_NBUCKETS - 1 && sec > cdx__srv_buckets[b])
-		b++;
-	return b;
-}
-
-static void
-hist_observe(struct srv_hist *h, uint64_t us)
-{
-	atomic_fetch_add(&h->bucket[bucket_of(us)], 1);
-	atomic_fetch_add(&h->sum_us, us);
 }
 
 struct srv_coll_metrics *
@@ -77,13 +57,11 @@ cdx__srv_observe(cdx_server *s, const char *collection, int status, uint64_t lat
 	if (status < 0 || status >= SRV_NSTATUS)
 		status = CDX_EINTERNAL;
 	atomic_fetch_add(&s->m.status[status], 1);
-	int b = bucket_of(latency_us);
-	atomic_fetch_add(&s->m.bucket[b], 1);
-	atomic_fetch_add(&s->m.latency_sum_us, latency_us);
+	cdx_hist_add(&s->m.latency, latency_us);
 	struct srv_coll_metrics *cm = collection != NULL ? cdx__srv_coll_metrics(s, collection) : NULL;
 	if (cm != NULL) {
 		atomic_fetch_add(&cm->status[status], 1);
-		hist_observe(&cm->latency, latency_us);
+		cdx_hist_add(&cm->latency, latency_us);
 	}
 }
 
@@ -94,28 +72,9 @@ cdx__srv_observe_search(
 	struct srv_coll_metrics *cm = cdx__srv_coll_metrics(s, collection);
 	if (cm == NULL)
 		return;
-	hist_observe(&cm->queue_wait, wait_us);
+	cdx_hist_add(&cm->queue_wait, wait_us);
 	if (searched)
-		hist_observe(&cm->search, search_us);
-}
-
-/* hist_render writes one histogram series (labels: "" or `a="b"`). */
-static void
-hist_render(cdx_buf *b, const char *name, const char *labels, const struct srv_hist *h)
-{
-	uint64_t cum = 0;
-	const char *sep = labels[0] ? "," : "";
-	for (int i = 0; i < SRV_NBUCKETS; i++) {
-		cum += atomic_load(&h->bucket[i]);
-		if (i < SRV_NBUCKETS - 1)
-			cdx_buf_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep,
-			    cdx__srv_buckets[i], (unsigned long long) cum);
-		else
-			cdx_buf_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
-			    (unsigned long long) cum);
-	}
-	cdx_buf_printf(b, "%s_sum{%s} %.6f\n", name, labels, (double) atomic_load(&h->sum_us) / 1e6);
-	cdx_buf_printf(b, "%s_count{%s} %llu\n", name, labels, (unsigned long long) cum);
+		cdx_hist_add(&cm->search, search_us);
 }
 
 /* proc_status_kb reads one "Name:  N kB" line of /proc/self/status. */
@@ -172,8 +131,8 @@ render_collection_series(cdx_server *s, cdx_buf *b)
 		for (unsigned i = 0; i < n; i++) {
 			char labels[96];
 			snprintf(labels, sizeof(labels), "collection=\"%s\"", s->cm[i].name);
-			hist_render(b, hists[h].name, labels,
-			    (const struct srv_hist *) ((const char *) &s->cm[i] + hists[h].off));
+			cdx_hist_render(b, hists[h].name, labels,
+			    (const struct cdx_hist *) ((const char *) &s->cm[i] + hists[h].off));
 		}
 	}
 	HEAD(b, "candex_collection_reload_failures_total", "counter",
@@ -218,19 +177,7 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	}
 	HEAD(b, "candex_request_duration_seconds", "histogram",
 	    "Time from receiving a request to handing its response to nng.");
-	uint64_t cum = 0;
-	for (int i = 0; i < SRV_NBUCKETS; i++) {
-		cum += atomic_load(&m->bucket[i]);
-		if (i < SRV_NBUCKETS - 1)
-			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
-			    cdx__srv_buckets[i], (unsigned long long) cum);
-		else
-			cdx_buf_printf(b, "candex_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-			    (unsigned long long) cum);
-	}
-	cdx_buf_printf(
-	    b, "candex_request_duration_seconds_sum %.6f\n", (double) atomic_load(&m->latency_sum_us) / 1e6);
-	cdx_buf_printf(b, "candex_request_duration_seconds_count %llu\n", (unsigned long long) cum);
+	cdx_hist_render(b, "candex_request_duration_seconds", "", &m->latency);
 
 	HEAD(b, "candex_queries_total", "counter", "Query vectors searched.");
 	cdx_buf_printf(b, "candex_queries_total %llu\n", (unsigned long long) atomic_load(&m->queries));
@@ -242,12 +189,42 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	cdx_buf_printf(b, "candex_in_flight %d\n", atomic_load(&s->in_flight));
 	HEAD(b, "candex_workers", "gauge", "Search worker threads.");
 	cdx_buf_printf(b, "candex_workers %u\n", s->nworkers);
-	HEAD(b, "candex_overloaded_total", "counter", "Searches refused because the queue was full.");
+	HEAD(b, "candex_overloaded_total", "counter",
+	    "Searches refused because the queue was full or its estimated work would miss their deadline.");
 	cdx_buf_printf(b, "candex_overloaded_total %llu\n", (unsigned long long) atomic_load(&m->overloaded));
 	HEAD(b, "candex_deadline_dropped_total", "counter",
-	    "Searches past their deadline before a worker took them.");
+	    "Searches past their deadline, before a worker took them or during the search.");
 	cdx_buf_printf(b, "candex_deadline_dropped_total %llu\n",
 	    (unsigned long long) atomic_load(&m->deadline_dropped));
+	HEAD(b, "candex_heavy_total", "counter",
+	    "Searches estimated above --heavy-ms (run after cheaper ones, on at most half the workers).");
+	cdx_buf_printf(b, "candex_heavy_total %llu\n", (unsigned long long) atomic_load(&m->heavy));
+	HEAD(b, "candex_abandoned_total", "counter",
+	    "Queued searches dropped unsearched because their client had disconnected.");
+	cdx_buf_printf(b, "candex_abandoned_total %llu\n", (unsigned long long) atomic_load(&m->abandoned));
+	HEAD(b, "candex_connections", "gauge", "Open query connections.");
+	cdx_buf_printf(b, "candex_connections %u\n", cdx__srv_conns_count(&s->conns));
+	HEAD(b, "candex_connections_capacity", "gauge",
+	    "Query connections allowed (max-connections, budget).");
+	cdx_buf_printf(b, "candex_connections_capacity %u\n", s->conns.limit);
+	HEAD(b, "candex_connections_refused_total", "counter",
+	    "Connections refused: max-connections reached.");
+	cdx_buf_printf(b, "candex_connections_refused_total %llu\n",
+	    (unsigned long long) atomic_load(&m->conns_refused));
+	HEAD(b, "candex_connections_evicted_total", "counter",
+	    "Connections closed to make room: the longest without completing a request.");
+	cdx_buf_printf(b, "candex_connections_evicted_total %llu\n",
+	    (unsigned long long) atomic_load(&m->conns_evicted));
+	HEAD(b, "candex_receive_memory_bytes", "gauge",
+	    "Bytes received requests hold (messages and decoded requests).");
+	cdx_buf_printf(b, "candex_receive_memory_bytes %zu\n", atomic_load(&s->rx_used));
+	HEAD(b, "candex_receive_memory_capacity_bytes", "gauge",
+	    "Receive budget for received requests (--max-receive-memory less the frames' share).");
+	cdx_buf_printf(b, "candex_receive_memory_capacity_bytes %zu\n", s->rx_budget);
+	HEAD(b, "candex_receive_memory_refused_total", "counter",
+	    "Requests refused OVERLOADED: the receive-memory budget was used up.");
+	cdx_buf_printf(b, "candex_receive_memory_refused_total %llu\n",
+	    (unsigned long long) atomic_load(&m->budget_refused));
 	HEAD(b, "candex_recall_target_unmet_total", "counter",
 	    "Searches whose recall target no measured operating point reaches at their k: served at "
 	    "the most accurate point.");
@@ -323,27 +300,6 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 }
 
 static void
-http_send(nng_aio *aio, uint16_t code, const char *ctype, const void *body, size_t len)
-{
-	nng_http_res *res;
-	int rv;
-	if ((rv = nng_http_res_alloc(&res)) != 0) {
-		nng_aio_finish(aio, rv);
-		return;
-	}
-	nng_http_res_set_status(res, code);
-	nng_http_res_set_header(res, "Content-Type", ctype);
-	nng_http_res_set_header(res, "Cache-Control", "no-store");
-	if ((rv = nng_http_res_copy_data(res, body, len)) != 0) {
-		nng_http_res_free(res);
-		nng_aio_finish(aio, rv);
-		return;
-	}
-	nng_aio_set_output(aio, 0, res);
-	nng_aio_finish(aio, 0);
-}
-
-static void
 http_metrics(nng_aio *aio)
 {
 	nng_http_handler *h = nng_aio_get_input(aio, 1);
@@ -351,10 +307,10 @@ http_metrics(nng_aio *aio)
 	cdx_buf b = { 0 };
 	if (cdx__srv_metrics_render(s, &b) != CDX_OK) {
 		cdx_buf_fini(&b);
-		http_send(aio, 500, "text/plain", "out of memory\n", 14);
+		cdx_http_reply(aio, 500, "text/plain", "out of memory\n", 14);
 		return;
 	}
-	http_send(aio, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
+	cdx_http_reply(aio, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len);
 	cdx_buf_fini(&b);
 }
 
@@ -372,7 +328,8 @@ http_healthz(nng_aio *aio)
 	pthread_mutex_unlock(&s->set_mu);
 	int len = snprintf(body, sizeof(body), "alive: %zu collection(s) served%s\n", n,
 	    atomic_load(&s->stopping) ? ", stopping" : "");
-	http_send(aio, 200, "text/plain; charset=utf-8", body, (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
+	cdx_http_reply(
+	    aio, 200, "text/plain; charset=utf-8", body, (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
 }
 
 /* /readyz is readiness: 200 only when at least one collection serves and
@@ -400,7 +357,7 @@ http_readyz(nng_aio *aio)
 		    body, sizeof(body), "not ready: not serving %s (serving: %s)\n", unserved, names);
 	else
 		len = snprintf(body, sizeof(body), "not ready: no collection to serve\n");
-	http_send(aio, ok ? 200 : 503, "text/plain; charset=utf-8", body,
+	cdx_http_reply(aio, ok ? 200 : 503, "text/plain; charset=utf-8", body,
 	    (size_t) CDX_MIN(len, (int) sizeof(body) - 1));
 }
 

@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "common/idlist.h"
 #include "recall/online.h"
 #include "recommend/implog.h"
@@ -441,6 +441,7 @@ answer(struct run *r, struct srv_ctx *ctx, size_t nq, uint64_t t_recv_us)
 		out.recall_target = u0->recall_target;
 		out.expected_recall = (float) u0->expected_recall;
 		out.metric = (char *) cdx_metric_name(m0->metric);
+		cdx__srv_fill_coverage(&out, rr->parts[0].coll);
 	} else {
 		out.n_parts = np;
 		out.parts = prp;
@@ -469,15 +470,19 @@ done:
 	free(prp);
 }
 
-void
-cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Request *req, cdx_collection *coll,
-    const cdx_rowset *blocked, uint64_t t_recv_us, int idle)
+uint64_t
+cdx__srv_search_run(struct srv_ctx *x, int idle)
 {
+	cdx_server *s = x->s;
+	const Candex__V1__Request *req = x->req;
 	const Candex__V1__SearchRequest *sr = req->search;
+	cdx_collection *coll = x->coll;
+	const cdx_rowset *blocked = x->blocked;
+	uint64_t t_recv_us = x->t_recv_us, took_us = 0;
 	struct run *r = calloc(1, sizeof(*r));
 	if (r == NULL) {
-		cdx__srv_reply_error(ctx, CDX_ENOMEM, "out of memory");
-		return;
+		cdx__srv_reply_error(x, CDX_ENOMEM, "out of memory");
+		return 0;
 	}
 	r->s = s;
 	r->req = req;
@@ -500,6 +505,7 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 	rr->explore_pool = sr->explore_pool;
 	rr->merge = sr->merge == CANDEX__V1__MERGE__MERGE_CALIBRATED ? CDX_REC_MERGE_CALIBRATED
 	                                                             : CDX_REC_MERGE_INTERLEAVE;
+	rr->deadline_us = &x->stop_by;
 	/* reproducible from the request id unless the request names a seed */
 	const char *rid = req->request_id != NULL ? req->request_id : "";
 	rr->seed = sr->seed != 0 ? sr->seed : rid[0] ? cdx_xxh64(rid, strlen(rid), 0) : cdx_mix64(t_recv_us);
@@ -526,13 +532,29 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 	}
 	uint64_t t_search = cdx_now_us(), waited = t_search - t_recv_us;
 	rc = cdx_rec_search(rr, r->hits, r->exhausted);
+	uint64_t searched = cdx_now_us() - t_search;
+	/* calibrate on whole searches only, in one worker's time */
+	if (rc == CDX_OK)
+		took_us = CDX_MAX(searched, (uint64_t) 1) * (parallel ? s->nworkers : 1);
 	if (parallel)
 		omp_set_num_threads(1);
 	/* the parts are searched one after another in one call: each is
 	 * observed with the whole call's time */
 	for (size_t i = 0; i < rr->nparts; i++)
-		cdx__srv_observe_search(s, cdx_collection_manifest(rr->parts[i].coll)->collection, waited, 1,
-		    cdx_now_us() - t_search);
+		cdx__srv_observe_search(
+		    s, cdx_collection_manifest(rr->parts[i].coll)->collection, waited, 1, searched);
+	if (rc == CDX_ETIMEDOUT && atomic_load(&x->stop_by) < x->deadline_us) {
+		fail(r, CDX_EUNAVAIL,
+		    "server is shutting down: search stopped after %.1f ms; retry on another replica",
+		    (double) searched / 1000.0);
+		goto done;
+	}
+	if (rc == CDX_ETIMEDOUT) {
+		atomic_fetch_add(&s->m.deadline_dropped, 1);
+		fail(r, rc, "deadline exceeded after %.1f ms (%.1f ms of it searching); search stopped",
+		    (double) (cdx_now_us() - t_recv_us) / 1000.0, (double) searched / 1000.0);
+		goto done;
+	}
 	if (rc != CDX_OK) {
 		/* a bad filter or group_by speaks for itself; anything else failed */
 		fail(r, rc, "%s%s", rc == CDX_EINVAL ? "" : "search failed: ", cdx_last_error());
@@ -558,11 +580,12 @@ cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Reques
 		    s, coll, &plain_p, &r->parts[0].used, r->parts[0].queries + i * m->dim, plain_hits, n);
 	}
 	free(plain_hits);
-	answer(r, ctx, nq, t_recv_us);
+	answer(r, x, nq, t_recv_us);
 done:
-	if (rc != CDX_OK)
-		cdx__srv_reply_error(
-		    ctx, r->code ? r->code : rc, "%s", r->msg[0] ? r->msg : cdx_last_error());
+	if (rc != CDX_OK) {
+		took_us = 0;
+		cdx__srv_reply_error(x, r->code ? r->code : rc, "%s", r->msg[0] ? r->msg : cdx_last_error());
+	}
 	for (size_t i = 0; i < CDX_REC_MAX_PARTS; i++) {
 		cdx_collection_unref(r->res[i].coll);
 		cdx_rowset_unref(r->res[i].blocked);
@@ -572,6 +595,31 @@ done:
 	free(r->hits);
 	free(r->exhausted);
 	free(r);
+	return took_us;
+}
+
+double
+cdx__srv_rec_cost_units(cdx_server *s, const Candex__V1__SearchRequest *sr)
+{
+	double units = 0;
+	for (size_t i = 0; i < sr->n_parts; i++) {
+		const Candex__V1__CollectionPart *pp = sr->parts[i];
+		cdx_collection *c = cdx__srv_lookup(s, pp->collection, NULL);
+		if (c == NULL)
+			continue;
+		size_t nq = pp->n_vectors > 0 && pp->dim > 0 ? pp->n_vectors / pp->dim
+		    : sr->dim > 0                            ? sr->n_vectors / sr->dim
+		                                             : 0;
+		struct cdx_search_params p = { .k = sr->k,
+			.nprobe = sr->nprobe,
+			.refine_factor = sr->refine_factor,
+			.recall_target = sr->recall_target,
+			.n_exclude_ids = pp->n_exclude_ids,
+			.n_exclude_keys = pp->n_exclude_keys };
+		units += cdx__srv_cost_units(c, nq, &p);
+		cdx_collection_unref(c);
+	}
+	return units;
 }
 
 /* ---- the impression log and metrics ----------------------------------- */

@@ -189,12 +189,10 @@ static int
 verify(cdx_collection *c)
 {
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	if (m->items == 0 || m->nshards == 0)
-		return CDX_OK;
-	uint32_t shard = 0;
-	while (shard < m->nshards && m->shards[shard].rows == 0)
+	uint32_t shard = 0, nshards = cdx_collection_shards(c, NULL);
+	while (shard < nshards && cdx_collection_shard_rows(c, shard) == 0)
 		shard++;
-	if (shard == m->nshards)
+	if (shard == nshards)
 		return CDX_OK;
 	float *v = malloc(m->dim * sizeof(float));
 	struct cdx_hit hit;
@@ -341,6 +339,10 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		return cdx_error(CDX_ENOMEM, "out of memory");
 	}
 	int lrc = list_collections(s->cfg.index_dir, &names, &nnames);
+	/* names[i] is a collection this shard group does not serve (--shards) */
+	char *not_ours = calloc(nnames ? nnames : 1, 1);
+	if (not_ours == NULL)
+		lrc = cdx_error(CDX_ENOMEM, "out of memory");
 	if (lrc != CDX_OK) {
 		/* the directory itself is unreadable: keep everything */
 		rc = lrc;
@@ -429,10 +431,22 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 				rc = CDX_ECORRUPT;
 			goto keep_old;
 		}
+		struct cdx_shard_set shards;
+		if (!cdx__srv_wants(s, name, vdir, &shards)) {
+			if (cur == NULL) { /* not this shard group's collection: nothing to serve */
+				not_ours[i] = 1;
+				continue;
+			}
+			cdx_warn("SRV-LOAD-FAIL",
+			    "collection %s: version at %s has none of this server's shards (--shards); "
+			    "the loaded one keeps serving",
+			    name, vdir);
+			goto keep_old;
+		}
 		uint64_t t0 = cdx_now_us();
 		cdx_collection *c = NULL;
 		cdx_rowset *blocked = NULL;
-		r = cdx_collection_load(&c, vdir);
+		r = cdx_collection_load_shards(&c, vdir, &shards);
 		if (r == CDX_OK && strcmp(cdx_collection_manifest(c)->collection, name) != 0)
 			/* served under its directory's name: a copied or moved
 			 * version must not answer for another collection */
@@ -459,10 +473,14 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		set_failed(s, name, NULL);
 		const struct cdx_manifest *m = cdx_collection_manifest(c);
 		cdx_info("SRV-LOAD",
-		    "collection %s: loaded version %s (%llu items, dim %u, %s, %u shards) in %.1f ms%s%s",
-		    name, m->version, (unsigned long long) m->items, m->dim, cdx_metric_name(m->metric),
-		    m->nshards, (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
+		    "collection %s: loaded version %s (%llu items, dim %u, %s, %u of %u shards) in %.1f "
+		    "ms%s%s",
+		    name, m->version, (unsigned long long) cdx_collection_items_loaded(c), m->dim,
+		    cdx_metric_name(m->metric), cdx_collection_shards(c, NULL), m->nshards,
+		    (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
 		    cur ? cdx_collection_manifest(cur->coll)->version : "");
+		if (cur != NULL && strcmp(cdx_collection_manifest(cur->coll)->version, m->version) != 0)
+			cdx__srv_previous_keep(s, name, cur->coll, cur->blocked);
 		e.coll = c;
 		e.blocked = blocked;
 		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
@@ -511,7 +529,7 @@ swap:;
 	char unserved[sizeof(s->unserved)] = "";
 	size_t used = 0;
 	for (size_t i = 0; i < nnames && used < sizeof(unserved); i++) {
-		if (find_entry(next, names[i]) != NULL)
+		if (find_entry(next, names[i]) != NULL || not_ours[i])
 			continue;
 		int w
 		    = snprintf(unserved + used, sizeof(unserved) - used, "%s%s", used ? ", " : "", names[i]);
@@ -529,6 +547,7 @@ swap:;
 	for (size_t i = 0; i < nnames; i++)
 		free(names[i]);
 	free(names);
+	free(not_ours);
 	if (*changed > 0 || rc != CDX_OK) {
 		/* A load frees as much as it keeps (read buffers, decoded parts,
 		 * the old version): give the free pages back, so that RSS

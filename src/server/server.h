@@ -47,8 +47,11 @@
 #include <nng/supplemental/http/http.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include <protobuf-c/protobuf-c.h>
+
 #include "candex.pb-c.h"
 #include "common/common.h"
+#include "common/metrics_http.h"
 #include "search/search.h"
 #include "search/select.h"
 #include "shard/manifest.h"
@@ -61,15 +64,19 @@ struct cdx_server_config {
 	char *index_dir;
 	char *listen[CDX_SERVER_MAX_LISTEN];
 	unsigned nlisten;
-	char *admin_listen; /* NULL = no admin socket */
-	char *http_listen;  /* host:port of /metrics, /healthz and /readyz; NULL = none */
-	char *tls_cert;     /* PEM files for tls+tcp:// listeners */
+	char *admin_listen;       /* NULL = no admin socket */
+	char *http_listen;        /* host:port of /metrics, /healthz and /readyz; NULL = none */
+	char *http_search_listen; /* host:port of POST /v1/search (JSON); NULL = none */
+	char *tls_cert;           /* PEM files for tls+tcp:// listeners */
 	char *tls_key;
-	char *tls_ca;         /* clients must present a certificate signed by it */
-	uint32_t threads;     /* search workers; 0 = number of cores */
-	uint32_t contexts;    /* nng contexts on the query socket; 0 = queue + 2 x threads */
-	uint32_t queue_max;   /* search jobs waiting for a worker; 0 = 16 x threads */
-	uint64_t max_message; /* bytes; larger requests get LIMIT_EXCEEDED */
+	char *tls_ca;                /* clients must present a certificate signed by it */
+	uint32_t threads;            /* search workers; 0 = number of cores */
+	uint32_t contexts;           /* nng contexts on the query socket; 0 = queue + 2 x threads */
+	uint32_t queue_max;          /* search jobs waiting for a worker; 0 = 16 x threads */
+	uint64_t max_message;        /* bytes; larger requests get LIMIT_EXCEEDED */
+	uint64_t max_receive_memory; /* bytes requests may hold: frames arriving + received */
+	uint32_t max_connections;    /* open query connections */
+	uint32_t heavy_ms;           /* searches estimated above this run on at most half the workers */
 	uint32_t max_k;
 	uint32_t max_batch;    /* query vectors (or keys) per request */
 	uint32_t max_excludes; /* exclude ids + keys per request */
@@ -89,6 +96,8 @@ struct cdx_server_config {
 	double adapt_window_seconds;   /* and the least time a decision's window spans */
 	char *ipc_mode;                /* octal permissions of the admin socket's ipc:// file */
 	char *query_ipc_mode;          /* octal permissions of query ipc:// files */
+	char *shards;         /* --shards: the shards of each collection served here (groups.c); NULL = all */
+	double keep_previous; /* seconds a replaced version stays loaded after the last request naming it */
 	int log_level;
 	int help; /* --help was given */
 	char *config_file;
@@ -112,8 +121,11 @@ typedef struct cdx_server cdx_server;
  * the threads. cfg is copied. On success *sp is set; stop and free the
  * server with cdx_server_stop(). */
 int cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg);
-/* cdx_server_stop drains in-flight requests, closes everything, frees s. */
-void cdx_server_stop(cdx_server *s);
+/* cdx_server_stop drains in-flight requests, closes everything, frees s,
+ * all within cfg->drain_ms. CDX_ETIMEDOUT if closing the sockets did not
+ * finish in that time: s is then left to the process exit (nng's own close
+ * can hang in 1.5; see server.c). */
+int cdx_server_stop(cdx_server *s);
 /* cdx_server_request_reload asks the reload thread to rescan the index
  * directory (returns at once; safe from any thread, not from a signal handler). */
 void cdx_server_request_reload(cdx_server *s);
@@ -138,31 +150,26 @@ struct srv_set {
 	struct srv_entry *e;
 };
 
-#define SRV_NSTATUS  32
-#define SRV_NBUCKETS 16
+#define SRV_NSTATUS 32
 
 struct srv_metrics {
-	atomic_uint_fast64_t status[SRV_NSTATUS];  /* responses by Response.status */
-	atomic_uint_fast64_t bucket[SRV_NBUCKETS]; /* latency histogram (non-cumulative) */
-	atomic_uint_fast64_t latency_sum_us;
-	atomic_uint_fast64_t queries; /* query vectors searched */
+	atomic_uint_fast64_t status[SRV_NSTATUS]; /* responses by Response.status */
+	struct cdx_hist latency;                  /* receipt to response */
+	atomic_uint_fast64_t queries;             /* query vectors searched */
 	atomic_uint_fast64_t reload_ok;
 	atomic_uint_fast64_t reload_failed;
 	atomic_uint_fast64_t deadline_dropped;
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
-	atomic_uint_fast64_t widened;   /* queries searched again, wider, to find k results */
-	atomic_uint_fast64_t takedowns; /* admin takedown changes applied */
-	atomic_uint_fast64_t exploring; /* searches with exploration slots */
-};
-
-extern const double cdx__srv_buckets[SRV_NBUCKETS - 1]; /* upper bounds in seconds; last is +Inf */
-
-/* A latency histogram: non-cumulative bucket counts and the sum. */
-struct srv_hist {
-	atomic_uint_fast64_t bucket[SRV_NBUCKETS];
-	atomic_uint_fast64_t sum_us;
+	atomic_uint_fast64_t conns_refused;  /* connections refused at max-connections */
+	atomic_uint_fast64_t conns_evicted;  /* closed to make room for a new one */
+	atomic_uint_fast64_t budget_refused; /* requests refused: receive-memory budget */
+	atomic_uint_fast64_t abandoned;      /* queued searches dropped: their client left */
+	atomic_uint_fast64_t heavy;          /* searches run as expensive */
+	atomic_uint_fast64_t widened;        /* queries searched again, wider, to find k results */
+	atomic_uint_fast64_t takedowns;      /* admin takedown changes applied */
+	atomic_uint_fast64_t exploring;      /* searches with exploration slots */
 };
 
 /* Per-collection series (the `collection` label). Slots are taken by names
@@ -173,15 +180,17 @@ struct srv_hist {
 struct srv_coll_metrics {
 	char name[CDX_NAME_MAX];
 	atomic_uint_fast64_t status[SRV_NSTATUS]; /* search responses by status */
-	struct srv_hist latency;                  /* receipt to response */
-	struct srv_hist queue_wait;               /* receipt to a worker taking it */
-	struct srv_hist search;                   /* the worker's search alone */
+	struct cdx_hist latency;                  /* receipt to response */
+	struct cdx_hist queue_wait;               /* receipt to a worker taking it */
+	struct cdx_hist search;                   /* the worker's search alone */
 	atomic_uint_fast64_t reload_failed;       /* loads of a new version that failed */
 };
 
 struct srv_ctx;
 struct srv_reload_req;
 struct srv_failed;
+struct srv_previous;
+struct srv_http_search;
 
 /* One listener, kept so that the watchdog can recreate it. */
 struct srv_listener {
@@ -189,8 +198,53 @@ struct srv_listener {
 	nng_socket sock;
 	const char *url; /* points into cfg */
 	int admin;
-	int port;        /* bound TCP port, for probes */
-	unsigned failed; /* consecutive failed probes */
+	int port;             /* bound TCP port, for probes */
+	unsigned failed;      /* consecutive probes that found it not accepting */
+	uint64_t errors_seen; /* its accept-error statistics when last found accepting */
+};
+
+enum { CTX_RECV, CTX_INTAKE, CTX_QUEUED, CTX_SEND };
+
+/* One nng context and the request it serves (see dispatch.c). */
+struct srv_ctx {
+	cdx_server *s;
+	nng_ctx ctx;
+	nng_aio *aio;
+	int admin; /* on the admin socket: reloads allowed */
+	int state;
+	/* the request being served (owned between RECV and SEND) */
+	nng_msg *msg;             /* received, not yet decoded */
+	uint32_t pipe;            /* the connection it came on */
+	size_t reserved;          /* bytes of the receive budget it holds */
+	int over_budget;          /* a charge to the budget was refused */
+	ProtobufCAllocator alloc; /* decodes into the budget (intake.c) */
+	Candex__V1__Request *req; /* decoded with alloc */
+	char peeked_id[128];      /* request_id of a request that was not decoded */
+	cdx_collection *coll;     /* a reference, for searches */
+	cdx_rowset *blocked;      /* a reference to coll's takedown rows, or NULL */
+	uint64_t t_recv_us;
+	uint64_t deadline_us;
+	atomic_uint_fast64_t stop_by; /* the running search's deadline; shutdown brings it forward */
+	double cost_us;               /* estimated search time */
+	double cost_units;            /* the estimate before calibration (queue.c) */
+	int heavy;                    /* cost_us above --heavy-ms */
+	double heavy_end_us;          /* heavy and running: estimated end (cdx_now_us) */
+	struct srv_ctx *next;         /* intake or search queue link */
+};
+
+/* Open connections of one socket (conns.c). */
+struct srv_conn {
+	uint32_t pipe;
+	uint64_t since_us; /* connected, or last completed a request */
+};
+struct srv_conns {
+	cdx_server *s;
+	pthread_mutex_t mu;
+	struct srv_conn *v; /* sorted by pipe id */
+	size_t n;
+	uint32_t limit;
+	int admin;
+	int init;
 };
 
 struct cdx_server {
@@ -201,6 +255,8 @@ struct cdx_server {
 	/* collections */
 	pthread_mutex_t set_mu;
 	struct srv_set *set;
+	struct srv_previous *prev; /* replaced versions kept for pinned requests (groups.c; set_mu) */
+	size_t nprev;
 
 	/* sockets */
 	nng_socket sock;  /* queries: every --listen URL */
@@ -212,12 +268,34 @@ struct cdx_server {
 	struct srv_ctx **ctxs;
 	size_t nctxs;
 	nng_http_server *http;
+	struct srv_conns conns;              /* query socket */
+	struct srv_conns admin_conns;        /* admin socket */
+	size_t frame_limit;                  /* nng RECVMAXSZ: largest frame a connection may send */
+	struct srv_http_search *http_search; /* NULL unless --http-search-listen */
 
-	/* job queue */
+	/* receive-memory budget (intake.c) */
+	atomic_size_t rx_used;
+	size_t rx_budget;
+
+	/* intake: received messages waiting to be decoded */
+	pthread_mutex_t i_mu;
+	pthread_cond_t i_cv;
+	struct srv_ctx *i_head, *i_tail;
+	int i_stop;
+	pthread_t intake;
+	int intake_started;
+
+	/* search queue (queue.c): cheap jobs first, expensive ones on at most
+	 * heavy_limit workers at once */
 	pthread_mutex_t q_mu;
 	pthread_cond_t q_cv;
-	struct srv_ctx *q_head, *q_tail;
-	uint32_t q_len;
+	struct srv_ctx *q_head, *q_tail; /* cheap */
+	struct srv_ctx *h_head, *h_tail; /* heavy */
+	uint32_t q_len;                  /* both */
+	double q_cheap_us, q_heavy_us;   /* estimated work waiting */
+	uint32_t heavy_running, heavy_limit;
+	double heavy_ends_us;  /* sum of the running heavy jobs' estimated ends */
+	double ns_per_unit[2]; /* cost calibration of cheap [0] and heavy [1] searches */
 	int q_stop;
 	pthread_t *workers;
 
@@ -229,8 +307,9 @@ struct cdx_server {
 	 * (set by each rescan, under set_mu); "" when every one serves */
 	char unserved[1024];
 
-	atomic_int stopping;  /* answer new requests UNAVAILABLE */
-	atomic_int in_flight; /* received, not yet answered */
+	atomic_int stopping;               /* answer new requests UNAVAILABLE */
+	atomic_uint_fast64_t searches_end; /* shutdown: every search stops by then (UINT64_MAX) */
+	atomic_int in_flight;              /* received, not yet answered */
 
 	/* reload thread */
 	pthread_t reloader;
@@ -249,6 +328,7 @@ struct cdx_server {
 	pthread_mutex_t w_mu;
 	pthread_cond_t w_cv;
 	int w_stop;
+	struct srv_probe *probe; /* the probe in progress, under w_mu */
 
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
@@ -291,9 +371,14 @@ void cdx__srv_names(cdx_server *s, char *out, size_t size);
 int cdx__srv_listen(cdx_server *s, nng_socket sock, const char *url, int admin, struct srv_listener *slot);
 int cdx__srv_sockets_open(cdx_server *s);
 void cdx__srv_sockets_close(cdx_server *s);
+int cdx__srv_intake_start(cdx_server *s);
+void cdx__srv_intake_stop(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
+/* cdx__srv_searches_end makes every search, running or to come, stop by
+ * t (cdx_now_us), answering UNAVAILABLE (shutdown). */
+void cdx__srv_searches_end(cdx_server *s, uint64_t t);
 /* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
 /* cdx__srv_send answers ctx with resp (packed at once: resp's strings may
@@ -314,11 +399,15 @@ void cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V
  * the nng thread). 0, or an error code with msg filled. */
 int cdx__srv_check_rec(
     const struct cdx_server_config *cfg, const Candex__V1__SearchRequest *sr, char *msg, size_t size);
-/* cdx__srv_search_run runs a checked search request (coll and blocked:
- * the request's collection as looked up, NULL for a multi-collection
- * search) and answers ctx. */
-void cdx__srv_search_run(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Request *req,
-    cdx_collection *coll, const cdx_rowset *blocked, uint64_t t_recv_us, int idle);
+/* cdx__srv_search_run runs the checked, queued search of x (x->coll and
+ * x->blocked as looked up; NULL for a multi-collection search) until
+ * x->stop_by, and answers it. Returns the µs one worker spent on a whole
+ * search (the queue's calibration), else 0. idle: the server has no other
+ * work (a big batch may use every core). */
+uint64_t cdx__srv_search_run(struct srv_ctx *x, int idle);
+/* cdx__srv_rec_cost_units: the cost model's units for a multi-collection
+ * search (collections not served count nothing: the search will fail). */
+double cdx__srv_rec_cost_units(cdx_server *s, const Candex__V1__SearchRequest *sr);
 /* cdx__srv_rec_start / _stop: the impression log (--impression-log). */
 int cdx__srv_rec_start(cdx_server *s);
 void cdx__srv_rec_stop(cdx_server *s);
@@ -361,10 +450,93 @@ int cdx__srv_validate_settings(const Candex__V1__SearchRequest *sr, char *msg, s
  * request_id (field 2), so that even those error responses echo it; out
  * gets at most size - 1 bytes, cut on a character boundary, or "". */
 void cdx__srv_peek_request_id(const uint8_t *p, size_t len, char *out, size_t size);
+/* cdx__srv_decode_request decodes a Request's wire bytes p[len] into *out
+ * through alloc (the server's draws on the receive budget), after checking
+ * what decoding would multiply: the size against max-message, and, walking
+ * the wire bytes without allocating, the query, key, exclusion and
+ * unknown-field counts against the limits of cfg. Returns CDX_OK; or
+ * CDX_ELIMIT, or CDX_EPROTO (not a Request, or alloc refused), with msg
+ * set and *out NULL. The caller frees *out through alloc. */
+int cdx__srv_decode_request(const struct cdx_server_config *cfg, ProtobufCAllocator *alloc, const uint8_t *p,
+    size_t len, Candex__V1__Request **out, char *msg, size_t size);
+
+/* groups.c: serving as one shard group behind candex route */
+/* cdx__srv_shards_for reads a --shards spec for collection name: *serve = 0
+ * if the server serves none of it, else *set (every shard when n = 0).
+ * name NULL only checks the spec. CDX_EINVAL with cdx_error() if bad. */
+int cdx__srv_shards_for(const char *spec, const char *name, struct cdx_shard_set *set, int *serve);
+/* cdx__srv_wants: whether this server loads version directory vdir of
+ * collection name, and which of its shards (*set). */
+int cdx__srv_wants(cdx_server *s, const char *name, const char *vdir, struct cdx_shard_set *set);
+/* cdx__srv_previous_keep keeps old and its takedown rows old_blocked (new
+ * references; old_blocked may be NULL) loaded for requests
+ * that name its version, with --keep-previous > 0. */
+void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old, cdx_rowset *old_blocked);
+/* cdx__srv_lookup_version: a new reference to collection name at version
+ * (NULL or "" = the current one; else the current or the kept previous one
+ * if it is that version), or NULL; *blocked (if not NULL) as
+ * cdx__srv_lookup's, for that version. */
+cdx_collection *cdx__srv_lookup_version(
+    cdx_server *s, const char *name, const char *version, cdx_rowset **blocked);
+/* cdx__srv_previous_takedowns recomputes the takedown rows of name's kept
+ * previous version, if there is one (after an admin takedown change). */
+void cdx__srv_previous_takedowns(cdx_server *s, const char *name);
+void cdx__srv_previous_free(cdx_server *s);
+/* cdx__srv_fill_coverage fills a SearchResponse's coverage fields from c
+ * (pointers into c: valid while the request holds it). */
+void cdx__srv_fill_coverage(Candex__V1__SearchResponse *out, const cdx_collection *c);
+/* cdx__srv_fill_info_shards fills CollectionInfo's shards_served and
+ * items_served (pointers into c). */
+void cdx__srv_fill_info_shards(Candex__V1__CollectionInfo *ci, const cdx_collection *c);
+/* cdx__srv_fill_previous sets previous_version of each of ci[0..n); returns
+ * the storage the strings point into (caller frees; NULL if none). */
+char *cdx__srv_fill_previous(cdx_server *s, Candex__V1__CollectionInfo **ci, size_t n);
 
 /* watchdog.c */
 int cdx__srv_watchdog_start(cdx_server *s);
 void cdx__srv_watchdog_stop(cdx_server *s);
+/* cdx__srv_watchdog_claim: is this new pipe the watchdog's probe? (Called
+ * from the pipe notification; the caller then closes it.) */
+int cdx__srv_watchdog_claim(cdx_server *s, nng_pipe p);
+
+/* conns.c */
+/* cdx__srv_conns_init registers t for sock's pipe notifications. */
+int cdx__srv_conns_init(cdx_server *s, struct srv_conns *t, nng_socket sock, uint32_t limit, int admin);
+void cdx__srv_conns_fini(struct srv_conns *t);
+/* cdx__srv_conn_seen records that pipe completed a request now. */
+void cdx__srv_conn_seen(struct srv_conns *t, uint32_t pipe);
+/* cdx__srv_conn_open: is the connection still there? */
+int cdx__srv_conn_open(struct srv_conns *t, uint32_t pipe);
+uint32_t cdx__srv_conns_count(struct srv_conns *t);
+
+/* intake.c */
+/* cdx__srv_budget_take charges bytes to the receive budget: 0, or -1 (and
+ * nothing charged) if they do not fit. */
+int cdx__srv_budget_take(cdx_server *s, size_t bytes);
+void cdx__srv_budget_give(cdx_server *s, size_t bytes);
+/* cdx__srv_allocator_init points x->alloc at the budget, charging x. */
+void cdx__srv_allocator_init(struct srv_ctx *x);
+/* queue.c */
+/* cdx__srv_limits_init derives the connection limit and the budgets from
+ * the configuration; CDX_EINVAL if they cannot hold one request. */
+int cdx__srv_limits_init(cdx_server *s);
+/* cdx__srv_cost_units: the cost model's units for a search of nq queries
+ * of c with the given parameters. */
+double cdx__srv_cost_units(const cdx_collection *c, size_t nq, const struct cdx_search_params *p);
+/* cdx__srv_estimate sets x->cost_units (to units), x->cost_us and x->heavy. */
+void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units);
+/* cdx__srv_admit queues x, or returns CDX_EOVERLOAD with msg set. */
+int cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size);
+/* cdx__srv_next blocks for the next job; NULL once stopped and empty. *idle
+ * says whether nothing else waits. */
+struct srv_ctx *cdx__srv_next(cdx_server *s, int *idle);
+/* cdx__srv_job_done records a finished job (heavy slot, calibration: took_us
+ * of searching, 0 = not searched). */
+void cdx__srv_job_done(cdx_server *s, struct srv_ctx *x, uint64_t took_us);
+
+/* http_search.c: POST /v1/search, through an in-process REQ socket to sock */
+int cdx__srv_http_search_start(cdx_server *s);
+void cdx__srv_http_search_stop(cdx_server *s);
 
 /* metrics.c */
 /* cdx__srv_observe counts a response; collection (NULL for requests that

@@ -38,10 +38,11 @@ cdx__srv_takedown_rows(cdx_server *s, const char *name, const cdx_collection *c,
 		cdx_takedowns_fini(&t);
 		return rc;
 	}
-	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	/* ids: one pass over the version (the list is small, the version not) */
-	for (uint32_t sh = 0; t.nids > 0 && sh < m->nshards; sh++)
-		for (uint64_t r = 0; r < m->shards[sh].rows; r++)
+	/* ids: one pass over the loaded shards (the list is small, the version
+	 * not); shard positions count loaded shards (--shards) */
+	uint32_t nloaded = cdx_collection_shards(c, NULL);
+	for (uint32_t sh = 0; t.nids > 0 && sh < nloaded; sh++)
+		for (uint64_t r = 0; r < cdx_collection_shard_rows(c, sh); r++)
 			if (cdx_takedowns_has_id(&t, cdx_collection_id(c, sh, (uint32_t) r)))
 				cdx_rowset_add(rows, sh, (uint32_t) r);
 	for (size_t i = 0; i < t.nkeys; i++) {
@@ -113,6 +114,8 @@ cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__Ta
 			cdx_rowset_ref(rows); /* one for the entry, one kept for the answer */
 		swap_rows(s, name, c, rows);
 	}
+	if (rc == CDX_OK) /* a version kept for pinned requests (--keep-previous) too */
+		cdx__srv_previous_takedowns(s, name);
 	if (rc != CDX_OK) {
 		cdx_warn("SRV-TAKEDOWN-FAIL", "collection %s: %s", name, cdx_last_error());
 		cdx__srv_reply_error(ctx, rc, "takedown: %s", cdx_last_error());

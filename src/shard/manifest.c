@@ -276,11 +276,7 @@ get_hex(struct ld *l, json_t *obj, const char *prefix, const char *key)
 	uint64_t x = 0;
 	size_t i = 0;
 	for (; s[i] != 0 && i < 16; i++) {
-		char c = s[i];
-		int d = c >= '0' && c <= '9' ? c - '0'
-		    : c >= 'a' && c <= 'f'   ? c - 'a' + 10
-		    : c >= 'A' && c <= 'F'   ? c - 'A' + 10
-		                             : -1;
+		int d = cdx_hexval(s[i]);
 		if (d < 0)
 			break;
 		x = x << 4 | (uint64_t) d;
@@ -291,6 +287,21 @@ get_hex(struct ld *l, json_t *obj, const char *prefix, const char *key)
 		return 0;
 	}
 	return x;
+}
+
+/* get_factor reads a refine factor: a float in [0, CDX_MANIFEST_MAX_REFINE].
+ * JSON numbers go far beyond a float (7.8e78 became inf, which the manifest
+ * writer cannot write back: the fuzzer found it). */
+static float
+get_factor(struct ld *l, json_t *obj, const char *prefix, const char *key)
+{
+	double f = get_num(l, obj, prefix, key);
+	if (l->rc == CDX_OK && !(f >= 0 && f <= CDX_MANIFEST_MAX_REFINE)) {
+		l->rc = cdx_error(CDX_ECORRUPT, "%s: field %s%s = %g is not a refine factor in [0, %d]",
+		    l->path, prefix, key, f, CDX_MANIFEST_MAX_REFINE);
+		return 0;
+	}
+	return (float) f;
 }
 
 /* opt_num is get_num for an optional field: 0 when absent. */
@@ -330,7 +341,7 @@ load_points(struct ld *l, json_t *pts, struct cdx_operating_point **pointsp, uin
 		p->recall = get_num(l, j, pre, "recall");
 		p->k = (uint32_t) get_uint(l, j, pre, "k", UINT32_MAX);
 		p->nprobe = (uint32_t) get_uint(l, j, pre, "nprobe", UINT32_MAX);
-		p->refine_factor = (float) get_num(l, j, pre, "refine_factor");
+		p->refine_factor = get_factor(l, j, pre, "refine_factor");
 		p->p99_ms = get_num(l, j, pre, "p99_ms");
 		p->recall_se = opt_num(l, j, pre, "recall_se");
 		p->check_recall = opt_num(l, j, pre, "check_recall");
@@ -462,7 +473,7 @@ load_fields(struct ld *l, json_t *root, struct cdx_manifest *m)
 	if (l->rc == CDX_OK && cdx_refine_parse(tmp, &m->refine) != CDX_OK)
 		l->rc = cdx_error(
 		    CDX_ECORRUPT, "%s: field refine \"%s\" is not none, fp32, fp16 or sq8", l->path, tmp);
-	m->default_refine_factor = (float) get_num(l, root, "", "default_refine_factor");
+	m->default_refine_factor = get_factor(l, root, "", "default_refine_factor");
 
 	json_t *shards = get(l, root, "", "shards", JSON_ARRAY, "array");
 	if (shards != NULL) {

@@ -17,6 +17,7 @@
 #include "shard/shard.h"
 
 #define CDX_MANIFEST_FORMAT_VERSION 1
+#define CDX_MANIFEST_MAX_REFINE     1024 /* largest refine factor a manifest may hold */
 #define CDX_MANIFEST_FILE           "manifest.json"
 #define CDX_CURRENT_LINK            "CURRENT"
 

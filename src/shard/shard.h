@@ -121,6 +121,9 @@ int cdx_shard_writer_end_part(cdx_shard_writer *w);
  * every later writer call, including _commit. Do not use the writer until
  * the FILE* is closed. */
 int cdx_shard_writer_part_stream(cdx_shard_writer *w, uint32_t kind, uint32_t flags, FILE **fp);
+/* cdx_shard_writer_status is the writer's first error (CDX_OK if none);
+ * its message was recorded with cdx_error() when it happened. */
+int cdx_shard_writer_status(const cdx_shard_writer *w);
 /* _commit writes the header, fsyncs and closes; *info_out (may be NULL) gets
  * the final header. The writer is freed whatever the result. */
 int cdx_shard_writer_commit(cdx_shard_writer *w, struct cdx_shard_info *info_out);

@@ -35,6 +35,7 @@ struct cdx_shard_writer {
 	size_t outcap;
 	cdx_xxh64_state hash; /* of the current part's stored bytes */
 	struct cdx_part_desc cur;
+	char *stream_buf; /* the stdio buffer of a part stream, while one is open */
 };
 
 static int
@@ -205,6 +206,7 @@ w_free(cdx_shard_writer *w)
 		close(w->fd);
 	LZ4F_freeCompressionContext(w->cctx);
 	free(w->out);
+	free(w->stream_buf);
 	free(w->path);
 	free(w);
 }
@@ -255,13 +257,18 @@ cdx_shard_writer_abort(cdx_shard_writer *w)
 
 /* --- FILE* parts --------------------------------------------------------- */
 
+/* A part stream's stdio buffer: Faiss writes field by field, in pieces of a
+ * few bytes, and LZ4F wants large ones (setvbuf with a NULL buffer would
+ * ignore the size and use stdio's 4 KiB default). */
+#define PART_STREAM_BUFFER (1u << 20)
+
 static ssize_t
 wps_write(void *cookie, const char *buf, size_t size)
 {
 	cdx_shard_writer *w = cookie;
 	if (cdx_shard_writer_write(w, buf, size) != CDX_OK) {
 		errno = w->err == CDX_ENOSPC ? ENOSPC : EIO;
-		return -1;
+		return 0; /* fopencookie(3): 0 is an error */
 	}
 	return (ssize_t) size;
 }
@@ -270,6 +277,9 @@ static int
 wps_close(void *cookie)
 {
 	cdx_shard_writer *w = cookie;
+	/* fclose has flushed: the buffer is no longer used */
+	free(w->stream_buf);
+	w->stream_buf = NULL;
 	if (w->err == CDX_OK && w->in_part && cdx_shard_writer_end_part(w) != CDX_OK)
 		w_fail(w, CDX_EIO);
 	if (w->err != CDX_OK) {
@@ -287,11 +297,21 @@ cdx_shard_writer_part_stream(cdx_shard_writer *w, uint32_t kind, uint32_t flags,
 	if (rc != CDX_OK)
 		return rc;
 	cookie_io_functions_t io = { .read = NULL, .write = wps_write, .seek = NULL, .close = wps_close };
+	if ((w->stream_buf = malloc(PART_STREAM_BUFFER)) == NULL)
+		return w_fail(w, cdx_error(CDX_ENOMEM, "%s: part stream buffer", w->path));
 	FILE *f = fopencookie(w, "w", io);
-	if (f == NULL)
+	if (f == NULL) {
+		free(w->stream_buf);
+		w->stream_buf = NULL;
 		return w_fail(w, cdx_error_errno(CDX_ENOMEM, "%s: fopencookie", w->path));
-	/* Faiss writes field by field; buffer so LZ4F sees large pieces. */
-	setvbuf(f, NULL, _IOFBF, 1u << 16);
+	}
+	setvbuf(f, w->stream_buf, _IOFBF, PART_STREAM_BUFFER);
 	*fp = f;
 	return CDX_OK;
+}
+
+int
+cdx_shard_writer_status(const cdx_shard_writer *w)
+{
+	return w->err;
 }

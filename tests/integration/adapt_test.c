@@ -358,19 +358,19 @@ test_options(void **state)
 	    tu_run(&out, "%s serve --index-dir %s/index --listen ipc://%s/x.ipc --adapt-window 5", CANDEX_BIN,
 	        dir, dir),
 	    2);
-	assert_non_null(strstr(out, "--adapt-window must be at least 10"));
+	assert_non_null(strstr(out, "--adapt-window '5': expected an integer in [10, "));
 	free(out);
 	assert_int_equal(
 	    tu_run(&out, "%s serve --index-dir %s/index --listen ipc://%s/x.ipc --adapt-max-rungs 17",
 	        CANDEX_BIN, dir, dir),
 	    2);
-	assert_non_null(strstr(out, "--adapt-max-rungs must be at most 16"));
+	assert_non_null(strstr(out, "--adapt-max-rungs '17': expected an integer in [0, 16]"));
 	free(out);
 	assert_int_equal(
 	    tu_run(&out, "%s serve --index-dir %s/index --listen ipc://%s/x.ipc --adapt-window-seconds -1",
 	        CANDEX_BIN, dir, dir),
 	    2);
-	assert_non_null(strstr(out, "--adapt-window-seconds wants a number >= 0"));
+	assert_non_null(strstr(out, "--adapt-window-seconds '-1': expected a number in [0, "));
 	free(out);
 }
 

@@ -316,10 +316,18 @@ test_config_file(void **state)
 	fclose(f);
 	char *out = NULL;
 	assert_int_equal(tu_run(&out, "%s serve --config %s --index-dir %s/index", CANDEX_BIN, conf, dir), 2);
-	assert_non_null(strstr(out, "candex.conf:6: unknown option 'max-kk'"));
+	assert_non_null(strstr(out, "candex serve: "));
+	assert_non_null(strstr(out, "candex.conf:6: unknown option max-kk; see candex serve --help"));
 	free(out);
 	assert_int_equal(
 	    tu_run(&out, "%s serve --index-dir %s/index --listen %s --max-k x", CANDEX_BIN, dir, url), 2);
+	assert_non_null(strstr(out,
+	    "candex serve: --max-k 'x': expected an integer in [1, 4294967295]; see "
+	    "candex serve --help"));
+	free(out);
+	assert_int_equal(
+	    tu_run(&out, "%s serve --index-dir %s/index --listen %s --bogus", CANDEX_BIN, dir, url), 2);
+	assert_non_null(strstr(out, "candex serve: unknown option --bogus; see candex serve --help"));
 	free(out);
 	assert_int_equal(tu_run(&out, "%s serve --help", CANDEX_BIN), 0);
 	assert_non_null(strstr(out, "--watch-interval"));

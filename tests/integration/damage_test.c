@@ -79,25 +79,13 @@ test_shard_shrinks_while_loading(void **state)
 
 	/* the preload library shrinks the shard the first time the server
 	 * fstat()s it: when the reload below opens it */
-	setenv("LD_PRELOAD", CANDEX_SHRINK_FILE_LIB, 1);
+	tu_preload_begin(CANDEX_SHRINK_FILE_LIB);
 	setenv("CANDEX_SHRINK_PATH", shard, 1);
 	setenv("CANDEX_SHRINK_TO", "6000", 1);
-	const char *asan = getenv("ASAN_OPTIONS");
-	char *asan_saved = asan ? strdup(asan) : NULL, *asan_new = NULL;
-	/* a sanitized candex wants its runtime first in the library list */
-	assert_true(
-	    asprintf(&asan_new, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "") >= 0);
-	setenv("ASAN_OPTIONS", asan_new, 1);
 	struct st_server srv;
 	int started = st_start(&srv, dir, "shrink", "--threads 1");
-	unsetenv("LD_PRELOAD");
+	tu_preload_end();
 	unsetenv("CANDEX_SHRINK_PATH");
-	if (asan_saved != NULL)
-		setenv("ASAN_OPTIONS", asan_saved, 1);
-	else
-		unsetenv("ASAN_OPTIONS");
-	free(asan_saved);
-	free(asan_new);
 	assert_int_equal(started, 0);
 
 	assert_int_equal(cdx_version_publish(cdir, "vshrink"), CDX_OK);

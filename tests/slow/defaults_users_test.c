@@ -12,7 +12,7 @@
  * mixtures of held-out items when it has no --tune-queries (tune.c).
  */
 #define _GNU_SOURCE
-#include "../integration/srvtest.h"
+#include "srvtest.h"
 
 #include <jansson.h>
 

@@ -1,5 +1,7 @@
-/* input_test.c — the builder's readers: fvecs, npy (f32/f16), raw, ids and
- * keys files, and the errors that name the file and the row. */
+/* input_test.c — src/input, the one reader of user files: fvecs, npy
+ * (f32/f16/f64), raw, text, ivecs, ids and keys files; the files it refuses
+ * (CSV, 3-D .npy, trailing bytes, unknown extensions...) and the errors that
+ * name the file and the row. */
 #include "testutil.h"
 
 #include <math.h>
@@ -9,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "builder/build.h"
+#include "input/input.h"
 
 static char *dir;
 
@@ -44,29 +46,6 @@ write_text(const char *path, const char *text)
 	write_bytes(path, text, strlen(text));
 }
 
-/* write_npy writes a .npy with the given descr, shape and payload. */
-static void
-write_npy(
-    const char *path, const char *descr, const char *fortran, const char *shape, const void *data, size_t len)
-{
-	char hdr[256];
-	int n = snprintf(
-	    hdr, sizeof(hdr), "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }", descr, fortran, shape);
-	/* pad so that magic(6)+ver(2)+len(2)+header is a multiple of 64, ending in \n */
-	size_t total = 10 + (size_t) n + 1;
-	size_t pad = (64 - total % 64) % 64;
-	memset(hdr + n, ' ', pad);
-	hdr[n + pad] = '\n';
-	uint16_t hlen = (uint16_t) (n + pad + 1);
-	FILE *f = fopen(path, "wb");
-	assert_non_null(f);
-	fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-	fwrite(&hlen, 2, 1, f);
-	fwrite(hdr, 1, hlen, f);
-	fwrite(data, 1, len, f);
-	fclose(f);
-}
-
 static float *
 make_rows(size_t n, size_t d)
 {
@@ -84,7 +63,7 @@ test_fvecs_roundtrip(void **state)
 	float *x = make_rows(100, 16);
 	assert_int_equal(tu_write_fvecs(path, x, 100, 16), 0);
 	cdx_input *in = NULL;
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_rows(in), 100);
 	assert_int_equal(cdx_input_dim(in), 16);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_FVECS);
@@ -103,12 +82,12 @@ test_fvecs_roundtrip(void **state)
 	assert_int_equal(cdx_input_read(in, 95, 10, y), CDX_EINVAL);
 	cdx_input_close(in);
 	/* --dim agreeing is fine, disagreeing names both */
-	assert_int_equal(cdx_input_open(&in, path, 16), CDX_OK);
+	assert_int_equal(cdx_input_open(&in, path, 16, CDX_INPUT_AUTO), CDX_OK);
 	cdx_input_close(in);
-	assert_int_equal(cdx_input_open(&in, path, 32), CDX_EDIM);
+	assert_int_equal(cdx_input_open(&in, path, 32, CDX_INPUT_AUTO), CDX_EDIM);
 	assert_null(in);
 	assert_non_null(strstr(cdx_last_error(), "a.fvecs"));
-	assert_non_null(strstr(cdx_last_error(), "--dim says 32"));
+	assert_non_null(strstr(cdx_last_error(), "dimension 16, but 32 was expected"));
 	free(x);
 	free(y);
 	free(path);
@@ -131,7 +110,7 @@ test_fvecs_errors(void **state)
 		fwrite(x + i * 16, 4, (size_t) d, f);
 	}
 	fclose(f);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EDIM);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EDIM);
 	assert_non_null(strstr(cdx_last_error(), "bad.fvecs: row 5 has dimension 15, expected 16"));
 
 	/* a wrong dim field with a consistent size: caught when the row is read */
@@ -141,7 +120,7 @@ test_fvecs_errors(void **state)
 	fseek(g, 7 * (4 + 64), SEEK_SET);
 	fwrite(&d17, 4, 1, g);
 	fclose(g);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 0, 10, y), CDX_EDIM);
 	assert_non_null(strstr(cdx_last_error(), "row 7 has dimension 17"));
 	cdx_input_close(in);
@@ -149,26 +128,26 @@ test_fvecs_errors(void **state)
 	/* truncated inside row 9 */
 	assert_int_equal(tu_write_fvecs(path, x, 10, 16), 0);
 	assert_int_equal(truncate(path, 10 * 68 - 3), 0);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_ECORRUPT);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
 	assert_non_null(strstr(cdx_last_error(), "truncated"));
 	assert_non_null(strstr(cdx_last_error(), "row 9"));
 
 	/* empty */
 	write_bytes(path, "", 0);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EEMPTY);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EEMPTY);
 	assert_non_null(strstr(cdx_last_error(), "bad.fvecs: empty"));
 
 	/* NaN and Inf name row and column */
 	x[3 * 16 + 2] = NAN;
 	assert_int_equal(tu_write_fvecs(path, x, 10, 16), 0);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 0, 10, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "bad.fvecs: row 3, column 2: NaN"));
 	cdx_input_close(in);
 	x[3 * 16 + 2] = 0;
 	x[8 * 16 + 15] = -INFINITY;
 	assert_int_equal(tu_write_fvecs(path, x, 10, 16), 0);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	uint64_t r8 = 8;
 	assert_int_equal(cdx_input_read_rows(in, &r8, 1, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "row 8, column 15: Inf"));
@@ -176,9 +155,9 @@ test_fvecs_errors(void **state)
 
 	/* unreadable */
 	char *missing = tu_path(dir, "missing.fvecs");
-	assert_int_equal(cdx_input_open(&in, missing, 0), CDX_ENOTFOUND);
+	assert_int_equal(cdx_input_open(&in, missing, 0, CDX_INPUT_AUTO), CDX_ENOTFOUND);
 	assert_non_null(strstr(cdx_last_error(), "missing.fvecs"));
-	assert_int_equal(cdx_input_open(&in, dir, 0), CDX_EINVAL);
+	assert_int_equal(cdx_input_open(&in, dir, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "not a regular file"));
 	free(missing);
 	free(x);
@@ -194,8 +173,8 @@ test_npy(void **state)
 	cdx_input *in = NULL;
 	float y[20 * 8];
 
-	write_npy(path, "<f4", "False", "(20, 8)", x, sizeof(float) * 160);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_NPY_F32);
 	assert_int_equal(cdx_input_rows(in), 20);
 	assert_int_equal(cdx_input_dim(in), 8);
@@ -207,8 +186,8 @@ test_npy(void **state)
 	uint16_t h[160];
 	for (int i = 0; i < 160; i++)
 		h[i] = cdx_f32_to_f16(x[i]);
-	write_npy(path, "<f2", "False", "(20, 8)", h, sizeof(h));
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(tu_write_npy(path, "<f2", 0, "(20, 8)", h, sizeof(h)), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_NPY_F16);
 	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_OK);
 	for (int i = 0; i < 160; i++)
@@ -216,42 +195,68 @@ test_npy(void **state)
 	cdx_input_close(in);
 	/* float16 Inf */
 	h[5 * 8 + 1] = 0x7c00;
-	write_npy(path, "<f2", "False", "(20, 8)", h, sizeof(h));
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(tu_write_npy(path, "<f2", 0, "(20, 8)", h, sizeof(h)), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "row 5, column 1: Inf"));
 	cdx_input_close(in);
 
 	/* NaN in a contiguous float32 read is located exactly */
 	x[13 * 8 + 7] = NAN;
-	write_npy(path, "<f4", "False", "(20, 8)", x, sizeof(float) * 160);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_OK);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
 	assert_int_equal(cdx_input_read(in, 10, 10, y), CDX_ENONFINITE);
 	assert_non_null(strstr(cdx_last_error(), "row 13, column 7: NaN"));
 	cdx_input_close(in);
 
-	/* refused layouts */
-	write_npy(path, "<f8", "False", "(20, 4)", x, sizeof(float) * 160);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EINVAL);
-	assert_non_null(strstr(cdx_last_error(), "<f8"));
-	write_npy(path, "<f4", "True", "(20, 8)", x, sizeof(float) * 160);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EINVAL);
+	/* float64: converted; a value beyond float32 is refused like Inf */
+	double dbl[160];
+	for (int i = 0; i < 160; i++)
+		dbl[i] = (double) i * 0.5 - 3.0;
+	assert_int_equal(tu_write_npy(path, "<f8", 0, "(20, 8)", dbl, sizeof(dbl)), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
+	assert_int_equal(cdx_input_format(in), CDX_INPUT_NPY_F64);
+	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_OK);
+	for (int i = 0; i < 160; i++)
+		assert_true(y[i] == (float) dbl[i]);
+	cdx_input_close(in);
+	dbl[17] = 1e300;
+	assert_int_equal(tu_write_npy(path, "=f8", 0, "(20, 8)", dbl, sizeof(dbl)), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_OK);
+	assert_int_equal(cdx_input_read(in, 0, 20, y), CDX_ENONFINITE);
+	assert_non_null(strstr(cdx_last_error(), "row 2, column 1: 1e+300 is out of float32 range"));
+	cdx_input_close(in);
+
+	/* refused layouts, each by name */
+	assert_int_equal(tu_write_npy(path, ">f4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "big-endian"));
+	assert_int_equal(tu_write_npy(path, "<i4", 0, "(20, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "dtype '<i4' is not supported"));
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(5, 4, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "must be 2-D (rows x dim), has 3 dimensions"));
+	assert_int_equal(tu_write_npy(path, "<f4", 1, "(20, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "Fortran"));
-	write_npy(path, "<f4", "False", "(160,)", x, sizeof(float) * 160);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EINVAL);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(160,)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "reshape it to (1, dim)"));
 	/* truncated and overlong */
-	write_npy(path, "<f4", "False", "(20, 8)", x, sizeof(float) * 150);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_ECORRUPT);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(20, 8)", x, sizeof(float) * 150), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
 	assert_non_null(strstr(cdx_last_error(), "truncated"));
 	assert_non_null(strstr(cdx_last_error(), "row 18"));
-	write_npy(path, "<f4", "False", "(19, 8)", x, sizeof(float) * 160);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_ECORRUPT);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(19, 8)", x, sizeof(float) * 160), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
+	assert_non_null(strstr(cdx_last_error(), "32 bytes after the 19 rows the header announces"));
 	/* empty */
-	write_npy(path, "<f4", "False", "(0, 8)", x, 0);
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EEMPTY);
+	assert_int_equal(tu_write_npy(path, "<f4", 0, "(0, 8)", x, 0), 0);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_EEMPTY);
 	/* not npy at all */
 	write_text(path, "hello");
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_ECORRUPT);
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
 	free(x);
 	free(path);
 }
@@ -264,14 +269,135 @@ test_raw(void **state)
 	float *x = make_rows(12, 4);
 	write_bytes(path, x, sizeof(float) * 48);
 	cdx_input *in = NULL;
-	assert_int_equal(cdx_input_open(&in, path, 0), CDX_EINVAL); /* needs --dim */
+	/* an unknown extension is refused even with a dimension: raw must be named */
+	assert_int_equal(cdx_input_open(&in, path, 4, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "unknown vector format"));
+	assert_non_null(strstr(cdx_last_error(), "--format raw"));
+	assert_int_equal(cdx_input_open(&in, path, 0, CDX_INPUT_RAW_F32), CDX_EINVAL); /* needs --dim */
 	assert_non_null(strstr(cdx_last_error(), "--dim"));
-	assert_int_equal(cdx_input_open(&in, path, 4), CDX_OK);
+	assert_int_equal(cdx_input_open(&in, path, 4, CDX_INPUT_RAW_F32), CDX_OK);
 	assert_int_equal(cdx_input_rows(in), 12);
 	assert_int_equal(cdx_input_format(in), CDX_INPUT_RAW_F32);
 	cdx_input_close(in);
-	assert_int_equal(cdx_input_open(&in, path, 5), CDX_ECORRUPT); /* 48 floats are not rows of 5 */
+	/* a size that does not divide into rows: 48 floats are not rows of 5 */
+	assert_int_equal(cdx_input_open(&in, path, 5, CDX_INPUT_RAW_F32), CDX_ECORRUPT);
 	assert_non_null(strstr(cdx_last_error(), "row 9"));
+	/* trailing bytes: 12 rows of 4 and 2 more bytes */
+	FILE *f = fopen(path, "ab");
+	fwrite("\0\0", 1, 2, f);
+	fclose(f);
+	assert_int_equal(cdx_input_open(&in, path, 4, CDX_INPUT_RAW_F32), CDX_ECORRUPT);
+	assert_non_null(strstr(cdx_last_error(), "not a whole number"));
+	free(x);
+	free(path);
+}
+
+/* A CSV is text: refused, and called so, whatever --dim says; only when the
+ * user insists that it is raw float32 is it read as such. */
+static void
+test_csv_and_unknown_extensions(void **state)
+{
+	(void) state;
+	char *csv = tu_path(dir, "emb.csv"), *txt = tu_path(dir, "emb.fvecs");
+	cdx_input *in = NULL;
+	cdx_buf b = { 0 };
+	for (int r = 0; r < 200; r++)
+		for (int c = 0; c < 64; c++)
+			cdx_buf_printf(&b, "%s%.6f", c ? "," : "", (double) (r * 64 + c) / 1000.0);
+	write_bytes(csv, b.data, b.len);
+	assert_int_equal(cdx_input_open(&in, csv, 64, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_null(in);
+	assert_non_null(
+	    strstr(cdx_last_error(), "emb.csv: unknown vector format (it looks like a text file: CSV?)"));
+	/* named .fvecs, the text is still not fvecs */
+	write_bytes(txt, b.data, b.len);
+	assert_int_equal(cdx_input_open(&in, txt, 0, CDX_INPUT_AUTO), CDX_ECORRUPT);
+	assert_non_null(strstr(cdx_last_error(), "not an fvecs file? (it looks like a text file)"));
+	cdx_buf_fini(&b);
+	/* extensions are matched without case; other ones are refused */
+	char *upper = tu_path(dir, "A.FVECS"), *bin = tu_path(dir, "a.bin");
+	float *x = make_rows(3, 4);
+	assert_int_equal(tu_write_fvecs(upper, x, 3, 4), 0);
+	assert_int_equal(cdx_input_open(&in, upper, 0, CDX_INPUT_AUTO), CDX_OK);
+	cdx_input_close(in);
+	assert_int_equal(tu_write_fvecs(bin, x, 3, 4), 0);
+	assert_int_equal(cdx_input_open(&in, bin, 0, CDX_INPUT_AUTO), CDX_EINVAL);
+	assert_null(strstr(cdx_last_error(), "text"));
+	assert_int_equal(cdx_input_open(&in, bin, 0, CDX_INPUT_FVECS), CDX_OK); /* named: read */
+	assert_int_equal(cdx_input_rows(in), 3);
+	cdx_input_close(in);
+	int fmt;
+	assert_int_equal(cdx_input_format_parse("raw", &fmt), CDX_OK);
+	assert_int_equal(fmt, CDX_INPUT_RAW_F32);
+	assert_int_equal(cdx_input_format_parse("csv", &fmt), CDX_EINVAL);
+	free(x);
+	free(upper);
+	free(bin);
+	free(csv);
+	free(txt);
+}
+
+/* cdx_vecs_read: row ranges; text vectors; ivecs. */
+static void
+test_vecs_text_ivecs(void **state)
+{
+	(void) state;
+	char *path = tu_path(dir, "v.fvecs");
+	float *x = make_rows(30, 5);
+	assert_int_equal(tu_write_fvecs(path, x, 30, 5), 0);
+	struct cdx_vecs v;
+	assert_int_equal(cdx_vecs_read(&v, path, 0, CDX_INPUT_AUTO, 0, 0), CDX_OK);
+	assert_int_equal(v.n, 30);
+	assert_int_equal(v.dim, 5);
+	assert_memory_equal(v.x, x, 30 * 5 * sizeof(float));
+	cdx_vecs_fini(&v);
+	assert_int_equal(cdx_vecs_read(&v, path, 0, CDX_INPUT_AUTO, 28, 2), CDX_OK);
+	assert_memory_equal(v.x, x + 28 * 5, 2 * 5 * sizeof(float));
+	cdx_vecs_fini(&v);
+	assert_int_equal(cdx_vecs_read(&v, path, 0, CDX_INPUT_AUTO, 29, 2), CDX_EINVAL);
+	assert_non_null(strstr(cdx_last_error(), "rows 29..30 are past its 30 rows"));
+	assert_null(v.x);
+	assert_int_equal(cdx_vecs_read(&v, path, 7, CDX_INPUT_AUTO, 0, 0), CDX_EDIM);
+
+	char *txt = tu_path(dir, "v.txt");
+	write_text(txt, "# two vectors\n1 2 3\n\n4,5,\t6\r\n");
+	FILE *f = fopen(txt, "r");
+	assert_int_equal(cdx_vecs_read_text(&v, f, "stdin"), CDX_OK);
+	fclose(f);
+	assert_int_equal(v.n, 2);
+	assert_int_equal(v.dim, 3);
+	assert_float_equal(v.x[5], 6, 0);
+	cdx_vecs_fini(&v);
+	const char *bad[] = { "1 2\n3\n", "1 2x\n", "1 nan\n", "", "1 1e99\n" };
+	const char *why[] = { "line 2 has 1 values", "'2x' is not a finite number", "'nan' is not",
+		"no vector on stdin", "'1e99' is not" };
+	for (size_t i = 0; i < 5; i++) {
+		write_text(txt, bad[i]);
+		f = fopen(txt, "r");
+		assert_int_not_equal(cdx_vecs_read_text(&v, f, "stdin"), CDX_OK);
+		fclose(f);
+		if (strstr(cdx_last_error(), why[i]) == NULL)
+			fail_msg("'%s': '%s' lacks '%s'", bad[i], cdx_last_error(), why[i]);
+	}
+
+	/* ivecs: the fvecs framing with int32s */
+	char *iv = tu_path(dir, "gt.ivecs");
+	int32_t rows[2][4] = { { 3, 7, 1, 9 }, { 3, 0, 2, 4 } };
+	f = fopen(iv, "wb");
+	fwrite(rows, sizeof(rows), 1, f);
+	fclose(f);
+	int32_t *gt = NULL;
+	size_t n;
+	uint32_t k;
+	assert_int_equal(cdx_ivecs_read(iv, &gt, &n, &k), CDX_OK);
+	assert_int_equal(n, 2);
+	assert_int_equal(k, 3);
+	assert_int_equal(gt[0], 7);
+	assert_int_equal(gt[5], 4);
+	free(gt);
+	assert_int_equal(cdx_ivecs_read(path, &gt, &n, &k), CDX_EINVAL); /* not .ivecs */
+	free(iv);
+	free(txt);
 	free(x);
 	free(path);
 }
@@ -282,52 +408,59 @@ test_ids(void **state)
 	(void) state;
 	char *path = tu_path(dir, "ids.txt");
 	int64_t *ids = NULL;
+	uint64_t nids = 0;
 	write_text(path, "10\n-3\n 9223372036854775807 \n42");
-	assert_int_equal(cdx_ids_load(path, 4, &ids), CDX_OK);
+	assert_int_equal(cdx_ids_load(path, 4, &ids, &nids), CDX_OK);
 	assert_int_equal(ids[0], 10);
 	assert_int_equal(ids[1], -3);
 	assert_true(ids[2] == INT64_MAX);
 	assert_int_equal(ids[3], 42);
 	free(ids);
 	ids = NULL;
+	assert_int_equal(nids, 4);
+	/* with no count to match, any number */
+	assert_int_equal(cdx_ids_load(path, 0, &ids, &nids), CDX_OK);
+	assert_int_equal(nids, 4);
+	free(ids);
+	ids = NULL;
 	/* count mismatch names both counts */
-	assert_int_equal(cdx_ids_load(path, 5, &ids), CDX_EDIM);
+	assert_int_equal(cdx_ids_load(path, 5, &ids, &nids), CDX_EDIM);
 	assert_non_null(strstr(cdx_last_error(), "4 ids, but the input has 5 rows"));
 	/* duplicates name both lines */
 	write_text(path, "1\n2\n3\n2\n5\n");
-	assert_int_equal(cdx_ids_load(path, 5, &ids), CDX_EDUP);
+	assert_int_equal(cdx_ids_load(path, 5, &ids, &nids), CDX_EDUP);
 	assert_null(ids);
 	assert_non_null(strstr(cdx_last_error(), "ids.txt: duplicate id 2 at line 4 (first at line 2)"));
 	/* junk */
 	write_text(path, "1\n2x\n");
-	assert_int_equal(cdx_ids_load(path, 2, &ids), CDX_EINVAL);
+	assert_int_equal(cdx_ids_load(path, 2, &ids, &nids), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "line 2"));
 	write_text(path, "1\n\n3\n");
-	assert_int_equal(cdx_ids_load(path, 3, &ids), CDX_EINVAL);
+	assert_int_equal(cdx_ids_load(path, 3, &ids, &nids), CDX_EINVAL);
 	assert_non_null(strstr(cdx_last_error(), "line 2"));
 	write_text(path, "1\n99999999999999999999\n");
-	assert_int_equal(cdx_ids_load(path, 2, &ids), CDX_EINVAL);
+	assert_int_equal(cdx_ids_load(path, 2, &ids, &nids), CDX_EINVAL);
 	/* .npy int64 */
 	char *npy = tu_path(dir, "ids.npy");
 	int64_t v[5] = { 5, 4, 3, 2, 1000000000000LL };
-	write_npy(npy, "<i8", "False", "(5,)", v, sizeof(v));
-	assert_int_equal(cdx_ids_load(npy, 5, &ids), CDX_OK);
+	assert_int_equal(tu_write_npy(npy, "<i8", 0, "(5,)", v, sizeof(v)), 0);
+	assert_int_equal(cdx_ids_load(npy, 5, &ids, &nids), CDX_OK);
 	assert_memory_equal(ids, v, sizeof(v));
 	free(ids);
 	ids = NULL;
 	v[4] = 4;
-	write_npy(npy, "<i8", "False", "(5,)", v, sizeof(v));
-	assert_int_equal(cdx_ids_load(npy, 5, &ids), CDX_EDUP);
+	assert_int_equal(tu_write_npy(npy, "<i8", 0, "(5,)", v, sizeof(v)), 0);
+	assert_int_equal(cdx_ids_load(npy, 5, &ids, &nids), CDX_EDUP);
 	assert_non_null(strstr(cdx_last_error(), "duplicate id 4 at row 4 (first at row 1)"));
 	/* many distinct ids: no false duplicates */
 	FILE *f = fopen(path, "w");
 	for (int i = 0; i < 100000; i++)
 		fprintf(f, "%d\n", i * 7919);
 	fclose(f);
-	assert_int_equal(cdx_ids_load(path, 100000, &ids), CDX_OK);
+	assert_int_equal(cdx_ids_load(path, 100000, &ids, &nids), CDX_OK);
 	free(ids);
 	char *missing = tu_path(dir, "nope.txt");
-	assert_int_equal(cdx_ids_load(missing, 1, &ids), CDX_ENOTFOUND);
+	assert_int_equal(cdx_ids_load(missing, 1, &ids, &nids), CDX_ENOTFOUND);
 	assert_non_null(strstr(cdx_last_error(), "nope.txt"));
 	free(missing);
 	free(npy);
@@ -393,6 +526,8 @@ main(void)
 		cmocka_unit_test(test_fvecs_errors),
 		cmocka_unit_test(test_npy),
 		cmocka_unit_test(test_raw),
+		cmocka_unit_test(test_csv_and_unknown_extensions),
+		cmocka_unit_test(test_vecs_text_ivecs),
 		cmocka_unit_test(test_ids),
 		cmocka_unit_test(test_keys),
 	};

@@ -273,6 +273,18 @@ bad_collection(json_t *r)
 	json_object_set_new(r, "collection", json_string(".hidden"));
 }
 static void
+huge_factor(json_t *r)
+{
+	/* fuzz_manifest's crash: a float cast made it inf, which no JSON holds */
+	json_object_set_new(r, "default_refine_factor", json_real(7.7e78));
+}
+static void
+negative_point_factor(json_t *r)
+{
+	json_object_set_new(
+	    json_array_get(json_object_get(r, "operating_points"), 0), "refine_factor", json_real(-1));
+}
+static void
 not_object(json_t *r)
 {
 	json_object_clear(r);
@@ -288,6 +300,8 @@ test_validation(void **state)
 	expect_bad(dir, "negative items", CDX_ECORRUPT, "items", neg_items);
 	expect_bad(dir, "metric", CDX_ECORRUPT, "metric", bad_metric);
 	expect_bad(dir, "refine", CDX_ECORRUPT, "refine", bad_refine);
+	expect_bad(dir, "huge refine factor", CDX_ECORRUPT, "default_refine_factor", huge_factor);
+	expect_bad(dir, "negative point refine factor", CDX_ECORRUPT, "refine_factor", negative_point_factor);
 	expect_bad(dir, "hex", CDX_ECORRUPT, "shards[1].xxh64", bad_hex);
 	expect_bad(dir, "file", CDX_ECORRUPT, "shards[0].file", bad_file);
 	expect_bad(dir, "rows", CDX_ECORRUPT, "shards[0].rows is missing", no_rows);

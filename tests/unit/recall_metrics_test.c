@@ -365,108 +365,25 @@ test_truth_from_rows(void **state)
 	fixture_free(&f);
 }
 
+/* The id -> base row map (the files themselves are src/input's: input_test). */
 static void
-test_files(void **state)
+test_idmap(void **state)
 {
 	(void) state;
-	char *dir = tu_tmpdir("recall-files");
-	char *fv = tu_path(dir, "x.fvecs");
-	float x[3 * 4];
-	for (int i = 0; i < 12; i++)
-		x[i] = (float) i * 0.5f;
-	assert_int_equal(tu_write_fvecs(fv, x, 3, 4), 0);
-	struct cdx_vecs v;
-	assert_int_equal(cdx_vecs_read(&v, fv, 0), 0);
-	assert_int_equal(v.n, 3);
-	assert_int_equal(v.dim, 4);
-	assert_memory_equal(v.x, x, sizeof(x));
-	cdx_vecs_fini(&v);
-	assert_int_equal(cdx_vecs_read(&v, fv, 2), 0);
-	assert_int_equal(v.n, 2);
-	cdx_vecs_fini(&v);
-
-	/* truncated */
-	assert_int_equal(truncate(fv, 4 + 16 + 4 + 8), 0);
-	assert_int_equal(cdx_vecs_read(&v, fv, 0), CDX_ECORRUPT);
-	/* a row with another dimension */
-	FILE *f = fopen(fv, "wb");
-	int32_t d4 = 4, d3 = 3;
-	fwrite(&d4, 4, 1, f);
-	fwrite(x, 4, 4, f);
-	fwrite(&d3, 4, 1, f);
-	fwrite(x, 4, 4, f); /* same byte size, wrong header */
-	fclose(f);
-	assert_int_equal(cdx_vecs_read(&v, fv, 0), CDX_EDIM);
-	assert_non_null(strstr(cdx_last_error(), "row 1"));
-
-	/* npy float16 */
-	char *np = tu_path(dir, "x.npy");
-	f = fopen(np, "wb");
-	char hdr[128];
-	int hl = snprintf(hdr, sizeof(hdr), "{'descr': '<f2', 'fortran_order': False, 'shape': (3, 4), }");
-	int total = 10 + hl + 1;
-	int pad = (64 - total % 64) % 64;
-	uint16_t hlen = (uint16_t) (hl + pad + 1);
-	fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-	fwrite(&hlen, 2, 1, f);
-	fwrite(hdr, 1, (size_t) hl, f);
-	for (int i = 0; i < pad; i++)
-		fputc(' ', f);
-	fputc('\n', f);
-	for (int i = 0; i < 12; i++) {
-		uint16_t h = cdx_f32_to_f16(x[i]);
-		fwrite(&h, 2, 1, f);
-	}
-	fclose(f);
-	assert_int_equal(cdx_vecs_read(&v, np, 0), 0);
-	assert_int_equal(v.n, 3);
-	assert_int_equal(v.dim, 4);
-	assert_memory_equal(v.x, x, sizeof(x)); /* multiples of 0.5 are exact in fp16 */
-	cdx_vecs_fini(&v);
-
-	/* ivecs */
-	char *iv = tu_path(dir, "gt.ivecs");
-	f = fopen(iv, "wb");
-	for (int r = 0; r < 2; r++) {
-		int32_t k = 3, row[3] = { r, r + 1, r + 2 };
-		fwrite(&k, 4, 1, f);
-		fwrite(row, 4, 3, f);
-	}
-	fclose(f);
-	int32_t *rows;
-	size_t n;
-	uint32_t k;
-	assert_int_equal(cdx_ivecs_read(iv, &rows, &n, &k), 0);
-	assert_int_equal(n, 2);
-	assert_int_equal(k, 3);
-	assert_int_equal(rows[4], 2);
-	free(rows);
-
-	/* ids: text, duplicate detection, lookups */
-	char *ids = tu_path(dir, "ids.txt");
-	f = fopen(ids, "w");
-	fprintf(f, "100\n7\n-5\n");
-	fclose(f);
+	const int64_t ids[3] = { 100, 7, -5 };
 	struct cdx_idmap m;
-	assert_int_equal(cdx_idmap_read_ids(&m, ids), 0);
+	assert_int_equal(cdx_idmap_init_ids(&m, ids, 3), 0);
 	assert_int_equal(cdx_idmap_row(&m, 100), 0);
 	assert_int_equal(cdx_idmap_row(&m, 7), 1);
 	assert_int_equal(cdx_idmap_row(&m, -5), 2);
 	assert_int_equal(cdx_idmap_row(&m, 8), -1);
 	cdx_idmap_fini(&m);
-	f = fopen(ids, "w");
-	fprintf(f, "1\n2\n1\n");
-	fclose(f);
-	assert_int_equal(cdx_idmap_read_ids(&m, ids), CDX_EDUP);
+	const int64_t dup[3] = { 1, 2, 1 };
+	assert_int_equal(cdx_idmap_init_ids(&m, dup, 3), CDX_EDUP);
+	assert_non_null(strstr(cdx_last_error(), "id 1 appears at rows 0 and 2"));
 	cdx_idmap_identity(&m, 10);
 	assert_int_equal(cdx_idmap_row(&m, 9), 9);
 	assert_int_equal(cdx_idmap_row(&m, 10), -1);
-
-	free(fv);
-	free(np);
-	free(iv);
-	free(ids);
-	tu_rmdir(dir);
 }
 
 static void
@@ -595,7 +512,7 @@ main(void)
 		cmocka_unit_test(test_percentile),
 		cmocka_unit_test(test_truth_cache),
 		cmocka_unit_test(test_truth_from_rows),
-		cmocka_unit_test(test_files),
+		cmocka_unit_test(test_idmap),
 		cmocka_unit_test(test_nprobes_and_pick),
 		cmocka_unit_test(test_reports),
 	};

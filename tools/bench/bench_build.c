@@ -23,7 +23,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <omp.h>
 #include <limits.h>
 #include <stdio.h>
@@ -39,6 +38,7 @@
 #include <faiss/c_api/index_factory_c.h>
 
 #include "builder/build.h"
+#include "common/opt.h"
 #include "common/common.h"
 
 struct raw_times {
@@ -308,93 +308,72 @@ candex_run(const char *candex, const char *input, int metric, const char *work, 
 	return 0;
 }
 
+struct bench_opts {
+	const char *input, *factory, *candex, *work, *out, *refine;
+	int metric, skip_raw, raw_tuned;
+	uint32_t repeat, shards, dim;
+	uint64_t sample, seed, gen;
+};
+
+static int
+set_metric(const char *v, void *opts)
+{
+	return cdx_metric_parse(v, &((struct bench_opts *) opts)->metric);
+}
+
+#define O(f) offsetof(struct bench_opts, f)
+static const struct cdx_opt options[] = {
+	CDX_OPT_STR_("input", O(input), "FILE.fvecs", "the embeddings to build from"),
+	CDX_OPT_CALL_("metric", "l2|ip|cos", "metric [l2]", set_metric),
+	CDX_OPT_STR_("factory", O(factory), "STR", "Faiss factory string (default: candex's choice)"),
+	CDX_OPT_NUM_(
+	    "train-sample", CDX_OPT_U64, O(sample), "N", "rows to train on (default: candex's choice)", 0, 0),
+	CDX_OPT_NUM_("seed", CDX_OPT_U64, O(seed), "N", "sample seed", 0, 0),
+	CDX_OPT_STR_("refine", O(refine), "KIND", "none|sq8|fp16|fp32 [none]"),
+	CDX_OPT_NUM_("shards", CDX_OPT_U32, O(shards), "N", "shard files [1]", 1, 9999),
+	CDX_OPT_STR_("candex", O(candex), "PATH", "the candex binary (default: next to this one)"),
+	CDX_OPT_STR_("work", O(work), "DIR", "scratch directory (default /tmp/bench-build-PID)"),
+	CDX_OPT_FLAG_("skip-raw", O(skip_raw), "do not run the raw Faiss baseline"),
+	CDX_OPT_FLAG_("raw-tuned", O(raw_tuned), "give raw Faiss candex's thread settings"),
+	CDX_OPT_NUM_(
+	    "repeat", CDX_OPT_U32, O(repeat), "N", "runs of each side; the best counts [1]", 1, 1000),
+	CDX_OPT_NUM_(
+	    "generate", CDX_OPT_U64, O(gen), "N", "write N clustered vectors to --out instead", 0, 0),
+	CDX_OPT_NUM_("dim", CDX_OPT_U32, O(dim), "D", "dimension of --generate", 1, 65536),
+	CDX_OPT_STR_("out", O(out), "FILE.fvecs", "output of --generate"),
+};
+#undef O
+static const struct cdx_opt_command command = {
+	.prog = "bench_build",
+	.head
+	= "usage: bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR] [--train-sample N]\n"
+	  "                   [--seed N] [--refine KIND] [--shards N] [--candex PATH] [--work DIR] "
+	  "[--skip-raw]\n"
+	  "       bench_build --generate N --dim D --out FILE.fvecs [--seed N]\n\n"
+	  "candex build against raw Faiss (index_factory + train + add) on the same input: time and peak "
+	  "RSS\n"
+	  "ratios (BENCHMARKS.md, Builder).\n",
+	.opts = options,
+	.nopts = CDX_ARRAY_LEN(options),
+};
+
 int
 main(int argc, char **argv)
 {
 	cdx_process_init(argc, argv);
-	static const struct option opts[] = {
-		{ "input", required_argument, NULL, 'i' },
-		{ "metric", required_argument, NULL, 'm' },
-		{ "factory", required_argument, NULL, 'f' },
-		{ "train-sample", required_argument, NULL, 't' },
-		{ "seed", required_argument, NULL, 's' },
-		{ "refine", required_argument, NULL, 'r' },
-		{ "shards", required_argument, NULL, 'S' },
-		{ "candex", required_argument, NULL, 'c' },
-		{ "work", required_argument, NULL, 'w' },
-		{ "skip-raw", no_argument, NULL, 'R' },
-		{ "raw-tuned", no_argument, NULL, 'B' },
-		{ "repeat", required_argument, NULL, 'n' },
-		{ "generate", required_argument, NULL, 'g' },
-		{ "dim", required_argument, NULL, 'd' },
-		{ "out", required_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *input = NULL, *factory = NULL, *candex = NULL, *work = NULL, *out = NULL,
-	           *refine = "none";
-	int metric = CDX_METRIC_L2, skip_raw = 0, raw_tuned = 0, repeat = 1, c;
-	uint64_t sample = 0, seed = CDX_BUILD_DEFAULT_SEED, gen = 0;
-	unsigned shards = 1, dim = 0;
-	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'i':
-			input = optarg;
-			break;
-		case 'm':
-			if (cdx_metric_parse(optarg, &metric) != CDX_OK) {
-				fprintf(stderr, "%s\n", cdx_last_error());
-				return 2;
-			}
-			break;
-		case 'f':
-			factory = optarg;
-			break;
-		case 't':
-			sample = strtoull(optarg, NULL, 10);
-			break;
-		case 's':
-			seed = strtoull(optarg, NULL, 10);
-			break;
-		case 'r':
-			refine = optarg;
-			break;
-		case 'S':
-			shards = (unsigned) strtoul(optarg, NULL, 10);
-			break;
-		case 'c':
-			candex = optarg;
-			break;
-		case 'w':
-			work = optarg;
-			break;
-		case 'R':
-			skip_raw = 1;
-			break;
-		case 'B':
-			raw_tuned = 1;
-			break;
-		case 'n':
-			repeat = atoi(optarg) > 0 ? atoi(optarg) : 1;
-			break;
-		case 'g':
-			gen = strtoull(optarg, NULL, 10);
-			break;
-		case 'd':
-			dim = (unsigned) strtoul(optarg, NULL, 10);
-			break;
-		case 'o':
-			out = optarg;
-			break;
-		default:
-			fprintf(stderr,
-			    "usage: bench_build --input FILE.fvecs [--metric l2|ip|cos] [--factory STR] "
-			    "[--train-sample N] [--seed N] [--refine KIND] [--shards N] [--candex PATH] "
-			    "[--work DIR] [--skip-raw]\n"
-			    "       bench_build --generate N --dim D --out FILE.fvecs [--seed N]\n");
-			return c == 'h' ? 0 : 2;
-		}
-	}
+	struct bench_opts o = { .refine = "none",
+		.metric = CDX_METRIC_L2,
+		.repeat = 1,
+		.shards = 1,
+		.seed = CDX_BUILD_DEFAULT_SEED };
+	int prc = cdx_opt_command_parse(&command, &o, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	const char *input = o.input, *factory = o.factory, *candex = o.candex, *work = o.work, *out = o.out,
+	           *refine = o.refine;
+	int metric = o.metric, skip_raw = o.skip_raw, raw_tuned = o.raw_tuned, repeat = (int) o.repeat;
+	uint64_t sample = o.sample, seed = o.seed, gen = o.gen;
+	unsigned shards = o.shards, dim = o.dim;
 	if (gen > 0) {
 		if (dim == 0 || out == NULL) {
 			fprintf(stderr, "bench_build: --generate needs --dim and --out\n");

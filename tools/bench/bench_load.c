@@ -14,7 +14,6 @@
  * sides start from the page cache.
  */
 #define _GNU_SOURCE
-#include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,6 +25,7 @@
 #include <faiss/c_api/index_io_c.h>
 
 #include "common/common.h"
+#include "common/opt.h"
 #include "search/search.h"
 #include "shard/manifest.h"
 #include "shard/shard.h"
@@ -56,30 +56,33 @@ int
 main(int argc, char **argv)
 {
 	cdx_process_init(argc, argv);
-	const char *index = NULL;
-	int repeat = 3;
-	static const struct option lo[] = {
-		{ "index", required_argument, NULL, 'i' },
-		{ "repeat", required_argument, NULL, 'r' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	struct load_opts {
+		const char *index;
+		uint32_t repeat;
+	} o = { .repeat = 3 };
+	static const struct cdx_opt options[] = {
+		CDX_OPT_STR_("index", offsetof(struct load_opts, index), "DIR/NAME[/VERSION|/CURRENT]",
+		    "the version to load (required)"),
+		CDX_OPT_NUM_("repeat", CDX_OPT_U32, offsetof(struct load_opts, repeat), "N",
+		    "loads of each kind; the best "
+		    "counts [3]",
+		    1, 1000),
 	};
-	int ch;
-	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
-		if (ch == 'i')
-			index = optarg;
-		else if (ch == 'r')
-			repeat = atoi(optarg);
-		else {
-			fprintf(ch == 'h' ? stdout : stderr,
-			    "usage: bench_load --index DIR/NAME[/VERSION|/CURRENT] [--repeat N]\n");
-			return ch == 'h' ? 0 : 2;
-		}
-	}
-	if (index == NULL || repeat < 1) {
-		fprintf(stderr, "usage: bench_load --index DIR/NAME[/VERSION|/CURRENT] [--repeat N]\n");
-		return 2;
-	}
+	static const struct cdx_opt_command command = {
+		.prog = "bench_load",
+		.head = "usage: bench_load --index DIR/NAME[/VERSION|/CURRENT] [--repeat N]\n\n"
+		        "Loading a version against faiss_read_index of its uncompressed FAISS parts "
+		        "(BENCHMARKS.md).\n",
+		.opts = options,
+		.nopts = CDX_ARRAY_LEN(options),
+	};
+	int prc = cdx_opt_command_parse(&command, &o, argc, argv, NULL, 0, NULL);
+	if (prc >= 0)
+		return prc;
+	if (o.index == NULL)
+		return cdx_opt_command_fail(&command, "--index is required");
+	const char *index = o.index;
+	int repeat = (int) o.repeat;
 	cdx_log_set_level(CDX_LOG_WARN);
 
 	/* the version directory (NAME resolves through CURRENT) and its shard

@@ -32,27 +32,21 @@
 #include "builder/build.h"
 #include "candex/client.h"
 #include "common/idlist.h"
+#include "input/input.h"
 #include "search/search.h"
 
 static float *
 read_vectors(const char *path, uint64_t *n, uint32_t *dim, uint64_t max)
 {
-	cdx_input *in = NULL;
-	if (cdx_input_open(&in, path, 0) != CDX_OK) {
+	struct cdx_vecs v = { 0 };
+	if (cdx_vecs_read(&v, path, 0, CDX_INPUT_AUTO, 0, (size_t) max) != CDX_OK
+	    && (max == 0 || cdx_vecs_read(&v, path, 0, CDX_INPUT_AUTO, 0, 0) != CDX_OK)) {
 		fprintf(stderr, "bench_recommend: %s\n", cdx_last_error());
 		exit(1);
 	}
-	*n = cdx_input_rows(in);
-	if (max > 0 && *n > max)
-		*n = max;
-	*dim = cdx_input_dim(in);
-	float *x = malloc(*n * *dim * sizeof(float));
-	if (x == NULL || cdx_input_read(in, 0, *n, x) != CDX_OK) {
-		fprintf(stderr, "bench_recommend: %s: %s\n", path, cdx_last_error());
-		exit(1);
-	}
-	cdx_input_close(in);
-	return x;
+	*n = v.n;
+	*dim = v.dim;
+	return v.x;
 }
 
 static double

@@ -23,25 +23,18 @@
  * Prints a Markdown table. Usage: bench_server --help.
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <getopt.h>
-#include <sched.h>
-#include <signal.h>
-#include <netinet/in.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
-#include <arpa/inet.h>
 
 #include "candex/client.h"
 #include "common/common.h"
+#include "lib/benchlib.h"
 #include "search/search.h"
 #include "server/server.h"
 
@@ -61,39 +54,6 @@ struct bench {
 	pid_t server_pid; /* that child, whose CPU time is read from /proc */
 };
 
-struct lat {
-	uint64_t *v;
-	size_t n, cap;
-};
-
-static void
-lat_add(struct lat *l, uint64_t us)
-{
-	if (l->n == l->cap) {
-		l->cap = l->cap ? l->cap * 2 : 4096;
-		l->v = realloc(l->v, l->cap * sizeof(*l->v));
-		if (l->v == NULL)
-			abort();
-	}
-	l->v[l->n++] = us;
-}
-
-static int
-cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
-static double
-pct(const struct lat *l, double p)
-{
-	if (l->n == 0)
-		return 0;
-	size_t i = (size_t) (p * (double) (l->n - 1) + 0.5);
-	return (double) l->v[i] / 1000.0;
-}
-
 struct result {
 	double qps, p50, p99;
 	double srv_p50, srv_p99; /* server-side (SearchResponse.server_time_us), ms */
@@ -102,56 +62,16 @@ struct result {
 	uint64_t errors;
 };
 
-static double
-process_cpu_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
-}
-
-/* child_cpu_us is the CPU time (user + system) of process pid so far. */
-static double
-child_cpu_us(pid_t pid)
-{
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-	FILE *f = fopen(path, "r");
-	if (f == NULL)
-		return 0;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	/* fields 14 and 15 (utime, stime), counted after the ")" of the name */
-	const char *p = strrchr(buf, ')');
-	unsigned long ut = 0, st = 0;
-	if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-		return 0;
-	return (double) (ut + st) * 1e6 / (double) sysconf(_SC_CLK_TCK);
-}
-
 struct worker {
 	struct bench *b;
 	int id;
-	struct lat lat;
-	struct lat srv; /* server_time_us of the same requests */
+	struct bench_lat lat;
+	struct bench_lat srv; /* server_time_us of the same requests */
 	uint64_t errors;
 	atomic_int *stop;
 	uint64_t t0;
 	int open_loop;
 };
-
-static void
-sleep_until(uint64_t t_us)
-{
-	uint64_t now = cdx_now_us();
-	if (t_us <= now)
-		return;
-	struct timespec ts = { .tv_sec = (time_t) ((t_us - now) / 1000000),
-		.tv_nsec = (long) ((t_us - now) % 1000000) * 1000 };
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
-}
 
 static void *
 inprocess_thread(void *arg)
@@ -167,8 +87,8 @@ inprocess_thread(void *arg)
 		if (cdx_collection_search(b->coll, &p, b->queries + qi * b->dim, b->batch, hits) != CDX_OK)
 			w->errors++;
 		uint64_t us = cdx_now_us() - t;
-		lat_add(&w->lat, us);
-		lat_add(&w->srv, us);
+		bench_lat_add(&w->lat, us);
+		bench_lat_add(&w->srv, us);
 	}
 	free(hits);
 	return NULL;
@@ -200,7 +120,7 @@ client_thread(void *arg)
 		uint64_t t = cdx_now_us();
 		if (w->open_loop) {
 			t = start + (uint64_t) (interval_us * (double) i);
-			sleep_until(t);
+			bench_sleep_until(t);
 			if (atomic_load(w->stop))
 				break;
 		}
@@ -208,8 +128,8 @@ client_thread(void *arg)
 		if (cdx_client_search(c, &q, &r, &err) != CDX_OK)
 			w->errors++;
 		else {
-			lat_add(&w->lat, cdx_now_us() - t);
-			lat_add(&w->srv, r->server_time_us);
+			bench_lat_add(&w->lat, cdx_now_us() - t);
+			bench_lat_add(&w->srv, r->server_time_us);
 		}
 		cdx_result_free(r);
 	}
@@ -237,45 +157,45 @@ run(struct bench *b, void *(*fn)(void *), unsigned nthreads, int open_loop)
 	}
 	pthread_attr_destroy(&attr);
 	/* warm up for 10% of the time, then measure from a clean slate */
-	sleep_until(t0 + (uint64_t) (b->seconds * 1e5));
+	bench_sleep_until(t0 + (uint64_t) (b->seconds * 1e5));
 	uint64_t m0 = cdx_now_us();
-	double c0 = process_cpu_us();
-	double s0 = b->server_pid > 0 && fn != inprocess_thread ? child_cpu_us(b->server_pid) : 0;
+	double c0 = bench_process_cpu_us();
+	double s0 = b->server_pid > 0 && fn != inprocess_thread ? bench_child_cpu_us(b->server_pid) : 0;
 	size_t *skip = calloc(nthreads, sizeof(*skip));
 	for (unsigned i = 0; i < nthreads; i++)
 		skip[i] = w[i].lat.n; /* racy read of a counter: only used as a rough cut */
-	sleep_until(m0 + (uint64_t) (b->seconds * 1e6));
+	bench_sleep_until(m0 + (uint64_t) (b->seconds * 1e6));
 	uint64_t m1 = cdx_now_us();
-	double c1 = process_cpu_us();
-	double s1 = b->server_pid > 0 && fn != inprocess_thread ? child_cpu_us(b->server_pid) : 0;
+	double c1 = bench_process_cpu_us();
+	double s1 = b->server_pid > 0 && fn != inprocess_thread ? bench_child_cpu_us(b->server_pid) : 0;
 	size_t *end = calloc(nthreads, sizeof(*end));
 	for (unsigned i = 0; i < nthreads; i++)
 		end[i] = w[i].lat.n;
 	atomic_store(&stop, 1);
 	for (unsigned i = 0; i < nthreads; i++)
 		pthread_join(th[i], NULL);
-	struct lat all = { 0 }, srv = { 0 };
+	struct bench_lat all = { 0 }, srv = { 0 };
 	struct result r = { 0 };
 	for (unsigned i = 0; i < nthreads; i++) {
 		for (size_t j = skip[i]; j < end[i] && j < w[i].lat.n; j++) {
-			lat_add(&all, w[i].lat.v[j]);
-			lat_add(&srv, w[i].srv.v[j]);
+			bench_lat_add(&all, w[i].lat.v[j]);
+			bench_lat_add(&srv, w[i].srv.v[j]);
 		}
 		r.errors += w[i].errors;
-		free(w[i].lat.v);
-		free(w[i].srv.v);
+		bench_lat_fini(&w[i].lat);
+		bench_lat_fini(&w[i].srv);
 	}
-	qsort(all.v, all.n, sizeof(*all.v), cmp_u64);
-	qsort(srv.v, srv.n, sizeof(*srv.v), cmp_u64);
-	r.srv_p50 = pct(&srv, 0.50);
-	r.srv_p99 = pct(&srv, 0.99);
-	free(srv.v);
+	bench_lat_sort(&all);
+	bench_lat_sort(&srv);
+	r.srv_p50 = bench_lat_pct(&srv, 0.50);
+	r.srv_p99 = bench_lat_pct(&srv, 0.99);
+	bench_lat_fini(&srv);
 	r.qps = (double) all.n / ((double) (m1 - m0) / 1e6);
-	r.p50 = pct(&all, 0.50);
-	r.p99 = pct(&all, 0.99);
+	r.p50 = bench_lat_pct(&all, 0.50);
+	r.p99 = bench_lat_pct(&all, 0.99);
 	r.cpu_us = all.n ? (c1 - c0) / (double) all.n : 0;
 	r.srv_cpu_us = all.n ? (s1 - s0) / (double) all.n : 0;
-	free(all.v);
+	bench_lat_fini(&all);
 	free(skip);
 	free(end);
 	free(w);
@@ -308,84 +228,6 @@ load_queries(struct bench *b)
 	b->queries = (float *) buf.data;
 	b->nq = n;
 	return n > 0 ? CDX_OK : cdx_error(CDX_EEMPTY, "%s: no queries", b->queries_path);
-}
-
-static int
-free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	if (fd < 0 || bind(fd, (struct sockaddr *) &a, sizeof(a)) != 0
-	    || getsockname(fd, (struct sockaddr *) &a, &len) != 0)
-		return 0;
-	close(fd);
-	return ntohs(a.sin_port);
-}
-
-/* parse_cpus reads a CPU list like "0", "1-3" or "0,2". */
-static int
-parse_cpus(const char *arg, cpu_set_t *set)
-{
-	CPU_ZERO(set);
-	const char *p = arg;
-	while (*p) {
-		char *e;
-		long a = strtol(p, &e, 10), z = a;
-		if (e == p || a < 0 || a >= CPU_SETSIZE)
-			return -1;
-		if (*e == '-') {
-			p = e + 1;
-			z = strtol(p, &e, 10);
-			if (e == p || z < a || z >= CPU_SETSIZE)
-				return -1;
-		}
-		for (long c = a; c <= z; c++)
-			CPU_SET((int) c, set);
-		p = *e == ',' ? e + 1 : e;
-		if (*e != ',' && *e != '\0')
-			return -1;
-	}
-	return CPU_COUNT(set) > 0 ? 0 : -1;
-}
-
-/* spawn_server starts `candex serve` pinned to the server CPUs and waits
- * until it answers a health check. */
-static pid_t
-spawn_server(struct bench *b, const char *candex, const char *ipc, const char *tcp)
-{
-	char threads[16], queue[16], maxk[16];
-	snprintf(threads, sizeof(threads), "%u", b->threads);
-	snprintf(queue, sizeof(queue), "%u", 4 * b->clients); /* throughput, not admission */
-	snprintf(maxk, sizeof(maxk), "%u", b->k > 1000 ? b->k : 1000);
-	pid_t pid = fork();
-	if (pid == 0) {
-		sched_setaffinity(0, sizeof(cpu_set_t), &b->server_cpus);
-		execl(candex, candex, "serve", "--index-dir", b->index_dir, "--listen", ipc, "--listen", tcp,
-		    "--threads", threads, "--queue-max", queue, "--max-k", maxk, "--log-level", "warn",
-		    (char *) NULL);
-		fprintf(stderr, "bench_server: cannot run %s: %s\n", candex, strerror(errno));
-		_exit(127);
-	}
-	if (pid < 0)
-		return -1;
-	struct cdx_client_options o = { .timeout_ms = 1000 };
-	struct cdx_client_error err;
-	for (int i = 0; i < 300; i++) {
-		cdx_client *c;
-		if (cdx_client_open(&c, ipc, &o, &err) == CDX_OK) {
-			int rc = cdx_client_health(c, &err);
-			cdx_client_close(c);
-			if (rc == CDX_OK)
-				return pid;
-		}
-		if (waitpid(pid, NULL, WNOHANG) == pid)
-			return -1;
-		usleep(100000);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
-	return -1;
 }
 
 static void
@@ -504,22 +346,18 @@ main(int argc, char **argv)
 	}
 	char candex_buf[4096];
 	if (server_cpus != NULL) {
-		if (parse_cpus(server_cpus, &b.server_cpus) != 0
-		    || parse_cpus(client_cpus, &b.client_cpus) != 0) {
+		if (bench_parse_cpus(server_cpus, &b.server_cpus) != 0
+		    || bench_parse_cpus(client_cpus, &b.client_cpus) != 0) {
 			fprintf(stderr, "bench_server: bad CPU list (want e.g. 0, 1-3 or 0,2)\n");
 			return 2;
 		}
 		b.pinned = 1;
 		if (candex == NULL) {
 			/* the candex binary sits next to bench_server in the build directory */
-			ssize_t n = readlink("/proc/self/exe", candex_buf, sizeof(candex_buf) - 1);
-			candex_buf[n > 0 ? n : 0] = '\0';
-			char *slash = strrchr(candex_buf, '/');
-			if (slash == NULL || (size_t) (slash - candex_buf) + 8 > sizeof(candex_buf)) {
+			if (bench_candex_path(candex_buf, sizeof(candex_buf)) != 0) {
 				fprintf(stderr, "bench_server: give --candex PATH\n");
 				return 2;
 			}
-			strcpy(slash + 1, "candex");
 			candex = candex_buf;
 		}
 		/* this thread, and the nng threads the clients start, run on the client CPUs */
@@ -579,14 +417,22 @@ main(int argc, char **argv)
 		nurls = 1;
 	} else if (b.pinned) {
 		snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
-		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
-		if ((b.server_pid = spawn_server(&b, candex, ipc, tcp)) <= 0) {
+		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", bench_free_port());
+		struct bench_serve so = { .candex = candex,
+			.index_dir = b.index_dir,
+			.urls = { ipc, tcp },
+			.nurls = 2,
+			.threads = b.threads,
+			.queue_max = 4 * b.clients, /* throughput, not admission */
+			.max_k = b.k > 1000 ? b.k : 1000,
+			.cpus = &b.server_cpus };
+		if ((b.server_pid = bench_serve_start(&so)) <= 0) {
 			fprintf(stderr, "bench_server: %s serve did not come up\n", candex);
 			return 1;
 		}
 	} else {
 		snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-%d.ipc", (int) getpid());
-		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", free_port());
+		snprintf(tcp, sizeof(tcp), "tcp://127.0.0.1:%d", bench_free_port());
 		cfg.index_dir = strdup(b.index_dir);
 		cfg.listen[0] = strdup(ipc);
 		cfg.listen[1] = strdup(tcp);
@@ -622,10 +468,7 @@ main(int argc, char **argv)
 		fflush(stdout);
 	}
 	cdx_server_stop(srv);
-	if (b.server_pid > 0) {
-		kill(b.server_pid, SIGTERM);
-		waitpid(b.server_pid, NULL, 0);
-	}
+	bench_serve_stop(b.server_pid);
 	cdx_server_config_fini(&cfg);
 	cdx_collection_unref(b.coll);
 	free(b.queries);

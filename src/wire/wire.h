@@ -23,6 +23,10 @@ int cdx__wire_pack(const ProtobufCMessage *pb, nng_msg **mp);
 /* cdx__nng_code maps an nng error to the closest candex code. */
 int cdx__nng_code(int nng_rv);
 
+/* cdx_wire_http_status is the HTTP status that stands for a candex status
+ * code on the HTTP/JSON gateway (docs/protocol.md lists them). */
+int cdx_wire_http_status(int code);
+
 /* cdx__tls_config builds an nng TLS configuration for mode (client or
  * server) with our certificate + key (both or neither) and the CA that peers
  * must be signed by; with a CA, peers must present a certificate (mutual

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/wire.h"
+#include "wire/wire.h"
 #include "common/common.h"
 
 int
@@ -67,6 +67,40 @@ cdx__nng_code(int rv)
 		return CDX_EUNAVAIL;
 	default:
 		return CDX_EINTERNAL;
+	}
+}
+
+int
+cdx_wire_http_status(int code)
+{
+	switch (code) {
+	case CDX_OK:
+		return 200;
+	case CDX_ENOTFOUND:
+		return 404;
+	case CDX_EPERM:
+		return 403;
+	case CDX_EMODEL:
+		return 409;
+	case CDX_ELIMIT:
+		return 413;
+	case CDX_EOVERLOAD:
+	case CDX_EUNAVAIL:
+	case CDX_ECLOSED:
+	case CDX_EINTERRUPTED:
+		return 503;
+	case CDX_ETIMEDOUT:
+		return 504;
+	case CDX_EINVAL:
+	case CDX_EDIM:
+	case CDX_ENONFINITE:
+	case CDX_EDUP:
+	case CDX_EEMPTY:
+	case CDX_EVERSION:
+	case CDX_EPROTO:
+		return 400;
+	default: /* ENOMEM, EIO, ENOSPC, ECORRUPT, EFAISS, EINTERNAL, ETLS */
+		return 500;
 	}
 }
 

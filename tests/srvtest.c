@@ -1,42 +1,12 @@
 /*
- * srvtest.h — helpers for the server's integration tests (header-only, one
- * copy per test executable): build a real index with `candex build`, run
- * `candex serve` as a child process, talk to it through the client library,
- * a raw nng socket or a raw HTTP GET.
+ * srvtest.c — the server test helpers declared in srvtest.h.
  */
-#ifndef CANDEX_SRVTEST_H
-#define CANDEX_SRVTEST_H
-
 #define _GNU_SOURCE
-#include "testutil.h"
+#include "srvtest.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
-#include <nng/nng.h>
-
-#include "candex.pb-c.h"
-#include "candex/client.h"
-#include "common/common.h"
-
-/* st_build writes n x dim clustered vectors (seeded) and keys
- * "<prefix><row>" into dir and builds collection coll into dir/index with
- * the extra build options. Returns the vectors (caller frees). */
-static inline float *
+float *
 st_build(const char *dir, const char *coll, size_t n, size_t dim, uint64_t seed, const char *metric,
     const char *keyprefix, const char *extra)
 {
@@ -59,8 +29,7 @@ st_build(const char *dir, const char *coll, size_t n, size_t dim, uint64_t seed,
 	return x;
 }
 
-/* st_current returns the version name CURRENT points at (static buffer). */
-static inline const char *
+const char *
 st_current(const char *dir, const char *coll)
 {
 	static char buf[4096];
@@ -73,14 +42,7 @@ st_current(const char *dir, const char *coll)
 	return slash ? slash + 1 : buf;
 }
 
-struct st_server {
-	pid_t pid;
-	char log[4096];
-	char url[4200];   /* ipc:// query URL */
-	char admin[4200]; /* ipc:// admin URL */
-};
-
-static inline int
+int
 st_log_has(const struct st_server *s, const char *what)
 {
 	char *text = NULL;
@@ -92,7 +54,21 @@ st_log_has(const struct st_server *s, const char *what)
 	return has;
 }
 
-static inline void
+int
+st_log_count(const struct st_server *s, const char *what)
+{
+	char *text = NULL;
+	size_t len;
+	int n = 0;
+	if (cdx_read_file(s->log, &text, &len) != CDX_OK)
+		return 0;
+	for (const char *p = strstr(text, what); p != NULL; p = strstr(p + 1, what))
+		n++;
+	free(text);
+	return n;
+}
+
+void
 st_dump_log(const struct st_server *s)
 {
 	char *text = NULL;
@@ -102,7 +78,7 @@ st_dump_log(const struct st_server *s)
 	free(text);
 }
 
-static inline void
+void
 st_sleep_ms(unsigned ms)
 {
 	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long) (ms % 1000) * 1000000L };
@@ -110,15 +86,16 @@ st_sleep_ms(unsigned ms)
 		;
 }
 
-/* st_start_args runs `candex serve <args>` (stdout+stderr to a log in dir)
- * and waits for SRV-READY. Returns 0, or -1 if the server exited (its log
- * is printed). s->url and s->admin are left for the caller to set. */
-static inline int
-st_start_args(struct st_server *s, const char *dir, const char *tag, const char *args)
+/* st_start_cmd runs `candex <command> <args>` (stdout+stderr to a log in
+ * dir) and waits for the log line ready. Returns 0, or -1 if the process
+ * exited (its log is printed). s->url and s->admin are left for the caller. */
+int
+st_start_cmd(struct st_server *s, const char *dir, const char *tag, const char *command, const char *args,
+    const char *ready)
 {
 	char *cmd = NULL;
-	snprintf(s->log, sizeof(s->log), "%.3800s/serve-%.100s.log", dir, tag);
-	assert_true(asprintf(&cmd, "exec %s serve %s >%s 2>&1", CANDEX_BIN, args, s->log) > 0);
+	snprintf(s->log, sizeof(s->log), "%.3800s/%s-%.100s.log", dir, command, tag);
+	assert_true(asprintf(&cmd, "exec %s %s %s >%s 2>&1", CANDEX_BIN, command, args, s->log) > 0);
 	unlink(s->log);
 	pid_t pid = fork();
 	assert_true(pid >= 0);
@@ -130,7 +107,7 @@ st_start_args(struct st_server *s, const char *dir, const char *tag, const char 
 	free(cmd);
 	s->pid = pid;
 	for (int i = 0; i < 3000; i++) {
-		if (st_log_has(s, "SRV-READY"))
+		if (st_log_has(s, ready))
 			return 0;
 		int status;
 		if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -144,9 +121,13 @@ st_start_args(struct st_server *s, const char *dir, const char *tag, const char 
 	return -1;
 }
 
-/* st_start runs `candex serve --index-dir dir/index --listen ipc://dir/q.ipc
- * --admin-listen ipc://dir/admin.ipc <extra>` and waits for SRV-READY. */
-static inline int
+int
+st_start_args(struct st_server *s, const char *dir, const char *tag, const char *args)
+{
+	return st_start_cmd(s, dir, tag, "serve", args, "SRV-READY");
+}
+
+int
 st_start(struct st_server *s, const char *dir, const char *tag, const char *extra)
 {
 	char *args = NULL;
@@ -161,9 +142,7 @@ st_start(struct st_server *s, const char *dir, const char *tag, const char *extr
 	return rc;
 }
 
-/* st_stop sends sig and waits (up to 20 s). Returns the exit status, or
- * 128 + signal number if it was killed by a signal, or -1 on timeout. */
-static inline int
+int
 st_stop(struct st_server *s, int sig)
 {
 	int status;
@@ -186,7 +165,7 @@ st_stop(struct st_server *s, int sig)
 	return -1;
 }
 
-static inline cdx_client *
+cdx_client *
 st_client(const char *url, uint32_t timeout_ms, uint32_t retries)
 {
 	struct cdx_client_options o = { .timeout_ms = timeout_ms, .retries = retries };
@@ -199,8 +178,7 @@ st_client(const char *url, uint32_t timeout_ms, uint32_t retries)
 	return c;
 }
 
-/* st_free_port returns a TCP port on 127.0.0.1 that was free a moment ago. */
-static inline int
+int
 st_free_port(void)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -213,25 +191,31 @@ st_free_port(void)
 	return ntohs(a.sin_port);
 }
 
-/* st_http_get does a raw HTTP/1.0 GET on 127.0.0.1:port and returns the
- * status code; *body (malloc'd) gets the whole response after the headers. */
-static inline int
-st_http_get(int port, const char *path, char **body)
+int
+st_http(int port, const char *method, const char *path, const char *headers, const char *body, char **resp)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in a = { .sin_family = AF_INET,
 		.sin_port = htons((uint16_t) port),
 		.sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	char req[512];
 	cdx_buf b = { 0 };
-	*body = NULL;
+	*resp = NULL;
 	if (fd < 0 || connect(fd, (struct sockaddr *) &a, sizeof(a)) != 0) {
 		if (fd >= 0)
 			close(fd);
 		return -1;
 	}
-	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-	if (write(fd, req, (size_t) n) != n) {
+	size_t blen = body != NULL ? strlen(body) : 0;
+	cdx_buf_printf(&b, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%s", method, path, headers ? headers : "");
+	if (body != NULL)
+		cdx_buf_printf(&b, "Content-Type: application/json\r\nContent-Length: %zu\r\n", blen);
+	cdx_buf_append(&b, "\r\n", 2);
+	if (body != NULL)
+		cdx_buf_append(&b, body, blen);
+	ssize_t sent = send(fd, b.data, b.len, MSG_NOSIGNAL);
+	int complete = sent == (ssize_t) b.len;
+	cdx_buf_fini(&b);
+	if (!complete) {
 		close(fd);
 		return -1;
 	}
@@ -247,16 +231,18 @@ st_http_get(int port, const char *path, char **body)
 		return -1;
 	}
 	const char *sep = strstr(b.data, "\r\n\r\n");
-	*body = strdup(sep ? sep + 4 : "");
+	*resp = strdup(sep ? sep + 4 : "");
 	cdx_buf_fini(&b);
 	return code;
 }
 
-/* st_sp_connect opens a plain socket to an ipc:// or tcp://127.0.0.1:PORT
- * URL (the tests' own addresses). Returns the fd or -1; *ipc says which. */
-/* st_metric_in returns the value of the sample series (name and labels,
- * as printed) in a /metrics body, or -1 if there is none. */
-static inline double
+int
+st_http_get(int port, const char *path, char **body)
+{
+	return st_http(port, "GET", path, NULL, NULL, body);
+}
+
+double
 st_metric_in(const char *body, const char *series)
 {
 	size_t n = strlen(series);
@@ -266,9 +252,7 @@ st_metric_in(const char *body, const char *series)
 	return -1;
 }
 
-/* st_metric_or reads one sample (name with its labels, if any) from a
- * server's /metrics, or returns dflt when the series is absent. */
-static inline double
+double
 st_metric_or(int http_port, const char *name, double dflt)
 {
 	char *body = NULL;
@@ -278,8 +262,7 @@ st_metric_or(int http_port, const char *name, double dflt)
 	return v < 0 ? dflt : v;
 }
 
-/* st_metric reads one sample that must be present. */
-static inline double
+double
 st_metric(int http_port, const char *name)
 {
 	double v = st_metric_or(http_port, name, NAN);
@@ -288,7 +271,7 @@ st_metric(int http_port, const char *name)
 	return v;
 }
 
-static inline int
+int
 st_sp_connect(const char *url, int *ipc)
 {
 	int fd;
@@ -317,7 +300,7 @@ st_sp_connect(const char *url, int *ipc)
 	return fd;
 }
 
-static inline int
+int
 st_recv_all(int fd, void *buf, size_t len, uint64_t until)
 {
 	size_t got = 0;
@@ -335,12 +318,7 @@ st_recv_all(int fd, void *buf, size_t len, uint64_t until)
 	return 0;
 }
 
-/* st_raw_call is a REQ peer written by hand (SP handshake, one framed
- * request with a request id, one framed reply): the raw bytes go to the
- * server as they are, and the test's side has no nng state that could hang
- * (nng 1.5 can hang closing a REQ socket, nanomsg/nng#1813). Returns the
- * decoded reply, or NULL if none came within timeout_ms. */
-static inline Candex__V1__Response *
+Candex__V1__Response *
 st_raw_call(const char *url, const void *data, size_t len, int timeout_ms)
 {
 	static const uint8_t hs[8] = { 0, 'S', 'P', 0, 0x00, 0x30, 0, 0 }; /* REQ0 */
@@ -381,8 +359,7 @@ done:
 	return resp;
 }
 
-/* st_raw_request packs req and calls st_raw_call. */
-static inline Candex__V1__Response *
+Candex__V1__Response *
 st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 {
 	size_t len = candex__v1__request__get_packed_size(req);
@@ -394,8 +371,7 @@ st_raw_request(const char *url, Candex__V1__Request *req, int timeout_ms)
 	return resp;
 }
 
-/* st_search is cdx_client_search that asserts success. */
-static inline struct cdx_result *
+struct cdx_result *
 st_search(cdx_client *c, const struct cdx_query *q)
 {
 	struct cdx_result *r = NULL;
@@ -406,5 +382,3 @@ st_search(cdx_client *c, const struct cdx_query *q)
 	assert_int_equal(rc, CDX_OK);
 	return r;
 }
-
-#endif
