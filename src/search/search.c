@@ -466,8 +466,8 @@ satisfied(const struct search_ctx *x, size_t got, size_t seen)
  * more candidates or more lists each round, until it is satisfied or has
  * searched everything. *nprobe_used gets the widest nprobe used. */
 static int
-widen(const struct search_ctx *x, const float *qi, const float *q, int full, size_t got, struct cdx_hit *hits,
-    size_t kout, struct crowd *cr, int *exhausted, uint32_t *nprobe_used)
+widen(const struct search_ctx *x, const float *qi, const float *q, int full, size_t got, size_t seen,
+    struct cdx_hit *hits, size_t kout, struct crowd *cr, int *exhausted, uint32_t *nprobe_used)
 {
 	const struct cdx_collection_data *d = x->c->d;
 	struct search_ctx y = *x;
@@ -484,7 +484,8 @@ widen(const struct search_ctx *x, const float *qi, const float *q, int full, siz
 			rc = CDX_ETIMEDOUT;
 			break;
 		}
-		if (full && y.kf < max_rows && got < y.need) /* crowding or a post-filter dropped some */
+		/* crowding or a post-filter dropped some: deeper in the same lists */
+		if (full && y.kf < max_rows && (got < y.need || (y.thinning && seen < y.seen_min)))
 			y.kf = (size_t) CDX_MIN((uint64_t) y.kf * 2, max_rows);
 		else if (d->nlist > 0 && y.nprobe < d->nlist)
 			y.nprobe = CDX_MIN(y.nprobe * 2, d->nlist);
@@ -502,7 +503,6 @@ widen(const struct search_ctx *x, const float *qi, const float *q, int full, siz
 			rc = cdx_error(CDX_ENOMEM, "widened search of %zu candidates", y.kf);
 			break;
 		}
-		size_t seen;
 		if ((rc = search_slice(&y, qi, 0, 1, D, I)) != CDX_OK
 		    || (rc = merge_query(&y, 0, 1, q, D, I, cand, cr, hits, kout, &got, &full, &seen))
 		        != CDX_OK)
@@ -629,6 +629,16 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
 	x.need = CDX_MIN(x.need, (size_t) c->d->items);
 	x.seen_min = x.kf;
+	/* A shard that cannot filter in its scan (fast-scan) returns rows that
+	 * do not pass: ask it for kf / s, so that about kf of them pass (up to
+	 * 64 x; widening goes further). */
+	int post_filtered = 0;
+	for (uint32_t sh = 0; sh < c->d->nshards; sh++)
+		post_filtered |= !c->d->shards[sh].selector_scan;
+	if (x.thinning && post_filtered && selectivity < 1.0) {
+		double more = ceil((double) x.kf / CDX_MAX(selectivity, 1.0 / 64));
+		x.kf = (size_t) CDX_MIN(more, (double) c->d->items);
+	}
 	if (x.crowd_col >= 0) {
 		uint64_t slots = 16;
 		while (slots < 2 * (uint64_t) x.need)
@@ -722,7 +732,7 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			uint32_t np;
 			widened++;
 			rc = widen(
-			    &x, qx + i * x.qdim, q + i * dim, full, got, h, p->k, &cr, &exhausted, &np);
+			    &x, qx + i * x.qdim, q + i * dim, full, got, seen, h, p->k, &cr, &exhausted, &np);
 			nprobe_max = CDX_MAX(nprobe_max, np);
 		}
 		if (p->exhausted != NULL)

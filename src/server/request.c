@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/idlist.h"
 #include "recommend/recommend.h"
 #include "server/server.h"
 
@@ -107,19 +108,6 @@ cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_m
 	return CDX_OK;
 }
 
-static int
-get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-		uint8_t b = *(*p)++;
-		*v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0)
-			return 0;
-	}
-	return -1;
-}
-
 /* field walks one field: *num and *wt are its number and wire type, and
  * [*val, *val + *len) its payload (a varint's bytes, or the bytes of a
  * length-delimited field). Returns -1 on bytes that cannot be a field. */
@@ -127,14 +115,14 @@ static int
 field(const uint8_t **p, const uint8_t *end, uint64_t *num, int *wt, const uint8_t **val, size_t *len)
 {
 	uint64_t tag, v;
-	if (get_varint(p, end, &tag) != 0)
+	if (cdx_varint_get(p, end, &tag) != 0)
 		return -1;
 	*num = tag >> 3;
 	*wt = (int) (tag & 7);
 	*val = *p;
 	switch (*wt) {
 	case 0:
-		if (get_varint(p, end, &v) != 0)
+		if (cdx_varint_get(p, end, &v) != 0)
 			return -1;
 		break;
 	case 1:
@@ -146,7 +134,7 @@ field(const uint8_t **p, const uint8_t *end, uint64_t *num, int *wt, const uint8
 		break;
 	}
 	case 2:
-		if (get_varint(p, end, &v) != 0 || v > (uint64_t) (end - *p))
+		if (cdx_varint_get(p, end, &v) != 0 || v > (uint64_t) (end - *p))
 			return -1;
 		*val = *p;
 		*p += v;
@@ -204,7 +192,7 @@ scan_search(const uint8_t *p, size_t len, struct srv_counts *c)
 			if (wt == 0) {
 				const uint8_t *q = val;
 				uint64_t v;
-				get_varint(&q, val + n, &v);
+				cdx_varint_get(&q, val + n, &v);
 				c->dim = v;
 			}
 			break;
