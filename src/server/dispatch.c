@@ -7,9 +7,28 @@
  * thread decodes and checks it; health/info/errors are answered there; a
  * search is admitted to the queue or answered OVERLOADED; a reload goes to
  * the reload thread) -> QUEUED (a worker searches) -> whoever answers packs
- * the Response and calls nng_ctx_send with the context's aio -> SEND
- * completes (callback) -> RECV again. Exactly one party owns a context
- * between RECV and SEND, so a context needs no lock.
+ * the Response and sends it (see "Replies" below) -> RECV again. Exactly
+ * one party owns a context between RECV and SEND, so a context needs no
+ * lock.
+ *
+ * Intake. A request of up to SRV_INLINE_INTAKE_MAX bytes goes through
+ * intake on the nng thread that received it; a larger one goes to the
+ * intake thread, so that a big decode never holds up nng's I/O threads.
+ *
+ * Replies. A reply goes out on the context's saio, which has no callback.
+ * When the reply's connection is not busy writing an earlier reply, nng
+ * 1.5.2's REP context hands the message to the connection and completes
+ * the send before nng_ctx_send returns (rep0_ctx_send); without a callback
+ * that completion runs on the sending thread, where a callback would have
+ * woken one of nng's task threads. nng_aio_count() is then the message's
+ * length, and whoever sent re-arms the context's receive at once. Otherwise
+ * (the connection is still writing an earlier reply, or the send failed)
+ * nng completes the send later, from its own thread, where nothing tells us:
+ * the context goes to the sender thread, which waits for the send (at most
+ * until SRV_REPLY_GRACE_MS after the request's deadline: its client has
+ * given up by then) and then re-arms it. Workers never wait for a client.
+ * Measured in BENCHMARKS.md ("Fewer hand-offs"): 2-3 context switches a
+ * request fewer than a send callback.
  */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -29,6 +48,16 @@
 #include "recall/online.h"
 
 #define SRV_ADMIN_CONNECTIONS 16
+/* Requests up to this size go through intake on the nng thread that
+ * received them: decoding a few KiB costs less than waking the intake
+ * thread (one context switch or more a request on this VM). Larger ones
+ * go to the intake thread, so that a big decode never holds up nng's I/O
+ * threads. A batch of 16 queries of 784 floats is 50 KiB. */
+#define SRV_INLINE_INTAKE_MAX (64u << 10)
+/* A reply still waiting for its connection this long after its request's
+ * deadline is dropped: its client has given up (the sender thread's wait
+ * is bounded by it). */
+#define SRV_REPLY_GRACE_MS 1000
 
 static const char *
 str_or_empty(const char *s)
@@ -57,9 +86,97 @@ request_free(struct srv_ctx *x)
 		cdx_collection_unref(x->coll);
 		x->coll = NULL;
 	}
-	cdx_rowset_unref(x->blocked);
-	x->blocked = NULL;
 	x->peeked_id[0] = '\0';
+}
+
+/* reply_sent finishes a send on x->saio that has completed (or will
+ * complete without us: nng_aio_wait waits for it), and receives the next
+ * request. */
+static void
+reply_sent(struct srv_ctx *x)
+{
+	nng_aio_wait(x->saio);
+	int rv = nng_aio_result(x->saio);
+	if (rv == NNG_ETIMEDOUT)
+		atomic_fetch_add(&x->s->m.replies_dropped, 1);
+	if (rv != 0)
+		nng_msg_free(nng_aio_get_msg(x->saio)); /* not sent: still ours */
+	nng_aio_set_msg(x->saio, NULL);
+	atomic_fetch_sub(&x->s->in_flight, 1);
+	x->state = CTX_RECV;
+	nng_ctx_recv(x->ctx, x->aio);
+}
+
+/* reply_send sends msg on x (see "Replies" above); wait_ms bounds how long
+ * it may wait for its connection. */
+static void
+reply_send(struct srv_ctx *x, nng_msg *msg, nng_duration wait_ms)
+{
+	cdx_server *s = x->s;
+	x->state = CTX_SEND;
+	nng_aio_set_timeout(x->saio, wait_ms);
+	nng_aio_set_msg(x->saio, msg);
+	nng_ctx_send(x->ctx, x->saio);
+	if (nng_aio_count(x->saio) > 0) {
+		reply_sent(x); /* handed to the connection already */
+		return;
+	}
+	atomic_fetch_add(&s->m.replies_waited, 1);
+	pthread_mutex_lock(&s->snd_mu);
+	x->next = NULL;
+	if (s->snd_tail != NULL)
+		s->snd_tail->next = x;
+	else
+		s->snd_head = x;
+	s->snd_tail = x;
+	pthread_cond_signal(&s->snd_cv);
+	pthread_mutex_unlock(&s->snd_mu);
+}
+
+static void *
+sender_main(void *arg)
+{
+	cdx_server *s = arg;
+	pthread_mutex_lock(&s->snd_mu);
+	for (;;) {
+		while (s->snd_head == NULL && !s->snd_stop)
+			pthread_cond_wait(&s->snd_cv, &s->snd_mu);
+		struct srv_ctx *x = s->snd_head;
+		if (x == NULL)
+			break; /* stopped, and nothing left */
+		s->snd_head = x->next;
+		if (s->snd_head == NULL)
+			s->snd_tail = NULL;
+		pthread_mutex_unlock(&s->snd_mu);
+		reply_sent(x);
+		pthread_mutex_lock(&s->snd_mu);
+	}
+	pthread_mutex_unlock(&s->snd_mu);
+	return NULL;
+}
+
+int
+cdx__srv_sender_start(cdx_server *s)
+{
+	if (pthread_create(&s->sender, NULL, sender_main, s) != 0)
+		return cdx_error(CDX_ENOMEM, "cannot start the sender thread");
+	s->sender_started = 1;
+	return CDX_OK;
+}
+
+/* sender_stop ends the sender thread once it has finished every send
+ * handed to it (after the sockets closed, all of them complete). */
+static void
+sender_stop(cdx_server *s)
+{
+	if (!s->sender_started)
+		return;
+	pthread_mutex_lock(&s->snd_mu);
+	s->snd_stop = 1;
+	pthread_cond_signal(&s->snd_cv);
+	pthread_mutex_unlock(&s->snd_mu);
+	pthread_join(s->sender, NULL);
+	s->sender_started = 0;
 }
 
 /* release ends a request without an answer (its client is gone, or the
@@ -105,10 +222,12 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 		release(x);
 		return;
 	}
+	uint64_t by
+	    = x->deadline_us > 0 ? x->deadline_us : x->t_recv_us + (uint64_t) s->cfg.timeout_ms * 1000u;
+	uint64_t now = cdx_now_us();
+	uint64_t wait_ms = (by > now ? (by - now) / 1000u : 0) + SRV_REPLY_GRACE_MS;
 	request_free(x);
-	x->state = CTX_SEND;
-	nng_aio_set_msg(x->aio, msg);
-	nng_ctx_send(x->ctx, x->aio);
+	reply_send(x, msg, (nng_duration) CDX_MIN(wait_ms, (uint64_t) INT32_MAX));
 }
 
 static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char *fmt, ...)
@@ -123,23 +242,6 @@ static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char
 	resp.status = (Candex__V1__Status) code;
 	resp.message = message;
 	send_response(x, &resp);
-}
-
-void
-cdx__srv_send(struct srv_ctx *x, Candex__V1__Response *resp)
-{
-	send_response(x, resp);
-}
-
-void
-cdx__srv_reply_error(struct srv_ctx *x, int code, const char *fmt, ...)
-{
-	char message[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(message, sizeof(message), fmt, ap);
-	va_end(ap);
-	reply_error(x, code, "%s", message);
 }
 
 /* fill_info describes one served collection; strings point into e. */
@@ -273,7 +375,7 @@ reply_lookup(struct srv_ctx *x)
 		    x->s->cfg.max_batch);
 		return;
 	}
-	cdx_collection *c = cdx__srv_lookup_version(x->s, lr->collection, lr->index_version, NULL);
+	cdx_collection *c = cdx__srv_lookup_version(x->s, lr->collection, lr->index_version);
 	if (c == NULL) {
 		char names[512];
 		cdx__srv_names(x->s, names, sizeof(names));
@@ -334,21 +436,12 @@ check_search(struct srv_ctx *x)
 	cdx_server *s = x->s;
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	const struct cdx_server_config *cfg = &s->cfg;
-	char msg[1024];
-	int code;
 
-	if (sr != NULL && sr->n_parts > 0) { /* several collections: recsearch.c */
-		if ((code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
-			reply_error(x, code, "%s", msg);
-			return -1;
-		}
-		return 0;
-	}
 	if (sr == NULL || sr->collection == NULL || sr->collection[0] == '\0') {
 		reply_error(x, CDX_EINVAL, "search request without a collection name");
 		return -1;
 	}
-	if ((x->coll = cdx__srv_lookup_version(s, sr->collection, sr->index_version, &x->blocked)) == NULL) {
+	if ((x->coll = cdx__srv_lookup_version(s, sr->collection, sr->index_version)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
 		if (sr->index_version != NULL && sr->index_version[0] != '\0')
@@ -361,18 +454,19 @@ check_search(struct srv_ctx *x)
 			    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
-	if ((code = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg)))
-	        != CDX_OK
-	    || (code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
-		reply_error(x, code, "%s", msg);
+	char msg[1024];
+	int rc = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg));
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "%s", msg);
 		return -1;
 	}
 	return 0;
 }
 
-/* search_params fills p from x's request, for the cost estimate. */
+/* search_params fills p from x's request; used (may be NULL) is filled by
+ * the search. */
 static void
-search_params(const struct srv_ctx *x, struct cdx_search_params *p)
+search_params(const struct srv_ctx *x, struct cdx_search_params *p, struct cdx_search_used *used)
 {
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	*p = (struct cdx_search_params) {
@@ -385,7 +479,10 @@ search_params(const struct srv_ctx *x, struct cdx_search_params *p)
 		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(x->s->adapt, x->coll, sr->k) : 0,
 		.exclude_ids = sr->exclude_ids,
 		.n_exclude_ids = sr->n_exclude_ids,
+		.exclude_keys = (const char *const *) sr->exclude_keys,
 		.n_exclude_keys = sr->n_exclude_keys,
+		.used = used,
+		.deadline_us = &x->stop_by,
 	};
 }
 
@@ -422,7 +519,10 @@ static uint64_t
 run_search(struct srv_ctx *x, int idle)
 {
 	cdx_server *s = x->s;
-	uint64_t now = cdx_now_us();
+	const Candex__V1__SearchRequest *sr = x->req->search;
+	cdx_collection *c = x->coll;
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
+	uint64_t now = cdx_now_us(), took_us = 0;
 
 	if (x->pipe != 0 && !cdx__srv_conn_open(&s->conns, x->pipe)) {
 		/* the client has gone: nobody would read the answer */
@@ -433,18 +533,137 @@ run_search(struct srv_ctx *x, int idle)
 		return 0;
 	}
 	if (now > x->deadline_us) {
-		if (x->coll != NULL) /* NULL: a search of several collections (parts) */
-			cdx__srv_observe_search(
-			    s, cdx_collection_manifest(x->coll)->collection, now - x->t_recv_us, 0, 0);
+		cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 0, 0);
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
 		    (double) (now - x->t_recv_us) / 1000.0);
 		return 0;
 	}
+	size_t dim = m->dim, nq = sr->n_vectors > 0 ? sr->n_vectors / dim : sr->n_query_keys;
+	const float *queries = sr->vectors;
+	float *owned = NULL;
+	struct cdx_hit *hits = malloc(nq * sr->k * sizeof(*hits));
+	Candex__V1__QueryResult *qrs = calloc(nq, sizeof(*qrs));
+	Candex__V1__QueryResult **qrp = calloc(nq, sizeof(*qrp));
+	Candex__V1__Hit *hitv = calloc(nq * sr->k, sizeof(*hitv));
+	Candex__V1__Hit **hitp = calloc(nq * sr->k, sizeof(*hitp));
+
+	if (hits == NULL || qrs == NULL || qrp == NULL || hitv == NULL || hitp == NULL) {
+		reply_error(x, CDX_ENOMEM, "out of memory for %zu x %u results", nq, sr->k);
+		goto done;
+	}
+	if (sr->n_query_keys > 0) {
+		if ((owned = malloc(nq * dim * sizeof(float))) == NULL) {
+			reply_error(x, CDX_ENOMEM, "out of memory");
+			goto done;
+		}
+		for (size_t i = 0; i < nq; i++) {
+			uint32_t shard, row;
+			int64_t id;
+			int rc = cdx_collection_find_key(c, sr->query_keys[i], &shard, &row, &id);
+			if (rc == CDX_OK)
+				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
+			if (rc != CDX_OK) {
+				if (rc == CDX_ENOTFOUND)
+					reply_error(x, rc, "unknown key '%.*s' in collection '%s'",
+					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
+					    m->collection);
+				else
+					reply_error(x, rc, "key '%.*s': %s",
+					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
+					    cdx_last_error());
+				goto done;
+			}
+		}
+		queries = owned;
+	}
+
+	struct cdx_search_used used;
+	struct cdx_search_params p;
+	search_params(x, &p, &used);
+	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
+	if (parallel) {
+		/* an idle server lends every core to a big batch (search.c
+		 * splits it in slices); workers otherwise stay single-threaded */
+		p.parallel = 1;
+		omp_set_num_threads((int) s->nworkers);
+	}
 	atomic_store(&x->stop_by, x->deadline_us);
 	lower(&x->stop_by, atomic_load(&s->searches_end));
-	return cdx__srv_search_run(x, idle);
+	uint64_t t0 = cdx_now_us();
+	int rc = cdx_collection_search(c, &p, queries, nq, hits);
+	/* calibrate on whole searches only, in one worker's time */
+	if (rc == CDX_OK)
+		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1) * (parallel ? s->nworkers : 1);
+	if (parallel)
+		omp_set_num_threads(1);
+	cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 1, cdx_now_us() - t0);
+	if (rc == CDX_ETIMEDOUT && atomic_load(&x->stop_by) < x->deadline_us) {
+		reply_error(x, CDX_EUNAVAIL,
+		    "server is shutting down: search stopped after %.1f ms; retry on another replica",
+		    (double) (cdx_now_us() - t0) / 1000.0);
+		goto done;
+	}
+	if (rc == CDX_ETIMEDOUT) {
+		atomic_fetch_add(&s->m.deadline_dropped, 1);
+		reply_error(x, rc,
+		    "deadline exceeded after %.1f ms (%.1f ms of it searching); search stopped",
+		    (double) (cdx_now_us() - x->t_recv_us) / 1000.0, (double) (cdx_now_us() - t0) / 1000.0);
+		goto done;
+	}
+	if (rc != CDX_OK) {
+		reply_error(x, rc, "search failed: %s", cdx_last_error());
+		goto done;
+	}
+
+	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
+	Candex__V1__SearchResponse out = CANDEX__V1__SEARCH_RESPONSE__INIT;
+	for (size_t i = 0; i < nq; i++) {
+		candex__v1__query_result__init(&qrs[i]);
+		qrp[i] = &qrs[i];
+		qrs[i].hits = hitp + i * sr->k;
+		for (size_t j = 0; j < sr->k; j++) {
+			const struct cdx_hit *h = &hits[i * sr->k + j];
+			if (h->id < 0)
+				break; /* fewer than k found */
+			Candex__V1__Hit *o = &hitv[i * sr->k + j];
+			candex__v1__hit__init(o);
+			o->id = h->id;
+			o->key = (char *) cdx_collection_key(c, h->shard, h->row);
+			o->score = h->score;
+			qrs[i].hits[qrs[i].n_hits++] = o;
+		}
+		/* the exact re-run knows nothing of exclusions: offer only plain queries */
+		if (sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
+			cdx__srv_recall_offer(
+			    s, c, &p, &used, queries + i * dim, hits + i * sr->k, (uint32_t) qrs[i].n_hits);
+	}
+	atomic_fetch_add(&s->m.queries, nq);
+	if (used.target_unmet)
+		atomic_fetch_add(&s->m.target_unmet, 1);
+	out.n_results = nq;
+	out.results = qrp;
+	out.index_version = (char *) m->version;
+	out.nprobe = used.nprobe;
+	out.refine_factor = used.refine_factor;
+	out.recall_target = used.recall_target;
+	out.expected_recall = (float) used.expected_recall;
+	out.target_unmet = used.target_unmet != 0;
+	out.metric = (char *) cdx_metric_name(m->metric);
+	cdx__srv_fill_coverage(&out, c);
+	out.server_time_us = cdx_now_us() - x->t_recv_us;
+	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;
+	resp.search = &out;
+	send_response(x, &resp); /* packs before dropping the collection: keys stay valid */
+done:
+	free(owned);
+	free(hits);
+	free(qrs);
+	free(qrp);
+	free(hitv);
+	free(hitp);
+	return took_us;
 }
 
 static void *
@@ -581,13 +800,6 @@ intake(struct srv_ctx *x)
 		}
 		cdx__srv_reload_admin(s, x, x->req->reload ? x->req->reload->collection : NULL);
 		return;
-	case CANDEX__V1__REQUEST__BODY_TAKEDOWN:
-		if (!x->admin) {
-			reply_error(x, CDX_EPERM, "takedown is only accepted on the admin listener");
-			return;
-		}
-		cdx__srv_takedown_admin(s, x, x->req->takedown);
-		return;
 	case CANDEX__V1__REQUEST__BODY_DROP:
 		if (!x->admin) {
 			reply_error(x, CDX_EPERM, "drop is only accepted on the admin listener");
@@ -604,25 +816,21 @@ intake(struct srv_ctx *x)
 		x->deadline_us = x->t_recv_us + (uint64_t) t * 1000u;
 		struct cdx_search_params p;
 		char why[256];
-		double units;
-		if (x->coll != NULL) {
-			search_params(x, &p);
-			units = cdx__srv_cost_units(x->coll, batch_size(x), &p);
-		} else {
-			units = cdx__srv_rec_cost_units(s, x->req->search);
-		}
-		cdx__srv_estimate(s, x, units);
-		if (cdx__srv_admit(s, x, why, sizeof(why)) != CDX_OK) {
+		search_params(x, &p, NULL);
+		cdx__srv_estimate(s, x, batch_size(x), &p);
+		int heavy = x->heavy; /* once admitted, x is the worker's */
+		int rc = cdx__srv_admit(s, x, why, sizeof(why));
+		if (rc == CDX_EOVERLOAD)
 			atomic_fetch_add(&s->m.overloaded, 1);
-			reply_error(x, CDX_EOVERLOAD, "%s", why);
-		} else if (x->heavy) {
+		if (rc != CDX_OK)
+			reply_error(x, rc, "%s", why);
+		else if (heavy)
 			atomic_fetch_add(&s->m.heavy, 1);
-		}
 		return;
 	}
 	default:
-		reply_error(x, CDX_EINVAL,
-		    "request has no body (search, info, health, lookup, reload, drop or takedown)");
+		reply_error(
+		    x, CDX_EINVAL, "request has no body (search, info, health, lookup, reload or drop)");
 		return;
 	}
 }
@@ -692,8 +900,9 @@ cdx__srv_intake_stop(cdx_server *s)
 	s->intake_started = 0;
 }
 
-/* received runs on an nng thread: charge the message to the budget and
- * hand it to the intake thread. */
+/* received runs on an nng thread: charge the message to the budget, then
+ * take a small request through intake on this thread, and hand a large one
+ * to the intake thread. */
 static void
 received(struct srv_ctx *x, nng_msg *msg)
 {
@@ -712,6 +921,10 @@ received(struct srv_ctx *x, nng_msg *msg)
 		x->over_budget = 1;
 	}
 	x->state = CTX_INTAKE;
+	if (len <= SRV_INLINE_INTAKE_MAX) {
+		intake(x);
+		return;
+	}
 	pthread_mutex_lock(&s->i_mu);
 	x->next = NULL;
 	if (s->i_tail != NULL)
@@ -739,18 +952,11 @@ ctx_cb(void *arg)
 			return;
 		}
 		x->t_recv_us = cdx_now_us();
+		x->deadline_us = 0; /* set by intake for searches */
 		atomic_fetch_add(&s->in_flight, 1);
 		nng_msg *msg = nng_aio_get_msg(x->aio);
 		nng_aio_set_msg(x->aio, NULL);
 		received(x, msg);
-		return;
-	case CTX_SEND:
-		if (rv != 0)
-			nng_msg_free(nng_aio_get_msg(x->aio)); /* not sent: still ours */
-		nng_aio_set_msg(x->aio, NULL);
-		atomic_fetch_sub(&s->in_flight, 1);
-		x->state = CTX_RECV;
-		nng_ctx_recv(x->ctx, x->aio);
 		return;
 	}
 }
@@ -775,8 +981,14 @@ add_contexts(cdx_server *s, nng_socket sock, size_t n, int admin)
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
 		}
+		if ((rv = nng_aio_alloc(&x->saio, NULL, NULL)) != 0) {
+			nng_aio_free(x->aio);
+			free(x);
+			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
+		}
 		if ((rv = nng_ctx_open(&x->ctx, sock)) != 0) {
 			nng_aio_free(x->aio);
+			nng_aio_free(x->saio);
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_ctx_open: %s", nng_strerror(rv));
 		}
@@ -897,9 +1109,15 @@ cdx__srv_sockets_close(cdx_server *s)
 	nng_close(s->sock);
 	if (s->admin_open)
 		nng_close(s->admin);
+	/* no callback runs after this, so nothing more is handed to the
+	 * sender; what it holds completed when the contexts closed */
+	for (size_t i = 0; i < s->nctxs; i++)
+		nng_aio_stop(s->ctxs[i]->aio);
+	sender_stop(s);
 	for (size_t i = 0; i < s->nctxs; i++) {
 		struct srv_ctx *x = s->ctxs[i];
 		nng_aio_free(x->aio);
+		nng_aio_free(x->saio);
 		request_free(x);
 		free(x);
 	}

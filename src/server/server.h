@@ -7,11 +7,14 @@
  * many contexts. Each context is a small state machine driven by its aio
  * callback, as in nng's async demo: RECV -> (decode, validate, enqueue) ->
  * a worker searches -> SEND -> RECV. The callback runs on nng's threads, so
- * it never runs Faiss: it decodes the protobuf, checks everything that is
- * cheap to check (version, collection, k, dim, NaN, limits), answers health
- * and info requests itself, and pushes search jobs onto a bounded queue. A
- * full queue is answered OVERLOADED at once. A pool of worker threads (one
- * per core) pops jobs, drops those already past their deadline
+ * it never runs Faiss: for a request of up to 64 KiB it decodes the
+ * protobuf, checks everything that is cheap to check (version, collection,
+ * k, dim, NaN, limits), answers health and info requests itself, and pushes
+ * search jobs onto a bounded queue; a larger request goes to the intake
+ * thread, which does the same. A full queue is answered OVERLOADED at once.
+ * Replies are sent without a completion callback; one that must wait for
+ * its connection goes to the sender thread (dispatch.c). A pool of worker
+ * threads (one per core) pops jobs, drops those already past their deadline
  * (DEADLINE_EXCEEDED, unsearched), searches and sends the reply through the
  * job's context. Workers pin OpenMP to one thread each, so Faiss never
  * oversubscribes the cores; a large batch arriving at an idle server may use
@@ -53,7 +56,6 @@
 #include "common/common.h"
 #include "common/metrics_http.h"
 #include "search/search.h"
-#include "search/select.h"
 #include "shard/manifest.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
@@ -88,14 +90,11 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	char *impression_log;          /* directory of the impression log; NULL = off */
-	uint64_t impression_log_bytes; /* rotate files at this size */
-	uint64_t impression_buffer;    /* bytes buffered before records are dropped */
-	uint32_t adapt_max_rungs;      /* recall adaptation: rungs it may add; 0 = off */
-	uint32_t adapt_window;         /* checked queries per adaptation decision */
-	double adapt_window_seconds;   /* and the least time a decision's window spans */
-	char *ipc_mode;                /* octal permissions of the admin socket's ipc:// file */
-	char *query_ipc_mode;          /* octal permissions of query ipc:// files */
+	uint32_t adapt_max_rungs;    /* recall adaptation: rungs it may add; 0 = off */
+	uint32_t adapt_window;       /* checked queries per adaptation decision */
+	double adapt_window_seconds; /* and the least time a decision's window spans */
+	char *ipc_mode;              /* octal permissions of the admin socket's ipc:// file */
+	char *query_ipc_mode;        /* octal permissions of query ipc:// files */
 	char *shards;         /* --shards: the shards of each collection served here (groups.c); NULL = all */
 	double keep_previous; /* seconds a replaced version stays loaded after the last request naming it */
 	int log_level;
@@ -138,7 +137,6 @@ int cdx_server_run(const struct cdx_server_config *cfg);
 struct srv_entry {
 	char name[64];
 	cdx_collection *coll; /* one reference held by the set */
-	cdx_rowset *blocked;  /* its takedowns' rows, one reference; NULL = none */
 	char version_dir[4096];
 	uint64_t loaded_ms;      /* wall clock */
 	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
@@ -162,14 +160,13 @@ struct srv_metrics {
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
-	atomic_uint_fast64_t conns_refused;  /* connections refused at max-connections */
-	atomic_uint_fast64_t conns_evicted;  /* closed to make room for a new one */
-	atomic_uint_fast64_t budget_refused; /* requests refused: receive-memory budget */
-	atomic_uint_fast64_t abandoned;      /* queued searches dropped: their client left */
-	atomic_uint_fast64_t heavy;          /* searches run as expensive */
-	atomic_uint_fast64_t widened;        /* queries searched again, wider, to find k results */
-	atomic_uint_fast64_t takedowns;      /* admin takedown changes applied */
-	atomic_uint_fast64_t exploring;      /* searches with exploration slots */
+	atomic_uint_fast64_t conns_refused;   /* connections refused at max-connections */
+	atomic_uint_fast64_t conns_evicted;   /* closed to make room for a new one */
+	atomic_uint_fast64_t budget_refused;  /* requests refused: receive-memory budget */
+	atomic_uint_fast64_t abandoned;       /* queued searches dropped: their client left */
+	atomic_uint_fast64_t heavy;           /* searches run as expensive */
+	atomic_uint_fast64_t replies_waited;  /* replies handed to the sender thread */
+	atomic_uint_fast64_t replies_dropped; /* ... that their connection never took in time */
 };
 
 /* Per-collection series (the `collection` label). Slots are taken by names
@@ -209,8 +206,9 @@ enum { CTX_RECV, CTX_INTAKE, CTX_QUEUED, CTX_SEND };
 struct srv_ctx {
 	cdx_server *s;
 	nng_ctx ctx;
-	nng_aio *aio;
-	int admin; /* on the admin socket: reloads allowed */
+	nng_aio *aio;  /* receives (callback: ctx_cb) */
+	nng_aio *saio; /* sends the reply; no callback (dispatch.c, "Replies") */
+	int admin;     /* on the admin socket: reloads allowed */
 	int state;
 	/* the request being served (owned between RECV and SEND) */
 	nng_msg *msg;             /* received, not yet decoded */
@@ -221,15 +219,14 @@ struct srv_ctx {
 	Candex__V1__Request *req; /* decoded with alloc */
 	char peeked_id[128];      /* request_id of a request that was not decoded */
 	cdx_collection *coll;     /* a reference, for searches */
-	cdx_rowset *blocked;      /* a reference to coll's takedown rows, or NULL */
 	uint64_t t_recv_us;
-	uint64_t deadline_us;
+	uint64_t deadline_us;         /* searches only; 0 until set */
 	atomic_uint_fast64_t stop_by; /* the running search's deadline; shutdown brings it forward */
 	double cost_us;               /* estimated search time */
 	double cost_units;            /* the estimate before calibration (queue.c) */
 	int heavy;                    /* cost_us above --heavy-ms */
 	double heavy_end_us;          /* heavy and running: estimated end (cdx_now_us) */
-	struct srv_ctx *next;         /* intake or search queue link */
+	struct srv_ctx *next;         /* intake, search or sender queue link */
 };
 
 /* Open connections of one socket (conns.c). */
@@ -285,6 +282,14 @@ struct cdx_server {
 	pthread_t intake;
 	int intake_started;
 
+	/* sender (dispatch.c): contexts whose reply waits for its connection */
+	pthread_mutex_t snd_mu;
+	pthread_cond_t snd_cv;
+	struct srv_ctx *snd_head, *snd_tail;
+	int snd_stop;
+	pthread_t sender;
+	int sender_started;
+
 	/* search queue (queue.c): cheap jobs first, expensive ones on at most
 	 * heavy_limit workers at once */
 	pthread_mutex_t q_mu;
@@ -332,7 +337,6 @@ struct cdx_server {
 
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
-	struct cdx_implog *implog;        /* NULL unless --impression-log */
 	struct srv_adapt *adapt;          /* NULL unless adaptation is on (needs online) */
 };
 
@@ -347,18 +351,11 @@ int cdx__srv_reload(cdx_server *s, const char *only, char **msg);
 /* cdx__srv_reload_admin queues an admin reload; the reload thread answers
  * ctx (srv_ctx) when done. */
 void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only);
-/* cdx__srv_takedown_admin queues an admin takedown change (tr belongs to
- * ctx's request); the reload thread applies it between reloads and answers. */
-void cdx__srv_takedown_admin(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
 /* cdx__srv_drop_admin queues an admin drop of one collection, answered
  * like a reload (cdx__srv_reply_reload). */
 void cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name);
-/* cdx__srv_lookup returns a new reference to the named collection, or
- * NULL; *blocked (if not NULL) a reference to its takedowns' rows (NULL if
- * none), taken under the same lock so that both fit the same version. */
-cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name, cdx_rowset **blocked);
-/* cdx__srv_entry_ref takes one more reference on everything an entry holds. */
-void cdx__srv_entry_ref(const struct srv_entry *e);
+/* cdx__srv_lookup returns a new reference to the named collection, or NULL. */
+cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name);
 /* cdx__srv_snapshot returns a copy of the set with a reference on every
  * collection; release it with cdx__srv_set_free(). */
 struct srv_set *cdx__srv_snapshot(cdx_server *s);
@@ -373,6 +370,7 @@ int cdx__srv_sockets_open(cdx_server *s);
 void cdx__srv_sockets_close(cdx_server *s);
 int cdx__srv_intake_start(cdx_server *s);
 void cdx__srv_intake_stop(cdx_server *s);
+int cdx__srv_sender_start(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
@@ -381,38 +379,6 @@ uint32_t cdx__srv_queue_depth(cdx_server *s);
 void cdx__srv_searches_end(cdx_server *s, uint64_t t);
 /* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
-/* cdx__srv_send answers ctx with resp (packed at once: resp's strings may
- * be freed when it returns); cdx__srv_reply_error with an error. */
-void cdx__srv_send(struct srv_ctx *ctx, Candex__V1__Response *resp);
-void cdx__srv_reply_error(struct srv_ctx *ctx, int code, const char *fmt, ...) CDX_PRINTF(3, 4);
-
-/* takedown.c: the takedowns of served collections (shard/takedown.h) */
-/* cdx__srv_takedown_rows builds the rows of c (collection name) its
- * takedown list blocks: *out NULL when it blocks none. */
-int cdx__srv_takedown_rows(cdx_server *s, const char *name, const cdx_collection *c, cdx_rowset **out);
-/* cdx__srv_takedown_apply applies an admin change and answers ctx (the
- * reload thread runs it). */
-void cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
-
-/* recsearch.c: a search request, from protobuf to results and back */
-/* cdx__srv_check_rec checks the recommender fields of a search (cheap, on
- * the nng thread). 0, or an error code with msg filled. */
-int cdx__srv_check_rec(
-    const struct cdx_server_config *cfg, const Candex__V1__SearchRequest *sr, char *msg, size_t size);
-/* cdx__srv_search_run runs the checked, queued search of x (x->coll and
- * x->blocked as looked up; NULL for a multi-collection search) until
- * x->stop_by, and answers it. Returns the µs one worker spent on a whole
- * search (the queue's calibration), else 0. idle: the server has no other
- * work (a big batch may use every core). */
-uint64_t cdx__srv_search_run(struct srv_ctx *x, int idle);
-/* cdx__srv_rec_cost_units: the cost model's units for a multi-collection
- * search (collections not served count nothing: the search will fail). */
-double cdx__srv_rec_cost_units(cdx_server *s, const Candex__V1__SearchRequest *sr);
-/* cdx__srv_rec_start / _stop: the impression log (--impression-log). */
-int cdx__srv_rec_start(cdx_server *s);
-void cdx__srv_rec_stop(cdx_server *s);
-/* cdx__srv_rec_metrics renders the recommender metrics. */
-void cdx__srv_rec_metrics(cdx_server *s, cdx_buf *out);
 
 /* adapt.c (recall adaptation; every function takes a NULL adapter: off) */
 struct srv_adapt;
@@ -442,9 +408,6 @@ int cdx__srv_adapt_render(struct srv_adapt *a, cdx_buf *b);
  * msg[size]. Needs no socket and no server. */
 int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
     const struct cdx_server_config *cfg, char *msg, size_t size);
-/* cdx__srv_validate_settings checks the search settings (refine_factor,
- * recall_target) alone: what a search of several collections shares. */
-int cdx__srv_validate_settings(const Candex__V1__SearchRequest *sr, char *msg, size_t size);
 /* cdx__srv_peek_request_id walks the top-level fields of a Request that
  * will not be decoded (too large, or malformed further in) for its
  * request_id (field 2), so that even those error responses echo it; out
@@ -468,19 +431,13 @@ int cdx__srv_shards_for(const char *spec, const char *name, struct cdx_shard_set
 /* cdx__srv_wants: whether this server loads version directory vdir of
  * collection name, and which of its shards (*set). */
 int cdx__srv_wants(cdx_server *s, const char *name, const char *vdir, struct cdx_shard_set *set);
-/* cdx__srv_previous_keep keeps old and its takedown rows old_blocked (new
- * references; old_blocked may be NULL) loaded for requests
+/* cdx__srv_previous_keep keeps old (a new reference) loaded for requests
  * that name its version, with --keep-previous > 0. */
-void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old, cdx_rowset *old_blocked);
+void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old);
 /* cdx__srv_lookup_version: a new reference to collection name at version
  * (NULL or "" = the current one; else the current or the kept previous one
- * if it is that version), or NULL; *blocked (if not NULL) as
- * cdx__srv_lookup's, for that version. */
-cdx_collection *cdx__srv_lookup_version(
-    cdx_server *s, const char *name, const char *version, cdx_rowset **blocked);
-/* cdx__srv_previous_takedowns recomputes the takedown rows of name's kept
- * previous version, if there is one (after an admin takedown change). */
-void cdx__srv_previous_takedowns(cdx_server *s, const char *name);
+ * if it is that version), or NULL. */
+cdx_collection *cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version);
 void cdx__srv_previous_free(cdx_server *s);
 /* cdx__srv_fill_coverage fills a SearchResponse's coverage fields from c
  * (pointers into c: valid while the request holds it). */
@@ -520,12 +477,11 @@ void cdx__srv_allocator_init(struct srv_ctx *x);
 /* cdx__srv_limits_init derives the connection limit and the budgets from
  * the configuration; CDX_EINVAL if they cannot hold one request. */
 int cdx__srv_limits_init(cdx_server *s);
-/* cdx__srv_cost_units: the cost model's units for a search of nq queries
- * of c with the given parameters. */
-double cdx__srv_cost_units(const cdx_collection *c, size_t nq, const struct cdx_search_params *p);
-/* cdx__srv_estimate sets x->cost_units (to units), x->cost_us and x->heavy. */
-void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units);
-/* cdx__srv_admit queues x, or returns CDX_EOVERLOAD with msg set. */
+/* cdx__srv_estimate sets x->cost_units, x->cost_us and x->heavy for a
+ * search of nq queries with the given parameters. */
+void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_search_params *p);
+/* cdx__srv_admit queues x, or returns CDX_EOVERLOAD (or CDX_EUNAVAIL once
+ * the workers are stopping) with msg set. */
 int cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size);
 /* cdx__srv_next blocks for the next job; NULL once stopped and empty. *idle
  * says whether nothing else waits. */

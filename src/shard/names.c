@@ -63,8 +63,6 @@ cdx_part_name(int kind)
 		return "keys";
 	case CDX_PART_REFINE:
 		return "refine";
-	case CDX_PART_ATTRS:
-		return "attrs";
 	default:
 		return "unknown";
 	}
