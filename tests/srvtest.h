@@ -285,12 +285,16 @@ st_slow_frame(const char *url, uint64_t len, const uint8_t *payload)
 }
 
 /* st_strings_request packs a Request for collection "tracks" whose
- * SearchRequest repeats field `field` (< 16) count times, each an empty
- * string (or an unknown field). *len gets its size; the caller frees it. */
+ * SearchRequest repeats field `field` count times, each an empty string
+ * (or an unknown field). *len gets its size; the caller frees it. */
 static inline uint8_t *
 st_strings_request(int field, size_t count, size_t *len)
 {
-	size_t inner = 2 + 6 + 2 + count * 2; /* collection, k, the repeats */
+	uint8_t tag[4];
+	size_t taglen = 0;
+	for (uint64_t t = (uint64_t) field << 3 | 2; t > 0 || taglen == 0; t >>= 7)
+		tag[taglen++] = (uint8_t) ((t & 0x7f) | (t > 0x7f ? 0x80 : 0));
+	size_t inner = 2 + 6 + 2 + count * (taglen + 1); /* collection, k, the repeats */
 	uint8_t *b = malloc(inner + 32), *p = b;
 	assert_non_null(b);
 	*p++ = 0x08; /* protocol_version 1 */
@@ -308,7 +312,8 @@ st_strings_request(int field, size_t count, size_t *len)
 	*p++ = 0x28; /* k = 5 */
 	*p++ = 5;
 	for (size_t i = 0; i < count; i++) {
-		*p++ = (uint8_t) (field << 3 | 2);
+		memcpy(p, tag, taglen);
+		p += taglen;
 		*p++ = 0;
 	}
 	*len = (size_t) (p - b);

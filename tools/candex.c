@@ -22,6 +22,8 @@ static const struct subcommand subcommands[] = {
 	{ "recall", cmd_recall, "measure recall, latency and QPS; pick operating points" },
 	{ "sample", cmd_sample, "generate the embedded sample catalogue (tracks, podcasts)" },
 	{ "demo", cmd_demo, "sample -> build -> serve -> query -> recall, end to end" },
+	{ "takedown", cmd_takedown, "add or remove items of a served collection's takedown list" },
+	{ "ope", cmd_ope, "estimate a new policy's value from impression logs (IPS, SNIPS)" },
 };
 
 static void

@@ -11,14 +11,16 @@
 
 #include "common/opt.h" /* every subcommand's option table */
 
-int cmd_build(int argc, char **argv);   /* tools/cmd_build.c */
-int cmd_inspect(int argc, char **argv); /* tools/cmd_inspect.c */
-int cmd_serve(int argc, char **argv);   /* tools/cmd_serve.c */
-int cmd_route(int argc, char **argv);   /* tools/cmd_route.c */
-int cmd_query(int argc, char **argv);   /* tools/cmd_query.c */
-int cmd_recall(int argc, char **argv);  /* tools/cmd_recall.c */
-int cmd_sample(int argc, char **argv);  /* tools/cmd_sample.c: the embedded demo catalogue */
-int cmd_demo(int argc, char **argv);    /* tools/cmd_demo.c: the README's main job */
+int cmd_build(int argc, char **argv);    /* tools/cmd_build.c */
+int cmd_inspect(int argc, char **argv);  /* tools/cmd_inspect.c */
+int cmd_serve(int argc, char **argv);    /* tools/cmd_serve.c */
+int cmd_route(int argc, char **argv);    /* tools/cmd_route.c */
+int cmd_query(int argc, char **argv);    /* tools/cmd_query.c */
+int cmd_recall(int argc, char **argv);   /* tools/cmd_recall.c */
+int cmd_sample(int argc, char **argv);   /* tools/cmd_sample.c: the embedded demo catalogue */
+int cmd_demo(int argc, char **argv);     /* tools/cmd_demo.c: the README's main job */
+int cmd_ope(int argc, char **argv);      /* tools/cmd_ope.c: off-policy evaluation from impression logs */
+int cmd_takedown(int argc, char **argv); /* tools/cmd_takedown.c: a collection's takedown list */
 
 #define CLI_EXIT_OK    0
 #define CLI_EXIT_FAIL  1

@@ -98,6 +98,10 @@ static const struct cdx_opt build_options[] = {
 	CDX_OPT_STR_("keys", O(o.keys), "FILE", "one string key per line, exactly one line per row, unique"),
 	CDX_OPT_STR_(
 	    "ids", O(o.ids), "FILE", "one int64 id per line (or .npy int64), unique; default: row numbers"),
+	CDX_OPT_STR_("attrs", O(o.attrs), "FILE",
+	    "item attributes for filters and crowding: a header of name:type\n"
+	    "columns (int, bool, enum, set, group), then one tab-separated line\n"
+	    "per row (docs/recommenders.md)"),
 	CDX_OPT_STR_("collection", O(o.collection), "NAME", "[A-Za-z0-9_.-]{1,63}"),
 	CDX_OPT_CALL_("metric", "l2|ip|cos", "cos: vectors are L2-normalised and indexed for inner product",
 	    set_metric),

@@ -34,15 +34,28 @@ print_json(const struct cdx_result *r)
 	json_object_set_new(root, "coverage", json_real(r->coverage));
 	if (r->message[0] != '\0')
 		json_object_set_new(root, "message", json_string(r->message));
+	if (r->applied & CDX_APPLIED_EXPLORE)
+		json_object_set_new(root, "seed", json_integer((json_int_t) r->seed));
 	for (size_t i = 0; i < r->nqueries; i++) {
 		json_t *hits = json_array();
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
 			const struct cdx_client_hit *h = &r->queries[i].hits[j];
-			json_array_append_new(hits,
-			    json_pack("{s:I, s:s, s:f}", "id", (json_int_t) h->id, "key",
-			        h->key ? h->key : "", "score", (double) h->score));
+			json_t *o = json_pack("{s:I, s:s, s:f}", "id", (json_int_t) h->id, "key",
+			    h->key ? h->key : "", "score", (double) h->score);
+			if (h->collection != NULL && h->collection[0] != '\0')
+				json_object_set_new(o, "collection", json_string(h->collection));
+			if (r->applied & CDX_APPLIED_EXPLORE) {
+				json_object_set_new(o, "explore", json_boolean(h->explore));
+				json_object_set_new(o, "propensity", json_real(h->propensity));
+			}
+			if (h->rank > 0)
+				json_object_set_new(o, "rank", json_integer(h->rank));
+			json_array_append_new(hits, o);
 		}
-		json_array_append_new(results, json_pack("{s:o}", "hits", hits));
+		json_t *qr = json_pack("{s:o}", "hits", hits);
+		if (r->queries[i].exhausted)
+			json_object_set_new(qr, "exhausted", json_true());
+		json_array_append_new(results, qr);
 	}
 	json_object_set_new(root, "results", results);
 	char *text = json_dumps(root, JSON_PRESERVE_ORDER | JSON_INDENT(2) | JSON_REAL_PRECISION(7));
@@ -55,8 +68,13 @@ print_json(const struct cdx_result *r)
 static void
 print_table(const struct cdx_result *r, const char *collection)
 {
-	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection, r->index_version,
-	    r->metric, r->nprobe, (double) r->refine_factor);
+	printf("collection %s  version %s  metric %s  nprobe %u  refine %g", collection,
+	    r->index_version && *r->index_version ? r->index_version : "-",
+	    r->metric && *r->metric ? r->metric : "-", r->nprobe, (double) r->refine_factor);
+	for (size_t p = 0; p < r->nparts; p++)
+		printf("%s%s %s", p ? ", " : "  parts: ", r->parts[p].collection, r->parts[p].index_version);
+	if (r->applied & CDX_APPLIED_EXPLORE)
+		printf("  seed %llu", (unsigned long long) r->seed);
 	if (r->recall_target > 0)
 		printf("  recall_target %g", (double) r->recall_target);
 	if (r->expected_recall > 0)
@@ -70,14 +88,27 @@ print_table(const struct cdx_result *r, const char *collection)
 	for (size_t i = 0; i < r->nqueries; i++) {
 		if (r->nqueries > 1)
 			printf("\nquery %zu\n", i);
-		printf("%5s  %-12s  %-40s  %s\n", "rank", "id", "key", "score");
+		int parts = r->nparts > 0, explore = (r->applied & CDX_APPLIED_EXPLORE) != 0;
+		printf("%5s  %-12s  %-40s  %-10s", "rank", "id", "key", "score");
+		if (parts)
+			printf("  %-12s", "collection");
+		if (explore)
+			printf("  %-7s  %s", "explore", "propensity");
+		printf("\n");
 		for (size_t j = 0; j < r->queries[i].nhits; j++) {
 			const struct cdx_client_hit *h = &r->queries[i].hits[j];
-			printf("%5zu  %-12lld  %-40s  %.6g\n", j + 1, (long long) h->id,
+			printf("%5zu  %-12lld  %-40s  %-10.6g", j + 1, (long long) h->id,
 			    h->key && *h->key ? h->key : "-", (double) h->score);
+			if (parts)
+				printf("  %-12s", h->collection);
+			if (explore)
+				printf("  %-7s  %.4g", h->explore ? "yes" : "no", h->propensity);
+			printf("\n");
 		}
 		if (r->queries[i].nhits == 0)
 			printf("  (no candidates)\n");
+		if (r->queries[i].exhausted)
+			printf("  (fewer than k: nothing else passes)\n");
 	}
 }
 
@@ -99,6 +130,75 @@ strlist_add(struct strlist *l, const char *s)
 	return CDX_OK;
 }
 
+/* read_ids_file reads one int64 a line (blank lines and # comments skipped). */
+static int
+read_ids_file(const char *path, int64_t **ids, size_t *n)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return cdx_error_errno(CDX_ENOTFOUND, "cannot read %s", path);
+	char line[128];
+	size_t cap = *n; /* ids already given with --exclude-id */
+	unsigned long long lineno = 0;
+	int rc = CDX_OK;
+	while (rc == CDX_OK && fgets(line, sizeof(line), f) != NULL) {
+		lineno++;
+		char *p = line, *end;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p == '\n' || *p == '#' || *p == '\0')
+			continue;
+		errno = 0;
+		long long v = strtoll(p, &end, 10);
+		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+			end++;
+		if (errno != 0 || end == p || *end != '\0') {
+			rc = cdx_error(CDX_EINVAL, "%s: line %llu: not an int64 id", path, lineno);
+			break;
+		}
+		if (*n == cap) {
+			cap = cap * 2 + 1024;
+			int64_t *grown = realloc(*ids, cap * sizeof(int64_t));
+			if (grown == NULL) {
+				rc = cdx_error(CDX_ENOMEM, "%s", path);
+				break;
+			}
+			*ids = grown;
+		}
+		(*ids)[(*n)++] = v;
+	}
+	fclose(f);
+	return rc;
+}
+
+/* parse_part reads NAME:QUOTA[:SCALE:OFFSET]. */
+static int
+parse_part(const char *arg, struct cdx_query_part *p)
+{
+	const char *colon = strchr(arg, ':');
+	char *end;
+	memset(p, 0, sizeof(*p));
+	if (colon == NULL || colon == arg)
+		return -1;
+	char *name = strndup(arg, (size_t) (colon - arg));
+	if (name == NULL)
+		return -1;
+	p->collection = name;
+	unsigned long q = strtoul(colon + 1, &end, 10);
+	if (q == 0 || q > 100000 || (*end != '\0' && *end != ':'))
+		return -1;
+	p->quota = (uint32_t) q;
+	if (*end == ':') {
+		p->calibration_scale = strtof(end + 1, &end);
+		if (*end != ':')
+			return -1;
+		p->calibration_offset = strtof(end + 1, &end);
+		if (*end != '\0')
+			return -1;
+	}
+	return 0;
+}
+
 struct query_opts {
 	const char *url, *collection, *vector_file, *model, *drop;
 	uint64_t row;
@@ -110,6 +210,14 @@ struct query_opts {
 	int64_t *exclude_ids;
 	size_t n_exclude_ids;
 	struct cdx_client_options co;
+	/* recommender features (docs/recommenders.md) */
+	const char *filter, *group_by;
+	int compact, merge;
+	uint32_t max_per_group, explore_slots, explore_pool;
+	float explore_share;
+	uint64_t seed;
+	struct cdx_query_part *parts;
+	size_t nparts;
 };
 
 static int
@@ -136,6 +244,41 @@ add_exclude_id(const char *v, void *opts)
 		return cdx_error(CDX_ENOMEM, "out of memory");
 	o->exclude_ids = grown;
 	o->exclude_ids[o->n_exclude_ids++] = id;
+	return CDX_OK;
+}
+
+static int
+add_exclude_ids_file(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	o->compact = 1;
+	return read_ids_file(v, &o->exclude_ids, &o->n_exclude_ids);
+}
+
+static int
+add_part(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	struct cdx_query_part *grown = realloc(o->parts, (o->nparts + 1) * sizeof(*grown));
+	if (grown == NULL)
+		return cdx_error(CDX_ENOMEM, "out of memory");
+	o->parts = grown;
+	if (parse_part(v, &o->parts[o->nparts]) != 0)
+		return cdx_error(CDX_EINVAL, "expected NAME:QUOTA[:SCALE:OFFSET]");
+	o->nparts++;
+	return CDX_OK;
+}
+
+static int
+set_merge(const char *v, void *opts)
+{
+	struct query_opts *o = opts;
+	if (strcmp(v, "interleave") == 0)
+		o->merge = CDX_MERGE_INTERLEAVE;
+	else if (strcmp(v, "calibrated") == 0)
+		o->merge = CDX_MERGE_CALIBRATED;
+	else
+		return cdx_error(CDX_EINVAL, "expected interleave or calibrated");
 	return CDX_OK;
 }
 
@@ -181,6 +324,28 @@ static const struct cdx_opt query_options[] = {
 	CDX_OPT_CALL_("exclude-id", "ID", "never return this id (repeatable)", add_exclude_id),
 	CDX_OPT_STR_(
 	    "model-version", O(model), "V", "refuse if the index was built from another embedding model"),
+	CDX_OPT_STR_("filter", O(filter), "EXPR",
+	    "recommender features (docs/recommenders.md):\n"
+	    "on item attributes, e.g. 'market has SE and explicit = false'"),
+	CDX_OPT_CALL_("exclude-ids-file", "F", "never return these ids (one a line), sent as a compact list",
+	    add_exclude_ids_file),
+	CDX_OPT_NUM_("max-per-group", CDX_OPT_U32, O(max_per_group), "N",
+	    "at most N results per group (crowding) [--group-by ATTR]", 0, 1e6),
+	CDX_OPT_STR_("group-by", O(group_by), "ATTR", "the group attribute crowding counts"),
+	CDX_OPT_NUM_("explore-slots", CDX_OPT_U32, O(explore_slots), "N",
+	    "fill N of the k slots by exploration (or --explore-share F)", 0, 1e6),
+	CDX_OPT_NUM_("explore-share", CDX_OPT_FLOAT, O(explore_share), "F",
+	    "this share of the k slots filled by exploration", 0, 1),
+	CDX_OPT_NUM_("explore-pool", CDX_OPT_U32, O(explore_pool), "P",
+	    "sample exploration from the P ranks after the exploit slots", 0, 1e7),
+	CDX_OPT_NUM_(
+	    "seed", CDX_OPT_U64, O(seed), "S", "exploration seed (default: from the request id)", 0, 0),
+	CDX_OPT_CALL_("part", "NAME:QUOTA[:SCALE:OFFSET]",
+	    "search several collections at once (repeatable, instead of\n"
+	    "--collection); SCALE and OFFSET calibrate scores",
+	    add_part),
+	CDX_OPT_CALL_(
+	    "merge", "HOW", "how parts are merged: interleave or calibrated [interleave]", set_merge),
 	CDX_OPT_FLAG_("json", O(json),
 	    "JSON output: {\"index_version\",\"nprobe\",\"results\":[{\"hits\":[{\"id\",\"key\","
 	    "\"score\"}]}]}"),
@@ -214,7 +379,10 @@ static const struct cdx_opt_command query_command = {
 	  "KEY... | "
 	  "--stdin)\n"
 	  "                    [-k K] [--nprobe N] [--refine F] [--recall-target R] [--exclude-key K...]\n"
-	  "                    [--exclude-id ID...] [--model-version V] [--json] [--timeout MS]\n\n"
+	  "                    [--exclude-id ID...] [--model-version V] [--json] [--timeout MS]\n"
+	  "                    [--filter EXPR] [--exclude-ids-file F] [--max-per-group N] [--explore-slots "
+	  "N]\n"
+	  "                    [--part NAME:QUOTA...] (docs/recommenders.md)\n\n"
 	  "Asks a candex server for the top-k candidates and prints rank, id, key and score.\n",
 	.opts = query_options,
 	.nopts = CDX_ARRAY_LEN(query_options),
@@ -223,8 +391,12 @@ static const struct cdx_opt_command query_command = {
 int
 cmd_query(int argc, char **argv)
 {
-	struct query_opts o
-	    = { .format = CDX_INPUT_AUTO, .count = 1, .k = 10, .timeout = 5000, .retries = 2 };
+	struct query_opts o = { .format = CDX_INPUT_AUTO,
+		.count = 1,
+		.k = 10,
+		.timeout = 5000,
+		.retries = 2,
+		.merge = CDX_MERGE_INTERLEAVE };
 	float *vectors = NULL;
 	size_t nvec = 0;
 	uint32_t dim = 0;
@@ -237,8 +409,8 @@ cmd_query(int argc, char **argv)
 	rc = CLI_EXIT_USAGE;
 	/* a reload or a drop prints the collections after it */
 	int info = o.info || o.reload || o.drop != NULL;
-	if (o.url == NULL || (!info && o.collection == NULL)) {
-		cdx_opt_command_fail(&query_command, "--url and --collection are required");
+	if (o.url == NULL || (!info && (o.collection == NULL) == (o.nparts == 0))) {
+		cdx_opt_command_fail(&query_command, "--url and --collection (or --part) are required");
 		goto out;
 	}
 	if (!info && (o.vector_file != NULL) + (o.keys.n > 0) + o.use_stdin != 1) {
@@ -310,6 +482,17 @@ cmd_query(int argc, char **argv)
 		.n_exclude_keys = o.exclude_keys.n,
 		.model_version = o.model,
 		.timeout_ms = o.timeout,
+		.filter = o.filter,
+		.compact_excludes = o.compact,
+		.max_per_group = o.max_per_group,
+		.group_by = o.group_by,
+		.explore_slots = o.explore_slots,
+		.explore_share = o.explore_share,
+		.explore_pool = o.explore_pool,
+		.seed = o.seed,
+		.parts = o.parts,
+		.nparts = o.nparts,
+		.merge = o.merge,
 	};
 	if (cdx_client_search(client, &q, &res, &err) != CDX_OK) {
 		fprintf(stderr, "candex query: %s: %s\n", cdx_errname(err.code), err.message);
@@ -318,9 +501,12 @@ cmd_query(int argc, char **argv)
 	if (o.json)
 		print_json(res);
 	else
-		print_table(res, o.collection);
+		print_table(res, o.collection ? o.collection : "(parts)");
 	rc = CLI_EXIT_OK;
 out:
+	for (size_t i = 0; i < o.nparts; i++)
+		free((char *) o.parts[i].collection);
+	free(o.parts);
 	cdx_result_free(res);
 	cdx_client_close(client);
 	free(vectors);

@@ -22,7 +22,38 @@ struct catalogue {
 	const char *name;     /* tracks, podcasts */
 	const char *key_kind; /* spotify:<kind>:... */
 	size_t n, dim, nclusters;
+	const char *type;  /* the type attribute: track, episode */
+	const char *group; /* the group attribute: artist, show */
 };
+
+static const char *const markets[]
+    = { "BR", "DE", "DK", "FI", "FR", "GB", "IN", "JP", "MX", "NO", "SE", "US" };
+
+/* write_attrs writes item i's attributes (docs/recommenders.md): its
+ * markets (most items everywhere, some in a few countries: JP alone keeps
+ * about 10% of items), explicit, release year, type and artist or show
+ * (artists belong to a genre: 60 per cluster). Drawn from their own
+ * stream, so the vectors do not depend on them. */
+static int
+write_attrs(FILE *f, const struct catalogue *cat, cdx_rng *rng, size_t cluster)
+{
+	char mk[64] = "";
+	size_t n = 0;
+	double u = cdx_rng_uniform(rng);
+	for (size_t m = 0; m < CDX_ARRAY_LEN(markets); m++) {
+		/* JP: 10%; the others: 90% everywhere, else each with probability 1/2 */
+		int in = strcmp(markets[m], "JP") == 0 ? cdx_rng_uniform(rng) < 0.1
+		                                       : u < 0.9 || cdx_rng_uniform(rng) < 0.5;
+		if (in)
+			n += (size_t) snprintf(mk + n, sizeof(mk) - n, "%s%s", n ? "," : "", markets[m]);
+	}
+	int year = 2026 - (int) (60 * pow(cdx_rng_uniform(rng), 2.0));
+	int is_explicit = cdx_rng_uniform(rng) < 0.15;
+	size_t group = cluster * 60 + cdx_rng_next(rng) % 60;
+	return fprintf(f, "%s\t%s\t%d\t%s\t%s-%zu\n", mk, is_explicit ? "true" : "false", year, cat->type,
+	           cat->group, group)
+	    < 0;
+}
 
 static void
 key_for(char out[64], const char *kind, uint64_t seed, size_t i)
@@ -71,7 +102,9 @@ generate(const char *dir, const struct catalogue *cat, size_t nusers, uint64_t s
 	float *centers = malloc(nc * dim * sizeof(float));
 	double *cdf = malloc(nc * sizeof(double));
 	float *v = malloc(dim * sizeof(float));
-	FILE *fv = NULL, *fk = NULL, *fu = NULL;
+	FILE *fv = NULL, *fk = NULL, *fu = NULL, *fa = NULL;
+	cdx_rng arng; /* attributes: a stream of their own */
+	cdx_rng_seed(&arng, cdx_mix64(seed ^ 0xa77b5u));
 	int rc = CDX_OK;
 	if (centers == NULL || cdf == NULL || v == NULL) {
 		rc = cdx_error(CDX_ENOMEM, "sample buffers");
@@ -93,8 +126,14 @@ generate(const char *dir, const struct catalogue *cat, size_t nusers, uint64_t s
 	fk = fopen(path, "w");
 	snprintf(path, sizeof(path), "%s/users-%s.fvecs", dir, cat->name);
 	fu = fopen(path, "wb");
-	if (fv == NULL || fk == NULL || fu == NULL) {
+	snprintf(path, sizeof(path), "%s/%s.attrs.tsv", dir, cat->name);
+	fa = fopen(path, "w");
+	if (fv == NULL || fk == NULL || fu == NULL || fa == NULL) {
 		rc = cdx_error_errno(CDX_EIO, "create files in %s", dir);
+		goto done;
+	}
+	if (fprintf(fa, "market:set\texplicit:bool\tyear:int\ttype:enum\t%s:group\n", cat->group) < 0) {
+		rc = cdx_error_errno(CDX_EIO, "write %s", path);
 		goto done;
 	}
 	for (size_t i = 0; i < cat->n; i++) {
@@ -106,7 +145,8 @@ generate(const char *dir, const struct catalogue *cat, size_t nusers, uint64_t s
 			v[j] = scale * (centers[c * dim + j] + 0.45f * (float) cdx_rng_normal(&rng));
 		char key[64];
 		key_for(key, cat->key_kind, seed, i);
-		if (write_fvecs_row(fv, v, dim) != 0 || fprintf(fk, "%s\n", key) < 0) {
+		if (write_fvecs_row(fv, v, dim) != 0 || fprintf(fk, "%s\n", key) < 0
+		    || write_attrs(fa, cat, &arng, c) != 0) {
 			rc = cdx_error_errno(CDX_EIO, "write %s", dir);
 			goto done;
 		}
@@ -148,6 +188,8 @@ done:
 		rc = cdx_error_errno(CDX_EIO, "close %s keys", cat->name);
 	if (fu != NULL && fclose(fu) != 0 && rc == CDX_OK)
 		rc = cdx_error_errno(CDX_EIO, "close users");
+	if (fa != NULL && fclose(fa) != 0 && rc == CDX_OK)
+		rc = cdx_error_errno(CDX_EIO, "close %s attributes", cat->name);
 	free(centers);
 	free(cdf);
 	free(v);
@@ -180,6 +222,8 @@ static const struct cdx_opt_command sample_command = {
 	        "  DIR/podcasts.fvecs N x 48 podcast embeddings (cosine space), DIR/podcasts.keys\n"
 	        "  DIR/users-tracks.fvecs, DIR/users-podcasts.fvecs   user (query) vectors\n"
 	        "  DIR/users-*-tune.fvecs   as many other users, to tune operating points on\n"
+	        "  DIR/tracks.attrs.tsv, DIR/podcasts.attrs.tsv   attributes for candex build --attrs:\n"
+	        "                     market (set), explicit, year, type, artist or show (group)\n"
 	        "Keys look like spotify:track:<22 chars>. Clusters are Zipf-sized and norms\n"
 	        "grow with popularity, as in real catalogues.\n",
 	.opts = sample_options,
@@ -198,8 +242,8 @@ cmd_sample(int argc, char **argv)
 	size_t ntracks = o.tracks, npodcasts = o.podcasts, nusers = o.users;
 	uint64_t seed = o.seed;
 	const struct catalogue cats[] = {
-		{ "tracks", "track", ntracks, 64, 200 },
-		{ "podcasts", "show", npodcasts, 48, 40 },
+		{ "tracks", "track", ntracks, 64, 200, "track", "artist" },
+		{ "podcasts", "show", npodcasts, 48, 40, "episode", "show" },
 	};
 	rc = cdx_mkdir_p(out, 0755);
 	for (size_t i = 0; rc == CDX_OK && i < CDX_ARRAY_LEN(cats); i++)

@@ -70,6 +70,7 @@ struct cdx_build_opts {
 	const char *out;     /* index directory DIR (the collection goes to DIR/collection) */
 	const char *keys;    /* NULL: no keys */
 	const char *ids;     /* NULL: ids are row numbers */
+	const char *attrs;   /* NULL: no attributes */
 	const char *factory; /* NULL: chosen from N and dim */
 	const char *model_version;
 	const char *work; /* work directory of a distributed build */
@@ -171,6 +172,9 @@ struct cdx_build_plan {
 	uint64_t keys_bytes;
 	char ids[PATH_MAX]; /* "" if none */
 	uint64_t ids_bytes;
+	char attrs[PATH_MAX]; /* "" if none */
+	uint64_t attrs_bytes;
+	struct cdx_attr_schema *attrs_schema; /* owned; NULL without attributes */
 	struct cdx_build_params params;
 	uint32_t nshards;
 	int refine;
@@ -236,6 +240,11 @@ int cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging
  * (registered for removal on interrupt).
  * staging gets PATH_MAX bytes, version CDX_NAME_MAX. */
 int cdx_build_staging_create(const struct cdx_build_plan *p, char *staging, char *version);
+
+/* cdx_build_prune_takedowns drops, from coll_dir's takedown list
+ * (shard/takedown.h), the items the plan's input no longer has; publish
+ * runs it once the new version is live. */
+int cdx_build_prune_takedowns(const struct cdx_build_plan *p, const char *coll_dir);
 
 /* The distributed steps, as the CLI runs them. */
 int cdx_build_encode_work(const char *workdir, uint32_t shard, uint32_t of, const char *input, int quiet);

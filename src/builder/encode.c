@@ -85,6 +85,41 @@ done:
 	return rc;
 }
 
+struct shard_rows {
+	const int64_t *ids; /* NULL = row numbers */
+	uint32_t shard, nshards;
+};
+
+static int
+in_shard(uint64_t row, const void *ctx)
+{
+	const struct shard_rows *sr = ctx;
+	return cdx_build_shard_of(sr->ids ? sr->ids[row] : (int64_t) row, sr->nshards) == sr->shard;
+}
+
+/* write_attrs_part writes the ATTRS part: this shard's rows of the
+ * attributes file, as columns (shard/attrs.h). */
+static int
+write_attrs_part(
+    cdx_shard_writer *w, const struct cdx_build_plan *p, const int64_t *ids, uint32_t shard, uint64_t nrows)
+{
+	void *cols[CDX_ATTR_MAX_COLUMNS];
+	const struct cdx_attr_schema *s = p->attrs_schema;
+	struct shard_rows sr = { ids, shard, p->nshards };
+	int rc = cdx_attrs_read_rows(p->attrs, s, p->rows, in_shard, &sr, nrows, cols);
+	if (rc != CDX_OK)
+		return rc;
+	cdx_buf buf = { 0 };
+	if ((rc = cdx_attr_part_encode(s, nrows, (const void *const *) cols, &buf)) == CDX_OK
+	    && (rc = cdx_shard_writer_begin_part(w, CDX_PART_ATTRS, 0)) == CDX_OK
+	    && (rc = cdx_shard_writer_write(w, buf.data, buf.len)) == CDX_OK)
+		rc = cdx_shard_writer_end_part(w);
+	cdx_buf_fini(&buf);
+	for (uint32_t c = 0; c < s->ncols; c++)
+		free(cols[c]);
+	return rc;
+}
+
 size_t
 cdx_build_chunk_bytes(void)
 {
@@ -141,9 +176,9 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 		    (unsigned long long) p->input_bytes, cdx_input_format_name(p->input_format));
 		goto fail;
 	}
-	const char *side[2] = { p->keys, p->ids };
-	const uint64_t side_bytes[2] = { p->keys_bytes, p->ids_bytes };
-	for (int i = 0; i < 2; i++) {
+	const char *side[3] = { p->keys, p->ids, p->attrs };
+	const uint64_t side_bytes[3] = { p->keys_bytes, p->ids_bytes, p->attrs_bytes };
+	for (int i = 0; i < 3; i++) {
 		struct stat st;
 		if (side[i][0] == 0)
 			continue;
@@ -313,6 +348,8 @@ cdx_build_encode_shard(struct cdx_build_plan *p, uint32_t shard, const char *dir
 	cdx_buf_fini(&hdr);
 
 	if (p->keys[0] && (rc = write_keys_part(w, p, ids, shard)) != CDX_OK)
+		goto fail;
+	if (p->attrs_schema != NULL && (rc = write_attrs_part(w, p, ids, shard, nrows)) != CDX_OK)
 		goto fail;
 	rc = cdx_shard_writer_commit(w, NULL);
 	w = NULL;

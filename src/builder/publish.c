@@ -232,7 +232,8 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 	m.default_recall_target = p->default_recall_target;
 	m.ntuned_k = p->ntuned_k;
 	memcpy(m.tuned_k, p->tuned_k, sizeof(m.tuned_k));
-	m.tuning = p->tuning; /* borrowed: never freed through m */
+	m.tuning = p->tuning;      /* borrowed: never freed through m */
+	m.attrs = p->attrs_schema; /* borrowed too */
 	if (p->npoints > 0) {
 		if ((m.points = malloc(p->npoints * sizeof(*m.points))) == NULL) {
 			rc = cdx_error(CDX_ENOMEM, "manifest");
@@ -308,6 +309,8 @@ cdx_build_publish_staged(const struct cdx_build_plan *p, const char *staging, co
 		snprintf(version_out, CDX_NAME_MAX, "%s", version);
 	free(m.shards);
 	free(m.points);
+	if (cdx_build_prune_takedowns(p, coll_dir) != CDX_OK)
+		cdx_warn("BLD-TAKEDOWN", "%s: takedowns not pruned: %s", coll_dir, cdx_last_error());
 	if (cdx_version_gc(coll_dir, p->keep) != CDX_OK)
 		cdx_warn("BLD-GC", "%s: garbage collection failed: %s", coll_dir, cdx_last_error());
 	return CDX_OK;

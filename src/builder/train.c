@@ -59,6 +59,7 @@ cdx_build_plan_free(struct cdx_build_plan *p)
 	if (p->tuning != NULL)
 		json_decref((json_t *) p->tuning);
 	cdx_tune_check_free(p->check);
+	cdx_attr_schema_free(p->attrs_schema);
 	free(p);
 }
 
@@ -273,7 +274,8 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	if ((rc = copy_path(p->out, o->out, "--out")) != CDX_OK
 	    || (rc = copy_path(p->input, o->input, "--input")) != CDX_OK
 	    || (rc = copy_path(p->keys, o->keys, "--keys")) != CDX_OK
-	    || (rc = copy_path(p->ids, o->ids, "--ids")) != CDX_OK)
+	    || (rc = copy_path(p->ids, o->ids, "--ids")) != CDX_OK
+	    || (rc = copy_path(p->attrs, o->attrs, "--attrs")) != CDX_OK)
 		goto fail;
 
 	if ((rc = cdx_input_open(&in, o->input, o->dim, o->input_format)) != CDX_OK)
@@ -285,13 +287,13 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 	cdx_info("BLD-INPUT", "%s: %llu rows x %u (%s, %llu bytes)", o->input, (unsigned long long) p->rows,
 	    p->dim, cdx_input_format_name(p->input_format), (unsigned long long) p->input_bytes);
 
-	/* keys and ids are read again by every encode step: no pipes */
-	const char *side[2] = { o->keys, o->ids };
-	for (int i = 0; i < 2; i++) {
+	/* keys, ids and attributes are read again by every encode step: no pipes */
+	const char *side[3] = { o->keys, o->ids, o->attrs }, *side_name[3] = { "keys", "ids", "attributes" };
+	for (int i = 0; i < 3; i++) {
 		struct stat st;
 		if (side[i] != NULL && stat(side[i], &st) == 0 && !S_ISREG(st.st_mode)) {
 			rc = cdx_error(CDX_EINVAL, "%s: not a regular file (%s are read more than once)",
-			    side[i], i == 0 ? "keys" : "ids");
+			    side[i], side_name[i]);
 			goto fail;
 		}
 	}
@@ -304,6 +306,9 @@ cdx_build_train(const struct cdx_build_opts *o, struct cdx_build_plan **pp)
 			p->ids_bytes = (uint64_t) st.st_size;
 	}
 	if (o->keys != NULL && (rc = cdx_keys_check(o->keys, p->rows, &p->keys_bytes)) != CDX_OK)
+		goto fail;
+	if (o->attrs != NULL
+	    && (rc = cdx_attrs_scan(o->attrs, p->rows, &p->attrs_schema, &p->attrs_bytes)) != CDX_OK)
 		goto fail;
 
 	p->index_dim = p->dim;
@@ -482,6 +487,11 @@ cdx_build_plan_save(const struct cdx_build_plan *p, const char *workdir)
 	json_object_set_new(o, "keys_bytes", u64_json(p->keys_bytes));
 	json_object_set_new(o, "ids", json_string(p->ids));
 	json_object_set_new(o, "ids_bytes", u64_json(p->ids_bytes));
+	if (p->attrs_schema != NULL) {
+		json_object_set_new(o, "attrs", json_string(p->attrs));
+		json_object_set_new(o, "attrs_bytes", u64_json(p->attrs_bytes));
+		json_object_set_new(o, "attributes", cdx_attr_schema_to_json(p->attrs_schema));
+	}
 	json_object_set_new(o, "factory", json_string(p->params.factory));
 	json_object_set_new(o, "nlist", json_integer(p->params.nlist));
 	json_object_set_new(o, "pq_m", json_integer(p->params.pq_m));
@@ -635,6 +645,14 @@ cdx_build_plan_load(struct cdx_build_plan **pp, const char *workdir, int with_in
 	p->keys_bytes = pl_u64(&l, o, "keys_bytes");
 	pl_str(&l, o, "ids", p->ids, sizeof(p->ids));
 	p->ids_bytes = pl_u64(&l, o, "ids_bytes");
+	/* attributes: absent in plans of builds without them (and older ones) */
+	if (json_object_get(o, "attrs") != NULL) {
+		pl_str(&l, o, "attrs", p->attrs, sizeof(p->attrs));
+		p->attrs_bytes = pl_u64(&l, o, "attrs_bytes");
+		if (l.rc == CDX_OK)
+			l.rc = cdx_attr_schema_from_json(
+			    json_object_get(o, "attributes"), path, &p->attrs_schema);
+	}
 	pl_str(&l, o, "factory", p->params.factory, sizeof(p->params.factory));
 	p->params.nlist = pl_int(&l, o, "nlist");
 	p->params.pq_m = pl_int(&l, o, "pq_m");

@@ -26,6 +26,7 @@
 #include "wire/pbjson.h"
 #include "wire/wire.h"
 #include "common/common.h"
+#include "common/idlist.h"
 
 struct cdx_client {
 	nng_socket sock;
@@ -390,6 +391,114 @@ call(cdx_client *c, Candex__V1__Request *req, uint32_t timeout_ms, Candex__V1__R
 	return rc;
 }
 
+/* What a search request asks of the server beyond a plain search: the
+ * Applied bits the response must carry, or the server ignored them. */
+static uint32_t
+asked(const struct cdx_query *q)
+{
+	uint32_t a = 0;
+	int filter = q->filter != NULL && q->filter[0] != '\0';
+	for (size_t i = 0; i < q->nparts; i++)
+		filter |= q->parts[i].filter != NULL && q->parts[i].filter[0] != '\0';
+	if (filter)
+		a |= CDX_APPLIED_FILTER;
+	if (q->compact_excludes && q->n_exclude_ids > 0)
+		a |= CDX_APPLIED_EXCLUDE_PACKED;
+	if (q->max_per_group > 0)
+		a |= CDX_APPLIED_CROWDING;
+	if (q->explore_slots > 0 || q->explore_share > 0)
+		a |= CDX_APPLIED_EXPLORE;
+	if (q->nparts > 0)
+		a |= CDX_APPLIED_PARTS;
+	return a;
+}
+
+/* Request-side storage of a search: parts and packed id lists. */
+struct search_msg {
+	Candex__V1__CollectionPart *parts;
+	Candex__V1__CollectionPart **part_ptrs;
+	cdx_buf packed;
+};
+
+static int
+fill_parts(const struct cdx_query *q, Candex__V1__SearchRequest *sr, struct search_msg *sm)
+{
+	if (q->nparts == 0)
+		return CDX_OK;
+	sm->parts = calloc(q->nparts, sizeof(*sm->parts));
+	sm->part_ptrs = calloc(q->nparts, sizeof(*sm->part_ptrs));
+	if (sm->parts == NULL || sm->part_ptrs == NULL)
+		return CDX_ENOMEM;
+	for (size_t i = 0; i < q->nparts; i++) {
+		const struct cdx_query_part *qp = &q->parts[i];
+		Candex__V1__CollectionPart *p = &sm->parts[i];
+		candex__v1__collection_part__init(p);
+		p->collection = (char *) (qp->collection ? qp->collection : "");
+		p->quota = qp->quota;
+		p->dim = qp->vectors != NULL ? qp->dim : 0;
+		p->n_vectors = qp->vectors != NULL ? qp->nvectors * qp->dim : 0;
+		p->vectors = (float *) qp->vectors;
+		p->filter = (char *) (qp->filter ? qp->filter : "");
+		p->n_exclude_ids = qp->n_exclude_ids;
+		p->exclude_ids = (int64_t *) qp->exclude_ids;
+		p->n_exclude_keys = qp->n_exclude_keys;
+		p->exclude_keys = (char **) qp->exclude_keys;
+		p->model_version = (char *) (qp->model_version ? qp->model_version : "");
+		p->calibration_scale = qp->calibration_scale;
+		p->calibration_offset = qp->calibration_offset;
+		sm->part_ptrs[i] = p;
+	}
+	sr->n_parts = q->nparts;
+	sr->parts = sm->part_ptrs;
+	return CDX_OK;
+}
+
+static int
+decode_search(const Candex__V1__SearchResponse *s, struct cdx_result *r)
+{
+	if ((r->queries = calloc(s->n_results ? s->n_results : 1, sizeof(*r->queries))) == NULL)
+		return CDX_ENOMEM;
+	r->nqueries = s->n_results;
+	for (size_t i = 0; i < s->n_results; i++) {
+		Candex__V1__QueryResult *qr = s->results[i];
+		struct cdx_query_result *out = &r->queries[i];
+		out->exhausted = qr->exhausted;
+		if (qr->n_hits == 0)
+			continue;
+		if ((out->hits = calloc(qr->n_hits, sizeof(*out->hits))) == NULL)
+			return CDX_ENOMEM;
+		out->nhits = qr->n_hits;
+		for (size_t j = 0; j < qr->n_hits; j++) {
+			const Candex__V1__Hit *h = qr->hits[j];
+			out->hits[j] = (struct cdx_client_hit) { h->id, h->key, h->score, h->collection,
+				h->explore, h->propensity, h->rank };
+		}
+	}
+	if (s->n_parts > 0 && (r->parts = calloc(s->n_parts, sizeof(*r->parts))) == NULL)
+		return CDX_ENOMEM;
+	r->nparts = s->n_parts;
+	for (size_t i = 0; i < s->n_parts; i++) {
+		const Candex__V1__PartResult *p = s->parts[i];
+		r->parts[i] = (struct cdx_result_part) { p->collection, p->index_version, p->metric,
+			p->nprobe, p->refine_factor, p->expected_recall, p->target_unmet };
+	}
+	r->index_version = s->index_version;
+	r->metric = s->metric;
+	r->nprobe = s->nprobe;
+	r->refine_factor = s->refine_factor;
+	r->recall_target = s->recall_target;
+	r->expected_recall = s->expected_recall;
+	r->target_unmet = s->target_unmet;
+	r->server_time_us = s->server_time_us;
+	r->applied = s->applied;
+	r->seed = s->seed;
+	/* servers from before coverage was reported searched everything */
+	r->coverage = s->items_total > 0 ? s->coverage : 1.0f;
+	r->items_searched = s->items_searched;
+	r->items_total = s->items_total;
+	return CDX_OK;
+}
+
 /* The result owns the unpacked response (priv); hit keys point into it. */
 int
 cdx_client_search(
@@ -398,17 +507,18 @@ cdx_client_search(
 	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
 	Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
 	Candex__V1__Response *resp = NULL;
+	struct search_msg sm = { 0 };
 	struct cdx_result *r = NULL;
 	int rc;
 
 	*rp = NULL;
-	if (c == NULL || q == NULL || q->collection == NULL)
+	if (c == NULL || q == NULL || (q->collection == NULL && q->nparts == 0))
 		return client_fail(err, CDX_EINVAL, "missing client, query or collection");
 	if (q->nvectors > 0 && (q->vectors == NULL || q->dim == 0))
 		return client_fail(err, CDX_EINVAL, "vectors given without data or dimension");
 	if (q->nvectors > SIZE_MAX / (q->dim ? q->dim : 1))
 		return client_fail(err, CDX_ELIMIT, "too many vectors");
-	sr.collection = (char *) q->collection;
+	sr.collection = (char *) (q->collection ? q->collection : "");
 	sr.dim = q->dim;
 	sr.n_vectors = q->nvectors * q->dim;
 	sr.vectors = (float *) q->vectors;
@@ -423,6 +533,29 @@ cdx_client_search(
 	sr.n_exclude_keys = q->n_exclude_keys;
 	sr.exclude_keys = (char **) q->exclude_keys;
 	sr.model_version = (char *) (q->model_version ? q->model_version : "");
+	sr.filter = (char *) (q->filter ? q->filter : "");
+	sr.max_per_group = q->max_per_group;
+	sr.group_by = (char *) (q->group_by ? q->group_by : "");
+	sr.explore_slots = q->explore_slots;
+	sr.explore_share = q->explore_share;
+	sr.explore_pool = q->explore_pool;
+	sr.seed = q->seed;
+	sr.merge = q->merge == CDX_MERGE_CALIBRATED ? CANDEX__V1__MERGE__MERGE_CALIBRATED
+	                                            : CANDEX__V1__MERGE__MERGE_INTERLEAVE;
+	if (q->compact_excludes && q->n_exclude_ids > 0) {
+		if ((rc = cdx_idlist_encode(q->exclude_ids, q->n_exclude_ids, &sm.packed)) != CDX_OK) {
+			cdx_buf_fini(&sm.packed);
+			return client_fail(err, rc, "%s", cdx_last_error());
+		}
+		sr.n_exclude_ids = 0;
+		sr.exclude_ids = NULL;
+		sr.exclude_ids_packed.data = (uint8_t *) sm.packed.data;
+		sr.exclude_ids_packed.len = sm.packed.len;
+	}
+	if (fill_parts(q, &sr, &sm) != CDX_OK) {
+		rc = client_fail(err, CDX_ENOMEM, "out of memory");
+		goto done;
+	}
 	req.request_id = (char *) (q->request_id ? q->request_id : "");
 	req.timeout_ms = q->timeout_ms;
 	req.body_case = CANDEX__V1__REQUEST__BODY_SEARCH;
@@ -433,50 +566,42 @@ cdx_client_search(
 	if (q->timeout_ms != 0 && q->timeout_ms + 100 > timeout)
 		timeout = q->timeout_ms + 100;
 	if ((rc = call(c, &req, timeout, &resp, err)) != CDX_OK)
-		return rc;
+		goto done;
 	if (resp->body_case != CANDEX__V1__RESPONSE__BODY_SEARCH || resp->search == NULL) {
 		candex__v1__response__free_unpacked(resp, NULL);
-		return client_fail(err, CDX_EPROTO, "server answered a search without search results");
+		rc = client_fail(err, CDX_EPROTO, "server answered a search without search results");
+		goto done;
 	}
-	Candex__V1__SearchResponse *s = resp->search;
-	if ((r = calloc(1, sizeof(*r))) == NULL
-	    || (r->queries = calloc(s->n_results ? s->n_results : 1, sizeof(*r->queries))) == NULL)
-		goto nomem;
-	r->nqueries = s->n_results;
-	for (size_t i = 0; i < s->n_results; i++) {
-		Candex__V1__QueryResult *qr = s->results[i];
-		struct cdx_query_result *out = &r->queries[i];
-		if (qr->n_hits == 0)
-			continue;
-		if ((out->hits = calloc(qr->n_hits, sizeof(*out->hits))) == NULL)
-			goto nomem;
-		out->nhits = qr->n_hits;
-		for (size_t j = 0; j < qr->n_hits; j++) {
-			out->hits[j].id = qr->hits[j]->id;
-			out->hits[j].key = qr->hits[j]->key;
-			out->hits[j].score = qr->hits[j]->score;
-		}
+	uint32_t missing = asked(q) & ~resp->search->applied;
+	if (missing != 0) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		rc = client_fail(err, CDX_EVERSION,
+		    "the server ignored %s: it predates them (upgrade it, or leave them out)",
+		    missing & CDX_APPLIED_FILTER               ? "the filter"
+		        : missing & CDX_APPLIED_EXCLUDE_PACKED ? "compact exclusions"
+		        : missing & CDX_APPLIED_CROWDING       ? "crowding"
+		        : missing & CDX_APPLIED_EXPLORE        ? "exploration"
+		                                               : "parts (several collections)");
+		goto done;
 	}
-	r->index_version = s->index_version;
-	r->metric = s->metric;
-	r->nprobe = s->nprobe;
-	r->refine_factor = s->refine_factor;
-	r->recall_target = s->recall_target;
-	r->expected_recall = s->expected_recall;
-	r->target_unmet = s->target_unmet;
-	r->server_time_us = s->server_time_us;
-	/* servers from before coverage was reported searched everything */
-	r->coverage = s->items_total > 0 ? s->coverage : 1.0f;
-	r->items_searched = s->items_searched;
-	r->items_total = s->items_total;
+	if ((r = calloc(1, sizeof(*r))) == NULL) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		rc = client_fail(err, CDX_ENOMEM, "out of memory");
+		goto done;
+	}
 	r->message = resp->message != NULL ? resp->message : "";
 	r->priv = resp;
+	if (decode_search(resp->search, r) != CDX_OK) {
+		cdx_result_free(r);
+		rc = client_fail(err, CDX_ENOMEM, "out of memory");
+		goto done;
+	}
 	*rp = r;
-	return CDX_OK;
-nomem:
-	r->priv = resp;
-	cdx_result_free(r);
-	return client_fail(err, CDX_ENOMEM, "out of memory");
+done:
+	free(sm.parts);
+	free(sm.part_ptrs);
+	cdx_buf_fini(&sm.packed);
+	return rc;
 }
 
 void
@@ -488,6 +613,7 @@ cdx_result_free(struct cdx_result *r)
 		for (size_t i = 0; i < r->nqueries; i++)
 			free(r->queries[i].hits);
 	free(r->queries);
+	free(r->parts);
 	if (r->priv != NULL)
 		candex__v1__response__free_unpacked(r->priv, NULL);
 	free(r);
@@ -589,4 +715,66 @@ cdx_client_drop(cdx_client *c, const char *collection, struct cdx_client_error *
 	req.body_case = CANDEX__V1__REQUEST__BODY_DROP;
 	req.drop = &dr;
 	return admin_call(c, &req, err);
+}
+
+int
+cdx_client_takedown(cdx_client *c, const struct cdx_takedown *t, struct cdx_takedown_result **rp,
+    struct cdx_client_error *err)
+{
+	Candex__V1__Request req = CANDEX__V1__REQUEST__INIT;
+	Candex__V1__TakedownRequest tr = CANDEX__V1__TAKEDOWN_REQUEST__INIT;
+	Candex__V1__Response *resp;
+	int rc;
+
+	if (rp != NULL)
+		*rp = NULL;
+	if (c == NULL || t == NULL || t->collection == NULL)
+		return client_fail(err, CDX_EINVAL, "missing client, takedown or collection");
+	tr.collection = (char *) t->collection;
+	tr.n_add_ids = t->n_add_ids;
+	tr.add_ids = (int64_t *) t->add_ids;
+	tr.n_remove_ids = t->n_remove_ids;
+	tr.remove_ids = (int64_t *) t->remove_ids;
+	tr.n_add_keys = t->n_add_keys;
+	tr.add_keys = (char **) t->add_keys;
+	tr.n_remove_keys = t->n_remove_keys;
+	tr.remove_keys = (char **) t->remove_keys;
+	req.body_case = CANDEX__V1__REQUEST__BODY_TAKEDOWN;
+	req.takedown = &tr;
+	/* a takedown scans the served version once: wait longer than for a search */
+	uint32_t timeout = c->opts.timeout_ms < 60000 ? 60000 : c->opts.timeout_ms;
+	if ((rc = call(c, &req, timeout, &resp, err)) != CDX_OK)
+		return rc;
+	if (resp->body_case != CANDEX__V1__RESPONSE__BODY_TAKEDOWN || resp->takedown == NULL) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		return client_fail(err, CDX_EPROTO, "server answered a takedown without a takedown body");
+	}
+	if (rp == NULL) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		return CDX_OK;
+	}
+	struct cdx_takedown_result *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		candex__v1__response__free_unpacked(resp, NULL);
+		return client_fail(err, CDX_ENOMEM, "out of memory");
+	}
+	const Candex__V1__TakedownResponse *out = resp->takedown;
+	r->nids = out->n_ids;
+	r->ids = out->ids;
+	r->nkeys = out->n_keys;
+	r->keys = (const char *const *) out->keys;
+	r->blocked_items = out->blocked_items;
+	r->priv = resp;
+	*rp = r;
+	return CDX_OK;
+}
+
+void
+cdx_takedown_result_free(struct cdx_takedown_result *r)
+{
+	if (r == NULL)
+		return;
+	if (r->priv != NULL)
+		candex__v1__response__free_unpacked(r->priv, NULL);
+	free(r);
 }

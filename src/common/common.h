@@ -181,4 +181,8 @@ int cdx_buf_append(cdx_buf *b, const void *p, size_t n);
 int cdx_buf_printf(cdx_buf *b, const char *fmt, ...) CDX_PRINTF(2, 3);
 void cdx_buf_fini(cdx_buf *b);
 
+/* qsort/bsearch comparators: int64_t values, and char * strings (strcmp). */
+int cdx_cmp_i64(const void *a, const void *b);
+int cdx_cmp_str(const void *a, const void *b);
+
 #endif

@@ -53,6 +53,9 @@ cdx_signals_open(sigset_t *saved)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* a file size limit makes writes fail (EFBIG), as a full disk does: the
+	 * impression log then drops records; the process must not die of it */
+	signal(SIGXFSZ, SIG_IGN);
 	/* threads started from now on inherit a mask that blocks these, so they
 	 * land on the main thread (or on a thread that existed before) */
 	sigset_t set;

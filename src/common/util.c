@@ -289,3 +289,16 @@ cdx_buf_fini(cdx_buf *b)
 	b->data = NULL;
 	b->len = b->cap = 0;
 }
+
+int
+cdx_cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
+	return x < y ? -1 : x > y;
+}
+
+int
+cdx_cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}

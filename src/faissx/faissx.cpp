@@ -10,9 +10,11 @@
 #include <exception>
 #include <memory>
 #include <stdexcept>
+#include <typeinfo>
 
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexFlatCodes.h>
+#include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexIVFPQFastScan.h>
 #include <faiss/IndexPQ.h>
@@ -23,6 +25,7 @@
 #include <faiss/VectorTransform.h>
 #include <faiss/clone_index.h>
 #include <faiss/c_api/error_impl.h>
+#include <faiss/impl/IDSelector.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
 
@@ -64,6 +67,21 @@ guarded(F f)
 		return -1;
 	}
 }
+
+/* MemberSelector asks a C predicate (filtered scans). */
+struct MemberSelector : faiss::IDSelector {
+	cdx_fx_member_fn member;
+	const void *ctx;
+	MemberSelector(cdx_fx_member_fn m, const void *c)
+	    : member(m)
+	    , ctx(c)
+	{
+	}
+	bool is_member(idx_t id) const override
+	{
+		return member(ctx, id) != 0;
+	}
+};
 
 } // namespace
 
@@ -406,4 +424,46 @@ extern "C" uint64_t
 cdx_fx_index_bytes(const FaissIndex *index)
 {
 	return index_bytes(idx(index));
+}
+
+extern "C" int
+cdx_fx_selector_scan(const FaissIndex *index)
+{
+	/* exact types: a subclass may override the scan and drop the selector */
+	const std::type_info &t = typeid(*idx(index));
+	return t == typeid(faiss::IndexIVFPQ) || t == typeid(faiss::IndexIVFFlat)
+	    || t == typeid(faiss::IndexIVFScalarQuantizer) || t == typeid(faiss::IndexFlat)
+	    || t == typeid(faiss::IndexFlatL2) || t == typeid(faiss::IndexFlatIP);
+}
+
+extern "C" int
+cdx_fx_ivf_search_sel(const FaissIndex *ivf, size_t n, const float *x, size_t k, const int64_t *assign,
+    const float *cdis, size_t nprobe, float *distances, int64_t *labels, cdx_fx_member_fn member,
+    const void *ctx)
+{
+	return guarded([&] {
+		auto *index = dynamic_cast<const faiss::IndexIVF *>(idx(ivf));
+		if (index == nullptr)
+			throw std::invalid_argument("cdx_fx_ivf_search_sel: not an IVF index");
+		MemberSelector sel(member, ctx);
+		faiss::SearchParametersIVF params;
+		params.nprobe = nprobe;
+		params.max_codes = 0;
+		params.sel = member != nullptr ? &sel : nullptr;
+		index->search_preassigned((faiss::Index::idx_t) n, x, (faiss::Index::idx_t) k, assign, cdis,
+		    distances, labels, false, &params);
+	});
+}
+
+extern "C" int
+cdx_fx_search_sel(const FaissIndex *index, size_t n, const float *x, size_t k, float *distances,
+    int64_t *labels, cdx_fx_member_fn member, const void *ctx)
+{
+	return guarded([&] {
+		MemberSelector sel(member, ctx);
+		faiss::SearchParameters params;
+		params.sel = &sel;
+		idx(index)->search(
+		    (faiss::Index::idx_t) n, x, (faiss::Index::idx_t) k, distances, labels, &params);
+	});
 }

@@ -50,6 +50,32 @@ int cdx_fx_ivfpq_like(const FaissIndex *trained, int pq_m, int nbits, int fastsc
  * the IVF inside index into sizes. */
 int cdx_fx_list_sizes(const FaissIndex *index, size_t *sizes, size_t nlist);
 
+/* A row predicate for filtered scans: member(ctx, label) is non-zero for
+ * the labels (shard-local rows) a search may return. Called once per code
+ * the scan visits, possibly from several threads at once. */
+typedef int (*cdx_fx_member_fn)(const void *ctx, int64_t label);
+
+/* cdx_fx_selector_scan: 1 if index (an inner index, see cdx_fx_unwrap) is
+ * of a type whose scan applies an IDSelector in Faiss 1.7.3 (IVF-Flat,
+ * IVF-PQ, IVF-SQ, Flat), 0 otherwise (fast-scan throws, others may ignore
+ * it): searches over other types filter their results instead. */
+int cdx_fx_selector_scan(const FaissIndex *index);
+
+/* cdx_fx_ivf_search_sel is IndexIVF::search_preassigned over n queries x
+ * (the IVF's dimension) with their coarse lists assign/cdis (n x nprobe,
+ * -1 entries skipped), nprobe given here rather than taken from the shared
+ * index (so it may exceed the index's own), and, when member is not NULL,
+ * an IDSelector that asks member: the filter applies inside the scan, so
+ * the k results are the nearest of the rows that pass. ivf is an IVF index
+ * (the inner index of cdx_fx_unwrap). */
+int cdx_fx_ivf_search_sel(const FaissIndex *ivf, size_t n, const float *x, size_t k, const int64_t *assign,
+    const float *cdis, size_t nprobe, float *distances, int64_t *labels, cdx_fx_member_fn member,
+    const void *ctx);
+
+/* cdx_fx_search_sel is Index::search with an IDSelector that asks member
+ * (exact Flat indexes apply it inside their scan). */
+int cdx_fx_search_sel(const FaissIndex *index, size_t n, const float *x, size_t k, float *distances,
+    int64_t *labels, cdx_fx_member_fn member, const void *ctx);
 /* cdx_fx_clone makes, in *out (caller frees with faiss_Index_free), a deep
  * copy of index: faiss_clone_index where Faiss can clone it, else through
  * its serialised form (fast-scan IVF indexes, which Faiss 1.7.3 does not

@@ -144,4 +144,22 @@ int cdx_keys_reader_open(cdx_keys_reader **rp, const char *path);
 int cdx_keys_reader_next(cdx_keys_reader *r, const char **key, size_t *len);
 void cdx_keys_reader_close(cdx_keys_reader *r); /* NULL is a no-op */
 
+/* ---- item attributes (docs/recommenders.md, "Attributes") ------------------ */
+
+struct cdx_attr_schema; /* shard/attrs.h */
+
+/* cdx_attrs_scan checks an attributes file for rows items: a header line of
+ * tab-separated name:type columns (int, bool, enum, set, group), then
+ * exactly rows lines of tab-separated values, in the input's row order.
+ * Errors name the file, line and attribute. On success *schema holds every
+ * column with the enum and set values found (sorted) and the caller frees
+ * it with cdx_attr_schema_free(); *bytes (may be NULL) gets the file size. */
+int cdx_attrs_scan(const char *path, uint64_t rows, struct cdx_attr_schema **schema, uint64_t *bytes);
+/* cdx_attrs_read_rows reads the attributes of the rows keep(row, ctx)
+ * accepts, exactly nrows of them, into cols[c] (malloc'd, nrows x the
+ * column's width; the caller frees each), in row order. schema is the one
+ * cdx_attrs_scan returned for the same file. */
+int cdx_attrs_read_rows(const char *path, const struct cdx_attr_schema *schema, uint64_t rows,
+    int (*keep)(uint64_t row, const void *ctx), const void *ctx, uint64_t nrows, void **cols);
+
 #endif

@@ -761,6 +761,10 @@ search_done(struct rt_front *f)
 		candex__v1__query_result__init(&qrs[i]);
 		qrs[i].hits = hits + i * k;
 		qrs[i].n_hits = cdx__rt_merge_hits(listv, lens, nok, higher_better, k, qrs[i].hits);
+		/* fewer than k pass the selection only if no group has more */
+		qrs[i].exhausted = qrs[i].n_hits < k;
+		for (size_t j = 0; j < nok; j++)
+			qrs[i].exhausted = qrs[i].exhausted && ok[j]->results[i]->exhausted;
 		qrp[i] = &qrs[i];
 	}
 	Candex__V1__SearchResponse out = *first; /* settings, metric: the same from every group */
@@ -773,6 +777,7 @@ search_done(struct rt_front *f)
 	for (size_t j = 0; j < nok; j++) {
 		out.items_searched += ok[j]->items_searched;
 		out.target_unmet |= ok[j]->target_unmet;
+		out.applied &= ok[j]->applied; /* what every group applied */
 		memcpy(shards + nshards, ok[j]->shards_searched, ok[j]->n_shards_searched * sizeof(*shards));
 		nshards += ok[j]->n_shards_searched;
 	}
@@ -912,6 +917,20 @@ handle(struct rt_front *f, nng_msg *msg)
 	}
 	case CANDEX__V1__REQUEST__BODY_SEARCH: {
 		const Candex__V1__SearchRequest *sr = f->req->search;
+		/* a filter and exclusions go through: each group applies them to
+		 * its own shards (and widens on its own); these need the merged
+		 * list */
+		if (sr != NULL
+		    && (sr->max_per_group > 0 || sr->explore_slots > 0 || sr->explore_share > 0
+		        || sr->n_parts > 0)) {
+			reply_error(f, CDX_EINVAL,
+			    "candex route does not apply %s: send such requests to a server that holds "
+			    "every shard",
+			    sr->n_parts > 0             ? "parts (several collections)"
+			        : sr->max_per_group > 0 ? "crowding (max_per_group)"
+			                                : "exploration");
+			return;
+		}
 		if (sr == NULL || !routed(f, sr->collection))
 			return;
 		/* the checks a server makes before it looks keys up */

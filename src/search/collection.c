@@ -15,6 +15,7 @@
 
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
+#include "search/filter.h"
 #include "faissx/error.h"
 
 static int
@@ -78,6 +79,29 @@ load_keys(struct cdx_loaded_shard *ls, const cdx_shard *s)
 	rc = cdx_keys_decode(data, len, ls->rows, &ls->key_strings, &ls->key_offsets);
 	free(data);
 	return rc;
+}
+
+/* load_attrs reads the ATTRS part, which must be there exactly when the
+ * manifest lists attributes, with the same schema. */
+static int
+load_attrs(struct cdx_loaded_shard *ls, const cdx_shard *s, const struct cdx_manifest *m, const char *path)
+{
+	int has = cdx_shard_find_part(s, CDX_PART_ATTRS) != NULL;
+	if (has != (m->attrs != NULL))
+		return cdx_error(CDX_ECORRUPT, "%s: %s an attributes part but the manifest %s attributes",
+		    path, has ? "has" : "lacks", has ? "lists no" : "lists");
+	if (!has)
+		return CDX_OK;
+	void *data;
+	size_t len;
+	int rc = cdx_shard_read_part(s, CDX_PART_ATTRS, &data, &len);
+	if (rc != CDX_OK)
+		return rc;
+	if ((rc = cdx_attr_part_decode(data, len, ls->rows, &ls->attrs)) != CDX_OK)
+		return cdx_error(rc, "%s: %s", path, cdx_last_error());
+	if (!cdx_attr_schema_equal(ls->attrs.schema, m->attrs))
+		return cdx_error(CDX_ECORRUPT, "%s: its attributes differ from the manifest's", path);
+	return CDX_OK;
 }
 
 /* load_shard loads the manifest's shard i into position pos. */
@@ -159,6 +183,8 @@ load_shard(cdx_collection *c, uint32_t pos, uint32_t i, const char *path)
 		    != CDX_OK)
 			goto fail;
 	}
+	if ((rc = load_attrs(ls, s, m, path)) != CDX_OK)
+		goto fail;
 	free(ids_data);
 	cdx_shard_close(s);
 	return CDX_OK;
@@ -222,6 +248,7 @@ prepare_ivf(cdx_collection *c)
 			return cdx_error(CDX_ECORRUPT, "%s: shards differ in their pre-transforms", c->dir);
 		}
 		ls->ivf = faiss_IndexIVF_cast(inner);
+		ls->selector_scan = cdx_fx_selector_scan(inner);
 		if ((ls->ivf == NULL) != (c->d->shards[0].ivf == NULL))
 			return cdx_error(CDX_ECORRUPT, "%s: shards mix IVF and non-IVF indexes", c->dir);
 		if (ls->ivf == NULL)
@@ -245,6 +272,9 @@ prepare_ivf(cdx_collection *c)
 			return cdx_error_faiss("make_direct_map");
 		ls->fastscan = cdx_fx_is_fastscan(inner);
 		ls->preassigned = !ls->fastscan && probe_preassigned(ls, c->d->quantizer, c->d->inner_dim);
+		/* a selector needs search_preassigned's parameters (Faiss 1.7.3's
+		 * fast-scan has neither): search.c filters the others' candidates */
+		ls->selector_scan = ls->selector_scan && ls->preassigned;
 		if (!ls->preassigned && !ls->fastscan)
 			cdx_warn("SRCH-NOPREASSIGN",
 			    "%s shard %u: index type has no search_preassigned; per-request nprobe is "
@@ -321,7 +351,7 @@ build_key_index(cdx_collection *c)
 
 /* memory_bytes counts what the loaded collection holds, once it is ready
  * (direct maps are made by prepare_ivf): every Faiss index as its objects
- * hold it, ids, keys, refine stores and the key index. */
+ * hold it, ids, keys, refine stores, attributes and the key index. */
 static uint64_t
 memory_bytes(const struct cdx_collection_data *c)
 {
@@ -333,6 +363,8 @@ memory_bytes(const struct cdx_collection_data *c)
 			b += ls->key_offsets[ls->rows] + (ls->rows + 1) * sizeof(uint64_t);
 		if (ls->refine_data != NULL)
 			b += ls->refine_bytes;
+		for (uint32_t j = 0; ls->attrs.schema != NULL && j < ls->attrs.schema->ncols; j++)
+			b += ls->rows * cdx_attr_type_width(ls->attrs.schema->cols[j].type);
 	}
 	if (c->key_index != NULL)
 		b += c->items * sizeof(struct cdx_key_slot);
@@ -454,6 +486,7 @@ cdx_collection_load_shards(cdx_collection **cp, const char *path, const struct c
 	}
 	if ((rc = prepare_ivf(c)) != CDX_OK || (rc = build_key_index(c)) != CDX_OK)
 		goto fail;
+	c->d->attrs = c->d->shards[0].attrs.schema;
 	c->d->memory_bytes = memory_bytes(c->d);
 	*cp = c;
 	return CDX_OK;
@@ -533,6 +566,7 @@ data_unref(struct cdx_collection_data *d)
 		free(ls->key_strings);
 		free(ls->key_offsets);
 		free(ls->refine_data);
+		cdx_attr_table_fini(&ls->attrs);
 		for (size_t v = 0; v < ls->nviews; v++)
 			cdx_fx_view_free(ls->views[v]);
 		free(ls->views);
@@ -725,4 +759,43 @@ cdx_collection_vector(const cdx_collection *c, uint32_t shard, uint32_t row, flo
 		memcpy(out, t, c->manifest->dim * sizeof(float));
 	free(t);
 	return frc != 0 ? cdx_error_faiss("reconstruct") : CDX_OK;
+}
+
+const struct cdx_attr_schema *
+cdx_collection_attrs(const cdx_collection *c)
+{
+	return c->d->attrs;
+}
+
+int64_t
+cdx_collection_id(const cdx_collection *c, uint32_t shard, uint32_t row)
+{
+	return c->d->shards[shard].ids[row];
+}
+
+int
+cdx_collection_filter_ids(const cdx_collection *c, const char *filter, int64_t **idsp, size_t *np)
+{
+	*idsp = NULL;
+	*np = 0;
+	cdx_filter *f = NULL;
+	int rc = cdx_filter_compile(&f, filter, c->d->attrs);
+	if (rc != CDX_OK)
+		return rc;
+	int64_t *ids = malloc((c->d->items ? c->d->items : 1) * sizeof(int64_t));
+	if (ids == NULL) {
+		cdx_filter_free(f);
+		return cdx_error(CDX_ENOMEM, "ids of %llu items", (unsigned long long) c->d->items);
+	}
+	size_t n = 0;
+	for (uint32_t s = 0; s < c->d->nshards; s++) {
+		const struct cdx_loaded_shard *ls = &c->d->shards[s];
+		for (uint64_t r = 0; r < ls->rows; r++)
+			if (cdx_filter_match(f, &ls->attrs, r))
+				ids[n++] = ls->ids[r];
+	}
+	cdx_filter_free(f);
+	*idsp = ids;
+	*np = n;
+	return CDX_OK;
 }

@@ -13,6 +13,7 @@
 
 #include "faissx/faissx.h"
 #include "search/search.h"
+#include "shard/attrs.h"
 #include "shard/refine.h"
 #include "shard/transform.h"
 
@@ -31,6 +32,8 @@ struct cdx_loaded_shard {
 	void *refine_data;     /* decompressed REFINE part, or NULL */
 	size_t refine_bytes;   /* its size */
 	struct cdx_refine_store refine;
+	struct cdx_attr_table attrs; /* the ATTRS part (schema NULL: none) */
+	int selector_scan;           /* 1: the scan applies a row selector (filters inside the scan) */
 };
 
 /* An entry of the key index: sorted by hash, then resolved by comparing strings. */
@@ -64,6 +67,7 @@ struct cdx_collection_data {
 	const FaissIndex *pre; /* shard 0's index if it is an IndexPreTransform (PCA), else NULL */
 	uint64_t *list_sizes;  /* nlist: items in each inverted list, summed over shards */
 	uint32_t inner_dim;    /* dimension of the IVF behind the pre-transform (index_dim if none) */
+	const struct cdx_attr_schema *attrs; /* shard 0's attribute schema (all equal), or NULL */
 };
 
 struct cdx_collection {

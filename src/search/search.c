@@ -5,6 +5,23 @@
  *
  * Nothing here writes to a shared Faiss object (see search.h DESIGN), so any
  * number of threads may search one collection at once.
+ *
+ * Selections (a filter, takedowns, exclusions) are tested on every code the
+ * scan visits through Faiss's IDSelector (faissx), so each shard's kf
+ * candidates are the nearest rows that pass; index types whose scan cannot
+ * take a selector are searched plain and their results filtered. Crowding
+ * (max_per_group) is applied in the merge, before the top k is cut. A query
+ * with a selection or crowding that ends with fewer rows than it needs, or (with a selection) whose
+ * probed lists held fewer than kf rows that pass (a filter whose items lie
+ * away from the query), is searched again, alone, with twice the
+ * candidates (when a shard filled all of its kf but crowding dropped some)
+ * or twice the lists, until it is satisfied or has searched everything
+ * (then `exhausted`).
+ * What it needs is the request's k tier (points.h) rather than k when a
+ * selection is on, so that every k of a tier widens alike and answers
+ * still agree across k. A filter or takedowns also choose the operating
+ * point as if k were tier / selectivity: the filtered top k lie about as
+ * deep in the lists as the unfiltered top k / selectivity do.
  */
 #define _GNU_SOURCE
 #include <math.h>
@@ -14,8 +31,10 @@
 
 #include "faissx/faissx.h"
 #include "search/collection_int.h"
+#include "search/filter.h"
 #include "faissx/error.h"
 #include "search/points.h"
+#include "search/select.h"
 
 struct candidate {
 	float score;
@@ -33,26 +52,25 @@ struct search_ctx {
 	size_t nprobe;
 	float refine;
 	int higher_better;
-	int64_t *excl_ids; /* sorted */
-	size_t n_excl_ids;
-	uint64_t *excl_rows; /* sorted (shard << 32 | row) of excluded keys */
-	size_t n_excl_rows;
+	struct cdx_idset excl; /* excluded ids (ids and keys' ids); n 0 and no marker: none */
+	int excluding;
+	cdx_filter *filter;
+	const cdx_rowset *blocked;
+	int selecting; /* a filter, takedowns or exclusions: rows are tested */
+	int thinning;  /* a filter or takedowns: a share of every list is left out */
+	int crowd_col; /* crowding's group column, -1 = none */
+	uint32_t crowd_cap;
+	size_t need;     /* results a query must reach before it stops widening */
+	size_t seen_min; /* with a selection: rows that pass its probed lists must hold (kf) */
 	uint64_t *codes; /* codes scanned (atomically added to by every slice) */
 };
 
-static int
-cmp_i64(const void *a, const void *b)
-{
-	int64_t x = *(const int64_t *) a, y = *(const int64_t *) b;
-	return x < y ? -1 : x > y;
-}
-
-static int
-cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-	return x < y ? -1 : x > y;
-}
+/* Scratch of one merge: group counts for crowding (open addressing). */
+struct crowd {
+	int64_t *groups;
+	uint32_t *counts;
+	uint64_t mask;
+};
 
 static int
 cmp_cand_low(const void *a, const void *b)
@@ -99,42 +117,119 @@ cdx_collection_effective_refine(const cdx_collection *c, float requested)
 	return f >= 1.0f && cdx_collection_has_refine(c) ? f : 0.0f;
 }
 
+/* prepare_selection compiles the filter and builds the exclusion set. */
 static int
-prepare_exclusions(struct search_ctx *x)
+prepare_selection(struct search_ctx *x)
 {
 	const struct cdx_search_params *p = x->p;
-	if (p->n_exclude_ids > 0) {
-		x->excl_ids = malloc(p->n_exclude_ids * sizeof(int64_t));
-		if (x->excl_ids == NULL)
-			return cdx_error(CDX_ENOMEM, "exclusion list");
-		memcpy(x->excl_ids, p->exclude_ids, p->n_exclude_ids * sizeof(int64_t));
-		qsort(x->excl_ids, p->n_exclude_ids, sizeof(int64_t), cmp_i64);
-		x->n_excl_ids = p->n_exclude_ids;
-	}
-	if (p->n_exclude_keys > 0) {
-		x->excl_rows = malloc(p->n_exclude_keys * sizeof(uint64_t));
-		if (x->excl_rows == NULL)
+	const cdx_collection *c = x->c;
+	int rc;
+	x->crowd_col = -1;
+	if (p->filter != NULL && p->filter[0] != '\0'
+	    && (rc = cdx_filter_compile(&x->filter, p->filter, c->d->attrs)) != CDX_OK)
+		return rc;
+	x->blocked = p->blocked != NULL && p->blocked->count > 0 ? p->blocked : NULL;
+	size_t nex = p->n_exclude_ids + p->n_exclude_keys;
+	if (nex > 0) {
+		int64_t *key_ids = p->n_exclude_keys ? malloc(p->n_exclude_keys * sizeof(int64_t)) : NULL;
+		size_t nk = 0;
+		if (p->n_exclude_keys > 0 && key_ids == NULL)
 			return cdx_error(CDX_ENOMEM, "exclusion list");
 		for (size_t i = 0; i < p->n_exclude_keys; i++) {
 			uint32_t shard, row;
 			/* A key the collection does not hold cannot be returned anyway. */
-			if (cdx_collection_find_key(x->c, p->exclude_keys[i], &shard, &row, NULL) == CDX_OK)
-				x->excl_rows[x->n_excl_rows++] = (uint64_t) shard << 32 | row;
+			if (cdx_collection_find_key(c, p->exclude_keys[i], &shard, &row, NULL) == CDX_OK)
+				key_ids[nk++] = c->d->shards[shard].ids[row];
 		}
-		qsort(x->excl_rows, x->n_excl_rows, sizeof(uint64_t), cmp_u64);
+		cdx_error_clear();
+		int64_t lo = INT64_MAX, hi = INT64_MIN;
+		for (size_t i = 0; i < p->n_exclude_ids; i++) {
+			lo = CDX_MIN(lo, p->exclude_ids[i]);
+			hi = CDX_MAX(hi, p->exclude_ids[i]);
+		}
+		for (size_t i = 0; i < nk; i++) {
+			lo = CDX_MIN(lo, key_ids[i]);
+			hi = CDX_MAX(hi, key_ids[i]);
+		}
+		if ((rc = cdx_idset_init(&x->excl, nex, lo, hi)) != CDX_OK) {
+			free(key_ids);
+			return rc;
+		}
+		for (size_t i = 0; i < p->n_exclude_ids; i++)
+			cdx_idset_add(&x->excl, p->exclude_ids[i]);
+		for (size_t i = 0; i < nk; i++)
+			cdx_idset_add(&x->excl, key_ids[i]);
+		free(key_ids);
+		x->excluding = x->excl.n > 0 || x->excl.has_empty;
 	}
-	cdx_error_clear();
+	x->selecting = x->filter != NULL || x->blocked != NULL || x->excluding;
+	x->thinning = x->filter != NULL || x->blocked != NULL;
+	if (p->max_per_group > 0) {
+		const struct cdx_attr_schema *a = c->d->attrs;
+		const char *g = p->group_by;
+		if (g != NULL && g[0] != '\0') {
+			x->crowd_col = cdx_attr_find(a, g, strlen(g));
+			if (x->crowd_col < 0)
+				return cdx_error(CDX_EINVAL,
+				    "group_by: collection %s has no attribute '%.64s'",
+				    c->manifest->collection, g);
+		} else {
+			for (uint32_t i = 0; a != NULL && i < a->ncols && x->crowd_col < 0; i++)
+				if (a->cols[i].type == CDX_ATTR_GROUP)
+					x->crowd_col = (int) i;
+			if (x->crowd_col < 0)
+				return cdx_error(CDX_EINVAL,
+				    "max_per_group: collection %s has no group attribute (build it with "
+				    "--attrs "
+				    "and a name:group column)",
+				    c->manifest->collection);
+		}
+		x->crowd_cap = p->max_per_group;
+	}
 	return CDX_OK;
 }
 
+/* row_passes: the filter, takedowns and exclusions let (shard, row) through. */
 static int
-excluded(const struct search_ctx *x, int64_t id, uint32_t shard, uint32_t row)
+row_passes(const struct search_ctx *x, uint32_t shard, uint32_t row)
 {
-	if (x->n_excl_ids > 0 && bsearch(&id, x->excl_ids, x->n_excl_ids, sizeof(int64_t), cmp_i64) != NULL)
-		return 1;
-	uint64_t loc = (uint64_t) shard << 32 | row;
-	return x->n_excl_rows > 0
-	    && bsearch(&loc, x->excl_rows, x->n_excl_rows, sizeof(uint64_t), cmp_u64) != NULL;
+	const struct cdx_loaded_shard *ls = &x->c->d->shards[shard];
+	if (x->blocked != NULL && cdx_rowset_has(x->blocked, shard, row))
+		return 0;
+	if (x->excluding && cdx_idset_has(&x->excl, ls->ids[row]))
+		return 0;
+	return x->filter == NULL || cdx_filter_match(x->filter, &ls->attrs, row);
+}
+
+struct member_ctx {
+	const struct search_ctx *x;
+	uint32_t shard;
+};
+
+static int
+member(const void *arg, int64_t label)
+{
+	const struct member_ctx *m = arg;
+	return row_passes(m->x, m->shard, (uint32_t) label);
+}
+
+/* estimate_selectivity: the share of rows the filter and takedowns keep,
+ * over an evenly spaced sample of at most 2048 rows (deterministic). */
+static double
+estimate_selectivity(const struct search_ctx *x)
+{
+	const struct cdx_collection_data *d = x->c->d;
+	uint64_t step = d->items / 2048 + 1, seen = 0, kept = 0;
+	for (uint32_t s = 0; s < d->nshards; s++) {
+		for (uint64_t r = (s * 7919) % step; r < d->shards[s].rows; r += step) {
+			seen++;
+			kept += row_passes(x, s, (uint32_t) r);
+		}
+	}
+	if (seen == 0)
+		return 1.0;
+	/* nothing kept in the sample: at most about one row in 2 x seen */
+	return kept > 0 ? (double) kept / (double) seen : 0.5 / (double) seen;
 }
 
 /* Query slices are this small when a deadline is set, so that the search
@@ -158,7 +253,7 @@ static int
 pad_assignment(
     const struct search_ctx *x, size_t nq, const idx_t *assign, const float *cdis, idx_t **keys, float **kdis)
 {
-	size_t cap = x->c->d->nprobe_cap, np = x->nprobe;
+	size_t cap = x->c->d->nprobe_cap, np = CDX_MIN(x->nprobe, x->c->d->nlist);
 	*keys = malloc(nq * cap * sizeof(idx_t));
 	*kdis = malloc(nq * cap * sizeof(float));
 	if (*keys == NULL || *kdis == NULL)
@@ -184,8 +279,8 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 	float *cdis = NULL, *kdis = NULL;
 	int rc = CDX_OK;
 
+	size_t np = CDX_MIN(x->nprobe, c->d->nlist);
 	if (c->d->nlist > 0) {
-		size_t np = x->nprobe;
 		assign = malloc(nq * np * sizeof(idx_t));
 		cdis = malloc(nq * np * sizeof(float));
 		if (assign == NULL || cdis == NULL) {
@@ -211,12 +306,19 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 		float *dst_d = D + ((size_t) s * nq) * kf;
 		idx_t *dst_i = I + ((size_t) s * nq) * kf;
 		int frc;
+		struct member_ctx mc = { x, s };
+		int in_scan = x->selecting && ls->selector_scan;
 		if (ls->ivf != NULL && ls->fastscan) {
+			/* selections are tested on its candidates in merge_query */
 			cdx_fx_view *v;
 			if ((rc = cdx__shard_view_acquire(ls, &v)) != CDX_OK)
 				break;
-			frc = cdx_fx_view_search(v, nq, qs, kf, x->nprobe, assign, cdis, dst_d, dst_i);
+			frc = cdx_fx_view_search(v, nq, qs, kf, np, assign, cdis, dst_d, dst_i);
 			cdx__shard_view_release(ls, v);
+		} else if (ls->ivf != NULL && ls->preassigned && (in_scan || np > c->d->nprobe_cap)) {
+			/* a filtered scan, or wider than the shared index's nprobe */
+			frc = cdx_fx_ivf_search_sel((const FaissIndex *) ls->ivf, nq, qs, kf, assign, cdis,
+			    np, dst_d, dst_i, in_scan ? member : NULL, &mc);
 		} else if (ls->ivf != NULL && ls->preassigned) {
 			if (keys == NULL
 			    && (rc = pad_assignment(x, nq, assign, cdis, &keys, &kdis)) != CDX_OK)
@@ -225,10 +327,12 @@ search_slice(const struct search_ctx *x, const float *q, size_t q0, size_t q1, f
 			    ls->ivf, (idx_t) nq, qs, (idx_t) kf, keys, kdis, dst_d, dst_i, 0);
 		} else if (ls->ivf != NULL) {
 			pthread_mutex_lock(&ls->lock);
-			faiss_IndexIVF_set_nprobe(ls->ivf, x->nprobe);
+			faiss_IndexIVF_set_nprobe(ls->ivf, CDX_MIN(x->nprobe, c->d->nlist));
 			frc = faiss_Index_search(ls->index, (idx_t) nq, qs, (idx_t) kf, dst_d, dst_i);
 			faiss_IndexIVF_set_nprobe(ls->ivf, c->d->nprobe_cap);
 			pthread_mutex_unlock(&ls->lock);
+		} else if (in_scan) {
+			frc = cdx_fx_search_sel(ls->index, nq, qs, kf, dst_d, dst_i, member, &mc);
 		} else {
 			frc = faiss_Index_search(ls->index, (idx_t) nq, qs, (idx_t) kf, dst_d, dst_i);
 		}
@@ -268,41 +372,149 @@ search_chunked(const struct search_ctx *x, const float *q, size_t nq, float *D, 
 	return rc;
 }
 
-/* Merges query i's per-shard results into hits[0..k). */
+/* crowd_take: whether a candidate of group g may still be taken (and
+ * counts it if so). */
+static int
+crowd_take(struct crowd *cr, int64_t g, uint32_t cap)
+{
+	uint64_t i = cdx_mix64((uint64_t) g) & cr->mask;
+	for (; cr->counts[i] != 0; i = (i + 1) & cr->mask)
+		if (cr->groups[i] == g)
+			break;
+	if (cr->counts[i] >= cap)
+		return 0;
+	cr->groups[i] = g;
+	cr->counts[i]++;
+	return 1;
+}
+
+/* Merges query i's per-shard results into hits[0..kout): the candidates
+ * that pass (tested again here: index types without a selector scan
+ * returned all rows), scored, sorted, then taken best first within the
+ * crowding cap. *got is how many were taken, at most x->need; *full says
+ * whether some shard returned all kf it was asked for (more may exist);
+ * *seen counts the candidates all shards returned that pass. */
 static int
 merge_query(const struct search_ctx *x, size_t i, size_t nq, const float *query, const float *D,
-    const idx_t *I, struct candidate *cand, struct cdx_hit *hits)
+    const idx_t *I, struct candidate *cand, struct crowd *cr, struct cdx_hit *hits, size_t kout, size_t *got,
+    int *full, size_t *seen)
 {
 	const cdx_collection *c = x->c;
-	size_t kf = x->kf, n = 0, k = x->p->k;
+	size_t kf = x->kf, n = 0;
+	*full = 0;
+	*seen = 0;
 	for (uint32_t s = 0; s < c->d->nshards; s++) {
 		const struct cdx_loaded_shard *ls = &c->d->shards[s];
 		const float *d = D + ((size_t) s * nq + i) * kf;
 		const idx_t *l = I + ((size_t) s * nq + i) * kf;
+		size_t returned = 0, passed = n;
 		for (size_t j = 0; j < kf; j++) {
 			if (l[j] < 0)
 				continue;
+			returned++;
 			if ((uint64_t) l[j] >= ls->rows)
 				return cdx_error(CDX_EINTERNAL, "shard %u returned row %lld of %llu", s,
 				    (long long) l[j], (unsigned long long) ls->rows);
 			uint32_t row = (uint32_t) l[j];
-			int64_t id = ls->ids[row];
-			if (excluded(x, id, s, row))
+			if (x->selecting && !row_passes(x, s, row))
 				continue;
 			float score = cdx_map_score(&c->d->map, query, d[j]);
 			if (x->refine > 0)
 				score = cdx_refine_distance(&ls->refine, row, query, c->manifest->metric);
-			cand[n++] = (struct candidate) { score, s, row, id };
+			cand[n++] = (struct candidate) { score, s, row, ls->ids[row] };
 		}
+		if (returned == kf && kf < ls->rows)
+			*full = 1;
+		/* rows that pass: a fast-scan shard, filtered here and not in
+		 * its scan, returned rows that do not */
+		*seen += n - passed;
 	}
 	qsort(cand, n, sizeof(*cand), x->higher_better ? cmp_cand_high : cmp_cand_low);
-	for (size_t j = 0; j < k; j++) {
-		if (j < n)
-			hits[j] = (struct cdx_hit) { cand[j].id, cand[j].score, cand[j].shard, cand[j].row };
-		else
-			hits[j] = (struct cdx_hit) { -1, x->higher_better ? -INFINITY : INFINITY, 0, 0 };
+	size_t taken = 0;
+	if (x->crowd_col >= 0)
+		memset(cr->counts, 0, (cr->mask + 1) * sizeof(uint32_t));
+	for (size_t j = 0; j < n && taken < x->need; j++) {
+		if (x->crowd_col >= 0) {
+			const struct cdx_loaded_shard *ls = &c->d->shards[cand[j].shard];
+			if (!crowd_take(cr, cdx_attr_get(&ls->attrs, (uint32_t) x->crowd_col, cand[j].row),
+			        x->crowd_cap))
+				continue;
+		}
+		if (taken < kout)
+			hits[taken]
+			    = (struct cdx_hit) { cand[j].id, cand[j].score, cand[j].shard, cand[j].row };
+		taken++;
 	}
+	for (size_t j = taken; j < kout; j++)
+		hits[j] = (struct cdx_hit) { -1, x->higher_better ? -INFINITY : INFINITY, 0, 0 };
+	*got = taken;
 	return CDX_OK;
+}
+
+/* satisfied: a query found what it needs. With a filter or takedowns, its
+ * probed lists must also have held kf rows that pass: a filter whose items
+ * lie away from the query leaves the nearest lists nearly empty of them,
+ * and the k that are found there need not be the nearest that pass.
+ * (Exclusions remove a known handful of items, not a share of each list.) */
+static int
+satisfied(const struct search_ctx *x, size_t got, size_t seen)
+{
+	return got >= x->need && (!x->thinning || seen >= x->seen_min);
+}
+
+/* widen searches query i (index space qi, original q) again, alone, with
+ * more candidates or more lists each round, until it is satisfied or has
+ * searched everything. *nprobe_used gets the widest nprobe used. */
+static int
+widen(const struct search_ctx *x, const float *qi, const float *q, int full, size_t got, size_t seen,
+    struct cdx_hit *hits, size_t kout, struct crowd *cr, int *exhausted, uint32_t *nprobe_used)
+{
+	const struct cdx_collection_data *d = x->c->d;
+	struct search_ctx y = *x;
+	uint64_t max_rows = 1;
+	for (uint32_t s = 0; s < d->nshards; s++)
+		max_rows = CDX_MAX(max_rows, d->shards[s].rows);
+	float *D = NULL;
+	idx_t *I = NULL;
+	struct candidate *cand = NULL;
+	int rc = CDX_OK;
+	*exhausted = 0;
+	for (;;) {
+		if (past_deadline(&y)) {
+			rc = CDX_ETIMEDOUT;
+			break;
+		}
+		/* crowding or a post-filter dropped some: deeper in the same lists */
+		if (full && y.kf < max_rows && (got < y.need || (y.thinning && seen < y.seen_min)))
+			y.kf = (size_t) CDX_MIN((uint64_t) y.kf * 2, max_rows);
+		else if (d->nlist > 0 && y.nprobe < d->nlist)
+			y.nprobe = CDX_MIN(y.nprobe * 2, d->nlist);
+		else {
+			*exhausted = 1;
+			break;
+		}
+		free(D);
+		free(I);
+		free(cand);
+		D = malloc(d->nshards * y.kf * sizeof(float));
+		I = malloc(d->nshards * y.kf * sizeof(idx_t));
+		cand = malloc(d->nshards * y.kf * sizeof(*cand));
+		if (D == NULL || I == NULL || cand == NULL) {
+			rc = cdx_error(CDX_ENOMEM, "widened search of %zu candidates", y.kf);
+			break;
+		}
+		if ((rc = search_slice(&y, qi, 0, 1, D, I)) != CDX_OK
+		    || (rc = merge_query(&y, 0, 1, q, D, I, cand, cr, hits, kout, &got, &full, &seen))
+		        != CDX_OK)
+			break;
+		if (satisfied(&y, got, seen))
+			break;
+	}
+	*nprobe_used = (uint32_t) y.nprobe;
+	free(D);
+	free(I);
+	free(cand);
+	return rc;
 }
 
 /* index_queries maps nq queries (normalised for cos) into the space the
@@ -365,23 +577,80 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	uint64_t codes = 0;
 	struct search_ctx x
 	    = { .c = c, .p = p, .higher_better = cdx_metric_higher_is_better(m->metric), .codes = &codes };
-	struct cdx_point_choice pc;
-	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
-	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
-	x.refine = cdx_collection_effective_refine(c, pc.refine_factor);
-	size_t excl = p->n_exclude_ids + p->n_exclude_keys, want = (size_t) p->k + excl;
-	/* Re-ranking fetches factor x the k tier, not factor x k: every k of
-	 * a tier then re-ranks the same candidates, so answers agree across k. */
-	if (x.refine > 0)
-		want = (size_t) ceil((double) (CDX_MAX(p->k, pc.tier_k) + excl) * x.refine);
-	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
-
 	float *q = NULL, *qi = NULL, *D = NULL;
 	idx_t *I = NULL;
 	struct candidate *cand = NULL;
-	int rc = prepare_exclusions(&x);
+	struct crowd cr = { 0 };
+	int rc = prepare_selection(&x);
 	if (rc != CDX_OK)
 		goto done;
+	/* A filter or takedowns keep a share s of the items: the point is the
+	 * one measured for tier / s (see the DESIGN note above). */
+	uint32_t tier = cdx_points_tier(m, p->k), k_point = p->k;
+	double selectivity = 1.0;
+	if ((x.filter != NULL || x.blocked != NULL) && c->d->nlist > 0) {
+		selectivity = estimate_selectivity(&x);
+		if (p->nprobe == 0 && selectivity < 1.0)
+			k_point
+			    = (uint32_t) CDX_MIN(ceil(CDX_MAX(p->k, tier) / selectivity), (double) INT32_MAX);
+	}
+	struct cdx_point_choice pc;
+	cdx_points_choose(m, k_point, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
+	x.nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
+	x.refine = cdx_collection_effective_refine(c, pc.refine_factor);
+	/* ... but never shallower than the request's own point: a factor
+	 * measured at a large k (where recall@k forgives more) re-ranks too
+	 * few of the s x tier' candidates that pass for recall at k. */
+	float refine_own = 0;
+	if (k_point != p->k) {
+		struct cdx_point_choice own;
+		cdx_points_choose(m, p->k, 0, p->refine_factor, p->recall_target, p->escalate, &own);
+		x.nprobe = CDX_MAX(x.nprobe, cdx_collection_effective_nprobe(c, own.nprobe));
+		refine_own = cdx_collection_effective_refine(c, own.refine_factor);
+	}
+	int narrowing = x.selecting || x.crowd_col >= 0;
+	/* What a query must find: k; with a selection, its k tier, so that
+	 * every k of a tier searches (and widens) alike. */
+	x.need = narrowing ? CDX_MAX(p->k, tier) : p->k;
+	size_t want = x.need;
+	/* Re-ranking fetches factor x the k tier, not factor x k: every k of
+	 * a tier then re-ranks the same candidates, so answers agree across k.
+	 * A filtered search uses the point measured at tier' = tier(k / s),
+	 * whose factor was measured for factor x tier' candidates: of those,
+	 * about s x tier' pass, so it re-ranks factor x max(tier, s x tier'),
+	 * and at least what the request's own point re-ranks. */
+	if (x.refine > 0) {
+		double depth
+		    = CDX_MAX(CDX_MAX((double) CDX_MAX(x.need, tier), selectivity * pc.tier_k) * x.refine,
+		        (double) CDX_MAX(x.need, tier) * refine_own);
+		want = (size_t) ceil(depth);
+		x.refine = (float) (depth / (double) CDX_MAX(x.need, tier)); /* reported */
+	}
+	x.kf = CDX_MAX((size_t) 1, CDX_MIN(want, (size_t) c->d->items));
+	x.need = CDX_MIN(x.need, (size_t) c->d->items);
+	x.seen_min = x.kf;
+	/* A shard that cannot filter in its scan (fast-scan) returns rows that
+	 * do not pass: ask it for kf / s, so that about kf of them pass (up to
+	 * 64 x; widening goes further). */
+	int post_filtered = 0;
+	for (uint32_t sh = 0; sh < c->d->nshards; sh++)
+		post_filtered |= !c->d->shards[sh].selector_scan;
+	if (x.thinning && post_filtered && selectivity < 1.0) {
+		double more = ceil((double) x.kf / CDX_MAX(selectivity, 1.0 / 64));
+		x.kf = (size_t) CDX_MIN(more, (double) c->d->items);
+	}
+	if (x.crowd_col >= 0) {
+		uint64_t slots = 16;
+		while (slots < 2 * (uint64_t) x.need)
+			slots *= 2;
+		cr.mask = slots - 1;
+		cr.groups = malloc(slots * sizeof(int64_t));
+		cr.counts = calloc(slots, sizeof(uint32_t));
+		if (cr.groups == NULL || cr.counts == NULL) {
+			rc = cdx_error(CDX_ENOMEM, "crowding of %zu results", x.need);
+			goto done;
+		}
+	}
 	q = malloc(nq * dim * sizeof(float));
 	D = malloc(c->d->nshards * nq * x.kf * sizeof(float));
 	I = malloc(c->d->nshards * nq * x.kf * sizeof(idx_t));
@@ -446,15 +715,32 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 	}
 	omp_set_num_threads(saved_threads);
 
+	uint32_t widened = 0, nprobe_max = (uint32_t) x.nprobe;
 	for (size_t i = 0; rc == CDX_OK && i < nq; i++) {
-		if (i % DEADLINE_SLICE == 0 && past_deadline(&x))
-			rc = CDX_ETIMEDOUT; /* merging and re-ranking take time too */
-		else
-			rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, hits + i * p->k);
+		size_t got, seen;
+		int full, exhausted = 0;
+		struct cdx_hit *h = hits + i * p->k;
+		if (i % DEADLINE_SLICE == 0 && past_deadline(&x)) {
+			rc = CDX_ETIMEDOUT; /* merging, re-ranking and widening take time too */
+			break;
+		}
+		rc = merge_query(&x, i, nq, q + i * dim, D, I, cand, &cr, h, p->k, &got, &full, &seen);
+		/* plain queries are never widened: their answer is a function of
+		 * the operating point alone, as the router's exact merge of shard
+		 * groups needs (a group holds only some of each list) */
+		if (rc == CDX_OK && narrowing && !satisfied(&x, got, seen)) {
+			uint32_t np;
+			widened++;
+			rc = widen(
+			    &x, qx + i * x.qdim, q + i * dim, full, got, seen, h, p->k, &cr, &exhausted, &np);
+			nprobe_max = CDX_MAX(nprobe_max, np);
+		}
+		if (p->exhausted != NULL)
+			p->exhausted[i] = (uint8_t) (exhausted && h[p->k - 1].id < 0);
 	}
 	if (rc == CDX_OK && p->used != NULL) {
 		*p->used = (struct cdx_search_used) {
-			.nprobe = (uint32_t) x.nprobe,
+			.nprobe = c->d->nlist > 0 ? nprobe_max : 0,
 			.refine_factor = x.refine,
 			.candidates = (uint32_t) x.kf,
 			.codes = codes,
@@ -465,11 +751,15 @@ cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p
 			.target_unmet = pc.unmet && c->d->nlist > 0,
 			.rung = pc.rung,
 			.rungs = pc.rungs,
+			.widened = widened,
+			.selectivity = selectivity,
 		};
 	}
 done:
-	free(x.excl_ids);
-	free(x.excl_rows);
+	cdx_filter_free(x.filter);
+	cdx_idset_fini(&x.excl);
+	free(cr.groups);
+	free(cr.counts);
 	free(q);
 	free(qi);
 	free(D);

@@ -102,7 +102,11 @@ struct cdx_search_used {
 	double expected_recall; /* the operating point's measured recall, 0 = unknown */
 	int target_unmet;       /* a target was wanted and no measured point reaches it */
 	uint32_t rung, rungs;   /* the operating point used, of how many at its k */
+	uint32_t widened;       /* queries searched again, wider, to find k results */
+	double selectivity;     /* estimated share of items the filter and takedowns keep (1: none) */
 };
+
+struct cdx_rowset;
 
 /* A request's settings. nprobe, refine_factor and recall_target choose an
  * operating point as search/points.h says. */
@@ -118,6 +122,15 @@ struct cdx_search_params {
 	size_t n_exclude_keys;
 	int parallel;                 /* allow OpenMP threads inside this call */
 	struct cdx_search_used *used; /* if not NULL, filled on success */
+	/* Recommender selections (docs/recommenders.md; NULL / 0 = none). They
+	 * apply inside the scan where the index type allows (search/filter.h),
+	 * and a search that finds fewer than k rows that pass is widened (more
+	 * candidates, then more lists) until it has k or has searched everything. */
+	const char *filter;               /* on the items' attributes (search/filter.h) */
+	const struct cdx_rowset *blocked; /* rows never returned (the server's takedowns) */
+	uint32_t max_per_group;           /* crowding: at most this many results per group */
+	const char *group_by;             /* its group attribute (NULL or "": the first group column) */
+	uint8_t *exhausted; /* if not NULL, nq flags set to 1 where fewer than k rows pass at all */
 	/* cdx_now_us() after which the search stops with CDX_ETIMEDOUT, checked
 	 * between shards and query slices; NULL = none. Read at every check, so
 	 * its owner may bring it forward while the search runs (a server that
@@ -134,7 +147,8 @@ struct cdx_hit {
 
 /* cdx_collection_search searches nq queries (nq x dim floats; normalised
  * internally for cos). hits must hold nq x k entries; query i's hits are at
- * hits[i*k], best first, padded with id -1. Validates k, dims and finiteness. */
+ * hits[i*k], best first, padded with id -1. Validates k, dims and finiteness
+ * (and the filter: CDX_EINVAL naming the problem). */
 int cdx_collection_search(const cdx_collection *c, const struct cdx_search_params *p, const float *queries,
     size_t nq, struct cdx_hit *hits);
 
@@ -146,6 +160,15 @@ uint32_t cdx_collection_effective_nprobe(const cdx_collection *c, uint32_t reque
 float cdx_collection_effective_refine(const cdx_collection *c, float requested);
 /* cdx_collection_has_refine: every shard has a refine store. */
 int cdx_collection_has_refine(const cdx_collection *c);
+
+/* cdx_collection_attrs: the version's attribute schema, or NULL. */
+const struct cdx_attr_schema *cdx_collection_attrs(const cdx_collection *c);
+/* cdx_collection_filter_ids sets *ids (malloc'd, *n entries, the caller
+ * frees it) to the ids of every item that passes filter (search/filter.h):
+ * what brute force with the same filter searches (tests, benchmarks). */
+int cdx_collection_filter_ids(const cdx_collection *c, const char *filter, int64_t **ids, size_t *n);
+/* cdx_collection_id returns the external id of a (shard,row). */
+int64_t cdx_collection_id(const cdx_collection *c, uint32_t shard, uint32_t row);
 
 /* cdx_collection_key returns the key of a (shard,row), or "" if the
  * collection has no keys. Valid while the collection is referenced. */

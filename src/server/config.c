@@ -77,8 +77,8 @@ static const struct cdx_opt opts[] = {
 	CDX_OPT_NUM_("max-k", CDX_OPT_U32, O(max_k), "N", "largest k", 1, UINT32_MAX),
 	CDX_OPT_NUM_("max-batch", CDX_OPT_U32, O(max_batch), "N", "most query vectors or keys per request", 1,
 	    UINT32_MAX),
-	CDX_OPT_NUM_(
-	    "max-excludes", CDX_OPT_U32, O(max_excludes), "N", "most exclude ids + keys per request", 0, 0),
+	CDX_OPT_NUM_("max-excludes", CDX_OPT_U32, O(max_excludes), "N",
+	    "most excluded ids + keys per request (plain and compact lists together)", 0, 0),
 	CDX_OPT_NUM_(
 	    "timeout-ms", CDX_OPT_U32, O(timeout_ms), "MS", "deadline of requests that set none", 0, 0),
 	CDX_OPT_NUM_(
@@ -98,6 +98,13 @@ static const struct cdx_opt opts[] = {
 	    "fraction of answered queries re-run exactly to export recall@k in /metrics (0 = off)", 0, 1),
 	CDX_OPT_NUM_("online-recall-cpu", CDX_OPT_DOUBLE, O(online_recall_cpu), "F",
 	    "CPU budget of the online recall checker, as a fraction of one core", 0, 1e3),
+	CDX_OPT_STRDUP_("impression-log", O(impression_log), "DIR",
+	    "write every answered query's items, slots and propensities to DIR (length-delimited\n"
+	    "candex.v1.Impression records, off the request path; docs/recommenders.md)"),
+	CDX_OPT_NUM_("impression-log-bytes", CDX_OPT_BYTES, O(impression_log_bytes), "BYTES",
+	    "start a new impression log file before one passes this size; K/M/G suffixes", 4096, 1e15),
+	CDX_OPT_NUM_("impression-buffer", CDX_OPT_BYTES, O(impression_buffer), "BYTES",
+	    "impression records buffered for the writer; beyond it they are dropped and counted", 4096, 1e15),
 	CDX_OPT_NUM_("adapt-max-rungs", CDX_OPT_U32, O(adapt_max_rungs), "N",
 	    "recall adaptation: when online recall stays below the target, serve up to N\n"
 	    "operating points above the chosen one (one rung per decision; back down when\n"
@@ -134,7 +141,9 @@ cdx_server_config_init(struct cdx_server_config *cfg)
 	cfg->heavy_ms = 25;
 	cfg->max_k = 1000;
 	cfg->max_batch = 1024;
-	cfg->max_excludes = 10000;
+	cfg->max_excludes = 200000;
+	cfg->impression_log_bytes = 64u << 20;
+	cfg->impression_buffer = 4u << 20;
 	cfg->timeout_ms = 5000;
 	cfg->max_timeout_ms = 60000;
 	cfg->parallel_batch = 64;

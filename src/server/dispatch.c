@@ -86,6 +86,8 @@ request_free(struct srv_ctx *x)
 		cdx_collection_unref(x->coll);
 		x->coll = NULL;
 	}
+	cdx_rowset_unref(x->blocked);
+	x->blocked = NULL;
 	x->peeked_id[0] = '\0';
 }
 
@@ -244,6 +246,23 @@ static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char
 	send_response(x, &resp);
 }
 
+void
+cdx__srv_send(struct srv_ctx *x, Candex__V1__Response *resp)
+{
+	send_response(x, resp);
+}
+
+void
+cdx__srv_reply_error(struct srv_ctx *x, int code, const char *fmt, ...)
+{
+	char message[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(message, sizeof(message), fmt, ap);
+	va_end(ap);
+	reply_error(x, code, "%s", message);
+}
+
 /* fill_info describes one served collection; strings point into e. */
 static void
 fill_info(Candex__V1__CollectionInfo *ci, const struct srv_entry *e)
@@ -375,7 +394,7 @@ reply_lookup(struct srv_ctx *x)
 		    x->s->cfg.max_batch);
 		return;
 	}
-	cdx_collection *c = cdx__srv_lookup_version(x->s, lr->collection, lr->index_version);
+	cdx_collection *c = cdx__srv_lookup_version(x->s, lr->collection, lr->index_version, NULL);
 	if (c == NULL) {
 		char names[512];
 		cdx__srv_names(x->s, names, sizeof(names));
@@ -436,12 +455,21 @@ check_search(struct srv_ctx *x)
 	cdx_server *s = x->s;
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	const struct cdx_server_config *cfg = &s->cfg;
+	char msg[1024];
+	int code;
 
+	if (sr != NULL && sr->n_parts > 0) { /* several collections: recsearch.c */
+		if ((code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
+			reply_error(x, code, "%s", msg);
+			return -1;
+		}
+		return 0;
+	}
 	if (sr == NULL || sr->collection == NULL || sr->collection[0] == '\0') {
 		reply_error(x, CDX_EINVAL, "search request without a collection name");
 		return -1;
 	}
-	if ((x->coll = cdx__srv_lookup_version(s, sr->collection, sr->index_version)) == NULL) {
+	if ((x->coll = cdx__srv_lookup_version(s, sr->collection, sr->index_version, &x->blocked)) == NULL) {
 		char names[512];
 		cdx__srv_names(s, names, sizeof(names));
 		if (sr->index_version != NULL && sr->index_version[0] != '\0')
@@ -454,19 +482,18 @@ check_search(struct srv_ctx *x)
 			    (int) cdx_utf8_cut(sr->collection, 100), sr->collection, names);
 		return -1;
 	}
-	char msg[1024];
-	int rc = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg));
-	if (rc != CDX_OK) {
-		reply_error(x, rc, "%s", msg);
+	if ((code = cdx__srv_validate_search(sr, cdx_collection_manifest(x->coll), cfg, msg, sizeof(msg)))
+	        != CDX_OK
+	    || (code = cdx__srv_check_rec(cfg, sr, msg, sizeof(msg))) != 0) {
+		reply_error(x, code, "%s", msg);
 		return -1;
 	}
 	return 0;
 }
 
-/* search_params fills p from x's request; used (may be NULL) is filled by
- * the search. */
+/* search_params fills p from x's request, for the cost estimate. */
 static void
-search_params(const struct srv_ctx *x, struct cdx_search_params *p, struct cdx_search_used *used)
+search_params(const struct srv_ctx *x, struct cdx_search_params *p)
 {
 	const Candex__V1__SearchRequest *sr = x->req->search;
 	*p = (struct cdx_search_params) {
@@ -479,10 +506,7 @@ search_params(const struct srv_ctx *x, struct cdx_search_params *p, struct cdx_s
 		.escalate = sr->nprobe == 0 ? cdx__srv_adapt_escalation(x->s->adapt, x->coll, sr->k) : 0,
 		.exclude_ids = sr->exclude_ids,
 		.n_exclude_ids = sr->n_exclude_ids,
-		.exclude_keys = (const char *const *) sr->exclude_keys,
 		.n_exclude_keys = sr->n_exclude_keys,
-		.used = used,
-		.deadline_us = &x->stop_by,
 	};
 }
 
@@ -519,10 +543,7 @@ static uint64_t
 run_search(struct srv_ctx *x, int idle)
 {
 	cdx_server *s = x->s;
-	const Candex__V1__SearchRequest *sr = x->req->search;
-	cdx_collection *c = x->coll;
-	const struct cdx_manifest *m = cdx_collection_manifest(c);
-	uint64_t now = cdx_now_us(), took_us = 0;
+	uint64_t now = cdx_now_us();
 
 	if (x->pipe != 0 && !cdx__srv_conn_open(&s->conns, x->pipe)) {
 		/* the client has gone: nobody would read the answer */
@@ -533,137 +554,18 @@ run_search(struct srv_ctx *x, int idle)
 		return 0;
 	}
 	if (now > x->deadline_us) {
-		cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 0, 0);
+		if (x->coll != NULL) /* NULL: a search of several collections (parts) */
+			cdx__srv_observe_search(
+			    s, cdx_collection_manifest(x->coll)->collection, now - x->t_recv_us, 0, 0);
 		atomic_fetch_add(&s->m.deadline_dropped, 1);
 		reply_error(x, CDX_ETIMEDOUT,
 		    "deadline exceeded after %.1f ms waiting for a worker; not searched",
 		    (double) (now - x->t_recv_us) / 1000.0);
 		return 0;
 	}
-	size_t dim = m->dim, nq = sr->n_vectors > 0 ? sr->n_vectors / dim : sr->n_query_keys;
-	const float *queries = sr->vectors;
-	float *owned = NULL;
-	struct cdx_hit *hits = malloc(nq * sr->k * sizeof(*hits));
-	Candex__V1__QueryResult *qrs = calloc(nq, sizeof(*qrs));
-	Candex__V1__QueryResult **qrp = calloc(nq, sizeof(*qrp));
-	Candex__V1__Hit *hitv = calloc(nq * sr->k, sizeof(*hitv));
-	Candex__V1__Hit **hitp = calloc(nq * sr->k, sizeof(*hitp));
-
-	if (hits == NULL || qrs == NULL || qrp == NULL || hitv == NULL || hitp == NULL) {
-		reply_error(x, CDX_ENOMEM, "out of memory for %zu x %u results", nq, sr->k);
-		goto done;
-	}
-	if (sr->n_query_keys > 0) {
-		if ((owned = malloc(nq * dim * sizeof(float))) == NULL) {
-			reply_error(x, CDX_ENOMEM, "out of memory");
-			goto done;
-		}
-		for (size_t i = 0; i < nq; i++) {
-			uint32_t shard, row;
-			int64_t id;
-			int rc = cdx_collection_find_key(c, sr->query_keys[i], &shard, &row, &id);
-			if (rc == CDX_OK)
-				rc = cdx_collection_vector(c, shard, row, owned + i * dim);
-			if (rc != CDX_OK) {
-				if (rc == CDX_ENOTFOUND)
-					reply_error(x, rc, "unknown key '%.*s' in collection '%s'",
-					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
-					    m->collection);
-				else
-					reply_error(x, rc, "key '%.*s': %s",
-					    (int) cdx_utf8_cut(sr->query_keys[i], 200), sr->query_keys[i],
-					    cdx_last_error());
-				goto done;
-			}
-		}
-		queries = owned;
-	}
-
-	struct cdx_search_used used;
-	struct cdx_search_params p;
-	search_params(x, &p, &used);
-	int parallel = s->cfg.parallel_batch > 0 && nq >= s->cfg.parallel_batch && idle && s->nworkers > 1;
-	if (parallel) {
-		/* an idle server lends every core to a big batch (search.c
-		 * splits it in slices); workers otherwise stay single-threaded */
-		p.parallel = 1;
-		omp_set_num_threads((int) s->nworkers);
-	}
 	atomic_store(&x->stop_by, x->deadline_us);
 	lower(&x->stop_by, atomic_load(&s->searches_end));
-	uint64_t t0 = cdx_now_us();
-	int rc = cdx_collection_search(c, &p, queries, nq, hits);
-	/* calibrate on whole searches only, in one worker's time */
-	if (rc == CDX_OK)
-		took_us = CDX_MAX(cdx_now_us() - t0, (uint64_t) 1) * (parallel ? s->nworkers : 1);
-	if (parallel)
-		omp_set_num_threads(1);
-	cdx__srv_observe_search(s, m->collection, now - x->t_recv_us, 1, cdx_now_us() - t0);
-	if (rc == CDX_ETIMEDOUT && atomic_load(&x->stop_by) < x->deadline_us) {
-		reply_error(x, CDX_EUNAVAIL,
-		    "server is shutting down: search stopped after %.1f ms; retry on another replica",
-		    (double) (cdx_now_us() - t0) / 1000.0);
-		goto done;
-	}
-	if (rc == CDX_ETIMEDOUT) {
-		atomic_fetch_add(&s->m.deadline_dropped, 1);
-		reply_error(x, rc,
-		    "deadline exceeded after %.1f ms (%.1f ms of it searching); search stopped",
-		    (double) (cdx_now_us() - x->t_recv_us) / 1000.0, (double) (cdx_now_us() - t0) / 1000.0);
-		goto done;
-	}
-	if (rc != CDX_OK) {
-		reply_error(x, rc, "search failed: %s", cdx_last_error());
-		goto done;
-	}
-
-	Candex__V1__Response resp = CANDEX__V1__RESPONSE__INIT;
-	Candex__V1__SearchResponse out = CANDEX__V1__SEARCH_RESPONSE__INIT;
-	for (size_t i = 0; i < nq; i++) {
-		candex__v1__query_result__init(&qrs[i]);
-		qrp[i] = &qrs[i];
-		qrs[i].hits = hitp + i * sr->k;
-		for (size_t j = 0; j < sr->k; j++) {
-			const struct cdx_hit *h = &hits[i * sr->k + j];
-			if (h->id < 0)
-				break; /* fewer than k found */
-			Candex__V1__Hit *o = &hitv[i * sr->k + j];
-			candex__v1__hit__init(o);
-			o->id = h->id;
-			o->key = (char *) cdx_collection_key(c, h->shard, h->row);
-			o->score = h->score;
-			qrs[i].hits[qrs[i].n_hits++] = o;
-		}
-		/* the exact re-run knows nothing of exclusions: offer only plain queries */
-		if (sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0)
-			cdx__srv_recall_offer(
-			    s, c, &p, &used, queries + i * dim, hits + i * sr->k, (uint32_t) qrs[i].n_hits);
-	}
-	atomic_fetch_add(&s->m.queries, nq);
-	if (used.target_unmet)
-		atomic_fetch_add(&s->m.target_unmet, 1);
-	out.n_results = nq;
-	out.results = qrp;
-	out.index_version = (char *) m->version;
-	out.nprobe = used.nprobe;
-	out.refine_factor = used.refine_factor;
-	out.recall_target = used.recall_target;
-	out.expected_recall = (float) used.expected_recall;
-	out.target_unmet = used.target_unmet != 0;
-	out.metric = (char *) cdx_metric_name(m->metric);
-	cdx__srv_fill_coverage(&out, c);
-	out.server_time_us = cdx_now_us() - x->t_recv_us;
-	resp.body_case = CANDEX__V1__RESPONSE__BODY_SEARCH;
-	resp.search = &out;
-	send_response(x, &resp); /* packs before dropping the collection: keys stay valid */
-done:
-	free(owned);
-	free(hits);
-	free(qrs);
-	free(qrp);
-	free(hitv);
-	free(hitp);
-	return took_us;
+	return cdx__srv_search_run(x, idle);
 }
 
 static void *
@@ -800,6 +702,13 @@ intake(struct srv_ctx *x)
 		}
 		cdx__srv_reload_admin(s, x, x->req->reload ? x->req->reload->collection : NULL);
 		return;
+	case CANDEX__V1__REQUEST__BODY_TAKEDOWN:
+		if (!x->admin) {
+			reply_error(x, CDX_EPERM, "takedown is only accepted on the admin listener");
+			return;
+		}
+		cdx__srv_takedown_admin(s, x, x->req->takedown);
+		return;
 	case CANDEX__V1__REQUEST__BODY_DROP:
 		if (!x->admin) {
 			reply_error(x, CDX_EPERM, "drop is only accepted on the admin listener");
@@ -816,8 +725,14 @@ intake(struct srv_ctx *x)
 		x->deadline_us = x->t_recv_us + (uint64_t) t * 1000u;
 		struct cdx_search_params p;
 		char why[256];
-		search_params(x, &p, NULL);
-		cdx__srv_estimate(s, x, batch_size(x), &p);
+		double units;
+		if (x->coll != NULL) {
+			search_params(x, &p);
+			units = cdx__srv_cost_units(x->coll, batch_size(x), &p);
+		} else {
+			units = cdx__srv_rec_cost_units(s, x->req->search);
+		}
+		cdx__srv_estimate(s, x, units);
 		int heavy = x->heavy; /* once admitted, x is the worker's */
 		int rc = cdx__srv_admit(s, x, why, sizeof(why));
 		if (rc == CDX_EOVERLOAD)
@@ -829,8 +744,8 @@ intake(struct srv_ctx *x)
 		return;
 	}
 	default:
-		reply_error(
-		    x, CDX_EINVAL, "request has no body (search, info, health, lookup, reload or drop)");
+		reply_error(x, CDX_EINVAL,
+		    "request has no body (search, info, health, lookup, reload, drop or takedown)");
 		return;
 	}
 }

@@ -33,6 +33,7 @@
 struct srv_previous {
 	char name[CDX_NAME_MAX];
 	cdx_collection *coll; /* one reference */
+	cdx_rowset *blocked;  /* its takedowns' rows, one reference; NULL = none */
 	uint64_t used_ms;     /* monotonic: last request that named it, or when it was replaced */
 };
 
@@ -108,7 +109,7 @@ cdx__srv_wants(cdx_server *s, const char *name, const char *vdir, struct cdx_sha
 /* drop_idle_locked removes the previous versions no request has named for
  * --keep-previous seconds; their references go to *dropped (set_mu held). */
 static size_t
-drop_idle_locked(cdx_server *s, cdx_collection **dropped, size_t max)
+drop_idle_locked(cdx_server *s, struct srv_previous *dropped, size_t max)
 {
 	uint64_t now = cdx_now_us() / 1000, keep = (uint64_t) (s->cfg.keep_previous * 1000);
 	size_t n = 0;
@@ -116,7 +117,7 @@ drop_idle_locked(cdx_server *s, cdx_collection **dropped, size_t max)
 		if (now - s->prev[i].used_ms >= keep) {
 			cdx_info("SRV-PREV-DROP", "collection %s: version %s no longer asked for; freed",
 			    s->prev[i].name, cdx_collection_manifest(s->prev[i].coll)->version);
-			dropped[n++] = s->prev[i].coll;
+			dropped[n++] = s->prev[i];
 			s->prev[i] = s->prev[--s->nprev];
 		} else {
 			i++;
@@ -129,24 +130,29 @@ drop_idle_locked(cdx_server *s, cdx_collection **dropped, size_t max)
 static void
 drop_idle(cdx_server *s)
 {
-	cdx_collection *dropped[16];
+	struct srv_previous dropped[16];
 	size_t n;
 	do {
 		pthread_mutex_lock(&s->set_mu);
 		n = drop_idle_locked(s, dropped, CDX_ARRAY_LEN(dropped));
 		pthread_mutex_unlock(&s->set_mu);
-		for (size_t i = 0; i < n; i++)
-			cdx_collection_unref(dropped[i]);
+		for (size_t i = 0; i < n; i++) {
+			cdx_collection_unref(dropped[i].coll);
+			cdx_rowset_unref(dropped[i].blocked);
+		}
 	} while (n == CDX_ARRAY_LEN(dropped));
 }
 
 void
-cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old)
+cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old, cdx_rowset *old_blocked)
 {
 	if (s->cfg.keep_previous <= 0)
 		return;
 	cdx_collection *gone = NULL;
+	cdx_rowset *gone_blocked = NULL;
 	cdx_collection_ref(old);
+	if (old_blocked != NULL)
+		cdx_rowset_ref(old_blocked);
 	pthread_mutex_lock(&s->set_mu);
 	size_t i = 0;
 	while (i < s->nprev && strcmp(s->prev[i].name, name) != 0)
@@ -156,6 +162,7 @@ cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old)
 		if (grown == NULL) {
 			pthread_mutex_unlock(&s->set_mu);
 			cdx_collection_unref(old);
+			cdx_rowset_unref(old_blocked);
 			cdx_warn(
 			    "SRV-PREV", "collection %s: out of memory keeping the previous version", name);
 			return;
@@ -164,27 +171,34 @@ cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old)
 		s->nprev++;
 	} else {
 		gone = s->prev[i].coll;
+		gone_blocked = s->prev[i].blocked;
 	}
 	snprintf(s->prev[i].name, sizeof(s->prev[i].name), "%s", name);
 	s->prev[i].coll = old;
+	s->prev[i].blocked = old_blocked;
 	s->prev[i].used_ms = cdx_now_us() / 1000;
 	pthread_mutex_unlock(&s->set_mu);
 	cdx_info("SRV-PREV",
 	    "collection %s: version %s stays loaded for requests that name it (until none has for %g s)",
 	    name, cdx_collection_manifest(old)->version, s->cfg.keep_previous);
 	cdx_collection_unref(gone);
+	cdx_rowset_unref(gone_blocked);
 }
 
 cdx_collection *
-cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version)
+cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version, cdx_rowset **blocked)
 {
 	if (version == NULL || *version == '\0')
-		return cdx__srv_lookup(s, name);
-	cdx_collection *c = cdx__srv_lookup(s, name);
+		return cdx__srv_lookup(s, name, blocked);
+	cdx_collection *c = cdx__srv_lookup(s, name, blocked);
 	if (c != NULL && strcmp(cdx_collection_manifest(c)->version, version) == 0)
 		return c;
 	cdx_collection_unref(c);
 	c = NULL;
+	if (blocked != NULL) {
+		cdx_rowset_unref(*blocked);
+		*blocked = NULL;
+	}
 	drop_idle(s);
 	pthread_mutex_lock(&s->set_mu);
 	for (size_t i = 0; i < s->nprev; i++) {
@@ -192,6 +206,8 @@ cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version)
 		    && strcmp(cdx_collection_manifest(s->prev[i].coll)->version, version) == 0) {
 			c = s->prev[i].coll;
 			cdx_collection_ref(c);
+			if (blocked != NULL && (*blocked = s->prev[i].blocked) != NULL)
+				cdx_rowset_ref(*blocked);
 			s->prev[i].used_ms = cdx_now_us() / 1000;
 			break;
 		}
@@ -201,10 +217,47 @@ cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version)
 }
 
 void
+cdx__srv_previous_takedowns(cdx_server *s, const char *name)
+{
+	cdx_collection *c = NULL;
+	pthread_mutex_lock(&s->set_mu);
+	for (size_t i = 0; i < s->nprev && c == NULL; i++)
+		if (strcmp(s->prev[i].name, name) == 0)
+			cdx_collection_ref(c = s->prev[i].coll);
+	pthread_mutex_unlock(&s->set_mu);
+	if (c == NULL)
+		return;
+	/* the rows are the version's own: computed outside the lock, then
+	 * swapped in if that version is still the one kept */
+	cdx_rowset *rows = NULL;
+	if (cdx__srv_takedown_rows(s, name, c, &rows) != CDX_OK) {
+		cdx_warn("SRV-TAKEDOWN-FAIL",
+		    "collection %s: previous version %s keeps its earlier takedowns: %s", name,
+		    cdx_collection_manifest(c)->version, cdx_last_error());
+		cdx_collection_unref(c);
+		return;
+	}
+	pthread_mutex_lock(&s->set_mu);
+	for (size_t i = 0; i < s->nprev; i++) {
+		if (strcmp(s->prev[i].name, name) == 0 && s->prev[i].coll == c) {
+			cdx_rowset *old = s->prev[i].blocked;
+			s->prev[i].blocked = rows;
+			rows = old;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&s->set_mu);
+	cdx_rowset_unref(rows);
+	cdx_collection_unref(c);
+}
+
+void
 cdx__srv_previous_free(cdx_server *s)
 {
-	for (size_t i = 0; i < s->nprev; i++)
+	for (size_t i = 0; i < s->nprev; i++) {
 		cdx_collection_unref(s->prev[i].coll);
+		cdx_rowset_unref(s->prev[i].blocked);
+	}
 	free(s->prev);
 	s->prev = NULL;
 	s->nprev = 0;

@@ -248,6 +248,7 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	    "Listeners recreated by the watchdog after they stopped accepting (nng 1.5 bug).");
 	cdx_buf_printf(b, "candex_listener_restarts_total %llu\n",
 	    (unsigned long long) atomic_load(&m->listener_restarts));
+	cdx__srv_rec_metrics(s, b);
 	HEAD(b, "candex_start_time_seconds", "gauge", "Unix time the server started.");
 	cdx_buf_printf(b, "candex_start_time_seconds %.3f\n", (double) s->start_ms / 1000.0);
 	HEAD(b, "candex_build_info", "gauge", "candex and library versions (value is always 1).");

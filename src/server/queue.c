@@ -68,19 +68,19 @@ cdx__srv_limits_init(cdx_server *s)
 	return CDX_OK;
 }
 
-void
-cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_search_params *p)
+double
+cdx__srv_cost_units(const cdx_collection *c, size_t nq, const struct cdx_search_params *p)
 {
-	const struct cdx_manifest *m = cdx_collection_manifest(x->coll);
+	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	double dim = m->dim, items = (double) m->items;
 	struct cdx_point_choice pc; /* what a recall target turns into */
 	cdx_points_choose(m, p->k, p->nprobe, p->refine_factor, p->recall_target, p->escalate, &pc);
-	float refine = cdx_collection_effective_refine(x->coll, pc.refine_factor);
+	float refine = cdx_collection_effective_refine(c, pc.refine_factor);
 	double excl = (double) p->n_exclude_ids + (double) p->n_exclude_keys;
 	double kf = refine > 0 ? (CDX_MAX((double) p->k, (double) pc.tier_k) + excl) * refine : p->k + excl;
 	double per_query;
 	if (m->nlist > 0) {
-		double nprobe = cdx_collection_effective_nprobe(x->coll, pc.nprobe);
+		double nprobe = cdx_collection_effective_nprobe(c, pc.nprobe);
 		double code = m->pq_m > 0 ? (double) m->pq_m * m->pq_nbits / 8.0 : dim * 4.0;
 		double table = m->pq_m > 0 ? 256.0 * dim : 0.0;
 		per_query = m->nlist * dim + nprobe * (table + items / m->nlist * code);
@@ -88,7 +88,13 @@ cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_
 		per_query = items * dim;
 	}
 	per_query += kf * (m->nshards + (refine > 0 ? dim : 0.0));
-	x->cost_units = per_query * (double) nq;
+	return per_query * (double) nq;
+}
+
+void
+cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units)
+{
+	x->cost_units = units;
 	/* the class by the cheap searches' calibration, the estimate by the
 	 * class's own (the model's error differs between one query and a
 	 * thousand) */

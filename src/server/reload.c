@@ -39,8 +39,9 @@
 
 struct srv_reload_req {
 	struct srv_ctx *ctx;
-	int drop;                /* a DropRequest of only, not a reload */
-	char only[CDX_NAME_MAX]; /* "" = all */
+	int drop;                                    /* a DropRequest of only, not a reload */
+	char only[CDX_NAME_MAX];                     /* "" = all */
+	const Candex__V1__TakedownRequest *takedown; /* a takedown change instead of a reload */
 	struct srv_reload_req *next;
 };
 
@@ -56,21 +57,35 @@ cdx__srv_set_free(struct srv_set *set)
 {
 	if (set == NULL)
 		return;
-	for (size_t i = 0; i < set->n; i++)
+	for (size_t i = 0; i < set->n; i++) {
 		cdx_collection_unref(set->e[i].coll);
+		cdx_rowset_unref(set->e[i].blocked);
+	}
 	free(set->e);
 	free(set);
 }
 
+void
+cdx__srv_entry_ref(const struct srv_entry *e)
+{
+	cdx_collection_ref(e->coll);
+	if (e->blocked != NULL)
+		cdx_rowset_ref(e->blocked);
+}
+
 cdx_collection *
-cdx__srv_lookup(cdx_server *s, const char *name)
+cdx__srv_lookup(cdx_server *s, const char *name, cdx_rowset **blocked)
 {
 	cdx_collection *c = NULL;
+	if (blocked != NULL)
+		*blocked = NULL;
 	pthread_mutex_lock(&s->set_mu);
 	for (size_t i = 0; s->set != NULL && i < s->set->n; i++) {
 		if (strcmp(s->set->e[i].name, name) == 0) {
 			c = s->set->e[i].coll;
 			cdx_collection_ref(c);
+			if (blocked != NULL && (*blocked = s->set->e[i].blocked) != NULL)
+				cdx_rowset_ref(*blocked);
 			break;
 		}
 	}
@@ -91,7 +106,7 @@ cdx__srv_snapshot(cdx_server *s)
 			copy->n = s->set->n;
 			memcpy(copy->e, s->set->e, copy->n * sizeof(*copy->e));
 			for (size_t i = 0; i < copy->n; i++)
-				cdx_collection_ref(copy->e[i].coll);
+				cdx__srv_entry_ref(&copy->e[i]);
 		}
 	}
 	pthread_mutex_unlock(&s->set_mu);
@@ -257,7 +272,9 @@ reload_points(const struct srv_entry *cur, const uint64_t id[3], struct srv_entr
 		return rc;
 	const struct cdx_manifest *m = cdx_collection_manifest(c);
 	*e = *cur;
-	e->coll = c;
+	e->coll = c; /* the same loaded data: its takedown rows still fit */
+	if (e->blocked != NULL)
+		cdx_rowset_ref(e->blocked);
 	memcpy(e->manifest_id, id, sizeof(e->manifest_id));
 	cdx_info("SRV-POINTS",
 	    "collection %s: version %s: manifest re-read: %u operating point(s), default target %g",
@@ -333,7 +350,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		nnames = 0;
 		for (size_t i = 0; i < old->n; i++) {
 			append_entry(next, &old->e[i]);
-			cdx_collection_ref(old->e[i].coll);
+			cdx__srv_entry_ref(&old->e[i]);
 		}
 		goto swap;
 	}
@@ -357,7 +374,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (only != NULL && *only != '\0' && strcmp(name, only) != 0) {
 			if (cur != NULL) {
 				e = *cur;
-				cdx_collection_ref(e.coll);
+				cdx__srv_entry_ref(&e);
 				append_entry(next, &e);
 			}
 			continue;
@@ -373,7 +390,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			if (memcmp(id, cur->manifest_id, sizeof(id)) == 0) {
 				e = *cur; /* unchanged */
 				e.current_missing = 0;
-				cdx_collection_ref(e.coll);
+				cdx__srv_entry_ref(&e);
 				append_entry(next, &e);
 				continue;
 			}
@@ -388,13 +405,14 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 				e = *cur; /* not retried until the manifest changes again */
 				e.current_missing = 0;
 				memcpy(e.manifest_id, id, sizeof(id));
-				cdx_collection_ref(e.coll);
+				cdx__srv_entry_ref(&e);
 				append_entry(next, &e);
 				continue;
 			}
 			e.current_missing = 0;
 			if (append_entry(next, &e) != CDX_OK) {
 				cdx_collection_unref(e.coll);
+				cdx_rowset_unref(e.blocked);
 				add_failure(s, &msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 				goto keep_old;
 			}
@@ -427,6 +445,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		}
 		uint64_t t0 = cdx_now_us();
 		cdx_collection *c = NULL;
+		cdx_rowset *blocked = NULL;
 		r = cdx_collection_load_shards(&c, vdir, &shards);
 		if (r == CDX_OK && strcmp(cdx_collection_manifest(c)->collection, name) != 0)
 			/* served under its directory's name: a copied or moved
@@ -435,6 +454,8 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 			    cdx_collection_manifest(c)->collection, name);
 		if (r == CDX_OK)
 			r = verify(c);
+		if (r == CDX_OK)
+			r = cdx__srv_takedown_rows(s, name, c, &blocked);
 		if (r != CDX_OK) {
 			cdx_collection_unref(c); /* NULL if the load itself failed */
 			c = NULL;
@@ -459,13 +480,15 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		    (double) (cdx_now_us() - t0) / 1000.0, cur ? ", replacing " : "",
 		    cur ? cdx_collection_manifest(cur->coll)->version : "");
 		if (cur != NULL && strcmp(cdx_collection_manifest(cur->coll)->version, m->version) != 0)
-			cdx__srv_previous_keep(s, name, cur->coll);
+			cdx__srv_previous_keep(s, name, cur->coll, cur->blocked);
 		e.coll = c;
+		e.blocked = blocked;
 		snprintf(e.version_dir, sizeof(e.version_dir), "%s", vdir);
 		memcpy(e.manifest_id, id, sizeof(id));
 		e.loaded_ms = cdx_wall_ms();
 		if (append_entry(next, &e) != CDX_OK) {
 			cdx_collection_unref(c);
+			cdx_rowset_unref(blocked);
 			add_failure(s, &msg, &rc, CDX_ENOMEM, name, "out of memory", cur);
 			goto keep_old;
 		}
@@ -475,7 +498,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (cur != NULL) {
 			e = *cur;
 			e.current_missing = 0; /* there is a CURRENT, even if it is bad */
-			cdx_collection_ref(e.coll);
+			cdx__srv_entry_ref(&e);
 			append_entry(next, &e);
 		}
 	}
@@ -485,7 +508,7 @@ do_reload(cdx_server *s, const char *only, int watch, char **msgp, unsigned *cha
 		if (find_entry(next, old->e[i].name) != NULL)
 			continue;
 		struct srv_entry e = old->e[i];
-		cdx_collection_ref(e.coll);
+		cdx__srv_entry_ref(&e);
 		if (only == NULL || *only == '\0' || strcmp(e.name, only) == 0) {
 			const char *version = cdx_collection_manifest(e.coll)->version;
 			if (!e.current_missing)
@@ -613,7 +636,7 @@ drop_collection(cdx_server *s, const char *name, char **msgp)
 			rc = cdx_error(CDX_ENOMEM, "out of memory");
 			goto done;
 		}
-		cdx_collection_ref(old->e[i].coll);
+		cdx__srv_entry_ref(&old->e[i]);
 	}
 	cdx_warn("SRV-DROP", "collection %s: dropped by an admin; version %s no longer served", name,
 	    cdx_collection_manifest(cur->coll)->version);
@@ -634,6 +657,11 @@ done:
 static void
 answer_admin(cdx_server *s, struct srv_reload_req *r)
 {
+	if (r->takedown != NULL) {
+		cdx__srv_takedown_apply(s, r->ctx, r->takedown);
+		free(r);
+		return;
+	}
 	char *msg = NULL;
 	if (r->drop) {
 		int rc = drop_collection(s, r->only, &msg);
@@ -762,9 +790,22 @@ cdx_server_request_reload(cdx_server *s)
 }
 
 static void
+queue_admin(cdx_server *s, struct srv_reload_req *r)
+{
+	struct srv_reload_req **tail;
+	pthread_mutex_lock(&s->r_mu);
+	for (tail = &s->r_head; *tail != NULL; tail = &(*tail)->next)
+		;
+	*tail = r;
+	pthread_cond_signal(&s->r_cv);
+	pthread_mutex_unlock(&s->r_mu);
+}
+
+/* admin_enqueue queues an admin reload (drop 0) or drop of only. */
+static void
 admin_enqueue(cdx_server *s, struct srv_ctx *ctx, const char *only, int drop)
 {
-	struct srv_reload_req *r = calloc(1, sizeof(*r)), **tail;
+	struct srv_reload_req *r = calloc(1, sizeof(*r));
 	if (r == NULL) {
 		cdx__srv_reply_reload(ctx, CDX_ENOMEM, "out of memory");
 		return;
@@ -772,12 +813,7 @@ admin_enqueue(cdx_server *s, struct srv_ctx *ctx, const char *only, int drop)
 	r->ctx = ctx;
 	r->drop = drop;
 	snprintf(r->only, sizeof(r->only), "%s", only ? only : "");
-	pthread_mutex_lock(&s->r_mu);
-	for (tail = &s->r_head; *tail != NULL; tail = &(*tail)->next)
-		;
-	*tail = r;
-	pthread_cond_signal(&s->r_cv);
-	pthread_mutex_unlock(&s->r_mu);
+	queue_admin(s, r);
 }
 
 void
@@ -795,4 +831,17 @@ cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name)
 		return;
 	}
 	admin_enqueue(s, ctx, name, 1);
+}
+
+void
+cdx__srv_takedown_admin(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr)
+{
+	struct srv_reload_req *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		cdx__srv_reply_error(ctx, CDX_ENOMEM, "out of memory");
+		return;
+	}
+	r->ctx = ctx;
+	r->takedown = tr;
+	queue_admin(s, r);
 }

@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/idlist.h"
+#include "recommend/recommend.h"
 #include "server/server.h"
 
 #define SRV_MAX_REFINE 64.0f
@@ -28,7 +30,7 @@
 
 /* Counts taken from a request's wire bytes before decoding. */
 struct srv_counts {
-	uint64_t dim, floats, keys, excludes, unknown;
+	uint64_t dim, floats, keys, excludes, unknown, parts;
 };
 
 static int CDX_PRINTF(4, 5) verr(char *msg, size_t size, int code, const char *fmt, ...)
@@ -38,6 +40,19 @@ static int CDX_PRINTF(4, 5) verr(char *msg, size_t size, int code, const char *f
 	vsnprintf(msg, size, fmt, ap);
 	va_end(ap);
 	return code;
+}
+
+int
+cdx__srv_validate_settings(const Candex__V1__SearchRequest *sr, char *msg, size_t size)
+{
+	msg[0] = '\0';
+	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE)
+		return verr(msg, size, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
+		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
+	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1)
+		return verr(msg, size, CDX_EINVAL, "recall_target must be in [0, 1], not %g",
+		    (double) sr->recall_target);
+	return CDX_OK;
 }
 
 int
@@ -83,30 +98,14 @@ cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_m
 		    "model '%s'",
 		    (int) cdx_utf8_cut(sr->model_version, 128), sr->model_version, m->collection, m->version,
 		    m->model_version[0] ? m->model_version : "(unset)");
-	if (!isfinite(sr->refine_factor) || sr->refine_factor < 0 || sr->refine_factor > SRV_MAX_REFINE)
-		return verr(msg, size, CDX_EINVAL, "refine_factor must be in [0, %g], not %g",
-		    (double) SRV_MAX_REFINE, (double) sr->refine_factor);
-	if (!isfinite(sr->recall_target) || sr->recall_target < 0 || sr->recall_target > 1)
-		return verr(msg, size, CDX_EINVAL, "recall_target must be in [0, 1], not %g",
-		    (double) sr->recall_target);
+	int rc = cdx__srv_validate_settings(sr, msg, size);
+	if (rc != CDX_OK)
+		return rc;
 	for (size_t i = 0; i < sr->n_query_keys; i++) {
 		if (sr->query_keys[i] == NULL || sr->query_keys[i][0] == '\0')
 			return verr(msg, size, CDX_EINVAL, "query key %zu is empty", i);
 	}
 	return CDX_OK;
-}
-
-static int
-get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	*v = 0;
-	for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-		uint8_t b = *(*p)++;
-		*v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0)
-			return 0;
-	}
-	return -1;
 }
 
 /* field walks one field: *num and *wt are its number and wire type, and
@@ -116,14 +115,14 @@ static int
 field(const uint8_t **p, const uint8_t *end, uint64_t *num, int *wt, const uint8_t **val, size_t *len)
 {
 	uint64_t tag, v;
-	if (get_varint(p, end, &tag) != 0)
+	if (cdx_varint_get(p, end, &tag) != 0)
 		return -1;
 	*num = tag >> 3;
 	*wt = (int) (tag & 7);
 	*val = *p;
 	switch (*wt) {
 	case 0:
-		if (get_varint(p, end, &v) != 0)
+		if (cdx_varint_get(p, end, &v) != 0)
 			return -1;
 		break;
 	case 1:
@@ -135,7 +134,7 @@ field(const uint8_t **p, const uint8_t *end, uint64_t *num, int *wt, const uint8
 		break;
 	}
 	case 2:
-		if (get_varint(p, end, &v) != 0 || v > (uint64_t) (end - *p))
+		if (cdx_varint_get(p, end, &v) != 0 || v > (uint64_t) (end - *p))
 			return -1;
 		*val = *p;
 		*p += v;
@@ -157,6 +156,27 @@ varints(const uint8_t *p, size_t len)
 	return n;
 }
 
+/* scan_part counts a CollectionPart's exclusions and unknown fields. */
+static int
+scan_part(const uint8_t *p, size_t len, struct srv_counts *c)
+{
+	const uint8_t *end = p + len, *val;
+	uint64_t num;
+	int wt;
+	size_t n;
+	while (p < end) {
+		if (field(&p, end, &num, &wt, &val, &n) != 0)
+			return -1;
+		if (num == 6) /* exclude_ids: packed varints, or one per field */
+			c->excludes += wt == 2 ? varints(val, n) : 1;
+		else if (num == 8) /* exclude_keys */
+			c->excludes++;
+		else if (num == 0 || num > 11)
+			c->unknown++;
+	}
+	return 0;
+}
+
 static int
 scan_search(const uint8_t *p, size_t len, struct srv_counts *c)
 {
@@ -172,7 +192,7 @@ scan_search(const uint8_t *p, size_t len, struct srv_counts *c)
 			if (wt == 0) {
 				const uint8_t *q = val;
 				uint64_t v;
-				get_varint(&q, val + n, &v);
+				cdx_varint_get(&q, val + n, &v);
 				c->dim = v;
 			}
 			break;
@@ -188,15 +208,16 @@ scan_search(const uint8_t *p, size_t len, struct srv_counts *c)
 		case 9: /* exclude_keys */
 			c->excludes++;
 			break;
-		case 1:
-		case 5:
-		case 6:
-		case 7:
-		case 10:
-		case 11:
+		case 20: /* parts: each decodes into a message of its own */
+			c->parts++;
+			if (wt == 2 && scan_part(val, n, c) != 0)
+				return -1;
 			break;
 		default:
-			c->unknown++;
+			/* singular fields: a repeat replaces the value, it does not
+			 * add one; the recommender fields are 12-21, the router's 30 */
+			if (num == 0 || (num > 21 && num != 30))
+				c->unknown++;
 		}
 	}
 	return 0;
@@ -219,7 +240,7 @@ prescan(const uint8_t *p, size_t len, struct srv_counts *c)
 			/* a message field seen twice is merged by the decoder: sum */
 			if (scan_search(val, n, c) != 0)
 				return -1;
-		} else if (num > 14 || num == 0 || (num > 3 && num < 10)) {
+		} else if (num == 0 || (num > 3 && num < 10) || (num > 14 && num < 20) || num > 21) {
 			c->unknown++;
 		}
 	}
@@ -246,6 +267,11 @@ counts_check(const struct cdx_server_config *cfg, const struct srv_counts *c, ch
 	if (c->excludes > cfg->max_excludes) {
 		snprintf(msg, size, "%llu excluded items exceed the server's max-excludes %u",
 		    (unsigned long long) c->excludes, cfg->max_excludes);
+		return CDX_ELIMIT;
+	}
+	if (c->parts > CDX_REC_MAX_PARTS) {
+		snprintf(msg, size, "%llu parts exceed the most a search may have (%d)",
+		    (unsigned long long) c->parts, CDX_REC_MAX_PARTS);
 		return CDX_ELIMIT;
 	}
 	if (c->unknown > SRV_MAX_UNKNOWN_FIELDS) {

@@ -38,6 +38,7 @@ config_copy(struct cdx_server_config *dst, const struct cdx_server_config *src)
 	dst->ipc_mode = dup_or_null(src->ipc_mode);
 	dst->query_ipc_mode = dup_or_null(src->query_ipc_mode);
 	dst->config_file = dup_or_null(src->config_file);
+	dst->impression_log = dup_or_null(src->impression_log);
 	dst->shards = dup_or_null(src->shards);
 }
 
@@ -81,6 +82,7 @@ teardown(cdx_server *s)
 	cdx__srv_reloader_stop(s);
 	cdx__srv_intake_stop(s);   /* before the workers: it feeds their queue */
 	cdx__srv_workers_stop(s);  /* before the contexts go: a worker may hold one */
+	cdx__srv_rec_stop(s);      /* after the workers: nothing appends any more */
 	cdx__srv_sockets_close(s); /* and the sender thread, once the sockets are closed */
 	cdx_online_recall_stop(s->online);
 	s->online = NULL;
@@ -147,10 +149,11 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		    "online recall: re-running %.3g%% of queries exactly within %.3g of a core",
 		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
-	if ((rc = cdx__srv_workers_start(s)) != CDX_OK || (rc = cdx__srv_intake_start(s)) != CDX_OK
-	    || (rc = cdx__srv_sender_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK
-	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_watchdog_start(s)) != CDX_OK
-	    || (rc = cdx__srv_http_start(s)) != CDX_OK || (rc = cdx__srv_http_search_start(s)) != CDX_OK) {
+	if ((rc = cdx__srv_rec_start(s)) != CDX_OK || (rc = cdx__srv_workers_start(s)) != CDX_OK
+	    || (rc = cdx__srv_intake_start(s)) != CDX_OK || (rc = cdx__srv_sender_start(s)) != CDX_OK
+	    || (rc = cdx__srv_reloader_start(s)) != CDX_OK || (rc = cdx__srv_sockets_open(s)) != CDX_OK
+	    || (rc = cdx__srv_watchdog_start(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK
+	    || (rc = cdx__srv_http_search_start(s)) != CDX_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
 		atomic_store(&s->stopping, 1);

@@ -56,6 +56,7 @@
 #include "common/common.h"
 #include "common/metrics_http.h"
 #include "search/search.h"
+#include "search/select.h"
 #include "shard/manifest.h"
 
 #define CDX_SERVER_MAX_LISTEN 16
@@ -90,11 +91,14 @@ struct cdx_server_config {
 	double watch_interval;      /* seconds between CURRENT polls; 0 = off */
 	double online_recall_fraction;
 	double online_recall_cpu;
-	uint32_t adapt_max_rungs;    /* recall adaptation: rungs it may add; 0 = off */
-	uint32_t adapt_window;       /* checked queries per adaptation decision */
-	double adapt_window_seconds; /* and the least time a decision's window spans */
-	char *ipc_mode;              /* octal permissions of the admin socket's ipc:// file */
-	char *query_ipc_mode;        /* octal permissions of query ipc:// files */
+	char *impression_log;          /* directory of the impression log; NULL = off */
+	uint64_t impression_log_bytes; /* rotate files at this size */
+	uint64_t impression_buffer;    /* bytes buffered before records are dropped */
+	uint32_t adapt_max_rungs;      /* recall adaptation: rungs it may add; 0 = off */
+	uint32_t adapt_window;         /* checked queries per adaptation decision */
+	double adapt_window_seconds;   /* and the least time a decision's window spans */
+	char *ipc_mode;                /* octal permissions of the admin socket's ipc:// file */
+	char *query_ipc_mode;          /* octal permissions of query ipc:// files */
 	char *shards;         /* --shards: the shards of each collection served here (groups.c); NULL = all */
 	double keep_previous; /* seconds a replaced version stays loaded after the last request naming it */
 	int log_level;
@@ -137,6 +141,7 @@ int cdx_server_run(const struct cdx_server_config *cfg);
 struct srv_entry {
 	char name[64];
 	cdx_collection *coll; /* one reference held by the set */
+	cdx_rowset *blocked;  /* its takedowns' rows, one reference; NULL = none */
 	char version_dir[4096];
 	uint64_t loaded_ms;      /* wall clock */
 	uint64_t manifest_id[3]; /* inode, size, mtime (ns) of manifest.json as loaded */
@@ -165,6 +170,9 @@ struct srv_metrics {
 	atomic_uint_fast64_t budget_refused;  /* requests refused: receive-memory budget */
 	atomic_uint_fast64_t abandoned;       /* queued searches dropped: their client left */
 	atomic_uint_fast64_t heavy;           /* searches run as expensive */
+	atomic_uint_fast64_t widened;         /* queries searched again, wider, to find k results */
+	atomic_uint_fast64_t takedowns;       /* admin takedown changes applied */
+	atomic_uint_fast64_t exploring;       /* searches with exploration slots */
 	atomic_uint_fast64_t replies_waited;  /* replies handed to the sender thread */
 	atomic_uint_fast64_t replies_dropped; /* ... that their connection never took in time */
 };
@@ -219,6 +227,7 @@ struct srv_ctx {
 	Candex__V1__Request *req; /* decoded with alloc */
 	char peeked_id[128];      /* request_id of a request that was not decoded */
 	cdx_collection *coll;     /* a reference, for searches */
+	cdx_rowset *blocked;      /* a reference to coll's takedown rows, or NULL */
 	uint64_t t_recv_us;
 	uint64_t deadline_us;         /* searches only; 0 until set */
 	atomic_uint_fast64_t stop_by; /* the running search's deadline; shutdown brings it forward */
@@ -337,6 +346,7 @@ struct cdx_server {
 
 	struct srv_metrics m;
 	struct cdx_online_recall *online; /* NULL unless --online-recall-fraction > 0 */
+	struct cdx_implog *implog;        /* NULL unless --impression-log */
 	struct srv_adapt *adapt;          /* NULL unless adaptation is on (needs online) */
 };
 
@@ -351,11 +361,18 @@ int cdx__srv_reload(cdx_server *s, const char *only, char **msg);
 /* cdx__srv_reload_admin queues an admin reload; the reload thread answers
  * ctx (srv_ctx) when done. */
 void cdx__srv_reload_admin(cdx_server *s, struct srv_ctx *ctx, const char *only);
+/* cdx__srv_takedown_admin queues an admin takedown change (tr belongs to
+ * ctx's request); the reload thread applies it between reloads and answers. */
+void cdx__srv_takedown_admin(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
 /* cdx__srv_drop_admin queues an admin drop of one collection, answered
  * like a reload (cdx__srv_reply_reload). */
 void cdx__srv_drop_admin(cdx_server *s, struct srv_ctx *ctx, const char *name);
-/* cdx__srv_lookup returns a new reference to the named collection, or NULL. */
-cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name);
+/* cdx__srv_lookup returns a new reference to the named collection, or
+ * NULL; *blocked (if not NULL) a reference to its takedowns' rows (NULL if
+ * none), taken under the same lock so that both fit the same version. */
+cdx_collection *cdx__srv_lookup(cdx_server *s, const char *name, cdx_rowset **blocked);
+/* cdx__srv_entry_ref takes one more reference on everything an entry holds. */
+void cdx__srv_entry_ref(const struct srv_entry *e);
 /* cdx__srv_snapshot returns a copy of the set with a reference on every
  * collection; release it with cdx__srv_set_free(). */
 struct srv_set *cdx__srv_snapshot(cdx_server *s);
@@ -379,6 +396,38 @@ uint32_t cdx__srv_queue_depth(cdx_server *s);
 void cdx__srv_searches_end(cdx_server *s, uint64_t t);
 /* cdx__srv_reply_reload answers an admin reload or drop on its context. */
 void cdx__srv_reply_reload(struct srv_ctx *ctx, int status, const char *msg);
+/* cdx__srv_send answers ctx with resp (packed at once: resp's strings may
+ * be freed when it returns); cdx__srv_reply_error with an error. */
+void cdx__srv_send(struct srv_ctx *ctx, Candex__V1__Response *resp);
+void cdx__srv_reply_error(struct srv_ctx *ctx, int code, const char *fmt, ...) CDX_PRINTF(3, 4);
+
+/* takedown.c: the takedowns of served collections (shard/takedown.h) */
+/* cdx__srv_takedown_rows builds the rows of c (collection name) its
+ * takedown list blocks: *out NULL when it blocks none. */
+int cdx__srv_takedown_rows(cdx_server *s, const char *name, const cdx_collection *c, cdx_rowset **out);
+/* cdx__srv_takedown_apply applies an admin change and answers ctx (the
+ * reload thread runs it). */
+void cdx__srv_takedown_apply(cdx_server *s, struct srv_ctx *ctx, const Candex__V1__TakedownRequest *tr);
+
+/* recsearch.c: a search request, from protobuf to results and back */
+/* cdx__srv_check_rec checks the recommender fields of a search (cheap, on
+ * the nng thread). 0, or an error code with msg filled. */
+int cdx__srv_check_rec(
+    const struct cdx_server_config *cfg, const Candex__V1__SearchRequest *sr, char *msg, size_t size);
+/* cdx__srv_search_run runs the checked, queued search of x (x->coll and
+ * x->blocked as looked up; NULL for a multi-collection search) until
+ * x->stop_by, and answers it. Returns the µs one worker spent on a whole
+ * search (the queue's calibration), else 0. idle: the server has no other
+ * work (a big batch may use every core). */
+uint64_t cdx__srv_search_run(struct srv_ctx *x, int idle);
+/* cdx__srv_rec_cost_units: the cost model's units for a multi-collection
+ * search (collections not served count nothing: the search will fail). */
+double cdx__srv_rec_cost_units(cdx_server *s, const Candex__V1__SearchRequest *sr);
+/* cdx__srv_rec_start / _stop: the impression log (--impression-log). */
+int cdx__srv_rec_start(cdx_server *s);
+void cdx__srv_rec_stop(cdx_server *s);
+/* cdx__srv_rec_metrics renders the recommender metrics. */
+void cdx__srv_rec_metrics(cdx_server *s, cdx_buf *out);
 
 /* adapt.c (recall adaptation; every function takes a NULL adapter: off) */
 struct srv_adapt;
@@ -408,6 +457,9 @@ int cdx__srv_adapt_render(struct srv_adapt *a, cdx_buf *b);
  * msg[size]. Needs no socket and no server. */
 int cdx__srv_validate_search(const Candex__V1__SearchRequest *sr, const struct cdx_manifest *m,
     const struct cdx_server_config *cfg, char *msg, size_t size);
+/* cdx__srv_validate_settings checks the search settings (refine_factor,
+ * recall_target) alone: what a search of several collections shares. */
+int cdx__srv_validate_settings(const Candex__V1__SearchRequest *sr, char *msg, size_t size);
 /* cdx__srv_peek_request_id walks the top-level fields of a Request that
  * will not be decoded (too large, or malformed further in) for its
  * request_id (field 2), so that even those error responses echo it; out
@@ -431,13 +483,19 @@ int cdx__srv_shards_for(const char *spec, const char *name, struct cdx_shard_set
 /* cdx__srv_wants: whether this server loads version directory vdir of
  * collection name, and which of its shards (*set). */
 int cdx__srv_wants(cdx_server *s, const char *name, const char *vdir, struct cdx_shard_set *set);
-/* cdx__srv_previous_keep keeps old (a new reference) loaded for requests
+/* cdx__srv_previous_keep keeps old and its takedown rows old_blocked (new
+ * references; old_blocked may be NULL) loaded for requests
  * that name its version, with --keep-previous > 0. */
-void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old);
+void cdx__srv_previous_keep(cdx_server *s, const char *name, cdx_collection *old, cdx_rowset *old_blocked);
 /* cdx__srv_lookup_version: a new reference to collection name at version
  * (NULL or "" = the current one; else the current or the kept previous one
- * if it is that version), or NULL. */
-cdx_collection *cdx__srv_lookup_version(cdx_server *s, const char *name, const char *version);
+ * if it is that version), or NULL; *blocked (if not NULL) as
+ * cdx__srv_lookup's, for that version. */
+cdx_collection *cdx__srv_lookup_version(
+    cdx_server *s, const char *name, const char *version, cdx_rowset **blocked);
+/* cdx__srv_previous_takedowns recomputes the takedown rows of name's kept
+ * previous version, if there is one (after an admin takedown change). */
+void cdx__srv_previous_takedowns(cdx_server *s, const char *name);
 void cdx__srv_previous_free(cdx_server *s);
 /* cdx__srv_fill_coverage fills a SearchResponse's coverage fields from c
  * (pointers into c: valid while the request holds it). */
@@ -477,9 +535,11 @@ void cdx__srv_allocator_init(struct srv_ctx *x);
 /* cdx__srv_limits_init derives the connection limit and the budgets from
  * the configuration; CDX_EINVAL if they cannot hold one request. */
 int cdx__srv_limits_init(cdx_server *s);
-/* cdx__srv_estimate sets x->cost_units, x->cost_us and x->heavy for a
- * search of nq queries with the given parameters. */
-void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, size_t nq, const struct cdx_search_params *p);
+/* cdx__srv_cost_units: the cost model's units for a search of nq queries
+ * of c with the given parameters. */
+double cdx__srv_cost_units(const cdx_collection *c, size_t nq, const struct cdx_search_params *p);
+/* cdx__srv_estimate sets x->cost_units (to units), x->cost_us and x->heavy. */
+void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units);
 /* cdx__srv_admit queues x, or returns CDX_EOVERLOAD (or CDX_EUNAVAIL once
  * the workers are stopping) with msg set. */
 int cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size);

@@ -12,41 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/idlist.h"
 #include "shard/shard.h"
-
-static size_t
-put_varint(uint8_t *p, uint64_t v)
-{
-	size_t n = 0;
-	while (v >= 0x80) {
-		p[n++] = (uint8_t) (v | 0x80);
-		v >>= 7;
-	}
-	p[n++] = (uint8_t) v;
-	return n;
-}
-
-/* get_varint reads one varint from [*p, end); 0 on success, -1 if malformed. */
-static int
-get_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out)
-{
-	const uint8_t *p = *pp;
-	uint64_t v = 0;
-	for (int shift = 0; shift < 64; shift += 7) {
-		if (p >= end)
-			return -1;
-		uint8_t b = *p++;
-		if (shift == 63 && b > 1)
-			return -1; /* more than 64 bits */
-		v |= (uint64_t) (b & 0x7f) << shift;
-		if ((b & 0x80) == 0) {
-			*pp = p;
-			*out = v;
-			return 0;
-		}
-	}
-	return -1;
-}
 
 int
 cdx_ids_encode(const int64_t *ids, size_t n, cdx_buf *out)
@@ -60,7 +27,7 @@ cdx_ids_encode(const int64_t *ids, size_t n, cdx_buf *out)
 			return rc;
 		uint64_t d = (uint64_t) ids[i] - prev;
 		uint64_t z = (d << 1) ^ (uint64_t) - (int64_t) (d >> 63);
-		out->len += put_varint((uint8_t *) out->data + out->len, z);
+		out->len += cdx_varint_put((uint8_t *) out->data + out->len, z);
 		prev = (uint64_t) ids[i];
 	}
 	return CDX_OK;
@@ -73,7 +40,7 @@ cdx_ids_decode(const void *data, size_t len, int64_t *ids, size_t n)
 	uint64_t prev = 0;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t z;
-		if (get_varint(&p, end, &z) != 0)
+		if (cdx_varint_get(&p, end, &z) != 0)
 			return cdx_error(
 			    CDX_ECORRUPT, "ids: malformed or truncated varint at row %zu of %zu", i, n);
 		uint64_t d = (z >> 1) ^ (uint64_t) - (int64_t) (z & 1);
@@ -92,7 +59,7 @@ cdx_keys_encode_one(const char *key, size_t keylen, cdx_buf *out)
 	if (memchr(key, 0, keylen) != NULL)
 		return cdx_error(CDX_EINVAL, "key contains a NUL byte");
 	uint8_t tmp[10];
-	size_t n = put_varint(tmp, keylen);
+	size_t n = cdx_varint_put(tmp, keylen);
 	int rc = cdx_buf_reserve(out, n + keylen);
 	if (rc != CDX_OK)
 		return rc;
@@ -123,7 +90,7 @@ cdx_keys_decode(const void *data, size_t len, size_t n, char **strings, uint64_t
 	size_t o = 0;
 	for (size_t i = 0; i < n; i++) {
 		uint64_t kl;
-		if (get_varint(&p, end, &kl) != 0 || kl > (uint64_t) (end - p)) {
+		if (cdx_varint_get(&p, end, &kl) != 0 || kl > (uint64_t) (end - p)) {
 			free(str);
 			free(off);
 			return cdx_error(CDX_ECORRUPT, "keys: malformed or truncated key %zu of %zu", i, n);

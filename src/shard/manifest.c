@@ -18,10 +18,10 @@
 #include "shard/manifest.h"
 
 /* The top-level keys this version reads; everything else goes to extra. */
-static const char *const known_keys[]
-    = { "format_version", "collection", "version", "model_version", "factory", "metric", "dim", "items",
-	      "nlist", "pq_m", "pq_nbits", "default_nprobe", "refine", "default_refine_factor", "shards",
-	      "operating_points", "build", "structure", "default_recall_target", "tuned_k", "tuning" };
+static const char *const known_keys[] = { "format_version", "collection", "version", "model_version",
+	"factory", "metric", "dim", "items", "nlist", "pq_m", "pq_nbits", "default_nprobe", "refine",
+	"default_refine_factor", "shards", "operating_points", "build", "structure", "default_recall_target",
+	"tuned_k", "tuning", "attributes" };
 
 static int
 is_known_key(const char *k)
@@ -139,6 +139,8 @@ manifest_json(const struct cdx_manifest *m)
 	json_object_set_new(o, "tuned_k", tk);
 	if (m->tuning != NULL)
 		json_object_set(o, "tuning", (json_t *) m->tuning);
+	if (m->attrs != NULL)
+		json_object_set_new(o, "attributes", cdx_attr_schema_to_json(m->attrs));
 	json_t *b = json_object();
 	json_object_set_new(b, "seed", u64_json(m->seed));
 	json_object_set_new(b, "train_sample", u64_json(m->train_sample));
@@ -424,6 +426,12 @@ load_structure(struct ld *l, json_t *root, struct cdx_manifest *m)
 		else
 			m->tuning = json_incref(tuning);
 	}
+	json_t *attrs = json_object_get(root, "attributes");
+	if (l->rc == CDX_OK && attrs != NULL) {
+		char what[PATH_MAX + 16];
+		snprintf(what, sizeof(what), "%s: attributes", l->path);
+		l->rc = cdx_attr_schema_from_json(attrs, what, &m->attrs);
+	}
 }
 
 static void
@@ -598,5 +606,6 @@ cdx_manifest_free(struct cdx_manifest *m)
 		json_decref((json_t *) m->tuning);
 	if (m->extra != NULL)
 		json_decref((json_t *) m->extra);
+	cdx_attr_schema_free(m->attrs);
 	free(m);
 }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shard/attrs.h"
 #include "shard/shard.h"
 
 #define CDX_MANIFEST_FORMAT_VERSION 1
@@ -75,6 +76,8 @@ struct cdx_manifest {
 	uint32_t ntuned_k; /* the k the points were measured at, ascending */
 	uint32_t tuned_k[CDX_MANIFEST_MAX_TUNED_K];
 	void *tuning; /* json_t* report of the self-tuning build, or NULL; owned */
+	/* item attributes (attrs.h), or NULL when the build had none; owned */
+	struct cdx_attr_schema *attrs;
 	/* build provenance */
 	uint64_t seed;
 	uint64_t train_sample;

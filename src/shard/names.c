@@ -63,6 +63,8 @@ cdx_part_name(int kind)
 		return "keys";
 	case CDX_PART_REFINE:
 		return "refine";
+	case CDX_PART_ATTRS:
+		return "attrs";
 	default:
 		return "unknown";
 	}

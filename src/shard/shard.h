@@ -27,6 +27,7 @@
  *           "spotify:track:..." keys compress well under lz4).
  *   REFINE  a cdx_refine_disk_header then rows x dim values in fp32, fp16
  *           or sq8 (sq8: per-dimension min and scale, then uint8 codes).
+ *   ATTRS   item attributes, one column each (attrs.h); optional.
  *
  * Unknown part kinds are skipped by readers (a flag marks parts a reader
  * must understand), so later formats can add parts (e.g. propensities,
@@ -72,9 +73,10 @@ enum cdx_part_kind {
 	CDX_PART_IDS = 2,
 	CDX_PART_KEYS = 3,
 	CDX_PART_REFINE = 4,
+	CDX_PART_ATTRS = 5, /* item attributes for filters and crowding (attrs.h) */
 };
 #define CDX_PART_FLAG_REQUIRED 1u    /* a reader that does not know the kind must refuse */
-const char *cdx_part_name(int kind); /* "faiss" "ids" "keys" "refine" */
+const char *cdx_part_name(int kind); /* "faiss" "ids" "keys" "refine" "attrs" */
 
 enum cdx_refine_kind { CDX_REFINE_NONE = 0, CDX_REFINE_FP32 = 1, CDX_REFINE_FP16 = 2, CDX_REFINE_SQ8 = 3 };
 const char *cdx_refine_name(int kind); /* "none" "fp32" "fp16" "sq8" */

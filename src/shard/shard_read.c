@@ -40,7 +40,7 @@ struct cdx_shard {
 static int
 known_kind(uint32_t kind)
 {
-	return kind >= CDX_PART_FAISS && kind <= CDX_PART_REFINE;
+	return kind >= CDX_PART_FAISS && kind <= CDX_PART_ATTRS;
 }
 
 /* read_at reads exactly len bytes at off; a file that ends early has shrunk

@@ -112,6 +112,79 @@ put_indent(cdx_buf *b, unsigned flags, int depth)
 	return rc;
 }
 
+/* bytes are base64 in JSON (RFC 4648, standard alphabet, padded on write;
+ * read also URL-safe and unpadded, as the proto3 JSON mapping allows). */
+static const char b64_alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int
+put_base64(cdx_buf *b, const ProtobufCBinaryData *v)
+{
+	int rc = cdx_buf_append(b, "\"", 1);
+	for (size_t i = 0; rc == CDX_OK && i < v->len; i += 3) {
+		uint32_t w = (uint32_t) v->data[i] << 16;
+		size_t left = v->len - i;
+		if (left > 1)
+			w |= (uint32_t) v->data[i + 1] << 8;
+		if (left > 2)
+			w |= v->data[i + 2];
+		char q[4] = { b64_alphabet[w >> 18 & 63], b64_alphabet[w >> 12 & 63],
+			left > 1 ? b64_alphabet[w >> 6 & 63] : '=', left > 2 ? b64_alphabet[w & 63] : '=' };
+		rc = cdx_buf_append(b, q, 4);
+	}
+	return rc == CDX_OK ? cdx_buf_append(b, "\"", 1) : rc;
+}
+
+/* base64_value: the 6-bit value of c, or -1. */
+static int
+base64_value(char c)
+{
+	if (c == '-')
+		return 62;
+	if (c == '_')
+		return 63;
+	const char *at = c != '\0' ? strchr(b64_alphabet, c) : NULL;
+	return at != NULL ? (int) (at - b64_alphabet) : -1;
+}
+
+/* base64_decode decodes text (padding optional) into *out (malloc'd). */
+static int
+base64_decode(const char *text, ProtobufCBinaryData *out)
+{
+	size_t n = strlen(text);
+	while (n > 0 && text[n - 1] == '=')
+		n--;
+	if (n % 4 == 1)
+		return -1;
+	uint8_t *data = malloc(n / 4 * 3 + 3);
+	if (data == NULL)
+		return -2;
+	size_t len = 0;
+	uint32_t acc = 0;
+	for (size_t i = 0; i < n; i++) {
+		int v = base64_value(text[i]);
+		if (v < 0) {
+			free(data);
+			return -1;
+		}
+		acc = acc << 6 | (uint32_t) v;
+		if (i % 4 == 3) {
+			data[len++] = (uint8_t) (acc >> 16);
+			data[len++] = (uint8_t) (acc >> 8);
+			data[len++] = (uint8_t) acc;
+			acc = 0;
+		}
+	}
+	if (n % 4 == 2) {
+		data[len++] = (uint8_t) (acc >> 4);
+	} else if (n % 4 == 3) {
+		data[len++] = (uint8_t) (acc >> 10);
+		data[len++] = (uint8_t) (acc >> 2);
+	}
+	out->data = data;
+	out->len = len;
+	return 0;
+}
+
 static int
 put_string(cdx_buf *b, const char *s)
 {
@@ -205,10 +278,9 @@ write_value(cdx_buf *b, const ProtobufCFieldDescriptor *f, const void *p, unsign
 		return write_message(b, sub, flags, depth);
 	}
 	case PROTOBUF_C_TYPE_BYTES:
-		break;
+		return put_base64(b, (const ProtobufCBinaryData *) p);
 	}
-	/* candex.proto has no bytes fields; base64 is not implemented */
-	return cdx_error(CDX_EINTERNAL, "field %s: bytes fields have no JSON form here", f->name);
+	return cdx_error(CDX_EINTERNAL, "field %s: type %d has no JSON form here", f->name, (int) f->type);
 }
 
 /* is_default says whether a singular field holds its default (zero) value. */
@@ -222,6 +294,8 @@ is_default(const ProtobufCFieldDescriptor *f, const void *p)
 	}
 	case PROTOBUF_C_TYPE_MESSAGE:
 		return *(void *const *) p == NULL;
+	case PROTOBUF_C_TYPE_BYTES:
+		return ((const ProtobufCBinaryData *) p)->len == 0;
 	case PROTOBUF_C_TYPE_FLOAT:
 		return *(const float *) p == 0 && !signbit(*(const float *) p);
 	case PROTOBUF_C_TYPE_DOUBLE:
@@ -731,10 +805,22 @@ read_value(struct reader *r, const ProtobufCFieldDescriptor *f, void *out)
 		memcpy(out, &sub, sizeof(sub));
 		return CDX_OK;
 	}
-	case PROTOBUF_C_TYPE_BYTES:
-		break;
+	case PROTOBUF_C_TYPE_BYTES: {
+		char *text = NULL;
+		if (read_string(r, &text) != CDX_OK)
+			return r->rc;
+		ProtobufCBinaryData v = { 0, NULL };
+		int bad64 = base64_decode(text, &v);
+		free(text);
+		if (bad64 == -2)
+			return nomem(r);
+		if (bad64 != 0)
+			return bad(r, "field '%s': not base64", f->name);
+		memcpy(out, &v, sizeof(v));
+		return CDX_OK;
 	}
-	return bad(r, "field '%s': bytes fields have no JSON form here", f->name);
+	}
+	return bad(r, "field '%s': type %d has no JSON form here", f->name, (int) f->type);
 }
 
 /* read_repeated reads a JSON array into the repeated field f of m. */

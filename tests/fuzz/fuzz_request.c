@@ -5,7 +5,8 @@
  * count checks on the wire bytes, then the protobuf decoder through the
  * server's receive-budget allocator, with a budget of a few times the
  * input so that both decoding and refusal are reached) and, for a search,
- * the validation against a collection of dim 16 and the default limits.
+ * the validation against a collection of dim 16 and the default limits
+ * (then the recommender fields' checks, cdx__srv_check_rec).
  * Beyond the sanitizers it checks what the server relies on: an echoed id
  * and every error message are valid UTF-8 and bounded; a decoded request
  * holds no more keys and exclusions than the limits (the counts before
@@ -82,6 +83,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		CHECK(sr->n_exclude_ids + sr->n_exclude_keys <= cfg.max_excludes);
 		char msg[1024];
 		int rc = cdx__srv_validate_search(sr, &manifest, &cfg, msg, sizeof(msg));
+		if (rc == CDX_OK) /* the recommender fields, as check_search does next */
+			rc = cdx__srv_check_rec(&cfg, sr, msg, sizeof(msg));
 		cdx_utf8_sanitize(msg); /* as reply_error does */
 		CHECK(cdx_utf8_valid(msg, strlen(msg)));
 		if (rc == CDX_OK) {

@@ -106,6 +106,35 @@ test_refusals(void **state)
 }
 
 /* A oneof takes one member: two are an error, not "the last one wins". */
+/* bytes fields are base64 (padded on write; URL-safe and unpadded read too) */
+static void
+test_bytes_base64(void **state)
+{
+	(void) state;
+	static const uint8_t raw[][5] = { { 0 }, { 0xfb }, { 0xfb, 0xff }, { 0xfb, 0xff, 0x01 },
+		{ 0xfb, 0xff, 0x01, 0x80 }, { 0xfb, 0xff, 0x01, 0x80, 0x7f } };
+	static const char *const text[] = { "", "+w==", "+/8=", "+/8B", "+/8BgA==", "+/8BgH8=" };
+	for (size_t n = 1; n <= 5; n++) {
+		Candex__V1__SearchRequest sr = CANDEX__V1__SEARCH_REQUEST__INIT;
+		sr.exclude_ids_packed.data = (uint8_t *) raw[n];
+		sr.exclude_ids_packed.len = n;
+		char *json = write_text(&sr.base, 0), want[64];
+		snprintf(want, sizeof(want), "{\"excludeIdsPacked\":\"%s\"}", text[n]);
+		assert_string_equal(json, want);
+		Candex__V1__SearchRequest *back = read_search(json, CDX_OK);
+		assert_int_equal(back->exclude_ids_packed.len, n);
+		assert_memory_equal(back->exclude_ids_packed.data, raw[n], n);
+		protobuf_c_message_free_unpacked(&back->base, NULL);
+		free(json);
+	}
+	Candex__V1__SearchRequest *u = read_search("{\"excludeIdsPacked\":\"-_8BgA\"}", CDX_OK);
+	assert_int_equal(u->exclude_ids_packed.len, 4);
+	assert_memory_equal(u->exclude_ids_packed.data, raw[4], 4);
+	protobuf_c_message_free_unpacked(&u->base, NULL);
+	refused("{\"excludeIdsPacked\":\"a*b=\"}", "not base64");
+	refused("{\"excludeIdsPacked\":\"abcde\"}", "not base64");
+}
+
 static void
 test_oneof(void **state)
 {
@@ -166,7 +195,9 @@ test_write_response(void **state)
 	    "{\"score\":\"-Infinity\"}]}],\"nprobe\":4,\"serverTimeUs\":\"12\"}");
 	free(text);
 	text = write_text(&s.base, CDX_PBJSON_DEFAULTS | CDX_PBJSON_PROTO_NAMES | CDX_PBJSON_INT64_NUMBERS);
-	assert_non_null(strstr(text, "{\"id\":0,\"key\":\"\",\"score\":\"-Infinity\"}"));
+	assert_non_null(strstr(text,
+	    "{\"id\":0,\"key\":\"\",\"score\":\"-Infinity\",\"collection\":\"\","
+	    "\"explore\":false,\"propensity\":0,\"rank\":0}"));
 	assert_non_null(strstr(text, "\"index_version\":\"\""));
 	assert_non_null(strstr(text, "\"server_time_us\":12,"));
 	free(text);
@@ -228,6 +259,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_read_search_request),
 		cmocka_unit_test(test_refusals),
+		cmocka_unit_test(test_bytes_base64),
 		cmocka_unit_test(test_oneof),
 		cmocka_unit_test(test_write_response),
 		cmocka_unit_test(test_round_trip),

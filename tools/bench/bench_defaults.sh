@@ -29,18 +29,7 @@ done
 mkdir -p "$work"
 
 # split FILE.fvecs OUT_A OUT_B: the first half of the rows, then the rest.
-split() {
-	python3 - "$1" "$2" "$3" <<'EOF'
-import struct, sys
-data = open(sys.argv[1], 'rb').read()
-d = struct.unpack('<i', data[:4])[0]
-row = 4 + 4 * d
-n = len(data) // row
-h = n // 2
-open(sys.argv[2], 'wb').write(data[:h * row])
-open(sys.argv[3], 'wb').write(data[h * row:n * row])
-EOF
-}
+. "$root/tools/bench/split_fvecs.sh"
 
 # field JSON KEY...: a value from candex recall's JSON output
 field() {
