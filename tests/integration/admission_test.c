@@ -263,12 +263,10 @@ test_client_not_reading(void **state)
 	struct st_server s2;
 	char extra[256];
 	int http = st_free_port();
-	snprintf(extra, sizeof(extra),
-	    "--threads 1 --contexts 3 --timeout-ms 300 --max-timeout-ms 300 --http-listen 127.0.0.1:%d",
-	    http);
+	snprintf(extra, sizeof(extra), "--threads 1 --contexts 3 --http-listen 127.0.0.1:%d", http);
 	assert_int_equal(st_start(&s2, dir, "noread", extra), 0);
 	size_t len;
-	uint8_t *buf = st_pack_search("big", base, 32, DIM, 1000, 16, 0, 0, &len);
+	uint8_t *buf = st_pack_search("big", base, 32, DIM, 1000, 16, 0, 300, &len); /* deadline 300 ms */
 	int fd = st_sp_send(s2.url, buf, len);
 	assert_true(fd >= 0);
 	for (uint32_t i = 1; i < 8; i++)
