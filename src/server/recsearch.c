@@ -562,6 +562,10 @@ cdx__srv_search_run(struct srv_ctx *x, int idle)
 	}
 	/* the exact re-run knows nothing of selections: offer plain queries only */
 	int plain = r->applied == 0 && sr->n_exclude_ids == 0 && sr->n_exclude_keys == 0 && blocked == NULL;
+	/* the queue's cost model knows nothing of selections either (a narrow
+	 * filter widens a search 25x): it calibrates on plain searches only */
+	if (!plain)
+		took_us = 0;
 	struct cdx_hit *plain_hits = s->online != NULL && plain ? malloc(rr->k * sizeof(*plain_hits)) : NULL;
 	struct cdx_search_params plain_p = { .k = rr->k,
 		.nprobe = rr->nprobe,

@@ -417,7 +417,7 @@ int cdx__srv_check_rec(
 /* cdx__srv_search_run runs the checked, queued search of x (x->coll and
  * x->blocked as looked up; NULL for a multi-collection search) until
  * x->stop_by, and answers it. Returns the µs one worker spent on a whole
- * search (the queue's calibration), else 0. idle: the server has no other
+ * plain search (no selection: the queue's calibration), else 0. idle: the server has no other
  * work (a big batch may use every core). */
 uint64_t cdx__srv_search_run(struct srv_ctx *x, int idle);
 /* cdx__srv_rec_cost_units: the cost model's units for a multi-collection
