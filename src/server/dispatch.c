@@ -128,12 +128,7 @@ reply_send(struct srv_ctx *x, nng_msg *msg, nng_duration wait_ms)
 	}
 	atomic_fetch_add(&s->m.replies_waited, 1);
 	pthread_mutex_lock(&s->snd_mu);
-	x->next = NULL;
-	if (s->snd_tail != NULL)
-		s->snd_tail->next = x;
-	else
-		s->snd_head = x;
-	s->snd_tail = x;
+	cdx__srv_fifo_push(&s->snd_head, &s->snd_tail, x);
 	pthread_cond_signal(&s->snd_cv);
 	pthread_mutex_unlock(&s->snd_mu);
 }
@@ -146,12 +141,9 @@ sender_main(void *arg)
 	for (;;) {
 		while (s->snd_head == NULL && !s->snd_stop)
 			pthread_cond_wait(&s->snd_cv, &s->snd_mu);
-		struct srv_ctx *x = s->snd_head;
+		struct srv_ctx *x = cdx__srv_fifo_pop(&s->snd_head, &s->snd_tail);
 		if (x == NULL)
 			break; /* stopped, and nothing left */
-		s->snd_head = x->next;
-		if (s->snd_head == NULL)
-			s->snd_tail = NULL;
 		pthread_mutex_unlock(&s->snd_mu);
 		reply_sent(x);
 		pthread_mutex_lock(&s->snd_mu);
@@ -778,12 +770,9 @@ intake_main(void *arg)
 			pthread_cond_timedwait(&s->i_cv, &s->i_mu, &ts);
 			continue;
 		}
-		struct srv_ctx *x = s->i_head;
+		struct srv_ctx *x = cdx__srv_fifo_pop(&s->i_head, &s->i_tail);
 		if (x == NULL)
 			break;
-		s->i_head = x->next;
-		if (s->i_head == NULL)
-			s->i_tail = NULL;
 		int stop = s->i_stop;
 		pthread_mutex_unlock(&s->i_mu);
 		if (stop)
@@ -844,12 +833,7 @@ received(struct srv_ctx *x, nng_msg *msg)
 		return;
 	}
 	pthread_mutex_lock(&s->i_mu);
-	x->next = NULL;
-	if (s->i_tail != NULL)
-		s->i_tail->next = x;
-	else
-		s->i_head = x;
-	s->i_tail = x;
+	cdx__srv_fifo_push(&s->i_head, &s->i_tail, x);
 	pthread_cond_signal(&s->i_cv);
 	pthread_mutex_unlock(&s->i_mu);
 }

@@ -540,6 +540,11 @@ int cdx__srv_limits_init(cdx_server *s);
 double cdx__srv_cost_units(const cdx_collection *c, size_t nq, const struct cdx_search_params *p);
 /* cdx__srv_estimate sets x->cost_units (to units), x->cost_us and x->heavy. */
 void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units);
+/* cdx__srv_fifo_push appends x to the list (head, tail) linked by ->next;
+ * cdx__srv_fifo_pop takes its first, or NULL. The caller holds the list's
+ * lock. */
+void cdx__srv_fifo_push(struct srv_ctx **head, struct srv_ctx **tail, struct srv_ctx *x);
+struct srv_ctx *cdx__srv_fifo_pop(struct srv_ctx **head, struct srv_ctx **tail);
 /* cdx__srv_admit queues x, or returns CDX_EOVERLOAD (or CDX_EUNAVAIL once
  * the workers are stopping) with msg set. */
 int cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size);
