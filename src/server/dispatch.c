@@ -3,13 +3,35 @@
  * job queue and the search workers (see server.h DESIGN).
  *
  * A context's life: RECV (aio callback on an nng thread: the message is
- * charged to the receive budget and handed on) -> INTAKE (the intake
- * thread decodes and checks it; health/info/errors are answered there; a
- * search is admitted to the queue or answered OVERLOADED; a reload goes to
- * the reload thread) -> QUEUED (a worker searches) -> whoever answers packs
- * the Response and calls nng_ctx_send with the context's aio -> SEND
- * completes (callback) -> RECV again. Exactly one party owns a context
- * between RECV and SEND, so a context needs no lock.
+ * charged to the receive budget) -> INTAKE (on that thread, or on the
+ * intake thread for a large one: decode and checks; health/info/errors are
+ * answered there; a search is admitted to the queue or answered
+ * OVERLOADED; a reload goes to the reload thread) -> QUEUED (a worker searches) -> whoever answers packs
+ * the Response and sends it (see "Replies" below) -> RECV again. Exactly
+ * one party owns a context between RECV and SEND, so a context needs no
+ * lock.
+ *
+ * Intake. A request of up to SRV_INLINE_INTAKE_MAX bytes goes through
+ * intake on the nng thread that received it; a larger one goes to the
+ * intake thread, so that a big decode never holds up nng's I/O threads.
+ *
+ * Replies. A reply goes out on the context's saio, which has no callback.
+ * When the reply's connection is not busy writing an earlier reply, nng
+ * 1.5.2's REP context hands the message to the connection and completes
+ * the send before nng_ctx_send returns (rep0_ctx_send); without a callback
+ * that completion runs on the sending thread, where a callback would have
+ * woken one of nng's task threads. nng_aio_count() is then the message's
+ * length (a send still pending reads 0; one completing on nng's thread at
+ * that moment may read either, and reply_sent's nng_aio_wait orders what
+ * nng wrote before we look at it), and whoever sent re-arms the context's
+ * receive at once. Otherwise (the connection is still writing an earlier
+ * reply, or the send failed) nng completes the send later, from its own
+ * thread, where nothing tells us:
+ * the context goes to the sender thread, which waits for the send (at most
+ * until SRV_REPLY_GRACE_MS after the request's deadline: its client has
+ * given up by then) and then re-arms it. Workers never wait for a client.
+ * With intake on the nng thread: 12.2 -> 8.7-10.1 context switches a
+ * single-query request in the server (BENCHMARKS.md, "Fewer hand-offs").
  */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -29,6 +51,16 @@
 #include "recall/online.h"
 
 #define SRV_ADMIN_CONNECTIONS 16
+/* Requests up to this size go through intake on the nng thread that
+ * received them: decoding a few KiB costs less than waking the intake
+ * thread (one context switch or more a request on this VM). Larger ones
+ * go to the intake thread, so that a big decode never holds up nng's I/O
+ * threads. A batch of 16 queries of 784 floats is 50 KiB. */
+#define SRV_INLINE_INTAKE_MAX (64u << 10)
+/* A reply still waiting for its connection this long after its request's
+ * deadline is dropped: its client has given up (the sender thread's wait
+ * is bounded by it). */
+#define SRV_REPLY_GRACE_MS 1000
 
 static const char *
 str_or_empty(const char *s)
@@ -60,6 +92,88 @@ request_free(struct srv_ctx *x)
 	cdx_rowset_unref(x->blocked);
 	x->blocked = NULL;
 	x->peeked_id[0] = '\0';
+}
+
+/* reply_sent finishes a send on x->saio that has completed (or will
+ * complete without us: nng_aio_wait waits for it), and receives the next
+ * request. */
+static void
+reply_sent(struct srv_ctx *x)
+{
+	nng_aio_wait(x->saio);
+	int rv = nng_aio_result(x->saio);
+	if (rv == NNG_ETIMEDOUT)
+		atomic_fetch_add(&x->s->m.replies_dropped, 1);
+	if (rv != 0)
+		nng_msg_free(nng_aio_get_msg(x->saio)); /* not sent: still ours */
+	nng_aio_set_msg(x->saio, NULL);
+	atomic_fetch_sub(&x->s->in_flight, 1);
+	x->state = CTX_RECV;
+	nng_ctx_recv(x->ctx, x->aio);
+}
+
+/* reply_send sends msg on x (see "Replies" above); wait_ms bounds how long
+ * it may wait for its connection. */
+static void
+reply_send(struct srv_ctx *x, nng_msg *msg, nng_duration wait_ms)
+{
+	cdx_server *s = x->s;
+	x->state = CTX_SEND;
+	nng_aio_set_timeout(x->saio, wait_ms);
+	nng_aio_set_msg(x->saio, msg);
+	nng_ctx_send(x->ctx, x->saio);
+	if (nng_aio_count(x->saio) > 0) {
+		reply_sent(x); /* handed to the connection already */
+		return;
+	}
+	atomic_fetch_add(&s->m.replies_waited, 1);
+	pthread_mutex_lock(&s->snd_mu);
+	cdx__srv_fifo_push(&s->snd_head, &s->snd_tail, x);
+	pthread_cond_signal(&s->snd_cv);
+	pthread_mutex_unlock(&s->snd_mu);
+}
+
+static void *
+sender_main(void *arg)
+{
+	cdx_server *s = arg;
+	pthread_mutex_lock(&s->snd_mu);
+	for (;;) {
+		while (s->snd_head == NULL && !s->snd_stop)
+			pthread_cond_wait(&s->snd_cv, &s->snd_mu);
+		struct srv_ctx *x = cdx__srv_fifo_pop(&s->snd_head, &s->snd_tail);
+		if (x == NULL)
+			break; /* stopped, and nothing left */
+		pthread_mutex_unlock(&s->snd_mu);
+		reply_sent(x);
+		pthread_mutex_lock(&s->snd_mu);
+	}
+	pthread_mutex_unlock(&s->snd_mu);
+	return NULL;
+}
+
+int
+cdx__srv_sender_start(cdx_server *s)
+{
+	if (pthread_create(&s->sender, NULL, sender_main, s) != 0)
+		return cdx_error(CDX_ENOMEM, "cannot start the sender thread");
+	s->sender_started = 1;
+	return CDX_OK;
+}
+
+/* sender_stop ends the sender thread once it has finished every send
+ * handed to it (after the sockets closed, all of them complete). */
+static void
+sender_stop(cdx_server *s)
+{
+	if (!s->sender_started)
+		return;
+	pthread_mutex_lock(&s->snd_mu);
+	s->snd_stop = 1;
+	pthread_cond_signal(&s->snd_cv);
+	pthread_mutex_unlock(&s->snd_mu);
+	pthread_join(s->sender, NULL);
+	s->sender_started = 0;
 }
 
 /* release ends a request without an answer (its client is gone, or the
@@ -105,10 +219,12 @@ send_response(struct srv_ctx *x, Candex__V1__Response *resp)
 		release(x);
 		return;
 	}
+	uint64_t by
+	    = x->deadline_us > 0 ? x->deadline_us : x->t_recv_us + (uint64_t) s->cfg.timeout_ms * 1000u;
+	uint64_t now = cdx_now_us();
+	uint64_t wait_ms = (by > now ? (by - now) / 1000u : 0) + SRV_REPLY_GRACE_MS;
 	request_free(x);
-	x->state = CTX_SEND;
-	nng_aio_set_msg(x->aio, msg);
-	nng_ctx_send(x->ctx, x->aio);
+	reply_send(x, msg, (nng_duration) CDX_MIN(wait_ms, (uint64_t) INT32_MAX));
 }
 
 static void CDX_PRINTF(3, 4) reply_error(struct srv_ctx *x, int code, const char *fmt, ...)
@@ -612,12 +728,14 @@ intake(struct srv_ctx *x)
 			units = cdx__srv_rec_cost_units(s, x->req->search);
 		}
 		cdx__srv_estimate(s, x, units);
-		if (cdx__srv_admit(s, x, why, sizeof(why)) != CDX_OK) {
+		int heavy = x->heavy; /* once admitted, x is the worker's */
+		int rc = cdx__srv_admit(s, x, why, sizeof(why));
+		if (rc == CDX_EOVERLOAD)
 			atomic_fetch_add(&s->m.overloaded, 1);
-			reply_error(x, CDX_EOVERLOAD, "%s", why);
-		} else if (x->heavy) {
+		if (rc != CDX_OK)
+			reply_error(x, rc, "%s", why);
+		else if (heavy)
 			atomic_fetch_add(&s->m.heavy, 1);
-		}
 		return;
 	}
 	default:
@@ -652,12 +770,9 @@ intake_main(void *arg)
 			pthread_cond_timedwait(&s->i_cv, &s->i_mu, &ts);
 			continue;
 		}
-		struct srv_ctx *x = s->i_head;
+		struct srv_ctx *x = cdx__srv_fifo_pop(&s->i_head, &s->i_tail);
 		if (x == NULL)
 			break;
-		s->i_head = x->next;
-		if (s->i_head == NULL)
-			s->i_tail = NULL;
 		int stop = s->i_stop;
 		pthread_mutex_unlock(&s->i_mu);
 		if (stop)
@@ -692,8 +807,9 @@ cdx__srv_intake_stop(cdx_server *s)
 	s->intake_started = 0;
 }
 
-/* received runs on an nng thread: charge the message to the budget and
- * hand it to the intake thread. */
+/* received runs on an nng thread: charge the message to the budget, then
+ * take a small request through intake on this thread, and hand a large one
+ * to the intake thread. */
 static void
 received(struct srv_ctx *x, nng_msg *msg)
 {
@@ -712,13 +828,12 @@ received(struct srv_ctx *x, nng_msg *msg)
 		x->over_budget = 1;
 	}
 	x->state = CTX_INTAKE;
+	if (len <= SRV_INLINE_INTAKE_MAX) {
+		intake(x);
+		return;
+	}
 	pthread_mutex_lock(&s->i_mu);
-	x->next = NULL;
-	if (s->i_tail != NULL)
-		s->i_tail->next = x;
-	else
-		s->i_head = x;
-	s->i_tail = x;
+	cdx__srv_fifo_push(&s->i_head, &s->i_tail, x);
 	pthread_cond_signal(&s->i_cv);
 	pthread_mutex_unlock(&s->i_mu);
 }
@@ -739,18 +854,11 @@ ctx_cb(void *arg)
 			return;
 		}
 		x->t_recv_us = cdx_now_us();
+		x->deadline_us = 0; /* set by intake for searches */
 		atomic_fetch_add(&s->in_flight, 1);
 		nng_msg *msg = nng_aio_get_msg(x->aio);
 		nng_aio_set_msg(x->aio, NULL);
 		received(x, msg);
-		return;
-	case CTX_SEND:
-		if (rv != 0)
-			nng_msg_free(nng_aio_get_msg(x->aio)); /* not sent: still ours */
-		nng_aio_set_msg(x->aio, NULL);
-		atomic_fetch_sub(&s->in_flight, 1);
-		x->state = CTX_RECV;
-		nng_ctx_recv(x->ctx, x->aio);
 		return;
 	}
 }
@@ -775,8 +883,14 @@ add_contexts(cdx_server *s, nng_socket sock, size_t n, int admin)
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
 		}
+		if ((rv = nng_aio_alloc(&x->saio, NULL, NULL)) != 0) {
+			nng_aio_free(x->aio);
+			free(x);
+			return cdx_error(cdx__nng_code(rv), "nng_aio_alloc: %s", nng_strerror(rv));
+		}
 		if ((rv = nng_ctx_open(&x->ctx, sock)) != 0) {
 			nng_aio_free(x->aio);
+			nng_aio_free(x->saio);
 			free(x);
 			return cdx_error(cdx__nng_code(rv), "nng_ctx_open: %s", nng_strerror(rv));
 		}
@@ -897,9 +1011,15 @@ cdx__srv_sockets_close(cdx_server *s)
 	nng_close(s->sock);
 	if (s->admin_open)
 		nng_close(s->admin);
+	/* no callback runs after this, so nothing more is handed to the
+	 * sender; what it holds completed when the contexts closed */
+	for (size_t i = 0; i < s->nctxs; i++)
+		nng_aio_stop(s->ctxs[i]->aio);
+	sender_stop(s);
 	for (size_t i = 0; i < s->nctxs; i++) {
 		struct srv_ctx *x = s->ctxs[i];
 		nng_aio_free(x->aio);
+		nng_aio_free(x->saio);
 		request_free(x);
 		free(x);
 	}

@@ -202,6 +202,15 @@ cdx__srv_metrics_render(cdx_server *s, cdx_buf *b)
 	HEAD(b, "candex_abandoned_total", "counter",
 	    "Queued searches dropped unsearched because their client had disconnected.");
 	cdx_buf_printf(b, "candex_abandoned_total %llu\n", (unsigned long long) atomic_load(&m->abandoned));
+	HEAD(b, "candex_replies_waited_total", "counter",
+	    "Replies that waited for their connection to finish writing an earlier one (the sender "
+	    "thread).");
+	cdx_buf_printf(
+	    b, "candex_replies_waited_total %llu\n", (unsigned long long) atomic_load(&m->replies_waited));
+	HEAD(b, "candex_replies_dropped_total", "counter",
+	    "Replies dropped unsent: their connection took none for a second past the request's deadline.");
+	cdx_buf_printf(
+	    b, "candex_replies_dropped_total %llu\n", (unsigned long long) atomic_load(&m->replies_dropped));
 	HEAD(b, "candex_connections", "gauge", "Open query connections.");
 	cdx_buf_printf(b, "candex_connections %u\n", cdx__srv_conns_count(&s->conns));
 	HEAD(b, "candex_connections_capacity", "gauge",

@@ -104,8 +104,8 @@ cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units)
 	pthread_mutex_unlock(&s->q_mu);
 }
 
-static void
-push(struct srv_ctx **head, struct srv_ctx **tail, struct srv_ctx *x)
+void
+cdx__srv_fifo_push(struct srv_ctx **head, struct srv_ctx **tail, struct srv_ctx *x)
 {
 	x->next = NULL;
 	if (*tail != NULL)
@@ -115,8 +115,8 @@ push(struct srv_ctx **head, struct srv_ctx **tail, struct srv_ctx *x)
 	*tail = x;
 }
 
-static struct srv_ctx *
-pop(struct srv_ctx **head, struct srv_ctx **tail)
+struct srv_ctx *
+cdx__srv_fifo_pop(struct srv_ctx **head, struct srv_ctx **tail)
 {
 	struct srv_ctx *x = *head;
 	if (x != NULL) {
@@ -132,6 +132,12 @@ cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size)
 {
 	uint64_t now = cdx_now_us();
 	pthread_mutex_lock(&s->q_mu);
+	if (s->q_stop) {
+		/* the workers are gone (shutdown): nobody would take it */
+		pthread_mutex_unlock(&s->q_mu);
+		snprintf(msg, size, "server is shutting down; retry on another replica");
+		return CDX_EUNAVAIL;
+	}
 	if (s->q_len >= s->cfg.queue_max) {
 		uint32_t waiting = s->q_len;
 		pthread_mutex_unlock(&s->q_mu);
@@ -154,10 +160,10 @@ cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size)
 		return CDX_EOVERLOAD;
 	}
 	if (x->heavy) {
-		push(&s->h_head, &s->h_tail, x);
+		cdx__srv_fifo_push(&s->h_head, &s->h_tail, x);
 		s->q_heavy_us += x->cost_us;
 	} else {
-		push(&s->q_head, &s->q_tail, x);
+		cdx__srv_fifo_push(&s->q_head, &s->q_tail, x);
 		s->q_cheap_us += x->cost_us;
 	}
 	s->q_len++;
@@ -173,12 +179,12 @@ cdx__srv_next(cdx_server *s, int *idle)
 	struct srv_ctx *x = NULL;
 	pthread_mutex_lock(&s->q_mu);
 	for (;;) {
-		if ((x = pop(&s->q_head, &s->q_tail)) != NULL) {
+		if ((x = cdx__srv_fifo_pop(&s->q_head, &s->q_tail)) != NULL) {
 			s->q_cheap_us = s->q_head != NULL ? CDX_MAX(0.0, s->q_cheap_us - x->cost_us) : 0.0;
 			break;
 		}
 		if (s->h_head != NULL && (s->heavy_running < s->heavy_limit || s->q_stop)) {
-			x = pop(&s->h_head, &s->h_tail);
+			x = cdx__srv_fifo_pop(&s->h_head, &s->h_tail);
 			s->q_heavy_us = s->h_head != NULL ? CDX_MAX(0.0, s->q_heavy_us - x->cost_us) : 0.0;
 			s->heavy_running++;
 			x->heavy_end_us = (double) cdx_now_us() + x->cost_us;

@@ -62,6 +62,8 @@ server_free(cdx_server *s)
 	pthread_cond_destroy(&s->q_cv);
 	pthread_mutex_destroy(&s->i_mu);
 	pthread_cond_destroy(&s->i_cv);
+	pthread_mutex_destroy(&s->snd_mu);
+	pthread_cond_destroy(&s->snd_cv);
 	pthread_mutex_destroy(&s->r_mu);
 	pthread_cond_destroy(&s->r_cv);
 	pthread_mutex_destroy(&s->w_mu);
@@ -78,10 +80,10 @@ teardown(cdx_server *s)
 	cdx__srv_http_stop(s);
 	cdx__srv_watchdog_stop(s);
 	cdx__srv_reloader_stop(s);
-	cdx__srv_intake_stop(s);  /* before the workers: it feeds their queue */
-	cdx__srv_workers_stop(s); /* before the contexts go: a worker may hold one */
-	cdx__srv_rec_stop(s);     /* after the workers: nothing appends any more */
-	cdx__srv_sockets_close(s);
+	cdx__srv_intake_stop(s);   /* before the workers: it feeds their queue */
+	cdx__srv_workers_stop(s);  /* before the contexts go: a worker may hold one */
+	cdx__srv_rec_stop(s);      /* after the workers: nothing appends any more */
+	cdx__srv_sockets_close(s); /* and the sender thread, once the sockets are closed */
 	cdx_online_recall_stop(s->online);
 	s->online = NULL;
 	server_free(s);
@@ -107,6 +109,8 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 	pthread_mutex_init(&s->q_mu, NULL);
 	pthread_cond_init(&s->q_cv, NULL);
 	pthread_mutex_init(&s->i_mu, NULL);
+	pthread_mutex_init(&s->snd_mu, NULL);
+	pthread_cond_init(&s->snd_cv, NULL);
 	pthread_mutex_init(&s->r_mu, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -146,9 +150,10 @@ cdx_server_start(cdx_server **sp, const struct cdx_server_config *cfg)
 		    100.0 * s->cfg.online_recall_fraction, s->cfg.online_recall_cpu);
 	}
 	if ((rc = cdx__srv_rec_start(s)) != CDX_OK || (rc = cdx__srv_workers_start(s)) != CDX_OK
-	    || (rc = cdx__srv_intake_start(s)) != CDX_OK || (rc = cdx__srv_reloader_start(s)) != CDX_OK
-	    || (rc = cdx__srv_sockets_open(s)) != CDX_OK || (rc = cdx__srv_watchdog_start(s)) != CDX_OK
-	    || (rc = cdx__srv_http_start(s)) != CDX_OK || (rc = cdx__srv_http_search_start(s)) != CDX_OK) {
+	    || (rc = cdx__srv_intake_start(s)) != CDX_OK || (rc = cdx__srv_sender_start(s)) != CDX_OK
+	    || (rc = cdx__srv_reloader_start(s)) != CDX_OK || (rc = cdx__srv_sockets_open(s)) != CDX_OK
+	    || (rc = cdx__srv_watchdog_start(s)) != CDX_OK || (rc = cdx__srv_http_start(s)) != CDX_OK
+	    || (rc = cdx__srv_http_search_start(s)) != CDX_OK) {
 		char msg[1024];
 		snprintf(msg, sizeof(msg), "%s", cdx_last_error());
 		atomic_store(&s->stopping, 1);

@@ -7,11 +7,14 @@
  * many contexts. Each context is a small state machine driven by its aio
  * callback, as in nng's async demo: RECV -> (decode, validate, enqueue) ->
  * a worker searches -> SEND -> RECV. The callback runs on nng's threads, so
- * it never runs Faiss: it decodes the protobuf, checks everything that is
- * cheap to check (version, collection, k, dim, NaN, limits), answers health
- * and info requests itself, and pushes search jobs onto a bounded queue. A
- * full queue is answered OVERLOADED at once. A pool of worker threads (one
- * per core) pops jobs, drops those already past their deadline
+ * it never runs Faiss: for a request of up to 64 KiB it decodes the
+ * protobuf, checks everything that is cheap to check (version, collection,
+ * k, dim, NaN, limits), answers health and info requests itself, and pushes
+ * search jobs onto a bounded queue; a larger request goes to the intake
+ * thread, which does the same. A full queue is answered OVERLOADED at once.
+ * Replies are sent without a completion callback; one that must wait for
+ * its connection goes to the sender thread (dispatch.c). A pool of worker
+ * threads (one per core) pops jobs, drops those already past their deadline
  * (DEADLINE_EXCEEDED, unsearched), searches and sends the reply through the
  * job's context. Workers pin OpenMP to one thread each, so Faiss never
  * oversubscribes the cores; a large batch arriving at an idle server may use
@@ -162,14 +165,16 @@ struct srv_metrics {
 	atomic_uint_fast64_t overloaded;
 	atomic_uint_fast64_t target_unmet; /* searches whose recall target no point reaches */
 	atomic_uint_fast64_t listener_restarts;
-	atomic_uint_fast64_t conns_refused;  /* connections refused at max-connections */
-	atomic_uint_fast64_t conns_evicted;  /* closed to make room for a new one */
-	atomic_uint_fast64_t budget_refused; /* requests refused: receive-memory budget */
-	atomic_uint_fast64_t abandoned;      /* queued searches dropped: their client left */
-	atomic_uint_fast64_t heavy;          /* searches run as expensive */
-	atomic_uint_fast64_t widened;        /* queries searched again, wider, to find k results */
-	atomic_uint_fast64_t takedowns;      /* admin takedown changes applied */
-	atomic_uint_fast64_t exploring;      /* searches with exploration slots */
+	atomic_uint_fast64_t conns_refused;   /* connections refused at max-connections */
+	atomic_uint_fast64_t conns_evicted;   /* closed to make room for a new one */
+	atomic_uint_fast64_t budget_refused;  /* requests refused: receive-memory budget */
+	atomic_uint_fast64_t abandoned;       /* queued searches dropped: their client left */
+	atomic_uint_fast64_t heavy;           /* searches run as expensive */
+	atomic_uint_fast64_t widened;         /* queries searched again, wider, to find k results */
+	atomic_uint_fast64_t takedowns;       /* admin takedown changes applied */
+	atomic_uint_fast64_t exploring;       /* searches with exploration slots */
+	atomic_uint_fast64_t replies_waited;  /* replies handed to the sender thread */
+	atomic_uint_fast64_t replies_dropped; /* ... that their connection never took in time */
 };
 
 /* Per-collection series (the `collection` label). Slots are taken by names
@@ -209,8 +214,9 @@ enum { CTX_RECV, CTX_INTAKE, CTX_QUEUED, CTX_SEND };
 struct srv_ctx {
 	cdx_server *s;
 	nng_ctx ctx;
-	nng_aio *aio;
-	int admin; /* on the admin socket: reloads allowed */
+	nng_aio *aio;  /* receives (callback: ctx_cb) */
+	nng_aio *saio; /* sends the reply; no callback (dispatch.c, "Replies") */
+	int admin;     /* on the admin socket: reloads allowed */
 	int state;
 	/* the request being served (owned between RECV and SEND) */
 	nng_msg *msg;             /* received, not yet decoded */
@@ -223,13 +229,13 @@ struct srv_ctx {
 	cdx_collection *coll;     /* a reference, for searches */
 	cdx_rowset *blocked;      /* a reference to coll's takedown rows, or NULL */
 	uint64_t t_recv_us;
-	uint64_t deadline_us;
+	uint64_t deadline_us;         /* searches only; 0 until set */
 	atomic_uint_fast64_t stop_by; /* the running search's deadline; shutdown brings it forward */
 	double cost_us;               /* estimated search time */
 	double cost_units;            /* the estimate before calibration (queue.c) */
 	int heavy;                    /* cost_us above --heavy-ms */
 	double heavy_end_us;          /* heavy and running: estimated end (cdx_now_us) */
-	struct srv_ctx *next;         /* intake or search queue link */
+	struct srv_ctx *next;         /* intake, search or sender queue link */
 };
 
 /* Open connections of one socket (conns.c). */
@@ -284,6 +290,14 @@ struct cdx_server {
 	int i_stop;
 	pthread_t intake;
 	int intake_started;
+
+	/* sender (dispatch.c): contexts whose reply waits for its connection */
+	pthread_mutex_t snd_mu;
+	pthread_cond_t snd_cv;
+	struct srv_ctx *snd_head, *snd_tail;
+	int snd_stop;
+	pthread_t sender;
+	int sender_started;
 
 	/* search queue (queue.c): cheap jobs first, expensive ones on at most
 	 * heavy_limit workers at once */
@@ -373,6 +387,7 @@ int cdx__srv_sockets_open(cdx_server *s);
 void cdx__srv_sockets_close(cdx_server *s);
 int cdx__srv_intake_start(cdx_server *s);
 void cdx__srv_intake_stop(cdx_server *s);
+int cdx__srv_sender_start(cdx_server *s);
 int cdx__srv_workers_start(cdx_server *s);
 void cdx__srv_workers_stop(cdx_server *s);
 uint32_t cdx__srv_queue_depth(cdx_server *s);
@@ -525,7 +540,13 @@ int cdx__srv_limits_init(cdx_server *s);
 double cdx__srv_cost_units(const cdx_collection *c, size_t nq, const struct cdx_search_params *p);
 /* cdx__srv_estimate sets x->cost_units (to units), x->cost_us and x->heavy. */
 void cdx__srv_estimate(cdx_server *s, struct srv_ctx *x, double units);
-/* cdx__srv_admit queues x, or returns CDX_EOVERLOAD with msg set. */
+/* cdx__srv_fifo_push appends x to the list (head, tail) linked by ->next;
+ * cdx__srv_fifo_pop takes its first, or NULL. The caller holds the list's
+ * lock. */
+void cdx__srv_fifo_push(struct srv_ctx **head, struct srv_ctx **tail, struct srv_ctx *x);
+struct srv_ctx *cdx__srv_fifo_pop(struct srv_ctx **head, struct srv_ctx **tail);
+/* cdx__srv_admit queues x, or returns CDX_EOVERLOAD (or CDX_EUNAVAIL once
+ * the workers are stopping) with msg set. */
 int cdx__srv_admit(cdx_server *s, struct srv_ctx *x, char *msg, size_t size);
 /* cdx__srv_next blocks for the next job; NULL once stopped and empty. *idle
  * says whether nothing else waits. */

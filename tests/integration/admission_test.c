@@ -6,7 +6,10 @@
  *   - two expensive requests do not hold up cheap ones;
  *   - requests that the queued work would make miss their deadline are
  *     refused at once (OVERLOADED), and no answer comes after its deadline;
- *   - a queued search whose client disconnected is not run.
+ *   - a queued search whose client disconnected is not run;
+ *   - a client that sends requests on one connection and never reads the
+ *     replies holds the server's contexts only until a second past their
+ *     deadlines: other clients are served meanwhile.
  * Timings are compared with one expensive search measured in the same run,
  * never with fixed numbers.
  */
@@ -230,6 +233,71 @@ test_disconnected_client_not_searched(void **state)
 	assert_true(abandoned >= 1);
 }
 
+/* sp_frame sends one more framed request (request id id) on a raw REQ
+ * connection made by st_sp_send. */
+static int
+sp_frame(int fd, int ipc, uint32_t id, const void *data, size_t len)
+{
+	uint8_t head[9 + 4];
+	size_t h = 0;
+	if (ipc)
+		head[h++] = 1;
+	uint64_t flen = 4 + (uint64_t) len;
+	for (int b = 0; b < 8; b++)
+		head[h++] = (uint8_t) (flen >> (56 - 8 * b));
+	id |= 0x80000000u;
+	for (int b = 0; b < 4; b++)
+		head[h++] = (uint8_t) (id >> (24 - 8 * b));
+	return send(fd, head, h, MSG_NOSIGNAL) == (ssize_t) h
+	        && send(fd, data, len, MSG_NOSIGNAL) == (ssize_t) len
+	    ? 0
+	    : -1;
+}
+
+static void
+test_client_not_reading(void **state)
+{
+	/* three contexts; a raw client pipelines searches whose replies
+	 * (32 x 1000 hits, ~600 KiB each) overflow its socket, and never reads:
+	 * its first reply stays half-written, the next ones wait behind it */
+	struct st_server s2;
+	char extra[256];
+	int http = st_free_port();
+	snprintf(extra, sizeof(extra), "--threads 1 --contexts 3 --http-listen 127.0.0.1:%d", http);
+	assert_int_equal(st_start(&s2, dir, "noread", extra), 0);
+	size_t len;
+	uint8_t *buf = st_pack_search("big", base, 32, DIM, 1000, 16, 0, 300, &len); /* deadline 300 ms */
+	int fd = st_sp_send(s2.url, buf, len);
+	assert_true(fd >= 0);
+	for (uint32_t i = 1; i < 8; i++)
+		assert_int_equal(sp_frame(fd, 1, 7 + i, buf, len), 0);
+	free(buf);
+	st_sleep_ms(500); /* every context now holds one of its replies */
+
+	/* another client is served: the waiting replies are dropped a second
+	 * past their deadline and their contexts receive again */
+	cdx_client *c = st_client(s2.url, 5000, 0);
+	struct cdx_query q = { .collection = "big", .vectors = base, .nvectors = 1, .dim = DIM, .k = 10 };
+	struct cdx_result *r = NULL;
+	struct cdx_client_error err;
+	uint64_t t0 = cdx_now_us();
+	int rc = cdx_client_search(c, &q, &r, &err);
+	double ms = (double) (cdx_now_us() - t0) / 1000.0;
+	double waited = st_metric(http, "candex_replies_waited_total");
+	double dropped = st_metric(http, "candex_replies_dropped_total");
+	fprintf(stderr, "other client: %s after %.0f ms; replies waited %.0f, dropped %.0f\n",
+	    cdx_errname(rc), ms, waited, dropped);
+	if (rc != CDX_OK)
+		fprintf(stderr, "  %s\n", err.message);
+	assert_int_equal(rc, CDX_OK);
+	assert_int_equal(r->queries[0].nhits, 10);
+	assert_true(dropped >= 1);
+	cdx_result_free(r);
+	cdx_client_close(c);
+	close(fd);
+	assert_int_equal(st_stop(&s2, SIGTERM), 0);
+}
+
 int
 main(void)
 {
@@ -239,6 +307,7 @@ main(void)
 		cmocka_unit_test(test_cheap_not_starved),
 		cmocka_unit_test(test_admission_by_cost),
 		cmocka_unit_test(test_disconnected_client_not_searched),
+		cmocka_unit_test(test_client_not_reading),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -62,6 +62,7 @@ struct opts {
 	cpu_set_t server_cpus, client_cpus;
 	int pinned;
 	int inproc_only; /* --inproc-only: one in-process loop (for a profiler) */
+	int served_only; /* --served-only: only the served runs (the request path's cost) */
 };
 
 /* --- the data -------------------------------------------------------------- */
@@ -427,6 +428,59 @@ served_recall(const struct opts *o, const struct data *d, const char *url)
 	return rec;
 }
 
+/* start_served starts a `candex serve` child on index_dir over an ipc://
+ * URL (written to ipc) and measures its recall (*rec); exits on failure. */
+static pid_t
+start_served(
+    const struct opts *o, const struct data *d, const char *index_dir, char *ipc, size_t size, double *rec)
+{
+	snprintf(ipc, size, "ipc:///tmp/candex-bench-hnsw-%d.ipc", (int) getpid());
+	struct bench_serve so = { .candex = o->candex,
+		.index_dir = index_dir,
+		.urls = { ipc },
+		.nurls = 1,
+		.threads = o->workers,
+		.queue_max = 4 * o->clients,
+		.max_k = 1000,
+		.max_batch = o->batch > 1024 ? o->batch : 0,
+		.cpus = o->pinned ? &o->server_cpus : NULL };
+	pid_t srv = bench_serve_start(&so);
+	if (srv <= 0) {
+		fprintf(stderr, "bench_hnsw: candex serve did not come up\n");
+		exit(1);
+	}
+	*rec = served_recall(o, d, ipc);
+	printf("candex served: %u-recall@%u %.4f; server RSS %.0f MiB\n\n", o->k, o->k, *rec,
+	    (double) bench_child_rss_bytes(srv) / (1 << 20));
+	return srv;
+}
+
+/* print_served prints the served rows of the table: single queries (sv1)
+ * and batches (svb). */
+static void
+print_served(const struct opts *o, double rec, const struct qps *sv1, const struct qps *svb)
+{
+	printf("| candex served, %u workers, %u clients | %.4f | %.0f | %.1f server + %.1f clients | %.1f "
+	       "context switches a request in the server |\n",
+	    o->workers, o->clients, rec, sv1->qps, sv1->srv_cpu_us, sv1->cpu_us, sv1->ctxsw);
+	printf("| candex served, batch %u | | %.0f | %.1f server + %.1f clients | %.1f context switches a "
+	       "request in the server |\n",
+	    o->batch, svb->qps, svb->srv_cpu_us / o->batch, svb->cpu_us, svb->ctxsw);
+}
+
+/* served_loops runs the served comparison --rounds times, keeping each
+ * figure's best: single queries into *sv1, batches of --batch into *svb. */
+static void
+served_loops(
+    const struct opts *o, const struct data *d, const char *ipc, pid_t srv, struct qps *sv1, struct qps *svb)
+{
+	const cpu_set_t *ccpu = o->pinned ? &o->client_cpus : NULL;
+	struct loop s = { .kind = LOOP_SERVED, .o = o, .d = d, .url = ipc, .batch = 1 };
+	keep_best(sv1, run_loop(&s, o->clients, srv, ccpu));
+	s.batch = o->batch;
+	keep_best(svb, run_loop(&s, o->clients, srv, ccpu));
+}
+
 /* --- main ------------------------------------------------------------------------ */
 
 static void
@@ -454,7 +508,10 @@ usage(FILE *out)
 	    "  --client-cpus LIST   pin the client threads to these CPUs (with --server-cpus)\n"
 	    "  --candex PATH        the candex binary [next to bench_hnsw]\n"
 	    "  --inproc-only        only candex in process (needs --index): recall and one QPS\n"
-	    "                       figure, 1 thread, --batch queries per call (to profile it)\n");
+	    "                       figure, 1 thread, --batch queries per call (to profile it)\n"
+	    "  --served-only        only candex served (needs --index): recall, then single-query\n"
+	    "                       and --batch requests, with the server's CPU and context\n"
+	    "                       switches per request (the request path's fixed cost)\n");
 }
 
 static int
@@ -520,6 +577,7 @@ main(int argc, char **argv)
 		{ "client-cpus", required_argument, NULL, 'L' },
 		{ "candex", required_argument, NULL, 'x' },
 		{ "inproc-only", no_argument, NULL, 'P' },
+		{ "served-only", no_argument, NULL, 'O' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -603,6 +661,9 @@ main(int argc, char **argv)
 		case 'P':
 			o.inproc_only = 1;
 			break;
+		case 'O':
+			o.served_only = 1;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -684,6 +745,25 @@ main(int argc, char **argv)
 		cdx_collection_unref(c);
 		data_fini(&d);
 		return 0;
+	}
+	if (o.served_only) {
+		if (o.index == NULL) {
+			fprintf(stderr, "bench_hnsw: --served-only needs --index\n");
+			return 2;
+		}
+		char ipc[256];
+		double rec;
+		pid_t srv = start_served(&o, &d, o.index, ipc, sizeof(ipc), &rec);
+		struct qps sv1 = { 0 }, svb = { 0 };
+		for (uint32_t round = 0; round < o.rounds; round++)
+			served_loops(&o, &d, ipc, srv, &sv1, &svb);
+		bench_serve_stop(srv);
+		printf("| path | %u-recall@%u | QPS | CPU µs/query | notes |\n|---|---|---|---|---|\n", o.k,
+		    o.k);
+		print_served(&o, rec, &sv1, &svb);
+		data_fini(&d);
+		printf("\nerrors: %llu\n", (unsigned long long) (sv1.errors + svb.errors));
+		return sv1.errors + svb.errors == 0 ? 0 : 1;
 	}
 
 	/* 1. candex build first (it uses every core; nothing else runs then) */
@@ -767,29 +847,13 @@ main(int argc, char **argv)
 
 	/* 4. candex served */
 	char ipc[256];
-	snprintf(ipc, sizeof(ipc), "ipc:///tmp/candex-bench-hnsw-%d.ipc", (int) getpid());
-	struct bench_serve so = { .candex = o.candex,
-		.index_dir = index_dir,
-		.urls = { ipc },
-		.nurls = 1,
-		.threads = o.workers,
-		.queue_max = 4 * o.clients,
-		.max_k = 1000,
-		.max_batch = o.batch > 1024 ? o.batch : 0,
-		.cpus = o.pinned ? &o.server_cpus : NULL };
-	pid_t srv = bench_serve_start(&so);
-	if (srv <= 0) {
-		fprintf(stderr, "bench_hnsw: candex serve did not come up\n");
-		return 1;
-	}
-	double rec_srv = served_recall(&o, &d, ipc);
-	printf("candex served: %u-recall@%u %.4f; server RSS %.0f MiB\n\n", o.k, o.k, rec_srv,
-	    (double) bench_child_rss_bytes(srv) / (1 << 20));
+	double rec_srv;
+	pid_t srv = start_served(&o, &d, index_dir, ipc, sizeof(ipc), &rec_srv);
 
 	/* 5. the comparison, --rounds times */
 	size_t lo, hi;
 	same_recall(rows, nrows, rec_srv, &lo, &hi);
-	const cpu_set_t *scpu = o.pinned ? &o.server_cpus : NULL, *ccpu = o.pinned ? &o.client_cpus : NULL;
+	const cpu_set_t *scpu = o.pinned ? &o.server_cpus : NULL;
 	struct qps in1 = { 0 }, inw = { 0 }, inb = { 0 }, sv1 = { 0 }, svb = { 0 }, hlo = { 0 }, hhi = { 0 };
 	for (uint32_t round = 0; round < o.rounds; round++) {
 		keep_best(&hlo, hnsw_qps(&o, &d, h, rows[lo].ef));
@@ -799,10 +863,7 @@ main(int argc, char **argv)
 		keep_best(&inw, run_loop(&l, o.workers, 0, scpu));
 		l.batch = o.batch;
 		keep_best(&inb, run_loop(&l, o.workers, 0, scpu));
-		struct loop s = { .kind = LOOP_SERVED, .o = &o, .d = &d, .url = ipc, .batch = 1 };
-		keep_best(&sv1, run_loop(&s, o.clients, srv, ccpu));
-		s.batch = o.batch;
-		keep_best(&svb, run_loop(&s, o.clients, srv, ccpu));
+		served_loops(&o, &d, ipc, srv, &sv1, &svb);
 	}
 	struct hnsw_row br[2] = { rows[lo], rows[hi] };
 	keep_best_row(&br[0], hlo);
@@ -826,12 +887,7 @@ main(int argc, char **argv)
 	    inw.cpu_us);
 	printf("| candex in process, %u threads, batch %u | | %.0f | %.1f | |\n", o.workers, o.batch, inb.qps,
 	    inb.cpu_us);
-	printf("| candex served, %u workers, %u clients | %.4f | %.0f | %.1f server + %.1f clients | %.1f "
-	       "context switches a request in the server |\n",
-	    o.workers, o.clients, rec_srv, sv1.qps, sv1.srv_cpu_us, sv1.cpu_us, sv1.ctxsw);
-	printf("| candex served, batch %u | | %.0f | %.1f server + %.1f clients | %.1f context switches a "
-	       "request in the server |\n",
-	    o.batch, svb.qps, svb.srv_cpu_us / o.batch, svb.cpu_us, svb.ctxsw);
+	print_served(&o, rec_srv, &sv1, &svb);
 	uint64_t errors = in1.errors + inw.errors + inb.errors + sv1.errors + svb.errors;
 	printf("\n| goal | measured | ratio | wanted |\n|---|---|---|---|\n");
 	printf(
