@@ -257,6 +257,14 @@ set_value(const char *prog, const struct cdx_opt *o, void *opts, const char *val
 		*(uint64_t *) field = v;
 		return CDX_OK;
 	}
+	case CDX_OPT_LOGLEVEL:
+		if (cdx_log_level_parse(value, (int *) field) != CDX_OK) {
+			char why[512];
+			snprintf(why, sizeof(why), "%s", cdx_last_error());
+			cdx_opt_fail(prog, "%s--%s '%s': %s", at, o->name, value, why);
+			return CDX_EINVAL;
+		}
+		return CDX_OK;
 	case CDX_OPT_CALL: {
 		cdx_error_clear();
 		int rc = o->call(value, opts);

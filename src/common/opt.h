@@ -58,6 +58,7 @@ enum cdx_opt_type {
 	CDX_OPT_FLOAT,   /* float in [min, max] */
 	CDX_OPT_BYTES,   /* uint64_t byte count, K/M/G suffixes */
 	CDX_OPT_CALL,    /* handled by call (lists, repeated options, choices) */
+	CDX_OPT_LOGLEVEL /* int, a log level name (cdx_log_level_parse) */
 };
 
 struct cdx_opt {
@@ -88,6 +89,7 @@ struct cdx_opt {
 #define CDX_OPT_STRDUP_(nm, off, ar, hl)          CDX_OPT_ENTRY(nm, 0, CDX_OPT_STRDUP, off, ar, hl, 0, 0, NULL)
 #define CDX_OPT_NUM_(nm, ty, off, ar, hl, lo, hi) CDX_OPT_ENTRY(nm, 0, ty, off, ar, hl, lo, hi, NULL)
 #define CDX_OPT_CALL_(nm, ar, hl, fn)             CDX_OPT_ENTRY(nm, 0, CDX_OPT_CALL, 0, ar, hl, 0, 0, fn)
+#define CDX_OPT_LOGLEVEL_(nm, off, hl)            CDX_OPT_ENTRY(nm, 0, CDX_OPT_LOGLEVEL, off, "LEVEL", hl, 0, 0, NULL)
 
 /* cdx_opt_parse parses argv[1..argc) (argv[0] is the subcommand) into opts
  * with table. Options are --name VALUE, --name=VALUE or -k VALUE; "--"

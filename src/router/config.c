@@ -49,12 +49,6 @@ add_group(const char *v, void *opts)
 	return CDX_OK;
 }
 
-static int
-set_log_level(const char *v, void *opts)
-{
-	return cdx_log_level_parse(v, &((struct cdx_router_config *) opts)->log_level);
-}
-
 /* One table drives the command line, the config file and --help (as for
  * candex serve: src/common/opt.h). */
 static const struct cdx_opt ropts[] = {
@@ -96,7 +90,7 @@ static const struct cdx_opt ropts[] = {
 	    "largest request or group answer; K/M/G suffixes", 0, 0),
 	CDX_OPT_NUM_("drain-ms", CDX_OPT_U32, O(drain_ms), "MS",
 	    "longest wait for in-flight requests at shutdown", 0, 0),
-	CDX_OPT_CALL_("log-level", "LEVEL", "debug, info, warn or error [info]", set_log_level),
+	CDX_OPT_LOGLEVEL_("log-level", O(log_level), "debug, info, warn or error [info]"),
 };
 
 void

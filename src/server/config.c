@@ -29,12 +29,6 @@ add_listen(const char *v, void *opts)
 	return CDX_OK;
 }
 
-static int
-set_log_level(const char *v, void *opts)
-{
-	return cdx_log_level_parse(v, &((struct cdx_server_config *) opts)->log_level);
-}
-
 /* One table drives the command line, the config file and --help. */
 static const struct cdx_opt opts[] = {
 	CDX_OPT_STRDUP_("index-dir", O(index_dir), "DIR",
@@ -128,7 +122,7 @@ static const struct cdx_opt opts[] = {
 	    "keep a version a reload replaced loaded for requests that name it (index_version) until\n"
 	    "none has for SECONDS: shard groups behind candex route need it (0 = free it at once)",
 	    0, 1e9),
-	CDX_OPT_CALL_("log-level", "LEVEL", "debug, info, warn or error [info]", set_log_level),
+	CDX_OPT_LOGLEVEL_("log-level", O(log_level), "debug, info, warn or error [info]"),
 };
 
 void
